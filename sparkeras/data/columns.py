@@ -1,0 +1,391 @@
+"""Which DataFrame columns feed which model input or output, and how.
+
+A :class:`ColumnMap` is resolved once on the driver from the model and the
+DataFrame's schema, so mistakes in column names or types are reported before
+any Spark job starts. Executors then use the same map to turn Arrow record
+batches into the numpy arrays Keras consumes.
+
+Supported column types, per model input or output:
+
+* ``array<numeric>`` (nested arrays too, e.g. images as ``array<array<float>>``),
+* a Spark ML ``Vector`` (dense or sparse),
+* one or more numeric scalar columns, assembled in the order given.
+
+A row's values are reshaped to the tensor's per-row shape (a flat 64-value row
+feeds an ``(8, 8, 1)`` input), so the DataFrame need not know the model's layout.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence, Union
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sparkeras.errors import InputError
+
+ColumnSpec = Union[str, Sequence[str], Mapping[str, Union[str, Sequence[str]]]]
+
+FEATURE = "features"
+LABEL = "label"
+
+
+@dataclass(frozen=True)
+class TensorBinding:
+    """One model input (or output) and the column(s) that feed it.
+
+    ``shape`` is the per-row shape Keras expects (``()`` for a scalar label).
+    ``classes`` is set for labels given as class ids: they must be integers in
+    ``[0, classes)``. ``unit_interval`` marks binary-crossentropy labels.
+    """
+
+    name: str
+    columns: tuple[str, ...]
+    shape: tuple[int | None, ...]
+    role: str
+    slot: str
+    dtype: str = "float32"
+    classes: int | None = None
+    unit_interval: bool = False
+
+    @property
+    def size(self) -> int | None:
+        """Values per row, when the shape is fully known."""
+        if any(d is None for d in self.shape):
+            return None
+        return int(math.prod(self.shape))
+
+    @property
+    def described(self) -> str:
+        cols = ", ".join(repr(c) for c in self.columns)
+        what = "column" if len(self.columns) == 1 else "columns"
+        return f"{what} {cols}"
+
+    def to_numpy(self, batch: pa.RecordBatch) -> "BindingValues":
+        """Convert this binding's columns of an Arrow batch to ``(n, *shape)``."""
+        n = batch.num_rows
+        parts = []
+        for col in self.columns:
+            values, problem = _column_rows(batch.column(col), col)
+            if problem:
+                return BindingValues(None, problem, n)
+            parts.append(values)
+        rows = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+        per_row = rows.shape[1] if rows.ndim == 2 else 1
+        expected = self.size
+        if expected is not None and per_row != expected:
+            return BindingValues(None, self._size_problem(per_row), n)
+        target = tuple(-1 if d is None else d for d in self.shape)
+        try:
+            shaped = rows.reshape((n, *target)) if n else rows.reshape((0, *[max(d, 0) for d in target]))
+        except ValueError:
+            return BindingValues(None, self._size_problem(per_row), n)
+        return BindingValues(shaped.astype(self.dtype, copy=False), None, n, raw=rows)
+
+    def _size_problem(self, per_row: int) -> str:
+        role = "model input" if self.role == FEATURE else "model output"
+        shape = tuple(self.shape)
+        need = f"{self.size} values per row (shape {shape})" if self.size else f"shape {shape}"
+        return (
+            f"{self.described} has rows of {per_row} values, but {role} {self.name!r} "
+            f"expects {need}. Select the matching column or change the model's "
+            f"{'input' if self.role == FEATURE else 'output'} shape."
+        )
+
+
+@dataclass
+class BindingValues:
+    """The converted values of one binding for one Arrow batch."""
+
+    values: np.ndarray | None
+    problem: str | None
+    rows: int
+    raw: np.ndarray | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class ColumnMap:
+    """How a model's inputs and outputs map onto a DataFrame's columns."""
+
+    features: tuple[TensorBinding, ...]
+    labels: tuple[TensorBinding, ...]
+    input_structure: str
+    output_structure: str
+
+    @property
+    def bindings(self) -> tuple[TensorBinding, ...]:
+        return self.features + self.labels
+
+    @property
+    def columns(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for b in self.bindings:
+            for c in b.columns:
+                seen[c] = None
+        return list(seen)
+
+    def without_labels(self) -> "ColumnMap":
+        return ColumnMap(self.features, (), self.input_structure, self.output_structure)
+
+    def x(self, arrays: Sequence[np.ndarray]) -> Any:
+        """Arrange feature arrays the way the model's inputs are structured."""
+        return _structure(self.input_structure, self.features, arrays)
+
+    def y(self, arrays: Sequence[np.ndarray]) -> Any:
+        """Arrange label arrays the way the model's outputs are structured."""
+        return _structure(self.output_structure, self.labels, arrays)
+
+
+def _structure(kind: str, bindings: Sequence[TensorBinding], arrays: Sequence[np.ndarray]) -> Any:
+    if kind == "single":
+        return arrays[0]
+    if kind == "dict":
+        return {b.name: a for b, a in zip(bindings, arrays)}
+    return list(arrays)
+
+
+def resolve_columns(
+    model: Any,
+    schema: Any,
+    features_col: ColumnSpec,
+    label_col: ColumnSpec | None,
+) -> ColumnMap:
+    """Bind the model's inputs/outputs to columns of ``schema`` and check them.
+
+    Raises :class:`InputError` naming the column and what to do when a column
+    is missing, not numeric, or cannot match the model's shape.
+    """
+    inputs = _tensors(model, "inputs")
+    outputs = _tensors(model, "outputs")
+    in_kind, in_names = _structure_of(model, "_inputs_struct", inputs, "input")
+    out_kind, out_names = _structure_of(model, "_outputs_struct", outputs, "output")
+    existing = {f.name: f for f in schema.fields}
+    features = tuple(
+        _bind(name, cols, tensor.shape[1:], FEATURE, f"f{i}", existing, model)
+        for i, (name, cols, tensor) in enumerate(
+            _assign(features_col, in_names, inputs, "features_col", "input")
+        )
+    )
+    labels: tuple[TensorBinding, ...] = ()
+    if label_col is not None:
+        labels = tuple(
+            _bind(name, cols, tensor.shape[1:], LABEL, f"l{i}", existing, model, out_index=i)
+            for i, (name, cols, tensor) in enumerate(
+                _assign(label_col, out_names, outputs, "label_col", "output")
+            )
+        )
+    return ColumnMap(features, labels, in_kind, out_kind)
+
+
+def _tensors(model: Any, attr: str) -> list[Any]:
+    try:
+        tensors = list(getattr(model, attr) or [])
+    except (AttributeError, ValueError):
+        tensors = []
+    if not tensors:
+        raise InputError(
+            f"The model has no known {attr}: build it first (start it with keras.Input(shape=...) "
+            "or call model.build(input_shape)) so sparkeras can check the data against it."
+        )
+    return tensors
+
+
+def _structure_of(model: Any, attr: str, tensors: list[Any], what: str) -> tuple[str, list[str]]:
+    struct = getattr(model, attr, None)
+    if isinstance(struct, Mapping):
+        return "dict", list(struct.keys())
+    if len(tensors) == 1:
+        names = [getattr(tensors[0], "name", None) or what]
+        if what == "output":
+            names = list(getattr(model, "output_names", None) or names)
+        return "single", names
+    if what == "output" and getattr(model, "output_names", None):
+        return "list", list(model.output_names)
+    return "list", [getattr(t, "name", f"{what}_{i}") for i, t in enumerate(tensors)]
+
+
+def _assign(spec: ColumnSpec, names: list[str], tensors: list[Any], arg: str, what: str):
+    if isinstance(spec, Mapping):
+        unknown = [k for k in spec if k not in names]
+        missing = [n for n in names if n not in spec]
+        if unknown or missing:
+            raise InputError(
+                f"{arg} maps model {what}s by name, but "
+                + (f"{unknown} are not {what}s of the model; " if unknown else "")
+                + (f"{missing} have no column; " if missing else "")
+                + f"the model's {what}s are {names}."
+            )
+        return [(n, _as_tuple(spec[n]), t) for n, t in zip(names, tensors)]
+    if len(tensors) == 1:
+        return [(names[0], _as_tuple(spec), tensors[0])]
+    if isinstance(spec, Sequence) and not isinstance(spec, str) and len(spec) == len(tensors):
+        return [(n, _as_tuple(c), t) for n, c, t in zip(names, spec, tensors)]
+    raise InputError(
+        f"The model has {len(tensors)} {what}s {names}; pass {arg} as a dict "
+        f"{{{what}_name: column}} (or a list with one column per {what})."
+    )
+
+
+def _as_tuple(cols: str | Sequence[str]) -> tuple[str, ...]:
+    if isinstance(cols, str):
+        return (cols,)
+    cols = tuple(cols)
+    if not cols or not all(isinstance(c, str) for c in cols):
+        raise InputError(f"A column list must hold column names, got {cols!r}.")
+    return cols
+
+
+def _bind(
+    name: str,
+    cols: tuple[str, ...],
+    tensor_shape: Sequence[int | None],
+    role: str,
+    slot: str,
+    existing: Mapping[str, Any],
+    model: Any,
+    out_index: int = 0,
+) -> TensorBinding:
+    from pyspark.sql import types as T
+
+    shape = tuple(None if d is None else int(d) for d in tensor_shape)
+    arg = "features_col" if role == FEATURE else "label_col"
+    for col in cols:
+        if col not in existing:
+            raise InputError(
+                f"Column {col!r} ({arg}) is not in the data; the columns are "
+                f"{sorted(existing)}. Pass {arg}= with one of them."
+            )
+    kinds = [_column_kind(existing[c].dataType) for c in cols]
+    for col, kind in zip(cols, kinds):
+        if kind is None:
+            raise InputError(
+                f"Column {col!r} has type {existing[col].dataType.simpleString()}, which is not "
+                f"numeric. {role.capitalize()} must be numeric: array<float|double>, a Spark ML "
+                "Vector, or numeric columns. Convert it first (e.g. VectorAssembler or a cast)."
+            )
+    if len(cols) > 1 and any(k != "scalar" for k in kinds):
+        raise InputError(
+            f"{arg} lists several columns {list(cols)}; that form takes numeric scalar columns "
+            "only. Pass a single array or Vector column instead."
+        )
+    is_scalar = len(cols) == 1 and kinds[0] == "scalar"
+    dtype = "float32"
+    classes = None
+    unit_interval = False
+    if role == LABEL:
+        units = shape[-1] if shape else 1
+        if is_scalar:
+            if units is not None and units > 1:
+                classes = units
+                shape = ()
+                dtype = "int32"
+            else:
+                if units == 1:
+                    shape = ()
+                unit_interval = "binary" in _loss_name(model, out_index)
+        elif units == 1:
+            unit_interval = "binary" in _loss_name(model, out_index)
+    if len(cols) > 1 and None not in shape and math.prod(shape) != len(cols):
+        raise InputError(
+            f"{arg} lists {len(cols)} columns, but model {'input' if role == FEATURE else 'output'} "
+            f"{name!r} expects {math.prod(shape)} values per row (shape {shape})."
+        )
+    return TensorBinding(name, cols, shape, role, slot, dtype, classes, unit_interval)
+
+
+def _column_kind(dtype: Any) -> str | None:
+    """'scalar', 'array' or 'vector' for usable Spark types, else None."""
+    from pyspark.sql import types as T
+
+    if isinstance(dtype, (T.NumericType, T.BooleanType)):
+        return "scalar"
+    if isinstance(dtype, T.ArrayType):
+        inner = dtype.elementType
+        while isinstance(inner, T.ArrayType):
+            inner = inner.elementType
+        return "array" if isinstance(inner, (T.NumericType, T.BooleanType)) else None
+    if type(dtype).__name__ == "VectorUDT":
+        return "vector"
+    return None
+
+
+def _loss_name(model: Any, index: int) -> str:
+    loss = getattr(model, "loss", None)
+    if isinstance(loss, Mapping):
+        names = list(getattr(model, "output_names", None) or [])
+        loss = loss.get(names[index]) if index < len(names) else None
+    elif isinstance(loss, (list, tuple)):
+        loss = loss[index] if index < len(loss) else None
+    if loss is None:
+        return ""
+    if isinstance(loss, str):
+        return loss.lower()
+    return str(getattr(loss, "name", None) or getattr(loss, "__name__", "")).lower()
+
+
+def _column_rows(arr: pa.Array | pa.ChunkedArray, col: str) -> tuple[np.ndarray | None, str | None]:
+    """An Arrow column as a 2-D ``(rows, values)`` array, or a problem message."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    n = len(arr)
+    if arr.null_count:
+        return None, (
+            f"column {col!r} has {arr.null_count} null rows; drop or fill them "
+            "(e.g. df.dropna(subset=[...])) before training."
+        )
+    t = arr.type
+    if pa.types.is_struct(t):
+        return _vector_rows(arr, col)
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        values = arr
+        width = 1
+        while pa.types.is_list(values.type) or pa.types.is_large_list(values.type) or pa.types.is_fixed_size_list(values.type):
+            lengths = pc.list_value_length(values).to_numpy(zero_copy_only=False)
+            if values.null_count:
+                return None, f"column {col!r} has null entries inside its arrays; fill or drop them."
+            if len(lengths) and (lengths != lengths[0]).any():
+                first = int(np.flatnonzero(lengths != lengths[0])[0])
+                return None, (
+                    f"column {col!r} has arrays of different lengths ({int(lengths[0])} and "
+                    f"{int(lengths[first])}); every row must have the same number of values."
+                )
+            width *= int(lengths[0]) if len(lengths) else 0
+            values = values.flatten()
+        if values.null_count:
+            return None, f"column {col!r} has null entries inside its arrays; fill or drop them."
+        flat = _numeric(values)
+        return flat.reshape(n, width if n else 0), None
+    return _numeric(arr).reshape(n, 1), None
+
+
+def _numeric(arr: pa.Array) -> np.ndarray:
+    if pa.types.is_boolean(arr.type):
+        arr = arr.cast(pa.uint8())
+    return arr.to_numpy(zero_copy_only=False)
+
+
+def _vector_rows(arr: pa.StructArray, col: str) -> tuple[np.ndarray | None, str | None]:
+    """Densify a Spark ML Vector column (struct of type, size, indices, values)."""
+    n = len(arr)
+    kinds = arr.field("type").to_numpy(zero_copy_only=False)
+    values = arr.field("values")
+    if n and (kinds == 1).all():
+        return _column_rows(values, col)
+    sizes = arr.field("size").to_numpy(zero_copy_only=False)
+    dense_lengths = pc.list_value_length(values).to_numpy(zero_copy_only=False)
+    widths = np.where(kinds == 1, dense_lengths, sizes)
+    if n and (widths != widths[0]).any():
+        return None, f"column {col!r} holds vectors of different sizes; every row must have the same size."
+    width = int(widths[0]) if n else 0
+    out = np.zeros((n, width), dtype=np.float64)
+    indices = arr.field("indices")
+    for i in range(n):
+        vals = np.asarray(values[i].values, dtype=np.float64)
+        if kinds[i] == 1:
+            out[i] = vals
+        else:
+            out[i, np.asarray(indices[i].values, dtype=np.int64)] = vals
+    return out, None

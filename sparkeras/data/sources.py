@@ -1,0 +1,233 @@
+"""Turning whatever the user trains on into a Spark DataFrame.
+
+numpy arrays and pandas frames already sit on the driver, so they are shipped
+once through Arrow, in contiguous slices that keep the user's row order (one
+slice per worker). RDDs, DataFrames and Parquet stay where they are.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from sparkeras.data.columns import ColumnSpec
+from sparkeras.errors import InputError
+
+ACCEPTED = (
+    "numpy arrays (x=, y=), a pandas DataFrame, an RDD of (features, label) pairs, "
+    "a Spark DataFrame, or a Parquet path"
+)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A Spark DataFrame plus the columns that hold features and labels.
+
+    ``ordered`` is true when rows come from the driver in the user's order and
+    the frame is already laid out as one contiguous slice per partition.
+    """
+
+    frame: Any
+    features_col: ColumnSpec
+    label_col: ColumnSpec | None
+    ordered: bool = False
+
+
+def as_dataset(
+    spark: Any,
+    data: Any,
+    y: Any = None,
+    *,
+    features_col: ColumnSpec = "features",
+    label_col: ColumnSpec | None = "label",
+    num_partitions: int = 1,
+) -> Dataset:
+    """Wrap ``data`` (and ``y`` for numpy input) as a :class:`Dataset`."""
+    from pyspark import RDD
+    from pyspark.sql import DataFrame
+
+    if data is None:
+        raise InputError(f"No data given: pass {ACCEPTED}.")
+    if isinstance(data, DataFrame):
+        return Dataset(data, features_col, label_col)
+    if isinstance(data, (str, os.PathLike)):
+        return Dataset(_read_parquet(spark, os.fspath(data)), features_col, label_col)
+    if isinstance(data, RDD):
+        return Dataset(_rdd_frame(spark, data, features_col, label_col), features_col, label_col)
+    if _is_pandas(data):
+        table = pa.Table.from_pandas(data, preserve_index=False)
+        return Dataset(_ordered_frame(spark, table, num_partitions), features_col, label_col, True)
+    if isinstance(data, (np.ndarray, Mapping, list, tuple)):
+        return _numpy_dataset(spark, data, y, features_col, label_col, num_partitions)
+    raise InputError(f"Cannot train on a {type(data).__name__}; pass {ACCEPTED}.")
+
+
+def _read_parquet(spark: Any, path: str) -> Any:
+    try:
+        return spark.read.parquet(path)
+    except Exception as exc:  # AnalysisException: path missing or not Parquet
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"Cannot read Parquet data at {path!r}: {first}") from None
+
+
+def _is_pandas(data: Any) -> bool:
+    return type(data).__module__.startswith("pandas") and type(data).__name__ == "DataFrame"
+
+
+def _numpy_dataset(spark, x, y, features_col, label_col, num_partitions) -> Dataset:
+    columns: dict[str, np.ndarray] = {}
+    fcol = _named_arrays(x, features_col if isinstance(features_col, str) else "features", columns, "x")
+    lcol = None
+    if y is not None:
+        lcol = _named_arrays(y, label_col if isinstance(label_col, str) else "label", columns, "y")
+    lengths = {name: len(a) for name, a in columns.items()}
+    if len(set(lengths.values())) > 1:
+        raise InputError(f"x and y must have the same number of rows; got {lengths}.")
+    table = pa.table({name: _arrow_column(a, name) for name, a in columns.items()})
+    return Dataset(_ordered_frame(spark, table, num_partitions), fcol, lcol, True)
+
+
+def _named_arrays(value, base: str, out: dict[str, np.ndarray], what: str) -> ColumnSpec:
+    if isinstance(value, Mapping):
+        names = {}
+        for key, arr in value.items():
+            col = f"{base}__{key}" if what == "y" else str(key)
+            out[col] = np.asarray(arr)
+            names[str(key)] = col
+        return names
+    if isinstance(value, (list, tuple)):
+        cols = []
+        for i, arr in enumerate(value):
+            out[f"{base}_{i}"] = np.asarray(arr)
+            cols.append(f"{base}_{i}")
+        return cols
+    out[base] = np.asarray(value)
+    return base
+
+
+def _arrow_column(a: np.ndarray, name: str) -> pa.Array:
+    if a.dtype.kind not in "biuf":
+        raise InputError(
+            f"Array {name!r} has dtype {a.dtype}, which is not numeric; convert it with "
+            ".astype('float32') (or encode categories as integers) first."
+        )
+    if a.ndim == 0:
+        raise InputError(f"Array {name!r} is a scalar; pass one row per sample.")
+    if a.ndim == 1:
+        return pa.array(a)
+    width = int(math.prod(a.shape[1:]))
+    flat = pa.array(np.ascontiguousarray(a).reshape(-1))
+    offsets = pa.array(np.arange(0, (len(a) + 1) * width, width, dtype=np.int32)) if width else pa.array(np.zeros(len(a) + 1, np.int32))
+    return pa.ListArray.from_arrays(offsets, flat)
+
+
+def _ordered_frame(spark: Any, table: pa.Table, num_partitions: int) -> Any:
+    """Ship a driver-side table as ``num_partitions`` contiguous, ordered slices.
+
+    ``createDataFrame`` makes one partition per Arrow batch, and ``coalesce``
+    without locality preferences merges neighbouring partitions, so equal-size
+    batches, ``k`` per slice, give exactly one slice per partition.
+    """
+    n = table.num_rows
+    max_batch = int(spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch", "10000"))
+    parts = max(1, num_partitions)
+    per_part = math.ceil(n / parts) if n else 0
+    chunks = max(1, math.ceil(per_part / max_batch)) if per_part else 1
+    bounds = []
+    for p in range(parts):
+        lo, hi = min(n, p * per_part), min(n, (p + 1) * per_part)
+        step = math.ceil((hi - lo) / chunks) if hi > lo else 0
+        for c in range(chunks):
+            bounds.append((min(hi, lo + c * step), min(hi, lo + (c + 1) * step)))
+    batches = [b for lo, hi in bounds for b in (table.slice(lo, hi - lo).to_batches() or [_empty(table)])]
+    batches = [b for b in batches]  # one per (slice, chunk), possibly empty
+    frame = spark.createDataFrame(pa.Table.from_batches(batches, schema=table.schema))
+    return frame.coalesce(parts)
+
+
+def _empty(table: pa.Table) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays([pa.array([], type=f.type) for f in table.schema], schema=table.schema)
+
+
+def _rdd_frame(spark: Any, rdd: Any, features_col: ColumnSpec, label_col: ColumnSpec | None) -> Any:
+    """An RDD of ``(features, label)`` pairs (or of features alone) as a DataFrame."""
+    from pyspark.sql import types as T
+
+    if not isinstance(features_col, str) or not (label_col is None or isinstance(label_col, str)):
+        raise InputError("For an RDD of (features, label) pairs, features_col and label_col must be plain names.")
+    first = rdd.take(1)
+    if not first:
+        raise InputError("The training data is empty (the RDD has no elements).")
+    sample = first[0]
+    has_label = isinstance(sample, tuple) and len(sample) == 2 and label_col is not None
+    fields = [T.StructField(features_col, T.ArrayType(T.DoubleType(), False), False)]
+    label_is_array = False
+    if has_label:
+        label_value = np.asarray(_plain(sample[1]))
+        label_is_array = label_value.ndim > 0
+        if label_is_array:
+            ltype = T.ArrayType(T.DoubleType(), False)
+        elif label_value.dtype.kind in "iub":
+            ltype = T.LongType()
+        else:
+            ltype = T.DoubleType()
+        fields.append(T.StructField(label_col, ltype, False))
+
+    def to_row(pair):
+        features = pair[0] if has_label else pair
+        row = [np.asarray(_plain(features), dtype=np.float64).ravel().tolist()]
+        if has_label:
+            lab = np.asarray(_plain(pair[1]))
+            row.append(lab.astype(np.float64).ravel().tolist() if label_is_array else lab.item())
+        return row
+
+    return spark.createDataFrame(rdd.map(to_row), T.StructType(fields))
+
+
+def _plain(value: Any) -> Any:
+    """Spark ML/MLlib vectors to numpy; everything else unchanged."""
+    to_array = getattr(value, "toArray", None)
+    return to_array() if callable(to_array) else value
+
+
+def split_validation(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """Hold out ``fraction`` of the rows, seeded, for validation."""
+    train, val = dataset.frame.randomSplit([1.0 - fraction, fraction], seed=seed)
+    return (
+        Dataset(train, dataset.features_col, dataset.label_col, dataset.ordered),
+        Dataset(val, dataset.features_col, dataset.label_col),
+    )
+
+
+def validation_dataset(spark: Any, validation_data: Any, like: Dataset, num_partitions: int) -> Dataset:
+    """``validation_data`` as a Dataset with the same columns as the training data."""
+    if isinstance(validation_data, tuple) and len(validation_data) == 2:
+        return as_dataset(
+            spark, validation_data[0], validation_data[1],
+            features_col=_base(like.features_col, "features"),
+            label_col=_base(like.label_col, "label"),
+            num_partitions=num_partitions,
+        )
+    return as_dataset(
+        spark, validation_data, features_col=like.features_col, label_col=like.label_col,
+        num_partitions=num_partitions,
+    )
+
+
+def _base(spec: Any, default: str) -> str:
+    return spec if isinstance(spec, str) else default
+
+
+def column_list(spec: ColumnSpec | None) -> Sequence[str]:
+    if spec is None:
+        return []
+    if isinstance(spec, str):
+        return [spec]
+    if isinstance(spec, Mapping):
+        return [c for v in spec.values() for c in column_list(v)]
+    return list(spec)

@@ -1,0 +1,376 @@
+"""``SparkModel``: a compiled Keras model, trained and served on Spark."""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from typing import Any, Mapping, Sequence
+from urllib.parse import urlparse
+
+import numpy as np
+
+from sparkeras.data.columns import ColumnMap, ColumnSpec, resolve_columns
+from sparkeras.data.packing import PreparedData, prepare
+from sparkeras.data.sources import Dataset, as_dataset, split_validation, validation_dataset
+from sparkeras.errors import InputError
+from sparkeras.progress import ProgressBar, ProgressServer
+from sparkeras.serialization import ModelSpec, model_state, pack_arrays
+from sparkeras.session import get_spark, keras_backend
+from sparkeras.strategies import Strategy, get_strategy
+from sparkeras.training import MetricReader, TrainingJob, evaluate, run_partitions, worker_error
+from sparkeras.worker import tasks
+from sparkeras.worker.tasks import WorkerSpec
+
+
+class SparkModel:
+    """Train, evaluate and predict with a compiled Keras model on Spark.
+
+    The data stays in Spark: each task streams its own partition, and only
+    model states and metric totals travel to the driver.
+
+    Args:
+        model: a compiled ``keras.Model`` whose input shapes are known.
+        strategy: a strategy name (``"averaging"``) or a
+            :class:`~sparkeras.strategies.Strategy` object.
+        num_workers: Spark tasks that train in parallel; defaults to the
+            cluster's default parallelism.
+        custom_objects: custom layers, losses or metrics needed to rebuild the
+            model on the workers (or register them with
+            ``keras.saving.register_keras_serializable``).
+        seed: seeds the per-epoch shuffling and the validation split.
+        master: Spark master URL for an embedded session; ignored when a
+            SparkSession is already active.
+        **strategy_options: options for a strategy given by name
+            (e.g. ``window=10`` for averaging every 10 batches).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        strategy: str | Strategy = "averaging",
+        num_workers: int | None = None,
+        *,
+        custom_objects: Mapping[str, Any] | None = None,
+        seed: int | None = None,
+        master: str | None = None,
+        **strategy_options: Any,
+    ) -> None:
+        _check_model(model)
+        if num_workers is not None and (not isinstance(num_workers, int) or num_workers < 1):
+            raise InputError(f"num_workers must be a positive integer, got {num_workers!r}.")
+        self._model = model
+        self.strategy = get_strategy(strategy, **strategy_options)
+        self.num_workers = num_workers
+        self.custom_objects = dict(custom_objects or {})
+        self.seed = random.randrange(2**31) if seed is None else int(seed)
+        self.master = master
+
+    @property
+    def model(self) -> Any:
+        """The Keras model; after ``fit`` it holds the trained weights."""
+        return self._model
+
+    @property
+    def spark(self) -> Any:
+        return get_spark(self.master)
+
+    def _workers(self, spark: Any) -> int:
+        return self.num_workers or max(1, spark.sparkContext.defaultParallelism)
+
+    def _spec(self, columns: ColumnMap, progress: Any = None) -> WorkerSpec:
+        return WorkerSpec(ModelSpec.from_model(self._model, self.custom_objects or None), columns,
+                          keras_backend(), self.seed, progress)
+
+    def _dataset(self, spark: Any, data: Any, y: Any, x: Any, features_col: ColumnSpec,
+                 label_col: ColumnSpec | None, workers: int) -> Dataset:
+        if x is not None and data is not None:
+            raise InputError("Pass the data either positionally or as x=, not both.")
+        return as_dataset(spark, x if x is not None else data, y, features_col=features_col,
+                          label_col=label_col, num_partitions=workers)
+
+    def fit(
+        self,
+        data: Any = None,
+        y: Any = None,
+        *,
+        x: Any = None,
+        epochs: int = 1,
+        batch_size: int = 32,
+        validation_data: Any = None,
+        validation_split: float = 0.0,
+        features_col: ColumnSpec = "features",
+        label_col: ColumnSpec = "label",
+        callbacks: Sequence[Any] | None = None,
+        verbose: int = 1,
+        shuffle: bool = True,
+        initial_epoch: int = 0,
+    ) -> Any:
+        """Train on ``data`` and return a ``keras.callbacks.History``.
+
+        ``data`` is a Spark DataFrame, a Parquet path, an RDD of
+        ``(features, label)`` pairs, a pandas DataFrame, or numpy features
+        with ``y`` (also as ``x=``/``y=``). ``features_col`` and ``label_col``
+        name the columns, or map model input/output names to columns.
+        ``history.history`` has the per-epoch loss and compiled metrics, and
+        their ``val_`` twins when there is validation data.
+        """
+        _check_positive(epochs=epochs, batch_size=batch_size)
+        if not 0.0 <= validation_split < 1.0:
+            raise InputError(f"validation_split must be in [0, 1), got {validation_split}.")
+        if not 0 <= initial_epoch < epochs:
+            raise InputError(f"initial_epoch must be in [0, epochs), got {initial_epoch} with epochs={epochs}.")
+        spark = self.spark
+        workers = self._workers(spark)
+        x_data = x if x is not None else data
+        if validation_split and validation_data is None and _is_numpy(x_data):
+            x_data, y, validation_data = _split_last(x_data, y, validation_split)
+        dataset = self._dataset(spark, None, y, x_data, features_col, label_col, workers)
+        if dataset.label_col is None:
+            raise InputError("fit needs labels: pass y= with numpy features, or label_col= naming the label column.")
+        val_dataset = None
+        if validation_data is not None:
+            val_dataset = validation_dataset(spark, validation_data, dataset, workers)
+        elif validation_split:
+            dataset, val_dataset = split_validation(dataset, validation_split, self.seed)
+        columns = resolve_columns(self._model, dataset.frame.schema, dataset.features_col, dataset.label_col)
+        if val_dataset is not None:
+            resolve_columns(self._model, val_dataset.frame.schema, val_dataset.features_col, val_dataset.label_col)
+        prepared: list[PreparedData] = []
+        server = None
+        try:
+            train = prepare(dataset, columns, workers)
+            prepared.append(train)
+            if workers > train.stats.rows:
+                raise InputError(
+                    f"num_workers={workers} is larger than the {train.stats.rows} rows of the training data; "
+                    f"use at most {train.stats.rows} workers.")
+            validation = None
+            if val_dataset is not None:
+                validation = prepare(val_dataset, columns, workers, "validation data")
+                prepared.append(validation)
+            bar = ProgressBar(epochs, verbose)
+            if verbose:
+                server = ProgressServer(_driver_host(spark), bar.report)
+            job = TrainingJob(
+                spark=spark, model=self._model, spec=self._spec(columns, server.address if server else None),
+                train=train, validation=validation, epochs=epochs, initial_epoch=initial_epoch,
+                batch_size=batch_size, shuffle=shuffle, num_workers=workers,
+                callbacks=None, bar=bar)
+            job.callbacks = _callback_list(callbacks, self._model, epochs, max(job.steps_per_worker), verbose)
+            self.strategy.check(job)
+            self._model.stop_training = False
+            job.callbacks.on_train_begin()
+            self.strategy.fit(job)
+            job.callbacks.on_train_end()
+        finally:
+            if server is not None:
+                server.close()
+            for p in prepared:
+                p.release()
+        history = self._model.history
+        history.samples_per_second = job.samples_per_second
+        history.strategy = repr(self.strategy)
+        return history
+
+    def evaluate(
+        self,
+        data: Any = None,
+        y: Any = None,
+        *,
+        x: Any = None,
+        batch_size: int = 32,
+        features_col: ColumnSpec = "features",
+        label_col: ColumnSpec = "label",
+    ) -> dict[str, float]:
+        """The compiled loss and metrics over all rows, as Keras' ``evaluate`` gives them."""
+        _check_positive(batch_size=batch_size)
+        spark = self.spark
+        workers = self._workers(spark)
+        dataset = self._dataset(spark, data, y, x, features_col, label_col, workers)
+        if dataset.label_col is None:
+            raise InputError("evaluate needs labels: pass y= with numpy features, or label_col=.")
+        columns = resolve_columns(self._model, dataset.frame.schema, dataset.features_col, dataset.label_col)
+        prepared = prepare(dataset, columns, workers, "evaluation data")
+        blob = spark.sparkContext.broadcast(pack_arrays(model_state(self._model)))
+        try:
+            return evaluate(prepared, self._spec(columns), blob, batch_size, MetricReader(self._model, prepared))
+        finally:
+            blob.unpersist()
+            prepared.release()
+
+    def predict(
+        self,
+        data: Any = None,
+        *,
+        x: Any = None,
+        batch_size: int = 256,
+        features_col: ColumnSpec = "features",
+        prediction_col: str = "prediction",
+    ) -> Any:
+        """Predictions for every row.
+
+        numpy or pandas in: a numpy array (a list or dict for multi-output
+        models) in input order. Spark DataFrame, RDD or Parquet path in: a
+        DataFrame with every input column plus ``prediction_col`` (class
+        probabilities as ``array<float>``, single-unit outputs as ``double``;
+        one column per output, suffixed with the output name, for multi-output
+        models).
+        """
+        _check_positive(batch_size=batch_size)
+        spark = self.spark
+        workers = self._workers(spark)
+        dataset = self._dataset(spark, data, None, x, features_col, None, workers)
+        columns = resolve_columns(self._model, dataset.frame.schema, dataset.features_col, None)
+        if dataset.ordered:
+            return self._predict_local(spark, dataset, columns, workers, batch_size)
+        return self._predict_frame(spark, dataset, columns, batch_size, prediction_col)
+
+    def _predict_local(self, spark: Any, dataset: Dataset, columns: ColumnMap, workers: int,
+                       batch_size: int) -> Any:
+        prepared = prepare(dataset, columns, workers, "prediction data")
+        spec = self._spec(columns)
+        blob = spark.sparkContext.broadcast(pack_arrays(model_state(self._model)))
+        try:
+            results = run_partitions(
+                prepared, lambda it: tasks.predict_packed(spec, blob, batch_size, it), "predicting")
+        finally:
+            blob.unpersist()
+            prepared.release()
+        parts = [r.state for r in results if r.samples]
+        outputs = [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+        if len(outputs) == 1:
+            return outputs[0]
+        if isinstance(getattr(self._model, "_outputs_struct", None), Mapping):
+            return dict(zip(self._model._outputs_struct.keys(), outputs))
+        return outputs
+
+    def _predict_frame(self, spark: Any, dataset: Dataset, columns: ColumnMap, batch_size: int,
+                       prediction_col: str) -> Any:
+        from pyspark.sql import types as T
+
+        frame = dataset.frame
+        outputs = _output_columns(self._model, prediction_col)
+        clash = [n for n, _ in outputs if n in frame.columns]
+        if clash:
+            raise InputError(f"The data already has column(s) {clash}; pass another prediction_col=.")
+        schema = T.StructType(list(frame.schema.fields) + [
+            T.StructField(n, T.DoubleType() if w == 1 else T.ArrayType(T.FloatType(), False), False)
+            for n, w in outputs])
+        spec = self._spec(columns)
+        blob = spark.sparkContext.broadcast(pack_arrays(model_state(self._model)))
+        return frame.mapInArrow(lambda it: tasks.predict_frame(spec, blob, batch_size, outputs, it), schema)
+
+    def save(self, path: str) -> None:
+        """Save the model (architecture, weights, optimizer state) as a ``.keras`` file.
+
+        ``path`` may be local or any URI Hadoop can write (``hdfs://``, ``s3a://``...).
+        """
+        if not _is_remote(path):
+            self._model.save(path)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            local = os.path.join(tmp, "model.keras")
+            self._model.save(local)
+            _hadoop_copy(self.spark, local, path, upload=True)
+
+    @classmethod
+    def load(cls, path: str, custom_objects: Mapping[str, Any] | None = None, **kwargs: Any) -> "SparkModel":
+        """Load a model written by :meth:`save` (or any ``.keras`` file) into a new SparkModel."""
+        import keras
+
+        def _load(local: str) -> Any:
+            return keras.saving.load_model(local, custom_objects=dict(custom_objects or {}) or None)
+
+        if not _is_remote(path):
+            if not os.path.exists(path):
+                raise InputError(f"No model file at {path!r}.")
+            model = _load(path)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                local = os.path.join(tmp, "model.keras")
+                _hadoop_copy(get_spark(kwargs.get("master")), path, local, upload=False)
+                model = _load(local)
+        return cls(model, custom_objects=custom_objects, **kwargs)
+
+
+def _check_model(model: Any) -> None:
+    import keras
+
+    if not isinstance(model, keras.Model):
+        raise InputError(f"SparkModel needs a keras.Model, got {type(model).__name__}.")
+    if not getattr(model, "compiled", False) or getattr(model, "optimizer", None) is None:
+        raise InputError(
+            "The model is not compiled: call model.compile(optimizer=..., loss=..., metrics=[...]) "
+            "before passing it to SparkModel.")
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if not isinstance(value, int) or value < 1:
+            raise InputError(f"{name} must be a positive integer, got {value!r}.")
+
+
+def _is_numpy(data: Any) -> bool:
+    return isinstance(data, (np.ndarray, Mapping, list, tuple))
+
+
+def _split_last(x: Any, y: Any, fraction: float) -> tuple[Any, Any, Any]:
+    """Keras' validation_split: the last ``fraction`` of the rows, before shuffling."""
+    def cut(v: Any, lo: int | None, hi: int | None) -> Any:
+        if isinstance(v, Mapping):
+            return {k: np.asarray(a)[lo:hi] for k, a in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [np.asarray(a)[lo:hi] for a in v]
+        return None if v is None else np.asarray(v)[lo:hi]
+
+    first = next(iter(x.values())) if isinstance(x, Mapping) else (x[0] if isinstance(x, (list, tuple)) else x)
+    n = len(first)
+    split = int(n * (1.0 - fraction))
+    return cut(x, None, split), cut(y, None, split), (cut(x, split, None), cut(y, split, None))
+
+
+def _callback_list(callbacks: Sequence[Any] | None, model: Any, epochs: int, steps: int, verbose: int) -> Any:
+    import keras
+
+    return keras.callbacks.CallbackList(
+        list(callbacks or []), add_history=True, add_progbar=False, model=model,
+        verbose=verbose, epochs=epochs, steps=steps)
+
+
+def _output_columns(model: Any, prediction_col: str) -> list[tuple[str, int]]:
+    outputs = list(model.outputs)
+    widths = [int(np.prod([d or 1 for d in t.shape[1:]])) for t in outputs]
+    if len(outputs) == 1:
+        return [(prediction_col, widths[0])]
+    struct = getattr(model, "_outputs_struct", None)
+    names = list(struct.keys()) if isinstance(struct, Mapping) else list(model.output_names)
+    return [(f"{prediction_col}_{n}", w) for n, w in zip(names, widths)]
+
+
+def _driver_host(spark: Any) -> str:
+    master = spark.sparkContext.master
+    if master.startswith("local"):
+        return "127.0.0.1"
+    return spark.sparkContext.getConf().get("spark.driver.host", "127.0.0.1")
+
+
+def _is_remote(path: str) -> bool:
+    scheme = urlparse(str(path)).scheme
+    return len(scheme) > 1 and scheme != "file"
+
+
+def _hadoop_copy(spark: Any, src: str, dst: str, upload: bool) -> None:
+    sc = spark.sparkContext
+    Path = sc._jvm.org.apache.hadoop.fs.Path
+    conf = sc._jsc.hadoopConfiguration()
+    try:
+        if upload:
+            Path(dst).getFileSystem(conf).copyFromLocalFile(False, True, Path(src), Path(dst))
+        else:
+            Path(src).getFileSystem(conf).copyToLocalFile(False, Path(src), Path(dst), True)
+    except Exception as exc:  # noqa: BLE001
+        raise worker_error(exc, f"copying {src} to {dst}") from None
+
+
+__all__ = ["SparkModel"]

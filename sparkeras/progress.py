@@ -1,0 +1,211 @@
+"""Live training progress, from the workers to a bar on the driver.
+
+Workers report, a few times a second, how many samples of the current epoch
+they have trained on and their running loss. They send signed frames
+(:mod:`sparkeras.comm.wire`) to a small server the driver runs for the
+length of a fit. Progress is best-effort: a worker that cannot reach the
+server keeps training, and the epoch's final figures come from the metric
+states the workers return, not from these reports.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, TextIO
+
+from sparkeras.comm.wire import FrameError, read_frame, write_frame
+
+_MAX_PAYLOAD = 0  # progress frames carry no payload
+
+
+@dataclass(frozen=True)
+class ProgressAddress:
+    """Where workers send progress, and the secret that proves they belong to this fit."""
+
+    host: str
+    port: int
+    secret: bytes
+
+
+class ProgressServer:
+    """Accepts signed progress frames from workers for the length of one fit.
+
+    Binds to ``host`` (the driver's address, not ``0.0.0.0``) on a port the
+    operating system picks at bind time, so there is no race for ports.
+    Unsigned or malformed frames close that connection and are otherwise ignored.
+    """
+
+    def __init__(self, host: str, on_report: Callable[[dict[str, Any]], None]) -> None:
+        self._on_report = on_report
+        self._sock = socket.create_server((host, 0))
+        self._sock.settimeout(0.2)
+        self.address = ProgressAddress(host, self._sock.getsockname()[1], secrets.token_bytes(32))
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.rejected = 0
+        self._accept = threading.Thread(target=self._serve, name="sparkeras-progress", daemon=True)
+        self._accept.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except (socket.timeout, OSError):
+                continue
+            t = threading.Thread(target=self._read, args=(conn,), daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _read(self, conn: socket.socket) -> None:
+        conn.settimeout(0.5)
+        with conn:
+            while not self._stop.is_set():
+                try:
+                    header, _ = read_frame(conn, self.address.secret, _MAX_PAYLOAD)
+                except socket.timeout:
+                    continue
+                except FrameError:
+                    self.rejected += 1
+                    return
+                except (EOFError, OSError):
+                    return
+                self._on_report(header)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._sock.close()
+        self._accept.join(timeout=2)
+        for t in self._threads:
+            t.join(timeout=2)
+
+
+class ProgressBar:
+    """One line per epoch: samples done, samples/s and the running loss.
+
+    On a terminal the line is redrawn in place; elsewhere (CI logs, files) only
+    the epoch's closing line is printed.
+    """
+
+    def __init__(self, epochs: int, verbose: int, stream: TextIO | None = None) -> None:
+        self.epochs = epochs
+        self.verbose = verbose
+        self.stream = stream or sys.stdout
+        self.interactive = verbose == 1 and getattr(self.stream, "isatty", lambda: False)()
+        self._lock = threading.Lock()
+        self._ranks: dict[int, tuple[int, float]] = {}
+        self._epoch = 0
+        self._total = 0
+        self._start = time.perf_counter()
+        self._last_draw = 0.0
+
+    def begin_epoch(self, epoch: int, total_samples: int) -> None:
+        with self._lock:
+            self._epoch, self._total = epoch, total_samples
+            self._ranks.clear()
+            self._start = time.perf_counter()
+
+    def report(self, msg: dict[str, Any]) -> None:
+        """Called by the progress server for each worker report."""
+        try:
+            epoch, rank = int(msg["epoch"]), int(msg["rank"])
+            done, loss = int(msg["samples"]), float(msg["loss"])
+        except (KeyError, TypeError, ValueError):
+            return
+        with self._lock:
+            if epoch != self._epoch:
+                return
+            self._ranks[rank] = (done, loss)
+            now = time.perf_counter()
+            if self.interactive and now - self._last_draw > 0.1:
+                self._last_draw = now
+                self._draw(self._line())
+
+    @property
+    def samples_done(self) -> int:
+        return sum(d for d, _ in self._ranks.values())
+
+    def _line(self, logs: dict[str, float] | None = None) -> str:
+        done = self._total if logs is not None else min(self.samples_done, self._total)
+        elapsed = max(time.perf_counter() - self._start, 1e-9)
+        width = 24
+        filled = int(width * done / self._total) if self._total else width
+        bar = "=" * filled + (">" if filled < width else "") + "." * max(0, width - filled - 1)
+        parts = [f"Epoch {self._epoch + 1}/{self.epochs} [{bar}] {done}/{self._total}",
+                 f"{done / elapsed:,.0f} samples/s"]
+        if logs is None:
+            weighted = [(d, l) for d, l in self._ranks.values() if d]
+            if weighted:
+                loss = sum(d * l for d, l in weighted) / sum(d for d, _ in weighted)
+                parts.append(f"loss: {loss:.4f}")
+        else:
+            parts.append(f"{elapsed:.1f}s")
+            parts += [f"{k}: {v:.4f}" for k, v in logs.items() if isinstance(v, (int, float))]
+        return " - ".join(parts)
+
+    def _draw(self, line: str, end: str = "") -> None:
+        self.stream.write("\r" + line.ljust(100) + end if self.interactive else line + end)
+        self.stream.flush()
+
+    def end_epoch(self, logs: dict[str, float]) -> float:
+        """Print the epoch's closing line; return the epoch's samples/s."""
+        with self._lock:
+            elapsed = max(time.perf_counter() - self._start, 1e-9)
+            if self.verbose:
+                self._draw(self._line(logs), end="\n")
+            return self._total / elapsed
+
+
+class ProgressReporter:
+    """Worker side: a Keras callback that sends progress to the driver.
+
+    The connection is kept per Python worker and reused across tasks. A
+    report never raises: failing to reach the driver only costs the bar.
+    """
+
+    _connections: dict[tuple[str, int], socket.socket] = {}
+
+    def __init__(self, address: ProgressAddress, rank: int, epoch: int, offset: int,
+                 batch_size: int, samples: int, interval: float = 0.25) -> None:
+        self.address, self.rank, self.epoch = address, rank, epoch
+        self.offset, self.batch_size, self.samples = offset, batch_size, samples
+        self.interval = interval
+        self._last = 0.0
+
+    def callback(self) -> Any:
+        import keras
+
+        reporter = self
+
+        class _Report(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                now = time.perf_counter()
+                if now - reporter._last >= reporter.interval:
+                    reporter._last = now
+                    reporter.send(min((batch + 1) * reporter.batch_size, reporter.samples), logs)
+
+            def on_train_end(self, logs=None):
+                reporter.send(reporter.samples, logs)
+
+        return _Report()
+
+    def send(self, done: int, logs: dict[str, Any] | None) -> None:
+        loss = float((logs or {}).get("loss", float("nan")))
+        msg = {"rank": self.rank, "epoch": self.epoch, "samples": self.offset + done, "loss": loss}
+        key = (self.address.host, self.address.port)
+        for _ in range(2):
+            conn = self._connections.get(key)
+            try:
+                if conn is None:
+                    conn = socket.create_connection(key, timeout=2)
+                    self._connections[key] = conn
+                write_frame(conn, self.address.secret, msg)
+                return
+            except OSError:
+                self._connections.pop(key, None)
+                if conn is not None:
+                    conn.close()

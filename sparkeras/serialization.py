@@ -1,0 +1,123 @@
+"""Moving models and arrays between the driver and Python workers.
+
+Arrays travel as raw bytes behind a small JSON header, never as pickles, so the
+same codec is safe on any channel, including sockets that face the network.
+A model travels as its Keras config (architecture plus compile settings, pure
+JSON) and its weights; the optimizer state travels with the weights so that
+training resumes exactly where the previous window stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+_HEADER = struct.Struct("<I")
+_ALLOWED_DTYPES = frozenset(
+    ["bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+     "float16", "float32", "float64", "bfloat16"]
+)
+
+
+def pack_arrays(arrays: Sequence[np.ndarray]) -> bytes:
+    """Encode arrays as one JSON header (dtypes, shapes) followed by their raw bytes."""
+    arrays = [np.asarray(a, order="C") for a in arrays]  # ascontiguousarray would make 0-d arrays 1-d
+    header = json.dumps([[a.dtype.name, list(a.shape)] for a in arrays]).encode()
+    return b"".join([_HEADER.pack(len(header)), header, *(a.tobytes() for a in arrays)])
+
+
+def unpack_arrays(blob: bytes | memoryview) -> list[np.ndarray]:
+    """Decode what :func:`pack_arrays` wrote; refuse anything malformed."""
+    view = memoryview(blob)
+    if len(view) < _HEADER.size:
+        raise ValueError("array blob is shorter than its header")
+    (header_len,) = _HEADER.unpack_from(view)
+    offset = _HEADER.size + header_len
+    if offset > len(view):
+        raise ValueError("array blob header overruns the blob")
+    specs = json.loads(bytes(view[_HEADER.size:offset]))
+    out = []
+    for dtype_name, shape in specs:
+        if dtype_name not in _ALLOWED_DTYPES:
+            raise ValueError(f"array blob has unsupported dtype {dtype_name!r}")
+        dtype = np.dtype(_ml_dtype(dtype_name))
+        count = int(np.prod(shape, dtype=np.int64))
+        nbytes = count * dtype.itemsize
+        if offset + nbytes > len(view):
+            raise ValueError("array blob is truncated")
+        out.append(np.frombuffer(view[offset:offset + nbytes], dtype=dtype).reshape(tuple(shape)))
+        offset += nbytes
+    if offset != len(view):
+        raise ValueError("array blob has trailing bytes")
+    return out
+
+
+def _ml_dtype(name: str) -> Any:
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return ml_dtypes.bfloat16
+    return name
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything a worker needs to rebuild the user's compiled model.
+
+    ``config`` is the JSON produced by ``keras.saving.serialize_keras_object``
+    (it includes ``compile_config``); ``key`` identifies the architecture so a
+    Python worker deserialises a model once and reuses it for every window,
+    epoch and fit of the same architecture.
+    """
+
+    config: str
+    key: str
+    custom_objects: dict[str, Any] | None = None
+
+    @classmethod
+    def from_model(cls, model: Any, custom_objects: dict[str, Any] | None = None) -> "ModelSpec":
+        import hashlib
+
+        import keras
+
+        config = json.dumps(keras.saving.serialize_keras_object(model), sort_keys=True)
+        key = hashlib.sha256(config.encode()).hexdigest()[:20]
+        return cls(config=config, key=key, custom_objects=custom_objects)
+
+    def build(self) -> Any:
+        """Rebuild the compiled model (weights are set separately)."""
+        import keras
+
+        with keras.saving.custom_object_scope(self.custom_objects or {}):
+            return keras.saving.deserialize_keras_object(json.loads(self.config))
+
+
+def model_state(model: Any) -> list[np.ndarray]:
+    """The weights followed by the optimizer variables, in a stable order."""
+    ensure_optimizer_built(model)
+    return [np.asarray(v) for v in model.weights] + [
+        np.asarray(v) for v in model.optimizer.variables
+    ]
+
+
+def set_model_state(model: Any, state: Sequence[np.ndarray]) -> None:
+    """Inverse of :func:`model_state`."""
+    ensure_optimizer_built(model)
+    variables = list(model.weights) + list(model.optimizer.variables)
+    if len(variables) != len(state):
+        raise ValueError(
+            f"model state has {len(state)} arrays but the model has {len(variables)} variables"
+        )
+    for var, value in zip(variables, state):
+        var.assign(value)
+
+
+def ensure_optimizer_built(model: Any) -> None:
+    """Create the optimizer's slot variables now, so they can be moved around."""
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None and not optimizer.built:
+        optimizer.build(model.trainable_variables)

@@ -1,0 +1,40 @@
+"""The contract between :class:`~sparkeras.SparkModel` and a training strategy.
+
+``SparkModel`` prepares everything that does not depend on how workers
+cooperate (data, model, callbacks, progress) into a
+:class:`~sparkeras.training.TrainingJob` and calls :meth:`Strategy.fit`. A
+strategy decides what the workers do between two epoch ends: run one Spark
+job per window and average (model averaging), run one barrier stage that
+all-reduces gradients every step, or talk to a parameter server. It reports
+each finished epoch through ``job.end_epoch`` and stops when that returns
+``True``. New strategies plug in without changing ``SparkModel``.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from sparkeras.training import TrainingJob
+
+
+class Strategy(abc.ABC):
+    """How workers cooperate to train one model."""
+
+    name: ClassVar[str]
+
+    def check(self, job: "TrainingJob") -> None:
+        """Reject options that cannot work for this job, before training starts."""
+
+    @abc.abstractmethod
+    def fit(self, job: "TrainingJob") -> None:
+        """Train epochs ``job.initial_epoch`` to ``job.epochs`` and keep ``job.state`` current."""
+
+    def get_config(self) -> dict[str, Any]:
+        """The strategy's options, for logs, history and persistence."""
+        return {}
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({opts})"

@@ -1,0 +1,160 @@
+"""The driver's side of one fit, shared by every strategy.
+
+A :class:`TrainingJob` owns what does not depend on *how* workers cooperate:
+the packed training and validation data, the driver's copy of the model, the
+callbacks and history, the progress bar, and the Spark jobs that evaluate or
+run a function on every partition. A strategy only decides what the workers
+do between two epoch ends and hands the epoch's results to :meth:`end_epoch`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from sparkeras.data.packing import PreparedData
+from sparkeras.errors import InputError, WorkerError
+from sparkeras.progress import ProgressBar
+from sparkeras.serialization import model_state, pack_arrays, set_model_state, unpack_arrays
+from sparkeras.worker import tasks
+from sparkeras.worker.tasks import RESULT_SCHEMA, WorkerSpec
+
+
+@dataclass
+class PartitionResult:
+    """What one task returned: its partition, sample count, state and metric states."""
+
+    partition: int
+    samples: int
+    steps: int
+    state: list[np.ndarray]
+    metrics: list[np.ndarray]
+
+
+def run_partitions(prepared: PreparedData, body: Callable[[Iterator[Any]], Iterator[Any]],
+                   doing: str) -> list[PartitionResult]:
+    """Run ``body`` as one task per partition and decode the answers."""
+    try:
+        rows = prepared.frame.mapInArrow(body, RESULT_SCHEMA).collect()
+    except Exception as exc:  # noqa: BLE001 - translated, never swallowed
+        raise worker_error(exc, doing) from None
+    results = [
+        PartitionResult(r["partition"], r["samples"], r["steps"],
+                        unpack_arrays(r["state"]) if r["state"] else [],
+                        unpack_arrays(r["metrics"]) if r["metrics"] else [])
+        for r in rows
+    ]
+    return sorted(results, key=lambda r: r.partition)
+
+
+_INPUT_ERROR = re.compile(r"sparkeras\.errors\.InputError: (.*)")
+
+
+def worker_error(exc: BaseException, doing: str) -> Exception:
+    """A driver-side error for a failed Spark job, carrying the worker's traceback."""
+    text = str(exc)
+    found = _INPUT_ERROR.search(text)
+    if found:
+        return InputError(found.group(1).strip())
+    if "Traceback" not in text and "Exception" not in type(exc).__name__:
+        return exc if isinstance(exc, Exception) else RuntimeError(text)
+    start = text.find("Traceback (most recent call last)")
+    detail = text[start:] if start >= 0 else text
+    lines = [ln for ln in detail.splitlines() if not ln.lstrip().startswith("at org.apache") and not ln.lstrip().startswith("at java.") and not ln.lstrip().startswith("at scala.")]
+    return WorkerError(f"A Spark task failed while {doing}. The worker's traceback:\n" + "\n".join(lines))
+
+
+def sum_metric_states(results: Sequence[PartitionResult]) -> list[np.ndarray] | None:
+    """Add up the workers' metric variables (totals, counts, confusion counts).
+
+    Keras metrics keep additive state, so the sum over workers equals the state
+    one process would reach on all the rows, and ``result()`` on the sum is
+    exactly the global metric.
+    """
+    states = [r.metrics for r in results if r.samples and r.metrics]
+    if not states:
+        return None
+    return [np.sum([s[i] for s in states], axis=0) for i in range(len(states[0]))]
+
+
+class MetricReader:
+    """Turns summed metric states into the ``{name: value}`` logs Keras reports."""
+
+    def __init__(self, model: Any, prepared: PreparedData) -> None:
+        self.model = model
+        self._build(prepared)
+
+    def _build(self, prepared: PreparedData) -> None:
+        columns = prepared.columns
+        zeros = [np.zeros((1, *[1 if d is None else d for d in b.shape]), dtype=b.dtype) for b in columns.bindings]
+        k = len(columns.features)
+        # Builds the loss tracker and compiled metrics without running a step.
+        self.model._symbolic_build(data_batch=(columns.x(zeros[:k]), columns.y(zeros[k:]), None))
+
+    def read(self, states: list[np.ndarray] | None) -> dict[str, float]:
+        if states is None:
+            return {}
+        variables = self.model.metrics_variables
+        if len(variables) != len(states):
+            raise RuntimeError(f"workers returned {len(states)} metric variables, the driver has {len(variables)}")
+        for var, value in zip(variables, states):
+            var.assign(value)
+        logs = {k: float(np.asarray(v)) for k, v in self.model.get_metrics_result().items()
+                if np.asarray(v).ndim == 0}
+        self.model.reset_metrics()
+        return logs
+
+
+def evaluate(prepared: PreparedData, spec: WorkerSpec, state_blob: Any, batch_size: int,
+             reader: MetricReader) -> dict[str, float]:
+    """Keras ``evaluate`` over every partition, merged exactly on the driver."""
+    results = run_partitions(
+        prepared, lambda it: tasks.evaluate_partition(spec, state_blob, batch_size, it), "evaluating")
+    return reader.read(sum_metric_states(results))
+
+
+class TrainingJob:
+    """One fit, seen from the driver."""
+
+    def __init__(self, *, spark: Any, model: Any, spec: WorkerSpec, train: PreparedData,
+                 validation: PreparedData | None, epochs: int, initial_epoch: int, batch_size: int,
+                 shuffle: bool, num_workers: int, callbacks: Any, bar: ProgressBar) -> None:
+        self.spark, self.model, self.spec = spark, model, spec
+        self.train, self.validation = train, validation
+        self.epochs, self.initial_epoch = epochs, initial_epoch
+        self.batch_size, self.shuffle, self.num_workers = batch_size, shuffle, num_workers
+        self.callbacks, self.bar = callbacks, bar
+        self.state: list[np.ndarray] = model_state(model)
+        self.metrics = MetricReader(model, train)
+        self.samples_per_second: list[float] = []
+
+    @property
+    def steps_per_worker(self) -> list[int]:
+        """Batches each worker runs per epoch (zero-row partitions run none)."""
+        return [-(-n // self.batch_size) for n in self.train.stats.rows_per_partition]
+
+    def broadcast_state(self) -> Any:
+        """The current state, shipped to executors once per window."""
+        return self.spark.sparkContext.broadcast(pack_arrays(self.state))
+
+    def begin_epoch(self, epoch: int) -> None:
+        self.callbacks.on_epoch_begin(epoch)
+        self.bar.begin_epoch(epoch, self.train.stats.rows)
+
+    def end_epoch(self, epoch: int, metric_states: list[np.ndarray] | None) -> bool:
+        """Publish the epoch: driver weights, logs, validation, callbacks. True to stop."""
+        set_model_state(self.model, self.state)
+        logs = self.metrics.read(metric_states)
+        if self.validation is not None:
+            blob = self.broadcast_state()
+            try:
+                val = evaluate(self.validation, self.spec, blob, self.batch_size, self.metrics)
+            finally:
+                blob.unpersist()
+            logs.update({f"val_{k}": v for k, v in val.items()})
+        self.samples_per_second.append(self.bar.end_epoch(logs))
+        self.callbacks.on_epoch_end(epoch, logs)
+        return bool(getattr(self.model, "stop_training", False))

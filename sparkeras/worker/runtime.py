@@ -1,0 +1,83 @@
+"""State that lives as long as a Spark Python worker process.
+
+Spark reuses Python workers across tasks (``spark.python.worker.reuse``), so
+expensive things are done once per process, not once per task: limiting the
+backend's thread pools to the cores the task was given (TensorFlow would
+otherwise start one thread per core of the machine, and two tasks on two cores
+would fight over four), and deserialising the Keras model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from typing import Any
+
+from sparkeras.serialization import ModelSpec
+
+_MODEL_CACHE_SIZE = 3
+_models: "OrderedDict[str, Any]" = OrderedDict()
+_configured_threads: int | None = None
+
+
+def task_cpus() -> int:
+    """The CPU cores Spark gave the running task (``spark.task.cpus``)."""
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    cpus = getattr(ctx, "cpus", None) if ctx is not None else None
+    try:
+        return max(1, int(cpus())) if callable(cpus) else 1
+    except Exception:  # older Spark or no task context
+        return 1
+
+
+def configure(backend: str, cpus: int | None = None) -> None:
+    """Select the Keras backend and size its thread pools, before first use.
+
+    Thread pools can only be sized before the backend runs its first op, so
+    this takes effect in the first task of each Python worker; later calls are
+    no-ops.
+    """
+    global _configured_threads
+    if _configured_threads is not None:
+        return
+    cpus = cpus or task_cpus()
+    os.environ["KERAS_BACKEND"] = backend
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(cpus)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(cpus)
+            tf.config.threading.set_inter_op_parallelism_threads(cpus)
+        except RuntimeError:  # the runtime was already initialised in this process
+            pass
+    elif backend == "torch":
+        import torch
+
+        torch.set_num_threads(cpus)
+    elif backend == "jax":
+        flags = os.environ.get("XLA_FLAGS", "")
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={cpus}".strip()
+    _configured_threads = cpus
+
+
+def model(spec: ModelSpec) -> Any:
+    """The compiled Keras model for ``spec``, built once per Python worker."""
+    cached = _models.get(spec.key)
+    if cached is not None:
+        _models.move_to_end(spec.key)
+        return cached
+    built = spec.build()
+    _models[spec.key] = built
+    while len(_models) > _MODEL_CACHE_SIZE:
+        _models.popitem(last=False)
+    return built
+
+
+def loads_so_far() -> int:
+    """How many models this Python worker holds (for tests of the cache)."""
+    return len(_models)

@@ -1,0 +1,165 @@
+"""What a Spark task runs: train a window, evaluate, or predict on its partition.
+
+Each function here is the body of one ``mapInArrow`` task. It takes a
+:class:`WorkerSpec` (model config, columns, backend; small and picklable) and
+the model state from a broadcast, streams its own partition and answers with
+one small Arrow row: arrays encoded by :func:`pack_arrays`, never pickles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from sparkeras.data.columns import ColumnMap
+from sparkeras.data.packing import read_partition
+from sparkeras.errors import InputError
+from sparkeras.progress import ProgressAddress, ProgressReporter
+from sparkeras.serialization import ModelSpec, model_state, pack_arrays, set_model_state, unpack_arrays
+from sparkeras.worker import runtime
+
+RESULT_SCHEMA = "partition INT, samples LONG, steps LONG, state BINARY, metrics BINARY"
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What every task of a fit needs, shipped once in the task closure."""
+
+    model: ModelSpec
+    columns: ColumnMap
+    backend: str
+    seed: int = 0
+    progress: ProgressAddress | None = None
+
+
+@dataclass(frozen=True)
+class Window:
+    """A slice of one epoch that every worker trains before the next sync.
+
+    ``batches`` is the window length in batches; ``None`` means the whole epoch.
+    """
+
+    epoch: int
+    index: int
+    batch_size: int
+    batches: int | None = None
+    shuffle: bool = True
+
+    def rows(self, n: int) -> tuple[int, int]:
+        if self.batches is None:
+            return 0, n
+        span = self.batches * self.batch_size
+        return min(n, self.index * span), min(n, (self.index + 1) * span)
+
+
+def _setup(spec: WorkerSpec) -> tuple[Any, int]:
+    from pyspark import TaskContext
+
+    runtime.configure(spec.backend)
+    ctx = TaskContext.get()
+    return runtime.model(spec.model), ctx.partitionId() if ctx else 0
+
+
+def _result(partition: int, samples: int, steps: int, state: bytes, metrics: bytes) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pydict(
+        {"partition": [partition], "samples": [samples], "steps": [steps],
+         "state": [state], "metrics": [metrics]},
+        schema=pa.schema([("partition", pa.int32()), ("samples", pa.int64()), ("steps", pa.int64()),
+                          ("state", pa.binary()), ("metrics", pa.binary())]),
+    )
+
+
+def _split(spec: WorkerSpec, arrays: list[np.ndarray]) -> tuple[Any, Any]:
+    k = len(spec.columns.features)
+    y = spec.columns.y(arrays[k:]) if spec.columns.labels else None
+    return spec.columns.x(arrays[:k]), y
+
+
+def train_window(spec: WorkerSpec, window: Window, state: Any, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """Train this partition's share of ``window`` from the broadcast ``state``."""
+    model, partition = _setup(spec)
+    arrays, n = read_partition(spec.columns, batches)
+    lo, hi = window.rows(n)
+    if hi <= lo:
+        yield _result(partition, 0, 0, b"", b"")
+        return
+    set_model_state(model, unpack_arrays(state.value))
+    if window.shuffle:
+        order = np.random.default_rng([spec.seed, window.epoch, partition]).permutation(n)[lo:hi]
+        arrays = [a[order] for a in arrays]
+    elif (lo, hi) != (0, n):
+        arrays = [a[lo:hi] for a in arrays]
+    x, y = _split(spec, arrays)
+    callbacks = []
+    if spec.progress is not None:
+        reporter = ProgressReporter(spec.progress, partition, window.epoch, lo, window.batch_size, hi - lo)
+        callbacks.append(reporter.callback())
+    model.fit(x, y, batch_size=window.batch_size, epochs=1, shuffle=False, verbose=0, callbacks=callbacks)
+    steps = -(-(hi - lo) // window.batch_size)
+    yield _result(partition, hi - lo, steps, pack_arrays(model_state(model)),
+                  pack_arrays([np.asarray(v) for v in model.metrics_variables]))
+
+
+def evaluate_partition(spec: WorkerSpec, state: Any, batch_size: int, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """Metric states (totals and counts) of the model on this partition."""
+    model, partition = _setup(spec)
+    arrays, n = read_partition(spec.columns, batches)
+    if n == 0:
+        yield _result(partition, 0, 0, b"", b"")
+        return
+    set_model_state(model, unpack_arrays(state.value))
+    x, y = _split(spec, arrays)
+    model.evaluate(x, y, batch_size=batch_size, verbose=0)
+    yield _result(partition, n, 0, b"", pack_arrays([np.asarray(v) for v in model.metrics_variables]))
+
+
+def predict_packed(spec: WorkerSpec, state: Any, batch_size: int, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """Predictions for a packed partition, in row order, as encoded arrays."""
+    model, partition = _setup(spec)
+    arrays, n = read_partition(spec.columns, batches)
+    if n == 0:
+        yield _result(partition, 0, 0, b"", b"")
+        return
+    set_model_state(model, unpack_arrays(state.value))
+    out = model.predict(spec.columns.x(arrays), batch_size=batch_size, verbose=0)
+    yield _result(partition, n, 0, pack_arrays(_flat_outputs(out)), b"")
+
+
+def predict_frame(spec: WorkerSpec, state: Any, batch_size: int, outputs: list[tuple[str, int]],
+                  batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """Append prediction columns to each Arrow batch, keeping every input column."""
+    model, _ = _setup(spec)
+    set_model_state(model, unpack_arrays(state.value))
+    for batch in batches:
+        arrays = []
+        for b in spec.columns.features:
+            converted = b.to_numpy(batch)
+            if converted.problem:
+                raise InputError(converted.problem)
+            arrays.append(converted.values)
+        if batch.num_rows:
+            values = _flat_outputs(model.predict(spec.columns.x(arrays), batch_size=batch_size, verbose=0))
+        else:
+            values = [np.zeros((0, width), np.float32) for _, width in outputs]
+        columns = list(batch.columns) + [_prediction_array(v, w) for v, (_, w) in zip(values, outputs)]
+        yield pa.RecordBatch.from_arrays(columns, names=list(batch.schema.names) + [n for n, _ in outputs])
+
+
+def _flat_outputs(out: Any) -> list[np.ndarray]:
+    if isinstance(out, dict):
+        return [np.asarray(v) for v in out.values()]
+    if isinstance(out, (list, tuple)):
+        return [np.asarray(v) for v in out]
+    return [np.asarray(out)]
+
+
+def _prediction_array(values: np.ndarray, width: int) -> pa.Array:
+    """A single-unit output becomes a double column, anything else an array column."""
+    values = values.reshape(len(values), width)
+    if width == 1:
+        return pa.array(values[:, 0].astype(np.float64))
+    offsets = np.arange(0, values.size + 1, values.shape[1], dtype=np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.astype(np.float32).ravel()))
