@@ -133,9 +133,9 @@ class SparkModel:
             val_dataset = validation_dataset(spark, validation_data, dataset, workers)
         elif validation_split:
             dataset, val_dataset = split_validation(dataset, validation_split, self.seed)
-        columns = resolve_columns(self._model, dataset.frame.schema, dataset.features_col, dataset.label_col)
+        columns = resolve_columns(self._model, dataset.schema, dataset.features_col, dataset.label_col)
         if val_dataset is not None:
-            resolve_columns(self._model, val_dataset.frame.schema, val_dataset.features_col, val_dataset.label_col)
+            resolve_columns(self._model, val_dataset.schema, val_dataset.features_col, val_dataset.label_col)
         prepared: list[PreparedData] = []
         server = None
         try:
@@ -190,7 +190,7 @@ class SparkModel:
         dataset = self._dataset(spark, data, y, x, features_col, label_col, workers)
         if dataset.label_col is None:
             raise InputError("evaluate needs labels: pass y= with numpy features, or label_col=.")
-        columns = resolve_columns(self._model, dataset.frame.schema, dataset.features_col, dataset.label_col)
+        columns = resolve_columns(self._model, dataset.schema, dataset.features_col, dataset.label_col)
         prepared = prepare(dataset, columns, workers, "evaluation data")
         blob = spark.sparkContext.broadcast(pack_arrays(model_state(self._model)))
         try:
@@ -221,8 +221,8 @@ class SparkModel:
         spark = self.spark
         workers = self._workers(spark)
         dataset = self._dataset(spark, data, None, x, features_col, None, workers)
-        columns = resolve_columns(self._model, dataset.frame.schema, dataset.features_col, None)
-        if dataset.ordered:
+        columns = resolve_columns(self._model, dataset.schema, dataset.features_col, None)
+        if dataset.local:
             return self._predict_local(spark, dataset, columns, workers, batch_size)
         return self._predict_frame(spark, dataset, columns, batch_size, prediction_col)
 

@@ -20,7 +20,7 @@ from sparkeras.errors import InputError, WorkerError
 from sparkeras.progress import ProgressBar
 from sparkeras.serialization import model_state, pack_arrays, set_model_state, unpack_arrays
 from sparkeras.worker import tasks
-from sparkeras.worker.tasks import RESULT_SCHEMA, WorkerSpec
+from sparkeras.worker.tasks import WorkerSpec
 
 
 @dataclass
@@ -34,18 +34,21 @@ class PartitionResult:
     metrics: list[np.ndarray]
 
 
-def run_partitions(prepared: PreparedData, body: Callable[[Iterator[Any]], Iterator[Any]],
+def run_partitions(prepared: PreparedData, body: Callable[[Iterator[Any]], Iterator[tuple]],
                    doing: str) -> list[PartitionResult]:
-    """Run ``body`` as one task per partition and decode the answers."""
+    """Run ``body`` as one task per partition and decode the answers.
+
+    Each task answers one tuple of plain ints and ``bytes`` (arrays encoded
+    by :func:`pack_arrays`), so nothing but bytes crosses Spark's channel.
+    """
     try:
-        rows = prepared.frame.mapInArrow(body, RESULT_SCHEMA).collect()
+        rows = prepared.blocks.mapPartitions(body).collect()
     except Exception as exc:  # noqa: BLE001 - translated, never swallowed
         raise worker_error(exc, doing) from None
     results = [
-        PartitionResult(r["partition"], r["samples"], r["steps"],
-                        unpack_arrays(r["state"]) if r["state"] else [],
-                        unpack_arrays(r["metrics"]) if r["metrics"] else [])
-        for r in rows
+        PartitionResult(p, n, steps, unpack_arrays(state) if state else [],
+                        unpack_arrays(metrics) if metrics else [])
+        for p, n, steps, state, metrics in rows
     ]
     return sorted(results, key=lambda r: r.partition)
 

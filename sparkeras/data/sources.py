@@ -1,8 +1,9 @@
 """Turning whatever the user trains on into a Spark DataFrame.
 
-numpy arrays and pandas frames already sit on the driver, so they are shipped
-once through Arrow, in contiguous slices that keep the user's row order (one
-slice per worker). RDDs, DataFrames and Parquet stay where they are.
+numpy arrays and pandas frames already sit on the driver: they stay a local
+Arrow table until :func:`~sparkeras.data.packing.prepare` validates and packs
+them there and ships them once, in contiguous slices that keep the user's row
+order (one slice per worker). RDDs, DataFrames and Parquet stay in Spark.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -26,16 +27,25 @@ ACCEPTED = (
 
 @dataclass(frozen=True)
 class Dataset:
-    """A Spark DataFrame plus the columns that hold features and labels.
-
-    ``ordered`` is true when rows come from the driver in the user's order and
-    the frame is already laid out as one contiguous slice per partition.
-    """
+    """Data in Spark (``frame``) or on the driver (``table``), plus its columns."""
 
     frame: Any
     features_col: ColumnSpec
     label_col: ColumnSpec | None
-    ordered: bool = False
+    table: pa.Table | None = None
+
+    @property
+    def local(self) -> bool:
+        """True for driver-side data (numpy, pandas), kept in the user's row order."""
+        return self.table is not None
+
+    @property
+    def schema(self) -> Any:
+        if self.table is None:
+            return self.frame.schema
+        from pyspark.sql.pandas.types import from_arrow_schema
+
+        return from_arrow_schema(self.table.schema)
 
 
 def as_dataset(
@@ -60,8 +70,7 @@ def as_dataset(
     if isinstance(data, RDD):
         return Dataset(_rdd_frame(spark, data, features_col, label_col), features_col, label_col)
     if _is_pandas(data):
-        table = pa.Table.from_pandas(data, preserve_index=False)
-        return Dataset(_ordered_frame(spark, table, num_partitions), features_col, label_col, True)
+        return Dataset(None, features_col, label_col, pa.Table.from_pandas(data, preserve_index=False))
     if isinstance(data, (np.ndarray, Mapping, list, tuple)):
         return _numpy_dataset(spark, data, y, features_col, label_col, num_partitions)
     raise InputError(f"Cannot train on a {type(data).__name__}; pass {ACCEPTED}.")
@@ -89,7 +98,7 @@ def _numpy_dataset(spark, x, y, features_col, label_col, num_partitions) -> Data
     if len(set(lengths.values())) > 1:
         raise InputError(f"x and y must have the same number of rows; got {lengths}.")
     table = pa.table({name: _arrow_column(a, name) for name, a in columns.items()})
-    return Dataset(_ordered_frame(spark, table, num_partitions), fcol, lcol, True)
+    return Dataset(None, fcol, lcol, table)
 
 
 def _named_arrays(value, base: str, out: dict[str, np.ndarray], what: str) -> ColumnSpec:
@@ -124,34 +133,6 @@ def _arrow_column(a: np.ndarray, name: str) -> pa.Array:
     flat = pa.array(np.ascontiguousarray(a).reshape(-1))
     offsets = pa.array(np.arange(0, (len(a) + 1) * width, width, dtype=np.int32)) if width else pa.array(np.zeros(len(a) + 1, np.int32))
     return pa.ListArray.from_arrays(offsets, flat)
-
-
-def _ordered_frame(spark: Any, table: pa.Table, num_partitions: int) -> Any:
-    """Ship a driver-side table as ``num_partitions`` contiguous, ordered slices.
-
-    ``createDataFrame`` makes one partition per Arrow batch, and ``coalesce``
-    without locality preferences merges neighbouring partitions, so equal-size
-    batches, ``k`` per slice, give exactly one slice per partition.
-    """
-    n = table.num_rows
-    max_batch = int(spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch", "10000"))
-    parts = max(1, num_partitions)
-    per_part = math.ceil(n / parts) if n else 0
-    chunks = max(1, math.ceil(per_part / max_batch)) if per_part else 1
-    bounds = []
-    for p in range(parts):
-        lo, hi = min(n, p * per_part), min(n, (p + 1) * per_part)
-        step = math.ceil((hi - lo) / chunks) if hi > lo else 0
-        for c in range(chunks):
-            bounds.append((min(hi, lo + c * step), min(hi, lo + (c + 1) * step)))
-    batches = [b for lo, hi in bounds for b in (table.slice(lo, hi - lo).to_batches() or [_empty(table)])]
-    batches = [b for b in batches]  # one per (slice, chunk), possibly empty
-    frame = spark.createDataFrame(pa.Table.from_batches(batches, schema=table.schema))
-    return frame.coalesce(parts)
-
-
-def _empty(table: pa.Table) -> pa.RecordBatch:
-    return pa.RecordBatch.from_arrays([pa.array([], type=f.type) for f in table.schema], schema=table.schema)
 
 
 def _rdd_frame(spark: Any, rdd: Any, features_col: ColumnSpec, label_col: ColumnSpec | None) -> Any:
@@ -196,12 +177,18 @@ def _plain(value: Any) -> Any:
 
 
 def split_validation(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
-    """Hold out ``fraction`` of the rows, seeded, for validation."""
+    """Hold out ``fraction`` of the rows for validation.
+
+    Driver-side data keeps Keras' rule (the last rows, before shuffling);
+    Spark data is split at random, seeded.
+    """
+    f, l = dataset.features_col, dataset.label_col
+    if dataset.table is not None:
+        cut = int(dataset.table.num_rows * (1.0 - fraction))
+        return (Dataset(None, f, l, dataset.table.slice(0, cut)),
+                Dataset(None, f, l, dataset.table.slice(cut)))
     train, val = dataset.frame.randomSplit([1.0 - fraction, fraction], seed=seed)
-    return (
-        Dataset(train, dataset.features_col, dataset.label_col, dataset.ordered),
-        Dataset(val, dataset.features_col, dataset.label_col),
-    )
+    return Dataset(train, f, l), Dataset(val, f, l)
 
 
 def validation_dataset(spark: Any, validation_data: Any, like: Dataset, num_partitions: int) -> Dataset:
@@ -222,12 +209,3 @@ def validation_dataset(spark: Any, validation_data: Any, like: Dataset, num_part
 def _base(spec: Any, default: str) -> str:
     return spec if isinstance(spec, str) else default
 
-
-def column_list(spec: ColumnSpec | None) -> Sequence[str]:
-    if spec is None:
-        return []
-    if isinstance(spec, str):
-        return [spec]
-    if isinstance(spec, Mapping):
-        return [c for v in spec.values() for c in column_list(v)]
-    return list(spec)

@@ -1,9 +1,10 @@
 """What a Spark task runs: train a window, evaluate, or predict on its partition.
 
-Each function here is the body of one ``mapInArrow`` task. It takes a
-:class:`WorkerSpec` (model config, columns, backend; small and picklable) and
-the model state from a broadcast, streams its own partition and answers with
-one small Arrow row: arrays encoded by :func:`pack_arrays`, never pickles.
+Each function here is the body of one Spark task over the packed blocks of
+its partition (:mod:`sparkeras.data.packing`). It takes a :class:`WorkerSpec`
+(model config, columns, backend; small) and the model state from a
+broadcast, and answers one tuple of ints and bytes: arrays encoded by
+:func:`pack_arrays`, never pickled objects.
 """
 
 from __future__ import annotations
@@ -20,9 +21,6 @@ from sparkeras.errors import InputError
 from sparkeras.progress import ProgressAddress, ProgressReporter
 from sparkeras.serialization import ModelSpec, model_state, pack_arrays, set_model_state, unpack_arrays
 from sparkeras.worker import runtime
-
-RESULT_SCHEMA = "partition INT, samples LONG, steps LONG, state BINARY, metrics BINARY"
-
 
 @dataclass(frozen=True)
 class WorkerSpec:
@@ -63,13 +61,8 @@ def _setup(spec: WorkerSpec) -> tuple[Any, int]:
     return runtime.model(spec.model), ctx.partitionId() if ctx else 0
 
 
-def _result(partition: int, samples: int, steps: int, state: bytes, metrics: bytes) -> pa.RecordBatch:
-    return pa.RecordBatch.from_pydict(
-        {"partition": [partition], "samples": [samples], "steps": [steps],
-         "state": [state], "metrics": [metrics]},
-        schema=pa.schema([("partition", pa.int32()), ("samples", pa.int64()), ("steps", pa.int64()),
-                          ("state", pa.binary()), ("metrics", pa.binary())]),
-    )
+def _result(partition: int, samples: int, steps: int, state: bytes, metrics: bytes) -> tuple:
+    return partition, samples, steps, state, metrics
 
 
 def _split(spec: WorkerSpec, arrays: list[np.ndarray]) -> tuple[Any, Any]:
@@ -78,10 +71,10 @@ def _split(spec: WorkerSpec, arrays: list[np.ndarray]) -> tuple[Any, Any]:
     return spec.columns.x(arrays[:k]), y
 
 
-def train_window(spec: WorkerSpec, window: Window, state: Any, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+def train_window(spec: WorkerSpec, window: Window, state: Any, blocks: Iterator[tuple]) -> Iterator[tuple]:
     """Train this partition's share of ``window`` from the broadcast ``state``."""
     model, partition = _setup(spec)
-    arrays, n = read_partition(spec.columns, batches)
+    arrays, n = read_partition(spec.columns, blocks)
     lo, hi = window.rows(n)
     if hi <= lo:
         yield _result(partition, 0, 0, b"", b"")
@@ -103,10 +96,10 @@ def train_window(spec: WorkerSpec, window: Window, state: Any, batches: Iterator
                   pack_arrays([np.asarray(v) for v in model.metrics_variables]))
 
 
-def evaluate_partition(spec: WorkerSpec, state: Any, batch_size: int, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+def evaluate_partition(spec: WorkerSpec, state: Any, batch_size: int, blocks: Iterator[tuple]) -> Iterator[tuple]:
     """Metric states (totals and counts) of the model on this partition."""
     model, partition = _setup(spec)
-    arrays, n = read_partition(spec.columns, batches)
+    arrays, n = read_partition(spec.columns, blocks)
     if n == 0:
         yield _result(partition, 0, 0, b"", b"")
         return
@@ -116,10 +109,10 @@ def evaluate_partition(spec: WorkerSpec, state: Any, batch_size: int, batches: I
     yield _result(partition, n, 0, b"", pack_arrays([np.asarray(v) for v in model.metrics_variables]))
 
 
-def predict_packed(spec: WorkerSpec, state: Any, batch_size: int, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+def predict_packed(spec: WorkerSpec, state: Any, batch_size: int, blocks: Iterator[tuple]) -> Iterator[tuple]:
     """Predictions for a packed partition, in row order, as encoded arrays."""
     model, partition = _setup(spec)
-    arrays, n = read_partition(spec.columns, batches)
+    arrays, n = read_partition(spec.columns, blocks)
     if n == 0:
         yield _result(partition, 0, 0, b"", b"")
         return
