@@ -356,8 +356,7 @@ def _driver_host(spark: Any) -> str:
 
 
 def _is_remote(path: str) -> bool:
-    scheme = urlparse(str(path)).scheme
-    return len(scheme) > 1 and scheme != "file"
+    return len(urlparse(str(path)).scheme) > 1  # any URI goes through Hadoop; "C:" is a drive
 
 
 def _hadoop_copy(spark: Any, src: str, dst: str, upload: bool) -> None:

@@ -1,0 +1,60 @@
+"""Shared fixtures: one real local[2] SparkSession for the whole run, real Keras."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from sparkeras import get_spark
+
+    session = get_spark("local[2]", app_name="sparkeras-tests")
+    session.sparkContext.setLogLevel("OFF")
+    yield session
+    session.stop()
+
+
+def blobs(n: int, dim: int = 16, classes: int = 10, noise: float = 1.0, seed: int = 0, sample_seed: int | None = None):
+    """A learnable ``classes``-class problem: gaussian clusters around centres drawn from ``seed``.
+
+    ``sample_seed`` draws fresh rows around the same centres (a test set).
+    """
+    centers = np.random.default_rng(seed).normal(size=(classes, dim)) * 2.0
+    rng = np.random.default_rng(seed if sample_seed is None else sample_seed)
+    if sample_seed is None:
+        rng.normal(size=(classes, dim))
+    y = rng.integers(0, classes, n)
+    x = (centers[y] + noise * rng.normal(size=(n, dim))).astype(np.float32)
+    return x, y.astype(np.int64)
+
+
+def mlp(dim: int = 16, classes: int = 10, hidden: int = 32, seed: int = 1, optimizer: str = "adam"):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([
+        keras.Input((dim,)),
+        keras.layers.Dense(hidden, activation="relu"),
+        keras.layers.Dense(classes, activation="softmax"),
+    ])
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def clone(model):
+    """An identical, separately compiled copy (same weights, same compile settings)."""
+    import keras
+
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    copy.compile(optimizer=model.optimizer.__class__.from_config(model.optimizer.get_config()),
+                 loss=model.loss, metrics=["accuracy"])
+    return copy

@@ -1,0 +1,227 @@
+"""Training, evaluation and prediction with the averaging strategy, on real Spark and Keras."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import blobs, clone, mlp
+from sparkeras import SparkModel
+
+
+def test_one_worker_averaging_equals_plain_fit_with_adam(spark):
+    x, y = blobs(1000, seed=3)
+    model = mlp(seed=5)
+    plain = clone(model)
+    plain.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0)
+
+    sm = SparkModel(model, strategy="averaging", num_workers=1, seed=0)
+    sm.fit(x, y, epochs=2, batch_size=32, shuffle=False, verbose=0)
+
+    for got, want in zip(sm.model.get_weights(), plain.get_weights()):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    # optimizer state carried across windows: Adam's step count and moments match too
+    assert int(sm.model.optimizer.iterations) == int(plain.optimizer.iterations) == 2 * 32
+    for got, want in zip(sm.model.optimizer.variables, plain.optimizer.variables):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=0)
+
+
+def test_two_workers_match_plain_fit_accuracy(spark):
+    x, y = blobs(12_000, dim=16, noise=2.2, seed=11)
+    xt, yt = blobs(4_000, dim=16, noise=2.2, seed=11, sample_seed=99)
+
+    model = mlp(seed=2)
+    plain = clone(model)
+    plain.fit(x, y, batch_size=64, epochs=12, verbose=0)
+    plain_acc = plain.evaluate(xt, yt, verbose=0, return_dict=True)["accuracy"]
+
+    sm = SparkModel(model, num_workers=2, seed=0)
+    history = sm.fit(x, y, epochs=12, batch_size=64, verbose=0)
+    acc = sm.evaluate(xt, yt)["accuracy"]
+    assert plain_acc > 0.5, "the problem must be learnable for this test to mean anything"
+    assert abs(acc - plain_acc) <= 0.01, (acc, plain_acc)
+    assert len(history.history["loss"]) == 12
+    assert history.history["loss"][-1] < history.history["loss"][0]
+
+
+def test_history_has_train_and_validation_metrics_and_callbacks_run(spark):
+    import keras
+
+    x, y = blobs(2000, seed=4)
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append((epoch, dict(logs)))
+
+    sm = SparkModel(mlp(), num_workers=2, seed=0)
+    history = sm.fit(x, y, epochs=3, batch_size=32, validation_split=0.25, callbacks=[Record()], verbose=0)
+    assert set(history.history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert all(len(v) == 3 for v in history.history.values())
+    assert [e for e, _ in seen] == [0, 1, 2]
+    assert seen[-1][1]["val_accuracy"] == pytest.approx(history.history["val_accuracy"][-1])
+    # the driver's model holds the epoch's weights when callbacks run: validation loss is reproducible
+    val_x, val_y = x[1500:], y[1500:]
+    direct = sm.model.evaluate(val_x, val_y, verbose=0, return_dict=True)
+    assert direct["loss"] == pytest.approx(history.history["val_loss"][-1], abs=1e-5)
+
+
+def test_early_stopping_stops_the_fit(spark):
+    import keras
+
+    x, y = blobs(1000, seed=4)
+    stop = keras.callbacks.EarlyStopping(monitor="loss", patience=0, min_delta=10.0)
+    history = SparkModel(mlp(), num_workers=2, seed=0).fit(x, y, epochs=10, verbose=0, callbacks=[stop])
+    assert len(history.history["loss"]) == 2
+
+
+def test_evaluate_matches_keras_evaluate(spark):
+    x, y = blobs(3000, seed=8)
+    sm = SparkModel(mlp(seed=9), num_workers=2, seed=0)
+    sm.fit(x, y, epochs=1, verbose=0)
+    got = sm.evaluate(x, y, batch_size=50)
+    want = sm.model.evaluate(x, y, batch_size=50, verbose=0, return_dict=True)
+    assert set(got) == set(want)
+    for k in want:
+        assert got[k] == pytest.approx(want[k], abs=1e-5)
+
+
+def test_predict_numpy_keeps_input_order(spark):
+    x, _ = blobs(2501, seed=1)
+    sm = SparkModel(mlp(seed=3), num_workers=2)
+    got = sm.predict(x)
+    np.testing.assert_allclose(got, sm.model.predict(x, verbose=0), atol=1e-6)
+
+
+def test_predict_dataframe_keeps_every_column(spark):
+    from pyspark.sql import types as T
+
+    x, y = blobs(300, seed=1)
+    rows = [(i, f"row{i}", x[i].tolist(), int(y[i])) for i in range(len(x))]
+    df = spark.createDataFrame(rows, "id INT, name STRING, features ARRAY<FLOAT>, label LONG").repartition(3)
+    sm = SparkModel(mlp(seed=3), num_workers=2)
+    out = sm.predict(df)
+    assert out.columns == ["id", "name", "features", "label", "prediction"]
+    assert out.schema["prediction"].dataType == T.ArrayType(T.FloatType(), False)
+    got = {r["id"]: (r["name"], np.array(r["prediction"])) for r in out.collect()}
+    assert len(got) == 300
+    want = sm.model.predict(x, verbose=0)
+    for i in (0, 17, 299):
+        assert got[i][0] == f"row{i}"
+        np.testing.assert_allclose(got[i][1], want[i], atol=1e-5)
+
+
+def test_training_on_a_dataframe_never_collects_it(spark, monkeypatch):
+    x, y = blobs(4000, seed=6)
+    df = spark.createDataFrame(
+        [(x[i].tolist(), int(y[i])) for i in range(len(x))], "features ARRAY<DOUBLE>, label INT").repartition(4)
+    DataFrame = type(df)  # the concrete class (pyspark.sql.classic in Spark 4)
+
+    def forbid(name):
+        original = getattr(DataFrame, name)
+
+        def guarded(self, *args, **kwargs):
+            if "features" in self.columns:
+                raise AssertionError(f"DataFrame.{name} pulled the training set onto the driver")
+            return original(self, *args, **kwargs)
+        monkeypatch.setattr(DataFrame, name, guarded)
+
+    for name in ("collect", "toPandas", "toLocalIterator", "take", "head", "first", "tail", "toArrow"):
+        if hasattr(DataFrame, name):
+            forbid(name)
+    with pytest.raises(AssertionError):
+        df.collect()  # the guard works
+    sm = SparkModel(mlp(seed=2), num_workers=2, seed=0)
+    history = sm.fit(df, epochs=3, batch_size=32, verbose=0)
+    assert history.history["accuracy"][-1] > 0.8
+
+
+def test_vector_column_multiple_columns_parquet_and_rdd(spark, tmp_path):
+    from pyspark.ml.feature import VectorAssembler
+
+    x, y = blobs(1200, dim=4, classes=3, seed=2)
+    pdf_rows = [tuple(float(v) for v in x[i]) + (int(y[i]),) for i in range(len(x))]
+    df = spark.createDataFrame(pdf_rows, "a DOUBLE, b DOUBLE, c DOUBLE, d DOUBLE, label INT")
+    vec = VectorAssembler(inputCols=["a", "b", "c", "d"], outputCol="features").transform(df)
+    path = str(tmp_path / "data.parquet")
+    vec.write.parquet(path)
+    rdd = spark.sparkContext.parallelize([(x[i], int(y[i])) for i in range(len(x))], 3)
+
+    results = {}
+    for name, data, features in [("vector", vec, "features"), ("columns", df, ["a", "b", "c", "d"]),
+                                 ("parquet", path, "features"), ("rdd", rdd, "features")]:
+        sm = SparkModel(mlp(dim=4, classes=3, seed=3), num_workers=2, seed=0)
+        sm.fit(data, epochs=4, batch_size=32, features_col=features, verbose=0)
+        results[name] = sm.evaluate(x, y)["accuracy"]
+    assert min(results.values()) > 0.85, results
+
+
+def test_multi_input_multi_output_model_maps_columns(spark):
+    import keras
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(800, 3)).astype(np.float32)
+    b = rng.normal(size=(800, 2)).astype(np.float32)
+    cls = (a[:, 0] + b[:, 0] > 0).astype(np.int64)
+    reg = (a.sum(1) - b.sum(1)).astype(np.float32)
+    ia, ib = keras.Input((3,), name="a"), keras.Input((2,), name="b")
+    h = keras.layers.Dense(16, activation="relu")(keras.layers.Concatenate()([ia, ib]))
+    model = keras.Model({"a": ia, "b": ib}, {"cls": keras.layers.Dense(2, activation="softmax", name="cls")(h),
+                                             "reg": keras.layers.Dense(1, name="reg")(h)})
+    model.compile("adam", {"cls": "sparse_categorical_crossentropy", "reg": "mse"})
+    df = spark.createDataFrame(
+        [(a[i].tolist(), b[i].tolist(), int(cls[i]), float(reg[i])) for i in range(800)],
+        "fa ARRAY<FLOAT>, fb ARRAY<FLOAT>, ycls INT, yreg DOUBLE")
+    sm = SparkModel(model, num_workers=2, seed=0)
+    history = sm.fit(df, epochs=5, batch_size=32, verbose=0, features_col={"a": "fa", "b": "fb"},
+                     label_col={"cls": "ycls", "reg": "yreg"})
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    out = sm.predict(df, features_col={"a": "fa", "b": "fb"})
+    assert out.columns[-2:] == ["prediction_cls", "prediction_reg"]
+    row = out.first()
+    assert len(row["prediction_cls"]) == 2 and isinstance(row["prediction_reg"], float)
+
+
+def test_partition_with_zero_rows_trains(spark):
+    x, y = blobs(5, seed=0)  # 4 workers over 5 rows: slices of 2, 2, 1 and 0 rows
+    sm = SparkModel(mlp(seed=1), num_workers=4, seed=0)
+    history = sm.fit(x, y, epochs=2, batch_size=2, verbose=0)
+    assert len(history.history["loss"]) == 2
+
+
+def test_window_of_k_batches_averages_within_the_epoch(spark):
+    x, y = blobs(4000, seed=5)
+    sm = SparkModel(mlp(seed=1), strategy="averaging", num_workers=2, seed=0, window=10)
+    assert sm.strategy.get_config() == {"window": 10}
+    history = sm.fit(x, y, epochs=3, batch_size=32, verbose=0)
+    # 2000 rows per worker = 63 batches -> 7 windows per epoch, every batch trained once
+    assert int(sm.model.optimizer.iterations) == 3 * 63
+    assert history.history["accuracy"][-1] > 0.8
+
+
+def test_save_and_load_round_trip(spark, tmp_path):
+    x, y = blobs(500, seed=5)
+    sm = SparkModel(mlp(seed=1), num_workers=2, seed=0)
+    sm.fit(x, y, epochs=1, verbose=0)
+    for path in (str(tmp_path / "m.keras"), "file://" + str(tmp_path / "uri" / "m.keras")):
+        sm.save(path)
+        loaded = SparkModel.load(path, num_workers=2)
+        np.testing.assert_allclose(loaded.predict(x[:20]), sm.predict(x[:20]), atol=1e-6)
+
+
+def test_workers_use_the_cores_spark_gave_them_and_cache_the_model(spark):
+    from sparkeras.serialization import ModelSpec
+    from sparkeras.worker import runtime
+
+    spec = ModelSpec.from_model(mlp(seed=1))
+
+    def probe(_):
+        import tensorflow as tf
+
+        runtime.configure("tensorflow")
+        first = runtime.model(spec)
+        again = runtime.model(spec)
+        yield (runtime.task_cpus(), tf.config.threading.get_intra_op_parallelism_threads(), first is again)
+
+    got = spark.sparkContext.parallelize(range(2), 2).mapPartitions(probe).collect()
+    assert got == [(1, 1, True), (1, 1, True)]
