@@ -6,6 +6,8 @@ and says what to do about it, and is raised before any training starts.
 
 from __future__ import annotations
 
+import re
+
 
 class SparkerasError(Exception):
     """Base class of every error sparkeras raises on purpose."""
@@ -17,3 +19,21 @@ class InputError(SparkerasError, ValueError):
 
 class WorkerError(SparkerasError, RuntimeError):
     """A Spark task failed; the message carries the worker's own traceback."""
+
+
+_INPUT_ERROR = re.compile(r"sparkeras\.errors\.InputError: (.*)")
+_JVM_FRAMES = ("at org.apache", "at java.", "at scala.", "at jdk.")
+
+
+def worker_error(exc: BaseException, doing: str) -> Exception:
+    """A driver-side error for a failed Spark job, carrying the worker's traceback."""
+    text = str(exc)
+    found = _INPUT_ERROR.search(text)
+    if found:
+        return InputError(found.group(1).strip())
+    if "Traceback" not in text and "Exception" not in type(exc).__name__:
+        return exc if isinstance(exc, Exception) else RuntimeError(text)
+    start = text.find("Traceback (most recent call last)")
+    detail = text[start:] if start >= 0 else text
+    lines = [ln for ln in detail.splitlines() if not ln.lstrip().startswith(_JVM_FRAMES)]
+    return WorkerError(f"A Spark task failed while {doing}. The worker's traceback:\n" + "\n".join(lines))

@@ -18,7 +18,8 @@ from sparkeras.progress import ProgressBar, ProgressServer
 from sparkeras.serialization import ModelSpec, model_state, pack_arrays
 from sparkeras.session import get_spark, keras_backend
 from sparkeras.strategies import Strategy, get_strategy
-from sparkeras.training import MetricReader, TrainingJob, evaluate, run_partitions, worker_error
+from sparkeras.errors import worker_error
+from sparkeras.training import MetricReader, TrainingJob, evaluate, run_partitions
 from sparkeras.worker import tasks
 from sparkeras.worker.tasks import WorkerSpec
 

@@ -9,14 +9,13 @@ do between two epoch ends and hands the epoch's results to :meth:`end_epoch`.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from sparkeras.data.packing import PreparedData
-from sparkeras.errors import InputError, WorkerError
+from sparkeras.errors import worker_error
 from sparkeras.progress import ProgressBar
 from sparkeras.serialization import model_state, pack_arrays, set_model_state, unpack_arrays
 from sparkeras.worker import tasks
@@ -51,23 +50,6 @@ def run_partitions(prepared: PreparedData, body: Callable[[Iterator[Any]], Itera
         for p, n, steps, state, metrics in rows
     ]
     return sorted(results, key=lambda r: r.partition)
-
-
-_INPUT_ERROR = re.compile(r"sparkeras\.errors\.InputError: (.*)")
-
-
-def worker_error(exc: BaseException, doing: str) -> Exception:
-    """A driver-side error for a failed Spark job, carrying the worker's traceback."""
-    text = str(exc)
-    found = _INPUT_ERROR.search(text)
-    if found:
-        return InputError(found.group(1).strip())
-    if "Traceback" not in text and "Exception" not in type(exc).__name__:
-        return exc if isinstance(exc, Exception) else RuntimeError(text)
-    start = text.find("Traceback (most recent call last)")
-    detail = text[start:] if start >= 0 else text
-    lines = [ln for ln in detail.splitlines() if not ln.lstrip().startswith("at org.apache") and not ln.lstrip().startswith("at java.") and not ln.lstrip().startswith("at scala.")]
-    return WorkerError(f"A Spark task failed while {doing}. The worker's traceback:\n" + "\n".join(lines))
 
 
 def sum_metric_states(results: Sequence[PartitionResult]) -> list[np.ndarray] | None:

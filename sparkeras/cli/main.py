@@ -126,7 +126,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     _session(args)
     sm = SparkModel.load(args.model)
-    from sparkeras.training import worker_error
+    from sparkeras.errors import worker_error
 
     out = sm.predict(args.data, features_col=_columns(args.features), batch_size=args.batch_size,
                      prediction_col=args.prediction_col)

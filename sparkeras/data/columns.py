@@ -62,7 +62,7 @@ class TensorBinding:
     def described(self) -> str:
         cols = ", ".join(repr(c) for c in self.columns)
         what = "column" if len(self.columns) == 1 else "columns"
-        return f"{what} {cols}"
+        return f"{'label ' if self.role == LABEL else ''}{what} {cols}"
 
     def to_numpy(self, batch: pa.RecordBatch) -> "BindingValues":
         """Convert this binding's columns of an Arrow batch to ``(n, *shape)``."""

@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from sparkeras.data.columns import LABEL, ColumnMap, TensorBinding
 from sparkeras.data.sources import Dataset
-from sparkeras.errors import InputError
+from sparkeras.errors import InputError, worker_error
 
 def packed_schema(columns: ColumnMap) -> str:
     fields = ["rows LONG", "problem STRING"]
@@ -117,7 +117,12 @@ def prepare(dataset: Dataset, columns: ColumnMap, num_partitions: int, what: str
         packed = frame.mapInArrow(lambda it: pack_batches(columns, it), packed_schema(columns))
         blocks = packed.rdd.map(lambda r: _block(r.asDict(), slots))
     blocks = blocks.persist(StorageLevel.MEMORY_AND_DISK)
-    stats = _combine(blocks.mapPartitionsWithIndex(_partition_stats).collect(), columns, num_partitions)
+    try:
+        per_partition = blocks.mapPartitionsWithIndex(_partition_stats).collect()
+    except Exception as exc:  # noqa: BLE001 - translated, never swallowed
+        blocks.unpersist()
+        raise worker_error(exc, f"reading the {what}") from None
+    stats = _combine(per_partition, columns, num_partitions)
     prepared = PreparedData(blocks, columns, stats)
     try:
         check(stats, columns, what)
@@ -214,18 +219,18 @@ def _check_labels(b: TensorBinding, s: BindingStats, what: str) -> None:
     if b.classes is not None:
         if s.nonint:
             raise InputError(
-                f"In the {what}, label {b.described} holds {s.nonint} non-integer values, but output "
+                f"In the {what}, {b.described} holds {s.nonint} non-integer values, but output "
                 f"{b.name!r} has {b.classes} units, so labels must be class ids 0..{b.classes - 1}."
             )
         if s.min < 0 or s.max >= b.classes:
             raise InputError(
-                f"In the {what}, label {b.described} ranges from {s.min:g} to {s.max:g}, but output "
+                f"In the {what}, {b.described} ranges from {s.min:g} to {s.max:g}, but output "
                 f"{b.name!r} has {b.classes} units, so class ids must lie in 0..{b.classes - 1}. "
                 "Re-index the labels (e.g. StringIndexer) or widen the output layer."
             )
     elif b.unit_interval and (s.min < 0 or s.max > 1):
         raise InputError(
-            f"In the {what}, label {b.described} ranges from {s.min:g} to {s.max:g}, but output "
+            f"In the {what}, {b.described} ranges from {s.min:g} to {s.max:g}, but output "
             f"{b.name!r} is trained with binary crossentropy, which needs labels in [0, 1]."
         )
 

@@ -1,0 +1,119 @@
+"""Every bad input gets a clear error that names what is wrong, before training starts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import blobs, mlp
+from sparkeras import InputError, SparkModel, WorkerError
+
+
+def _df(spark, x, y, features_type="ARRAY<DOUBLE>"):
+    return spark.createDataFrame([(x[i].tolist(), int(y[i])) for i in range(len(x))],
+                                 f"features {features_type}, label INT")
+
+
+def test_uncompiled_model(spark):
+    import keras
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    with pytest.raises(InputError, match=r"not compiled: call model.compile"):
+        SparkModel(model)
+
+
+def test_row_size_mismatch_names_both_sizes(spark):
+    x, y = blobs(50, dim=12)
+    with pytest.raises(InputError, match=r"'features' has rows of 12 values, but model input .* expects 16 values per row \(shape \(16,\)\)"):
+        SparkModel(mlp(dim=16), num_workers=2).fit(_df(spark, x, y), verbose=0)
+
+
+def test_missing_column_lists_existing_ones(spark):
+    x, y = blobs(50)
+    with pytest.raises(InputError, match=r"Column 'pixels' \(features_col\) is not in the data; the columns are \['features', 'label'\]"):
+        SparkModel(mlp(), num_workers=2).fit(_df(spark, x, y), features_col="pixels", verbose=0)
+
+
+def test_non_numeric_features(spark):
+    df = spark.createDataFrame([("a", 1), ("b", 0)], "features STRING, label INT")
+    with pytest.raises(InputError, match=r"Column 'features' has type string, which is not numeric"):
+        SparkModel(mlp(), num_workers=1).fit(df, verbose=0)
+    with pytest.raises(InputError, match=r"Array 'features' has dtype <U1, which is not numeric"):
+        SparkModel(mlp(), num_workers=1).fit(np.array([["a"] * 16]), np.array([1]), verbose=0)
+
+
+def test_labels_out_of_range_for_the_output_layer(spark):
+    x, y = blobs(60)
+    y[3] = 12
+    y[5] = -1
+    with pytest.raises(InputError, match=r"ranges from -1 to 12, but output .* has 10 units, so class ids must lie in 0\.\.9"):
+        SparkModel(mlp(), num_workers=2).fit(x, y, verbose=0)
+    with pytest.raises(InputError, match=r"3 non-integer values"):
+        SparkModel(mlp(), num_workers=2).fit(x, np.r_[[0.5, 1.5, 2.5], np.zeros(57)], verbose=0)
+
+
+def test_nan_and_inf_are_counted(spark):
+    x, y = blobs(80)
+    x[1, 2] = np.nan
+    x[7, 0] = np.inf
+    x[9, 9] = np.nan
+    with pytest.raises(InputError, match=r"column 'features' holds 3 NaN or infinite values"):
+        SparkModel(mlp(), num_workers=2).fit(_df(spark, x, y), verbose=0)
+
+
+def test_nan_in_labels(spark):
+    x, _ = blobs(40, dim=3)
+    import keras
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    y = np.ones(40)
+    y[4] = np.nan
+    with pytest.raises(InputError, match=r"label column 'label' holds 1 NaN or infinite values"):
+        SparkModel(model, num_workers=2).fit(x, y, verbose=0)
+
+
+def test_empty_dataset(spark):
+    x, y = blobs(10)
+    with pytest.raises(InputError, match=r"The training data is empty \(0 rows\)"):
+        SparkModel(mlp(), num_workers=2).fit(_df(spark, x, y).limit(0), verbose=0)
+
+
+def test_more_workers_than_rows(spark):
+    x, y = blobs(3)
+    with pytest.raises(InputError, match=r"num_workers=4 is larger than the 3 rows of the training data; use at most 3 workers"):
+        SparkModel(mlp(), num_workers=4).fit(x, y, verbose=0)
+
+
+def test_x_and_y_lengths_differ(spark):
+    x, y = blobs(10)
+    with pytest.raises(InputError, match=r"x and y must have the same number of rows"):
+        SparkModel(mlp(), num_workers=1).fit(x, y[:7], verbose=0)
+
+
+def test_unknown_strategy_and_bad_window():
+    with pytest.raises(InputError, match=r"Unknown strategy 'ring'; choose one of \['averaging'\]"):
+        SparkModel(mlp(), strategy="ring")
+    with pytest.raises(InputError, match=r"window must be 'epoch' or a positive number of batches, got 0"):
+        SparkModel(mlp(), window=0)
+
+
+def test_worker_failure_surfaces_with_the_workers_traceback(spark):
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    @F.udf(T.ArrayType(T.DoubleType()))
+    def broken(v):
+        raise RuntimeError("sensor feed corrupted at source")
+
+    x, y = blobs(20)
+    df = _df(spark, x, y).withColumn("features", broken("features"))
+    with pytest.raises(WorkerError, match=r"(?s)A Spark task failed.*Traceback.*sensor feed corrupted at source"):
+        SparkModel(mlp(), num_workers=2).fit(df, verbose=0)
+
+
+def test_predict_rejects_a_wrong_sized_column_with_its_name(spark):
+    x, y = blobs(30, dim=5)
+    out = SparkModel(mlp(dim=16), num_workers=2).predict(_df(spark, x, y))
+    with pytest.raises(Exception, match=r"'features' has rows of 5 values, but model input"):
+        out.collect()
