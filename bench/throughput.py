@@ -31,7 +31,7 @@ def make_data(rows: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     centers = rng.normal(size=(10, 784)).astype(np.float32)
     y = rng.integers(0, 10, rows + 10_000)
-    x = (centers[y] + 2.5 * rng.normal(size=(len(y), 784))).astype(np.float32)
+    x = (centers[y] + 12.0 * rng.normal(size=(len(y), 784))).astype(np.float32)
     x /= np.abs(x).max()
     return (x[:rows], y[:rows]), (x[rows:], y[rows:])
 
