@@ -96,14 +96,21 @@ def train_window(spec: WorkerSpec, window: Window, state: Any, blocks: Iterator[
                   pack_arrays([np.asarray(v) for v in model.metrics_variables]))
 
 
-def evaluate_partition(spec: WorkerSpec, state: Any, batch_size: int, blocks: Iterator[tuple]) -> Iterator[tuple]:
-    """Metric states (totals and counts) of the model on this partition."""
+def _partition_with_state(spec: WorkerSpec, state: Any, blocks: Iterator[tuple]) -> tuple[Any, int, list[np.ndarray], int]:
+    """The cached model set to the broadcast state, and this task's decoded partition."""
     model, partition = _setup(spec)
     arrays, n = read_partition(spec.columns, blocks)
+    if n:
+        set_model_state(model, unpack_arrays(state.value))
+    return model, partition, arrays, n
+
+
+def evaluate_partition(spec: WorkerSpec, state: Any, batch_size: int, blocks: Iterator[tuple]) -> Iterator[tuple]:
+    """Metric states (totals and counts) of the model on this partition."""
+    model, partition, arrays, n = _partition_with_state(spec, state, blocks)
     if n == 0:
         yield _result(partition, 0, 0, b"", b"")
         return
-    set_model_state(model, unpack_arrays(state.value))
     x, y = _split(spec, arrays)
     model.evaluate(x, y, batch_size=batch_size, verbose=0)
     yield _result(partition, n, 0, b"", pack_arrays([np.asarray(v) for v in model.metrics_variables]))
@@ -111,12 +118,10 @@ def evaluate_partition(spec: WorkerSpec, state: Any, batch_size: int, blocks: It
 
 def predict_packed(spec: WorkerSpec, state: Any, batch_size: int, blocks: Iterator[tuple]) -> Iterator[tuple]:
     """Predictions for a packed partition, in row order, as encoded arrays."""
-    model, partition = _setup(spec)
-    arrays, n = read_partition(spec.columns, blocks)
+    model, partition, arrays, n = _partition_with_state(spec, state, blocks)
     if n == 0:
         yield _result(partition, 0, 0, b"", b"")
         return
-    set_model_state(model, unpack_arrays(state.value))
     out = model.predict(spec.columns.x(arrays), batch_size=batch_size, verbose=0)
     yield _result(partition, n, 0, pack_arrays(_flat_outputs(out)), b"")
 
