@@ -248,7 +248,6 @@ def _bind(
     model: Any,
     out_index: int = 0,
 ) -> TensorBinding:
-    from pyspark.sql import types as T
 
     shape = tuple(None if d is None else int(d) for d in tensor_shape)
     arg = "features_col" if role == FEATURE else "label_col"
