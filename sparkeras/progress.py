@@ -201,6 +201,7 @@ class ProgressReporter:
             conn = self._connections.get(key)
             try:
                 if conn is None:
+                    self._drop_stale(key)
                     conn = socket.create_connection(key, timeout=2)
                     self._connections[key] = conn
                 write_frame(conn, self.address.secret, msg)
@@ -209,3 +210,9 @@ class ProgressReporter:
                 self._connections.pop(key, None)
                 if conn is not None:
                     conn.close()
+
+    @classmethod
+    def _drop_stale(cls, current: tuple[str, int]) -> None:
+        """Close connections to earlier fits' servers, which are gone."""
+        for key in [k for k in cls._connections if k != current]:
+            cls._connections.pop(key).close()

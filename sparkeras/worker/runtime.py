@@ -77,7 +77,3 @@ def model(spec: ModelSpec) -> Any:
         _models.popitem(last=False)
     return built
 
-
-def loads_so_far() -> int:
-    """How many models this Python worker holds (for tests of the cache)."""
-    return len(_models)
