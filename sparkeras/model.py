@@ -42,6 +42,10 @@ class SparkModel:
         seed: seeds the per-epoch shuffling and the validation split.
         master: Spark master URL for an embedded session; ignored when a
             SparkSession is already active.
+        balance_partitions: repartition Spark training data whose
+            partitions are uneven (the largest more than 20% above an even
+            share), since in a synchronous fit the largest one sets the pace.
+            ``False`` keeps the data's own partitioning.
         **strategy_options: options for a strategy given by name
             (e.g. ``window=10`` for averaging every 10 batches).
     """
@@ -55,6 +59,7 @@ class SparkModel:
         custom_objects: Mapping[str, Any] | None = None,
         seed: int | None = None,
         master: str | None = None,
+        balance_partitions: bool = True,
         **strategy_options: Any,
     ) -> None:
         _check_model(model)
@@ -66,6 +71,7 @@ class SparkModel:
         self.custom_objects = dict(custom_objects or {})
         self.seed = random.randrange(2**31) if seed is None else int(seed)
         self.master = master
+        self.balance_partitions = bool(balance_partitions)
 
     @property
     def model(self) -> Any:
@@ -140,7 +146,7 @@ class SparkModel:
         prepared: list[PreparedData] = []
         server = None
         try:
-            train = prepare(dataset, columns, workers)
+            train = prepare(dataset, columns, workers, balance=self.balance_partitions)
             prepared.append(train)
             if workers > train.stats.rows:
                 raise InputError(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -225,3 +227,78 @@ def test_workers_use_the_cores_spark_gave_them_and_cache_the_model(spark):
 
     got = spark.sparkContext.parallelize(range(2), 2).mapPartitions(probe).collect()
     assert got == [(1, 1, True), (1, 1, True)]
+
+
+def test_driver_data_gives_the_same_model_through_files_or_through_spark(spark):
+    """Local mode memory-maps driver data from files; a cluster ships it through Spark."""
+    from sparkeras.data.packing import MEMORY_MAP_CONF
+
+    x, y = blobs(1500, seed=12)
+    model = mlp(seed=13)
+    weights = {}
+    try:
+        for mode in ("auto", "false"):
+            spark.conf.set(MEMORY_MAP_CONF, mode)
+            sm = SparkModel(clone(model), num_workers=2, seed=4)
+            sm.fit(x, y, epochs=2, batch_size=32, verbose=0)
+            weights[mode] = sm.model.get_weights()
+            np.testing.assert_allclose(sm.predict(x), sm.model.predict(x, verbose=0), atol=1e-6)
+    finally:
+        spark.conf.unset(MEMORY_MAP_CONF)
+    for a, b in zip(weights["auto"], weights["false"]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_packed_files_are_removed_when_released(spark):
+    from sparkeras.data.columns import resolve_columns
+    from sparkeras.data.packing import MEMORY_MAP_CONF, prepare
+    from sparkeras.data.sources import as_dataset
+
+    x, y = blobs(100, seed=1)
+    dataset = as_dataset(spark, x, y, num_partitions=2)
+    prepared = prepare(dataset, resolve_columns(mlp(), dataset.schema, "features", "label"), 2)
+    assert prepared.files is not None and len(os.listdir(prepared.files)) == 4  # 2 partitions x (x, y)
+    assert prepared.stats.rows_per_partition == [50, 50]
+    prepared.release()
+    assert not os.path.exists(prepared.files)
+
+    spark.conf.set(MEMORY_MAP_CONF, "false")
+    try:
+        shipped = prepare(dataset, resolve_columns(mlp(), dataset.schema, "features", "label"), 2)
+    finally:
+        spark.conf.unset(MEMORY_MAP_CONF)
+    assert shipped.files is None and shipped.stats.rows_per_partition == [50, 50]
+    shipped.release()
+
+
+def _skewed_frame(spark, big: int, small: int, seed: int = 0):
+    """A two-partition DataFrame with ``big`` rows in one partition and ``small`` in the other."""
+    x, y = blobs(big + small, seed=seed)
+    rows = [(x[i].tolist(), int(y[i])) for i in range(len(x))]
+    sc = spark.sparkContext
+    parts = sc.parallelize(rows[:big], 1).union(sc.parallelize(rows[big:], 1))
+    return spark.createDataFrame(parts, "features ARRAY<DOUBLE>, label INT"), x, y
+
+
+def test_uneven_spark_partitions_are_rebalanced_for_training(spark):
+    from sparkeras.data.columns import resolve_columns
+    from sparkeras.data.packing import prepare
+    from sparkeras.data.sources import as_dataset
+
+    df, _, _ = _skewed_frame(spark, 300, 20)
+    dataset = as_dataset(spark, df, num_partitions=2)
+    columns = resolve_columns(mlp(), dataset.schema, "features", "label")
+    kept = prepare(dataset, columns, 2)
+    assert kept.stats.rows_per_partition == [300, 20]
+    kept.release()
+    balanced = prepare(dataset, columns, 2, balance=True)
+    assert sorted(balanced.stats.rows_per_partition) == [160, 160]
+    balanced.release()
+
+
+def test_very_unequal_partitions_train_when_balancing_is_off(spark):
+    df, x, y = _skewed_frame(spark, 2000, 10, seed=3)
+    sm = SparkModel(mlp(seed=2), num_workers=2, seed=0, balance_partitions=False)
+    history = sm.fit(df, epochs=2, batch_size=32, verbose=0)
+    assert len(history.history["loss"]) == 2
+    assert sm.evaluate(x, y)["accuracy"] > 0.5

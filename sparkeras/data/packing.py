@@ -13,6 +13,10 @@ the statistics do, one small record per partition.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -23,38 +27,73 @@ from sparkeras.data.columns import LABEL, ColumnMap, TensorBinding
 from sparkeras.data.sources import Dataset
 from sparkeras.errors import InputError, worker_error
 
-def packed_schema(columns: ColumnMap) -> str:
+
+def packed_schema(columns: ColumnMap, files: bool = False) -> str:
+    """Schema of :func:`pack_batches`' rows; blobs are file paths when ``files``."""
+    blob = "STRING" if files else "BINARY"
     fields = ["rows LONG", "problem STRING"]
     for b in columns.bindings:
-        fields += [f"{b.slot} BINARY", f"{b.slot}_nonfinite LONG", f"{b.slot}_nonint LONG",
-                   f"{b.slot}_min DOUBLE", f"{b.slot}_max DOUBLE"]
+        nonfinite, nonint, lo, hi = _stat_names(b)
+        fields += [f"{b.slot} {blob}", f"{nonfinite} LONG", f"{nonint} LONG", f"{lo} DOUBLE", f"{hi} DOUBLE"]
     return ", ".join(fields)
 
 
-def pack_batches(columns: ColumnMap, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """Executor side: one packed row (plus statistics) per incoming Arrow batch."""
+def pack_batch(columns: ColumnMap, batch: pa.RecordBatch) -> tuple[list[np.ndarray | None], dict[str, Any]]:
+    """Convert one Arrow batch to one array per binding, plus its statistics.
+
+    The statistics are what :func:`check` needs: the row count, the first
+    malformed column, and per binding the NaN/inf count, the non-integer
+    count (labels) and the range of the finite values.
+    """
+    stats: dict[str, Any] = {"rows": batch.num_rows, "problem": None}
+    arrays: list[np.ndarray | None] = []
+    for b in columns.bindings:
+        converted = b.to_numpy(batch)
+        if converted.problem and stats["problem"] is None:
+            stats["problem"] = converted.problem
+        arrays.append(converted.values)
+        stats.update(_value_stats(b, converted.raw))
+    return arrays, stats
+
+
+def _value_stats(b: TensorBinding, raw: np.ndarray | None) -> dict[str, Any]:
+    out: dict[str, Any] = dict(zip(_stat_names(b), (0, 0, None, None)))
+    if raw is None or raw.size == 0:
+        return out
+    good = raw
+    if raw.dtype.kind == "f":
+        finite = np.isfinite(raw)
+        bad = int(raw.size - np.count_nonzero(finite))
+        out[f"{b.slot}_nonfinite"] = bad
+        if bad:
+            good = raw[finite]
+        if b.role == LABEL and good.size:
+            out[f"{b.slot}_nonint"] = int(np.count_nonzero(good != np.round(good)))
+    if good.size:
+        out[f"{b.slot}_min"], out[f"{b.slot}_max"] = float(good.min()), float(good.max())
+    return out
+
+
+def pack_batches(columns: ColumnMap, batches: Iterator[pa.RecordBatch],
+                 files: str | None = None) -> Iterator[pa.RecordBatch]:
+    """Executor side: one packed row (blobs plus statistics) per incoming Arrow batch.
+
+    A blob is the raw bytes of the block, or the path of a ``.npy`` file in
+    ``files`` when the workers can memory-map it (see :func:`_memory_map`).
+    """
     for batch in batches:
         if batch.num_rows == 0:
             continue
-        row: dict[str, list] = {"rows": [batch.num_rows], "problem": [None]}
-        for b in columns.bindings:
-            converted = b.to_numpy(batch)
-            if converted.problem and row["problem"][0] is None:
-                row["problem"] = [converted.problem]
-            values = converted.values
-            if values is None:
-                row.update({b.slot: [b""], f"{b.slot}_nonfinite": [0], f"{b.slot}_nonint": [0],
-                            f"{b.slot}_min": [None], f"{b.slot}_max": [None]})
-                continue
-            raw = converted.raw.astype(np.float64, copy=False)
-            finite = np.isfinite(raw)
-            row[b.slot] = [values.tobytes()]
-            row[f"{b.slot}_nonfinite"] = [int(raw.size - finite.sum())]
-            good = raw[finite]
-            row[f"{b.slot}_nonint"] = [int((good != np.round(good)).sum()) if b.role == LABEL else 0]
-            row[f"{b.slot}_min"] = [float(good.min()) if good.size else None]
-            row[f"{b.slot}_max"] = [float(good.max()) if good.size else None]
+        arrays, stats = pack_batch(columns, batch)
+        row: dict[str, list] = {"rows": [stats["rows"]], "problem": [stats["problem"]]}
+        for b, values in zip(columns.bindings, arrays):
+            row[b.slot] = [_blob(values, files, uuid.uuid4().hex)]
+            row.update({k: [stats[k]] for k in _stat_names(b)})
         yield pa.RecordBatch.from_pydict(row)
+
+
+def _stat_names(b: TensorBinding) -> list[str]:
+    return [f"{b.slot}_nonfinite", f"{b.slot}_nonint", f"{b.slot}_min", f"{b.slot}_max"]
 
 
 @dataclass
@@ -82,12 +121,15 @@ class DatasetStats:
 class PreparedData:
     """Packed, cached, validated data, ready for training, evaluation or prediction.
 
-    ``blocks`` is an RDD of ``(rows, (bytes per binding...), stats)`` tuples.
+    ``blocks`` is an RDD of ``(rows, (blob per binding...), stats)`` tuples,
+    where a blob is the raw bytes of the block or, in local mode, the path of
+    a ``.npy`` file in ``files`` that the workers memory-map.
     """
 
     blocks: Any
     columns: ColumnMap
     stats: DatasetStats
+    files: str | None = None
 
     @property
     def num_partitions(self) -> int:
@@ -95,70 +137,137 @@ class PreparedData:
 
     def release(self) -> None:
         self.blocks.unpersist()
+        if self.files is not None:
+            shutil.rmtree(self.files, ignore_errors=True)
 
 
-def prepare(dataset: Dataset, columns: ColumnMap, num_partitions: int, what: str = "training data") -> PreparedData:
-    """Validate and pack ``dataset`` into ``num_partitions`` cached partitions.
+def prepare(dataset: Dataset, columns: ColumnMap, num_partitions: int, what: str = "training data",
+            balance: bool = False) -> PreparedData:
+    """Validate and pack ``dataset`` into ``num_partitions`` partitions.
 
-    Raises :class:`InputError` (and frees the cache) when the data cannot be
-    trained on, before any training starts.
+    With ``balance``, Spark data whose partitions turn out uneven (the
+    largest more than 20% above an even share, as when Spark cannot split a
+    big Parquet row group) is packed again after a ``repartition``: in a
+    synchronous fit the largest partition sets the pace of every worker.
+
+    Raises :class:`InputError` (and frees what was packed) when the data
+    cannot be trained on, before any training starts.
     """
-    from pyspark import StorageLevel
-
-    slots = [b.slot for b in columns.bindings]
     if dataset.table is not None:
-        blocks = _pack_local(dataset, columns, num_partitions, slots)
+        prepared = _prepare_local(dataset, columns, num_partitions)
     else:
-        from pyspark.sql import functions as F
-
-        frame = dataset.frame.select(*[F.col(f"`{c}`") for c in columns.columns])
-        if frame.rdd.getNumPartitions() != num_partitions:
-            frame = frame.repartition(num_partitions)
-        packed = frame.mapInArrow(lambda it: pack_batches(columns, it), packed_schema(columns))
-        blocks = packed.rdd.map(lambda r: _block(r.asDict(), slots))
-    blocks = blocks.persist(StorageLevel.MEMORY_AND_DISK)
+        prepared = _prepare_spark(dataset, columns, num_partitions, what)
+        if balance and _uneven(prepared.stats.rows_per_partition):
+            prepared.release()
+            prepared = _prepare_spark(dataset, columns, num_partitions, what, repartition=True)
     try:
-        per_partition = blocks.mapPartitionsWithIndex(_partition_stats).collect()
-    except Exception as exc:  # noqa: BLE001 - translated, never swallowed
-        blocks.unpersist()
-        raise worker_error(exc, f"reading the {what}") from None
-    stats = _combine(per_partition, columns, num_partitions)
-    prepared = PreparedData(blocks, columns, stats)
-    try:
-        check(stats, columns, what)
+        check(prepared.stats, columns, what)
     except InputError:
         prepared.release()
         raise
     return prepared
 
 
-def _pack_local(dataset: Dataset, columns: ColumnMap, num_partitions: int, slots: list[str]) -> Any:
+def _uneven(rows_per_partition: list[int]) -> bool:
+    even = -(-sum(rows_per_partition) // len(rows_per_partition))
+    return max(rows_per_partition) > 1.2 * even
+
+
+def _prepare_spark(dataset: Dataset, columns: ColumnMap, num_partitions: int, what: str,
+                   repartition: bool = False) -> PreparedData:
+    """Pack on the executors and cache; one Spark job gathers the statistics.
+
+    In local mode the executors write the packed blocks as ``.npy`` files
+    that later tasks memory-map, and Spark caches only their paths; on a
+    cluster Spark caches the blocks themselves (memory, spilling to disk).
+    """
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    slots = [b.slot for b in columns.bindings]
+    frame = dataset.frame.select(*[F.col(f"`{c}`") for c in columns.columns])
+    if repartition or frame.rdd.getNumPartitions() != num_partitions:
+        frame = frame.repartition(num_partitions)
+    files = tempfile.mkdtemp(prefix="sparkeras-data-") if _memory_map(frame.sparkSession) else None
+    packed = frame.mapInArrow(lambda it: pack_batches(columns, it, files), packed_schema(columns, files is not None))
+    blocks = packed.rdd.map(lambda r: _block(r.asDict(), slots)).persist(StorageLevel.MEMORY_AND_DISK)
+    prepared = PreparedData(blocks, columns, DatasetStats([], None), files)
+    try:
+        per_partition = blocks.mapPartitionsWithIndex(_partition_stats).collect()
+    except Exception as exc:  # noqa: BLE001 - translated, never swallowed
+        prepared.release()
+        raise worker_error(exc, f"reading the {what}") from None
+    prepared.stats = _combine(per_partition, columns, num_partitions)
+    return prepared
+
+
+def _prepare_local(dataset: Dataset, columns: ColumnMap, num_partitions: int) -> PreparedData:
     """Pack driver-side data on the driver, one contiguous slice per partition.
 
-    The rows are on the driver already and must be shipped once anyway;
-    packing them here skips a round trip through Spark's row format.
+    The rows are on the driver already, so they are converted and checked
+    there, with no Spark job. How they reach the workers depends on where
+    the workers run:
+
+    - in local mode (``local[n]``; see :func:`_memory_map`) the Python workers share the driver's
+      disk, so each slice is written once as a ``.npy`` file in a private
+      temporary directory and the workers memory-map it: no copy through the
+      JVM, and every epoch reads it from the page cache;
+    - on a cluster each slice is shipped once as raw bytes and cached by
+      Spark (memory, spilling to disk) when the first epoch reads it.
     """
+    from pyspark import StorageLevel
     from pyspark.sql import SparkSession
 
+    spark = SparkSession.getActiveSession()
+    sc = spark.sparkContext
+    files = tempfile.mkdtemp(prefix="sparkeras-data-") if _memory_map(spark) else None
     table = dataset.table.select(columns.columns).combine_chunks()
     n = table.num_rows
     per_part = -(-n // num_partitions) if n else 0
-    partitions = []
+    partitions: list[list[tuple]] = []
     for p in range(num_partitions):
         lo, hi = min(n, p * per_part), min(n, (p + 1) * per_part)
-        batches = table.slice(lo, hi - lo).to_batches(max_chunksize=_BLOCK_ROWS)
-        partitions.append([_block(row, slots) for packed in pack_batches(columns, iter(batches))
-                           for row in packed.to_pylist()])
-    sc = SparkSession.getActiveSession().sparkContext
-    return sc.parallelize(partitions, num_partitions).flatMap(lambda blocks: blocks)
+        if hi <= lo:
+            partitions.append([])
+            continue
+        arrays, stats = pack_batch(columns, table.slice(lo, hi - lo).combine_chunks().to_batches()[0])
+        blobs = tuple(_blob(values, files, f"p{p}-{b.slot}") for b, values in zip(columns.bindings, arrays))
+        partitions.append([(hi - lo, blobs, stats)])
+    per_partition = [next(_partition_stats(p, iter(blocks))) for p, blocks in enumerate(partitions)]
+    blocks = sc.parallelize(partitions, num_partitions).flatMap(lambda part: part)
+    if files is None:
+        blocks = blocks.persist(StorageLevel.MEMORY_AND_DISK)
+    return PreparedData(blocks, columns, _combine(per_partition, columns, num_partitions), files)
 
 
-_BLOCK_ROWS = 10_000
+MEMORY_MAP_CONF = "spark.sparkeras.data.memoryMap"
+
+
+def _memory_map(spark: Any) -> bool:
+    """Whether workers can map driver-written files: Spark runs its executor in the driver.
+
+    True for ``local`` and ``local[n]`` masters unless the ``MEMORY_MAP_CONF``
+    setting is ``false`` (say, when the temporary directory is too small).
+    """
+    if spark.conf.get(MEMORY_MAP_CONF, "auto").strip().lower() == "false":
+        return False
+    master = spark.sparkContext.master
+    return master == "local" or master.startswith("local[")
+
+
+def _blob(values: np.ndarray | None, files: str | None, name: str) -> bytes | str:
+    if values is None:  # the batch has a problem; check() reports it before anything reads this
+        return b"" if files is None else ""
+    if files is None:
+        return values.tobytes()
+    path = os.path.join(files, f"{name}.npy")
+    np.save(path, values, allow_pickle=False)
+    return path
 
 
 def _block(row: dict, slots: list[str]) -> tuple:
     stats = {k: v for k, v in row.items() if k not in slots}
-    return row["rows"], tuple(bytes(row[s]) for s in slots), stats
+    return row["rows"], tuple(row[s] if isinstance(row[s], str) else bytes(row[s]) for s in slots), stats
 
 
 def _partition_stats(index: int, blocks: Iterator[tuple]) -> Iterator[dict]:
@@ -236,13 +345,19 @@ def _check_labels(b: TensorBinding, s: BindingStats, what: str) -> None:
 
 
 def read_partition(columns: ColumnMap, blocks: Iterator[tuple]) -> tuple[list[np.ndarray], int]:
-    """Executor side: decode a packed partition into one array per binding."""
+    """Executor side: decode a packed partition into one array per binding.
+
+    Byte blobs are wrapped without a copy; file blobs are memory-mapped.
+    """
     parts: list[list[np.ndarray]] = [[] for _ in columns.bindings]
     shapes = [tuple(-1 if d is None else d for d in b.shape) for b in columns.bindings]
     rows = 0
     for n, blobs, _ in blocks:
         for i, (b, blob) in enumerate(zip(columns.bindings, blobs)):
-            parts[i].append(np.frombuffer(blob, dtype=b.dtype).reshape((n, *shapes[i])))
+            if isinstance(blob, str):
+                parts[i].append(np.asarray(np.load(blob, mmap_mode="r", allow_pickle=False)))
+            else:
+                parts[i].append(np.frombuffer(blob, dtype=b.dtype).reshape((n, *shapes[i])))
         rows += n
     arrays = []
     for b, chunks in zip(columns.bindings, parts):
