@@ -1,5 +1,6 @@
 """sparkeras: train and serve Keras 3 models on Apache Spark, where the data lives."""
 
+from sparkeras.barrier import WorkerContext, run
 from sparkeras.errors import InputError, SparkerasError, WorkerError
 from sparkeras.model import SparkModel
 from sparkeras.session import get_spark
@@ -8,4 +9,4 @@ from sparkeras.strategies import ModelAveraging, Strategy
 __version__ = "0.1.0"
 
 __all__ = ["InputError", "ModelAveraging", "SparkModel", "SparkerasError", "Strategy", "WorkerError",
-           "__version__", "get_spark"]
+           "WorkerContext", "__version__", "get_spark", "run"]

@@ -16,7 +16,7 @@ from sparkeras.data.sources import Dataset, as_dataset, split_validation, valida
 from sparkeras.errors import InputError
 from sparkeras.progress import ProgressBar, ProgressServer
 from sparkeras.serialization import ModelSpec, model_state, pack_arrays
-from sparkeras.session import get_spark, keras_backend
+from sparkeras.session import driver_host, get_spark, keras_backend
 from sparkeras.strategies import Strategy, get_strategy
 from sparkeras.errors import worker_error
 from sparkeras.training import MetricReader, TrainingJob, evaluate, run_partitions
@@ -158,7 +158,7 @@ class SparkModel:
                 prepared.append(validation)
             bar = ProgressBar(epochs, verbose)
             if verbose:
-                server = ProgressServer(_driver_host(spark), bar.report)
+                server = ProgressServer(driver_host(spark), bar.report)
             job = TrainingJob(
                 spark=spark, model=self._model, spec=self._spec(columns, server.address if server else None),
                 train=train, validation=validation, epochs=epochs, initial_epoch=initial_epoch,
@@ -353,13 +353,6 @@ def _output_columns(model: Any, prediction_col: str) -> list[tuple[str, int]]:
     struct = getattr(model, "_outputs_struct", None)
     names = list(struct.keys()) if isinstance(struct, Mapping) else list(model.output_names)
     return [(f"{prediction_col}_{n}", w) for n, w in zip(names, widths)]
-
-
-def _driver_host(spark: Any) -> str:
-    master = spark.sparkContext.master
-    if master.startswith("local"):
-        return "127.0.0.1"
-    return spark.sparkContext.getConf().get("spark.driver.host", "127.0.0.1")
 
 
 def _is_remote(path: str) -> bool:

@@ -10,78 +10,24 @@ states the workers return, not from these reports.
 
 from __future__ import annotations
 
-import secrets
 import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, TextIO
 
-from sparkeras.comm.wire import FrameError, read_frame, write_frame
-
-_MAX_PAYLOAD = 0  # progress frames carry no payload
-
-
-@dataclass(frozen=True)
-class ProgressAddress:
-    """Where workers send progress, and the secret that proves they belong to this fit."""
-
-    host: str
-    port: int
-    secret: bytes
+from sparkeras.comm.server import FrameServer, ServerAddress
+from sparkeras.comm.wire import write_frame
 
 
-class ProgressServer:
-    """Accepts signed progress frames from workers for the length of one fit.
-
-    Binds to ``host`` (the driver's address, not ``0.0.0.0``) on a port the
-    operating system picks at bind time, so there is no race for ports.
-    Unsigned or malformed frames close that connection and are otherwise ignored.
-    """
+class ProgressServer(FrameServer):
+    """Accepts signed progress reports from workers for the length of one fit."""
 
     def __init__(self, host: str, on_report: Callable[[dict[str, Any]], None]) -> None:
-        self._on_report = on_report
-        self._sock = socket.create_server((host, 0))
-        self._sock.settimeout(0.2)
-        self.address = ProgressAddress(host, self._sock.getsockname()[1], secrets.token_bytes(32))
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self.rejected = 0
-        self._accept = threading.Thread(target=self._serve, name="sparkeras-progress", daemon=True)
-        self._accept.start()
+        def handle(header: dict[str, Any], _: bytes) -> None:
+            on_report(header)
 
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except (socket.timeout, OSError):
-                continue
-            t = threading.Thread(target=self._read, args=(conn,), daemon=True)
-            t.start()
-            self._threads.append(t)
-
-    def _read(self, conn: socket.socket) -> None:
-        conn.settimeout(0.5)
-        with conn:
-            while not self._stop.is_set():
-                try:
-                    header, _ = read_frame(conn, self.address.secret, _MAX_PAYLOAD)
-                except socket.timeout:
-                    continue
-                except FrameError:
-                    self.rejected += 1
-                    return
-                except (EOFError, OSError):
-                    return
-                self._on_report(header)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._sock.close()
-        self._accept.join(timeout=2)
-        for t in self._threads:
-            t.join(timeout=2)
+        super().__init__(host, handle, max_payload=0, name="sparkeras-progress")
 
 
 class ProgressBar:
@@ -169,7 +115,7 @@ class ProgressReporter:
 
     _connections: dict[tuple[str, int], socket.socket] = {}
 
-    def __init__(self, address: ProgressAddress, rank: int, epoch: int, offset: int,
+    def __init__(self, address: ServerAddress, rank: int, epoch: int, offset: int,
                  batch_size: int, samples: int, interval: float = 0.25) -> None:
         self.address, self.rank, self.epoch = address, rank, epoch
         self.offset, self.batch_size, self.samples = offset, batch_size, samples

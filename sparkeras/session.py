@@ -44,6 +44,26 @@ def get_spark(master: str | None = None, app_name: str = "sparkeras") -> Any:
     return spark
 
 
+def is_local(master: str) -> bool:
+    """True when Spark runs its executor inside the driver (``local``, ``local[n]``).
+
+    Its Python workers then share the driver's machine and disk; ``local-cluster``
+    and real clusters do not count.
+    """
+    return master == "local" or master.startswith("local[")
+
+
+def driver_host(spark: Any) -> str:
+    """The address workers use to reach servers on the driver.
+
+    Loopback when every process runs on this machine (``local``,
+    ``local-cluster``); otherwise ``spark.driver.host``.
+    """
+    if spark.sparkContext.master.startswith("local"):
+        return "127.0.0.1"
+    return spark.sparkContext.getConf().get("spark.driver.host", "127.0.0.1")
+
+
 def keras_backend() -> str:
     """The Keras backend the driver uses; workers are told to use the same."""
     import keras

@@ -249,10 +249,11 @@ def _memory_map(spark: Any) -> bool:
     True for ``local`` and ``local[n]`` masters unless the ``MEMORY_MAP_CONF``
     setting is ``false`` (say, when the temporary directory is too small).
     """
+    from sparkeras.session import is_local
+
     if spark.conf.get(MEMORY_MAP_CONF, "auto").strip().lower() == "false":
         return False
-    master = spark.sparkContext.master
-    return master == "local" or master.startswith("local[")
+    return is_local(spark.sparkContext.master)
 
 
 def _blob(values: np.ndarray | None, files: str | None, name: str) -> bytes | str:

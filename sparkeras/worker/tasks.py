@@ -18,7 +18,8 @@ import pyarrow as pa
 from sparkeras.data.columns import ColumnMap
 from sparkeras.data.packing import read_partition
 from sparkeras.errors import InputError
-from sparkeras.progress import ProgressAddress, ProgressReporter
+from sparkeras.comm.server import ServerAddress
+from sparkeras.progress import ProgressReporter
 from sparkeras.serialization import ModelSpec, model_state, pack_arrays, set_model_state, unpack_arrays
 from sparkeras.worker import runtime
 
@@ -30,7 +31,7 @@ class WorkerSpec:
     columns: ColumnMap
     backend: str
     seed: int = 0
-    progress: ProgressAddress | None = None
+    progress: ServerAddress | None = None
 
 
 @dataclass(frozen=True)

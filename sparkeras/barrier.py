@@ -1,0 +1,176 @@
+"""Run a function on Spark barrier tasks that talk to each other.
+
+Barrier mode starts all of a stage's tasks together (or none), which is what
+collective training needs: every rank must be alive to all-reduce. This module
+holds what both the all-reduce strategy and :func:`run` need: the checks that
+turn Spark's slow or silent failure modes into clear errors up front, and the
+per-task :class:`WorkerContext`.
+
+:func:`run` is the TorchDistributor / TensorFlowOnSpark-style entry point: your
+function gets its rank, the world size, collectives over numpy arrays and, if
+you pass a DataFrame, its own partition as Arrow batches; rank 0's return
+value comes back to the driver.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from sparkeras.errors import InputError, worker_error
+
+DEFAULT_TIMEOUT = 300.0
+
+
+def check_barrier(sc: Any, num_workers: int, wait: float = 30.0) -> None:
+    """Fail fast when Spark cannot run ``num_workers`` barrier tasks at once.
+
+    Spark itself either refuses late (after retrying for minutes) or waits
+    for slots that never come, so both cases are checked here. Executors
+    that are still registering (a cluster just started) are waited for, up
+    to ``wait`` seconds (not in local mode, where the one executor is the driver).
+    """
+    conf = sc.getConf()
+    if conf.get("spark.dynamicAllocation.enabled", "false").strip().lower() == "true":
+        raise InputError(
+            "Barrier training needs all its tasks running at once, which Spark does not allow with "
+            "dynamic allocation; set spark.dynamicAllocation.enabled=false for this job.")
+    from sparkeras.session import is_local
+
+    deadline = time.monotonic() + (0.0 if is_local(sc.master) else wait)
+    slots = concurrent_slots(sc)
+    while slots < num_workers and time.monotonic() < deadline:
+        time.sleep(0.5)
+        slots = concurrent_slots(sc)
+    if slots < num_workers:
+        raise InputError(
+            f"num_workers={num_workers} barrier tasks must run at the same time, but the cluster has "
+            f"{slots} task slots (executor cores / spark.task.cpus). Use at most {slots} workers, "
+            "or give the job more executors or cores.")
+
+
+def concurrent_slots(sc: Any) -> int:
+    """How many tasks the cluster can run at once right now."""
+    jsc = sc._jsc.sc()
+    try:
+        return int(jsc.maxNumConcurrentTasks(jsc.resourceProfileManager().defaultResourceProfile()))
+    except Exception:  # noqa: BLE001 - an internal API; fall back to Spark's public estimate
+        return int(sc.defaultParallelism)
+
+
+class WorkerContext:
+    """What a barrier task's function gets: its rank, the world, and collectives.
+
+    Arrays are numpy; collectives run over ``torch.distributed`` (gloo), and
+    every rank must call the same collectives in the same order.
+    """
+
+    def __init__(self, rank: int, world_size: int, collective: Any,
+                 batches: Iterator[Any] | None = None) -> None:
+        self.rank = rank
+        self.world_size = world_size
+        self._collective = collective
+        self._batches = batches
+
+    def allreduce(self, array: Any, op: str = "mean") -> np.ndarray:
+        """``op`` (``mean``, ``sum``, ``max``, ``min``) of ``array`` over all ranks."""
+        return self._collective.allreduce(np.asarray(array), op)
+
+    def broadcast(self, array: Any, root: int = 0) -> np.ndarray:
+        """Rank ``root``'s ``array`` on every rank."""
+        return self._collective.broadcast(np.asarray(array), root)
+
+    def barrier(self) -> None:
+        """Wait until every rank gets here."""
+        self._collective.barrier()
+
+    def partition(self) -> Iterator[Any]:
+        """This task's partition of ``data``, as ``pyarrow.RecordBatch`` es (read once)."""
+        if self._batches is None:
+            raise InputError("This run was given no data; pass data=<DataFrame or Parquet path> to sparkeras.run.")
+        batches, self._batches = self._batches, iter(())
+        return batches
+
+
+def run(train_fn: Callable[[WorkerContext], Any], num_workers: int, data: Any = None, *,
+        timeout: float = DEFAULT_TIMEOUT) -> Any:
+    """Run ``train_fn(context)`` on ``num_workers`` barrier tasks; return rank 0's result.
+
+    Args:
+        train_fn: called once per task with a :class:`WorkerContext`. Its
+            return value on rank 0 is sent back (it must be picklable).
+        num_workers: how many tasks run together (at most the cluster's slots).
+        data: optional Spark DataFrame or Parquet path; it is repartitioned to
+            ``num_workers`` partitions if needed, and each task reads its own
+            through ``context.partition()``.
+        timeout: seconds to wait for every task to reach the rendezvous, and
+            for any one collective.
+    """
+    from sparkeras.session import get_spark
+
+    if not isinstance(num_workers, int) or num_workers < 1:
+        raise InputError(f"num_workers must be a positive integer, got {num_workers!r}.")
+    if not callable(train_fn):
+        raise InputError(f"train_fn must be callable, got {type(train_fn).__name__}.")
+    spark = get_spark()
+    sc = spark.sparkContext
+    check_barrier(sc, num_workers)
+    loopback = sc.master.startswith("local")
+    try:
+        if data is None:
+            rows = (sc.parallelize(range(num_workers), num_workers).barrier()
+                    .mapPartitions(lambda _: _run_task(train_fn, timeout, loopback, None)).collect())
+            return next((value for rank, value in rows if rank == 0), None)
+        frame = _frame(spark, data)
+        if frame.rdd.getNumPartitions() != num_workers:
+            frame = frame.repartition(num_workers)
+        out = frame.mapInArrow(lambda it: _arrow_task(train_fn, timeout, loopback, it),
+                               "rank INT, value BINARY", barrier=True).collect()
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - translated, never swallowed
+        raise worker_error(exc, "running the function on barrier tasks") from None
+    import cloudpickle
+
+    return next((cloudpickle.loads(r["value"]) for r in out if r["rank"] == 0), None)
+
+
+def _frame(spark: Any, data: Any) -> Any:
+    import os
+
+    from pyspark.sql import DataFrame
+
+    if isinstance(data, DataFrame):
+        return data
+    if isinstance(data, (str, os.PathLike)):
+        from sparkeras.data.sources import as_dataset
+
+        return as_dataset(spark, os.fspath(data)).frame
+    raise InputError(f"sparkeras.run takes data as a Spark DataFrame or a Parquet path, got {type(data).__name__}.")
+
+
+def _run_task(train_fn: Callable[[WorkerContext], Any], timeout: float, loopback: bool,
+              batches: Iterator[Any] | None) -> Iterator[tuple[int, Any]]:
+    from pyspark import BarrierTaskContext
+
+    from sparkeras.comm.collective import Collective
+
+    context = BarrierTaskContext.get()
+    collective = Collective.join(context, timeout, loopback)
+    try:
+        result = train_fn(WorkerContext(collective.rank, collective.world_size, collective, batches))
+    finally:
+        collective.close()
+    yield collective.rank, (result if collective.rank == 0 else None)
+
+
+def _arrow_task(train_fn: Callable[[WorkerContext], Any], timeout: float, loopback: bool,
+                batches: Iterator[Any]) -> Iterator[Any]:
+    import cloudpickle
+    import pyarrow as pa
+
+    for rank, value in _run_task(train_fn, timeout, loopback, batches):
+        blob = cloudpickle.dumps(value) if rank == 0 else b""
+        yield pa.RecordBatch.from_pydict({"rank": pa.array([rank], pa.int32()), "value": pa.array([blob], pa.binary())})

@@ -1,0 +1,75 @@
+"""sparkeras.run: user functions on barrier tasks with collectives, on real Spark."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import sparkeras
+from sparkeras import InputError
+
+
+def test_run_gives_rank_world_size_and_returns_rank_zeros_value(spark):
+    def fn(ctx):
+        return {"rank": ctx.rank, "world": ctx.world_size}
+
+    assert sparkeras.run(fn, num_workers=2) == {"rank": 0, "world": 2}
+
+
+def test_run_allreduce_and_broadcast_numpy_arrays(spark):
+    def fn(ctx):
+        mine = np.arange(4, dtype=np.float32) + 10 * ctx.rank
+        total = ctx.allreduce(mine, op="sum")
+        mean = ctx.allreduce(mine)
+        biggest = ctx.allreduce(np.array([ctx.rank]), op="max")
+        root = ctx.broadcast(np.full(3, ctx.rank + 7.0), root=1)
+        ctx.barrier()
+        return total.tolist(), mean.tolist(), int(biggest[0]), root.tolist()
+
+    total, mean, biggest, root = sparkeras.run(fn, num_workers=2)
+    assert total == [10.0, 12.0, 14.0, 16.0]
+    assert mean == [5.0, 6.0, 7.0, 8.0]
+    assert biggest == 1
+    assert root == [8.0, 8.0, 8.0]
+
+
+def test_run_iterates_each_tasks_own_partition(spark):
+    df = spark.range(0, 1000).selectExpr("id", "id * 2.0 AS twice")
+
+    def fn(ctx):
+        rows, ids = 0, 0.0
+        for batch in ctx.partition():
+            rows += batch.num_rows
+            ids += float(np.sum(batch.column("id").to_numpy()))
+        counts = ctx.allreduce(np.array([rows, ids], dtype=np.float64), op="sum")
+        per_rank = ctx.allreduce(np.eye(ctx.world_size)[ctx.rank] * rows, op="sum")
+        return counts.tolist(), per_rank.tolist()
+
+    (rows, ids), per_rank = sparkeras.run(fn, num_workers=2, data=df)
+    assert rows == 1000 and ids == sum(range(1000))  # every row seen exactly once
+    assert all(n > 0 for n in per_rank) and sum(per_rank) == 1000  # split between the two tasks
+
+
+def test_run_surfaces_the_workers_error(spark):
+    def fn(ctx):
+        if ctx.rank == 1:
+            raise ValueError("rank one cannot go on")
+        return 1
+
+    with pytest.raises(sparkeras.WorkerError, match="rank one cannot go on"):
+        sparkeras.run(fn, num_workers=2, timeout=20)
+
+
+def test_run_refuses_more_workers_than_slots(spark):
+    with pytest.raises(InputError, match=r"num_workers=3 barrier tasks must run at the same time.*2 task slots"):
+        sparkeras.run(lambda ctx: None, num_workers=3)
+
+
+def test_run_without_data_has_no_partition(spark):
+    def fn(ctx):
+        try:
+            ctx.partition()
+        except InputError as exc:
+            return str(exc)
+
+    assert "pass data=" in sparkeras.run(fn, num_workers=1)
