@@ -178,6 +178,7 @@ class SparkModel:
         history = self._model.history
         history.samples_per_second = job.samples_per_second
         history.strategy = repr(self.strategy)
+        history.restarts = job.restarts
         return history
 
     def evaluate(

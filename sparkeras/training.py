@@ -115,6 +115,7 @@ class TrainingJob:
         self.state: list[np.ndarray] = model_state(model)
         self.metrics = MetricReader(model, train)
         self.samples_per_second: list[float] = []
+        self.restarts: list[dict[str, Any]] = []  # set by strategies that relaunch failed stages
 
     @property
     def steps_per_worker(self) -> list[int]:
@@ -129,11 +130,19 @@ class TrainingJob:
         self.callbacks.on_epoch_begin(epoch)
         self.bar.begin_epoch(epoch, self.train.stats.rows)
 
-    def end_epoch(self, epoch: int, metric_states: list[np.ndarray] | None) -> bool:
-        """Publish the epoch: driver weights, logs, validation, callbacks. True to stop."""
+    def end_epoch(self, epoch: int, metric_states: list[np.ndarray] | None,
+                  validation_states: list[np.ndarray] | None = None) -> bool:
+        """Publish the epoch: driver weights, logs, validation, callbacks. True to stop.
+
+        Validation runs as a Spark job unless the strategy already measured
+        it (``validation_states``, summed metric states), as barrier training
+        does inside its tasks, which hold every slot while they run.
+        """
         set_model_state(self.model, self.state)
         logs = self.metrics.read(metric_states)
-        if self.validation is not None:
+        if validation_states is not None:
+            logs.update({f"val_{k}": v for k, v in self.metrics.read(validation_states).items()})
+        elif self.validation is not None:
             blob = self.broadcast_state()
             try:
                 val = evaluate(self.validation, self.spec, blob, self.batch_size, self.metrics)

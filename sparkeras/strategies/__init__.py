@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from sparkeras.errors import InputError
+from sparkeras.strategies.allreduce import AllReduce
 from sparkeras.strategies.averaging import ModelAveraging, average_states
 from sparkeras.strategies.base import Strategy
 
-STRATEGIES: dict[str, type[Strategy]] = {ModelAveraging.name: ModelAveraging}
+STRATEGIES: dict[str, type[Strategy]] = {ModelAveraging.name: ModelAveraging, AllReduce.name: AllReduce}
 
 
 def get_strategy(strategy: str | Strategy, **options: Any) -> Strategy:
@@ -26,4 +27,4 @@ def get_strategy(strategy: str | Strategy, **options: Any) -> Strategy:
         raise InputError(f"Bad options for strategy {strategy!r}: {exc}") from None
 
 
-__all__ = ["STRATEGIES", "ModelAveraging", "Strategy", "average_states", "get_strategy"]
+__all__ = ["STRATEGIES", "AllReduce", "ModelAveraging", "Strategy", "average_states", "get_strategy"]

@@ -1,0 +1,242 @@
+"""Synchronous per-step gradient all-reduce in one Spark barrier stage (Horovod-style).
+
+``num_workers`` barrier tasks live for the whole fit. Every step each sums its
+gradients with the others' (``torch.distributed``/gloo) and applies the same
+update, so N workers train exactly like one process with an N-times larger
+batch (see :mod:`sparkeras.worker.allreduce` for unequal partitions and
+BatchNormalization). Keras' ``fit`` under ``MultiWorkerMirroredStrategy`` is
+not used: it fails under Keras 3 (keras-team/keras#20585).
+
+The driver side here runs a small coordinator while the stage runs. Tasks
+ask it where to start (epoch and state), and rank 0 reports every finished
+epoch to it; the driver then publishes the epoch (weights, History,
+callbacks such as EarlyStopping and ModelCheckpoint) and answers whether to
+stop. The driver therefore always holds the state of the last completed
+epoch (and writes it to ``checkpoint_dir`` if given). If the stage fails (a
+worker dies, an executor is lost), it is launched again, up to
+``max_restarts`` times, and resumes from that epoch; ``history.restarts``
+lists each restart and the epoch it re-ran from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+from typing import Any
+
+from sparkeras.barrier import DEFAULT_TIMEOUT, check_barrier
+from sparkeras.comm.server import FrameServer
+from sparkeras.errors import InputError, worker_error
+from sparkeras.serialization import pack_arrays, unpack_arrays
+from sparkeras.session import driver_host
+from sparkeras.strategies.base import Strategy
+from sparkeras.training import TrainingJob
+from sparkeras.worker.allreduce import MAX_STATE_BYTES, TRAIN, VALIDATION, BarrierSpec, train_barrier
+
+
+class AllReduce(Strategy):
+    """Every step, sum gradients over all workers; every worker applies the same update.
+
+    Args:
+        timeout: seconds to wait for all tasks at the rendezvous, for any
+            collective, and for the driver's answer at an epoch end.
+        max_restarts: how many times a failed stage is launched again,
+            resuming from the last completed epoch.
+        checkpoint_dir: a local directory where the state of each completed
+            epoch is written; a later fit of the same model resumes from it.
+        sync_batch_norm: compute BatchNormalization statistics over the global
+            batch (TensorFlow backend), so training equals one process with
+            the global batch. ``False`` keeps per-worker statistics and
+            averages the moving statistics at each epoch end.
+    """
+
+    name = "allreduce"
+
+    def __init__(self, timeout: float = DEFAULT_TIMEOUT, max_restarts: int = 2,
+                 checkpoint_dir: str | None = None, sync_batch_norm: bool = True) -> None:
+        if not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise InputError(f"timeout must be a positive number of seconds, got {timeout!r}.")
+        if not isinstance(max_restarts, int) or max_restarts < 0:
+            raise InputError(f"max_restarts must be a non-negative integer, got {max_restarts!r}.")
+        self.timeout = float(timeout)
+        self.max_restarts = max_restarts
+        self.checkpoint_dir = checkpoint_dir
+        self.sync_batch_norm = bool(sync_batch_norm)
+        self.fail_once: tuple[int, int, str] | None = None  # test hook, see BarrierSpec
+
+    def get_config(self) -> dict[str, Any]:
+        return {"timeout": self.timeout, "max_restarts": self.max_restarts,
+                "checkpoint_dir": self.checkpoint_dir, "sync_batch_norm": self.sync_batch_norm}
+
+    def check(self, job: TrainingJob) -> None:
+        if job.spec.backend != "tensorflow":
+            raise InputError(
+                f"strategy='allreduce' supports the TensorFlow Keras backend, not {job.spec.backend!r}; "
+                "set KERAS_BACKEND=tensorflow or use strategy='averaging'.")
+        try:
+            import torch.distributed  # noqa: F401
+        except ImportError:
+            raise InputError(
+                "strategy='allreduce' reduces gradients with torch.distributed (gloo); "
+                "install it with: pip install 'sparkeras[allreduce]' (or pip install torch).") from None
+        check_barrier(job.spark.sparkContext, job.num_workers)
+
+    def fit(self, job: TrainingJob) -> None:
+        coordinator = _Coordinator(job, self.checkpoint_dir)
+        server = FrameServer(driver_host(job.spark), coordinator.handle, MAX_STATE_BYTES, "sparkeras-allreduce")
+        spec = BarrierSpec(
+            worker=job.spec, coordinator=server.address, epochs=job.epochs, batch_size=job.batch_size,
+            shuffle=job.shuffle, rows=tuple(job.train.stats.rows_per_partition), timeout=self.timeout,
+            loopback=job.spark.sparkContext.master.startswith("local"),
+            validation=job.validation is not None, sync_batch_norm=self.sync_batch_norm,
+            fail_once=self.fail_once)
+        tagged = _copartition(job.train, job.validation, job.num_workers)
+        try:
+            attempt = 1
+            while not coordinator.finished:
+                error = coordinator.run_stage(
+                    lambda: tagged.barrier().mapPartitions(lambda it: train_barrier(spec, it)).collect())
+                if error is None:
+                    break
+                failure = worker_error(error, f"training epoch {coordinator.next_epoch + 1}")
+                if isinstance(failure, InputError) or attempt > self.max_restarts:
+                    raise failure
+                attempt += 1
+                coordinator.restarted(attempt, failure)
+        finally:
+            server.close()
+        job.restarts = coordinator.restarts
+
+
+def _copartition(train: Any, validation: Any, num_workers: int) -> Any:
+    """Key every block by (partition, role, position), so task i gets training *and* validation partition i."""
+    def tag(role: int) -> Any:
+        return lambda index, blocks: (((index, role, k), b) for k, b in enumerate(blocks))
+
+    tagged = train.blocks.mapPartitionsWithIndex(tag(TRAIN), preservesPartitioning=True)
+    if validation is None:
+        return tagged
+    both = tagged.union(validation.blocks.mapPartitionsWithIndex(tag(VALIDATION)))
+    return both.partitionBy(num_workers, lambda key: key[0])
+
+
+class _Coordinator:
+    """The driver's side of a barrier fit: start states out, epoch reports in.
+
+    Frames arrive on server threads; the epoch reports are handed to the
+    thread that called :meth:`run_stage`, so callbacks run where ``fit`` was
+    called, one epoch at a time, while the tasks wait for the answer.
+    """
+
+    def __init__(self, job: TrainingJob, checkpoint_dir: str | None) -> None:
+        self.job = job
+        self.next_epoch = job.initial_epoch
+        self.finished = False
+        self.restarts: list[dict[str, Any]] = []
+        self._reports: queue.Queue = queue.Queue()
+        self._began: int | None = None
+        self._checkpoint = _Checkpoint(checkpoint_dir, job.spec.model.key) if checkpoint_dir else None
+        if self._checkpoint is not None:
+            saved = self._checkpoint.load()
+            if saved is not None and job.initial_epoch < saved[0] < job.epochs:
+                self.next_epoch, job.state = saved
+                self.restarts.append({"attempt": 1, "resumed_at_epoch": self.next_epoch + 1,
+                                      "reason": f"checkpoint in {checkpoint_dir}"})
+
+    def handle(self, header: dict[str, Any], payload: bytes) -> tuple[dict[str, Any], bytes] | None:
+        kind = header.get("type")
+        if kind == "start":
+            return {"epoch": self.next_epoch}, pack_arrays(self.job.state)
+        if kind == "epoch":
+            answer: queue.Queue = queue.Queue(maxsize=1)
+            self._reports.put((header, payload, answer))
+            return {"stop": answer.get()}, b""
+        return None
+
+    def run_stage(self, launch: Any) -> BaseException | None:
+        """Run the barrier stage, serving epoch reports until it ends; return its error, if any."""
+        outcome: dict[str, BaseException] = {}
+
+        def target() -> None:
+            try:
+                launch()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                outcome["error"] = exc
+
+        stage = threading.Thread(target=target, name="sparkeras-barrier-stage", daemon=True)
+        stage.start()
+        self._begin()
+        callback_error: BaseException | None = None
+        while stage.is_alive() or not self._reports.empty():
+            try:
+                header, payload, answer = self._reports.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            try:
+                answer.put(self._end_epoch(header, payload))
+            except BaseException as exc:  # a callback failed: stop the tasks, then raise it
+                answer.put(True)
+                callback_error = exc
+        stage.join()
+        if callback_error is not None:
+            raise callback_error
+        error = outcome.get("error")
+        if error is None:
+            self.finished = True
+        return error
+
+    def restarted(self, attempt: int, failure: BaseException) -> None:
+        reason = str(failure).strip().splitlines()
+        self.restarts.append({"attempt": attempt, "resumed_at_epoch": self.next_epoch + 1,
+                              "reason": reason[-1] if reason else type(failure).__name__})
+        self._began = None
+
+    def _begin(self) -> None:
+        if self.next_epoch < self.job.epochs and self._began != self.next_epoch:
+            self.job.begin_epoch(self.next_epoch)
+            self._began = self.next_epoch
+
+    def _end_epoch(self, header: dict[str, Any], payload: bytes) -> bool:
+        arrays = unpack_arrays(payload)
+        epoch, k, m = int(header["epoch"]), int(header["state"]), int(header["train_metrics"])
+        self.job.state = arrays[:k]
+        stop = self.job.end_epoch(epoch, arrays[k:k + m], arrays[k + m:] if header.get("validation") else None)
+        self.next_epoch = epoch + 1
+        if self._checkpoint is not None:
+            self._checkpoint.save(self.next_epoch, self.job.state)
+        if stop or self.next_epoch >= self.job.epochs:
+            self.finished = True
+        else:
+            self._begin()
+        return stop
+
+
+class _Checkpoint:
+    """The state after the last completed epoch, in a directory, written atomically."""
+
+    def __init__(self, directory: str, model_key: str) -> None:
+        self.directory, self.model_key = directory, model_key
+        self._state = os.path.join(directory, "sparkeras-state.bin")
+        self._meta = os.path.join(directory, "sparkeras-state.json")
+
+    def save(self, next_epoch: int, state: list[Any]) -> None:
+        os.makedirs(self.directory, exist_ok=True)
+        for path, data in ((self._state, pack_arrays(state)),
+                           (self._meta, json.dumps({"next_epoch": next_epoch, "model": self.model_key}).encode())):
+            tmp = path + ".tmp"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+
+    def load(self) -> tuple[int, list[Any]] | None:
+        try:
+            with open(self._meta, "rb") as f:
+                meta = json.loads(f.read())
+            if meta.get("model") != self.model_key:
+                return None
+            with open(self._state, "rb") as f:
+                return int(meta["next_epoch"]), unpack_arrays(f.read())
+        except (OSError, ValueError, KeyError):
+            return None

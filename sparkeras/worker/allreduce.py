@@ -1,0 +1,201 @@
+"""The task body of all-reduce training: one barrier task per worker, for the whole fit.
+
+Each task reads its partition once, joins the collective, asks the driver
+where to start (epoch and state: a relaunched stage resumes from the last
+completed epoch) and then, every step, computes gradients on its local batch,
+sums them with every other task's and applies the same update, so replicas
+never diverge.
+
+Steps and unequal partitions. Every task runs the same number of steps per
+epoch, ``S = ceil(largest partition / batch_size)``; a task with ``n`` rows
+uses batches of ``ceil(n / S)`` rows, so it runs out of rows no earlier than
+the others and every collective is matched. Each task scales its loss by its
+share of the step's global batch (``rows here / rows on all tasks``, which
+every task computes from the partition sizes without talking), so the summed
+gradient is exactly the gradient of the mean loss over the global batch, as
+one process training on the concatenated batch would compute. A task with no
+rows left in a step contributes zeros.
+
+BatchNormalization. With ``sync_batch_norm`` (the default) every
+BatchNormalization layer computes its batch mean and variance over the global
+batch (sums all-reduced inside the forward pass, and their gradients inside
+the backward pass), so training matches one process with the global batch,
+and the moving statistics, computed from global moments, stay identical on
+every task. Any other non-trainable float variable is averaged at the end
+of each epoch. Synchronized statistics need the TensorFlow backend.
+
+Epoch end: the tasks sum their Keras metric states (training, and validation
+on the validation partition co-located with each task), rank 0 sends the
+state and the sums to the driver, which runs the callbacks and answers
+whether to stop; rank 0 broadcasts that answer.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+
+from sparkeras.comm.server import FrameClient, ServerAddress
+from sparkeras.data.packing import read_partition
+from sparkeras.progress import ProgressReporter
+from sparkeras.serialization import model_state, pack_arrays, set_model_state, unpack_arrays
+from sparkeras.worker import runtime
+from sparkeras.worker.tasks import WorkerSpec
+
+TRAIN, VALIDATION = 0, 1
+MAX_STATE_BYTES = 1 << 34
+
+
+@dataclass(frozen=True)
+class BarrierSpec:
+    """Everything a barrier task needs; shipped once in the stage's closure."""
+
+    worker: WorkerSpec
+    coordinator: ServerAddress
+    epochs: int
+    batch_size: int
+    shuffle: bool
+    rows: tuple[int, ...]
+    timeout: float
+    loopback: bool
+    validation: bool = False
+    sync_batch_norm: bool = True
+    fail_once: tuple[int, int, str] | None = None  # test hook: (epoch, rank, marker file)
+
+    @property
+    def steps(self) -> int:
+        return max(1, -(-max(self.rows) // self.batch_size))
+
+    def local_batch(self, rows: int) -> int:
+        return -(-rows // self.steps) if rows else 0
+
+    def global_rows(self, step: int) -> int:
+        total = 0
+        for n in self.rows:
+            b = self.local_batch(n)
+            total += max(0, min(n, (step + 1) * b) - step * b)
+        return total
+
+
+def train_barrier(spec: BarrierSpec, tagged: Iterator[tuple]) -> Iterator[tuple[int, int]]:
+    """Train from the driver's latest state to the last epoch, or until told to stop."""
+    from pyspark import BarrierTaskContext
+
+    from sparkeras.comm.collective import Collective
+
+    context = BarrierTaskContext.get()
+    runtime.configure(spec.worker.backend)
+    model = runtime.model(spec.worker.model)
+    train, validation = _split(spec.worker, tagged)
+    collective = Collective.join(context, spec.timeout, spec.loopback)
+    client = FrameClient(spec.coordinator, MAX_STATE_BYTES, timeout=spec.timeout)
+    last, loop = -1, None
+    try:
+        header, payload = client.call({"type": "start", "rank": collective.rank})
+        set_model_state(model, unpack_arrays(payload))
+        loop = _EpochLoop(spec, model, collective, train, validation)
+        for epoch in range(int(header["epoch"]), spec.epochs):
+            loop.train_epoch(epoch)
+            last = epoch
+            if loop.end_epoch(epoch, client):
+                break
+    finally:
+        if loop is not None:
+            loop.steps.close()
+        client.close()
+        collective.close()
+    yield collective.rank, last
+
+
+def _split(spec: WorkerSpec, tagged: Iterator[tuple]) -> tuple[tuple[list[np.ndarray], int], tuple[list[np.ndarray], int]]:
+    """This task's training and validation partitions, in their original block order."""
+    ordered = sorted(tagged, key=lambda kv: kv[0])
+    train = read_partition(spec.columns, (b for (_, role, _), b in ordered if role == TRAIN))
+    val = read_partition(spec.columns, (b for (_, role, _), b in ordered if role == VALIDATION))
+    return train, val
+
+
+class _EpochLoop:
+    """One task's epochs: shuffled local batches, summed gradients, epoch-end reports."""
+
+    def __init__(self, spec: BarrierSpec, model: Any, collective: Any, train: tuple, validation: tuple) -> None:
+        self.spec, self.model, self.collective = spec, model, collective
+        self.rank = collective.rank
+        (self.arrays, self.n), (self.val_arrays, self.val_n) = train, validation
+        self.steps = _gradient_steps(model, collective, spec.worker.backend, spec.sync_batch_norm)
+
+    def train_epoch(self, epoch: int) -> None:
+        spec, columns, n = self.spec, self.spec.worker.columns, self.n
+        order = (np.random.default_rng([spec.worker.seed, epoch, self.rank]).permutation(n)
+                 if spec.shuffle else np.arange(n))
+        b = spec.local_batch(n)
+        k = len(columns.features)
+        reporter = None
+        if spec.worker.progress is not None:
+            reporter = ProgressReporter(spec.worker.progress, self.rank, epoch, 0, max(b, 1), n)
+        self.model.reset_metrics()
+        last_report = time.perf_counter()
+        for step in range(spec.steps):
+            self._maybe_fail(epoch, step)
+            idx = order[min(n, step * b):min(n, (step + 1) * b)]
+            batch = [a[idx] for a in self.arrays]
+            share = len(idx) / max(1, spec.global_rows(step))
+            self.steps.step(columns.x(batch[:k]), columns.y(batch[k:]), len(idx), share)
+            if reporter is not None and time.perf_counter() - last_report > reporter.interval:
+                last_report = time.perf_counter()
+                reporter.send(min(n, (step + 1) * b), {"loss": self.steps.running_loss()})
+        if reporter is not None:
+            reporter.send(n, {"loss": self.steps.running_loss()})
+
+    def end_epoch(self, epoch: int, client: FrameClient) -> bool:
+        """Average the non-trainable state, sum metric states, report; True to stop."""
+        self.steps.average_non_trainable()
+        train_metrics = [np.asarray(v) for v in self.model.metrics_variables]
+        val_metrics: list[np.ndarray] = []
+        if self.spec.validation:
+            val_metrics = self._validation_metrics()
+        flat = np.concatenate([m.astype(np.float64).ravel() for m in train_metrics + val_metrics])
+        summed = self.collective.allreduce(flat, "sum")
+        stop = np.zeros(1, np.int32)
+        if self.rank == 0:
+            parts, offset = [], 0
+            for m in train_metrics + val_metrics:
+                parts.append(summed[offset:offset + m.size].reshape(m.shape).astype(m.dtype))
+                offset += m.size
+            state = model_state(self.model)
+            header = {"type": "epoch", "epoch": epoch, "state": len(state), "train_metrics": len(train_metrics),
+                      "validation": bool(val_metrics)}
+            reply, _ = client.call(header, pack_arrays(state + parts), timeout=self.spec.timeout)
+            stop[0] = int(bool(reply.get("stop")))
+        return bool(self.collective.broadcast(stop, root=0)[0])
+
+    def _validation_metrics(self) -> list[np.ndarray]:
+        self.model.reset_metrics()
+        if self.val_n:
+            k = len(self.spec.worker.columns.features)
+            cols = self.spec.worker.columns
+            self.model.evaluate(cols.x(self.val_arrays[:k]), cols.y(self.val_arrays[k:]),
+                                batch_size=self.spec.batch_size, verbose=0)
+        return [np.asarray(v) for v in self.model.metrics_variables]
+
+    def _maybe_fail(self, epoch: int, step: int) -> None:
+        """Test hook: the chosen rank's Python worker dies once, mid-epoch."""
+        hook = self.spec.fail_once
+        if hook is None or (hook[0], hook[1]) != (epoch, self.rank) or step != self.spec.steps // 2:
+            return
+        if not os.path.exists(hook[2]):
+            with open(hook[2], "w") as marker:
+                marker.write(f"killed rank {self.rank} in epoch {epoch + 1}, step {step}\n")
+            os._exit(17)
+
+
+def _gradient_steps(model: Any, collective: Any, backend: str, sync_batch_norm: bool) -> Any:
+    if backend == "tensorflow":
+        from sparkeras.worker.gradients import TensorFlowSteps
+
+        return TensorFlowSteps(model, collective, sync_batch_norm)
+    raise RuntimeError(f"all-reduce training does not support the {backend!r} backend")
