@@ -45,3 +45,93 @@ def test_two_workers_equal_one_process_with_the_global_batch(spark, make_model):
     for got, want in zip(sm.model.get_weights(), plain.get_weights()):  # includes BatchNorm moving statistics
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
     assert history.history["loss"][0] == pytest.approx(plain.history.history["loss"][0], abs=1e-5)
+
+
+def test_allreduce_reaches_plain_fit_accuracy_with_the_same_global_batch(spark):
+    x, y = blobs(12_000, dim=16, noise=2.2, seed=11)
+    xt, yt = blobs(3000, dim=16, noise=2.2, seed=11, sample_seed=99)
+    model = mlp(seed=6)
+    plain = clone(model)
+    plain.fit(x, y, batch_size=64, epochs=3, verbose=0)
+    want = plain.evaluate(xt, yt, verbose=0, return_dict=True)["accuracy"]
+
+    sm = SparkModel(model, strategy="allreduce", num_workers=2, seed=0)
+    sm.fit(x, y, epochs=3, batch_size=32, verbose=0)  # 2 workers x 32 = the same global batch of 64
+    got = sm.model.evaluate(xt, yt, verbose=0, return_dict=True)["accuracy"]
+    assert abs(got - want) <= 0.005, (got, want)
+
+
+def test_history_validation_and_keras_callbacks(spark, tmp_path):
+    x, y = blobs(2000, seed=2)
+    xv, yv = blobs(500, seed=2, sample_seed=5)
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append((epoch, dict(logs)))
+
+    path = str(tmp_path / "best.keras")
+    sm = SparkModel(mlp(seed=1), strategy="allreduce", num_workers=2, seed=0)
+    history = sm.fit(x, y, epochs=3, batch_size=32, validation_data=(xv, yv), verbose=0,
+                     callbacks=[Record(), keras.callbacks.ModelCheckpoint(path, monitor="val_loss")])
+    assert set(history.history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert [e for e, _ in seen] == [0, 1, 2]
+    # the logged val_ metrics are Keras' own evaluate of the epoch's weights on the validation rows
+    want = sm.model.evaluate(xv, yv, batch_size=32, verbose=0, return_dict=True)
+    assert history.history["val_loss"][-1] == pytest.approx(want["loss"], abs=1e-5)
+    assert history.history["val_accuracy"][-1] == pytest.approx(want["accuracy"], abs=1e-6)
+    saved = keras.saving.load_model(path)
+    for a, b in zip(saved.get_weights(), sm.model.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert history.restarts == []
+
+
+def test_early_stopping_stops_every_worker(spark):
+    x, y = blobs(1000, seed=4)
+    stopper = keras.callbacks.EarlyStopping(monitor="loss", patience=0, min_delta=10.0)
+    sm = SparkModel(mlp(seed=2), strategy="allreduce", num_workers=2, seed=0)
+    history = sm.fit(x, y, epochs=10, batch_size=32, verbose=0, callbacks=[stopper])
+    assert len(history.history["loss"]) == 2  # epoch 2 did not improve by 10
+
+
+def test_very_unequal_partitions_do_not_hang(spark):
+    rows = [(v.tolist(), int(c)) for v, c in zip(*blobs(2010, seed=7))]
+    sc = spark.sparkContext
+    parts = sc.parallelize(rows[:10], 1).union(sc.parallelize(rows[10:], 1))
+    df = spark.createDataFrame(parts, "features ARRAY<DOUBLE>, label INT")
+    sm = SparkModel(mlp(seed=3), strategy="allreduce", num_workers=2, seed=0, balance_partitions=False,
+                    timeout=60)
+    history = sm.fit(df, epochs=2, batch_size=50, verbose=0)
+    # 2000 rows / 50 = 40 steps per epoch on both workers; the 10-row worker adds one row to 10 of them
+    assert int(sm.model.optimizer.iterations) == 2 * 40
+    assert history.history["accuracy"][-1] > 0.5
+
+
+def test_a_killed_worker_resumes_from_the_last_completed_epoch(spark, tmp_path):
+    x, y = blobs(2000, seed=8)
+    strategy = AllReduce(timeout=60, max_restarts=2, checkpoint_dir=str(tmp_path / "ckpt"))
+    marker = tmp_path / "killed"
+    strategy.fail_once = (1, 1, str(marker))  # rank 1's Python worker dies in the middle of epoch 2
+    sm = SparkModel(mlp(seed=5), strategy=strategy, num_workers=2, seed=0)
+    history = sm.fit(x, y, epochs=3, batch_size=32, verbose=0)
+
+    assert marker.exists()
+    assert len(history.history["loss"]) == 3
+    assert [(r["attempt"], r["resumed_at_epoch"]) for r in history.restarts] == [(2, 2)]
+    assert int(sm.model.optimizer.iterations) == 3 * 32  # epoch 2's partial steps were discarded
+    assert (tmp_path / "ckpt" / "sparkeras-state.json").exists()
+
+
+def test_bad_allreduce_settings_are_refused_before_training(spark):
+    x, y = blobs(100, seed=1)
+    with pytest.raises(InputError, match=r"num_workers=3 barrier tasks must run at the same time.*2 task slots"):
+        SparkModel(mlp(), strategy="allreduce", num_workers=3).fit(x, y, verbose=0)
+    with pytest.raises(InputError, match="timeout must be a positive number"):
+        SparkModel(mlp(), strategy="allreduce", timeout=0)
+    conf = spark.sparkContext._conf  # the running context's own SparkConf, which the check reads
+    conf.set("spark.dynamicAllocation.enabled", "true")
+    try:
+        with pytest.raises(InputError, match="dynamic allocation; set spark.dynamicAllocation.enabled=false"):
+            SparkModel(mlp(), strategy="allreduce", num_workers=2).fit(x, y, verbose=0)
+    finally:
+        conf.set("spark.dynamicAllocation.enabled", "false")

@@ -111,15 +111,21 @@ class AllReduce(Strategy):
 
 
 def _copartition(train: Any, validation: Any, num_workers: int) -> Any:
-    """Key every block by (partition, role, position), so task i gets training *and* validation partition i."""
+    """Key every block by (partition, role, position), so task i gets training *and* validation partition i.
+
+    The shuffle also starts the barrier stage afresh: Spark refuses a barrier
+    stage whose own lineage changes the number of partitions (a ``union`` or
+    ``coalesce`` upstream, common in user DataFrames). In local mode the
+    blocks are file paths, so this moves a few bytes; on a cluster it moves
+    the packed data once per fit, and a relaunched stage reuses the shuffle.
+    """
     def tag(role: int) -> Any:
         return lambda index, blocks: (((index, role, k), b) for k, b in enumerate(blocks))
 
-    tagged = train.blocks.mapPartitionsWithIndex(tag(TRAIN), preservesPartitioning=True)
-    if validation is None:
-        return tagged
-    both = tagged.union(validation.blocks.mapPartitionsWithIndex(tag(VALIDATION)))
-    return both.partitionBy(num_workers, lambda key: key[0])
+    tagged = train.blocks.mapPartitionsWithIndex(tag(TRAIN))
+    if validation is not None:
+        tagged = tagged.union(validation.blocks.mapPartitionsWithIndex(tag(VALIDATION)))
+    return tagged.partitionBy(num_workers, lambda key: key[0])
 
 
 class _Coordinator:
