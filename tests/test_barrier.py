@@ -73,3 +73,17 @@ def test_run_without_data_has_no_partition(spark):
             return str(exc)
 
     assert "pass data=" in sparkeras.run(fn, num_workers=1)
+
+
+def test_a_rank_that_misses_a_collective_fails_the_run_instead_of_hanging(spark):
+    import time
+
+    def fn(ctx):
+        if ctx.rank == 0:
+            ctx.allreduce(np.ones(3))  # rank 1 never joins this one
+        return ctx.rank
+
+    start = time.monotonic()
+    with pytest.raises(sparkeras.WorkerError, match="while running the function on barrier tasks"):
+        sparkeras.run(fn, num_workers=2, timeout=10)
+    assert time.monotonic() - start < 60

@@ -92,7 +92,7 @@ def test_x_and_y_lengths_differ(spark):
 
 
 def test_unknown_strategy_and_bad_window():
-    with pytest.raises(InputError, match=r"Unknown strategy 'ring'; choose one of \['averaging'\]"):
+    with pytest.raises(InputError, match=r"Unknown strategy 'ring'; choose one of \['allreduce', 'averaging'\]"):
         SparkModel(mlp(), strategy="ring")
     with pytest.raises(InputError, match=r"window must be 'epoch' or a positive number of batches, got 0"):
         SparkModel(mlp(), window=0)
