@@ -58,3 +58,10 @@ def clone(model):
     copy.compile(optimizer=model.optimizer.__class__.from_config(model.optimizer.get_config()),
                  loss=model.loss, metrics=["accuracy"])
     return copy
+
+
+def plain_fit_accuracy(model, data, test, batch_size: int, epochs: int):
+    """The baseline of every accuracy test: plain ``model.fit`` on a clone, and its test accuracy."""
+    plain = clone(model)
+    plain.fit(*data, batch_size=batch_size, epochs=epochs, verbose=0)
+    return plain, plain.evaluate(*test, verbose=0, return_dict=True)["accuracy"]

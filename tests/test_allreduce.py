@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import blobs, clone, mlp
+from conftest import blobs, clone, mlp, plain_fit_accuracy
 from sparkeras import AllReduce, InputError, SparkModel
 
 
@@ -51,9 +51,7 @@ def test_allreduce_reaches_plain_fit_accuracy_with_the_same_global_batch(spark):
     x, y = blobs(12_000, dim=16, noise=2.2, seed=11)
     xt, yt = blobs(3000, dim=16, noise=2.2, seed=11, sample_seed=99)
     model = mlp(seed=6)
-    plain = clone(model)
-    plain.fit(x, y, batch_size=64, epochs=3, verbose=0)
-    want = plain.evaluate(xt, yt, verbose=0, return_dict=True)["accuracy"]
+    _, want = plain_fit_accuracy(model, (x, y), (xt, yt), batch_size=64, epochs=3)
 
     sm = SparkModel(model, strategy="allreduce", num_workers=2, seed=0)
     sm.fit(x, y, epochs=3, batch_size=32, verbose=0)  # 2 workers x 32 = the same global batch of 64

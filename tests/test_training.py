@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import blobs, clone, mlp
+from conftest import blobs, clone, mlp, plain_fit_accuracy
 from sparkeras import SparkModel
 
 
@@ -33,9 +33,7 @@ def test_two_workers_match_plain_fit_accuracy(spark):
     xt, yt = blobs(4_000, dim=16, noise=2.2, seed=11, sample_seed=99)
 
     model = mlp(seed=2)
-    plain = clone(model)
-    plain.fit(x, y, batch_size=64, epochs=12, verbose=0)
-    plain_acc = plain.evaluate(xt, yt, verbose=0, return_dict=True)["accuracy"]
+    _, plain_acc = plain_fit_accuracy(model, (x, y), (xt, yt), batch_size=64, epochs=12)
 
     sm = SparkModel(model, num_workers=2, seed=0)
     history = sm.fit(x, y, epochs=12, batch_size=64, verbose=0)
