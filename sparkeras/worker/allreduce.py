@@ -44,7 +44,7 @@ from sparkeras.data.packing import read_partition
 from sparkeras.progress import ProgressReporter
 from sparkeras.serialization import model_state, pack_arrays, set_model_state, unpack_arrays
 from sparkeras.worker import runtime
-from sparkeras.worker.tasks import WorkerSpec
+from sparkeras.worker.tasks import WorkerSpec, split_xy
 
 TRAIN, VALIDATION = 0, 1
 MAX_STATE_BYTES = 1 << 34
@@ -129,11 +129,10 @@ class _EpochLoop:
         self.steps = _gradient_steps(model, collective, spec.worker.backend, spec.sync_batch_norm)
 
     def train_epoch(self, epoch: int) -> None:
-        spec, columns, n = self.spec, self.spec.worker.columns, self.n
+        spec, n = self.spec, self.n
         order = (np.random.default_rng([spec.worker.seed, epoch, self.rank]).permutation(n)
                  if spec.shuffle else np.arange(n))
         b = spec.local_batch(n)
-        k = len(columns.features)
         reporter = None
         if spec.worker.progress is not None:
             reporter = ProgressReporter(spec.worker.progress, self.rank, epoch, 0, max(b, 1), n)
@@ -142,9 +141,9 @@ class _EpochLoop:
         for step in range(spec.steps):
             self._maybe_fail(epoch, step)
             idx = order[min(n, step * b):min(n, (step + 1) * b)]
-            batch = [a[idx] for a in self.arrays]
+            x, y = split_xy(spec.worker, [a[idx] for a in self.arrays])
             share = len(idx) / max(1, spec.global_rows(step))
-            self.steps.step(columns.x(batch[:k]), columns.y(batch[k:]), len(idx), share)
+            self.steps.step(x, y, len(idx), share)
             if reporter is not None and time.perf_counter() - last_report > reporter.interval:
                 last_report = time.perf_counter()
                 reporter.send(min(n, (step + 1) * b), {"loss": self.steps.running_loss()})
@@ -176,10 +175,8 @@ class _EpochLoop:
     def _validation_metrics(self) -> list[np.ndarray]:
         self.model.reset_metrics()
         if self.val_n:
-            k = len(self.spec.worker.columns.features)
-            cols = self.spec.worker.columns
-            self.model.evaluate(cols.x(self.val_arrays[:k]), cols.y(self.val_arrays[k:]),
-                                batch_size=self.spec.batch_size, verbose=0)
+            x, y = split_xy(self.spec.worker, self.val_arrays)
+            self.model.evaluate(x, y, batch_size=self.spec.batch_size, verbose=0)
         return [np.asarray(v) for v in self.model.metrics_variables]
 
     def _maybe_fail(self, epoch: int, step: int) -> None:

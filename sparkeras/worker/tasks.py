@@ -66,7 +66,7 @@ def _result(partition: int, samples: int, steps: int, state: bytes, metrics: byt
     return partition, samples, steps, state, metrics
 
 
-def _split(spec: WorkerSpec, arrays: list[np.ndarray]) -> tuple[Any, Any]:
+def split_xy(spec: WorkerSpec, arrays: list[np.ndarray]) -> tuple[Any, Any]:
     k = len(spec.columns.features)
     y = spec.columns.y(arrays[k:]) if spec.columns.labels else None
     return spec.columns.x(arrays[:k]), y
@@ -86,7 +86,7 @@ def train_window(spec: WorkerSpec, window: Window, state: Any, blocks: Iterator[
         arrays = [a[order] for a in arrays]
     elif (lo, hi) != (0, n):
         arrays = [a[lo:hi] for a in arrays]
-    x, y = _split(spec, arrays)
+    x, y = split_xy(spec, arrays)
     callbacks = []
     if spec.progress is not None:
         reporter = ProgressReporter(spec.progress, partition, window.epoch, lo, window.batch_size, hi - lo)
@@ -112,7 +112,7 @@ def evaluate_partition(spec: WorkerSpec, state: Any, batch_size: int, blocks: It
     if n == 0:
         yield _result(partition, 0, 0, b"", b"")
         return
-    x, y = _split(spec, arrays)
+    x, y = split_xy(spec, arrays)
     model.evaluate(x, y, batch_size=batch_size, verbose=0)
     yield _result(partition, n, 0, b"", pack_arrays([np.asarray(v) for v in model.metrics_variables]))
 
