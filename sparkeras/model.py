@@ -179,6 +179,8 @@ class SparkModel:
         history.samples_per_second = job.samples_per_second
         history.strategy = repr(self.strategy)
         history.restarts = job.restarts
+        for key, value in job.report.items():
+            setattr(history, key, value)
         return history
 
     def evaluate(

@@ -129,15 +129,19 @@ class ProgressReporter:
 
         class _Report(keras.callbacks.Callback):
             def on_train_batch_end(self, batch, logs=None):
-                now = time.perf_counter()
-                if now - reporter._last >= reporter.interval:
-                    reporter._last = now
-                    reporter.send(min((batch + 1) * reporter.batch_size, reporter.samples), logs)
+                reporter.tick(min((batch + 1) * reporter.batch_size, reporter.samples), logs)
 
             def on_train_end(self, logs=None):
                 reporter.send(reporter.samples, logs)
 
         return _Report()
+
+    def tick(self, done: int, logs: dict[str, Any] | None) -> None:
+        """Report ``done`` samples, at most once per ``interval`` seconds."""
+        now = time.perf_counter()
+        if now - self._last >= self.interval:
+            self._last = now
+            self.send(done, logs)
 
     def send(self, done: int, logs: dict[str, Any] | None) -> None:
         loss = float((logs or {}).get("loss", float("nan")))

@@ -88,6 +88,17 @@ class ModelSpec:
         key = hashlib.sha256(config.encode()).hexdigest()[:20]
         return cls(config=config, key=key, custom_objects=custom_objects)
 
+    def with_optimizer(self, optimizer: Any) -> "ModelSpec":
+        """The same model compiled with another optimizer (a distributed optimizer's local one)."""
+        import hashlib
+
+        import keras
+
+        config = json.loads(self.config)
+        config.setdefault("compile_config", {})["optimizer"] = keras.saving.serialize_keras_object(optimizer)
+        text = json.dumps(config, sort_keys=True)
+        return ModelSpec(text, hashlib.sha256(text.encode()).hexdigest()[:20], self.custom_objects)
+
     def build(self) -> Any:
         """Rebuild the compiled model (weights are set separately)."""
         import keras

@@ -116,6 +116,7 @@ class TrainingJob:
         self.metrics = MetricReader(model, train)
         self.samples_per_second: list[float] = []
         self.restarts: list[dict[str, Any]] = []  # set by strategies that relaunch failed stages
+        self.report: dict[str, Any] = {}  # strategy figures, set as attributes of the History
 
     @property
     def steps_per_worker(self) -> list[int]:

@@ -92,7 +92,8 @@ def test_x_and_y_lengths_differ(spark):
 
 
 def test_unknown_strategy_and_bad_window():
-    with pytest.raises(InputError, match=r"Unknown strategy 'ring'; choose one of \['allreduce', 'averaging'\]"):
+    with pytest.raises(InputError, match=r"Unknown strategy 'ring'; choose one of \['adag', 'aeasgd', 'allreduce', 'async', 'averaging', "
+                       r"'downpour', 'dynsgd', 'eamsgd', 'easgd', 'hogwild'\]"):
         SparkModel(mlp(), strategy="ring")
     with pytest.raises(InputError, match=r"window must be 'epoch' or a positive number of batches, got 0"):
         SparkModel(mlp(), window=0)

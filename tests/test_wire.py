@@ -45,7 +45,7 @@ def test_truncated_frame_is_not_accepted():
     a, b = _pair()
     a.sendall(encode_frame(SECRET, {"epoch": 1}, b"abcdef")[:-2])
     a.close()
-    with pytest.raises(EOFError):
+    with pytest.raises(FrameError, match="truncated"):
         read_frame(b, SECRET, 1024)
 
 

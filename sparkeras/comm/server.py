@@ -5,12 +5,16 @@ and the all-reduce strategy's coordinator answers on one. It binds to the
 driver's address (not ``0.0.0.0``) on a port the operating system picks at
 bind time, so there is no race for ports. Every frame is signed with a
 secret made for the fit (:mod:`sparkeras.comm.wire`); an unsigned or
-malformed frame closes that connection and is counted in ``rejected``.
+malformed frame closes that connection and is counted in ``rejected``; the
+server goes on serving everyone else. A handler may raise
+``ConnectionAbortedError`` to drop its connection without a reply, or
+``FrameError`` to reject a well-signed frame that makes no sense.
 """
 
 from __future__ import annotations
 
 import secrets
+import select
 import socket
 import threading
 from dataclasses import dataclass
@@ -38,15 +42,18 @@ class FrameServer:
     coordinator waits for the driver's callbacks) without stalling others.
     """
 
-    def __init__(self, host: str, handler: Handler, max_payload: int = 0, name: str = "sparkeras-server") -> None:
+    def __init__(self, host: str, handler: Handler, max_payload: int = 0, name: str = "sparkeras-server",
+                 frame_timeout: float = 60.0) -> None:
         self._handler = handler
         self._max_payload = max_payload
+        self._frame_timeout = frame_timeout
         self._sock = socket.create_server((host, 0))
         self._sock.settimeout(0.2)
         self.address = ServerAddress(host, self._sock.getsockname()[1], secrets.token_bytes(32))
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.rejected = 0
+        self.name = name
         self._accept = threading.Thread(target=self._serve, name=name, daemon=True)
         self._accept.start()
 
@@ -56,24 +63,31 @@ class FrameServer:
                 conn, _ = self._sock.accept()
             except (socket.timeout, OSError):
                 continue
-            t = threading.Thread(target=self._read, args=(conn,), daemon=True)
+            t = threading.Thread(target=self._read, args=(conn,), name=f"{self.name}-connection", daemon=True)
             t.start()
             self._threads.append(t)
 
     def _read(self, conn: socket.socket) -> None:
-        conn.settimeout(0.5)
+        """Serve one connection: wait for a frame (polling for shutdown), then read it whole."""
+        conn.settimeout(self._frame_timeout)
         with conn:
             while not self._stop.is_set():
+                if not select.select([conn], [], [], 0.5)[0]:
+                    continue
                 try:
                     header, payload = read_frame(conn, self.address.secret, self._max_payload)
-                except socket.timeout:
-                    continue
                 except FrameError:
                     self.rejected += 1
                     return
                 except (EOFError, OSError):
                     return
-                reply = self._handler(header, payload)
+                try:
+                    reply = self._handler(header, payload)
+                except FrameError:
+                    self.rejected += 1
+                    return
+                except ConnectionAbortedError:
+                    return
                 if reply is not None:
                     try:
                         write_frame(conn, self.address.secret, *reply)

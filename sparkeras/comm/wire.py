@@ -47,21 +47,29 @@ def write_frame(sock: socket.socket, secret: bytes, header: dict[str, Any], payl
     sock.sendall(encode_frame(secret, header, payload))
 
 
-def _read_exact(sock: socket.socket, n: int) -> bytes:
+def _read_exact(sock: socket.socket, n: int, started: bool = True) -> bytes:
+    """``n`` bytes; a peer that hangs up inside a frame sent a truncated frame."""
     buf = bytearray(n)
     view = memoryview(buf)
     got = 0
     while got < n:
-        k = sock.recv_into(view[got:], n - got)
+        try:
+            k = sock.recv_into(view[got:], n - got)
+        except socket.timeout:
+            if started or got:
+                raise FrameError("truncated frame: the peer stopped sending mid-frame") from None
+            raise
         if k == 0:
-            raise EOFError("connection closed mid-frame" if got else "connection closed")
+            if started or got:
+                raise FrameError("truncated frame: the connection closed mid-frame")
+            raise EOFError("connection closed")
         got += k
     return bytes(buf)
 
 
 def read_frame(sock: socket.socket, secret: bytes, max_payload: int) -> tuple[dict[str, Any], bytes]:
     """Read one frame; raise :class:`FrameError` unless it is well formed and signed."""
-    prefix = _read_exact(sock, _PREFIX.size)
+    prefix = _read_exact(sock, _PREFIX.size, started=False)
     magic, head_len, payload_len = _PREFIX.unpack(prefix)
     if magic != MAGIC:
         raise FrameError("bad magic: not a sparkeras frame")

@@ -8,8 +8,12 @@ from sparkeras.errors import InputError
 from sparkeras.strategies.allreduce import AllReduce
 from sparkeras.strategies.averaging import ModelAveraging, average_states
 from sparkeras.strategies.base import Strategy
+from sparkeras.strategies.distributed import (
+    ADAG, AEASGD, DISTRIBUTED_OPTIMIZERS, EAMSGD, EASGD, Asynchronous, DistributedOptimizer, Downpour, DynSGD,
+    Hogwild)
 
-STRATEGIES: dict[str, type[Strategy]] = {ModelAveraging.name: ModelAveraging, AllReduce.name: AllReduce}
+STRATEGIES: dict[str, type[Strategy]] = {
+    ModelAveraging.name: ModelAveraging, AllReduce.name: AllReduce, **DISTRIBUTED_OPTIMIZERS}
 
 
 def get_strategy(strategy: str | Strategy, **options: Any) -> Strategy:
@@ -27,4 +31,5 @@ def get_strategy(strategy: str | Strategy, **options: Any) -> Strategy:
         raise InputError(f"Bad options for strategy {strategy!r}: {exc}") from None
 
 
-__all__ = ["STRATEGIES", "AllReduce", "ModelAveraging", "Strategy", "average_states", "get_strategy"]
+__all__ = ["ADAG", "AEASGD", "EAMSGD", "EASGD", "STRATEGIES", "AllReduce", "Asynchronous", "DistributedOptimizer",
+           "Downpour", "DynSGD", "Hogwild", "ModelAveraging", "Strategy", "average_states", "get_strategy"]

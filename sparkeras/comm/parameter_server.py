@@ -1,0 +1,342 @@
+"""The parameter server of asynchronous training, and the workers' client for it.
+
+The driver runs one :class:`ParameterServer` for the length of a fit. It holds
+the *center variable* (the float weights of the model) and applies the
+commits workers send, using the rule of the chosen distributed optimizer
+(:mod:`sparkeras.strategies.distributed`). It speaks the signed frames of
+:mod:`sparkeras.comm.wire`: a JSON header and raw arrays, never pickles, each
+frame signed with the fit's secret. The messages are:
+
+``join``    a worker starts an epoch; the reply is the center, the server's
+            version (updates applied so far) and the worker's own local state
+            (its weights and optimizer state from the end of its previous
+            epoch, or the fit's initial state).
+``pull``    the reply is the center and its version.
+``commit``  arrays shaped like the center; the server folds them in and
+            replies with the center (or a bare acknowledgement when the worker
+            asks for none). ``base`` is the version the worker last saw, so the
+            server knows how stale the commit is; ``seq`` numbers a worker's
+            commits so that one resent after a lost connection is not applied
+            twice.
+``done``    the worker has finished its epoch (synchronous rounds stop
+            waiting for it).
+
+Concurrency follows the rule: with ``rule.lock`` commits and pulls are
+serialised; without it (hogwild) they run concurrently on the connection
+threads. With ``rule.synchronous`` a commit waits until every worker still
+training has committed its round, then all of the round's commits are applied
+and every waiter gets the same new center.
+"""
+
+from __future__ import annotations
+
+import collections
+import random
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+from sparkeras.comm.server import FrameServer, ServerAddress
+from sparkeras.comm.wire import FrameError, read_frame, write_frame
+from sparkeras.serialization import pack_arrays, unpack_arrays
+
+
+class ServerRule(Protocol):
+    """What the server needs from a distributed optimizer."""
+
+    lock: bool
+    synchronous: bool
+
+    def apply(self, center: list[np.ndarray], commit: list[np.ndarray], staleness: int) -> None: ...
+
+
+@dataclass
+class ServerStats:
+    """What moved through the server during one fit (returned with the history)."""
+
+    commits: int = 0
+    pulls: int = 0
+    joins: int = 0
+    resent_commits: int = 0
+    rejected_frames: int = 0
+    refused_commits: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    staleness: collections.Counter = field(default_factory=collections.Counter)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def add(self, **counts: int) -> None:
+        """Thread-safe increments (hogwild commits run concurrently)."""
+        with self._lock:
+            for name, n in counts.items():
+                setattr(self, name, getattr(self, name) + n)
+
+    def as_dict(self) -> dict[str, Any]:
+        stale = self.staleness
+        total = sum(stale.values())
+        return {
+            "commits": self.commits, "pulls": self.pulls, "joins": self.joins,
+            "resent_commits": self.resent_commits, "rejected_frames": self.rejected_frames,
+            "refused_commits": self.refused_commits, "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
+            "staleness": {str(k): v for k, v in sorted(stale.items())},
+            "mean_staleness": (sum(k * v for k, v in stale.items()) / total) if total else 0.0,
+            "max_staleness": max(stale) if stale else 0,
+        }
+
+
+class ParameterServer:
+    """The center variable, served to the workers of one fit.
+
+    Args:
+        host: the address to bind (the driver's address, not ``0.0.0.0``).
+        rule: the distributed optimizer's server-side rule.
+        center: the initial center (float weights), copied.
+        initial_local: every worker's local state (packed arrays) until it
+            has one of its own from a finished epoch.
+        timeout: how long a synchronous round waits for the slowest worker.
+        cut_after_commits: test hook; drop the connection once, right after
+            applying that many commits and before replying.
+    """
+
+    def __init__(self, host: str, rule: ServerRule, center: Sequence[np.ndarray], initial_local: bytes,
+                 timeout: float = 300.0, cut_after_commits: int | None = None) -> None:
+        self.rule = rule
+        self.center = [np.array(a, copy=True) for a in center]
+        self.version = 0
+        self.stats = ServerStats()
+        self.timeout = timeout
+        self._shapes = [(a.dtype, a.shape) for a in self.center]
+        self._initial_local = initial_local
+        self._local: dict[int, bytes] = {}
+        self._seen: dict[tuple[int, int], int] = {}  # (worker, attempt) -> last applied seq
+        self._lock = threading.Lock()
+        self._round = threading.Condition(self._lock)
+        self._round_no = 0
+        self._pending: dict[int, list[np.ndarray]] = {}
+        self._active: set[int] = set()
+        self._closed = False
+        self._cut_after = cut_after_commits
+        center_bytes = sum(a.nbytes for a in self.center)
+        max_payload = 4 * center_bytes + 2 * len(initial_local) + (1 << 20)
+        self._server = FrameServer(host, self._handle, max_payload, "sparkeras-parameter-server")
+        self.address: ServerAddress = self._server.address
+
+    # -- driver side -------------------------------------------------------
+
+    def begin_epoch(self, workers: Sequence[int]) -> None:
+        """The workers that will train this epoch: synchronous rounds wait for each of them."""
+        with self._lock:
+            self._active = set(workers)
+            self._pending.clear()
+
+    def park(self, local_states: dict[int, bytes]) -> None:
+        """Keep each worker's local state from the epoch that just ended, for its next join."""
+        with self._lock:
+            self._local.update(local_states)
+
+    def snapshot(self) -> list[np.ndarray]:
+        with self._lock:
+            return [np.array(a, copy=True) for a in self.center]
+
+    def close(self) -> dict[str, Any]:
+        """Stop serving (no thread or port outlives the fit); return the run's statistics."""
+        with self._lock:
+            self._closed = True
+            self._round.notify_all()
+        self._server.close()
+        self.stats.rejected_frames = self._server.rejected
+        return self.stats.as_dict()
+
+    # -- protocol ----------------------------------------------------------
+
+    def _handle(self, header: dict[str, Any], payload: bytes) -> tuple[dict[str, Any], bytes] | None:
+        self.stats.add(bytes_in=len(payload))
+        kind = header.get("type")
+        try:
+            if kind == "join":
+                reply = self._join(int(header["worker"]), int(header["attempt"]))
+            elif kind == "pull":
+                self.stats.add(pulls=1)
+                reply = self._center_reply()
+            elif kind == "commit":
+                reply = self._commit(header, payload)
+            elif kind == "done":
+                reply = self._done(int(header["worker"]))
+            else:
+                raise FrameError(f"unknown message type {kind!r}")
+        except (KeyError, TypeError, ValueError) as exc:
+            self.stats.add(refused_commits=int(kind == "commit"))
+            reply = {"error": f"refused {kind!r} message: {exc}"}, b""
+        self.stats.add(bytes_out=len(reply[1]))
+        return reply
+
+    def _center_reply(self, extra: dict[str, Any] | None = None) -> tuple[dict[str, Any], bytes]:
+        if self.rule.lock:
+            with self._lock:
+                blob, version = pack_arrays(self.center), self.version
+        else:
+            blob, version = pack_arrays(self.center), self.version
+        return {"version": version, **(extra or {})}, blob
+
+    def _join(self, worker: int, attempt: int) -> tuple[dict[str, Any], bytes]:
+        with self._lock:
+            self.stats.add(joins=1)
+            self._seen[(worker, attempt)] = -1
+            local = self._local.get(worker, self._initial_local)
+            center = pack_arrays(self.center)
+            return {"version": self.version, "center_bytes": len(center)}, center + local
+
+    def _done(self, worker: int) -> tuple[dict[str, Any], bytes]:
+        with self._lock:
+            self._active.discard(worker)
+            self._maybe_finish_round()
+        return {"ok": True}, b""
+
+    def _commit(self, header: dict[str, Any], payload: bytes) -> tuple[dict[str, Any], bytes]:
+        worker, attempt, seq = int(header["worker"]), int(header["attempt"]), int(header["seq"])
+        base = int(header["base"])
+        arrays = unpack_arrays(payload)
+        if [(a.dtype, a.shape) for a in arrays] != self._shapes:
+            raise ValueError("the committed arrays do not match the center's dtypes and shapes")
+        if not all(np.isfinite(a).all() for a in arrays):
+            raise ValueError("the commit holds NaN or infinite values; lower the learning rate")
+        key = (worker, attempt)
+        with self._lock:
+            duplicate = self._seen.get(key, -1) >= seq
+            if duplicate:
+                self.stats.add(resent_commits=1)
+            else:
+                self._seen[key] = seq
+        if not duplicate:
+            if self.rule.synchronous:
+                self._commit_round(worker, arrays)
+            elif self.rule.lock:
+                with self._lock:
+                    self._apply(arrays, base)
+            else:
+                self._apply(arrays, base)
+            if self._cut_after is not None and self.stats.commits >= self._cut_after:
+                self._cut_after = None
+                raise ConnectionAbortedError("test hook: connection cut after a commit")
+        if header.get("reply") == "ack":
+            return {"version": self.version}, b""
+        return self._center_reply()
+
+    def _apply(self, arrays: list[np.ndarray], base: int) -> None:
+        staleness = max(0, self.version - base)
+        self.rule.apply(self.center, arrays, staleness)
+        with self.stats._lock:
+            self.version += 1
+            self.stats.commits += 1
+            self.stats.staleness[staleness] += 1
+
+    def _commit_round(self, worker: int, arrays: list[np.ndarray]) -> None:
+        """Wait until every active worker has committed this round, then apply the round at once."""
+        with self._round:
+            self._active.add(worker)
+            self._pending[worker] = arrays
+            my_round = self._round_no
+            self._maybe_finish_round()
+            deadline = time.monotonic() + self.timeout
+            while self._round_no == my_round and not self._closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    missing = sorted(self._active - set(self._pending))
+                    raise ValueError(f"synchronous round timed out after {self.timeout:.0f}s waiting for "
+                                     f"worker(s) {missing}")
+                self._round.wait(left)
+
+    def _maybe_finish_round(self) -> None:
+        if self._pending and set(self._pending) >= self._active:
+            for worker in sorted(self._pending):
+                self._apply(self._pending[worker], self.version)
+            self._pending.clear()
+            self._round_no += 1
+            self._round.notify_all()
+
+
+class ParameterClient:
+    """A worker's connection to the parameter server, which survives connection loss.
+
+    A call that fails on the network reconnects with exponential backoff
+    (0.1 s doubling up to 5 s, jittered) and sends the same frame again, for
+    up to ``timeout`` seconds. Commits carry a sequence number, so a commit
+    the server applied before the connection broke is not applied twice.
+    """
+
+    def __init__(self, address: ServerAddress, worker: int, attempt: int, max_payload: int,
+                 timeout: float = 300.0) -> None:
+        self.address, self.worker, self.attempt = address, worker, attempt
+        self.max_payload, self.timeout = max_payload, timeout
+        self.reconnects = 0
+        self._seq = 0
+        self._conn: socket.socket | None = None
+
+    def _connect(self) -> socket.socket:
+        conn = socket.create_connection((self.address.host, self.address.port), timeout=self.timeout)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return conn
+
+    def call(self, header: dict[str, Any], payload: bytes = b"") -> tuple[dict[str, Any], bytes]:
+        header = {"worker": self.worker, "attempt": self.attempt, **header}
+        deadline = time.monotonic() + self.timeout
+        delay = 0.1
+        while True:
+            try:
+                if self._conn is None:
+                    self._conn = self._connect()
+                write_frame(self._conn, self.address.secret, header, payload)
+                reply, blob = read_frame(self._conn, self.address.secret, self.max_payload)
+                break
+            except (OSError, EOFError, FrameError) as exc:
+                self._drop()
+                if time.monotonic() + delay > deadline:
+                    raise ConnectionError(
+                        f"lost the parameter server at {self.address.host}:{self.address.port} "
+                        f"and could not reconnect within {self.timeout:.0f}s: {exc}") from None
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 5.0)
+                self.reconnects += 1
+        if "error" in reply:
+            raise RuntimeError(f"the parameter server {reply['error']}")
+        return reply, blob
+
+    def join(self) -> tuple[list[np.ndarray], int, list[np.ndarray]]:
+        """The center, its version, and this worker's local state."""
+        reply, blob = self.call({"type": "join"})
+        cut = int(reply["center_bytes"])
+        return _writable(blob[:cut]), int(reply["version"]), unpack_arrays(blob[cut:])
+
+    def pull(self) -> tuple[list[np.ndarray], int]:
+        reply, blob = self.call({"type": "pull"})
+        return _writable(blob), int(reply["version"])
+
+    def commit(self, arrays: Sequence[np.ndarray], base: int, want_center: bool
+               ) -> tuple[list[np.ndarray] | None, int]:
+        """Send a commit; the new center (if asked for) and version."""
+        self._seq += 1
+        reply, blob = self.call({"type": "commit", "seq": self._seq, "base": base,
+                                 "reply": "center" if want_center else "ack"}, pack_arrays(arrays))
+        return (_writable(blob) if want_center else None), int(reply["version"])
+
+    def done(self) -> None:
+        self.call({"type": "done"})
+        self._drop()
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+
+
+def _writable(blob: bytes) -> list[np.ndarray]:
+    """Decoded arrays a distributed optimizer's rule may modify in place."""
+    return [a.copy() for a in unpack_arrays(blob)]

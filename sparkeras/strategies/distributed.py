@@ -1,0 +1,331 @@
+"""Asynchronous training through a parameter server, and the distributed optimizers.
+
+The driver runs a :class:`~sparkeras.comm.parameter_server.ParameterServer`
+holding the *center variable* for the length of a fit. Each epoch is one
+Spark job: every task trains its partition with the model's own optimizer
+and, every ``window`` batches, exchanges weights with the server (see
+:mod:`sparkeras.worker.asynchronous`). What is exchanged, and how the
+server folds it in, is the *distributed optimizer*: a
+:class:`DistributedOptimizer` subclass with three small rules.
+
+* worker: :meth:`~DistributedOptimizer.commit` (what to send, from the local
+  weights and the latest center the worker knows) and
+  :meth:`~DistributedOptimizer.fold` (the local weights after the exchange);
+* server: :meth:`~DistributedOptimizer.apply` (fold one commit into the
+  center, given its staleness in server updates).
+
+The built-in ones (dist-keras' family, plus Elephas' modes):
+
+=========  ===============================================================
+async      Elephas' asynchronous mode: commit ``local - center`` (the
+           window's accumulated update), the server adds it under a lock;
+           the worker continues from the new center.
+hogwild    The same without the lock (Recht et al., 2011, "Hogwild!").
+downpour   Dean et al., 2012, "Large Scale Distributed Deep Networks":
+           as ``async``, dist-keras' default window of 5.
+adag       Hermans et al., 2017, "Accumulated Gradient Normalization":
+           commit ``(local - center) / window``, the mean update of the
+           window, so stale commits move the center less (window 12).
+dynsgd     Jiang et al., 2017, "Heterogeneity-aware Distributed Parameter
+           Servers": the server adds ``delta / (staleness + 1)``, where
+           staleness counts the updates applied since the worker last saw
+           the center.
+easgd      Zhang, Choromanska & LeCun, 2015, "Deep learning with Elastic
+           Averaging SGD", synchronous: every window all workers send
+           ``E = alpha * (local - center)`` and move ``local -= E``; when
+           the round is complete the server adds every ``E``.
+aeasgd     The asynchronous variant: pull the current center, then the same
+           elastic step (window 32).
+eamsgd     AEASGD whose local optimizer is SGD with Nesterov momentum
+           (the paper's EAMSGD).
+=========  ===============================================================
+
+``alpha = rho * learning_rate`` for the elastic family, as in the paper and in
+dist-keras.
+
+A worker keeps its own optimizer state (and, for the elastic rules, its own
+weights) across epochs: they travel back to the driver with the task's
+result and are handed back at the next join. The driver's model receives the
+center's weights after every epoch; its optimizer state is left as it was.
+Validation runs on the center.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+import numpy as np
+
+from sparkeras.comm.parameter_server import ParameterServer
+from sparkeras.errors import InputError
+from sparkeras.serialization import ModelSpec, pack_arrays
+from sparkeras.session import driver_host
+from sparkeras.strategies.base import Strategy
+from sparkeras.training import TrainingJob, run_partitions, sum_metric_states
+from sparkeras.worker.asynchronous import ServerTaskSpec, is_shared, train_with_server
+
+Arrays = list[np.ndarray]
+
+
+class DistributedOptimizer(Strategy):
+    """Base class of parameter-server strategies: subclass it to write your own.
+
+    Implement :meth:`commit`, :meth:`fold` and :meth:`apply` on lists of
+    numpy arrays (one per float weight of the model). Class attributes tune
+    the protocol:
+
+    * ``lock`` (default ``True``): the server applies commits one at a time;
+      ``False`` lets concurrent commits race (hogwild).
+    * ``synchronous`` (default ``False``): a commit waits until every worker
+      has sent its commit of the same round; the server then applies all of
+      them and everyone continues from the same center.
+    * ``pull_first`` (default ``False``): fetch the current center right
+      before :meth:`commit`, for rules whose commit depends on it (elastic
+      averaging); the commit is then acknowledged without sending the
+      center back.
+
+    Args:
+        window: batches between two exchanges with the server (the
+            communication window), or ``"epoch"`` for one exchange at the end
+            of each epoch.
+        timeout: seconds a worker keeps retrying a lost connection, and a
+            synchronous round waits for its slowest worker.
+    """
+
+    name: ClassVar[str] = "distributed"
+    default_window: ClassVar[int | str] = 5
+    lock: ClassVar[bool] = True
+    synchronous: ClassVar[bool] = False
+    pull_first: ClassVar[bool] = False
+
+    def __init__(self, window: int | str | None = None, timeout: float = 300.0) -> None:
+        window = self.default_window if window is None else window
+        if window != "epoch" and not (isinstance(window, int) and not isinstance(window, bool) and window > 0):
+            raise InputError(f"window must be 'epoch' or a positive number of batches, got {window!r}.")
+        if not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise InputError(f"timeout must be a positive number of seconds, got {timeout!r}.")
+        self.window = window
+        self.timeout = float(timeout)
+        self.cut_connection_after: int | None = None  # test hook, see ParameterServer
+
+    def get_config(self) -> dict[str, Any]:
+        return {"window": self.window, "timeout": self.timeout}
+
+    # -- the three rules ---------------------------------------------------
+
+    @abc.abstractmethod
+    def commit(self, local: Arrays, center: Arrays, steps: int) -> Arrays:
+        """Worker: what to send after ``steps`` local batches, given the latest center it knows."""
+
+    @abc.abstractmethod
+    def fold(self, local: Arrays, center: Arrays, sent: Arrays | None) -> Arrays:
+        """Worker: the local weights after an exchange (``sent`` is ``None`` when joining)."""
+
+    @abc.abstractmethod
+    def apply(self, center: Arrays, commit: Arrays, staleness: int) -> None:
+        """Server: fold ``commit`` into ``center`` in place.
+
+        ``staleness`` is the number of updates the server applied since the
+        committing worker last received the center.
+        """
+
+    def local_optimizer(self) -> Any | None:
+        """A Keras optimizer the workers use instead of the model's own (``None``: the model's)."""
+        return None
+
+    # -- driver ------------------------------------------------------------
+
+    def check(self, job: TrainingJob) -> None:
+        if self.synchronous:
+            from sparkeras.barrier import concurrent_slots
+
+            slots = concurrent_slots(job.spark.sparkContext)
+            if slots < job.num_workers:
+                raise InputError(
+                    f"strategy={self.name!r} trains in synchronous rounds, so its num_workers={job.num_workers} "
+                    f"tasks must run at the same time, but the cluster has {slots} task slots. "
+                    f"Use at most {slots} workers, or an asynchronous strategy such as 'aeasgd'.")
+
+    def fit(self, job: TrainingJob) -> None:
+        shared = [i for i, v in enumerate(job.model.weights) if is_shared(v)]
+        model_spec, initial_local = self._worker_model(job)
+        server = ParameterServer(driver_host(job.spark), self, [job.state[i] for i in shared],
+                                 pack_arrays(initial_local), self.timeout, self.cut_connection_after)
+        spec = ServerTaskSpec(
+            worker=_replace_model(job.spec, model_spec), server=server.address, rule=self,
+            batch_size=job.batch_size, shuffle=job.shuffle, timeout=self.timeout,
+            max_payload=4 * sum(a.nbytes for a in initial_local) + (1 << 20))
+        rows = job.train.stats.rows_per_partition
+        try:
+            for epoch in range(job.initial_epoch, job.epochs):
+                job.begin_epoch(epoch)
+                server.begin_epoch([p for p, n in enumerate(rows) if n])
+                results = run_partitions(job.train, lambda it, e=epoch: train_with_server(spec, e, it),
+                                         f"training epoch {epoch + 1}")
+                trained = [r for r in results if r.samples]
+                server.park({r.partition: pack_arrays(r.state) for r in trained})
+                for i, value in zip(shared, server.snapshot()):
+                    job.state[i] = value
+                if job.end_epoch(epoch, sum_metric_states(trained)):
+                    break
+        finally:
+            job.report["parameter_server"] = server.close()
+
+    def _worker_model(self, job: TrainingJob) -> tuple[ModelSpec, Arrays]:
+        """The model the workers compile, and their initial local state (weights, optimizer)."""
+        optimizer = self.local_optimizer()
+        weights = job.state[:len(job.model.weights)]
+        if optimizer is None:
+            return job.spec.model, list(job.state)
+        optimizer.build(job.model.trainable_variables)
+        spec = job.spec.model.with_optimizer(optimizer)
+        return spec, list(weights) + [np.asarray(v) for v in optimizer.variables]
+
+
+def _replace_model(spec: Any, model: ModelSpec) -> Any:
+    from dataclasses import replace
+
+    return replace(spec, model=model)
+
+
+class Downpour(DistributedOptimizer):
+    """DOWNPOUR (Dean et al., 2012): commit the window's accumulated update; continue from the center."""
+
+    name = "downpour"
+
+    def commit(self, local: Arrays, center: Arrays, steps: int) -> Arrays:
+        return [w - c for w, c in zip(local, center)]
+
+    def fold(self, local: Arrays, center: Arrays, sent: Arrays | None) -> Arrays:
+        return center
+
+    def apply(self, center: Arrays, commit: Arrays, staleness: int) -> None:
+        for c, d in zip(center, commit):
+            c += d
+
+
+class Asynchronous(Downpour):
+    """Elephas' asynchronous mode: DOWNPOUR's rule with locked updates, window 4 by default."""
+
+    name = "async"
+    default_window = 4
+
+
+class Hogwild(Asynchronous):
+    """Elephas' hogwild mode (Recht et al., 2011): the same updates, applied without a lock."""
+
+    name = "hogwild"
+    lock = False
+
+
+class ADAG(Downpour):
+    """Accumulated Gradient Normalization (Hermans et al., 2017): commit the mean update of the window."""
+
+    name = "adag"
+    default_window = 12
+
+    def commit(self, local: Arrays, center: Arrays, steps: int) -> Arrays:
+        return [(w - c) / np.asarray(steps, dtype=w.dtype) for w, c in zip(local, center)]
+
+
+class DynSGD(Downpour):
+    """DynSGD (Jiang et al., 2017): the server scales each commit by ``1 / (staleness + 1)``."""
+
+    name = "dynsgd"
+
+    def apply(self, center: Arrays, commit: Arrays, staleness: int) -> None:
+        scale = 1.0 / (staleness + 1)
+        for c, d in zip(center, commit):
+            c += (scale * d).astype(c.dtype, copy=False)
+
+
+class EASGD(DistributedOptimizer):
+    """Elastic Averaging SGD (Zhang, Choromanska & LeCun, 2015), synchronous rounds.
+
+    Every window each worker sends ``E = alpha * (local - center)`` and
+    steps its local weights ``local -= E``; the server adds every worker's
+    ``E`` once the round is complete. Workers keep their own weights: the
+    elastic force, not a reset, holds them near the center.
+
+    Args:
+        rho: the elastic coefficient; ``alpha = rho * learning_rate``.
+        learning_rate: the step size of the elastic term.
+    """
+
+    name = "easgd"
+    default_window = 32
+    synchronous = True
+
+    def __init__(self, window: int | str | None = None, rho: float = 5.0, learning_rate: float = 0.1,
+                 timeout: float = 300.0) -> None:
+        super().__init__(window, timeout)
+        self.rho, self.learning_rate = float(rho), float(learning_rate)
+        if not 0.0 < self.alpha < 1.0:
+            raise InputError(
+                f"{self.name} needs 0 < alpha < 1, where alpha = rho * learning_rate = "
+                f"{self.rho} * {self.learning_rate} = {self.alpha}; lower rho or learning_rate.")
+
+    @property
+    def alpha(self) -> float:
+        return self.rho * self.learning_rate
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "rho": self.rho, "learning_rate": self.learning_rate}
+
+    def check(self, job: TrainingJob) -> None:
+        super().check(job)
+        if self.synchronous and self.alpha * job.num_workers > 1.0 + 1e-9:
+            raise InputError(
+                f"easgd with {job.num_workers} workers moves the center by num_workers * alpha = "
+                f"{job.num_workers * self.alpha:.2f} of the workers' distance per round, which overshoots "
+                f"(needs <= 1); use rho * learning_rate <= {1.0 / job.num_workers:.3f}.")
+
+    def commit(self, local: Arrays, center: Arrays, steps: int) -> Arrays:
+        return [(self.alpha * (w - c)).astype(w.dtype, copy=False) for w, c in zip(local, center)]
+
+    def fold(self, local: Arrays, center: Arrays, sent: Arrays | None) -> Arrays:
+        return local if sent is None else [w - e for w, e in zip(local, sent)]
+
+    def apply(self, center: Arrays, commit: Arrays, staleness: int) -> None:
+        for c, e in zip(center, commit):
+            c += e
+
+
+class AEASGD(EASGD):
+    """Asynchronous EASGD: each worker pulls the current center, then takes the elastic step."""
+
+    name = "aeasgd"
+    synchronous = False
+    pull_first = True
+
+
+class EAMSGD(AEASGD):
+    """Elastic Averaging Momentum SGD: AEASGD whose workers train with Nesterov-momentum SGD.
+
+    Args:
+        momentum: the local Nesterov momentum.
+        learning_rate: the local SGD learning rate (also in ``alpha``).
+    """
+
+    name = "eamsgd"
+
+    def __init__(self, window: int | str | None = None, rho: float = 5.0, learning_rate: float = 0.01,
+                 momentum: float = 0.9, timeout: float = 300.0) -> None:
+        super().__init__(window, rho, learning_rate, timeout)
+        if not 0.0 <= momentum < 1.0:
+            raise InputError(f"momentum must be in [0, 1), got {momentum!r}.")
+        self.momentum = float(momentum)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "momentum": self.momentum}
+
+    def local_optimizer(self) -> Any:
+        import keras
+
+        return keras.optimizers.SGD(learning_rate=self.learning_rate, momentum=self.momentum, nesterov=True)
+
+
+DISTRIBUTED_OPTIMIZERS: dict[str, type[DistributedOptimizer]] = {
+    cls.name: cls for cls in (Asynchronous, Hogwild, Downpour, ADAG, DynSGD, EASGD, AEASGD, EAMSGD)
+}

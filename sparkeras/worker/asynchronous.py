@@ -1,0 +1,124 @@
+"""The task body of parameter-server training: one task per partition and epoch.
+
+A task joins the server (the center, and its own local state from its
+previous epoch), then trains its partition batch by batch with the model's
+own optimizer. Every ``window`` batches, and once more after the last batch
+so that no work is dropped, it talks to the server: the distributed
+optimizer's worker rule decides what to commit (a delta, a normalised
+delta, an elastic difference) and how to fold the center it gets back into
+the local weights. Only the model's float weights are shared; integer state
+(seed generators) stays local.
+
+Keras metrics are additive across batches, as across workers, so the task
+keeps a running sum of the per-batch metric states of ``train_on_batch``
+and returns it with its local state (weights and optimizer), which the
+driver hands back at the next epoch's join.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+
+from sparkeras.comm.parameter_server import ParameterClient
+from sparkeras.comm.server import ServerAddress
+from sparkeras.data.packing import read_partition
+from sparkeras.progress import ProgressReporter
+from sparkeras.serialization import model_state, pack_arrays, set_model_state
+from sparkeras.worker.tasks import WorkerSpec, _result, _setup, split_xy
+
+
+@dataclass(frozen=True)
+class ServerTaskSpec:
+    """What every task of a parameter-server fit needs; shipped in the job's closure."""
+
+    worker: WorkerSpec
+    server: ServerAddress
+    rule: Any  # a sparkeras.strategies.DistributedOptimizer
+    batch_size: int
+    shuffle: bool
+    timeout: float
+    max_payload: int
+
+
+def is_shared(variable: Any) -> bool:
+    """Whether the center holds this model variable: every float weight, trainable or not."""
+    return "float" in str(variable.dtype)
+
+
+def train_with_server(spec: ServerTaskSpec, epoch: int, blocks: Iterator[tuple]) -> Iterator[tuple]:
+    """Train this partition for one epoch against the parameter server."""
+    from pyspark import TaskContext
+
+    model, partition = _setup(spec.worker)
+    arrays, n = read_partition(spec.worker.columns, blocks)
+    if n == 0:
+        yield _result(partition, 0, 0, b"", b"")
+        return
+    ctx = TaskContext.get()
+    client = ParameterClient(spec.server, partition, ctx.attemptNumber() if ctx else 0,
+                             spec.max_payload, spec.timeout)
+    rule = spec.rule
+    center, version, local_state = client.join()
+    set_model_state(model, local_state)
+    variables = [v for v in model.weights if is_shared(v)]
+    _assign(variables, rule.fold(_read(variables), center, None))
+
+    if spec.shuffle:
+        order = np.random.default_rng([spec.worker.seed, epoch, partition]).permutation(n)
+        arrays = [a[order] for a in arrays]
+    steps = -(-n // spec.batch_size)
+    window = steps if rule.window == "epoch" else int(rule.window)
+    reporter = None
+    if spec.worker.progress is not None:
+        reporter = ProgressReporter(spec.worker.progress, partition, epoch, 0, spec.batch_size, n)
+    metrics = _MetricSum(model)
+    since, logs = 0, None
+    for step in range(steps):
+        lo, hi = step * spec.batch_size, min(n, (step + 1) * spec.batch_size)
+        x, y = split_xy(spec.worker, [a[lo:hi] for a in arrays])
+        logs = model.train_on_batch(x, y, return_dict=True)
+        metrics.add()
+        since += 1
+        if since == window or step == steps - 1:
+            local = _read(variables)
+            if rule.pull_first:
+                center, version = client.pull()
+            sent = rule.commit(local, center, since)
+            fresh, version = client.commit(sent, version, want_center=not rule.pull_first)
+            center = fresh if fresh is not None else center
+            _assign(variables, rule.fold(local, center, sent))
+            since = 0
+        if reporter is not None:
+            reporter.tick(hi, logs)
+    client.done()
+    if reporter is not None:
+        reporter.send(n, logs)
+    yield _result(partition, n, steps, pack_arrays(model_state(model)), pack_arrays(metrics.total))
+
+
+def _read(variables: list[Any]) -> list[np.ndarray]:
+    return [np.array(v) for v in variables]
+
+
+def _assign(variables: list[Any], values: list[np.ndarray]) -> None:
+    for var, value in zip(variables, values):
+        var.assign(value)
+
+
+class _MetricSum:
+    """Running sum of the per-batch metric states (``train_on_batch`` resets them each batch)."""
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+        self.total: list[np.ndarray] = []
+
+    def add(self) -> None:
+        values = [np.asarray(v) for v in self._model.metrics_variables]
+        if not self.total:
+            self.total = [np.array(v, dtype=v.dtype, copy=True) for v in values]
+        else:
+            for acc, v in zip(self.total, values):
+                acc += v

@@ -1,0 +1,229 @@
+"""Parameter-server training and the distributed optimizers, on real Spark and real Keras."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from conftest import blobs, clone, mlp
+from sparkeras import ADAG, EASGD, DistributedOptimizer, Downpour, DynSGD, InputError, SparkModel
+from sparkeras.comm.parameter_server import ParameterClient, ParameterServer
+from sparkeras.comm.wire import encode_frame
+from sparkeras.serialization import pack_arrays
+
+STRATEGIES = ["async", "hogwild", "downpour", "adag", "dynsgd", "easgd", "aeasgd", "eamsgd"]
+MUST_MATCH_PLAIN = {"adag", "dynsgd", "easgd"}
+EPOCHS = 8
+
+
+def _model():
+    import keras
+
+    # Adam at 0.01: ADAG commits the window's *mean* update, so it needs a larger step than
+    # DOWNPOUR's defaults to move the center as far per epoch (see the ADAG docstring).
+    return mlp(seed=2, optimizer=keras.optimizers.Adam(0.01))
+
+
+@pytest.fixture(scope="module")
+def problem():
+    """The core issue's learnable 10-class problem, and plain ``model.fit``'s test accuracy on it."""
+    x, y = blobs(12_000, dim=16, noise=2.2, seed=11)
+    xt, yt = blobs(4_000, dim=16, noise=2.2, seed=11, sample_seed=99)
+    plain = clone(_model())
+    plain.fit(x, y, batch_size=64, epochs=EPOCHS, verbose=0)
+    return (x, y), (xt, yt), plain.evaluate(xt, yt, verbose=0, return_dict=True)["accuracy"]
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_every_distributed_optimizer_learns_the_ten_class_problem(spark, problem, name):
+    (x, y), (xt, yt), plain_acc = problem
+    sm = SparkModel(_model(), name, num_workers=2, seed=0)
+    history = sm.fit(x, y, epochs=EPOCHS, batch_size=64, verbose=0)
+    acc = sm.evaluate(xt, yt)["accuracy"]
+    assert len(history.history["loss"]) == EPOCHS
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    stats = history.parameter_server
+    assert stats["commits"] > 0 and stats["bytes_in"] > 0 and stats["bytes_out"] > 0
+    assert sum(stats["staleness"].values()) == stats["commits"]
+    if name in MUST_MATCH_PLAIN:
+        assert acc >= plain_acc - 0.01, (name, acc, plain_acc)
+    else:
+        assert acc > 0.85, (name, acc, plain_acc)
+
+
+def test_history_validation_on_the_center_and_exact_commit_count(spark, capsys):
+    x, y = blobs(3_000, dim=16, seed=3)
+    xt, yt = blobs(1_000, dim=16, seed=3, sample_seed=4)
+    sm = SparkModel(mlp(seed=4), Downpour(window=5), num_workers=2, seed=1)
+    history = sm.fit(x, y, epochs=2, batch_size=50, validation_data=(xt, yt), verbose=1)
+    assert set(history.history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    # validation ran on the final center, which is now the driver's model
+    assert history.history["val_loss"][-1] == pytest.approx(sm.evaluate(xt, yt)["loss"], abs=1e-5)
+    # 1,500 rows per worker = 30 batches = 6 windows, two workers, two epochs
+    stats = history.parameter_server
+    assert stats["commits"] == 2 * 2 * 6
+    assert stats["joins"] == 4 and stats["resent_commits"] == 0
+    assert "Epoch 2/2" in capsys.readouterr().out
+    assert not [t for t in threading.enumerate() if t.name.startswith("sparkeras-parameter-server")]
+
+
+def test_a_connection_cut_mid_fit_is_retried_and_the_commit_not_applied_twice(spark):
+    x, y = blobs(2_000, dim=16, seed=5)
+    strategy = Downpour(window=4)
+    strategy.cut_connection_after = 3  # the server drops a connection after applying its 3rd commit
+    history = SparkModel(mlp(seed=5), strategy, num_workers=2, seed=2).fit(x, y, epochs=2, batch_size=50,
+                                                                           verbose=0)
+    assert len(history.history["loss"]) == 2
+    stats = history.parameter_server
+    assert stats["resent_commits"] == 1  # the worker resent it after reconnecting ...
+    assert stats["commits"] == 2 * 2 * 5  # ... and every window was applied exactly once (20 batches / 4)
+
+
+def test_a_user_defined_distributed_optimizer_trains(spark):
+    class HalfDelta(DistributedOptimizer):
+        """Commit the window's update; the server applies half of it."""
+
+        name = "half-delta"
+
+        def __init__(self, window=5):
+            super().__init__(window)
+            self.applied = 0  # the server runs in the driver, so this counts there
+
+        def commit(self, local, center, steps):
+            return [w - c for w, c in zip(local, center)]
+
+        def fold(self, local, center, sent):
+            return center
+
+        def apply(self, center, commit, staleness):
+            self.applied += 1
+            for c, d in zip(center, commit):
+                c += 0.5 * d
+
+    x, y = blobs(4_000, dim=16, seed=6)
+    xt, yt = blobs(1_000, dim=16, seed=6, sample_seed=7)
+    rule = HalfDelta(window=5)
+    sm = SparkModel(mlp(seed=6), rule, num_workers=2, seed=3)
+    history = sm.fit(x, y, epochs=4, batch_size=50, verbose=0)
+    assert rule.applied == history.parameter_server["commits"] == 4 * 2 * 8
+    assert sm.evaluate(xt, yt)["accuracy"] > 0.85
+    assert "HalfDelta(window=5" in history.strategy
+
+
+# -- the server, spoken to directly over its socket ----------------------------------------
+
+
+def _server(rule, center):
+    return ParameterServer("127.0.0.1", rule, center, pack_arrays(center))
+
+
+def _client(server, worker=0):
+    return ParameterClient(server.address, worker, 0, max_payload=1 << 20, timeout=5)
+
+
+def test_server_rejects_strangers_and_garbage_and_keeps_serving():
+    center = [np.arange(6, dtype=np.float32).reshape(2, 3), np.ones(4, np.float32)]
+    server = _server(Downpour(), center)
+    try:
+        host, port, secret = server.address.host, server.address.port, server.address.secret
+        commit = {"type": "commit", "worker": 0, "attempt": 0, "seq": 1, "base": 0}
+        delta = pack_arrays([np.full((2, 3), 100, np.float32), np.full(4, 100, np.float32)])
+        good = encode_frame(secret, commit, delta)
+        junk = [
+            encode_frame(b"wrong secret".ljust(32), commit, delta),              # not this fit's secret
+            good[:-10],                                                          # truncated, then hang-up
+            good[:4] + struct.pack("<I", 10**7) + good[8:],                      # oversized header
+            os.urandom(300),                                                     # random bytes
+        ]
+        for frame in junk:
+            with socket.create_connection((host, port)) as s:
+                s.sendall(frame)
+        deadline = time.time() + 5
+        while server._server.rejected < len(junk) and time.time() < deadline:
+            time.sleep(0.05)
+        assert server._server.rejected == len(junk)
+        for got, want in zip(server.snapshot(), center):
+            np.testing.assert_array_equal(got, want)
+
+        # a signed commit of the wrong shape is refused with a reason, and changes nothing
+        client = _client(server)
+        with pytest.raises(RuntimeError, match="do not match the center's dtypes and shapes"):
+            client.commit([np.ones(3, np.float32)], base=0, want_center=True)
+        with pytest.raises(RuntimeError, match="NaN or infinite"):
+            client.commit([np.full((2, 3), np.nan, np.float32), np.ones(4, np.float32)], base=0,
+                          want_center=True)
+        for got, want in zip(server.snapshot(), center):
+            np.testing.assert_array_equal(got, want)
+
+        # and the server still serves a well-formed commit
+        new, version = client.commit([np.ones((2, 3), np.float32), np.ones(4, np.float32)], base=0,
+                                     want_center=True)
+        assert version == 1
+        np.testing.assert_array_equal(new[0], center[0] + 1)
+        np.testing.assert_array_equal(new[1], center[1] + 1)
+    finally:
+        stats = server.close()
+    assert stats["rejected_frames"] == 4 and stats["refused_commits"] == 2 and stats["commits"] == 1
+    with pytest.raises(OSError):
+        socket.create_connection((server.address.host, server.address.port), timeout=1).close()
+
+
+def test_dynsgd_scales_a_stale_commit_by_one_over_staleness_plus_one():
+    server = _server(DynSGD(), [np.zeros(3, np.float32)])
+    try:
+        a, b = _client(server, 0), _client(server, 1)
+        _, version_a, _ = a.join()
+        _, version_b, _ = b.join()
+        assert version_a == version_b == 0
+        a.commit([np.full(3, 4.0, np.float32)], base=version_a, want_center=True)      # fresh: + 4
+        b.commit([np.full(3, 6.0, np.float32)], base=version_b, want_center=True)      # 1 update behind: + 6/2
+        center, version = a.pull()
+        np.testing.assert_allclose(center[0], [7.0, 7.0, 7.0])
+        c, _ = b.commit([np.full(3, 9.0, np.float32)], base=version - 2, want_center=True)  # 2 behind: + 9/3
+        np.testing.assert_allclose(c[0], [10.0, 10.0, 10.0])
+    finally:
+        stats = server.close()
+    assert stats["staleness"] == {"0": 1, "1": 1, "2": 1}
+
+
+def test_adag_commits_the_mean_update_of_the_window():
+    local, center = [np.full(2, 13.0, np.float32)], [np.full(2, 1.0, np.float32)]
+    np.testing.assert_allclose(ADAG().commit(local, center, steps=12)[0], [1.0, 1.0])
+    np.testing.assert_allclose(Downpour().commit(local, center, steps=12)[0], [12.0, 12.0])
+
+
+def test_easgd_rounds_wait_for_every_worker():
+    rule = EASGD(rho=2.0, learning_rate=0.25)  # alpha = 0.5
+    server = _server(rule, [np.zeros(2, np.float32)])
+    server.begin_epoch([0, 1])
+    try:
+        a, b = _client(server, 0), _client(server, 1)
+        got = {}
+        first = threading.Thread(target=lambda: got.update(a=a.commit([np.full(2, 1.0, np.float32)], 0, True)))
+        first.start()
+        time.sleep(0.3)
+        assert first.is_alive(), "a synchronous commit must wait for the rest of its round"
+        got["b"] = b.commit([np.full(2, 3.0, np.float32)], 0, True)
+        first.join(5)
+        np.testing.assert_allclose(got["a"][0][0], [4.0, 4.0])
+        np.testing.assert_allclose(got["b"][0][0], [4.0, 4.0])
+    finally:
+        server.close()
+
+
+def test_bad_strategy_options_are_refused(spark):
+    with pytest.raises(InputError, match="window must be 'epoch' or a positive number of batches, got 0"):
+        Downpour(window=0)
+    with pytest.raises(InputError, match=r"alpha = rho \* learning_rate = 5.0 \* 0.3 = 1.5"):
+        EASGD(rho=5.0, learning_rate=0.3)
+    x, y = blobs(400, dim=16)
+    with pytest.raises(InputError, match=r"num_workers \* alpha = 1.20 .* rho \* learning_rate <= 0.500"):
+        SparkModel(mlp(), EASGD(rho=6.0, learning_rate=0.1), num_workers=2).fit(x, y, verbose=0)
+    with pytest.raises(InputError, match="synchronous rounds, so its num_workers=3 tasks must run at the same time"):
+        SparkModel(mlp(), "easgd", num_workers=3, learning_rate=0.05).fit(x, y, verbose=0)
