@@ -116,6 +116,53 @@ def test_a_user_defined_distributed_optimizer_trains(spark):
     assert "HalfDelta(window=5" in history.strategy
 
 
+def test_a_diverging_worker_fails_the_fit_clearly_and_the_server_shuts_down(spark):
+    import keras
+
+    from sparkeras import WorkerError
+
+    x, y = blobs(1_000, dim=16, seed=9)
+    model = mlp(seed=9, optimizer=keras.optimizers.SGD(learning_rate=1e30))
+    with pytest.raises(WorkerError, match="the commit holds NaN or infinite values; lower the learning rate"):
+        SparkModel(model, "downpour", num_workers=2, seed=1).fit(x, y, epochs=2, batch_size=50, verbose=0)
+    time.sleep(1.0)
+    assert not [t for t in threading.enumerate() if t.name.startswith("sparkeras-parameter-server")]
+
+
+RETRY_SCRIPT = """
+import json, os, sys
+os.environ["PYSPARK_PYTHON"] = sys.executable
+sys.path.insert(0, {tests!r})
+from conftest import blobs, mlp
+import sparkeras
+sparkeras.get_spark("local-cluster[2,1,1024]").sparkContext.setLogLevel("OFF")
+x, y = blobs(2000, dim=16, seed=8)
+strategy = sparkeras.Downpour(window=5)
+strategy.fail_once = {marker!r}
+h = sparkeras.SparkModel(mlp(seed=8), strategy, num_workers=2, seed=1).fit(x, y, epochs=2, batch_size=50, verbose=0)
+print("RESULT", json.dumps({{"epochs": len(h.history["loss"]), "stats": h.parameter_server}}))
+"""
+
+
+def test_on_separate_executors_a_task_retried_by_spark_rejoins(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    marker = str(tmp_path / "failed-once")
+    script = RETRY_SCRIPT.format(tests=os.path.dirname(__file__), marker=marker)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, out.stdout[-2000:] + out.stderr[-4000:]
+    result = json.loads(lines[0][len("RESULT "):])
+    assert os.path.exists(marker), "the hook must have failed a task"
+    assert result["epochs"] == 2
+    # 1,000 rows per worker = 20 batches = 4 windows; the failed attempt committed once before failing,
+    # and its retry joined again and trained the whole partition
+    assert result["stats"]["joins"] == 2 * 2 + 1
+    assert result["stats"]["commits"] == 2 * 2 * 4 + 1
+
+
 # -- the server, spoken to directly over its socket ----------------------------------------
 
 

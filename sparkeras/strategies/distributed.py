@@ -108,6 +108,7 @@ class DistributedOptimizer(Strategy):
         self.window = window
         self.timeout = float(timeout)
         self.cut_connection_after: int | None = None  # test hook, see ParameterServer
+        self.fail_once: str | None = None  # test hook: partition 0 fails after a commit, once (marker file)
 
     def get_config(self) -> dict[str, Any]:
         return {"window": self.window, "timeout": self.timeout}

@@ -17,6 +17,7 @@ driver hands back at the next epoch's join.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -91,12 +92,20 @@ def train_with_server(spec: ServerTaskSpec, epoch: int, blocks: Iterator[tuple])
             center = fresh if fresh is not None else center
             _assign(variables, rule.fold(local, center, sent))
             since = 0
+            _maybe_fail_once(rule, partition)
         if reporter is not None:
             reporter.tick(hi, logs)
     client.done()
     if reporter is not None:
         reporter.send(n, logs)
     yield _result(partition, n, steps, pack_arrays(model_state(model)), pack_arrays(metrics.total))
+
+
+def _maybe_fail_once(rule: Any, partition: int) -> None:
+    marker = getattr(rule, "fail_once", None)
+    if marker and partition == 0 and not os.path.exists(marker):
+        open(marker, "w").close()
+        raise RuntimeError("test hook: the task fails once after a commit")
 
 
 def _read(variables: list[Any]) -> list[np.ndarray]:
