@@ -267,6 +267,7 @@ class SparkModel:
         schema = T.StructType(list(frame.schema.fields) + [
             T.StructField(n, T.DoubleType() if w == 1 else T.ArrayType(T.FloatType(), False), False)
             for n, w in outputs])
+        check_row_widths(frame, columns)
         spec = self._spec(columns)
         blob = spark.sparkContext.broadcast(pack_arrays(model_state(self._model)))
         return frame.mapInArrow(lambda it: tasks.predict_frame(spec, blob, batch_size, outputs, it), schema)
@@ -276,32 +277,80 @@ class SparkModel:
 
         ``path`` may be local or any URI Hadoop can write (``hdfs://``, ``s3a://``...).
         """
-        if not _is_remote(path):
-            self._model.save(path)
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            local = os.path.join(tmp, "model.keras")
-            self._model.save(local)
-            _hadoop_copy(self.spark, local, path, upload=True)
+        save_model_file(self._model, path, self.master)
 
     @classmethod
     def load(cls, path: str, custom_objects: Mapping[str, Any] | None = None, **kwargs: Any) -> "SparkModel":
         """Load a model written by :meth:`save` (or any ``.keras`` file) into a new SparkModel."""
-        import keras
+        return cls(load_model_file(path, custom_objects, kwargs.get("master")), custom_objects=custom_objects,
+                   **kwargs)
 
-        def _load(local: str) -> Any:
-            return keras.saving.load_model(local, custom_objects=dict(custom_objects or {}) or None)
 
-        if not _is_remote(path):
-            if not os.path.exists(path):
-                raise InputError(f"No model file at {path!r}.")
-            model = _load(path)
-        else:
-            with tempfile.TemporaryDirectory() as tmp:
-                local = os.path.join(tmp, "model.keras")
-                _hadoop_copy(get_spark(kwargs.get("master")), path, local, upload=False)
-                model = _load(local)
-        return cls(model, custom_objects=custom_objects, **kwargs)
+def save_model_file(model: Any, path: str, master: str | None = None) -> None:
+    """Write ``model`` as a ``.keras`` file to a local path or any Hadoop URI."""
+    if not _is_remote(path):
+        model.save(path)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, "model.keras")
+        model.save(local)
+        _hadoop_copy(get_spark(master), local, path, upload=True)
+
+
+def load_model_file(path: str, custom_objects: Mapping[str, Any] | None = None, master: str | None = None) -> Any:
+    """Read a ``.keras`` file from a local path or any Hadoop URI."""
+    import keras
+
+    def _load(local: str) -> Any:
+        return keras.saving.load_model(local, custom_objects=dict(custom_objects or {}) or None)
+
+    if not _is_remote(path):
+        if not os.path.exists(path):
+            raise InputError(f"No model file at {path!r}.")
+        return _load(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, "model.keras")
+        _hadoop_copy(get_spark(master), path, local, upload=False)
+        return _load(local)
+
+
+def check_row_widths(frame: Any, columns: ColumnMap) -> None:
+    """Compare the width of array and Vector feature columns with the model's inputs, on the first row.
+
+    A lazy ``transform`` would otherwise fail only when an action runs its
+    tasks. Vector columns from ``VectorAssembler`` carry their width in the
+    column metadata; arrays are measured on one row (a one-row job). Streaming
+    frames cannot be probed, so they are checked batch by batch on the
+    executors as always.
+    """
+    from pyspark.ml.functions import vector_to_array
+    from pyspark.sql import functions as F
+
+    probes = {}
+    for binding in columns.features:
+        if len(binding.columns) != 1 or binding.size is None:
+            continue
+        name = binding.columns[0]
+        field = frame.schema[name]
+        kind = type(field.dataType).__name__
+        attrs = field.metadata.get("ml_attr", {}).get("num_attrs") if kind == "VectorUDT" else None
+        if attrs is not None:
+            _check_width(binding, name, int(attrs))
+        elif kind in ("ArrayType", "VectorUDT") and not frame.isStreaming:
+            column = vector_to_array(F.col(name)) if kind == "VectorUDT" else F.col(name)
+            probes[name] = (binding, F.size(column))
+    if probes:
+        first = frame.select(*[expr.alias(f"w{i}") for i, (_, expr) in enumerate(probes.values())]).first()
+        for i, (name, (binding, _)) in enumerate(probes.items()):
+            if first is not None and first[i] is not None:
+                _check_width(binding, name, int(first[i]))
+
+
+def _check_width(binding: Any, name: str, width: int) -> None:
+    if width != binding.size:
+        raise InputError(
+            f"column {name!r} holds {width} values per row, but model input {binding.name!r} expects "
+            f"{binding.size} (shape {binding.shape}); select or assemble a column of that width.")
 
 
 def _check_model(model: Any) -> None:

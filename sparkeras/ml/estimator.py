@@ -1,0 +1,240 @@
+"""``KerasEstimator`` and ``KerasModel``: a Keras model as a Spark ML pipeline stage.
+
+The estimator's Params are what a data scientist tunes with ``ParamGridBuilder``
+(epochs, batch size, learning rate, strategy...). ``fit`` trains a fresh copy
+of the given Keras model (the same initial weights every time, so each
+CrossValidator fold and grid point starts from the same point) with
+:class:`~sparkeras.SparkModel`, and returns a ``KerasModel`` whose
+``transform`` predicts in batches on the executors.
+
+Both stages save and load with Spark ML persistence, alone or inside a
+fitted ``PipelineModel``. The directory holds Spark's usual ``metadata/``
+(the Params as JSON) and the Keras model as ``model.keras``; nothing is
+pickled. Custom layers, losses or metrics survive the round trip when they
+are registered with ``keras.saving.register_keras_serializable`` and their
+module is imported where the stage is loaded.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pyspark import keyword_only
+from pyspark.ml import Estimator, Model
+from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.param.shared import HasFeaturesCol, HasLabelCol, HasPredictionCol, HasSeed
+from pyspark.ml.util import DefaultParamsReader, DefaultParamsWriter, MLReadable, MLReader, MLWritable, MLWriter
+
+from sparkeras.errors import InputError
+
+MODEL_FILE = "model.keras"
+
+
+class _InferenceParams(HasFeaturesCol, HasPredictionCol):
+    """Params shared by the estimator and the fitted model."""
+
+    probabilityCol: Param[str] = Param(
+        Params._dummy(), "probabilityCol",
+        "column for the class probabilities (array<float>) of a model with several output units; "
+        "empty to leave it out", typeConverter=TypeConverters.toString)
+    batchSize: Param[int] = Param(Params._dummy(), "batchSize", "rows per batch", typeConverter=TypeConverters.toInt)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._setDefault(featuresCol="features", predictionCol="prediction", probabilityCol="probability",
+                         batchSize=32)
+
+    def getProbabilityCol(self) -> str:
+        return self.getOrDefault(self.probabilityCol)
+
+    def getBatchSize(self) -> int:
+        return self.getOrDefault(self.batchSize)
+
+
+class _KerasStage(MLWritable, MLReadable):
+    """Persistence shared by both stages: Params as Spark ML metadata, the Keras model as ``model.keras``."""
+
+    _keras_model: Any
+
+    def write(self) -> MLWriter:
+        return _KerasWriter(self)
+
+    @classmethod
+    def read(cls) -> MLReader:
+        return _KerasReader(cls)
+
+
+class KerasEstimator(_InferenceParams, HasLabelCol, HasSeed, Estimator, _KerasStage):
+    """Train a compiled Keras model on a DataFrame with sparkeras, as a Spark ML Estimator.
+
+    Args:
+        model: a compiled ``keras.Model``; each ``fit`` trains a copy of it.
+        featuresCol / labelCol: input columns (a Vector, an array, or a numeric column).
+        predictionCol: the predicted class (argmax, double) for several output units,
+            or the output itself (double) for one.
+        probabilityCol: the class probabilities (array<float>); ``""`` leaves them out.
+        epochs, batchSize, validationSplit: as in ``model.fit``.
+        numWorkers: Spark tasks that train together (0: the default parallelism).
+        strategy: a sparkeras strategy name (``averaging``, ``allreduce``, ``adag``...).
+        strategyOptions: that strategy's options, e.g. ``{"window": 12}``.
+        learningRate, optimizer, loss, metrics: override the model's compile settings.
+    """
+
+    epochs: Param[int] = Param(Params._dummy(), "epochs", "training epochs", typeConverter=TypeConverters.toInt)
+    numWorkers: Param[int] = Param(Params._dummy(), "numWorkers", "tasks that train together; 0 for the "
+                                   "default parallelism", typeConverter=TypeConverters.toInt)
+    validationSplit: Param[float] = Param(Params._dummy(), "validationSplit", "fraction of rows held out "
+                                          "for validation", typeConverter=TypeConverters.toFloat)
+    strategy: Param[str] = Param(Params._dummy(), "strategy", "sparkeras training strategy",
+                                 typeConverter=TypeConverters.toString)
+    strategyOptions: Param[dict] = Param(Params._dummy(), "strategyOptions", "options of the strategy")
+    learningRate: Param[float] = Param(Params._dummy(), "learningRate", "overrides the optimizer's learning "
+                                       "rate", typeConverter=TypeConverters.toFloat)
+    optimizer: Param[str] = Param(Params._dummy(), "optimizer", "overrides the model's optimizer (a Keras "
+                                  "optimizer name)", typeConverter=TypeConverters.toString)
+    loss: Param[str] = Param(Params._dummy(), "loss", "overrides the model's loss (a Keras loss name)",
+                             typeConverter=TypeConverters.toString)
+    metrics: Param[list] = Param(Params._dummy(), "metrics", "overrides the model's metrics (Keras metric "
+                                 "names)", typeConverter=TypeConverters.toListString)
+    verbose: Param[int] = Param(Params._dummy(), "verbose", "0: quiet, 1: progress bar",
+                                typeConverter=TypeConverters.toInt)
+
+    @keyword_only
+    def __init__(self, *, model: Any = None, featuresCol: str = "features", labelCol: str = "label",
+                 predictionCol: str = "prediction", probabilityCol: str = "probability", epochs: int = 1,
+                 batchSize: int = 32, numWorkers: int = 0, validationSplit: float = 0.0,
+                 strategy: str = "averaging", strategyOptions: dict | None = None,
+                 learningRate: float | None = None, optimizer: str | None = None, loss: str | None = None,
+                 metrics: list[str] | None = None, seed: int | None = None, verbose: int = 0) -> None:
+        super().__init__()
+        self._setDefault(labelCol="label", epochs=1, numWorkers=0, validationSplit=0.0, strategy="averaging",
+                         strategyOptions={}, verbose=0, seed=0)
+        kwargs = dict(self._input_kwargs)
+        self._keras_model = kwargs.pop("model", None)
+        self._set(**{k: v for k, v in kwargs.items() if v is not None})
+
+    def setParams(self, **params: Any) -> "KerasEstimator":
+        return self._set(**params)
+
+    def _fit(self, dataset: Any) -> "KerasModel":
+        from sparkeras.model import SparkModel
+
+        keras_model = self._fresh_model()
+        options = dict(self.getOrDefault(self.strategyOptions) or {})
+        trainer = SparkModel(keras_model, self.getOrDefault(self.strategy),
+                             self.getOrDefault(self.numWorkers) or None, seed=self.getOrDefault(self.seed),
+                             **options)
+        trainer.fit(dataset, epochs=self.getOrDefault(self.epochs), batch_size=self.getBatchSize(),
+                    validation_split=self.getOrDefault(self.validationSplit), features_col=self.getFeaturesCol(),
+                    label_col=self.getLabelCol(), verbose=self.getOrDefault(self.verbose))
+        fitted = KerasModel(model=keras_model)
+        self._copyValues(fitted)
+        return fitted
+
+    def _fresh_model(self) -> Any:
+        """A copy of the model with its initial weights, compiled with this estimator's overrides."""
+        import keras
+
+        source = self._keras_model
+        if source is None:
+            raise InputError("KerasEstimator needs a model: KerasEstimator(model=compiled_keras_model, ...).")
+        if not getattr(source, "compiled", False):
+            raise InputError("KerasEstimator's model is not compiled: call model.compile(...) first, "
+                             "or set optimizer= and loss= on the estimator.")
+        copy = keras.models.clone_model(source)
+        copy.set_weights(source.get_weights())
+        config = source.get_compile_config()
+        copy.compile_from_config(config)
+        overrides = {k: self.getOrDefault(getattr(self, k)) for k in ("optimizer", "loss", "metrics")
+                     if self.isDefined(getattr(self, k))}
+        if overrides:
+            copy.compile(optimizer=keras.optimizers.get(overrides.get("optimizer")) if "optimizer" in overrides
+                         else copy.optimizer, loss=overrides.get("loss", copy.loss),
+                         metrics=overrides.get("metrics", config.get("metrics")))
+        if self.isDefined(self.learningRate):
+            copy.optimizer.learning_rate = self.getOrDefault(self.learningRate)
+        return copy
+
+
+class KerasModel(_InferenceParams, Model, _KerasStage):
+    """A trained Keras model as a Spark ML Transformer: batched prediction on the executors.
+
+    ``transform`` keeps every input column and adds ``predictionCol`` (the
+    argmax class as a double for several output units; the output as a
+    double for one) and, for several units, ``probabilityCol``
+    (array<float>). Each Python worker loads the model once and reuses it.
+    """
+
+    @keyword_only
+    def __init__(self, *, model: Any = None, featuresCol: str = "features", predictionCol: str = "prediction",
+                 probabilityCol: str = "probability", batchSize: int = 256) -> None:
+        super().__init__()
+        self._setDefault(batchSize=256)
+        kwargs = dict(self._input_kwargs)
+        self._keras_model = kwargs.pop("model", None)
+        self._set(**kwargs)
+
+    @property
+    def model(self) -> Any:
+        """The trained Keras model."""
+        return self._keras_model
+
+    def setParams(self, **params: Any) -> "KerasModel":
+        return self._set(**params)
+
+    def _transform(self, dataset: Any) -> Any:
+        from pyspark.sql import functions as F
+
+        from sparkeras.model import SparkModel
+
+        predictor = SparkModel(self._keras_model)
+        outputs = self._keras_model.outputs
+        units = int(outputs[0].shape[-1] or 1) if len(outputs) == 1 else 0
+        prediction, probability = self.getPredictionCol(), self.getProbabilityCol()
+        if units <= 1:
+            return predictor.predict(dataset, batch_size=self.getBatchSize(), features_col=self.getFeaturesCol(),
+                                     prediction_col=prediction)
+        scores = probability or f"__{prediction}_scores"
+        frame = predictor.predict(dataset, batch_size=self.getBatchSize(), features_col=self.getFeaturesCol(),
+                                  prediction_col=scores)
+        frame = frame.withColumn(
+            prediction, (F.array_position(F.col(scores), F.array_max(F.col(scores))) - 1).cast("double"))
+        return frame if probability else frame.drop(scores)
+
+
+class _KerasWriter(MLWriter):
+    def __init__(self, instance: _KerasStage) -> None:
+        super().__init__()
+        self.instance = instance
+
+    def saveImpl(self, path: str) -> None:
+        from sparkeras import __version__
+        from sparkeras.model import save_model_file
+
+        if self.instance._keras_model is None:
+            raise InputError(f"{type(self.instance).__name__} has no Keras model to save.")
+        DefaultParamsWriter.saveMetadata(self.instance, path, self.sc, extraMetadata={"sparkeras": __version__})
+        save_model_file(self.instance._keras_model, _join(path, MODEL_FILE))
+
+
+class _KerasReader(MLReader):
+    def __init__(self, cls: type) -> None:
+        super().__init__()
+        self.cls = cls
+
+    def load(self, path: str) -> Any:
+        from sparkeras.model import load_model_file
+
+        metadata = DefaultParamsReader.loadMetadata(path, self.sc)
+        instance = self.cls(model=load_model_file(_join(path, MODEL_FILE)))
+        DefaultParamsReader.getAndSetParams(instance, metadata)
+        instance._resetUid(metadata["uid"])
+        return instance
+
+
+def _join(path: str, name: str) -> str:
+    return path.rstrip("/") + "/" + name if "://" in path else os.path.join(path, name)
+
+
+__all__ = ["KerasEstimator", "KerasModel"]

@@ -1,0 +1,151 @@
+"""Spark ML stages: Pipeline, persistence in a fresh process, CrossValidator; real Spark and Keras."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import blobs, mlp
+from sparkeras import InputError
+from sparkeras.ml import KerasEstimator, KerasModel
+
+
+def _frame(spark, n, seed, sample_seed=None, dim=4):
+    x, y = blobs(n, dim=dim, classes=3, noise=1.0, seed=seed, sample_seed=sample_seed)
+    x = x * 50.0 + 100.0  # badly scaled on purpose: the pipeline's StandardScaler must matter
+    rows = [tuple(float(v) for v in r) + (int(label),) for r, label in zip(x, y)]
+    return spark.createDataFrame(rows, [f"f{i}" for i in range(dim)] + ["label"])
+
+
+def _pipeline(epochs=6):
+    from pyspark.ml import Pipeline
+    from pyspark.ml.feature import StandardScaler, VectorAssembler
+
+    estimator = KerasEstimator(model=mlp(dim=4, classes=3, hidden=16, seed=3), featuresCol="scaled",
+                               epochs=epochs, batchSize=32, numWorkers=2, seed=1)
+    return Pipeline(stages=[VectorAssembler(inputCols=[f"f{i}" for i in range(4)], outputCol="raw"),
+                            StandardScaler(inputCol="raw", outputCol="scaled", withMean=True, withStd=True),
+                            estimator])
+
+
+LOAD_SCRIPT = """
+import json, os, sys
+os.environ["PYSPARK_PYTHON"] = sys.executable
+from pyspark.ml import PipelineModel
+import sparkeras
+spark = sparkeras.get_spark("local[2]")
+spark.sparkContext.setLogLevel("OFF")
+model = PipelineModel.load({path!r})
+rows = model.transform(spark.read.parquet({data!r})).orderBy("id").select("prediction", "probability").collect()
+print("RESULT", json.dumps([[r.prediction, list(r.probability)] for r in rows]))
+"""
+
+
+def test_pipeline_fits_saves_and_reloads_in_a_fresh_process(spark, tmp_path):
+    from pyspark.sql import functions as F
+
+    train = _frame(spark, 1_500, seed=4)
+    test = _frame(spark, 300, seed=4, sample_seed=5).withColumn("id", F.monotonically_increasing_id())
+    fitted = _pipeline().fit(train)
+    out = fitted.transform(test)
+    assert set(test.columns) <= set(out.columns)
+    assert dict(out.dtypes)["prediction"] == "double" and dict(out.dtypes)["probability"] == "array<float>"
+    rows = out.orderBy("id").select("prediction", "probability", "label").collect()
+    accuracy = np.mean([r.prediction == r.label for r in rows])
+    assert accuracy > 0.8, accuracy  # chance is 1/3
+    assert all(r.prediction == float(np.argmax(r.probability)) for r in rows)
+
+    path, data = str(tmp_path / "pipeline"), str(tmp_path / "test.parquet")
+    fitted.write().overwrite().save(path)
+    test.write.parquet(data)
+    script = LOAD_SCRIPT.format(path=path, data=data)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, proc.stdout[-2000:] + proc.stderr[-4000:]
+    reloaded = json.loads(lines[0][len("RESULT "):])
+    assert [p for p, _ in reloaded] == [r.prediction for r in rows]
+    np.testing.assert_allclose([p for _, p in reloaded], [list(r.probability) for r in rows], atol=1e-6)
+
+
+def test_estimator_and_model_save_and_load_with_their_params(spark, tmp_path):
+    from pyspark.ml import Estimator
+
+    estimator = KerasEstimator(model=mlp(dim=4, classes=3, seed=2), epochs=3, batchSize=16, strategy="adag",
+                               strategyOptions={"window": 4}, learningRate=0.01, metrics=["accuracy"])
+    estimator.write().overwrite().save(str(tmp_path / "est"))
+    loaded = KerasEstimator.load(str(tmp_path / "est"))
+    assert isinstance(loaded, Estimator) and loaded.uid == estimator.uid
+    for name in ("epochs", "batchSize", "strategy", "strategyOptions", "learningRate", "metrics"):
+        assert loaded.getOrDefault(name) == estimator.getOrDefault(name), name
+    for a, b in zip(loaded._keras_model.get_weights(), estimator._keras_model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+    fitted = KerasEstimator(model=mlp(dim=4, classes=3, seed=2), epochs=1, numWorkers=2, featuresCol="features") \
+        .fit(spark.createDataFrame([([float(i), 1.0, 2.0, 3.0], i % 3) for i in range(60)], ["features", "label"]))
+    fitted.write().overwrite().save(str(tmp_path / "model"))
+    again = KerasModel.load(str(tmp_path / "model"))
+    assert again.getBatchSize() == fitted.getBatchSize() and again.getFeaturesCol() == "features"
+    for a, b in zip(again.model.get_weights(), fitted.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_cross_validator_picks_the_setting_that_matters(spark):
+    from pyspark.ml.evaluation import MulticlassClassificationEvaluator
+    from pyspark.ml.tuning import CrossValidator, ParamGridBuilder
+
+    pipeline = _pipeline(epochs=3)
+    estimator = pipeline.getStages()[-1]
+    grid = (ParamGridBuilder()
+            .addGrid(estimator.learningRate, [1e-6, 0.01])   # 1e-6 cannot learn in 3 epochs
+            .addGrid(estimator.batchSize, [32, 64])
+            .build())
+    cv = CrossValidator(estimator=pipeline, estimatorParamMaps=grid, numFolds=2, seed=7,
+                        evaluator=MulticlassClassificationEvaluator(metricName="accuracy"))
+    model = cv.fit(_frame(spark, 1_200, seed=6))
+    best = grid[int(np.argmax(model.avgMetrics))]
+    assert best[estimator.learningRate] == 0.01
+    assert max(model.avgMetrics) > 0.85 and min(model.avgMetrics) < 0.7, model.avgMetrics
+
+
+def test_estimator_errors_name_the_problem(spark):
+    import keras
+
+    with pytest.raises(InputError, match=r"KerasEstimator needs a model"):
+        KerasEstimator().fit(spark.createDataFrame([([1.0], 0)], ["features", "label"]))
+    raw = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    with pytest.raises(InputError, match="model is not compiled"):
+        KerasEstimator(model=raw).fit(spark.createDataFrame([([1.0] * 4, 0)], ["features", "label"]))
+    wrong = spark.createDataFrame([([1.0, 2.0], 0)] * 10, ["features", "label"])
+    with pytest.raises(InputError, match=r"column 'features' holds 2 values per row, but model input .* expects 4"):
+        KerasModel(model=mlp(dim=4, classes=3)).transform(wrong)
+    from pyspark.ml.feature import VectorAssembler
+
+    assembled = VectorAssembler(inputCols=["a", "b", "c"], outputCol="features").transform(
+        spark.createDataFrame([(1.0, 2.0, 3.0)], ["a", "b", "c"]))
+    with pytest.raises(InputError, match=r"column 'features' holds 3 values per row, but model input .* expects 4"):
+        KerasModel(model=mlp(dim=4, classes=3)).transform(assembled)
+    strings = spark.createDataFrame([("x", 0)], ["features", "label"])
+    with pytest.raises(InputError, match="'features'"):
+        KerasModel(model=mlp(dim=4, classes=3)).transform(strings)
+
+
+def test_the_same_transform_runs_on_a_streaming_dataframe(spark, tmp_path):
+    from pyspark.sql import functions as F
+
+    source = str(tmp_path / "incoming")
+    batch = spark.createDataFrame([(i, [float(i % 5), 1.0, -1.0, 0.5]) for i in range(200)], ["id", "features"])
+    batch.repartition(3).write.parquet(source)
+    model = KerasModel(model=mlp(dim=4, classes=3, seed=8))
+    stream = spark.readStream.schema(batch.schema).parquet(source)
+    query = (model.transform(stream).writeStream.format("memory").queryName("sparkeras_stream")
+             .trigger(availableNow=True).start())
+    query.awaitTermination(120)
+    assert query.exception() is None
+    streamed = {r.id: r.prediction for r in spark.table("sparkeras_stream").collect()}
+    expected = {r.id: r.prediction for r in model.transform(batch).select("id", "prediction").collect()}
+    assert len(streamed) == 200 and streamed == expected
+    assert spark.table("sparkeras_stream").where(F.col("probability").isNull()).count() == 0
