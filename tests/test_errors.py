@@ -115,6 +115,6 @@ def test_worker_failure_surfaces_with_the_workers_traceback(spark):
 
 def test_predict_rejects_a_wrong_sized_column_with_its_name(spark):
     x, y = blobs(30, dim=5)
-    out = SparkModel(mlp(dim=16), num_workers=2).predict(_df(spark, x, y))
-    with pytest.raises(Exception, match=r"'features' has rows of 5 values, but model input"):
-        out.collect()
+    # refused when predict is called, before any prediction task runs
+    with pytest.raises(InputError, match=r"column 'features' holds 5 values per row, but model input .* expects 16"):
+        SparkModel(mlp(dim=16), num_workers=2).predict(_df(spark, x, y))
