@@ -31,6 +31,7 @@ and every waiter gets the same new center.
 from __future__ import annotations
 
 import collections
+import contextlib
 import random
 import socket
 import threading
@@ -176,13 +177,13 @@ class ParameterServer:
         self.stats.add(bytes_out=len(reply[1]))
         return reply
 
-    def _center_reply(self, extra: dict[str, Any] | None = None) -> tuple[dict[str, Any], bytes]:
-        if self.rule.lock:
-            with self._lock:
-                blob, version = pack_arrays(self.center), self.version
-        else:
-            blob, version = pack_arrays(self.center), self.version
-        return {"version": version, **(extra or {})}, blob
+    def _guarded(self) -> Any:
+        """The server lock, unless the rule wants lock-free (hogwild) access to the center."""
+        return self._lock if self.rule.lock else contextlib.nullcontext()
+
+    def _center_reply(self) -> tuple[dict[str, Any], bytes]:
+        with self._guarded():
+            return {"version": self.version}, pack_arrays(self.center)
 
     def _join(self, worker: int, attempt: int) -> tuple[dict[str, Any], bytes]:
         with self._lock:
@@ -216,11 +217,9 @@ class ParameterServer:
         if not duplicate:
             if self.rule.synchronous:
                 self._commit_round(worker, arrays)
-            elif self.rule.lock:
-                with self._lock:
-                    self._apply(arrays, base)
             else:
-                self._apply(arrays, base)
+                with self._guarded():
+                    self._apply(arrays, base)
             if self._cut_after is not None and self.stats.commits >= self._cut_after:
                 self._cut_after = None
                 raise ConnectionAbortedError("test hook: connection cut after a commit")
@@ -231,7 +230,7 @@ class ParameterServer:
     def _apply(self, arrays: list[np.ndarray], base: int) -> None:
         staleness = max(0, self.version - base)
         self.rule.apply(self.center, arrays, staleness)
-        with self.stats._lock:
+        with self.stats._lock:  # version and counts stay exact even for hogwild's racing commits
             self.version += 1
             self.stats.commits += 1
             self.stats.staleness[staleness] += 1

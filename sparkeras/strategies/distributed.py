@@ -176,12 +176,11 @@ class DistributedOptimizer(Strategy):
     def _worker_model(self, job: TrainingJob) -> tuple[ModelSpec, Arrays]:
         """The model the workers compile, and their initial local state (weights, optimizer)."""
         optimizer = self.local_optimizer()
-        weights = job.state[:len(job.model.weights)]
         if optimizer is None:
             return job.spec.model, list(job.state)
         optimizer.build(job.model.trainable_variables)
-        spec = job.spec.model.with_optimizer(optimizer)
-        return spec, list(weights) + [np.asarray(v) for v in optimizer.variables]
+        weights = job.state[:len(job.model.weights)]
+        return job.spec.model.with_optimizer(optimizer), list(weights) + [np.asarray(v) for v in optimizer.variables]
 
 
 def _replace_model(spec: Any, model: ModelSpec) -> Any:
