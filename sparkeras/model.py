@@ -257,20 +257,11 @@ class SparkModel:
 
     def _predict_frame(self, spark: Any, dataset: Dataset, columns: ColumnMap, batch_size: int,
                        prediction_col: str) -> Any:
-        from pyspark.sql import types as T
+        from sparkeras.inference.udf import add_predictions, output_columns
 
-        frame = dataset.frame
-        outputs = _output_columns(self._model, prediction_col)
-        clash = [n for n, _ in outputs if n in frame.columns]
-        if clash:
-            raise InputError(f"The data already has column(s) {clash}; pass another prediction_col=.")
-        schema = T.StructType(list(frame.schema.fields) + [
-            T.StructField(n, T.DoubleType() if w == 1 else T.ArrayType(T.FloatType(), False), False)
-            for n, w in outputs])
-        check_row_widths(frame, columns)
-        spec = self._spec(columns)
-        blob = spark.sparkContext.broadcast(pack_arrays(model_state(self._model)))
-        return frame.mapInArrow(lambda it: tasks.predict_frame(spec, blob, batch_size, outputs, it), schema)
+        check_row_widths(dataset.frame, columns)
+        return add_predictions(dataset.frame, self._model, columns, output_columns(self._model, prediction_col),
+                               batch_size, self.custom_objects)
 
     def save(self, path: str) -> None:
         """Save the model (architecture, weights, optimizer state) as a ``.keras`` file.
@@ -395,16 +386,6 @@ def _callback_list(callbacks: Sequence[Any] | None, model: Any, epochs: int, ste
     return keras.callbacks.CallbackList(
         list(callbacks or []), add_history=True, add_progbar=False, model=model,
         verbose=verbose, epochs=epochs, steps=steps)
-
-
-def _output_columns(model: Any, prediction_col: str) -> list[tuple[str, int]]:
-    outputs = list(model.outputs)
-    widths = [int(np.prod([d or 1 for d in t.shape[1:]])) for t in outputs]
-    if len(outputs) == 1:
-        return [(prediction_col, widths[0])]
-    struct = getattr(model, "_outputs_struct", None)
-    names = list(struct.keys()) if isinstance(struct, Mapping) else list(model.output_names)
-    return [(f"{prediction_col}_{n}", w) for n, w in zip(names, widths)]
 
 
 def _is_remote(path: str) -> bool:

@@ -180,6 +180,31 @@ def resolve_columns(
     return ColumnMap(features, labels, in_kind, out_kind)
 
 
+def positional_columns(model: Any, count: int, caller: str = "prediction") -> ColumnMap:
+    """Bind ``count`` unnamed arguments (a SQL UDF call's) to the model's inputs by position.
+
+    A model with one input takes every argument, assembled in order (one array
+    or Vector column, or several numeric columns); a model with several inputs
+    takes one argument per input, in the model's input order. Types and widths
+    are checked batch by batch, as the schema is not known in advance.
+    """
+    inputs = _tensors(model, "inputs")
+    kind, names = _structure_of(model, "_inputs_struct", inputs, "input")
+    args = tuple(f"argument {i + 1}" for i in range(count))
+    if len(inputs) == 1:
+        groups = [args]
+    elif count == len(inputs):
+        groups = [(a,) for a in args]
+    else:
+        raise InputError(
+            f"{caller} was called with {count} column(s), but the model has {len(inputs)} inputs {names}; "
+            "pass one column per input, in that order.")
+    features = tuple(
+        TensorBinding(name, cols, tuple(None if d is None else int(d) for d in tensor.shape[1:]), FEATURE, f"f{i}")
+        for i, (name, cols, tensor) in enumerate(zip(names, groups, inputs)))
+    return ColumnMap(features, (), kind, "single")
+
+
 def _tensors(model: Any, attr: str) -> list[Any]:
     try:
         tensors = list(getattr(model, attr) or [])
@@ -355,14 +380,29 @@ def _column_rows(arr: pa.Array | pa.ChunkedArray, col: str) -> tuple[np.ndarray 
             values = values.flatten()
         if values.null_count:
             return None, f"column {col!r} has null entries inside its arrays; fill or drop them."
+        if not _is_number(values.type):
+            return None, _not_numeric(col, t)
         flat = _numeric(values)
         return flat.reshape(n, width if n else 0), None
+    if not _is_number(t):
+        return None, _not_numeric(col, t)
     return _numeric(arr).reshape(n, 1), None
+
+
+def _is_number(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_decimal(t)
+
+
+def _not_numeric(col: str, t: pa.DataType) -> str:
+    return (f"column {col!r} has type {t}, which is not numeric; pass an array, a Vector or numeric "
+            "column(s) (cast it first).")
 
 
 def _numeric(arr: pa.Array) -> np.ndarray:
     if pa.types.is_boolean(arr.type):
         arr = arr.cast(pa.uint8())
+    elif pa.types.is_decimal(arr.type):
+        arr = arr.cast(pa.float64())
     return arr.to_numpy(zero_copy_only=False)
 
 

@@ -184,23 +184,25 @@ class KerasModel(_InferenceParams, Model, _KerasStage):
         return self._set(**params)
 
     def _transform(self, dataset: Any) -> Any:
-        from pyspark.sql import functions as F
+        from sparkeras.data.columns import resolve_columns
+        from sparkeras.inference.batch import CLASS, OutputColumn
+        from sparkeras.inference.udf import add_predictions, output_columns, output_widths
+        from sparkeras.model import check_row_widths
 
-        from sparkeras.model import SparkModel
-
-        predictor = SparkModel(self._keras_model)
-        outputs = self._keras_model.outputs
-        units = int(outputs[0].shape[-1] or 1) if len(outputs) == 1 else 0
+        model = self._keras_model
+        if model is None:
+            raise InputError("KerasModel has no Keras model: KerasModel(model=trained_keras_model).")
+        columns = resolve_columns(model, dataset.schema, self.getFeaturesCol(), None)
+        check_row_widths(dataset, columns)
+        widths = output_widths(model)
         prediction, probability = self.getPredictionCol(), self.getProbabilityCol()
-        if units <= 1:
-            return predictor.predict(dataset, batch_size=self.getBatchSize(), features_col=self.getFeaturesCol(),
-                                     prediction_col=prediction)
-        scores = probability or f"__{prediction}_scores"
-        frame = predictor.predict(dataset, batch_size=self.getBatchSize(), features_col=self.getFeaturesCol(),
-                                  prediction_col=scores)
-        frame = frame.withColumn(
-            prediction, (F.array_position(F.col(scores), F.array_max(F.col(scores))) - 1).cast("double"))
-        return frame if probability else frame.drop(scores)
+        if len(widths) == 1 and widths[0] > 1:
+            outputs = [OutputColumn(prediction, 0, widths[0], CLASS)]
+            if probability:
+                outputs.append(OutputColumn(probability, 0, widths[0]))
+        else:
+            outputs = output_columns(model, prediction)
+        return add_predictions(dataset, model, columns, outputs, self.getBatchSize())
 
 
 class _KerasWriter(MLWriter):

@@ -17,6 +17,7 @@ from sparkeras.serialization import ModelSpec
 
 _MODEL_CACHE_SIZE = 3
 _models: "OrderedDict[str, Any]" = OrderedDict()
+_inference: "OrderedDict[str, tuple[Any, str]]" = OrderedDict()
 _configured_threads: int | None = None
 
 
@@ -77,3 +78,30 @@ def model(spec: ModelSpec) -> Any:
         _models.popitem(last=False)
     return built
 
+
+
+def inference_model(spec: ModelSpec, weights_id: str, weights: Any) -> Any:
+    """The model for prediction, with the broadcast ``weights`` set once per Python worker.
+
+    Kept apart from the training cache of :func:`model`, whose models are
+    reset to a new state by every training task; here the weights stay set
+    across the tasks of a query (and the micro-batches of a stream), and are
+    replaced only when another set of weights (``weights_id``) arrives.
+    """
+    from sparkeras.serialization import unpack_arrays
+
+    entry = _inference.get(spec.key)
+    if entry is not None and entry[1] == weights_id:
+        _inference.move_to_end(spec.key)
+        return entry[0]
+    built = entry[0] if entry is not None else spec.build()
+    values = unpack_arrays(weights.value)
+    if len(values) != len(built.weights):
+        raise ValueError(f"{len(values)} weight arrays arrived for a model with {len(built.weights)} weights")
+    for variable, value in zip(built.weights, values):
+        variable.assign(value)
+    _inference[spec.key] = (built, weights_id)
+    _inference.move_to_end(spec.key)
+    while len(_inference) > _MODEL_CACHE_SIZE:
+        _inference.popitem(last=False)
+    return built

@@ -13,12 +13,11 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
-import pyarrow as pa
 
 from sparkeras.data.columns import ColumnMap
 from sparkeras.data.packing import read_partition
-from sparkeras.errors import InputError
 from sparkeras.comm.server import ServerAddress
+from sparkeras.inference.batch import flat_outputs
 from sparkeras.progress import ProgressReporter
 from sparkeras.serialization import ModelSpec, model_state, pack_arrays, set_model_state, unpack_arrays
 from sparkeras.worker import runtime
@@ -124,41 +123,4 @@ def predict_packed(spec: WorkerSpec, state: Any, batch_size: int, blocks: Iterat
         yield _result(partition, 0, 0, b"", b"")
         return
     out = model.predict(spec.columns.x(arrays), batch_size=batch_size, verbose=0)
-    yield _result(partition, n, 0, pack_arrays(_flat_outputs(out)), b"")
-
-
-def predict_frame(spec: WorkerSpec, state: Any, batch_size: int, outputs: list[tuple[str, int]],
-                  batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """Append prediction columns to each Arrow batch, keeping every input column."""
-    model, _ = _setup(spec)
-    set_model_state(model, unpack_arrays(state.value))
-    for batch in batches:
-        arrays = []
-        for b in spec.columns.features:
-            converted = b.to_numpy(batch)
-            if converted.problem:
-                raise InputError(converted.problem)
-            arrays.append(converted.values)
-        if batch.num_rows:
-            values = _flat_outputs(model.predict(spec.columns.x(arrays), batch_size=batch_size, verbose=0))
-        else:
-            values = [np.zeros((0, width), np.float32) for _, width in outputs]
-        columns = list(batch.columns) + [_prediction_array(v, w) for v, (_, w) in zip(values, outputs)]
-        yield pa.RecordBatch.from_arrays(columns, names=list(batch.schema.names) + [n for n, _ in outputs])
-
-
-def _flat_outputs(out: Any) -> list[np.ndarray]:
-    if isinstance(out, dict):
-        return [np.asarray(v) for v in out.values()]
-    if isinstance(out, (list, tuple)):
-        return [np.asarray(v) for v in out]
-    return [np.asarray(out)]
-
-
-def _prediction_array(values: np.ndarray, width: int) -> pa.Array:
-    """A single-unit output becomes a double column, anything else an array column."""
-    values = values.reshape(len(values), width)
-    if width == 1:
-        return pa.array(values[:, 0].astype(np.float64))
-    offsets = np.arange(0, values.size + 1, values.shape[1], dtype=np.int32)
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.astype(np.float32).ravel()))
+    yield _result(partition, n, 0, pack_arrays(flat_outputs(out)), b"")

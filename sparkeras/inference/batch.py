@@ -1,0 +1,141 @@
+"""Batched prediction inside a Spark task: Arrow columns in, Arrow columns out.
+
+This is the executor half of every DataFrame prediction in sparkeras
+(``SparkModel.predict`` on a DataFrame, ``KerasModel.transform``, the SQL UDF
+of :func:`sparkeras.register_udf`, streaming). It runs as the body of a
+scalar-iterator Arrow UDF, so Spark sends only the feature columns to Python
+and keeps every other column on the JVM side; ``mapInArrow`` would ship every
+column both ways.
+
+Why not ``pyspark.ml.functions.predict_batch_udf``: it converts each batch to
+pandas, which turns every array row into a Python object and stacks them back
+with ``np.vstack``, and it cannot read ``Vector`` columns. Here Arrow list and
+``Vector`` columns become one ``(rows, values)`` numpy array without a per-row
+Python loop, and the model is called with ``predict_on_batch`` on
+``batch_size`` slices: ``model.predict`` builds a new data pipeline on every
+call, which costs more than the prediction itself for a 10,000-row Arrow batch
+of a small model (measured in ``bench/inference.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from sparkeras.data.columns import ColumnMap, positional_columns
+from sparkeras.errors import InputError
+from sparkeras.serialization import ModelSpec
+from sparkeras.worker import runtime
+
+VALUE = "value"
+CLASS = "class"
+
+
+@dataclass(frozen=True)
+class OutputColumn:
+    """One column a prediction adds to the data.
+
+    ``kind`` is :data:`VALUE` (the model output ``output`` itself: a double for
+    one unit, ``array<float>`` of ``width`` values otherwise) or :data:`CLASS`
+    (the index of its largest value, as a double, as Spark ML labels are).
+    """
+
+    name: str
+    output: int
+    width: int
+    kind: str = VALUE
+
+    def spark_type(self) -> Any:
+        from pyspark.sql import types as T
+
+        if self.kind == CLASS or self.width == 1:
+            return T.DoubleType()
+        return T.ArrayType(T.FloatType(), False)
+
+    def to_arrow(self, outputs: list[np.ndarray]) -> pa.Array:
+        values = outputs[self.output]
+        values = values.reshape(len(values), -1)
+        if self.kind == CLASS:
+            return pa.array(values.argmax(axis=1).astype(np.float64))
+        if self.width == 1:
+            return pa.array(values[:, 0].astype(np.float64))
+        offsets = np.arange(0, values.size + 1, values.shape[1], dtype=np.int32)
+        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.astype(np.float32).ravel()))
+
+
+@dataclass(frozen=True)
+class PredictionPlan:
+    """What every prediction task needs; small, shipped in the UDF closure.
+
+    ``columns`` binds the UDF's arguments (named as in the DataFrame) to the
+    model's inputs; ``None`` binds them by position when the first batch
+    arrives (SQL calls, whose argument columns are known only then).
+    ``weights_id`` names the broadcast weights, so a Python worker sets them on
+    its cached model once rather than once per task. ``as_struct`` returns one
+    struct column with a field per output column; otherwise the single output
+    column is returned as it is.
+    """
+
+    model: ModelSpec
+    backend: str
+    outputs: tuple[OutputColumn, ...]
+    batch_size: int
+    weights_id: str
+    columns: ColumnMap | None = None
+    as_struct: bool = True
+    caller: str = "prediction"
+
+    def return_type(self) -> Any:
+        from pyspark.sql import types as T
+
+        if not self.as_struct:
+            return self.outputs[0].spark_type()
+        return T.StructType([T.StructField(o.name, o.spark_type(), False) for o in self.outputs])
+
+
+def predict_batches(plan: PredictionPlan, weights: Any, batches: Iterator[Any]) -> Iterator[pa.Array]:
+    """The Arrow UDF body: predictions for each batch of argument columns."""
+    runtime.configure(plan.backend)
+    model = runtime.inference_model(plan.model, plan.weights_id, weights)
+    columns = plan.columns
+    for item in batches:
+        arrays = list(item) if isinstance(item, tuple) else [item]
+        if columns is None:
+            columns = positional_columns(model, len(arrays), plan.caller)
+        batch = pa.RecordBatch.from_arrays(arrays, names=columns.columns)
+        outputs = predict_rows(model, columns, batch, plan.batch_size)
+        fields = [o.to_arrow(outputs) for o in plan.outputs]
+        if plan.as_struct:
+            yield pa.StructArray.from_arrays(fields, names=[o.name for o in plan.outputs])
+        else:
+            yield fields[0]
+
+
+def predict_rows(model: Any, columns: ColumnMap, batch: pa.RecordBatch, batch_size: int) -> list[np.ndarray]:
+    """The model's outputs (flattened to a list) for every row of an Arrow batch."""
+    arrays = []
+    for binding in columns.features:
+        converted = binding.to_numpy(batch)
+        if converted.problem:
+            raise InputError(converted.problem)
+        arrays.append(converted.values)
+    n = batch.num_rows
+    if n == 0:
+        return [np.zeros((0, *tuple(d or 0 for d in t.shape[1:])), np.float32) for t in model.outputs]
+    parts = [flat_outputs(model.predict_on_batch(columns.x([a[lo:lo + batch_size] for a in arrays])))
+             for lo in range(0, n, batch_size)]
+    if len(parts) == 1:
+        return parts[0]
+    return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+
+
+def flat_outputs(out: Any) -> list[np.ndarray]:
+    """A model's outputs (one array, a list or a dict) as a list of arrays, in output order."""
+    if isinstance(out, dict):
+        return [np.asarray(v) for v in out.values()]
+    if isinstance(out, (list, tuple)):
+        return [np.asarray(v) for v in out]
+    return [np.asarray(out)]

@@ -1,0 +1,159 @@
+"""Prediction as a Spark column: DataFrame transforms, streaming, and SQL UDFs.
+
+The driver half of :mod:`sparkeras.inference.batch`. The model's
+architecture travels in the UDF closure as JSON and its weights once per
+executor as a broadcast, so the UDF is cheap to plan and a Python worker
+builds the model once. The resulting plan is an ordinary Spark expression: it
+works in batch and streaming queries alike and from SQL once registered.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Iterator, Mapping, Sequence, Tuple
+
+import numpy as np
+import pyarrow as pa
+
+from sparkeras.data.columns import ColumnMap
+from sparkeras.errors import InputError
+from sparkeras.inference.batch import CLASS, VALUE, OutputColumn, PredictionPlan, predict_batches
+from sparkeras.serialization import ModelSpec, pack_arrays
+from sparkeras.session import keras_backend
+
+OUTPUT_KINDS = ("raw", "class")
+_RESULT = "__sparkeras_prediction"
+
+
+def output_columns(model: Any, prediction_col: str) -> list[OutputColumn]:
+    """One value column per model output: ``prediction_col``, or ``prediction_col_<output>`` for several."""
+    widths = output_widths(model)
+    if len(widths) == 1:
+        return [OutputColumn(prediction_col, 0, widths[0])]
+    return [OutputColumn(f"{prediction_col}_{name}", i, w) for i, (name, w) in enumerate(zip(output_names(model), widths))]
+
+
+def output_widths(model: Any) -> list[int]:
+    return [int(np.prod([d or 1 for d in t.shape[1:]])) for t in model.outputs]
+
+
+def output_names(model: Any) -> list[str]:
+    struct = getattr(model, "_outputs_struct", None)
+    return list(struct.keys()) if isinstance(struct, Mapping) else list(model.output_names)
+
+
+def prediction_udf(
+    spark: Any,
+    model: Any,
+    outputs: Sequence[OutputColumn],
+    batch_size: int,
+    columns: ColumnMap | None = None,
+    custom_objects: Mapping[str, Any] | None = None,
+    as_struct: bool = True,
+    caller: str = "prediction",
+) -> Any:
+    """An Arrow UDF that predicts ``outputs`` from the columns ``columns`` names (or any, by position)."""
+    from pyspark.sql.functions import arrow_udf
+
+    weights = spark.sparkContext.broadcast(pack_arrays([np.asarray(v) for v in model.weights]))
+    plan = PredictionPlan(ModelSpec.from_model(model, dict(custom_objects or {}) or None), keras_backend(),
+                          tuple(outputs), batch_size, uuid.uuid4().hex, columns, as_struct, caller)
+
+    def predict(batches: Iterator[Tuple[pa.Array, ...]]) -> Iterator[pa.Array]:
+        return predict_batches(plan, weights, batches)
+
+    return arrow_udf(predict, plan.return_type())
+
+
+def add_predictions(
+    frame: Any,
+    model: Any,
+    columns: ColumnMap,
+    outputs: Sequence[OutputColumn],
+    batch_size: int,
+    custom_objects: Mapping[str, Any] | None = None,
+) -> Any:
+    """``frame`` with one more column per output, computed in one pass of the model."""
+    from pyspark.sql import functions as F
+
+    clash = [o.name for o in outputs if o.name in frame.columns]
+    if clash:
+        raise InputError(f"The data already has column(s) {clash}; choose other prediction column names.")
+    udf = prediction_udf(frame.sparkSession, model, outputs, batch_size, columns, custom_objects)
+    result = frame.withColumn(_RESULT, udf(*[F.col(_quoted(c)) for c in columns.columns]))
+    return result.withColumns({o.name: F.col(_RESULT).getField(o.name) for o in outputs}).drop(_RESULT)
+
+
+def register_udf(
+    spark: Any,
+    name: str,
+    model: Any,
+    *,
+    batch_size: int = 256,
+    output: str = "raw",
+    custom_objects: Mapping[str, Any] | None = None,
+) -> Any:
+    """Register a Keras model as the SQL function ``name``, so ``SELECT name(features) FROM t`` predicts.
+
+    Args:
+        spark: the SparkSession to register in.
+        name: the SQL function name.
+        model: a ``keras.Model``, or the path of a ``.keras`` file (local or
+            any Hadoop URI), loaded once on the driver.
+        batch_size: rows per model call on the executors.
+        output: ``"raw"`` returns the model's output (``array<float>`` for
+            several units, ``double`` for one; a struct with a field per output
+            for multi-output models); ``"class"`` returns the index of the
+            largest unit as a double.
+        custom_objects: custom layers or losses needed to rebuild the model.
+
+    The function takes the model's input as one array or Vector column, or as
+    several numeric columns in order (``name(x1, x2, x3)``); a model with
+    several inputs takes one column per input. It is also returned, for use
+    in the DataFrame API: ``df.select(udf("features"))``.
+    """
+    from sparkeras.model import load_model_file
+
+    if not isinstance(name, str) or not name.isidentifier():
+        raise InputError(f"register_udf needs a SQL function name (letters, digits, _), got {name!r}.")
+    if output not in OUTPUT_KINDS:
+        raise InputError(f"output must be one of {OUTPUT_KINDS}, got {output!r}.")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    if isinstance(model, str):
+        model = load_model_file(model, custom_objects)
+    _check_inference_model(model)
+    widths = output_widths(model)
+    if output == CLASS:
+        if len(widths) != 1 or widths[0] < 2:
+            raise InputError(
+                f"output='class' needs a model with one output of several units (class scores); this model's "
+                f"outputs have {widths} units. Use output='raw'.")
+        outputs = [OutputColumn(name, 0, widths[0], CLASS)]
+    elif len(widths) == 1:
+        outputs = [OutputColumn(name, 0, widths[0], VALUE)]
+    else:
+        outputs = [OutputColumn(n, i, w) for i, (n, w) in enumerate(zip(output_names(model), widths))]
+    udf = prediction_udf(spark, model, outputs, batch_size, None, custom_objects, as_struct=len(outputs) > 1,
+                         caller=f"SQL function {name}")
+    return spark.udf.register(name, udf)
+
+
+def _check_inference_model(model: Any) -> None:
+    import keras
+
+    if not isinstance(model, keras.Model):
+        raise InputError(f"Expected a keras.Model or the path of a .keras file, got {type(model).__name__}.")
+    try:
+        known = bool(model.inputs) and bool(model.outputs)
+    except (AttributeError, ValueError):
+        known = False
+    if not known:
+        raise InputError("The model's input shape is unknown: start it with keras.Input(shape=...) or build it.")
+
+
+def _quoted(column: str) -> str:
+    return "`" + column.replace("`", "``") + "`"
+
+
+__all__ = ["add_predictions", "output_columns", "prediction_udf", "register_udf"]
