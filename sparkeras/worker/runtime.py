@@ -18,6 +18,7 @@ from sparkeras.serialization import ModelSpec
 _MODEL_CACHE_SIZE = 3
 _models: "OrderedDict[str, Any]" = OrderedDict()
 _inference: "OrderedDict[str, tuple[Any, str]]" = OrderedDict()
+_inference_stats: dict[str, dict[str, int]] = {}
 _configured_threads: int | None = None
 
 
@@ -90,11 +91,15 @@ def inference_model(spec: ModelSpec, weights_id: str, weights: Any) -> Any:
     """
     from sparkeras.serialization import unpack_arrays
 
+    stats = _inference_stats.setdefault(weights_id, {"tasks": 0, "builds": 0, "weight_loads": 0})
+    stats["tasks"] += 1
     entry = _inference.get(spec.key)
     if entry is not None and entry[1] == weights_id:
         _inference.move_to_end(spec.key)
         return entry[0]
     built = entry[0] if entry is not None else spec.build()
+    stats["builds"] += entry is None
+    stats["weight_loads"] += 1
     values = unpack_arrays(weights.value)
     if len(values) != len(built.weights):
         raise ValueError(f"{len(values)} weight arrays arrived for a model with {len(built.weights)} weights")
@@ -105,3 +110,8 @@ def inference_model(spec: ModelSpec, weights_id: str, weights: Any) -> Any:
     while len(_inference) > _MODEL_CACHE_SIZE:
         _inference.popitem(last=False)
     return built
+
+
+def inference_stats() -> dict[str, dict[str, int]]:
+    """Per set of prediction weights, in this Python worker: tasks served, models built, weights loaded."""
+    return {k: dict(v) for k, v in _inference_stats.items()}

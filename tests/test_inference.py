@@ -1,0 +1,127 @@
+"""Prediction as a Spark column: SQL UDFs, Vector and multi-column inputs, one model per worker."""
+
+from __future__ import annotations
+
+import json
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from conftest import blobs, mlp
+import sparkeras
+from sparkeras import InputError
+
+
+@pytest.fixture(scope="module")
+def trained():
+    x, y = blobs(600, dim=4, classes=3, noise=0.5, seed=11)
+    model = mlp(dim=4, classes=3, hidden=16, seed=2)
+    model.fit(x, y, epochs=5, verbose=0)
+    return model, x
+
+
+def _table(spark, x, name="rows"):
+    frame = spark.createDataFrame([(i, [float(v) for v in row]) for i, row in enumerate(x)], ["id", "features"])
+    frame.createOrReplaceTempView(name)
+    return frame
+
+
+def test_sql_udf_gives_the_models_predictions(spark, trained, tmp_path):
+    model, x = trained
+    _table(spark, x[:200])
+    expected = model.predict(x[:200], verbose=0)
+
+    sparkeras.register_udf(spark, "blob_scores", model)
+    sparkeras.register_udf(spark, "blob_class", model, output="class", batch_size=7)
+    rows = spark.sql("SELECT id, blob_scores(features) AS s, blob_class(features) AS c FROM rows ORDER BY id").collect()
+    np.testing.assert_allclose([r.s for r in rows], expected, atol=1e-5)
+    assert [r.c for r in rows] == [float(c) for c in expected.argmax(axis=1)]
+
+    # Several numeric columns, in order, feed the one input; a .keras path works as well as a model.
+    path = str(tmp_path / "blobs.keras")
+    model.save(path)
+    sparkeras.register_udf(spark, "blob_from_file", path, output="class")
+    spark.createDataFrame([tuple(float(v) for v in row) for row in x[:50]], ["a", "b", "c", "d"]) \
+        .createOrReplaceTempView("wide")
+    wide = [r[0] for r in spark.sql("SELECT blob_from_file(a, b, c, d) FROM wide").collect()]
+    assert wide == [float(c) for c in expected[:50].argmax(axis=1)]
+
+    # The returned UDF works in the DataFrame API too, on Spark ML Vector columns.
+    from pyspark.ml.functions import array_to_vector
+
+    udf = sparkeras.register_udf(spark, "blob_vec", model, output="class")
+    vectors = spark.table("rows").withColumn("v", array_to_vector("features")).orderBy("id")
+    assert [r[0] for r in vectors.select(udf("v")).collect()] == [float(c) for c in expected.argmax(axis=1)]
+
+
+def test_sql_udf_for_a_multi_input_model_takes_a_column_per_input(spark):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    a, b = keras.Input((3,), name="a"), keras.Input((2,), name="b")
+    out = keras.layers.Dense(1)(keras.layers.Concatenate()([a, b]))
+    model = keras.Model([a, b], out)
+    xa = np.random.default_rng(0).normal(size=(40, 3)).astype("float32")
+    xb = np.random.default_rng(1).normal(size=(40, 2)).astype("float32")
+    spark.createDataFrame([(i, xa[i].tolist(), xb[i].tolist()) for i in range(40)], ["id", "a", "b"]) \
+        .createOrReplaceTempView("pairs")
+    sparkeras.register_udf(spark, "two_inputs", model)
+    rows = spark.sql("SELECT id, two_inputs(a, b) AS y FROM pairs ORDER BY id").collect()
+    np.testing.assert_allclose([r.y for r in rows], model.predict([xa, xb], verbose=0)[:, 0], atol=1e-5)
+    with pytest.raises(Exception, match=r"called with 1 column\(s\), but the model has 2 inputs"):
+        spark.sql("SELECT two_inputs(a) FROM pairs").collect()
+
+
+def test_sql_udf_errors_name_the_problem(spark, trained):
+    model, x = trained
+    with pytest.raises(InputError, match="SQL function name"):
+        sparkeras.register_udf(spark, "bad name", model)
+    with pytest.raises(InputError, match="output must be one of"):
+        sparkeras.register_udf(spark, "ok", model, output="probabilities")
+    import keras
+
+    one_unit = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    with pytest.raises(InputError, match=r"output='class' needs a model with one output of several units"):
+        sparkeras.register_udf(spark, "reg", one_unit, output="class")
+    with pytest.raises(InputError, match="No model file"):
+        sparkeras.register_udf(spark, "missing", "/nonexistent/model.keras")
+    sparkeras.register_udf(spark, "blob_checked", model)
+    spark.createDataFrame([([1.0, 2.0, 3.0], "x")] * 3, ["short", "text"]).createOrReplaceTempView("bad")
+    with pytest.raises(Exception, match=r"argument 1' has rows of 3 values, but model input .* expects 4"):
+        spark.sql("SELECT blob_checked(short) FROM bad").collect()
+    with pytest.raises(Exception, match=r"argument 1' has type string, which is not numeric"):
+        spark.sql("SELECT blob_checked(text) FROM bad").collect()
+
+
+def test_each_python_worker_loads_the_model_once_across_tasks(spark, trained):
+    """A probe UDF chained onto the prediction runs in the same Python worker and reports its load counts."""
+    from pyspark.sql.functions import arrow_udf
+
+    model, x = trained
+
+    @arrow_udf("string")
+    def probe(batches: Iterator[pa.Array]) -> Iterator[pa.Array]:
+        import os
+
+        from sparkeras.worker import runtime
+
+        for batch in batches:
+            yield pa.array([json.dumps([os.getpid(), runtime.inference_stats()])] * len(batch))
+
+    spark.udf.register("load_probe", probe)
+    sparkeras.register_udf(spark, "blob_once", model)
+    _table(spark, np.tile(x, (4, 1))).repartition(8).createOrReplaceTempView("many")
+    reports = [json.loads(r[0]) for r in spark.sql("SELECT load_probe(blob_once(features)) FROM many").collect()]
+    latest: dict = {}
+    for pid, stats in reports:
+        for weights_id, entry in stats.items():
+            seen = latest.setdefault(weights_id, {})
+            if entry["tasks"] >= seen.get(pid, {"tasks": -1})["tasks"]:
+                seen[pid] = entry
+    assert all(e["weight_loads"] <= 1 and e["builds"] <= 1 for w in latest.values() for e in w.values()), latest
+    served = {w: sum(e["tasks"] for e in per_pid.values()) for w, per_pid in latest.items()}
+    ours = [w for w, tasks in served.items() if tasks == 8]  # one prediction task per partition
+    assert ours, served
+    assert len(latest[ours[0]]) < 8, latest[ours[0]]  # fewer worker processes than tasks: loads were reused
