@@ -305,6 +305,41 @@ def load_model_file(path: str, custom_objects: Mapping[str, Any] | None = None, 
         return _load(local)
 
 
+def fresh_copy(
+    model: Any,
+    *,
+    optimizer: str | None = None,
+    loss: str | None = None,
+    metrics: Sequence[str] | None = None,
+    learning_rate: float | None = None,
+    owner: str = "sparkeras",
+) -> Any:
+    """A new, compiled copy of ``model`` with the same initial weights, and optional compile overrides.
+
+    Estimators (Spark ML, scikit-learn) train a copy per ``fit``, so every
+    fold and grid point starts from the same weights and the user's model
+    is never changed. The optimizer is rebuilt from its config, so no state
+    carries over.
+    """
+    import keras
+
+    if not isinstance(model, keras.Model):
+        raise InputError(f"{owner} needs a keras.Model, got {type(model).__name__}.")
+    if not getattr(model, "compiled", False):
+        raise InputError(f"{owner}'s model is not compiled: call model.compile(optimizer=..., loss=...) first.")
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    config = model.get_compile_config()
+    copy.compile_from_config(config)
+    if optimizer is not None or loss is not None or metrics is not None:
+        copy.compile(optimizer=keras.optimizers.get(optimizer) if optimizer is not None else copy.optimizer,
+                     loss=loss if loss is not None else copy.loss,
+                     metrics=list(metrics) if metrics is not None else config.get("metrics"))
+    if learning_rate is not None:
+        copy.optimizer.learning_rate = learning_rate
+    return copy
+
+
 def check_row_widths(frame: Any, columns: ColumnMap) -> None:
     """Compare the width of array and Vector feature columns with the model's inputs, on the first row.
 

@@ -134,27 +134,15 @@ class KerasEstimator(_InferenceParams, HasLabelCol, HasSeed, Estimator, _KerasSt
 
     def _fresh_model(self) -> Any:
         """A copy of the model with its initial weights, compiled with this estimator's overrides."""
-        import keras
+        from sparkeras.model import fresh_copy
 
-        source = self._keras_model
-        if source is None:
+        if self._keras_model is None:
             raise InputError("KerasEstimator needs a model: KerasEstimator(model=compiled_keras_model, ...).")
-        if not getattr(source, "compiled", False):
-            raise InputError("KerasEstimator's model is not compiled: call model.compile(...) first, "
-                             "or set optimizer= and loss= on the estimator.")
-        copy = keras.models.clone_model(source)
-        copy.set_weights(source.get_weights())
-        config = source.get_compile_config()
-        copy.compile_from_config(config)
-        overrides = {k: self.getOrDefault(getattr(self, k)) for k in ("optimizer", "loss", "metrics")
-                     if self.isDefined(getattr(self, k))}
-        if overrides:
-            copy.compile(optimizer=keras.optimizers.get(overrides.get("optimizer")) if "optimizer" in overrides
-                         else copy.optimizer, loss=overrides.get("loss", copy.loss),
-                         metrics=overrides.get("metrics", config.get("metrics")))
-        if self.isDefined(self.learningRate):
-            copy.optimizer.learning_rate = self.getOrDefault(self.learningRate)
-        return copy
+        overrides = {k: self.getOrDefault(getattr(self, k))
+                     for k in ("optimizer", "loss", "metrics", "learningRate") if self.isDefined(getattr(self, k))}
+        return fresh_copy(self._keras_model, optimizer=overrides.get("optimizer"), loss=overrides.get("loss"),
+                          metrics=overrides.get("metrics"), learning_rate=overrides.get("learningRate"),
+                          owner="KerasEstimator")
 
 
 class KerasModel(_InferenceParams, Model, _KerasStage):
