@@ -1,0 +1,246 @@
+"""scikit-learn estimators that train on Spark: ``KerasClassifier`` and ``KerasRegressor``.
+
+SystemML's Keras2DML ("mllearn") let a scikit-learn user call ``fit(X, y)``
+and ``predict(X)`` while the work ran on the cluster. These classes do the
+same with sparkeras: ``fit`` trains a fresh copy of the Keras model with
+:class:`~sparkeras.SparkModel` (any strategy), and ``predict`` runs on the
+executors. They follow scikit-learn's estimator contract (parameters stored
+as given, ``get_params``/``set_params``, ``clone``), so ``Pipeline``,
+``cross_val_score`` and ``GridSearchCV`` work. Keep ``n_jobs=1`` in those:
+Spark already runs every fit in parallel.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Mapping
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.utils.validation import check_is_fitted
+
+from sparkeras.errors import InputError
+
+ModelSource = Any  # a compiled keras.Model, or a callable that returns one
+
+
+class _SparkKerasBase(BaseEstimator):
+    """Shared by the classifier and the regressor: build, train on Spark, predict on Spark.
+
+    Args:
+        model: a compiled ``keras.Model`` (each ``fit`` trains a copy from its
+            initial weights), or a callable returning a compiled model. The
+            callable may take ``X`` and ``y`` (the training data, ``y``
+            encoded as the model will see it) and any of ``model_kwargs``.
+        epochs, batch_size, validation_split: as in ``model.fit``.
+        strategy: a sparkeras strategy name (``"averaging"``, ``"adag"``...).
+        strategy_options: that strategy's options, e.g. ``{"window": 8}``.
+        num_workers: Spark tasks that train together (default: Spark's default parallelism).
+        learning_rate: overrides the optimizer's learning rate.
+        model_kwargs: keyword arguments for a callable ``model``.
+        custom_objects: custom Keras objects needed to rebuild the model on the workers.
+        seed: seeds shuffling and the validation split.
+        verbose: 0 quiet, 1 progress bar.
+    """
+
+    def __init__(
+        self,
+        model: ModelSource = None,
+        *,
+        epochs: int = 1,
+        batch_size: int = 32,
+        validation_split: float = 0.0,
+        strategy: str = "averaging",
+        strategy_options: Mapping[str, Any] | None = None,
+        num_workers: int | None = None,
+        learning_rate: float | None = None,
+        model_kwargs: Mapping[str, Any] | None = None,
+        custom_objects: Mapping[str, Any] | None = None,
+        seed: int | None = 0,
+        verbose: int = 0,
+    ) -> None:
+        self.model = model
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.validation_split = validation_split
+        self.strategy = strategy
+        self.strategy_options = strategy_options
+        self.num_workers = num_workers
+        self.learning_rate = learning_rate
+        self.model_kwargs = model_kwargs
+        self.custom_objects = custom_objects
+        self.seed = seed
+        self.verbose = verbose
+
+    def __sklearn_clone__(self) -> "_SparkKerasBase":
+        """A fresh, unfitted estimator with the same parameters.
+
+        The model is shared rather than deep-copied: ``fit`` never changes
+        it (it trains a copy), and Keras models do not deep-copy reliably.
+        """
+        return type(self)(**self.get_params(deep=False))
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = True
+        return tags
+
+    def fit(self, X: Any, y: Any) -> "_SparkKerasBase":
+        """Train a fresh copy of the model on ``X`` and ``y`` with sparkeras, on Spark."""
+        from sparkeras.model import SparkModel
+
+        x = _features(X)
+        target = self._encode_target(np.asarray(y), len(x))
+        keras_model = self._build(x, target)
+        self._check_output(keras_model)
+        trainer = SparkModel(keras_model, self.strategy, self.num_workers, seed=self.seed,
+                             custom_objects=self.custom_objects, **dict(self.strategy_options or {}))
+        history = trainer.fit(x, target, epochs=self.epochs, batch_size=self.batch_size,
+                              validation_split=self.validation_split, verbose=self.verbose)
+        self.model_ = keras_model
+        self.history_ = dict(history.history)
+        self.n_features_in_ = x.shape[1] if x.ndim == 2 else int(np.prod(x.shape[1:]))
+        return self
+
+    def _build(self, x: np.ndarray, y: np.ndarray) -> Any:
+        import keras
+
+        from sparkeras.model import fresh_copy
+
+        source = self.model
+        if source is None:
+            raise InputError(f"{type(self).__name__} needs a model: {type(self).__name__}(model=compiled_keras_model).")
+        if not isinstance(source, keras.Model):
+            if not callable(source):
+                raise InputError(f"model must be a compiled keras.Model or a callable returning one, "
+                                 f"got {type(source).__name__}.")
+            source = _call_builder(source, x, y, dict(self.model_kwargs or {}))
+        return fresh_copy(source, learning_rate=self.learning_rate, owner=type(self).__name__)
+
+    def _predict_raw(self, X: Any) -> np.ndarray:
+        from sparkeras.model import SparkModel
+
+        check_is_fitted(self, "model_")
+        x = _features(X)
+        width = x.shape[1] if x.ndim == 2 else int(np.prod(x.shape[1:]))
+        if width != self.n_features_in_:
+            raise InputError(f"X has {width} features, but {type(self).__name__} was fitted with "
+                             f"{self.n_features_in_}; pass the same columns as in fit.")
+        out = SparkModel(self.model_, num_workers=self.num_workers, custom_objects=self.custom_objects,
+                         seed=self.seed).predict(x, batch_size=max(256, self.batch_size))
+        return np.asarray(out)
+
+    def _encode_target(self, y: np.ndarray, rows: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def _check_output(self, model: Any) -> None:
+        raise NotImplementedError
+
+
+class KerasClassifier(ClassifierMixin, _SparkKerasBase):
+    """A scikit-learn classifier that trains a Keras model on Spark.
+
+    Labels may be any values (strings, ints); ``classes_`` keeps them in
+    sorted order and the model sees their indices ``0..k-1``. The model needs
+    one softmax-style output of ``k`` units (``sparse_categorical_crossentropy``
+    takes the indices as they are; ``categorical_crossentropy`` is swapped for
+    it, the same loss on indices), or, for two classes, one sigmoid unit with
+    ``binary_crossentropy``. ``predict_proba`` returns one column per class.
+    """
+
+    def _encode_target(self, y: np.ndarray, rows: int) -> np.ndarray:
+        if y.ndim != 1:
+            raise InputError(f"y must be one label per row (shape ({rows},)), got shape {y.shape}.")
+        if len(y) != rows:
+            raise InputError(f"X has {rows} rows but y has {len(y)}; they must match.")
+        self.classes_, indices = np.unique(y, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise InputError(f"y has a single class {self.classes_.tolist()}; a classifier needs at least two.")
+        return indices.astype(np.int64)
+
+    def _check_output(self, model: Any) -> None:
+        units = _output_units(model)
+        k = len(self.classes_)
+        if units == 1 and k == 2:
+            self._binary = True
+            return
+        if units != k:
+            raise InputError(
+                f"y has {k} classes {self.classes_.tolist()[:10]}, but the model's output has {units} unit(s); "
+                f"give it {k} units (softmax), or 1 sigmoid unit for two classes.")
+        self._binary = False
+        loss = str(getattr(model.loss, "name", model.loss) or "")
+        if "categorical" in loss and "sparse" not in loss:
+            model.compile(optimizer=model.optimizer, loss="sparse_categorical_crossentropy",
+                          metrics=model.get_compile_config().get("metrics"))
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities, one column per entry of ``classes_``."""
+        raw = self._predict_raw(X).reshape(len(_features(X)), -1)
+        if self._binary:
+            p = raw[:, 0].astype(np.float64)
+            return np.stack([1.0 - p, p], axis=1)
+        return raw.astype(np.float64)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The most probable class of each row, as a value of ``classes_``."""
+        proba = self.predict_proba(X)
+        return self.classes_[proba.argmax(axis=1)]
+
+
+class KerasRegressor(RegressorMixin, _SparkKerasBase):
+    """A scikit-learn regressor that trains a Keras model on Spark.
+
+    ``y`` is one target per row or a ``(rows, targets)`` array; the model's
+    output has as many units. ``score`` is R², as for every scikit-learn regressor.
+    """
+
+    def _encode_target(self, y: np.ndarray, rows: int) -> np.ndarray:
+        if len(y) != rows:
+            raise InputError(f"X has {rows} rows but y has {len(y)}; they must match.")
+        if not np.issubdtype(y.dtype, np.number):
+            raise InputError(f"y must be numeric for a regressor, got dtype {y.dtype}.")
+        self._targets = 1 if y.ndim == 1 else int(np.prod(y.shape[1:]))
+        return y.astype(np.float32)
+
+    def _check_output(self, model: Any) -> None:
+        units = _output_units(model)
+        if units != self._targets:
+            raise InputError(f"y has {self._targets} target(s) per row, but the model's output has {units} unit(s).")
+
+    def predict(self, X: Any) -> np.ndarray:
+        raw = self._predict_raw(X)
+        return raw.reshape(len(raw)) if self._targets == 1 else raw.reshape(len(raw), -1)
+
+
+def _features(X: Any) -> np.ndarray:
+    if hasattr(X, "to_numpy") and not isinstance(X, np.ndarray):
+        X = X.to_numpy()
+    x = np.asarray(X)
+    if x.ndim < 2:
+        raise InputError(f"X must have one row per sample (2-D or more), got shape {x.shape}; "
+                         "reshape a single feature with X.reshape(-1, 1).")
+    if not np.issubdtype(x.dtype, np.number) and x.dtype != bool:
+        raise InputError(f"X must be numeric, got dtype {x.dtype}; encode categorical columns first.")
+    return x.astype(np.float32, copy=False)
+
+
+def _output_units(model: Any) -> int:
+    outputs = list(model.outputs)
+    if len(outputs) != 1:
+        raise InputError(f"The scikit-learn estimators take a model with one output; this one has {len(outputs)}.")
+    return int(np.prod([d or 1 for d in outputs[0].shape[1:]]))
+
+
+def _call_builder(build: Callable[..., Any], x: np.ndarray, y: np.ndarray, kwargs: dict[str, Any]) -> Any:
+    """Call a model-building function with what it accepts of ``X``, ``y`` and ``model_kwargs``."""
+    params = inspect.signature(build).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    offered = {"X": x, "y": y, **kwargs}
+    unknown = [k for k in kwargs if k not in params and not takes_any]
+    if unknown:
+        raise InputError(f"model_kwargs {unknown} are not arguments of {getattr(build, '__name__', build)}.")
+    return build(**{k: v for k, v in offered.items() if takes_any or k in params})
+
+
+__all__ = ["KerasClassifier", "KerasRegressor"]

@@ -1,0 +1,114 @@
+"""The scikit-learn facade: estimators that train on Spark inside scikit-learn's tools."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import blobs, mlp
+from sparkeras import InputError
+from sparkeras.sklearn import KerasClassifier, KerasRegressor
+
+
+def _digits():
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return (digits.data / 16.0).astype("float32"), digits.target
+
+
+def _digits_model(seed=0):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32, activation="relu"),
+                              keras.layers.Dense(10, activation="softmax")])
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    return model
+
+
+def test_cross_val_score_trains_each_fold_on_spark(spark):
+    from sklearn.base import clone
+    from sklearn.model_selection import cross_val_score
+
+    x, y = _digits()
+    model = _digits_model()
+    initial = [w.copy() for w in model.get_weights()]
+    clf = KerasClassifier(model, epochs=6, batch_size=32, num_workers=2)
+    assert clf.get_params()["epochs"] == 6 and clone(clf).get_params()["model"] is model
+    scores = cross_val_score(clf, x, y, cv=3)
+    assert len(scores) == 3 and scores.min() > 0.85, scores  # chance is 0.1
+    for before, after in zip(initial, model.get_weights()):  # the user's model is never trained
+        np.testing.assert_array_equal(before, after)
+
+
+def test_grid_search_picks_the_learning_rate_that_learns(spark):
+    from sklearn.model_selection import GridSearchCV
+
+    x, y = blobs(600, dim=4, classes=3, noise=0.6, seed=5)
+    search = GridSearchCV(KerasClassifier(mlp(dim=4, classes=3, seed=1), epochs=3, num_workers=2),
+                          {"learning_rate": [1e-7, 0.02]}, cv=2)
+    search.fit(x, y)
+    assert search.best_params_ == {"learning_rate": 0.02}
+    assert search.best_score_ > 0.85 and min(search.cv_results_["mean_test_score"]) < 0.7
+    assert search.score(x, y) > 0.85  # the refitted best estimator predicts on Spark
+
+
+def test_classifier_keeps_label_values_and_binary_models(spark):
+    import keras
+
+    x, y = blobs(400, dim=4, classes=2, noise=0.5, seed=3)
+    names = np.array(["cat", "dog"])[y]
+    keras.utils.set_random_seed(0)
+    sigmoid = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
+                                keras.layers.Dense(1, activation="sigmoid")])
+    sigmoid.compile(optimizer=keras.optimizers.Adam(0.02), loss="binary_crossentropy")
+    clf = KerasClassifier(sigmoid, epochs=5, num_workers=2).fit(x, names)
+    assert clf.classes_.tolist() == ["cat", "dog"]
+    proba = clf.predict_proba(x)
+    assert proba.shape == (400, 2)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-6)
+    assert set(clf.predict(x)) <= {"cat", "dog"} and clf.score(x, names) > 0.9
+
+
+def test_regressor_and_a_model_building_function(spark):
+    import keras
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(800, 3)).astype("float32")
+    y = x @ np.array([1.5, -2.0, 0.5], dtype="float32") + 0.3
+
+    def build(X, hidden=8):
+        model = keras.Sequential([keras.Input((X.shape[1],)), keras.layers.Dense(hidden, activation="relu"),
+                                  keras.layers.Dense(1)])
+        model.compile(optimizer=keras.optimizers.Adam(0.02), loss="mse")
+        return model
+
+    reg = KerasRegressor(build, model_kwargs={"hidden": 16}, epochs=20, num_workers=2).fit(x, y)
+    assert reg.model_.layers[0].units == 16
+    assert reg.predict(x).shape == (800,)
+    assert reg.score(x, y) > 0.9  # R²
+
+
+def test_facade_errors_name_the_problem(spark):
+    from sklearn.exceptions import NotFittedError
+
+    x, y = blobs(60, dim=4, classes=3, seed=1)
+    with pytest.raises(InputError, match=r"y has 3 classes \[0, 1, 2\], but the model's output has 5 unit"):
+        KerasClassifier(mlp(dim=4, classes=5), num_workers=2).fit(x, y)
+    with pytest.raises(InputError, match="X has 60 rows but y has 59"):
+        KerasClassifier(mlp(dim=4, classes=3)).fit(x, y[:-1])
+    with pytest.raises(InputError, match=r"X must have one row per sample .* got shape \(60,\)"):
+        KerasClassifier(mlp(dim=4, classes=3)).fit(x[:, 0], y)
+    with pytest.raises(InputError, match="single class"):
+        KerasClassifier(mlp(dim=4, classes=3)).fit(x, np.zeros(60))
+    with pytest.raises(InputError, match="needs a model"):
+        KerasClassifier().fit(x, y)
+    with pytest.raises(InputError, match="model_kwargs \\['depth'\\] are not arguments"):
+        KerasRegressor(lambda X: None, model_kwargs={"depth": 2}).fit(x, y.astype(float))
+    with pytest.raises(NotFittedError):
+        KerasClassifier(mlp(dim=4, classes=3)).predict(x)
+    fitted = KerasClassifier(mlp(dim=4, classes=3), num_workers=2).fit(x, y)
+    with pytest.raises(InputError, match="X has 3 features, but KerasClassifier was fitted with 4"):
+        fitted.predict(x[:, :3])
