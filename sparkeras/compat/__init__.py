@@ -1,0 +1,1 @@
+"""Fronts that let users of other libraries keep their scripts: :mod:`sparkeras.compat.elephas`."""

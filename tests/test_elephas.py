@@ -1,0 +1,122 @@
+"""The Elephas-compatible facade: Elephas scripts run with only their imports changed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+from conftest import blobs
+from sparkeras import InputError
+from sparkeras.compat import elephas
+
+SCRIPT = os.path.join(os.path.dirname(__file__), "elephas_readme_script.py")
+
+
+def test_elephas_readme_script_runs_and_matches_plain_keras(tmp_path):
+    """The README's asynchronous, frequency='epoch' example on a small CNN, within 2 points of plain Keras."""
+    proc = subprocess.run([sys.executable, SCRIPT, "20", str(tmp_path)], capture_output=True, text=True,
+                          timeout=600, cwd=tmp_path)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, proc.stdout[-2000:] + proc.stderr[-4000:]
+    result = json.loads(lines[0][len("RESULT "):])
+    assert result["plain_accuracy"] > 0.9
+    assert result["predicted_accuracy"] >= result["plain_accuracy"] - 0.02, result
+    assert abs(result["evaluate"][1] - result["predicted_accuracy"]) < 1e-6  # evaluate = [loss, accuracy]
+    assert result["epochs_run"] == 20 and "val_loss" in result["history_keys"]
+    assert result["reloaded"] == ["SparkModel", "asynchronous", "epoch"] and result["reloaded_same_weights"]
+
+
+def test_modes_map_onto_strategies_and_ignored_arguments_warn(spark):
+    assert elephas.strategy_for("synchronous", "epoch") == ("averaging", {})
+    assert elephas.strategy_for("synchronous", "batch") == ("allreduce", {})
+    assert elephas.strategy_for("asynchronous", "epoch") == ("async", {})
+    assert elephas.strategy_for("HOGWILD", "batch") == ("hogwild", {"window": 1})
+    with pytest.raises(InputError, match=r"Unknown Elephas mode 'sync'; choose one of"):
+        elephas.strategy_for("sync", "epoch")
+    with pytest.raises(InputError, match=r"Unknown Elephas frequency 'step'"):
+        elephas.SparkModel(_model(), mode="asynchronous", frequency="step")
+
+    x, y = blobs(800, dim=4, classes=3, noise=0.5, seed=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = elephas.AsynchronousSparkModel(_model(), num_workers=2, mode="hogwild", frequency="batch",
+                                               parameter_server_mode="socket", port=4000)
+    assert any("['parameter_server_mode', 'port']" in str(w.message) for w in caught), [str(w.message) for w in caught]
+    assert (model.strategy, model.strategy_options) == ("hogwild", {"window": 1})
+    model.fit(elephas.to_simple_rdd(spark.sparkContext, x, y), epochs=3, batch_size=32)
+    assert model.evaluate(x, y)[1] > 0.85
+    rdd_predictions = model.predict(spark.sparkContext.parallelize(list(x[:20]), 3))
+    np.testing.assert_allclose(rdd_predictions, model.master_network.predict(x[:20], verbose=0), atol=1e-5)
+    with pytest.raises(InputError, match="must end with '.keras' or '.h5'"):
+        model.save("model.bin")
+
+
+def test_elephas_ml_example_with_setters_pipeline_and_persistence(spark, tmp_path):
+    """Elephas' ml_mlp_classification example: setters, a Pipeline, one-hot labels turned into a label column."""
+    import keras
+    from pyspark.ml import Pipeline
+
+    x, y = blobs(900, dim=4, classes=3, noise=0.5, seed=4)
+    y_onehot = keras.utils.to_categorical(y, 3)
+    df = elephas.to_data_frame(spark.sparkContext, x, y_onehot, categorical=True)
+    model = _model()
+    estimator = elephas.ElephasEstimator()
+    estimator.set_keras_model_config(model.to_json())
+    estimator.set_optimizer_config(keras.optimizers.serialize(keras.optimizers.Adam(0.01)))
+    estimator.set_mode("synchronous")
+    estimator.set_loss("categorical_crossentropy")
+    estimator.set_metrics(["acc"])
+    estimator.set_epochs(6)
+    estimator.set_batch_size(32)
+    estimator.set_validation_split(0.1)
+    estimator.set_categorical_labels(True)
+    estimator.set_nb_classes(3)
+    estimator.set_num_workers(2)
+    fitted = Pipeline(stages=[estimator]).fit(df)
+    rows = fitted.transform(df).select("label", "prediction").collect()
+    accuracy = np.mean([row.label == float(np.argmax(row.prediction)) for row in rows])
+    assert accuracy > 0.85, accuracy
+
+    estimator.save(str(tmp_path / "estimator"))
+    assert elephas.load_ml_estimator(str(tmp_path / "estimator")).get_config() == estimator.get_config()
+    transformer = fitted.stages[0]
+    transformer.save(str(tmp_path / "transformer"))
+    again = elephas.load_ml_transformer(str(tmp_path / "transformer"))
+    assert [list(r.prediction) for r in again.transform(df).select("prediction").collect()] == \
+        [list(r.prediction) for r in rows]
+    with pytest.raises(InputError, match="ElephasEstimator has no parameter"):
+        elephas.ElephasEstimator(learning_rate=0.1)
+    with pytest.raises(InputError, match=r"needs a loss: set_loss"):
+        elephas.ElephasEstimator(keras_model_config=model.to_json()).fit(df)
+
+
+def test_labeled_points_and_the_mllib_model(spark):
+    from pyspark.mllib.linalg import Vectors
+
+    x, y = blobs(600, dim=4, classes=3, noise=0.5, seed=6)
+    points = elephas.to_labeled_point(spark.sparkContext, x, y)
+    assert points.count() == 600 and points.first().label == float(y[0])
+    pairs = elephas.lp_to_simple_rdd(points, categorical=True, nb_classes=3).first()
+    assert pairs[1].tolist() == np.eye(3)[y[0]].tolist()
+    model = elephas.SparkMLlibModel(_model(), num_workers=2)
+    model.train(points, epochs=5, batch_size=32, validation_split=0.0)
+    single = model.predict(Vectors.dense(x[0]))
+    np.testing.assert_allclose(single.toArray(), model.master_network.predict(x[:1], verbose=0)[0], atol=1e-6)
+    assert model.evaluate(x, y)[1] > 0.85
+
+
+def _model():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dense(3, activation="softmax")])
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    return model
