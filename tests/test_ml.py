@@ -111,6 +111,26 @@ def test_cross_validator_picks_the_setting_that_matters(spark):
     assert max(model.avgMetrics) > 0.85 and min(model.avgMetrics) < 0.7, model.avgMetrics
 
 
+def test_train_validation_split_tunes_strategy_and_epochs(spark):
+    from pyspark.ml.evaluation import MulticlassClassificationEvaluator
+    from pyspark.ml.tuning import ParamGridBuilder, TrainValidationSplit
+
+    pipeline = _pipeline(epochs=1)
+    estimator = pipeline.getStages()[-1]
+    estimator.setParams(learningRate=0.01)
+    grid = (ParamGridBuilder()
+            .addGrid(estimator.strategy, ["averaging", "adag"])
+            .addGrid(estimator.epochs, [1, 6])
+            .build())
+    tvs = TrainValidationSplit(estimator=pipeline, estimatorParamMaps=grid, trainRatio=0.7, seed=3,
+                               evaluator=MulticlassClassificationEvaluator(metricName="accuracy"))
+    model = tvs.fit(_frame(spark, 1_000, seed=8))
+    metrics = dict(zip([(g[estimator.strategy], g[estimator.epochs]) for g in grid], model.validationMetrics))
+    assert metrics[("averaging", 6)] > metrics[("averaging", 1)] and metrics[("adag", 6)] > 0.85, metrics
+    assert grid[int(np.argmax(model.validationMetrics))][estimator.epochs] == 6
+    assert model.bestModel.stages[-1].model.count_params() == estimator._keras_model.count_params()
+
+
 def test_estimator_errors_name_the_problem(spark):
     import keras
 
