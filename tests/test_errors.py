@@ -52,6 +52,17 @@ def test_labels_out_of_range_for_the_output_layer(spark):
         SparkModel(mlp(), num_workers=2).fit(x, np.r_[[0.5, 1.5, 2.5], np.zeros(57)], verbose=0)
 
 
+def test_class_index_labels_with_a_one_hot_loss(spark):
+    import keras
+
+    model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(10, activation="softmax")])
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    x, y = blobs(40)
+    with pytest.raises(InputError, match=r"label column 'label' holds one class index per row, but the loss "
+                                         r"'categorical_crossentropy' expects one-hot rows of 10 values"):
+        SparkModel(model, num_workers=2).fit(x, y, verbose=0)
+
+
 def test_nan_and_inf_are_counted(spark):
     x, y = blobs(80)
     x[1, 2] = np.nan

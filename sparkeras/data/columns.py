@@ -303,6 +303,12 @@ def _bind(
         units = shape[-1] if shape else 1
         if is_scalar:
             if units is not None and units > 1:
+                loss = _loss_name(model, out_index)
+                if "categorical" in loss and "sparse" not in loss:
+                    raise InputError(
+                        f"label column {cols[0]!r} holds one class index per row, but the loss {loss!r} expects "
+                        f"one-hot rows of {units} values. Compile with loss='sparse_categorical_crossentropy' "
+                        "(the same loss on class indices), or pass one-hot labels.")
                 classes = units
                 shape = ()
                 dtype = "int32"
