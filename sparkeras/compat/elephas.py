@@ -45,12 +45,11 @@ from pyspark.ml import Estimator, Model
 from pyspark.ml.param import Param, Params
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 
-from sparkeras.errors import InputError
+from sparkeras.errors import InputError, WorkerError
 from sparkeras.ml.estimator import _KerasStage
 
 MODES = ("synchronous", "asynchronous", "hogwild")
 FREQUENCIES = ("epoch", "batch")
-_IGNORED = ("parameter_server_mode", "port")
 _CONFIG_SUFFIX = ".sparkeras.json"
 
 
@@ -94,8 +93,7 @@ class SparkModel:
         _check_model(model)
         if args:
             _warn_ignored([f"positional argument {i + 5}" for i in range(len(args))], type(self).__name__)
-        _warn_ignored([k for k in kwargs if k in _IGNORED] + [k for k in kwargs if k not in _IGNORED],
-                      type(self).__name__)
+        _warn_ignored(kwargs, type(self).__name__)
         self._master_network = model
         self.mode = _choice(mode or self.default_mode, MODES, "mode")
         self.frequency = _choice(frequency, FREQUENCIES, "frequency")
@@ -223,7 +221,7 @@ def load_spark_model(file_name: str, from_hadoop: bool = False) -> SparkModel:
             _copy(path + _CONFIG_SUFFIX, local + _CONFIG_SUFFIX, upload=False)
             with open(local + _CONFIG_SUFFIX) as handle:
                 saved = json.load(handle)
-        except (InputError, OSError, Exception):  # a plain Keras file: Elephas defaults
+        except (InputError, WorkerError, OSError, ValueError):  # a plain Keras file: Elephas' defaults
             pass
     classes = {c.__name__: c for c in (SparkModel, AsynchronousSparkModel, SparkMLlibModel)}
     return classes.get(saved.get("class_name"), SparkModel)(model, **saved.get("config", {}))
