@@ -259,7 +259,6 @@ class SparkModel:
                        prediction_col: str) -> Any:
         from sparkeras.inference.udf import add_predictions, output_columns
 
-        check_row_widths(dataset.frame, columns)
         return add_predictions(dataset.frame, self._model, columns, output_columns(self._model, prediction_col),
                                batch_size, self.custom_objects)
 
@@ -338,45 +337,6 @@ def fresh_copy(
     if learning_rate is not None:
         copy.optimizer.learning_rate = learning_rate
     return copy
-
-
-def check_row_widths(frame: Any, columns: ColumnMap) -> None:
-    """Compare the width of array and Vector feature columns with the model's inputs, on the first row.
-
-    A lazy ``transform`` would otherwise fail only when an action runs its
-    tasks. Vector columns from ``VectorAssembler`` carry their width in the
-    column metadata; arrays are measured on one row (a one-row job). Streaming
-    frames cannot be probed, so they are checked batch by batch on the
-    executors as always.
-    """
-    from pyspark.ml.functions import vector_to_array
-    from pyspark.sql import functions as F
-
-    probes = {}
-    for binding in columns.features:
-        if len(binding.columns) != 1 or binding.size is None:
-            continue
-        name = binding.columns[0]
-        field = frame.schema[name]
-        kind = type(field.dataType).__name__
-        attrs = field.metadata.get("ml_attr", {}).get("num_attrs") if kind == "VectorUDT" else None
-        if attrs is not None:
-            _check_width(binding, name, int(attrs))
-        elif kind in ("ArrayType", "VectorUDT") and not frame.isStreaming:
-            column = vector_to_array(F.col(name)) if kind == "VectorUDT" else F.col(name)
-            probes[name] = (binding, F.size(column))
-    if probes:
-        first = frame.select(*[expr.alias(f"w{i}") for i, (_, expr) in enumerate(probes.values())]).first()
-        for i, (name, (binding, _)) in enumerate(probes.items()):
-            if first is not None and first[i] is not None:
-                _check_width(binding, name, int(first[i]))
-
-
-def _check_width(binding: Any, name: str, width: int) -> None:
-    if width != binding.size:
-        raise InputError(
-            f"column {name!r} holds {width} values per row, but model input {binding.name!r} expects "
-            f"{binding.size} (shape {binding.shape}); select or assemble a column of that width.")
 
 
 def _check_model(model: Any) -> None:

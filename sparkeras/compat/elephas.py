@@ -501,16 +501,12 @@ class ElephasTransformer(Model, _ElephasStage, _KerasStage):
         return self._keras_model
 
     def _transform(self, dataset: Any) -> Any:
-        from sparkeras.data.columns import resolve_columns
         from sparkeras.inference.udf import add_predictions, output_columns
-        from sparkeras.model import check_row_widths
 
         model = self._keras_model
         if model is None:
             raise InputError("ElephasTransformer has no model: pass model= or keras_model_config= and weights=.")
-        columns = resolve_columns(model, dataset.schema, self.getOrDefault("featuresCol"), None)
-        check_row_widths(dataset, columns)
-        return add_predictions(dataset, model, columns, output_columns(model, self.getOrDefault("outputCol")),
+        return add_predictions(dataset, model, self.getOrDefault("featuresCol"), output_columns(model, self.getOrDefault("outputCol")),
                                self.getOrDefault("inference_batch_size"), self.custom_objects)
 
     def save(self, path: str) -> None:

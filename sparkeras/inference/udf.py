@@ -15,7 +15,7 @@ from typing import Any, Iterator, Mapping, Sequence, Tuple
 import numpy as np
 import pyarrow as pa
 
-from sparkeras.data.columns import ColumnMap
+from sparkeras.data.columns import ColumnMap, ColumnSpec, resolve_columns
 from sparkeras.errors import InputError
 from sparkeras.inference.batch import CLASS, VALUE, OutputColumn, PredictionPlan, predict_batches
 from sparkeras.serialization import ModelSpec, pack_arrays
@@ -68,20 +68,65 @@ def prediction_udf(
 def add_predictions(
     frame: Any,
     model: Any,
-    columns: ColumnMap,
+    features: ColumnMap | ColumnSpec,
     outputs: Sequence[OutputColumn],
     batch_size: int,
     custom_objects: Mapping[str, Any] | None = None,
 ) -> Any:
-    """``frame`` with one more column per output, computed in one pass of the model."""
+    """``frame`` with one more column per output, computed in one pass of the model.
+
+    ``features`` names the feature column(s) (or is their resolved map);
+    their types and widths are checked here, before any task runs.
+    """
     from pyspark.sql import functions as F
 
+    columns = features if isinstance(features, ColumnMap) else resolve_columns(model, frame.schema, features, None)
+    check_row_widths(frame, columns)
     clash = [o.name for o in outputs if o.name in frame.columns]
     if clash:
         raise InputError(f"The data already has column(s) {clash}; choose other prediction column names.")
     udf = prediction_udf(frame.sparkSession, model, outputs, batch_size, columns, custom_objects)
     result = frame.withColumn(_RESULT, udf(*[F.col(_quoted(c)) for c in columns.columns]))
     return result.withColumns({o.name: F.col(_RESULT).getField(o.name) for o in outputs}).drop(_RESULT)
+
+
+def check_row_widths(frame: Any, columns: ColumnMap) -> None:
+    """Compare the width of array and Vector feature columns with the model's inputs, on the first row.
+
+    A lazy ``transform`` would otherwise fail only when an action runs its
+    tasks. Vector columns from ``VectorAssembler`` carry their width in the
+    column metadata; arrays are measured on one row (a one-row job). Streaming
+    frames cannot be probed, so they are checked batch by batch on the
+    executors as always.
+    """
+    from pyspark.ml.functions import vector_to_array
+    from pyspark.sql import functions as F
+
+    probes = {}
+    for binding in columns.features:
+        if len(binding.columns) != 1 or binding.size is None:
+            continue
+        name = binding.columns[0]
+        field = frame.schema[name]
+        kind = type(field.dataType).__name__
+        attrs = field.metadata.get("ml_attr", {}).get("num_attrs") if kind == "VectorUDT" else None
+        if attrs is not None:
+            _check_width(binding, name, int(attrs))
+        elif kind in ("ArrayType", "VectorUDT") and not frame.isStreaming:
+            column = vector_to_array(F.col(name)) if kind == "VectorUDT" else F.col(name)
+            probes[name] = (binding, F.size(column))
+    if probes:
+        first = frame.select(*[expr.alias(f"w{i}") for i, (_, expr) in enumerate(probes.values())]).first()
+        for i, (name, (binding, _)) in enumerate(probes.items()):
+            if first is not None and first[i] is not None:
+                _check_width(binding, name, int(first[i]))
+
+
+def _check_width(binding: Any, name: str, width: int) -> None:
+    if width != binding.size:
+        raise InputError(
+            f"column {name!r} holds {width} values per row, but model input {binding.name!r} expects "
+            f"{binding.size} (shape {binding.shape}); select or assemble a column of that width.")
 
 
 def register_udf(

@@ -172,16 +172,12 @@ class KerasModel(_InferenceParams, Model, _KerasStage):
         return self._set(**params)
 
     def _transform(self, dataset: Any) -> Any:
-        from sparkeras.data.columns import resolve_columns
         from sparkeras.inference.batch import CLASS, OutputColumn
         from sparkeras.inference.udf import add_predictions, output_columns, output_widths
-        from sparkeras.model import check_row_widths
 
         model = self._keras_model
         if model is None:
             raise InputError("KerasModel has no Keras model: KerasModel(model=trained_keras_model).")
-        columns = resolve_columns(model, dataset.schema, self.getFeaturesCol(), None)
-        check_row_widths(dataset, columns)
         widths = output_widths(model)
         prediction, probability = self.getPredictionCol(), self.getProbabilityCol()
         if len(widths) == 1 and widths[0] > 1:
@@ -190,7 +186,7 @@ class KerasModel(_InferenceParams, Model, _KerasStage):
                 outputs.append(OutputColumn(probability, 0, widths[0]))
         else:
             outputs = output_columns(model, prediction)
-        return add_predictions(dataset, model, columns, outputs, self.getBatchSize())
+        return add_predictions(dataset, model, self.getFeaturesCol(), outputs, self.getBatchSize())
 
 
 class _KerasWriter(MLWriter):

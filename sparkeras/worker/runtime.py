@@ -18,7 +18,8 @@ from sparkeras.serialization import ModelSpec
 _MODEL_CACHE_SIZE = 3
 _models: "OrderedDict[str, Any]" = OrderedDict()
 _inference: "OrderedDict[str, tuple[Any, str]]" = OrderedDict()
-_inference_stats: dict[str, dict[str, int]] = {}
+_inference_stats: "OrderedDict[str, dict[str, int]]" = OrderedDict()
+_STATS_KEPT = 64
 _configured_threads: int | None = None
 
 
@@ -80,7 +81,6 @@ def model(spec: ModelSpec) -> Any:
     return built
 
 
-
 def inference_model(spec: ModelSpec, weights_id: str, weights: Any) -> Any:
     """The model for prediction, with the broadcast ``weights`` set once per Python worker.
 
@@ -92,6 +92,9 @@ def inference_model(spec: ModelSpec, weights_id: str, weights: Any) -> Any:
     from sparkeras.serialization import unpack_arrays
 
     stats = _inference_stats.setdefault(weights_id, {"tasks": 0, "builds": 0, "weight_loads": 0})
+    _inference_stats.move_to_end(weights_id)
+    while len(_inference_stats) > _STATS_KEPT:
+        _inference_stats.popitem(last=False)
     stats["tasks"] += 1
     entry = _inference.get(spec.key)
     if entry is not None and entry[1] == weights_id:
