@@ -9,6 +9,7 @@ training resumes exactly where the previous window stopped.
 
 from __future__ import annotations
 
+import importlib
 import json
 import struct
 from dataclasses import dataclass
@@ -100,11 +101,43 @@ class ModelSpec:
         return ModelSpec(text, hashlib.sha256(text.encode()).hexdigest()[:20], self.custom_objects)
 
     def build(self) -> Any:
-        """Rebuild the compiled model (weights are set separately)."""
+        """Rebuild the compiled model (weights are set separately).
+
+        Classes registered with ``keras.saving.register_keras_serializable``
+        are registered when their module is imported, which on an executor
+        nobody has done yet; so the modules the config names for them are
+        imported first (the user ships them with ``--py-files`` or
+        ``addPyFile``, as for any code the job uses).
+        """
         import keras
 
+        config = json.loads(self.config)
+        for module in sorted(_custom_modules(config)):
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                raise ImportError(
+                    f"The model uses custom objects from module {module!r}, which this Python worker cannot "
+                    f"import ({exc}). Ship it to the executors with --py-files or sc.addPyFile(), or install it "
+                    "there.") from None
         with keras.saving.custom_object_scope(self.custom_objects or {}):
-            return keras.saving.deserialize_keras_object(json.loads(self.config))
+            return keras.saving.deserialize_keras_object(config)
+
+
+def _custom_modules(config: Any) -> set[str]:
+    """Modules of the registered custom classes and functions a Keras config refers to."""
+    found: set[str] = set()
+    if isinstance(config, dict):
+        module = config.get("module")
+        if config.get("registered_name") and isinstance(module, str) and module.split(".")[0] not in (
+                "keras", "builtins", "tensorflow", "tf_keras"):
+            found.add(module)
+        for value in config.values():
+            found |= _custom_modules(value)
+    elif isinstance(config, list):
+        for value in config:
+            found |= _custom_modules(value)
+    return found
 
 
 def model_state(model: Any) -> list[np.ndarray]:

@@ -129,3 +129,25 @@ def test_predict_rejects_a_wrong_sized_column_with_its_name(spark):
     # refused when predict is called, before any prediction task runs
     with pytest.raises(InputError, match=r"column 'features' holds 5 values per row, but model input .* expects 16"):
         SparkModel(mlp(dim=16), num_workers=2).predict(_df(spark, x, y))
+
+
+def test_custom_layer_module_missing_on_the_executors(spark, tmp_path):
+    import sys
+
+    import keras
+
+    (tmp_path / "driver_only_layers.py").write_text(
+        "import keras\n\n\n@keras.saving.register_keras_serializable(package='driver_only')\n"
+        "class Same(keras.layers.Layer):\n    def call(self, x):\n        return x\n")
+    sys.path.insert(0, str(tmp_path))  # the driver can import it; the executors were never given it
+    try:
+        from driver_only_layers import Same
+
+        model = keras.Sequential([keras.Input((16,)), Same(), keras.layers.Dense(10, activation="softmax")])
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        x, y = blobs(40)
+        with pytest.raises(WorkerError, match=r"custom objects from module 'driver_only_layers', which this Python "
+                                              r"worker cannot import .* --py-files or sc.addPyFile"):
+            SparkModel(model, num_workers=2).fit(x, y, verbose=0)
+    finally:
+        sys.path.remove(str(tmp_path))

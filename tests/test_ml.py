@@ -21,11 +21,12 @@ def _frame(spark, n, seed, sample_seed=None, dim=4):
     return spark.createDataFrame(rows, [f"f{i}" for i in range(dim)] + ["label"])
 
 
-def _pipeline(epochs=6):
+def _pipeline(epochs=6, model=None):
     from pyspark.ml import Pipeline
     from pyspark.ml.feature import StandardScaler, VectorAssembler
 
-    estimator = KerasEstimator(model=mlp(dim=4, classes=3, hidden=16, seed=3), featuresCol="scaled",
+    model = model if model is not None else mlp(dim=4, classes=3, hidden=16, seed=3)
+    estimator = KerasEstimator(model=model, featuresCol="scaled",
                                epochs=epochs, batchSize=32, numWorkers=2, seed=1)
     return Pipeline(stages=[VectorAssembler(inputCols=[f"f{i}" for i in range(4)], outputCol="raw"),
                             StandardScaler(inputCol="raw", outputCol="scaled", withMean=True, withStd=True),
@@ -39,6 +40,7 @@ from pyspark.ml import PipelineModel
 import sparkeras
 spark = sparkeras.get_spark("local[2]")
 spark.sparkContext.setLogLevel("OFF")
+{prelude}
 model = PipelineModel.load({path!r})
 rows = model.transform(spark.read.parquet({data!r})).orderBy("id").select("prediction", "probability").collect()
 print("RESULT", json.dumps([[r.prediction, list(r.probability)] for r in rows]))
@@ -62,11 +64,65 @@ def test_pipeline_fits_saves_and_reloads_in_a_fresh_process(spark, tmp_path):
     path, data = str(tmp_path / "pipeline"), str(tmp_path / "test.parquet")
     fitted.write().overwrite().save(path)
     test.write.parquet(data)
-    script = LOAD_SCRIPT.format(path=path, data=data)
+    reloaded = _load_in_fresh_process(path, data)
+    assert [p for p, _ in reloaded] == [r.prediction for r in rows]
+    np.testing.assert_allclose([p for _, p in reloaded], [list(r.probability) for r in rows], atol=1e-6)
+
+
+def _load_in_fresh_process(path, data, prelude=""):
+    script = LOAD_SCRIPT.format(path=path, data=data, prelude=prelude)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert lines, proc.stdout[-2000:] + proc.stderr[-4000:]
-    reloaded = json.loads(lines[0][len("RESULT "):])
+    return json.loads(lines[0][len("RESULT "):])
+
+
+CUSTOM_LAYER = """
+import keras
+
+
+@keras.saving.register_keras_serializable(package="sparkeras_test")
+class Halve(keras.layers.Layer):
+    def __init__(self, factor=0.5, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = factor
+
+    def call(self, x):
+        return x * self.factor
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}
+"""
+
+
+def test_registered_custom_layers_survive_fit_save_and_a_fresh_process(spark, tmp_path):
+    """A registered layer shipped as users do (--py-files / addPyFile) trains, saves and reloads."""
+    import keras
+    from pyspark.sql import functions as F
+
+    module = tmp_path / "sparkeras_custom_layers.py"
+    module.write_text(CUSTOM_LAYER)
+    sys.path.insert(0, str(tmp_path))
+    spark.sparkContext.addPyFile(str(module))
+    try:
+        from sparkeras_custom_layers import Halve
+
+        keras.utils.set_random_seed(3)
+        model = keras.Sequential([keras.Input((4,)), Halve(0.25), keras.layers.Dense(16, activation="relu"),
+                                  keras.layers.Dense(3, activation="softmax")])
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        test = _frame(spark, 200, seed=4, sample_seed=9).withColumn("id", F.monotonically_increasing_id())
+        fitted = _pipeline(epochs=3, model=model).fit(_frame(spark, 600, seed=4))
+        rows = fitted.transform(test).orderBy("id").select("prediction", "probability").collect()
+        assert isinstance(fitted.stages[-1].model.layers[0], Halve)
+        path, data = str(tmp_path / "custom"), str(tmp_path / "custom.parquet")
+        fitted.write().overwrite().save(path)
+        test.write.parquet(data)
+        prelude = (f"sys.path.insert(0, {str(tmp_path)!r}); spark.sparkContext.addPyFile({str(module)!r}); "
+                   "import sparkeras_custom_layers")
+        reloaded = _load_in_fresh_process(path, data, prelude)
+    finally:
+        sys.path.remove(str(tmp_path))
     assert [p for p, _ in reloaded] == [r.prediction for r in rows]
     np.testing.assert_allclose([p for _, p in reloaded], [list(r.probability) for r in rows], atol=1e-6)
 
