@@ -178,8 +178,16 @@ def test_multi_input_multi_output_model_maps_columns(spark):
     assert history.history["loss"][-1] < history.history["loss"][0]
     out = sm.predict(df, features_col={"a": "fa", "b": "fb"})
     assert out.columns[-2:] == ["prediction_cls", "prediction_reg"]
-    row = out.first()
-    assert len(row["prediction_cls"]) == 2 and isinstance(row["prediction_reg"], float)
+    rows = out.collect()
+    expected = model.predict({"a": np.array([r.fa for r in rows]), "b": np.array([r.fb for r in rows])}, verbose=0)
+    np.testing.assert_allclose([r.prediction_cls for r in rows], expected["cls"], atol=1e-5)
+    np.testing.assert_allclose([r.prediction_reg for r in rows], expected["reg"][:, 0], atol=1e-5)
+
+    from sparkeras.ml import KerasModel
+
+    stage = KerasModel(model=model, featuresCol="fa,fb", predictionCol="p")  # one column per input, in order
+    staged = stage.transform(df).collect()
+    np.testing.assert_allclose([r.p_cls for r in staged], expected["cls"], atol=1e-5)
 
 
 def test_partition_with_zero_rows_trains(spark):

@@ -12,6 +12,8 @@ import os
 import sys
 from typing import Sequence
 
+from sparkeras.data.columns import split_columns
+
 EXIT_INPUT = 2
 EXIT_FAILURE = 1
 
@@ -19,11 +21,6 @@ EXIT_FAILURE = 1
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--master", help="Spark master URL (default: the active session, else local[*])")
     p.add_argument("--debug", action="store_true", help="show full tracebacks and Spark logs")
-
-
-def _columns(value: str) -> str | list[str]:
-    parts = [c.strip() for c in value.split(",") if c.strip()]
-    return parts[0] if len(parts) == 1 else parts
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,7 +110,7 @@ def _train(args: argparse.Namespace) -> int:
     _session(args)
     sm = SparkModel.load(args.model, strategy=args.strategy, num_workers=args.workers, seed=args.seed)
     history = sm.fit(args.data, epochs=args.epochs, batch_size=args.batch_size,
-                     validation_data=args.validation, features_col=_columns(args.features),
+                     validation_data=args.validation, features_col=split_columns(args.features),
                      label_col=args.label, verbose=0 if args.quiet else 1)
     sm.save(args.output)
     final = {k: round(v[-1], 6) for k, v in history.history.items()}
@@ -128,7 +125,7 @@ def _predict(args: argparse.Namespace) -> int:
     sm = SparkModel.load(args.model)
     from sparkeras.errors import worker_error
 
-    out = sm.predict(args.data, features_col=_columns(args.features), batch_size=args.batch_size,
+    out = sm.predict(args.data, features_col=split_columns(args.features), batch_size=args.batch_size,
                      prediction_col=args.prediction_col)
     try:
         out.write.mode("overwrite").parquet(args.output)

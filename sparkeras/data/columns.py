@@ -180,6 +180,12 @@ def resolve_columns(
     return ColumnMap(features, labels, in_kind, out_kind)
 
 
+def split_columns(value: str) -> str | list[str]:
+    """A comma-separated column list (a CLI flag, a Spark ML Param) as one name or a list of names."""
+    parts = [c.strip() for c in value.split(",") if c.strip()]
+    return parts[0] if len(parts) == 1 else parts
+
+
 def positional_columns(model: Any, count: int, caller: str = "prediction") -> ColumnMap:
     """Bind ``count`` unnamed arguments (a SQL UDF call's) to the model's inputs by position.
 

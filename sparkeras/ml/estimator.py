@@ -26,6 +26,7 @@ from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasFeaturesCol, HasLabelCol, HasPredictionCol, HasSeed
 from pyspark.ml.util import DefaultParamsReader, DefaultParamsWriter, MLReadable, MLReader, MLWritable, MLWriter
 
+from sparkeras.data.columns import split_columns
 from sparkeras.errors import InputError
 
 MODEL_FILE = "model.keras"
@@ -70,7 +71,8 @@ class KerasEstimator(_InferenceParams, HasLabelCol, HasSeed, Estimator, _KerasSt
 
     Args:
         model: a compiled ``keras.Model``; each ``fit`` trains a copy of it.
-        featuresCol / labelCol: input columns (a Vector, an array, or a numeric column).
+        featuresCol / labelCol: input columns (a Vector, an array, or a numeric column);
+            ``"a,b"`` gives one column per model input, or numeric columns assembled in order.
         predictionCol: the predicted class (argmax, double) for several output units,
             or the output itself (double) for one.
         probabilityCol: the class probabilities (array<float>); ``""`` leaves them out.
@@ -126,7 +128,8 @@ class KerasEstimator(_InferenceParams, HasLabelCol, HasSeed, Estimator, _KerasSt
                              self.getOrDefault(self.numWorkers) or None, seed=self.getOrDefault(self.seed),
                              **options)
         trainer.fit(dataset, epochs=self.getOrDefault(self.epochs), batch_size=self.getBatchSize(),
-                    validation_split=self.getOrDefault(self.validationSplit), features_col=self.getFeaturesCol(),
+                    validation_split=self.getOrDefault(self.validationSplit),
+                    features_col=split_columns(self.getFeaturesCol()),
                     label_col=self.getLabelCol(), verbose=self.getOrDefault(self.verbose))
         fitted = KerasModel(model=keras_model)
         self._copyValues(fitted)
@@ -186,7 +189,7 @@ class KerasModel(_InferenceParams, Model, _KerasStage):
                 outputs.append(OutputColumn(probability, 0, widths[0]))
         else:
             outputs = output_columns(model, prediction)
-        return add_predictions(dataset, model, self.getFeaturesCol(), outputs, self.getBatchSize())
+        return add_predictions(dataset, model, split_columns(self.getFeaturesCol()), outputs, self.getBatchSize())
 
 
 class _KerasWriter(MLWriter):
