@@ -15,6 +15,7 @@ value comes back to the driver.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -63,8 +64,9 @@ def concurrent_slots(sc: Any) -> int:
 class WorkerContext:
     """What a barrier task's function gets: its rank, the world, and collectives.
 
-    Arrays are numpy; collectives run over ``torch.distributed`` (gloo), and
-    every rank must call the same collectives in the same order.
+    Arrays are numpy; collectives run over ``torch.distributed`` (gloo, with
+    shared memory between tasks on one machine), and every rank must call
+    the same collectives in the same order.
     """
 
     def __init__(self, rank: int, world_size: int, collective: Any,
@@ -73,6 +75,14 @@ class WorkerContext:
         self.world_size = world_size
         self._collective = collective
         self._batches = batches
+
+    @property
+    def transport(self) -> str:
+        """How this rank reduces: ``"shared memory"`` (with peers on its machine; gloo between machines) or ``"gloo"``.
+
+        Shared memory is mapped at the first reduction, so ask after one.
+        """
+        return self._collective.transport
 
     def allreduce(self, array: Any, op: str = "mean") -> np.ndarray:
         """``op`` (``mean``, ``sum``, ``max``, ``min``) of ``array`` over all ranks."""
@@ -95,7 +105,7 @@ class WorkerContext:
 
 
 def run(train_fn: Callable[[WorkerContext], Any], num_workers: int, data: Any = None, *,
-        timeout: float = DEFAULT_TIMEOUT) -> Any:
+        timeout: float = DEFAULT_TIMEOUT, shared_memory: bool = True) -> Any:
     """Run ``train_fn(context)`` on ``num_workers`` barrier tasks; return rank 0's result.
 
     Args:
@@ -107,8 +117,12 @@ def run(train_fn: Callable[[WorkerContext], Any], num_workers: int, data: Any = 
             through ``context.partition()``.
         timeout: seconds to wait for every task to reach the rendezvous, and
             for any one collective.
+        shared_memory: let tasks on the same machine reduce through shared
+            memory; ``False`` sends everything through gloo's TCP.
     """
-    from sparkeras.session import get_spark
+    from sparkeras.comm.collective import Rendezvous
+    from sparkeras.comm.server import FrameServer
+    from sparkeras.session import driver_host, get_spark
 
     if not isinstance(num_workers, int) or num_workers < 1:
         raise InputError(f"num_workers must be a positive integer, got {num_workers!r}.")
@@ -117,24 +131,70 @@ def run(train_fn: Callable[[WorkerContext], Any], num_workers: int, data: Any = 
     spark = get_spark()
     sc = spark.sparkContext
     check_barrier(sc, num_workers)
-    loopback = sc.master.startswith("local")
+    server = FrameServer(driver_host(spark), Rendezvous(timeout).handle, 0, "sparkeras-rendezvous")
+    task = _Task(train_fn, CollectiveSettings(server.address, timeout, sc.master.startswith("local"), shared_memory))
     try:
         if data is None:
             rows = (sc.parallelize(range(num_workers), num_workers).barrier()
-                    .mapPartitions(lambda _: _run_task(train_fn, timeout, loopback, None)).collect())
+                    .mapPartitions(lambda _: task.run(None)).collect())
             return next((value for rank, value in rows if rank == 0), None)
         frame = _frame(spark, data)
         if frame.rdd.getNumPartitions() != num_workers:
             frame = frame.repartition(num_workers)
-        out = frame.mapInArrow(lambda it: _arrow_task(train_fn, timeout, loopback, it),
-                               "rank INT, value BINARY", barrier=True).collect()
+        out = frame.mapInArrow(task.run_arrow, "rank INT, value BINARY", barrier=True).collect()
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - translated, never swallowed
         raise worker_error(exc, "running the function on barrier tasks") from None
+    finally:
+        server.close()
     import cloudpickle
 
     return next((cloudpickle.loads(r["value"]) for r in out if r["rank"] == 0), None)
+
+
+@dataclass(frozen=True)
+class CollectiveSettings:
+    """How a barrier task joins its peers: the driver's rendezvous, the timeout, and the transport."""
+
+    rendezvous: Any  # ServerAddress
+    timeout: float
+    loopback: bool
+    shared_memory: bool = True
+
+    def join(self) -> Any:
+        """This task's :class:`~sparkeras.comm.collective.Collective`."""
+        from pyspark import BarrierTaskContext
+
+        from sparkeras.comm.collective import Collective
+
+        return Collective.join(BarrierTaskContext.get(), self.rendezvous, self.timeout, self.loopback,
+                               self.shared_memory)
+
+
+@dataclass(frozen=True)
+class _Task:
+    """One barrier task of :func:`run`: join, call the user's function, hand back rank 0's value."""
+
+    train_fn: Callable[[WorkerContext], Any]
+    settings: CollectiveSettings
+
+    def run(self, batches: Iterator[Any] | None) -> Iterator[tuple[int, Any]]:
+        collective = self.settings.join()
+        try:
+            result = self.train_fn(WorkerContext(collective.rank, collective.world_size, collective, batches))
+        finally:
+            collective.close()
+        yield collective.rank, (result if collective.rank == 0 else None)
+
+    def run_arrow(self, batches: Iterator[Any]) -> Iterator[Any]:
+        import cloudpickle
+        import pyarrow as pa
+
+        for rank, value in self.run(batches):
+            blob = cloudpickle.dumps(value) if rank == 0 else b""
+            yield pa.RecordBatch.from_pydict({"rank": pa.array([rank], pa.int32()),
+                                              "value": pa.array([blob], pa.binary())})
 
 
 def _frame(spark: Any, data: Any) -> Any:
@@ -149,28 +209,3 @@ def _frame(spark: Any, data: Any) -> Any:
 
         return as_dataset(spark, os.fspath(data)).frame
     raise InputError(f"sparkeras.run takes data as a Spark DataFrame or a Parquet path, got {type(data).__name__}.")
-
-
-def _run_task(train_fn: Callable[[WorkerContext], Any], timeout: float, loopback: bool,
-              batches: Iterator[Any] | None) -> Iterator[tuple[int, Any]]:
-    from pyspark import BarrierTaskContext
-
-    from sparkeras.comm.collective import Collective
-
-    context = BarrierTaskContext.get()
-    collective = Collective.join(context, timeout, loopback)
-    try:
-        result = train_fn(WorkerContext(collective.rank, collective.world_size, collective, batches))
-    finally:
-        collective.close()
-    yield collective.rank, (result if collective.rank == 0 else None)
-
-
-def _arrow_task(train_fn: Callable[[WorkerContext], Any], timeout: float, loopback: bool,
-                batches: Iterator[Any]) -> Iterator[Any]:
-    import cloudpickle
-    import pyarrow as pa
-
-    for rank, value in _run_task(train_fn, timeout, loopback, batches):
-        blob = cloudpickle.dumps(value) if rank == 0 else b""
-        yield pa.RecordBatch.from_pydict({"rank": pa.array([rank], pa.int32()), "value": pa.array([blob], pa.binary())})

@@ -29,8 +29,9 @@ def _bn_model(seed: int = 3):
     return model
 
 
+@pytest.mark.parametrize("shared_memory", [True, False], ids=["shared-memory", "gloo"])
 @pytest.mark.parametrize("make_model", [lambda: mlp(seed=4, optimizer="sgd"), _bn_model], ids=["mlp", "batchnorm"])
-def test_two_workers_equal_one_process_with_the_global_batch(spark, make_model):
+def test_two_workers_equal_one_process_with_the_global_batch(spark, make_model, shared_memory):
     b = 16
     x, y = blobs(2 * 20 * b, seed=21)  # 20 steps of 16 rows per worker
     model = make_model()
@@ -38,7 +39,7 @@ def test_two_workers_equal_one_process_with_the_global_batch(spark, make_model):
     gx, gy = _global_batches(x, y, b)
     plain.fit(gx, gy, batch_size=2 * b, epochs=1, shuffle=False, verbose=0)
 
-    sm = SparkModel(model, strategy="allreduce", num_workers=2, seed=0)
+    sm = SparkModel(model, strategy=AllReduce(shared_memory=shared_memory), num_workers=2, seed=0)
     history = sm.fit(x, y, epochs=1, batch_size=b, shuffle=False, verbose=0)
 
     assert int(sm.model.optimizer.iterations) == int(plain.optimizer.iterations) == 20

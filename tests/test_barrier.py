@@ -16,21 +16,25 @@ def test_run_gives_rank_world_size_and_returns_rank_zeros_value(spark):
     assert sparkeras.run(fn, num_workers=2) == {"rank": 0, "world": 2}
 
 
-def test_run_allreduce_and_broadcast_numpy_arrays(spark):
+@pytest.mark.parametrize("shared_memory, transport", [(True, "shared memory"), (False, "gloo")])
+def test_run_allreduce_and_broadcast_numpy_arrays(spark, shared_memory, transport):
     def fn(ctx):
         mine = np.arange(4, dtype=np.float32) + 10 * ctx.rank
         total = ctx.allreduce(mine, op="sum")
         mean = ctx.allreduce(mine)
         biggest = ctx.allreduce(np.array([ctx.rank]), op="max")
         root = ctx.broadcast(np.full(3, ctx.rank + 7.0), root=1)
+        big = ctx.allreduce(np.full(200_000, ctx.rank + 1.0), op="sum")  # grows the shared segment
         ctx.barrier()
-        return total.tolist(), mean.tolist(), int(biggest[0]), root.tolist()
+        return total.tolist(), mean.tolist(), int(biggest[0]), root.tolist(), float(big.min()), ctx.transport
 
-    total, mean, biggest, root = sparkeras.run(fn, num_workers=2)
+    total, mean, biggest, root, big, used = sparkeras.run(fn, num_workers=2, shared_memory=shared_memory)
     assert total == [10.0, 12.0, 14.0, 16.0]
     assert mean == [5.0, 6.0, 7.0, 8.0]
     assert biggest == 1
     assert root == [8.0, 8.0, 8.0]
+    assert big == 3.0
+    assert used == transport
 
 
 def test_run_iterates_each_tasks_own_partition(spark):

@@ -1,12 +1,21 @@
 """Collective operations between the tasks of one Spark barrier stage.
 
 The reduction itself is ``torch.distributed`` over gloo, an established CPU
-collective library; sparkeras only does the rendezvous. Rank 0 creates a
-``TCPStore`` on a port the operating system picks at bind time (in the
-process that binds it, so there is no bind-then-release race) and publishes
-``host:port`` through ``BarrierTaskContext.allGather``; the other ranks
-connect to it. ``wait_for_workers=False`` matters: with ``True`` rank 0
-would block inside the constructor before it could publish the port.
+collective library; sparkeras only does the rendezvous, and lets tasks that
+share a machine exchange through shared memory instead of loopback TCP
+(:mod:`sparkeras.comm.shared_memory`; gloo still synchronizes them and
+reduces between machines).
+
+Rendezvous: rank 0 creates a ``TCPStore`` on a port the operating system
+picks at bind time (in the process that binds it, so there is no
+bind-then-release race) and publishes ``host:port`` to the driver's
+:class:`Rendezvous`; the other ranks ask the driver for it and connect.
+Spark's ``BarrierTaskContext.allGather`` could carry the address too, but it
+answers no sooner than about a second (Spark's barrier RPC), which every fit
+and every relaunch would pay. The driver's server signs its frames with a
+secret made for the job, so only the job's tasks can publish or look up.
+``wait_for_workers=False`` matters: with ``True`` rank 0 would block inside
+the store's constructor before it could publish the port.
 
 Only tensors cross the wire, never pickled objects. Neither the store nor
 gloo authenticates peers, so barrier training belongs on a trusted cluster
@@ -16,26 +25,34 @@ network (as for Horovod, TorchDistributor and every gloo/NCCL job).
 from __future__ import annotations
 
 import datetime
+import threading
 from typing import Any
 
 import numpy as np
 
+from sparkeras.comm.server import FrameClient, Reply, ServerAddress
+
 _OPS = ("sum", "mean", "max", "min")
+_CONNECT_TIMEOUT = 15.0  # seconds to reach a published store before asking the driver again
 
 
 class Collective:
     """All-reduce, broadcast and barrier among the ``world_size`` tasks of a barrier stage."""
 
-    def __init__(self, rank: int, world_size: int, store: Any) -> None:
+    def __init__(self, rank: int, world_size: int, store: Any, same_host: Any = None) -> None:
         self.rank, self.world_size = rank, world_size
         self._store = store  # keeps rank 0's server alive
+        self._same_host = same_host
 
     @classmethod
-    def join(cls, context: Any, timeout: float, loopback: bool = False) -> "Collective":
+    def join(cls, context: Any, rendezvous: ServerAddress, timeout: float, loopback: bool = False,
+             shared_memory: bool = True) -> "Collective":
         """Rendezvous with the stage's other tasks; raise ``TimeoutError`` if a peer does not arrive.
 
-        ``loopback`` (local mode, every task on this machine) keeps the store
-        and gloo's connections on 127.0.0.1.
+        ``rendezvous`` is the driver's :class:`Rendezvous` server. ``loopback``
+        (local mode, every task on this machine) keeps the store and gloo's
+        connections on 127.0.0.1. ``shared_memory`` lets tasks on the same
+        machine reduce through shared memory (``False``: gloo only).
         """
         import os
 
@@ -48,14 +65,17 @@ class Collective:
             dist.destroy_process_group()
         if loopback:
             os.environ["GLOO_SOCKET_IFNAME"] = "lo"
-        if rank == 0:
-            host = "127.0.0.1" if loopback else _task_host(context, rank)
-            store = dist.TCPStore(host, 0, world, True, timeout=wait, wait_for_workers=False)
-            addresses = context.allGather(f"{host}:{store.port}")
-        else:
-            addresses = context.allGather("")
-            host, port = addresses[0].rsplit(":", 1)
-            store = dist.TCPStore(host, int(port), world, False, timeout=wait)
+        driver = FrameClient(rendezvous, 0, timeout=timeout)
+        try:
+            if rank == 0:
+                host = "127.0.0.1" if loopback else _task_host(context, rank)
+                store = dist.TCPStore(host, 0, world, True, timeout=wait, wait_for_workers=False)
+                driver.call({"type": "publish", "stage": context.stageId(), "world": world,
+                             "address": f"{host}:{store.port}"})
+            else:
+                store = _connect_store(driver, context.stageId(), rank, world, timeout)
+        finally:
+            driver.close()
         try:
             dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=wait)
         except RuntimeError as exc:
@@ -63,30 +83,37 @@ class Collective:
                 raise TimeoutError(
                     f"rank {rank}: not all {world} barrier tasks reached the rendezvous within {timeout:g}s") from exc
             raise
-        return cls(rank, world, store)
+        same_host = None
+        if shared_memory:
+            from sparkeras.comm.shared_memory import SharedMemoryAllreduce
+
+            hosts = [_task_host(context, r) for r in range(world)]
+            same_host = SharedMemoryAllreduce.for_world(rank, hosts, store)
+        return cls(rank, world, store, same_host)
+
+    @property
+    def transport(self) -> str:
+        """``"shared memory"`` where this rank reduces with peers on its machine that way, else ``"gloo"``."""
+        return "shared memory" if self._same_host is not None and self._same_host.enabled else "gloo"
 
     def allreduce(self, array: np.ndarray, op: str = "sum") -> np.ndarray:
         """The element-wise ``op`` (sum, mean, max, min) of ``array`` over all ranks."""
-        import torch
-        import torch.distributed as dist
-
         if op not in _OPS:
             raise ValueError(f"op must be one of {_OPS}, got {op!r}")
-        out = np.array(array, copy=True, order="C")
-        tensor = torch.from_numpy(out)
-        reduce_op = {"sum": dist.ReduceOp.SUM, "mean": dist.ReduceOp.SUM,
-                     "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op]
-        dist.all_reduce(tensor, op=reduce_op)
+        out = self.allreduce_(np.array(array, copy=True, order="C"), "sum" if op == "mean" else op)
         if op == "mean":
             out = out / self.world_size
         return out
 
-    def allreduce_(self, buffer: np.ndarray) -> np.ndarray:
-        """Sum ``buffer`` (contiguous) over all ranks, in place; the training loop's hot path."""
+    def allreduce_(self, buffer: np.ndarray, op: str = "sum") -> np.ndarray:
+        """Reduce ``buffer`` (contiguous) over all ranks, in place; the training loop's hot path."""
         import torch
         import torch.distributed as dist
 
-        dist.all_reduce(torch.from_numpy(buffer))
+        if self._same_host is not None and self._same_host.allreduce_(buffer, op):
+            return buffer
+        reduce_op = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op]
+        dist.all_reduce(torch.from_numpy(buffer), op=reduce_op)
         return buffer
 
     def broadcast(self, array: np.ndarray, root: int = 0) -> np.ndarray:
@@ -106,9 +133,77 @@ class Collective:
     def close(self) -> None:
         import torch.distributed as dist
 
+        if self._same_host is not None:
+            self._same_host.close()
+            self._same_host = None
         if dist.is_initialized():
             dist.destroy_process_group()
         self._store = None
+
+
+class Rendezvous:
+    """The driver's half of the rendezvous: where rank 0 of each barrier stage listens.
+
+    Spark's Python API does not tell a task which attempt of its stage it
+    belongs to, so a stage that Spark itself relaunches (same stage id) is
+    told apart by counting: a publication serves the ``world - 1`` lookups
+    of its attempt, and a later publication for the same stage replaces it.
+    A task that finds a published address dead (its attempt failed before
+    every peer had looked it up) reports it ``stale`` and waits for the next.
+    A lookup waits, on its own server thread, up to ``timeout``.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._stages: dict[int, dict[str, Any]] = {}
+        self._changed = threading.Condition()
+
+    def handle(self, header: dict[str, Any], payload: bytes) -> Reply | None:
+        """Answer ``publish``, ``lookup`` and ``stale`` frames; ``None`` for any other kind."""
+        kind = header.get("type")
+        if kind not in ("publish", "lookup", "stale"):
+            return None
+        stage = int(header.get("stage", -1))
+        with self._changed:
+            if kind == "publish":
+                self._stages[stage] = {"address": str(header.get("address", "")),
+                                       "lookups": int(header.get("world", 1)) - 1}
+                self._changed.notify_all()
+            elif kind == "stale":
+                if self._stages.get(stage, {}).get("address") == header.get("address"):
+                    del self._stages[stage]
+            else:
+                if not self._changed.wait_for(lambda: self._stages.get(stage, {}).get("lookups", 0) > 0,
+                                              self.timeout):
+                    return {"address": ""}, b""
+                entry = self._stages[stage]
+                entry["lookups"] -= 1
+                return {"address": entry["address"]}, b""
+        return {}, b""
+
+
+def _connect_store(driver: FrameClient, stage: int, rank: int, world: int, timeout: float) -> Any:
+    """Connect to rank 0's store, asking the driver again if the address it gave is dead."""
+    import time
+
+    import torch.distributed as dist
+
+    deadline = time.monotonic() + timeout
+    while True:
+        reply, _ = driver.call({"type": "lookup", "stage": stage}, timeout=timeout + 10)
+        address = str(reply.get("address", ""))
+        left = deadline - time.monotonic()
+        if not address or left <= 0:
+            raise TimeoutError(f"rank {rank}: rank 0 of the barrier stage did not start within {timeout:g}s")
+        host, port = address.rsplit(":", 1)
+        try:
+            store = dist.TCPStore(host, int(port), world, False,
+                                  timeout=datetime.timedelta(seconds=min(_CONNECT_TIMEOUT, left)))
+        except RuntimeError:  # torch's DistStoreError: nobody listens there any more
+            driver.call({"type": "stale", "stage": stage, "address": address})
+            continue
+        store.set_timeout(datetime.timedelta(seconds=timeout))
+        return store
 
 
 def _task_host(context: Any, rank: int) -> str:

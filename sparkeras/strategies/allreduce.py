@@ -26,7 +26,8 @@ import queue
 import threading
 from typing import Any
 
-from sparkeras.barrier import DEFAULT_TIMEOUT, check_barrier
+from sparkeras.barrier import DEFAULT_TIMEOUT, CollectiveSettings, check_barrier
+from sparkeras.comm.collective import Rendezvous
 from sparkeras.comm.server import FrameServer
 from sparkeras.errors import InputError, worker_error
 from sparkeras.serialization import pack_arrays, unpack_arrays
@@ -50,12 +51,18 @@ class AllReduce(Strategy):
             batch (TensorFlow backend), so training equals one process with
             the global batch. ``False`` keeps per-worker statistics and
             averages the moving statistics at each epoch end.
+        shared_memory: workers on the same machine sum their gradients
+            through shared memory, and only machines talk over gloo's TCP
+            (see :mod:`sparkeras.comm.shared_memory`). ``False`` sends every
+            reduction through gloo. Where shared memory cannot be mapped
+            (a container's own small ``/dev/shm``), gloo is used anyway.
     """
 
     name = "allreduce"
 
     def __init__(self, timeout: float = DEFAULT_TIMEOUT, max_restarts: int = 2,
-                 checkpoint_dir: str | None = None, sync_batch_norm: bool = True) -> None:
+                 checkpoint_dir: str | None = None, sync_batch_norm: bool = True,
+                 shared_memory: bool = True) -> None:
         if not isinstance(timeout, (int, float)) or timeout <= 0:
             raise InputError(f"timeout must be a positive number of seconds, got {timeout!r}.")
         if not isinstance(max_restarts, int) or max_restarts < 0:
@@ -64,11 +71,13 @@ class AllReduce(Strategy):
         self.max_restarts = max_restarts
         self.checkpoint_dir = checkpoint_dir
         self.sync_batch_norm = bool(sync_batch_norm)
+        self.shared_memory = bool(shared_memory)
         self.fail_once: tuple[int, int, str] | None = None  # test hook, see BarrierSpec
 
     def get_config(self) -> dict[str, Any]:
         return {"timeout": self.timeout, "max_restarts": self.max_restarts,
-                "checkpoint_dir": self.checkpoint_dir, "sync_batch_norm": self.sync_batch_norm}
+                "checkpoint_dir": self.checkpoint_dir, "sync_batch_norm": self.sync_batch_norm,
+                "shared_memory": self.shared_memory}
 
     def check(self, job: TrainingJob) -> None:
         if job.spec.backend != "tensorflow":
@@ -84,12 +93,13 @@ class AllReduce(Strategy):
         check_barrier(job.spark.sparkContext, job.num_workers)
 
     def fit(self, job: TrainingJob) -> None:
-        coordinator = _Coordinator(job, self.checkpoint_dir)
+        coordinator = _Coordinator(job, self.checkpoint_dir, Rendezvous(self.timeout))
         server = FrameServer(driver_host(job.spark), coordinator.handle, MAX_STATE_BYTES, "sparkeras-allreduce")
+        settings = CollectiveSettings(server.address, self.timeout, job.spark.sparkContext.master.startswith("local"),
+                                      self.shared_memory)
         spec = BarrierSpec(
-            worker=job.spec, coordinator=server.address, epochs=job.epochs, batch_size=job.batch_size,
-            shuffle=job.shuffle, rows=tuple(job.train.stats.rows_per_partition), timeout=self.timeout,
-            loopback=job.spark.sparkContext.master.startswith("local"),
+            worker=job.spec, collective=settings, epochs=job.epochs, batch_size=job.batch_size,
+            shuffle=job.shuffle, rows=tuple(job.train.stats.rows_per_partition),
             validation=job.validation is not None, sync_batch_norm=self.sync_batch_norm,
             fail_once=self.fail_once)
         tagged = _copartition(job.train, job.validation, job.num_workers)
@@ -131,13 +141,15 @@ def _copartition(train: Any, validation: Any, num_workers: int) -> Any:
 class _Coordinator:
     """The driver's side of a barrier fit: start states out, epoch reports in.
 
+    It also serves the tasks' rendezvous (:class:`~sparkeras.comm.collective.Rendezvous`).
     Frames arrive on server threads; the epoch reports are handed to the
     thread that called :meth:`run_stage`, so callbacks run where ``fit`` was
     called, one epoch at a time, while the tasks wait for the answer.
     """
 
-    def __init__(self, job: TrainingJob, checkpoint_dir: str | None) -> None:
+    def __init__(self, job: TrainingJob, checkpoint_dir: str | None, rendezvous: Rendezvous) -> None:
         self.job = job
+        self.rendezvous = rendezvous
         self.next_epoch = job.initial_epoch
         self.finished = False
         self.restarts: list[dict[str, Any]] = []
@@ -159,7 +171,7 @@ class _Coordinator:
             answer: queue.Queue = queue.Queue(maxsize=1)
             self._reports.put((header, payload, answer))
             return {"stop": answer.get()}, b""
-        return None
+        return self.rendezvous.handle(header, payload)
 
     def run_stage(self, launch: Any) -> BaseException | None:
         """Run the barrier stage, serving epoch reports until it ends; return its error, if any."""

@@ -39,6 +39,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from sparkeras.barrier import CollectiveSettings
 from sparkeras.comm.server import FrameClient, ServerAddress
 from sparkeras.data.packing import read_partition
 from sparkeras.progress import ProgressReporter
@@ -55,16 +56,22 @@ class BarrierSpec:
     """Everything a barrier task needs; shipped once in the stage's closure."""
 
     worker: WorkerSpec
-    coordinator: ServerAddress
+    collective: CollectiveSettings  # its rendezvous server is also the driver's coordinator
     epochs: int
     batch_size: int
     shuffle: bool
     rows: tuple[int, ...]
-    timeout: float
-    loopback: bool
     validation: bool = False
     sync_batch_norm: bool = True
     fail_once: tuple[int, int, str] | None = None  # test hook: (epoch, rank, marker file)
+
+    @property
+    def coordinator(self) -> ServerAddress:
+        return self.collective.rendezvous
+
+    @property
+    def timeout(self) -> float:
+        return self.collective.timeout
 
     @property
     def steps(self) -> int:
@@ -83,15 +90,10 @@ class BarrierSpec:
 
 def train_barrier(spec: BarrierSpec, tagged: Iterator[tuple]) -> Iterator[tuple[int, int]]:
     """Train from the driver's latest state to the last epoch, or until told to stop."""
-    from pyspark import BarrierTaskContext
-
-    from sparkeras.comm.collective import Collective
-
-    context = BarrierTaskContext.get()
     runtime.configure(spec.worker.backend)
     model = runtime.model(spec.worker.model)
     train, validation = _split(spec.worker, tagged)
-    collective = Collective.join(context, spec.timeout, spec.loopback)
+    collective = spec.collective.join()
     client = FrameClient(spec.coordinator, MAX_STATE_BYTES, timeout=spec.timeout)
     last, loop = -1, None
     try:

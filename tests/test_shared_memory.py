@@ -1,0 +1,185 @@
+"""Same-machine all-reduce through shared memory, and the driver's rendezvous: real gloo, real processes.
+
+Spark's ``local`` modes put every task on one machine, so the multi-machine
+(hierarchical) paths are tested here with processes that are told they sit
+on different hosts; each is a real torch.distributed/gloo rank.
+"""
+
+from __future__ import annotations
+
+import datetime
+import multiprocessing
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from sparkeras.comm import collective
+from sparkeras.comm.collective import Rendezvous, _connect_store
+from sparkeras.comm.server import FrameClient, FrameServer
+from sparkeras.comm.shared_memory import host_groups
+
+SIZES = (5, 1000, 70_000, 300_000, 7)  # grows the segment twice, then reuses it
+DTYPES = ("float32", "float64", "int64")
+
+
+def _contribution(rank: int, size: int, dtype: str) -> np.ndarray:
+    values = (np.arange(size) * (rank + 3) + 11 * rank) % 1009
+    return values.astype(dtype) if dtype == "int64" else (values / 7).astype(dtype)
+
+
+def _rank_main(rank: int, hosts: list[str], port: int, starve_creator: bool, results: "multiprocessing.Queue") -> None:
+    """One rank: reduce every size, dtype and op, and report what it got."""
+    import resource
+    import signal
+
+    import torch.distributed as dist
+
+    from sparkeras.comm.shared_memory import SharedMemoryAllreduce
+
+    if starve_creator and rank == 0:  # a /dev/shm too small for the segment
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    store = dist.TCPStore("127.0.0.1", port, len(hosts), False, timeout=datetime.timedelta(seconds=60))
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=len(hosts))
+    reducer = SharedMemoryAllreduce.for_world(rank, hosts, store)
+    got = {}
+    for size in SIZES:
+        for dtype in DTYPES:
+            for op in ("sum", "max", "min"):
+                buffer = _contribution(rank, size, dtype)
+                used = reducer.allreduce_(buffer, op)
+                if not used:  # what Collective does then
+                    import torch
+
+                    reduce_op = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op]
+                    dist.all_reduce(torch.from_numpy(buffer), op=reduce_op)
+                got[(size, dtype, op)] = (used, buffer.tobytes())
+    enabled = reducer.enabled
+    reducer.close()
+    dist.destroy_process_group()
+    results.put((rank, enabled, got))
+
+
+def _run_ranks(hosts: list[str], starve_creator: bool = False) -> dict[int, tuple[bool, dict]]:
+    import torch.distributed as dist
+
+    server = dist.TCPStore("127.0.0.1", 0, len(hosts) + 1, True, wait_for_workers=False,
+                           timeout=datetime.timedelta(seconds=60))
+    spawn = multiprocessing.get_context("spawn")
+    results = spawn.Queue()
+    ranks = [spawn.Process(target=_rank_main, args=(r, hosts, server.port, starve_creator, results))
+             for r in range(len(hosts))]
+    for p in ranks:
+        p.start()
+    out = {}
+    for _ in ranks:
+        rank, enabled, got = results.get(timeout=240)
+        out[rank] = (enabled, got)
+    for p in ranks:
+        p.join(timeout=30)
+        assert p.exitcode == 0
+    return out
+
+
+def _segments() -> set[str]:
+    return {f for f in os.listdir("/dev/shm") if f.startswith("sparkeras-")} if os.path.isdir("/dev/shm") else set()
+
+
+@pytest.mark.parametrize("hosts", [["a", "a"], ["a", "a", "b", "b"], ["a", "b", "b"]],
+                         ids=["one-machine", "two-machines-of-two", "a-lone-leader"])
+def test_shared_memory_allreduce_equals_numpy_and_is_identical_on_every_rank(hosts):
+    before = _segments()
+    out = _run_ranks(hosts)
+    for size in SIZES:
+        for dtype in DTYPES:
+            parts = [_contribution(r, size, dtype) for r in range(len(hosts))]
+            for op, want in (("sum", np.sum(parts, 0)), ("max", np.max(parts, 0)), ("min", np.min(parts, 0))):
+                first = out[0][1][(size, dtype, op)][1]
+                for rank in range(len(hosts)):
+                    used, raw = out[rank][1][(size, dtype, op)]
+                    assert used, (rank, size, dtype, op)
+                    assert raw == first, f"rank {rank} differs from rank 0 for {size} x {dtype} {op}"
+                np.testing.assert_allclose(np.frombuffer(first, dtype), want.astype(dtype), rtol=1e-6)
+    assert all(enabled for enabled, _ in out.values())
+    assert _segments() == before  # unlinked as soon as every peer had it mapped
+
+
+def test_every_rank_falls_back_to_gloo_when_the_segment_cannot_be_made():
+    out = _run_ranks(["a", "a"], starve_creator=True)
+    parts = [_contribution(r, 1000, "float32") for r in range(2)]
+    for rank in range(2):
+        enabled, got = out[rank]
+        assert not enabled
+        used, raw = got[(1000, "float32", "sum")]
+        assert not used  # both agreed, so gloo did it for both
+        np.testing.assert_allclose(np.frombuffer(raw, np.float32), np.sum(parts, 0), rtol=1e-6)
+
+
+def test_host_groups_keep_rank_order():
+    assert host_groups(["x", "y", "x", "z", "y"]) == [[0, 2], [1, 4], [3]]
+
+
+def test_rendezvous_serves_one_publication_to_its_attempt_and_waits_for_the_next():
+    rendezvous = Rendezvous(timeout=0.5)
+    lookup = {"type": "lookup", "stage": 3}
+    assert rendezvous.handle({"type": "epoch"}, b"") is None  # not its frame
+    started = time.monotonic()
+    assert rendezvous.handle(lookup, b"")[0] == {"address": ""}  # nobody published: times out
+    assert time.monotonic() - started >= 0.45
+
+    rendezvous.handle({"type": "publish", "stage": 3, "world": 3, "address": "h:1"}, b"")
+    assert rendezvous.handle(lookup, b"")[0] == {"address": "h:1"}
+    assert rendezvous.handle(lookup, b"")[0] == {"address": "h:1"}
+    assert rendezvous.handle(lookup, b"")[0] == {"address": ""}  # both peers served: a third is a new attempt
+
+    rendezvous.handle({"type": "publish", "stage": 3, "world": 3, "address": "h:2"}, b"")  # Spark relaunched it
+    rendezvous.handle({"type": "stale", "stage": 3, "address": "h:1"}, b"")  # an old address: ignored
+    assert rendezvous.handle(lookup, b"")[0] == {"address": "h:2"}
+    rendezvous.handle({"type": "stale", "stage": 3, "address": "h:2"}, b"")
+    assert rendezvous.handle(lookup, b"")[0] == {"address": ""}
+    assert rendezvous.handle({"type": "lookup", "stage": 4}, b"")[0] == {"address": ""}  # stages are apart
+
+
+def test_a_task_given_a_dead_address_asks_again_and_joins_the_live_store(monkeypatch):
+    import socket
+
+    import torch.distributed as dist
+
+    monkeypatch.setattr(collective, "_CONNECT_TIMEOUT", 1.0)
+    with socket.socket() as probe:  # a port nobody listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]
+    rendezvous = Rendezvous(timeout=30)
+    server = FrameServer("127.0.0.1", rendezvous.handle, 0, "test-rendezvous")
+    rendezvous.handle({"type": "publish", "stage": 9, "world": 2, "address": f"127.0.0.1:{dead}"}, b"")
+    live = dist.TCPStore("127.0.0.1", 0, 2, True, wait_for_workers=False, timeout=datetime.timedelta(seconds=30))
+    live.set("greeting", "from the live attempt")
+
+    def relaunch() -> None:  # the new attempt's rank 0 publishes a little later
+        time.sleep(2.0)
+        rendezvous.handle({"type": "publish", "stage": 9, "world": 2, "address": f"127.0.0.1:{live.port}"}, b"")
+
+    threading.Thread(target=relaunch, daemon=True).start()
+    client = FrameClient(server.address, 0, timeout=30)
+    try:
+        store = _connect_store(client, stage=9, rank=1, world=2, timeout=30)
+        assert store.get("greeting") == b"from the live attempt"
+    finally:
+        client.close()
+        server.close()
+
+
+def test_a_lookup_that_never_gets_an_address_names_the_wait():
+    rendezvous = Rendezvous(timeout=0.3)
+    server = FrameServer("127.0.0.1", rendezvous.handle, 0, "test-rendezvous")
+    client = FrameClient(server.address, 0, timeout=10)
+    try:
+        with pytest.raises(TimeoutError, match=r"rank 1: rank 0 of the barrier stage did not start within 5s"):
+            _connect_store(client, stage=1, rank=1, world=2, timeout=5)
+    finally:
+        client.close()
+        server.close()
