@@ -10,9 +10,11 @@ is reported too. Prints a table and one JSON line.
 
 ``--source parquet`` trains sparkeras from a Parquet file of the same rows
 (the data engineer's case: data that lives in Spark) instead of from the
-driver's numpy arrays.
+driver's numpy arrays. The strategy name ``allreduce-gloo`` is ``allreduce``
+with ``shared_memory=False`` (every reduction over gloo's TCP), to compare.
 
-    python bench/throughput.py [--strategy averaging[,adag,...]] [--source numpy|parquet] [--rows 60000]
+    python bench/throughput.py [--strategy averaging[,adag,allreduce,allreduce-gloo,...]]
+                               [--source numpy|parquet] [--rows 60000]
                                [--epochs 3] [--learning-rate 0.001]
 """
 
@@ -67,6 +69,14 @@ def make_model(seed: int = 7, learning_rate: float = 0.001):
     return model
 
 
+def _strategy(name: str):
+    if name == "allreduce-gloo":
+        from sparkeras import AllReduce
+
+        return AllReduce(shared_memory=False)
+    return name
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--strategy", default="averaging",
@@ -98,7 +108,7 @@ def main() -> None:
     for strategy in args.strategy.split(","):
         results = {}
         for run in ("cold", "warm"):
-            sm = SparkModel(make_model(learning_rate=args.learning_rate), strategy=strategy,
+            sm = SparkModel(make_model(learning_rate=args.learning_rate), strategy=_strategy(strategy),
                             num_workers=args.workers, seed=0)
             start = time.perf_counter()
             sm.fit(**data, batch_size=args.batch_size, epochs=args.epochs, verbose=0)
