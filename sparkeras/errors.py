@@ -23,6 +23,7 @@ class WorkerError(SparkerasError, RuntimeError):
 
 _INPUT_ERROR = re.compile(r"sparkeras\.errors\.InputError: (.*)")
 _JVM_FRAMES = ("at org.apache", "at java.", "at scala.", "at jdk.")
+_EXCEPTION_LINE = re.compile(r"^:?\s*([\w.$]+(?:Error|Exception)): (.+)$")
 
 
 def worker_error(exc: BaseException, doing: str) -> Exception:
@@ -37,3 +38,15 @@ def worker_error(exc: BaseException, doing: str) -> Exception:
     detail = text[start:] if start >= 0 else text
     lines = [ln for ln in detail.splitlines() if not ln.lstrip().startswith(_JVM_FRAMES)]
     return WorkerError(f"A Spark task failed while {doing}. The worker's traceback:\n" + "\n".join(lines))
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line saying why a Spark job failed: its innermost exception message, never a JVM stack frame."""
+    found = [m for m in map(_EXCEPTION_LINE.match, str(exc).splitlines()) if m]
+    if not found:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        return lines[0] if lines else type(exc).__name__
+    name, message = found[-1].groups()
+    if name.startswith(("org.apache.", "java.", "py4j.")):  # a JVM class name tells a user nothing
+        return message.strip()
+    return f"{name.rsplit('.', 1)[-1]}: {message.strip()}"

@@ -151,3 +151,15 @@ def test_custom_layer_module_missing_on_the_executors(spark, tmp_path):
             SparkModel(model, num_workers=2).fit(x, y, verbose=0)
     finally:
         sys.path.remove(str(tmp_path))
+
+
+def test_failure_reason_names_the_innermost_error_not_a_jvm_frame():
+    from sparkeras.errors import failure_reason
+
+    python_side = RuntimeError("A Spark task failed.\nTraceback (most recent call last):\n  File \"w.py\", line 3\n"
+                               "ZeroDivisionError: division by zero\n\tat org.apache.spark.api.python.Runner(x)")
+    assert failure_reason(python_side) == "ZeroDivisionError: division by zero"
+    jvm_side = RuntimeError(": org.apache.spark.SparkException: Job aborted due to stage failure\n"
+                            "org.apache.spark.SparkException: Python worker exited unexpectedly (crashed).\n"
+                            "\tat java.base/java.lang.Thread.run(Thread.java:840)")
+    assert failure_reason(jvm_side) == "Python worker exited unexpectedly (crashed)."

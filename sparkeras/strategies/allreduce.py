@@ -29,7 +29,7 @@ from typing import Any
 from sparkeras.barrier import DEFAULT_TIMEOUT, CollectiveSettings, check_barrier
 from sparkeras.comm.collective import Rendezvous
 from sparkeras.comm.server import FrameServer
-from sparkeras.errors import InputError, worker_error
+from sparkeras.errors import InputError, failure_reason, worker_error
 from sparkeras.serialization import pack_arrays, unpack_arrays
 from sparkeras.session import driver_host
 from sparkeras.strategies.base import Strategy
@@ -206,9 +206,8 @@ class _Coordinator:
         return error
 
     def restarted(self, attempt: int, failure: BaseException) -> None:
-        reason = str(failure).strip().splitlines()
         self.restarts.append({"attempt": attempt, "resumed_at_epoch": self.next_epoch + 1,
-                              "reason": reason[-1] if reason else type(failure).__name__})
+                              "reason": failure_reason(failure)})
         self._began = None
 
     def _begin(self) -> None:
