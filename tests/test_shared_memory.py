@@ -30,7 +30,8 @@ def _contribution(rank: int, size: int, dtype: str) -> np.ndarray:
     return values.astype(dtype) if dtype == "int64" else (values / 7).astype(dtype)
 
 
-def _rank_main(rank: int, hosts: list[str], port: int, starve_creator: bool, results: "multiprocessing.Queue") -> None:
+def _rank_main(rank: int, hosts: list[str], port: int, starve_creator: bool, chunk_bytes: int,
+               results: "multiprocessing.Queue", last_rank_dies: bool = False) -> None:
     """One rank: reduce every size, dtype and op, and report what it got."""
     import resource
     import signal
@@ -45,7 +46,15 @@ def _rank_main(rank: int, hosts: list[str], port: int, starve_creator: bool, res
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     store = dist.TCPStore("127.0.0.1", port, len(hosts), False, timeout=datetime.timedelta(seconds=60))
     dist.init_process_group("gloo", store=store, rank=rank, world_size=len(hosts))
-    reducer = SharedMemoryAllreduce.for_world(rank, hosts, store)
+    reducer = SharedMemoryAllreduce.for_world(rank, hosts, store, chunk_bytes=chunk_bytes)
+    if last_rank_dies:  # before the first reduction, so before it maps the segment
+        if rank == len(hosts) - 1:
+            os._exit(0)
+        try:
+            reducer.allreduce_(np.ones(10), "sum")
+        except RuntimeError as exc:
+            results.put((rank, False, {"error": str(exc)}))
+        return
     got = {}
     for size in SIZES:
         for dtype in DTYPES:
@@ -64,19 +73,20 @@ def _rank_main(rank: int, hosts: list[str], port: int, starve_creator: bool, res
     results.put((rank, enabled, got))
 
 
-def _run_ranks(hosts: list[str], starve_creator: bool = False) -> dict[int, tuple[bool, dict]]:
+def _run_ranks(hosts: list[str], starve_creator: bool = False, chunk_bytes: int = 8 << 20,
+               last_rank_dies: bool = False) -> dict[int, tuple[bool, dict]]:
     import torch.distributed as dist
 
     server = dist.TCPStore("127.0.0.1", 0, len(hosts) + 1, True, wait_for_workers=False,
                            timeout=datetime.timedelta(seconds=60))
     spawn = multiprocessing.get_context("spawn")
     results = spawn.Queue()
-    ranks = [spawn.Process(target=_rank_main, args=(r, hosts, server.port, starve_creator, results))
+    ranks = [spawn.Process(target=_rank_main, args=(r, hosts, server.port, starve_creator, chunk_bytes, results, last_rank_dies))
              for r in range(len(hosts))]
     for p in ranks:
         p.start()
     out = {}
-    for _ in ranks:
+    for _ in ranks[:-1] if last_rank_dies else ranks:
         rank, enabled, got = results.get(timeout=240)
         out[rank] = (enabled, got)
     for p in ranks:
@@ -89,11 +99,15 @@ def _segments() -> set[str]:
     return {f for f in os.listdir("/dev/shm") if f.startswith("sparkeras-")} if os.path.isdir("/dev/shm") else set()
 
 
-@pytest.mark.parametrize("hosts", [["a", "a"], ["a", "a", "b", "b"], ["a", "b", "b"]],
-                         ids=["one-machine", "two-machines-of-two", "a-lone-leader"])
-def test_shared_memory_allreduce_equals_numpy_and_is_identical_on_every_rank(hosts):
+@pytest.mark.parametrize("hosts, chunk_bytes", [
+    (["a", "a"], 8 << 20),
+    (["a", "a"], 100_000),  # 300,000 float64 values pass in 25 chunks
+    (["a", "a", "b", "b"], 8 << 20),
+    (["a", "b", "b"], 100_000),  # the lone leader must chunk its gloo calls like the others
+], ids=["one-machine", "one-machine-chunked", "two-machines-of-two", "a-lone-leader-chunked"])
+def test_shared_memory_allreduce_equals_numpy_and_is_identical_on_every_rank(hosts, chunk_bytes):
     before = _segments()
-    out = _run_ranks(hosts)
+    out = _run_ranks(hosts, chunk_bytes=chunk_bytes)
     for size in SIZES:
         for dtype in DTYPES:
             parts = [_contribution(r, size, dtype) for r in range(len(hosts))]
@@ -117,6 +131,13 @@ def test_every_rank_falls_back_to_gloo_when_the_segment_cannot_be_made():
         used, raw = got[(1000, "float32", "sum")]
         assert not used  # both agreed, so gloo did it for both
         np.testing.assert_allclose(np.frombuffer(raw, np.float32), np.sum(parts, 0), rtol=1e-6)
+
+
+def test_a_peer_that_dies_before_mapping_the_segment_leaves_no_file_behind():
+    before = _segments()
+    out = _run_ranks(["a", "a"], last_rank_dies=True)
+    assert out[0][1]["error"]  # rank 0 learns it from gloo instead of waiting forever
+    assert _segments() == before
 
 
 def test_host_groups_keep_rank_order():

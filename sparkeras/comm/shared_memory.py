@@ -57,10 +57,10 @@ class SharedMemoryAllreduce:
     make the same calls in the same order, as for any collective.
     """
 
-    def __init__(self, rank: int, hosts: list[str], store: Any) -> None:
+    def __init__(self, rank: int, hosts: list[str], store: Any, chunk_bytes: int = 8 << 20) -> None:
         import torch.distributed as dist
 
-        self.rank, self._store = rank, store
+        self.rank, self._store, self.chunk_bytes = rank, store, chunk_bytes
         groups = host_groups(hosts)
         self._index = next(i for i, members in enumerate(groups) if rank in members)
         members = groups[self._index]
@@ -81,22 +81,35 @@ class SharedMemoryAllreduce:
         self.enabled = True
 
     @classmethod
-    def for_world(cls, rank: int, hosts: list[str], store: Any) -> "SharedMemoryAllreduce | None":
+    def for_world(cls, rank: int, hosts: list[str], store: Any, **options: Any) -> "SharedMemoryAllreduce | None":
         """The reducer, or ``None`` when no two ranks share a machine (plain gloo is then best)."""
         if len(set(hosts)) == len(hosts):
             return None
-        return cls(rank, hosts, store)
+        return cls(rank, hosts, store, **options)
 
     def allreduce_(self, buffer: np.ndarray, op: str) -> bool:
-        """Reduce the contiguous ``buffer`` in place over all ranks; ``False`` if gloo must do it."""
+        """Reduce the contiguous ``buffer`` in place over all ranks; ``False`` if gloo must do it.
+
+        Buffers larger than a slot (``chunk_bytes``, 8 MB) go through in
+        slot-sized chunks, the same on every rank, so a large model needs no
+        more than ``2 * (workers on the machine + 1) * chunk_bytes`` of
+        shared memory.
+        """
         if not self.enabled or op not in _UFUNCS or buffer.nbytes == 0:
             return False
-        if buffer.nbytes > self._capacity and not self._grow(buffer.nbytes):
+        needed = min(buffer.nbytes, self.chunk_bytes)
+        if needed > self._capacity and not self._grow(needed):
             return False
         flat = buffer.reshape(-1)
+        step = max(1, self._capacity // flat.itemsize)
+        for start in range(0, flat.size, step):
+            self._reduce_chunk(flat[start:start + step], op)
+        return True
+
+    def _reduce_chunk(self, flat: np.ndarray, op: str) -> None:
         if self.local_size == 1:  # alone on this machine: only the leaders' all-reduce
             self._across_hosts(flat, op)
-            return True
+            return
         half = self._calls & 1
         self._calls += 1
         segment = self._segment
@@ -105,7 +118,7 @@ class SharedMemoryAllreduce:
         self._barrier()
         if not self.multi_host:
             _UFUNCS[op].reduce(slots, axis=0, out=flat)
-            return True
+            return
         result = segment.result(half, self.local_size, flat.dtype, flat.size)
         if self.local_rank == 0:
             _UFUNCS[op].reduce(slots, axis=0, out=flat)
@@ -115,7 +128,6 @@ class SharedMemoryAllreduce:
         else:
             self._barrier()
             flat[:] = result
-        return True
 
     def close(self) -> None:
         if self._segment is not None:
@@ -140,32 +152,31 @@ class SharedMemoryAllreduce:
         import torch
         import torch.distributed as dist
 
-        capacity = max(nbytes, 2 * self._capacity, 1 << 16)
+        capacity = min(max(nbytes, 2 * self._capacity, 1 << 16), self.chunk_bytes)  # nbytes <= chunk_bytes
         capacity = -(-capacity // 64) * 64
         areas = 2 * self.local_size + (2 if self.multi_host else 0)
         key = f"sparkeras/shm/{self._index}/{self._generation}"
         self._generation += 1
+        size = _HEADER + areas * capacity
         segment: _Segment | None = None
-        if self.local_size == 1:
-            pass  # nothing to share, but the agreement below is world-wide
-        elif self.local_rank == 0:
-            try:
-                segment = _Segment.create(_HEADER + areas * capacity)
-                self._store.set(key, f"{segment.path}\n{segment.token.hex()}")
-            except OSError:
-                self._store.set(key, "")
-        else:
-            published = self._store.get(key).decode()
-            if published:
-                path, token = published.split("\n")
+        ok = torch.zeros(1, dtype=torch.int32)
+        try:
+            if self.local_size == 1:
+                ok[0] = 1  # nothing to share, but the agreement below is world-wide
+            elif self.local_rank == 0:
                 try:
-                    segment = _Segment.open(path, bytes.fromhex(token), _HEADER + areas * capacity)
-                except (OSError, ValueError):
-                    segment = None
-        ok = torch.tensor([int(segment is not None or self.local_size == 1)], dtype=torch.int32)
-        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-        if segment is not None and self.local_rank == 0:
-            segment.unlink()
+                    segment = _Segment.create(size)
+                except OSError:  # no /dev/shm space, say
+                    self._store.set(key, "")
+                else:
+                    self._store.set(key, f"{segment.path}\n{segment.token.hex()}")
+            else:
+                segment = _Segment.open_published(self._store.get(key).decode(), size)
+            ok[0] = int(ok[0] or segment is not None)
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        finally:  # unlinked once all have it mapped, or at once if anything failed: never left behind
+            if segment is not None and self.local_rank == 0:
+                segment.unlink()
         if not int(ok[0]):
             if segment is not None:
                 segment.close()
@@ -206,6 +217,17 @@ class _Segment:
         token = secrets.token_bytes(_TOKEN)
         memory[:_TOKEN] = token
         return cls(path, token, memory)
+
+    @classmethod
+    def open_published(cls, published: str, size: int) -> "_Segment | None":
+        """The segment the creator published as ``path\ntoken``, or ``None`` if this process cannot map it."""
+        if not published:
+            return None
+        path, token = published.split("\n")
+        try:
+            return cls.open(path, bytes.fromhex(token), size)
+        except (OSError, ValueError):  # another /dev/shm (a container), or not the creator's file
+            return None
 
     @classmethod
     def open(cls, path: str, token: bytes, size: int) -> "_Segment":
