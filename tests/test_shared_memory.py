@@ -64,8 +64,9 @@ def _rank_main(rank: int, hosts: list[str], port: int, starve_creator: bool, chu
                 if not used:  # what Collective does then
                     import torch
 
-                    reduce_op = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op]
-                    dist.all_reduce(torch.from_numpy(buffer), op=reduce_op)
+                    from sparkeras.comm.collective import torch_op
+
+                    dist.all_reduce(torch.from_numpy(buffer), op=torch_op(op))
                 got[(size, dtype, op)] = (used, buffer.tobytes())
     enabled = reducer.enabled
     reducer.close()

@@ -112,8 +112,7 @@ class Collective:
 
         if self._same_host is not None and self._same_host.allreduce_(buffer, op):
             return buffer
-        reduce_op = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op]
-        dist.all_reduce(torch.from_numpy(buffer), op=reduce_op)
+        dist.all_reduce(torch.from_numpy(buffer), op=torch_op(op))
         return buffer
 
     def broadcast(self, array: np.ndarray, root: int = 0) -> np.ndarray:
@@ -139,6 +138,13 @@ class Collective:
         if dist.is_initialized():
             dist.destroy_process_group()
         self._store = None
+
+
+def torch_op(op: str) -> Any:
+    """torch.distributed's ``ReduceOp`` for ``"sum"``, ``"max"`` or ``"min"``."""
+    import torch.distributed as dist
+
+    return {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op]
 
 
 class Rendezvous:

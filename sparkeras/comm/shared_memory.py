@@ -144,8 +144,9 @@ class SharedMemoryAllreduce:
         import torch
         import torch.distributed as dist
 
-        reduce_op = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op]
-        dist.all_reduce(torch.from_numpy(flat), op=reduce_op, group=self._leaders)
+        from sparkeras.comm.collective import torch_op
+
+        dist.all_reduce(torch.from_numpy(flat), op=torch_op(op), group=self._leaders)
 
     def _grow(self, nbytes: int) -> bool:
         """Map a segment for buffers of ``nbytes``; every rank agrees on the outcome."""
