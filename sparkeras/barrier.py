@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from sparkeras.comm.server import ServerAddress
 from sparkeras.errors import InputError, worker_error
 
 DEFAULT_TIMEOUT = 300.0
@@ -132,7 +133,7 @@ def run(train_fn: Callable[[WorkerContext], Any], num_workers: int, data: Any = 
     sc = spark.sparkContext
     check_barrier(sc, num_workers)
     server = FrameServer(driver_host(spark), Rendezvous(timeout).handle, 0, "sparkeras-rendezvous")
-    task = _Task(train_fn, CollectiveSettings(server.address, timeout, sc.master.startswith("local"), shared_memory))
+    task = _Task(train_fn, CollectiveSettings.for_cluster(sc, server.address, timeout, shared_memory))
     try:
         if data is None:
             rows = (sc.parallelize(range(num_workers), num_workers).barrier()
@@ -157,10 +158,16 @@ def run(train_fn: Callable[[WorkerContext], Any], num_workers: int, data: Any = 
 class CollectiveSettings:
     """How a barrier task joins its peers: the driver's rendezvous, the timeout, and the transport."""
 
-    rendezvous: Any  # ServerAddress
+    rendezvous: ServerAddress
     timeout: float
     loopback: bool
     shared_memory: bool = True
+
+    @classmethod
+    def for_cluster(cls, sc: Any, rendezvous: ServerAddress, timeout: float,
+                    shared_memory: bool) -> "CollectiveSettings":
+        """Settings for ``sc``'s cluster: in local modes every task is on this machine (loopback)."""
+        return cls(rendezvous, timeout, sc.master.startswith("local"), shared_memory)
 
     def join(self) -> Any:
         """This task's :class:`~sparkeras.comm.collective.Collective`."""

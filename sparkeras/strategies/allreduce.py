@@ -95,8 +95,8 @@ class AllReduce(Strategy):
     def fit(self, job: TrainingJob) -> None:
         coordinator = _Coordinator(job, self.checkpoint_dir, Rendezvous(self.timeout))
         server = FrameServer(driver_host(job.spark), coordinator.handle, MAX_STATE_BYTES, "sparkeras-allreduce")
-        settings = CollectiveSettings(server.address, self.timeout, job.spark.sparkContext.master.startswith("local"),
-                                      self.shared_memory)
+        settings = CollectiveSettings.for_cluster(job.spark.sparkContext, server.address, self.timeout,
+                                                  self.shared_memory)
         spec = BarrierSpec(
             worker=job.spec, collective=settings, epochs=job.epochs, batch_size=job.batch_size,
             shuffle=job.shuffle, rows=tuple(job.train.stats.rows_per_partition),
