@@ -1,7 +1,8 @@
 """Synchronous per-step gradient all-reduce in one Spark barrier stage (Horovod-style).
 
 ``num_workers`` barrier tasks live for the whole fit. Every step each sums its
-gradients with the others' (``torch.distributed``/gloo) and applies the same
+gradients with the others' (through shared memory on one machine and
+``torch.distributed``/gloo between machines) and applies the same
 update, so N workers train exactly like one process with an N-times larger
 batch (see :mod:`sparkeras.worker.allreduce` for unequal partitions and
 BatchNormalization). Keras' ``fit`` under ``MultiWorkerMirroredStrategy`` is
