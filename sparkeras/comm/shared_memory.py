@@ -60,7 +60,7 @@ class SharedMemoryAllreduce:
     def __init__(self, rank: int, hosts: list[str], store: Any, chunk_bytes: int = 8 << 20) -> None:
         import torch.distributed as dist
 
-        self.rank, self._store, self.chunk_bytes = rank, store, chunk_bytes
+        self._store, self.chunk_bytes = store, chunk_bytes
         groups = host_groups(hosts)
         self._index = next(i for i, members in enumerate(groups) if rank in members)
         members = groups[self._index]
@@ -158,7 +158,6 @@ class SharedMemoryAllreduce:
         areas = 2 * self.local_size + (2 if self.multi_host else 0)
         key = f"sparkeras/shm/{self._index}/{self._generation}"
         self._generation += 1
-        size = _HEADER + areas * capacity
         segment: _Segment | None = None
         ok = torch.zeros(1, dtype=torch.int32)
         try:
@@ -166,13 +165,13 @@ class SharedMemoryAllreduce:
                 ok[0] = 1  # nothing to share, but the agreement below is world-wide
             elif self.local_rank == 0:
                 try:
-                    segment = _Segment.create(size)
+                    segment = _Segment.create(areas, capacity)
                 except OSError:  # no /dev/shm space, say
                     self._store.set(key, "")
                 else:
                     self._store.set(key, f"{segment.path}\n{segment.token.hex()}")
             else:
-                segment = _Segment.open_published(self._store.get(key).decode(), size)
+                segment = _Segment.open_published(self._store.get(key).decode(), areas, capacity)
             ok[0] = int(ok[0] or segment is not None)
             dist.all_reduce(ok, op=dist.ReduceOp.MIN)
         finally:  # unlinked once all have it mapped, or at once if anything failed: never left behind
@@ -185,21 +184,19 @@ class SharedMemoryAllreduce:
             return False
         if self._segment is not None:
             self._segment.close()
-        if segment is not None:
-            segment.capacity = capacity
         self._segment, self._capacity = segment, capacity
         return True
 
 
 class _Segment:
-    """One mapped file: a header with the token, then the slot and result areas."""
+    """One mapped file: a header with the token, then ``areas`` areas of ``capacity`` bytes (slots, results)."""
 
-    def __init__(self, path: str, token: bytes, memory: mmap.mmap) -> None:
-        self.path, self.token, self.memory = path, token, memory
-        self.capacity = 0
+    def __init__(self, path: str, token: bytes, memory: mmap.mmap, capacity: int) -> None:
+        self.path, self.token, self.memory, self.capacity = path, token, memory, capacity
 
     @classmethod
-    def create(cls, size: int) -> "_Segment":
+    def create(cls, areas: int, capacity: int) -> "_Segment":
+        size = _HEADER + areas * capacity
         directory = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
         path = os.path.join(directory, f"sparkeras-{secrets.token_hex(12)}")
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
@@ -217,21 +214,22 @@ class _Segment:
             os.close(fd)
         token = secrets.token_bytes(_TOKEN)
         memory[:_TOKEN] = token
-        return cls(path, token, memory)
+        return cls(path, token, memory, capacity)
 
     @classmethod
-    def open_published(cls, published: str, size: int) -> "_Segment | None":
+    def open_published(cls, published: str, areas: int, capacity: int) -> "_Segment | None":
         """The segment the creator published as ``path\ntoken``, or ``None`` if this process cannot map it."""
         if not published:
             return None
         path, token = published.split("\n")
         try:
-            return cls.open(path, bytes.fromhex(token), size)
+            return cls.open(path, bytes.fromhex(token), areas, capacity)
         except (OSError, ValueError):  # another /dev/shm (a container), or not the creator's file
             return None
 
     @classmethod
-    def open(cls, path: str, token: bytes, size: int) -> "_Segment":
+    def open(cls, path: str, token: bytes, areas: int, capacity: int) -> "_Segment":
+        size = _HEADER + areas * capacity
         fd = os.open(path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
         try:
             if os.fstat(fd).st_size != size:
@@ -242,7 +240,7 @@ class _Segment:
         if not secrets.compare_digest(memory[:_TOKEN], token):
             memory.close()
             raise ValueError(f"{path} is not the segment its creator published")
-        return cls(path, token, memory)
+        return cls(path, token, memory, capacity)
 
     def slots(self, half: int, count: int, dtype: np.dtype, size: int) -> np.ndarray:
         offset = _HEADER + half * count * self.capacity
