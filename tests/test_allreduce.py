@@ -39,7 +39,8 @@ def test_two_workers_equal_one_process_with_the_global_batch(spark, make_model, 
     gx, gy = _global_batches(x, y, b)
     plain.fit(gx, gy, batch_size=2 * b, epochs=1, shuffle=False, verbose=0)
 
-    sm = SparkModel(model, strategy=AllReduce(shared_memory=shared_memory), num_workers=2, seed=0)
+    sm = SparkModel(model, strategy=AllReduce(shared_memory=shared_memory, learning_rate_scaling=None),
+                    num_workers=2, seed=0)
     history = sm.fit(x, y, epochs=1, batch_size=b, shuffle=False, verbose=0)
 
     assert int(sm.model.optimizer.iterations) == int(plain.optimizer.iterations) == 20
@@ -54,7 +55,7 @@ def test_allreduce_reaches_plain_fit_accuracy_with_the_same_global_batch(spark):
     model = mlp(seed=6)
     _, want = plain_fit_accuracy(model, (x, y), (xt, yt), batch_size=64, epochs=3)
 
-    sm = SparkModel(model, strategy="allreduce", num_workers=2, seed=0)
+    sm = SparkModel(model, strategy="allreduce", num_workers=2, seed=0, learning_rate_scaling=None)
     sm.fit(x, y, epochs=3, batch_size=32, verbose=0)  # 2 workers x 32 = the same global batch of 64
     got = sm.model.evaluate(xt, yt, verbose=0, return_dict=True)["accuracy"]
     assert abs(got - want) <= 0.005, (got, want)

@@ -54,6 +54,8 @@ class ServerRule(Protocol):
 
     def apply(self, center: list[np.ndarray], commit: list[np.ndarray], staleness: int) -> None: ...
 
+    def apply_round(self, center: list[np.ndarray], commits: list[list[np.ndarray]]) -> None: ...
+
 
 @dataclass
 class ServerStats:
@@ -253,8 +255,12 @@ class ParameterServer:
 
     def _maybe_finish_round(self) -> None:
         if self._pending and set(self._pending) >= self._active:
-            for worker in sorted(self._pending):
-                self._apply(self._pending[worker], self.version)
+            commits = [self._pending[worker] for worker in sorted(self._pending)]
+            self.rule.apply_round(self.center, commits)
+            with self.stats._lock:
+                self.version += len(commits)
+                self.stats.commits += len(commits)
+                self.stats.staleness[0] += len(commits)
             self._pending.clear()
             self._round_no += 1
             self._round.notify_all()

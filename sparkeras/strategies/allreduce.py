@@ -25,7 +25,10 @@ import json
 import os
 import queue
 import threading
+from dataclasses import replace
 from typing import Any
+
+import numpy as np
 
 from sparkeras.barrier import DEFAULT_TIMEOUT, CollectiveSettings, check_barrier
 from sparkeras.comm.collective import Rendezvous
@@ -34,6 +37,7 @@ from sparkeras.errors import InputError, failure_reason, worker_error
 from sparkeras.serialization import pack_arrays, unpack_arrays
 from sparkeras.session import driver_host
 from sparkeras.strategies.base import Strategy
+from sparkeras.worker.learning_rate import check_rule, scale_factor
 from sparkeras.training import TrainingJob
 from sparkeras.worker.allreduce import MAX_STATE_BYTES, TRAIN, VALIDATION, BarrierSpec, train_barrier
 
@@ -52,6 +56,15 @@ class AllReduce(Strategy):
             batch (TensorFlow backend), so training equals one process with
             the global batch. ``False`` keeps per-worker statistics and
             averages the moving statistics at each epoch end.
+        learning_rate_scaling: how the learning rate grows with the global
+            batch (``num_workers`` times the ``batch_size`` of ``fit``):
+            ``"auto"`` (default) scales by ``sqrt(num_workers)`` for adaptive
+            optimizers (Adam, RMSprop...) and by ``num_workers`` for SGD;
+            ``"linear"``, ``"sqrt"``, or ``None`` to keep the model's rate
+            (then training equals one process with the global batch). See
+            :mod:`sparkeras.worker.learning_rate`.
+        warmup_epochs: epochs over which the rate rises linearly from the
+            model's rate to the scaled one.
         shared_memory: workers on the same machine sum their gradients
             through shared memory, and only machines talk over gloo's TCP
             (see :mod:`sparkeras.comm.shared_memory`). ``False`` sends every
@@ -63,11 +76,19 @@ class AllReduce(Strategy):
 
     def __init__(self, timeout: float = DEFAULT_TIMEOUT, max_restarts: int = 2,
                  checkpoint_dir: str | None = None, sync_batch_norm: bool = True,
-                 shared_memory: bool = True) -> None:
+                 shared_memory: bool = True, learning_rate_scaling: str | None = "auto",
+                 warmup_epochs: float = 1.0) -> None:
         if not isinstance(timeout, (int, float)) or timeout <= 0:
             raise InputError(f"timeout must be a positive number of seconds, got {timeout!r}.")
         if not isinstance(max_restarts, int) or max_restarts < 0:
             raise InputError(f"max_restarts must be a non-negative integer, got {max_restarts!r}.")
+        try:
+            self.learning_rate_scaling = check_rule(learning_rate_scaling)
+        except ValueError as exc:
+            raise InputError(f"{exc}.") from None
+        if not isinstance(warmup_epochs, (int, float)) or warmup_epochs < 0:
+            raise InputError(f"warmup_epochs must be a non-negative number, got {warmup_epochs!r}.")
+        self.warmup_epochs = float(warmup_epochs)
         self.timeout = float(timeout)
         self.max_restarts = max_restarts
         self.checkpoint_dir = checkpoint_dir
@@ -78,7 +99,8 @@ class AllReduce(Strategy):
     def get_config(self) -> dict[str, Any]:
         return {"timeout": self.timeout, "max_restarts": self.max_restarts,
                 "checkpoint_dir": self.checkpoint_dir, "sync_batch_norm": self.sync_batch_norm,
-                "shared_memory": self.shared_memory}
+                "shared_memory": self.shared_memory, "learning_rate_scaling": self.learning_rate_scaling,
+                "warmup_epochs": self.warmup_epochs}
 
     def check(self, job: TrainingJob) -> None:
         if job.spec.backend != "tensorflow":
@@ -103,6 +125,10 @@ class AllReduce(Strategy):
             shuffle=job.shuffle, rows=tuple(job.train.stats.rows_per_partition),
             validation=job.validation is not None, sync_batch_norm=self.sync_batch_norm,
             fail_once=self.fail_once)
+        spec = replace(spec, learning_rate_scale=scale_factor(self.learning_rate_scaling, job.model.optimizer,
+                                                              job.num_workers),
+                       warmup_steps=round(self.warmup_epochs * spec.steps),
+                       start_step=int(np.asarray(job.model.optimizer.iterations)))
         tagged = _copartition(job.train, job.validation, job.num_workers)
         try:
             attempt = 1

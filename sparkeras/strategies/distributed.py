@@ -131,6 +131,16 @@ class DistributedOptimizer(Strategy):
         committing worker last received the center.
         """
 
+    def apply_round(self, center: Arrays, commits: list[Arrays]) -> None:
+        """Server, synchronous rules: fold one complete round of commits into ``center`` in place.
+
+        The default applies them one after another with :meth:`apply`;
+        a rule that needs the whole round at once (an outer optimizer step on
+        the workers' mean, as in model averaging) overrides it.
+        """
+        for commit in commits:
+            self.apply(center, commit, 0)
+
     def local_optimizer(self) -> Any | None:
         """A Keras optimizer the workers use instead of the model's own (``None``: the model's)."""
         return None
@@ -168,10 +178,19 @@ class DistributedOptimizer(Strategy):
                 server.park({r.partition: pack_arrays(r.state) for r in trained})
                 for i, value in zip(shared, server.snapshot()):
                     job.state[i] = value
+                if trained:
+                    self.end_epoch_state(job, [r.state for r in trained], [r.samples for r in trained])
                 if job.end_epoch(epoch, sum_metric_states(trained)):
                     break
         finally:
             job.report["parameter_server"] = server.close()
+
+    def end_epoch_state(self, job: TrainingJob, local_states: list[Arrays], samples: list[int]) -> None:
+        """Driver: fold the workers' local states (weights, optimizer) into ``job.state`` after an epoch.
+
+        The center's weights are already in place; by default the driver's
+        optimizer state is left as it was.
+        """
 
     def _worker_model(self, job: TrainingJob) -> tuple[ModelSpec, Arrays]:
         """The model the workers compile, and their initial local state (weights, optimizer)."""

@@ -44,6 +44,7 @@ from sparkeras.comm.server import FrameClient, ServerAddress
 from sparkeras.data.packing import read_partition
 from sparkeras.progress import ProgressReporter
 from sparkeras.serialization import model_state, pack_arrays, set_model_state, unpack_arrays
+from sparkeras.worker.learning_rate import scale_learning_rate
 from sparkeras.worker import runtime
 from sparkeras.worker.tasks import WorkerSpec, split_xy
 
@@ -64,6 +65,9 @@ class BarrierSpec:
     validation: bool = False
     sync_batch_norm: bool = True
     fail_once: tuple[int, int, str] | None = None  # test hook: (epoch, rank, marker file)
+    learning_rate_scale: float = 1.0  # see sparkeras.worker.learning_rate
+    warmup_steps: int = 0
+    start_step: int = 0  # the optimizer's step count when the fit began: warmup counts from there
 
     @property
     def coordinator(self) -> ServerAddress:
@@ -107,7 +111,7 @@ def train_barrier(spec: BarrierSpec, tagged: Iterator[tuple]) -> Iterator[tuple[
                 break
     finally:
         if loop is not None:
-            loop.steps.close()
+            loop.close()
         client.close()
         collective.close()
     yield collective.rank, last
@@ -129,6 +133,13 @@ class _EpochLoop:
         self.rank = collective.rank
         (self.arrays, self.n), (self.val_arrays, self.val_n) = train, validation
         self.steps = _gradient_steps(model, collective, spec.worker.backend, spec.sync_batch_norm)
+        self._restore_learning_rate = scale_learning_rate(
+            model.optimizer, spec.learning_rate_scale, spec.warmup_steps, spec.start_step)
+
+    def close(self) -> None:
+        """Give the cached model back as it was: its learning rate and BatchNormalization layers."""
+        self._restore_learning_rate()
+        self.steps.close()
 
     def train_epoch(self, epoch: int) -> None:
         spec, n = self.spec, self.n

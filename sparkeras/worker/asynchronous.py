@@ -9,10 +9,11 @@ delta, an elastic difference) and how to fold the center it gets back into
 the local weights. Only the model's float weights are shared; integer state
 (seed generators) stays local.
 
-Keras metrics are additive across batches, as across workers, so the task
-keeps a running sum of the per-batch metric states of ``train_on_batch``
-and returns it with its local state (weights and optimizer), which the
-driver hands back at the next epoch's join.
+The windows run on :class:`~sparkeras.worker.local_steps.LocalSteps` (one
+traced loop per window on TensorFlow). Keras metrics add up over the
+epoch's batches as in ``fit``, so the task returns their states with its
+local state (weights and optimizer), which the driver hands back at the
+next epoch's join.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from sparkeras.comm.server import ServerAddress
 from sparkeras.data.packing import read_partition
 from sparkeras.progress import ProgressReporter
 from sparkeras.serialization import model_state, pack_arrays, set_model_state
-from sparkeras.worker.tasks import WorkerSpec, _result, _setup, split_xy
+from sparkeras.worker.local_steps import LocalSteps
+from sparkeras.worker.tasks import WorkerSpec, _result, _setup
 
 
 @dataclass(frozen=True)
@@ -67,38 +69,32 @@ def train_with_server(spec: ServerTaskSpec, epoch: int, blocks: Iterator[tuple])
     variables = [v for v in model.weights if is_shared(v)]
     _assign(variables, rule.fold(_read(variables), center, None))
 
-    if spec.shuffle:
-        order = np.random.default_rng([spec.worker.seed, epoch, partition]).permutation(n)
-        arrays = [a[order] for a in arrays]
+    order = (np.random.default_rng([spec.worker.seed, epoch, partition]).permutation(n) if spec.shuffle
+             else np.arange(n))
     steps = -(-n // spec.batch_size)
     window = steps if rule.window == "epoch" else int(rule.window)
     reporter = None
     if spec.worker.progress is not None:
         reporter = ProgressReporter(spec.worker.progress, partition, epoch, 0, spec.batch_size, n)
-    metrics = _MetricSum(model)
-    since, logs = 0, None
-    for step in range(steps):
-        lo, hi = step * spec.batch_size, min(n, (step + 1) * spec.batch_size)
-        x, y = split_xy(spec.worker, [a[lo:hi] for a in arrays])
-        logs = model.train_on_batch(x, y, return_dict=True)
-        metrics.add()
-        since += 1
-        if since == window or step == steps - 1:
-            local = _read(variables)
-            if rule.pull_first:
-                center, version = client.pull()
-            sent = rule.commit(local, center, since)
-            fresh, version = client.commit(sent, version, want_center=not rule.pull_first)
-            center = fresh if fresh is not None else center
-            _assign(variables, rule.fold(local, center, sent))
-            since = 0
-            _maybe_fail_once(rule, partition)
+    local_steps = LocalSteps(model, arrays, spec.worker.columns, spec.worker.backend)
+    model.reset_metrics()  # they add up over the epoch's windows, as in fit
+    for start in range(0, steps, window):
+        local_steps.train(order, spec.batch_size, start, window)
+        local = _read(variables)
+        if rule.pull_first:
+            center, version = client.pull()
+        sent = rule.commit(local, center, min(window, steps - start))
+        fresh, version = client.commit(sent, version, want_center=not rule.pull_first)
+        center = fresh if fresh is not None else center
+        _assign(variables, rule.fold(local, center, sent))
+        _maybe_fail_once(rule, partition)
         if reporter is not None:
-            reporter.tick(hi, logs)
+            reporter.tick(min(n, (start + window) * spec.batch_size), {"loss": local_steps.running_loss()})
     client.done()
     if reporter is not None:
-        reporter.send(n, logs)
-    yield _result(partition, n, steps, pack_arrays(model_state(model)), pack_arrays(metrics.total))
+        reporter.send(n, {"loss": local_steps.running_loss()})
+    yield _result(partition, n, steps, pack_arrays(model_state(model)),
+                  pack_arrays([np.asarray(v) for v in model.metrics_variables]))
 
 
 def _maybe_fail_once(rule: Any, partition: int) -> None:
@@ -115,19 +111,3 @@ def _read(variables: list[Any]) -> list[np.ndarray]:
 def _assign(variables: list[Any], values: list[np.ndarray]) -> None:
     for var, value in zip(variables, values):
         var.assign(value)
-
-
-class _MetricSum:
-    """Running sum of the per-batch metric states (``train_on_batch`` resets them each batch)."""
-
-    def __init__(self, model: Any) -> None:
-        self._model = model
-        self.total: list[np.ndarray] = []
-
-    def add(self) -> None:
-        values = [np.asarray(v) for v in self._model.metrics_variables]
-        if not self.total:
-            self.total = [np.array(v, dtype=v.dtype, copy=True) for v in values]
-        else:
-            for acc, v in zip(self.total, values):
-                acc += v

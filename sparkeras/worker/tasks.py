@@ -73,6 +73,8 @@ def split_xy(spec: WorkerSpec, arrays: list[np.ndarray]) -> tuple[Any, Any]:
 
 def train_window(spec: WorkerSpec, window: Window, state: Any, blocks: Iterator[tuple]) -> Iterator[tuple]:
     """Train this partition's share of ``window`` from the broadcast ``state``."""
+    from sparkeras.worker.local_steps import LocalSteps
+
     model, partition = _setup(spec)
     arrays, n = read_partition(spec.columns, blocks)
     lo, hi = window.rows(n)
@@ -80,19 +82,19 @@ def train_window(spec: WorkerSpec, window: Window, state: Any, blocks: Iterator[
         yield _result(partition, 0, 0, b"", b"")
         return
     set_model_state(model, unpack_arrays(state.value))
-    if window.shuffle:
-        order = np.random.default_rng([spec.seed, window.epoch, partition]).permutation(n)[lo:hi]
-        arrays = [a[order] for a in arrays]
-    elif (lo, hi) != (0, n):
-        arrays = [a[lo:hi] for a in arrays]
-    x, y = split_xy(spec, arrays)
-    callbacks = []
+    order = (np.random.default_rng([spec.seed, window.epoch, partition]).permutation(n) if window.shuffle
+             else np.arange(n))
+    reporter = None
     if spec.progress is not None:
         reporter = ProgressReporter(spec.progress, partition, window.epoch, lo, window.batch_size, hi - lo)
-        callbacks.append(reporter.callback())
-    model.fit(x, y, batch_size=window.batch_size, epochs=1, shuffle=False, verbose=0, callbacks=callbacks)
-    steps = -(-(hi - lo) // window.batch_size)
-    yield _result(partition, hi - lo, steps, pack_arrays(model_state(model)),
+    steps = LocalSteps(model, arrays, spec.columns, spec.backend)
+    model.reset_metrics()
+    first = lo // window.batch_size
+    count = -(-(hi - lo) // window.batch_size)
+    steps.train(order, window.batch_size, first, count)
+    if reporter is not None:
+        reporter.send(hi - lo, {"loss": steps.running_loss()})
+    yield _result(partition, hi - lo, count, pack_arrays(model_state(model)),
                   pack_arrays([np.asarray(v) for v in model.metrics_variables]))
 
 

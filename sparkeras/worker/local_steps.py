@@ -1,0 +1,111 @@
+"""Local training steps on a worker's partition, as fast as the backend allows.
+
+Strategies that train locally between synchronisations (averaging, the
+parameter-server family) spend nearly all their time here, so this is the
+hot loop of sparkeras. Calling ``model.fit`` once per window costs its
+set-up (data adapter, iterator, callbacks) every time, and
+``train_on_batch`` pays a Python round trip and a device sync per batch.
+Measured on one core for an MLP 784-128-10 at batch 64: ``model.fit``
+2.1 ms per step, ``train_on_batch`` 3.6 ms, a traced ``train_step`` called
+per batch 1.1-1.4 ms, and a traced loop over a window of batches 0.62 ms.
+
+So on TensorFlow the partition is turned into tensors once, and a window
+is one call of a traced ``tf.while`` loop that gathers each batch by row
+index and runs the model's own ``train_step`` (its loss, optimizer, metrics
+and any custom ``train_step`` override), exactly as ``fit`` would for the
+same batches. Other backends run ``train_on_batch`` per batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from sparkeras.data.columns import ColumnMap
+from sparkeras.serialization import ensure_optimizer_built
+
+
+class LocalSteps:
+    """Trains ``model`` on batches of this partition, chosen by row index.
+
+    Args:
+        model: the compiled model (the worker's cached one).
+        arrays: one array per column binding (features, then labels).
+        columns: how the arrays map onto the model's inputs and outputs.
+        backend: the Keras backend name.
+    """
+
+    def __init__(self, model: Any, arrays: Sequence[np.ndarray], columns: ColumnMap, backend: str) -> None:
+        self.model, self.columns = model, columns
+        self._arrays = list(arrays)
+        ensure_optimizer_built(model)
+        self._loop = None
+        if backend == "tensorflow" and len(self._arrays[0]):
+            import tensorflow as tf
+
+            self._data = [tf.convert_to_tensor(np.ascontiguousarray(a)) for a in self._arrays]
+            self._loop = _traced_loop(model, columns, self._data)
+
+    def run(self, batches: np.ndarray) -> None:
+        """Train one step per row of ``batches`` (``[steps, batch_size]`` row indices)."""
+        if batches.size == 0:
+            return
+        if self._loop is not None:
+            self._loop(self._data, batches.astype(np.int32, copy=False))
+            return
+        k = len(self.columns.features)
+        for rows in batches:
+            batch = [a[rows] for a in self._arrays]
+            self.model.train_on_batch(self.columns.x(batch[:k]), self.columns.y(batch[k:]))
+
+    def train(self, order: np.ndarray, batch_size: int, start: int, steps: int) -> int:
+        """Train ``steps`` batches of ``order`` starting at batch ``start``; the rows trained.
+
+        Full batches run as one call; a last, shorter batch runs as a second one.
+        """
+        lo = start * batch_size
+        hi = min(len(order), (start + steps) * batch_size)
+        if hi <= lo:
+            return 0
+        full = (hi - lo) // batch_size
+        if full:
+            self.run(order[lo:lo + full * batch_size].reshape(full, batch_size))
+        if lo + full * batch_size < hi:
+            self.run(order[lo + full * batch_size:hi].reshape(1, -1))
+        return hi - lo
+
+    def running_loss(self) -> float:
+        return float(np.asarray(self.model._loss_tracker.result()))
+
+
+def _traced_loop(model: Any, columns: ColumnMap, data: list[Any]) -> Any:
+    """The model's traced window loop, made once per model and Python worker.
+
+    The partition's tensors are arguments, not captured constants, so the
+    next task (the next epoch, another partition) reuses the trace.
+    """
+    import tensorflow as tf
+
+    cached = getattr(model, "_sparkeras_window_loop", None)
+    if cached is not None:
+        return cached
+    k = len(columns.features)
+
+    def split(batch: list[Any]) -> tuple[Any, Any]:
+        return columns.x(batch[:k]), columns.y(batch[k:])
+
+    x, y = split([d[:1] for d in data])
+    model._symbolic_build(data_batch=(x, y, None))  # metric variables: a traced loop cannot create them
+    signature = [[tf.TensorSpec([None, *d.shape[1:]], d.dtype) for d in data],
+                 tf.TensorSpec([None, None], tf.int32)]
+
+    @tf.function(input_signature=signature)
+    def loop(tensors: list[Any], batches: Any) -> Any:
+        for i in tf.range(tf.shape(batches)[0]):
+            rows = batches[i]
+            model.train_step(split([tf.gather(t, rows) for t in tensors]))
+        return tf.constant(0)
+
+    model._sparkeras_window_loop = loop
+    return loop
