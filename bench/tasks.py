@@ -68,7 +68,7 @@ def mlp_model(seed: int = 7):
     return model
 
 
-def cnn_data(rows: int = 40_000, test: int = 5_000, seed: int = 1):
+def cnn_data(rows: int = 40_000, test: int = 10_000, seed: int = 1):
     rng = np.random.default_rng(seed)
     raw = rng.normal(size=(10, 36, 36)).astype(np.float32)
     kernel = np.exp(-0.5 * (np.arange(-3, 4) / 1.5) ** 2)

@@ -19,7 +19,7 @@ from sparkeras.serialization import ModelSpec, model_state, pack_arrays
 from sparkeras.session import driver_host, get_spark, keras_backend
 from sparkeras.strategies import Strategy, get_strategy
 from sparkeras.errors import worker_error
-from sparkeras.training import MetricReader, TrainingJob, evaluate, run_partitions
+from sparkeras.training import MetricReader, TrainingJob, evaluate, run_partitions, start_warm_up
 from sparkeras.worker import tasks
 from sparkeras.worker.tasks import WorkerSpec
 
@@ -146,6 +146,7 @@ class SparkModel:
         prepared: list[PreparedData] = []
         server = None
         try:
+            warming = start_warm_up(spark, self._spec(columns), workers)
             train = prepare(dataset, columns, workers, balance=self.balance_partitions)
             prepared.append(train)
             if workers > train.stats.rows:
@@ -166,6 +167,7 @@ class SparkModel:
                 callbacks=None, bar=bar)
             job.callbacks = _callback_list(callbacks, self._model, epochs, max(job.steps_per_worker), verbose)
             self.strategy.check(job)
+            warming.join()
             self._model.stop_training = False
             job.callbacks.on_train_begin()
             self.strategy.fit(job)

@@ -9,6 +9,7 @@ do between two epoch ends and hands the epoch's results to :meth:`end_epoch`.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
@@ -63,6 +64,32 @@ def sum_metric_states(results: Sequence[PartitionResult]) -> list[np.ndarray] | 
     if not states:
         return None
     return [np.sum([s[i] for s in states], axis=0) for i in range(len(states[0]))]
+
+
+def start_warm_up(spark: Any, spec: WorkerSpec, workers: int) -> threading.Thread:
+    """Start the training workers' backend import and model build while the driver packs the data.
+
+    A cold Python worker spends seconds importing TensorFlow and building and
+    tracing the model before its first step. A job of one short task per
+    worker starts that work in a background thread of each Python worker
+    and returns at once, freeing the slots for the packing pass; the
+    training tasks, which Spark gives the same (reused) Python workers,
+    find it done or wait for it (:func:`sparkeras.worker.runtime.warm_up`).
+    The packing pass itself runs in Spark SQL's own pool of Python workers,
+    so it could not do this. Returns the thread that submits the job; a
+    failed warm-up costs nothing but the time it would have saved.
+    """
+    sc = spark.sparkContext
+
+    def submit() -> None:
+        try:
+            sc.parallelize(range(workers), workers).mapPartitions(lambda it: tasks.warm_up(spec, it)).collect()
+        except Exception:  # noqa: BLE001 - the training tasks build the model themselves
+            pass
+
+    thread = threading.Thread(target=submit, name="sparkeras-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 class MetricReader:

@@ -79,6 +79,17 @@ class LocalSteps:
         return float(np.asarray(self.model._loss_tracker.result()))
 
 
+def trace(model: Any, columns: ColumnMap, backend: str) -> None:
+    """Trace ``model``'s window loop ahead of time, from the column shapes (a warm-up)."""
+    if backend != "tensorflow":
+        return
+    import tensorflow as tf
+
+    ensure_optimizer_built(model)
+    data = [tf.zeros((1, *[1 if d is None else d for d in b.shape]), b.dtype) for b in columns.bindings]
+    _traced_loop(model, columns, data).get_concrete_function()
+
+
 def _traced_loop(model: Any, columns: ColumnMap, data: list[Any]) -> Any:
     """The model's traced window loop, made once per model and Python worker.
 

@@ -10,6 +10,7 @@ would fight over four), and deserialising the Keras model.
 from __future__ import annotations
 
 import os
+import threading
 from collections import OrderedDict
 from typing import Any
 
@@ -21,6 +22,9 @@ _inference: "OrderedDict[str, tuple[Any, str]]" = OrderedDict()
 _inference_stats: "OrderedDict[str, dict[str, int]]" = OrderedDict()
 _STATS_KEPT = 64
 _configured_threads: int | None = None
+# Held while a warm-up thread imports the backend and builds a model; every entry point waits for it.
+_lock = threading.RLock()
+_warming: set[str] = set()
 
 
 def task_cpus() -> int:
@@ -42,10 +46,14 @@ def configure(backend: str, cpus: int | None = None) -> None:
     this takes effect in the first task of each Python worker; later calls are
     no-ops.
     """
+    with _lock:
+        _configure(backend, cpus or task_cpus())
+
+
+def _configure(backend: str, cpus: int) -> None:
     global _configured_threads
     if _configured_threads is not None:
         return
-    cpus = cpus or task_cpus()
     os.environ["KERAS_BACKEND"] = backend
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(cpus)
@@ -70,15 +78,47 @@ def configure(backend: str, cpus: int | None = None) -> None:
 
 def model(spec: ModelSpec) -> Any:
     """The compiled Keras model for ``spec``, built once per Python worker."""
-    cached = _models.get(spec.key)
-    if cached is not None:
-        _models.move_to_end(spec.key)
-        return cached
-    built = spec.build()
-    _models[spec.key] = built
-    while len(_models) > _MODEL_CACHE_SIZE:
-        _models.popitem(last=False)
-    return built
+    with _lock:
+        cached = _models.get(spec.key)
+        if cached is not None:
+            _models.move_to_end(spec.key)
+            return cached
+        built = spec.build()
+        _models[spec.key] = built
+        while len(_models) > _MODEL_CACHE_SIZE:
+            _models.popitem(last=False)
+        return built
+
+
+def warm_up(spec: ModelSpec, backend: str, columns: Any) -> None:
+    """Start importing the backend, building the model and tracing its training loop, in the background.
+
+    Called by the tasks of the packing pass, which run in the Python workers
+    that train next (Spark reuses them). A cold worker spends seconds
+    importing TensorFlow and building and tracing the model; done here, that
+    overlaps with packing instead of delaying the first epoch. Training tasks
+    wait for it through :func:`configure` and :func:`model`. Once per model
+    and process; errors are left for the training task to raise.
+    """
+    with _lock:
+        if spec.key in _models or spec.key in _warming:
+            return
+        _warming.add(spec.key)
+    cpus = task_cpus()  # read here: the task context belongs to the calling thread's task
+
+    def work() -> None:
+        with _lock:
+            try:
+                _configure(backend, cpus)
+                from sparkeras.worker.local_steps import trace
+
+                trace(model(spec), columns, backend)
+            except Exception:  # noqa: BLE001 - the training task builds again and reports it
+                pass
+            finally:
+                _warming.discard(spec.key)
+
+    threading.Thread(target=work, name="sparkeras-warm-up", daemon=True).start()
 
 
 def inference_model(spec: ModelSpec, weights_id: str, weights: Any) -> Any:

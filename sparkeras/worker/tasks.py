@@ -61,6 +61,12 @@ def _setup(spec: WorkerSpec) -> tuple[Any, int]:
     return runtime.model(spec.model), ctx.partitionId() if ctx else 0
 
 
+def warm_up(spec: WorkerSpec, _: Iterator[Any]) -> Iterator[tuple]:
+    """Start this Python worker's backend import and model build in the background, and return."""
+    runtime.warm_up(spec.model, spec.backend, spec.columns)
+    return iter(())
+
+
 def _result(partition: int, samples: int, steps: int, state: bytes, metrics: bytes) -> tuple:
     return partition, samples, steps, state, metrics
 

@@ -1,0 +1,175 @@
+"""The rules that make distributed fits converge like ``model.fit``: averaging's outer step, all-reduce's
+learning-rate scaling and warmup, and the switches that turn them off."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import blobs, clone, mlp
+from sparkeras import AllReduce, InputError, ModelAveraging, SparkModel
+from sparkeras.strategies.averaging import OuterStep
+from sparkeras.worker.learning_rate import scale_factor, scale_learning_rate, warmup_factor
+
+
+def test_outer_step_is_nesterov_momentum_on_the_mean_move():
+    center = [np.array([1.0, 2.0], np.float32), np.array([10.0], np.float32)]
+    step = OuterStep(momentum=0.5, learning_rate=1.0, nesterov=True, trainable=[True, False])
+    step(center, [np.array([-0.2, 0.4], np.float32), np.array([2.0], np.float32)])
+    # g = -move = [0.2, -0.4]; v = g; step = g + 0.5 v = 1.5 g
+    np.testing.assert_allclose(center[0], [1.0 - 0.3, 2.0 + 0.6], rtol=1e-6)
+    np.testing.assert_allclose(center[1], [12.0])  # not trainable: plain average, no momentum
+    step(center, [np.array([-0.2, 0.4], np.float32), np.array([0.0], np.float32)])
+    # v = 0.5 * g + g = 1.5 g; step = g + 0.5 * 1.5 g = 1.75 g
+    np.testing.assert_allclose(center[0], [0.7 - 0.35, 2.6 + 0.7], rtol=1e-6)
+
+
+def test_outer_step_heavy_ball_and_plain_average():
+    center = [np.array([0.0], np.float32)]
+    heavy = OuterStep(momentum=0.5, learning_rate=2.0, nesterov=False, trainable=[True])
+    heavy(center, [np.array([1.0], np.float32)])  # v = -1, step = lr * v
+    heavy(center, [np.array([1.0], np.float32)])  # v = -1.5
+    np.testing.assert_allclose(center[0], [2.0 + 3.0])
+    plain = [np.array([0.0], np.float32)]
+    OuterStep(momentum=0.0, learning_rate=1.0, nesterov=True, trainable=[True])(plain, [np.array([0.25], np.float32)])
+    np.testing.assert_allclose(plain[0], [0.25])
+
+
+def test_averaging_momentum_follows_the_worker_count_unless_set():
+    assert ModelAveraging().momentum(1) == 0.0
+    assert ModelAveraging().momentum(2) == 0.5
+    assert ModelAveraging().momentum(4) == 0.75
+    assert ModelAveraging(outer_momentum=0).momentum(4) == 0.0
+    strategy = ModelAveraging()
+    strategy._outer = OuterStep(0.0, 1.0, True, [True])
+    center = [np.zeros(2, np.float32)]
+    strategy.apply_round(center, [[np.array([1.0, 3.0], np.float32)], [np.array([3.0, 5.0], np.float32)]])
+    np.testing.assert_allclose(center[0], [2.0, 4.0])  # the mean of the two moves
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"outer_momentum": 1.0}, "outer_momentum must be in [0, 1)"),
+    ({"outer_learning_rate": 0}, "outer_learning_rate must be a positive number"),
+    ({"window": 0}, "window must be 'epoch' or a positive number of batches"),
+])
+def test_bad_averaging_options_are_refused(options, message):
+    with pytest.raises(InputError, match=re.escape(message)):
+        ModelAveraging(**options)
+
+
+def test_scale_factor_follows_the_optimizer_family():
+    assert scale_factor("auto", keras.optimizers.Adam(), 4) == pytest.approx(2.0)
+    assert scale_factor("auto", keras.optimizers.RMSprop(), 2) == pytest.approx(math.sqrt(2))
+    assert scale_factor("auto", keras.optimizers.SGD(), 4) == 4.0
+    assert scale_factor("linear", keras.optimizers.Adam(), 4) == 4.0
+    assert scale_factor("sqrt", keras.optimizers.SGD(), 9) == 3.0
+    assert scale_factor("none", keras.optimizers.SGD(), 4) == 1.0
+    assert scale_factor("auto", keras.optimizers.SGD(), 1) == 1.0
+
+
+def test_warmup_rises_linearly_to_the_scaled_rate():
+    assert warmup_factor(0, 4.0, 100) == 1.0
+    assert warmup_factor(50, 4.0, 100) == 2.5
+    assert warmup_factor(100, 4.0, 100) == 4.0
+    assert warmup_factor(1000, 4.0, 100) == 4.0
+    assert warmup_factor(0, 4.0, 0) == 4.0
+
+
+@pytest.mark.parametrize("schedule", [False, True], ids=["constant", "schedule"])
+def test_scaled_learning_rate_on_a_keras_optimizer_and_its_restore(schedule):
+    base = keras.optimizers.schedules.ExponentialDecay(0.1, 10, 0.5) if schedule else 0.1
+    optimizer = keras.optimizers.SGD(base)
+    optimizer.build([keras.Variable(np.zeros(2, np.float32))])
+    optimizer.iterations.assign(15)
+    user_rate = float(optimizer.learning_rate)
+    restore = scale_learning_rate(optimizer, scale=3.0, warmup_steps=20, start=5)
+    assert float(optimizer.learning_rate) == pytest.approx(user_rate * warmup_factor(10, 3.0, 20))
+    optimizer.iterations.assign(40)
+    want = (0.1 * 0.5 ** 4.0 if schedule else 0.1) * 3.0
+    assert float(optimizer.learning_rate) == pytest.approx(want, rel=1e-6)
+    restore()
+    assert float(optimizer.learning_rate) == pytest.approx(0.1 * 0.5 ** 4.0 if schedule else 0.1, rel=1e-6)
+
+
+def test_bad_scaling_options_are_refused():
+    with pytest.raises(InputError, match=r"learning_rate_scaling must be one of \['auto', 'linear', 'sqrt', 'none'\]"):
+        AllReduce(learning_rate_scaling="cubic")
+    with pytest.raises(InputError, match="warmup_epochs must be a non-negative number"):
+        AllReduce(warmup_epochs=-1)
+
+
+class _WarmupSGD(keras.optimizers.schedules.LearningRateSchedule):
+    def __init__(self, rate, scale, warmup):
+        self.rate, self.scale, self.warmup = rate, scale, warmup
+
+    def __call__(self, step):
+        ramp = keras.ops.clip(keras.ops.cast(step, "float32") / self.warmup, 0.0, 1.0)
+        return self.rate * (1.0 + (self.scale - 1.0) * ramp)
+
+
+def test_allreduce_scales_the_rate_with_warmup_exactly(spark):
+    """2 workers, SGD, linear rule, warmup over half an epoch == one process with that schedule."""
+    from test_allreduce import _global_batches
+
+    b = 16
+    x, y = blobs(2 * 20 * b, seed=21)
+    model = mlp(seed=4, optimizer=keras.optimizers.SGD(0.05))
+    plain = clone(model)
+    plain.compile(optimizer=keras.optimizers.SGD(_WarmupSGD(0.05, 2.0, 10)), loss=model.loss)
+    gx, gy = _global_batches(x, y, b)
+    plain.fit(gx, gy, batch_size=2 * b, epochs=1, shuffle=False, verbose=0)
+
+    strategy = AllReduce(learning_rate_scaling="linear", warmup_epochs=0.5)
+    sm = SparkModel(model, strategy=strategy, num_workers=2, seed=0)
+    sm.fit(x, y, epochs=1, batch_size=b, shuffle=False, verbose=0)
+    for got, want in zip(sm.model.get_weights(), plain.get_weights()):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    assert float(sm.model.optimizer.learning_rate) == pytest.approx(0.05)  # the user's rate is kept
+
+
+def _simulate_averaging(model, x, y, workers, batch, window, epochs, momentum):
+    """What ModelAveraging should compute, in one process: each worker a model with its own optimizer."""
+    n = -(-len(x) // workers)
+    replicas = [clone(model) for _ in range(workers)]
+    trainable = [v.trainable for v in model.weights]
+    outer = OuterStep(momentum, 1.0, True, trainable)
+    center = [np.array(w) for w in model.get_weights()]
+    for _ in range(epochs):
+        steps = -(-n // batch)
+        for start in range(0, steps, window):
+            moves = []
+            for k, replica in enumerate(replicas):
+                replica.set_weights(center)
+                xs, ys = x[k * n:(k + 1) * n], y[k * n:(k + 1) * n]
+                for s in range(start, min(steps, start + window)):
+                    replica.train_on_batch(xs[s * batch:(s + 1) * batch], ys[s * batch:(s + 1) * batch])
+                moves.append([np.array(w) - c for w, c in zip(replica.get_weights(), center)])
+            outer(center, [np.mean(parts, axis=0) for parts in zip(*moves)])
+    return center
+
+
+def test_two_worker_averaging_applies_the_outer_step_every_window(spark):
+    x, y = blobs(2 * 96, seed=8)  # 96 rows per worker: 6 batches of 16, windows of 4 -> 2 rounds per epoch
+    model = mlp(seed=3)
+    want = _simulate_averaging(model, x, y, workers=2, batch=16, window=4, epochs=2, momentum=0.5)
+    sm = SparkModel(model, strategy="averaging", num_workers=2, seed=0, window=4)
+    history = sm.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
+    for got, expected in zip(sm.model.get_weights(), want):
+        np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+    assert history.parameter_server["commits"] == 2 * 2 * 2  # workers x rounds x epochs
+    # the driver's optimizer state is the workers' averaged inner state: 6 Adam steps per epoch each
+    assert int(sm.model.optimizer.iterations) == 12
+
+
+def test_plain_averaging_once_per_epoch_is_a_setting(spark):
+    x, y = blobs(2 * 96, seed=8)
+    model = mlp(seed=3)
+    want = _simulate_averaging(model, x, y, workers=2, batch=16, window=6, epochs=1, momentum=0.0)
+    sm = SparkModel(model, strategy=ModelAveraging(window="epoch", outer_momentum=0), num_workers=2, seed=0)
+    sm.fit(x, y, epochs=1, batch_size=16, shuffle=False, verbose=0)
+    for got, expected in zip(sm.model.get_weights(), want):
+        np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
