@@ -1,0 +1,102 @@
+"""Convergence study: K simulated workers in one process, to choose averaging's defaults by measurement.
+
+Each worker is a copy of the model with its own optimizer, trained on its own
+contiguous slice with sparkeras' traced window loop
+(:class:`sparkeras.worker.local_steps.LocalSteps`). After every window the
+workers' mean move goes through sparkeras' :class:`~sparkeras.strategies.averaging.OuterStep`,
+exactly the arithmetic of ``strategy="averaging"`` without Spark, so a grid
+of settings runs in seconds. ``--allreduce`` instead trains one process
+with the global batch ``K * batch`` (what all-reduce computes) under a
+learning-rate rule and warmup. Prints the test metric after every epoch.
+
+    python bench/convergence_study.py mlp '{"K": 2, "window": 32, "momentum": 0.5}' '{"K": 2, "window": 1000, "momentum": 0}'
+    python bench/convergence_study.py --allreduce mlp '{"K": 4, "rule": "sqrt", "warmup_epochs": 1}'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np  # noqa: E402
+
+from tasks import TASKS, Task  # noqa: E402
+
+
+class _Columns:
+    """One feature array and one label array, as sparkeras' ColumnMap arranges them."""
+
+    features, labels = [0], [1]
+
+    def x(self, arrays):
+        return arrays[0]
+
+    def y(self, arrays):
+        return arrays[0]
+
+
+def averaging(task: Task, data, K: int, window: int, momentum: float, nesterov: bool = True) -> list[float]:
+    import keras
+
+    from sparkeras.strategies.averaging import OuterStep
+    from sparkeras.worker.local_steps import LocalSteps
+
+    (x, y), test = data
+    base = task.make_model()
+    n = len(x) // K
+    workers = []
+    for k in range(K):
+        m = keras.models.clone_model(base)
+        m.compile(optimizer=keras.optimizers.Adam.from_config(base.optimizer.get_config()), loss=base.loss)
+        workers.append((m, LocalSteps(m, [x[k * n:(k + 1) * n], y[k * n:(k + 1) * n]], _Columns(), "tensorflow")))
+    center = [np.array(w) for w in base.get_weights()]
+    outer = OuterStep(momentum, 1.0, nesterov, [v.trainable for v in base.weights])
+    steps = -(-n // task.batch_size)
+    scores = []
+    for epoch in range(task.epochs):
+        orders = [np.random.default_rng([0, epoch, k]).permutation(n) for k in range(K)]
+        for start in range(0, steps, window):
+            moves = []
+            for (m, local), order in zip(workers, orders):
+                m.set_weights(center)
+                local.train(order, task.batch_size, start, min(window, steps - start))
+                moves.append([w - c for w, c in zip(m.get_weights(), center)])
+            outer(center, [np.mean(parts, axis=0) for parts in zip(*moves)])
+        base.set_weights(center)
+        scores.append(round(task.score(base, *test), 4))
+    return scores
+
+
+def allreduce(task: Task, data, K: int, rule: str, warmup_epochs: float) -> list[float]:
+    from sparkeras.worker.learning_rate import scale_factor, scale_learning_rate
+    from sparkeras.worker.local_steps import LocalSteps
+
+    (x, y), test = data
+    model = task.make_model()
+    batch = task.batch_size * K
+    steps = -(-len(x) // batch)
+    scale_learning_rate(model.optimizer, scale_factor(rule, model.optimizer, K), int(warmup_epochs * steps), 0)
+    local = LocalSteps(model, [x, y], _Columns(), "tensorflow")
+    scores = []
+    for epoch in range(task.epochs):
+        local.train(np.random.default_rng([0, epoch]).permutation(len(x)), batch, 0, steps)
+        scores.append(round(task.score(model, *test), 4))
+    return scores
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    study = allreduce if args and args[0] == "--allreduce" else averaging
+    args = args[1:] if study is allreduce else args
+    task = TASKS[args[0]]
+    data = task.make_data()
+    for setting in args[1:]:
+        print(task.name, setting, study(task, data, **json.loads(setting)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
