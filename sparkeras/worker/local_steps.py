@@ -13,7 +13,8 @@ So on TensorFlow the partition is turned into tensors once, and a window
 is one call of a traced ``tf.while`` loop that gathers each batch by row
 index and runs the model's own ``train_step`` (its loss, optimizer, metrics
 and any custom ``train_step`` override), exactly as ``fit`` would for the
-same batches. Other backends run ``train_on_batch`` per batch.
+same batches. Other backends run ``train_on_batch`` per batch (adding up
+the metric states, which it resets on every call).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class LocalSteps:
         self._arrays = list(arrays)
         ensure_optimizer_built(model)
         self._loop = None
+        self._totals: list[np.ndarray] | None = None
         if backend == "tensorflow" and len(self._arrays[0]):
             import tensorflow as tf
 
@@ -58,6 +60,11 @@ class LocalSteps:
         for rows in batches:
             batch = [a[rows] for a in self._arrays]
             self.model.train_on_batch(self.columns.x(batch[:k]), self.columns.y(batch[k:]))
+            # train_on_batch resets the metrics first, so add its batch's states up here
+            values = [np.asarray(v) for v in self.model.metrics_variables]
+            self._totals = values if self._totals is None else [t + v for t, v in zip(self._totals, values)]
+        for variable, total in zip(self.model.metrics_variables, self._totals):
+            variable.assign(total)
 
     def train(self, order: np.ndarray, batch_size: int, start: int, steps: int) -> int:
         """Train ``steps`` batches of ``order`` starting at batch ``start``; the rows trained.

@@ -93,12 +93,15 @@ def model(spec: ModelSpec) -> Any:
 def warm_up(spec: ModelSpec, backend: str, columns: Any) -> None:
     """Start importing the backend, building the model and tracing its training loop, in the background.
 
-    Called by the tasks of the packing pass, which run in the Python workers
-    that train next (Spark reuses them). A cold worker spends seconds
+    Called by the short warm-up job that ``fit`` starts before packing
+    (:func:`sparkeras.training.start_warm_up`); Spark hands the training
+    tasks the same, reused, Python workers. A cold worker spends seconds
     importing TensorFlow and building and tracing the model; done here, that
     overlaps with packing instead of delaying the first epoch. Training tasks
-    wait for it through :func:`configure` and :func:`model`. Once per model
-    and process; errors are left for the training task to raise.
+    wait for it through :func:`configure` and :func:`model`, which take the
+    same lock. Once per model and process; a training task that got the
+    lock first has built the model itself, and the warm-up then does
+    nothing. Errors are left for the training task to raise.
     """
     with _lock:
         if spec.key in _models or spec.key in _warming:
@@ -108,6 +111,9 @@ def warm_up(spec: ModelSpec, backend: str, columns: Any) -> None:
 
     def work() -> None:
         with _lock:
+            if spec.key in _models:  # a training task got here first and uses the model now
+                _warming.discard(spec.key)
+                return
             try:
                 _configure(backend, cpus)
                 from sparkeras.worker.local_steps import trace
