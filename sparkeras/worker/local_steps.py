@@ -27,6 +27,9 @@ from sparkeras.data.columns import ColumnMap
 from sparkeras.serialization import ensure_optimizer_built
 
 
+BATCH_BY_BATCH = "batch-by-batch"  # a backend value that asks for ``train_on_batch`` per batch
+
+
 class LocalSteps:
     """Trains ``model`` on batches of this partition, chosen by row index.
 
@@ -34,7 +37,7 @@ class LocalSteps:
         model: the compiled model (the worker's cached one).
         arrays: one array per column binding (features, then labels).
         columns: how the arrays map onto the model's inputs and outputs.
-        backend: the Keras backend name.
+        backend: the Keras backend name, or :data:`BATCH_BY_BATCH`.
     """
 
     def __init__(self, model: Any, arrays: Sequence[np.ndarray], columns: ColumnMap, backend: str) -> None:
