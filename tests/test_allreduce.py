@@ -118,7 +118,9 @@ def test_a_killed_worker_resumes_from_the_last_completed_epoch(spark, tmp_path):
     assert marker.exists()
     assert len(history.history["loss"]) == 3
     assert [(r["attempt"], r["resumed_at_epoch"]) for r in history.restarts] == [(2, 2)]
-    assert history.restarts[0]["reason"].startswith("Python worker exited unexpectedly (crashed)")
+    # Spark reports whichever task failed first: the killed worker, or its peer's broken gloo connection.
+    reason = history.restarts[0]["reason"]
+    assert reason.startswith("Python worker exited unexpectedly (crashed)") or "gloo" in reason, reason
     assert int(sm.model.optimizer.iterations) == 3 * 32  # epoch 2's partial steps were discarded
     assert (tmp_path / "ckpt" / "sparkeras-state.json").exists()
 
