@@ -27,7 +27,7 @@ class ProgressServer(FrameServer):
         def handle(header: dict[str, Any], _: bytes) -> None:
             on_report(header)
 
-        super().__init__(host, handle, max_payload=0, name="sparkeras-progress")
+        super().__init__(host, handle, limit=0, name="sparkeras-progress")
 
 
 class ProgressBar:

@@ -83,3 +83,128 @@ def test_progress_server_ignores_strangers_and_keeps_serving():
     finally:
         server.close()
     assert server.address.host == "127.0.0.1"
+
+
+# -- servers that cannot be exhausted ------------------------------------------------------------
+
+def _rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def _echo_server(data_limit=1024, **kwargs):
+    from sparkeras.comm.server import FrameServer
+
+    return FrameServer("127.0.0.1", lambda h, p: ({"echo": h.get("n")}, p),
+                       lambda h: data_limit if h.get("type") == "data" else 0, **kwargs)
+
+
+def _claim(payload_len: int, secret: bytes, kind: str = "data") -> bytes:
+    """A frame prefix and header claiming ``payload_len`` bytes, followed by nothing."""
+    import struct
+
+    from sparkeras.comm import wire
+
+    head = b'{"type":"%s"}' % kind.encode()
+    prefix = struct.pack("<4sIQ", wire.MAGIC, len(head), payload_len)
+    return prefix + wire._header_mac(secret, prefix, head) + head
+
+
+def _wait_for(predicate, seconds=10.0):
+    deadline = time.monotonic() + seconds
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_a_stranger_claiming_4_gib_costs_the_server_nothing():
+    """Even where a message type may carry 16 GiB (a huge model's state), a stranger's claim allocates nothing."""
+    server = _echo_server(data_limit=1 << 34)
+    try:
+        addr = (server.address.host, server.address.port)
+        before = _rss_bytes()
+        socks = []
+        for secret in (b"stranger" * 4, b"stranger" * 4):
+            s = socket.create_connection(addr)
+            s.sendall(_claim(4 << 30, secret))
+            socks.append(s)
+        signed = socket.create_connection(addr)  # the fit's secret, a type that carries no payload
+        signed.sendall(_claim(4 << 30, server.address.secret, "other"))
+        socks.append(signed)
+        assert _wait_for(lambda: server.rejected == 3)
+        grown = _rss_bytes() - before
+        assert grown < 16 << 20, f"the server grew by {grown / 2**20:.1f} MiB"
+        for s in socks:  # every one was hung up on
+            s.settimeout(5)
+            assert s.recv(1) == b""
+            s.close()
+    finally:
+        server.close()
+
+
+def test_a_signed_payload_over_its_types_limit_is_refused_before_it_is_read():
+    from sparkeras.comm.server import FrameClient
+
+    server = _echo_server()
+    try:
+        client = FrameClient(server.address, 4096, timeout=5)
+        assert client.call({"type": "data", "n": 1}, b"x" * 1024) == ({"echo": 1}, b"x" * 1024)
+        with pytest.raises((EOFError, OSError, FrameError)):
+            client.call({"type": "data", "n": 2}, b"x" * 1025)
+        client2 = FrameClient(server.address, 4096, timeout=5)
+        with pytest.raises((EOFError, OSError, FrameError)):
+            client2.call({"type": "other"}, b"y")  # a type whose messages carry no payload
+        assert server.rejected == 2
+    finally:
+        server.close()
+
+
+def test_idle_and_trickling_connections_are_dropped_and_signed_clients_stay_fast():
+    from sparkeras.comm.server import FrameClient
+
+    server = _echo_server(handshake_timeout=2.0, max_pending=64)
+    idle = []
+    try:
+        addr = (server.address.host, server.address.port)
+        idle = [socket.create_connection(addr) for _ in range(200)]
+        trickler = socket.create_connection(addr)
+        trickler.sendall(_claim(10, server.address.secret)[:5])  # a header that never completes
+        time.sleep(0.5)
+        assert server.connections <= 65  # the oldest pending ones were dropped at once
+        client = FrameClient(server.address, 4096, timeout=5)
+        trips = []
+        for n in range(20):
+            t0 = time.perf_counter()
+            assert client.call({"type": "data", "n": n}, b"abc") == ({"echo": n}, b"abc")
+            trips.append(time.perf_counter() - t0)
+        assert sorted(trips)[len(trips) // 2] < 0.05, trips
+        # Within the handshake timeout every connection without a valid frame is gone; the signed one stays.
+        assert _wait_for(lambda: server.connections == 1, 8.0), server.connections
+        trickler.settimeout(5)
+        assert trickler.recv(1) == b""
+        assert client.call({"type": "data", "n": 99}) == ({"echo": 99}, b"")
+        assert server.dropped >= 200
+    finally:
+        for s in idle:
+            s.close()
+        server.close()
+
+
+def test_connections_over_the_cap_are_closed_at_accept():
+    from sparkeras.comm.server import FrameClient
+
+    server = _echo_server(max_connections=2)
+    try:
+        a = FrameClient(server.address, 4096, timeout=5)
+        b = FrameClient(server.address, 4096, timeout=5)
+        assert a.call({"type": "data", "n": 1}) == ({"echo": 1}, b"")
+        assert b.call({"type": "data", "n": 2}) == ({"echo": 2}, b"")
+        c = FrameClient(server.address, 4096, timeout=5)
+        with pytest.raises((EOFError, OSError, FrameError)):
+            c.call({"type": "data", "n": 3})
+        assert a.call({"type": "data", "n": 4}) == ({"echo": 4}, b"")
+    finally:
+        server.close()

@@ -8,7 +8,7 @@ reduces between machines).
 
 Rendezvous: rank 0 creates a ``TCPStore`` on a port the operating system
 picks at bind time (in the process that binds it, so there is no
-bind-then-release race) and publishes ``host:port`` to the driver's
+bind-then-release race), listening only on the address its peers use, and publishes ``host:port`` to the driver's
 :class:`Rendezvous`; the other ranks ask the driver for it and connect.
 Spark's ``BarrierTaskContext.allGather`` could carry the address too, but it
 answers no sooner than about a second (Spark's barrier RPC), which every fit
@@ -69,7 +69,7 @@ class Collective:
         try:
             if rank == 0:
                 host = "127.0.0.1" if loopback else _task_host(context, rank)
-                store = dist.TCPStore(host, 0, world, True, timeout=wait, wait_for_workers=False)
+                store = _bound_store(host, world, wait)
                 driver.call({"type": "publish", "stage": context.stageId(), "world": world,
                              "address": f"{host}:{store.port}"})
             else:
@@ -186,6 +186,29 @@ class Rendezvous:
                 entry["lookups"] -= 1
                 return {"address": entry["address"]}, b""
         return {}, b""
+
+
+def _bound_store(host: str, world: int, wait: datetime.timedelta) -> Any:
+    """Rank 0's ``TCPStore``, listening only on ``host`` (the address the peers use).
+
+    Left to itself the store's server listens on every interface. The store
+    carries the shared-memory segments' names and tokens, so the socket is
+    bound here, on a port the operating system picks, and handed over with
+    ``master_listen_fd``; the store closes it with itself.
+    """
+    import os
+    import socket
+
+    import torch.distributed as dist
+
+    listener = socket.create_server((host, 0), backlog=max(128, world))
+    port = listener.getsockname()[1]
+    fd = listener.detach()  # the store owns the descriptor and closes it with itself
+    try:
+        return dist.TCPStore(host, port, world, True, timeout=wait, wait_for_workers=False, master_listen_fd=fd)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _connect_store(driver: FrameClient, stage: int, rank: int, world: int, timeout: float) -> Any:

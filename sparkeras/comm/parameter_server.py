@@ -125,9 +125,9 @@ class ParameterServer:
         self._active: set[int] = set()
         self._closed = False
         self._cut_after = cut_after_commits
-        center_bytes = sum(a.nbytes for a in self.center)
-        max_payload = 4 * center_bytes + 2 * len(initial_local) + (1 << 20)
-        self._server = FrameServer(host, self._handle, max_payload, "sparkeras-parameter-server")
+        commit_limit = sum(a.nbytes for a in self.center) + (64 << 10)  # the arrays and their codec header
+        self._server = FrameServer(host, self._handle, lambda h: commit_limit if h.get("type") == "commit" else 0,
+                                   "sparkeras-parameter-server")
         self.address: ServerAddress = self._server.address
 
     # -- driver side -------------------------------------------------------

@@ -1,12 +1,20 @@
 """A compact framing for driver <-> worker messages over TCP.
 
-A frame is ``MAGIC | header length (u32) | payload length (u64) | HMAC | header | payload``:
-the header is a small JSON object, the payload raw bytes (typically arrays
-encoded by :func:`sparkeras.serialization.pack_arrays`). The HMAC-SHA256 over
-the lengths, header and payload is keyed with a secret made for one fit, so a
-peer that does not hold the secret cannot inject anything, and nothing on the
-wire is ever unpickled. Oversized or malformed frames raise
-:class:`FrameError` before any large allocation.
+A frame is ``MAGIC | header length (u32) | payload length (u64) | header MAC |
+header | payload MAC | payload``. The header is a small JSON object, the
+payload raw bytes (typically arrays encoded by
+:func:`sparkeras.serialization.pack_arrays`). Both MACs are HMAC-SHA256 keyed
+with a secret made for one fit, so a peer that does not hold the secret
+cannot inject anything, and nothing on the wire is ever unpickled.
+
+Why two MACs. The header MAC covers the lengths and the header, so a reader
+checks who sent the frame, and what kind of message it is, *before* it
+allocates anything for the payload: a stranger who claims a 4 GiB payload
+costs the reader 64 KiB at most (the header limit), not 4 GiB. The payload
+limit can then depend on the message type (``limit`` may be a function of
+the authenticated header), and the payload is read in bounded chunks, so
+memory grows only as bytes actually arrive. The payload MAC covers the
+header MAC and the payload.
 """
 
 from __future__ import annotations
@@ -16,21 +24,32 @@ import hmac
 import json
 import socket
 import struct
-from typing import Any
+import time
+from typing import Any, Callable, Union
 
-MAGIC = b"SKR1"
+MAGIC = b"SKR2"
 _PREFIX = struct.Struct("<4sIQ")
 _MAC_SIZE = 32
 MAX_HEADER = 64 * 1024
+CHUNK = 4 << 20  # payload bytes read per allocation
+
+PayloadLimit = Union[int, Callable[[dict[str, Any]], int]]
 
 
 class FrameError(Exception):
     """A frame was malformed, too large, or not signed with the fit's secret."""
 
 
-def _mac(secret: bytes, prefix: bytes, header: bytes, payload: bytes) -> bytes:
-    mac = hmac.new(secret, prefix, hashlib.sha256)
+def _header_mac(secret: bytes, prefix: bytes, header: bytes) -> bytes:
+    mac = hmac.new(secret, b"H", hashlib.sha256)
+    mac.update(prefix)
     mac.update(header)
+    return mac.digest()
+
+
+def _payload_mac(secret: bytes, head_mac: bytes, payload: bytes) -> bytes:
+    mac = hmac.new(secret, b"P", hashlib.sha256)
+    mac.update(head_mac)
     mac.update(payload)
     return mac.digest()
 
@@ -40,19 +59,30 @@ def encode_frame(secret: bytes, header: dict[str, Any], payload: bytes = b"") ->
     if len(head) > MAX_HEADER:
         raise FrameError(f"frame header of {len(head)} bytes exceeds {MAX_HEADER}")
     prefix = _PREFIX.pack(MAGIC, len(head), len(payload))
-    return b"".join([prefix, _mac(secret, prefix, head, payload), head, payload])
+    head_mac = _header_mac(secret, prefix, head)
+    return b"".join([prefix, head_mac, head, _payload_mac(secret, head_mac, payload), payload])
 
 
 def write_frame(sock: socket.socket, secret: bytes, header: dict[str, Any], payload: bytes = b"") -> None:
     sock.sendall(encode_frame(secret, header, payload))
 
 
-def _read_exact(sock: socket.socket, n: int, started: bool = True) -> bytes:
-    """``n`` bytes; a peer that hangs up inside a frame sent a truncated frame."""
+def _read_exact(sock: socket.socket, n: int, started: bool = True, deadline: float | None = None) -> bytes:
+    """``n`` bytes (one allocation of at most ``n``); a peer that hangs up inside a frame sent a truncated one.
+
+    ``deadline`` (a ``time.monotonic()`` value) bounds the whole read, not
+    each ``recv``: a peer that trickles one byte at a time cannot hold the
+    reader longer than that.
+    """
     buf = bytearray(n)
     view = memoryview(buf)
     got = 0
     while got < n:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise FrameError("slow frame: the peer did not send a whole frame header in time")
+            sock.settimeout(left)
         try:
             k = sock.recv_into(view[got:], n - got)
         except socket.timeout:
@@ -67,18 +97,38 @@ def _read_exact(sock: socket.socket, n: int, started: bool = True) -> bytes:
     return bytes(buf)
 
 
-def read_frame(sock: socket.socket, secret: bytes, max_payload: int) -> tuple[dict[str, Any], bytes]:
-    """Read one frame; raise :class:`FrameError` unless it is well formed and signed."""
-    prefix = _read_exact(sock, _PREFIX.size, started=False)
+def _read_payload(sock: socket.socket, n: int) -> bytes:
+    """An authenticated payload of ``n`` bytes, allocated chunk by chunk as it arrives."""
+    if n <= CHUNK:
+        return _read_exact(sock, n)
+    chunks = []
+    while n > 0:
+        chunks.append(_read_exact(sock, min(n, CHUNK)))
+        n -= len(chunks[-1])
+    return b"".join(chunks)
+
+
+def read_frame(sock: socket.socket, secret: bytes, limit: PayloadLimit,
+               header_timeout: float | None = None) -> tuple[dict[str, Any], bytes]:
+    """Read one frame; raise :class:`FrameError` unless it is well formed, signed and within ``limit``.
+
+    ``limit`` is the largest payload accepted, or a function of the
+    (already authenticated) header giving it per message type.
+    ``header_timeout`` bounds the time from this call to the authenticated
+    header (call it once the socket is readable); the payload is read under
+    the socket's own timeout.
+    """
+    previous_timeout = sock.gettimeout()
+    deadline = None if header_timeout is None else time.monotonic() + header_timeout
+    prefix = _read_exact(sock, _PREFIX.size, started=False, deadline=deadline)
     magic, head_len, payload_len = _PREFIX.unpack(prefix)
     if magic != MAGIC:
         raise FrameError("bad magic: not a sparkeras frame")
-    if head_len > MAX_HEADER or payload_len > max_payload:
-        raise FrameError(f"frame too large (header {head_len} bytes, payload {payload_len} bytes)")
-    mac = _read_exact(sock, _MAC_SIZE)
-    head = _read_exact(sock, head_len)
-    payload = _read_exact(sock, payload_len)
-    if not hmac.compare_digest(mac, _mac(secret, prefix, head, payload)):
+    if head_len > MAX_HEADER:
+        raise FrameError(f"frame too large (header {head_len} bytes, at most {MAX_HEADER})")
+    head_mac = _read_exact(sock, _MAC_SIZE, deadline=deadline)
+    head = _read_exact(sock, head_len, deadline=deadline)
+    if not hmac.compare_digest(head_mac, _header_mac(secret, prefix, head)):
         raise FrameError("frame signature does not match this fit's secret")
     try:
         header = json.loads(head)
@@ -86,4 +136,14 @@ def read_frame(sock: socket.socket, secret: bytes, max_payload: int) -> tuple[di
         raise FrameError(f"frame header is not JSON: {exc}") from None
     if not isinstance(header, dict):
         raise FrameError("frame header must be a JSON object")
+    allowed = limit(header) if callable(limit) else limit
+    if payload_len > allowed:
+        raise FrameError(f"frame too large: a {header.get('type', 'message')!r} payload of {payload_len} bytes "
+                         f"exceeds its limit of {allowed}")
+    if deadline is not None:
+        sock.settimeout(previous_timeout)
+    payload_mac = _read_exact(sock, _MAC_SIZE)
+    payload = _read_payload(sock, payload_len)
+    if not hmac.compare_digest(payload_mac, _payload_mac(secret, head_mac, payload)):
+        raise FrameError("frame payload signature does not match this fit's secret")
     return header, payload

@@ -39,7 +39,7 @@ from sparkeras.session import driver_host
 from sparkeras.strategies.base import Strategy
 from sparkeras.worker.learning_rate import check_rule, scale_factor
 from sparkeras.training import TrainingJob
-from sparkeras.worker.allreduce import MAX_STATE_BYTES, TRAIN, VALIDATION, BarrierSpec, train_barrier
+from sparkeras.worker.allreduce import TRAIN, VALIDATION, BarrierSpec, train_barrier
 
 
 class AllReduce(Strategy):
@@ -117,7 +117,9 @@ class AllReduce(Strategy):
 
     def fit(self, job: TrainingJob) -> None:
         coordinator = _Coordinator(job, self.checkpoint_dir, Rendezvous(self.timeout))
-        server = FrameServer(driver_host(job.spark), coordinator.handle, MAX_STATE_BYTES, "sparkeras-allreduce")
+        epoch_limit = sum(a.nbytes for a in job.state) + (16 << 20)  # the state, metric states, codec header
+        server = FrameServer(driver_host(job.spark), coordinator.handle,
+                             lambda h: epoch_limit if h.get("type") == "epoch" else 0, "sparkeras-allreduce")
         settings = CollectiveSettings.for_cluster(job.spark.sparkContext, server.address, self.timeout,
                                                   self.shared_memory)
         spec = BarrierSpec(
