@@ -6,7 +6,6 @@ import os
 import random
 import tempfile
 from typing import Any, Mapping, Sequence
-from urllib.parse import urlparse
 
 import numpy as np
 
@@ -17,6 +16,8 @@ from sparkeras.errors import InputError
 from sparkeras.progress import ProgressBar, ProgressServer
 from sparkeras.serialization import ModelSpec, model_state, pack_arrays
 from sparkeras.session import driver_host, get_spark, keras_backend
+from sparkeras.storage.model_file import check_model_archive
+from sparkeras.storage.outputs import check_output, check_remote_output, is_remote, save_model_atomically
 from sparkeras.strategies import Strategy, get_strategy
 from sparkeras.errors import worker_error
 from sparkeras.training import MetricReader, TrainingJob, evaluate, run_partitions, start_warm_up
@@ -264,12 +265,14 @@ class SparkModel:
         return add_predictions(dataset.frame, self._model, columns, output_columns(self._model, prediction_col),
                                batch_size, self.custom_objects)
 
-    def save(self, path: str) -> None:
+    def save(self, path: str, overwrite: bool = False) -> None:
         """Save the model (architecture, weights, optimizer state) as a ``.keras`` file.
 
         ``path`` may be local or any URI Hadoop can write (``hdfs://``, ``s3a://``...).
+        It is written atomically (a temporary name, then a rename), and an
+        existing file is replaced only with ``overwrite=True``.
         """
-        save_model_file(self._model, path, self.master)
+        save_model_file(self._model, path, self.master, overwrite)
 
     @classmethod
     def load(cls, path: str, custom_objects: Mapping[str, Any] | None = None, **kwargs: Any) -> "SparkModel":
@@ -278,15 +281,22 @@ class SparkModel:
                    **kwargs)
 
 
-def save_model_file(model: Any, path: str, master: str | None = None) -> None:
-    """Write ``model`` as a ``.keras`` file to a local path or any Hadoop URI."""
-    if not _is_remote(path):
-        model.save(path)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        local = os.path.join(tmp, "model.keras")
-        model.save(local)
-        _hadoop_copy(get_spark(master), local, path, upload=True)
+def save_model_file(model: Any, path: str, master: str | None = None, overwrite: bool = False) -> None:
+    """Write ``model`` as a ``.keras`` file to a local path or any Hadoop URI, atomically.
+
+    The path is checked first (extension, directory, an existing file
+    without ``overwrite``), so nothing is half-written.
+    """
+    check_output(path, kind="model", overwrite=overwrite, flag="path")
+    spark = get_spark(master) if is_remote(path) else None
+    if spark is not None:
+        check_remote_output(spark, path, overwrite=overwrite, flag="path")
+    try:
+        save_model_atomically(model, path, spark, overwrite)
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a Hadoop write error arrives as a Py4JJavaError
+        raise worker_error(exc, f"writing {path}") from None
 
 
 def load_model_file(path: str, custom_objects: Mapping[str, Any] | None = None, master: str | None = None) -> Any:
@@ -296,13 +306,12 @@ def load_model_file(path: str, custom_objects: Mapping[str, Any] | None = None, 
     def _load(local: str) -> Any:
         return keras.saving.load_model(local, custom_objects=dict(custom_objects or {}) or None)
 
-    if not _is_remote(path):
-        if not os.path.exists(path):
-            raise InputError(f"No model file at {path!r}.")
+    if not is_remote(path):
+        check_model_archive(path)
         return _load(path)
     with tempfile.TemporaryDirectory() as tmp:
         local = os.path.join(tmp, "model.keras")
-        _hadoop_copy(get_spark(master), path, local, upload=False)
+        _download(get_spark(master), path, local)
         return _load(local)
 
 
@@ -385,19 +394,11 @@ def _callback_list(callbacks: Sequence[Any] | None, model: Any, epochs: int, ste
         verbose=verbose, epochs=epochs, steps=steps)
 
 
-def _is_remote(path: str) -> bool:
-    return len(urlparse(str(path)).scheme) > 1  # any URI goes through Hadoop; "C:" is a drive
-
-
-def _hadoop_copy(spark: Any, src: str, dst: str, upload: bool) -> None:
+def _download(spark: Any, src: str, dst: str) -> None:
     sc = spark.sparkContext
     Path = sc._jvm.org.apache.hadoop.fs.Path
-    conf = sc._jsc.hadoopConfiguration()
     try:
-        if upload:
-            Path(dst).getFileSystem(conf).copyFromLocalFile(False, True, Path(src), Path(dst))
-        else:
-            Path(src).getFileSystem(conf).copyToLocalFile(False, Path(src), Path(dst), True)
+        Path(src).getFileSystem(sc._jsc.hadoopConfiguration()).copyToLocalFile(False, Path(src), Path(dst), True)
     except Exception as exc:  # noqa: BLE001
         raise worker_error(exc, f"copying {src} to {dst}") from None
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
+import socket
 import sys
 from typing import Any
+
+from sparkeras.errors import InputError
 
 _LOCAL_CONF = {
     "spark.ui.enabled": "false",
@@ -42,6 +46,38 @@ def get_spark(master: str | None = None, app_name: str = "sparkeras") -> Any:
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     return spark
+
+
+_MASTER = re.compile(
+    r"^(local|local\[(\*|[1-9]\d*)(,\s*\d+)?\]|local-cluster\[[1-9]\d*,\s*[1-9]\d*,\s*[1-9]\d*\]"
+    r"|spark://[^\s/,:]+:\d+(,[^\s/,:]+:\d+)*|yarn|k8s://\S+)$")
+
+
+def check_master(master: str, flag: str = "--master", wait: float = 5.0) -> None:
+    """Refuse a master URL Spark cannot use, before any JVM starts.
+
+    A malformed URL otherwise surfaces as a Java stack trace, and an
+    unreachable standalone master as a minute of retries ending in "Cannot
+    call methods on a stopped SparkContext"; here each is one line. A
+    ``spark://`` master is reached with a plain TCP connection, ``wait``
+    seconds per address.
+    """
+    if not _MASTER.match(master):
+        raise InputError(
+            f"{flag} {master!r} is not a Spark master URL; use local[N], local-cluster[workers,cores,memoryMB], "
+            "spark://host:port, yarn, or k8s://https://host:port.")
+    if not master.startswith("spark://"):
+        return
+    errors = []
+    for address in master[len("spark://"):].split(","):
+        host, port = address.rsplit(":", 1)
+        try:
+            with socket.create_connection((host, int(port)), timeout=wait):
+                return
+        except OSError as exc:
+            errors.append(f"{address} ({exc.strerror or exc})")
+    raise InputError(f"{flag}: cannot reach the Spark master at {', '.join(errors)}. Is the master running "
+                     "(spark-class org.apache.spark.deploy.master.Master), and is the address right?")
 
 
 def is_local(master: str) -> bool:

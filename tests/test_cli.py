@@ -66,11 +66,77 @@ def test_errors_are_one_clear_line_without_a_java_trace(files):
                "--features", "image", "--output", str(tmp / "x.parquet"), "--master", "local[1]")
     assert res.returncode == 2
     err = [ln for ln in res.stderr.splitlines() if ln.startswith("sparkeras")]
-    assert err == ["sparkeras predict: error: Column 'image' (features_col) is not in the data; the columns are "
-                   "['digit', 'id', 'pixels']. Pass features_col= with one of them."]
+    assert err == ["sparkeras predict: error: Column 'image' (--features) is not in the data; the columns are "
+                   "['digit', 'id', 'pixels']. Pass --features with one of them."]
     assert "at org.apache" not in res.stderr and "Traceback" not in res.stderr
-    res = _cli("train", "--model", str(tmp / "nope.keras"), "--data", "x", "--output", "y", "--master", "local[1]")
-    assert res.returncode == 2 and "No model file at" in res.stderr
+
+
+CHECK_ONLY = """
+import sys
+from sparkeras.cli.main import main
+rc = main(sys.argv[1:])
+print("IMPORTED", "tensorflow" in sys.modules, "pyspark" in sys.modules, rc)
+"""
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--epochs", "0"], "--epochs must be a positive integer, got 0."),
+    (["--workers", "0"], "--workers must be a positive integer, got 0."),
+    (["--strategy", "fancy"], "--strategy: Unknown strategy 'fancy'; choose one of"),
+    (["--model", "{tmp}/nope.keras"], "No model file at '{tmp}/nope.keras' (--model); check the path."),
+    (["--model", "{tmp}/corrupt.keras"], "--model '{tmp}/corrupt.keras' is not a valid .keras archive"),
+    (["--data", "{tmp}/nothing.parquet"], "No data at '{tmp}/nothing.parquet'; check the path."),
+    (["--output", "{tmp}/trained_model"], "--output '{tmp}/trained_model' must end in .keras"),
+    (["--output", "{tmp}/no/such/dir/m.keras"],
+     "--output '{tmp}/no/such/dir/m.keras': the directory '{tmp}/no/such/dir' does not exist; create it first."),
+    (["--output", "{tmp}/untrained.keras", "--model", "{tmp}/untrained.keras", "--overwrite"],
+     "would write over the input '{tmp}/untrained.keras'"),
+    (["--output", "{tmp}/exists.keras"], "--output '{tmp}/exists.keras' already exists; pass --overwrite"),
+    (["--master", "spark//oops"], "--master 'spark//oops' is not a Spark master URL"),
+    (["--master", "spark://127.0.0.1:{port}"], "--master: cannot reach the Spark master at 127.0.0.1:{port}"),
+])
+def test_argument_mistakes_fail_before_spark_or_tensorflow_start(files, args, message):
+    tmp = files[0]
+    (tmp / "corrupt.keras").write_bytes(b"PK\x03\x04 not really a zip")
+    (tmp / "exists.keras").write_bytes(b"precious")
+    port = _free_port()
+    base = {"--model": str(tmp / "untrained.keras"), "--data": str(tmp / "train.parquet"),
+            "--output": str(tmp / "new.keras"), "--features": "pixels", "--label": "digit"}
+    given = [a.format(tmp=tmp, port=port) for a in args]
+    for flag, value in base.items():
+        if flag not in given:
+            given += [flag, value]
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable)
+    res = subprocess.run([sys.executable, "-c", CHECK_ONLY, "train", *given], capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert res.stdout.strip().splitlines()[-1] == "IMPORTED False False 2", res.stdout + res.stderr
+    assert res.stderr.startswith("sparkeras train: error: ") and message.format(tmp=tmp, port=port) in res.stderr, \
+        res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert (tmp / "exists.keras").read_bytes() == b"precious"
+
+
+def test_predict_onto_its_own_input_is_refused_and_the_input_is_intact(files, spark):
+    tmp = files[0]
+    data = tmp / "train.parquet"
+    before = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in data.iterdir())
+    for output in (data, data / "scores", tmp):
+        res = _cli("predict", "--model", str(tmp / "untrained.keras"), "--data", str(data), "--features",
+                   "pixels", "--output", str(output), "--overwrite", timeout=120)
+        assert res.returncode == 2
+        assert res.stderr.startswith(f"sparkeras predict: error: --output {str(output)!r} would write over the "
+                                     "input "), res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
+    assert sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in data.iterdir()) == before
+    assert spark.read.parquet(str(data)).count() == 3000
 
 
 @pytest.mark.parametrize("command", ["demo", "train", "predict"])

@@ -163,3 +163,11 @@ def test_failure_reason_names_the_innermost_error_not_a_jvm_frame():
                             "org.apache.spark.SparkException: Python worker exited unexpectedly (crashed).\n"
                             "\tat java.base/java.lang.Thread.run(Thread.java:840)")
     assert failure_reason(jvm_side) == "Python worker exited unexpectedly (crashed)."
+
+
+def test_one_hot_labels_with_a_sparse_loss(spark):
+    x, y = blobs(40)
+    onehot = np.eye(10, dtype=np.float32)[y]
+    with pytest.raises(InputError, match=r"label column 'label' holds arrays \(one-hot rows\?\), but the loss "
+                                         r"'sparse_categorical_crossentropy' expects one class index per row"):
+        SparkModel(mlp(), num_workers=2).fit(x, onehot, verbose=0)

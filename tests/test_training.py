@@ -211,6 +211,7 @@ def test_save_and_load_round_trip(spark, tmp_path):
     x, y = blobs(500, seed=5)
     sm = SparkModel(mlp(seed=1), num_workers=2, seed=0)
     sm.fit(x, y, epochs=1, verbose=0)
+    (tmp_path / "uri").mkdir()
     for path in (str(tmp_path / "m.keras"), "file://" + str(tmp_path / "uri" / "m.keras")):
         sm.save(path)
         loaded = SparkModel.load(path, num_workers=2)

@@ -76,7 +76,7 @@ def run_demo(args: argparse.Namespace) -> int:
     os.makedirs(args.output, exist_ok=True)
     model_path = os.path.join(args.output, "digits_cnn.keras")
     plot_path = os.path.join(args.output, "learning_curves.png")
-    sm.save(model_path)
+    sm.save(model_path, overwrite=True)  # the demo's own output folder, rewritten on each run
     _plot(history.history, base_hist.history, plot_path)
 
     samples_per_second = len(x_train) * args.epochs / train_seconds

@@ -1,7 +1,12 @@
 """The ``sparkeras`` command: ``demo``, ``train`` and ``predict``.
 
 Errors are one clear line on stderr and a non-zero exit code; ``--debug``
-shows the full traceback (and Spark's own logs).
+shows the full traceback (and Spark's own logs). Every check that needs
+neither Spark nor TensorFlow (numbers, the model file, the data's format,
+the output path, the master URL) runs first, in well under a second, so a
+typo never costs a Spark start-up, and a bad ``--output`` never costs a
+finished fit. Messages name the command-line flags, not the Python
+arguments behind them.
 """
 
 from __future__ import annotations
@@ -41,15 +46,17 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a saved .keras model on Parquet data",
                            description="Train a compiled .keras model on Parquet data and save the result.")
     train.add_argument("--model", required=True, help="compiled model, .keras file")
-    train.add_argument("--data", required=True, help="Parquet path (any Hadoop URI)")
+    train.add_argument("--data", required=True,
+                       help="training data: Parquet (or CSV, JSON, ORC, Delta) path, any Hadoop URI")
     train.add_argument("--features", default="features", help="feature column(s), comma separated")
     train.add_argument("--label", default="label", help="label column")
     train.add_argument("--epochs", type=int, default=1)
     train.add_argument("--batch-size", type=int, default=32)
     train.add_argument("--workers", type=int, default=None)
     train.add_argument("--strategy", default="averaging")
-    train.add_argument("--validation", help="Parquet path of validation data")
+    train.add_argument("--validation", help="path of validation data, in any format --data takes")
     train.add_argument("--output", required=True, help="where to write the trained .keras model")
+    train.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     train.add_argument("--seed", type=int, default=None)
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     _common(train)
@@ -60,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", required=True)
     predict.add_argument("--data", required=True)
     predict.add_argument("--features", default="features", help="feature column(s), comma separated")
-    predict.add_argument("--output", required=True, help="Parquet path to write")
+    predict.add_argument("--output", required=True, help="Parquet path to write (never one of the inputs)")
+    predict.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     predict.add_argument("--prediction-col", default="prediction")
     predict.add_argument("--batch-size", type=int, default=256)
     _common(predict)
@@ -72,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.debug:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
+        check_arguments(args)
         if args.command == "demo":
             from sparkeras.cli.demo import run_demo
 
@@ -86,33 +95,89 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INPUT if isinstance(exc, InputError) else EXIT_FAILURE
 
 
+# Python argument names in library messages, and the flags a CLI user typed for them.
+_FLAGS = (("features_col=", "--features"), ("features_col", "--features"), ("label_col=", "--label"),
+          ("label_col", "--label"), ("num_workers=", "--workers"), ("num_workers", "--workers"),
+          ("batch_size=", "--batch-size"), ("batch_size", "--batch-size"), ("epochs=", "--epochs"),
+          ("prediction_col=", "--prediction-col"), ("prediction_col", "--prediction-col"),
+          ("validation_data", "--validation"), ("overwrite=True", "--overwrite"))
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every check that needs neither Spark nor TensorFlow, before either starts."""
+    from sparkeras.errors import InputError
+
+    for flag in ("epochs", "workers", "batch_size"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            raise InputError(f"--{flag.replace('_', '-')} must be a positive integer, got {value}.")
+    if args.master:
+        from sparkeras.session import check_master
+
+        check_master(args.master)
+    if args.command == "demo":
+        return
+    from sparkeras.data.sources import data_format
+    from sparkeras.storage.model_file import check_model_archive
+    from sparkeras.storage.outputs import check_output, is_remote
+
+    if not is_remote(args.model):
+        check_model_archive(args.model, "--model")
+    inputs = [args.model, args.data] + ([args.validation] if getattr(args, "validation", None) else [])
+    data_format(args.data)
+    if getattr(args, "validation", None):
+        data_format(args.validation)
+    if args.command == "train":
+        from sparkeras.strategies import get_strategy
+
+        try:
+            get_strategy(args.strategy)
+        except InputError as exc:
+            raise InputError(f"--strategy: {exc}") from None
+        check_output(args.output, kind="model", overwrite=args.overwrite, inputs=inputs, flag="--output")
+    else:
+        check_output(args.output, kind="table", overwrite=args.overwrite, inputs=inputs, flag="--output")
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
-    from sparkeras.errors import WorkerError
+    from sparkeras.errors import InputError, WorkerError
 
     if isinstance(exc, WorkerError):
         lines = [ln for ln in text.splitlines() if ln.strip()]
         return f"{lines[0]} {lines[-1].strip()}" if len(lines) > 1 else text
-    return " ".join(text.split())
+    text = " ".join(text.split())
+    if isinstance(exc, InputError):
+        for name, flag in _FLAGS:
+            text = text.replace(name, flag)
+    return text
 
 
 def _session(args: argparse.Namespace):
+    from sparkeras.errors import InputError
     from sparkeras.session import get_spark
 
-    spark = get_spark(args.master)
+    try:
+        spark = get_spark(args.master)
+    except Exception as exc:  # noqa: BLE001 - a JVM that would not start: say why in one line
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        raise InputError(f"Spark could not start with --master {args.master or 'local[*]'}: "
+                         f"{lines[0] if lines else type(exc).__name__}") from None
     spark.sparkContext.setLogLevel("ERROR" if args.debug else "OFF")
     return spark
 
 
 def _train(args: argparse.Namespace) -> int:
     from sparkeras import SparkModel
+    from sparkeras.storage.outputs import check_remote_output
 
-    _session(args)
+    spark = _session(args)
+    check_remote_output(spark, args.output, overwrite=args.overwrite, flag="--output")
     sm = SparkModel.load(args.model, strategy=args.strategy, num_workers=args.workers, seed=args.seed)
     history = sm.fit(args.data, epochs=args.epochs, batch_size=args.batch_size,
                      validation_data=args.validation, features_col=split_columns(args.features),
                      label_col=args.label, verbose=0 if args.quiet else 1)
-    sm.save(args.output)
+    sm.save(args.output, overwrite=args.overwrite)
     final = {k: round(v[-1], 6) for k, v in history.history.items()}
     print(f"saved {args.output}; final epoch: {json.dumps(final)}")
     return 0
@@ -120,15 +185,16 @@ def _train(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from sparkeras import SparkModel
-
-    _session(args)
-    sm = SparkModel.load(args.model)
     from sparkeras.errors import worker_error
+    from sparkeras.storage.outputs import check_remote_output, write_table_atomically
 
+    spark = _session(args)
+    check_remote_output(spark, args.output, overwrite=args.overwrite, flag="--output")
+    sm = SparkModel.load(args.model)
     out = sm.predict(args.data, features_col=split_columns(args.features), batch_size=args.batch_size,
                      prediction_col=args.prediction_col)
     try:
-        out.write.mode("overwrite").parquet(args.output)
+        write_table_atomically(out, args.output, overwrite=args.overwrite, flag="--output")
     except Exception as exc:  # noqa: BLE001
         raise worker_error(exc, "predicting") from None
     print(f"wrote {args.output}")

@@ -324,6 +324,12 @@ def _bind(
                 unit_interval = "binary" in _loss_name(model, out_index)
         elif units == 1:
             unit_interval = "binary" in _loss_name(model, out_index)
+        elif "sparse" in _loss_name(model, out_index) and "categorical" in _loss_name(model, out_index):
+            raise InputError(
+                f"label column {cols[0]!r} holds {kinds[0]}s (one-hot rows?), but the loss "
+                f"{_loss_name(model, out_index)!r} expects one class index per row. Compile with "
+                "loss='categorical_crossentropy' for one-hot labels, or store the class index as a numeric "
+                "column (e.g. with pyspark.ml.functions.vector_to_array and array_position).")
     if len(cols) > 1 and None not in shape and math.prod(shape) != len(cols):
         raise InputError(
             f"{arg} lists {len(cols)} columns, but model {'input' if role == FEATURE else 'output'} "

@@ -21,7 +21,7 @@ from sparkeras.errors import InputError
 
 ACCEPTED = (
     "numpy arrays (x=, y=), a pandas DataFrame, an RDD of (features, label) pairs, "
-    "a Spark DataFrame, or a Parquet path"
+    "a Spark DataFrame, or a path to Parquet (or CSV, JSON, ORC, Delta) data"
 )
 
 
@@ -66,7 +66,7 @@ def as_dataset(
     if isinstance(data, DataFrame):
         return Dataset(data, features_col, label_col)
     if isinstance(data, (str, os.PathLike)):
-        return Dataset(_read_parquet(spark, os.fspath(data)), features_col, label_col)
+        return Dataset(read_data(spark, os.fspath(data)), features_col, label_col)
     if isinstance(data, RDD):
         return Dataset(_rdd_frame(spark, data, features_col, label_col), features_col, label_col)
     if _is_pandas(data):
@@ -76,12 +76,101 @@ def as_dataset(
     raise InputError(f"Cannot train on a {type(data).__name__}; pass {ACCEPTED}.")
 
 
-def _read_parquet(spark: Any, path: str) -> Any:
+_EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "csv", ".json": "json",
+               ".jsonl": "json", ".ndjson": "json", ".orc": "orc", ".avro": "avro"}
+_MAGIC = ((b"PAR1", "parquet"), (b"ORC", "orc"), (b"Obj\x01", "avro"), (b"PK\x03\x04", "a zip archive"),
+          (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"\x1f\x8b", "gzip-compressed data"),
+          (b"\x89HDF", "an HDF5 file"))
+READABLE = ("parquet", "csv", "json", "orc", "delta")
+
+
+def data_format(path: str) -> str:
+    """The format of the data at ``path``: by its content where it is local, else by its extension.
+
+    Needs neither Spark nor TensorFlow, so the CLI checks ``--data`` before
+    either starts. A local directory is a Delta table if it has a
+    ``_delta_log``, else the format of its first data file (Spark's own
+    ``_SUCCESS`` and hidden files are skipped). Raises :class:`InputError`
+    for a local path that does not exist.
+    """
+    from sparkeras.storage.outputs import _local
+
+    local = _local(path)
+    by_extension = _EXTENSIONS.get(os.path.splitext(str(path).rstrip("/"))[1].lower())
+    if local is None:
+        return by_extension or "parquet"
+    if not os.path.exists(local):
+        raise InputError(f"No data at {path!r}; check the path.")
+    if os.path.isdir(local):
+        if os.path.isdir(os.path.join(local, "_delta_log")):
+            return "delta"
+        first = _first_data_file(local)
+        if first is None:
+            raise InputError(f"The data directory {path!r} holds no data files.")
+        local, by_extension = first, _EXTENSIONS.get(os.path.splitext(first)[1].lower(), by_extension)
+    with open(local, "rb") as f:
+        head = f.read(512)
+    for magic, found in _MAGIC:
+        if head.startswith(magic):
+            return found
+    if head.lstrip()[:1] == b"{":
+        return "json"
+    if by_extension in ("csv", "json"):
+        return by_extension
+    return "csv" if _looks_like_csv(local) else "binary data" if _is_binary(head) else "text"
+
+
+def _is_binary(head: bytes) -> bool:
     try:
-        return spark.read.parquet(path)
-    except Exception as exc:  # AnalysisException: path missing or not Parquet
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"Cannot read Parquet data at {path!r}: {first}") from None
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return b"\x00" in head
+
+
+def _first_data_file(directory: str) -> str | None:
+    for root, dirs, files in os.walk(directory):
+        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_")))
+        for name in sorted(files):
+            if not name.startswith((".", "_")):
+                return os.path.join(root, name)
+    return None
+
+
+def _looks_like_csv(path: str) -> bool:
+    with open(path, "rb") as f:
+        line = f.readline(65536)
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return "," in text or "\t" in text
+
+
+def read_data(spark: Any, path: str) -> Any:
+    """A DataFrame of the data at ``path``, read with Spark's own source for its format.
+
+    CSV is read with a header row and inferred column types (pass several
+    scalar columns as the features); JSON is one object per line.
+    """
+    fmt = data_format(path)
+    if fmt not in READABLE:
+        raise InputError(f"The data at {path!r} is {fmt}, which sparkeras cannot read as a table; "
+                         f"convert it to one of {', '.join(READABLE)} (Parquet is best).")
+    reader = spark.read
+    if fmt == "csv":
+        reader = reader.option("header", "true").option("inferSchema", "true")
+        if str(path).lower().endswith(".tsv"):
+            reader = reader.option("sep", "\t")
+    try:
+        return reader.format(fmt).load(path)
+    except Exception as exc:  # AnalysisException: path missing, unreadable, or not in that format
+        lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+        first = lines[0] if lines else type(exc).__name__
+        if fmt == "delta" and "delta" in first.lower() and "source" in first.lower():
+            raise InputError(f"{path!r} is a Delta table; install delta-spark and configure the session for "
+                             "it, or export the table to Parquet.") from None
+        raise InputError(f"Cannot read {fmt} data at {path!r}: {first}") from None
 
 
 def _is_pandas(data: Any) -> bool:

@@ -1,0 +1,1 @@
+"""Where sparkeras writes: output checks, atomic writes, and per-epoch checkpoints."""

@@ -1,0 +1,43 @@
+"""Recognising a ``.keras`` archive before anything is loaded."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+
+from sparkeras.errors import InputError
+
+_ARCHIVE_MEMBERS = ("config.json", "metadata.json")
+
+
+def check_model_archive(path: str, flag: str = "model") -> None:
+    """Raise :class:`InputError` unless the local ``path`` is a readable ``.keras`` archive.
+
+    A ``.keras`` file is a zip holding ``config.json`` and ``metadata.json``
+    (and the weights); anything else (a truncated download, an HDF5 ``.h5``
+    file, a SavedModel directory) is named as what it is, not as missing.
+    """
+    if not os.path.exists(path):
+        raise InputError(f"No model file at {path!r} ({flag}); check the path.")
+    if os.path.isdir(path):
+        hint = " (it looks like a TensorFlow SavedModel)" if os.path.exists(os.path.join(path, "saved_model.pb")) \
+            else ""
+        raise InputError(f"{flag} {path!r} is a directory{hint}, not a .keras file; save the model with "
+                         "model.save('name.keras').")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith(b"\x89HDF"):
+        raise InputError(f"{flag} {path!r} is a legacy HDF5 (.h5) model, not a .keras archive; load it with "
+                         "keras.saving.load_model and save it again as name.keras.")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            broken = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise InputError(f"{flag} {path!r} is not a valid .keras archive ({exc}); it may be truncated or "
+                         "not a Keras model. Save the model again with model.save('name.keras').") from None
+    missing = [m for m in _ARCHIVE_MEMBERS if m not in names]
+    if missing or broken is not None:
+        what = f"it lacks {', '.join(missing)}" if missing else f"its member {broken!r} is corrupt"
+        raise InputError(f"{flag} {path!r} is not a valid .keras archive ({what}). "
+                         "Save the model again with model.save('name.keras').")
