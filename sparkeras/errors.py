@@ -32,7 +32,9 @@ def worker_error(exc: BaseException, doing: str) -> Exception:
     found = _INPUT_ERROR.search(text)
     if found:
         return InputError(found.group(1).strip())
-    if "Traceback" not in text and "Exception" not in type(exc).__name__:
+    if "Traceback" not in text:
+        if type(exc).__module__.startswith(("py4j", "pyspark")):  # an executor or a worker died: no traceback
+            return WorkerError(f"A Spark task failed while {doing}: {failure_reason(exc)}")
         return exc if isinstance(exc, Exception) else RuntimeError(text)
     start = text.find("Traceback (most recent call last)")
     detail = text[start:] if start >= 0 else text

@@ -14,10 +14,11 @@ from sparkeras.data.packing import PreparedData, prepare
 from sparkeras.data.sources import Dataset, as_dataset, split_validation, validation_dataset
 from sparkeras.errors import InputError
 from sparkeras.progress import ProgressBar, ProgressServer
-from sparkeras.serialization import ModelSpec, model_state, pack_arrays
+from sparkeras.serialization import ModelSpec, model_state, pack_arrays, set_model_state
 from sparkeras.session import driver_host, get_spark, keras_backend
 from sparkeras.storage.model_file import check_model_archive
-from sparkeras.storage.outputs import check_output, check_remote_output, is_remote, save_model_atomically
+from sparkeras.storage.outputs import (check_output, check_remote_output, hadoop_copy, is_remote,
+                                       save_model_atomically)
 from sparkeras.strategies import Strategy, get_strategy
 from sparkeras.errors import worker_error
 from sparkeras.training import MetricReader, TrainingJob, evaluate, run_partitions, start_warm_up
@@ -113,6 +114,7 @@ class SparkModel:
         verbose: int = 1,
         shuffle: bool = True,
         initial_epoch: int = 0,
+        checkpoint_dir: str | None = None,
     ) -> Any:
         """Train on ``data`` and return a ``keras.callbacks.History``.
 
@@ -122,12 +124,22 @@ class SparkModel:
         name the columns, or map model input/output names to columns.
         ``history.history`` has the per-epoch loss and compiled metrics, and
         their ``val_`` twins when there is validation data.
+
+        ``checkpoint_dir`` (a local path or any Hadoop URI) keeps the state
+        of the last completed epoch; a fit started again with the same
+        directory and arguments, even by a new driver, resumes after it
+        (:mod:`sparkeras.storage.checkpoint`), and ``history.restarts``
+        records the resume.
         """
         _check_positive(epochs=epochs, batch_size=batch_size)
         if not 0.0 <= validation_split < 1.0:
             raise InputError(f"validation_split must be in [0, 1), got {validation_split}.")
         if not 0 <= initial_epoch < epochs:
             raise InputError(f"initial_epoch must be in [0, epochs), got {initial_epoch} with epochs={epochs}.")
+        checkpoint_dir = checkpoint_dir or getattr(self.strategy, "checkpoint_dir", None)
+        if checkpoint_dir:
+            check_output(checkpoint_dir, kind="directory", flag="checkpoint_dir",
+                         inputs=[p for p in (data, x) if isinstance(p, (str, os.PathLike))])
         spark = self.spark
         workers = self._workers(spark)
         x_data = x if x is not None else data
@@ -144,8 +156,14 @@ class SparkModel:
         columns = resolve_columns(self._model, dataset.schema, dataset.features_col, dataset.label_col)
         if val_dataset is not None:
             resolve_columns(self._model, val_dataset.schema, val_dataset.features_col, val_dataset.label_col)
+        checkpoint, saved = self._checkpoint(spark, checkpoint_dir, batch_size, workers)
+        if saved is not None:
+            set_model_state(self._model, saved.state)
+            self.strategy.restore_checkpoint_state(saved.extra)
+            initial_epoch = max(initial_epoch, saved.next_epoch)
         prepared: list[PreparedData] = []
         server = None
+        job = None
         try:
             warming = start_warm_up(spark, self._spec(columns), workers)
             train = prepare(dataset, columns, workers, balance=self.balance_partitions)
@@ -167,11 +185,15 @@ class SparkModel:
                 batch_size=batch_size, shuffle=shuffle, num_workers=workers,
                 callbacks=None, bar=bar)
             job.callbacks = _callback_list(callbacks, self._model, epochs, max(job.steps_per_worker), verbose)
+            job.checkpoint, job.strategy_state = checkpoint, self.strategy.checkpoint_state
             self.strategy.check(job)
             warming.join()
             self._model.stop_training = False
             job.callbacks.on_train_begin()
-            self.strategy.fit(job)
+            if saved is not None:
+                _resume_history(self._model.history, saved, job, checkpoint_dir)
+            if initial_epoch < epochs:
+                self.strategy.fit(job)
             job.callbacks.on_train_end()
         finally:
             if server is not None:
@@ -185,6 +207,18 @@ class SparkModel:
         for key, value in job.report.items():
             setattr(history, key, value)
         return history
+
+    def _checkpoint(self, spark: Any, directory: str | None, batch_size: int,
+                    workers: int) -> tuple[Any, Any]:
+        """The fit's checkpoint, and what it saved (``None`` for a fresh one)."""
+        if not directory:
+            return None, None
+        from sparkeras.storage.checkpoint import EpochCheckpoint
+
+        fingerprint = {"model": _architecture(self._model), "strategy": repr(self.strategy),
+                       "batch_size": batch_size, "num_workers": workers}
+        checkpoint = EpochCheckpoint(directory, fingerprint, spark)
+        return checkpoint, checkpoint.load()
 
     def evaluate(
         self,
@@ -311,7 +345,7 @@ def load_model_file(path: str, custom_objects: Mapping[str, Any] | None = None, 
         return _load(path)
     with tempfile.TemporaryDirectory() as tmp:
         local = os.path.join(tmp, "model.keras")
-        _download(get_spark(master), path, local)
+        hadoop_copy(get_spark(master), path, local, upload=False)
         return _load(local)
 
 
@@ -386,21 +420,34 @@ def _split_last(x: Any, y: Any, fraction: float) -> tuple[Any, Any, Any]:
     return cut(x, None, split), cut(y, None, split), (cut(x, split, None), cut(y, split, None))
 
 
+def _architecture(model: Any) -> str:
+    """What a checkpoint's state must match: layer types and variable shapes, the optimizer and the loss.
+
+    Not the Keras config, which holds generated names (``dense_3``) that
+    change with the number of models a process has built before.
+    """
+    import hashlib
+    import json
+
+    layers = [[type(layer).__name__, [list(v.shape) for v in layer.weights]] for layer in model.layers]
+    described = [layers, type(model.optimizer).__name__, str(getattr(model, "loss", ""))]
+    return hashlib.sha256(json.dumps(described).encode()).hexdigest()[:16]
+
+
+def _resume_history(history: Any, saved: Any, job: TrainingJob, directory: str) -> None:
+    """The History of a resumed fit starts with the epochs the checkpoint already holds."""
+    history.history = {k: list(v) for k, v in saved.history.items()}
+    history.epoch = list(range(saved.next_epoch))
+    job.restarts.append({"attempt": 1, "resumed_at_epoch": saved.next_epoch + 1,
+                         "reason": f"checkpoint in {directory}"})
+
+
 def _callback_list(callbacks: Sequence[Any] | None, model: Any, epochs: int, steps: int, verbose: int) -> Any:
     import keras
 
     return keras.callbacks.CallbackList(
         list(callbacks or []), add_history=True, add_progbar=False, model=model,
         verbose=verbose, epochs=epochs, steps=steps)
-
-
-def _download(spark: Any, src: str, dst: str) -> None:
-    sc = spark.sparkContext
-    Path = sc._jvm.org.apache.hadoop.fs.Path
-    try:
-        Path(src).getFileSystem(sc._jsc.hadoopConfiguration()).copyToLocalFile(False, Path(src), Path(dst), True)
-    except Exception as exc:  # noqa: BLE001
-        raise worker_error(exc, f"copying {src} to {dst}") from None
 
 
 __all__ = ["SparkModel"]

@@ -144,6 +144,8 @@ class TrainingJob:
         self.samples_per_second: list[float] = []
         self.restarts: list[dict[str, Any]] = []  # set by strategies that relaunch failed stages
         self.report: dict[str, Any] = {}  # strategy figures, set as attributes of the History
+        self.checkpoint: Any = None  # an EpochCheckpoint, written after every completed epoch
+        self.strategy_state: Callable[[], dict[str, list[np.ndarray]]] = dict
 
     @property
     def steps_per_worker(self) -> list[int]:
@@ -179,4 +181,8 @@ class TrainingJob:
             logs.update({f"val_{k}": v for k, v in val.items()})
         self.samples_per_second.append(self.bar.end_epoch(logs))
         self.callbacks.on_epoch_end(epoch, logs)
+        if self.checkpoint is not None:
+            history = getattr(self.model, "history", None)
+            self.checkpoint.save(epoch + 1, self.state, self.strategy_state(),
+                                 dict(getattr(history, "history", {}) or {}))
         return bool(getattr(self.model, "stop_training", False))

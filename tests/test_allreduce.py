@@ -113,16 +113,32 @@ def test_a_killed_worker_resumes_from_the_last_completed_epoch(spark, tmp_path):
     marker = tmp_path / "killed"
     strategy.fail_once = (1, 1, str(marker))  # rank 1's Python worker dies in the middle of epoch 2
     sm = SparkModel(mlp(seed=5), strategy=strategy, num_workers=2, seed=0)
-    history = sm.fit(x, y, epochs=3, batch_size=32, verbose=0)
+    events = []
+    record = keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, logs: events.append(("begin", e)),
+                                            on_epoch_end=lambda e, logs: events.append(("end", e)))
+    history = sm.fit(x, y, epochs=3, batch_size=32, verbose=0, callbacks=[record])
 
     assert marker.exists()
+    assert events == [("begin", 0), ("end", 0), ("begin", 1), ("end", 1), ("begin", 2), ("end", 2)]
     assert len(history.history["loss"]) == 3
     assert [(r["attempt"], r["resumed_at_epoch"]) for r in history.restarts] == [(2, 2)]
     # Spark reports whichever task failed first: the killed worker, or its peer's broken gloo connection.
     reason = history.restarts[0]["reason"]
     assert reason.startswith("Python worker exited unexpectedly (crashed)") or "gloo" in reason, reason
     assert int(sm.model.optimizer.iterations) == 3 * 32  # epoch 2's partial steps were discarded
-    assert (tmp_path / "ckpt" / "sparkeras-state.json").exists()
+    assert (tmp_path / "ckpt" / "sparkeras-checkpoint.skr").exists()
+
+
+def test_a_crashed_worker_without_restarts_is_a_worker_error_with_its_reason(spark, tmp_path):
+    from sparkeras.errors import WorkerError
+
+    x, y = blobs(400, seed=8)
+    strategy = AllReduce(timeout=60, max_restarts=0)
+    strategy.fail_once = (1, 1, str(tmp_path / "killed"))  # in the middle of epoch 2
+    with pytest.raises(WorkerError, match=r"^A Spark task failed while training epoch 2: "
+                                          r"(Python worker exited unexpectedly \(crashed\)|.*gloo)") as info:
+        SparkModel(mlp(seed=5), strategy=strategy, num_workers=2, seed=0).fit(x, y, epochs=2, verbose=0)
+    assert "at org.apache" not in str(info.value) and len(str(info.value)) < 1000
 
 
 def test_bad_allreduce_settings_are_refused_before_training(spark):

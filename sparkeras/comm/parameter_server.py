@@ -143,6 +143,11 @@ class ParameterServer:
         with self._lock:
             self._local.update(local_states)
 
+    def parked(self) -> dict[int, bytes]:
+        """Each worker's parked local state (packed arrays), as :meth:`park` kept it."""
+        with self._lock:
+            return dict(self._local)
+
     def snapshot(self) -> list[np.ndarray]:
         with self._lock:
             return [np.array(a, copy=True) for a in self.center]

@@ -245,12 +245,12 @@ def _hadoop_path(file_name: str, hadoop: bool) -> str:
 def _copy(src: str, dst: str, upload: bool) -> None:
     import shutil
 
-    from sparkeras.model import _hadoop_copy
     from sparkeras.session import get_spark
+    from sparkeras.storage.outputs import hadoop_copy
 
     remote = dst if upload else src
     if "://" in remote:
-        _hadoop_copy(get_spark(), src, dst, upload=upload)
+        hadoop_copy(get_spark(), src, dst, upload=upload)
     else:
         if not os.path.exists(src):
             raise InputError(f"No file at {src!r}.")

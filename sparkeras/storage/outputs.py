@@ -121,6 +121,21 @@ def _hadoop(spark: Any, path: str) -> tuple[Any, Any]:
     return hpath.getFileSystem(sc._jsc.hadoopConfiguration()), hpath
 
 
+def hadoop_copy(spark: Any, src: str, dst: str, upload: bool) -> None:
+    """Copy a local file to a Hadoop URI (``upload``) or back, through the session's ``FileSystem``."""
+    from sparkeras.errors import worker_error
+
+    fs, remote = _hadoop(spark, dst if upload else src)
+    local = _hadoop(spark, src if upload else dst)[1]
+    try:
+        if upload:
+            fs.copyFromLocalFile(False, True, local, remote)
+        else:
+            fs.copyToLocalFile(False, remote, local, True)
+    except Exception as exc:  # noqa: BLE001 - a Hadoop error arrives as a Py4JJavaError
+        raise worker_error(exc, f"copying {src} to {dst}") from None
+
+
 def _temporary_sibling(path: str) -> str:
     """A hidden name in the same directory (so a rename is atomic), which readers skip."""
     head, name = os.path.split(str(path).rstrip("/"))

@@ -13,7 +13,8 @@ ask it where to start (epoch and state), and rank 0 reports every finished
 epoch to it; the driver then publishes the epoch (weights, History,
 callbacks such as EarlyStopping and ModelCheckpoint) and answers whether to
 stop. The driver therefore always holds the state of the last completed
-epoch (and writes it to ``checkpoint_dir`` if given). If the stage fails (a
+epoch (and writes it to ``checkpoint_dir`` if given,
+see :mod:`sparkeras.storage.checkpoint`). If the stage fails (a
 worker dies, an executor is lost), it is launched again, up to
 ``max_restarts`` times, and resumes from that epoch; ``history.restarts``
 lists each restart and the epoch it re-ran from.
@@ -21,8 +22,6 @@ lists each restart and the epoch it re-ran from.
 
 from __future__ import annotations
 
-import json
-import os
 import queue
 import threading
 from dataclasses import replace
@@ -50,8 +49,9 @@ class AllReduce(Strategy):
             collective, and for the driver's answer at an epoch end.
         max_restarts: how many times a failed stage is launched again,
             resuming from the last completed epoch.
-        checkpoint_dir: a local directory where the state of each completed
-            epoch is written; a later fit of the same model resumes from it.
+        checkpoint_dir: where the state of each completed epoch is written;
+            the same as ``fit(checkpoint_dir=...)``, which works for every
+            strategy.
         sync_batch_norm: compute BatchNormalization statistics over the global
             batch (TensorFlow backend), so training equals one process with
             the global batch. ``False`` keeps per-worker statistics and
@@ -116,7 +116,7 @@ class AllReduce(Strategy):
         check_barrier(job.spark.sparkContext, job.num_workers)
 
     def fit(self, job: TrainingJob) -> None:
-        coordinator = _Coordinator(job, self.checkpoint_dir, Rendezvous(self.timeout))
+        coordinator = _Coordinator(job, Rendezvous(self.timeout))
         epoch_limit = sum(a.nbytes for a in job.state) + (16 << 20)  # the state, metric states, codec header
         server = FrameServer(driver_host(job.spark), coordinator.handle,
                              lambda h: epoch_limit if h.get("type") == "epoch" else 0, "sparkeras-allreduce")
@@ -143,7 +143,7 @@ class AllReduce(Strategy):
                 if isinstance(failure, InputError) or attempt > self.max_restarts:
                     raise failure
                 attempt += 1
-                coordinator.restarted(attempt, failure)
+                coordinator.restarted(attempt, error)
         finally:
             server.close()
         job.restarts = coordinator.restarts
@@ -176,21 +176,14 @@ class _Coordinator:
     called, one epoch at a time, while the tasks wait for the answer.
     """
 
-    def __init__(self, job: TrainingJob, checkpoint_dir: str | None, rendezvous: Rendezvous) -> None:
+    def __init__(self, job: TrainingJob, rendezvous: Rendezvous) -> None:
         self.job = job
         self.rendezvous = rendezvous
         self.next_epoch = job.initial_epoch
         self.finished = False
-        self.restarts: list[dict[str, Any]] = []
+        self.restarts: list[dict[str, Any]] = job.restarts
         self._reports: queue.Queue = queue.Queue()
         self._began: int | None = None
-        self._checkpoint = _Checkpoint(checkpoint_dir, job.spec.model.key) if checkpoint_dir else None
-        if self._checkpoint is not None:
-            saved = self._checkpoint.load()
-            if saved is not None and job.initial_epoch < saved[0] < job.epochs:
-                self.next_epoch, job.state = saved
-                self.restarts.append({"attempt": 1, "resumed_at_epoch": self.next_epoch + 1,
-                                      "reason": f"checkpoint in {checkpoint_dir}"})
 
     def handle(self, header: dict[str, Any], payload: bytes) -> tuple[dict[str, Any], bytes] | None:
         kind = header.get("type")
@@ -235,9 +228,11 @@ class _Coordinator:
         return error
 
     def restarted(self, attempt: int, failure: BaseException) -> None:
+        """Record a relaunch; callbacks saw ``on_epoch_begin`` for the epoch already, so only the bar restarts."""
         self.restarts.append({"attempt": attempt, "resumed_at_epoch": self.next_epoch + 1,
                               "reason": failure_reason(failure)})
-        self._began = None
+        if self._began == self.next_epoch:
+            self.job.bar.begin_epoch(self.next_epoch, self.job.train.stats.rows)
 
     def _begin(self) -> None:
         if self.next_epoch < self.job.epochs and self._began != self.next_epoch:
@@ -250,39 +245,8 @@ class _Coordinator:
         self.job.state = arrays[:k]
         stop = self.job.end_epoch(epoch, arrays[k:k + m], arrays[k + m:] if header.get("validation") else None)
         self.next_epoch = epoch + 1
-        if self._checkpoint is not None:
-            self._checkpoint.save(self.next_epoch, self.job.state)
         if stop or self.next_epoch >= self.job.epochs:
             self.finished = True
         else:
             self._begin()
         return stop
-
-
-class _Checkpoint:
-    """The state after the last completed epoch, in a directory, written atomically."""
-
-    def __init__(self, directory: str, model_key: str) -> None:
-        self.directory, self.model_key = directory, model_key
-        self._state = os.path.join(directory, "sparkeras-state.bin")
-        self._meta = os.path.join(directory, "sparkeras-state.json")
-
-    def save(self, next_epoch: int, state: list[Any]) -> None:
-        os.makedirs(self.directory, exist_ok=True)
-        for path, data in ((self._state, pack_arrays(state)),
-                           (self._meta, json.dumps({"next_epoch": next_epoch, "model": self.model_key}).encode())):
-            tmp = path + ".tmp"
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-
-    def load(self) -> tuple[int, list[Any]] | None:
-        try:
-            with open(self._meta, "rb") as f:
-                meta = json.loads(f.read())
-            if meta.get("model") != self.model_key:
-                return None
-            with open(self._state, "rb") as f:
-                return int(meta["next_epoch"]), unpack_arrays(f.read())
-        except (OSError, ValueError, KeyError):
-            return None

@@ -133,6 +133,7 @@ class ModelAveraging(DistributedOptimizer):
         self.outer_learning_rate = float(outer_learning_rate)
         self.nesterov = bool(nesterov)
         self._outer: OuterStep | None = None
+        self._restored_velocity: Arrays | None = None
 
     def get_config(self) -> dict[str, Any]:
         return {"window": self.window, "outer_momentum": self.outer_momentum,
@@ -169,10 +170,23 @@ class ModelAveraging(DistributedOptimizer):
         trainable = [v.trainable for v in job.model.weights if is_shared(v)]
         self._outer = OuterStep(self.momentum(job.num_workers), self.outer_learning_rate, self.nesterov,
                                 trainable)
+        if self._restored_velocity is not None:
+            self._outer.velocity = [np.array(v) for v in self._restored_velocity]
         if concurrent_slots(job.spark.sparkContext) >= job.num_workers:
             super().fit(job)
         else:
             self._fit_in_jobs(job)
+
+    def checkpoint_state(self) -> dict[str, Arrays]:
+        """The workers' local states, and the outer step's momentum."""
+        state = super().checkpoint_state()
+        if self._outer is not None and self._outer.velocity is not None:
+            state["outer_velocity"] = list(self._outer.velocity)
+        return state
+
+    def restore_checkpoint_state(self, state: dict[str, Arrays]) -> None:
+        super().restore_checkpoint_state(state)
+        self._restored_velocity = state.get("outer_velocity")
 
     def end_epoch_state(self, job: TrainingJob, local_states: list[Arrays], samples: list[int]) -> None:
         """The driver's optimizer state: the workers' inner states, averaged (step counts: the largest)."""

@@ -35,6 +35,19 @@ class Strategy(abc.ABC):
         """The strategy's options, for logs, history and persistence."""
         return {}
 
+    def checkpoint_state(self) -> dict[str, list[Any]]:
+        """The strategy's own state at an epoch end (numpy arrays by name), saved with the model's.
+
+        Called on the driver after each completed epoch while ``fit`` runs;
+        whatever the next epoch needs beyond the model's weights and
+        optimizer state (an outer optimizer's momentum, workers' local
+        states) goes here.
+        """
+        return {}
+
+    def restore_checkpoint_state(self, state: dict[str, list[Any]]) -> None:
+        """Take back what :meth:`checkpoint_state` saved, before ``fit`` resumes."""
+
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"{type(self).__name__}({opts})"

@@ -59,7 +59,7 @@ import numpy as np
 
 from sparkeras.comm.parameter_server import ParameterServer
 from sparkeras.errors import InputError
-from sparkeras.serialization import ModelSpec, pack_arrays
+from sparkeras.serialization import ModelSpec, pack_arrays, unpack_arrays
 from sparkeras.session import driver_host
 from sparkeras.strategies.base import Strategy
 from sparkeras.training import TrainingJob, run_partitions, sum_metric_states
@@ -107,11 +107,23 @@ class DistributedOptimizer(Strategy):
             raise InputError(f"timeout must be a positive number of seconds, got {timeout!r}.")
         self.window = window
         self.timeout = float(timeout)
+        self._server: ParameterServer | None = None
+        self._restored_local: dict[int, bytes] = {}  # workers' local states from a checkpoint
         self.cut_connection_after: int | None = None  # test hook, see ParameterServer
         self.fail_once: str | None = None  # test hook: partition 0 fails after a commit, once (marker file)
 
     def get_config(self) -> dict[str, Any]:
         return {"window": self.window, "timeout": self.timeout}
+
+    _DRIVER_ONLY = ("_server", "_restored_local", "_restored_velocity")
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The rule travels to the workers in every task; the driver's server and checkpoint state stay behind."""
+        return {k: v for k, v in self.__dict__.items() if k not in self._DRIVER_ONLY}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._server, self._restored_local = None, {}
 
     # -- the three rules ---------------------------------------------------
 
@@ -168,6 +180,8 @@ class DistributedOptimizer(Strategy):
             batch_size=job.batch_size, shuffle=job.shuffle, timeout=self.timeout,
             max_payload=4 * sum(a.nbytes for a in initial_local) + (1 << 20))
         rows = job.train.stats.rows_per_partition
+        server.park(self._restored_local)
+        self._server = server
         try:
             for epoch in range(job.initial_epoch, job.epochs):
                 job.begin_epoch(epoch)
@@ -183,7 +197,19 @@ class DistributedOptimizer(Strategy):
                 if job.end_epoch(epoch, sum_metric_states(trained)):
                     break
         finally:
+            self._server = None
             job.report["parameter_server"] = server.close()
+
+    def checkpoint_state(self) -> dict[str, Arrays]:
+        """Every worker's local state (weights for the elastic rules, optimizer state), by partition."""
+        server = getattr(self, "_server", None)
+        if server is None:
+            return {}
+        return {f"local/{p}": unpack_arrays(blob) for p, blob in server.parked().items()}
+
+    def restore_checkpoint_state(self, state: dict[str, Arrays]) -> None:
+        self._restored_local = {int(k.split("/", 1)[1]): pack_arrays(v) for k, v in state.items()
+                                if k.startswith("local/")}
 
     def end_epoch_state(self, job: TrainingJob, local_states: list[Arrays], samples: list[int]) -> None:
         """Driver: fold the workers' local states (weights, optimizer) into ``job.state`` after an epoch.
