@@ -21,6 +21,10 @@ class WorkerError(SparkerasError, RuntimeError):
     """A Spark task failed; the message carries the worker's own traceback."""
 
 
+class ClusterCapacityError(SparkerasError, RuntimeError):
+    """The cluster no longer has the task slots a synchronous fit needs; the message names what is missing."""
+
+
 _INPUT_ERROR = re.compile(r"sparkeras\.errors\.InputError: (.*)")
 _JVM_FRAMES = ("at org.apache", "at java.", "at scala.", "at jdk.")
 _EXCEPTION_LINE = re.compile(r"^:?\s*([\w.$]+(?:Error|Exception)): (.+)$")

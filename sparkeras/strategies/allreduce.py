@@ -24,15 +24,16 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from sparkeras.barrier import DEFAULT_TIMEOUT, CollectiveSettings, check_barrier
+from sparkeras.barrier import DEFAULT_TIMEOUT, CollectiveSettings, check_barrier, concurrent_slots
 from sparkeras.comm.collective import Rendezvous
 from sparkeras.comm.server import FrameServer
-from sparkeras.errors import InputError, failure_reason, worker_error
+from sparkeras.errors import ClusterCapacityError, InputError, failure_reason, worker_error
 from sparkeras.serialization import pack_arrays, unpack_arrays
 from sparkeras.session import driver_host
 from sparkeras.strategies.base import Strategy
@@ -65,6 +66,12 @@ class AllReduce(Strategy):
             :mod:`sparkeras.worker.learning_rate`.
         warmup_epochs: epochs over which the rate rises linearly from the
             model's rate to the scaled one.
+        slot_timeout: seconds the fit waits, while it runs or before a
+            relaunch, when the cluster has fewer task slots than
+            ``num_workers`` (a lost executor or worker); then it stops with
+            :class:`~sparkeras.errors.ClusterCapacityError` naming the
+            missing slots, instead of waiting for Spark's own barrier
+            retries (ten minutes at a time).
         shared_memory: workers on the same machine sum their gradients
             through shared memory, and only machines talk over gloo's TCP
             (see :mod:`sparkeras.comm.shared_memory`). ``False`` sends every
@@ -77,7 +84,7 @@ class AllReduce(Strategy):
     def __init__(self, timeout: float = DEFAULT_TIMEOUT, max_restarts: int = 2,
                  checkpoint_dir: str | None = None, sync_batch_norm: bool = True,
                  shared_memory: bool = True, learning_rate_scaling: str | None = "auto",
-                 warmup_epochs: float = 1.0) -> None:
+                 warmup_epochs: float = 1.0, slot_timeout: float = 120.0) -> None:
         if not isinstance(timeout, (int, float)) or timeout <= 0:
             raise InputError(f"timeout must be a positive number of seconds, got {timeout!r}.")
         if not isinstance(max_restarts, int) or max_restarts < 0:
@@ -89,6 +96,9 @@ class AllReduce(Strategy):
         if not isinstance(warmup_epochs, (int, float)) or warmup_epochs < 0:
             raise InputError(f"warmup_epochs must be a non-negative number, got {warmup_epochs!r}.")
         self.warmup_epochs = float(warmup_epochs)
+        if not isinstance(slot_timeout, (int, float)) or slot_timeout <= 0:
+            raise InputError(f"slot_timeout must be a positive number of seconds, got {slot_timeout!r}.")
+        self.slot_timeout = float(slot_timeout)
         self.timeout = float(timeout)
         self.max_restarts = max_restarts
         self.checkpoint_dir = checkpoint_dir
@@ -100,7 +110,7 @@ class AllReduce(Strategy):
         return {"timeout": self.timeout, "max_restarts": self.max_restarts,
                 "checkpoint_dir": self.checkpoint_dir, "sync_batch_norm": self.sync_batch_norm,
                 "shared_memory": self.shared_memory, "learning_rate_scaling": self.learning_rate_scaling,
-                "warmup_epochs": self.warmup_epochs}
+                "warmup_epochs": self.warmup_epochs, "slot_timeout": self.slot_timeout}
 
     def check(self, job: TrainingJob) -> None:
         if job.spec.backend != "tensorflow":
@@ -136,7 +146,8 @@ class AllReduce(Strategy):
             attempt = 1
             while not coordinator.finished:
                 error = coordinator.run_stage(
-                    lambda: tagged.barrier().mapPartitions(lambda it: train_barrier(spec, it)).collect())
+                    lambda: tagged.barrier().mapPartitions(lambda it: train_barrier(spec, it)).collect(),
+                    self.slot_timeout)
                 if error is None:
                     break
                 failure = worker_error(error, f"training epoch {coordinator.next_epoch + 1}")
@@ -144,9 +155,22 @@ class AllReduce(Strategy):
                     raise failure
                 attempt += 1
                 coordinator.restarted(attempt, error)
+                _wait_for_slots(job, self.slot_timeout, coordinator.next_epoch)
         finally:
             server.close()
         job.restarts = coordinator.restarts
+
+
+def _wait_for_slots(job: TrainingJob, slot_timeout: float, next_epoch: int) -> None:
+    """Before a relaunch: the slots the stage needs, within ``slot_timeout`` seconds, or a capacity error."""
+    sc = job.spark.sparkContext
+    deadline = time.monotonic() + slot_timeout
+    slots = concurrent_slots(sc)
+    while slots < job.num_workers and time.monotonic() < deadline:
+        time.sleep(0.5)
+        slots = concurrent_slots(sc)
+    if slots < job.num_workers:
+        raise _capacity_error(job.num_workers, slots, slot_timeout, next_epoch)
 
 
 def _copartition(train: Any, validation: Any, num_workers: int) -> Any:
@@ -165,6 +189,14 @@ def _copartition(train: Any, validation: Any, num_workers: int) -> Any:
     if validation is not None:
         tagged = tagged.union(validation.blocks.mapPartitionsWithIndex(tag(VALIDATION)))
     return tagged.partitionBy(num_workers, lambda key: key[0])
+
+
+def _capacity_error(workers: int, slots: int, waited: float, next_epoch: int) -> ClusterCapacityError:
+    return ClusterCapacityError(
+        f"allreduce needs {workers} task slots at once, but the cluster has had only {slots} for "
+        f"{waited:.0f}s (an executor or a worker was lost, or its slots were taken). The fit stopped after "
+        f"{next_epoch} completed epoch(s); the model holds their state, and fit(checkpoint_dir=...) resumes "
+        f"from it. Give the cluster {workers - slots} more slot(s), or fit with num_workers={max(1, slots)}.")
 
 
 class _Coordinator:
@@ -195,12 +227,23 @@ class _Coordinator:
             return {"stop": answer.get()}, b""
         return self.rendezvous.handle(header, payload)
 
-    def run_stage(self, launch: Any) -> BaseException | None:
-        """Run the barrier stage, serving epoch reports until it ends; return its error, if any."""
+    def run_stage(self, launch: Any, slot_timeout: float) -> BaseException | None:
+        """Run the barrier stage, serving epoch reports until it ends; return its error, if any.
+
+        While it runs, the cluster's task slots are watched: when fewer
+        than ``num_workers`` remain for ``slot_timeout`` seconds (an
+        executor or a whole worker was lost and nothing replaced it), Spark
+        would wait for them, relaunching the barrier stage for up to ten
+        minutes at a time. The stage's jobs are cancelled instead, and
+        :class:`ClusterCapacityError` says what is missing.
+        """
         outcome: dict[str, BaseException] = {}
+        sc = self.job.spark.sparkContext
+        group = f"sparkeras-allreduce-{id(self)}-{len(self.restarts)}"
 
         def target() -> None:
             try:
+                sc.setJobGroup(group, "sparkeras allreduce", interruptOnCancel=True)
                 launch()
             except BaseException as exc:  # noqa: BLE001 - handed to the caller
                 outcome["error"] = exc
@@ -209,7 +252,18 @@ class _Coordinator:
         stage.start()
         self._begin()
         callback_error: BaseException | None = None
+        short_since: float | None = None
+        checked = time.monotonic()
         while stage.is_alive() or not self._reports.empty():
+            now = time.monotonic()
+            if now - checked >= 1.0 and "capacity" not in outcome:
+                checked = now
+                slots = concurrent_slots(sc)
+                short_since = None if slots >= self.job.num_workers else (short_since or now)
+                if short_since is not None and now - short_since >= slot_timeout:
+                    outcome["capacity"] = _capacity_error(self.job.num_workers, slots, slot_timeout,
+                                                          self.next_epoch)
+                    sc.cancelJobGroup(group)
             try:
                 header, payload, answer = self._reports.get(timeout=0.1)
             except queue.Empty:
@@ -222,6 +276,8 @@ class _Coordinator:
         stage.join()
         if callback_error is not None:
             raise callback_error
+        if "capacity" in outcome:
+            raise outcome["capacity"]
         error = outcome.get("error")
         if error is None:
             self.finished = True
