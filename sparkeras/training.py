@@ -161,15 +161,30 @@ class TrainingJob:
         self.bar.begin_epoch(epoch, self.train.stats.rows)
 
     def end_epoch(self, epoch: int, metric_states: list[np.ndarray] | None,
-                  validation_states: list[np.ndarray] | None = None) -> bool:
+                  validation_states: list[np.ndarray] | None = None, evaluate_train: bool = False) -> bool:
         """Publish the epoch: driver weights, logs, validation, callbacks. True to stop.
 
         Validation runs as a Spark job unless the strategy already measured
         it (``validation_states``, summed metric states), as barrier training
         does inside its tasks, which hold every slot while they run.
+
+        ``evaluate_train`` is for strategies whose saved model (a parameter
+        server's center) is not the one the workers trained: the epoch's
+        ``loss`` and metrics are then the saved model's, measured exactly on
+        the training data by one more Spark job, and the workers' running
+        figures are kept under ``worker_`` names. The user sees the figures
+        of the model they will ship.
         """
         set_model_state(self.model, self.state)
         logs = self.metrics.read(metric_states)
+        if evaluate_train:
+            workers = {f"worker_{k}": v for k, v in logs.items()}
+            blob = self.broadcast_state()
+            try:
+                logs = evaluate(self.train, self.spec, blob, self.batch_size, self.metrics)
+            finally:
+                blob.unpersist()
+            logs.update(workers)
         if validation_states is not None:
             logs.update({f"val_{k}": v for k, v in self.metrics.read(validation_states).items()})
         elif self.validation is not None:

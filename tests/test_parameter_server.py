@@ -62,9 +62,15 @@ def test_history_validation_on_the_center_and_exact_commit_count(spark, capsys):
     xt, yt = blobs(1_000, dim=16, seed=3, sample_seed=4)
     sm = SparkModel(mlp(seed=4), Downpour(window=5), num_workers=2, seed=1)
     history = sm.fit(x, y, epochs=2, batch_size=50, validation_data=(xt, yt), verbose=1)
-    assert set(history.history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert set(history.history) == {"loss", "accuracy", "val_loss", "val_accuracy", "worker_loss",
+                                    "worker_accuracy"}
     # validation ran on the final center, which is now the driver's model
     assert history.history["val_loss"][-1] == pytest.approx(sm.evaluate(xt, yt)["loss"], abs=1e-5)
+    # and so did the training figures: the saved model's, exactly; the workers' running ones are named as such
+    center = sm.evaluate(x, y)
+    assert history.history["loss"][-1] == pytest.approx(center["loss"], abs=1e-5)
+    assert history.history["accuracy"][-1] == pytest.approx(center["accuracy"], abs=1e-6)
+    assert history.history["worker_loss"][-1] != pytest.approx(center["loss"], abs=1e-3)
     # 1,500 rows per worker = 30 batches = 6 windows, two workers, two epochs
     stats = history.parameter_server
     assert stats["commits"] == 2 * 2 * 6

@@ -120,6 +120,7 @@ class ModelAveraging(DistributedOptimizer):
     name = "averaging"
     default_window = 32
     synchronous = True
+    reports_center = False  # workers restart from the center every window, as Elephas' synchronous mode
 
     def __init__(self, window: int | str | None = None, outer_momentum: float | None = None,
                  outer_learning_rate: float = 1.0, nesterov: bool = True, timeout: float = 300.0) -> None:
