@@ -173,6 +173,7 @@ class ModelAveraging(DistributedOptimizer):
                                 trainable)
         if self._restored_velocity is not None:
             self._outer.velocity = [np.array(v) for v in self._restored_velocity]
+            self._restored_velocity = None
         if concurrent_slots(job.spark.sparkContext) >= job.num_workers:
             super().fit(job)
         else:

@@ -188,7 +188,7 @@ class DistributedOptimizer(Strategy):
             max_payload=4 * sum(a.nbytes for a in initial_local) + (1 << 20))
         rows = job.train.stats.rows_per_partition
         server.park(self._restored_local)
-        self._server = server
+        self._server, self._restored_local = server, {}  # a checkpoint's states serve one fit only
         try:
             for epoch in range(job.initial_epoch, job.epochs):
                 job.begin_epoch(epoch)
