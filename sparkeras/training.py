@@ -146,6 +146,8 @@ class TrainingJob:
         self.report: dict[str, Any] = {}  # strategy figures, set as attributes of the History
         self.checkpoint: Any = None  # an EpochCheckpoint, written after every completed epoch
         self.strategy_state: Callable[[], dict[str, list[np.ndarray]]] = dict
+        self._began: int | None = None  # the last epoch callbacks saw begin
+        self.attempt = 1  # how many times the fit's work was launched, relaunches included
 
     @property
     def steps_per_worker(self) -> list[int]:
@@ -156,8 +158,16 @@ class TrainingJob:
         """The current state, shipped to executors once per window."""
         return self.spark.sparkContext.broadcast(pack_arrays(self.state))
 
+    def relaunched(self, epoch: int, reason: str) -> None:
+        """Record that the fit runs again from ``epoch`` (0-based) after a failure, in ``history.restarts``."""
+        self.attempt += 1
+        self.restarts.append({"attempt": self.attempt, "resumed_at_epoch": epoch + 1, "reason": reason})
+
     def begin_epoch(self, epoch: int) -> None:
-        self.callbacks.on_epoch_begin(epoch)
+        """Start ``epoch``'s progress bar; callbacks hear of it once, however often it is relaunched."""
+        if epoch != self._began:
+            self.callbacks.on_epoch_begin(epoch)
+            self._began = epoch
         self.bar.begin_epoch(epoch, self.train.stats.rows)
 
     def end_epoch(self, epoch: int, metric_states: list[np.ndarray] | None,

@@ -16,6 +16,22 @@ import sys
 import time
 
 
+def parent_pid(pid: int) -> int:
+    """The parent of ``pid``, from ``/proc`` (field 4 of ``stat``, after the parenthesised command name)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def executor_of(pid: int) -> int:
+    """The executor JVM (``CoarseGrainedExecutorBackend``) that a Python worker ``pid`` belongs to."""
+    while pid > 1:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"CoarseGrainedExecutorBackend" in f.read():
+                return pid
+        pid = parent_pid(pid)
+    raise LookupError("the process does not run under a Spark executor")
+
+
 def spark_class() -> str:
     import pyspark
 
@@ -34,14 +50,29 @@ class StandaloneCluster:
         self.master = self._start("master", "org.apache.spark.deploy.master.Master",
                                   "--host", "127.0.0.1", "--port", "0", "--webui-port", "0")
         self.url = self._wait_for(self.master, r"Starting Spark master at (spark://\S+)", wait)
-        self.workers = []
-        for i in range(workers):
-            proc = self._start(f"worker{i}", "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",
-                               "--cores", str(cores), "--memory", memory, "--webui-port", "0",
-                               "--work-dir", os.path.join(root, f"work{i}"), self.url)
-            self.workers.append(proc)
+        self.cores, self.memory, self.wait = cores, memory, wait
+        self.workers = [self._start_worker(i) for i in range(workers)]
         for proc in self.workers:
             self._wait_for(proc, r"Successfully registered with master", wait)
+
+    def _start_worker(self, index: int) -> subprocess.Popen:
+        return self._start(f"worker{index}-{time.monotonic_ns()}", "org.apache.spark.deploy.worker.Worker",
+                           "--host", "127.0.0.1", "--cores", str(self.cores), "--memory", self.memory,
+                           "--webui-port", "0", "--work-dir", os.path.join(self.root, f"work{index}"), self.url)
+
+    def restart_worker(self, index: int) -> None:
+        """Start worker ``index`` again after :meth:`kill_worker`, and wait until the master has it."""
+        self.workers[index] = self._start_worker(index)
+        self._wait_for(self.workers[index], r"Successfully registered with master", self.wait)
+
+    def worker_of(self, pid: int) -> int:
+        """The index of the Worker daemon that ``pid`` (an executor, or a Python worker under one) runs under."""
+        daemons = {proc.pid: i for i, proc in enumerate(self.workers)}
+        while pid > 1:
+            if pid in daemons:
+                return daemons[pid]
+            pid = parent_pid(pid)
+        raise LookupError("the process does not run under any of this cluster's workers")
 
     def _start(self, name: str, cls: str, *args: str) -> subprocess.Popen:
         log = open(os.path.join(self.root, f"{name}.log"), "wb")

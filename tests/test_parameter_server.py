@@ -135,40 +135,6 @@ def test_a_diverging_worker_fails_the_fit_clearly_and_the_server_shuts_down(spar
     assert not [t for t in threading.enumerate() if t.name.startswith("sparkeras-parameter-server")]
 
 
-RETRY_SCRIPT = """
-import json, os, sys
-os.environ["PYSPARK_PYTHON"] = sys.executable
-sys.path.insert(0, {tests!r})
-from conftest import blobs, mlp
-import sparkeras
-sparkeras.get_spark("local-cluster[2,1,1024]").sparkContext.setLogLevel("OFF")
-x, y = blobs(2000, dim=16, seed=8)
-strategy = sparkeras.Downpour(window=5)
-strategy.fail_once = {marker!r}
-h = sparkeras.SparkModel(mlp(seed=8), strategy, num_workers=2, seed=1).fit(x, y, epochs=2, batch_size=50, verbose=0)
-print("RESULT", json.dumps({{"epochs": len(h.history["loss"]), "stats": h.parameter_server}}))
-"""
-
-
-def test_on_separate_executors_a_task_retried_by_spark_rejoins(tmp_path):
-    import json
-    import subprocess
-    import sys
-
-    marker = str(tmp_path / "failed-once")
-    script = RETRY_SCRIPT.format(tests=os.path.dirname(__file__), marker=marker)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
-    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
-    assert lines, out.stdout[-2000:] + out.stderr[-4000:]
-    result = json.loads(lines[0][len("RESULT "):])
-    assert os.path.exists(marker), "the hook must have failed a task"
-    assert result["epochs"] == 2
-    # 1,000 rows per worker = 20 batches = 4 windows; the failed attempt committed once before failing,
-    # and its retry joined again and trained the whole partition
-    assert result["stats"]["joins"] == 2 * 2 + 1
-    assert result["stats"]["commits"] == 2 * 2 * 4 + 1
-
-
 # -- the server, spoken to directly over its socket ----------------------------------------
 
 
@@ -280,3 +246,44 @@ def test_bad_strategy_options_are_refused(spark):
         SparkModel(mlp(), EASGD(rho=6.0, learning_rate=0.1), num_workers=2).fit(x, y, verbose=0)
     with pytest.raises(InputError, match="synchronous rounds, so its num_workers=3 tasks must run at the same time"):
         SparkModel(mlp(), "easgd", num_workers=3, learning_rate=0.05).fit(x, y, verbose=0)
+
+
+def test_a_retried_task_abandons_the_synchronous_round_at_once_and_a_new_epoch_starts_clean():
+    rule = EASGD(rho=2.0, learning_rate=0.25)
+    server = _server(rule, [np.zeros(2, np.float32)])
+    server.begin_epoch([0, 1])
+    try:
+        waiting = {}
+
+        def commit():
+            try:
+                _client(server, 0).commit([np.full(2, 1.0, np.float32)], 0, True)
+            except RuntimeError as exc:
+                waiting["error"] = str(exc)
+
+        first = threading.Thread(target=commit)
+        first.start()
+        time.sleep(0.3)
+        assert server.abandoned() is None
+        retried = ParameterClient(server.address, 1, 1, max_payload=1 << 20, timeout=5)  # Spark's attempt 2
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match=r"worker 1's task failed and Spark retried it \(attempt 2\)"):
+            retried.join()
+        first.join(5)
+        assert time.monotonic() - started < 2.0, "the waiting worker must not sit out the round's timeout"
+        assert "the synchronous round was abandoned: worker 1's task failed" in waiting["error"]
+        assert "in the middle of a synchronous epoch" in server.abandoned()
+
+        # the driver puts the epoch's center back and starts it again: a clean round
+        server.restore([np.zeros(2, np.float32)])
+        server.begin_epoch([0, 1])
+        assert server.abandoned() is None
+        got, a, b = {}, _client(server, 0), _client(server, 1)
+        a.join(), b.join()  # the relaunched tasks join first, as every task does
+        first = threading.Thread(target=lambda: got.update(a=a.commit([np.full(2, 1.0, np.float32)], 0, True)))
+        first.start()
+        got["b"] = b.commit([np.full(2, 3.0, np.float32)], 0, True)
+        first.join(5)
+        np.testing.assert_allclose(got["a"][0][0], [4.0, 4.0])
+    finally:
+        server.close()

@@ -25,7 +25,12 @@ Concurrency follows the rule: with ``rule.lock`` commits and pulls are
 serialised; without it (hogwild) they run concurrently on the connection
 threads. With ``rule.synchronous`` a commit waits until every worker still
 training has committed its round, then all of the round's commits are applied
-and every waiter gets the same new center.
+and every waiter gets the same new center. A synchronous epoch is abandoned
+when Spark retries one of its tasks (a ``join`` from attempt 1 or later: the
+peers' rounds no longer line up); the waiting workers are told so at once,
+and the driver, which polls :meth:`ParameterServer.abandoned`, cancels the
+epoch's job and runs the epoch again from its start
+(:mod:`sparkeras.strategies.epochs`).
 """
 
 from __future__ import annotations
@@ -124,6 +129,8 @@ class ParameterServer:
         self._pending: dict[int, list[np.ndarray]] = {}
         self._active: set[int] = set()
         self._closed = False
+        self._epoch_no = 0
+        self._abandoned: str | None = None
         self._cut_after = cut_after_commits
         commit_limit = sum(a.nbytes for a in self.center) + (64 << 10)  # the arrays and their codec header
         self._server = FrameServer(host, self._handle, lambda h: commit_limit if h.get("type") == "commit" else 0,
@@ -137,6 +144,20 @@ class ParameterServer:
         with self._lock:
             self._active = set(workers)
             self._pending.clear()
+            self._epoch_no += 1  # wakes any waiter left from a failed attempt
+            self._abandoned = None
+            self._round.notify_all()
+
+    def restore(self, center: Sequence[np.ndarray]) -> None:
+        """Put back the center an epoch started from, before that epoch runs again."""
+        with self._lock:
+            for c, value in zip(self.center, center):
+                c[...] = value
+
+    def abandoned(self) -> str | None:
+        """Why the current synchronous epoch cannot complete (``None`` while it can)."""
+        with self._lock:
+            return self._abandoned
 
     def park(self, local_states: dict[int, bytes]) -> None:
         """Keep each worker's local state from the epoch that just ended, for its next join."""
@@ -195,6 +216,11 @@ class ParameterServer:
     def _join(self, worker: int, attempt: int) -> tuple[dict[str, Any], bytes]:
         with self._lock:
             self.stats.add(joins=1)
+            if self.rule.synchronous and attempt > 0:
+                self._abandoned = (f"worker {worker}'s task failed and Spark retried it (attempt {attempt + 1}) "
+                                   "in the middle of a synchronous epoch")
+                self._round.notify_all()
+                raise ValueError(self._abandoned)
             self._seen[(worker, attempt)] = -1
             local = self._local.get(worker, self._initial_local)
             center = pack_arrays(self.center)
@@ -247,10 +273,12 @@ class ParameterServer:
         with self._round:
             self._active.add(worker)
             self._pending[worker] = arrays
-            my_round = self._round_no
+            my_round, my_epoch = self._round_no, self._epoch_no
             self._maybe_finish_round()
             deadline = time.monotonic() + self.timeout
             while self._round_no == my_round and not self._closed:
+                if self._abandoned is not None or self._epoch_no != my_epoch:
+                    raise ValueError(f"the synchronous round was abandoned: {self._abandoned or 'epoch restarted'}")
                 left = deadline - time.monotonic()
                 if left <= 0:
                     missing = sorted(self._active - set(self._pending))

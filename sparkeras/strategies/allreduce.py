@@ -33,13 +33,15 @@ import numpy as np
 from sparkeras.barrier import DEFAULT_TIMEOUT, CollectiveSettings, check_barrier, concurrent_slots
 from sparkeras.comm.collective import Rendezvous
 from sparkeras.comm.server import FrameServer
-from sparkeras.errors import ClusterCapacityError, InputError, failure_reason, worker_error
+from sparkeras.errors import InputError, failure_reason, worker_error
 from sparkeras.serialization import pack_arrays, unpack_arrays
 from sparkeras.session import driver_host
 from sparkeras.strategies.base import Strategy
+from sparkeras.strategies.epochs import capacity_error, check_restart_settings, wait_for_slots
 from sparkeras.worker.learning_rate import check_rule, scale_factor
 from sparkeras.training import TrainingJob
 from sparkeras.worker.allreduce import TRAIN, VALIDATION, BarrierSpec, train_barrier
+from sparkeras.worker.faults import Hold
 
 
 class AllReduce(Strategy):
@@ -87,8 +89,7 @@ class AllReduce(Strategy):
                  warmup_epochs: float = 1.0, slot_timeout: float = 120.0) -> None:
         if not isinstance(timeout, (int, float)) or timeout <= 0:
             raise InputError(f"timeout must be a positive number of seconds, got {timeout!r}.")
-        if not isinstance(max_restarts, int) or max_restarts < 0:
-            raise InputError(f"max_restarts must be a non-negative integer, got {max_restarts!r}.")
+        check_restart_settings(max_restarts, slot_timeout)
         try:
             self.learning_rate_scaling = check_rule(learning_rate_scaling)
         except ValueError as exc:
@@ -96,8 +97,6 @@ class AllReduce(Strategy):
         if not isinstance(warmup_epochs, (int, float)) or warmup_epochs < 0:
             raise InputError(f"warmup_epochs must be a non-negative number, got {warmup_epochs!r}.")
         self.warmup_epochs = float(warmup_epochs)
-        if not isinstance(slot_timeout, (int, float)) or slot_timeout <= 0:
-            raise InputError(f"slot_timeout must be a positive number of seconds, got {slot_timeout!r}.")
         self.slot_timeout = float(slot_timeout)
         self.timeout = float(timeout)
         self.max_restarts = max_restarts
@@ -105,6 +104,7 @@ class AllReduce(Strategy):
         self.sync_batch_norm = bool(sync_batch_norm)
         self.shared_memory = bool(shared_memory)
         self.fail_once: tuple[int, int, str] | None = None  # test hook, see BarrierSpec
+        self.hold_once: Hold = None  # test hook, see sparkeras.worker.faults
 
     def get_config(self) -> dict[str, Any]:
         return {"timeout": self.timeout, "max_restarts": self.max_restarts,
@@ -136,7 +136,7 @@ class AllReduce(Strategy):
             worker=job.spec, collective=settings, epochs=job.epochs, batch_size=job.batch_size,
             shuffle=job.shuffle, rows=tuple(job.train.stats.rows_per_partition),
             validation=job.validation is not None, sync_batch_norm=self.sync_batch_norm,
-            fail_once=self.fail_once)
+            fail_once=self.fail_once, hold_once=self.hold_once)
         spec = replace(spec, learning_rate_scale=scale_factor(self.learning_rate_scaling, job.model.optimizer,
                                                               job.num_workers),
                        warmup_steps=round(self.warmup_epochs * spec.steps),
@@ -155,22 +155,10 @@ class AllReduce(Strategy):
                     raise failure
                 attempt += 1
                 coordinator.restarted(attempt, error)
-                _wait_for_slots(job, self.slot_timeout, coordinator.next_epoch)
+                wait_for_slots(job, self.name, job.num_workers, self.slot_timeout, coordinator.next_epoch)
         finally:
             server.close()
         job.restarts = coordinator.restarts
-
-
-def _wait_for_slots(job: TrainingJob, slot_timeout: float, next_epoch: int) -> None:
-    """Before a relaunch: the slots the stage needs, within ``slot_timeout`` seconds, or a capacity error."""
-    sc = job.spark.sparkContext
-    deadline = time.monotonic() + slot_timeout
-    slots = concurrent_slots(sc)
-    while slots < job.num_workers and time.monotonic() < deadline:
-        time.sleep(0.5)
-        slots = concurrent_slots(sc)
-    if slots < job.num_workers:
-        raise _capacity_error(job.num_workers, slots, slot_timeout, next_epoch)
 
 
 def _copartition(train: Any, validation: Any, num_workers: int) -> Any:
@@ -189,14 +177,6 @@ def _copartition(train: Any, validation: Any, num_workers: int) -> Any:
     if validation is not None:
         tagged = tagged.union(validation.blocks.mapPartitionsWithIndex(tag(VALIDATION)))
     return tagged.partitionBy(num_workers, lambda key: key[0])
-
-
-def _capacity_error(workers: int, slots: int, waited: float, next_epoch: int) -> ClusterCapacityError:
-    return ClusterCapacityError(
-        f"allreduce needs {workers} task slots at once, but the cluster has had only {slots} for "
-        f"{waited:.0f}s (an executor or a worker was lost, or its slots were taken). The fit stopped after "
-        f"{next_epoch} completed epoch(s); the model holds their state, and fit(checkpoint_dir=...) resumes "
-        f"from it. Give the cluster {workers - slots} more slot(s), or fit with num_workers={max(1, slots)}.")
 
 
 class _Coordinator:
@@ -261,8 +241,8 @@ class _Coordinator:
                 slots = concurrent_slots(sc)
                 short_since = None if slots >= self.job.num_workers else (short_since or now)
                 if short_since is not None and now - short_since >= slot_timeout:
-                    outcome["capacity"] = _capacity_error(self.job.num_workers, slots, slot_timeout,
-                                                          self.next_epoch)
+                    outcome["capacity"] = capacity_error("allreduce", self.job.num_workers, slots, slot_timeout,
+                                                         self.next_epoch)
                     sc.cancelJobGroup(group)
             try:
                 header, payload, answer = self._reports.get(timeout=0.1)

@@ -34,6 +34,16 @@ synchronous commits to the driver's parameter server
 the cluster has fewer slots than workers, each window is a Spark job of its
 own and the driver averages the returned states (inner optimizer state
 averaged too), with the same outer step.
+
+Under failure. A failed epoch runs again from the state it started with, up
+to ``max_restarts`` times (:mod:`sparkeras.strategies.epochs`). When the
+cluster loses task slots for ``slot_timeout`` seconds in the middle of a
+fit (a Worker or executor lost and not replaced), the fit continues
+elastically: the rest of the epochs run as one Spark job per window, on the
+slots that are left, with the same data partitions, outer step and
+momentum, so the model is the same as it would have been had the slots not
+been lost; only the time per epoch changes. ``history.restarts`` records the
+switch.
 """
 
 from __future__ import annotations
@@ -42,8 +52,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from sparkeras.errors import InputError
+from sparkeras.errors import ClusterCapacityError, InputError
 from sparkeras.strategies.distributed import Arrays, DistributedOptimizer
+from sparkeras.strategies.epochs import EpochAttempts
 from sparkeras.training import TrainingJob, run_partitions, sum_metric_states
 from sparkeras.worker import tasks
 from sparkeras.worker.asynchronous import is_shared
@@ -115,6 +126,9 @@ class ModelAveraging(DistributedOptimizer):
         outer_learning_rate: scales the outer step.
         nesterov: Nesterov momentum for the outer step.
         timeout: seconds a round waits for its slowest worker.
+        max_restarts: how many failed epochs (or windows) the fit runs again.
+        slot_timeout: seconds with fewer task slots than workers before the
+            fit continues on the slots that are left.
     """
 
     name = "averaging"
@@ -123,8 +137,9 @@ class ModelAveraging(DistributedOptimizer):
     reports_center = False  # workers restart from the center every window, as Elephas' synchronous mode
 
     def __init__(self, window: int | str | None = None, outer_momentum: float | None = None,
-                 outer_learning_rate: float = 1.0, nesterov: bool = True, timeout: float = 300.0) -> None:
-        super().__init__(window, timeout)
+                 outer_learning_rate: float = 1.0, nesterov: bool = True, timeout: float = 300.0,
+                 max_restarts: int = 2, slot_timeout: float = 120.0) -> None:
+        super().__init__(window, timeout, max_restarts, slot_timeout)
         if outer_momentum is not None and not (isinstance(outer_momentum, (int, float))
                                                and 0.0 <= outer_momentum < 1.0):
             raise InputError(f"outer_momentum must be in [0, 1) or None, got {outer_momentum!r}.")
@@ -135,11 +150,12 @@ class ModelAveraging(DistributedOptimizer):
         self.nesterov = bool(nesterov)
         self._outer: OuterStep | None = None
         self._restored_velocity: Arrays | None = None
+        self._velocity_at_start: Arrays | None = None
 
     def get_config(self) -> dict[str, Any]:
         return {"window": self.window, "outer_momentum": self.outer_momentum,
                 "outer_learning_rate": self.outer_learning_rate, "nesterov": self.nesterov,
-                "timeout": self.timeout}
+                "timeout": self.timeout, "max_restarts": self.max_restarts, "slot_timeout": self.slot_timeout}
 
     def momentum(self, num_workers: int) -> float:
         """The block momentum used with ``num_workers`` workers."""
@@ -174,10 +190,24 @@ class ModelAveraging(DistributedOptimizer):
         if self._restored_velocity is not None:
             self._outer.velocity = [np.array(v) for v in self._restored_velocity]
             self._restored_velocity = None
-        if concurrent_slots(job.spark.sparkContext) >= job.num_workers:
+        if concurrent_slots(job.spark.sparkContext) < job.num_workers:
+            self._fit_in_jobs(job, job.initial_epoch)
+            return
+        try:
             super().fit(job)
-        else:
-            self._fit_in_jobs(job)
+        except ClusterCapacityError as lost:
+            epoch = len(job.samples_per_second) + job.initial_epoch  # the first epoch not completed
+            self._epoch_rollback()
+            job.relaunched(epoch, str(lost).split(" (", 1)[0] + "; continuing with one Spark job per window "
+                                                                 "on the slots that are left")
+            self._fit_in_jobs(job, epoch)
+
+    def _epoch_start(self) -> None:
+        self._velocity_at_start = None if self._outer.velocity is None else [v.copy() for v in self._outer.velocity]
+
+    def _epoch_rollback(self) -> None:
+        saved = self._velocity_at_start
+        self._outer.velocity = None if saved is None else [v.copy() for v in saved]
 
     def checkpoint_state(self) -> dict[str, Arrays]:
         """The workers' local states, and the outer step's momentum."""
@@ -195,22 +225,22 @@ class ModelAveraging(DistributedOptimizer):
         k = len(job.model.weights)
         job.state[k:] = average_states([s[k:] for s in local_states], samples)
 
-    def _fit_in_jobs(self, job: TrainingJob) -> None:
+    def _fit_in_jobs(self, job: TrainingJob, first_epoch: int) -> None:
         """Each window is a Spark job; the driver averages the returned states and steps the center."""
         batches = None if self.window == "epoch" else int(self.window)
         windows = 1 if batches is None else max(1, -(-max(job.steps_per_worker) // batches))
         shared = [i for i, v in enumerate(job.model.weights) if is_shared(v)]
         spec = job.spec  # the closure must not capture the job (it holds the SparkContext)
-        for epoch in range(job.initial_epoch, job.epochs):
+        attempts = EpochAttempts(job, self.name, self.max_restarts, self.slot_timeout, None)
+        for epoch in range(first_epoch, job.epochs):
             job.begin_epoch(epoch)
             epoch_metrics: list[np.ndarray] | None = None
             for index in range(windows):
                 window = Window(epoch, index, job.batch_size, batches, job.shuffle)
                 blob = job.broadcast_state()
                 try:
-                    results = run_partitions(
-                        job.train, lambda it, w=window, b=blob: tasks.train_window(spec, w, b, it),
-                        f"training epoch {epoch + 1}")
+                    results = attempts.run(epoch, lambda w=window, b=blob: run_partitions(
+                        job.train, lambda it: tasks.train_window(spec, w, b, it), f"training epoch {epoch + 1}"))
                 finally:
                     blob.unpersist()
                 trained = [r for r in results if r.samples]

@@ -62,8 +62,10 @@ from sparkeras.errors import InputError
 from sparkeras.serialization import ModelSpec, pack_arrays, unpack_arrays
 from sparkeras.session import driver_host
 from sparkeras.strategies.base import Strategy
+from sparkeras.strategies.epochs import EpochAttempts, check_restart_settings
 from sparkeras.training import TrainingJob, run_partitions, sum_metric_states
 from sparkeras.worker.asynchronous import ServerTaskSpec, is_shared, train_with_server
+from sparkeras.worker.faults import Hold
 
 Arrays = list[np.ndarray]
 
@@ -91,12 +93,22 @@ class DistributedOptimizer(Strategy):
       rules, the two differ a lot: EAMSGD's workers showed 0.69 accuracy
       while the center scored 0.36.
 
+    A failed epoch (a lost Python worker or executor) is run again from the
+    center and worker states it started with, up to ``max_restarts`` times
+    per fit (:mod:`sparkeras.strategies.epochs`); ``history.restarts`` lists
+    each relaunch. Asynchronous rules also accept Spark's own task retries:
+    the retried task joins again and goes on.
+
     Args:
         window: batches between two exchanges with the server (the
             communication window), or ``"epoch"`` for one exchange at the end
             of each epoch.
         timeout: seconds a worker keeps retrying a lost connection, and a
             synchronous round waits for its slowest worker.
+        max_restarts: how many failed epochs the fit runs again.
+        slot_timeout: synchronous rules: seconds the fit waits with fewer
+            task slots than workers (a lost executor or worker) before it
+            stops with :class:`~sparkeras.errors.ClusterCapacityError`.
     """
 
     name: ClassVar[str] = "distributed"
@@ -106,23 +118,30 @@ class DistributedOptimizer(Strategy):
     synchronous: ClassVar[bool] = False
     pull_first: ClassVar[bool] = False
 
-    def __init__(self, window: int | str | None = None, timeout: float = 300.0) -> None:
+    def __init__(self, window: int | str | None = None, timeout: float = 300.0, max_restarts: int = 2,
+                 slot_timeout: float = 120.0) -> None:
         window = self.default_window if window is None else window
         if window != "epoch" and not (isinstance(window, int) and not isinstance(window, bool) and window > 0):
             raise InputError(f"window must be 'epoch' or a positive number of batches, got {window!r}.")
         if not isinstance(timeout, (int, float)) or timeout <= 0:
             raise InputError(f"timeout must be a positive number of seconds, got {timeout!r}.")
+        check_restart_settings(max_restarts, slot_timeout)
         self.window = window
         self.timeout = float(timeout)
+        self.max_restarts, self.slot_timeout = max_restarts, float(slot_timeout)
         self._server: ParameterServer | None = None
         self._restored_local: dict[int, bytes] = {}  # workers' local states from a checkpoint
+        self._restored_version: int | None = None
         self.cut_connection_after: int | None = None  # test hook, see ParameterServer
-        self.fail_once: str | None = None  # test hook: partition 0 fails after a commit, once (marker file)
+        self.fail_once: tuple[int, str] | None = None  # test hook: (epoch, marker file), see worker.asynchronous
+        self.hold_once: Hold = None  # test hook, see sparkeras.worker.faults
 
     def get_config(self) -> dict[str, Any]:
-        return {"window": self.window, "timeout": self.timeout}
+        return {"window": self.window, "timeout": self.timeout, "max_restarts": self.max_restarts,
+                "slot_timeout": self.slot_timeout}
 
-    _DRIVER_ONLY = ("_server", "_restored_local", "_restored_velocity")
+    _DRIVER_ONLY = ("_server", "_restored_local", "_restored_version", "_restored_velocity", "_outer",
+                    "_velocity_at_start")
 
     def __getstate__(self) -> dict[str, Any]:
         """The rule travels to the workers in every task; the driver's server and checkpoint state stay behind."""
@@ -130,7 +149,7 @@ class DistributedOptimizer(Strategy):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._server, self._restored_local = None, {}
+        self.__dict__.update(dict.fromkeys(self._DRIVER_ONLY), _restored_local={})
 
     # -- the three rules ---------------------------------------------------
 
@@ -186,15 +205,30 @@ class DistributedOptimizer(Strategy):
             worker=_replace_model(job.spec, model_spec), server=server.address, rule=self,
             batch_size=job.batch_size, shuffle=job.shuffle, timeout=self.timeout,
             max_payload=4 * sum(a.nbytes for a in initial_local) + (1 << 20))
-        rows = job.train.stats.rows_per_partition
+        active = [p for p, n in enumerate(job.train.stats.rows_per_partition) if n]
         server.park(self._restored_local)
-        self._server, self._restored_local = server, {}  # a checkpoint's states serve one fit only
+        if self._restored_version is not None:
+            server.version = self._restored_version
+        self._server, self._restored_local, self._restored_version = server, {}, None  # they serve one fit
+        attempts = EpochAttempts(job, self.name, self.max_restarts, self.slot_timeout,
+                                 job.num_workers if self.synchronous else None)
+
+        def train_epoch(epoch: int) -> list[Any]:
+            server.begin_epoch(active)
+            return run_partitions(job.train, lambda it: train_with_server(spec, epoch, it),
+                                  f"training epoch {epoch + 1}")
+
         try:
             for epoch in range(job.initial_epoch, job.epochs):
                 job.begin_epoch(epoch)
-                server.begin_epoch([p for p, n in enumerate(rows) if n])
-                results = run_partitions(job.train, lambda it, e=epoch: train_with_server(spec, e, it),
-                                         f"training epoch {epoch + 1}")
+                start = server.snapshot()
+                self._epoch_start()
+
+                def rollback(start: Arrays = start) -> None:
+                    server.restore(start)
+                    self._epoch_rollback()
+
+                results = attempts.run(epoch, lambda e=epoch: train_epoch(e), rollback, server.abandoned)
                 trained = [r for r in results if r.samples]
                 server.park({r.partition: pack_arrays(r.state) for r in trained})
                 for i, value in zip(shared, server.snapshot()):
@@ -208,15 +242,26 @@ class DistributedOptimizer(Strategy):
             job.report["parameter_server"] = server.close()
 
     def checkpoint_state(self) -> dict[str, Arrays]:
-        """Every worker's local state (weights for the elastic rules, optimizer state), by partition."""
+        """Every worker's local state (weights for the elastic rules, optimizer state), by partition,
+        and the server's update count (the staleness of the next commits is measured against it)."""
         server = getattr(self, "_server", None)
         if server is None:
             return {}
-        return {f"local/{p}": unpack_arrays(blob) for p, blob in server.parked().items()}
+        state = {f"local/{p}": unpack_arrays(blob) for p, blob in server.parked().items()}
+        state["server_version"] = [np.asarray(server.version, dtype=np.int64)]
+        return state
 
     def restore_checkpoint_state(self, state: dict[str, Arrays]) -> None:
         self._restored_local = {int(k.split("/", 1)[1]): pack_arrays(v) for k, v in state.items()
                                 if k.startswith("local/")}
+        version = state.get("server_version")
+        self._restored_version = int(np.asarray(version[0])) if version else None
+
+    def _epoch_start(self) -> None:
+        """Driver: keep what the rule's own server-side state was when an epoch began (a relaunch restores it)."""
+
+    def _epoch_rollback(self) -> None:
+        """Driver: put back what :meth:`_epoch_start` kept."""
 
     def end_epoch_state(self, job: TrainingJob, local_states: list[Arrays], samples: list[int]) -> None:
         """Driver: fold the workers' local states (weights, optimizer) into ``job.state`` after an epoch.
@@ -310,8 +355,8 @@ class EASGD(DistributedOptimizer):
     synchronous = True
 
     def __init__(self, window: int | str | None = None, rho: float = 5.0, learning_rate: float = 0.1,
-                 timeout: float = 300.0) -> None:
-        super().__init__(window, timeout)
+                 timeout: float = 300.0, max_restarts: int = 2, slot_timeout: float = 120.0) -> None:
+        super().__init__(window, timeout, max_restarts, slot_timeout)
         self.rho, self.learning_rate = float(rho), float(learning_rate)
         if not 0.0 < self.alpha < 1.0:
             raise InputError(
@@ -363,8 +408,9 @@ class EAMSGD(AEASGD):
     name = "eamsgd"
 
     def __init__(self, window: int | str | None = None, rho: float = 5.0, learning_rate: float = 0.01,
-                 momentum: float = 0.9, timeout: float = 300.0) -> None:
-        super().__init__(window, rho, learning_rate, timeout)
+                 momentum: float = 0.9, timeout: float = 300.0, max_restarts: int = 2,
+                 slot_timeout: float = 120.0) -> None:
+        super().__init__(window, rho, learning_rate, timeout, max_restarts, slot_timeout)
         if not 0.0 <= momentum < 1.0:
             raise InputError(f"momentum must be in [0, 1), got {momentum!r}.")
         self.momentum = float(momentum)

@@ -46,6 +46,7 @@ from sparkeras.progress import ProgressReporter
 from sparkeras.serialization import model_state, pack_arrays, set_model_state, unpack_arrays
 from sparkeras.worker.learning_rate import scale_learning_rate
 from sparkeras.worker import runtime
+from sparkeras.worker.faults import Hold, hold_once
 from sparkeras.worker.tasks import WorkerSpec, split_xy
 
 TRAIN, VALIDATION = 0, 1
@@ -65,6 +66,7 @@ class BarrierSpec:
     validation: bool = False
     sync_batch_norm: bool = True
     fail_once: tuple[int, int, str] | None = None  # test hook: (epoch, rank, marker file)
+    hold_once: Hold = None  # test hook, see sparkeras.worker.faults
     learning_rate_scale: float = 1.0  # see sparkeras.worker.learning_rate
     warmup_steps: int = 0
     start_step: int = 0  # the optimizer's step count when the fit began: warmup counts from there
@@ -193,7 +195,9 @@ class _EpochLoop:
         return [np.asarray(v) for v in self.model.metrics_variables]
 
     def _maybe_fail(self, epoch: int, step: int) -> None:
-        """Test hook: the chosen rank's Python worker dies once, mid-epoch."""
+        """Test hooks: the chosen rank's Python worker dies once, or holds once, mid-epoch."""
+        if step == self.spec.steps // 2:
+            hold_once(self.spec.hold_once, epoch, self.rank)
         hook = self.spec.fail_once
         if hook is None or (hook[0], hook[1]) != (epoch, self.rank) or step != self.spec.steps // 2:
             return

@@ -19,7 +19,6 @@ next epoch's join.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -30,6 +29,7 @@ from sparkeras.comm.server import ServerAddress
 from sparkeras.data.packing import read_partition
 from sparkeras.progress import ProgressReporter
 from sparkeras.serialization import model_state, pack_arrays, set_model_state
+from sparkeras.worker.faults import fail_once, hold_once
 from sparkeras.worker.local_steps import BATCH_BY_BATCH, LocalSteps
 from sparkeras.worker.tasks import WorkerSpec, _result, _setup
 
@@ -92,7 +92,8 @@ def train_with_server(spec: ServerTaskSpec, epoch: int, blocks: Iterator[tuple])
         fresh, version = client.commit(sent, version, want_center=not rule.pull_first)
         center = fresh if fresh is not None else center
         _assign(variables, rule.fold(local, center, sent))
-        _maybe_fail_once(rule, partition)
+        fail_once(getattr(rule, "fail_once", None), epoch, partition)
+        hold_once(getattr(rule, "hold_once", None), epoch, partition)
         if reporter is not None:
             reporter.tick(min(n, (start + window) * spec.batch_size), {"loss": local_steps.running_loss()})
     client.done()
@@ -100,13 +101,6 @@ def train_with_server(spec: ServerTaskSpec, epoch: int, blocks: Iterator[tuple])
         reporter.send(n, {"loss": local_steps.running_loss()})
     yield _result(partition, n, steps, pack_arrays(model_state(model)),
                   pack_arrays([np.asarray(v) for v in model.metrics_variables]))
-
-
-def _maybe_fail_once(rule: Any, partition: int) -> None:
-    marker = getattr(rule, "fail_once", None)
-    if marker and partition == 0 and not os.path.exists(marker):
-        open(marker, "w").close()
-        raise RuntimeError("test hook: the task fails once after a commit")
 
 
 def _read(variables: list[Any]) -> list[np.ndarray]:
