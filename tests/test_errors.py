@@ -24,8 +24,22 @@ def test_uncompiled_model(spark):
 
 def test_row_size_mismatch_names_both_sizes(spark):
     x, y = blobs(50, dim=12)
-    with pytest.raises(InputError, match=r"'features' has rows of 12 values, but model input .* expects 16 values per row \(shape \(16,\)\)"):
+    # the input is named after its layer, as model.summary() shows it, never an internal "keras_tensor_N"
+    with pytest.raises(InputError, match=r"'features' has rows of 12 values, but model input 'input_layer(_\d+)?' "
+                                         r"expects 16 values per row \(shape \(16,\)\)"):
         SparkModel(mlp(dim=16), num_workers=2).fit(_df(spark, x, y), verbose=0)
+
+
+def test_a_label_of_the_wrong_width_names_the_output_layer(spark):
+    import keras
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="price_and_volume")])
+    model.compile(optimizer="adam", loss="mse")
+    df = spark.createDataFrame([([0.0, 1.0, 2.0, 3.0], [1.0, 2.0, 3.0])] * 8, "features ARRAY<DOUBLE>, label ARRAY<DOUBLE>")
+    with pytest.raises(InputError, match=r"'label' has rows of 3 values, but model output 'price_and_volume' "
+                                         r"expects 2 values per row") as info:
+        SparkModel(model, num_workers=2).fit(df, verbose=0)
+    assert "keras_tensor" not in str(info.value)
 
 
 def test_missing_column_lists_existing_ones(spark):
@@ -127,7 +141,8 @@ def test_worker_failure_surfaces_with_the_workers_traceback(spark):
 def test_predict_rejects_a_wrong_sized_column_with_its_name(spark):
     x, y = blobs(30, dim=5)
     # refused when predict is called, before any prediction task runs
-    with pytest.raises(InputError, match=r"column 'features' holds 5 values per row, but model input .* expects 16"):
+    with pytest.raises(InputError, match=r"column 'features' holds 5 values per row, but model input "
+                                         r"'input_layer(_\d+)?' expects 16"):
         SparkModel(mlp(dim=16), num_workers=2).predict(_df(spark, x, y))
 
 

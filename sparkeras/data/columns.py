@@ -224,18 +224,25 @@ def _tensors(model: Any, attr: str) -> list[Any]:
     return tensors
 
 
+def layer_name(tensor: Any, default: str) -> str:
+    """The name of the layer that makes ``tensor`` (``input_layer_1``, ``dense``), as users see it in ``summary()``.
+
+    Keras names unnamed symbolic tensors ``keras_tensor_7``, which appear
+    nowhere a user can look; the layer's name is what errors should say.
+    """
+    history = getattr(tensor, "_keras_history", None)
+    operation = getattr(history, "operation", None) if history is not None else None
+    return getattr(operation, "name", None) or getattr(tensor, "name", None) or default
+
+
 def _structure_of(model: Any, attr: str, tensors: list[Any], what: str) -> tuple[str, list[str]]:
     struct = getattr(model, attr, None)
     if isinstance(struct, Mapping):
         return "dict", list(struct.keys())
-    if len(tensors) == 1:
-        names = [getattr(tensors[0], "name", None) or what]
-        if what == "output":
-            names = list(getattr(model, "output_names", None) or names)
-        return "single", names
+    names = [layer_name(t, f"{what}_{i}") for i, t in enumerate(tensors)]
     if what == "output" and getattr(model, "output_names", None):
-        return "list", list(model.output_names)
-    return "list", [getattr(t, "name", f"{what}_{i}") for i, t in enumerate(tensors)]
+        names = list(model.output_names)
+    return ("single" if len(tensors) == 1 else "list"), names
 
 
 def _assign(spec: ColumnSpec, names: list[str], tensors: list[Any], arg: str, what: str):
