@@ -309,3 +309,24 @@ def test_very_unequal_partitions_train_when_balancing_is_off(spark):
     history = sm.fit(df, epochs=2, batch_size=32, verbose=0)
     assert len(history.history["loss"]) == 2
     assert sm.evaluate(x, y)["accuracy"] > 0.5
+
+
+def test_packed_blocks_are_capped_so_executors_never_hold_one_huge_value(spark, monkeypatch):
+    import pyarrow as pa
+
+    from sparkeras.data import packing
+    from sparkeras.data.columns import resolve_columns
+    from sparkeras.data.sources import as_dataset
+
+    x, y = blobs(1_000, dim=16, seed=2)
+    dataset = as_dataset(spark, x, y, num_partitions=1)
+    columns = resolve_columns(mlp(), dataset.schema, "features", "label")
+    monkeypatch.setattr(packing, "BLOCK_BYTES", 100 * (16 * 4 + 4))  # 100 rows of 16 floats and an int label
+    assert packing.block_rows(columns) == 100
+    batch = dataset.table.select(columns.columns).combine_chunks().to_batches()[0]
+    blocks = list(packing.pack_batches(columns, iter([batch.slice(0, 650), batch.slice(650)])))
+    assert [b.column("rows")[0].as_py() for b in blocks] == [100] * 6 + [50] + [100] * 3 + [50]
+    features = np.concatenate([np.frombuffer(b.column(columns.bindings[0].slot)[0].as_py(), np.float32)
+                               for b in blocks]).reshape(-1, 16)
+    np.testing.assert_array_equal(features, x)
+    assert isinstance(blocks[0], pa.RecordBatch)

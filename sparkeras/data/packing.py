@@ -74,22 +74,39 @@ def _value_stats(b: TensorBinding, raw: np.ndarray | None) -> dict[str, Any]:
     return out
 
 
+BLOCK_BYTES = 4 << 20
+
+
+def block_rows(columns: ColumnMap) -> int:
+    """Rows per packed block: about ``BLOCK_BYTES`` of model inputs and labels.
+
+    Each block is one value in the executor's JVM (a binary cell, then a
+    cached RDD element), copied a few times on its way. With Arrow's
+    10,000-row batches, 784 floats per row made 31 MB blocks, and executors
+    with a 512 MB heap died of ``OutOfMemoryError`` packing a dataset only
+    1.25 times their heap (``bench/memory.py``). 4 MB blocks keep those
+    copies small beside any heap Spark accepts.
+    """
+    per_row = sum((b.size or 1) * np.dtype(b.dtype).itemsize for b in columns.bindings)
+    return max(1, BLOCK_BYTES // max(1, per_row))
+
+
 def pack_batches(columns: ColumnMap, batches: Iterator[pa.RecordBatch],
                  files: str | None = None) -> Iterator[pa.RecordBatch]:
-    """Executor side: one packed row (blobs plus statistics) per incoming Arrow batch.
+    """Executor side: packed rows (blobs plus statistics) of at most :func:`block_rows` rows each.
 
     A blob is the raw bytes of the block, or the path of a ``.npy`` file in
     ``files`` when the workers can memory-map it (see :func:`_memory_map`).
     """
-    for batch in batches:
-        if batch.num_rows == 0:
-            continue
-        arrays, stats = pack_batch(columns, batch)
-        row: dict[str, list] = {"rows": [stats["rows"]], "problem": [stats["problem"]]}
-        for b, values in zip(columns.bindings, arrays):
-            row[b.slot] = [_blob(values, files, uuid.uuid4().hex)]
-            row.update({k: [stats[k]] for k in _stat_names(b)})
-        yield pa.RecordBatch.from_pydict(row)
+    rows = block_rows(columns)
+    for whole in batches:
+        for start in range(0, whole.num_rows, rows):
+            arrays, stats = pack_batch(columns, whole.slice(start, rows))
+            row: dict[str, list] = {"rows": [stats["rows"]], "problem": [stats["problem"]]}
+            for b, values in zip(columns.bindings, arrays):
+                row[b.slot] = [_blob(values, files, uuid.uuid4().hex)]
+                row.update({k: [stats[k]] for k in _stat_names(b)})
+            yield pa.RecordBatch.from_pydict(row)
 
 
 def _stat_names(b: TensorBinding) -> list[str]:
