@@ -1,5 +1,10 @@
 """Faults on a real standalone cluster: a master and two one-core workers started by the suite.
 
+Where the machine allows network namespaces, each worker is a host of its
+own on a veth network (see ``standalone.py``), so these fits also run the
+paths between machines: gloo between hosts, data shipped to executors, the
+driver's servers on a non-loopback address.
+
 One Spark application (a driver subprocess) fits the same small problem
 once per case, for ``averaging``, ``allreduce`` and one parameter-server
 strategy (``adag``), and the test kills, in the second epoch of each fit,
@@ -53,7 +58,7 @@ for i, (name, fault) in enumerate({cases!r}):
     sm = SparkModel(mlp(seed=3), strategy, num_workers=2, seed=1)
     started = time.monotonic()
     try:
-        h = sm.fit(x, y, epochs=3, batch_size=50, verbose=0)
+        h = sm.fit(x, y, epochs=2, batch_size=50, verbose=0)
         out = {{"error": None, "epochs": len(h.history["loss"]), "restarts": h.restarts,
                "accuracy": h.history["accuracy"][-1], "joins": getattr(h, "parameter_server", {{}}).get("joins")}}
     except Exception as exc:
@@ -80,11 +85,11 @@ def _wait_for(path: str, proc: subprocess.Popen, seconds: float) -> None:
 def matrix(tmp_path_factory):
     """Run every case in one driver on one standalone cluster; each case's result, by (strategy, fault)."""
     root = str(tmp_path_factory.mktemp("faults"))
-    cluster = StandaloneCluster(root)
+    cluster = StandaloneCluster(root, separate_hosts=True)
     script = DRIVER.format(tests=os.path.dirname(__file__), url=cluster.url, root=root, cases=CASES,
                            slot_timeout=SLOT_TIMEOUT)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, env=cluster.driver_env())
     waited = {}
     try:
         for i, (strategy, fault) in enumerate(CASES):
@@ -117,11 +122,11 @@ def matrix(tmp_path_factory):
 def test_a_fit_survives_the_fault_with_every_epoch_and_a_saved_model(matrix, strategy, fault):
     result = matrix[(strategy, fault)]
     assert result["error"] is None, result
-    assert result["epochs"] == 3 and result["saved"], result
-    assert result["accuracy"] > (0.25 if strategy == "adag" else 0.8), result  # chance is 0.1
+    assert result["epochs"] == 2 and result["saved"], result
+    assert result["accuracy"] > (0.2 if strategy == "adag" else 0.8), result  # chance is 0.1
     if strategy == "adag":
         # asynchronous: Spark retries the lost task, which joins the server again and goes on
-        assert result["joins"] > 2 * 3, result
+        assert result["joins"] > 2 * 2, result
     elif fault == "worker_daemon":  # averaging goes on with the one worker left
         assert [r["resumed_at_epoch"] for r in result["restarts"]] == [2], result
         assert result["restarts"][0]["reason"].startswith(
@@ -142,3 +147,40 @@ def test_allreduce_stops_with_the_missing_capacity_when_a_worker_daemon_dies(mat
     assert "fit with num_workers=1" in result["message"]
     assert result["saved"] and result["waited"] < 120, result
 
+
+
+PROBE = """
+import json, sys
+import numpy as np
+import sparkeras
+sparkeras.get_spark({url!r}).sparkContext.setLogLevel("OFF")
+
+
+def probe(ctx):
+    from pyspark import BarrierTaskContext
+
+    total = ctx.allreduce(np.array([ctx.rank + 1.0]), op="sum")
+    return {{"hosts": sorted({{i.address.split(":")[0] for i in BarrierTaskContext.get().getTaskInfos()}}),
+            "transport": ctx.transport, "sum": float(total[0])}}
+
+
+print("RESULT", json.dumps(sparkeras.run(probe, num_workers=4, timeout=60)))
+"""
+
+
+def test_hierarchical_allreduce_between_two_hosts(tmp_path):
+    """Two hosts with two tasks each: shared memory inside a host, gloo between the hosts' leaders."""
+    cluster = StandaloneCluster(str(tmp_path), workers=2, cores=2, separate_hosts=True)
+    try:
+        if cluster.separate_hosts is not None:
+            pytest.skip(f"workers cannot be separate hosts here: {cluster.separate_hosts}")
+        out = subprocess.run([sys.executable, "-c", PROBE.format(url=cluster.url)], capture_output=True, text=True,
+                             timeout=240, env=cluster.driver_env())
+    finally:
+        cluster.stop()
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert lines, out.stderr[-4000:]
+    result = json.loads(lines[0][len("RESULT "):])
+    assert result["hosts"] == [cluster.worker_host(0), cluster.worker_host(1)], result
+    assert result["transport"] == "shared memory", result  # rank 0 shares its host with rank 1
+    assert result["sum"] == 1.0 + 2.0 + 3.0 + 4.0, result

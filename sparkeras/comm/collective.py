@@ -25,6 +25,8 @@ network (as for Horovod, TorchDistributor and every gloo/NCCL job).
 from __future__ import annotations
 
 import datetime
+import os
+import socket
 import threading
 from typing import Any
 
@@ -54,8 +56,6 @@ class Collective:
         connections on 127.0.0.1. ``shared_memory`` lets tasks on the same
         machine reduce through shared memory (``False``: gloo only).
         """
-        import os
-
         import torch.distributed as dist
 
         rank = context.partitionId()
@@ -63,8 +63,7 @@ class Collective:
         wait = datetime.timedelta(seconds=timeout)
         if dist.is_initialized():  # a task of an earlier stage in this Python worker died mid-way
             dist.destroy_process_group()
-        if loopback:
-            os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+        _choose_gloo_interface("127.0.0.1" if loopback else _task_host(context, rank))
         driver = FrameClient(rendezvous, 0, timeout=timeout)
         try:
             if rank == 0:
@@ -196,9 +195,6 @@ def _bound_store(host: str, world: int, wait: datetime.timedelta) -> Any:
     bound here, on a port the operating system picks, and handed over with
     ``master_listen_fd``; the store closes it with itself.
     """
-    import os
-    import socket
-
     import torch.distributed as dist
 
     listener = socket.create_server((host, 0), backlog=max(128, world))
@@ -233,6 +229,45 @@ def _connect_store(driver: FrameClient, stage: int, rank: int, world: int, timeo
             continue
         store.set_timeout(datetime.timedelta(seconds=timeout))
         return store
+
+
+def _choose_gloo_interface(host: str) -> None:
+    """Make gloo listen on the interface that holds ``host``, the address Spark knows this executor by.
+
+    Left to itself, gloo binds to whatever this machine's hostname resolves
+    to, which on many hosts (Debian's ``127.0.1.1`` line in ``/etc/hosts``,
+    containers, network namespaces) is a loopback address: peers on other
+    machines are then told to connect to ``127.0.0.1`` and the rendezvous
+    times out. The Python worker is reused by later stages, so the variable
+    is set (or cleared) every time.
+    """
+    interface = _interface_with(host)
+    if interface is not None:
+        os.environ["GLOO_SOCKET_IFNAME"] = interface
+    else:
+        os.environ.pop("GLOO_SOCKET_IFNAME", None)
+
+
+def _interface_with(host: str) -> str | None:
+    """The name of the local network interface whose IPv4 address is ``host`` (Linux), or ``None``."""
+    import fcntl
+    import struct
+
+    try:
+        address = socket.gethostbyname(host)
+    except OSError:
+        return None
+    if address.startswith("127."):
+        return "lo"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        for _, name in socket.if_nameindex():
+            try:
+                info = fcntl.ioctl(probe.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))  # SIOCGIFADDR
+            except OSError:
+                continue
+            if socket.inet_ntoa(info[20:24]) == address:
+                return name
+    return None
 
 
 def _task_host(context: Any, rank: int) -> str:
