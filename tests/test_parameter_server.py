@@ -287,3 +287,25 @@ def test_a_retried_task_abandons_the_synchronous_round_at_once_and_a_new_epoch_s
         np.testing.assert_allclose(got["a"][0][0], [4.0, 4.0])
     finally:
         server.close()
+
+
+def test_the_checkpoint_keeps_the_servers_update_count_and_parked_states():
+    center = [np.zeros(3, np.float32)]
+    server = _server(Downpour(), center)
+    try:
+        server.park({1: pack_arrays([np.ones(3, np.float32)])})
+        client = _client(server)
+        client.join()
+        for _ in range(3):
+            client.commit([np.ones(3, np.float32)], base=0, want_center=False)
+        strategy = Downpour()
+        strategy._server = server
+        saved = strategy.checkpoint_state()
+    finally:
+        server.close()
+    assert int(saved["server_version"][0]) == 3
+    np.testing.assert_array_equal(saved["local/1"][0], np.ones(3, np.float32))
+
+    resumed = Downpour()
+    resumed.restore_checkpoint_state(saved)
+    assert resumed._restored_version == 3 and set(resumed._restored_local) == {1}
