@@ -63,12 +63,22 @@ class HostNetwork:
         subprocess.run(["ip", "netns", "del", probe], capture_output=True)
         return None
 
+    made = 0  # networks made by this process, so two of them never share a name or a subnet
+
     def __init__(self, hosts: int) -> None:
-        tag = os.getpid() % 100_000
-        self.subnet = 10 + os.getpid() % 240
+        HostNetwork.made += 1
+        tag = (os.getpid() % 10_000) * 10 + HostNetwork.made % 10
+        self.subnet = 10 + (os.getpid() + HostNetwork.made) % 240
         self.bridge, self.address = f"skb{tag}", f"10.77.{self.subnet}.1"
         self.namespaces = [f"skr{tag}-{i}" for i in range(hosts)]
         self.addresses = [f"10.77.{self.subnet}.{i + 2}" for i in range(hosts)]
+        try:
+            self._create(tag)
+        except subprocess.CalledProcessError:
+            self.close()
+            raise
+
+    def _create(self, tag: int) -> None:
         self._ip("link", "add", self.bridge, "type", "bridge")
         self._ip("addr", "add", f"{self.address}/24", "dev", self.bridge)
         self._ip("link", "set", self.bridge, "up")
@@ -110,7 +120,10 @@ class StandaloneCluster:
         if separate_hosts:
             self.separate_hosts = HostNetwork.unavailable()
             if self.separate_hosts is None:
-                self.network = HostNetwork(workers)
+                try:
+                    self.network = HostNetwork(workers)
+                except subprocess.CalledProcessError as exc:  # e.g. veth pairs refused in a container
+                    self.separate_hosts = f"{' '.join(exc.cmd)} failed: {(exc.stderr or b'').decode().strip()}"
         self.host = self.network.address if self.network else "127.0.0.1"  # where the master and drivers bind
         self.env = dict(os.environ, SPARK_HOME=os.path.dirname(pyspark.__file__), PYSPARK_PYTHON=sys.executable,
                         SPARK_LOCAL_IP=self.host)
