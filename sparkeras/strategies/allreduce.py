@@ -23,21 +23,19 @@ lists each restart and the epoch it re-ran from.
 from __future__ import annotations
 
 import queue
-import threading
-import time
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from sparkeras.barrier import DEFAULT_TIMEOUT, CollectiveSettings, check_barrier, concurrent_slots
+from sparkeras.barrier import DEFAULT_TIMEOUT, CollectiveSettings, check_barrier
 from sparkeras.comm.collective import Rendezvous
 from sparkeras.comm.server import FrameServer
 from sparkeras.errors import InputError, failure_reason, worker_error
 from sparkeras.serialization import pack_arrays, unpack_arrays
 from sparkeras.session import driver_host
 from sparkeras.strategies.base import Strategy
-from sparkeras.strategies.epochs import capacity_error, check_restart_settings, wait_for_slots
+from sparkeras.strategies.epochs import GroupJob, SlotWatch, check_restart_settings, wait_for_slots
 from sparkeras.worker.learning_rate import check_rule, scale_factor
 from sparkeras.training import TrainingJob
 from sparkeras.worker.allreduce import TRAIN, VALIDATION, BarrierSpec, train_barrier
@@ -217,33 +215,17 @@ class _Coordinator:
         minutes at a time. The stage's jobs are cancelled instead, and
         :class:`ClusterCapacityError` says what is missing.
         """
-        outcome: dict[str, BaseException] = {}
         sc = self.job.spark.sparkContext
-        group = f"sparkeras-allreduce-{id(self)}-{len(self.restarts)}"
-
-        def target() -> None:
-            try:
-                sc.setJobGroup(group, "sparkeras allreduce", interruptOnCancel=True)
-                launch()
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                outcome["error"] = exc
-
-        stage = threading.Thread(target=target, name="sparkeras-barrier-stage", daemon=True)
-        stage.start()
+        stage = GroupJob(sc, "allreduce", "sparkeras allreduce", launch)
+        watch = SlotWatch(sc, "allreduce", self.job.num_workers, slot_timeout)
         self._begin()
         callback_error: BaseException | None = None
-        short_since: float | None = None
-        checked = time.monotonic()
-        while stage.is_alive() or not self._reports.empty():
-            now = time.monotonic()
-            if now - checked >= 1.0 and "capacity" not in outcome:
-                checked = now
-                slots = concurrent_slots(sc)
-                short_since = None if slots >= self.job.num_workers else (short_since or now)
-                if short_since is not None and now - short_since >= slot_timeout:
-                    outcome["capacity"] = capacity_error("allreduce", self.job.num_workers, slots, slot_timeout,
-                                                         self.next_epoch)
-                    sc.cancelJobGroup(group)
+        capacity: BaseException | None = None
+        while not stage.finished.is_set() or not self._reports.empty():
+            if capacity is None:
+                capacity = watch.lost(self.next_epoch)
+                if capacity is not None:
+                    stage.cancel()
             try:
                 header, payload, answer = self._reports.get(timeout=0.1)
             except queue.Empty:
@@ -253,15 +235,14 @@ class _Coordinator:
             except BaseException as exc:  # a callback failed: stop the tasks, then raise it
                 answer.put(True)
                 callback_error = exc
-        stage.join()
+        stage.finished.wait()
         if callback_error is not None:
             raise callback_error
-        if "capacity" in outcome:
-            raise outcome["capacity"]
-        error = outcome.get("error")
-        if error is None:
+        if capacity is not None:
+            raise capacity
+        if stage.error is None:
             self.finished = True
-        return error
+        return stage.error
 
     def restarted(self, attempt: int, failure: BaseException) -> None:
         """Record a relaunch; callbacks saw ``on_epoch_begin`` for the epoch already, so only the bar restarts."""

@@ -29,7 +29,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar
 
 from sparkeras.errors import ClusterCapacityError, InputError, failure_reason
 
@@ -71,6 +71,60 @@ def wait_for_slots(job: "TrainingJob", strategy: str, needed: int, slot_timeout:
         raise capacity_error(strategy, needed, slots, slot_timeout, next_epoch)
 
 
+class SlotWatch:
+    """Says when the cluster has had fewer than ``needed`` task slots for ``slot_timeout`` seconds.
+
+    Asked often (every pass of a driver's wait loop), it asks Spark at most
+    once a second.
+    """
+
+    def __init__(self, sc: Any, strategy: str, needed: int, slot_timeout: float) -> None:
+        self.sc, self.strategy, self.needed, self.slot_timeout = sc, strategy, needed, slot_timeout
+        self._checked = time.monotonic()
+        self._short_since: float | None = None
+
+    def lost(self, next_epoch: int) -> ClusterCapacityError | None:
+        """The capacity error once the shortage has lasted ``slot_timeout`` seconds, else ``None``."""
+        from sparkeras.barrier import concurrent_slots
+
+        now = time.monotonic()
+        if now - self._checked < 1.0:
+            return None
+        self._checked, slots = now, concurrent_slots(self.sc)
+        self._short_since = None if slots >= self.needed else (self._short_since or now)
+        if self._short_since is not None and now - self._short_since >= self.slot_timeout:
+            return capacity_error(self.strategy, self.needed, slots, self.slot_timeout, next_epoch)
+        return None
+
+
+class GroupJob(Generic[T]):
+    """``launch()`` on a thread of its own, its Spark jobs in a job group that :meth:`cancel` stops.
+
+    The calling thread stays free to watch the cluster, serve reports, or
+    notice an abandoned round while the job runs.
+    """
+
+    def __init__(self, sc: Any, strategy: str, description: str, launch: Callable[[], T]) -> None:
+        self.sc, self.group = sc, f"sparkeras-{strategy}-{next(_groups)}"
+        self.finished = threading.Event()
+        self.result: T | None = None
+        self.error: BaseException | None = None
+
+        def target() -> None:
+            try:
+                sc.setJobGroup(self.group, description, interruptOnCancel=True)
+                self.result = launch()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                self.error = exc
+            finally:
+                self.finished.set()
+
+        threading.Thread(target=target, name=f"sparkeras-{strategy}-job", daemon=True).start()
+
+    def cancel(self) -> None:
+        self.sc.cancelJobGroup(self.group)
+
+
 class EpochAttempts:
     """Runs a strategy's epoch jobs with relaunches, a slot watch and cancellation.
 
@@ -110,42 +164,19 @@ class EpochAttempts:
                     wait_for_slots(self.job, self.strategy, self.slots_needed, self.slot_timeout, epoch)
 
     def _once(self, epoch: int, launch: Callable[[], T], abandoned: Callable[[], str | None]) -> T:
-        from sparkeras.barrier import concurrent_slots
-
         sc = self.job.spark.sparkContext
-        group = f"sparkeras-{self.strategy}-{next(_groups)}"
-        outcome: dict[str, Any] = {}
-        finished = threading.Event()
-
-        def target() -> None:
-            try:
-                sc.setJobGroup(group, f"sparkeras {self.strategy} epoch {epoch + 1}", interruptOnCancel=True)
-                outcome["result"] = launch()
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                outcome["error"] = exc
-            finally:
-                finished.set()
-
-        threading.Thread(target=target, name="sparkeras-epoch-job", daemon=True).start()
+        job = GroupJob(sc, self.strategy, f"sparkeras {self.strategy} epoch {epoch + 1}", launch)
+        watch = None if self.slots_needed is None else SlotWatch(sc, self.strategy, self.slots_needed,
+                                                                 self.slot_timeout)
         cancelled: BaseException | None = None
-        short_since: float | None = None
-        checked = time.monotonic()
-        while not finished.wait(0.2):
-            if cancelled is not None:
-                continue
-            reason = abandoned()
-            now = time.monotonic()
-            if reason is not None:
-                cancelled = RuntimeError(reason)
-            elif self.slots_needed is not None and now - checked >= 1.0:
-                checked, slots = now, concurrent_slots(sc)
-                short_since = None if slots >= self.slots_needed else (short_since or now)
-                if short_since is not None and now - short_since >= self.slot_timeout:
-                    cancelled = capacity_error(self.strategy, self.slots_needed, slots, self.slot_timeout, epoch)
-            if cancelled is not None:
-                sc.cancelJobGroup(group)
+        while not job.finished.wait(0.2):
+            if cancelled is None:
+                reason = abandoned()
+                cancelled = RuntimeError(reason) if reason is not None else watch and watch.lost(epoch)
+                if cancelled is not None:
+                    job.cancel()
         if cancelled is not None:
             raise cancelled
-        if "error" in outcome:
-            raise outcome["error"]
-        return outcome["result"]
+        if job.error is not None:
+            raise job.error
+        return job.result
