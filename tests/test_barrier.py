@@ -91,3 +91,30 @@ def test_a_rank_that_misses_a_collective_fails_the_run_instead_of_hanging(spark)
     with pytest.raises(sparkeras.WorkerError, match="while running the function on barrier tasks"):
         sparkeras.run(fn, num_workers=2, timeout=10)
     assert time.monotonic() - start < 60
+
+
+def test_gloo_listens_on_the_interface_that_holds_the_executors_address(monkeypatch):
+    import socket
+
+    from sparkeras.comm import collective
+
+    assert collective._interface_with("127.0.0.1") == "lo"
+    assert collective._interface_with("203.0.113.77") is None  # TEST-NET-3: no interface here holds it
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("10.255.255.255", 1))  # no packet is sent; this only picks the outgoing address
+        except OSError:
+            pytest.skip("this machine has no route off loopback")
+        address = probe.getsockname()[0]
+    interface = collective._interface_with(address)
+    assert interface is not None and interface != "lo", (address, interface)
+
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")  # left over from a local-mode stage in a reused worker
+    monkeypatch.setattr(collective, "_OPERATOR_INTERFACE", None)
+    collective._choose_gloo_interface(address)
+    assert collective.os.environ["GLOO_SOCKET_IFNAME"] == interface
+    monkeypatch.setattr(collective, "_OPERATOR_INTERFACE", "bond0")  # the operator's choice wins off loopback
+    collective._choose_gloo_interface(address)
+    assert collective.os.environ["GLOO_SOCKET_IFNAME"] == "bond0"
+    collective._choose_gloo_interface("127.0.0.1")
+    assert collective.os.environ["GLOO_SOCKET_IFNAME"] == "lo"

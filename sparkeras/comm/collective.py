@@ -231,6 +231,9 @@ def _connect_store(driver: FrameClient, stage: int, rank: int, world: int, timeo
         return store
 
 
+_OPERATOR_INTERFACE = os.environ.get("GLOO_SOCKET_IFNAME")  # set by whoever started the worker, if anyone
+
+
 def _choose_gloo_interface(host: str) -> None:
     """Make gloo listen on the interface that holds ``host``, the address Spark knows this executor by.
 
@@ -239,9 +242,12 @@ def _choose_gloo_interface(host: str) -> None:
     containers, network namespaces) is a loopback address: peers on other
     machines are then told to connect to ``127.0.0.1`` and the rendezvous
     times out. The Python worker is reused by later stages, so the variable
-    is set (or cleared) every time.
+    is set (or cleared) every time. An operator's own ``GLOO_SOCKET_IFNAME``
+    (``spark.executorEnv.GLOO_SOCKET_IFNAME``) wins outside local mode.
     """
     interface = _interface_with(host)
+    if _OPERATOR_INTERFACE and interface != "lo":
+        interface = _OPERATOR_INTERFACE
     if interface is not None:
         os.environ["GLOO_SOCKET_IFNAME"] = interface
     else:
