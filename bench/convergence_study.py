@@ -11,6 +11,14 @@ learning-rate rule and warmup. Prints the test metric after every epoch.
 
     python bench/convergence_study.py mlp '{"K": 2, "window": 32, "momentum": 0.5}' '{"K": 2, "window": 1000, "momentum": 0}'
     python bench/convergence_study.py --allreduce mlp '{"K": 4, "rule": "sqrt", "warmup_epochs": 1}'
+    python bench/convergence_study.py --ps mlp '{"K": 2, "rule": "adag"}' '{"K": 2, "rule": "easgd", "rho": 2.5}'
+
+``--ps`` runs a parameter-server rule (:mod:`sparkeras.strategies.distributed`)
+with its own ``commit``/``fold``/``apply``: synchronous rules in rounds,
+asynchronous ones round-robin, so every commit is ``K - 1`` updates stale,
+as with K equally fast workers. ``STUDY_VARIANTS=file.py`` imports a file
+first, so a rule it registers in ``DISTRIBUTED_OPTIMIZERS`` can be tried
+without changing sparkeras.
 """
 
 from __future__ import annotations
@@ -39,20 +47,29 @@ class _Columns:
         return arrays[0]
 
 
-def averaging(task: Task, data, K: int, window: int, momentum: float, nesterov: bool = True) -> list[float]:
+def _workers(task: Task, x, y, K: int, optimizer=None):
+    """The task's model, and K copies of it, each with its own optimizer and contiguous slice of the rows."""
     import keras
 
-    from sparkeras.strategies.averaging import OuterStep
     from sparkeras.worker.local_steps import LocalSteps
 
-    (x, y), test = data
     base = task.make_model()
     n = len(x) // K
     workers = []
     for k in range(K):
         m = keras.models.clone_model(base)
-        m.compile(optimizer=keras.optimizers.Adam.from_config(base.optimizer.get_config()), loss=base.loss)
+        m.compile(optimizer=(optimizer and optimizer()) or keras.optimizers.Adam.from_config(base.optimizer.get_config()),
+                  loss=base.loss)
+        m.set_weights(base.get_weights())
         workers.append((m, LocalSteps(m, [x[k * n:(k + 1) * n], y[k * n:(k + 1) * n]], _Columns(), "tensorflow")))
+    return base, n, workers
+
+
+def averaging(task: Task, data, K: int, window: int, momentum: float, nesterov: bool = True) -> list[float]:
+    from sparkeras.strategies.averaging import OuterStep
+
+    (x, y), test = data
+    base, n, workers = _workers(task, x, y, K)
     center = [np.array(w) for w in base.get_weights()]
     outer = OuterStep(momentum, 1.0, nesterov, [v.trainable for v in base.weights])
     steps = -(-n // task.batch_size)
@@ -88,10 +105,58 @@ def allreduce(task: Task, data, K: int, rule: str, warmup_epochs: float) -> list
     return scores
 
 
+def parameter_server(task: Task, data, K: int, rule: str, **options) -> list[float]:
+    from sparkeras.strategies.distributed import DISTRIBUTED_OPTIMIZERS
+
+    strategy = DISTRIBUTED_OPTIMIZERS[rule](**options)
+    (x, y), test = data
+    base, n, workers = _workers(task, x, y, K, strategy.local_optimizer)
+    center = [np.array(w) for w in base.get_weights()]
+    version, seen = 0, [(list(center), 0) for _ in range(K)]
+    steps = -(-n // task.batch_size)
+    window = steps if strategy.window == "epoch" else int(strategy.window)
+    scores = []
+    for epoch in range(task.epochs):
+        orders = [np.random.default_rng([0, epoch, k]).permutation(n) for k in range(K)]
+        for k, (m, _) in enumerate(workers):
+            m.set_weights(strategy.fold(m.get_weights(), [np.array(c) for c in center], None))
+            seen[k] = ([np.array(c) for c in center], version)
+        for start in range(0, steps, window):
+            count = min(window, steps - start)
+            if strategy.synchronous:
+                sent = []
+                for (m, local), order in zip(workers, orders):
+                    local.train(order, task.batch_size, start, count)
+                    sent.append(strategy.commit(m.get_weights(), center, count))
+                strategy.apply_round(center, sent)
+                for (m, _), s in zip(workers, sent):
+                    m.set_weights(strategy.fold(m.get_weights(), [np.array(c) for c in center], s))
+                continue
+            for k, ((m, local), order) in enumerate(zip(workers, orders)):
+                local.train(order, task.batch_size, start, count)
+                weights = m.get_weights()
+                if strategy.pull_first:
+                    seen[k] = ([np.array(c) for c in center], version)
+                s = strategy.commit(weights, seen[k][0], count)
+                strategy.apply(center, s, version - seen[k][1])
+                version += 1
+                fresh = [np.array(c) for c in center]
+                m.set_weights(strategy.fold(weights, seen[k][0] if strategy.pull_first else fresh, s))
+                seen[k] = (fresh, version)
+        base.set_weights(center)
+        scores.append(round(task.score(base, *test), 4))
+    return scores
+
+
 def main() -> None:
     args = sys.argv[1:]
-    study = allreduce if args and args[0] == "--allreduce" else averaging
-    args = args[1:] if study is allreduce else args
+    studies = {"--allreduce": allreduce, "--ps": parameter_server}
+    study = studies.get(args[0], averaging) if args else averaging
+    args = args[1:] if study is not averaging else args
+    if os.environ.get("STUDY_VARIANTS"):  # extra rules to try, registered by importing a file
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("variants", os.environ["STUDY_VARIANTS"])
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
     task = TASKS[args[0]]
     data = task.make_data()
     for setting in args[1:]:

@@ -147,12 +147,18 @@ class PreparedData:
     columns: ColumnMap
     stats: DatasetStats
     files: str | None = None
+    kept: bool = False  # kept for the next fit of the same cached DataFrame (sparkeras.data.reuse)
 
     @property
     def num_partitions(self) -> int:
         return len(self.stats.rows_per_partition)
 
     def release(self) -> None:
+        """Done with it: free it, unless it is kept for a refit."""
+        if not self.kept:
+            self.free()
+
+    def free(self) -> None:
         self.blocks.unpersist()
         if self.files is not None:
             shutil.rmtree(self.files, ignore_errors=True)
@@ -167,16 +173,25 @@ def prepare(dataset: Dataset, columns: ColumnMap, num_partitions: int, what: str
     big Parquet row group) is packed again after a ``repartition``: in a
     synchronous fit the largest partition sets the pace of every worker.
 
+    A cached DataFrame fitted again unchanged is not packed again: its
+    packing is kept (:mod:`sparkeras.data.reuse`).
+
     Raises :class:`InputError` (and frees what was packed) when the data
     cannot be trained on, before any training starts.
     """
     if dataset.table is not None:
         prepared = _prepare_local(dataset, columns, num_partitions)
     else:
-        prepared = _prepare_spark(dataset, columns, num_partitions, what)
-        if balance and _uneven(prepared.stats.rows_per_partition):
-            prepared.release()
-            prepared = _prepare_spark(dataset, columns, num_partitions, what, repartition=True)
+        from sparkeras.data.reuse import PACKED
+
+        def pack() -> PreparedData:
+            packed = _prepare_spark(dataset, columns, num_partitions, what)
+            if balance and _uneven(packed.stats.rows_per_partition):
+                packed.free()
+                packed = _prepare_spark(dataset, columns, num_partitions, what, repartition=True)
+            return packed
+
+        prepared = PACKED.get(dataset.frame, columns, num_partitions, balance, pack)
     try:
         check(prepared.stats, columns, what)
     except InputError:
