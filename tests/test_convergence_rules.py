@@ -61,6 +61,24 @@ def test_bad_averaging_options_are_refused(options, message):
         ModelAveraging(**options)
 
 
+def test_the_averaging_window_shrinks_with_the_square_of_the_worker_count_unless_given():
+    default = ModelAveraging()
+    assert [default.window_for(n) for n in (1, 2, 4, 8, 16)] == [128, 32, 8, 2, 1]
+    assert ModelAveraging(window=5).window_for(4) == 5
+    assert ModelAveraging(window="epoch").window_for(8) == "epoch"
+    assert "window=None" in repr(default)
+
+
+def test_a_fit_uses_the_window_chosen_for_its_workers_and_keeps_its_setting(spark):
+    x, y = blobs(400, seed=3)
+    strategy = ModelAveraging()
+    before = repr(strategy)
+    SparkModel(mlp(seed=2), strategy=strategy, num_workers=4, seed=0).fit(x, y, epochs=1, batch_size=16, verbose=0)
+    assert strategy.window == 8 and repr(strategy) == before  # the checkpoint fingerprint stays the same
+    SparkModel(mlp(seed=2), strategy=strategy, num_workers=2, seed=0).fit(x, y, epochs=1, batch_size=16, verbose=0)
+    assert strategy.window == 32
+
+
 def test_scale_factor_follows_the_optimizer_family():
     assert scale_factor("auto", keras.optimizers.Adam(), 4) == pytest.approx(2.0)
     assert scale_factor("auto", keras.optimizers.RMSprop(), 2) == pytest.approx(math.sqrt(2))

@@ -236,6 +236,25 @@ def test_workers_use_the_cores_spark_gave_them_and_cache_the_model(spark):
     assert got == [(1, 1, True), (1, 1, True)]
 
 
+def test_a_cold_worker_imports_keras_without_its_optional_extras_and_they_import_afterwards():
+    """In a fresh interpreter, as in a new Python worker: Keras comes up without sklearn, matplotlib or
+    IPython, which stay importable for the user's own code."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from sparkeras.worker.runtime import KERAS_EXTRAS, configure\n"
+        "configure('tensorflow', 1)\n"
+        "print('keras' in sys.modules, sorted(m for m in KERAS_EXTRAS if m in sys.modules))\n"
+        "import sklearn, matplotlib\n"
+        "print(sklearn.__name__, matplotlib.__name__)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "KERAS_BACKEND": "tensorflow"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == ["True []", "sklearn matplotlib"]
+
+
 def test_driver_data_gives_the_same_model_through_files_or_through_spark(spark):
     """Local mode memory-maps driver data from files; a cluster ships it through Spark."""
     from sparkeras.data.packing import MEMORY_MAP_CONF

@@ -13,7 +13,7 @@ How Elephas' ``mode`` and ``frequency`` map onto sparkeras strategies:
 ============  ===========  ==================================================
 mode          frequency    sparkeras strategy
 ============  ===========  ==================================================
-synchronous   epoch        ``averaging``: average every 32 batches, outer momentum step
+synchronous   epoch        ``averaging``: average every window (32 batches for 2 workers), outer momentum step
 synchronous   batch        ``allreduce``: sum gradients every batch (barrier mode)
 asynchronous  epoch        ``async`` with its default window (4 batches)
 asynchronous  batch        ``async`` with ``window=1``
