@@ -22,9 +22,10 @@ Why these defaults (measured, ``bench/time_to_accuracy.py`` and the
 BENCHMARKS file): with 2 workers a window of 32 batches keeps the workers
 close enough that the averaged move is a good direction (averaging once per
 epoch lagged by 2.4 points after 10 epochs, and much more early on). The
-window shrinks as ``128 / N**2`` with more workers (:meth:`ModelAveraging.window_for`),
-and the momentum is ``1 - 1/N``: both come from the worker count, not from a task. With ``outer_momentum=0`` the rule is
-plain averaging, and with one worker the center *is* the worker's state, so
+window shrinks as ``128 / N**2`` with more workers
+(:meth:`ModelAveraging.window_for`), and the momentum is ``1 - 1/N``: both
+come from the worker count, not from a task. With ``outer_momentum=0`` the
+rule is plain averaging, and with one worker the center *is* the worker's state, so
 ``SparkModel(model, "averaging", num_workers=1)`` trains exactly as
 ``model.fit`` with the same batch order.
 
