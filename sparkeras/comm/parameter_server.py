@@ -48,7 +48,12 @@ import numpy as np
 
 from sparkeras.comm.server import FrameServer, ServerAddress
 from sparkeras.comm.wire import FrameError, read_frame, write_frame
+from sparkeras.errors import InputError
 from sparkeras.serialization import pack_arrays, unpack_arrays
+
+
+class Diverged(ValueError):
+    """A commit of NaN or infinite values: the fit diverged, and a relaunch would only diverge again."""
 
 
 class ServerRule(Protocol):
@@ -201,7 +206,7 @@ class ParameterServer:
                 raise FrameError(f"unknown message type {kind!r}")
         except (KeyError, TypeError, ValueError) as exc:
             self.stats.add(refused_commits=int(kind == "commit"))
-            reply = {"error": f"refused {kind!r} message: {exc}"}, b""
+            reply = {"error": f"refused {kind!r} message: {exc}", "diverged": isinstance(exc, Diverged)}, b""
         self.stats.add(bytes_out=len(reply[1]))
         return reply
 
@@ -239,7 +244,7 @@ class ParameterServer:
         if [(a.dtype, a.shape) for a in arrays] != self._shapes:
             raise ValueError("the committed arrays do not match the center's dtypes and shapes")
         if not all(np.isfinite(a).all() for a in arrays):
-            raise ValueError("the commit holds NaN or infinite values; lower the learning rate")
+            raise Diverged("the commit holds NaN or infinite values; lower the learning rate")
         key = (worker, attempt)
         with self._lock:
             duplicate = self._seen.get(key, -1) >= seq
@@ -341,6 +346,8 @@ class ParameterClient:
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 5.0)
                 self.reconnects += 1
+        if reply.get("diverged"):  # the same again on a relaunch: an error in the settings, not in the cluster
+            raise InputError(f"Training diverged: the parameter server {reply['error']}.")
         if "error" in reply:
             raise RuntimeError(f"the parameter server {reply['error']}")
         return reply, blob

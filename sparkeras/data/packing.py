@@ -148,6 +148,7 @@ class PreparedData:
     stats: DatasetStats
     files: str | None = None
     kept: bool = False  # kept for the next fit of the same cached DataFrame (sparkeras.data.reuse)
+    lease: Any = None  # this fit's use of kept data (sparkeras.data.reuse.Lease)
 
     @property
     def num_partitions(self) -> int:
@@ -155,7 +156,9 @@ class PreparedData:
 
     def release(self) -> None:
         """Done with it: free it, unless it is kept for a refit."""
-        if not self.kept:
+        if self.lease is not None:
+            self.lease.release()
+        elif not self.kept:
             self.free()
 
     def free(self) -> None:

@@ -46,6 +46,24 @@ DEFAULT_KEEP = 2
 class _Kept:
     frame: Any
     prepared: "PreparedData"
+    users: int = 0  # fits using it now
+    dropped: bool = False  # out of the store; freed when the last user releases it
+
+
+class Lease:
+    """One fit's use of a kept packing; ``release()`` once, when the fit is done with it."""
+
+    def __init__(self, store: "PackedData", entry: _Kept) -> None:
+        self._store, self._entry, self._open = store, entry, True
+
+    def release(self) -> None:
+        with self._store._lock:
+            if not self._open:
+                return
+            self._open = False
+            self._entry.users -= 1
+            if self._entry.dropped and self._entry.users == 0:
+                _discard(self._entry)
 
 
 def packing_key(columns: "ColumnMap") -> tuple:
@@ -54,19 +72,27 @@ def packing_key(columns: "ColumnMap") -> tuple:
 
 
 class PackedData:
-    """The driver's store of packed datasets, one per Python driver process."""
+    """The driver's store of packed datasets, one per Python driver process.
+
+    Fits may run at once (the trials of :func:`sparkeras.tune`, the members
+    of an ensemble): fits of the same data wait for one packing instead of
+    each packing it, and a packing pushed out of the store (or whose
+    DataFrame was unpersisted) is freed only when the last fit using it
+    releases it.
+    """
 
     def __init__(self) -> None:
         self._kept: OrderedDict[tuple, _Kept] = OrderedDict()
         self._lock = threading.Lock()
+        self._packing: dict[tuple, threading.Lock] = {}
         self.hits = 0  # fits served from kept data since the last clear()
 
     def get(self, frame: Any, columns: "ColumnMap", num_partitions: int, balance: bool,
             pack: Callable[[], "PreparedData"]) -> "PreparedData":
         """The kept packing of ``frame`` for ``columns``, or ``pack()``'s result, kept when ``frame`` is cached.
 
-        The returned data carries ``columns`` (the caller's model) and is
-        marked kept, so its ``release()`` leaves it for the next fit.
+        The returned data carries ``columns`` (the caller's model) and a
+        :class:`Lease`, so its ``release()`` leaves it for the next fit.
         """
         capacity = _capacity(frame)
         with self._lock:
@@ -75,34 +101,52 @@ class PackedData:
         if key is None:
             return pack()
         with self._lock:
-            entry = self._kept.get(key)
-            if entry is not None and entry.frame.sameSemantics(frame):
-                self._kept.move_to_end(key)
-                self.hits += 1
-                return replace(entry.prepared, columns=columns, kept=True)
-        prepared = pack()
-        with self._lock:
-            old = self._kept.pop(key, None)
-            if old is not None:
-                _discard(old)
-            self._kept[key] = _Kept(frame, replace(prepared, kept=True))
-            while len(self._kept) > capacity:
-                _discard(self._kept.popitem(last=False)[1])
-        return replace(prepared, kept=True)
+            packing = self._packing.setdefault(key, threading.Lock())
+        with packing:
+            with self._lock:
+                entry = self._kept.get(key)
+                if entry is not None and entry.frame.sameSemantics(frame):
+                    self._kept.move_to_end(key)
+                    self.hits += 1
+                    return self._lease(entry, columns)
+            prepared = pack()
+            with self._lock:
+                old = self._kept.pop(key, None)
+                if old is not None:
+                    self._drop(old)
+                entry = _Kept(frame, replace(prepared, kept=True))
+                self._kept[key] = entry
+                while len(self._kept) > capacity:
+                    self._drop(self._kept.popitem(last=False)[1])
+                return self._lease(entry, columns)
 
     def clear(self) -> None:
-        """Drop everything kept (their cached blocks and files)."""
+        """Drop everything kept (their cached blocks and files, once no fit uses them)."""
         with self._lock:
             self.hits = 0
             while self._kept:
-                _discard(self._kept.popitem()[1])
+                self._drop(self._kept.popitem()[1])
 
     def __len__(self) -> int:
         return len(self._kept)
 
+    def _lease(self, entry: _Kept, columns: "ColumnMap") -> "PreparedData":
+        entry.users += 1
+        return replace(entry.prepared, columns=columns, kept=True, lease=Lease(self, entry))
+
+    def _drop(self, entry: _Kept) -> None:
+        entry.dropped = True
+        if entry.users == 0:
+            _discard(entry)
+
+    def drop_uncached(self) -> None:
+        """Drop the packings of DataFrames that are no longer cached (each fit does this too)."""
+        with self._lock:
+            self._drop_uncached()
+
     def _drop_uncached(self) -> None:
         for key in [k for k, e in self._kept.items() if not _is_cached(e.frame)]:
-            _discard(self._kept.pop(key))
+            self._drop(self._kept.pop(key))
 
     def _remove_files(self) -> None:
         """At exit: the local-mode files only; the SparkContext may be gone already."""

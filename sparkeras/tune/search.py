@@ -1,0 +1,414 @@
+"""Hyperparameter search on Spark, with Optuna as the engine.
+
+Optuna samples and prunes; sparkeras runs the trials. The driver asks the
+study for a trial, calls the user's ``build_model(trial)`` (so every
+``trial.suggest_*`` runs against the real study), and trains the model with
+:class:`~sparkeras.model.SparkModel` on a thread of its own. Several trials
+train at once, as many as the cluster has task slots for, each on
+``workers_per_trial`` Spark tasks with the cores Spark gave them.
+
+- **Data once.** The data becomes cached DataFrames once
+  (:class:`~sparkeras.data.frames.SharedFrames`), and the packing of a cached
+  DataFrame is shared by every fit of the same shape
+  (:mod:`sparkeras.data.reuse`): rows are shipped and packed once per
+  search, not once per trial. Validation is scored exactly, every epoch.
+- **Pruning.** Each epoch ends on the driver, where the validation metric is
+  reported to the trial and the pruner decides
+  (:class:`~sparkeras.tune.reporting.TrialReporter`). A pruned trial's fit
+  stops after that epoch, freeing its slots for the next trial.
+- **Failures.** An exception in ``build_model`` or in training, a lost
+  executor the fit could not recover from, or a NaN loss marks the trial
+  failed, with the reason in its ``fail_reason`` user attribute; the search
+  goes on.
+- **Resuming.** With ``storage`` (``sqlite:///search.db``) every trial is
+  stored as it ends. ``n_trials`` counts the study's finished trials, so a
+  search started again with ``load_if_exists=True`` runs only the trials it
+  still lacks; trials that were running when the driver stopped are marked
+  failed ("interrupted") and not counted.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import threading
+import time
+from typing import Any, Callable, Mapping
+
+from sparkeras.errors import InputError, SparkerasError
+from sparkeras.tune.space import distributions, suggest
+
+INTERRUPTED = "interrupted: the driver stopped while the trial ran"
+_DIRECTIONS = ("minimize", "maximize")
+
+
+def tune(
+    build_model: Callable[[Any], Any],
+    data: Any = None,
+    y: Any = None,
+    *,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    metric: str = "val_loss",
+    direction: str = "minimize",
+    epochs: int = 10,
+    batch_size: int = 32,
+    validation_split: float = 0.2,
+    validation_data: Any = None,
+    sampler: Any = None,
+    pruner: Any = None,
+    storage: Any = None,
+    study_name: str | None = None,
+    load_if_exists: bool = False,
+    workers_per_trial: int = 1,
+    max_concurrent: int | None = None,
+    features_col: Any = "features",
+    label_col: Any = "label",
+    search_space: Mapping[str, Any] | None = None,
+    strategy: Any = "averaging",
+    custom_objects: Mapping[str, Any] | None = None,
+    seed: int | None = None,
+    verbose: int = 1,
+) -> Any:
+    """Search hyperparameters with Optuna, training the trials concurrently on Spark; returns the ``optuna.Study``.
+
+    Args:
+        build_model: ``build_model(trial)`` returns a compiled Keras model,
+            drawing its hyperparameters with ``trial.suggest_*``. With
+            ``search_space``, it receives a dict of drawn values instead.
+        data, y: anything :meth:`SparkModel.fit` takes (a DataFrame, a
+            Parquet path, numpy ``x`` with ``y``...).
+        n_trials: how many finished trials the study should hold (a resumed
+            study runs only the rest). ``timeout``: seconds after which no
+            new trial starts. At least one of the two is needed.
+        metric, direction: what each trial's final epoch is scored by
+            (``val_loss``, ``val_accuracy``, or a training metric), and
+            whether lower or higher is better.
+        epochs, batch_size: each trial's fit.
+        validation_split, validation_data: the held-out rows each epoch is
+            scored on (``validation_data`` wins when both are given).
+        sampler, pruner: Optuna's (default: ``TPESampler(seed=seed)`` and
+            ``MedianPruner()``).
+        storage, study_name, load_if_exists: as in ``optuna.create_study``;
+            a database URL makes the search resumable.
+        workers_per_trial: Spark tasks per trial (1: each trial is a
+            single-worker fit, which trains exactly as ``model.fit``).
+        max_concurrent: trials at once (default: the cluster's task slots
+            divided by ``workers_per_trial``).
+        strategy: each trial's training strategy, a name or a Strategy object
+            (copied for each trial).
+        search_space: ``{name: range}``, the simple case: a list of choices,
+            ``(low, high)``, ``(low, high, "log")`` or an Optuna distribution.
+        verbose: 1 prints a line as each trial ends; 0 is silent.
+    """
+    _check_arguments(build_model, n_trials, timeout, metric, direction, epochs, batch_size, validation_split,
+                     validation_data, workers_per_trial, max_concurrent, verbose)
+    space = distributions(search_space) if search_space is not None else None
+    optuna = _optuna()
+    from sparkeras.barrier import concurrent_slots
+    from sparkeras.data.frames import SharedFrames
+    from sparkeras.session import get_spark
+    from sparkeras.strategies import get_strategy
+
+    get_strategy(copy.deepcopy(strategy))  # a bad strategy name fails here, before anything runs
+    spark = get_spark()
+    slots = concurrent_slots(spark.sparkContext)
+    if workers_per_trial > slots:
+        raise InputError(f"workers_per_trial={workers_per_trial} is more than the cluster's {slots} task slots; "
+                         f"use at most {slots}.")
+    fitting = slots // workers_per_trial
+    if max_concurrent is not None and max_concurrent > fitting:
+        raise InputError(f"max_concurrent={max_concurrent} trials of {workers_per_trial} worker(s) each need "
+                         f"{max_concurrent * workers_per_trial} task slots, but the cluster has {slots}; "
+                         f"use at most {fitting}.")
+    seed = random.randrange(2**31) if seed is None else int(seed)
+    study = _open_study(optuna, storage, study_name, load_if_exists, direction, sampler, pruner, seed)
+    frames = SharedFrames(spark, data, y, validation_data=validation_data,
+                          validation_split=0.0 if validation_data is not None else validation_split,
+                          features_col=features_col, label_col=label_col, seed=seed,
+                          num_partitions=workers_per_trial)
+    try:
+        search = Search(study, build_model, frames, space=space, metric=metric, epochs=epochs,
+                        batch_size=batch_size, workers_per_trial=workers_per_trial, strategy=strategy,
+                        custom_objects=custom_objects, seed=seed, verbose=verbose)
+        search.run(n_trials, timeout, max_concurrent or fitting)
+    finally:
+        frames.close()
+    return study
+
+
+def best_model(study: Any, build_model: Callable[[Any], Any], data: Any = None, y: Any = None, *,
+               search_space: Mapping[str, Any] | None = None, strategy: Any = "averaging",
+               num_workers: int | None = None, custom_objects: Mapping[str, Any] | None = None,
+               **fit_options: Any) -> Any:
+    """Build the study's best configuration and train it on ``data`` with any strategy; returns the SparkModel.
+
+    ``fit_options`` go to :meth:`SparkModel.fit` (``epochs``, ``batch_size``, ...).
+    """
+    optuna = _optuna()
+    from sparkeras.model import SparkModel
+
+    try:
+        params = study.best_params
+    except ValueError:
+        raise InputError(f"Study {study.study_name!r} has no completed trial to retrain.") from None
+    if search_space is not None:
+        model = build_model(dict(params))
+    else:
+        model = build_model(optuna.trial.FixedTrial(params))
+    spark_model = SparkModel(model, copy.deepcopy(strategy), num_workers, custom_objects=custom_objects)
+    spark_model.fit(data, y, **fit_options)
+    return spark_model
+
+
+class Search:
+    """Runs the trials of one search: asks, builds, trains and tells, on ``concurrency`` threads."""
+
+    def __init__(self, study: Any, build_model: Callable[[Any], Any], frames: Any, *, space: Any, metric: str,
+                 epochs: int, batch_size: int, workers_per_trial: int, strategy: Any,
+                 custom_objects: Mapping[str, Any] | None, seed: int, verbose: int) -> None:
+        from sparkeras.tune.progress import SearchProgress
+
+        self.study, self.build_model, self.frames, self.space = study, build_model, frames, space
+        self.metric, self.epochs, self.batch_size = metric, epochs, batch_size
+        self.workers_per_trial, self.strategy = workers_per_trial, strategy
+        self.custom_objects, self.seed = custom_objects, seed
+        self.progress = SearchProgress(metric, verbose)
+        self.lock = threading.RLock()  # every call into the study, and the trial budget
+        self._remaining: int | None = None
+        self._deadline: float | None = None
+        self._error: BaseException | None = None
+
+    def run(self, n_trials: int | None, timeout: float | None, concurrency: int) -> None:
+        import optuna
+
+        states = optuna.trial.TrialState
+        self._fail_interrupted()
+        if n_trials is not None:
+            done = [t for t in self.study.get_trials(deepcopy=False, states=(states.COMPLETE, states.PRUNED,
+                                                                              states.FAIL))
+                    if t.user_attrs.get("fail_reason") != INTERRUPTED]
+            self._remaining = max(0, n_trials - len(done))
+            if self._remaining == 0:
+                return
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        first = self._next(check=True)
+        threads = [threading.Thread(target=self._work, args=(first if i == 0 else None,),
+                                    name=f"sparkeras-trial-{i}", daemon=True) for i in range(concurrency)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            while t.is_alive():
+                t.join(0.5)
+        if self._error is not None:
+            raise self._error
+
+    # -- trials ---------------------------------------------------------------
+
+    def _work(self, pending: tuple[Any, Any] | None) -> None:
+        try:
+            while True:
+                if pending is None:
+                    pending = self._next()
+                    if pending is None:
+                        return
+                self._train(*pending)
+                pending = None
+        except BaseException as exc:  # noqa: BLE001 - a bug of ours: stop the search and raise it on the driver
+            with self.lock:
+                self._error = self._error or exc
+                self._remaining = 0
+
+    def _next(self, check: bool = False) -> tuple[Any, Any] | None:
+        """The next trial and its built model, or ``None`` when the budget is spent.
+
+        A trial whose ``build_model`` raises is recorded failed, and the next one is asked for.
+        """
+        while True:
+            with self.lock:
+                if self._remaining == 0 or (self._deadline is not None and time.monotonic() >= self._deadline):
+                    return None
+                if self._remaining is not None:
+                    self._remaining -= 1
+                trial = self.study.ask()
+                try:
+                    model = self._build(trial)
+                except Exception as exc:  # noqa: BLE001 - the user's code; recorded, and the search goes on
+                    self.progress.started()
+                    self._fail(trial, f"build_model raised {type(exc).__name__}: {exc}")
+                    continue
+                if check:
+                    try:
+                        self._check_metric(model)
+                    except InputError as exc:
+                        self._tell_failed(trial, str(exc))
+                        raise
+                return trial, model
+
+    def _build(self, trial: Any) -> Any:
+        from sparkeras.model import _check_model
+
+        model = self.build_model(suggest(trial, self.space) if self.space is not None else trial)
+        _check_model(model)
+        return model
+
+    def _train(self, trial: Any, model: Any) -> None:
+        from sparkeras.model import SparkModel
+        from sparkeras.tune.reporting import TrialReporter
+
+        self.progress.started()
+        reporter = TrialReporter(_Locked(trial, self.lock), self.metric)
+        try:
+            fitter = SparkModel(model, copy.deepcopy(self.strategy), self.workers_per_trial,
+                                custom_objects=self.custom_objects, seed=self.seed + trial.number)
+            fitter.fit(self.frames.train, validation_data=self.frames.validation, epochs=self.epochs,
+                       batch_size=self.batch_size, features_col=self.frames.features_col,
+                       label_col=self.frames.label_col, callbacks=[reporter], verbose=0)
+        except Exception as exc:  # noqa: BLE001 - recorded with its reason; the search goes on
+            self._fail(trial, _reason(exc))
+            return
+        import optuna
+
+        with self.lock:
+            if reporter.pruned:
+                self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                detail = f"pruned after epoch {reporter.epochs}, {self.metric}={reporter.last:.4g}"
+                self.progress.finished(trial.number, "pruned", detail, self._best())
+            else:
+                self.study.tell(trial, reporter.last)
+                detail = f"{self.metric}={reporter.last:.4g} after {reporter.epochs} epochs, {_params(trial)}"
+                self.progress.finished(trial.number, "complete", detail, self._best())
+
+    def _fail(self, trial: Any, reason: str) -> None:
+        with self.lock:
+            self._tell_failed(trial, reason)
+            self.progress.finished(trial.number, "failed", reason, self._best())
+
+    def _tell_failed(self, trial: Any, reason: str) -> None:
+        import optuna
+
+        trial.set_user_attr("fail_reason", reason)
+        self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+
+    def _best(self) -> tuple[int, float] | None:
+        try:
+            best = self.study.best_trial
+        except ValueError:  # no completed trial yet
+            return None
+        return best.number, best.value
+
+    def _fail_interrupted(self) -> None:
+        """Trials a stopped driver left running are failed, so the study can finish."""
+        import optuna
+
+        storage = self.study._storage
+        for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            storage.set_trial_user_attr(t._trial_id, "fail_reason", INTERRUPTED)
+            storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL)
+
+    # -- checks ---------------------------------------------------------------
+
+    def _check_metric(self, model: Any) -> None:
+        """The metric must be one the fit reports for this model; checked on the first trial's model."""
+        from types import SimpleNamespace
+
+        from sparkeras.data.columns import resolve_columns
+        from sparkeras.training import MetricReader
+
+        columns = resolve_columns(model, self.frames.schema, self.frames.features_col, self.frames.label_col)
+        reader = MetricReader(model, SimpleNamespace(columns=columns))
+        names = [k for k, v in model.get_metrics_result().items()]
+        model.reset_metrics()
+        del reader
+        available = names + ([f"val_{n}" for n in names] if self.frames.validation is not None else [])
+        if self.metric not in available:
+            hint = "" if self.frames.validation is not None or not self.metric.startswith("val_") else \
+                " (there is no validation data: set validation_split or validation_data)"
+            raise InputError(f"metric={self.metric!r} is not one the fit reports for this model{hint}; "
+                             f"choose one of {available}.")
+
+
+class _Locked:
+    """A trial whose calls into the study hold the search's lock (storages are shared by the trial threads)."""
+
+    def __init__(self, trial: Any, lock: Any) -> None:
+        self._trial, self._lock = trial, lock
+
+    def report(self, value: float, step: int) -> None:
+        with self._lock:
+            self._trial.report(value, step)
+
+    def should_prune(self) -> bool:
+        with self._lock:
+            return self._trial.should_prune()
+
+    def set_user_attr(self, key: str, value: Any) -> None:
+        with self._lock:
+            self._trial.set_user_attr(key, value)
+
+
+def _params(trial: Any) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
+
+
+def _reason(exc: BaseException) -> str:
+    """One line: why the trial failed (the worker's exception, not the Spark stack)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    line = lines[-1] if "Traceback" in str(exc) else lines[0]
+    if isinstance(exc, SparkerasError) and "Traceback" not in str(exc):
+        return line[:500]
+    return (line if ":" in line.split(" ", 1)[0] else f"{type(exc).__name__}: {line}")[:500]
+
+
+def _optuna() -> Any:
+    try:
+        import optuna
+    except ImportError:
+        raise InputError("sparkeras.tune needs Optuna; install it with: pip install 'sparkeras[tune]'") from None
+    return optuna
+
+
+def _open_study(optuna: Any, storage: Any, study_name: str | None, load_if_exists: bool, direction: str,
+                sampler: Any, pruner: Any, seed: int) -> Any:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the search prints its own lines
+    try:
+        return optuna.create_study(
+            storage=storage, study_name=study_name, load_if_exists=load_if_exists, direction=direction,
+            sampler=sampler if sampler is not None else optuna.samplers.TPESampler(seed=seed),
+            pruner=pruner if pruner is not None else optuna.pruners.MedianPruner())
+    except optuna.exceptions.DuplicatedStudyError:
+        raise InputError(f"A study named {study_name!r} already exists in {storage!r}; pass load_if_exists=True "
+                         "to resume it, or choose another study_name.") from None
+
+
+def _check_arguments(build_model: Any, n_trials: Any, timeout: Any, metric: Any, direction: Any, epochs: Any,
+                     batch_size: Any, validation_split: Any, validation_data: Any, workers_per_trial: Any,
+                     max_concurrent: Any, verbose: Any) -> None:
+    """Everything that needs neither Spark nor Keras, checked before either starts."""
+    if not callable(build_model):
+        raise InputError(f"build_model must be a function of an Optuna trial returning a compiled Keras model; "
+                         f"got {type(build_model).__name__}.")
+    if n_trials is None and timeout is None:
+        raise InputError("Give n_trials, timeout or both: otherwise the search would never end.")
+    for name, value in (("n_trials", n_trials), ("epochs", epochs), ("batch_size", batch_size),
+                        ("workers_per_trial", workers_per_trial), ("max_concurrent", max_concurrent)):
+        if value is None and name in ("n_trials", "max_concurrent"):
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise InputError(f"{name} must be a positive integer, got {value!r}.")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or not math.isfinite(timeout)
+                                or timeout <= 0):
+        raise InputError(f"timeout must be a positive number of seconds, got {timeout!r}.")
+    if not isinstance(metric, str) or not metric:
+        raise InputError(f"metric must name a metric the fit reports, such as 'val_loss'; got {metric!r}.")
+    if direction not in _DIRECTIONS:
+        raise InputError(f"direction must be 'minimize' or 'maximize', got {direction!r}.")
+    if validation_data is None and not (isinstance(validation_split, (int, float)) and 0 <= validation_split < 1):
+        raise InputError(f"validation_split must be in [0, 1), got {validation_split!r}.")
+    if validation_data is None and not validation_split and metric.startswith("val_"):
+        raise InputError(f"metric={metric!r} needs validation data: set validation_split or validation_data.")
+    if verbose not in (0, 1, 2, True, False):
+        raise InputError(f"verbose must be 0 or 1, got {verbose!r}.")

@@ -1,0 +1,206 @@
+"""Hyperparameter search with Optuna and ensembles, on real Spark and real Keras."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import blobs
+import sparkeras
+from sparkeras import InputError
+
+optuna = pytest.importorskip("optuna")
+
+DIM, CLASSES = 8, 4
+
+
+def _data(n: int = 1500, seed: int = 5, noise: float = 1.6):
+    return blobs(n, dim=DIM, classes=CLASSES, noise=noise, seed=seed)
+
+
+def _model(learning_rate: float, units: int, seed: int = 1, saturate: bool = False):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    init = keras.initializers.Constant(1e38) if saturate else "glorot_uniform"
+    model = keras.Sequential([
+        keras.Input((DIM,)),
+        keras.layers.Dense(units, activation="relu", kernel_initializer=init),
+        keras.layers.Dense(CLASSES, activation="softmax"),
+    ])
+    model.compile(keras.optimizers.Adam(learning_rate), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def _from_trial(trial):
+    units = trial.suggest_int("units", 1, 64)
+    if units == 13:
+        raise ValueError("13 units are unlucky")
+    return _model(trial.suggest_float("learning_rate", 1e-5, 1.0, log=True), units, saturate=units == 7)
+
+
+@pytest.mark.parametrize("options, words", [
+    ({"n_trials": 0}, "n_trials must be a positive integer, got 0"),
+    ({}, "Give n_trials, timeout or both"),
+    ({"n_trials": 2, "search_space": {}}, "search_space must be a non-empty dict"),
+    ({"n_trials": 2, "search_space": {"lr": (0.1, 0.01)}}, "search_space['lr'] = (0.1, 0.01) needs low < high"),
+    ({"n_trials": 2, "search_space": {"units": "many"}}, "search_space['units'] = 'many' is not a range"),
+    ({"n_trials": 2, "direction": "up"}, "direction must be 'minimize' or 'maximize'"),
+    ({"n_trials": 2, "validation_split": 0.0}, "metric='val_loss' needs validation data"),
+    ({"n_trials": 2, "timeout": -1}, "timeout must be a positive number"),
+])
+def test_bad_arguments_are_named_before_spark_starts(options, words):
+    with pytest.raises(InputError) as err:
+        sparkeras.tune(lambda trial: None, np.zeros((4, DIM)), np.zeros(4), **options)
+    assert words in str(err.value)
+
+
+def test_bad_settings_for_the_cluster_or_model_fail_before_any_trial_trains(spark):
+    x, y = _data(200)
+    with pytest.raises(InputError, match="workers_per_trial=3 is more than the cluster's 2 task slots"):
+        sparkeras.tune(_from_trial, x, y, n_trials=2, workers_per_trial=3)
+    with pytest.raises(InputError, match=r"max_concurrent=3 trials of 1 worker\(s\) each need 3 task slots"):
+        sparkeras.tune(_from_trial, x, y, n_trials=2, max_concurrent=3)
+    storage = optuna.storages.InMemoryStorage()
+    with pytest.raises(InputError) as err:
+        sparkeras.tune(lambda t: _model(1e-3, 8), x, y, n_trials=2, metric="val_f1", storage=storage,
+                       study_name="bad-metric", verbose=0)
+    assert "metric='val_f1' is not one the fit reports" in str(err.value)
+    assert "'val_accuracy'" in str(err.value)
+    trials = optuna.load_study(study_name="bad-metric", storage=storage).trials
+    assert [t.state.name for t in trials] == ["FAIL"]  # the one trial asked for the check; none trained
+    assert "val_f1" in trials[0].user_attrs["fail_reason"]
+
+
+def _grid_accuracy(x, y, learning_rate: float, units: int, epochs: int) -> float:
+    """Plain model.fit on the search's split (the last 20% of rows held out, as Keras does)."""
+    cut = int(len(x) * 0.8)
+    model = _model(learning_rate, units)
+    model.fit(x[:cut], y[:cut], epochs=epochs, batch_size=32, verbose=0)
+    return model.evaluate(x[cut:], y[cut:], verbose=0, return_dict=True)["accuracy"]
+
+
+def test_a_concurrent_search_finds_a_configuration_as_good_as_the_full_grids_best(spark):
+    from sparkeras.data.reuse import PACKED
+
+    x, y = _data(1000)
+    space = {"learning_rate": [1e-4, 3e-3, 3e-2], "units": [2, 8, 32]}
+    PACKED.clear()
+    study = sparkeras.tune(lambda p: _model(p["learning_rate"], p["units"]), x, y, search_space=space, n_trials=8,
+                           epochs=3, metric="val_accuracy", direction="maximize", seed=3, verbose=0)
+    states = [t.state.name for t in study.trials]
+    assert len(states) == 8 and set(states) <= {"COMPLETE", "PRUNED"}, states
+    # The data was packed once for the whole search: every later fit reused the training and validation packing.
+    assert PACKED.hits == 2 * (8 - 1)
+    assert len(PACKED) == 0  # and dropped once the search ended
+    grid = {(lr, u): _grid_accuracy(x, y, lr, u, 3) for lr in space["learning_rate"] for u in space["units"]}
+    found = grid[(study.best_params["learning_rate"], study.best_params["units"])]
+    assert found >= max(grid.values()) - 0.01, (study.best_params, grid)
+    assert study.best_value > 0.6  # a learnable problem, learnt
+
+
+def test_the_pruner_stops_a_bad_trial_early_and_failures_are_recorded_with_their_reasons(spark):
+    x, y = _data(800)
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name="prune")
+    for params in ({"learning_rate": 3e-3, "units": 32}, {"learning_rate": 1e-2, "units": 16},
+                   {"learning_rate": 1e-5, "units": 1}, {"learning_rate": 3e-3, "units": 13},
+                   {"learning_rate": 3e-3, "units": 7}):
+        study.enqueue_trial(params)
+    sparkeras.tune(_from_trial, x, y, n_trials=5, epochs=3, storage=storage, study_name="prune",
+                   load_if_exists=True, max_concurrent=1, verbose=0,
+                   pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
+    trials = optuna.load_study(study_name="prune", storage=storage).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "PRUNED", "FAIL", "FAIL"]
+    assert [t.user_attrs.get("epochs") for t in trials[:3]] == [3, 3, 1]
+    assert sorted(trials[2].intermediate_values) == [0]  # it reported one epoch and stopped
+    assert "ValueError: 13 units are unlucky" in trials[3].user_attrs["fail_reason"]
+    assert trials[4].user_attrs["fail_reason"].startswith("Training diverged: the parameter server refused")
+    assert "NaN or infinite values; lower the learning rate" in trials[4].user_attrs["fail_reason"]
+
+
+RESUME = """
+import json, os, sys
+os.environ["PYSPARK_PYTHON"] = sys.executable
+sys.path.insert(0, {tests!r})
+import sparkeras
+from test_tune import _data, _from_trial
+sparkeras.get_spark("local[2]").sparkContext.setLogLevel("OFF")
+x, y = _data(400)
+study = sparkeras.tune(_from_trial, x, y, n_trials=2, epochs=2, storage={url!r}, study_name="resume",
+                       load_if_exists=True, verbose=0, seed=7)
+print(json.dumps([[t.number, t.state.name, t.value, str(t.datetime_complete), t.user_attrs.get("fail_reason")]
+                  for t in study.trials]))
+"""
+
+
+def test_a_study_in_sqlite_resumes_in_a_new_process_without_rerunning_finished_trials(spark, tmp_path):
+    url = f"sqlite:///{tmp_path / 'search.db'}"
+    x, y = _data(400)
+    study = sparkeras.tune(_from_trial, x, y, n_trials=1, epochs=2, storage=url, study_name="resume",
+                           verbose=0, seed=7)
+    before = [[t.number, t.state.name, t.value, str(t.datetime_complete)] for t in study.trials]
+    study.ask()  # a trial the driver was running when it stopped
+    script = RESUME.format(tests=os.path.dirname(os.path.abspath(__file__)), url=url)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    after = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [t[:4] for t in after[:1]] == before  # the finished trial, untouched
+    assert after[1][1] == "FAIL" and after[1][4].startswith("interrupted")
+    assert len(after) == 3 and after[2][1] in ("COMPLETE", "PRUNED", "FAIL")  # one more makes two finished
+
+
+def test_an_ensemble_beats_its_average_member_and_scores_the_same_everywhere(spark, tmp_path):
+    x, y = _data(1200, seed=9, noise=2.2)
+    x_test, y_test = blobs(600, dim=DIM, classes=CLASSES, noise=2.2, seed=9, sample_seed=99)
+    ensemble = sparkeras.Ensemble(_model(1e-2, 32), members=3, data_sampling="bootstrap", seed=4)
+    histories = ensemble.fit(x, y, epochs=6, batch_size=32, verbose=0)
+    assert len(histories) == 3 and all(len(h.history["loss"]) == 6 for h in histories)
+    members = [m.evaluate(x_test, y_test, verbose=0, return_dict=True)["accuracy"] for m in ensemble.members]
+    assert len({round(a, 4) for a in members}) > 1  # seeds and samples made different members
+    combined = ensemble.evaluate(x_test, y_test)["accuracy"]
+    assert combined > float(np.mean(members)), (combined, members)
+
+    expected = ensemble.model.predict(x_test, verbose=0)
+    np.testing.assert_allclose(expected, np.mean([m.predict(x_test, verbose=0) for m in ensemble.members], axis=0),
+                               atol=1e-5)
+    np.testing.assert_allclose(ensemble.predict(x_test), expected, atol=1e-5)
+    frame = spark.createDataFrame([(i, x_test[i].tolist()) for i in range(len(x_test))], ["id", "features"])
+    frame.createOrReplaceTempView("ensemble_rows")
+    sparkeras.register_udf(spark, "ensemble_scores", ensemble.model)
+    rows = spark.sql("SELECT id, ensemble_scores(features) AS s FROM ensemble_rows ORDER BY id").collect()
+    np.testing.assert_allclose([r.s for r in rows], expected, atol=1e-5)
+
+    path = str(tmp_path / "ensemble.keras")
+    ensemble.save(path)
+    loaded = sparkeras.Ensemble.load(path)
+    assert len(loaded.members) == 3 and loaded.combine == "mean"
+    np.testing.assert_allclose(loaded.model.predict(x_test, verbose=0), expected, atol=1e-6)
+
+
+def test_a_majority_vote_counts_each_members_most_probable_class():
+    from sparkeras.ensemble.layers import MajorityVote
+
+    a = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], dtype="float32")
+    b = np.array([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1]], dtype="float32")
+    c = np.array([[0.1, 0.8, 0.1], [0.1, 0.5, 0.4]], dtype="float32")
+    shares = np.asarray(MajorityVote()([a, b, c]))
+    np.testing.assert_allclose(shares, [[2 / 3, 1 / 3, 0], [0, 2 / 3, 1 / 3]], atol=1e-6)
+    binary = np.asarray(MajorityVote()([np.array([[0.9]]), np.array([[0.2]]), np.array([[0.6]])]))
+    np.testing.assert_allclose(binary, [[2 / 3]], atol=1e-6)
+
+
+@pytest.mark.parametrize("options, words", [
+    ({"members": 0}, "members must be a positive integer, got 0"),
+    ({"data_sampling": "random"}, "data_sampling must be one of ['partition', 'bootstrap'], got 'random'"),
+    ({"combine": "max"}, "combine must be one of ['mean', 'vote'], got 'max'"),
+])
+def test_bad_ensemble_settings_are_named(options, words):
+    with pytest.raises(InputError) as err:
+        sparkeras.Ensemble(lambda: None, **options)
+    assert words in str(err.value)
