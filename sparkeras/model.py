@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import random
 import tempfile
@@ -338,6 +339,7 @@ def load_model_file(path: str, custom_objects: Mapping[str, Any] | None = None, 
     import keras
 
     def _load(local: str) -> Any:
+        _import_own_layers(local)
         return keras.saving.load_model(local, custom_objects=dict(custom_objects or {}) or None)
 
     if not is_remote(path):
@@ -347,6 +349,28 @@ def load_model_file(path: str, custom_objects: Mapping[str, Any] | None = None, 
         local = os.path.join(tmp, "model.keras")
         hadoop_copy(get_spark(master), path, local, upload=False)
         return _load(local)
+
+
+def _import_own_layers(path: str) -> None:
+    """Import the sparkeras modules whose registered layers a ``.keras`` file uses (an ensemble's vote, say).
+
+    Keras finds a registered class only once its module was imported; a
+    fresh process loading a saved ensemble has not imported it. Only
+    sparkeras' own modules are imported here: a file cannot make the loader
+    import arbitrary code.
+    """
+    import json
+    import zipfile
+
+    from sparkeras.serialization import _custom_modules
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return  # Keras' own loader reports what is wrong with the file
+    for module in sorted(m for m in _custom_modules(config) if m.startswith("sparkeras.")):
+        importlib.import_module(module)
 
 
 def fresh_copy(

@@ -60,6 +60,16 @@ def test_bad_arguments_are_named_before_spark_starts(options, words):
     assert words in str(err.value)
 
 
+def test_trials_can_be_distributed_fits_of_several_workers(spark):
+    x, y = _data(600)
+    study = sparkeras.tune(lambda p: _model(p["learning_rate"], 16), x, y, search_space={"learning_rate": [3e-3, 1e-2]},
+                           n_trials=2, epochs=2, workers_per_trial=2, verbose=0, seed=2)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    assert [t.user_attrs["epochs"] for t in study.trials] == [2, 2]
+    assert all(sorted(t.intermediate_values) == [0, 1] for t in study.trials)
+    assert study.best_value < 1.0  # val_loss of a learnt 4-class problem (chance is 1.39)
+
+
 def test_bad_settings_for_the_cluster_or_model_fail_before_any_trial_trains(spark):
     x, y = _data(200)
     with pytest.raises(InputError, match="workers_per_trial=3 is more than the cluster's 2 task slots"):
@@ -120,8 +130,7 @@ def test_the_pruner_stops_a_bad_trial_early_and_failures_are_recorded_with_their
     assert [t.user_attrs.get("epochs") for t in trials[:3]] == [3, 3, 1]
     assert sorted(trials[2].intermediate_values) == [0]  # it reported one epoch and stopped
     assert "ValueError: 13 units are unlucky" in trials[3].user_attrs["fail_reason"]
-    assert trials[4].user_attrs["fail_reason"].startswith("Training diverged: the parameter server refused")
-    assert "NaN or infinite values; lower the learning rate" in trials[4].user_attrs["fail_reason"]
+    assert trials[4].user_attrs["fail_reason"] == "loss is nan after epoch 1"
 
 
 RESUME = """
@@ -136,20 +145,31 @@ study = sparkeras.tune(_from_trial, x, y, n_trials=2, epochs=2, storage={url!r},
                        load_if_exists=True, verbose=0, seed=7)
 print(json.dumps([[t.number, t.state.name, t.value, str(t.datetime_complete), t.user_attrs.get("fail_reason")]
                   for t in study.trials]))
+from sparkeras.ml import KerasModel
+stage = KerasModel.load({stage!r})  # a vote ensemble, saved with Spark ML persistence
+print(json.dumps(stage.model.predict(x[:5], verbose=0).tolist()))
 """
 
 
 def test_a_study_in_sqlite_resumes_in_a_new_process_without_rerunning_finished_trials(spark, tmp_path):
+    """Also: a vote ensemble saved as a Spark ML stage loads in that fresh process (its layer is found)."""
     url = f"sqlite:///{tmp_path / 'search.db'}"
     x, y = _data(400)
     study = sparkeras.tune(_from_trial, x, y, n_trials=1, epochs=2, storage=url, study_name="resume",
                            verbose=0, seed=7)
     before = [[t.number, t.state.name, t.value, str(t.datetime_complete)] for t in study.trials]
     study.ask()  # a trial the driver was running when it stopped
-    script = RESUME.format(tests=os.path.dirname(os.path.abspath(__file__)), url=url)
+    from sparkeras.ensemble.ensemble import combine_members
+    from sparkeras.ml import KerasModel
+
+    voting = combine_members([_model(1e-3, 4, seed=s) for s in (1, 2, 3)], "vote")
+    stage = str(tmp_path / "vote-stage")
+    KerasModel(model=voting).write().save(stage)
+    script = RESUME.format(tests=os.path.dirname(os.path.abspath(__file__)), url=url, stage=stage)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    after = json.loads(done.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(json.loads(done.stdout.strip().splitlines()[-1]), voting.predict(x[:5], verbose=0))
+    after = json.loads(done.stdout.strip().splitlines()[-2])
     assert [t[:4] for t in after[:1]] == before  # the finished trial, untouched
     assert after[1][1] == "FAIL" and after[1][4].startswith("interrupted")
     assert len(after) == 3 and after[2][1] in ("COMPLETE", "PRUNED", "FAIL")  # one more makes two finished

@@ -179,6 +179,7 @@ class Search:
         self._remaining: int | None = None
         self._deadline: float | None = None
         self._error: BaseException | None = None
+        self.server: Any = None  # the TrialServer of one-worker trials
 
     def run(self, n_trials: int | None, timeout: float | None, concurrency: int) -> None:
         import optuna
@@ -194,13 +195,24 @@ class Search:
                 return
         self._deadline = None if timeout is None else time.monotonic() + timeout
         first = self._next(check=True)
-        threads = [threading.Thread(target=self._work, args=(first if i == 0 else None,),
-                                    name=f"sparkeras-trial-{i}", daemon=True) for i in range(concurrency)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            while t.is_alive():
-                t.join(0.5)
+        if self.workers_per_trial == 1:
+            from sparkeras.session import driver_host
+            from sparkeras.tune.reporting import TrialServer
+
+            self.server = TrialServer(driver_host(self.frames.train.sparkSession), self.lock)
+            self._warm_up(first[1], concurrency)
+        try:
+            threads = [threading.Thread(target=self._work, args=(first if i == 0 else None,),
+                                        name=f"sparkeras-trial-{i}", daemon=True) for i in range(concurrency)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                while t.is_alive():
+                    t.join(0.5)
+        finally:
+            if self.server is not None:
+                self.server.close()
+                self.server = None
         if self._error is not None:
             raise self._error
 
@@ -254,30 +266,109 @@ class Search:
         return model
 
     def _train(self, trial: Any, model: Any) -> None:
-        from sparkeras.model import SparkModel
-        from sparkeras.tune.reporting import TrialReporter
+        from sparkeras.tune.reporting import TrialRecord
 
         self.progress.started()
-        reporter = TrialReporter(_Locked(trial, self.lock), self.metric)
+        record = TrialRecord(trial, self.metric, self.epochs)
         try:
-            fitter = SparkModel(model, copy.deepcopy(self.strategy), self.workers_per_trial,
-                                custom_objects=self.custom_objects, seed=self.seed + trial.number)
-            fitter.fit(self.frames.train, validation_data=self.frames.validation, epochs=self.epochs,
-                       batch_size=self.batch_size, features_col=self.frames.features_col,
-                       label_col=self.frames.label_col, callbacks=[reporter], verbose=0)
+            if self.server is not None:
+                self._train_in_task(record, model)
+            else:
+                self._train_distributed(record, model)
         except Exception as exc:  # noqa: BLE001 - recorded with its reason; the search goes on
-            self._fail(trial, _reason(exc))
-            return
+            record.failure = record.failure or _reason(exc)
+        self._tell(record)
+
+    def _train_in_task(self, record: Any, model: Any) -> None:
+        """One Spark task trains the trial with ``model.fit`` and reports each epoch (:mod:`sparkeras.worker.trial`)."""
+        from sparkeras.data.columns import resolve_columns
+        from sparkeras.data.packing import prepare
+        from sparkeras.data.sources import Dataset
+        from sparkeras.errors import worker_error
+        from sparkeras.serialization import ModelSpec, model_state, pack_arrays
+        from sparkeras.session import keras_backend
+        from sparkeras.worker.tasks import WorkerSpec
+        from sparkeras.worker.trial import TRAIN, VALIDATION, TrialTask, run_trial
+
+        frames, number = self.frames, record.trial.number
+        columns = resolve_columns(model, frames.schema, frames.features_col, frames.label_col)
+        sc = frames.train.sparkSession.sparkContext
+        prepared = []
+        blob = None
+        try:
+            train = prepare(Dataset(frames.train, frames.features_col, frames.label_col), columns, 1)
+            prepared.append(train)
+            rows = train.blocks.map(lambda b: (TRAIN, b))
+            if frames.validation is not None:
+                val = prepare(Dataset(frames.validation, frames.features_col, frames.label_col), columns, 1,
+                              "validation data")
+                prepared.append(val)
+                rows = rows.union(val.blocks.map(lambda b: (VALIDATION, b)))
+            spec = WorkerSpec(ModelSpec.from_model(model, dict(self.custom_objects or {}) or None), columns,
+                              keras_backend(), self.seed + number)
+            task = TrialTask(spec, number, self.epochs, self.batch_size, self.server.address)
+            blob = sc.broadcast(pack_arrays(model_state(model)))
+            state = blob
+            self.server.track(record)
+            sc.setJobGroup(f"sparkeras-trial-{number}", f"sparkeras trial {number}", interruptOnCancel=True)
+            try:
+                rows.coalesce(1).mapPartitions(lambda it: run_trial(task, state, it)).collect()
+            except Exception as exc:  # noqa: BLE001 - translated: the worker's own error, not Spark's stack
+                raise worker_error(exc, f"training trial {number}") from None
+        finally:
+            self.server.forget(record)
+            if blob is not None:
+                blob.unpersist()
+            for p in prepared:
+                p.release()
+
+    def _warm_up(self, model: Any, workers: int) -> None:
+        """Import the backend and build the first model in the Python workers while the data is packed.
+
+        The same warm-up as a fit's (:func:`sparkeras.training.start_warm_up`):
+        without it, cold workers import TensorFlow in the first trials, and
+        the workers Spark started for packing the data do so again when the
+        next trials land on them.
+        """
+        from sparkeras.data.columns import resolve_columns
+        from sparkeras.serialization import ModelSpec
+        from sparkeras.session import keras_backend
+        from sparkeras.training import start_warm_up
+        from sparkeras.worker.tasks import WorkerSpec
+
+        columns = resolve_columns(model, self.frames.schema, self.frames.features_col, self.frames.label_col)
+        spec = WorkerSpec(ModelSpec.from_model(model, dict(self.custom_objects or {}) or None), columns,
+                          keras_backend(), self.seed)
+        start_warm_up(self.frames.train.sparkSession, spec, workers)
+
+    def _train_distributed(self, record: Any, model: Any) -> None:
+        """The trial is a :class:`SparkModel` fit over ``workers_per_trial`` tasks, judged on the driver."""
+        from sparkeras.model import SparkModel
+        from sparkeras.tune.reporting import trial_reporter
+
+        fitter = SparkModel(model, copy.deepcopy(self.strategy), self.workers_per_trial,
+                            custom_objects=self.custom_objects, seed=self.seed + record.trial.number)
+        fitter.fit(self.frames.train, validation_data=self.frames.validation, epochs=self.epochs,
+                   batch_size=self.batch_size, features_col=self.frames.features_col,
+                   label_col=self.frames.label_col, callbacks=[trial_reporter(record, self.lock)], verbose=0)
+
+    def _tell(self, record: Any) -> None:
         import optuna
 
+        trial = record.trial
+        if record.failure is None and record.last is None:
+            record.failure = "the trial reported no epoch"
+        if record.failure is not None:
+            self._fail(trial, record.failure)
+            return
         with self.lock:
-            if reporter.pruned:
+            if record.pruned:
                 self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                detail = f"pruned after epoch {reporter.epochs}, {self.metric}={reporter.last:.4g}"
+                detail = f"pruned after epoch {record.reported}, {self.metric}={record.last:.4g}"
                 self.progress.finished(trial.number, "pruned", detail, self._best())
             else:
-                self.study.tell(trial, reporter.last)
-                detail = f"{self.metric}={reporter.last:.4g} after {reporter.epochs} epochs, {_params(trial)}"
+                self.study.tell(trial, record.last)
+                detail = f"{self.metric}={record.last:.4g} after {record.reported} epochs, {_params(trial)}"
                 self.progress.finished(trial.number, "complete", detail, self._best())
 
     def _fail(self, trial: Any, reason: str) -> None:
@@ -327,25 +418,6 @@ class Search:
                 " (there is no validation data: set validation_split or validation_data)"
             raise InputError(f"metric={self.metric!r} is not one the fit reports for this model{hint}; "
                              f"choose one of {available}.")
-
-
-class _Locked:
-    """A trial whose calls into the study hold the search's lock (storages are shared by the trial threads)."""
-
-    def __init__(self, trial: Any, lock: Any) -> None:
-        self._trial, self._lock = trial, lock
-
-    def report(self, value: float, step: int) -> None:
-        with self._lock:
-            self._trial.report(value, step)
-
-    def should_prune(self) -> bool:
-        with self._lock:
-            return self._trial.should_prune()
-
-    def set_user_attr(self, key: str, value: Any) -> None:
-        with self._lock:
-            self._trial.set_user_attr(key, value)
 
 
 def _params(trial: Any) -> str:

@@ -1,0 +1,111 @@
+"""A one-worker trial of a search, trained inside one Spark task.
+
+The task reads the packed training and validation rows once, runs Keras'
+own ``model.fit`` on them (so a trial trains exactly as ``model.fit``
+would, with the validation scored by Keras every epoch), and after each
+epoch sends the logs to the search's server on the driver
+(:class:`~sparkeras.tune.reporting.TrialServer`) and waits for the verdict:
+go on, or stop (pruned, or failed). One Spark job per trial, not one per
+epoch: the model is built and traced once, and a stopped trial frees its
+slot at once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+
+from sparkeras.comm.server import FrameClient, ServerAddress
+from sparkeras.data.packing import read_partition
+from sparkeras.serialization import set_model_state, unpack_arrays
+from sparkeras.worker import runtime
+from sparkeras.worker.tasks import WorkerSpec, split_xy
+
+TRAIN, VALIDATION = 0, 1
+
+
+@dataclass(frozen=True)
+class TrialTask:
+    """What the trial's task needs, shipped in its closure (small: the weights come by broadcast)."""
+
+    worker: WorkerSpec
+    number: int
+    epochs: int
+    batch_size: int
+    server: ServerAddress
+    reply_timeout: float = 120.0
+
+
+def run_trial(task: TrialTask, state: Any, rows: Iterator[tuple[int, tuple]]) -> Iterator[tuple[int, int]]:
+    """Train the trial's model on the tagged (training / validation) blocks; answers (trial, epochs run)."""
+    import keras
+
+    runtime.configure(task.worker.backend)
+    model = runtime.model(task.worker.model)
+    set_model_state(model, unpack_arrays(state.value))
+    parts: dict[int, list[tuple]] = {TRAIN: [], VALIDATION: []}
+    for tag, block in rows:
+        parts[tag].append(block)
+    columns = task.worker.columns
+    arrays, _ = read_partition(columns, iter(parts[TRAIN]))
+    x, y = split_xy(task.worker, arrays)
+    validation = None
+    if parts[VALIDATION]:
+        val_arrays, _ = read_partition(columns, iter(parts[VALIDATION]))
+        validation = split_xy(task.worker, val_arrays)
+    keras.utils.set_random_seed(task.worker.seed)
+    reports = _Reports(task)
+    try:
+        model.fit(x, y, validation_data=validation, epochs=task.epochs, batch_size=task.batch_size,
+                  shuffle=True, verbose=0, callbacks=[reports.callback()])
+    finally:
+        reports.close()
+    yield task.number, reports.epochs
+
+
+class _Reports:
+    """Sends each epoch's logs to the driver and stops the fit when the verdict says so."""
+
+    def __init__(self, task: TrialTask) -> None:
+        self.task = task
+        self.epochs = 0
+        self._client: FrameClient | None = None
+
+    def epoch_end(self, model: Any, epoch: int, logs: dict[str, Any] | None) -> None:
+        self.epochs = epoch + 1
+        values = {k: _plain(v) for k, v in (logs or {}).items()}
+        if self._client is None:
+            self._client = FrameClient(self.task.server, max_payload=0, timeout=self.task.reply_timeout)
+        try:
+            reply, _ = self._client.call({"type": "epoch", "trial": self.task.number, "epoch": epoch,
+                                          "logs": values})
+        except (OSError, EOFError) as exc:
+            s = self.task.server
+            raise ConnectionError(f"trial {self.task.number} got no verdict from the search's server at "
+                                  f"{s.host}:{s.port} within {self.task.reply_timeout:.0f}s: {exc}") from None
+        if reply.get("action") != "continue":
+            model.stop_training = True
+
+    def callback(self) -> Any:
+        import keras
+
+        reports = self
+
+        class EpochReports(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+                reports.epoch_end(self.model, epoch, logs)
+
+        return EpochReports()
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
+def _plain(value: Any) -> float | None:
+    """A JSON-safe number: non-finite values travel as ``None`` (the driver reads them as NaN)."""
+    number = float(np.asarray(value))
+    return number if math.isfinite(number) else None
