@@ -51,7 +51,7 @@ def test_train_on_a_local_cluster_then_predict(files, spark):
     assert after > 0.85 > before
 
     res = _cli("predict", "--model", str(tmp / "trained.keras"), "--data", str(tmp / "train.parquet"),
-               "--features", "pixels", "--output", str(tmp / "pred.parquet"), "--master", "local[2]")
+               "--features", "pixels", "--output", str(tmp / "pred.parquet"), "--master", "local[1]")
     assert res.returncode == 0, res.stderr[-3000:]
     out = spark.read.parquet(str(tmp / "pred.parquet"))
     assert out.columns == ["id", "pixels", "digit", "prediction"]

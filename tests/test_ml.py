@@ -41,41 +41,11 @@ import sparkeras
 spark = sparkeras.get_spark("local[2]")
 spark.sparkContext.setLogLevel("OFF")
 {prelude}
-model = PipelineModel.load({path!r})
-rows = model.transform(spark.read.parquet({data!r})).orderBy("id").select("prediction", "probability").collect()
-print("RESULT", json.dumps([[r.prediction, list(r.probability)] for r in rows]))
+for name, path, data in {pipelines!r}:
+    model = PipelineModel.load(path)
+    rows = model.transform(spark.read.parquet(data)).orderBy("id").select("prediction", "probability").collect()
+    print("RESULT", name, json.dumps([[r.prediction, list(r.probability)] for r in rows]))
 """
-
-
-def test_pipeline_fits_saves_and_reloads_in_a_fresh_process(spark, tmp_path):
-    from pyspark.sql import functions as F
-
-    train = _frame(spark, 1_500, seed=4)
-    test = _frame(spark, 300, seed=4, sample_seed=5).withColumn("id", F.monotonically_increasing_id())
-    fitted = _pipeline().fit(train)
-    out = fitted.transform(test)
-    assert set(test.columns) <= set(out.columns)
-    assert dict(out.dtypes)["prediction"] == "double" and dict(out.dtypes)["probability"] == "array<float>"
-    rows = out.orderBy("id").select("prediction", "probability", "label").collect()
-    accuracy = np.mean([r.prediction == r.label for r in rows])
-    assert accuracy > 0.8, accuracy  # chance is 1/3
-    assert all(r.prediction == float(np.argmax(r.probability)) for r in rows)
-
-    path, data = str(tmp_path / "pipeline"), str(tmp_path / "test.parquet")
-    fitted.write().overwrite().save(path)
-    test.write.parquet(data)
-    reloaded = _load_in_fresh_process(path, data)
-    assert [p for p, _ in reloaded] == [r.prediction for r in rows]
-    np.testing.assert_allclose([p for _, p in reloaded], [list(r.probability) for r in rows], atol=1e-6)
-
-
-def _load_in_fresh_process(path, data, prelude=""):
-    script = LOAD_SCRIPT.format(path=path, data=data, prelude=prelude)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert lines, proc.stdout[-2000:] + proc.stderr[-4000:]
-    return json.loads(lines[0][len("RESULT "):])
-
 
 CUSTOM_LAYER = """
 import keras
@@ -95,14 +65,22 @@ class Halve(keras.layers.Layer):
 """
 
 
-def test_registered_custom_layers_survive_fit_save_and_a_fresh_process(spark, tmp_path):
-    """A registered layer shipped as users do (--py-files / addPyFile) trains, saves and reloads."""
+@pytest.fixture(scope="module")
+def fresh_process(spark, tmp_path_factory):
+    """Two fitted pipelines (a plain one, and one with a registered custom layer shipped as users do),
+    saved, then loaded and applied in one fresh Python process: one process start serves both tests."""
     import keras
     from pyspark.sql import functions as F
 
-    module = tmp_path / "sparkeras_custom_layers.py"
+    tmp = tmp_path_factory.mktemp("fresh-process")
+    fitted = {}
+    train = _frame(spark, 1_500, seed=4)
+    test = _frame(spark, 300, seed=4, sample_seed=5).withColumn("id", F.monotonically_increasing_id())
+    fitted["plain"] = (_pipeline().fit(train), test)
+
+    module = tmp / "sparkeras_custom_layers.py"
     module.write_text(CUSTOM_LAYER)
-    sys.path.insert(0, str(tmp_path))
+    sys.path.insert(0, str(tmp))
     spark.sparkContext.addPyFile(str(module))
     try:
         from sparkeras_custom_layers import Halve
@@ -111,20 +89,51 @@ def test_registered_custom_layers_survive_fit_save_and_a_fresh_process(spark, tm
         model = keras.Sequential([keras.Input((4,)), Halve(0.25), keras.layers.Dense(16, activation="relu"),
                                   keras.layers.Dense(3, activation="softmax")])
         model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-        test = _frame(spark, 200, seed=4, sample_seed=9).withColumn("id", F.monotonically_increasing_id())
-        fitted = _pipeline(epochs=3, model=model).fit(_frame(spark, 600, seed=4))
-        rows = fitted.transform(test).orderBy("id").select("prediction", "probability").collect()
-        assert isinstance(fitted.stages[-1].model.layers[0], Halve)
-        path, data = str(tmp_path / "custom"), str(tmp_path / "custom.parquet")
-        fitted.write().overwrite().save(path)
-        test.write.parquet(data)
-        prelude = (f"sys.path.insert(0, {str(tmp_path)!r}); spark.sparkContext.addPyFile({str(module)!r}); "
+        custom_test = _frame(spark, 200, seed=4, sample_seed=9).withColumn("id", F.monotonically_increasing_id())
+        fitted["custom"] = (_pipeline(epochs=3, model=model).fit(_frame(spark, 600, seed=4)), custom_test)
+        pipelines = []
+        for name, (pipeline, frame) in fitted.items():
+            path, data = str(tmp / name), str(tmp / f"{name}.parquet")
+            pipeline.write().overwrite().save(path)
+            frame.write.parquet(data)
+            pipelines.append((name, path, data))
+        prelude = (f"sys.path.insert(0, {str(tmp)!r}); spark.sparkContext.addPyFile({str(module)!r}); "
                    "import sparkeras_custom_layers")
-        reloaded = _load_in_fresh_process(path, data, prelude)
+        script = LOAD_SCRIPT.format(prelude=prelude, pipelines=pipelines)
+        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     finally:
-        sys.path.remove(str(tmp_path))
-    assert [p for p, _ in reloaded] == [r.prediction for r in rows]
-    np.testing.assert_allclose([p for _, p in reloaded], [list(r.probability) for r in rows], atol=1e-6)
+        sys.path.remove(str(tmp))
+    reloaded = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            name, rows = line[len("RESULT "):].split(" ", 1)
+            reloaded[name] = json.loads(rows)
+    assert set(reloaded) == {"plain", "custom"}, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return fitted, reloaded, Halve
+
+
+def test_pipeline_fits_saves_and_reloads_in_a_fresh_process(fresh_process):
+    fitted, reloaded, _ = fresh_process
+    pipeline, test = fitted["plain"]
+    out = pipeline.transform(test)
+    assert set(test.columns) <= set(out.columns)
+    assert dict(out.dtypes)["prediction"] == "double" and dict(out.dtypes)["probability"] == "array<float>"
+    rows = out.orderBy("id").select("prediction", "probability", "label").collect()
+    accuracy = np.mean([r.prediction == r.label for r in rows])
+    assert accuracy > 0.8, accuracy  # chance is 1/3
+    assert all(r.prediction == float(np.argmax(r.probability)) for r in rows)
+    assert [p for p, _ in reloaded["plain"]] == [r.prediction for r in rows]
+    np.testing.assert_allclose([p for _, p in reloaded["plain"]], [list(r.probability) for r in rows], atol=1e-6)
+
+
+def test_registered_custom_layers_survive_fit_save_and_a_fresh_process(fresh_process):
+    """A registered layer shipped as users do (--py-files / addPyFile) trains, saves and reloads."""
+    fitted, reloaded, halve = fresh_process
+    pipeline, test = fitted["custom"]
+    rows = pipeline.transform(test).orderBy("id").select("prediction", "probability").collect()
+    assert isinstance(pipeline.stages[-1].model.layers[0], halve)
+    assert [p for p, _ in reloaded["custom"]] == [r.prediction for r in rows]
+    np.testing.assert_allclose([p for _, p in reloaded["custom"]], [list(r.probability) for r in rows], atol=1e-6)
 
 
 def test_estimator_and_model_save_and_load_with_their_params(spark, tmp_path):
@@ -157,7 +166,7 @@ def test_cross_validator_picks_the_setting_that_matters(spark):
     estimator = pipeline.getStages()[-1]
     grid = (ParamGridBuilder()
             .addGrid(estimator.learningRate, [1e-6, 0.01])   # 1e-6 cannot learn in 3 epochs
-            .addGrid(estimator.batchSize, [32, 64])
+            .addGrid(estimator.batchSize, [64])
             .build())
     cv = CrossValidator(estimator=pipeline, estimatorParamMaps=grid, numFolds=2, seed=7,
                         evaluator=MulticlassClassificationEvaluator(metricName="accuracy"))

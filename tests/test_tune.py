@@ -98,7 +98,7 @@ def _grid_accuracy(x, y, learning_rate: float, units: int, epochs: int) -> float
 def test_a_concurrent_search_finds_a_configuration_as_good_as_the_full_grids_best(spark):
     from sparkeras.data.reuse import PACKED
 
-    x, y = _data(1000)
+    x, y = _data(700)
     space = {"learning_rate": [1e-4, 3e-3, 3e-2], "units": [2, 8, 32]}
     PACKED.clear()
     study = sparkeras.tune(lambda p: _model(p["learning_rate"], p["units"]), x, y, search_space=space, n_trials=8,
@@ -139,7 +139,7 @@ os.environ["PYSPARK_PYTHON"] = sys.executable
 sys.path.insert(0, {tests!r})
 import sparkeras
 from test_tune import _data, _from_trial
-sparkeras.get_spark("local[2]").sparkContext.setLogLevel("OFF")
+sparkeras.get_spark("local[1]").sparkContext.setLogLevel("OFF")  # one slot: one cold worker to start
 x, y = _data(400)
 study = sparkeras.tune(_from_trial, x, y, n_trials=2, epochs=2, storage={url!r}, study_name="resume",
                        load_if_exists=True, verbose=0, seed=7)
@@ -176,7 +176,7 @@ def test_a_study_in_sqlite_resumes_in_a_new_process_without_rerunning_finished_t
 
 
 def test_an_ensemble_beats_its_average_member_and_scores_the_same_everywhere(spark, tmp_path):
-    x, y = _data(1200, seed=9, noise=2.2)
+    x, y = _data(900, seed=9, noise=2.2)
     x_test, y_test = blobs(600, dim=DIM, classes=CLASSES, noise=2.2, seed=9, sample_seed=99)
     ensemble = sparkeras.Ensemble(_model(1e-2, 32), members=3, data_sampling="bootstrap", seed=4)
     histories = ensemble.fit(x, y, epochs=6, batch_size=32, verbose=0)
