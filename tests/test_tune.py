@@ -203,6 +203,28 @@ def test_an_ensemble_beats_its_average_member_and_scores_the_same_everywhere(spa
     np.testing.assert_allclose(loaded.model.predict(x_test, verbose=0), expected, atol=1e-6)
 
 
+def test_a_partitioned_voting_ensemble_trains_each_member_on_its_own_rows(spark):
+    x, y = _data(600, seed=3)
+    ensemble = sparkeras.Ensemble(lambda: _model(1e-2, 16), members=2, data_sampling="partition", combine="vote",
+                                  seed=5)
+    histories = ensemble.fit(x, y, epochs=2, verbose=0)
+    assert [len(h.history["loss"]) for h in histories] == [2, 2]
+    shares = ensemble.predict(x[:50])
+    assert set(np.round(shares.sum(axis=1), 5)) == {1.0}  # vote shares
+    assert set(np.unique(shares)) <= {0.0, 0.5, 1.0}  # two members: each class gets 0, 1 or 2 votes
+    assert ensemble.evaluate(x, y)["accuracy"] > 0.5
+
+
+def test_a_search_with_only_a_timeout_stops_starting_trials_when_it_runs_out(spark):
+    x, y = _data(300)
+    study = sparkeras.tune(lambda p: _model(p["learning_rate"], 8), x, y, search_space={"learning_rate": [1e-3, 1e-2]},
+                           timeout=2.0, epochs=1, verbose=0, seed=1)
+    assert len(study.trials) >= 1
+    assert all(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)  # running trials were finished
+    starts = [t.datetime_start for t in study.trials]
+    assert (max(starts) - min(starts)).total_seconds() <= 2.5  # none started after the 2 s
+
+
 def test_a_majority_vote_counts_each_members_most_probable_class():
     from sparkeras.ensemble.layers import MajorityVote
 
