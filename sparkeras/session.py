@@ -43,9 +43,30 @@ def get_spark(master: str | None = None, app_name: str = "sparkeras") -> Any:
     backend = os.environ.get("KERAS_BACKEND")
     if backend:
         builder = builder.config("spark.executorEnv.KERAS_BACKEND", backend)
+    quiet = _quiet_logging()
+    if quiet:
+        builder = builder.config("spark.driver.extraJavaOptions", quiet)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     return spark
+
+
+def _quiet_logging() -> str | None:
+    """Java options that start the embedded driver with errors-only logging, or ``None`` to keep Spark's.
+
+    Spark's default log4j profile prints start-up warnings (the host's
+    loopback address, the native Hadoop library) and how to change the log
+    level before anyone can call ``setLogLevel``. Kept when the user asked
+    for debug output (``SPARKERAS_DEBUG``) or set the driver's Java options
+    themselves (``PYSPARK_SUBMIT_ARGS``, ``SPARK_CONF_DIR``): those are theirs.
+    """
+    if os.environ.get("SPARKERAS_DEBUG", "") not in ("", "0") or os.environ.get("PYSPARK_SUBMIT_ARGS") \
+            or os.environ.get("SPARK_CONF_DIR"):
+        return None
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent / "log4j2-quiet.properties"
+    return f"-Dlog4j2.configurationFile={path.as_uri()}" if path.exists() else None  # a URI: no spaces
 
 
 _MASTER = re.compile(

@@ -77,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not args.debug:
+    if args.debug:
+        os.environ["SPARKERAS_DEBUG"] = "1"  # workers show the backend's native start-up logs
+    else:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
         check_arguments(args)

@@ -59,11 +59,12 @@ def _configure(backend: str, cpus: int) -> None:
     os.environ["KERAS_BACKEND"] = backend
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(cpus)
+    show_native = native_logs_wanted()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if backend == "jax":  # read when jax is imported
         flags = os.environ.get("XLA_FLAGS", "")
         os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={cpus}".strip()
-    with keras_without_extras():
+    with keras_without_extras(), native_stderr_silenced(not show_native):
         importlib.import_module("keras")  # and the backend with it
     if backend == "tensorflow":
         import tensorflow as tf
@@ -78,6 +79,52 @@ def _configure(backend: str, cpus: int) -> None:
 
         torch.set_num_threads(cpus)
     _configured_threads = cpus
+
+
+DEBUG_ENV = "SPARKERAS_DEBUG"
+
+
+def native_logs_wanted() -> bool:
+    """Whether the user asked to see the backend's native start-up logs.
+
+    ``SPARKERAS_DEBUG=1`` (set by the CLI's ``--debug``; on a cluster, pass
+    it as ``spark.executorEnv.SPARKERAS_DEBUG``), or their own
+    ``TF_CPP_MIN_LOG_LEVEL`` of 0 or 1 (TensorFlow's "show info" levels).
+    """
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0") or os.environ.get("TF_CPP_MIN_LOG_LEVEL") in ("0", "1")
+
+
+@contextlib.contextmanager
+def native_stderr_silenced(silence: bool = True) -> Iterator[None]:
+    """While open, the process's file descriptor 2 goes to ``/dev/null``.
+
+    Importing TensorFlow 2.21 prints its absl and oneDNN start-up lines
+    (``All log messages before absl::InitializeLog()...``, ``oneDNN custom
+    operations are on``) from C++, before its logging is set up, so
+    ``TF_CPP_MIN_LOG_LEVEL`` and absl's settings do not hold them back
+    (measured: 4 lines with every level). In local mode a Python worker's
+    stderr is the user's terminal, and every cold worker printed them. Only
+    the import runs inside this; an import error is raised as usual, after
+    stderr is back.
+    """
+    if not silence:
+        yield
+        return
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    quiet = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(quiet, 2)
+        yield
+    finally:
+        try:
+            sys.stderr.flush()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(quiet)
 
 
 # Imported by ``import keras`` when installed, for its scikit-learn wrappers, image-gallery
