@@ -205,6 +205,8 @@ class Search:
                 return
         self._deadline = None if timeout is None else time.monotonic() + timeout
         first = self._next(check=True)
+        if first is None:  # the timeout ran out before the first trial
+            return
         if self.workers_per_trial == 1:
             from sparkeras.session import driver_host
             from sparkeras.tune.reporting import TrialServer
