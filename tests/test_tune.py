@@ -223,6 +223,9 @@ def test_a_search_with_only_a_timeout_stops_starting_trials_when_it_runs_out(spa
     assert all(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)  # running trials were finished
     starts = [t.datetime_start for t in study.trials]
     assert (max(starts) - min(starts)).total_seconds() <= 2.5  # none started after the 2 s
+    spent = sparkeras.tune(lambda p: _model(p["learning_rate"], 8), x, y, search_space={"learning_rate": [1e-3]},
+                           timeout=1e-9, epochs=1, verbose=0)
+    assert spent.trials == []  # out of time before the first trial: an empty study, not an error
 
 
 def test_a_majority_vote_counts_each_members_most_probable_class():
