@@ -420,10 +420,9 @@ class Search:
         from sparkeras.training import MetricReader
 
         columns = resolve_columns(model, self.frames.schema, self.frames.features_col, self.frames.label_col)
-        reader = MetricReader(model, SimpleNamespace(columns=columns))
-        names = [k for k, v in model.get_metrics_result().items()]
+        MetricReader(model, SimpleNamespace(columns=columns))  # builds the compiled metrics without a step
+        names = list(model.get_metrics_result())
         model.reset_metrics()
-        del reader
         available = names + ([f"val_{n}" for n in names] if self.frames.validation is not None else [])
         if self.metric not in available:
             hint = "" if self.frames.validation is not None or not self.metric.startswith("val_") else \
