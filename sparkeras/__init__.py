@@ -9,10 +9,20 @@ from sparkeras.session import get_spark
 from sparkeras.strategies import (
     ADAG, AEASGD, EAMSGD, EASGD, AllReduce, Asynchronous, DistributedOptimizer, Downpour, DynSGD, Hogwild,
     ModelAveraging, Strategy)
+from sparkeras.tracking.plots import plot_history
 from sparkeras.tune.search import best_model, tune  # binds sparkeras.tune to the function, not the package
 
 __version__ = "0.1.0"
 
 __all__ = ["ADAG", "AEASGD", "EAMSGD", "EASGD", "AllReduce", "Asynchronous", "DistributedOptimizer", "Downpour",
            "DynSGD", "Ensemble", "Hogwild", "InputError", "ModelAveraging", "SparkModel", "SparkerasError", "Strategy",
-           "WorkerError", "WorkerContext", "__version__", "best_model", "get_spark", "register_udf", "run", "tune"]
+           "WorkerError", "WorkerContext", "__version__", "best_model", "get_spark", "plot_history", "register_udf", "run", "tune"]
+
+
+def __getattr__(name: str):
+    """``sparkeras.callbacks`` on first use: it imports Keras, which ``import sparkeras`` does not."""
+    if name == "callbacks":
+        import importlib
+
+        return importlib.import_module("sparkeras.callbacks")
+    raise AttributeError(f"module 'sparkeras' has no attribute {name!r}")

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import random
 import tempfile
+import time
+from dataclasses import asdict
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from sparkeras.data.columns import ColumnMap, ColumnSpec, resolve_columns
 from sparkeras.data.packing import PreparedData, prepare
-from sparkeras.data.sources import Dataset, as_dataset, split_validation, validation_dataset
+from sparkeras.data.sources import Dataset, as_dataset, describe_source, split_validation, validation_dataset
 from sparkeras.errors import InputError
 from sparkeras.progress import ProgressBar, ProgressServer
 from sparkeras.serialization import ModelSpec, model_state, pack_arrays, set_model_state
-from sparkeras.session import driver_host, get_spark, keras_backend
+from sparkeras.session import console_progress_paused, driver_host, get_spark, keras_backend
 from sparkeras.storage.model_file import check_model_archive
 from sparkeras.storage.outputs import (check_output, check_remote_output, hadoop_copy, is_remote,
                                        save_model_atomically)
@@ -132,6 +135,7 @@ class SparkModel:
         (:mod:`sparkeras.storage.checkpoint`), and ``history.restarts``
         records the resume.
         """
+        started = time.perf_counter()
         _check_positive(epochs=epochs, batch_size=batch_size)
         if not 0.0 <= validation_split < 1.0:
             raise InputError(f"validation_split must be in [0, 1), got {validation_split}.")
@@ -165,7 +169,9 @@ class SparkModel:
         prepared: list[PreparedData] = []
         server = None
         job = None
+        display = contextlib.ExitStack()
         try:
+            display.enter_context(console_progress_paused(spark, bool(verbose)))
             warming = start_warm_up(spark, self._spec(columns), workers)
             train = prepare(dataset, columns, workers, balance=self.balance_partitions)
             prepared.append(train)
@@ -185,18 +191,27 @@ class SparkModel:
                 train=train, validation=validation, epochs=epochs, initial_epoch=initial_epoch,
                 batch_size=batch_size, shuffle=shuffle, num_workers=workers,
                 callbacks=None, bar=bar)
-            job.callbacks = _callback_list(callbacks, self._model, epochs, max(job.steps_per_worker), verbose)
+            job.callbacks = _callback_list(
+                callbacks, self._model, epochs=epochs, steps=max(job.steps_per_worker), verbose=verbose,
+                fit_started=started, strategy=getattr(self.strategy, "name", type(self.strategy).__name__), strategy_options=self.strategy.get_config(),
+                num_workers=workers, batch_size=batch_size, data=describe_source(x_data),
+                train_rows=train.stats.rows, validation_rows=validation.stats.rows if validation else 0)
             job.checkpoint, job.strategy_state = checkpoint, self.strategy.checkpoint_state
             self.strategy.check(job)
             warming.join()
             self._model.stop_training = False
+            setup_seconds = time.perf_counter() - started
             job.callbacks.on_train_begin()
             if saved is not None:
                 _resume_history(self._model.history, saved, job, checkpoint_dir)
             if initial_epoch < epochs:
                 self.strategy.fit(job)
             job.callbacks.on_train_end()
+        except BaseException as error:
+            _fit_failed(job, error)
+            raise
         finally:
+            display.close()
             if server is not None:
                 server.close()
             for p in prepared:
@@ -205,6 +220,8 @@ class SparkModel:
         history.samples_per_second = job.samples_per_second
         history.strategy = repr(self.strategy)
         history.restarts = job.restarts
+        history.setup_seconds = setup_seconds
+        history.epoch_figures = [asdict(f) for f in job.figures]
         for key, value in job.report.items():
             setattr(history, key, value)
         return history
@@ -466,12 +483,30 @@ def _resume_history(history: Any, saved: Any, job: TrainingJob, directory: str) 
                          "reason": f"checkpoint in {directory}"})
 
 
-def _callback_list(callbacks: Sequence[Any] | None, model: Any, epochs: int, steps: int, verbose: int) -> Any:
+def _fit_failed(job: TrainingJob | None, error: BaseException) -> None:
+    """Tell the callbacks that track runs (``on_fit_failed``) that the fit raised, so no run stays open."""
+    for callback in getattr(getattr(job, "callbacks", None), "callbacks", None) or []:
+        hook = getattr(callback, "on_fit_failed", None)
+        if hook is not None:
+            hook(error)
+
+
+def _callback_list(callbacks: Sequence[Any] | None, model: Any, **params: Any) -> Any:
+    """Keras' CallbackList, with the fit's description in every callback's ``params``.
+
+    Besides Keras' own ``epochs``, ``steps`` and ``verbose``, a callback
+    finds ``strategy``, ``strategy_options``, ``num_workers``,
+    ``batch_size``, ``data``, ``train_rows``, ``validation_rows`` and
+    ``fit_started`` (a ``time.perf_counter`` reading), which
+    :class:`sparkeras.callbacks.MLflowLogger` logs. Keras' own callbacks
+    read only the keys they know.
+    """
     import keras
 
+    from sparkeras.tracking.tensorboard import with_cluster_scalars
+
     return keras.callbacks.CallbackList(
-        list(callbacks or []), add_history=True, add_progbar=False, model=model,
-        verbose=verbose, epochs=epochs, steps=steps)
+        with_cluster_scalars(list(callbacks or [])), add_history=True, add_progbar=False, model=model, **params)
 
 
 __all__ = ["SparkModel"]

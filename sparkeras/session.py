@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
 import sys
-from typing import Any
+from typing import Any, Iterator
 
 from sparkeras.errors import InputError
 
@@ -49,6 +50,43 @@ def get_spark(master: str | None = None, app_name: str = "sparkeras") -> Any:
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     return spark
+
+
+@contextlib.contextmanager
+def console_progress_paused(spark: Any, pause: bool = True) -> Iterator[None]:
+    """Keep Spark's console stage bars (``[Stage 3:==>  (1 + 1) / 2]``) off while sparkeras draws its own.
+
+    The bar is on in shells and where ``spark.ui.showConsoleProgress`` is
+    set, and Spark cannot switch it at runtime: its timer is stopped here
+    and a new bar is started afterwards, through the JVM. Sessions that do
+    not allow that (Spark Connect, a JVM without the field) keep theirs.
+    """
+    paused = _pause_console_progress(spark) if pause else None
+    try:
+        yield
+    finally:
+        if paused is not None:
+            try:
+                field, jsc, jvm = paused
+                field.set(jsc, jvm.scala.Option.apply(jvm.org.apache.spark.ui.ConsoleProgressBar(jsc)))
+            except Exception:  # noqa: BLE001 - the bar is a display; a failure costs only the display
+                pass
+
+
+def _pause_console_progress(spark: Any) -> tuple[Any, Any, Any] | None:
+    try:
+        jsc = spark.sparkContext._jsc.sc()
+        bar = jsc.progressBar()
+        if not bar.isDefined():
+            return None
+        jvm = spark.sparkContext._jvm
+        field = jsc.getClass().getDeclaredField("_progressBar")
+        field.setAccessible(True)
+        field.set(jsc, jvm.scala.Option.apply(None))
+        bar.get().stop()
+        return field, jsc, jvm
+    except Exception:  # noqa: BLE001 - no JVM (Spark Connect) or a different Spark: leave the bar alone
+        return None
 
 
 def _quiet_logging() -> str | None:

@@ -10,13 +10,15 @@ do between two epoch ends and hands the epoch's results to :meth:`end_epoch`.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from sparkeras.data.packing import PreparedData
 from sparkeras.errors import worker_error
+from sparkeras.log import logger
 from sparkeras.progress import ProgressBar
 from sparkeras.serialization import model_state, pack_arrays, set_model_state, unpack_arrays
 from sparkeras.worker import tasks
@@ -32,6 +34,7 @@ class PartitionResult:
     steps: int
     state: list[np.ndarray]
     metrics: list[np.ndarray]
+    figures: dict[str, float] = field(default_factory=dict)  # the task's timings (tasks.task_figures)
 
 
 def run_partitions(prepared: PreparedData, body: Callable[[Iterator[Any]], Iterator[tuple]],
@@ -47,8 +50,8 @@ def run_partitions(prepared: PreparedData, body: Callable[[Iterator[Any]], Itera
         raise worker_error(exc, doing) from None
     results = [
         PartitionResult(p, n, steps, unpack_arrays(state) if state else [],
-                        unpack_arrays(metrics) if metrics else [])
-        for p, n, steps, state, metrics in rows
+                        unpack_arrays(metrics) if metrics else [], figures)
+        for p, n, steps, state, metrics, figures in rows
     ]
     return sorted(results, key=lambda r: r.partition)
 
@@ -128,6 +131,28 @@ def evaluate(prepared: PreparedData, spec: WorkerSpec, state_blob: Any, batch_si
     return reader.read(sum_metric_states(results))
 
 
+@dataclass
+class EpochFigures:
+    """What one epoch cost, worker by worker: what sparkeras' TensorBoard scalars and plots show.
+
+    ``workers`` maps each worker (its partition) to ``samples``, ``steps``,
+    ``seconds`` (its training time), ``wait_seconds`` (waiting on the
+    others: a parameter server, an all-reduce, the slowest task of a
+    synchronous round), ``bytes`` moved, and ``samples_per_second`` and
+    ``step_seconds`` over the time it worked (``seconds`` less
+    ``wait_seconds``). A straggler is the worker whose
+    ``samples_per_second`` is low while the others' ``wait_seconds`` are
+    high. ``staleness`` counts
+    the epoch's parameter-server commits by staleness.
+    """
+
+    epoch: int
+    seconds: float
+    samples: int
+    workers: dict[int, dict[str, float]] = field(default_factory=dict)
+    staleness: dict[int, int] = field(default_factory=dict)
+
+
 class TrainingJob:
     """One fit, seen from the driver."""
 
@@ -148,6 +173,10 @@ class TrainingJob:
         self.strategy_state: Callable[[], dict[str, list[np.ndarray]]] = dict
         self._began: int | None = None  # the last epoch callbacks saw begin
         self.attempt = 1  # how many times the fit's work was launched, relaunches included
+        self.figures: list[EpochFigures] = []  # one per completed epoch
+        self._workers: dict[int, dict[str, float]] = {}  # the running epoch's, by partition
+        self._staleness: dict[int, int] = {}
+        self._epoch_started = time.perf_counter()
 
     @property
     def steps_per_worker(self) -> list[int]:
@@ -162,13 +191,50 @@ class TrainingJob:
         """Record that the fit runs again from ``epoch`` (0-based) after a failure, in ``history.restarts``."""
         self.attempt += 1
         self.restarts.append({"attempt": self.attempt, "resumed_at_epoch": epoch + 1, "reason": reason})
+        logger.warning("epoch %d runs again (attempt %d): %s", epoch + 1, self.attempt, reason)
 
     def begin_epoch(self, epoch: int) -> None:
         """Start ``epoch``'s progress bar; callbacks hear of it once, however often it is relaunched."""
         if epoch != self._began:
             self.callbacks.on_epoch_begin(epoch)
             self._began = epoch
+        self._workers, self._staleness = {}, {}
+        self._epoch_started = time.perf_counter()
         self.bar.begin_epoch(epoch, self.train.stats.rows)
+
+    def add_worker_figures(self, partition: int, samples: int, steps: int, figures: dict[str, float]) -> None:
+        """Add what one task measured (``seconds``, ``wait_seconds``, ``bytes``) to the running epoch's figures.
+
+        An epoch trained in several windows (one Spark job each) adds up its windows.
+        """
+        total = self._workers.setdefault(partition, dict.fromkeys(
+            ("samples", "steps", "seconds", "wait_seconds", "bytes"), 0.0))
+        total["samples"] += samples
+        total["steps"] += steps
+        for key in ("seconds", "wait_seconds", "bytes"):
+            total[key] += float(figures.get(key, 0.0))
+
+    def add_results(self, results: Sequence[PartitionResult]) -> None:
+        """The figures of a Spark job's training tasks (those that trained rows)."""
+        for r in results:
+            if r.samples and r.figures:
+                self.add_worker_figures(r.partition, r.samples, r.steps, r.figures)
+
+    def add_staleness(self, counts: dict[int, int]) -> None:
+        """The running epoch's parameter-server commits, by staleness."""
+        for k, n in counts.items():
+            self._staleness[int(k)] = self._staleness.get(int(k), 0) + int(n)
+
+    def _close_figures(self, epoch: int) -> EpochFigures:
+        workers = {}
+        for partition, w in sorted(self._workers.items()):
+            seconds = max(w["seconds"] - w["wait_seconds"], 1e-9)  # working, not waiting on the others
+            workers[partition] = {**w, "samples_per_second": w["samples"] / seconds,
+                                  "step_seconds": seconds / max(w["steps"], 1.0)}
+        figures = EpochFigures(epoch, time.perf_counter() - self._epoch_started, self.train.stats.rows, workers,
+                               dict(sorted(self._staleness.items())))
+        self.figures.append(figures)
+        return figures
 
     def end_epoch(self, epoch: int, metric_states: list[np.ndarray] | None,
                   validation_states: list[np.ndarray] | None = None, evaluate_train: bool = False) -> bool:
@@ -205,6 +271,11 @@ class TrainingJob:
                 blob.unpersist()
             logs.update({f"val_{k}": v for k, v in val.items()})
         self.samples_per_second.append(self.bar.end_epoch(logs))
+        figures = self._close_figures(epoch)
+        for callback in self.callbacks.callbacks:
+            hook = getattr(callback, "on_epoch_figures", None)
+            if hook is not None:
+                hook(figures)
         self.callbacks.on_epoch_end(epoch, logs)
         if self.checkpoint is not None:
             history = getattr(self.model, "history", None)

@@ -43,9 +43,13 @@ def test_train_on_a_local_cluster_then_predict(files, spark):
     res = _cli("train", "--model", str(tmp / "untrained.keras"), "--data", str(tmp / "train.parquet"),
                "--features", "pixels", "--label", "digit", "--epochs", "3", "--batch-size", "32",
                "--workers", "2", "--master", "local-cluster[2,1,1024]", "--output", str(tmp / "trained.keras"),
-               "--quiet")
+               "--quiet", "--plot", str(tmp / "curves.png"))
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "saved" in res.stdout
+    assert "saved" in res.stdout and f"learning curves: {tmp / 'curves.png'}" in res.stdout
+    from PIL import Image
+
+    with Image.open(tmp / "curves.png") as png:  # two panels (loss, accuracy) and the staleness histogram
+        assert png.format == "PNG" and png.size == (1500, 400)
     trained = keras.saving.load_model(str(tmp / "trained.keras"))
     after = trained.evaluate(x, y, verbose=0, return_dict=True)["accuracy"]
     assert after > 0.85 > before
@@ -100,6 +104,9 @@ def _free_port():
     (["--output", "{tmp}/untrained.keras", "--model", "{tmp}/untrained.keras", "--overwrite"],
      "would write over the input '{tmp}/untrained.keras'"),
     (["--output", "{tmp}/exists.keras"], "--output '{tmp}/exists.keras' already exists; pass --overwrite"),
+    (["--plot", "{tmp}/curves.jpg"], "--plot '{tmp}/curves.jpg' must end in .png; use '{tmp}/curves.jpg.png'."),
+    (["--plot", "{tmp}/no/dir/c.png"],
+     "--plot '{tmp}/no/dir/c.png': the directory '{tmp}/no/dir' does not exist; create it first."),
     (["--master", "spark//oops"], "--master 'spark//oops' is not a Spark master URL"),
     (["--master", "spark://127.0.0.1:{port}"], "--master: cannot reach the Spark master at 127.0.0.1:{port}"),
 ])

@@ -50,6 +50,7 @@ def build_cnn(seed: int = 42) -> Any:
 def run_demo(args: argparse.Namespace) -> int:
     from sparkeras import SparkModel
     from sparkeras.session import get_spark
+    from sparkeras.tracking.plots import plot_history
 
     (x_train, y_train), (x_test, y_test) = load_digits_split()
     say = (lambda *a: None) if args.json else print
@@ -77,7 +78,9 @@ def run_demo(args: argparse.Namespace) -> int:
     model_path = os.path.join(args.output, "digits_cnn.keras")
     plot_path = os.path.join(args.output, "learning_curves.png")
     sm.save(model_path, overwrite=True)  # the demo's own output folder, rewritten on each run
-    _plot(history.history, base_hist.history, plot_path)
+    plot_history(history, plot_path, baseline=base_hist, labels=(f"sparkeras ({args.workers} workers)",
+                                                                 "plain model.fit"),
+                 title="sparkeras demo: 8x8 digits CNN, model averaging vs plain model.fit", overwrite=True)
 
     samples_per_second = len(x_train) * args.epochs / train_seconds
     result = {
@@ -97,26 +100,3 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"{'plain model.fit':24}{baseline_accuracy:>14.4f}{baseline_seconds:>11.1f}s")
         print(f"\nmodel: {model_path}\nlearning curves: {plot_path}")
     return 0
-
-
-def _plot(dist: dict, base: dict, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ("loss", "accuracy")):
-        epochs = np.arange(1, len(dist[metric]) + 1)
-        ax.plot(epochs, dist[metric], "o-", label="sparkeras train")
-        ax.plot(epochs, dist[f"val_{metric}"], "o--", label="sparkeras test")
-        ax.plot(epochs, base[metric], "s-", alpha=0.6, label="plain fit train")
-        ax.plot(epochs, base[f"val_{metric}"], "s--", alpha=0.6, label="plain fit test")
-        ax.set_xlabel("epoch")
-        ax.set_title(metric)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle("sparkeras demo: 8x8 digits CNN, 2 workers (model averaging) vs plain model.fit")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

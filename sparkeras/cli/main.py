@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     train.add_argument("--seed", type=int, default=None)
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--plot", help="write the learning curves (loss and metrics, train and validation) "
+                                      "to this .png file")
     _common(train)
 
     predict = sub.add_parser("predict", help="add a prediction column to Parquet data",
@@ -137,6 +139,10 @@ def check_arguments(args: argparse.Namespace) -> None:
         except InputError as exc:
             raise InputError(f"--strategy: {exc}") from None
         check_output(args.output, kind="model", overwrite=args.overwrite, inputs=inputs, flag="--output")
+        if args.plot:
+            from sparkeras.tracking.plots import check_plot_path
+
+            check_plot_path(args.plot, args.overwrite, "--plot", inputs + [args.output])
     else:
         check_output(args.output, kind="table", overwrite=args.overwrite, inputs=inputs, flag="--output")
 
@@ -182,6 +188,11 @@ def _train(args: argparse.Namespace) -> int:
     sm.save(args.output, overwrite=args.overwrite)
     final = {k: round(v[-1], 6) for k, v in history.history.items()}
     print(f"saved {args.output}; final epoch: {json.dumps(final)}")
+    if args.plot:
+        from sparkeras.tracking.plots import plot_history
+
+        plot_history(history, args.plot, overwrite=args.overwrite, title=f"{args.model} on {args.data}")
+        print(f"learning curves: {args.plot}")
     return 0
 
 

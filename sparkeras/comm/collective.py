@@ -28,6 +28,7 @@ import datetime
 import os
 import socket
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,8 @@ class Collective:
 
     def __init__(self, rank: int, world_size: int, store: Any, same_host: Any = None) -> None:
         self.rank, self.world_size = rank, world_size
+        self.seconds = 0.0  # spent in all-reduces: transfer, and the wait for the slowest rank
+        self.bytes = 0  # bytes this rank contributed to all-reduces
         self._store = store  # keeps rank 0's server alive
         self._same_host = same_host
 
@@ -109,9 +112,11 @@ class Collective:
         import torch
         import torch.distributed as dist
 
-        if self._same_host is not None and self._same_host.allreduce_(buffer, op):
-            return buffer
-        dist.all_reduce(torch.from_numpy(buffer), op=torch_op(op))
+        started = time.perf_counter()
+        self.bytes += buffer.nbytes
+        if self._same_host is None or not self._same_host.allreduce_(buffer, op):
+            dist.all_reduce(torch.from_numpy(buffer), op=torch_op(op))
+        self.seconds += time.perf_counter() - started
         return buffer
 
     def broadcast(self, array: np.ndarray, root: int = 0) -> np.ndarray:

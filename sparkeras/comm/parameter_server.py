@@ -318,6 +318,8 @@ class ParameterClient:
         self.address, self.worker, self.attempt = address, worker, attempt
         self.max_payload, self.timeout = max_payload, timeout
         self.reconnects = 0
+        self.seconds = 0.0  # spent in calls: the wait a worker sees at the server
+        self.bytes = 0  # payload bytes sent and received
         self._seq = 0
         self._conn: socket.socket | None = None
 
@@ -328,6 +330,7 @@ class ParameterClient:
 
     def call(self, header: dict[str, Any], payload: bytes = b"") -> tuple[dict[str, Any], bytes]:
         header = {"worker": self.worker, "attempt": self.attempt, **header}
+        started = time.perf_counter()
         deadline = time.monotonic() + self.timeout
         delay = 0.1
         while True:
@@ -336,6 +339,8 @@ class ParameterClient:
                     self._conn = self._connect()
                 write_frame(self._conn, self.address.secret, header, payload)
                 reply, blob = read_frame(self._conn, self.address.secret, self.max_payload)
+                self.seconds += time.perf_counter() - started
+                self.bytes += len(payload) + len(blob)
                 break
             except (OSError, EOFError, FrameError) as exc:
                 self._drop()

@@ -37,7 +37,6 @@ import enum
 import json
 import os
 import tempfile
-import warnings
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -46,6 +45,7 @@ from pyspark.ml.param import Param, Params
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 
 from sparkeras.errors import InputError, WorkerError
+from sparkeras.log import logger
 from sparkeras.ml.estimator import _KerasStage
 
 MODES = ("synchronous", "asynchronous", "hogwild")
@@ -71,8 +71,7 @@ def _choice(value: Any, allowed: tuple[str, ...], name: str) -> str:
 def _warn_ignored(names: Iterable[str], where: str) -> None:
     names = sorted(names)
     if names:
-        warnings.warn(f"{where}: {names} accepted for Elephas compatibility and ignored by sparkeras.",
-                      UserWarning, stacklevel=3)
+        logger.warning("%s: %s accepted for Elephas compatibility and ignored by sparkeras.", where, names)
 
 
 class SparkModel:

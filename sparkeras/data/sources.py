@@ -48,6 +48,22 @@ class Dataset:
         return from_arrow_schema(self.table.schema)
 
 
+def describe_source(data: Any) -> str:
+    """A short, user-facing name for what a fit was given: a path, a DataFrame's columns, numpy..."""
+    from pyspark import RDD
+    from pyspark.sql import DataFrame
+
+    if isinstance(data, (str, os.PathLike)):
+        return os.fspath(data)
+    if isinstance(data, DataFrame):
+        return f"Spark DataFrame [{', '.join(data.columns)}]"
+    if isinstance(data, RDD):
+        return "Spark RDD"
+    if type(data).__module__.startswith("pandas"):
+        return f"pandas DataFrame [{', '.join(map(str, data.columns))}]"
+    return "numpy arrays"
+
+
 def as_dataset(
     spark: Any,
     data: Any,

@@ -81,6 +81,10 @@ class KerasEstimator(_InferenceParams, HasLabelCol, HasSeed, Estimator, _KerasSt
         strategy: a sparkeras strategy name (``averaging``, ``allreduce``, ``adag``...).
         strategyOptions: that strategy's options, e.g. ``{"window": 12}``.
         learningRate, optimizer, loss, metrics: override the model's compile settings.
+        mlflowExperiment: log each fit to a run in this MLflow experiment
+            (:class:`sparkeras.callbacks.MLflowLogger`), with the fitted
+            ``KerasModel`` saved under the run's ``spark_ml_model`` artifacts
+            (reload it with ``KerasModel.load`` on the downloaded path).
     """
 
     epochs: Param[int] = Param(Params._dummy(), "epochs", "training epochs", typeConverter=TypeConverters.toInt)
@@ -101,6 +105,9 @@ class KerasEstimator(_InferenceParams, HasLabelCol, HasSeed, Estimator, _KerasSt
                                  "names)", typeConverter=TypeConverters.toListString)
     verbose: Param[int] = Param(Params._dummy(), "verbose", "0: quiet, 1: progress bar",
                                 typeConverter=TypeConverters.toInt)
+    mlflowExperiment: Param[str] = Param(Params._dummy(), "mlflowExperiment", "MLflow experiment that each fit "
+                                         "logs a run to (params, metrics, model, fitted stage)",
+                                         typeConverter=TypeConverters.toString)
 
     @keyword_only
     def __init__(self, *, model: Any = None, featuresCol: str = "features", labelCol: str = "label",
@@ -108,7 +115,8 @@ class KerasEstimator(_InferenceParams, HasLabelCol, HasSeed, Estimator, _KerasSt
                  batchSize: int = 32, numWorkers: int = 0, validationSplit: float = 0.0,
                  strategy: str = "averaging", strategyOptions: dict | None = None,
                  learningRate: float | None = None, optimizer: str | None = None, loss: str | None = None,
-                 metrics: list[str] | None = None, seed: int | None = None, verbose: int = 0) -> None:
+                 metrics: list[str] | None = None, seed: int | None = None, verbose: int = 0,
+                 mlflowExperiment: str | None = None) -> None:
         super().__init__()
         self._setDefault(labelCol="label", epochs=1, numWorkers=0, validationSplit=0.0, strategy="averaging",
                          strategyOptions={}, verbose=0, seed=0)
@@ -122,6 +130,12 @@ class KerasEstimator(_InferenceParams, HasLabelCol, HasSeed, Estimator, _KerasSt
     def _fit(self, dataset: Any) -> "KerasModel":
         from sparkeras.model import SparkModel
 
+        tracker = None
+        if self.isDefined(self.mlflowExperiment):
+            from sparkeras.tracking.mlflow import MLflowLogger
+
+            tracker = MLflowLogger(experiment=self.getOrDefault(self.mlflowExperiment),
+                                   run_name=f"KerasEstimator-{self.uid}")
         keras_model = self._fresh_model()
         options = dict(self.getOrDefault(self.strategyOptions) or {})
         trainer = SparkModel(keras_model, self.getOrDefault(self.strategy),
@@ -130,9 +144,12 @@ class KerasEstimator(_InferenceParams, HasLabelCol, HasSeed, Estimator, _KerasSt
         trainer.fit(dataset, epochs=self.getOrDefault(self.epochs), batch_size=self.getBatchSize(),
                     validation_split=self.getOrDefault(self.validationSplit),
                     features_col=split_columns(self.getFeaturesCol()),
-                    label_col=self.getLabelCol(), verbose=self.getOrDefault(self.verbose))
+                    label_col=self.getLabelCol(), verbose=self.getOrDefault(self.verbose),
+                    callbacks=[tracker] if tracker is not None else None)
         fitted = KerasModel(model=keras_model)
         self._copyValues(fitted)
+        if tracker is not None:
+            tracker.log_spark_ml_model(fitted)
         return fitted
 
     def _fresh_model(self) -> Any:

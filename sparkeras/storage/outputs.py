@@ -56,8 +56,9 @@ def check_output(path: str, *, kind: str, overwrite: bool = False, inputs: Itera
 
     Args:
         path: where the output will be written.
-        kind: ``"model"`` (a ``.keras`` file) or ``"table"`` (a Parquet
-            directory) or ``"directory"`` (a checkpoint directory, reused).
+        kind: ``"model"`` (a ``.keras`` file), ``"plot"`` (a ``.png``
+            file), ``"table"`` (a Parquet directory) or ``"directory"`` (a
+            checkpoint directory, reused).
         overwrite: allow replacing an existing output.
         inputs: paths the job reads; the output may not be one of them, hold
             one, or lie inside one.
@@ -86,8 +87,9 @@ def check_output(path: str, *, kind: str, overwrite: bool = False, inputs: Itera
     if os.path.exists(local) and not overwrite:
         raise InputError(f"{flag} {path!r} already exists; pass --overwrite (overwrite=True / mode='overwrite') "
                          "to replace it, or choose another path.")
-    if kind == "model" and os.path.isdir(local):
-        raise InputError(f"{flag} {path!r} is a directory; give a .keras file path.")
+    if kind in ("model", "plot") and os.path.isdir(local):
+        raise InputError(f"{flag} {path!r} is a directory; give a {'.keras' if kind == 'model' else '.png'} "
+                         "file path.")
 
 
 def _check_not_an_input(path: str, inputs: Iterable[str], flag: str) -> None:

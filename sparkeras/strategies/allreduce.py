@@ -32,6 +32,7 @@ from sparkeras.barrier import DEFAULT_TIMEOUT, CollectiveSettings, check_barrier
 from sparkeras.comm.collective import Rendezvous
 from sparkeras.comm.server import FrameServer
 from sparkeras.errors import InputError, failure_reason, worker_error
+from sparkeras.log import logger
 from sparkeras.serialization import pack_arrays, unpack_arrays
 from sparkeras.session import driver_host
 from sparkeras.strategies.base import Strategy
@@ -248,6 +249,8 @@ class _Coordinator:
         """Record a relaunch; callbacks saw ``on_epoch_begin`` for the epoch already, so only the bar restarts."""
         self.restarts.append({"attempt": attempt, "resumed_at_epoch": self.next_epoch + 1,
                               "reason": failure_reason(failure)})
+        logger.warning("epoch %d runs again (attempt %d): %s", self.next_epoch + 1, attempt,
+                       self.restarts[-1]["reason"])
         if self._began == self.next_epoch:
             self.job.bar.begin_epoch(self.next_epoch, self.job.train.stats.rows)
 
@@ -260,6 +263,9 @@ class _Coordinator:
         arrays = unpack_arrays(payload)
         epoch, k, m = int(header["epoch"]), int(header["state"]), int(header["train_metrics"])
         self.job.state = arrays[:k]
+        rows, steps = self.job.train.stats.rows_per_partition, max(self.job.steps_per_worker)
+        for rank, figures in enumerate(header.get("workers") or []):
+            self.job.add_worker_figures(rank, rows[rank] if rank < len(rows) else 0, steps, dict(figures))
         stop = self.job.end_epoch(epoch, arrays[k:k + m], arrays[k + m:] if header.get("validation") else None)
         self.next_epoch = epoch + 1
         if stop or self.next_epoch >= self.job.epochs:

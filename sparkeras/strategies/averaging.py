@@ -267,6 +267,10 @@ class ModelAveraging(DistributedOptimizer):
                 finally:
                     blob.unpersist()
                 trained = [r for r in results if r.samples]
+                slowest = max((r.figures.get("seconds", 0.0) for r in trained), default=0.0)
+                for r in trained:  # the round ends with its slowest task: the others wait that long
+                    r.figures["wait_seconds"] = slowest - r.figures.get("seconds", 0.0)
+                job.add_results(trained)
                 if trained:
                     averaged = average_states([r.state for r in trained], [r.samples for r in trained])
                     center = [np.array(job.state[i], copy=True) for i in shared]

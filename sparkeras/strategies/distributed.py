@@ -228,8 +228,11 @@ class DistributedOptimizer(Strategy):
                     server.restore(start)
                     self._epoch_rollback()
 
+                stale_before = server.stats.staleness.copy()
                 results = attempts.run(epoch, lambda e=epoch: train_epoch(e), rollback, server.abandoned)
                 trained = [r for r in results if r.samples]
+                job.add_results(trained)
+                job.add_staleness(server.stats.staleness - stale_before)
                 server.park({r.partition: pack_arrays(r.state) for r in trained})
                 for i, value in zip(shared, server.snapshot()):
                     job.state[i] = value

@@ -34,10 +34,18 @@ class TrialRecord:
     last: float | None = None
     pruned: bool = False
     failure: str | None = None
+    run: Any = None  # the trial's MLflow run (sparkeras.tracking.mlflow.RunHandle), when the search is tracked
 
 
 def judge(record: TrialRecord, epoch: int, logs: dict[str, Any], lock: Any) -> str:
     """Report epoch ``epoch``'s ``logs`` to the trial; ``PRUNE`` or ``CONTINUE``. Raises :class:`TrialFailed`."""
+    if record.run is not None:
+        try:
+            record.run.log_metrics(logs, step=epoch)
+        except Exception as exc:  # noqa: BLE001 - tracking trouble must not fail the trial
+            from sparkeras.log import logger
+
+            logger.warning("could not log trial %d's epoch %d to MLflow: %s", record.trial.number, epoch + 1, exc)
     for name in ("loss", record.metric):
         value = logs.get(name)
         if value is not None and not math.isfinite(float(value)):

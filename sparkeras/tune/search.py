@@ -80,6 +80,7 @@ def tune(
     custom_objects: Mapping[str, Any] | None = None,
     seed: int | None = None,
     verbose: int = 1,
+    tracking: Any = None,
 ) -> Any:
     """Search hyperparameters with Optuna, training the trials concurrently on Spark; returns the ``optuna.Study``.
 
@@ -111,9 +112,19 @@ def tune(
         search_space: ``{name: range}``, the simple case: a list of choices,
             ``(low, high)``, ``(low, high, "log")`` or an Optuna distribution.
         verbose: 1 prints a line as each trial ends; 0 is silent.
+        tracking: a :class:`sparkeras.callbacks.MLflowLogger`: the search is
+            one MLflow run (its settings, then the best value and params),
+            and each trial a nested run with its params, every epoch's
+            metrics and its end (``FINISHED``, ``KILLED`` when pruned,
+            ``FAILED``).
     """
     _check_arguments(build_model, n_trials, timeout, metric, direction, epochs, batch_size, validation_split,
                      validation_data, workers_per_trial, max_concurrent, verbose)
+    if tracking is not None:
+        from sparkeras.tracking.mlflow import MLflowLogger
+
+        if not isinstance(tracking, MLflowLogger):
+            raise InputError(f"tracking must be a sparkeras.callbacks.MLflowLogger, got {type(tracking).__name__}.")
     space = distributions(search_space) if search_space is not None else None
     optuna = _optuna()
     from sparkeras.barrier import concurrent_slots
@@ -138,13 +149,28 @@ def tune(
                           validation_split=0.0 if validation_data is not None else validation_split,
                           features_col=features_col, label_col=label_col, seed=seed,
                           num_partitions=workers_per_trial)
+    parent = None
     try:
         search = Search(study, build_model, frames, space=space, metric=metric, epochs=epochs,
                         batch_size=batch_size, workers_per_trial=workers_per_trial, strategy=strategy,
                         custom_objects=custom_objects, seed=seed, verbose=verbose)
+        if tracking is not None:
+            from sparkeras.data.sources import describe_source
+
+            parent = search.track(tracking, {
+                "study_name": study.study_name, "n_trials": n_trials, "timeout": timeout, "metric": metric,
+                "direction": direction, "epochs": epochs, "batch_size": batch_size,
+                "workers_per_trial": workers_per_trial, "sampler": type(study.sampler).__name__,
+                "pruner": type(study.pruner).__name__, "data": describe_source(data)})
         search.run(n_trials, timeout, max_concurrent or fitting)
+    except BaseException:
+        if parent is not None:
+            parent.end("FAILED")
+        raise
     finally:
         frames.close()
+    if parent is not None:
+        search.close_tracking(parent)
     return study
 
 
@@ -190,6 +216,40 @@ class Search:
         self._deadline: float | None = None
         self._error: BaseException | None = None
         self.server: Any = None  # the TrialServer of one-worker trials
+        self.tracking: tuple[Any, Any] | None = None  # (MLflowLogger, the search's RunHandle)
+
+    def track(self, tracking: Any, params: Mapping[str, Any]) -> Any:
+        """Log the search as an MLflow run and each trial as its child; returns the search's run."""
+        import mlflow
+
+        from sparkeras.tracking.mlflow import RunHandle
+
+        if tracking.tracking_uri is not None:
+            mlflow.set_tracking_uri(tracking.tracking_uri)
+        parent = RunHandle.start(tracking.experiment, tracking.run_name or f"sparkeras-tune-{params['study_name']}",
+                                 tags={"sparkeras.search": "optuna"})
+        parent.log_params(params)
+        tracking.run = parent
+        self.tracking = (tracking, parent)
+        return parent
+
+    def close_tracking(self, parent: Any) -> None:
+        """The search's run ends with the best trial's value and params."""
+        best = self._best()
+        if best is not None:
+            parent.log_metrics({f"best_{self.metric}": best[1]}, step=0)
+            parent.set_tags({"best_trial": best[0],
+                             **{f"best.{k}": v for k, v in self.study.best_trial.params.items()}})
+        parent.end("FINISHED")
+
+    def _trial_run(self, trial: Any) -> Any:
+        from sparkeras.tracking.mlflow import RunHandle
+
+        tracking, parent = self.tracking
+        run = RunHandle.start(tracking.experiment, f"trial-{trial.number}", parent=parent.run_id,
+                              tags={"optuna.trial": str(trial.number)}, reuse_active=False)
+        run.log_params({**trial.params, "trial": trial.number})
+        return run
 
     def run(self, n_trials: int | None, timeout: float | None, concurrency: int) -> None:
         import optuna
@@ -282,6 +342,8 @@ class Search:
 
         self.progress.started()
         record = TrialRecord(trial, self.metric, self.epochs)
+        if self.tracking is not None:
+            record.run = self._trial_run(trial)
         try:
             if self.server is not None:
                 self._train_in_task(record, model)
@@ -370,6 +432,11 @@ class Search:
         trial = record.trial
         if record.failure is None and record.last is None:
             record.failure = "the trial reported no epoch"
+        if record.run is not None:
+            status = "FAILED" if record.failure is not None else "KILLED" if record.pruned else "FINISHED"
+            record.run.set_tags({"optuna.state": {"FAILED": "FAIL", "KILLED": "PRUNED"}.get(status, "COMPLETE"),
+                                 **({"fail_reason": record.failure} if record.failure else {})})
+            record.run.end(status)
         if record.failure is not None:
             self._fail(trial, record.failure)
             return

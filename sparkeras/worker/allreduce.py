@@ -152,6 +152,7 @@ class _EpochLoop:
         if spec.worker.progress is not None:
             reporter = ProgressReporter(spec.worker.progress, self.rank, epoch, 0, max(b, 1), n)
         self.model.reset_metrics()
+        self._epoch_began = (time.perf_counter(), self.collective.seconds, self.collective.bytes)
         last_report = time.perf_counter()
         for step in range(spec.steps):
             self._maybe_fail(epoch, step)
@@ -172,7 +173,12 @@ class _EpochLoop:
         val_metrics: list[np.ndarray] = []
         if self.spec.validation:
             val_metrics = self._validation_metrics()
-        flat = np.concatenate([m.astype(np.float64).ravel() for m in train_metrics + val_metrics])
+        figures = np.zeros((self.collective.world_size, 3))  # every rank fills its own row: a gather
+        began, waited, moved = self._epoch_began
+        figures[self.rank] = (time.perf_counter() - began, self.collective.seconds - waited,
+                              self.collective.bytes - moved)
+        flat = np.concatenate([m.astype(np.float64).ravel() for m in train_metrics + val_metrics]
+                              + [figures.ravel()])
         summed = self.collective.allreduce(flat, "sum")
         stop = np.zeros(1, np.int32)
         if self.rank == 0:
@@ -181,8 +187,10 @@ class _EpochLoop:
                 parts.append(summed[offset:offset + m.size].reshape(m.shape).astype(m.dtype))
                 offset += m.size
             state = model_state(self.model)
+            workers = [dict(zip(("seconds", "wait_seconds", "bytes"), map(float, row)))
+                       for row in summed[offset:].reshape(-1, 3)]
             header = {"type": "epoch", "epoch": epoch, "state": len(state), "train_metrics": len(train_metrics),
-                      "validation": bool(val_metrics)}
+                      "validation": bool(val_metrics), "workers": workers}
             reply, _ = client.call(header, pack_arrays(state + parts), timeout=self.spec.timeout)
             stop[0] = int(bool(reply.get("stop")))
         return bool(self.collective.broadcast(stop, root=0)[0])

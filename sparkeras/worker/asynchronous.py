@@ -19,6 +19,7 @@ next epoch's join.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -31,7 +32,7 @@ from sparkeras.progress import ProgressReporter
 from sparkeras.serialization import model_state, pack_arrays, set_model_state
 from sparkeras.worker.faults import fail_once, hold_once
 from sparkeras.worker.local_steps import BATCH_BY_BATCH, LocalSteps
-from sparkeras.worker.tasks import WorkerSpec, _result, _setup
+from sparkeras.worker.tasks import WorkerSpec, _result, _setup, task_figures
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ def train_with_server(spec: ServerTaskSpec, epoch: int, blocks: Iterator[tuple])
     if n == 0:
         yield _result(partition, 0, 0, b"", b"")
         return
+    started = time.perf_counter()
     ctx = TaskContext.get()
     client = ParameterClient(spec.server, partition, ctx.attemptNumber() if ctx else 0,
                              spec.max_payload, spec.timeout)
@@ -100,7 +102,8 @@ def train_with_server(spec: ServerTaskSpec, epoch: int, blocks: Iterator[tuple])
     if reporter is not None:
         reporter.send(n, {"loss": local_steps.running_loss()})
     yield _result(partition, n, steps, pack_arrays(model_state(model)),
-                  pack_arrays([np.asarray(v) for v in model.metrics_variables]))
+                  pack_arrays([np.asarray(v) for v in model.metrics_variables]),
+                  task_figures(started, client.seconds, client.bytes))
 
 
 def _read(variables: list[Any]) -> list[np.ndarray]:

@@ -9,6 +9,7 @@ broadcast, and answers one tuple of ints and bytes: arrays encoded by
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -67,8 +68,21 @@ def warm_up(spec: WorkerSpec, _: Iterator[Any]) -> Iterator[tuple]:
     return iter(())
 
 
-def _result(partition: int, samples: int, steps: int, state: bytes, metrics: bytes) -> tuple:
-    return partition, samples, steps, state, metrics
+def _result(partition: int, samples: int, steps: int, state: bytes, metrics: bytes,
+            figures: dict[str, float] | None = None) -> tuple:
+    """A task's answer; ``figures`` are its timings (:func:`task_figures`)."""
+    return partition, samples, steps, state, metrics, figures or {}
+
+
+def task_figures(started: float, wait_seconds: float = 0.0, moved: int = 0) -> dict[str, float]:
+    """What a training task measured of itself, for the driver's per-worker scalars.
+
+    ``seconds``: the task's training time since ``started`` (a
+    ``perf_counter`` reading taken once its data was decoded);
+    ``wait_seconds``: the part of it spent waiting on others (a parameter
+    server, an all-reduce); ``bytes``: what it sent and received.
+    """
+    return {"seconds": time.perf_counter() - started, "wait_seconds": float(wait_seconds), "bytes": float(moved)}
 
 
 def split_xy(spec: WorkerSpec, arrays: list[np.ndarray]) -> tuple[Any, Any]:
@@ -93,6 +107,7 @@ def train_window(spec: WorkerSpec, window: Window, state: Any, blocks: Iterator[
     reporter = None
     if spec.progress is not None:
         reporter = ProgressReporter(spec.progress, partition, window.epoch, lo, window.batch_size, hi - lo)
+    started = time.perf_counter()
     steps = LocalSteps(model, arrays, spec.columns, spec.backend)
     model.reset_metrics()
     first = lo // window.batch_size
@@ -101,7 +116,7 @@ def train_window(spec: WorkerSpec, window: Window, state: Any, blocks: Iterator[
     if reporter is not None:
         reporter.send(hi - lo, {"loss": steps.running_loss()})
     yield _result(partition, hi - lo, count, pack_arrays(model_state(model)),
-                  pack_arrays([np.asarray(v) for v in model.metrics_variables]))
+                  pack_arrays([np.asarray(v) for v in model.metrics_variables]), task_figures(started))
 
 
 def _partition_with_state(spec: WorkerSpec, state: Any, blocks: Iterator[tuple]) -> tuple[Any, int, list[np.ndarray], int]:

@@ -1,0 +1,1 @@
+"""Experiment tracking and monitoring: MLflow runs, TensorBoard scalars and learning-curve plots."""

@@ -1,0 +1,287 @@
+"""MLflow tracking for fits, Spark ML stages and searches.
+
+:class:`MLflowLogger` is a Keras callback that runs on the driver, where
+``SparkModel.fit`` ends each epoch with the exact, all-worker figures. It
+talks to the tracking store through ``MlflowClient`` with explicit run ids,
+so it works from any thread (a search logs its trials from several) and
+never disturbs the caller's own active run. The fit's description reaches
+it through ``self.params`` (see ``sparkeras.model._callback_list``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import tempfile
+import time
+from typing import Any, Mapping
+
+import keras
+
+from sparkeras.errors import InputError
+from sparkeras.log import logger
+
+_INSTALL = "MLflow is not installed: pip install 'sparkeras[tracking]' (or pip install mlflow-skinny)."
+_FIT_PARAMS = ("strategy", "num_workers", "batch_size", "epochs", "data", "train_rows", "validation_rows")
+
+
+def require_mlflow() -> None:
+    """Fail early, naming the package to install, when MLflow is missing."""
+    if importlib.util.find_spec("mlflow") is None:
+        raise InputError(_INSTALL)
+
+
+class RunHandle:
+    """One MLflow run, addressed by id through ``MlflowClient``: params, metric batches, the end.
+
+    The fluent API (``mlflow.log_metric``) keeps the active run per
+    thread; a search logs its trials' epochs from its server thread, so
+    every call here names its run instead.
+    """
+
+    def __init__(self, client: Any, run_id: str, owned: bool) -> None:
+        self.client, self.run_id, self.owned = client, run_id, owned
+
+    @classmethod
+    def start(cls, experiment: str | None, run_name: str | None, parent: str | None = None,
+              tags: Mapping[str, str] | None = None, reuse_active: bool = True) -> "RunHandle":
+        """A new run in ``experiment`` (a child of ``parent``), or the caller's active run.
+
+        With no experiment named and a run active in this thread (``with
+        mlflow.start_run():`` around the fit), the fit logs into that run
+        and leaves it open, as MLflow's autologging does.
+        """
+        import mlflow
+        from mlflow import MlflowClient
+
+        client = MlflowClient()
+        active = mlflow.active_run()
+        if reuse_active and experiment is None and parent is None and active is not None:
+            return cls(client, active.info.run_id, owned=False)
+        if experiment is not None:
+            found = client.get_experiment_by_name(experiment)
+            experiment_id = found.experiment_id if found is not None else client.create_experiment(experiment)
+        elif active is not None:
+            experiment_id = active.info.experiment_id
+        else:
+            from mlflow.tracking.fluent import _get_experiment_id
+
+            experiment_id = _get_experiment_id() or "0"
+        all_tags = dict(tags or {})
+        if parent is None and active is not None:
+            parent = active.info.run_id
+        if parent is not None:
+            all_tags["mlflow.parentRunId"] = parent
+        run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+        return cls(client, run.info.run_id, owned=True)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, _text(v)) for k, v in params.items() if v is not None]
+        for i in range(0, len(items), 100):  # MLflow's batch limit
+            self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and math.isfinite(float(v))]
+        if items:
+            self.client.log_batch(self.run_id, metrics=items)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, _text(value))
+
+    def end(self, status: str = "FINISHED") -> None:
+        """End the run if this handle started it (``FINISHED``, ``FAILED`` or ``KILLED``)."""
+        if self.owned:
+            self.client.set_terminated(self.run_id, status)
+
+
+class MLflowLogger(keras.callbacks.Callback):
+    """Log a ``SparkModel.fit`` to MLflow: its settings, every epoch's metrics, timings and the model.
+
+    Pass it in ``callbacks=`` (or set ``mlflowExperiment`` on a
+    ``KerasEstimator``). It logs:
+
+    * params: the strategy and its options, ``num_workers``,
+      ``batch_size``, ``epochs``, the data source and its row counts, the
+      optimizer's config (``optimizer.*``) and the loss;
+    * metrics at each epoch (step = epoch): the loss and compiled metrics
+      with their ``val_`` twins, exactly as the History has them;
+      ``epoch_seconds``; ``samples_per_second``; and once, at step 0,
+      ``setup_seconds``, the fit's fixed cost (data packing, worker start)
+      before the first epoch began;
+    * the trained model as an MLflow Keras model named ``model`` (with
+      ``log_model=True``); ``mlflow.pyfunc.load_model(logger.model_uri)``
+      reloads and scores it (the URI is also the run's
+      ``sparkeras.model_uri`` tag).
+
+    Args:
+        tracking_uri: where to log (``sqlite:///mlflow.db``, a server URL);
+            set as the process's MLflow tracking URI, as
+            ``mlflow.set_tracking_uri`` does. Default: MLflow's own.
+        experiment: the experiment's name, created if missing. Default: the
+            active run's, or MLflow's current one.
+        run_name: the run's name (default ``sparkeras-<strategy>``).
+        log_model: log the trained model at the end of the fit.
+
+    With no ``experiment`` and an active run (``with mlflow.start_run():``)
+    the fit logs into that run and leaves it open.
+    """
+
+    def __init__(self, tracking_uri: str | None = None, experiment: str | None = None,
+                 run_name: str | None = None, log_model: bool = True) -> None:
+        super().__init__()
+        for name, value in (("tracking_uri", tracking_uri), ("experiment", experiment), ("run_name", run_name)):
+            if value is not None and (not isinstance(value, str) or not value):
+                raise InputError(f"MLflowLogger's {name} must be a non-empty string, got {value!r}.")
+        require_mlflow()
+        self.tracking_uri, self.experiment, self.run_name = tracking_uri, experiment, run_name
+        self.log_model = bool(log_model)
+        self.run: RunHandle | None = None
+        self.model_uri: str | None = None  # where the last fit's model was logged (models:/...)
+        self._epoch_started = 0.0
+
+    @property
+    def run_id(self) -> str | None:
+        """The id of the run the last fit logged to."""
+        return None if self.run is None else self.run.run_id
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        started = time.perf_counter()
+        if self.tracking_uri is not None:
+            import mlflow
+
+            mlflow.set_tracking_uri(self.tracking_uri)
+        params = dict(self.params or {})
+        try:
+            self.run = RunHandle.start(self.experiment,
+                                       self.run_name or f"sparkeras-{params.get('strategy', 'fit')}",
+                                       tags={"sparkeras.strategy": params.get("strategy", "")})
+        except Exception as exc:  # noqa: BLE001 - MLflow's errors are many; the store is what to check
+            raise InputError(f"MLflowLogger cannot start a run in experiment {self.experiment!r} at tracking URI "
+                             f"{self._uri()!r}: {exc}") from None
+        self.run.log_params(fit_params(params, self.model))
+        if "fit_started" in params:
+            self.run.log_metrics({"setup_seconds": started - float(params["fit_started"])}, step=0)
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._epoch_started = time.perf_counter()
+
+    def on_epoch_figures(self, figures: Any) -> None:
+        """sparkeras' own epoch figures (:class:`sparkeras.training.EpochFigures`), before ``on_epoch_end``."""
+        if self.run is None:
+            return
+        waits = [w["wait_seconds"] for w in figures.workers.values()]
+        self.run.log_metrics({"samples_per_second": figures.samples / max(figures.seconds, 1e-9),
+                              "max_wait_seconds": max(waits, default=0.0)}, step=figures.epoch)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.run is None:
+            return
+        metrics = dict(logs or {})
+        metrics["epoch_seconds"] = time.perf_counter() - self._epoch_started
+        self.run.log_metrics(metrics, step=epoch)
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        if self.run is None:
+            return
+        if self.log_model:
+            self.model_uri = log_keras_model(self.model, self.run.run_id).model_uri
+            self.run.set_tags({"sparkeras.model_uri": self.model_uri})
+        self.run.end("FINISHED")
+
+    def on_fit_failed(self, error: BaseException) -> None:
+        """Called by ``SparkModel.fit`` when the fit raises: the run ends ``FAILED``, with the reason."""
+        if self.run is not None:
+            try:
+                self.run.set_tags({"sparkeras.error": f"{type(error).__name__}: {error}"[:5000]})
+                self.run.end("FAILED")
+            except Exception:  # noqa: BLE001 - the fit's own error is the one to raise
+                logger.warning("MLflowLogger could not mark run %s failed", self.run.run_id)
+
+    def log_spark_ml_model(self, stage: Any, artifact_path: str = "spark_ml_model") -> None:
+        """Save a fitted Spark ML stage (``KerasModel``) into the run, reloadable with ``KerasModel.load``."""
+        if self.run is None:
+            raise InputError("MLflowLogger has no run yet: log the stage after the fit that trained it.")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "stage")
+            stage.save(path)
+            self.run.client.log_artifacts(self.run.run_id, path, artifact_path)
+
+    def _uri(self) -> str:
+        import mlflow
+
+        return self.tracking_uri or mlflow.get_tracking_uri()
+
+
+def fit_params(params: Mapping[str, Any], model: Any) -> dict[str, Any]:
+    """The MLflow params of a fit: its description, the strategy's options and the compile settings."""
+    out = {k: params[k] for k in _FIT_PARAMS if k in params}
+    for key, value in dict(params.get("strategy_options") or {}).items():
+        out[f"strategy.{key}"] = value
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None:
+        out["optimizer"] = type(optimizer).__name__
+        for key, value in optimizer.get_config().items():
+            if key != "name" and (value is None or isinstance(value, (bool, int, float, str))):
+                out[f"optimizer.{key}"] = value
+    loss = getattr(model, "loss", None)
+    if loss is not None:
+        out["loss"] = loss if isinstance(loss, str) else getattr(loss, "name", type(loss).__name__)
+    return out
+
+
+def log_keras_model(model: Any, run_id: str, name: str = "model") -> Any:
+    """Log ``model`` as an MLflow Keras model in run ``run_id``; returns MLflow's ``ModelInfo``.
+
+    The signature comes from the model's own input and output shapes, and
+    the requirements are the installed Keras and backend versions, so
+    MLflow need not run the model in a subprocess to infer them (6 s).
+    """
+    import mlflow
+    from mlflow.models import Model
+
+    return Model.log(artifact_path=None, name=name, flavor=mlflow.keras, model=model, run_id=run_id,
+                     signature=_signature(model), pip_requirements=_requirements())
+
+
+def _signature(model: Any) -> Any:
+    """The model's input and output tensor specs, for single-input, single-output models; else ``None``."""
+    import numpy as np
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    inputs, outputs = getattr(model, "inputs", None), getattr(model, "outputs", None)
+    if not inputs or not outputs or len(inputs) != 1 or len(outputs) != 1:
+        return None
+
+    def spec(tensor: Any) -> Any:
+        shape = tuple(-1 if d is None else int(d) for d in tensor.shape)
+        return Schema([TensorSpec(np.dtype(keras.backend.standardize_dtype(tensor.dtype)), shape)])
+
+    return ModelSignature(inputs=spec(inputs[0]), outputs=spec(outputs[0]))
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, packages_distributions, version
+
+    backend = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(keras.backend.backend())
+    wanted = ["keras"] + ([d for d in packages_distributions().get(backend, [])][:1] if backend else [])
+    found = []
+    for dist in wanted:
+        try:
+            found.append(f"{dist}=={version(dist)}")
+        except PackageNotFoundError:
+            found.append(dist)
+    return found
+
+
+def _text(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 6000 else text[:5997] + "..."
