@@ -22,7 +22,7 @@ import keras
 from sparkeras.errors import InputError
 from sparkeras.log import logger
 
-_INSTALL = "MLflow is not installed: pip install "sparkeras[tracking]" (or pip install mlflow-skinny)."
+_INSTALL = "MLflow is not installed: pip install 'sparkeras[tracking]' (or pip install mlflow-skinny)."
 _FIT_PARAMS = ("strategy", "num_workers", "batch_size", "epochs", "data", "train_rows", "validation_rows")
 
 
