@@ -13,9 +13,15 @@ is reported too. Prints a table and one JSON line.
 driver's numpy arrays. The strategy name ``allreduce-gloo`` is ``allreduce``
 with ``shared_memory=False`` (every reduction over gloo's TCP), to compare.
 
+``--tracking N`` then measures what tracking costs: N more warm fits
+without callbacks and N with MLflow (``MLflowLogger`` into a sqlite store,
+without the model artifact) and Keras' ``TensorBoard`` plus sparkeras'
+cluster scalars, interleaved; it reports the median overhead, and the time
+to log the model as an MLflow model once, separately.
+
     python bench/throughput.py [--strategy averaging[,adag,allreduce,allreduce-gloo,...]]
                                [--source numpy|parquet] [--rows 60000]
-                               [--epochs 3] [--learning-rate 0.001]
+                               [--epochs 3] [--learning-rate 0.001] [--tracking 5]
 """
 
 from __future__ import annotations
@@ -88,6 +94,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--master", default="local[2]")
     parser.add_argument("--source", choices=("numpy", "parquet"), default="numpy")
+    parser.add_argument("--tracking", type=int, default=0, metavar="N",
+                        help="N warm fits with and N without MLflow and TensorBoard logging, interleaved")
     args = parser.parse_args()
 
     (x, y), (xt, yt) = make_data(args.rows)
@@ -132,8 +140,43 @@ def main() -> None:
         print(f"sparkeras ({strategy}, {args.source}, warm): {report['sparkeras_samples_per_s']:>8,} samples/s  "
               f"test acc {spark_acc:.4f}  ratio {report['ratio']:.2f}  "
               f"(first fit, cold workers: ratio {report['ratio_cold']:.2f})")
+        if args.tracking:
+            report.update(tracking_overhead(args, strategy, data, tmp.name))
+            print(f"tracking (MLflow + TensorBoard): {report['tracking_overhead_pct']:+.1f}% of a warm fit "
+                  f"(median of {args.tracking}); logging the model once: {report['log_model_s']:.2f}s")
         print(json.dumps(report), flush=True)
     tmp.cleanup()
+
+
+def tracking_overhead(args: argparse.Namespace, strategy: str, data: dict, directory: str) -> dict:
+    """Median warm fit time with and without MLflow + TensorBoard callbacks, interleaved to share the noise."""
+    import keras
+
+    from sparkeras import SparkModel
+    from sparkeras.callbacks import MLflowLogger
+    from sparkeras.tracking.mlflow import log_keras_model
+
+    uri = f"sqlite:///{directory}/mlflow.db"
+    os.chdir(directory)  # the sqlite store's artifacts go to ./mlruns
+    times: dict[str, list[float]] = {"plain": [], "tracked": []}
+    for i in range(args.tracking):
+        for kind in ("plain", "tracked"):
+            callbacks = None
+            if kind == "tracked":
+                logger = MLflowLogger(tracking_uri=uri, experiment="bench", log_model=False)
+                callbacks = [logger, keras.callbacks.TensorBoard(os.path.join(directory, f"tb{i}"))]
+            sm = SparkModel(make_model(learning_rate=args.learning_rate), strategy=_strategy(strategy),
+                            num_workers=args.workers, seed=0)
+            start = time.perf_counter()
+            sm.fit(**data, batch_size=args.batch_size, epochs=args.epochs, verbose=0, callbacks=callbacks)
+            times[kind].append(time.perf_counter() - start)
+    start = time.perf_counter()
+    log_keras_model(sm.model, logger.run_id)
+    log_model_s = time.perf_counter() - start
+    plain, tracked = float(np.median(times["plain"])), float(np.median(times["tracked"]))
+    return {"tracking_fits": args.tracking, "untracked_median_s": round(plain, 3),
+            "tracked_median_s": round(tracked, 3), "tracking_overhead_pct": round(100 * (tracked / plain - 1), 2),
+            "log_model_s": round(log_model_s, 3)}
 
 
 if __name__ == "__main__":

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
-import warnings
 
 import numpy as np
 import pytest
@@ -38,7 +38,7 @@ def test_elephas_readme_script_runs_and_matches_plain_keras(tmp_path):
     assert result["reloaded"] == ["SparkModel", "asynchronous", "epoch"] and result["reloaded_same_weights"]
 
 
-def test_modes_map_onto_strategies_and_ignored_arguments_warn(spark):
+def test_modes_map_onto_strategies_and_ignored_arguments_warn(spark, caplog):
     assert elephas.strategy_for("synchronous", "epoch") == ("averaging", {})
     assert elephas.strategy_for("synchronous", "batch") == ("allreduce", {})
     assert elephas.strategy_for("asynchronous", "epoch") == ("async", {})
@@ -49,11 +49,12 @@ def test_modes_map_onto_strategies_and_ignored_arguments_warn(spark):
         elephas.SparkModel(_model(), mode="asynchronous", frequency="step")
 
     x, y = blobs(800, dim=4, classes=3, noise=0.5, seed=2)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with caplog.at_level(logging.WARNING, logger="sparkeras"):  # library messages go through its logger
         model = elephas.AsynchronousSparkModel(_model(), num_workers=2, mode="hogwild", frequency="batch",
                                                parameter_server_mode="socket", port=4000)
-    assert any("['parameter_server_mode', 'port']" in str(w.message) for w in caught), [str(w.message) for w in caught]
+    assert [r.name for r in caplog.records] == ["sparkeras"]
+    assert caplog.records[0].getMessage() == ("AsynchronousSparkModel: ['parameter_server_mode', 'port'] accepted "
+                                              "for Elephas compatibility and ignored by sparkeras.")
     assert (model.strategy, model.strategy_options) == ("hogwild", {"window": 1})
     model.fit(elephas.to_simple_rdd(spark.sparkContext, x, y), epochs=3, batch_size=32)
     assert model.evaluate(x, y)[1] > 0.85

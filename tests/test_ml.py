@@ -136,7 +136,8 @@ def test_registered_custom_layers_survive_fit_save_and_a_fresh_process(fresh_pro
     np.testing.assert_allclose([p for _, p in reloaded["custom"]], [list(r.probability) for r in rows], atol=1e-6)
 
 
-def test_estimator_and_model_save_and_load_with_their_params(spark, tmp_path):
+def test_estimator_and_model_save_and_load_with_their_params(spark, tmp_path, monkeypatch):
+    import mlflow
     from pyspark.ml import Estimator
 
     estimator = KerasEstimator(model=mlp(dim=4, classes=3, seed=2), epochs=3, batchSize=16, strategy="adag",
@@ -149,13 +150,26 @@ def test_estimator_and_model_save_and_load_with_their_params(spark, tmp_path):
     for a, b in zip(loaded._keras_model.get_weights(), estimator._keras_model.get_weights()):
         np.testing.assert_array_equal(a, b)
 
-    fitted = KerasEstimator(model=mlp(dim=4, classes=3, seed=2), epochs=1, numWorkers=2, featuresCol="features") \
-        .fit(spark.createDataFrame([([float(i), 1.0, 2.0, 3.0], i % 3) for i in range(60)], ["features", "label"]))
+    # With mlflowExperiment, the fit is an MLflow run that holds the fitted stage, reloadable as one.
+    monkeypatch.chdir(tmp_path)  # a sqlite store keeps artifacts under ./mlruns
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    try:
+        fitted = KerasEstimator(model=mlp(dim=4, classes=3, seed=2), epochs=1, numWorkers=2, featuresCol="features",
+                                mlflowExperiment="estimators") \
+            .fit(spark.createDataFrame([([float(i), 1.0, 2.0, 3.0], i % 3) for i in range(60)], ["features", "label"]))
+        runs = mlflow.search_runs(experiment_names=["estimators"], output_format="list")
+        assert len(runs) == 1 and runs[0].data.params["train_rows"] == "60" and "loss" in runs[0].data.metrics
+        logged = mlflow.artifacts.download_artifacts(run_id=runs[0].info.run_id, artifact_path="spark_ml_model",
+                                                     dst_path=str(tmp_path / "download"))
+    finally:
+        mlflow.set_tracking_uri(previous)
     fitted.write().overwrite().save(str(tmp_path / "model"))
-    again = KerasModel.load(str(tmp_path / "model"))
-    assert again.getBatchSize() == fitted.getBatchSize() and again.getFeaturesCol() == "features"
-    for a, b in zip(again.model.get_weights(), fitted.model.get_weights()):
-        np.testing.assert_array_equal(a, b)
+    for path in (str(tmp_path / "model"), logged):
+        again = KerasModel.load(path)
+        assert again.getBatchSize() == fitted.getBatchSize() and again.getFeaturesCol() == "features"
+        for a, b in zip(again.model.get_weights(), fitted.model.get_weights()):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_cross_validator_picks_the_setting_that_matters(spark):

@@ -1,4 +1,5 @@
-"""Quiet output: a ``verbose=0`` fit in a fresh process prints nothing of Spark's or TensorFlow's start-up."""
+"""Quiet output: a ``verbose=0`` fit in a fresh process prints nothing of Spark's or TensorFlow's start-up,
+and Spark's console stage bars stay off while sparkeras draws its own progress bar."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 SCRIPT = """
-import os, sys
+import os, sys, time
 sys.path.insert(0, {tests!r})
 print("PID", os.getpid(), flush=True)
 from conftest import blobs, mlp  # the user's own "import keras": its start-up lines are the user's
@@ -19,20 +22,46 @@ x, y = blobs(400)
 sparkeras.SparkModel(mlp(), num_workers=2).fit(spark.createDataFrame(pa.table({{"features": list(x), "label": y}})),
                                               epochs=1, verbose=0)
 print("DONE", flush=True)
+print("QUIET-END", file=sys.stderr, flush=True)
+
+# A session the user starts, with Spark's console bar on as in a shell.
+spark.stop()
+from pyspark.sql import SparkSession
+spark = SparkSession.builder.master("local[2]").config("spark.ui.showConsoleProgress", "true").getOrCreate()
+x, y = blobs(1200)
+print("FIT", file=sys.stderr, flush=True)
+sparkeras.SparkModel(mlp(), num_workers=2).fit(x, y, epochs=2, verbose=1)
+print("AFTER", file=sys.stderr, flush=True)
+spark.sparkContext.parallelize(range(2), 2).foreach(lambda _: time.sleep(1.5))
+print("ALL-DONE", file=sys.stderr, flush=True)
 """
 
 
-def test_a_quiet_fit_prints_no_spark_or_worker_start_up_lines():
+@pytest.fixture(scope="module")
+def fresh():
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "SPARKERAS_DEBUG")}
     env["PYSPARK_PYTHON"] = sys.executable
     done = subprocess.run([sys.executable, "-c", SCRIPT.format(tests=os.path.dirname(os.path.abspath(__file__)))],
                           capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0 and "DONE" in done.stdout, done.stderr[-3000:]
-    driver = done.stdout.split()[1]
-    err = done.stderr.splitlines()
+    assert done.returncode == 0 and "ALL-DONE" in done.stderr, done.stderr[-3000:]
+    return done
+
+
+def test_a_quiet_fit_prints_no_spark_or_worker_start_up_lines(fresh):
+    assert "DONE" in fresh.stdout
+    driver = fresh.stdout.split()[1]
+    err = fresh.stderr[:fresh.stderr.index("QUIET-END")].splitlines()
     for noise in ("log4j", "WARN Utils", "NativeCodeLoader", "Setting default log level", "setLogLevel"):
         assert not [line for line in err if noise in line], (noise, err)
     # TensorFlow's C++ start-up lines ("I0000 <time> <thread id> port.cc...") come from the driver's import only.
     native = [m.group(1) for m in (re.match(r"I\d{4} \S+\s+(\d+) ", line) for line in err) if m]
     assert set(native) <= {driver}, err
     assert sum("absl::InitializeLog" in line for line in err) <= len(native), err
+
+
+def test_spark_console_progress_is_off_during_a_fit_and_back_after(fresh):
+    err = fresh.stderr
+    during, after = err[err.index("FIT"):err.index("AFTER")], err[err.index("AFTER"):err.index("ALL-DONE")]
+    assert "[Stage" not in during, during
+    assert "[Stage" in after, after  # a fresh console bar once the fit is over
+    assert fresh.stdout.count("Epoch 2/2") == 1

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import glob
-import logging
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -117,53 +114,6 @@ def test_plot_history_writes_curves_and_the_staleness_histogram(tracked):
     assert not os.path.exists(tmp / "empty.png") and not glob.glob(str(tmp / ".*tmp*"))
 
 
-def test_a_tracked_search_logs_each_trial_as_a_nested_run(spark, tmp_path, monkeypatch):
-    from mlflow import MlflowClient
-
-    import sparkeras
-    from sparkeras.callbacks import MLflowLogger
-
-    monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    x, y = blobs(600, seed=5)
-    study = sparkeras.tune(lambda p: mlp(hidden=p["hidden"]), x, y, n_trials=2, epochs=2, seed=0,
-                           search_space={"hidden": [8, 24]}, verbose=0,
-                           tracking=MLflowLogger(tracking_uri=uri, experiment="search", run_name="grid"))
-    client = MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name("search").experiment_id])
-    parent = [r for r in runs if r.info.run_name == "grid"]
-    assert len(parent) == 1 and parent[0].info.status == "FINISHED"
-    assert parent[0].data.params["n_trials"] == "2" and parent[0].data.params["pruner"] == "MedianPruner"
-    assert parent[0].data.metrics["best_val_loss"] == pytest.approx(study.best_value)
-    children = {r.data.params["trial"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id}
-    assert sorted(children) == ["0", "1"]
-    for trial in study.trials:
-        run = children[str(trial.number)]
-        assert run.data.params["hidden"] == str(trial.params["hidden"]) and run.info.status == "FINISHED"
-        val = [m.value for m in client.get_metric_history(run.info.run_id, "val_loss")]
-        assert len(val) == 2 and val[-1] == pytest.approx(trial.value)
-
-
-def test_estimator_logs_its_fitted_stage_reloadable_as_a_pipeline_stage(spark, tmp_path, monkeypatch):
-    import mlflow
-
-    from sparkeras.ml import KerasEstimator, KerasModel
-
-    monkeypatch.chdir(tmp_path)
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
-    x, y = blobs(400, seed=6)
-    df = spark.createDataFrame([(x[i].tolist(), int(y[i])) for i in range(len(x))], "features ARRAY<FLOAT>, label INT")
-    fitted = KerasEstimator(model=mlp(), epochs=1, numWorkers=2, mlflowExperiment="estimators").fit(df)
-    runs = mlflow.search_runs(experiment_names=["estimators"], output_format="list")
-    assert len(runs) == 1 and runs[0].data.params["train_rows"] == "400" and "loss" in runs[0].data.metrics
-    local = mlflow.artifacts.download_artifacts(run_id=runs[0].info.run_id, artifact_path="spark_ml_model",
-                                                dst_path=str(tmp_path / "download"))
-    stage = KerasModel.load(local)
-    got = [r["probability"] for r in stage.transform(df.limit(20)).select("probability").collect()]
-    want = [r["probability"] for r in fitted.transform(df.limit(20)).select("probability").collect()]
-    np.testing.assert_allclose(got, want, atol=1e-6)
-
-
 def test_tracking_arguments_are_checked_first():
     from sparkeras import InputError
     from sparkeras.callbacks import ClusterScalars, MLflowLogger
@@ -172,42 +122,3 @@ def test_tracking_arguments_are_checked_first():
         MLflowLogger(experiment=3)
     with pytest.raises(InputError, match="ClusterScalars needs a log directory path, got None"):
         ClusterScalars(None)
-
-
-def test_library_messages_go_through_the_sparkeras_logger(caplog):
-    from sparkeras.compat.elephas import SparkModel as ElephasModel
-
-    with caplog.at_level(logging.WARNING, logger="sparkeras"):
-        ElephasModel(mlp(), frequency="epoch", mode="synchronous", num_workers=2, custom_flag=1)
-    assert [r.name for r in caplog.records] == ["sparkeras"]
-    assert "SparkModel: ['custom_flag'] accepted for Elephas compatibility and ignored" in caplog.records[0].getMessage()
-
-
-SHELL_LIKE = """
-import os, sys, time
-sys.path.insert(0, {tests!r})
-from pyspark.sql import SparkSession
-spark = (SparkSession.builder.master("local[2]").config("spark.ui.showConsoleProgress", "true")
-         .config("spark.ui.enabled", "false").getOrCreate())
-spark.sparkContext.setLogLevel("ERROR")
-from conftest import blobs, mlp
-import sparkeras
-x, y = blobs(1200)
-print("FIT", file=sys.stderr, flush=True)
-sparkeras.SparkModel(mlp(), num_workers=2).fit(x, y, epochs=2, verbose=1)
-print("AFTER", file=sys.stderr, flush=True)
-spark.sparkContext.parallelize(range(2), 2).foreach(lambda _: time.sleep(1.5))
-print("END", file=sys.stderr, flush=True)
-"""
-
-
-def test_spark_console_progress_is_off_during_a_fit_and_back_after():
-    env = dict(os.environ, PYSPARK_PYTHON=sys.executable)
-    done = subprocess.run([sys.executable, "-c", SHELL_LIKE.format(tests=os.path.dirname(os.path.abspath(__file__)))],
-                          capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    err = done.stderr
-    during, after = err[err.index("FIT"):err.index("AFTER")], err[err.index("AFTER"):err.index("END")]
-    assert "[Stage" not in during, during
-    assert "[Stage" in after, after  # a fresh console bar once the fit is over
-    assert done.stdout.count("Epoch 2/2") == 1

@@ -114,7 +114,14 @@ def test_a_concurrent_search_finds_a_configuration_as_good_as_the_full_grids_bes
     assert study.best_value > 0.6  # a learnable problem, learnt
 
 
-def test_the_pruner_stops_a_bad_trial_early_and_failures_are_recorded_with_their_reasons(spark):
+def test_the_pruner_stops_a_bad_trial_early_and_failures_are_recorded_with_their_reasons(spark, tmp_path,
+                                                                                          monkeypatch):
+    from mlflow import MlflowClient
+
+    from sparkeras.callbacks import MLflowLogger
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
     x, y = _data(800)
     storage = optuna.storages.InMemoryStorage()
     study = optuna.create_study(storage=storage, study_name="prune")
@@ -124,13 +131,32 @@ def test_the_pruner_stops_a_bad_trial_early_and_failures_are_recorded_with_their
         study.enqueue_trial(params)
     sparkeras.tune(_from_trial, x, y, n_trials=5, epochs=3, storage=storage, study_name="prune",
                    load_if_exists=True, max_concurrent=1, verbose=0,
-                   pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
+                   pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
+                   tracking=MLflowLogger(tracking_uri=uri, experiment="search", run_name="prune"))
     trials = optuna.load_study(study_name="prune", storage=storage).trials
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "PRUNED", "FAIL", "FAIL"]
     assert [t.user_attrs.get("epochs") for t in trials[:3]] == [3, 3, 1]
     assert sorted(trials[2].intermediate_values) == [0]  # it reported one epoch and stopped
     assert "ValueError: 13 units are unlucky" in trials[3].user_attrs["fail_reason"]
     assert trials[4].user_attrs["fail_reason"] == "loss is nan after epoch 1"
+
+    # Tracked: the search is one MLflow run, each trial a nested run that ends as the trial did.
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("search").experiment_id])
+    [parent] = [r for r in runs if r.info.run_name == "prune"]
+    assert parent.info.status == "FINISHED" and parent.data.params["n_trials"] == "5"
+    assert parent.data.params["pruner"] == "MedianPruner" and parent.data.tags["best_trial"] in ("0", "1")
+    best = min(t.value for t in trials[:2])
+    assert parent.data.metrics["best_val_loss"] == pytest.approx(best)
+    children = {int(r.data.params["trial"]): r for r in runs
+                if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert [children[i].info.status for i in range(5)] == ["FINISHED", "FINISHED", "KILLED", "FAILED", "FAILED"]
+    assert children[3].data.tags["fail_reason"] == trials[3].user_attrs["fail_reason"]
+    assert children[0].data.params["units"] == "32"
+    for i, epochs in ((0, 3), (2, 1)):
+        logged = [m.value for m in client.get_metric_history(children[i].info.run_id, "val_loss")]
+        assert len(logged) == epochs and logged == pytest.approx([trials[i].intermediate_values[e]
+                                                                   for e in range(epochs)])
 
 
 RESUME = """

@@ -319,8 +319,13 @@ class Search:
                 try:
                     model = self._build(trial)
                 except Exception as exc:  # noqa: BLE001 - the user's code; recorded, and the search goes on
+                    reason = f"build_model raised {type(exc).__name__}: {exc}"
+                    if self.tracking is not None:
+                        run = self._trial_run(trial)
+                        run.set_tags({"optuna.state": "FAIL", "fail_reason": reason})
+                        run.end("FAILED")
                     self.progress.started()
-                    self._fail(trial, f"build_model raised {type(exc).__name__}: {exc}")
+                    self._fail(trial, reason)
                     continue
                 if check:
                     try:
