@@ -84,6 +84,15 @@ def test_history_validation_and_keras_callbacks(spark, tmp_path):
     for a, b in zip(saved.get_weights(), sm.model.get_weights()):
         np.testing.assert_allclose(a, b, atol=1e-6)
     assert history.restarts == []
+    # Every rank's own figures reach the driver: its rows, steps, time in all-reduces and bytes reduced.
+    assert [f["epoch"] for f in history.epoch_figures] == [0, 1, 2]
+    for figures in history.epoch_figures:
+        workers = figures["workers"]
+        assert sorted(workers) == [0, 1] and sum(w["samples"] for w in workers.values()) == 2000
+        steps = -(-max(w["samples"] for w in workers.values()) // 32)
+        for w in workers.values():
+            assert w["steps"] == steps and 0 < w["wait_seconds"] < w["seconds"]
+            assert w["bytes"] >= steps * sum(np.asarray(v).nbytes for v in sm.model.trainable_weights)
 
 
 def test_early_stopping_stops_every_worker(spark):
