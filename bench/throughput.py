@@ -14,10 +14,10 @@ driver's numpy arrays. The strategy name ``allreduce-gloo`` is ``allreduce``
 with ``shared_memory=False`` (every reduction over gloo's TCP), to compare.
 
 ``--tracking N`` then measures what tracking costs: N more warm fits
-without callbacks and N with MLflow (``MLflowLogger`` into a sqlite store,
-without the model artifact) and Keras' ``TensorBoard`` plus sparkeras'
-cluster scalars, interleaved; it reports the median overhead, and the time
-to log the model as an MLflow model once, separately.
+without callbacks and N with MLflow (``MLflowLogger`` with its defaults,
+into a sqlite store: params, every epoch's metrics and the model) and Keras'
+``TensorBoard`` plus sparkeras' cluster scalars, interleaved; it reports the
+median overhead, and the time to log the model alone.
 
     python bench/throughput.py [--strategy averaging[,adag,allreduce,allreduce-gloo,...]]
                                [--source numpy|parquet] [--rows 60000]
@@ -163,7 +163,7 @@ def tracking_overhead(args: argparse.Namespace, strategy: str, data: dict, direc
         for kind in ("plain", "tracked"):
             callbacks = None
             if kind == "tracked":
-                logger = MLflowLogger(tracking_uri=uri, experiment="bench", log_model=False)
+                logger = MLflowLogger(tracking_uri=uri, experiment="bench")
                 callbacks = [logger, keras.callbacks.TensorBoard(os.path.join(directory, f"tb{i}"))]
             sm = SparkModel(make_model(learning_rate=args.learning_rate), strategy=_strategy(strategy),
                             num_workers=args.workers, seed=0)

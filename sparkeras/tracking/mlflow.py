@@ -268,17 +268,20 @@ def _signature(model: Any) -> Any:
     return ModelSignature(inputs=spec(inputs[0]), outputs=spec(outputs[0]))
 
 
-def _requirements() -> list[str]:
-    from importlib.metadata import PackageNotFoundError, packages_distributions, version
+_BACKEND_DISTRIBUTIONS = {"tensorflow": ("tensorflow", "tensorflow-cpu"), "jax": ("jax",), "torch": ("torch",)}
 
-    backend = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(keras.backend.backend())
-    wanted = ["keras"] + ([d for d in packages_distributions().get(backend, [])][:1] if backend else [])
-    found = []
-    for dist in wanted:
+
+def _requirements() -> list[str]:
+    """``keras==x`` and the backend's installed distribution (looked up by name: scanning every one costs 0.7 s)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = [f"keras=={version('keras')}"]
+    for dist in _BACKEND_DISTRIBUTIONS.get(keras.backend.backend(), ()):
         try:
             found.append(f"{dist}=={version(dist)}")
+            break
         except PackageNotFoundError:
-            found.append(dist)
+            continue
     return found
 
 
