@@ -56,6 +56,7 @@ def test_mlflow_run_holds_params_epoch_metrics_timings_and_a_reloadable_model(tr
     from mlflow import MlflowClient
 
     tmp, uri, logger, sm, history, x = tracked
+    logger.wait()  # the store writes run in the background
     client = MlflowClient(uri)
     run = client.get_run(logger.run_id)
     assert run.info.status == "FINISHED"

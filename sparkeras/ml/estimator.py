@@ -150,6 +150,7 @@ class KerasEstimator(_InferenceParams, HasLabelCol, HasSeed, Estimator, _KerasSt
         self._copyValues(fitted)
         if tracker is not None:
             tracker.log_spark_ml_model(fitted)
+            tracker.wait()  # the run is complete when fit returns
         return fitted
 
     def _fresh_model(self) -> Any:

@@ -41,7 +41,7 @@ def judge(record: TrialRecord, epoch: int, logs: dict[str, Any], lock: Any) -> s
     """Report epoch ``epoch``'s ``logs`` to the trial; ``PRUNE`` or ``CONTINUE``. Raises :class:`TrialFailed`."""
     if record.run is not None:
         try:
-            record.run.log_metrics(logs, step=epoch)
+            record.run.log(metrics=logs, step=epoch)
         except Exception as exc:  # noqa: BLE001 - tracking trouble must not fail the trial
             from sparkeras.log import logger
 

@@ -171,6 +171,7 @@ def tune(
         frames.close()
     if parent is not None:
         search.close_tracking(parent)
+        parent.wait()  # the trials' runs were queued before the search's end: all are in the store
     return study
 
 
@@ -228,7 +229,7 @@ class Search:
             mlflow.set_tracking_uri(tracking.tracking_uri)
         parent = RunHandle.start(tracking.experiment, tracking.run_name or f"sparkeras-tune-{params['study_name']}",
                                  tags={"sparkeras.search": "optuna"})
-        parent.log_params(params)
+        parent.log(params=params)
         tracking.run = parent
         self.tracking = (tracking, parent)
         return parent
@@ -237,9 +238,8 @@ class Search:
         """The search's run ends with the best trial's value and params."""
         best = self._best()
         if best is not None:
-            parent.log_metrics({f"best_{self.metric}": best[1]}, step=0)
-            parent.set_tags({"best_trial": best[0],
-                             **{f"best.{k}": v for k, v in self.study.best_trial.params.items()}})
+            parent.log(metrics={f"best_{self.metric}": best[1]},
+                       tags={"best_trial": best[0], **{f"best.{k}": v for k, v in self.study.best_trial.params.items()}})
         parent.end("FINISHED")
 
     def _trial_run(self, trial: Any) -> Any:
@@ -248,7 +248,7 @@ class Search:
         tracking, parent = self.tracking
         run = RunHandle.start(tracking.experiment, f"trial-{trial.number}", parent=parent.run_id,
                               tags={"optuna.trial": str(trial.number)}, reuse_active=False)
-        run.log_params({**trial.params, "trial": trial.number})
+        run.log(params={**trial.params, "trial": trial.number})
         return run
 
     def run(self, n_trials: int | None, timeout: float | None, concurrency: int) -> None:
@@ -322,7 +322,7 @@ class Search:
                     reason = f"build_model raised {type(exc).__name__}: {exc}"
                     if self.tracking is not None:
                         run = self._trial_run(trial)
-                        run.set_tags({"optuna.state": "FAIL", "fail_reason": reason})
+                        run.log(tags={"optuna.state": "FAIL", "fail_reason": reason})
                         run.end("FAILED")
                     self.progress.started()
                     self._fail(trial, reason)
@@ -439,7 +439,7 @@ class Search:
             record.failure = "the trial reported no epoch"
         if record.run is not None:
             status = "FAILED" if record.failure is not None else "KILLED" if record.pruned else "FINISHED"
-            record.run.set_tags({"optuna.state": {"FAILED": "FAIL", "KILLED": "PRUNED"}.get(status, "COMPLETE"),
+            record.run.log(tags={"optuna.state": {"FAILED": "FAIL", "KILLED": "PRUNED"}.get(status, "COMPLETE"),
                                  **({"fail_reason": record.failure} if record.failure else {})})
             record.run.end(status)
         if record.failure is not None:
