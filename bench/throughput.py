@@ -16,8 +16,8 @@ with ``shared_memory=False`` (every reduction over gloo's TCP), to compare.
 ``--tracking N`` then measures what tracking costs: N more warm fits each
 without callbacks, with sparkeras' tracking (``MLflowLogger`` with its
 defaults, into a sqlite store: params, every epoch's metrics and the model;
-and ``ClusterScalars`` for TensorBoard), and with ``MLflowLogger`` and Keras'
-own ``TensorBoard`` callback (which adds sparkeras' scalars by itself),
+and ``ClusterScalars`` for TensorBoard), the same with ``log_model=False``,
+and with ``MLflowLogger`` and Keras' own ``TensorBoard`` callback (which adds sparkeras' scalars by itself),
 interleaved; it reports the median overheads, and the time to log the model
 alone.
 
@@ -145,6 +145,7 @@ def main() -> None:
         if args.tracking:
             report.update(tracking_overhead(args, strategy, data, tmp.name))
             print(f"tracking (MLflowLogger + ClusterScalars): {report['tracking_overhead_pct']:+.1f}% of a warm fit; "
+                  f"without logging the model: {report['tracking_without_model_overhead_pct']:+.1f}%; "
                   f"with Keras' TensorBoard too: {report['tracking_with_keras_tensorboard_overhead_pct']:+.1f}% "
                   f"(medians of {args.tracking}); logging the model alone: {report['log_model_s']:.2f}s")
         print(json.dumps(report), flush=True)
@@ -168,6 +169,8 @@ def tracking_overhead(args: argparse.Namespace, strategy: str, data: dict, direc
         "untracked": lambda i: None,
         "tracked": lambda i: [MLflowLogger(tracking_uri=uri, experiment="bench"),
                               ClusterScalars(os.path.join(directory, f"tb{i}"))],
+        "tracked_without_model": lambda i: [MLflowLogger(tracking_uri=uri, experiment="bench", log_model=False),
+                                            ClusterScalars(os.path.join(directory, f"n{i}"))],
         "tracked_keras_tensorboard": lambda i: [MLflowLogger(tracking_uri=uri, experiment="bench"),
                                                 keras.callbacks.TensorBoard(os.path.join(directory, f"k{i}"))],
     }
@@ -189,6 +192,8 @@ def tracking_overhead(args: argparse.Namespace, strategy: str, data: dict, direc
     median = {k: float(np.median(v)) for k, v in times.items()}
     return {"tracking_fits": args.tracking, **{f"{k}_median_s": round(v, 3) for k, v in median.items()},
             "tracking_overhead_pct": round(100 * (median["tracked"] / median["untracked"] - 1), 2),
+            "tracking_without_model_overhead_pct":
+                round(100 * (median["tracked_without_model"] / median["untracked"] - 1), 2),
             "tracking_with_keras_tensorboard_overhead_pct":
                 round(100 * (median["tracked_keras_tensorboard"] / median["untracked"] - 1), 2),
             "log_model_s": round(log_model_s, 3)}
