@@ -91,6 +91,10 @@ class Collective:
 
             hosts = [_task_host(context, r) for r in range(world)]
             same_host = SharedMemoryAllreduce.for_world(rank, hosts, store)
+        # No rank leaves before every rank has built its groups: a rank whose user code failed at once
+        # used to close its connections while a peer was still building one, and the peer's "connection
+        # closed" error could reach the driver instead of the real one.
+        dist.barrier()
         return cls(rank, world, store, same_host)
 
     @property
