@@ -16,7 +16,8 @@ __version__ = "0.1.0"
 
 __all__ = ["ADAG", "AEASGD", "EAMSGD", "EASGD", "AllReduce", "Asynchronous", "DistributedOptimizer", "Downpour",
            "DynSGD", "Ensemble", "Hogwild", "InputError", "ModelAveraging", "SparkModel", "SparkerasError", "Strategy",
-           "WorkerError", "WorkerContext", "__version__", "best_model", "get_spark", "plot_history", "register_udf", "run", "tune"]
+           "WorkerError", "WorkerContext", "__version__", "best_model", "get_spark", "plot_history", "register_udf",
+           "run", "tune"]
 
 
 def __getattr__(name: str):

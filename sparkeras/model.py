@@ -193,9 +193,10 @@ class SparkModel:
                 callbacks=None, bar=bar)
             job.callbacks = _callback_list(
                 callbacks, self._model, epochs=epochs, steps=max(job.steps_per_worker), verbose=verbose,
-                fit_started=started, strategy=getattr(self.strategy, "name", type(self.strategy).__name__), strategy_options=self.strategy.get_config(),
-                num_workers=workers, batch_size=batch_size, data=describe_source(x_data),
-                train_rows=train.stats.rows, validation_rows=validation.stats.rows if validation else 0)
+                fit_started=started, strategy=getattr(self.strategy, "name", type(self.strategy).__name__),
+                strategy_options=self.strategy.get_config(), num_workers=workers, batch_size=batch_size,
+                data=describe_source(x_data), train_rows=train.stats.rows,
+                validation_rows=validation.stats.rows if validation else 0)
             job.checkpoint, job.strategy_state = checkpoint, self.strategy.checkpoint_state
             self.strategy.check(job)
             warming.join()
