@@ -84,7 +84,7 @@ class ClusterScalars(keras.callbacks.Callback):
         if importlib.util.find_spec("tensorboard") is None:
             raise InputError("TensorBoard is not installed: pip install 'sparkeras[tracking]' "
                              "(or pip install tensorboard).")
-        self.log_dir = os.path.join(os.fspath(log_dir), "sparkeras")
+        self.log_dir = os.path.join(os.path.normpath(os.fspath(log_dir)), "sparkeras")
         self._writers: dict[str, EventWriter] = {}
 
     def _writer(self, run: str) -> EventWriter:
@@ -128,5 +128,5 @@ def with_cluster_scalars(callbacks: list[Any]) -> list[Any]:
         return list(callbacks)  # Keras' callback writes through tf.summary without the package
     have = {os.path.dirname(c.log_dir) for c in callbacks if isinstance(c, ClusterScalars)}
     added = [ClusterScalars(c.log_dir) for c in callbacks
-             if isinstance(c, keras.callbacks.TensorBoard) and os.fspath(c.log_dir) not in have]
+             if isinstance(c, keras.callbacks.TensorBoard) and os.path.normpath(os.fspath(c.log_dir)) not in have]
     return list(callbacks) + added
