@@ -18,8 +18,10 @@ without callbacks, with sparkeras' tracking (``MLflowLogger`` with its
 defaults, into a sqlite store: params, every epoch's metrics and the model;
 and ``ClusterScalars`` for TensorBoard), the same with ``log_model=False``,
 and with ``MLflowLogger`` and Keras' own ``TensorBoard`` callback (which adds sparkeras' scalars by itself),
-interleaved; it reports the median overheads, and the time to log the model
-alone.
+interleaved; it reports the median overheads, the time to log the model
+alone, and the driver CPU that tracking adds (its background writes waited
+for) as a share of the untracked fit's core-seconds: a figure the machine's
+noise moves far less than wall time.
 
     python bench/throughput.py [--strategy averaging[,adag,allreduce,allreduce-gloo,...]]
                                [--source numpy|parquet] [--rows 60000]
@@ -147,7 +149,8 @@ def main() -> None:
             print(f"tracking (MLflowLogger + ClusterScalars): {report['tracking_overhead_pct']:+.1f}% of a warm fit; "
                   f"without logging the model: {report['tracking_without_model_overhead_pct']:+.1f}%; "
                   f"with Keras' TensorBoard too: {report['tracking_with_keras_tensorboard_overhead_pct']:+.1f}% "
-                  f"(medians of {args.tracking}); logging the model alone: {report['log_model_s']:.2f}s")
+                  f"(medians of {args.tracking}); logging the model alone: {report['log_model_s']:.2f}s; "
+                  f"driver CPU added: {report['tracking_driver_cpu_pct_of_fit']:.1f}% of the fit's core-seconds")
         print(json.dumps(report), flush=True)
     tmp.cleanup()
 
@@ -175,6 +178,7 @@ def tracking_overhead(args: argparse.Namespace, strategy: str, data: dict, direc
                                                 keras.callbacks.TensorBoard(os.path.join(directory, f"k{i}"))],
     }
     times: dict[str, list[float]] = {k: [] for k in kinds}
+    cpu: dict[str, list[float]] = {k: [] for k in kinds}  # the driver's CPU seconds, its threads included
     logger = None
     for i in range(args.tracking):
         for kind, callbacks in kinds.items():
@@ -182,15 +186,23 @@ def tracking_overhead(args: argparse.Namespace, strategy: str, data: dict, direc
                             num_workers=args.workers, seed=0)
             given = callbacks(i)
             logger = given[0] if given else logger
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             sm.fit(**data, batch_size=args.batch_size, epochs=args.epochs, verbose=0, callbacks=given)
+            if logger is not None:
+                logger.wait()  # the background writes count as this fit's driver CPU
             times[kind].append(time.perf_counter() - start)
+            cpu[kind].append(time.process_time() - start_cpu)
     logger.wait()
     start = time.perf_counter()
     log_keras_model(sm.model, logger.run_id)
     log_model_s = time.perf_counter() - start
     median = {k: float(np.median(v)) for k, v in times.items()}
+    cpu_median = {k: float(np.median(v)) for k, v in cpu.items()}
+    core_seconds = median["untracked"] * min(os.cpu_count() or 1, args.workers)
     return {"tracking_fits": args.tracking, **{f"{k}_median_s": round(v, 3) for k, v in median.items()},
+            **{f"{k}_driver_cpu_median_s": round(v, 3) for k, v in cpu_median.items()},
+            "tracking_driver_cpu_pct_of_fit":
+                round(100 * (cpu_median["tracked"] - cpu_median["untracked"]) / core_seconds, 2),
             "tracking_overhead_pct": round(100 * (median["tracked"] / median["untracked"] - 1), 2),
             "tracking_without_model_overhead_pct":
                 round(100 * (median["tracked_without_model"] / median["untracked"] - 1), 2),
