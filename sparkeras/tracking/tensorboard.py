@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import time
 from typing import Any
 
 import keras
@@ -39,30 +40,24 @@ class EventWriter:
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         """A ``simple_value`` scalar: TensorBoard reads it as its scalar plugin's, and it is the cheapest to write."""
-        import time
-
-        from tensorboard.compat.proto import event_pb2
-
-        event = event_pb2.Event(wall_time=time.time(), step=int(step))
-        event.summary.value.add(tag=tag, simple_value=float(value))
-        self._writer.add_event(event)
+        self._emit(step, tag=tag, simple_value=float(value))
 
     def histogram(self, tag: str, counts: dict[int, int], step: int) -> None:
         """Counts of integer values (staleness), one bucket per value."""
         from tensorboard.plugins.histogram import metadata
-
-        buckets = np.array([[k - 0.5, k + 0.5, n] for k, n in sorted(counts.items())], dtype=np.float64)
-        self._add(tag, buckets, metadata.create_summary_metadata(None, None), step)
-
-    def _add(self, tag: str, value: np.ndarray, summary_metadata: Any, step: int) -> None:
-        """TensorBoard's own protos: its ``pb()`` helpers return TensorFlow's when TensorFlow is installed."""
-        import time
-
-        from tensorboard.compat.proto import event_pb2
         from tensorboard.util import tensor_util
 
+        buckets = np.array([[k - 0.5, k + 0.5, n] for k, n in sorted(counts.items())], dtype=np.float64)
+        self._emit(step, tag=tag, tensor=tensor_util.make_tensor_proto(buckets),
+                   metadata=metadata.create_summary_metadata(None, None))
+
+    def _emit(self, step: int, **value: Any) -> None:
+        """One summary value as an event, with TensorBoard's own protos (its ``pb()`` helpers return
+        TensorFlow's when TensorFlow is installed, which its writer refuses)."""
+        from tensorboard.compat.proto import event_pb2
+
         event = event_pb2.Event(wall_time=time.time(), step=int(step))
-        event.summary.value.add(tag=tag, tensor=tensor_util.make_tensor_proto(value), metadata=summary_metadata)
+        event.summary.value.add(**value)
         self._writer.add_event(event)
 
     def close(self) -> None:
