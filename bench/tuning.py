@@ -19,6 +19,15 @@ study. Prints a table and one JSON line, including trials per minute for each
 run, the ratios to plain, and the best validation accuracy of each.
 
     python bench/tuning.py [--trials 16] [--rows 20000] [--epochs 6]
+
+``--cross-validator`` measures Spark ML's ``CrossValidator`` over a
+``KerasEstimator`` instead: a 2-fold grid of learning rates, fitted one grid
+point after another (``parallelism=1``, each fit on every slot) and two at a
+time (``parallelism=2``, each fit on its share of the slots), against plain
+``model.fit`` per fold and grid point in this process. Both CV runs are warm
+(a first fit has started the workers).
+
+    python bench/tuning.py --cross-validator [--rows 20000] [--epochs 3]
 """
 
 from __future__ import annotations
@@ -97,6 +106,79 @@ def sparkeras_search(spark, x, y, trials: int, epochs: int, batch_size: int, see
     return study, time.perf_counter() - start
 
 
+CV_RATES = [1e-4, 1e-3, 1e-2, 3e-2]
+
+
+def cv_model(learning_rate: float = 1e-3):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(64, activation="relu"),
+                              keras.layers.Dense(CLASSES, activation="softmax")])
+    model.compile(keras.optimizers.Adam(learning_rate), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def plain_cross_validation(x, y, epochs: int, batch_size: int):
+    """Plain Keras: every fold and grid point fitted in this process, one after another."""
+    folds = np.arange(len(x)) % 2
+    start = time.perf_counter()
+    metrics = []
+    for rate in CV_RATES:
+        scores = []
+        for fold in (0, 1):
+            model = cv_model(rate)
+            model.fit(x[folds != fold], y[folds != fold], epochs=epochs, batch_size=batch_size, verbose=0)
+            scores.append(model.evaluate(x[folds == fold], y[folds == fold], verbose=0)[1])
+        metrics.append(float(np.mean(scores)))
+    return metrics, time.perf_counter() - start
+
+
+def spark_cross_validation(frame, epochs: int, batch_size: int, parallelism: int):
+    from pyspark.ml.evaluation import MulticlassClassificationEvaluator
+    from pyspark.ml.tuning import CrossValidator, ParamGridBuilder
+
+    from sparkeras.ml import KerasEstimator
+
+    estimator = KerasEstimator(model=cv_model(), epochs=epochs, batchSize=batch_size, seed=0)
+    grid = ParamGridBuilder().addGrid(estimator.learningRate, CV_RATES).build()
+    cv = CrossValidator(estimator=estimator, estimatorParamMaps=grid, numFolds=2, seed=0, parallelism=parallelism,
+                        evaluator=MulticlassClassificationEvaluator(metricName="accuracy"))
+    start = time.perf_counter()
+    model = cv.fit(frame)
+    return [float(m) for m in model.avgMetrics], time.perf_counter() - start
+
+
+def cross_validator_main(args: argparse.Namespace) -> None:
+    import keras
+    import pyarrow as pa
+
+    import sparkeras
+    from sparkeras.ml import KerasEstimator
+
+    x, y = make_data(args.rows)
+    spark = sparkeras.get_spark("local[2]")
+    spark.sparkContext.setLogLevel("OFF")
+    frame = spark.createDataFrame(pa.table({"features": list(x), "label": y})).cache()
+    KerasEstimator(model=cv_model(), epochs=1).fit(frame)  # starts the workers: both CV runs are warm
+    plain, plain_s = plain_cross_validation(x, y, args.epochs, args.batch_size)
+    runs = [("plain model.fit, sequential", plain, plain_s)]
+    for parallelism in (1, 2):
+        metrics, seconds = spark_cross_validation(frame, args.epochs, args.batch_size, parallelism)
+        runs.append((f"CrossValidator parallelism={parallelism}", metrics, seconds))
+    print(f"\n{'run':36} {'time (s)':>9} {'ratio':>6} {'best rate':>10} {'best acc':>9}  accuracy per rate")
+    for name, metrics, seconds in runs:
+        best = int(np.argmax(metrics))
+        print(f"{name:36} {seconds:9.1f} {plain_s / seconds:6.2f} {CV_RATES[best]:10g} {metrics[best]:9.4f}  "
+              f"{[round(m, 4) for m in metrics]}")
+    print(json.dumps({
+        "bench": "cross_validator", "rows": args.rows, "epochs": args.epochs, "rates": CV_RATES,
+        **{f"{key}_seconds": round(run[2], 2) for key, run in zip(("plain", "sequential", "parallel"), runs)},
+        "parallel_over_sequential": round(runs[1][2] / runs[2][2], 2),
+        "best": [CV_RATES[int(np.argmax(run[1]))] for run in runs],
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores", "keras": keras.__version__}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=16)
@@ -104,7 +186,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--cross-validator", action="store_true",
+                        help="measure CrossValidator(parallelism=2) over a KerasEstimator instead")
     args = parser.parse_args()
+    if args.cross_validator:
+        return cross_validator_main(args)
 
     import keras
 

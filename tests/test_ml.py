@@ -172,7 +172,9 @@ def test_estimator_and_model_save_and_load_with_their_params(spark, tmp_path, mo
             np.testing.assert_array_equal(a, b)
 
 
-def test_cross_validator_picks_the_setting_that_matters(spark):
+def test_cross_validator_picks_the_setting_that_matters_with_grid_points_in_parallel(spark):
+    """Sequential CV gives every fit the estimator's 2 workers; ``parallelism=2`` fits two grid
+    points at once on one slot each, and must choose the same setting."""
     from pyspark.ml.evaluation import MulticlassClassificationEvaluator
     from pyspark.ml.tuning import CrossValidator, ParamGridBuilder
 
@@ -182,12 +184,20 @@ def test_cross_validator_picks_the_setting_that_matters(spark):
             .addGrid(estimator.learningRate, [1e-6, 0.01])   # 1e-6 cannot learn in 3 epochs
             .addGrid(estimator.batchSize, [64])
             .build())
-    cv = CrossValidator(estimator=pipeline, estimatorParamMaps=grid, numFolds=2, seed=7,
-                        evaluator=MulticlassClassificationEvaluator(metricName="accuracy"))
-    model = cv.fit(_frame(spark, 1_200, seed=6))
-    best = grid[int(np.argmax(model.avgMetrics))]
-    assert best[estimator.learningRate] == 0.01
-    assert max(model.avgMetrics) > 0.85 and min(model.avgMetrics) < 0.7, model.avgMetrics
+    frame = _frame(spark, 1_200, seed=6).cache()
+    chosen, workers = {}, {}
+    for parallelism in (1, 2):
+        cv = CrossValidator(estimator=pipeline, estimatorParamMaps=grid, numFolds=2, seed=7,
+                            parallelism=parallelism, collectSubModels=True,
+                            evaluator=MulticlassClassificationEvaluator(metricName="accuracy"))
+        model = cv.fit(frame)
+        chosen[parallelism] = grid[int(np.argmax(model.avgMetrics))][estimator.learningRate]
+        assert max(model.avgMetrics) > 0.85 and min(model.avgMetrics) < 0.7, (parallelism, model.avgMetrics)
+        workers[parallelism] = {fitted.stages[-1].history.params["num_workers"]
+                                for fold in model.subModels for fitted in fold}
+    frame.unpersist()
+    assert chosen == {1: 0.01, 2: 0.01}
+    assert workers == {1: {2}, 2: {1}}
 
 
 def test_train_validation_split_tunes_strategy_and_epochs(spark):

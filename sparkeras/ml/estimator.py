@@ -5,7 +5,8 @@ The estimator's Params are what a data scientist tunes with ``ParamGridBuilder``
 of the given Keras model (the same initial weights every time, so each
 CrossValidator fold and grid point starts from the same point) with
 :class:`~sparkeras.SparkModel`, and returns a ``KerasModel`` whose
-``transform`` predicts in batches on the executors.
+``transform`` predicts in batches on the executors. Grid points that Spark's
+tuning stages fit at once (``parallelism``) share the task slots.
 
 Both stages save and load with Spark ML persistence, alone or inside a
 fitted ``PipelineModel``. The directory holds Spark's usual ``metadata/``
@@ -28,6 +29,7 @@ from pyspark.ml.util import DefaultParamsReader, DefaultParamsWriter, MLReadable
 
 from sparkeras.data.columns import split_columns
 from sparkeras.errors import InputError
+from sparkeras.ml.shares import SHARES
 
 MODEL_FILE = "model.keras"
 
@@ -77,7 +79,10 @@ class KerasEstimator(_InferenceParams, HasLabelCol, HasSeed, Estimator, _KerasSt
             or the output itself (double) for one.
         probabilityCol: the class probabilities (array<float>); ``""`` leaves them out.
         epochs, batchSize, validationSplit: as in ``model.fit``.
-        numWorkers: Spark tasks that train together (0: the default parallelism).
+        numWorkers: Spark tasks that train together (0: the default parallelism). When
+            ``CrossValidator``/``TrainValidationSplit`` fit several grid points at once
+            (``parallelism=k``), each fit trains on its share of the task slots instead,
+            at most ``numWorkers`` (:mod:`sparkeras.ml.shares`).
         strategy: a sparkeras strategy name (``averaging``, ``allreduce``, ``adag``...).
         strategyOptions: that strategy's options, e.g. ``{"window": 12}``.
         learningRate, optimizer, loss, metrics: override the model's compile settings.
@@ -128,6 +133,7 @@ class KerasEstimator(_InferenceParams, HasLabelCol, HasSeed, Estimator, _KerasSt
         return self._set(**params)
 
     def _fit(self, dataset: Any) -> "KerasModel":
+        from sparkeras.barrier import concurrent_slots
         from sparkeras.model import SparkModel
 
         tracker = None
@@ -138,15 +144,17 @@ class KerasEstimator(_InferenceParams, HasLabelCol, HasSeed, Estimator, _KerasSt
                                    run_name=f"KerasEstimator-{self.uid}")
         keras_model = self._fresh_model()
         options = dict(self.getOrDefault(self.strategyOptions) or {})
-        trainer = SparkModel(keras_model, self.getOrDefault(self.strategy),
-                             self.getOrDefault(self.numWorkers) or None, seed=self.getOrDefault(self.seed),
-                             **options)
-        trainer.fit(dataset, epochs=self.getOrDefault(self.epochs), batch_size=self.getBatchSize(),
-                    validation_split=self.getOrDefault(self.validationSplit),
-                    features_col=split_columns(self.getFeaturesCol()),
-                    label_col=self.getLabelCol(), verbose=self.getOrDefault(self.verbose),
-                    callbacks=[tracker] if tracker is not None else None)
+        with SHARES.claim(self.getOrDefault(self.numWorkers) or None,
+                          lambda: concurrent_slots(dataset.sparkSession.sparkContext)) as workers:
+            trainer = SparkModel(keras_model, self.getOrDefault(self.strategy), workers,
+                                 seed=self.getOrDefault(self.seed), **options)
+            history = trainer.fit(dataset, epochs=self.getOrDefault(self.epochs), batch_size=self.getBatchSize(),
+                                  validation_split=self.getOrDefault(self.validationSplit),
+                                  features_col=split_columns(self.getFeaturesCol()),
+                                  label_col=self.getLabelCol(), verbose=self.getOrDefault(self.verbose),
+                                  callbacks=[tracker] if tracker is not None else None)
         fitted = KerasModel(model=keras_model)
+        fitted.history = history
         self._copyValues(fitted)
         if tracker is not None:
             tracker.log_spark_ml_model(fitted)
@@ -183,6 +191,10 @@ class KerasModel(_InferenceParams, Model, _KerasStage):
         kwargs = dict(self._input_kwargs)
         self._keras_model = kwargs.pop("model", None)
         self._set(**kwargs)
+
+    history: Any = None
+    """The Keras ``History`` of the fit that made this model (``history.history``: each epoch's
+    metrics; ``history.params``: epochs, batch size, workers...); ``None`` for a loaded model."""
 
     @property
     def model(self) -> Any:
