@@ -39,6 +39,7 @@ from sparkeras.strategies.base import Strategy
 from sparkeras.strategies.epochs import GroupJob, SlotWatch, check_restart_settings, wait_for_slots
 from sparkeras.worker.learning_rate import check_rule, scale_factor
 from sparkeras.training import TrainingJob
+from sparkeras.worker.backends import BACKENDS
 from sparkeras.worker.allreduce import TRAIN, VALIDATION, BarrierSpec, train_barrier
 from sparkeras.worker.faults import Hold
 
@@ -55,7 +56,7 @@ class AllReduce(Strategy):
             the same as ``fit(checkpoint_dir=...)``, which works for every
             strategy.
         sync_batch_norm: compute BatchNormalization statistics over the global
-            batch (TensorFlow backend), so training equals one process with
+            batch (every backend), so training equals one process with
             the global batch. ``False`` keeps per-worker statistics and
             averages the moving statistics at each epoch end.
         learning_rate_scaling: how the learning rate grows with the global
@@ -112,10 +113,10 @@ class AllReduce(Strategy):
                 "warmup_epochs": self.warmup_epochs, "slot_timeout": self.slot_timeout}
 
     def check(self, job: TrainingJob) -> None:
-        if job.spec.backend != "tensorflow":
+        if job.spec.backend not in BACKENDS:
             raise InputError(
-                f"strategy='allreduce' supports the TensorFlow Keras backend, not {job.spec.backend!r}; "
-                "set KERAS_BACKEND=tensorflow or use strategy='averaging'.")
+                f"strategy='allreduce' supports the Keras backends {', '.join(BACKENDS)}, not "
+                f"{job.spec.backend!r}; set KERAS_BACKEND to one of them or use strategy='averaging'.")
         try:
             import torch.distributed  # noqa: F401
         except ImportError:

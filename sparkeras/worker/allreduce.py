@@ -22,7 +22,8 @@ batch (sums all-reduced inside the forward pass, and their gradients inside
 the backward pass), so training matches one process with the global batch,
 and the moving statistics, computed from global moments, stay identical on
 every task. Any other non-trainable float variable is averaged at the end
-of each epoch. Synchronized statistics need the TensorFlow backend.
+of each epoch. Each Keras backend (TensorFlow, JAX, PyTorch) computes the
+step its own way: :mod:`sparkeras.worker.backends`.
 
 Epoch end: the tasks sum their Keras metric states (training, and validation
 on the validation partition co-located with each task), rank 0 sends the
@@ -46,6 +47,7 @@ from sparkeras.progress import ProgressReporter
 from sparkeras.serialization import model_state, pack_arrays, set_model_state, unpack_arrays
 from sparkeras.worker.learning_rate import scale_learning_rate
 from sparkeras.worker import runtime
+from sparkeras.worker.backends import gradient_steps
 from sparkeras.worker.faults import Hold, hold_once
 from sparkeras.worker.tasks import WorkerSpec, split_xy
 
@@ -134,7 +136,7 @@ class _EpochLoop:
         self.spec, self.model, self.collective = spec, model, collective
         self.rank = collective.rank
         (self.arrays, self.n), (self.val_arrays, self.val_n) = train, validation
-        self.steps = _gradient_steps(model, collective, spec.worker.backend, spec.sync_batch_norm)
+        self.steps = gradient_steps(model, collective, spec.worker.backend, spec.sync_batch_norm)
         self._restore_learning_rate = scale_learning_rate(
             model.optimizer, spec.learning_rate_scale, spec.warmup_steps, spec.start_step)
 
@@ -213,11 +215,3 @@ class _EpochLoop:
             with open(hook[2], "w") as marker:
                 marker.write(f"killed rank {self.rank} in epoch {epoch + 1}, step {step}\n")
             os._exit(17)
-
-
-def _gradient_steps(model: Any, collective: Any, backend: str, sync_batch_norm: bool) -> Any:
-    if backend == "tensorflow":
-        from sparkeras.worker.gradients import TensorFlowSteps
-
-        return TensorFlowSteps(model, collective, sync_batch_norm)
-    raise RuntimeError(f"all-reduce training does not support the {backend!r} backend")

@@ -4,7 +4,24 @@ Spark reuses Python workers across tasks (``spark.python.worker.reuse``), so
 expensive things are done once per process, not once per task: limiting the
 backend's thread pools to the cores the task was given (TensorFlow would
 otherwise start one thread per core of the machine, and two tasks on two cores
-would fight over four), and deserialising the Keras model.
+would fight over four), making only the task's GPUs visible, and
+deserialising the Keras model.
+
+GPUs. When tasks request GPUs (``spark.task.resource.gpu.amount``), Spark
+gives each task addresses (``TaskContext.resources()["gpu"]``).
+:func:`configure` makes only those visible (``CUDA_VISIBLE_DEVICES``) before
+the backend is imported, which is the one moment every backend reads it:
+TensorFlow would otherwise reserve memory on every GPU of the machine, and
+JAX and PyTorch would put every task on GPU 0. With no GPUs requested
+nothing changes.
+
+A reused worker keeps the GPUs of its first task, because a started backend
+cannot change its devices. Spark hands a task whichever idle Python worker
+comes first, so a later task may be given other addresses than its worker's
+(a debug message names both). The executor's workers started together, on
+distinct GPUs, so tasks that run at once still use distinct GPUs; only
+``spark.python.worker.reuse=false`` (a fresh worker per task, at the cost
+of importing the backend each time) makes every task use its own addresses.
 """
 
 from __future__ import annotations
@@ -24,6 +41,7 @@ _inference: "OrderedDict[str, tuple[Any, str]]" = OrderedDict()
 _inference_stats: "OrderedDict[str, dict[str, int]]" = OrderedDict()
 _STATS_KEPT = 64
 _configured_threads: int | None = None
+_visible_gpus: tuple[str, ...] | None = None
 # Held while a warm-up thread imports the backend and builds a model; every entry point waits for it.
 _lock = threading.RLock()
 _warming: set[str] = set()
@@ -41,21 +59,51 @@ def task_cpus() -> int:
         return 1
 
 
-def configure(backend: str, cpus: int | None = None) -> None:
-    """Select the Keras backend and size its thread pools, before first use.
+def task_gpus() -> tuple[str, ...] | None:
+    """The GPU addresses Spark assigned the running task; ``None`` when it requested none."""
+    from pyspark import TaskContext
 
-    Thread pools can only be sized before the backend runs its first op, so
-    this takes effect in the first task of each Python worker; later calls are
-    no-ops.
+    ctx = TaskContext.get()
+    try:
+        info = ctx.resources().get("gpu") if ctx is not None else None
+    except Exception:  # noqa: BLE001 - no resource information in this Spark or context
+        return None
+    return tuple(info.addresses) if info is not None else None
+
+
+def visible_gpus() -> tuple[str, ...] | None:
+    """The GPUs this worker's backend was started with; ``None`` when no task asked for GPUs."""
+    return _visible_gpus
+
+
+def configure(backend: str, cpus: int | None = None, gpus: tuple[str, ...] | None = None) -> None:
+    """Select the Keras backend, size its thread pools and pick its GPUs, before first use.
+
+    Thread pools and visible devices can only be set before the backend
+    starts, so this takes effect in the first task of each Python worker;
+    later calls only check that the task's GPUs are still the worker's.
     """
     with _lock:
-        _configure(backend, cpus or task_cpus())
+        _configure(backend, cpus or task_cpus(), gpus if gpus is not None else task_gpus())
 
 
-def _configure(backend: str, cpus: int) -> None:
-    global _configured_threads
-    if _configured_threads is not None:
+def _check_gpus(gpus: tuple[str, ...] | None) -> None:
+    if gpus is None or gpus == _visible_gpus:
         return
+    from sparkeras.log import logger
+
+    logger.debug("This Python worker's backend started on GPU(s) %s; this task was given %s and trains on %s.",
+                 ",".join(_visible_gpus or ()) or "none", ",".join(gpus), ",".join(_visible_gpus or ()) or "none")
+
+
+def _configure(backend: str, cpus: int, gpus: tuple[str, ...] | None = None) -> None:
+    global _configured_threads, _visible_gpus
+    if _configured_threads is not None:
+        _check_gpus(gpus)
+        return
+    if gpus is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+        _visible_gpus = gpus
     os.environ["KERAS_BACKEND"] = backend
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(cpus)
@@ -65,7 +113,10 @@ def _configure(backend: str, cpus: int) -> None:
         flags = os.environ.get("XLA_FLAGS", "")
         os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={cpus}".strip()
     with keras_without_extras(), native_stderr_silenced(not show_native):
-        importlib.import_module("keras")  # and the backend with it
+        try:
+            importlib.import_module("keras")  # and the backend with it
+        except ImportError as error:
+            raise backend_missing(backend, error) from error
     if backend == "tensorflow":
         import tensorflow as tf
 
@@ -79,6 +130,26 @@ def _configure(backend: str, cpus: int) -> None:
 
         torch.set_num_threads(cpus)
     _configured_threads = cpus
+
+
+def backend_missing(backend: str, error: ImportError) -> Exception:
+    """The error for a worker whose Python cannot import the driver's Keras backend.
+
+    An ``InputError``, so the fit stops at its first job instead of
+    relaunching an epoch that cannot succeed; the message names the extra.
+    """
+    from sparkeras.errors import InputError
+
+    missing = (error.name or "").split(".")[0] or backend
+    if missing not in ("tensorflow", "jax", "jaxlib", "torch", backend):
+        return error
+    import platform
+    import sys
+
+    return InputError(
+        f"The driver trains with KERAS_BACKEND={backend!r}, but the Python of this Spark executor "
+        f"({platform.node()}, {sys.executable}) cannot import {missing!r}: install it on every executor with "
+        f"pip install 'sparkeras[{backend}]', or run the driver with a backend the executors have.")
 
 
 DEBUG_ENV = "SPARKERAS_DEBUG"
@@ -190,7 +261,7 @@ def warm_up(spec: ModelSpec, backend: str, columns: Any) -> None:
         if spec.key in _models or spec.key in _warming:
             return
         _warming.add(spec.key)
-    cpus = task_cpus()  # read here: the task context belongs to the calling thread's task
+    cpus, gpus = task_cpus(), task_gpus()  # read here: the task context belongs to the calling thread's task
 
     def work() -> None:
         with _lock:
@@ -198,7 +269,7 @@ def warm_up(spec: ModelSpec, backend: str, columns: Any) -> None:
                 _warming.discard(spec.key)
                 return
             try:
-                _configure(backend, cpus)
+                _configure(backend, cpus, gpus)
                 from sparkeras.worker.local_steps import trace
 
                 trace(model(spec), columns, backend)

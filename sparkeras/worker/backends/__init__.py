@@ -1,0 +1,106 @@
+"""One synchronous training step for each Keras backend: local gradients, global sum, same update.
+
+Keras' own ``train_step`` computes gradients and applies them in one traced
+function, leaving no point to reduce across workers in between (and
+``tf.distribute``'s multi-worker strategy, which would, fails under Keras 3:
+keras-team/keras#20585). So each backend's step is split in two:
+
+1. ``gradients``: forward, loss scaled by this task's share of the global
+   batch, backward, metric updates; every gradient lands in one flat
+   float32 buffer;
+2. the buffer is summed in place over the tasks (:mod:`sparkeras.comm`);
+3. ``apply`` hands the sum to the model's own optimizer.
+
+Each backend computes gradients its own way (a ``tf.GradientTape`` in a
+``tf.function``, ``jax.value_and_grad`` over Keras' stateless call, torch
+autograd); everything else lives in :class:`GradientSteps`. With
+``sync_batch_norm`` every BatchNormalization layer takes its moments over the
+global batch through a differentiable global sum that each backend provides
+(:mod:`sparkeras.worker.backends.batch_norm`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from sparkeras.serialization import ensure_optimizer_built
+
+BACKENDS = ("tensorflow", "jax", "torch")
+
+
+class GradientSteps:
+    """What every backend's split step shares: the flat buffer, the sum, and the epoch-end duties."""
+
+    def __init__(self, model: Any, collective: Any) -> None:
+        ensure_optimizer_built(model)
+        self.model, self.collective = model, collective
+        self.variables = list(model.trainable_variables)
+        self.shapes = [tuple(v.shape) for v in self.variables]
+        self.sizes = [int(np.prod(s)) for s in self.shapes]
+        self.buffer = np.zeros(sum(self.sizes), np.float32)
+        self.synced_layers: list[Any] = []
+
+    def step(self, x: Any, y: Any, rows: int, share: float) -> None:
+        """Train one step; ``share`` is this task's fraction of the step's global batch."""
+        if rows:
+            self.local_gradients(x, y, share)
+        elif self.synced_layers:
+            self.empty_pass(x)  # the other tasks' BatchNorm sums wait for this one's zeros
+        else:
+            self.buffer.fill(0.0)
+        self.collective.allreduce_(self.buffer)
+        self.apply_sum()
+
+    def local_gradients(self, x: Any, y: Any, share: float) -> None:
+        """Fill ``buffer`` with the gradients of ``share`` times the loss on this task's rows."""
+        raise NotImplementedError
+
+    def empty_pass(self, x: Any) -> None:
+        """No rows here this step: run the forward and backward for the synced layers' sums only."""
+        raise NotImplementedError
+
+    def apply_sum(self) -> None:
+        """Apply the summed ``buffer`` with the model's optimizer."""
+        raise NotImplementedError
+
+    def sync(self) -> None:
+        """Make the model's variables current (backends that keep the state outside them)."""
+
+    def running_loss(self) -> float:
+        self.sync()
+        return float(self.model._loss_tracker.result())
+
+    def average_non_trainable(self) -> None:
+        """Average non-trainable float variables (e.g. BatchNorm moving statistics) over the tasks."""
+        self.sync()
+        variables = [v for v in self.model.non_trainable_variables if "float" in str(v.dtype)]
+        if not variables:
+            return
+        values = [np.asarray(v) for v in variables]
+        mean = self.collective.allreduce(np.concatenate([a.astype(np.float64).ravel() for a in values]), "mean")
+        offset = 0
+        for var, value in zip(variables, values):
+            var.assign(mean[offset:offset + value.size].reshape(value.shape).astype(value.dtype))
+            offset += value.size
+
+    def close(self) -> None:
+        """Put the model's BatchNormalization layers back as they were (the model is cached)."""
+        self.sync()
+        for layer in self.synced_layers:
+            del layer._moments
+        self.synced_layers = []
+
+
+def gradient_steps(model: Any, collective: Any, backend: str, sync_batch_norm: bool) -> GradientSteps:
+    """The split step of ``backend`` for ``model``."""
+    if backend == "tensorflow":
+        from sparkeras.worker.backends.tensorflow_steps import TensorFlowSteps as steps
+    elif backend == "jax":
+        from sparkeras.worker.backends.jax_steps import JaxSteps as steps
+    elif backend == "torch":
+        from sparkeras.worker.backends.torch_steps import TorchSteps as steps
+    else:
+        raise RuntimeError(f"all-reduce training does not support the {backend!r} backend")
+    return steps(model, collective, sync_batch_norm)

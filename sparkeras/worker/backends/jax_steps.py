@@ -1,0 +1,116 @@
+"""The JAX backend's split step: ``jax.value_and_grad`` over Keras' stateless call, jitted.
+
+Keras' JAX trainer keeps the model's state (trainable, non-trainable,
+optimizer and metric values) as arrays outside the variables while it
+trains, and writes them back when it is done. This step does the same: the
+two jitted functions take and return that state, and :meth:`JaxSteps.sync`
+writes it back into the variables before anything reads them (the epoch
+end, a progress report).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from sparkeras.worker.backends import GradientSteps
+from sparkeras.worker.backends.batch_norm import synchronize_batch_norm
+
+
+class JaxSteps(GradientSteps):
+    """``jax.value_and_grad`` of the share-scaled loss; the sum applied with ``optimizer.stateless_apply``."""
+
+    def __init__(self, model: Any, collective: Any, sync_batch_norm: bool) -> None:
+        import jax
+        import jax.numpy as jnp
+
+        super().__init__(model, collective)
+        if sync_batch_norm:
+            self.synced_layers = synchronize_batch_norm(model, global_sum(collective))
+        self._state: list[Any] | None = None
+        shapes, cuts = self.shapes, np.cumsum(self.sizes)[:-1].tolist()
+
+        def flat(grads: list[Any]) -> Any:
+            return jnp.concatenate([jnp.ravel(g).astype(jnp.float32) for g in grads])
+
+        def gradients(trainable: Any, non_trainable: Any, metrics: Any, optimizer: Any, x: Any, y: Any,
+                      share: Any) -> Any:
+            def loss(trainable: Any, non_trainable: Any, metrics: Any) -> Any:
+                value, aux = model.compute_loss_and_updates(
+                    trainable, non_trainable, metrics, x, y, None, training=True, optimizer_variables=optimizer)
+                return value * share, aux
+
+            (_, (unscaled, y_pred, non_trainable, metrics)), grads = jax.value_and_grad(loss, has_aux=True)(
+                trainable, non_trainable, metrics)
+            _, metrics = model._update_metrics_variables(metrics, unscaled, x, y, y_pred, None)
+            return flat(grads), non_trainable, metrics
+
+        def empty_pass(trainable: Any, non_trainable: Any, x: Any) -> Any:
+            def zero(trainable: Any) -> Any:
+                y_pred, updated = model.stateless_call(trainable, non_trainable, x, training=True)
+                return sum(jnp.sum(t) for t in jax.tree_util.tree_leaves(y_pred)) * 0.0, updated
+
+            grads, non_trainable = jax.grad(zero, has_aux=True)(trainable)
+            return flat(grads), non_trainable
+
+        def apply(trainable: Any, optimizer: Any, buffer: Any) -> Any:
+            grads = [part.reshape(shape).astype(value.dtype)
+                     for part, shape, value in zip(jnp.split(buffer, cuts), shapes, trainable)]
+            return model.optimizer.stateless_apply(optimizer, grads, trainable)
+
+        self._gradients, self._empty_pass, self._apply = jax.jit(gradients), jax.jit(empty_pass), jax.jit(apply)
+
+    def _load(self) -> list[Any]:
+        """The model's state as arrays: trainable, non-trainable, metrics, optimizer."""
+        if self._state is None:
+            model = self.model
+            self._state = [[v.value for v in model.trainable_variables],
+                           [v.value for v in model.non_trainable_variables],
+                           [v.value for v in model.metrics_variables],
+                           [v.value for v in model.optimizer.variables]]
+        return self._state
+
+    def local_gradients(self, x: Any, y: Any, share: float) -> None:
+        state = self._load()
+        buffer, state[1], state[2] = self._gradients(*state, x, y, np.float32(share))
+        self.buffer[:] = np.asarray(buffer)
+
+    def empty_pass(self, x: Any) -> None:
+        state = self._load()
+        buffer, state[1] = self._empty_pass(state[0], state[1], x)
+        self.buffer[:] = np.asarray(buffer)
+
+    def apply_sum(self) -> None:
+        state = self._load()
+        state[0], state[3] = self._apply(state[0], state[3], self.buffer)
+
+    def sync(self) -> None:
+        if self._state is None:
+            return
+        model = self.model
+        owners = [model.trainable_variables, model.non_trainable_variables, model.metrics_variables,
+                  model.optimizer.variables]
+        for variables, values in zip(owners, self._state):
+            for variable, value in zip(variables, values):
+                variable.assign(value)
+        self._state = None
+
+
+def global_sum(collective: Any) -> Any:
+    """A sum over the tasks inside a jitted function (a host callback), whose gradient is a sum too."""
+    import jax
+
+    def reduce(x: Any) -> np.ndarray:
+        x = np.asarray(x)
+        return collective.allreduce(x, "sum").astype(x.dtype)
+
+    def call(x: Any) -> Any:
+        return jax.pure_callback(reduce, jax.ShapeDtypeStruct(x.shape, x.dtype), x)
+
+    @jax.custom_vjp
+    def total(x: Any) -> Any:
+        return call(x)
+
+    total.defvjp(lambda x: (call(x), None), lambda _, dy: (call(dy),))
+    return total

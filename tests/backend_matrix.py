@@ -1,0 +1,153 @@
+"""The backend matrix: the parts of the suite that touch the Keras backend, run on JAX or PyTorch.
+
+``tests/test_backends.py`` runs this module in a child process with
+``KERAS_BACKEND`` set (a process has one Keras backend, and Spark's Python
+workers keep the backend they started with), so the suite covers TensorFlow,
+JAX and PyTorch in one ``pytest`` command. The tests are the suite's own,
+imported here: exact equivalence (one-worker ``averaging`` with ``model.fit``;
+``allreduce`` with one process on the global batch, BatchNormalization
+included; learning-rate scaling), a parameter-server rule, evaluate, predict,
+save/load, the SQL UDF, Spark ML stages and streaming, and both facades.
+
+With ``SPARKERAS_MATRIX_GPUS=1`` the session is ``local-cluster[1,2,1024]``
+with two fake GPUs found by a discovery script and one GPU per task, so
+every one of those tests also runs with Spark assigning GPUs, and
+:func:`test_workers_use_their_cores_and_only_their_gpus` checks what each
+worker was given.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+import tempfile
+
+import numpy as np
+import pytest
+
+from test_allreduce import test_two_workers_equal_one_process_with_the_global_batch
+from test_convergence_rules import test_allreduce_scales_the_rate_with_warmup_exactly
+from test_inference import test_sql_udf_gives_the_models_predictions, trained
+from test_ml import test_the_same_transform_runs_on_a_streaming_dataframe
+from test_parameter_server import problem, test_every_distributed_optimizer_learns_the_ten_class_problem
+from test_sklearn import test_classifier_keeps_label_values_and_binary_models
+from test_training import (test_evaluate_matches_keras_evaluate,
+                           test_one_worker_averaging_equals_plain_fit_with_adam, test_predict_numpy_keeps_input_order,
+                           test_save_and_load_round_trip)
+
+__all__ = ["problem", "trained", "test_allreduce_scales_the_rate_with_warmup_exactly",
+           "test_classifier_keeps_label_values_and_binary_models", "test_evaluate_matches_keras_evaluate",
+           "test_every_distributed_optimizer_learns_the_ten_class_problem",
+           "test_one_worker_averaging_equals_plain_fit_with_adam", "test_predict_numpy_keeps_input_order",
+           "test_save_and_load_round_trip", "test_sql_udf_gives_the_models_predictions",
+           "test_the_same_transform_runs_on_a_streaming_dataframe",
+           "test_two_workers_equal_one_process_with_the_global_batch"]
+
+GPUS = os.environ.get("SPARKERAS_MATRIX_GPUS") == "1"
+FAKE_GPUS = '#!/bin/sh\necho \'{"name": "gpu", "addresses": ["0", "1"]}\'\n'
+
+
+def gpu_probe(backend: str):
+    """A task body that configures the worker and yields what it was given and what it sees."""
+    def probe(_):
+        from pyspark import TaskContext
+
+        from sparkeras.worker import runtime
+
+        runtime.configure(backend)
+        if backend == "torch":
+            import torch
+
+            threads = torch.get_num_threads()
+        else:
+            flags = os.environ.get("XLA_FLAGS", "")
+            threads = int(flags.rsplit("intra_op_parallelism_threads=", 1)[1].split()[0])
+        resources = TaskContext.get().resources()
+        given = tuple(resources["gpu"].addresses) if "gpu" in resources else None
+        yield (runtime.task_cpus(), threads, given, runtime.visible_gpus(), os.environ.get("CUDA_VISIBLE_DEVICES"),
+               os.getpid())
+
+    return probe
+
+
+FIRST_TASKS: list[tuple] = []  # what the session's first tasks, each on a fresh Python worker, saw
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """This backend's session: ``local[2]``, or a local cluster whose tasks each get one fake GPU."""
+    import keras
+    from pyspark.sql import SparkSession
+
+    import sparkeras
+
+    if not GPUS:
+        session = sparkeras.get_spark("local[2]", app_name="sparkeras-backend-matrix")
+    else:
+        script = os.path.join(tempfile.mkdtemp(prefix="sparkeras-gpus-"), "gpus.sh")
+        with open(script, "w") as f:
+            f.write(FAKE_GPUS)
+        os.chmod(script, os.stat(script).st_mode | stat.S_IEXEC)
+        os.environ["PYSPARK_PYTHON"] = sys.executable
+        session = (SparkSession.builder.master("local-cluster[1,2,1024]").appName("sparkeras-backend-matrix")
+                   .config("spark.worker.resource.gpu.amount", "2")
+                   .config("spark.worker.resource.gpu.discoveryScript", script)
+                   .config("spark.executor.resource.gpu.amount", "2")
+                   .config("spark.task.resource.gpu.amount", "1")
+                   .config("spark.executorEnv.KERAS_BACKEND", os.environ["KERAS_BACKEND"])
+                   .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+                   .config("spark.ui.enabled", "false").getOrCreate())
+    session.sparkContext.setLogLevel("OFF")
+    FIRST_TASKS.extend(session.sparkContext.parallelize(range(2), 2)
+                       .mapPartitions(gpu_probe(keras.backend.backend())).collect())
+    yield session
+    session.stop()
+
+
+def test_workers_use_their_cores_and_only_their_gpus(spark):
+    """Every worker sized its backend's threads from ``spark.task.cpus``. With GPUs assigned, each
+    worker's first task made exactly its own addresses visible before the backend started, and the
+    workers of the executor kept distinct GPUs through every later test."""
+    import keras
+
+    from conftest import blobs, mlp
+    from sparkeras import SparkModel
+
+    backend = keras.backend.backend()
+    x, y = blobs(400, seed=2)
+    SparkModel(mlp(seed=1), strategy="allreduce", num_workers=2, seed=0).fit(x, y, epochs=1, verbose=0)
+    later = spark.sparkContext.parallelize(range(2), 2).mapPartitions(gpu_probe(backend)).collect()
+    for rows in (FIRST_TASKS, later):
+        assert [r[:2] for r in rows] == [(1, 1)] * 2, rows
+        assert len({r[5] for r in rows}) == 2, rows  # two Python workers
+    if not GPUS:
+        assert [r[2:5] for r in FIRST_TASKS + later] == [(None, None, None)] * 4
+        return
+    assert sorted(r[2] for r in FIRST_TASKS) == [("0",), ("1",)], FIRST_TASKS
+    for _, _, given, visible, env, _ in FIRST_TASKS:
+        assert visible == given and env == ",".join(given), FIRST_TASKS
+    for _, _, given, visible, env, _ in later:  # tasks running together: distinct GPUs, as visible as pinned
+        assert env == ",".join(visible), later
+    assert sorted(r[3] for r in later) == [("0",), ("1",)], later
+
+
+def test_spark_ml_estimator_and_the_elephas_facade(spark):
+    """A ``KerasEstimator`` fit and transform, and an Elephas ``SparkModel`` on an RDD, on this backend."""
+    from conftest import blobs, mlp
+    from sparkeras.compat import elephas
+    from sparkeras.ml import KerasEstimator
+
+    x, y = blobs(400, dim=4, classes=3, noise=0.5, seed=2)
+    frame = spark.createDataFrame([(row.tolist(), int(label)) for row, label in zip(x, y)], ["features", "label"])
+    fitted = KerasEstimator(model=mlp(dim=4, classes=3, seed=2), epochs=2, numWorkers=2, learningRate=0.02) \
+        .fit(frame)
+    rows = fitted.transform(frame.limit(40)).select("features", "probability").collect()
+    want = fitted.model.predict(np.array([r.features for r in rows], np.float32), verbose=0)
+    np.testing.assert_allclose(np.array([r.probability for r in rows]), want, atol=1e-5)
+    assert fitted.model.evaluate(x, y, verbose=0, return_dict=True)["accuracy"] > 0.85
+
+    model = elephas.SparkModel(mlp(dim=4, classes=3, seed=3), mode="synchronous", num_workers=2)
+    model.fit(elephas.to_simple_rdd(spark.sparkContext, x, y), epochs=2, batch_size=16)
+    assert model.evaluate(x, y)[1] > 0.85
+    np.testing.assert_allclose(model.predict(x[:20]), model.master_network.predict(x[:20], verbose=0), atol=1e-5)

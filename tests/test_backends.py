@@ -1,0 +1,61 @@
+"""The suite on every Keras backend: ``backend_matrix.py`` in a child process per backend.
+
+TensorFlow runs the whole suite in this process. JAX and PyTorch each run
+the backend matrix, the tests that touch the backend, in a process of their
+own, with its own Spark session (a process has one Keras backend, and
+Spark's Python workers keep theirs):
+
+- JAX on a local cluster whose tasks each get one fake GPU, so every test
+  there also runs with Spark assigning GPUs;
+- PyTorch on ``local[2]``.
+
+Both run the exact-equivalence tests; the other tests of the matrix are
+split between them (every one runs on at least one of the two), to keep the
+suite's time.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+EQUIVALENCE = "(one_worker or two_workers) and not gloo"
+RUNS = {
+    "jax": ({"SPARKERAS_MATRIX_GPUS": "1"}, f"({EQUIVALENCE}) or workers_use or sql_udf or adag or learning_rate "
+                                            "or scales_the_rate or evaluate"),
+    "torch": ({}, f"({EQUIVALENCE}) or workers_use or estimator or classifier or streaming or predict or save"),
+}
+
+
+@pytest.mark.parametrize("backend", sorted(RUNS))
+def test_the_backend_matrix_passes(backend):
+    pytest.importorskip(backend)
+    extra, selection = RUNS[backend]
+    env = dict(os.environ, KERAS_BACKEND=backend, PYSPARK_PYTHON=sys.executable, **extra)
+    env.pop("PYSPARK_SUBMIT_ARGS", None)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", selection,
+                           os.path.join(HERE, "backend_matrix.py")],
+                          cwd=HERE, env=env, capture_output=True, text=True, timeout=900)
+    summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+    assert proc.returncode == 0, f"{backend}: {summary}\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
+    assert " passed" in summary and "failed" not in summary and "error" not in summary, summary
+
+
+def test_a_worker_without_the_drivers_backend_names_the_extra_to_install(tmp_path):
+    """An executor whose Python cannot import the backend (here a ``jax`` package that fails to import,
+    as a missing one does) stops the fit at its first task with an ``InputError`` naming the extra."""
+    stub = tmp_path / "jax"
+    stub.mkdir()
+    (stub / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'jax'\", name='jax')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    env.pop("KERAS_BACKEND", None)
+    proc = subprocess.run([sys.executable, "-c", "from sparkeras.worker import runtime; runtime.configure('jax', 1)"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert ("sparkeras.errors.InputError: The driver trains with KERAS_BACKEND='jax', but the Python of this "
+            "Spark executor") in proc.stderr, proc.stderr[-3000:]
+    assert "cannot import 'jax': install it on every executor with pip install 'sparkeras[jax]'" in proc.stderr
