@@ -120,6 +120,7 @@ def main() -> None:
     expected = model.predict(x[:1000], batch_size=args.batch_size, verbose=0)
 
     from sparkeras import get_spark
+    from sparkeras.session import keras_backend
     from sparkeras.ml import KerasModel
 
     spark = get_spark(args.master)
@@ -153,6 +154,7 @@ def main() -> None:
         "predict_batch_udf_rows_per_s": round(args.rows / results["predict_batch_udf"]),
         "ratio_predict_batch_udf": round(plain_s / results["predict_batch_udf"], 3),
         "max_abs_difference": max_diff,
+        "backend": keras_backend(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
     }
     print(f"plain model.predict (numpy)        : {report['plain_rows_per_s']:>10,} rows/s")

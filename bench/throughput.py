@@ -112,6 +112,7 @@ def main() -> None:
     plain_acc = float(baseline.evaluate(xt, yt, verbose=0, return_dict=True)["accuracy"])
 
     from sparkeras import SparkModel, get_spark
+    from sparkeras.session import keras_backend
 
     get_spark(args.master)
     tmp = tempfile.TemporaryDirectory()
@@ -139,6 +140,7 @@ def main() -> None:
             "ratio_cold": round(plain_s / results["cold"], 3),
             "plain_test_accuracy": round(plain_acc, 4),
             "sparkeras_test_accuracy": round(spark_acc, 4),
+            "backend": keras_backend(),
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         }
         print(f"sparkeras ({strategy}, {args.source}, warm): {report['sparkeras_samples_per_s']:>8,} samples/s  "

@@ -133,15 +133,16 @@ def test_workers_use_their_cores_and_only_their_gpus(spark):
 
 
 def test_spark_ml_estimator_and_the_elephas_facade(spark):
-    """A ``KerasEstimator`` fit and transform, and an Elephas ``SparkModel`` on an RDD, on this backend."""
+    """A ``KerasEstimator`` fit (with a parameter-server rule) and transform, and an Elephas ``SparkModel``
+    (averaging) on an RDD, on this backend."""
     from conftest import blobs, mlp
     from sparkeras.compat import elephas
     from sparkeras.ml import KerasEstimator
 
     x, y = blobs(400, dim=4, classes=3, noise=0.5, seed=2)
     frame = spark.createDataFrame([(row.tolist(), int(label)) for row, label in zip(x, y)], ["features", "label"])
-    fitted = KerasEstimator(model=mlp(dim=4, classes=3, seed=2), epochs=2, numWorkers=2, learningRate=0.02) \
-        .fit(frame)
+    fitted = KerasEstimator(model=mlp(dim=4, classes=3, seed=2), epochs=2, numWorkers=2, learningRate=0.02,
+                            strategy="adag").fit(frame)  # a parameter-server rule
     rows = fitted.transform(frame.limit(40)).select("features", "probability").collect()
     want = fitted.model.predict(np.array([r.features for r in rows], np.float32), verbose=0)
     np.testing.assert_allclose(np.array([r.probability for r in rows]), want, atol=1e-5)

@@ -238,7 +238,8 @@ def test_workers_use_the_cores_spark_gave_them_and_cache_the_model(spark):
 
 def test_a_cold_worker_imports_keras_without_its_optional_extras_and_they_import_afterwards():
     """In a fresh interpreter, as in a new Python worker: Keras comes up without sklearn, matplotlib or
-    IPython, which stay importable for the user's own code."""
+    IPython (nor JAX, which TensorFlow imports when it is installed), which stay importable for the
+    user's own code."""
     import subprocess
     import sys
 
@@ -246,13 +247,13 @@ def test_a_cold_worker_imports_keras_without_its_optional_extras_and_they_import
         "import sys\n"
         "from sparkeras.worker.runtime import KERAS_EXTRAS, configure\n"
         "configure('tensorflow', 1)\n"
-        "print('keras' in sys.modules, sorted(m for m in KERAS_EXTRAS if m in sys.modules))\n"
-        "import sklearn, matplotlib\n"
-        "print(sklearn.__name__, matplotlib.__name__)\n")
+        "print('keras' in sys.modules, sorted(m for m in KERAS_EXTRAS + ('jax',) if m in sys.modules))\n"
+        "import sklearn, matplotlib, jax\n"
+        "print(sklearn.__name__, matplotlib.__name__, jax.__name__)\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "KERAS_BACKEND": "tensorflow"})
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.splitlines() == ["True []", "sklearn matplotlib"]
+    assert done.stdout.splitlines() == ["True []", "sklearn matplotlib jax"]
 
 
 def test_driver_data_gives_the_same_model_through_files_or_through_spark(spark):

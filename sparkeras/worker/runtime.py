@@ -112,7 +112,7 @@ def _configure(backend: str, cpus: int, gpus: tuple[str, ...] | None = None) -> 
     if backend == "jax":  # read when jax is imported
         flags = os.environ.get("XLA_FLAGS", "")
         os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={cpus}".strip()
-    with keras_without_extras(), native_stderr_silenced(not show_native):
+    with keras_without_extras(backend), native_stderr_silenced(not show_native):
         try:
             importlib.import_module("keras")  # and the backend with it
         except ImportError as error:
@@ -204,22 +204,27 @@ KERAS_EXTRAS = ("sklearn", "matplotlib", "IPython")
 
 
 @contextlib.contextmanager
-def keras_without_extras() -> Iterator[None]:
+def keras_without_extras(backend: str = "tensorflow") -> Iterator[None]:
     """While it is open, imports of the optional packages Keras loads for features workers never use fail.
 
     With scikit-learn, matplotlib and IPython installed (as on most data
     platforms, and with sparkeras' ``demo`` and ``test`` extras), importing
     Keras (or TensorFlow, which imports Keras) imports all three: measured
     4.8-5.7 s against 3.1-3.3 s without them, on 2 busy cores, and every
-    cold Python worker pays it before its first step. Only the import of the
-    backend and Keras runs inside this, so a user's own code in the worker
-    (a custom layer's module, say) imports them as usual afterwards; Keras'
-    scikit-learn wrappers and plotting utilities are then unavailable in that
-    worker only. A process that already imported Keras is left alone.
+    cold Python worker pays it before its first step. Likewise TensorFlow
+    imports JAX when it is installed (for TF Lite's JAX conversion): about
+    1 s more per import (5.4-5.6 s against 6.4-6.8 s measured), so JAX is
+    hidden too unless it is the backend. Only the import of the backend and
+    Keras runs inside this, so a user's own code in the worker (a custom
+    layer's module, say) imports them as usual afterwards; Keras'
+    scikit-learn wrappers and plotting utilities, and TF Lite's JAX
+    conversion, are then unavailable in that worker only. A process that
+    already imported Keras is left alone.
     """
     import sys
 
-    hidden = [] if "keras" in sys.modules else [name for name in KERAS_EXTRAS if name not in sys.modules]
+    extras = KERAS_EXTRAS if backend == "jax" else KERAS_EXTRAS + ("jax",)
+    hidden = [] if "keras" in sys.modules else [name for name in extras if name not in sys.modules]
     for name in hidden:
         sys.modules[name] = None  # type: ignore[assignment]  # makes "import name" raise ImportError
     try:
