@@ -146,10 +146,11 @@ def backend_missing(backend: str, error: ImportError) -> Exception:
     import platform
     import sys
 
+    install = "sparkeras" if backend == "tensorflow" else f"sparkeras[{backend}]"  # TensorFlow is a dependency
     return InputError(
         f"The driver trains with KERAS_BACKEND={backend!r}, but the Python of this Spark executor "
         f"({platform.node()}, {sys.executable}) cannot import {missing!r}: install it on every executor with "
-        f"pip install 'sparkeras[{backend}]', or run the driver with a backend the executors have.")
+        f"pip install '{install}', or run the driver with a backend the executors have.")
 
 
 DEBUG_ENV = "SPARKERAS_DEBUG"
