@@ -21,11 +21,12 @@ global batch through a differentiable global sum that each backend provides
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from sparkeras.serialization import ensure_optimizer_built
+from sparkeras.worker.backends.batch_norm import synchronize_batch_norm
 
 BACKENDS = ("tensorflow", "jax", "torch")
 
@@ -33,14 +34,16 @@ BACKENDS = ("tensorflow", "jax", "torch")
 class GradientSteps:
     """What every backend's split step shares: the flat buffer, the sum, and the epoch-end duties."""
 
-    def __init__(self, model: Any, collective: Any) -> None:
+    def __init__(self, model: Any, collective: Any, global_sum: Callable[[Any], Any] | None) -> None:
+        """``global_sum``: the backend's differentiable sum over the tasks, to sync BatchNormalization
+        with; ``None`` keeps each task's own moments."""
         ensure_optimizer_built(model)
         self.model, self.collective = model, collective
         self.variables = list(model.trainable_variables)
         self.shapes = [tuple(v.shape) for v in self.variables]
         self.sizes = [int(np.prod(s)) for s in self.shapes]
         self.buffer = np.zeros(sum(self.sizes), np.float32)
-        self.synced_layers: list[Any] = []
+        self.synced_layers: list[Any] = synchronize_batch_norm(model, global_sum) if global_sum else []
 
     def step(self, x: Any, y: Any, rows: int, share: float) -> None:
         """Train one step; ``share`` is this task's fraction of the step's global batch."""

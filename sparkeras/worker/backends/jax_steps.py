@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 
 from sparkeras.worker.backends import GradientSteps
-from sparkeras.worker.backends.batch_norm import synchronize_batch_norm
 
 
 class JaxSteps(GradientSteps):
@@ -25,9 +24,7 @@ class JaxSteps(GradientSteps):
         import jax
         import jax.numpy as jnp
 
-        super().__init__(model, collective)
-        if sync_batch_norm:
-            self.synced_layers = synchronize_batch_norm(model, global_sum(collective))
+        super().__init__(model, collective, global_sum(collective) if sync_batch_norm else None)
         self._state: list[Any] | None = None
         shapes, cuts = self.shapes, np.cumsum(self.sizes)[:-1].tolist()
 
@@ -61,14 +58,16 @@ class JaxSteps(GradientSteps):
 
         self._gradients, self._empty_pass, self._apply = jax.jit(gradients), jax.jit(empty_pass), jax.jit(apply)
 
+    def _owners(self) -> list[list[Any]]:
+        """The variables behind the state, in its order: trainable, non-trainable, metrics, optimizer."""
+        model = self.model
+        return [model.trainable_variables, model.non_trainable_variables, model.metrics_variables,
+                model.optimizer.variables]
+
     def _load(self) -> list[Any]:
-        """The model's state as arrays: trainable, non-trainable, metrics, optimizer."""
+        """The model's state as arrays."""
         if self._state is None:
-            model = self.model
-            self._state = [[v.value for v in model.trainable_variables],
-                           [v.value for v in model.non_trainable_variables],
-                           [v.value for v in model.metrics_variables],
-                           [v.value for v in model.optimizer.variables]]
+            self._state = [[v.value for v in variables] for variables in self._owners()]
         return self._state
 
     def local_gradients(self, x: Any, y: Any, share: float) -> None:
@@ -88,10 +87,7 @@ class JaxSteps(GradientSteps):
     def sync(self) -> None:
         if self._state is None:
             return
-        model = self.model
-        owners = [model.trainable_variables, model.non_trainable_variables, model.metrics_variables,
-                  model.optimizer.variables]
-        for variables, values in zip(owners, self._state):
+        for variables, values in zip(self._owners(), self._state):
             for variable, value in zip(variables, values):
                 variable.assign(value)
         self._state = None

@@ -7,7 +7,6 @@ from typing import Any
 import numpy as np
 
 from sparkeras.worker.backends import GradientSteps
-from sparkeras.worker.backends.batch_norm import synchronize_batch_norm
 
 
 class TensorFlowSteps(GradientSteps):
@@ -16,10 +15,8 @@ class TensorFlowSteps(GradientSteps):
     def __init__(self, model: Any, collective: Any, sync_batch_norm: bool) -> None:
         import tensorflow as tf
 
-        super().__init__(model, collective)
+        super().__init__(model, collective, global_sum(collective) if sync_batch_norm else None)
         variables = self.variables
-        if sync_batch_norm:
-            self.synced_layers = synchronize_batch_norm(model, global_sum(collective))
 
         def flat(grads: list[Any]) -> Any:
             return tf.concat([tf.reshape(tf.cast(tf.zeros(v.shape) if g is None else tf.convert_to_tensor(g),

@@ -7,16 +7,13 @@ from typing import Any
 import numpy as np
 
 from sparkeras.worker.backends import GradientSteps
-from sparkeras.worker.backends.batch_norm import synchronize_batch_norm
 
 
 class TorchSteps(GradientSteps):
     """Keras' torch ``train_step``, with the global sum between ``backward`` and ``optimizer.apply``."""
 
     def __init__(self, model: Any, collective: Any, sync_batch_norm: bool) -> None:
-        super().__init__(model, collective)
-        if sync_batch_norm:
-            self.synced_layers = synchronize_batch_norm(model, global_sum(collective))
+        super().__init__(model, collective, global_sum(collective) if sync_batch_norm else None)
 
     def _backward(self, x: Any, y: Any, share: float | None) -> None:
         import torch
