@@ -3,6 +3,7 @@
 from sparkeras.barrier import WorkerContext, run
 from sparkeras.ensemble import Ensemble
 from sparkeras.errors import InputError, SparkerasError, WorkerError
+from sparkeras.images import read_images, skipped_images
 from sparkeras.inference.udf import register_udf
 from sparkeras.model import SparkModel
 from sparkeras.session import get_spark
@@ -16,8 +17,8 @@ __version__ = "0.1.0"
 
 __all__ = ["ADAG", "AEASGD", "EAMSGD", "EASGD", "AllReduce", "Asynchronous", "DistributedOptimizer", "Downpour",
            "DynSGD", "Ensemble", "Hogwild", "InputError", "ModelAveraging", "SparkModel", "SparkerasError", "Strategy",
-           "WorkerError", "WorkerContext", "__version__", "best_model", "get_spark", "plot_history", "register_udf",
-           "run", "tune"]
+           "WorkerError", "WorkerContext", "__version__", "best_model", "get_spark", "plot_history", "read_images",
+           "register_udf", "run", "skipped_images", "tune"]
 
 
 def __getattr__(name: str):

@@ -22,7 +22,7 @@ from sparkeras.serialization import ModelSpec, model_state, pack_arrays, set_mod
 from sparkeras.session import console_progress_paused, driver_host, get_spark, keras_backend
 from sparkeras.storage.model_file import check_model_archive
 from sparkeras.storage.outputs import (check_output, check_remote_output, hadoop_copy, is_remote,
-                                       save_model_atomically)
+                                       read_model_info, save_model_atomically)
 from sparkeras.strategies import Strategy, get_strategy
 from sparkeras.errors import worker_error
 from sparkeras.training import MetricReader, TrainingJob, evaluate, run_partitions, start_warm_up
@@ -78,6 +78,9 @@ class SparkModel:
         self.seed = random.randrange(2**31) if seed is None else int(seed)
         self.master = master
         self.balance_partitions = bool(balance_partitions)
+        self.classes: list[str] | None = None
+        """The class names of the labels, in class index order, when the training labels carried them
+        (``read_images(..., labels="folder")``); saved with the model."""
 
     @property
     def model(self) -> Any:
@@ -159,6 +162,7 @@ class SparkModel:
         elif validation_split:
             dataset, val_dataset = split_validation(dataset, validation_split, self.seed)
         columns = resolve_columns(self._model, dataset.schema, dataset.features_col, dataset.label_col)
+        self.classes = label_classes(dataset.schema, dataset.label_col) or self.classes
         if val_dataset is not None:
             resolve_columns(self._model, val_dataset.schema, val_dataset.features_col, val_dataset.label_col)
         checkpoint, saved = self._checkpoint(spark, checkpoint_dir, batch_size, workers)
@@ -325,16 +329,20 @@ class SparkModel:
         It is written atomically (a temporary name, then a rename), and an
         existing file is replaced only with ``overwrite=True``.
         """
-        save_model_file(self._model, path, self.master, overwrite)
+        save_model_file(self._model, path, self.master, overwrite,
+                        {"classes": self.classes} if self.classes else None)
 
     @classmethod
     def load(cls, path: str, custom_objects: Mapping[str, Any] | None = None, **kwargs: Any) -> "SparkModel":
         """Load a model written by :meth:`save` (or any ``.keras`` file) into a new SparkModel."""
-        return cls(load_model_file(path, custom_objects, kwargs.get("master")), custom_objects=custom_objects,
-                   **kwargs)
+        model, info = load_model_and_info(path, custom_objects, kwargs.get("master"))
+        loaded = cls(model, custom_objects=custom_objects, **kwargs)
+        loaded.classes = info.get("classes") or None
+        return loaded
 
 
-def save_model_file(model: Any, path: str, master: str | None = None, overwrite: bool = False) -> None:
+def save_model_file(model: Any, path: str, master: str | None = None, overwrite: bool = False,
+                    info: dict | None = None) -> None:
     """Write ``model`` as a ``.keras`` file to a local path or any Hadoop URI, atomically.
 
     The path is checked first (extension, directory, an existing file
@@ -345,7 +353,7 @@ def save_model_file(model: Any, path: str, master: str | None = None, overwrite:
     if spark is not None:
         check_remote_output(spark, path, overwrite=overwrite, flag="path")
     try:
-        save_model_atomically(model, path, spark, overwrite)
+        save_model_atomically(model, path, spark, overwrite, info)
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - a Hadoop write error arrives as a Py4JJavaError
@@ -354,11 +362,18 @@ def save_model_file(model: Any, path: str, master: str | None = None, overwrite:
 
 def load_model_file(path: str, custom_objects: Mapping[str, Any] | None = None, master: str | None = None) -> Any:
     """Read a ``.keras`` file from a local path or any Hadoop URI."""
+    return load_model_and_info(path, custom_objects, master)[0]
+
+
+def load_model_and_info(path: str, custom_objects: Mapping[str, Any] | None = None,
+                        master: str | None = None) -> tuple[Any, dict]:
+    """A ``.keras`` file's model and what sparkeras saved beside it (``classes``), local or any Hadoop URI."""
     import keras
 
-    def _load(local: str) -> Any:
+    def _load(local: str) -> tuple[Any, dict]:
         _import_own_layers(local)
-        return keras.saving.load_model(local, custom_objects=dict(custom_objects or {}) or None)
+        model = keras.saving.load_model(local, custom_objects=dict(custom_objects or {}) or None)
+        return model, read_model_info(local)
 
     if not is_remote(path):
         check_model_archive(path)
@@ -424,6 +439,14 @@ def fresh_copy(
     if learning_rate is not None:
         copy.optimizer.learning_rate = learning_rate
     return copy
+
+
+def label_classes(schema: Any, label_col: Any) -> list[str] | None:
+    """The class names a label column carries in its metadata (``read_images``' folders), if any."""
+    if not isinstance(label_col, str) or label_col not in schema.fieldNames():
+        return None
+    classes = (schema[label_col].metadata or {}).get("classes")
+    return [str(c) for c in classes] if isinstance(classes, list) and classes else None
 
 
 def _check_model(model: Any) -> None:

@@ -65,3 +65,44 @@ def plain_fit_accuracy(model, data, test, batch_size: int, epochs: int):
     plain = clone(model)
     plain.fit(*data, batch_size=batch_size, epochs=epochs, verbose=0)
     return plain, plain.evaluate(*test, verbose=0, return_dict=True)["accuracy"]
+
+
+def write_digit_images(root, size: int = 32, limit: int | None = None):
+    """scikit-learn's 8x8 digits upscaled to ``size`` x ``size`` and written as real image files under ``root``.
+
+    One folder per class (``digit_0`` ... ``digit_9``); even rows are PNG,
+    odd rows JPEG; row 5 is an RGBA PNG. Two corrupt files (a PNG header
+    with no image, a JPEG marker followed by junk) lie in ``digit_0`` and
+    ``digit_1``. Returns ``{path: label}`` of the good files and the corrupt
+    paths.
+    """
+    import os
+
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = (digits.images * (255 / 16)).astype(np.uint8)
+    good = {}
+    for i, (image, label) in enumerate(zip(pixels[:limit], digits.target[:limit])):
+        folder = os.path.join(root, f"digit_{label}")
+        os.makedirs(folder, exist_ok=True)
+        picture = Image.fromarray(image, "L").resize((size, size), Image.Resampling.BILINEAR)
+        if i == 5:
+            picture = picture.convert("RGBA")
+        path = os.path.join(folder, f"{i:05d}.{'jpg' if i % 2 and i != 5 else 'png'}")
+        picture.save(path, quality=95) if path.endswith(".jpg") else picture.save(path)
+        good[path] = int(label)
+    corrupt = [os.path.join(root, "digit_0", "broken.png"), os.path.join(root, "digit_1", "broken.jpg")]
+    for path, data in zip(corrupt, (b"\x89PNG\r\n\x1a\nnot an image", b"\xff\xd8\xff\xe0junk")):
+        with open(path, "wb") as f:
+            f.write(data)
+    return good, corrupt
+
+
+@pytest.fixture(scope="session")
+def digit_images(tmp_path_factory):
+    """A folder of digit images in class folders, with two corrupt files and one RGBA file."""
+    root = tmp_path_factory.mktemp("digit-images")
+    good, corrupt = write_digit_images(str(root))
+    return str(root), good, corrupt

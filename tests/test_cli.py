@@ -64,6 +64,34 @@ def test_train_on_a_local_cluster_then_predict(files, spark):
     assert len(got) == 3000 and all(got[i] == want[i] for i in range(0, 3000, 97))
 
 
+def test_train_and_predict_on_a_folder_of_image_files(digit_images, tmp_path, spark):
+    """--images: class folders in, the class names kept with the model and written beside each prediction."""
+    import keras
+
+    root, good, corrupt = digit_images
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((16, 16, 1)), keras.layers.Rescaling(1 / 255),
+                              keras.layers.Conv2D(8, 3, activation="relu"), keras.layers.MaxPooling2D(),
+                              keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.save(str(tmp_path / "cnn.keras"))
+    res = _cli("train", "--model", str(tmp_path / "cnn.keras"), "--images", root, "--on-error", "skip",
+               "--epochs", "4", "--workers", "2", "--master", "local[2]", "--output", str(tmp_path / "t.keras"),
+               "--quiet")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads(res.stdout.split("final epoch: ")[1])["accuracy"] > 0.8
+    folder = os.path.join(root, "digit_3")
+    res = _cli("predict", "--model", str(tmp_path / "t.keras"), "--images", folder, "--on-error", "skip",
+               "--output", str(tmp_path / "p.parquet"), "--master", "local[2]")
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = spark.read.parquet(str(tmp_path / "p.parquet"))
+    assert out.columns == ["path", "prediction", "prediction_class", "prediction_name"]
+    rows = out.collect()
+    assert len(rows) == sum(1 for p in good if "/digit_3/" in p)
+    assert all(r.prediction_name == f"digit_{r.prediction_class}" for r in rows)
+    assert np.mean([r.prediction_name == "digit_3" for r in rows]) > 0.8
+
+
 def test_errors_are_one_clear_line_without_a_java_trace(files):
     tmp = files[0]
     res = _cli("predict", "--model", str(tmp / "untrained.keras"), "--data", str(tmp / "train.parquet"),
@@ -108,6 +136,8 @@ def _free_port():
     (["--plot", "{tmp}/no/dir/c.png"],
      "--plot '{tmp}/no/dir/c.png': the directory '{tmp}/no/dir' does not exist; create it first."),
     (["--master", "spark//oops"], "--master 'spark//oops' is not a Spark master URL"),
+    (["--images", "{tmp}/no-images"], "--images: '{tmp}/no-images' is not there; pass the folder that holds"),
+    (["--images", "{tmp}", "--image-size", "32by32"], "--image-size must be HEIGHTxWIDTH in pixels, e.g. 224x224"),
     (["--master", "spark://127.0.0.1:{port}"], "--master: cannot reach the Spark master at 127.0.0.1:{port}"),
 ])
 def test_argument_mistakes_fail_before_spark_or_tensorflow_start(files, args, message):
@@ -118,6 +148,8 @@ def test_argument_mistakes_fail_before_spark_or_tensorflow_start(files, args, me
     base = {"--model": str(tmp / "untrained.keras"), "--data": str(tmp / "train.parquet"),
             "--output": str(tmp / "new.keras"), "--features": "pixels", "--label": "digit"}
     given = [a.format(tmp=tmp, port=port) for a in args]
+    if "--images" in given:
+        del base["--data"]
     for flag, value in base.items():
         if flag not in given:
             given += [flag, value]

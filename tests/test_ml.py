@@ -65,10 +65,36 @@ class Halve(keras.layers.Layer):
 """
 
 
+def _transfer_learning(spark, digit_images):
+    """Transfer learning on image files: a conv base cut at its ``embedding`` layer (random weights, as with
+    ``weights=None``) feeds a small classifier trained in the same Pipeline."""
+    import keras
+    from pyspark.ml import Pipeline
+    from pyspark.sql import functions as F
+
+    import sparkeras
+    from sparkeras.ml import ImageFeaturizer
+
+    keras.utils.set_random_seed(5)
+    base = keras.Sequential([keras.Input((32, 32, 1)), keras.layers.Rescaling(1 / 255),
+                             keras.layers.Conv2D(8, 3, activation="relu"), keras.layers.MaxPooling2D(4),
+                             keras.layers.Flatten(name="embedding"), keras.layers.Dense(10)])
+    width = base.get_layer("embedding").output.shape[-1]
+    head = keras.Sequential([keras.Input((width,)), keras.layers.Dense(10, activation="softmax")])
+    head.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    images = sparkeras.read_images(spark, digit_images[0], 32, color_mode="grayscale", on_error="skip") \
+        .withColumn("id", F.monotonically_increasing_id())
+    train, test = images.randomSplit([0.8, 0.2], seed=2)
+    pipeline = Pipeline(stages=[ImageFeaturizer(model=base, layer="embedding", outputCol="embedding"),
+                                KerasEstimator(model=head, featuresCol="embedding", epochs=4, numWorkers=2, seed=1)])
+    return pipeline.fit(train), test
+
+
 @pytest.fixture(scope="module")
-def fresh_process(spark, tmp_path_factory):
-    """Two fitted pipelines (a plain one, and one with a registered custom layer shipped as users do),
-    saved, then loaded and applied in one fresh Python process: one process start serves both tests."""
+def fresh_process(spark, tmp_path_factory, digit_images):
+    """Three fitted pipelines (a plain one, one with a registered custom layer shipped as users do, and
+    transfer learning on image files), saved, then loaded and applied in one fresh Python process: one
+    process start serves all three tests."""
     import keras
     from pyspark.sql import functions as F
 
@@ -77,6 +103,7 @@ def fresh_process(spark, tmp_path_factory):
     train = _frame(spark, 1_500, seed=4)
     test = _frame(spark, 300, seed=4, sample_seed=5).withColumn("id", F.monotonically_increasing_id())
     fitted["plain"] = (_pipeline().fit(train), test)
+    fitted["images"] = _transfer_learning(spark, digit_images)
 
     module = tmp / "sparkeras_custom_layers.py"
     module.write_text(CUSTOM_LAYER)
@@ -108,12 +135,26 @@ def fresh_process(spark, tmp_path_factory):
         if line.startswith("RESULT "):
             name, rows = line[len("RESULT "):].split(" ", 1)
             reloaded[name] = json.loads(rows)
-    assert set(reloaded) == {"plain", "custom"}, proc.stdout[-2000:] + proc.stderr[-4000:]
-    return fitted, reloaded, Halve
+    assert set(reloaded) == {"plain", "custom", "images"}, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return fitted, reloaded, Halve, tmp
+
+
+def test_transfer_learning_on_image_files_saves_and_reloads_in_a_fresh_process(fresh_process):
+    from pyspark.ml import PipelineModel
+
+    fitted, reloaded, _, tmp = fresh_process
+    pipeline, test = fitted["images"]
+    rows = pipeline.transform(test).orderBy("id").select("prediction", "probability", "label").collect()
+    assert np.mean([r.prediction == r.label for r in rows]) > 0.6  # random conv features; chance is 0.1
+    classes = [f"digit_{c}" for c in range(10)]
+    assert pipeline.stages[-1].getClasses() == classes
+    assert PipelineModel.load(str(tmp / "images")).stages[-1].getClasses() == classes
+    assert [p for p, _ in reloaded["images"]] == [r.prediction for r in rows]
+    np.testing.assert_allclose([p for _, p in reloaded["images"]], [list(r.probability) for r in rows], atol=1e-5)
 
 
 def test_pipeline_fits_saves_and_reloads_in_a_fresh_process(fresh_process):
-    fitted, reloaded, _ = fresh_process
+    fitted, reloaded, _, _ = fresh_process
     pipeline, test = fitted["plain"]
     out = pipeline.transform(test)
     assert set(test.columns) <= set(out.columns)
@@ -128,7 +169,7 @@ def test_pipeline_fits_saves_and_reloads_in_a_fresh_process(fresh_process):
 
 def test_registered_custom_layers_survive_fit_save_and_a_fresh_process(fresh_process):
     """A registered layer shipped as users do (--py-files / addPyFile) trains, saves and reloads."""
-    fitted, reloaded, halve = fresh_process
+    fitted, reloaded, halve, _ = fresh_process
     pipeline, test = fitted["custom"]
     rows = pipeline.transform(test).orderBy("id").select("prediction", "probability").collect()
     assert isinstance(pipeline.stages[-1].model.layers[0], halve)

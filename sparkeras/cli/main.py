@@ -43,18 +43,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     _common(demo)
 
-    train = sub.add_parser("train", help="train a saved .keras model on Parquet data",
-                           description="Train a compiled .keras model on Parquet data and save the result.")
+    train = sub.add_parser("train", help="train a saved .keras model on Parquet data or image files",
+                           description="Train a compiled .keras model on Parquet data, or on a folder of image "
+                                       "files in one folder per class, and save the result.")
     train.add_argument("--model", required=True, help="compiled model, .keras file")
-    train.add_argument("--data", required=True,
-                       help="training data: Parquet (or CSV, JSON, ORC, Delta) path, any Hadoop URI")
+    _data_flags(train, "training data: Parquet (or CSV, JSON, ORC, Delta) path, any Hadoop URI",
+                "folder of image files, one folder per class (cats/001.jpg); the class names are saved with "
+                "the model")
     train.add_argument("--features", default="features", help="feature column(s), comma separated")
     train.add_argument("--label", default="label", help="label column")
     train.add_argument("--epochs", type=int, default=1)
     train.add_argument("--batch-size", type=int, default=32)
     train.add_argument("--workers", type=int, default=None)
     train.add_argument("--strategy", default="averaging")
-    train.add_argument("--validation", help="path of validation data, in any format --data takes")
+    train.add_argument("--validation", help="path of validation data, in any format --data takes (with "
+                                            "--images: a folder of class folders)")
     train.add_argument("--output", required=True, help="where to write the trained .keras model")
     train.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     train.add_argument("--seed", type=int, default=None)
@@ -67,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                              description="Predict with a .keras model over Parquet data; write Parquet "
                                          "with every input column plus the prediction column.")
     predict.add_argument("--model", required=True)
-    predict.add_argument("--data", required=True)
+    _data_flags(predict, "Parquet (or CSV, JSON, ORC, Delta) path, any Hadoop URI",
+                "folder of image files; the output has their path, the prediction and, for a model trained on "
+                "class folders, the class name")
     predict.add_argument("--features", default="features", help="feature column(s), comma separated")
     predict.add_argument("--output", required=True, help="Parquet path to write (never one of the inputs)")
     predict.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
@@ -75,6 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=256)
     _common(predict)
     return parser
+
+
+def _data_flags(p: argparse.ArgumentParser, data_help: str, images_help: str) -> None:
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument("--data", help=data_help)
+    data.add_argument("--images", help=images_help + "; decoded to the model's input size and channels")
+    p.add_argument("--image-size", help="HxW the images are resized to, for a model whose input size is not "
+                                        "fixed (default: the model's input size)")
+    p.add_argument("--on-error", choices=("fail", "skip"), default="fail",
+                   help="an image file that cannot be decoded: stop, naming it (fail), or leave it out (skip)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -127,10 +142,18 @@ def check_arguments(args: argparse.Namespace) -> None:
 
     if not is_remote(args.model):
         check_model_archive(args.model, "--model")
-    inputs = [args.model, args.data] + ([args.validation] if getattr(args, "validation", None) else [])
-    data_format(args.data)
-    if getattr(args, "validation", None):
-        data_format(args.validation)
+    validation = getattr(args, "validation", None)
+    inputs = [args.model, args.data or args.images] + ([validation] if validation else [])
+    if args.images:
+        _image_size(args)
+        from sparkeras.images.reader import check_image_arguments
+
+        for folder, flag in [(args.images, "--images")] + ([(validation, "--validation")] if validation else []):
+            check_image_arguments(folder, (1, 1), "rgb", None, args.on_error, ("png",), flag)
+    else:
+        data_format(args.data)
+        if validation:
+            data_format(validation)
     if args.command == "train":
         from sparkeras.strategies import get_strategy
 
@@ -145,6 +168,34 @@ def check_arguments(args: argparse.Namespace) -> None:
             check_plot_path(args.plot, args.overwrite, "--plot", inputs + [args.output])
     else:
         check_output(args.output, kind="table", overwrite=args.overwrite, inputs=inputs, flag="--output")
+
+
+def _image_size(args: argparse.Namespace) -> tuple[int, int] | None:
+    from sparkeras.errors import InputError
+
+    if not args.image_size:
+        return None
+    parts = args.image_size.lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise InputError(f"--image-size must be HEIGHTxWIDTH in pixels, e.g. 224x224, got {args.image_size!r}.")
+    return int(parts[0]), int(parts[1])
+
+
+def _read_images(spark, args: argparse.Namespace, model, labels: str | None, folder: str | None = None):
+    """``--images``: the folder as read_images' DataFrame, at the model's input size and channels."""
+    from sparkeras.errors import InputError
+    from sparkeras.images import read_images
+    from sparkeras.images.decode import CHANNEL_MODES
+
+    shape = tuple(model.inputs[0].shape[1:])
+    if len(model.inputs) != 1 or len(shape) not in (2, 3) or (len(shape) == 3 and shape[-1] not in CHANNEL_MODES):
+        raise InputError(f"--images needs a model with one input of shape (height, width, channels); {args.model} "
+                         f"takes {[tuple(t.shape[1:]) for t in model.inputs]}.")
+    size = _image_size(args) or (shape[0], shape[1])
+    if None in size:
+        raise InputError(f"{args.model} takes images of any size; pass --image-size HEIGHTxWIDTH.")
+    mode = CHANNEL_MODES[shape[-1] if len(shape) == 3 else 1]
+    return read_images(spark, folder or args.images, size, mode, labels=labels, on_error=args.on_error)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -182,9 +233,15 @@ def _train(args: argparse.Namespace) -> int:
     spark = _session(args)
     check_remote_output(spark, args.output, overwrite=args.overwrite, flag="--output")
     sm = SparkModel.load(args.model, strategy=args.strategy, num_workers=args.workers, seed=args.seed)
-    history = sm.fit(args.data, epochs=args.epochs, batch_size=args.batch_size,
-                     validation_data=args.validation, features_col=split_columns(args.features),
-                     label_col=args.label, verbose=0 if args.quiet else 1)
+    data, validation = args.data, args.validation
+    features, label = split_columns(args.features), args.label
+    if args.images:
+        data, features, label = _read_images(spark, args, sm.model, "folder"), "image", "label"
+        if validation:
+            validation = _read_images(spark, args, sm.model, "folder", validation)
+    history = sm.fit(data, epochs=args.epochs, batch_size=args.batch_size,
+                     validation_data=validation, features_col=features,
+                     label_col=label, verbose=0 if args.quiet else 1)
     sm.save(args.output, overwrite=args.overwrite)
     final = {k: round(v[-1], 6) for k, v in history.history.items()}
     print(f"saved {args.output}; final epoch: {json.dumps(final)}")
@@ -204,14 +261,34 @@ def _predict(args: argparse.Namespace) -> int:
     spark = _session(args)
     check_remote_output(spark, args.output, overwrite=args.overwrite, flag="--output")
     sm = SparkModel.load(args.model)
-    out = sm.predict(args.data, features_col=split_columns(args.features), batch_size=args.batch_size,
-                     prediction_col=args.prediction_col)
+    if args.images:
+        out = _predict_images(spark, args, sm)
+    else:
+        out = sm.predict(args.data, features_col=split_columns(args.features), batch_size=args.batch_size,
+                         prediction_col=args.prediction_col)
     try:
         write_table_atomically(out, args.output, overwrite=args.overwrite, flag="--output")
     except Exception as exc:  # noqa: BLE001
         raise worker_error(exc, "predicting") from None
     print(f"wrote {args.output}")
     return 0
+
+
+def _predict_images(spark, args: argparse.Namespace, sm):
+    """The files' paths and predictions (not their bytes), with the class index and name for a classifier."""
+    from pyspark.sql import functions as F
+
+    frame = _read_images(spark, args, sm.model, None)
+    out = sm.predict(frame, features_col="image", batch_size=args.batch_size,
+                     prediction_col=args.prediction_col).drop("image")
+    scores = F.col(args.prediction_col)
+    if dict(out.dtypes)[args.prediction_col].startswith("array"):
+        index = F.array_position(scores, F.array_max(scores)) - 1
+        out = out.withColumn(f"{args.prediction_col}_class", index.cast("int"))
+        if sm.classes:
+            names = F.array(*[F.lit(c) for c in sm.classes])
+            out = out.withColumn(f"{args.prediction_col}_name", F.element_at(names, index.cast("int") + 1))
+    return out
 
 
 if __name__ == "__main__":

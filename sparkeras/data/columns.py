@@ -9,7 +9,10 @@ Supported column types, per model input or output:
 
 * ``array<numeric>`` (nested arrays too, e.g. images as ``array<array<float>>``),
 * a Spark ML ``Vector`` (dense or sparse),
-* one or more numeric scalar columns, assembled in the order given.
+* one or more numeric scalar columns, assembled in the order given,
+* ``binary``: encoded image files (``sparkeras.read_images``' ``image`` column,
+  Spark's ``binaryFile`` ``content``), decoded on the executors to the
+  input's height, width and channels (:mod:`sparkeras.images.decode`).
 
 A row's values are reshaped to the tensor's per-row shape (a flat 64-value row
 feeds an ``(8, 8, 1)`` input), so the DataFrame need not know the model's layout.
@@ -26,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sparkeras.errors import InputError
+from sparkeras.images.decode import ImageGeometry
 
 ColumnSpec = Union[str, Sequence[str], Mapping[str, Union[str, Sequence[str]]]]
 
@@ -50,6 +54,7 @@ class TensorBinding:
     dtype: str = "float32"
     classes: int | None = None
     unit_interval: bool = False
+    image: ImageGeometry | None = None
 
     @property
     def size(self) -> int | None:
@@ -67,6 +72,8 @@ class TensorBinding:
     def to_numpy(self, batch: pa.RecordBatch) -> "BindingValues":
         """Convert this binding's columns of an Arrow batch to ``(n, *shape)``."""
         n = batch.num_rows
+        if len(self.columns) == 1 and _is_binary(batch.schema.field(self.columns[0]).type):
+            return self._decode_images(batch)
         parts = []
         for col in self.columns:
             values, problem = _column_rows(batch.column(col), col)
@@ -84,6 +91,22 @@ class TensorBinding:
         except ValueError:
             return BindingValues(None, self._size_problem(per_row), n)
         return BindingValues(shaped.astype(self.dtype, copy=False), None, n, raw=rows)
+
+    def _decode_images(self, batch: pa.RecordBatch) -> "BindingValues":
+        """Encoded image files to this input's shape; the model's own layers scale the 0..255 values."""
+        from sparkeras.images.decode import decode_column, geometry_for
+
+        col = self.columns[0]
+        try:
+            geometry = self.image or geometry_for(self.shape, None, col, self.name)
+        except InputError as exc:
+            return BindingValues(None, str(exc), batch.num_rows)
+        origins = batch.column(geometry.origin) if geometry.origin in batch.schema.names else None
+        pixels, problem = decode_column(batch.column(col), geometry, col, origins)
+        if problem:
+            return BindingValues(None, problem, batch.num_rows)
+        target = tuple(-1 if d is None else d for d in self.shape)
+        return BindingValues(pixels.reshape((batch.num_rows, *target)).astype(self.dtype), None, batch.num_rows)
 
     def _size_problem(self, per_row: int) -> str:
         role = "model input" if self.role == FEATURE else "model output"
@@ -125,6 +148,9 @@ class ColumnMap:
         for b in self.bindings:
             for c in b.columns:
                 seen[c] = None
+        for b in self.bindings:  # the paths of image files, to name one that cannot be decoded
+            if b.image is not None and b.image.origin is not None:
+                seen[b.image.origin] = None
         return list(seen)
 
     def without_labels(self) -> "ColumnMap":
@@ -296,6 +322,8 @@ def _bind(
                 f"{sorted(existing)}. Pass {arg}= with one of them."
             )
     kinds = [_column_kind(existing[c].dataType) for c in cols]
+    if "image" in kinds:
+        return _bind_images(name, cols, shape, role, slot, existing, kinds)
     for col, kind in zip(cols, kinds):
         if kind is None:
             raise InputError(
@@ -345,12 +373,39 @@ def _bind(
     return TensorBinding(name, cols, shape, role, slot, dtype, classes, unit_interval)
 
 
+def _bind_images(name: str, cols: tuple[str, ...], shape: tuple[int | None, ...], role: str, slot: str,
+                 existing: Mapping[str, Any], kinds: list[str | None]) -> TensorBinding:
+    """A model input fed by a column of encoded image files, checked against the model's input shape."""
+    from sparkeras.images.decode import geometry_for
+
+    col = cols[kinds.index("image")]
+    if role != FEATURE:
+        raise InputError(f"label column {col!r} holds binary data (image files?); labels must be numeric: a class "
+                         "index column, or read the images with sparkeras.read_images(..., labels='folder').")
+    if len(cols) > 1:
+        raise InputError(f"features_col lists several columns {list(cols)}, and {col!r} holds image files; "
+                         "pass the image column alone for this model input.")
+    metadata = dict(existing[col].metadata or {})
+    origin = metadata.get("path_col")
+    geometry = geometry_for(shape, metadata, col, name, origin if origin in existing else None)
+    if any(d is None for d in shape):
+        shape = {3: (geometry.height, geometry.width, geometry.channels), 2: (geometry.height, geometry.width),
+                 1: (geometry.size,)}[len(shape)]
+    return TensorBinding(name, cols, shape, role, slot, image=geometry)
+
+
+def _is_binary(t: pa.DataType) -> bool:
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t)
+
+
 def _column_kind(dtype: Any) -> str | None:
-    """'scalar', 'array' or 'vector' for usable Spark types, else None."""
+    """'scalar', 'array', 'vector' or 'image' (binary: encoded files) for usable Spark types, else None."""
     from pyspark.sql import types as T
 
     if isinstance(dtype, (T.NumericType, T.BooleanType)):
         return "scalar"
+    if isinstance(dtype, T.BinaryType):
+        return "image"
     if isinstance(dtype, T.ArrayType):
         inner = dtype.elementType
         while isinstance(inner, T.ArrayType):

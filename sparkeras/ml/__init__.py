@@ -1,5 +1,7 @@
-"""Spark ML integration: a Keras model as an Estimator / Model in Pipelines and CrossValidator."""
+"""Spark ML integration: a Keras model as an Estimator / Model in Pipelines and CrossValidator, and
+``ImageFeaturizer`` for transfer learning."""
 
 from sparkeras.ml.estimator import KerasEstimator, KerasModel
+from sparkeras.ml.featurizer import ImageFeaturizer
 
-__all__ = ["KerasEstimator", "KerasModel"]
+__all__ = ["ImageFeaturizer", "KerasEstimator", "KerasModel"]

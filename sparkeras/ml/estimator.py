@@ -156,6 +156,8 @@ class KerasEstimator(_InferenceParams, HasLabelCol, HasSeed, Estimator, _KerasSt
         fitted = KerasModel(model=keras_model)
         fitted.history = history
         self._copyValues(fitted)
+        if trainer.classes:
+            fitted._set(classes=trainer.classes)
         if tracker is not None:
             tracker.log_spark_ml_model(fitted)
             tracker.wait()  # the run is complete when fit returns
@@ -181,7 +183,12 @@ class KerasModel(_InferenceParams, Model, _KerasStage):
     argmax class as a double for several output units; the output as a
     double for one) and, for several units, ``probabilityCol``
     (array<float>). Each Python worker loads the model once and reuses it.
+    ``classes`` holds the class names of the training labels, in class index
+    order, when they carried them (``read_images(..., labels="folder")``).
     """
+
+    classes: Param[list] = Param(Params._dummy(), "classes", "class names of the labels, in class index order "
+                                 "(from the training label column's metadata)", typeConverter=TypeConverters.toListString)
 
     @keyword_only
     def __init__(self, *, model: Any = None, featuresCol: str = "features", predictionCol: str = "prediction",
@@ -203,6 +210,10 @@ class KerasModel(_InferenceParams, Model, _KerasStage):
 
     def setParams(self, **params: Any) -> "KerasModel":
         return self._set(**params)
+
+    def getClasses(self) -> list[str] | None:
+        """The class names of the labels, in class index order, or ``None`` when the labels had none."""
+        return self.getOrDefault(self.classes) if self.isDefined(self.classes) else None
 
     def _transform(self, dataset: Any) -> Any:
         from sparkeras.inference.batch import CLASS, OutputColumn

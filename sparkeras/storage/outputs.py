@@ -145,13 +145,22 @@ def _temporary_sibling(path: str) -> str:
     return f"{head}/{hidden}" if is_remote(path) else os.path.join(head, hidden)
 
 
-def save_model_atomically(model: Any, path: str, spark: Any = None, overwrite: bool = True) -> None:
-    """``model.save`` to a temporary sibling, then rename it to ``path``; a failure leaves ``path`` as it was."""
+SPARKERAS_MEMBER = "sparkeras.json"
+
+
+def save_model_atomically(model: Any, path: str, spark: Any = None, overwrite: bool = True,
+                          info: dict | None = None) -> None:
+    """``model.save`` to a temporary sibling, then rename it to ``path``; a failure leaves ``path`` as it was.
+
+    ``info`` (what sparkeras knows of the model beyond Keras, such as the
+    class names of its labels) is written into the archive as
+    ``sparkeras.json``, which Keras' loader ignores.
+    """
     local = _local(path)
     if local is not None:
         tmp = _temporary_sibling(local) + MODEL_EXTENSION
         try:
-            model.save(tmp)
+            _save(model, tmp, info)
             if not overwrite and os.path.exists(local):
                 raise InputError(f"{path!r} already exists; pass overwrite=True to replace it.")
             os.replace(tmp, local)
@@ -161,7 +170,7 @@ def save_model_atomically(model: Any, path: str, spark: Any = None, overwrite: b
         return
     with tempfile.TemporaryDirectory() as work:
         staged = os.path.join(work, "model.keras")
-        model.save(staged)
+        _save(model, staged, info)
         fs, _ = _hadoop(spark, path)
         tmp = _temporary_sibling(path)
         try:
@@ -169,6 +178,28 @@ def save_model_atomically(model: Any, path: str, spark: Any = None, overwrite: b
             _commit(spark, tmp, path, overwrite)
         finally:
             _delete(spark, tmp)
+
+
+def _save(model: Any, path: str, info: dict | None) -> None:
+    model.save(path)
+    if info:
+        import json
+        import zipfile
+
+        with zipfile.ZipFile(path, "a") as archive:
+            archive.writestr(SPARKERAS_MEMBER, json.dumps(info))
+
+
+def read_model_info(path: str) -> dict:
+    """The ``sparkeras.json`` of a local ``.keras`` archive; ``{}`` when there is none."""
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return json.loads(archive.read(SPARKERAS_MEMBER))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return {}
 
 
 def write_table_atomically(frame: Any, path: str, overwrite: bool = False, flag: str = "output") -> None:

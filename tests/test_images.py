@@ -1,0 +1,217 @@
+"""Images where they live: real PNG and JPEG files read, decoded and trained on through Spark."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import sparkeras
+from sparkeras import InputError, SparkModel
+from sparkeras.ml import ImageFeaturizer, KerasModel
+
+CLASSES = [f"digit_{c}" for c in range(10)]
+
+
+def _uri(path: str) -> str:
+    return "file:" + path
+
+
+def _pixels(path: str, size=(32, 32), mode="L") -> np.ndarray:
+    """The reference decode, with Pillow directly, as a plain Keras user would."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image = image.convert(mode).resize(size[::-1], Image.Resampling.BILINEAR)
+        return np.asarray(image, dtype=np.float32).reshape(*size, len(mode))
+
+
+def _cnn(channels=1, size=32, seed=0):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([
+        keras.Input((size, size, channels)),
+        keras.layers.Rescaling(1 / 255),
+        keras.layers.RandomContrast(0.1),  # augmentation inside the model, active only in training
+        keras.layers.Conv2D(16, 3, activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(32, 3, activation="relu"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Flatten(name="embedding"),
+        keras.layers.Dense(10, activation="softmax"),
+    ])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+@pytest.fixture(scope="module")
+def images(spark, digit_images):
+    root, good, corrupt = digit_images
+    return root, good, corrupt, sparkeras.read_images(spark, root, (32, 32), color_mode="grayscale",
+                                                      on_error="skip")
+
+
+@pytest.fixture(scope="module")
+def trained(images, tmp_path_factory):
+    root, good, corrupt, frame = images
+    train, test = frame.randomSplit([0.8, 0.2], seed=3)
+    sm = SparkModel(_cnn(), "averaging", num_workers=2, seed=1)
+    history = sm.fit(train, epochs=6, batch_size=32, features_col="image", verbose=0)
+    return sm, history, train, test
+
+
+def test_read_images_labels_files_by_folder_and_skips_the_corrupt_ones(images):
+    root, good, corrupt, frame = images
+    assert [(f.name, f.dataType.simpleString()) for f in frame.schema.fields] == \
+        [("path", "string"), ("image", "binary"), ("label", "int")]
+    assert frame.schema["label"].metadata["classes"] == CLASSES
+    rows = {r.path: r.label for r in frame.select("path", "label").collect()}
+    assert rows == {_uri(p): label for p, label in good.items()}
+    assert sparkeras.skipped_images(frame) == sorted(_uri(p) for p in corrupt)
+    assert frame.rdd.getNumPartitions() == 2  # 1,799 files: one partition per core, not one per 32 files
+
+
+def test_a_cnn_learns_digits_from_image_files(trained, tmp_path):
+    sm, history, train, test = trained
+    assert history.history["accuracy"][-1] > history.history["accuracy"][0]
+    accuracy = sm.evaluate(test, features_col="image")["accuracy"]
+    assert accuracy >= 0.9, accuracy
+    assert sm.classes == CLASSES
+    path = str(tmp_path / "digits.keras")
+    sm.save(path)
+    assert SparkModel.load(path).classes == CLASSES  # the class index is kept with the model
+
+
+def test_transform_sql_and_predict_give_model_predict_on_the_decoded_pixels(spark, trained, digit_images):
+    sm, _, _, test = trained
+    rows = test.select("path").collect()
+    expected = sm.model.predict(np.stack([_pixels(r.path[len("file:"):]) for r in rows]), verbose=0)
+    order = {r.path: i for i, r in enumerate(rows)}
+
+    def by_path(frame, column):
+        out = np.zeros_like(expected)
+        for r in frame.select("path", column).collect():
+            out[order[r.path]] = r[column]
+        return out
+
+    stage = KerasModel(model=sm.model, featuresCol="image", batchSize=50)
+    np.testing.assert_allclose(by_path(stage.transform(test), "probability"), expected, atol=1e-5)
+    np.testing.assert_allclose(by_path(sm.predict(test, features_col="image"), "prediction"), expected, atol=1e-5)
+    sparkeras.register_udf(spark, "digit_scores", sm.model)
+    test.createOrReplaceTempView("digit_files")
+    np.testing.assert_allclose(by_path(spark.sql("SELECT path, digit_scores(image) AS s FROM digit_files"), "s"),
+                               expected, atol=1e-5)
+
+
+def test_a_corrupt_file_stops_fit_and_prediction_with_its_path(spark, digit_images):
+    root, _, corrupt = digit_images
+    frame = sparkeras.read_images(spark, root, 32, color_mode="grayscale")  # on_error="fail", the default
+    with pytest.raises(InputError) as fit_error:
+        SparkModel(_cnn(), num_workers=2).fit(frame, features_col="image", verbose=0)
+    assert "could not be decoded" in str(fit_error.value) and "on_error='skip'" in str(fit_error.value)
+    assert any(_uri(p) in str(fit_error.value) for p in corrupt), str(fit_error.value)
+    scored = KerasModel(model=_cnn(), featuresCol="image").transform(frame.where(frame.path.endswith("broken.jpg")))
+    with pytest.raises(Exception, match="broken.jpg"):
+        scored.collect()
+
+
+def test_colour_modes_convert_and_resize_as_keras_does(spark, digit_images):
+    """rgb expands grayscale and drops an RGBA file's alpha; other sizes are resized (bilinear)."""
+    root, good, _ = digit_images
+    frame = sparkeras.read_images(spark, os.path.join(root, "digit_0"), (20, 24), color_mode="rgb", labels=None,
+                                  on_error="skip")
+    rgba = next(p for p in good if p.endswith("00005.png"))
+    model = SparkModel(_identity((20, 24, 3)))
+    rows = model.predict(frame, features_col="image").collect()
+    assert len(rows) == sum(1 for p in good if "/digit_0/" in p)
+    for r in rows[:20]:
+        np.testing.assert_allclose(np.reshape(r.prediction, (20, 24, 3)), _pixels(r.path[5:], (20, 24), "RGB"))
+    digit5 = sparkeras.read_images(spark, os.path.dirname(rgba), (20, 24), color_mode="rgb", labels=None)
+    row = model.predict(digit5.where(digit5.path.endswith("00005.png")), features_col="image").first()
+    np.testing.assert_allclose(np.reshape(row.prediction, (20, 24, 3)), _pixels(rgba, (20, 24), "RGB"))
+
+
+def _identity(shape):
+    """A model whose prediction is its input, flattened: the decoded pixels themselves."""
+    import keras
+
+    model = keras.Sequential([keras.Input(shape), keras.layers.Flatten()])
+    model.compile(loss="mse")
+    return model
+
+
+def test_new_image_files_are_scored_as_they_arrive(spark, trained, tmp_path, digit_images):
+    import shutil
+
+    _, good, _ = digit_images
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    files = sorted(good)[:40]
+    for p in files:
+        shutil.copy(p, incoming / os.path.basename(p))
+    sm = trained[0]
+    stream = sparkeras.read_images(spark, str(incoming), 32, color_mode="grayscale", labels=None, stream=True)
+    query = (KerasModel(model=sm.model, featuresCol="image").transform(stream).select("path", "prediction")
+             .writeStream.format("memory").queryName("new_digits").trigger(availableNow=True).start())
+    query.awaitTermination(120)
+    assert query.exception() is None
+    streamed = {os.path.basename(r.path): r.prediction for r in spark.table("new_digits").collect()}
+    expected = sm.model.predict(np.stack([_pixels(p) for p in files]), verbose=0).argmax(axis=1)
+    assert streamed == {os.path.basename(p): float(c) for p, c in zip(files, expected)}
+
+
+def test_image_featurizer_writes_the_named_layers_output(trained):
+    sm, _, _, test = trained
+    featurizer = ImageFeaturizer(model=sm.model, layer="embedding", outputCol="embedding")
+    rows = featurizer.transform(test.limit(30)).select("path", "embedding").collect()
+    import keras
+
+    cut = keras.Model(sm.model.inputs, sm.model.get_layer("embedding").output)
+    expected = cut.predict(np.stack([_pixels(r.path[5:]) for r in rows]), verbose=0)
+    np.testing.assert_allclose([r.embedding for r in rows], expected, atol=1e-4)
+    with pytest.raises(InputError, match="no layer 'pool5'.*'embedding'"):
+        ImageFeaturizer(model=sm.model, layer="pool5")
+
+
+def test_image_errors_name_the_problem(spark, digit_images, tmp_path):
+    root, _, _ = digit_images
+    for kwargs, message in [
+        (dict(image_size=(32, 0)), "image_size must be \\(height, width\\)"),
+        (dict(image_size=32, color_mode="cmyk"), "color_mode must be one of"),
+        (dict(image_size=32, labels="parent"), "labels must be 'folder'"),
+        (dict(image_size=32, on_error="ignore"), "on_error must be 'fail'"),
+        (dict(image_size=32, extensions="png"), "extensions must be a list"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            sparkeras.read_images(spark, root, **kwargs)
+    with pytest.raises(InputError, match="is not there"):
+        sparkeras.read_images(spark, str(tmp_path / "missing"), 32)
+    loose = tmp_path / "loose"
+    (loose / "cats").mkdir(parents=True)
+    (loose / "cat.png").write_bytes(b"")
+    with pytest.raises(InputError, match="'cat.png' lies directly in .*one folder per class"):
+        sparkeras.read_images(spark, str(loose), 32)
+    with pytest.raises(InputError, match="has no class folders"):
+        sparkeras.read_images(spark, str(loose / "cats"), 32)
+    with pytest.raises(InputError, match="found no image files"):
+        sparkeras.read_images(spark, str(loose / "cats"), 32, labels=None)
+
+    frame = sparkeras.read_images(spark, root, (32, 32), color_mode="grayscale")
+    import keras
+
+    for model, message in [
+        (_cnn(size=28), "read with image_size=\\(32, 32\\); read them with image_size=\\(28, 28\\)"),
+        (_cnn(channels=3), "takes 3 channel\\(s\\), but the images were read with color_mode='grayscale'; "
+                           "read them with color_mode='rgb'"),
+        (keras.Sequential([keras.Input((10,)), keras.layers.Dense(10)]),
+         "read as 32x32 with 1 channel\\(s\\) = 1024 values; read them with an image_size and color_mode that make 10"),
+        (keras.Sequential([keras.Input((2, 32, 32, 1)), keras.layers.Flatten(), keras.layers.Dense(10)]),
+         "cannot take images: give the model an input of shape \\(height, width, channels\\)"),
+    ]:
+        model.compile(loss="sparse_categorical_crossentropy")
+        with pytest.raises(InputError, match=message):
+            SparkModel(model).fit(frame, features_col="image", verbose=0)
+    with pytest.raises(InputError, match="label column 'image' holds binary data"):
+        SparkModel(_cnn()).fit(frame, features_col="image", label_col="image", verbose=0)
