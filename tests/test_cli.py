@@ -64,9 +64,15 @@ def test_train_on_a_local_cluster_then_predict(files, spark):
     assert len(got) == 3000 and all(got[i] == want[i] for i in range(0, 3000, 97))
 
 
-def test_train_and_predict_on_a_folder_of_image_files(digit_images, tmp_path, spark):
-    """--images: class folders in, the class names kept with the model and written beside each prediction."""
+def test_train_and_predict_on_a_folder_of_image_files(digit_images, tmp_path, spark, capsys):
+    """--images: class folders in, the class names kept with the model and written beside each prediction.
+
+    Run in this process, on the suite's session (no --master), to spare two process starts; the
+    subprocess tests above cover the command as a separate process.
+    """
     import keras
+
+    from sparkeras.cli.main import main
 
     root, good, corrupt = digit_images
     keras.utils.set_random_seed(0)
@@ -75,15 +81,15 @@ def test_train_and_predict_on_a_folder_of_image_files(digit_images, tmp_path, sp
                               keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")])
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.save(str(tmp_path / "cnn.keras"))
-    res = _cli("train", "--model", str(tmp_path / "cnn.keras"), "--images", root, "--on-error", "skip",
-               "--epochs", "4", "--workers", "2", "--master", "local[2]", "--output", str(tmp_path / "t.keras"),
-               "--quiet")
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert json.loads(res.stdout.split("final epoch: ")[1])["accuracy"] > 0.8
+    rc = main(["train", "--model", str(tmp_path / "cnn.keras"), "--images", root, "--on-error", "skip",
+               "--epochs", "4", "--workers", "2", "--output", str(tmp_path / "t.keras"), "--quiet"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err[-3000:]
+    assert json.loads(out.out.split("final epoch: ")[1])["accuracy"] > 0.8
     folder = os.path.join(root, "digit_3")
-    res = _cli("predict", "--model", str(tmp_path / "t.keras"), "--images", folder, "--on-error", "skip",
-               "--output", str(tmp_path / "p.parquet"), "--master", "local[2]")
-    assert res.returncode == 0, res.stderr[-3000:]
+    rc = main(["predict", "--model", str(tmp_path / "t.keras"), "--images", folder, "--on-error", "skip",
+               "--output", str(tmp_path / "p.parquet")])
+    assert rc == 0, capsys.readouterr().err[-3000:]
     out = spark.read.parquet(str(tmp_path / "p.parquet"))
     assert out.columns == ["path", "prediction", "prediction_class", "prediction_name"]
     rows = out.collect()

@@ -49,8 +49,9 @@ def _cnn(channels=1, size=32, seed=0):
 @pytest.fixture(scope="module")
 def images(spark, digit_images):
     root, good, corrupt = digit_images
-    return root, good, corrupt, sparkeras.read_images(spark, root, (32, 32), color_mode="grayscale",
-                                                      on_error="skip")
+    frame = sparkeras.read_images(spark, root, (32, 32), color_mode="grayscale", on_error="skip").cache()
+    yield root, good, corrupt, frame
+    frame.unpersist()
 
 
 @pytest.fixture(scope="module")
