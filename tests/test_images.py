@@ -9,7 +9,7 @@ import pytest
 
 import sparkeras
 from sparkeras import InputError, SparkModel
-from sparkeras.ml import ImageFeaturizer, KerasModel
+from sparkeras.ml import ImageFeaturizer, KerasEstimator, KerasModel
 
 CLASSES = [f"digit_{c}" for c in range(10)]
 
@@ -83,6 +83,18 @@ def test_a_cnn_learns_digits_from_image_files(trained, tmp_path):
     path = str(tmp_path / "digits.keras")
     sm.save(path)
     assert SparkModel.load(path).classes == CLASSES  # the class index is kept with the model
+
+
+def test_a_keras_estimator_trains_on_image_files_with_allreduce(images):
+    """The Spark ML stage, and a strategy with its own gradient step, take the image column as they are."""
+    frame = images[3]
+    train, test = frame.randomSplit([0.8, 0.2], seed=3)
+    fitted = KerasEstimator(model=_cnn(seed=2), featuresCol="image", strategy="allreduce", epochs=2, numWorkers=2,
+                            seed=1).fit(train)
+    assert fitted.getClasses() == CLASSES
+    assert fitted.history.history["accuracy"][-1] > fitted.history.history["accuracy"][0]
+    rows = fitted.transform(test).select("prediction", "label").collect()
+    assert np.mean([r.prediction == r.label for r in rows]) > 0.5  # chance is 0.1
 
 
 def test_transform_sql_and_predict_give_model_predict_on_the_decoded_pixels(spark, trained, digit_images):
