@@ -99,7 +99,7 @@ def read_images(spark: Any, path: str, image_size: int | tuple[int, int], color_
     path, size = check_image_arguments(path, image_size, color_mode, labels, on_error, extensions)
     from pyspark.sql import functions as F
 
-    root, classes = _class_folders(spark, path) if labels == "folder" else ("", None)
+    root, classes = _class_folders(spark, path, extensions) if labels == "folder" else ("", None)
     reader = spark.readStream.schema(BINARY_FILE_SCHEMA) if stream else spark.read
     glob = "*.{" + ",".join(sorted({v for e in extensions for v in (e.lower().lstrip("."), e.upper().lstrip("."))}))
     frame = (reader.format("binaryFile").option("pathGlobFilter", glob + "}")
@@ -125,7 +125,7 @@ def _qualified(spark: Any, path: str) -> Any:
     return fs, fs.makeQualified(hadoop_path)
 
 
-def _class_folders(spark: Any, path: str) -> tuple[str, list[str]]:
+def _class_folders(spark: Any, path: str, extensions: Sequence[str]) -> tuple[str, list[str]]:
     """The qualified root and its class folders, sorted; files lying directly under the root are an error."""
     fs, root = _qualified(spark, path)
     try:
@@ -134,7 +134,8 @@ def _class_folders(spark: Any, path: str) -> tuple[str, list[str]]:
         raise InputError(f"read_images could not list {path!r}: {str(exc).splitlines()[0]}") from None
     names = [(e.getPath().getName(), e.isDirectory()) for e in entries]
     visible = [(n, d) for n, d in names if not n.startswith((".", "_"))]
-    loose = sorted(n for n, d in visible if not d and os.path.splitext(n)[1].lower().lstrip(".") in IMAGE_EXTENSIONS)
+    wanted = {e.lower().lstrip(".") for e in extensions}
+    loose = sorted(n for n, d in visible if not d and os.path.splitext(n)[1].lower().lstrip(".") in wanted)
     classes = sorted(n for n, d in visible if d)
     if loose:
         raise InputError(f"read_images(labels='folder'): {loose[0]!r} lies directly in {path!r}, not in a class "
