@@ -392,15 +392,11 @@ def _import_own_layers(path: str) -> None:
     sparkeras' own modules are imported here: a file cannot make the loader
     import arbitrary code.
     """
-    import json
-    import zipfile
-
     from sparkeras.serialization import _custom_modules
+    from sparkeras.storage.model_file import archive_json
 
-    try:
-        with zipfile.ZipFile(path) as archive:
-            config = json.loads(archive.read("config.json"))
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+    config = archive_json(path, "config.json")
+    if config is None:
         return  # Keras' own loader reports what is wrong with the file
     for module in sorted(m for m in _custom_modules(config) if m.startswith("sparkeras.")):
         importlib.import_module(module)

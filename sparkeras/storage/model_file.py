@@ -41,3 +41,18 @@ def check_model_archive(path: str, flag: str = "model") -> None:
         what = f"it lacks {', '.join(missing)}" if missing else f"its member {broken!r} is corrupt"
         raise InputError(f"{flag} {path!r} is not a valid .keras archive ({what}). "
                          "Save the model again with model.save('name.keras').")
+
+
+def archive_json(path: str, member: str) -> dict | None:
+    """The JSON member ``member`` of the local ``.keras`` archive ``path``; ``None`` when it cannot be read.
+
+    A missing or broken member is not an error here: Keras' own loader
+    reports what is wrong with the file.
+    """
+    import json
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return json.loads(archive.read(member))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None

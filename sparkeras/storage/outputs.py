@@ -192,14 +192,9 @@ def _save(model: Any, path: str, info: dict | None) -> None:
 
 def read_model_info(path: str) -> dict:
     """The ``sparkeras.json`` of a local ``.keras`` archive; ``{}`` when there is none."""
-    import json
-    import zipfile
+    from sparkeras.storage.model_file import archive_json
 
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return json.loads(archive.read(SPARKERAS_MEMBER))
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
-        return {}
+    return archive_json(path, SPARKERAS_MEMBER) or {}
 
 
 def write_table_atomically(frame: Any, path: str, overwrite: bool = False, flag: str = "output") -> None:
