@@ -196,7 +196,7 @@ def tracking_overhead(args: argparse.Namespace, strategy: str, data: dict, direc
             cpu[kind].append(time.process_time() - start_cpu)
     logger.wait()
     start = time.perf_counter()
-    log_keras_model(sm.model, logger.run_id)
+    log_keras_model(sm.model, logger.run)
     log_model_s = time.perf_counter() - start
     median = {k: float(np.median(v)) for k, v in times.items()}
     cpu_median = {k: float(np.median(v)) for k, v in cpu.items()}

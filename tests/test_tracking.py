@@ -54,6 +54,7 @@ def tracked(spark, tmp_path_factory):
 def test_mlflow_run_holds_params_epoch_metrics_timings_and_a_reloadable_model(tracked):
     import mlflow
     from mlflow import MlflowClient
+    from mlflow.entities import LoggedModelStatus
 
     tmp, uri, logger, sm, history, x = tracked
     logger.wait()  # the store writes run in the background
@@ -75,6 +76,15 @@ def test_mlflow_run_holds_params_epoch_metrics_timings_and_a_reloadable_model(tr
     assert len(setup) == 1 and setup[0].value == pytest.approx(history.setup_seconds, abs=0.5)
     reloaded = mlflow.pyfunc.load_model(logger.model_uri)
     np.testing.assert_allclose(reloaded.predict(x[:50]), sm.model.predict(x[:50], verbose=0), atol=1e-6)
+    # The LoggedModel is ready, is the run's output, and carries the figures of the weights it holds:
+    # the last epoch's metrics (not the first's) and the fit's params.
+    logged = client.get_logged_model(logger.model_uri.split("/")[-1])
+    assert logged.status == LoggedModelStatus.READY and logged.source_run_id == logger.run_id
+    assert [o.model_id for o in client.get_run(logger.run_id).outputs.model_outputs] == [logged.model_id]
+    linked = {m.key: (m.step, m.value) for m in logged.metrics}
+    assert linked["val_loss"] == (1, history.history["val_loss"][1]), linked
+    assert linked["accuracy"] == (1, history.history["accuracy"][1]), linked
+    assert logged.params["strategy"] == "averaging" and logged.params["batch_size"] == "32"
 
 
 def test_keras_tensorboard_and_sparkeras_scalars_show_the_straggler(tracked):
