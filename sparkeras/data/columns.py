@@ -72,7 +72,7 @@ class TensorBinding:
     def to_numpy(self, batch: pa.RecordBatch) -> "BindingValues":
         """Convert this binding's columns of an Arrow batch to ``(n, *shape)``."""
         n = batch.num_rows
-        if len(self.columns) == 1 and _is_binary(batch.schema.field(self.columns[0]).type):
+        if len(self.columns) == 1 and is_binary_type(batch.schema.field(self.columns[0]).type):
             return self._decode_images(batch)
         parts = []
         for col in self.columns:
@@ -394,7 +394,7 @@ def _bind_images(name: str, cols: tuple[str, ...], shape: tuple[int | None, ...]
     return TensorBinding(name, cols, shape, role, slot, image=geometry)
 
 
-def _is_binary(t: pa.DataType) -> bool:
+def is_binary_type(t: pa.DataType) -> bool:
     return pa.types.is_binary(t) or pa.types.is_large_binary(t)
 
 
