@@ -12,30 +12,6 @@ import numpy as np
 import pytest
 
 
-def _runs_late(item) -> int:
-    """0 for most tests; the backend children's collection and the standalone cluster's faults go last."""
-    if item.originalname == "test_the_backend_matrix_passes":
-        return 1
-    return 2 if "test_cluster_faults.py" in item.nodeid else 0
-
-
-def pytest_collection_modifyitems(config, items):
-    """Collect the JAX and PyTorch children (started below) at the end of the run, then run the cluster
-    faults, whose slot timeouts are best kept away from the children's load."""
-    items.sort(key=_runs_late)
-
-
-def pytest_collection_finish(session):
-    """Start the backend children as soon as the run is known to include them: they run beside the
-    rest of the suite, filling the time its tests spend waiting (tests/test_backends.py)."""
-    if session.config.option.collectonly:
-        return
-    for item in session.items:
-        if item.originalname == "test_the_backend_matrix_passes":
-            item.module.start_children()
-            return
-
-
 @pytest.fixture(scope="session")
 def spark():
     from sparkeras import get_spark

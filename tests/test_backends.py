@@ -3,9 +3,9 @@
 TensorFlow runs the whole suite in this process. JAX and PyTorch each run
 the backend matrix, the tests that touch the backend, in a process of their
 own, with its own Spark session (a process has one Keras backend, and
-Spark's Python workers keep theirs). The two children start together as soon
-as collection has finished and run beside the rest of the suite; their test
-runs last and collects them (see :func:`start_children`).
+Spark's Python workers keep theirs). The two children run at the same time:
+much of each one's time is start-up and waiting, and together they took 92-98 s
+where one after the other took 112 s.
 
 - JAX on a local cluster whose tasks each get one fake GPU, so every test
   there also runs with Spark assigning GPUs;
@@ -24,11 +24,9 @@ tests/backend_matrix.py``.
 
 from __future__ import annotations
 
-import atexit
 import os
 import subprocess
 import sys
-import tempfile
 
 import pytest
 
@@ -40,15 +38,11 @@ RUNS = {
 }
 
 
-def start_children() -> dict[str, subprocess.Popen]:
-    """Start both backends' children, each writing its output to files (not pipes: no stalls).
-
-    ``conftest.py`` calls this as soon as collection has finished, so the children run beside
-    the rest of the suite, and moves :func:`test_the_backend_matrix_passes` to the end of the
-    run to collect them: much of each child's time is waiting (JVM and worker start-up, barrier
-    rendezvous), which the other tests fill.
-    """
-    logs = tempfile.mkdtemp(prefix="sparkeras-backend-children-")
+@pytest.fixture(scope="module")
+def children(tmp_path_factory):
+    """Both backends' children, started together: much of each child's time is waiting (JVM and worker
+    start-up, barrier rendezvous), so the two overlap on 2 cores. Each test then waits for its own."""
+    logs = tmp_path_factory.mktemp("backend-children")
     procs = {}
     for backend, (extra, selection) in sorted(RUNS.items()):
         try:
@@ -57,25 +51,11 @@ def start_children() -> dict[str, subprocess.Popen]:
             continue
         env = dict(os.environ, KERAS_BACKEND=backend, PYSPARK_PYTHON=sys.executable, **extra)
         env.pop("PYSPARK_SUBMIT_ARGS", None)
-        out, err = os.path.join(logs, f"{backend}.out"), os.path.join(logs, f"{backend}.err")
         procs[backend] = subprocess.Popen(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", selection,
              os.path.join(HERE, "backend_matrix.py")],
-            cwd=HERE, env=env, stdout=open(out, "w"), stderr=open(err, "w"))
-        procs[backend].logs = (out, err)
-    STARTED.update(procs)
-    atexit.register(lambda: [proc.kill() for proc in procs.values()])  # a run stopped early (-x) leaves none
-    return procs
-
-
-STARTED: dict[str, subprocess.Popen] = {}
-
-
-@pytest.fixture(scope="module")
-def children():
-    """The children ``conftest.py`` started after collection, or started now (a run that imports this
-    module some other way)."""
-    procs = dict(STARTED) or start_children()
+            cwd=HERE, env=env, stdout=open(logs / f"{backend}.out", "w"), stderr=open(logs / f"{backend}.err", "w"))
+        procs[backend].logs = (logs / f"{backend}.out", logs / f"{backend}.err")  # files, not pipes: no stalls
     yield procs
     for proc in procs.values():
         proc.kill()
@@ -86,7 +66,7 @@ def test_the_backend_matrix_passes(children, backend):
     pytest.importorskip(backend)
     proc = children[backend]
     proc.wait(timeout=900)
-    stdout, stderr = (open(path).read() for path in proc.logs)
+    stdout, stderr = (path.read_text() for path in proc.logs)
     summary = stdout.strip().splitlines()[-1] if stdout.strip() else ""
     assert proc.returncode == 0, f"{backend}: {summary}\n{stdout[-6000:]}\n{stderr[-3000:]}"
     assert " passed" in summary and "failed" not in summary and "error" not in summary, summary
