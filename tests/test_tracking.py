@@ -87,6 +87,35 @@ def test_mlflow_run_holds_params_epoch_metrics_timings_and_a_reloadable_model(tr
     assert logged.params["strategy"] == "averaging" and logged.params["batch_size"] == "32"
 
 
+def test_a_failed_fit_ends_its_run_and_its_model_failed(tracked):
+    import keras
+    from mlflow import MlflowClient
+    from mlflow.entities import LoggedModelStatus
+
+    from sparkeras import SparkModel
+    from sparkeras.callbacks import MLflowLogger
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise RuntimeError("stopped by the user's callback")
+
+    tmp, uri, _, _, _, x = tracked
+    logger = MLflowLogger(tracking_uri=uri, experiment="failures")
+    sm = SparkModel(mlp(), "averaging", 2, seed=0)
+    with pytest.raises(RuntimeError, match="stopped by the user's callback"):
+        sm.fit(x[:400], np.zeros(400, dtype="int64"), epochs=2, batch_size=64, verbose=0,
+               callbacks=[logger, Interrupt()])
+    logger.wait()
+    client = MlflowClient(uri)
+    run = client.get_run(logger.run_id)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["sparkeras.error"] == "RuntimeError: stopped by the user's callback"
+    assert "sparkeras.model_uri" not in run.data.tags and logger.model_uri is None
+    # The model created as training began is marked FAILED, not left PENDING.
+    models = client.search_logged_models(experiment_ids=[run.info.experiment_id])
+    assert [(m.source_run_id, m.status) for m in models] == [(logger.run_id, LoggedModelStatus.FAILED)]
+
+
 def test_keras_tensorboard_and_sparkeras_scalars_show_the_straggler(tracked):
     tmp, _, _, _, history, _ = tracked
     keras_train = _scalars(tmp / "tb" / "train")

@@ -236,6 +236,7 @@ class MLflowLogger(keras.callbacks.Callback):
         self._figures: dict[str, float] = {}
         self._params: dict[str, Any] = {}
         self._last_logged: tuple[int, dict[str, Any], int | None] = (0, {}, None)  # the last epoch's: the model's
+        self._logged_model: LoggedKerasModel | None = None  # created (PENDING) as training begins
 
     @property
     def run_id(self) -> str | None:
@@ -260,6 +261,7 @@ class MLflowLogger(keras.callbacks.Callback):
         self._params = fit_params(params, self.model)
         self._last_logged = (0, {}, None)
         self.run.log(params=self._params, metrics=setup, step=0)
+        self._logged_model = LoggedKerasModel(self.run, params=self._params) if self.log_model else None
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epoch_started = time.perf_counter()
@@ -280,19 +282,20 @@ class MLflowLogger(keras.callbacks.Callback):
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         if self.run is None:
             return
-        if self.log_model:
-            run, rebuild = self.run, _snapshot(self.model)
-            params, (step, metrics, timestamp) = self._params, self._last_logged
-
-            def log(model: Any) -> None:
-                self._model_uri = log_keras_model(model, run, params=params, metrics=metrics, step=step,
-                                                  timestamp=timestamp)
-                run.client.set_tag(run.run_id, "sparkeras.model_uri", self._model_uri)
-
-            if rebuild is None:  # a model that cannot be copied is logged now, as it is
-                log(self.model)
+        if self._logged_model is not None:
+            logged, (step, metrics, timestamp) = self._logged_model, self._last_logged
+            self._logged_model = None
+            try:
+                saved = SavedKerasFile.of(self.model)
+            except Exception as exc:  # noqa: BLE001 - the fit succeeded; only the model cannot be logged
+                logger.warning("MLflowLogger cannot log the model, as Keras cannot save it: %s: %s",
+                               type(exc).__name__, exc)
+                logged.fail()
             else:
-                run.submit(lambda: log(rebuild()))
+                def finish() -> None:
+                    self._model_uri = logged.finish(saved, step=step, metrics=metrics, timestamp=timestamp)
+
+                self.run.submit(finish)
         self.run.end("FINISHED")
 
     @property
@@ -316,6 +319,9 @@ class MLflowLogger(keras.callbacks.Callback):
         if self.run is not None:
             try:
                 self.run.log(tags={"sparkeras.error": f"{type(error).__name__}: {error}"[:5000]})
+                if self._logged_model is not None:
+                    self._logged_model.fail()
+                    self._logged_model = None
                 self.run.end("FAILED")
             except Exception:  # noqa: BLE001 - the fit's own error is the one to raise
                 logger.warning("MLflowLogger could not mark run %s failed", self.run.run_id)
@@ -352,23 +358,41 @@ def fit_params(params: Mapping[str, Any], model: Any) -> dict[str, Any]:
     return out
 
 
-def _snapshot(model: Any) -> Any:
-    """A function that rebuilds ``model`` as it is now (config and weights), or ``None`` if it cannot be.
+class SavedKerasFile:
+    """A Keras model saved to a ``.keras`` file, in the one role ``mlflow.keras.save_model`` gives a model.
 
     The model is logged in the background, after ``fit`` has returned and
-    the caller may be training it further; a Sequential or functional model
-    is rebuilt from a copy of its config and weights taken here (a few ms).
+    the caller may be training it further, so :meth:`of` fixes its weights
+    on the fit's thread by saving it (7-9 ms for an MLP), with its
+    signature. MLflow's Keras flavor calls only ``model.save(path)`` on the
+    model it is given (MLflow 3.x), so passing this moves the file into the
+    flavor's directory instead of serializing the model a second time. (A
+    copy of the config and weights, rebuilt on the writer thread, cost as
+    much on the fit's thread and 10-18 ms more there.)
     """
-    if type(model).__name__ not in ("Sequential", "Functional"):
-        return None
-    cls, config, weights = type(model), model.get_config(), model.get_weights()
 
-    def rebuild() -> Any:
-        copy = cls.from_config(config)
-        copy.set_weights(weights)
-        return copy
+    def __init__(self, path: str, directory: Any, signature: Any) -> None:
+        self.path, self._directory, self.signature = path, directory, signature
 
-    return rebuild
+    @classmethod
+    def of(cls, model: Any) -> "SavedKerasFile":
+        directory = tempfile.TemporaryDirectory(prefix="sparkeras-model-")
+        try:
+            path = os.path.join(directory.name, "model.keras")
+            model.save(path)
+            return cls(path, directory, _signature(model))
+        except BaseException:
+            directory.cleanup()
+            raise
+
+    def save(self, path: str, **kwargs: Any) -> None:
+        import shutil
+
+        shutil.move(self.path, path)
+        self.cleanup()
+
+    def cleanup(self) -> None:
+        self._directory.cleanup()
 
 
 def _metric_points(metrics: Mapping[str, Any] | None, timestamp: int, step: int, **ids: str) -> list[Any]:
@@ -379,50 +403,98 @@ def _metric_points(metrics: Mapping[str, Any] | None, timestamp: int, step: int,
             if isinstance(v, (int, float)) and math.isfinite(float(v))]
 
 
-def log_keras_model(model: Any, run: RunHandle, name: str = "model", params: Mapping[str, Any] | None = None,
-                    metrics: Mapping[str, Any] | None = None, step: int = 0, timestamp: int | None = None) -> str:
-    """Log ``model`` in ``run`` as an MLflow 3 LoggedModel of the Keras flavor; returns its ``models:/`` URI.
+class LoggedKerasModel:
+    """An MLflow 3 LoggedModel of the Keras flavor, made in two steps: created as training begins, filled at its end.
 
-    ``params`` and the ``metrics`` of epoch ``step`` (logged to the run at
-    ``timestamp``, so the store keeps one point per step) are linked to
-    the model, so the model's page shows the figures of the weights it
-    holds.
-
-    This does what ``mlflow.models.Model.log`` does, without what costs
-    there: that reads the run back twice and every metric's whole history
-    to link the metrics of one step, and resolves context tags (git, user)
-    that the run already has. Logging an MLP on a sqlite store took 80-90 ms
-    of CPU that way and 54-58 ms this way (profiled alone).
+    :meth:`__init__` queues the model's creation (``PENDING``, with the
+    fit's ``params``) on the run's writer, so it is done while the workers
+    train; :meth:`finish` links the metrics of the weights it holds, saves
+    the flavor's files, uploads them and marks it ``READY``, and
+    :meth:`fail` marks it ``FAILED``. This is what
+    ``mlflow.models.Model.log`` does, without what costs there: that reads
+    the run back twice and every metric's whole history to link the
+    metrics of one step, and resolves context tags (git, user) that the run
+    already has. Logging an MLP on a sqlite store took 80-90 ms of CPU
+    that way, all of it after the fit.
 
     The signature comes from the model's input and output shapes, and the
     requirements are the installed Keras and backend versions, so MLflow
     need not run the model in a subprocess to infer them (6 s).
     """
-    import mlflow
-    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
-    from mlflow.models import Model
 
-    client = run.client
-    logged = client.create_logged_model(run.experiment_id, name=name, source_run_id=run.run_id,
-                                        params={k: _text(v) for k, v in (params or {}).items() if v is not None})
-    try:
-        client.log_outputs(run.run_id, [LoggedModelOutput(logged.model_id, step=step)])
-        now = int(time.time() * 1000) if timestamp is None else timestamp
-        linked = _metric_points(metrics, now, step, run_id=run.run_id, model_id=logged.model_id)
-        if linked:
-            client.log_batch(run.run_id, metrics=linked)
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "model")
-            description = Model(artifact_path=logged.artifact_location, model_uuid=logged.model_id,
-                                run_id=run.run_id, model_id=logged.model_id)
-            mlflow.keras.save_model(model, path, mlflow_model=description, signature=_signature(model),
-                                    pip_requirements=_requirements())
-            client.log_model_artifacts(logged.model_id, path)
-    except BaseException:
-        client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
-        raise
-    client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
-    return f"models:/{logged.model_id}"
+    def __init__(self, run: RunHandle, name: str = "model", params: Mapping[str, Any] | None = None) -> None:
+        self.run, self.name = run, name
+        self.model_id: str | None = None
+        self.artifact_location: str | None = None
+        texts = {k: _text(v) for k, v in (params or {}).items() if v is not None}
+        run.submit(lambda: self._create(texts))
+
+    def _create(self, params: dict[str, str]) -> None:
+        logged = self.run.client.create_logged_model(self.run.experiment_id, name=self.name,
+                                                     source_run_id=self.run.run_id, params=params)
+        self.model_id, self.artifact_location = logged.model_id, logged.artifact_location
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.model_id}"
+
+    def finish(self, model: Any, step: int = 0, metrics: Mapping[str, Any] | None = None,
+               timestamp: int | None = None) -> str:
+        """Fill and finalize the model, on the writer thread; returns its ``models:/`` URI.
+
+        ``model`` is a Keras model or a :class:`SavedKerasFile`. The
+        ``metrics`` of epoch ``step`` are linked at ``timestamp``, the
+        run's own time for them, so the store keeps one point per step;
+        the run's ``sparkeras.model_uri`` tag goes in the same write.
+        """
+        import mlflow
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus, RunTag
+        from mlflow.models import Model
+
+        client = self.run.client
+        try:
+            if self.model_id is None:
+                raise RuntimeError("the LoggedModel was not created; see the warning logged before this one")
+            client.log_outputs(self.run.run_id, [LoggedModelOutput(self.model_id, step=step)])
+            now = int(time.time() * 1000) if timestamp is None else timestamp
+            client.log_batch(self.run.run_id,
+                             metrics=_metric_points(metrics, now, step, run_id=self.run.run_id,
+                                                    model_id=self.model_id),
+                             tags=[RunTag("sparkeras.model_uri", self.uri)])
+            signature = model.signature if isinstance(model, SavedKerasFile) else _signature(model)
+            with tempfile.TemporaryDirectory() as tmp:
+                path = os.path.join(tmp, "model")
+                description = Model(artifact_path=self.artifact_location, model_uuid=self.model_id,
+                                    run_id=self.run.run_id, model_id=self.model_id)
+                mlflow.keras.save_model(model, path, mlflow_model=description, signature=signature,
+                                        pip_requirements=_requirements())
+                client.log_model_artifacts(self.model_id, path)
+        except BaseException:
+            self._finalize(LoggedModelStatus.FAILED)
+            raise
+        finally:
+            if isinstance(model, SavedKerasFile):
+                model.cleanup()
+        self._finalize(LoggedModelStatus.READY)
+        return self.uri
+
+    def fail(self) -> None:
+        """Queue marking the model ``FAILED`` (the fit that was to fill it raised)."""
+        from mlflow.entities import LoggedModelStatus
+
+        self.run.submit(lambda: self._finalize(LoggedModelStatus.FAILED))
+
+    def _finalize(self, status: Any) -> None:
+        if self.model_id is not None:
+            self.run.client.finalize_logged_model(self.model_id, status)
+
+
+def log_keras_model(model: Any, run: RunHandle, name: str = "model", params: Mapping[str, Any] | None = None,
+                    metrics: Mapping[str, Any] | None = None, step: int = 0, timestamp: int | None = None) -> str:
+    """Log ``model`` in ``run`` now, as a READY :class:`LoggedKerasModel`; returns its ``models:/`` URI."""
+    logged = LoggedKerasModel(run, name, params)
+    run.wait()
+    return logged.finish(model, step=step, metrics=metrics, timestamp=timestamp)
 
 
 def _signature(model: Any) -> Any:
