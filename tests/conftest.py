@@ -11,6 +11,26 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np
 import pytest
 
+OWN_PROCESSES = "own_processes"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", f"{OWN_PROCESSES}: the test's work runs in processes (drivers, clusters) of "
+                                       "its own; such tests run after the rest")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run the tests marked ``own_processes`` after all the others, in their usual order.
+
+    Spark stops a Python worker that has been idle for 60 s (a fixed
+    timeout of its worker factory). While a test trains in a driver or
+    cluster of its own, the shared session's workers sit idle, are
+    stopped, and the next test that uses the session starts new ones,
+    each importing TensorFlow again (3 CPU-seconds apiece). Run together
+    at the end, those tests leave that idle gap once.
+    """
+    items.sort(key=lambda item: item.get_closest_marker(OWN_PROCESSES) is not None)
+
 
 @pytest.fixture(scope="session")
 def spark():
@@ -106,3 +126,4 @@ def digit_images(tmp_path_factory):
     root = tmp_path_factory.mktemp("digit-images")
     good, corrupt = write_digit_images(str(root))
     return str(root), good, corrupt
+

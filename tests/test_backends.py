@@ -30,6 +30,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.own_processes
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 EQUIVALENCE = "(one_worker or two_workers) and not gloo"
 RUNS = {

@@ -16,6 +16,8 @@ import pytest
 
 from conftest import blobs, mlp
 
+pytestmark = pytest.mark.own_processes
+
 
 def _cli(*args, timeout=600):
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable, TF_CPP_MIN_LOG_LEVEL="3")

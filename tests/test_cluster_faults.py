@@ -29,6 +29,8 @@ import pytest
 
 from standalone import StandaloneCluster, executor_of
 
+pytestmark = pytest.mark.own_processes
+
 STRATEGIES = ("averaging", "adag", "allreduce")
 FAULTS = ("python_worker", "executor", "worker_daemon")  # the daemon kills last: each needs a restart after
 CASES = [(s, f) for f in FAULTS for s in STRATEGIES]

@@ -18,6 +18,7 @@ from sparkeras.compat import elephas
 SCRIPT = os.path.join(os.path.dirname(__file__), "elephas_readme_script.py")
 
 
+@pytest.mark.own_processes
 def test_elephas_readme_script_runs_and_matches_plain_keras(tmp_path):
     """The README's asynchronous, frequency='epoch' example on a small CNN, within 2.5 points of plain Keras.
 

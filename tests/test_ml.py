@@ -139,6 +139,7 @@ def fresh_process(spark, tmp_path_factory, digit_images):
     return fitted, reloaded, Halve, tmp
 
 
+@pytest.mark.own_processes
 def test_transfer_learning_on_image_files_saves_and_reloads_in_a_fresh_process(fresh_process):
     from pyspark.ml import PipelineModel
 
@@ -153,6 +154,7 @@ def test_transfer_learning_on_image_files_saves_and_reloads_in_a_fresh_process(f
     np.testing.assert_allclose([p for _, p in reloaded["images"]], [list(r.probability) for r in rows], atol=1e-5)
 
 
+@pytest.mark.own_processes
 def test_pipeline_fits_saves_and_reloads_in_a_fresh_process(fresh_process):
     fitted, reloaded, _, _ = fresh_process
     pipeline, test = fitted["plain"]
@@ -167,6 +169,7 @@ def test_pipeline_fits_saves_and_reloads_in_a_fresh_process(fresh_process):
     np.testing.assert_allclose([p for _, p in reloaded["plain"]], [list(r.probability) for r in rows], atol=1e-6)
 
 
+@pytest.mark.own_processes
 def test_registered_custom_layers_survive_fit_save_and_a_fresh_process(fresh_process):
     """A registered layer shipped as users do (--py-files / addPyFile) trains, saves and reloads."""
     fitted, reloaded, halve, _ = fresh_process

@@ -135,6 +135,7 @@ write_table_atomically(spark.range(0, 400, 1, 40).select(slow("id").alias("id"))
 """
 
 
+@pytest.mark.own_processes
 def test_a_killed_writer_leaves_no_partial_output(tmp_path):
     out = tmp_path / "scores.parquet"
     proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(out)], stdout=subprocess.DEVNULL,

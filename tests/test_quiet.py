@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.own_processes
+
 SCRIPT = """
 import os, sys, time
 sys.path.insert(0, {tests!r})

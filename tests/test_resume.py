@@ -61,6 +61,7 @@ for name, options in strategies.items():
 """
 
 
+@pytest.mark.own_processes
 def test_a_killed_driver_resumes_every_strategy_family_from_its_checkpoint(spark, tmp_path):
     script = SCRIPT.format(tests=os.path.dirname(__file__), root=str(tmp_path), strategies=STRATEGIES,
                            epochs=EPOCHS)

@@ -107,6 +107,7 @@ print("kept", len(PACKED), PACKED.hits, os.path.exists(kept))
 """
 
 
+@pytest.mark.own_processes
 def test_a_stopped_sessions_packing_is_dropped_when_a_new_session_fits(tmp_path):
     script = STOPPED_SESSION.format(tests=os.path.dirname(os.path.abspath(__file__)))
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)

@@ -177,6 +177,7 @@ print(json.dumps(stage.model.predict(x[:5], verbose=0).tolist()))
 """
 
 
+@pytest.mark.own_processes
 def test_a_study_in_sqlite_resumes_in_a_new_process_without_rerunning_finished_trials(spark, tmp_path):
     """Also: a vote ensemble saved as a Spark ML stage loads in that fresh process (its layer is found)."""
     url = f"sqlite:///{tmp_path / 'search.db'}"
