@@ -60,6 +60,18 @@ def test_bad_arguments_are_named_before_spark_starts(options, words):
     assert words in str(err.value)
 
 
+def test_a_trials_task_splits_its_input_into_training_then_validation_rows():
+    from sparkeras.worker.trial import split_blocks
+
+    block = lambda rows, name: (rows, (name,), {})  # noqa: E731 - (rows, blobs, stats), as packed
+    train, held_out = split_blocks(iter([block(40, "t0"), block(24, "t1"), block(16, "v0")]), 64, 16)
+    assert [b[1] for b in train] == [("t0",), ("t1",)] and [b[1] for b in held_out] == [("v0",)]
+    train, held_out = split_blocks(iter([block(64, "t0")]), 64, 0)
+    assert len(train) == 1 and held_out == []
+    with pytest.raises(RuntimeError, match="read 64 training and 40 validation rows, expected 64 and 16"):
+        split_blocks(iter([block(64, "t0"), block(40, "v0")]), 64, 16)
+
+
 def test_trials_can_be_distributed_fits_of_several_workers(spark):
     x, y = _data(600)
     study = sparkeras.tune(lambda p: _model(p["learning_rate"], 16), x, y, search_space={"learning_rate": [3e-3, 1e-2]},

@@ -367,7 +367,7 @@ class Search:
         from sparkeras.serialization import ModelSpec, model_state, pack_arrays
         from sparkeras.session import keras_backend
         from sparkeras.worker.tasks import WorkerSpec
-        from sparkeras.worker.trial import TRAIN, VALIDATION, TrialTask, run_trial
+        from sparkeras.worker.trial import TrialTask, run_trial
 
         frames, number = self.frames, record.trial.number
         columns = resolve_columns(model, frames.schema, frames.features_col, frames.label_col)
@@ -377,21 +377,24 @@ class Search:
         try:
             train = prepare(Dataset(frames.train, frames.features_col, frames.label_col), columns, 1)
             prepared.append(train)
-            rows = train.blocks.map(lambda b: (TRAIN, b))
+            rows, validation_rows = train.blocks, 0
             if frames.validation is not None:
                 val = prepare(Dataset(frames.validation, frames.features_col, frames.label_col), columns, 1,
                               "validation data")
                 prepared.append(val)
-                rows = rows.union(val.blocks.map(lambda b: (VALIDATION, b)))
+                rows, validation_rows = rows.union(val.blocks), val.stats.rows
+            if rows.getNumPartitions() > 1:
+                rows = rows.coalesce(1)
             spec = WorkerSpec(ModelSpec.from_model(model, dict(self.custom_objects or {}) or None), columns,
                               keras_backend(), self.seed + number)
-            task = TrialTask(spec, number, self.epochs, self.batch_size, self.server.address)
+            task = TrialTask(spec, number, self.epochs, self.batch_size, self.server.address,
+                             train.stats.rows, validation_rows)
             blob = sc.broadcast(pack_arrays(model_state(model)))
             state = blob
             self.server.track(record)
             sc.setJobGroup(f"sparkeras-trial-{number}", f"sparkeras trial {number}", interruptOnCancel=True)
             try:
-                rows.coalesce(1).mapPartitions(lambda it: run_trial(task, state, it)).collect()
+                rows.mapPartitions(lambda it: run_trial(task, state, it)).collect()
             except Exception as exc:  # noqa: BLE001 - translated: the worker's own error, not Spark's stack
                 raise worker_error(exc, f"training trial {number}") from None
         finally:
