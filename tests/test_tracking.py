@@ -116,6 +116,56 @@ def test_a_failed_fit_ends_its_run_and_its_model_failed(tracked):
     assert [(m.source_run_id, m.status) for m in models] == [(logger.run_id, LoggedModelStatus.FAILED)]
 
 
+UNSAVEABLE = """
+import keras
+
+
+@keras.saving.register_keras_serializable("sparkeras_tests")
+class Unsaveable(keras.layers.Layer):  # ships to workers by config and weights; only .keras files fail
+    def call(self, x):
+        return x
+
+    def save_own_variables(self, store):
+        raise OSError("the disk is full")
+"""
+
+
+def test_a_model_keras_cannot_save_leaves_the_fit_and_marks_the_model_failed(tracked, spark, caplog):
+    import logging
+    import sys
+
+    import keras
+    from mlflow import MlflowClient
+    from mlflow.entities import LoggedModelStatus
+
+    from sparkeras import SparkModel
+    from sparkeras.callbacks import MLflowLogger
+
+    tmp, uri, _, _, _, x = tracked
+    module = tmp / "sparkeras_unsaveable.py"
+    module.write_text(UNSAVEABLE)
+    sys.path.insert(0, str(tmp))
+    spark.sparkContext.addPyFile(str(module))
+    try:
+        from sparkeras_unsaveable import Unsaveable
+    finally:
+        sys.path.remove(str(tmp))
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((16,)), Unsaveable(), keras.layers.Dense(10, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    logger = MLflowLogger(tracking_uri=uri, experiment="unsaveable")
+    with caplog.at_level(logging.WARNING, logger="sparkeras"):
+        history = SparkModel(model, "averaging", 2, seed=0).fit(
+            x[:400], np.zeros(400, dtype="int64"), epochs=1, batch_size=64, verbose=0, callbacks=[logger])
+    assert len(history.history["loss"]) == 1  # the fit returns its model all the same
+    assert "MLflowLogger cannot log the model, as Keras cannot save it: OSError: the disk is full" in caplog.text
+    logger.wait()
+    client = MlflowClient(uri)
+    assert client.get_run(logger.run_id).info.status == "FINISHED" and logger.model_uri is None
+    models = client.search_logged_models(experiment_ids=[client.get_run(logger.run_id).info.experiment_id])
+    assert [m.status for m in models] == [LoggedModelStatus.FAILED]
+
+
 def test_keras_tensorboard_and_sparkeras_scalars_show_the_straggler(tracked):
     tmp, _, _, _, history, _ = tracked
     keras_train = _scalars(tmp / "tb" / "train")

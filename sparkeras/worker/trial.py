@@ -31,6 +31,7 @@ from sparkeras.serialization import set_model_state, unpack_arrays
 from sparkeras.worker import runtime
 from sparkeras.worker.tasks import WorkerSpec, split_xy
 
+
 @dataclass(frozen=True)
 class TrialTask:
     """What the trial's task needs, shipped in its closure (small: the weights come by broadcast)."""
