@@ -18,11 +18,12 @@ without callbacks, with sparkeras' tracking (``MLflowLogger`` with its
 defaults, into a sqlite store: params, every epoch's metrics and the model;
 and ``ClusterScalars`` for TensorBoard), the same with ``log_model=False``,
 and with ``MLflowLogger`` and Keras' own ``TensorBoard`` callback (which adds sparkeras' scalars by itself),
-interleaved; it reports the median overheads, the same measured directly
-(the fit thread's time in the tracking callbacks and the wait for the
-background writes, a floor that the machine's noise moves far less than
-wall time; and the writer thread's CPU while the workers trained), the time to log the model alone, and the driver CPU that tracking
-adds as a share of the untracked fit's core-seconds.
+interleaved; it reports the median overheads; the same measured directly
+(the fit thread's time in the tracking callbacks plus the wait for the
+background writes: a floor, which the machine's noise moves far less than
+wall time), with the writer thread's CPU while the workers trained; the
+time to log the model alone; and the driver CPU that tracking adds as a
+share of the untracked fit's core-seconds.
 
     python bench/throughput.py [--strategy averaging[,adag,allreduce,allreduce-gloo,...]]
                                [--source numpy|parquet] [--rows 60000]
@@ -230,15 +231,14 @@ def tracking_overhead(args: argparse.Namespace, strategy: str, data: dict, direc
            "tracking_driver_cpu_pct_of_fit":
                round(100 * (cpu_median["tracked"] - cpu_median["untracked"]) / core_seconds, 2),
            "log_model_s": round(log_model_s, 3)}
-    for kind in kinds:
-        if kind != "untracked":
-            label = {"tracked": "tracking", "tracked_without_model": "tracking_without_model",
-                     "tracked_keras_tensorboard": "tracking_with_keras_tensorboard"}[kind]
-            out[f"{label}_overhead_pct"] = round(100 * (median[kind] / median["untracked"] - 1), 2)
-            parts = {k: float(np.median([d[k] for d in direct[kind]])) for k in direct[kind][0]}
-            added = float(np.median([d["on_thread"] + d["end_wait"] for d in direct[kind]]))
-            out.update({f"{label}_{k}_ms": round(1000 * v, 1) for k, v in parts.items()})
-            out[f"{label}_direct_pct"] = round(100 * added / median["untracked"], 2)
+    labels = {"tracked": "tracking", "tracked_without_model": "tracking_without_model",
+              "tracked_keras_tensorboard": "tracking_with_keras_tensorboard"}  # the report's keys
+    for kind, label in labels.items():
+        out[f"{label}_overhead_pct"] = round(100 * (median[kind] / median["untracked"] - 1), 2)
+        parts = {k: float(np.median([d[k] for d in direct[kind]])) for k in direct[kind][0]}
+        added = float(np.median([d["on_thread"] + d["end_wait"] for d in direct[kind]]))
+        out.update({f"{label}_{k}_ms": round(1000 * v, 1) for k, v in parts.items()})
+        out[f"{label}_direct_pct"] = round(100 * added / median["untracked"], 2)
     return out
 
 
