@@ -76,11 +76,11 @@ def start_warm_up(spark: Any, spec: WorkerSpec, workers: int) -> threading.Threa
     tracing the model before its first step. A job of one short task per
     worker starts that work in a background thread of each Python worker
     and returns at once, freeing the slots for the packing pass; the
-    training tasks, which Spark gives the same (reused) Python workers,
-    find it done or wait for it (:func:`sparkeras.worker.runtime.warm_up`).
-    The packing pass itself runs in Spark SQL's own pool of Python workers,
-    so it could not do this. Returns the thread that submits the job; a
-    failed warm-up costs nothing but the time it would have saved.
+    packing and training tasks, which Spark gives the same (reused) Python
+    workers (:mod:`sparkeras.data.arrow`), find it done or wait for it
+    (:func:`sparkeras.worker.runtime.warm_up`). Returns the thread that
+    submits the job; a failed warm-up costs nothing but the time it would
+    have saved.
     """
     sc = spark.sparkContext
 

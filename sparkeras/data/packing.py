@@ -28,16 +28,6 @@ from sparkeras.data.sources import Dataset
 from sparkeras.errors import InputError, worker_error
 
 
-def packed_schema(columns: ColumnMap, files: bool = False) -> str:
-    """Schema of :func:`pack_batches`' rows; blobs are file paths when ``files``."""
-    blob = "STRING" if files else "BINARY"
-    fields = ["rows LONG", "problem STRING"]
-    for b in columns.bindings:
-        nonfinite, nonint, lo, hi = _stat_names(b)
-        fields += [f"{b.slot} {blob}", f"{nonfinite} LONG", f"{nonint} LONG", f"{lo} DOUBLE", f"{hi} DOUBLE"]
-    return ", ".join(fields)
-
-
 def pack_batch(columns: ColumnMap, batch: pa.RecordBatch) -> tuple[list[np.ndarray | None], dict[str, Any]]:
     """Convert one Arrow batch to one array per binding, plus its statistics.
 
@@ -92,21 +82,19 @@ def block_rows(columns: ColumnMap) -> int:
 
 
 def pack_batches(columns: ColumnMap, batches: Iterator[pa.RecordBatch],
-                 files: str | None = None) -> Iterator[pa.RecordBatch]:
-    """Executor side: packed rows (blobs plus statistics) of at most :func:`block_rows` rows each.
+                 files: str | None = None) -> Iterator[tuple]:
+    """Executor side: packed blocks of at most :func:`block_rows` rows each.
 
-    A blob is the raw bytes of the block, or the path of a ``.npy`` file in
-    ``files`` when the workers can memory-map it (see :func:`_memory_map`).
+    A block is ``(rows, (blob per binding...), stats)``. A blob is the raw
+    bytes of the block, or the path of a ``.npy`` file in ``files`` when
+    the workers can memory-map it (see :func:`_memory_map`).
     """
     rows = block_rows(columns)
     for whole in batches:
         for start in range(0, whole.num_rows, rows):
             arrays, stats = pack_batch(columns, whole.slice(start, rows))
-            row: dict[str, list] = {"rows": [stats["rows"]], "problem": [stats["problem"]]}
-            for b, values in zip(columns.bindings, arrays):
-                row[b.slot] = [_blob(values, files, uuid.uuid4().hex)]
-                row.update({k: [stats[k]] for k in _stat_names(b)})
-            yield pa.RecordBatch.from_pydict(row)
+            blobs = tuple(_blob(values, files, uuid.uuid4().hex) for values in arrays)
+            yield stats["rows"], blobs, stats
 
 
 def _stat_names(b: TensorBinding) -> list[str]:
@@ -219,13 +207,15 @@ def _prepare_spark(dataset: Dataset, columns: ColumnMap, num_partitions: int, wh
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    slots = [b.slot for b in columns.bindings]
+    from sparkeras.data.arrow import arrow_batches
+
     frame = dataset.frame.select(*[F.col(f"`{c}`") for c in columns.columns])
     if repartition or frame.rdd.getNumPartitions() != num_partitions:
         frame = frame.repartition(num_partitions)
     files = tempfile.mkdtemp(prefix="sparkeras-data-") if _memory_map(frame.sparkSession) else None
-    packed = frame.mapInArrow(lambda it: pack_batches(columns, it, files), packed_schema(columns, files is not None))
-    blocks = packed.rdd.map(lambda r: _block(r.asDict(), slots)).persist(StorageLevel.MEMORY_AND_DISK)
+    messages, read = arrow_batches(frame)
+    blocks = messages.mapPartitions(lambda it: pack_batches(columns, read(it), files)).persist(
+        StorageLevel.MEMORY_AND_DISK)
     prepared = PreparedData(blocks, columns, DatasetStats([], None), files)
     try:
         per_partition = blocks.mapPartitionsWithIndex(_partition_stats).collect()
@@ -299,11 +289,6 @@ def _blob(values: np.ndarray | None, files: str | None, name: str) -> bytes | st
     path = os.path.join(files, f"{name}.npy")
     np.save(path, values, allow_pickle=False)
     return path
-
-
-def _block(row: dict, slots: list[str]) -> tuple:
-    stats = {k: v for k, v in row.items() if k not in slots}
-    return row["rows"], tuple(row[s] if isinstance(row[s], str) else bytes(row[s]) for s in slots), stats
 
 
 def _partition_stats(index: int, blocks: Iterator[tuple]) -> Iterator[dict]:
