@@ -19,6 +19,8 @@ _LOCAL_CONF = {
     "spark.sql.shuffle.partitions": "8",
     "spark.driver.memory": "4g",
     "spark.driver.maxResultSize": "2g",
+    # Workers start with TensorFlow and Keras already imported (sparkeras.worker.daemon).
+    "spark.python.daemon.module": "sparkeras.worker.daemon",
 }
 
 
@@ -29,7 +31,9 @@ def get_spark(master: str | None = None, app_name: str = "sparkeras") -> Any:
     unchanged, so the same code runs on standalone, YARN or Kubernetes
     clusters. Without one, a session is started on ``master`` (default
     ``local[*]``) with Arrow on, the UI off and quiet logs. Python workers run
-    the driver's interpreter and see the driver's ``KERAS_BACKEND``.
+    the driver's interpreter and see the driver's ``KERAS_BACKEND``, and
+    they are forked from a daemon that has imported TensorFlow and Keras
+    once (:mod:`sparkeras.worker.daemon`).
     """
     from pyspark.sql import SparkSession
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import blobs, clone, mlp, plain_fit_accuracy
-from sparkeras import SparkModel
+from sparkeras import InputError, SparkModel
 
 
 def test_one_worker_averaging_equals_plain_fit_with_adam(spark):
@@ -281,6 +281,51 @@ def test_a_cold_worker_imports_keras_without_its_optional_extras_and_they_import
                           env={**os.environ, "KERAS_BACKEND": "tensorflow"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines() == ["True []", "sklearn matplotlib jax"]
+
+
+def test_workers_fork_from_a_daemon_that_imported_tensorflow_and_freeze_what_they_imported(spark):
+    """get_spark's sessions fork Python workers from sparkeras.worker.daemon, which has TensorFlow loaded;
+    a configured worker has frozen its imported objects, so Spark's per-task gc.collect() skips them."""
+    from sparkeras.worker import runtime
+
+    def probe(_):
+        import gc
+        import os
+
+        runtime.configure("tensorflow")
+        with open(f"/proc/{os.getppid()}/maps") as maps:
+            daemon_has_tensorflow = "libtensorflow" in maps.read()
+        with open(f"/proc/{os.getppid()}/cmdline") as cmdline:
+            daemon = cmdline.read().split("\0")[2]
+        yield daemon, daemon_has_tensorflow, gc.get_freeze_count()
+
+    got = spark.sparkContext.parallelize(range(2), 2).mapPartitions(probe).collect()
+    assert [g[:2] for g in got] == [("sparkeras.worker.daemon", True)] * 2
+    assert all(g[2] > 100_000 for g in got), got  # Keras and TensorFlow alone are about 500,000 objects
+
+
+def test_the_daemon_preloads_only_tensorflow_and_reads_the_backend_as_keras_does(tmp_path, monkeypatch):
+    from sparkeras.worker import daemon
+
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    assert daemon.configured_backend() == "tensorflow"  # no config file: Keras' default
+    (tmp_path / "keras.json").write_text('{"backend": "jax", "floatx": "float32"}')
+    assert daemon.configured_backend() == "jax"
+    assert daemon.preload() is None  # JAX's import starts threads a fork would lose
+    monkeypatch.setenv("KERAS_BACKEND", "torch")
+    assert daemon.configured_backend() == "torch"
+
+
+def test_a_worker_whose_keras_has_another_backend_says_how_to_start_the_session():
+    from sparkeras.worker.runtime import check_backend
+
+    check_backend("tensorflow", "tensorflow")
+    with pytest.raises(InputError) as err:
+        check_backend("jax", "tensorflow")
+    message = str(err.value)
+    assert "'jax'" in message and "'tensorflow'" in message
+    assert "KERAS_BACKEND=jax" in message and "spark.python.daemon.module" in message
 
 
 def test_driver_data_gives_the_same_model_through_files_or_through_spark(spark):

@@ -1,0 +1,108 @@
+"""Spark's Python daemon, with TensorFlow and Keras imported once, before it forks the workers.
+
+Why. Spark starts Python workers by forking them from one daemon process
+per executor (``pyspark.daemon``), and every worker then imports what its
+task needs. For sparkeras that is TensorFlow and Keras: about 2.3 s of CPU
+per worker, paid by every cold worker of every executor, on the same cores
+that convert and pack the data. Measured on 2 cores, two cold workers
+importing side by side were the largest part of a first fit's fixed cost,
+and Spark stops idle workers after one minute (a constant,
+``PythonWorkerFactory.IDLE_WORKER_TIMEOUT_NS``), so a fit after a pause
+paid it again. Here the daemon imports them once; every worker it forks
+starts with them loaded (copy-on-write, so the pages are shared too), and
+a worker that Spark restarts after a pause is ready in milliseconds.
+
+How to use it. :func:`sparkeras.get_spark` sets it for the sessions it
+starts; any other session opts in with
+``spark.python.daemon.module=sparkeras.worker.daemon`` (sparkeras must be
+installed on the executors, as it must be anyway).
+
+Why it is safe to fork after the import. Importing TensorFlow 2.21 and
+Keras starts no TensorFlow runtime: the thread pools and devices are
+created on first use, which is in the forked worker, after
+:func:`sparkeras.worker.runtime.configure` has sized them to the task's
+cores. The only threads the import starts are OpenBLAS' and jemalloc's
+idle pools, which both re-arm themselves across ``fork`` (checked with
+``gdb`` on this version). Spark's own daemon imports nothing before
+forking because it cannot know what a worker's import starts; this
+daemon imports one known set of modules and nothing else.
+
+What it does not preload, and why:
+
+* a backend other than TensorFlow (``KERAS_BACKEND``, or Keras' config
+  file, says which): JAX's and PyTorch's imports start thread pools that
+  do not survive a fork;
+* on a machine with an NVIDIA driver: CUDA must see each worker's own
+  ``CUDA_VISIBLE_DEVICES``, which is only known after the fork.
+
+In those cases, and if the import fails for any reason, the daemon runs
+exactly as Spark's own and each worker imports the backend itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from typing import Iterator
+
+
+def configured_backend() -> str:
+    """The Keras backend this process's workers will use, read as Keras reads it, without importing Keras."""
+    backend = os.environ.get("KERAS_BACKEND")
+    if backend:
+        return backend
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    try:
+        with open(os.path.join(home, "keras.json")) as f:
+            return str(json.load(f).get("backend") or "tensorflow")
+    except (OSError, ValueError, AttributeError):
+        return "tensorflow"
+
+
+def has_nvidia_driver() -> bool:
+    return os.path.exists("/proc/driver/nvidia") or os.path.exists("/dev/nvidiactl")
+
+
+def preload() -> str | None:
+    """Import TensorFlow, Keras and Spark's worker module into this process; the name of what was preloaded.
+
+    ``None`` when nothing was (another backend, a GPU machine, or a
+    failed import, which the workers will then meet and report themselves).
+    """
+    if configured_backend() != "tensorflow" or has_nvidia_driver():
+        return None
+    try:
+        from sparkeras.worker.runtime import keras_without_extras, native_logs_wanted, native_stderr_silenced
+
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        with _stdout_kept_for_spark(), keras_without_extras("tensorflow"), \
+                native_stderr_silenced(not native_logs_wanted()):
+            import keras  # noqa: F401 - imports TensorFlow too
+            import pyspark.worker  # noqa: F401 - each forked worker imported it itself (0.24 s of CPU)
+    except Exception:  # noqa: BLE001 - the workers import it themselves and report any error
+        return None
+    return "tensorflow"
+
+
+@contextlib.contextmanager
+def _stdout_kept_for_spark() -> Iterator[None]:
+    """While open, file descriptor 1 writes to stderr: the daemon's stdout carries only its port to the JVM."""
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def main() -> None:
+    preload()
+    from pyspark import daemon
+
+    daemon.manager()
+
+
+if __name__ == "__main__":
+    main()
