@@ -293,6 +293,35 @@ def test_a_retried_task_abandons_the_synchronous_round_at_once_and_a_new_epoch_s
         server.close()
 
 
+def test_a_task_of_an_abandoned_run_is_refused_and_cannot_abandon_the_run_that_replaced_it():
+    """Spark may retry a task of a cancelled epoch job after the driver started the epoch again; its join
+    (attempt 2) must not abandon the new run, nor its commits or 'done' reach the new run's rounds."""
+    rule = EASGD(rho=2.0, learning_rate=0.25)
+    server = _server(rule, [np.zeros(2, np.float32)])
+    try:
+        first_run = server.begin_epoch([0, 1])
+        second_run = server.begin_epoch([0, 1])  # the driver cancelled the first run's job and started again
+        assert second_run == first_run + 1
+        late = ParameterClient(server.address, 0, 1, max_payload=1 << 20, timeout=5, run=first_run)
+        with pytest.raises(RuntimeError, match=rf"worker 0's task belongs to run {first_run} of the epoch, which "
+                                               rf"was abandoned; run {second_run} replaced it"):
+            late.join()
+        with pytest.raises(RuntimeError, match="which was abandoned"):
+            late.done()
+        assert server.abandoned() is None
+        got = {}
+        a = ParameterClient(server.address, 0, 0, max_payload=1 << 20, timeout=5, run=second_run)
+        b = ParameterClient(server.address, 1, 0, max_payload=1 << 20, timeout=5, run=second_run)
+        a.join(), b.join()
+        first = threading.Thread(target=lambda: got.update(a=a.commit([np.full(2, 1.0, np.float32)], 0, True)))
+        first.start()
+        got["b"] = b.commit([np.full(2, 3.0, np.float32)], 0, True)
+        first.join(5)
+        np.testing.assert_allclose(got["a"][0][0], [4.0, 4.0])  # both workers still counted in the round
+    finally:
+        server.close()
+
+
 def test_the_checkpoint_keeps_the_servers_update_count_and_parked_states():
     center = [np.zeros(3, np.float32)]
     server = _server(Downpour(), center)

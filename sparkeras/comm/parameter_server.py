@@ -144,14 +144,21 @@ class ParameterServer:
 
     # -- driver side -------------------------------------------------------
 
-    def begin_epoch(self, workers: Sequence[int]) -> None:
-        """The workers that will train this epoch: synchronous rounds wait for each of them."""
+    def begin_epoch(self, workers: Sequence[int]) -> int:
+        """The workers that will train this epoch: synchronous rounds wait for each of them.
+
+        Returns the number of this run of the epoch, which its tasks send
+        with every message. A task of an earlier run (a retry Spark started
+        before the driver cancelled that run's job) is refused, so it can
+        neither abandon nor join the rounds of the run that replaced it.
+        """
         with self._lock:
             self._active = set(workers)
             self._pending.clear()
             self._epoch_no += 1  # wakes any waiter left from a failed attempt
             self._abandoned = None
             self._round.notify_all()
+            return self._epoch_no
 
     def restore(self, center: Sequence[np.ndarray]) -> None:
         """Put back the center an epoch started from, before that epoch runs again."""
@@ -193,6 +200,7 @@ class ParameterServer:
         self.stats.add(bytes_in=len(payload))
         kind = header.get("type")
         try:
+            self._check_run(header)
             if kind == "join":
                 reply = self._join(int(header["worker"]), int(header["attempt"]))
             elif kind == "pull":
@@ -209,6 +217,15 @@ class ParameterServer:
             reply = {"error": f"refused {kind!r} message: {exc}", "diverged": isinstance(exc, Diverged)}, b""
         self.stats.add(bytes_out=len(reply[1]))
         return reply
+
+    def _check_run(self, header: dict[str, Any]) -> None:
+        if "run" not in header:
+            return
+        with self._lock:
+            current = self._epoch_no
+        if int(header["run"]) != current:
+            raise ValueError(f"worker {header.get('worker')}'s task belongs to run {header['run']} of the epoch, "
+                             f"which was abandoned; run {current} replaced it")
 
     def _guarded(self) -> Any:
         """The server lock, unless the rule wants lock-free (hogwild) access to the center."""
@@ -314,8 +331,8 @@ class ParameterClient:
     """
 
     def __init__(self, address: ServerAddress, worker: int, attempt: int, max_payload: int,
-                 timeout: float = 300.0) -> None:
-        self.address, self.worker, self.attempt = address, worker, attempt
+                 timeout: float = 300.0, run: int | None = None) -> None:
+        self.address, self.worker, self.attempt, self.run = address, worker, attempt, run
         self.max_payload, self.timeout = max_payload, timeout
         self.reconnects = 0
         self.seconds = 0.0  # spent in calls: the wait a worker sees at the server
@@ -330,6 +347,8 @@ class ParameterClient:
 
     def call(self, header: dict[str, Any], payload: bytes = b"") -> tuple[dict[str, Any], bytes]:
         header = {"worker": self.worker, "attempt": self.attempt, **header}
+        if self.run is not None:
+            header["run"] = self.run
         started = time.perf_counter()
         deadline = time.monotonic() + self.timeout
         delay = 0.1

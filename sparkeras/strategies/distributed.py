@@ -214,8 +214,8 @@ class DistributedOptimizer(Strategy):
                                  job.num_workers if self.synchronous else None)
 
         def train_epoch(epoch: int) -> list[Any]:
-            server.begin_epoch(active)
-            return run_partitions(job.train, lambda it: train_with_server(spec, epoch, it),
+            run = server.begin_epoch(active)
+            return run_partitions(job.train, lambda it: train_with_server(spec, epoch, it, run),
                                   f"training epoch {epoch + 1}")
 
         try:

@@ -53,8 +53,9 @@ def is_shared(variable: Any) -> bool:
     return "float" in str(variable.dtype)
 
 
-def train_with_server(spec: ServerTaskSpec, epoch: int, blocks: Iterator[tuple]) -> Iterator[tuple]:
-    """Train this partition for one epoch against the parameter server."""
+def train_with_server(spec: ServerTaskSpec, epoch: int, blocks: Iterator[tuple],
+                      run: int | None = None) -> Iterator[tuple]:
+    """Train this partition for one epoch against the parameter server (``run``: the server's run of the epoch)."""
     from pyspark import TaskContext
 
     model, partition = _setup(spec.worker)
@@ -65,7 +66,7 @@ def train_with_server(spec: ServerTaskSpec, epoch: int, blocks: Iterator[tuple])
     started = time.perf_counter()
     ctx = TaskContext.get()
     client = ParameterClient(spec.server, partition, ctx.attemptNumber() if ctx else 0,
-                             spec.max_payload, spec.timeout)
+                             spec.max_payload, spec.timeout, run)
     rule = spec.rule
     center, version, local_state = client.join()
     set_model_state(model, local_state)
