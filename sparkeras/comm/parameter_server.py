@@ -221,8 +221,7 @@ class ParameterServer:
     def _check_run(self, header: dict[str, Any]) -> None:
         if "run" not in header:
             return
-        with self._lock:
-            current = self._epoch_no
+        current = self._epoch_no  # one attribute read, atomic: hogwild's commits take no lock for it
         if int(header["run"]) != current:
             raise ValueError(f"worker {header.get('worker')}'s task belongs to run {header['run']} of the epoch, "
                              f"which was abandoned; run {current} replaced it")
