@@ -3,14 +3,15 @@
 Why. Spark starts Python workers by forking them from one daemon process
 per executor (``pyspark.daemon``), and every worker then imports what its
 task needs. For sparkeras that is TensorFlow and Keras: about 2.3 s of CPU
-per worker, paid by every cold worker of every executor, on the same cores
-that convert and pack the data. Measured on 2 cores, two cold workers
-importing side by side were the largest part of a first fit's fixed cost,
-and Spark stops idle workers after one minute (a constant,
-``PythonWorkerFactory.IDLE_WORKER_TIMEOUT_NS``), so a fit after a pause
-paid it again. Here the daemon imports them once; every worker it forks
-starts with them loaded (copy-on-write, so the pages are shared too), and
-a worker that Spark restarts after a pause is ready in milliseconds.
+per worker. Spark stops a worker that has been idle for one minute (a
+constant, ``PythonWorkerFactory.IDLE_WORKER_TIMEOUT_NS``), so a fit after
+a pause paid the import again. Here the daemon imports them once; every
+worker it forks starts with them loaded (copy-on-write, so the pages are
+shared too), and a worker that Spark restarts after a pause is ready at
+once. A session's very first fit gains nothing (measured): the JVM creates
+Python workers under one lock per executor (``SparkEnv.createPythonWorker``
+is ``synchronized`` around the factory's ``create()``), so no Python task
+of that executor starts while the daemon imports, about 3 s on one core.
 
 How to use it. :func:`sparkeras.get_spark` sets it for the sessions it
 starts; any other session opts in with
@@ -30,8 +31,8 @@ daemon imports one known set of modules and nothing else.
 What it does not preload, and why:
 
 * a backend other than TensorFlow (``KERAS_BACKEND``, or Keras' config
-  file, says which): JAX's and PyTorch's imports start thread pools that
-  do not survive a fork;
+  file, says which): what JAX's and PyTorch's imports start has not been
+  checked across a fork;
 * on a machine with an NVIDIA driver: CUDA must see each worker's own
   ``CUDA_VISIBLE_DEVICES``, which is only known after the fork.
 
@@ -63,6 +64,7 @@ def configured_backend() -> str:
 
 
 def has_nvidia_driver() -> bool:
+    """Whether this machine has an NVIDIA driver loaded, and so maybe GPUs that tasks will be given."""
     return os.path.exists("/proc/driver/nvidia") or os.path.exists("/dev/nvidiactl")
 
 
