@@ -7,6 +7,7 @@ import os
 import re
 import socket
 import sys
+import threading
 from typing import Any, Iterator
 
 from sparkeras.errors import InputError
@@ -53,7 +54,47 @@ def get_spark(master: str | None = None, app_name: str = "sparkeras") -> Any:
         builder = builder.config("spark.driver.extraJavaOptions", quiet)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
+    start_python_workers(spark)
     return spark
+
+
+def start_python_workers(spark: Any) -> threading.Thread | None:
+    """Start the executors' Python workers in the background, once per SparkContext.
+
+    Why. An executor starts its Python daemon on its first Python task,
+    and with :mod:`sparkeras.worker.daemon` that daemon imports TensorFlow
+    and Keras first: about 3 s on one core, during which no Python task of
+    that executor starts (the JVM creates Python workers under one lock).
+    Started when the session starts, that import runs while the driver does
+    what comes next (reading and caching a DataFrame, listing image files,
+    building the model), instead of at the start of the first fit or
+    scoring job. The job is one trivial task per task slot, so each slot's
+    worker is forked and kept for reuse; it holds a slot only until its
+    worker is up. Returns the thread that runs the job (``None`` when it was
+    started before; the context keeps it as ``_sparkeras_start_workers``); a failure costs nothing but the time it would have
+    saved.
+    """
+    sc = spark.sparkContext
+    if getattr(sc, "_sparkeras_start_workers", None) is not None:
+        return None
+    slots = max(1, sc.defaultParallelism)
+
+    def submit() -> None:
+        try:
+            sc.setJobGroup("sparkeras-start", "sparkeras: starting the Python workers", interruptOnCancel=False)
+            sc.parallelize(range(slots), slots).mapPartitions(_worker_started).collect()
+        except Exception:  # noqa: BLE001 - the first Python task starts the workers instead
+            pass
+
+    thread = threading.Thread(target=submit, name="sparkeras-start-workers", daemon=True)
+    sc._sparkeras_start_workers = thread
+    thread.start()
+    return thread
+
+
+def _worker_started(_: Iterator[int]) -> Iterator[int]:
+    """Executor side: this Python worker's process id (it exists, which is the point)."""
+    return iter([os.getpid()])
 
 
 @contextlib.contextmanager

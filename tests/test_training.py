@@ -421,3 +421,47 @@ def test_packed_blocks_are_capped_so_executors_never_hold_one_huge_value(spark, 
     np.testing.assert_array_equal(features, x)
     labels = np.concatenate([np.frombuffer(packed[1], np.int32) for _, packed, _ in blocks])
     np.testing.assert_array_equal(labels, y)
+
+
+STARTED_WORKERS = """
+import json, os, sys, time
+os.environ["PYSPARK_PYTHON"] = sys.executable
+import sparkeras
+from sparkeras.session import start_python_workers
+spark = sparkeras.get_spark("local[2]")
+sc = spark.sparkContext
+sc._sparkeras_start_workers.join(120)
+first_job = time.time()
+
+def probe(_):
+    import os
+    ticks = os.sysconf("SC_CLK_TCK")
+    with open("/proc/stat") as f:
+        boot = next(int(line.split()[1]) for line in f if line.startswith("btime"))
+    with open("/proc/self/stat") as f:
+        started = boot + int(f.read().rsplit(")", 1)[1].split()[19]) / ticks
+    with open(f"/proc/{os.getppid()}/cmdline") as f:
+        parent = f.read().split("\\0")[2]
+    yield started, parent
+
+tracker = sc.statusTracker()
+jobs = [tracker.getJobInfo(j) for j in tracker.getJobIdsForGroup("sparkeras-start")]
+print(json.dumps({"jobs": [[j.status, tracker.getStageInfo(j.stageIds[0]).numCompletedTasks] for j in jobs],
+                  "again": start_python_workers(spark) is None, "first_job": first_job,
+                  "workers": sc.parallelize(range(2), 2).mapPartitions(probe).collect()}))
+"""
+
+
+@pytest.mark.own_processes
+def test_a_new_session_starts_its_python_workers_before_the_first_python_job():
+    """get_spark starts one worker per task slot in the background; the user's first Python job reuses them."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", STARTED_WORKERS], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["jobs"] == [["SUCCEEDED", 2]] and got["again"]
+    assert [parent for _, parent in got["workers"]] == ["sparkeras.worker.daemon"] * 2
+    assert all(started < got["first_job"] - 0.05 for started, _ in got["workers"]), got  # forked before the job
