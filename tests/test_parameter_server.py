@@ -48,12 +48,12 @@ def test_every_distributed_optimizer_learns_the_ten_class_problem(spark, problem
     acc = sm.evaluate(xt, yt)["accuracy"]
     loss = history.history["loss"]
     assert len(loss) == EPOCHS
-    # Every epoch's loss is the center's, measured on the training rows: the model that is saved. It is
-    # far below the untrained model's. After the first epoch it is already near its floor on this problem,
-    # and an asynchronous center moves by each commit as it lands, so later epochs wander around that
-    # floor in an order set by timing (downpour's last epochs were all above its first in about 1 run in 8).
+    # Every epoch's loss is the center's, measured on the training rows: the model that is saved. It stays
+    # below the untrained model's and ends far below it. Not "falls every epoch": an asynchronous center
+    # is near its floor after one epoch here and then wanders around it in an order set by timing
+    # (downpour's later epochs were all above its first in about 1 run in 8).
     untrained = clone(_model()).evaluate(x, y, verbose=0, return_dict=True)["loss"]
-    assert max(loss) < 0.5 * untrained, (loss, untrained)
+    assert max(loss) < untrained and loss[-1] < 0.25 * untrained, (loss, untrained)
     assert loss[-1] == pytest.approx(sm.evaluate(x, y)["loss"], rel=1e-4)
     stats = history.parameter_server
     assert stats["commits"] > 0 and stats["bytes_in"] > 0 and stats["bytes_out"] > 0
