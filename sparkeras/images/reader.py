@@ -186,7 +186,9 @@ def _few_partitions(spark: Any, frame: Any, path: str, extensions: Sequence[str]
                          "path, or pass extensions=[...] for other file types.")
     slots = max(1, spark.sparkContext.defaultParallelism)
     target = slots * math.ceil(files / (FILES_PER_PARTITION * slots))  # whole waves: no core idles at the end
-    return frame.coalesce(target) if frame.rdd.getNumPartitions() > target else frame
+    # Never more partitions than Spark made (coalesce cannot add any), so there is no need to ask how
+    # many it made: that plans the scan of every file, 0.11-0.17 s warm and 0.5-0.8 s cold for 50,000.
+    return frame.coalesce(target)
 
 
 def skipped_images(frame: Any, column: str = "image") -> list[str]:
