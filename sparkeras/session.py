@@ -76,9 +76,9 @@ def start_python_workers(spark: Any) -> threading.Thread | None:
     building the model), instead of at the start of the first fit or
     scoring job. The job is one trivial task per task slot, so each slot's
     worker is forked and kept for reuse; it holds a slot only until its
-    worker is up. Returns the thread that runs the job (``None`` when it was
-    started before; the context keeps it as ``_sparkeras_start_workers``); a failure costs nothing but the time it would have
-    saved.
+    worker is up. Returns the thread that runs the job (``None`` when it
+    was started before; the context keeps it as ``_sparkeras_start_workers``).
+    A failure costs nothing but the time it would have saved.
     """
     sc = spark.sparkContext
     if getattr(sc, "_sparkeras_start_workers", None) is not None:

@@ -464,3 +464,19 @@ def test_a_new_session_starts_its_python_workers_before_the_first_python_job():
     assert got["jobs"] == [["SUCCEEDED", 2]] and got["again"]
     assert [parent for _, parent in got["workers"]] == ["sparkeras.worker.daemon"] * 2
     assert all(started < got["first_job"] - 0.05 for started, _ in got["workers"]), got  # the daemon's start
+
+
+def test_sql_functions_run_in_the_same_pool_of_python_workers_as_training(spark):
+    """Scoring UDFs (SQL functions) fork from the daemon that already imported TensorFlow for training (RDD
+    functions), not from a second one that imports it again."""
+    import os
+
+    def sql_side(batches):
+        import pyarrow as pa
+
+        for batch in batches:
+            yield pa.RecordBatch.from_pydict({"id": [os.getppid()] * batch.num_rows})
+
+    sql = {r.id for r in spark.range(4).repartition(2).mapInArrow(sql_side, "id long").collect()}
+    rdd = set(spark.sparkContext.parallelize(range(2), 2).mapPartitions(lambda _: [os.getppid()]).collect())
+    assert sql == rdd and len(rdd) == 1, (sql, rdd)

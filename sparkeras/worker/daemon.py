@@ -8,10 +8,11 @@ constant, ``PythonWorkerFactory.IDLE_WORKER_TIMEOUT_NS``), so a fit after
 a pause paid the import again. Here the daemon imports them once; every
 worker it forks starts with them loaded (copy-on-write, so the pages are
 shared too), and a worker that Spark restarts after a pause is ready at
-once. A session's very first fit gains nothing (measured): the JVM creates
-Python workers under one lock per executor (``SparkEnv.createPythonWorker``
-is ``synchronized`` around the factory's ``create()``), so no Python task
-of that executor starts while the daemon imports, about 3 s on one core.
+once. On its own, the daemon gains a session's first fit nothing
+(measured): the JVM creates Python workers under one lock per executor
+(``SparkEnv.createPythonWorker`` is ``synchronized`` around the factory's
+``create()``), so no Python task of that executor starts while the daemon
+imports, about 3 s on one core.
 That is why :func:`sparkeras.session.start_python_workers` starts the
 workers when the session starts: the import then overlaps with the
 driver's own work (reading and caching the data), and the first fit's
