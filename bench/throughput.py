@@ -244,7 +244,7 @@ def tracking_overhead(args: argparse.Namespace, strategy: str, data: dict, direc
 
 def _time_hooks(callback: object, total: list[float]) -> None:
     """Add the time of each of ``callback``'s fit hooks, on the calling thread, to ``total[0]``."""
-    for name in ("set_params", "set_model", "on_train_begin", "on_epoch_begin", "on_epoch_end",
+    for name in ("set_params", "set_model", "on_fit_start", "on_train_begin", "on_epoch_begin", "on_epoch_end",
                  "on_epoch_figures", "on_train_end"):
         hook = getattr(callback, name, None)
         if hook is None:

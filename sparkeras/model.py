@@ -174,7 +174,9 @@ class SparkModel:
         server = None
         job = None
         display = contextlib.ExitStack()
+        strategy_name = getattr(self.strategy, "name", type(self.strategy).__name__)
         try:
+            _fit_starting(callbacks, strategy_name)
             display.enter_context(console_progress_paused(spark, bool(verbose)))
             warming = start_warm_up(spark, self._spec(columns), workers)
             train = prepare(dataset, columns, workers, balance=self.balance_partitions)
@@ -197,7 +199,7 @@ class SparkModel:
                 callbacks=None, bar=bar)
             job.callbacks = _callback_list(
                 callbacks, self._model, epochs=epochs, steps=max(job.steps_per_worker), verbose=verbose,
-                fit_started=started, strategy=getattr(self.strategy, "name", type(self.strategy).__name__),
+                fit_started=started, strategy=strategy_name,
                 strategy_options=self.strategy.get_config(), num_workers=workers, batch_size=batch_size,
                 data=describe_source(x_data), train_rows=train.stats.rows,
                 validation_rows=validation.stats.rows if validation else 0)
@@ -213,7 +215,7 @@ class SparkModel:
                 self.strategy.fit(job)
             job.callbacks.on_train_end()
         except BaseException as error:
-            _fit_failed(job, error)
+            _fit_failed(job.callbacks.callbacks if job and job.callbacks else callbacks, error)
             raise
         finally:
             display.close()
@@ -503,9 +505,17 @@ def _resume_history(history: Any, saved: Any, job: TrainingJob, directory: str) 
                          "reason": f"checkpoint in {directory}"})
 
 
-def _fit_failed(job: TrainingJob | None, error: BaseException) -> None:
+def _fit_starting(callbacks: Sequence[Any] | None, strategy: str) -> None:
+    """Tell the callbacks that track runs (``on_fit_start``) that a fit begins, before its data is read."""
+    for callback in callbacks or []:
+        hook = getattr(callback, "on_fit_start", None)
+        if hook is not None:
+            hook(strategy)
+
+
+def _fit_failed(callbacks: Sequence[Any] | None, error: BaseException) -> None:
     """Tell the callbacks that track runs (``on_fit_failed``) that the fit raised, so no run stays open."""
-    for callback in getattr(getattr(job, "callbacks", None), "callbacks", None) or []:
+    for callback in callbacks or []:
         hook = getattr(callback, "on_fit_failed", None)
         if hook is not None:
             hook(error)

@@ -81,6 +81,38 @@ def test_a_corrupt_or_foreign_model_file_is_named_as_such(tmp_path):
         SparkModel.load(str(tmp_path / "cut.keras"))
 
 
+def test_save_keras_writes_the_same_model_and_builds_keras_skip_sets_once(tmp_path):
+    """The skip sets Keras recomputes on every save (a key mismatch in Keras) are stored where Keras reads them."""
+    import threading
+
+    import keras
+    from keras.src.backend.common import global_state
+
+    from sparkeras.storage.model_file import save_keras
+
+    x, y = blobs(256, seed=2)
+    model = mlp()
+    model.fit(x, y, epochs=1, verbose=0)  # optimizer state to keep
+    built = []
+
+    def save_in_a_new_thread(path):  # Keras' global state is per thread: a fresh one has no sets yet
+        def run():
+            built.append(global_state.get_global_attribute("saving_attr_skiplist_Optimizer") is None)
+            save_keras(model, str(path))
+            built.append(global_state.get_global_attribute("saving_attr_skiplist_Optimizer"))
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join()
+
+    save_in_a_new_thread(tmp_path / "a.keras")
+    assert built[0] is True and "variables" not in built[1] and "_tracker" in built[1]
+    reloaded = keras.models.load_model(tmp_path / "a.keras")
+    for got, want in zip(reloaded.get_weights() + [v.numpy() for v in reloaded.optimizer.variables],
+                         model.get_weights() + [v.numpy() for v in model.optimizer.variables]):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(reloaded.predict(x[:20], verbose=0), model.predict(x[:20], verbose=0), atol=1e-6)
+
+
 def test_model_save_is_atomic_and_refuses_to_replace_without_overwrite(spark, tmp_path):
     path = str(tmp_path / "m.keras")
     sm = SparkModel(mlp(seed=1), num_workers=1)

@@ -116,6 +116,76 @@ def test_a_failed_fit_ends_its_run_and_its_model_failed(tracked):
     assert [(m.source_run_id, m.status) for m in models] == [(logger.run_id, LoggedModelStatus.FAILED)]
 
 
+def test_a_fit_that_fails_while_reading_its_data_ends_the_run_it_began(tracked):
+    """The run is created in the background from the fit's start, so a failure before training still ends it."""
+    from mlflow import MlflowClient
+
+    from sparkeras import InputError, SparkModel
+    from sparkeras.callbacks import MLflowLogger
+
+    tmp, uri, _, _, _, x = tracked
+    logger = MLflowLogger(tracking_uri=uri, experiment="data-failures")
+    with pytest.raises(InputError, match="num_workers=2 is larger than the 1 rows of the training data"):
+        SparkModel(mlp(), "averaging", 2, seed=0).fit(x[:1], np.zeros(1, dtype="int64"), epochs=1, verbose=0,
+                                                      callbacks=[logger])
+    logger.wait()
+    run = MlflowClient(uri).get_run(logger.run_id)
+    assert run.info.status == "FAILED" and run.info.run_name == "sparkeras-averaging"
+    assert run.data.tags["sparkeras.error"].startswith("InputError: num_workers=2 is larger than the 1 rows")
+
+
+def test_a_store_that_refuses_the_run_stops_the_fit_before_training(tracked):
+    import keras
+
+    from sparkeras import InputError, SparkModel
+    from sparkeras.callbacks import MLflowLogger
+
+    tmp, uri, _, _, _, x = tracked
+    (tmp / "not-a-directory").write_text("")
+    bad = f"sqlite:///{tmp}/not-a-directory/mlflow.db"
+    model = mlp()
+    before = [w.copy() for w in model.get_weights()]
+    stopped = []
+
+    class Epochs(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            stopped.append(epoch)
+
+    try:
+        with pytest.raises(InputError, match=r"MLflowLogger cannot start a run in experiment 'refused' at tracking "
+                                             r"URI 'sqlite:///.*/not-a-directory/mlflow.db': "):
+            SparkModel(model, "averaging", 2, seed=0).fit(
+                x[:400], np.zeros(400, dtype="int64"), epochs=1, verbose=0,
+                callbacks=[MLflowLogger(tracking_uri=bad, experiment="refused"), Epochs()])
+    finally:
+        import mlflow
+
+        mlflow.set_tracking_uri(uri)  # MLflow's URI is the process's; the other tests log to the fixture's store
+    assert stopped == [] and all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+
+
+def test_a_fit_inside_the_callers_active_run_logs_into_it_and_leaves_it_open(tracked):
+    import mlflow
+    from mlflow import MlflowClient
+
+    from sparkeras import SparkModel
+    from sparkeras.callbacks import MLflowLogger
+
+    tmp, uri, _, _, _, x = tracked
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("callers")
+    logger = MLflowLogger(log_model=False)
+    with mlflow.start_run(run_name="notebook") as mine:
+        SparkModel(mlp(), "averaging", 2, seed=0).fit(x[:400], np.zeros(400, dtype="int64"), epochs=1,
+                                                      batch_size=64, verbose=0, callbacks=[logger])
+        logger.wait()
+        assert logger.run_id == mine.info.run_id
+        assert MlflowClient(uri).get_run(mine.info.run_id).info.status == "RUNNING"
+    run = MlflowClient(uri).get_run(mine.info.run_id)
+    assert run.info.status == "FINISHED" and run.data.params["strategy"] == "averaging"
+    assert [m.step for m in MlflowClient(uri).get_metric_history(mine.info.run_id, "loss")] == [0]
+
+
 UNSAVEABLE = """
 import keras
 
@@ -161,7 +231,10 @@ def test_a_model_keras_cannot_save_leaves_the_fit_and_marks_the_model_failed(tra
     assert "MLflowLogger cannot log the model, as Keras cannot save it: OSError: the disk is full" in caplog.text
     logger.wait()
     client = MlflowClient(uri)
-    assert client.get_run(logger.run_id).info.status == "FINISHED" and logger.model_uri is None
+    run = client.get_run(logger.run_id)
+    assert run.info.status == "FINISHED" and logger.model_uri is None
+    assert "sparkeras.model_uri" not in run.data.tags  # set as the last epoch ended, removed with the model
+    assert [m.step for m in client.get_metric_history(logger.run_id, "loss")] == [0]
     models = client.search_logged_models(experiment_ids=[client.get_run(logger.run_id).info.experiment_id])
     assert [m.status for m in models] == [LoggedModelStatus.FAILED]
 

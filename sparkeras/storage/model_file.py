@@ -1,9 +1,10 @@
-"""Recognising a ``.keras`` archive before anything is loaded."""
+"""``.keras`` archives: recognising one before anything is loaded, and writing one quickly."""
 
 from __future__ import annotations
 
 import os
 import zipfile
+from typing import Any
 
 from sparkeras.errors import InputError
 
@@ -56,3 +57,35 @@ def archive_json(path: str, member: str) -> dict | None:
             return json.loads(archive.read(member))
     except (OSError, KeyError, ValueError, zipfile.BadZipFile):
         return None
+
+
+_SKIPSET_TYPES = ("Operation", "Layer", "Functional", "Sequential", "Metric", "Optimizer", "Loss")
+
+
+def save_keras(model: Any, path: str) -> None:
+    """``model.save(path)``, without rebuilding Keras' reference objects on every save.
+
+    Keras 3 (3.x through at least 3.15) caches the attribute sets that
+    saving skips under ``saving_attr_skipset_<type>`` but looks them up
+    under ``saving_attr_skiplist_<type>``, so every save builds a fresh
+    ``Layer``, ``Metric``, ``CompileMetrics`` and ``Optimizer`` (with
+    variables) only to list their attributes: 40% of saving an MLP, 6 of
+    15 ms, paid on the fit's thread when a tracked fit ends. The sets are
+    computed once and stored under the key Keras reads (its state is per
+    thread, so once per thread); with a Keras that reads its own key this
+    does nothing more.
+    """
+    try:
+        from keras.src.backend.common import global_state
+        from keras.src.saving.saving_lib import get_attr_skipset
+    except ImportError:  # another Keras layout: save as it does
+        pass
+    else:
+        for kind in _SKIPSET_TYPES:
+            key = f"saving_attr_skiplist_{kind}"
+            if global_state.get_global_attribute(key) is None:
+                try:
+                    global_state.set_global_attribute(key, get_attr_skipset(kind))
+                except Exception:  # noqa: BLE001 - a type this Keras does not know: it is never asked for
+                    continue
+    model.save(path)

@@ -181,7 +181,9 @@ def save_model_atomically(model: Any, path: str, spark: Any = None, overwrite: b
 
 
 def _save(model: Any, path: str, info: dict | None) -> None:
-    model.save(path)
+    from sparkeras.storage.model_file import save_keras
+
+    save_keras(model, path)
     if info:
         import json
         import zipfile

@@ -15,12 +15,14 @@ import math
 import os
 import tempfile
 import time
-from typing import Any, Mapping
+from concurrent.futures import Future
+from typing import Any, Callable, Mapping
 
 import keras
 
 from sparkeras.errors import InputError
 from sparkeras.log import logger
+from sparkeras.storage.model_file import save_keras
 
 _INSTALL = "MLflow is not installed: pip install 'sparkeras[tracking]' (or pip install mlflow-skinny)."
 _FIT_PARAMS = ("strategy", "num_workers", "batch_size", "epochs", "data", "train_rows", "validation_rows")
@@ -89,10 +91,8 @@ def _writer() -> _Writer:
 _EXPERIMENTS: dict[tuple[str, str], str] = {}  # (tracking URI, name) -> id, found or created once per process
 
 
-def _experiment_id(client: Any, name: str) -> str:
-    import mlflow
-
-    key = (mlflow.get_tracking_uri(), name)
+def _experiment_id(client: Any, uri: str, name: str) -> str:
+    key = (uri, name)
     if key not in _EXPERIMENTS:
         found = client.get_experiment_by_name(name)
         _EXPERIMENTS[key] = found.experiment_id if found is not None else client.create_experiment(name)
@@ -124,28 +124,66 @@ class RunHandle:
         mlflow.start_run():`` around the fit), the fit logs into that run
         and leaves it open, as MLflow's autologging does.
         """
+        return cls._opener(experiment, run_name, parent, tags, reuse_active)()
+
+    @classmethod
+    def start_soon(cls, experiment: str | None, run_name: str | None,
+                   tags: Mapping[str, str] | None = None) -> "Future[RunHandle]":
+        """:meth:`start`, with the store's writes on the background writer; the future holds the run or the error.
+
+        Creating a run is one to three store writes (20-30 ms on sqlite).
+        ``SparkModel.fit`` starts it before it reads the data, so it is done
+        by the time training begins instead of adding to the fit.
+        """
+        open_run = cls._opener(experiment, run_name, None, tags, True)
+        future: Future[RunHandle] = Future()
+
+        def create() -> None:
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(open_run())
+                except BaseException as exc:  # noqa: BLE001 - handed to whoever takes the run
+                    future.set_exception(exc)
+
+        _writer().submit(create)
+        return future
+
+    @classmethod
+    def _opener(cls, experiment: str | None, run_name: str | None, parent: str | None,
+                tags: Mapping[str, str] | None, reuse_active: bool) -> "Callable[[], RunHandle]":
+        """:meth:`start`, split where a thread may change: what the caller's thread holds is read now.
+
+        MLflow keeps the active run per thread, so it is read here; the
+        returned function makes the store calls and may run on any thread.
+        """
         import mlflow
-        from mlflow import MlflowClient
 
-        client = MlflowClient()
-        active = mlflow.active_run()
-        if reuse_active and experiment is None and parent is None and active is not None:
-            return cls(client, active.info.run_id, owned=False, experiment_id=active.info.experiment_id)
-        if experiment is not None:
-            experiment_id = _experiment_id(client, experiment)
-        elif active is not None:
-            experiment_id = active.info.experiment_id
-        else:
-            from mlflow.tracking.fluent import _get_experiment_id
-
-            experiment_id = _get_experiment_id() or "0"
+        uri, active = mlflow.get_tracking_uri(), mlflow.active_run()
+        reuse = reuse_active and experiment is None and parent is None and active is not None
         all_tags = dict(tags or {})
         if parent is None and active is not None:
             parent = active.info.run_id
         if parent is not None:
             all_tags["mlflow.parentRunId"] = parent
-        run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
-        return cls(client, run.info.run_id, owned=True, experiment_id=experiment_id)
+
+        def open_run() -> RunHandle:
+            from mlflow import MlflowClient
+
+            client = MlflowClient(uri)
+            if reuse:
+                return cls(client, active.info.run_id, owned=False, experiment_id=active.info.experiment_id)
+            if experiment is not None:
+                experiment_id = _experiment_id(client, uri, experiment)
+            elif active is not None:
+                experiment_id = active.info.experiment_id
+            else:
+                from mlflow.tracking.fluent import _get_experiment_id
+
+                experiment_id = _get_experiment_id() or "0"
+            run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+            return cls(client, run.info.run_id, owned=True, experiment_id=experiment_id)
+
+        return open_run
 
     def log(self, params: Mapping[str, Any] | None = None, metrics: Mapping[str, Any] | None = None,
             step: int = 0, tags: Mapping[str, Any] | None = None) -> int:
@@ -237,31 +275,57 @@ class MLflowLogger(keras.callbacks.Callback):
         self._params: dict[str, Any] = {}
         self._last_logged: tuple[int, dict[str, Any], int | None] = (0, {}, None)  # the last epoch's: the model's
         self._logged_model: LoggedKerasModel | None = None  # created (PENDING) as training begins
+        self._pending: Future[RunHandle] | None = None  # the run on_fit_start began
 
     @property
     def run_id(self) -> str | None:
         """The id of the run the last fit logged to."""
         return None if self.run is None else self.run.run_id
 
+    def on_fit_start(self, strategy: str) -> None:
+        """Called by ``SparkModel.fit`` before it reads the data: the run is created meanwhile, in the background.
+
+        ``on_train_begin`` takes it, and raises there if the store refused
+        it, before the first epoch. Under plain ``model.fit``, where this
+        is not called, ``on_train_begin`` creates the run itself.
+        """
+        self.run = None
+        self._set_tracking_uri()
+        self._pending = RunHandle.start_soon(self.experiment, self.run_name or f"sparkeras-{strategy}",
+                                             tags={"sparkeras.strategy": strategy})
+
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         started = time.perf_counter()
-        if self.tracking_uri is not None:
-            import mlflow
-
-            mlflow.set_tracking_uri(self.tracking_uri)
         params = dict(self.params or {})
-        try:
-            self.run = RunHandle.start(self.experiment,
-                                       self.run_name or f"sparkeras-{params.get('strategy', 'fit')}",
-                                       tags={"sparkeras.strategy": params.get("strategy", "")})
-        except Exception as exc:  # noqa: BLE001 - MLflow's errors are many; the store is what to check
-            raise InputError(f"MLflowLogger cannot start a run in experiment {self.experiment!r} at tracking URI "
-                             f"{self._uri()!r}: {exc}") from None
+        self.run = self._take_run(params.get("strategy", "fit"))
         setup = {"setup_seconds": started - float(params["fit_started"])} if "fit_started" in params else {}
         self._params = fit_params(params, self.model)
         self._last_logged = (0, {}, None)
         self.run.log(params=self._params, metrics=setup, step=0)
         self._logged_model = LoggedKerasModel(self.run, params=self._params) if self.log_model else None
+
+    def _take_run(self, strategy: str) -> RunHandle:
+        """The run :meth:`on_fit_start` began, or a new one; an :class:`InputError` naming the store if it fails."""
+        pending, self._pending = self._pending, None
+        try:
+            if pending is not None:
+                return pending.result(timeout=RunHandle.WAIT_SECONDS)
+            self._set_tracking_uri()
+            return RunHandle.start(self.experiment, self.run_name or f"sparkeras-{strategy}",
+                                   tags={"sparkeras.strategy": strategy})
+        except TimeoutError:
+            raise InputError(f"MLflowLogger waited {RunHandle.WAIT_SECONDS:.0f}s for the tracking store at "
+                             f"{self._uri()!r} to create a run in experiment {self.experiment!r}; is it "
+                             f"reachable?") from None
+        except Exception as exc:  # noqa: BLE001 - MLflow's errors are many; the store is what to check
+            raise InputError(f"MLflowLogger cannot start a run in experiment {self.experiment!r} at tracking URI "
+                             f"{self._uri()!r}: {exc}") from None
+
+    def _set_tracking_uri(self) -> None:
+        if self.tracking_uri is not None:
+            import mlflow
+
+            mlflow.set_tracking_uri(self.tracking_uri)
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epoch_started = time.perf_counter()
@@ -277,7 +341,14 @@ class MLflowLogger(keras.callbacks.Callback):
             return
         metrics = {**dict(logs or {}), **self._figures, "epoch_seconds": time.perf_counter() - self._epoch_started}
         self._figures = {}
-        self._last_logged = (epoch, metrics, self.run.log(metrics=metrics, step=epoch))
+        logged = self._logged_model
+        if logged is not None and epoch == int((self.params or {}).get("epochs", 0)) - 1:
+            # The last epoch's figures are the saved model's: written once, as the run's and the model's.
+            timestamp = int(time.time() * 1000)
+            self.run.submit(lambda: logged.link(epoch, metrics, timestamp))
+            self._last_logged = (epoch, metrics, timestamp)
+        else:
+            self._last_logged = (epoch, metrics, self.run.log(metrics=metrics, step=epoch))
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         if self.run is None:
@@ -315,7 +386,17 @@ class MLflowLogger(keras.callbacks.Callback):
             self.run.wait()
 
     def on_fit_failed(self, error: BaseException) -> None:
-        """Called by ``SparkModel.fit`` when the fit raises: the run ends ``FAILED``, with the reason."""
+        """Called by ``SparkModel.fit`` when the fit raises: the run ends ``FAILED``, with the reason.
+
+        A fit that fails while reading its data, after :meth:`on_fit_start`
+        began the run, ends that run the same way.
+        """
+        if self._pending is not None:
+            try:
+                self.run = self._take_run("fit")
+            except InputError as exc:
+                logger.warning("%s", exc)
+                return
         if self.run is not None:
             try:
                 self.run.log(tags={"sparkeras.error": f"{type(error).__name__}: {error}"[:5000]})
@@ -363,7 +444,7 @@ class SavedKerasFile:
 
     The model is logged in the background, after ``fit`` has returned and
     the caller may be training it further, so :meth:`of` fixes its weights
-    on the fit's thread by saving it (7-9 ms for an MLP), with its
+    on the fit's thread by saving it (9 ms for an MLP, with :func:`save_keras`), with its
     signature. MLflow's Keras flavor calls only ``model.save(path)`` on the
     model it is given (MLflow 3.x), so passing this moves the file into the
     flavor's directory instead of serializing the model a second time. (A
@@ -379,7 +460,7 @@ class SavedKerasFile:
         directory = tempfile.TemporaryDirectory(prefix="sparkeras-model-")
         try:
             path = os.path.join(directory.name, "model.keras")
-            model.save(path)
+            save_keras(model, path)
             return cls(path, directory, _signature(model))
         except BaseException:
             directory.cleanup()
@@ -408,8 +489,9 @@ class LoggedKerasModel:
 
     :meth:`__init__` queues the model's creation (``PENDING``, with the
     fit's ``params``) on the run's writer, so it is done while the workers
-    train; :meth:`finish` links the metrics of the weights it holds, saves
-    the flavor's files, uploads them and marks it ``READY``, and
+    train; :meth:`link` makes it the run's output with the metrics of the
+    weights it will hold; :meth:`finish` saves the flavor's files, uploads
+    them and marks it ``READY``, and
     :meth:`fail` marks it ``FAILED``. This is what
     ``mlflow.models.Model.log`` does, without what costs there: that reads
     the run back twice and every metric's whole history to link the
@@ -426,6 +508,7 @@ class LoggedKerasModel:
         self.run, self.name = run, name
         self.model_id: str | None = None
         self.artifact_location: str | None = None
+        self.linked = False  # the run's output, with its epoch's metrics
         texts = {k: _text(v) for k, v in (params or {}).items() if v is not None}
         run.submit(lambda: self._create(texts))
 
@@ -438,29 +521,41 @@ class LoggedKerasModel:
     def uri(self) -> str:
         return f"models:/{self.model_id}"
 
+    def link(self, step: int, metrics: Mapping[str, Any] | None, timestamp: int | None = None) -> None:
+        """On the writer thread: make the model the run's output at epoch ``step``, with that epoch's metrics.
+
+        The ``metrics`` are written once, as the run's and the model's at
+        ``timestamp`` (the run keeps one point per step), with the run's
+        ``sparkeras.model_uri`` tag. ``MLflowLogger`` calls this as the
+        last epoch ends, so at the fit's end only the files remain.
+        """
+        from mlflow.entities import LoggedModelOutput, RunTag
+
+        if self.model_id is None:
+            raise RuntimeError("the LoggedModel was not created; see the warning logged before this one")
+        client = self.run.client
+        client.log_outputs(self.run.run_id, [LoggedModelOutput(self.model_id, step=step)])
+        now = int(time.time() * 1000) if timestamp is None else timestamp
+        client.log_batch(self.run.run_id,
+                         metrics=_metric_points(metrics, now, step, run_id=self.run.run_id, model_id=self.model_id),
+                         tags=[RunTag("sparkeras.model_uri", self.uri)])
+        self.linked = True
+
     def finish(self, model: Any, step: int = 0, metrics: Mapping[str, Any] | None = None,
                timestamp: int | None = None) -> str:
         """Fill and finalize the model, on the writer thread; returns its ``models:/`` URI.
 
-        ``model`` is a Keras model or a :class:`SavedKerasFile`. The
-        ``metrics`` of epoch ``step`` are linked at ``timestamp``, the
-        run's own time for them, so the store keeps one point per step;
-        the run's ``sparkeras.model_uri`` tag goes in the same write.
+        ``model`` is a Keras model or a :class:`SavedKerasFile`. Unless
+        :meth:`link` ran, the ``metrics`` of epoch ``step`` are linked first
+        (see there).
         """
         import mlflow
-        from mlflow.entities import LoggedModelOutput, LoggedModelStatus, RunTag
+        from mlflow.entities import LoggedModelStatus
         from mlflow.models import Model
 
-        client = self.run.client
         try:
-            if self.model_id is None:
-                raise RuntimeError("the LoggedModel was not created; see the warning logged before this one")
-            client.log_outputs(self.run.run_id, [LoggedModelOutput(self.model_id, step=step)])
-            now = int(time.time() * 1000) if timestamp is None else timestamp
-            client.log_batch(self.run.run_id,
-                             metrics=_metric_points(metrics, now, step, run_id=self.run.run_id,
-                                                    model_id=self.model_id),
-                             tags=[RunTag("sparkeras.model_uri", self.uri)])
+            if not self.linked:
+                self.link(step, metrics, timestamp)
             signature = model.signature if isinstance(model, SavedKerasFile) else _signature(model)
             with tempfile.TemporaryDirectory() as tmp:
                 path = os.path.join(tmp, "model")
@@ -468,9 +563,9 @@ class LoggedKerasModel:
                                     run_id=self.run.run_id, model_id=self.model_id)
                 mlflow.keras.save_model(model, path, mlflow_model=description, signature=signature,
                                         pip_requirements=_requirements())
-                client.log_model_artifacts(self.model_id, path)
+                self.run.client.log_model_artifacts(self.model_id, path)
         except BaseException:
-            self._finalize(LoggedModelStatus.FAILED)
+            self._failed()
             raise
         finally:
             if isinstance(model, SavedKerasFile):
@@ -480,9 +575,15 @@ class LoggedKerasModel:
 
     def fail(self) -> None:
         """Queue marking the model ``FAILED`` (the fit that was to fill it raised)."""
+        self.run.submit(self._failed)
+
+    def _failed(self) -> None:
+        """Mark the model ``FAILED``; the run's tag no longer points at it."""
         from mlflow.entities import LoggedModelStatus
 
-        self.run.submit(lambda: self._finalize(LoggedModelStatus.FAILED))
+        if self.linked:
+            self.run.client.delete_tag(self.run.run_id, "sparkeras.model_uri")
+        self._finalize(LoggedModelStatus.FAILED)
 
     def _finalize(self, status: Any) -> None:
         if self.model_id is not None:
