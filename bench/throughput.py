@@ -153,7 +153,8 @@ def main() -> None:
             print(f"tracking (MLflowLogger + ClusterScalars), medians of {args.tracking} warm fits:")
             for label, name in (("tracking", "defaults"), ("tracking_without_model", "log_model=False"),
                                 ("tracking_with_keras_tensorboard", "with Keras' TensorBoard")):
-                print(f"  {name:24s} wall {report[f'{label}_overhead_pct']:+5.1f}%  "
+                print(f"  {name:24s} wall {report[f'{label}_overhead_pct']:+5.1f}% "
+                      f"(paired {report[f'{label}_paired_overhead_pct']:+5.1f}%)  "
                       f"measured directly {report[f'{label}_direct_pct']:.1f}% "
                       f"(on the fit's thread {report[f'{label}_on_thread_ms']:.0f} ms, "
                       f"waiting for the writes {report[f'{label}_end_wait_ms']:.0f} ms; the writer's CPU "
@@ -170,7 +171,9 @@ def tracking_overhead(args: argparse.Namespace, strategy: str, data: dict, direc
     The kinds (no callbacks; sparkeras' tracking; the same without the
     model; with Keras' TensorBoard too) are interleaved, so they share the
     machine's noise. **Wall medians** compare whole fits, but one warm fit
-    varies by more than the effect. So the tracked fits are also
+    varies by more than the effect; the **paired** figure is the median
+    of the differences between the fits of one round, which share the
+    machine's state more closely than the medians do. The tracked fits are also
     **measured directly**: the time the fit's thread spends inside the
     tracking callbacks, plus the wait after ``fit`` returns for the
     background writes (each tracked fit waits for them inside its timed
@@ -200,7 +203,8 @@ def tracking_overhead(args: argparse.Namespace, strategy: str, data: dict, direc
     direct: dict[str, list[dict[str, float]]] = {k: [] for k in kinds if k != "untracked"}
     logger = None
     for i in range(args.tracking):
-        for kind, callbacks in kinds.items():
+        order = list(kinds.items())
+        for kind, callbacks in order[i % len(order):] + order[:i % len(order)]:  # no kind always runs first
             sm = SparkModel(make_model(learning_rate=args.learning_rate), strategy=_strategy(strategy),
                             num_workers=args.workers, seed=0)
             given = callbacks(i)
@@ -235,6 +239,8 @@ def tracking_overhead(args: argparse.Namespace, strategy: str, data: dict, direc
               "tracked_keras_tensorboard": "tracking_with_keras_tensorboard"}  # the report's keys
     for kind, label in labels.items():
         out[f"{label}_overhead_pct"] = round(100 * (median[kind] / median["untracked"] - 1), 2)
+        paired = [t - u for t, u in zip(times[kind], times["untracked"])]  # fit i of each kind ran back to back
+        out[f"{label}_paired_overhead_pct"] = round(100 * float(np.median(paired)) / median["untracked"], 2)
         parts = {k: float(np.median([d[k] for d in direct[kind]])) for k in direct[kind][0]}
         added = float(np.median([d["on_thread"] + d["end_wait"] for d in direct[kind]]))
         out.update({f"{label}_{k}_ms": round(1000 * v, 1) for k, v in parts.items()})

@@ -277,6 +277,36 @@ def test_plot_history_writes_curves_and_the_staleness_histogram(tracked):
     assert not os.path.exists(tmp / "empty.png") and not glob.glob(str(tmp / ".*tmp*"))
 
 
+def test_a_new_store_is_set_up_without_mlflow_start_up_lines(tracked, tmp_path, capfd):
+    import logging
+
+    from sparkeras import SparkModel
+    from sparkeras.callbacks import MLflowLogger
+
+    _, uri, _, _, _, x = tracked
+    seen = []
+
+    class Seen(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    watcher = Seen()
+    logging.getLogger("mlflow.store.db.utils").addHandler(watcher)  # sees what reaches MLflow's own handler
+    try:
+        logger = MLflowLogger(tracking_uri=f"sqlite:///{tmp_path}/new.db", experiment="quiet", log_model=False)
+        SparkModel(mlp(), "averaging", 2, seed=0).fit(x[:400], np.zeros(400, dtype="int64"), epochs=1,
+                                                      batch_size=64, verbose=0, callbacks=[logger])
+        logger.wait()
+    finally:
+        logging.getLogger("mlflow.store.db.utils").removeHandler(watcher)
+        import mlflow
+
+        mlflow.set_tracking_uri(uri)
+    assert os.path.exists(tmp_path / "new.db")
+    assert not [m for m in seen if "database tables" in m], seen
+    assert "database tables" not in capfd.readouterr().err
+
+
 def test_tracking_arguments_are_checked_first():
     from sparkeras import InputError
     from sparkeras.callbacks import ClusterScalars, MLflowLogger

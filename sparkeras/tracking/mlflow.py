@@ -11,6 +11,7 @@ it through ``self.params`` (see ``sparkeras.model._callback_list``).
 from __future__ import annotations
 
 import importlib.util
+import logging
 import math
 import os
 import tempfile
@@ -23,6 +24,7 @@ import keras
 from sparkeras.errors import InputError
 from sparkeras.log import logger
 from sparkeras.storage.model_file import save_keras
+from sparkeras.worker.runtime import native_logs_wanted
 
 _INSTALL = "MLflow is not installed: pip install 'sparkeras[tracking]' (or pip install mlflow-skinny)."
 _FIT_PARAMS = ("strategy", "num_workers", "batch_size", "epochs", "data", "train_rows", "validation_rows")
@@ -99,6 +101,18 @@ def _experiment_id(client: Any, uri: str, name: str) -> str:
     return _EXPERIMENTS[key]
 
 
+def _quiet_store_set_up() -> None:
+    """Hold back MLflow's INFO lines about setting up a database store, unless debug output was asked for.
+
+    A new sqlite store prints ``Creating initial MLflow database tables...``
+    and ``Updating database tables`` to stderr, as start-up noise of the
+    same kind as TensorFlow's banners; ``SPARKERAS_DEBUG=1`` (the CLI's
+    ``--debug``) shows them again. Its warnings and errors still show.
+    """
+    if not native_logs_wanted():
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+
+
 class RunHandle:
     """One MLflow run, addressed by id through ``MlflowClient``: params, metric batches, the end.
 
@@ -158,6 +172,7 @@ class RunHandle:
         """
         import mlflow
 
+        _quiet_store_set_up()
         uri, active = mlflow.get_tracking_uri(), mlflow.active_run()
         reuse = reuse_active and experiment is None and parent is None and active is not None
         all_tags = dict(tags or {})
