@@ -20,7 +20,7 @@ from sparkeras.errors import InputError
 from sparkeras.progress import ProgressBar, ProgressServer
 from sparkeras.serialization import ModelSpec, model_state, pack_arrays, set_model_state
 from sparkeras.session import console_progress_paused, driver_host, get_spark, keras_backend
-from sparkeras.storage.model_file import check_model_archive
+from sparkeras.storage.model_file import check_model_archive, load_keras
 from sparkeras.storage.outputs import (check_output, check_remote_output, hadoop_copy, is_remote,
                                        read_model_info, save_model_atomically)
 from sparkeras.strategies import Strategy, get_strategy
@@ -370,11 +370,10 @@ def load_model_file(path: str, custom_objects: Mapping[str, Any] | None = None, 
 def load_model_and_info(path: str, custom_objects: Mapping[str, Any] | None = None,
                         master: str | None = None) -> tuple[Any, dict]:
     """A ``.keras`` file's model and what sparkeras saved beside it (``classes``), local or any Hadoop URI."""
-    import keras
 
     def _load(local: str) -> tuple[Any, dict]:
         _import_own_layers(local)
-        model = keras.saving.load_model(local, custom_objects=dict(custom_objects or {}) or None)
+        model = load_keras(local, custom_objects=dict(custom_objects or {}) or None)
         return model, read_model_info(local)
 
     if not is_remote(path):

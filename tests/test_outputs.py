@@ -113,6 +113,47 @@ def test_save_keras_writes_the_same_model_and_builds_keras_skip_sets_once(tmp_pa
     np.testing.assert_allclose(reloaded.predict(x[:20], verbose=0), model.predict(x[:20], verbose=0), atol=1e-6)
 
 
+def test_a_model_saved_before_any_training_loads_without_keras_optimizer_warnings(tmp_path):
+    """The driver's model has never trained; its optimizer is built on save so the file loads cleanly."""
+    import warnings
+
+    import keras
+
+    from sparkeras.storage.model_file import save_keras
+
+    model = mlp()
+    assert not model.optimizer.built
+    save_keras(model, str(tmp_path / "fresh.keras"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        reloaded = keras.models.load_model(tmp_path / "fresh.keras")
+    assert not [w for w in caught if "Skipping variable loading" in str(w.message)], [str(w.message) for w in caught]
+    assert len(reloaded.optimizer.variables) == len(model.optimizer.variables) > 2
+    for got, want in zip(reloaded.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_loading_a_users_untrained_model_file_drops_only_the_empty_optimizer_warning(tmp_path):
+    """A model saved by Keras before any training (the CLI's usual --model) loads without Keras' skip warning."""
+    import warnings
+
+    from sparkeras.model import load_model_file
+    from sparkeras.storage.model_file import _unbuilt_optimizer_skipped
+
+    model = mlp()
+    model.save(str(tmp_path / "untrained.keras"))  # Keras' own save: the optimizer is saved unbuilt
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = load_model_file(str(tmp_path / "untrained.keras"))
+    assert not [w for w in caught if "Skipping variable loading" in str(w.message)], [str(w.message) for w in caught]
+    for got, want in zip(loaded.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(got, want)
+    message = "Skipping variable loading for optimizer 'adam', because it has 10 variables whereas the saved " \
+              "optimizer has {} variables."
+    assert _unbuilt_optimizer_skipped(message.format(2), loaded)  # Adam unbuilt: iterations, learning rate
+    assert not _unbuilt_optimizer_skipped(message.format(6), loaded)  # state that would be lost: kept
+
+
 def test_model_save_is_atomic_and_refuses_to_replace_without_overwrite(spark, tmp_path):
     path = str(tmp_path / "m.keras")
     sm = SparkModel(mlp(seed=1), num_workers=1)

@@ -47,6 +47,7 @@ from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from sparkeras.errors import InputError, WorkerError
 from sparkeras.log import logger
 from sparkeras.ml.estimator import _KerasStage
+from sparkeras.storage.model_file import save_keras
 
 MODES = ("synchronous", "asynchronous", "hogwild")
 FREQUENCIES = ("epoch", "batch")
@@ -161,7 +162,7 @@ class SparkModel:
         config = json.dumps({"class_name": type(self).__name__, "config": self.get_config()})
         with tempfile.TemporaryDirectory() as tmp:
             local = os.path.join(tmp, os.path.basename(file_name))
-            self._master_network.save(local)
+            save_keras(self._master_network, local)
             with open(local + _CONFIG_SUFFIX, "w") as handle:
                 handle.write(config)
             for suffix in ("", _CONFIG_SUFFIX):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import warnings
 import zipfile
 from typing import Any
 
@@ -74,7 +76,17 @@ def save_keras(model: Any, path: str) -> None:
     computed once and stored under the key Keras reads (its state is per
     thread, so once per thread); with a Keras that reads its own key this
     does nothing more.
+
+    A compiled model whose optimizer was never built (the driver's copy
+    before a fit, or a stage's model) gets its optimizer built first:
+    saved with 2 of its variables, it loaded with Keras' warning "Skipping
+    variable loading for optimizer ... because it has 10 variables whereas
+    the saved optimizer has 2".
     """
+    from sparkeras.serialization import ensure_optimizer_built
+
+    if getattr(model, "built", False):
+        ensure_optimizer_built(model)
     try:
         from keras.src.backend.common import global_state
         from keras.src.saving.saving_lib import get_attr_skipset
@@ -89,3 +101,39 @@ def save_keras(model: Any, path: str) -> None:
                 except Exception:  # noqa: BLE001 - a type this Keras does not know: it is never asked for
                     continue
     model.save(path)
+
+
+def load_keras(path: str, custom_objects: dict | None = None) -> Any:
+    """``keras.saving.load_model(path)``, without Keras' warning about an optimizer that was never built.
+
+    A model compiled and saved before any training (what ``sparkeras
+    train --model`` is usually given) has an optimizer with only its step
+    counter and learning rate; loading it warns "Skipping variable loading
+    for optimizer ... because it has 10 variables whereas the saved
+    optimizer has 2", although there was no state to lose. That warning is
+    dropped when the saved count is exactly an unbuilt optimizer's; every
+    other warning, that one with any other count included, is shown as
+    Keras raised it.
+    """
+    import keras
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = keras.saving.load_model(path, custom_objects=custom_objects)
+    for w in caught:
+        if not _unbuilt_optimizer_skipped(str(w.message), model):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    return model
+
+
+def _unbuilt_optimizer_skipped(message: str, model: Any) -> bool:
+    """Whether ``message`` is Keras' skip warning for a saved optimizer with no more variables than an unbuilt one."""
+    found = re.search(r"Skipping variable loading for optimizer .* the saved optimizer has (\d+) variables", message)
+    optimizer = getattr(model, "optimizer", None)
+    if found is None or optimizer is None:
+        return False
+    try:
+        unbuilt = type(optimizer).from_config(optimizer.get_config())
+    except Exception:  # noqa: BLE001 - an optimizer that cannot be copied: keep the warning
+        return False
+    return int(found.group(1)) == len(unbuilt.variables)
