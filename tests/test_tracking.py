@@ -277,6 +277,39 @@ def test_plot_history_writes_curves_and_the_staleness_histogram(tracked):
     assert not os.path.exists(tmp / "empty.png") and not glob.glob(str(tmp / ".*tmp*"))
 
 
+@pytest.mark.parametrize("flush_seconds, writes", [(60.0, 2), (0.0, 5)])
+def test_short_epochs_are_written_together_each_at_its_own_step(tracked, monkeypatch, flush_seconds, writes):
+    """Epochs shorter than FLUSH_SECONDS go to the store in one write, with the last epoch's link."""
+    from mlflow import MlflowClient
+
+    from sparkeras import SparkModel
+    from sparkeras.callbacks import MLflowLogger
+
+    _, uri, _, _, _, x = tracked
+    calls = []
+    real = MlflowClient.log_batch
+
+    def counted(self, run_id, *args, **kwargs):
+        calls.append(len(kwargs.get("metrics") or []))
+        return real(self, run_id, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", counted)  # the real store write, counted
+    logger = MLflowLogger(tracking_uri=uri, experiment="batched")
+    monkeypatch.setattr(logger, "FLUSH_SECONDS", flush_seconds)
+    history = SparkModel(mlp(), "averaging", 2, seed=0).fit(x[:400], np.zeros(400, dtype="int64"), epochs=4,
+                                                            batch_size=64, verbose=0, callbacks=[logger])
+    logger.wait()
+    assert len(calls) == writes, calls  # params and setup; then the link alone, or each epoch and the link
+    client = MlflowClient(uri)
+    for key in ("loss", "accuracy", "epoch_seconds"):
+        points = sorted(client.get_metric_history(logger.run_id, key), key=lambda m: m.step)
+        assert [m.step for m in points] == [0, 1, 2, 3], key
+        assert all(a.timestamp <= b.timestamp for a, b in zip(points, points[1:])), key
+        if key != "epoch_seconds":
+            assert [m.value for m in points] == pytest.approx(history.history[key]), key
+    assert client.get_logged_model(logger.model_uri.split("/")[-1]).status.name == "READY"
+
+
 def test_a_new_store_is_set_up_without_mlflow_start_up_lines(tracked, tmp_path, capfd):
     import logging
 
