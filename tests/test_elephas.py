@@ -20,12 +20,20 @@ SCRIPT = os.path.join(os.path.dirname(__file__), "elephas_readme_script.py")
 
 @pytest.mark.own_processes
 def test_elephas_readme_script_runs_and_matches_plain_keras(tmp_path):
-    """The README's asynchronous, frequency='epoch' example on a small CNN, within 2.5 points of plain Keras.
+    """The README's asynchronous, frequency='epoch' example on a small CNN, near plain Keras.
 
-    Asynchronous commits interleave as the workers' timing falls, so the facade's test accuracy
-    varies from run to run: measured 0.9647, 0.9597 and 0.9597 against plain's 0.9798 on the 397
-    test digits, where 2 points is 7.9 digits. The bound is 10 digits (2.5 points). Issue 12's
-    1-point target for this example is not met yet.
+    Asynchronous commits interleave as the workers' timing falls, so one fit's test accuracy is a
+    random draw. Measured on this script's data (397 test digits, one digit = 0.25 points):
+
+    * plain Keras over seeds 0-5: mean 0.9773, range 0.9698-0.9824 (seed 0, used here: 0.9798);
+    * the facade, two fits per seed over seeds 0-5: mean 0.9731 (0.4 points below plain), sd 0.7 points;
+    * the facade with seed 0, 26 fits: mean 0.969, sd 0.9 points, lowest 0.9496 (3.0 points below seed 0's plain fit;
+      a CI run drew it against the earlier 2.5-point bound).
+
+    The bound is 4 points below this seed's plain fit: a draw falls under it about once in a thousand
+    runs, while a rule that divides each commit by its window ('adag': 0.922 measured) fails every
+    time. A milder slowdown, dividing by staleness + 1 ('dynsgd': 0.952), passes; this test guards the
+    facade's wiring, not the last point of accuracy, which issue 12 tracks in the benchmark.
     """
     proc = subprocess.run([sys.executable, SCRIPT, "20", str(tmp_path)], capture_output=True, text=True,
                           timeout=600, cwd=tmp_path)
@@ -33,7 +41,7 @@ def test_elephas_readme_script_runs_and_matches_plain_keras(tmp_path):
     assert lines, proc.stdout[-2000:] + proc.stderr[-4000:]
     result = json.loads(lines[0][len("RESULT "):])
     assert result["plain_accuracy"] > 0.9
-    assert result["predicted_accuracy"] >= result["plain_accuracy"] - 0.025, result
+    assert result["predicted_accuracy"] >= result["plain_accuracy"] - 0.04, result
     assert abs(result["evaluate"][1] - result["predicted_accuracy"]) < 1e-6  # evaluate = [loss, accuracy]
     assert result["epochs_run"] == 20 and "val_loss" in result["history_keys"]
     assert result["reloaded"] == ["SparkModel", "asynchronous", "epoch"] and result["reloaded_same_weights"]
