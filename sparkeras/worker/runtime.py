@@ -203,9 +203,16 @@ def native_logs_wanted() -> bool:
 
     ``SPARKERAS_DEBUG=1`` (set by the CLI's ``--debug``; on a cluster, pass
     it as ``spark.executorEnv.SPARKERAS_DEBUG``), or their own
-    ``TF_CPP_MIN_LOG_LEVEL`` of 0 or 1 (TensorFlow's "show info" levels).
+    ``TF_CPP_MIN_LOG_LEVEL=0`` (TensorFlow's "show everything" level).
+
+    Level 1 hides INFO lines, and it is what JAX sets on import
+    (``os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')``), and TensorFlow
+    imports JAX when it is installed. A driver that imported TensorFlow
+    before starting its ``SparkContext`` therefore handed its Python workers
+    a 1 they never asked for, and every cold worker printed its start-up
+    lines on the user's terminal (measured with the Elephas README script).
     """
-    return os.environ.get(DEBUG_ENV, "") not in ("", "0") or os.environ.get("TF_CPP_MIN_LOG_LEVEL") in ("0", "1")
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0") or os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0"
 
 
 @contextlib.contextmanager
