@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
 import random
@@ -149,6 +148,15 @@ class SparkModel:
             check_output(checkpoint_dir, kind="directory", flag="checkpoint_dir",
                          inputs=[p for p in (data, x) if isinstance(p, (str, os.PathLike))])
         spark = self.spark
+        with console_progress_paused(spark):  # data resolution runs jobs too
+            return self._fit(spark, started, data, y, x, epochs, batch_size, validation_data, validation_split,
+                             features_col, label_col, callbacks, verbose, shuffle, initial_epoch, checkpoint_dir)
+
+    def _fit(self, spark: Any, started: float, data: Any, y: Any, x: Any, epochs: int, batch_size: int,
+             validation_data: Any, validation_split: float, features_col: ColumnSpec, label_col: ColumnSpec,
+             callbacks: Sequence[Any] | None, verbose: int, shuffle: bool, initial_epoch: int,
+             checkpoint_dir: str | None) -> Any:
+        """:meth:`fit` after its argument checks, with Spark's console bars paused."""
         workers = self._workers(spark)
         x_data = x if x is not None else data
         if validation_split and validation_data is None and _is_numpy(x_data):
@@ -173,11 +181,9 @@ class SparkModel:
         prepared: list[PreparedData] = []
         server = None
         job = None
-        display = contextlib.ExitStack()
         strategy_name = getattr(self.strategy, "name", type(self.strategy).__name__)
         try:
             _fit_starting(callbacks, strategy_name)
-            display.enter_context(console_progress_paused(spark, bool(verbose)))
             warming = start_warm_up(spark, self._spec(columns), workers)
             train = prepare(dataset, columns, workers, balance=self.balance_partitions)
             prepared.append(train)
@@ -218,7 +224,6 @@ class SparkModel:
             _fit_failed(job.callbacks.callbacks if job and job.callbacks else callbacks, error)
             raise
         finally:
-            display.close()
             if server is not None:
                 server.close()
             for p in prepared:

@@ -105,10 +105,14 @@ def _worker_started(_: Iterator[int]) -> Iterator[int]:
 
 @contextlib.contextmanager
 def console_progress_paused(spark: Any, pause: bool = True) -> Iterator[None]:
-    """Keep Spark's console stage bars (``[Stage 3:==>  (1 + 1) / 2]``) off while sparkeras draws its own.
+    """Keep Spark's console stage bars (``[Stage 3:==>  (1 + 1) / 2]``) off while a fit runs its jobs.
 
-    The bar is on in shells and where ``spark.ui.showConsoleProgress`` is
-    set, and Spark cannot switch it at runtime: its timer is stopped here
+    A fit's stages (packing, warm-up, one job per epoch) are sparkeras'
+    own machinery: with ``verbose`` it draws its own bar, and without it the
+    user asked for quiet. The bar is on in shells, in a bare
+    ``SparkContext`` (as Elephas scripts make) and where
+    ``spark.ui.showConsoleProgress`` is set, and Spark cannot switch it at
+    runtime: its timer is stopped here
     and a new bar is started afterwards, through the JVM. Sessions that do
     not allow that (Spark Connect, a JVM without the field) keep theirs.
     """

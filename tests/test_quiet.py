@@ -1,5 +1,5 @@
 """Quiet output: a ``verbose=0`` fit in a fresh process prints nothing of Spark's or TensorFlow's start-up,
-and Spark's console stage bars stay off while sparkeras draws its own progress bar."""
+and Spark's console stage bars stay off while a fit runs, with or without sparkeras' own progress bar."""
 
 from __future__ import annotations
 
@@ -31,6 +31,8 @@ spark.stop()
 from pyspark.sql import SparkSession
 spark = SparkSession.builder.master("local[2]").config("spark.ui.showConsoleProgress", "true").getOrCreate()
 x, y = blobs(1200)
+print("QUIET-FIT", file=sys.stderr, flush=True)
+sparkeras.SparkModel(mlp(), num_workers=2).fit(x, y, epochs=1, verbose=0)
 print("FIT", file=sys.stderr, flush=True)
 sparkeras.SparkModel(mlp(), num_workers=2).fit(x, y, epochs=2, verbose=1)
 print("AFTER", file=sys.stderr, flush=True)
@@ -41,7 +43,8 @@ print("ALL-DONE", file=sys.stderr, flush=True)
 
 @pytest.fixture(scope="module")
 def fresh():
-    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "SPARKERAS_DEBUG")}
+    # TF_CPP_MIN_LOG_LEVEL=1 is what a driver that imported TensorFlow (and so JAX) hands its workers.
+    env = {k: v for k, v in os.environ.items() if k != "SPARKERAS_DEBUG"} | {"TF_CPP_MIN_LOG_LEVEL": "1"}
     env["PYSPARK_PYTHON"] = sys.executable
     done = subprocess.run([sys.executable, "-c", SCRIPT.format(tests=os.path.dirname(os.path.abspath(__file__)))],
                           capture_output=True, text=True, timeout=300, env=env)
@@ -63,7 +66,9 @@ def test_a_quiet_fit_prints_no_spark_or_worker_start_up_lines(fresh):
 
 def test_spark_console_progress_is_off_during_a_fit_and_back_after(fresh):
     err = fresh.stderr
-    during, after = err[err.index("FIT"):err.index("AFTER")], err[err.index("AFTER"):err.index("ALL-DONE")]
+    quiet = err[err.index("QUIET-FIT"):err.index("\nFIT")]
+    during, after = err[err.index("\nFIT"):err.index("AFTER")], err[err.index("AFTER"):err.index("ALL-DONE")]
+    assert "[Stage" not in quiet, quiet  # a verbose=0 fit: no bar of ours, and none of Spark's
     assert "[Stage" not in during, during
     assert "[Stage" in after, after  # a fresh console bar once the fit is over
     assert fresh.stdout.count("Epoch 2/2") == 1
