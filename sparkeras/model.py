@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import random
@@ -14,11 +15,12 @@ import numpy as np
 
 from sparkeras.data.columns import ColumnMap, ColumnSpec, resolve_columns
 from sparkeras.data.packing import PreparedData, prepare
-from sparkeras.data.sources import Dataset, as_dataset, describe_source, split_validation, validation_dataset
+from sparkeras.data.sources import (Dataset, as_dataset, describe_source, materialize_rows, split_validation,
+                                    validation_dataset)
 from sparkeras.errors import InputError
 from sparkeras.progress import ProgressBar, ProgressServer
 from sparkeras.serialization import ModelSpec, model_state, pack_arrays, set_model_state
-from sparkeras.session import console_progress_paused, driver_host, get_spark, keras_backend
+from sparkeras.session import console_progress_paused, driver_host, get_spark, keras_backend, workers_preloaded
 from sparkeras.storage.model_file import check_model_archive, load_keras
 from sparkeras.storage.outputs import (check_output, check_remote_output, hadoop_copy, is_remote,
                                        read_model_info, save_model_atomically)
@@ -148,15 +150,16 @@ class SparkModel:
             check_output(checkpoint_dir, kind="directory", flag="checkpoint_dir",
                          inputs=[p for p in (data, x) if isinstance(p, (str, os.PathLike))])
         spark = self.spark
-        with console_progress_paused(spark):  # data resolution runs jobs too
-            return self._fit(spark, started, data, y, x, epochs, batch_size, validation_data, validation_split,
-                             features_col, label_col, callbacks, verbose, shuffle, initial_epoch, checkpoint_dir)
+        with console_progress_paused(spark), contextlib.ExitStack() as releases:  # data resolution runs jobs too
+            return self._fit(spark, releases, started, data, y, x, epochs, batch_size, validation_data,
+                             validation_split, features_col, label_col, callbacks, verbose, shuffle, initial_epoch,
+                             checkpoint_dir)
 
-    def _fit(self, spark: Any, started: float, data: Any, y: Any, x: Any, epochs: int, batch_size: int,
-             validation_data: Any, validation_split: float, features_col: ColumnSpec, label_col: ColumnSpec,
-             callbacks: Sequence[Any] | None, verbose: int, shuffle: bool, initial_epoch: int,
-             checkpoint_dir: str | None) -> Any:
-        """:meth:`fit` after its argument checks, with Spark's console bars paused."""
+    def _fit(self, spark: Any, releases: contextlib.ExitStack, started: float, data: Any, y: Any, x: Any,
+             epochs: int, batch_size: int, validation_data: Any, validation_split: float,
+             features_col: ColumnSpec, label_col: ColumnSpec, callbacks: Sequence[Any] | None, verbose: int,
+             shuffle: bool, initial_epoch: int, checkpoint_dir: str | None) -> Any:
+        """:meth:`fit` after its argument checks, with Spark's console bars paused; ``releases`` runs at its end."""
         workers = self._workers(spark)
         x_data = x if x is not None else data
         if validation_split and validation_data is None and _is_numpy(x_data):
@@ -164,6 +167,8 @@ class SparkModel:
         dataset = self._dataset(spark, None, y, x_data, features_col, label_col, workers)
         if dataset.label_col is None:
             raise InputError("fit needs labels: pass y= with numpy features, or label_col= naming the label column.")
+        if _is_rdd(x_data) and not workers_preloaded(spark):
+            releases.callback(materialize_rows(dataset.frame))
         val_dataset = None
         if validation_data is not None:
             val_dataset = validation_dataset(spark, validation_data, dataset, workers)
@@ -470,6 +475,12 @@ def _check_positive(**values: int) -> None:
 
 def _is_numpy(data: Any) -> bool:
     return isinstance(data, (np.ndarray, Mapping, list, tuple))
+
+
+def _is_rdd(data: Any) -> bool:
+    from pyspark import RDD
+
+    return isinstance(data, RDD)
 
 
 def _split_last(x: Any, y: Any, fraction: float) -> tuple[Any, Any, Any]:

@@ -98,6 +98,20 @@ def start_python_workers(spark: Any) -> threading.Thread | None:
     return thread
 
 
+def workers_preloaded(spark: Any) -> bool:
+    """Whether this session's Python workers fork from :mod:`sparkeras.worker.daemon`, with TensorFlow imported.
+
+    True for sessions :func:`get_spark` started; a session the user started
+    (``spark-submit``, a notebook, an Elephas script's ``SparkContext``)
+    forks pyspark's own daemon, where every new worker imports it again.
+    """
+    try:
+        return spark.sparkContext.getConf().get("spark.python.daemon.module") == _LOCAL_CONF[
+            "spark.python.daemon.module"]
+    except Exception:  # noqa: BLE001 - Spark Connect has no SparkContext: its workers are not ours
+        return False
+
+
 def _worker_started(_: Iterator[int]) -> Iterator[int]:
     """Executor side: this Python worker's process id (it exists, which is the point)."""
     return iter([os.getpid()])

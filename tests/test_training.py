@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -154,6 +155,56 @@ def test_vector_column_multiple_columns_parquet_and_rdd(spark, tmp_path):
         sm.fit(data, epochs=4, batch_size=32, features_col=features, verbose=0)
         results[name] = sm.evaluate(x, y)["accuracy"]
     assert min(results.values()) > 0.85, results
+
+
+def test_reading_an_rdds_first_pair_keeps_the_python_worker_that_read_it(spark):
+    """``RDD.take(1)`` on pairs of arrays ends the worker that produced them (measured); the fit's reader does not."""
+    from sparkeras.data.sources import first_element
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+            return True
+        except OSError:
+            return False
+
+    sc = spark.sparkContext
+    x, y = blobs(1400, dim=64, classes=10, seed=1)
+    rdd = sc.parallelize([(x[i], np.eye(10)[y[i]]) for i in range(len(x))], 2).map(lambda p: (os.getpid(), p))
+    [(pid, (features, label))] = first_element(rdd)
+    np.testing.assert_array_equal(features, x[0])
+    np.testing.assert_array_equal(label, np.eye(10)[y[0]])
+    time.sleep(1.0)  # a closed worker is gone within 0.5 s
+    assert alive(pid)
+    assert first_element(sc.parallelize([7], 3)) == [7]  # partition 0 is empty: Spark scans on
+    assert first_element(sc.emptyRDD()) == []
+
+
+def test_an_rdds_rows_are_cached_for_the_fit_where_workers_do_not_preload_tensorflow(spark, monkeypatch):
+    """Sessions sparkeras did not start: the pairs become cached rows before the warm-up, released after the fit."""
+    import keras
+
+    import sparkeras.model
+    from sparkeras.session import workers_preloaded
+
+    assert workers_preloaded(spark)  # get_spark's session: its workers fork with TensorFlow imported
+    sc = spark.sparkContext
+    x, y = blobs(600, dim=4, classes=3, seed=2)
+    rdd = sc.parallelize([(x[i], int(y[i])) for i in range(len(x))], 2)
+    cached = lambda: len(sc._jsc.getPersistentRDDs())  # noqa: E731
+    before, during = cached(), []
+
+    class Count(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            during.append(cached())
+
+    model = SparkModel(mlp(dim=4, classes=3, seed=3), num_workers=2, seed=0)
+    model.fit(rdd, epochs=1, batch_size=32, verbose=0, callbacks=[Count()])
+    assert cached() == before
+    monkeypatch.setattr(sparkeras.model, "workers_preloaded", lambda _: False)
+    model.fit(rdd, epochs=1, batch_size=32, verbose=0, callbacks=[Count()])
+    assert during[1] == during[0] + 1  # the rows, beside what packing holds
+    assert cached() == before
 
 
 def test_arrow_batches_carry_every_column_type_a_fit_reads_in_row_order(spark):
