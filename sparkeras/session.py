@@ -118,7 +118,7 @@ def _worker_started(_: Iterator[int]) -> Iterator[int]:
 
 
 @contextlib.contextmanager
-def console_progress_paused(spark: Any, pause: bool = True) -> Iterator[None]:
+def console_progress_paused(spark: Any) -> Iterator[None]:
     """Keep Spark's console stage bars (``[Stage 3:==>  (1 + 1) / 2]``) off while a fit runs its jobs.
 
     A fit's stages (packing, warm-up, one job per epoch) are sparkeras'
@@ -130,7 +130,7 @@ def console_progress_paused(spark: Any, pause: bool = True) -> Iterator[None]:
     and a new bar is started afterwards, through the JVM. Sessions that do
     not allow that (Spark Connect, a JVM without the field) keep theirs.
     """
-    paused = _pause_console_progress(spark) if pause else None
+    paused = _pause_console_progress(spark)
     try:
         yield
     finally:

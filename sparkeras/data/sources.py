@@ -242,9 +242,6 @@ def _arrow_column(a: np.ndarray, name: str) -> pa.Array:
     return pa.ListArray.from_arrays(offsets, flat)
 
 
-DRAIN_SECONDS = 0.5
-
-
 def materialize_rows(frame: Any) -> Callable[[], Any]:
     """Convert an RDD's pairs to cached rows now, before the fit warms its workers; returns the release.
 
@@ -257,7 +254,8 @@ def materialize_rows(frame: Any) -> Callable[[], Any]:
     Converted first, in a job of its own, the rows come from Spark's cache
     and the packing tasks need one Python worker each, the warmed ones.
     Measured on a bare ``local[2]`` context, an asynchronous fit of 1,400
-    pairs from an RDD: 12.4-12.6 s cold before (three runs), 9.6-11.9 s after (five).
+    pairs from an RDD: 12.4-12.6 s cold before (three runs), 9.6-11.9 s
+    after (five).
     Sessions from :func:`sparkeras.get_spark` fork workers with TensorFlow
     imported and skip this; the cache costs memory (spilled to disk when
     short) until the fit ends. As the rows are cached, packing keeps their
@@ -275,6 +273,9 @@ def materialize_rows(frame: Any) -> Callable[[], Any]:
     return release
 
 
+DRAIN_SECONDS = 0.5
+
+
 def first_element(rdd: Any) -> list[Any]:
     """The RDD's first element (in a list; empty for an empty RDD), read without losing a Python worker.
 
@@ -285,9 +286,9 @@ def first_element(rdd: Any) -> list[Any]:
     ``SparkContext`` sparkeras did not start (an Elephas script's, a
     notebook's) imports TensorFlow and builds the model again. Measured on
     a bare ``local[2]`` context, an asynchronous fit of 1,400 pairs from an
-    RDD: 4.7-5.0 s warm with ``take(1)``, 2.0-2.8 s with this. So the task reads on
-    past the first element, for up to :data:`DRAIN_SECONDS`, and the worker
-    ends cleanly; a partition too large for that still costs its worker, as
+    RDD: 4.7-5.0 s warm with ``take(1)``, 2.0-2.8 s with this. So the task
+    reads on past the first element, for up to :data:`DRAIN_SECONDS`, and
+    the worker ends cleanly; a partition too large for that still costs its worker, as
     ``take`` did, and nothing more.
     """
     def head(elements: Any) -> list[Any]:
