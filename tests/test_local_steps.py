@@ -7,12 +7,15 @@ import pytest
 
 from conftest import blobs, clone, mlp
 from sparkeras.data.columns import resolve_columns
+from sparkeras.data.packing import ALIGNMENT, aligned_empty, read_partition
 from sparkeras.data.sources import as_dataset
-from sparkeras.worker.local_steps import LocalSteps
+from sparkeras.worker.local_steps import LocalSteps, shared_tensor, trace
 
 
-@pytest.mark.parametrize("backend", ["tensorflow", "other"], ids=["traced-loop", "train_on_batch"])
-def test_local_steps_equal_fit_on_the_same_batches(spark, backend):
+@pytest.mark.parametrize("backend,warmed", [("tensorflow", False), ("tensorflow", True), ("other", False)],
+                         ids=["traced-loop", "traced-loop-after-warm-up", "train_on_batch"])
+def test_local_steps_equal_fit_on_the_same_batches(spark, backend, warmed):
+    """The warm-up's trace and empty first call (``trace``) must leave no step behind."""
     x, y = blobs(200, seed=6)
     model = mlp(seed=9)
     plain = clone(model)
@@ -21,6 +24,9 @@ def test_local_steps_equal_fit_on_the_same_batches(spark, backend):
 
     dataset = as_dataset(spark, x, y)
     columns = resolve_columns(model, dataset.schema, dataset.features_col, dataset.label_col)
+    if warmed:
+        trace(model, columns, backend)
+        assert int(model.optimizer.iterations) == 0
     steps = LocalSteps(model, [x, y.astype(np.int32)], columns, backend)
     model.reset_metrics()
     assert steps.train(order, 32, 0, 3) == 96  # three windows, as a worker runs them
@@ -32,3 +38,50 @@ def test_local_steps_equal_fit_on_the_same_batches(spark, backend):
     got = {k: float(v) for k, v in model.get_metrics_result().items()}
     assert got["accuracy"] == pytest.approx(plain.history.history["accuracy"][0], abs=1e-6)
     assert got["loss"] == pytest.approx(plain.history.history["loss"][0], abs=1e-5)
+
+
+def _columns(spark, x, y):
+    dataset = as_dataset(spark, x, y)
+    return resolve_columns(mlp(seed=9), dataset.schema, dataset.features_col, dataset.label_col)
+
+
+def test_a_partition_of_several_blocks_is_joined_once_and_shared_with_tensorflow(spark):
+    x, y = blobs(50, seed=3)
+    y = y.astype(np.int32)
+    blocks = [(n, (x[lo:lo + n].tobytes(), y[lo:lo + n].tobytes()), {}) for lo, n in ((0, 20), (20, 20), (40, 10))]
+    arrays, rows = read_partition(_columns(spark, x, y), iter(blocks))
+    assert rows == 50
+    np.testing.assert_array_equal(arrays[0], x)
+    np.testing.assert_array_equal(arrays[1], y)
+    assert all(a.ctypes.data % ALIGNMENT == 0 and a.flags.writeable for a in arrays)
+
+    tensor = shared_tensor(arrays[0])
+    arrays[0][3, 2] = 123.0  # the tensor is the array's memory, not a copy of it
+    assert float(tensor[3, 2]) == 123.0
+
+
+def test_arrays_tensorflow_cannot_share_are_copied(spark):
+    x = np.arange(64, dtype=np.float32).reshape(8, 8)
+    read_only = np.frombuffer(x.tobytes(), dtype=np.float32).reshape(8, 8)
+    raw = aligned_empty((8 * 8 + 1,), np.float32)
+    unaligned = raw[1:].reshape(8, 8)  # 4 bytes past a 64-byte boundary: TensorFlow would abort on it
+    unaligned[:] = x
+    for array in (read_only, unaligned):
+        tensor = shared_tensor(array)
+        np.testing.assert_array_equal(tensor.numpy(), x)
+    unaligned[0, 0] = -1.0
+    assert float(tensor[0, 0]) == 0.0
+
+
+def test_memory_mapped_blocks_never_write_back_to_their_file(spark, tmp_path):
+    x, y = blobs(30, seed=4)
+    y = y.astype(np.int32)
+    paths = (str(tmp_path / "x.npy"), str(tmp_path / "y.npy"))
+    np.save(paths[0], x)
+    np.save(paths[1], y)
+    arrays, _ = read_partition(_columns(spark, x, y), iter([(30, paths, {})]))
+    assert arrays[0].ctypes.data % ALIGNMENT == 0
+    tensor = shared_tensor(arrays[0])
+    arrays[0][0, 0] = 99.0
+    assert float(tensor[0, 0]) == 99.0
+    np.testing.assert_array_equal(np.load(paths[0]), x)  # copy-on-write: the packed file is unchanged

@@ -365,10 +365,26 @@ def _check_labels(b: TensorBinding, s: BindingStats, what: str) -> None:
         )
 
 
+ALIGNMENT = 64  # bytes: what TensorFlow needs to use an array's memory as a tensor's (EIGEN_MAX_ALIGN_BYTES)
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts on an :data:`ALIGNMENT`-byte boundary."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
+    start = -raw.ctypes.data % ALIGNMENT
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
 def read_partition(columns: ColumnMap, blocks: Iterator[tuple]) -> tuple[list[np.ndarray], int]:
     """Executor side: decode a packed partition into one array per binding.
 
-    Byte blobs are wrapped without a copy; file blobs are memory-mapped.
+    Byte blobs are wrapped without a copy; file blobs are memory-mapped
+    copy-on-write (writable for this process, never written back). A
+    partition of several blocks is joined once into an aligned array, so
+    the training loop can hand that memory to the backend without another
+    copy (:func:`sparkeras.worker.local_steps.shared_tensor`).
     """
     parts: list[list[np.ndarray]] = [[] for _ in columns.bindings]
     shapes = [tuple(-1 if d is None else d for d in b.shape) for b in columns.bindings]
@@ -376,7 +392,7 @@ def read_partition(columns: ColumnMap, blocks: Iterator[tuple]) -> tuple[list[np
     for n, blobs, _ in blocks:
         for i, (b, blob) in enumerate(zip(columns.bindings, blobs)):
             if isinstance(blob, str):
-                parts[i].append(np.asarray(np.load(blob, mmap_mode="r", allow_pickle=False)))
+                parts[i].append(np.asarray(np.load(blob, mmap_mode="c", allow_pickle=False)))
             else:
                 parts[i].append(np.frombuffer(blob, dtype=b.dtype).reshape((n, *shapes[i])))
         rows += n
@@ -384,6 +400,9 @@ def read_partition(columns: ColumnMap, blocks: Iterator[tuple]) -> tuple[list[np
     for b, chunks in zip(columns.bindings, parts):
         if not chunks:
             arrays.append(np.zeros((0, *[0 if d is None else d for d in b.shape]), dtype=b.dtype))
+        elif len(chunks) == 1:
+            arrays.append(chunks[0])
         else:
-            arrays.append(chunks[0] if len(chunks) == 1 else np.concatenate(chunks))
+            joined = aligned_empty((rows, *chunks[0].shape[1:]), chunks[0].dtype)
+            arrays.append(np.concatenate(chunks, out=joined))
     return arrays, rows

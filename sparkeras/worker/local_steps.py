@@ -54,7 +54,7 @@ class LocalSteps:
         if backend == "tensorflow" and len(self._arrays[0]):
             import tensorflow as tf
 
-            self._data = [tf.convert_to_tensor(np.ascontiguousarray(a)) for a in self._arrays]
+            self._data = [shared_tensor(a) for a in self._arrays]
             self._loop = _traced_loop(model, columns, self._data)
         elif backend == "jax" and len(self._arrays[0]):
             import jax.numpy as jnp
@@ -99,15 +99,46 @@ class LocalSteps:
         return float(np.asarray(self.model._loss_tracker.result()))
 
 
+def shared_tensor(array: np.ndarray) -> Any:
+    """A TensorFlow tensor over ``array``'s own memory where TensorFlow can share it, else a copy.
+
+    ``tf.convert_to_tensor`` copies a numpy array; a training task holds
+    its whole partition, so that copy doubled the memory it needs and cost
+    each task a pass over the data (0.02 s per 94 MB in later epochs, and
+    0.28 s in a worker's first, which touches fresh memory; measured on 2
+    cores). DLPack hands TensorFlow the array's memory instead, which it
+    keeps alive. TensorFlow aborts the process on data that is not aligned
+    to 64 bytes, and DLPack cannot export a read-only array, so those (and
+    types DLPack refuses) are copied as before.
+    """
+    import tensorflow as tf
+
+    from sparkeras.data.packing import ALIGNMENT
+
+    if array.size and array.flags.c_contiguous and array.flags.writeable and array.ctypes.data % ALIGNMENT == 0:
+        try:
+            return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
+        except (BufferError, TypeError, ValueError, tf.errors.InvalidArgumentError):
+            pass
+    return tf.convert_to_tensor(np.ascontiguousarray(array))
+
+
 def trace(model: Any, columns: ColumnMap, backend: str) -> None:
-    """Trace ``model``'s window loop ahead of time, from the column shapes (a warm-up)."""
+    """Trace ``model``'s window loop ahead of time, from the column shapes, and run it once on no batches.
+
+    Tracing builds the graph, but TensorFlow optimizes and instantiates a
+    function only at its first call: measured 0.10 s (MLP 784-128-10) and
+    0.13 s (a small CNN) on one core, which the first window would pay. A
+    call with zero batches pays it here and runs no step, so the model's
+    weights, optimizer and metrics are left as they were.
+    """
     if backend != "tensorflow":
         return
     import tensorflow as tf
 
     ensure_optimizer_built(model)
     data = [tf.zeros((1, *[1 if d is None else d for d in b.shape]), b.dtype) for b in columns.bindings]
-    _traced_loop(model, columns, data).get_concrete_function()
+    _traced_loop(model, columns, data)(data, tf.zeros((0, 1), tf.int32))
 
 
 def _traced_loop(model: Any, columns: ColumnMap, data: list[Any]) -> Any:
