@@ -52,8 +52,6 @@ class LocalSteps:
         self._loop = None
         self._totals: list[np.ndarray] | None = None
         if backend == "tensorflow" and len(self._arrays[0]):
-            import tensorflow as tf
-
             self._data = [shared_tensor(a) for a in self._arrays]
             self._loop = _traced_loop(model, columns, self._data)
         elif backend == "jax" and len(self._arrays[0]):
