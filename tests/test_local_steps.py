@@ -55,9 +55,10 @@ def test_a_partition_of_several_blocks_is_joined_once_and_shared_with_tensorflow
     np.testing.assert_array_equal(arrays[1], y)
     assert all(a.ctypes.data % ALIGNMENT == 0 and a.flags.writeable for a in arrays)
 
-    tensor = shared_tensor(arrays[0])
-    arrays[0][3, 2] = 123.0  # the tensor is the array's memory, not a copy of it
+    tensor, jax_array = shared_tensor(arrays[0]), shared_tensor(arrays[0], "jax")
+    arrays[0][3, 2] = 123.0  # the tensors are the array's memory, not copies of it
     assert float(tensor[3, 2]) == 123.0
+    assert float(jax_array[3, 2]) == 123.0
 
 
 def test_arrays_tensorflow_cannot_share_are_copied(spark):
@@ -67,10 +68,11 @@ def test_arrays_tensorflow_cannot_share_are_copied(spark):
     unaligned = raw[1:].reshape(8, 8)  # 4 bytes past a 64-byte boundary: TensorFlow would abort on it
     unaligned[:] = x
     for array in (read_only, unaligned):
-        tensor = shared_tensor(array)
-        np.testing.assert_array_equal(tensor.numpy(), x)
+        for backend in ("tensorflow", "jax"):
+            np.testing.assert_array_equal(np.asarray(shared_tensor(array, backend)), x)
+    tensor, jax_array = shared_tensor(unaligned), shared_tensor(unaligned, "jax")
     unaligned[0, 0] = -1.0
-    assert float(tensor[0, 0]) == 0.0
+    assert float(tensor[0, 0]) == 0.0 and float(jax_array[0, 0]) == 0.0
 
 
 def test_memory_mapped_blocks_never_write_back_to_their_file(spark, tmp_path):
