@@ -9,11 +9,13 @@ training resumes exactly where the previous window stopped.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import struct
+import sys
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -65,6 +67,39 @@ def _ml_dtype(name: str) -> Any:
     return name
 
 
+@contextlib.contextmanager
+def tensorflow_left_unimported() -> Iterator[None]:
+    """While open, Keras' serialization does not import TensorFlow to ask whether a value is one of its types.
+
+    Keras 3 (through at least 3.15) checks every value it serializes
+    against ``tf.TensorShape``, ``tf.DType`` and ``tf.TypeSpec`` through a
+    lazy module that imports TensorFlow when it is installed, whatever the
+    backend. So on JAX or PyTorch the driver's first fit imported all of
+    TensorFlow (several seconds before any task started, and its start-up
+    lines on the user's terminal), as did saving the model. A process that
+    has not imported TensorFlow holds none of its objects, so the checks
+    can only say no: Keras is told TensorFlow is unavailable until the
+    block ends. With TensorFlow imported (its backend, or the user's own
+    import) nothing changes.
+    """
+    lazy = None
+    if "tensorflow" not in sys.modules:
+        try:
+            from keras.src.utils import module_utils
+
+            lazy = module_utils.tensorflow
+        except (ImportError, AttributeError):  # another Keras layout: it serializes as it does
+            lazy = None
+    if lazy is None or getattr(lazy, "_available", None) is not None:
+        yield
+        return
+    lazy._available = False
+    try:
+        yield
+    finally:
+        lazy._available = None
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Everything a worker needs to rebuild the user's compiled model.
@@ -85,7 +120,8 @@ class ModelSpec:
 
         import keras
 
-        config = json.dumps(keras.saving.serialize_keras_object(model), sort_keys=True)
+        with tensorflow_left_unimported():
+            config = json.dumps(keras.saving.serialize_keras_object(model), sort_keys=True)
         key = hashlib.sha256(config.encode()).hexdigest()[:20]
         return cls(config=config, key=key, custom_objects=custom_objects)
 
@@ -96,7 +132,8 @@ class ModelSpec:
         import keras
 
         config = json.loads(self.config)
-        config.setdefault("compile_config", {})["optimizer"] = keras.saving.serialize_keras_object(optimizer)
+        with tensorflow_left_unimported():
+            config.setdefault("compile_config", {})["optimizer"] = keras.saving.serialize_keras_object(optimizer)
         text = json.dumps(config, sort_keys=True)
         return ModelSpec(text, hashlib.sha256(text.encode()).hexdigest()[:20], self.custom_objects)
 

@@ -88,3 +88,31 @@ def test_a_worker_without_the_drivers_backend_names_the_extra_to_install(tmp_pat
     assert ("sparkeras.errors.InputError: The driver trains with KERAS_BACKEND='jax', but the Python of this "
             "Spark executor") in proc.stderr, proc.stderr[-3000:]
     assert "cannot import 'jax': install it on every executor with pip install 'sparkeras[jax]'" in proc.stderr
+
+
+def test_on_jax_the_driver_serializes_and_saves_without_importing_tensorflow(tmp_path):
+    """Keras' serialization imports TensorFlow (when installed) to test values against its types, whatever
+    the backend; the driver's model spec and saved model must not, and the model must come back the same."""
+    pytest.importorskip("jax")
+    script = f"""
+import sys
+import numpy as np
+import keras
+from sparkeras.serialization import ModelSpec
+from sparkeras.storage.model_file import load_keras, save_keras
+
+model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+model.fit(np.random.rand(16, 4), np.arange(16) % 3, verbose=0)
+spec = ModelSpec.from_model(model)
+save_keras(model, {str(tmp_path / "m.keras")!r})
+again = load_keras({str(tmp_path / "m.keras")!r})
+rebuilt = spec.build()
+assert rebuilt.count_params() == model.count_params()
+np.testing.assert_allclose(again.predict(np.ones((2, 4)), verbose=0), model.predict(np.ones((2, 4)), verbose=0))
+print("tensorflow imported:", "tensorflow" in sys.modules)
+"""
+    env = dict(os.environ, KERAS_BACKEND="jax")
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "tensorflow imported: False" in done.stdout, done.stdout

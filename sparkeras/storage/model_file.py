@@ -75,7 +75,8 @@ def save_keras(model: Any, path: str) -> None:
     15 ms, paid on the fit's thread when a tracked fit ends. The sets are
     computed once and stored under the key Keras reads (its state is per
     thread, so once per thread); with a Keras that reads its own key this
-    does nothing more.
+    does nothing more. On JAX or PyTorch it does not import TensorFlow
+    (:func:`sparkeras.serialization.tensorflow_left_unimported`).
 
     A compiled model whose optimizer was never built (the driver's copy
     before a fit, or a stage's model) gets its optimizer built first:
@@ -83,7 +84,7 @@ def save_keras(model: Any, path: str) -> None:
     variable loading for optimizer ... because it has 10 variables whereas
     the saved optimizer has 2".
     """
-    from sparkeras.serialization import ensure_optimizer_built
+    from sparkeras.serialization import ensure_optimizer_built, tensorflow_left_unimported
 
     if getattr(model, "built", False):
         ensure_optimizer_built(model)
@@ -100,7 +101,8 @@ def save_keras(model: Any, path: str) -> None:
                     global_state.set_global_attribute(key, get_attr_skipset(kind))
                 except Exception:  # noqa: BLE001 - a type this Keras does not know: it is never asked for
                     continue
-    model.save(path)
+    with tensorflow_left_unimported():
+        model.save(path)
 
 
 def load_keras(path: str, custom_objects: dict | None = None) -> Any:
