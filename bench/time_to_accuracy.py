@@ -22,7 +22,7 @@ quality, not by throughput; a user compares a distributed trainer with
    first epoch's end minus the median epoch), prints a table, writes one
    JSON line per run, and draws metric against wall time for every run.
 
-    python bench/time_to_accuracy.py [--tasks mlp,cnn,regression]
+    python bench/time_to_accuracy.py [--tasks mlp,cnn,regression,sequence]
         [--strategies averaging,allreduce,adag,easgd] [--workers 2] [--master local[2]]
         [--png bench/time_to_accuracy.png] [--json results.jsonl]
 """
@@ -155,7 +155,7 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", default="mlp,cnn,regression")
+    parser.add_argument("--tasks", default="mlp,cnn,regression,sequence")
     parser.add_argument("--strategies", default="averaging,allreduce,adag,easgd",
                         help="comma-separated; 'averaging' is the default strategy")
     parser.add_argument("--workers", type=int, default=2)
