@@ -65,13 +65,14 @@ def _workers(task: Task, x, y, K: int, optimizer=None):
     return base, n, workers
 
 
-def averaging(task: Task, data, K: int, window: int, momentum: float, nesterov: bool = True) -> list[float]:
+def averaging(task: Task, data, K: int, window: int, momentum: float, nesterov: bool = True,
+              outer_learning_rate: float = 1.0) -> list[float]:
     from sparkeras.strategies.averaging import OuterStep
 
     (x, y), test = data
     base, n, workers = _workers(task, x, y, K)
     center = [np.array(w) for w in base.get_weights()]
-    outer = OuterStep(momentum, 1.0, nesterov, [v.trainable for v in base.weights])
+    outer = OuterStep(momentum, outer_learning_rate, nesterov, [v.trainable for v in base.weights])
     steps = -(-n // task.batch_size)
     scores = []
     for epoch in range(task.epochs):
