@@ -202,3 +202,5 @@ def test_demo_prints_json(tmp_path):
                            "samples_per_second"}
     assert result["test_accuracy"] > 0.7 and result["baseline_accuracy"] > 0.7
     assert os.path.getsize(result["plot"]) > 10_000 and os.path.exists(result["model"])
+    # the CLI's own TensorFlow import prints none of its native start-up lines (--debug shows them)
+    assert not [ln for ln in res.stderr.splitlines() if "absl::InitializeLog" in ln or "oneDNN" in ln], res.stderr

@@ -49,12 +49,14 @@ def build_cnn(seed: int = 42) -> Any:
 
 def run_demo(args: argparse.Namespace) -> int:
     from sparkeras import SparkModel
+    from sparkeras.cli.main import import_keras_quietly
     from sparkeras.session import get_spark
     from sparkeras.tracking.plots import plot_history
 
     (x_train, y_train), (x_test, y_test) = load_digits_split()
     say = (lambda *a: None) if args.json else print
     spark = get_spark(args.master or f"local[{args.workers}]")
+    import_keras_quietly(args.debug)
     spark.sparkContext.setLogLevel("ERROR" if args.debug else "OFF")
     say(f"sparkeras demo: {len(x_train)} training images (8x8 digits), {args.workers} Spark workers, "
         f"{args.epochs} epochs")

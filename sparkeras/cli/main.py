@@ -223,7 +223,28 @@ def _session(args: argparse.Namespace):
         raise InputError(f"Spark could not start with --master {args.master or 'local[*]'}: "
                          f"{lines[0] if lines else type(exc).__name__}") from None
     spark.sparkContext.setLogLevel("ERROR" if args.debug else "OFF")
+    import_keras_quietly(args.debug)
     return spark
+
+
+def import_keras_quietly(debug: bool) -> None:
+    """Import Keras and its backend now, without the backend's native start-up lines unless ``--debug``.
+
+    TensorFlow writes its absl and oneDNN lines from C++ while it imports,
+    whatever ``TF_CPP_MIN_LOG_LEVEL`` says (4 lines on the terminal before
+    the first epoch of ``sparkeras demo``). In the CLI that import is
+    sparkeras' own, so they are noise. Called once the Spark session is up:
+    the JVM and its Python workers hold their own stderr and print as
+    usual; only this process's stderr is closed, for the import alone.
+    """
+    if debug:
+        return
+    import importlib
+
+    from sparkeras.worker.runtime import native_stderr_silenced
+
+    with native_stderr_silenced():
+        importlib.import_module("keras")
 
 
 def _train(args: argparse.Namespace) -> int:
