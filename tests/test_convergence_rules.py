@@ -39,6 +39,14 @@ def test_outer_step_heavy_ball_and_plain_average():
     np.testing.assert_allclose(plain[0], [0.25])
 
 
+def test_the_outer_step_is_damped_from_three_workers_on_unless_set():
+    default = ModelAveraging()
+    assert [default.outer_rate_for(n) for n in (1, 2, 3, 4, 8)] == [1.0, 1.0, 0.7, 0.7, 0.7]
+    assert ModelAveraging(outer_learning_rate=1).outer_rate_for(4) == 1.0
+    assert ModelAveraging(outer_learning_rate=0.5).outer_rate_for(2) == 0.5
+    assert "outer_learning_rate=None" in repr(default)
+
+
 def test_averaging_momentum_follows_the_worker_count_unless_set():
     assert ModelAveraging().momentum(1) == 0.0
     assert ModelAveraging().momentum(2) == 0.5
@@ -53,7 +61,7 @@ def test_averaging_momentum_follows_the_worker_count_unless_set():
 
 @pytest.mark.parametrize("options, message", [
     ({"outer_momentum": 1.0}, "outer_momentum must be in [0, 1)"),
-    ({"outer_learning_rate": 0}, "outer_learning_rate must be a positive number"),
+    ({"outer_learning_rate": 0}, "outer_learning_rate must be a positive number or None, got 0"),
     ({"window": 0}, "window must be 'epoch' or a positive number of batches"),
 ])
 def test_bad_averaging_options_are_refused(options, message):
@@ -61,9 +69,9 @@ def test_bad_averaging_options_are_refused(options, message):
         ModelAveraging(**options)
 
 
-def test_the_averaging_window_shrinks_with_the_square_of_the_worker_count_unless_given():
+def test_the_averaging_window_shrinks_with_the_square_of_the_worker_count_down_to_8_unless_given():
     default = ModelAveraging()
-    assert [default.window_for(n) for n in (1, 2, 4, 8, 16)] == [128, 32, 8, 2, 1]
+    assert [default.window_for(n) for n in (1, 2, 3, 4, 8, 16)] == [128, 32, 14, 8, 8, 8]
     assert ModelAveraging(window=5).window_for(4) == 5
     assert ModelAveraging(window="epoch").window_for(8) == "epoch"
     assert "window=None" in repr(default)
@@ -75,8 +83,10 @@ def test_a_fit_uses_the_window_chosen_for_its_workers_and_keeps_its_setting(spar
     before = repr(strategy)
     SparkModel(mlp(seed=2), strategy=strategy, num_workers=4, seed=0).fit(x, y, epochs=1, batch_size=16, verbose=0)
     assert strategy.window == 8 and repr(strategy) == before  # the checkpoint fingerprint stays the same
+    assert (strategy._outer.momentum, strategy._outer.learning_rate) == (0.75, 0.7)
     SparkModel(mlp(seed=2), strategy=strategy, num_workers=2, seed=0).fit(x, y, epochs=1, batch_size=16, verbose=0)
     assert strategy.window == 32
+    assert (strategy._outer.momentum, strategy._outer.learning_rate) == (0.5, 1.0)
 
 
 def test_scale_factor_follows_the_optimizer_family():
