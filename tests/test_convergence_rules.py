@@ -39,12 +39,22 @@ def test_outer_step_heavy_ball_and_plain_average():
     np.testing.assert_allclose(plain[0], [0.25])
 
 
-def test_the_outer_step_is_damped_from_three_workers_on_unless_set():
-    default = ModelAveraging()
-    assert [default.outer_rate_for(n) for n in (1, 2, 3, 4, 8)] == [1.0, 1.0, 0.7, 0.7, 0.7]
-    assert ModelAveraging(outer_learning_rate=1).outer_rate_for(4) == 1.0
-    assert ModelAveraging(outer_learning_rate=0.5).outer_rate_for(2) == 0.5
-    assert "outer_learning_rate=None" in repr(default)
+def test_the_reported_model_is_the_momentum_iterate_without_its_look_ahead():
+    outer = OuterStep(momentum=0.5, learning_rate=2.0, nesterov=True, trainable=[True, False])
+    center = [np.array([0.0], np.float32), np.array([10.0], np.float32)]
+    np.testing.assert_array_equal(outer.model_point(center)[0], [0.0])  # no step yet: the center
+    outer(center, [np.array([1.0], np.float32), np.array([1.0], np.float32)])
+    # v = -1; step = -1 + 0.5 * -1 = -1.5; center = 0 + 2 * 1.5 = 3; the iterate is 3 + 2 * 0.5 * -1 = 2
+    np.testing.assert_allclose(center[0], [3.0])
+    model = outer.model_point(center)
+    np.testing.assert_allclose(model[0], [2.0])
+    np.testing.assert_array_equal(model[1], [11.0])  # not trained: plainly averaged, no momentum
+    np.testing.assert_allclose(outer.training_point(model)[0], center[0])
+    assert model[0] is not center[0]
+    for plain in (OuterStep(0.5, 2.0, False, [True]), OuterStep(0.0, 1.0, True, [True])):
+        c = [np.array([0.0], np.float32)]
+        plain(c, [np.array([1.0], np.float32)])
+        np.testing.assert_array_equal(plain.model_point(c)[0], c[0])  # heavy ball, or no momentum
 
 
 def test_averaging_momentum_follows_the_worker_count_unless_set():
@@ -61,7 +71,7 @@ def test_averaging_momentum_follows_the_worker_count_unless_set():
 
 @pytest.mark.parametrize("options, message", [
     ({"outer_momentum": 1.0}, "outer_momentum must be in [0, 1)"),
-    ({"outer_learning_rate": 0}, "outer_learning_rate must be a positive number or None, got 0"),
+    ({"outer_learning_rate": 0}, "outer_learning_rate must be a positive number, got 0"),
     ({"window": 0}, "window must be 'epoch' or a positive number of batches"),
 ])
 def test_bad_averaging_options_are_refused(options, message):
@@ -83,7 +93,7 @@ def test_a_fit_uses_the_window_chosen_for_its_workers_and_keeps_its_setting(spar
     before = repr(strategy)
     SparkModel(mlp(seed=2), strategy=strategy, num_workers=4, seed=0).fit(x, y, epochs=1, batch_size=16, verbose=0)
     assert strategy.window == 8 and repr(strategy) == before  # the checkpoint fingerprint stays the same
-    assert (strategy._outer.momentum, strategy._outer.learning_rate) == (0.75, 0.7)
+    assert (strategy._outer.momentum, strategy._outer.learning_rate) == (0.75, 1.0)
     SparkModel(mlp(seed=2), strategy=strategy, num_workers=2, seed=0).fit(x, y, epochs=1, batch_size=16, verbose=0)
     assert strategy.window == 32
     assert (strategy._outer.momentum, strategy._outer.learning_rate) == (0.5, 1.0)
@@ -177,7 +187,7 @@ def _simulate_averaging(model, x, y, workers, batch, window, epochs, momentum):
                     replica.train_on_batch(xs[s * batch:(s + 1) * batch], ys[s * batch:(s + 1) * batch])
                 moves.append([np.array(w) - c for w, c in zip(replica.get_weights(), center)])
             outer(center, [np.mean(parts, axis=0) for parts in zip(*moves)])
-    return center
+    return outer.model_point(center)  # the model reported: training goes on from the center
 
 
 def test_two_worker_averaging_applies_the_outer_step_every_window(spark):
@@ -191,6 +201,19 @@ def test_two_worker_averaging_applies_the_outer_step_every_window(spark):
     assert history.parameter_server["commits"] == 2 * 2 * 2  # workers x rounds x epochs
     # the driver's optimizer state is the workers' averaged inner state: 6 Adam steps per epoch each
     assert int(sm.model.optimizer.iterations) == 12
+
+
+def test_averaging_in_one_spark_job_per_window_trains_and_reports_the_same_model(spark):
+    # 3 workers on local[2]'s 2 slots: each window is a Spark job. With plain SGD the averaged inner
+    # state is only a step count, so the rounds must match the one-process simulation exactly,
+    # across an epoch boundary (training goes on from the look-ahead, the model reports the iterate).
+    x, y = blobs(3 * 96, seed=9)
+    model = mlp(seed=5, optimizer="sgd")
+    want = _simulate_averaging(model, x, y, workers=3, batch=16, window=4, epochs=2, momentum=2 / 3)
+    sm = SparkModel(model, strategy=ModelAveraging(window=4), num_workers=3, seed=0)
+    sm.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
+    for got, expected in zip(sm.model.get_weights(), want):
+        np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
 
 
 def test_plain_averaging_once_per_epoch_is_a_setting(spark):

@@ -23,9 +23,10 @@ BENCHMARKS file): with 2 workers a window of 32 batches keeps the workers
 close enough that the averaged move is a good direction (averaging once per
 epoch lagged by 2.4 points after 10 epochs, and much more early on). The
 window shrinks as ``128 / N**2`` with more workers, down to 8 batches
-(:meth:`ModelAveraging.window_for`), the momentum is ``1 - 1/N``, and from
-3 workers on the outer step is damped to 0.7 (:meth:`ModelAveraging.outer_rate_for`):
-all three come from the worker count, not from a task. With ``outer_momentum=0`` the
+(:meth:`ModelAveraging.window_for`), and the momentum is ``1 - 1/N``: both
+come from the worker count, not from a task. The model a fit reports and
+saves is the momentum's own iterate, not the look-ahead the workers train
+from (:meth:`OuterStep.model_point`). With ``outer_momentum=0`` the
 rule is plain averaging, and with one worker the center *is* the worker's state, so
 ``SparkModel(model, "averaging", num_workers=1)`` trains exactly as
 ``model.fit`` with the same batch order.
@@ -116,6 +117,35 @@ class OuterStep:
             step = grad + self.momentum * v if self.nesterov else v
             c -= self.learning_rate * step
 
+    def model_point(self, center: Arrays) -> Arrays:
+        """The weights a fit reports and saves, given the center the workers train from.
+
+        Nesterov momentum, written as above, keeps its look-ahead
+        ``-learning_rate * momentum * velocity`` inside the center: the
+        workers must start from it, but the point itself is an
+        extrapolation, about ``momentum / (1 - momentum)`` mean moves beyond
+        where the momentum's own iterate is (Sutskever et al. 2013). Taking
+        the look-ahead back out gives that iterate, the model this momentum
+        method converges with. Measured (``bench/convergence_study.py``, 4
+        workers): the cnn benchmark scored 0.3-1.3 points higher at every
+        epoch (0.8736 against 0.8666 at epoch 5), the sequence one 13, 4.4
+        and 3.3 points higher at epochs 1-3 and the same at 4; an MLP that
+        converges in 3 epochs scored the same. Heavy-ball momentum, no
+        momentum, or no step yet: the center itself.
+        """
+        return self._shift(center, +1.0)
+
+    def training_point(self, weights: Arrays) -> Arrays:
+        """The center to train from, given weights :meth:`model_point` reported (a resumed fit's)."""
+        return self._shift(weights, -1.0)
+
+    def _shift(self, arrays: Arrays, sign: float) -> Arrays:
+        if not self.nesterov or not self.momentum or self.velocity is None:
+            return [np.array(a, copy=True) for a in arrays]
+        scale = sign * self.learning_rate * self.momentum
+        return [np.asarray(a) + np.asarray(scale, dtype=v.dtype) * v if t else np.array(a, copy=True)
+                for a, v, t in zip(arrays, self.velocity, self.trainable)]
+
 
 class ModelAveraging(DistributedOptimizer):
     """Train locally for a window, average the moves, take an outer momentum step.
@@ -128,9 +158,7 @@ class ModelAveraging(DistributedOptimizer):
         outer_momentum: the block momentum; ``None`` (default) uses BMUF's
             ``1 - 1/num_workers`` (0 for one worker). ``0`` gives plain
             model averaging.
-        outer_learning_rate: scales the outer step; ``None`` (default)
-            uses 1 for up to 2 workers and 0.7 from 3 on
-            (:meth:`outer_rate_for`).
+        outer_learning_rate: scales the outer step.
         nesterov: Nesterov momentum for the outer step.
         timeout: seconds a round waits for its slowest worker.
         max_restarts: how many failed epochs (or windows) the fit runs again.
@@ -144,18 +172,17 @@ class ModelAveraging(DistributedOptimizer):
     reports_center = False  # workers restart from the center every window, as Elephas' synchronous mode
 
     def __init__(self, window: int | str | None = None, outer_momentum: float | None = None,
-                 outer_learning_rate: float | None = None, nesterov: bool = True, timeout: float = 300.0,
+                 outer_learning_rate: float = 1.0, nesterov: bool = True, timeout: float = 300.0,
                  max_restarts: int = 2, slot_timeout: float = 120.0) -> None:
         super().__init__(window, timeout, max_restarts, slot_timeout)
         self.window_setting = window  # None: chosen from the worker count at each fit (window_for)
         if outer_momentum is not None and not (isinstance(outer_momentum, (int, float))
                                                and 0.0 <= outer_momentum < 1.0):
             raise InputError(f"outer_momentum must be in [0, 1) or None, got {outer_momentum!r}.")
-        if outer_learning_rate is not None and (not isinstance(outer_learning_rate, (int, float))
-                                                or outer_learning_rate <= 0):
-            raise InputError(f"outer_learning_rate must be a positive number or None, got {outer_learning_rate!r}.")
+        if not isinstance(outer_learning_rate, (int, float)) or outer_learning_rate <= 0:
+            raise InputError(f"outer_learning_rate must be a positive number, got {outer_learning_rate!r}.")
         self.outer_momentum = None if outer_momentum is None else float(outer_momentum)
-        self.outer_learning_rate = None if outer_learning_rate is None else float(outer_learning_rate)
+        self.outer_learning_rate = float(outer_learning_rate)
         self.nesterov = bool(nesterov)
         self._outer: OuterStep | None = None
         self._restored_velocity: Arrays | None = None
@@ -169,22 +196,6 @@ class ModelAveraging(DistributedOptimizer):
     def momentum(self, num_workers: int) -> float:
         """The block momentum used with ``num_workers`` workers."""
         return 1.0 - 1.0 / num_workers if self.outer_momentum is None else self.outer_momentum
-
-    def outer_rate_for(self, num_workers: int) -> float:
-        """The outer learning rate used with ``num_workers`` workers: the one given, else 1 up to 2 workers and 0.7 above.
-
-        With 4 workers and the full step (1) the center swung by 1-3 points
-        from epoch to epoch on the cnn and sequence benchmarks and ended 1.9
-        and 3.2 points behind ``model.fit`` in the Spark runs; at 0.7
-        (DiLoCo's outer rate, Douillard et al. 2023) the curves are smooth and
-        all four tasks end within 0.5 points (mlp -0.2, cnn +0.6, regression
-        +0.6, sequence +0.5). With 2 workers the full step is kept: at 0.7 mlp was
-        5.6 points lower at epoch 6 in the simulation. Measured with
-        ``bench/time_to_accuracy.py --workers 4`` and ``bench/convergence_study.py``.
-        """
-        if self.outer_learning_rate is not None:
-            return self.outer_learning_rate
-        return 1.0 if num_workers <= 2 else 0.7
 
     def window_for(self, num_workers: int) -> int | str:
         """The window used with ``num_workers`` workers: the one given, else ``128 / num_workers**2`` batches, at least 8.
@@ -221,6 +232,12 @@ class ModelAveraging(DistributedOptimizer):
         mean = commits[0] if len(commits) == 1 else [np.mean(parts, axis=0) for parts in zip(*commits)]
         self._outer(center, mean)
 
+    def model_weights(self, center: Arrays) -> Arrays:
+        return self._outer.model_point(center)
+
+    def server_weights(self, weights: Arrays) -> Arrays:
+        return self._outer.training_point(weights)
+
     # -- driver ---------------------------------------------------------------
 
     def check(self, job: TrainingJob) -> None:
@@ -231,7 +248,7 @@ class ModelAveraging(DistributedOptimizer):
 
         self.window = self.window_for(job.num_workers)  # what the workers read
         trainable = [v.trainable for v in job.model.weights if is_shared(v)]
-        self._outer = OuterStep(self.momentum(job.num_workers), self.outer_rate_for(job.num_workers), self.nesterov,
+        self._outer = OuterStep(self.momentum(job.num_workers), self.outer_learning_rate, self.nesterov,
                                 trainable)
         if self._restored_velocity is not None:
             self._outer.velocity = [np.array(v) for v in self._restored_velocity]
@@ -281,6 +298,7 @@ class ModelAveraging(DistributedOptimizer):
         for epoch in range(first_epoch, job.epochs):
             job.begin_epoch(epoch)
             epoch_metrics: list[np.ndarray] | None = None
+            _replace(job.state, shared, self.server_weights([job.state[i] for i in shared]))
             for index in range(windows):
                 window = Window(epoch, index, job.batch_size, batches, job.shuffle)
                 blob = job.broadcast_state()
@@ -305,5 +323,11 @@ class ModelAveraging(DistributedOptimizer):
                 if window_metrics is not None:
                     epoch_metrics = window_metrics if epoch_metrics is None else [
                         a + b for a, b in zip(epoch_metrics, window_metrics)]
+            _replace(job.state, shared, self.model_weights([job.state[i] for i in shared]))
             if job.end_epoch(epoch, epoch_metrics):
                 break
+
+
+def _replace(state: list[np.ndarray], positions: list[int], values: Arrays) -> None:
+    for i, value in zip(positions, values):
+        state[i] = value
