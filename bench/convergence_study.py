@@ -4,6 +4,7 @@ Each worker is a copy of the model with its own optimizer, trained on its own
 contiguous slice with sparkeras' traced window loop
 (:class:`sparkeras.worker.local_steps.LocalSteps`). After every window the
 workers' mean move goes through sparkeras' :class:`~sparkeras.strategies.averaging.OuterStep`,
+and the model scored is the one the strategy reports (``OuterStep.model_point``):
 exactly the arithmetic of ``strategy="averaging"`` without Spark, so a grid
 of settings runs in seconds. ``--allreduce`` instead trains one process
 with the global batch ``K * batch`` (what all-reduce computes) under a
@@ -66,7 +67,8 @@ def _workers(task: Task, x, y, K: int, optimizer=None):
 
 
 def averaging(task: Task, data, K: int, window: int, momentum: float, nesterov: bool = True,
-              outer_learning_rate: float = 1.0) -> list[float]:
+              outer_learning_rate: float = 1.0, report: str = "model") -> list[float]:
+    """``report="model"`` scores what the strategy reports (:meth:`OuterStep.model_point`); ``"center"`` the look-ahead."""
     from sparkeras.strategies.averaging import OuterStep
 
     (x, y), test = data
@@ -84,7 +86,7 @@ def averaging(task: Task, data, K: int, window: int, momentum: float, nesterov: 
                 local.train(order, task.batch_size, start, min(window, steps - start))
                 moves.append([w - c for w, c in zip(m.get_weights(), center)])
             outer(center, [np.mean(parts, axis=0) for parts in zip(*moves)])
-        base.set_weights(center)
+        base.set_weights(outer.model_point(center) if report == "model" else center)
         scores.append(round(task.score(base, *test), 4))
     return scores
 
