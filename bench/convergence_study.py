@@ -4,7 +4,6 @@ Each worker is a copy of the model with its own optimizer, trained on its own
 contiguous slice with sparkeras' traced window loop
 (:class:`sparkeras.worker.local_steps.LocalSteps`). After every window the
 workers' mean move goes through sparkeras' :class:`~sparkeras.strategies.averaging.OuterStep`,
-and the model scored is the one the strategy reports (``OuterStep.model_point``):
 exactly the arithmetic of ``strategy="averaging"`` without Spark, so a grid
 of settings runs in seconds. ``--allreduce`` instead trains one process
 with the global batch ``K * batch`` (what all-reduce computes) under a
@@ -67,8 +66,13 @@ def _workers(task: Task, x, y, K: int, optimizer=None):
 
 
 def averaging(task: Task, data, K: int, window: int, momentum: float, nesterov: bool = True,
-              outer_learning_rate: float = 1.0, report: str = "model") -> list[float]:
-    """``report="model"`` scores what the strategy reports (:meth:`OuterStep.model_point`); ``"center"`` the look-ahead."""
+              outer_learning_rate: float = 1.0, report: str = "center") -> list[float]:
+    """``report="center"`` scores what the strategy reports; ``"iterate"`` the center less Nesterov's look-ahead.
+
+    With Nesterov momentum as ``OuterStep`` writes it, the center holds the
+    look-ahead ``-outer_learning_rate * momentum * velocity``; the iterate
+    takes it back out (studied in BENCHMARKS.md, not adopted).
+    """
     from sparkeras.strategies.averaging import OuterStep
 
     (x, y), test = data
@@ -86,7 +90,11 @@ def averaging(task: Task, data, K: int, window: int, momentum: float, nesterov: 
                 local.train(order, task.batch_size, start, min(window, steps - start))
                 moves.append([w - c for w, c in zip(m.get_weights(), center)])
             outer(center, [np.mean(parts, axis=0) for parts in zip(*moves)])
-        base.set_weights(outer.model_point(center) if report == "model" else center)
+        if report == "iterate" and outer.velocity is not None:
+            scale = outer_learning_rate * momentum
+            base.set_weights([c + scale * v if t else c for c, v, t in zip(center, outer.velocity, outer.trainable)])
+        else:
+            base.set_weights(center)
         scores.append(round(task.score(base, *test), 4))
     return scores
 
