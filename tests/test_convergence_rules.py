@@ -175,7 +175,7 @@ def _simulate_averaging(model, x, y, workers, batch, window, epochs, momentum):
 def test_two_worker_averaging_applies_the_outer_step_every_window(spark):
     x, y = blobs(2 * 96, seed=8)  # 96 rows per worker: 6 batches of 16, windows of 4 -> 2 rounds per epoch
     model = mlp(seed=3)
-    want = _simulate_averaging(model, x, y, workers=2, batch=16, window=4, epochs=2, momentum=2 / 3)
+    want = _simulate_averaging(model, x, y, workers=2, batch=16, window=4, epochs=2, momentum=0.5)
     sm = SparkModel(model, strategy="averaging", num_workers=2, seed=0, window=4)
     history = sm.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
     for got, expected in zip(sm.model.get_weights(), want):
