@@ -67,11 +67,10 @@ def _workers(task: Task, x, y, K: int, optimizer=None):
 
 def averaging(task: Task, data, K: int, window: int, momentum: float, nesterov: bool = True,
               outer_learning_rate: float = 1.0, report: str = "center") -> list[float]:
-    """``report="center"`` scores what the strategy reports; ``"iterate"`` the center less Nesterov's look-ahead.
+    """``report="center"`` scores the look-ahead center; ``"iterate"`` the center less it (``OuterStep.iterate``).
 
-    With Nesterov momentum as ``OuterStep`` writes it, the center holds the
-    look-ahead ``-outer_learning_rate * momentum * velocity``; the iterate
-    takes it back out (studied in BENCHMARKS.md, not adopted).
+    The strategy reports the iterate when an epoch has at least ``2 K``
+    rounds (``ModelAveraging.reports_iterate``), else the center.
     """
     from sparkeras.strategies.averaging import OuterStep
 
@@ -90,11 +89,7 @@ def averaging(task: Task, data, K: int, window: int, momentum: float, nesterov: 
                 local.train(order, task.batch_size, start, min(window, steps - start))
                 moves.append([w - c for w, c in zip(m.get_weights(), center)])
             outer(center, [np.mean(parts, axis=0) for parts in zip(*moves)])
-        if report == "iterate" and outer.velocity is not None:
-            scale = outer_learning_rate * momentum
-            base.set_weights([c + scale * v if t else c for c, v, t in zip(center, outer.velocity, outer.trainable)])
-        else:
-            base.set_weights(center)
+        base.set_weights(outer.iterate(center) if report == "iterate" else center)
         scores.append(round(task.score(base, *test), 4))
     return scores
 

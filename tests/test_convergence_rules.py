@@ -39,6 +39,30 @@ def test_outer_step_heavy_ball_and_plain_average():
     np.testing.assert_allclose(plain[0], [0.25])
 
 
+def test_the_iterate_is_the_center_without_nesterovs_look_ahead():
+    outer = OuterStep(momentum=0.5, learning_rate=2.0, nesterov=True, trainable=[True, False])
+    center = [np.array([0.0], np.float32), np.array([10.0], np.float32)]
+    np.testing.assert_array_equal(outer.iterate(center)[0], [0.0])  # no step yet: the center
+    outer(center, [np.array([1.0], np.float32), np.array([1.0], np.float32)])
+    # v = -1; step = -1 + 0.5 * -1 = -1.5; center = 0 + 2 * 1.5 = 3; the iterate is 3 + 2 * 0.5 * -1 = 2
+    np.testing.assert_allclose(center[0], [3.0])
+    iterate = outer.iterate(center)
+    np.testing.assert_allclose(iterate[0], [2.0])
+    np.testing.assert_array_equal(iterate[1], [11.0])  # not trained: plainly averaged, no momentum
+    np.testing.assert_allclose(outer.look_ahead(iterate)[0], center[0])
+    assert iterate[0] is not center[0]
+    for plain in (OuterStep(0.5, 2.0, False, [True]), OuterStep(0.0, 1.0, True, [True])):
+        c = [np.array([0.0], np.float32)]
+        plain(c, [np.array([1.0], np.float32)])
+        np.testing.assert_array_equal(plain.iterate(c)[0], c[0])  # heavy ball, or no momentum
+
+
+def test_the_iterate_is_reported_only_with_twice_as_many_rounds_per_epoch_as_workers():
+    rule = ModelAveraging().reports_iterate
+    assert rule(2, 4) and rule(4, 8) and rule(8, 30)
+    assert not rule(2, 3) and not rule(4, 7) and not rule(2, 1)
+
+
 def test_averaging_momentum_follows_the_worker_count_unless_set():
     assert ModelAveraging().momentum(1) == 0.0
     assert ModelAveraging().momentum(2) == 0.5
@@ -151,7 +175,7 @@ def test_allreduce_scales_the_rate_with_warmup_exactly(spark):
     assert float(sm.model.optimizer.learning_rate) == pytest.approx(0.05)  # the user's rate is kept
 
 
-def _simulate_averaging(model, x, y, workers, batch, window, epochs, momentum):
+def _simulate_averaging(model, x, y, workers, batch, window, epochs, momentum, iterate=False):
     """What ModelAveraging should compute, in one process: each worker a model with its own optimizer."""
     n = -(-len(x) // workers)
     replicas = [clone(model) for _ in range(workers)]
@@ -169,7 +193,7 @@ def _simulate_averaging(model, x, y, workers, batch, window, epochs, momentum):
                     replica.train_on_batch(xs[s * batch:(s + 1) * batch], ys[s * batch:(s + 1) * batch])
                 moves.append([np.array(w) - c for w, c in zip(replica.get_weights(), center)])
             outer(center, [np.mean(parts, axis=0) for parts in zip(*moves)])
-    return center
+    return outer.iterate(center) if iterate else center  # what is reported; training goes on from the center
 
 
 def test_two_worker_averaging_applies_the_outer_step_every_window(spark):
@@ -185,14 +209,29 @@ def test_two_worker_averaging_applies_the_outer_step_every_window(spark):
     assert int(sm.model.optimizer.iterations) == 12
 
 
-def test_averaging_in_one_spark_job_per_window_trains_and_reports_the_same_model(spark):
+def test_two_worker_averaging_with_many_rounds_reports_the_iterate(spark):
+    x, y = blobs(2 * 96, seed=8)  # 6 batches of 16 per worker, windows of 1 -> 6 rounds per epoch
+    model = mlp(seed=3)
+    want = _simulate_averaging(model, x, y, workers=2, batch=16, window=1, epochs=2, momentum=0.5, iterate=True)
+    center = _simulate_averaging(model, x, y, workers=2, batch=16, window=1, epochs=2, momentum=0.5)
+    sm = SparkModel(model, strategy="averaging", num_workers=2, seed=0, window=1)
+    sm.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
+    for got, expected in zip(sm.model.get_weights(), want):
+        np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+    assert max(np.abs(a - b).max() for a, b in zip(want, center)) > 1e-4  # the points differ by 10x the tolerance
+
+
+@pytest.mark.parametrize("window, iterate", [(4, False), (1, True)], ids=["center", "iterate"])
+def test_averaging_in_one_spark_job_per_window_trains_and_reports_the_same_model(spark, window, iterate):
     # 3 workers on local[2]'s 2 slots: each window is a Spark job. With plain SGD the averaged inner
     # state is only a step count, so the rounds must match the one-process simulation exactly,
-    # across an epoch boundary.
+    # across an epoch boundary: 6 batches per worker make 2 rounds per epoch at window 4 (the
+    # center is reported) and 6 at window 1 (the iterate).
     x, y = blobs(3 * 96, seed=9)
     model = mlp(seed=5, optimizer="sgd")
-    want = _simulate_averaging(model, x, y, workers=3, batch=16, window=4, epochs=2, momentum=2 / 3)
-    sm = SparkModel(model, strategy=ModelAveraging(window=4), num_workers=3, seed=0)
+    want = _simulate_averaging(model, x, y, workers=3, batch=16, window=window, epochs=2, momentum=2 / 3,
+                               iterate=iterate)
+    sm = SparkModel(model, strategy=ModelAveraging(window=window), num_workers=3, seed=0)
     sm.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
     for got, expected in zip(sm.model.get_weights(), want):
         np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)

@@ -24,7 +24,9 @@ close enough that the averaged move is a good direction (averaging once per
 epoch lagged by 2.4 points after 10 epochs, and much more early on). The
 window shrinks as ``128 / N**2`` with more workers, down to 8 batches
 (:meth:`ModelAveraging.window_for`), and the momentum is ``1 - 1/N``: both
-come from the worker count, not from a task. With ``outer_momentum=0`` the
+come from the worker count, not from a task. When an epoch has many rounds,
+the model a fit reports and saves is the momentum's iterate, not the
+look-ahead the workers train from (:meth:`ModelAveraging.reports_iterate`). With ``outer_momentum=0`` the
 rule is plain averaging, and with one worker the center *is* the worker's state, so
 ``SparkModel(model, "averaging", num_workers=1)`` trains exactly as
 ``model.fit`` with the same batch order.
@@ -115,6 +117,29 @@ class OuterStep:
             step = grad + self.momentum * v if self.nesterov else v
             c -= self.learning_rate * step
 
+    def iterate(self, center: Arrays) -> Arrays:
+        """The momentum's own iterate: ``center`` less Nesterov's look-ahead.
+
+        Nesterov momentum, written as above, keeps the look-ahead
+        ``-learning_rate * momentum * velocity`` inside the center, where the
+        workers must start. Taken back out, what is left is the average of
+        the workers' models after the last round (the ``x`` sequence of
+        Nesterov's method; Sutskever et al. 2013). Heavy-ball momentum, no
+        momentum, or no step yet: the center itself (a copy).
+        """
+        return self._shift(center, +1.0)
+
+    def look_ahead(self, iterate: Arrays) -> Arrays:
+        """The center to train from, given the iterate (the inverse of :meth:`iterate`)."""
+        return self._shift(iterate, -1.0)
+
+    def _shift(self, arrays: Arrays, sign: float) -> Arrays:
+        if not self.nesterov or not self.momentum or self.velocity is None:
+            return [np.array(a, copy=True) for a in arrays]
+        scale = sign * self.learning_rate * self.momentum
+        return [np.asarray(a) + np.asarray(scale, dtype=v.dtype) * v if t else np.array(a, copy=True)
+                for a, v, t in zip(arrays, self.velocity, self.trainable)]
+
 
 class ModelAveraging(DistributedOptimizer):
     """Train locally for a window, average the moves, take an outer momentum step.
@@ -154,6 +179,7 @@ class ModelAveraging(DistributedOptimizer):
         self.outer_learning_rate = float(outer_learning_rate)
         self.nesterov = bool(nesterov)
         self._outer: OuterStep | None = None
+        self._report_iterate = False
         self._restored_velocity: Arrays | None = None
         self._velocity_at_start: Arrays | None = None
 
@@ -203,6 +229,29 @@ class ModelAveraging(DistributedOptimizer):
         mean = commits[0] if len(commits) == 1 else [np.mean(parts, axis=0) for parts in zip(*commits)]
         self._outer(center, mean)
 
+    def reports_iterate(self, num_workers: int, rounds_per_epoch: int) -> bool:
+        """Whether the model an epoch ends with is the outer momentum's iterate rather than the center.
+
+        The center holds Nesterov's look-ahead, ``momentum / (1 - momentum)``
+        mean moves (``N - 1``: 3 with 4 workers) ahead of the iterate. With
+        many rounds per epoch that look-ahead made 4-worker models swing by
+        1-3 points between epochs (cnn and sequence benchmarks), and the
+        iterate does not: Spark gaps at E of -0.07 and -0.79 points against
+        -1.94 and -3.22. With few rounds per epoch the iterate lags by a
+        large part of the training instead: 2 epochs of 400 rows, one round
+        per epoch, scored 0.63 against 0.93 for the center (plain
+        ``model.fit``: 0.97). Hence the iterate only when an epoch has at
+        least ``2 N`` rounds, twice the momentum's memory of about N rounds,
+        which held for every case measured (BENCHMARKS.md).
+        """
+        return rounds_per_epoch >= 2 * num_workers
+
+    def model_weights(self, center: Arrays) -> Arrays:
+        return self._outer.iterate(center) if self._report_iterate else center
+
+    def server_weights(self, weights: Arrays) -> Arrays:
+        return self._outer.look_ahead(weights) if self._report_iterate else weights
+
     # -- driver ---------------------------------------------------------------
 
     def check(self, job: TrainingJob) -> None:
@@ -215,6 +264,8 @@ class ModelAveraging(DistributedOptimizer):
         trainable = [v.trainable for v in job.model.weights if is_shared(v)]
         self._outer = OuterStep(self.momentum(job.num_workers), self.outer_learning_rate, self.nesterov,
                                 trainable)
+        rounds = 1 if self.window == "epoch" else -(-max(job.steps_per_worker) // int(self.window))
+        self._report_iterate = self.reports_iterate(job.num_workers, rounds)
         if self._restored_velocity is not None:
             self._outer.velocity = [np.array(v) for v in self._restored_velocity]
             self._restored_velocity = None
@@ -263,6 +314,7 @@ class ModelAveraging(DistributedOptimizer):
         for epoch in range(first_epoch, job.epochs):
             job.begin_epoch(epoch)
             epoch_metrics: list[np.ndarray] | None = None
+            _replace(job.state, shared, self.server_weights([job.state[i] for i in shared]))
             for index in range(windows):
                 window = Window(epoch, index, job.batch_size, batches, job.shuffle)
                 blob = job.broadcast_state()
@@ -287,5 +339,11 @@ class ModelAveraging(DistributedOptimizer):
                 if window_metrics is not None:
                     epoch_metrics = window_metrics if epoch_metrics is None else [
                         a + b for a, b in zip(epoch_metrics, window_metrics)]
+            _replace(job.state, shared, self.model_weights([job.state[i] for i in shared]))
             if job.end_epoch(epoch, epoch_metrics):
                 break
+
+
+def _replace(state: list[np.ndarray], positions: list[int], values: Arrays) -> None:
+    for i, value in zip(positions, values):
+        state[i] = value

@@ -46,8 +46,9 @@ dist-keras.
 A worker keeps its own optimizer state (and, for the elastic rules, its own
 weights) across epochs: they travel back to the driver with the task's
 result and are handed back at the next join. The driver's model receives the
-center's weights after every epoch; its optimizer state is left as it was.
-Validation runs on the center.
+center's weights after every epoch (:meth:`DistributedOptimizer.model_weights`;
+model averaging takes its Nesterov look-ahead out of them); its optimizer
+state is left as it was. Validation runs on those weights, the saved model's.
 """
 
 from __future__ import annotations
@@ -183,6 +184,18 @@ class DistributedOptimizer(Strategy):
         """A Keras optimizer the workers use instead of the model's own (``None``: the model's)."""
         return None
 
+    def model_weights(self, center: Arrays) -> Arrays:
+        """Driver: the weights the model takes at an epoch's end (reported, validated, saved), given the center.
+
+        The center itself by default; an outer optimizer whose center holds
+        a look-ahead (Nesterov momentum) takes it back out here.
+        """
+        return center
+
+    def server_weights(self, weights: Arrays) -> Arrays:
+        """Driver: the center to train from, given the model's weights (the inverse of :meth:`model_weights`)."""
+        return weights
+
     # -- driver ------------------------------------------------------------
 
     def check(self, job: TrainingJob) -> None:
@@ -199,7 +212,7 @@ class DistributedOptimizer(Strategy):
     def fit(self, job: TrainingJob) -> None:
         shared = [i for i, v in enumerate(job.model.weights) if is_shared(v)]
         model_spec, initial_local = self._worker_model(job)
-        server = ParameterServer(driver_host(job.spark), self, [job.state[i] for i in shared],
+        server = ParameterServer(driver_host(job.spark), self, self.server_weights([job.state[i] for i in shared]),
                                  pack_arrays(initial_local), self.timeout, self.cut_connection_after)
         spec = ServerTaskSpec(
             worker=_replace_model(job.spec, model_spec), server=server.address, rule=self,
@@ -234,7 +247,7 @@ class DistributedOptimizer(Strategy):
                 job.add_results(trained)
                 job.add_staleness(server.stats.staleness - stale_before)
                 server.park({r.partition: pack_arrays(r.state) for r in trained})
-                for i, value in zip(shared, server.snapshot()):
+                for i, value in zip(shared, self.model_weights(server.snapshot())):
                     job.state[i] = value
                 if trained:
                     self.end_epoch_state(job, [r.state for r in trained], [r.samples for r in trained])
