@@ -207,8 +207,8 @@ class ModelAveraging(DistributedOptimizer):
         windows 2 / 4 / 8 the cnn benchmark reached 0.53 / 0.65 / 0.81 after
         5 epochs (plain 0.86), while mlp preferred the short window (0.6784 at
         2, 0.6617 at 8). In Spark runs with 8 workers, window 8 against 2
-        ended cnn at -2.2 against -18.9 points and regression at +0.5
-        against -22.4 points of plain, and mlp at -1.6 against -0.7.
+        ended cnn at -2.7 against -18.9 points and regression at +0.5
+        against -22.4 points of plain, and mlp at -1.5 against -0.7.
         """
         if self.window_setting is not None:
             return self.window_setting
