@@ -26,8 +26,9 @@ window shrinks as ``128 / N**2`` with more workers, down to 8 batches
 (:meth:`ModelAveraging.window_for`), and the momentum is ``1 - 1/N``: both
 come from the worker count, not from a task. When an epoch has many rounds,
 the model a fit reports and saves is the momentum's iterate, not the
-look-ahead the workers train from (:meth:`ModelAveraging.reports_iterate`). With ``outer_momentum=0`` the
-rule is plain averaging, and with one worker the center *is* the worker's state, so
+look-ahead the workers train from (:meth:`ModelAveraging.reports_iterate`).
+With ``outer_momentum=0`` the rule is plain averaging, and with one worker
+the center *is* the worker's state, so
 ``SparkModel(model, "averaging", num_workers=1)`` trains exactly as
 ``model.fit`` with the same batch order.
 
