@@ -58,7 +58,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from sparkeras.errors import ClusterCapacityError, InputError
-from sparkeras.strategies.distributed import Arrays, DistributedOptimizer
+from sparkeras.strategies.distributed import Arrays, DistributedOptimizer, set_shared
 from sparkeras.strategies.epochs import EpochAttempts
 from sparkeras.training import TrainingJob, run_partitions, sum_metric_states
 from sparkeras.worker import tasks
@@ -315,7 +315,7 @@ class ModelAveraging(DistributedOptimizer):
         for epoch in range(first_epoch, job.epochs):
             job.begin_epoch(epoch)
             epoch_metrics: list[np.ndarray] | None = None
-            _replace(job.state, shared, self.server_weights([job.state[i] for i in shared]))
+            set_shared(job.state, shared, self.server_weights([job.state[i] for i in shared]))
             for index in range(windows):
                 window = Window(epoch, index, job.batch_size, batches, job.shuffle)
                 blob = job.broadcast_state()
@@ -340,11 +340,6 @@ class ModelAveraging(DistributedOptimizer):
                 if window_metrics is not None:
                     epoch_metrics = window_metrics if epoch_metrics is None else [
                         a + b for a, b in zip(epoch_metrics, window_metrics)]
-            _replace(job.state, shared, self.model_weights([job.state[i] for i in shared]))
+            set_shared(job.state, shared, self.model_weights([job.state[i] for i in shared]))
             if job.end_epoch(epoch, epoch_metrics):
                 break
-
-
-def _replace(state: list[np.ndarray], positions: list[int], values: Arrays) -> None:
-    for i, value in zip(positions, values):
-        state[i] = value

@@ -247,8 +247,7 @@ class DistributedOptimizer(Strategy):
                 job.add_results(trained)
                 job.add_staleness(server.stats.staleness - stale_before)
                 server.park({r.partition: pack_arrays(r.state) for r in trained})
-                for i, value in zip(shared, self.model_weights(server.snapshot())):
-                    job.state[i] = value
+                set_shared(job.state, shared, self.model_weights(server.snapshot()))
                 if trained:
                     self.end_epoch_state(job, [r.state for r in trained], [r.samples for r in trained])
                 if job.end_epoch(epoch, sum_metric_states(trained), evaluate_train=self.reports_center):
@@ -294,6 +293,12 @@ class DistributedOptimizer(Strategy):
         optimizer.build(job.model.trainable_variables)
         weights = job.state[:len(job.model.weights)]
         return job.spec.model.with_optimizer(optimizer), list(weights) + [np.asarray(v) for v in optimizer.variables]
+
+
+def set_shared(state: list[np.ndarray], positions: list[int], values: Arrays) -> None:
+    """Put ``values`` (the center's arrays) at ``positions`` of a job's full state."""
+    for i, value in zip(positions, values):
+        state[i] = value
 
 
 def _replace_model(spec: Any, model: ModelSpec) -> Any:
