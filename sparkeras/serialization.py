@@ -197,6 +197,26 @@ def set_model_state(model: Any, state: Sequence[np.ndarray]) -> None:
         var.assign(value)
 
 
+def learning_rate_position(model: Any) -> int | None:
+    """Where the optimizer's learning-rate variable sits in :func:`model_state`; ``None`` for a schedule or callable.
+
+    Keras keeps a constant learning rate as a variable among the optimizer's
+    (``optimizer.learning_rate`` returns it), so it travels with the state;
+    a schedule is a function of the step count instead.
+    """
+    import keras
+
+    ensure_optimizer_built(model)
+    optimizer = model.optimizer
+    rate = optimizer.learning_rate
+    if not isinstance(rate, keras.Variable):
+        return None
+    for i, variable in enumerate(optimizer.variables):
+        if variable is rate:
+            return len(model.weights) + i
+    return None
+
+
 def ensure_optimizer_built(model: Any) -> None:
     """Create the optimizer's slot variables now, so they can be moved around."""
     optimizer = getattr(model, "optimizer", None)

@@ -20,7 +20,7 @@ from sparkeras.data.packing import PreparedData
 from sparkeras.errors import worker_error
 from sparkeras.log import logger
 from sparkeras.progress import ProgressBar
-from sparkeras.serialization import model_state, pack_arrays, set_model_state, unpack_arrays
+from sparkeras.serialization import learning_rate_position, model_state, pack_arrays, set_model_state, unpack_arrays
 from sparkeras.worker import tasks
 from sparkeras.worker.tasks import WorkerSpec
 
@@ -165,6 +165,7 @@ class TrainingJob:
         self.batch_size, self.shuffle, self.num_workers = batch_size, shuffle, num_workers
         self.callbacks, self.bar = callbacks, bar
         self.state: list[np.ndarray] = model_state(model)
+        self.learning_rate_position = learning_rate_position(model)
         self.metrics = MetricReader(model, train)
         self.samples_per_second: list[float] = []
         self.restarts: list[dict[str, Any]] = []  # set by strategies that relaunch failed stages
@@ -183,6 +184,26 @@ class TrainingJob:
         """Batches each worker runs per epoch (zero-row partitions run none)."""
         return [-(-n // self.batch_size) for n in self.train.stats.rows_per_partition]
 
+    @property
+    def learning_rate(self) -> float | None:
+        """The learning rate the next work trains with (``None`` when the optimizer follows a schedule).
+
+        Callbacks set it on the driver's model: ``ReduceLROnPlateau`` as an
+        epoch ends, ``LearningRateScheduler`` as one begins. The job takes it
+        into its state after they ran (:meth:`_take_learning_rate`), and every
+        strategy hands it to its workers, whose optimizer states are their
+        own otherwise: without that, the workers kept the first rate and the
+        driver's was put back at every epoch's end.
+        """
+        i = self.learning_rate_position
+        return None if i is None else float(self.state[i])
+
+    def _take_learning_rate(self) -> None:
+        """Carry the driver's learning rate, as callbacks left it, into the state."""
+        i = self.learning_rate_position
+        if i is not None:
+            self.state[i] = np.array(self.model.optimizer.learning_rate, dtype=self.state[i].dtype)
+
     def broadcast_state(self) -> Any:
         """The current state, shipped to executors once per window."""
         return self.spark.sparkContext.broadcast(pack_arrays(self.state))
@@ -197,6 +218,7 @@ class TrainingJob:
         """Start ``epoch``'s progress bar; callbacks hear of it once, however often it is relaunched."""
         if epoch != self._began:
             self.callbacks.on_epoch_begin(epoch)
+            self._take_learning_rate()
             self._began = epoch
         self._workers, self._staleness = {}, {}
         self._epoch_started = time.perf_counter()
@@ -277,6 +299,7 @@ class TrainingJob:
             if hook is not None:
                 hook(figures)
         self.callbacks.on_epoch_end(epoch, logs)
+        self._take_learning_rate()
         if self.checkpoint is not None:
             history = getattr(self.model, "history", None)
             self.checkpoint.save(epoch + 1, self.state, self.strategy_state(),

@@ -204,7 +204,7 @@ class _Coordinator:
         if kind == "epoch":
             answer: queue.Queue = queue.Queue(maxsize=1)
             self._reports.put((header, payload, answer))
-            return {"stop": answer.get()}, b""
+            return answer.get(), b""
         return self.rendezvous.handle(header, payload)
 
     def run_stage(self, launch: Any, slot_timeout: float) -> BaseException | None:
@@ -218,9 +218,9 @@ class _Coordinator:
         :class:`ClusterCapacityError` says what is missing.
         """
         sc = self.job.spark.sparkContext
+        self._begin()  # before the tasks ask for the state: a callback may set the epoch's learning rate
         stage = GroupJob(sc, "allreduce", "sparkeras allreduce", launch)
         watch = SlotWatch(sc, "allreduce", self.job.num_workers, slot_timeout)
-        self._begin()
         callback_error: BaseException | None = None
         capacity: BaseException | None = None
         while not stage.finished.is_set() or not self._reports.empty():
@@ -235,7 +235,7 @@ class _Coordinator:
             try:
                 answer.put(self._end_epoch(header, payload))
             except BaseException as exc:  # a callback failed: stop the tasks, then raise it
-                answer.put(True)
+                answer.put({"stop": True})
                 callback_error = exc
         stage.finished.wait()
         if callback_error is not None:
@@ -260,7 +260,8 @@ class _Coordinator:
             self.job.begin_epoch(self.next_epoch)
             self._began = self.next_epoch
 
-    def _end_epoch(self, header: dict[str, Any], payload: bytes) -> bool:
+    def _end_epoch(self, header: dict[str, Any], payload: bytes) -> dict[str, Any]:
+        """Publish a reported epoch; the answer says whether to stop and the next epoch's learning rate."""
         arrays = unpack_arrays(payload)
         epoch, k, m = int(header["epoch"]), int(header["state"]), int(header["train_metrics"])
         self.job.state = arrays[:k]
@@ -273,4 +274,4 @@ class _Coordinator:
             self.finished = True
         else:
             self._begin()
-        return stop
+        return {"stop": stop, "learning_rate": self.job.learning_rate}

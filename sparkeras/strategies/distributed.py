@@ -45,7 +45,8 @@ dist-keras.
 
 A worker keeps its own optimizer state (and, for the elastic rules, its own
 weights) across epochs: they travel back to the driver with the task's
-result and are handed back at the next join. The driver's model receives the
+result and are handed back at the next join, with the driver's learning rate
+put in (callbacks such as ``ReduceLROnPlateau`` set it there). The driver's model receives the
 center's weights after every epoch (:meth:`DistributedOptimizer.model_weights`;
 model averaging takes its Nesterov look-ahead out of them); its optimizer
 state is left as it was. Validation runs on those weights, the saved model's.
@@ -211,7 +212,7 @@ class DistributedOptimizer(Strategy):
 
     def fit(self, job: TrainingJob) -> None:
         shared = [i for i, v in enumerate(job.model.weights) if is_shared(v)]
-        model_spec, initial_local = self._worker_model(job)
+        model_spec, initial_local, steered = self._worker_model(job)
         server = ParameterServer(driver_host(job.spark), self, self.server_weights([job.state[i] for i in shared]),
                                  pack_arrays(initial_local), self.timeout, self.cut_connection_after)
         spec = ServerTaskSpec(
@@ -228,7 +229,9 @@ class DistributedOptimizer(Strategy):
 
         def train_epoch(epoch: int) -> list[Any]:
             run = server.begin_epoch(active)
-            return run_partitions(job.train, lambda it: train_with_server(spec, epoch, it, run),
+            rate = job.learning_rate if steered else None
+            given = None if rate is None else (job.learning_rate_position, rate)
+            return run_partitions(job.train, lambda it: train_with_server(spec, epoch, it, run, given),
                                   f"training epoch {epoch + 1}")
 
         try:
@@ -285,14 +288,16 @@ class DistributedOptimizer(Strategy):
         optimizer state is left as it was.
         """
 
-    def _worker_model(self, job: TrainingJob) -> tuple[ModelSpec, Arrays]:
-        """The model the workers compile, and their initial local state (weights, optimizer)."""
+    def _worker_model(self, job: TrainingJob) -> tuple[ModelSpec, Arrays, bool]:
+        """The model the workers compile, their initial local state (weights, optimizer), and whether the
+        model's own optimizer trains them, so that its learning rate, as callbacks set it, applies."""
         optimizer = self.local_optimizer()
         if optimizer is None:
-            return job.spec.model, list(job.state)
+            return job.spec.model, list(job.state), True
         optimizer.build(job.model.trainable_variables)
         weights = job.state[:len(job.model.weights)]
-        return job.spec.model.with_optimizer(optimizer), list(weights) + [np.asarray(v) for v in optimizer.variables]
+        local = list(weights) + [np.asarray(v) for v in optimizer.variables]
+        return job.spec.model.with_optimizer(optimizer), local, False
 
 
 def set_shared(state: list[np.ndarray], positions: list[int], values: Arrays) -> None:

@@ -137,6 +137,10 @@ class _EpochLoop:
         self.rank = collective.rank
         (self.arrays, self.n), (self.val_arrays, self.val_n) = train, validation
         self.steps = gradient_steps(model, collective, spec.worker.backend, spec.sync_batch_norm)
+        import keras  # the worker's backend is configured by now
+
+        rate = model.optimizer.learning_rate
+        self._rate = rate if isinstance(rate, keras.Variable) else None  # the user's rate, before any scaling
         self._restore_learning_rate = scale_learning_rate(
             model.optimizer, spec.learning_rate_scale, spec.warmup_steps, spec.start_step)
 
@@ -169,7 +173,11 @@ class _EpochLoop:
             reporter.send(n, {"loss": self.steps.running_loss()})
 
     def end_epoch(self, epoch: int, client: FrameClient) -> bool:
-        """Average the non-trainable state, sum metric states, report; True to stop."""
+        """Average the non-trainable state, sum metric states, report; True to stop.
+
+        The driver's answer also carries the learning rate callbacks left on
+        its model, which every rank takes for the next epoch.
+        """
         self.steps.average_non_trainable()
         train_metrics = [np.asarray(v) for v in self.model.metrics_variables]
         val_metrics: list[np.ndarray] = []
@@ -182,7 +190,7 @@ class _EpochLoop:
         flat = np.concatenate([m.astype(np.float64).ravel() for m in train_metrics + val_metrics]
                               + [figures.ravel()])
         summed = self.collective.allreduce(flat, "sum")
-        stop = np.zeros(1, np.int32)
+        answer = np.array([0.0, np.nan])  # stop, learning rate
         if self.rank == 0:
             parts, offset = [], 0
             for m in train_metrics + val_metrics:
@@ -194,8 +202,12 @@ class _EpochLoop:
             header = {"type": "epoch", "epoch": epoch, "state": len(state), "train_metrics": len(train_metrics),
                       "validation": bool(val_metrics), "workers": workers}
             reply, _ = client.call(header, pack_arrays(state + parts), timeout=self.spec.timeout)
-            stop[0] = int(bool(reply.get("stop")))
-        return bool(self.collective.broadcast(stop, root=0)[0])
+            given = reply.get("learning_rate")
+            answer[:] = float(bool(reply.get("stop"))), np.nan if given is None else float(given)
+        stop, rate = self.collective.broadcast(answer, root=0)
+        if self._rate is not None and np.isfinite(rate):
+            self._rate.assign(np.asarray(rate, dtype=self._rate.dtype))
+        return bool(stop)
 
     def _validation_metrics(self) -> list[np.ndarray]:
         self.model.reset_metrics()

@@ -53,9 +53,14 @@ def is_shared(variable: Any) -> bool:
     return "float" in str(variable.dtype)
 
 
-def train_with_server(spec: ServerTaskSpec, epoch: int, blocks: Iterator[tuple],
-                      run: int | None = None) -> Iterator[tuple]:
-    """Train this partition for one epoch against the parameter server (``run``: the server's run of the epoch)."""
+def train_with_server(spec: ServerTaskSpec, epoch: int, blocks: Iterator[tuple], run: int | None = None,
+                      learning_rate: tuple[int, float] | None = None) -> Iterator[tuple]:
+    """Train this partition for one epoch against the parameter server (``run``: the server's run of the epoch).
+
+    ``learning_rate`` is ``(position in the state, value)``: the driver's
+    rate for this epoch, which replaces the one in the worker's own local
+    state (callbacks change it on the driver).
+    """
     from pyspark import TaskContext
 
     model, partition = _setup(spec.worker)
@@ -69,6 +74,9 @@ def train_with_server(spec: ServerTaskSpec, epoch: int, blocks: Iterator[tuple],
                              spec.max_payload, spec.timeout, run)
     rule = spec.rule
     center, version, local_state = client.join()
+    if learning_rate is not None:
+        position, value = learning_rate
+        local_state[position] = np.asarray(value, dtype=local_state[position].dtype)
     set_model_state(model, local_state)
     variables = [v for v in model.weights if is_shared(v)]
     _assign(variables, rule.fold(_read(variables), center, None))
