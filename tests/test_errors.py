@@ -56,6 +56,15 @@ def test_non_numeric_features(spark):
         SparkModel(mlp(), num_workers=1).fit(np.array([["a"] * 16]), np.array([1]), verbose=0)
 
 
+def test_text_labels_point_to_string_indexer(spark):
+    x, _ = blobs(4)
+    df = spark.createDataFrame([(r.tolist(), c) for r, c in zip(x, ["cat", "dog", "cat", "dog"])],
+                               "features ARRAY<FLOAT>, species STRING")
+    with pytest.raises(InputError, match=r"Column 'species' has type string, which is not numeric\. Label must "
+                                         r"be numeric.*StringIndexer\(inputCol='species'.*label_col='label_index'"):
+        SparkModel(mlp(), num_workers=1).fit(df, label_col="species", verbose=0)
+
+
 def test_labels_out_of_range_for_the_output_layer(spark):
     x, y = blobs(60)
     y[3] = 12

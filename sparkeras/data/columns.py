@@ -326,10 +326,14 @@ def _bind(
         return _bind_images(name, cols, shape, role, slot, existing, kinds)
     for col, kind in zip(cols, kinds):
         if kind is None:
+            text = existing[col].dataType.simpleString() == "string"
+            fix = ("Turn text labels into class ids first, e.g. pyspark.ml.feature.StringIndexer(inputCol="
+                   f"{col!r}, outputCol='label_index'), and pass label_col='label_index'."
+                   if role != FEATURE and text else "Convert it first (e.g. VectorAssembler or a cast).")
             raise InputError(
                 f"Column {col!r} has type {existing[col].dataType.simpleString()}, which is not "
                 f"numeric. {role.capitalize()} must be numeric: array<float|double>, a Spark ML "
-                "Vector, or numeric columns. Convert it first (e.g. VectorAssembler or a cast)."
+                f"Vector, or numeric columns. {fix}"
             )
     if len(cols) > 1 and any(k != "scalar" for k in kinds):
         raise InputError(
