@@ -15,6 +15,7 @@ import numpy as np
 
 from sparkeras.data.columns import ColumnMap, ColumnSpec, resolve_columns
 from sparkeras.data.packing import PreparedData, prepare
+from sparkeras.data.weights import ClassWeights, check_class_weight, check_class_weight_fits
 from sparkeras.data.sources import (Dataset, as_dataset, describe_source, materialize_rows, split_validation,
                                     validation_dataset)
 from sparkeras.errors import InputError
@@ -95,9 +96,9 @@ class SparkModel:
     def _workers(self, spark: Any) -> int:
         return self.num_workers or max(1, spark.sparkContext.defaultParallelism)
 
-    def _spec(self, columns: ColumnMap, progress: Any = None) -> WorkerSpec:
+    def _spec(self, columns: ColumnMap, progress: Any = None, class_weight: ClassWeights | None = None) -> WorkerSpec:
         return WorkerSpec(ModelSpec.from_model(self._model, self.custom_objects or None), columns,
-                          keras_backend(), self.seed, progress)
+                          keras_backend(), self.seed, progress, class_weight)
 
     def _dataset(self, spark: Any, data: Any, y: Any, x: Any, features_col: ColumnSpec,
                  label_col: ColumnSpec | None, workers: int) -> Dataset:
@@ -123,6 +124,7 @@ class SparkModel:
         shuffle: bool = True,
         initial_epoch: int = 0,
         checkpoint_dir: str | None = None,
+        class_weight: Mapping[int, float] | None = None,
     ) -> Any:
         """Train on ``data`` and return a ``keras.callbacks.History``.
 
@@ -138,9 +140,14 @@ class SparkModel:
         directory and arguments, even by a new driver, resumes after it
         (:mod:`sparkeras.storage.checkpoint`), and ``history.restarts``
         records the resume.
+
+        ``class_weight`` (``{class id: weight}``, as in Keras) weighs each
+        training row's loss by its class, on the workers
+        (:mod:`sparkeras.data.weights`); validation is not weighted.
         """
         started = time.perf_counter()
         _check_positive(epochs=epochs, batch_size=batch_size)
+        weights = check_class_weight(class_weight)
         if not 0.0 <= validation_split < 1.0:
             raise InputError(f"validation_split must be in [0, 1), got {validation_split}.")
         if not 0 <= initial_epoch < epochs:
@@ -153,12 +160,13 @@ class SparkModel:
         with console_progress_paused(spark), contextlib.ExitStack() as releases:  # data resolution runs jobs too
             return self._fit(spark, releases, started, data, y, x, epochs, batch_size, validation_data,
                              validation_split, features_col, label_col, callbacks, verbose, shuffle, initial_epoch,
-                             checkpoint_dir)
+                             checkpoint_dir, weights)
 
     def _fit(self, spark: Any, releases: contextlib.ExitStack, started: float, data: Any, y: Any, x: Any,
              epochs: int, batch_size: int, validation_data: Any, validation_split: float,
              features_col: ColumnSpec, label_col: ColumnSpec, callbacks: Sequence[Any] | None, verbose: int,
-             shuffle: bool, initial_epoch: int, checkpoint_dir: str | None) -> Any:
+             shuffle: bool, initial_epoch: int, checkpoint_dir: str | None,
+             class_weight: ClassWeights | None = None) -> Any:
         """:meth:`fit` after its argument checks, with Spark's console bars paused; ``releases`` runs at its end."""
         workers = self._workers(spark)
         x_data = x if x is not None else data
@@ -175,10 +183,11 @@ class SparkModel:
         elif validation_split:
             dataset, val_dataset = split_validation(dataset, validation_split, self.seed)
         columns = resolve_columns(self._model, dataset.schema, dataset.features_col, dataset.label_col)
+        check_class_weight_fits(class_weight, columns)
         self.classes = label_classes(dataset.schema, dataset.label_col) or self.classes
         if val_dataset is not None:
             resolve_columns(self._model, val_dataset.schema, val_dataset.features_col, val_dataset.label_col)
-        checkpoint, saved = self._checkpoint(spark, checkpoint_dir, batch_size, workers)
+        checkpoint, saved = self._checkpoint(spark, checkpoint_dir, batch_size, workers, class_weight)
         if saved is not None:
             set_model_state(self._model, saved.state)
             self.strategy.restore_checkpoint_state(saved.extra)
@@ -189,7 +198,7 @@ class SparkModel:
         strategy_name = getattr(self.strategy, "name", type(self.strategy).__name__)
         try:
             _fit_starting(callbacks, strategy_name)
-            warming = start_warm_up(spark, self._spec(columns), workers)
+            warming = start_warm_up(spark, self._spec(columns, class_weight=class_weight), workers)
             train = prepare(dataset, columns, workers, balance=self.balance_partitions)
             prepared.append(train)
             if workers > train.stats.rows:
@@ -204,7 +213,8 @@ class SparkModel:
             if verbose:
                 server = ProgressServer(driver_host(spark), bar.report)
             job = TrainingJob(
-                spark=spark, model=self._model, spec=self._spec(columns, server.address if server else None),
+                spark=spark, model=self._model,
+                spec=self._spec(columns, server.address if server else None, class_weight),
                 train=train, validation=validation, epochs=epochs, initial_epoch=initial_epoch,
                 batch_size=batch_size, shuffle=shuffle, num_workers=workers,
                 callbacks=None, bar=bar)
@@ -244,7 +254,7 @@ class SparkModel:
         return history
 
     def _checkpoint(self, spark: Any, directory: str | None, batch_size: int,
-                    workers: int) -> tuple[Any, Any]:
+                    workers: int, class_weight: ClassWeights | None = None) -> tuple[Any, Any]:
         """The fit's checkpoint, and what it saved (``None`` for a fresh one)."""
         if not directory:
             return None, None
@@ -252,6 +262,8 @@ class SparkModel:
 
         fingerprint = {"model": _architecture(self._model), "strategy": repr(self.strategy),
                        "batch_size": batch_size, "num_workers": workers}
+        if class_weight is not None:  # absent otherwise, so checkpoints written before it still resume
+            fingerprint["class_weight"] = [list(pair) for pair in class_weight]
         checkpoint = EpochCheckpoint(directory, fingerprint, spark)
         return checkpoint, checkpoint.load()
 

@@ -41,6 +41,9 @@ class _SparkKerasBase(BaseEstimator):
         custom_objects: custom Keras objects needed to rebuild the model on the workers.
         seed: seeds shuffling and the validation split.
         verbose: 0 quiet, 1 progress bar.
+        class_weight: classifiers only, as in scikit-learn's classifiers: a dict
+            ``{label value: weight}`` or ``"balanced"`` (``n_rows / (n_classes *
+            rows of the class)``); the training loss weighs each row by its class.
     """
 
     def __init__(
@@ -58,6 +61,7 @@ class _SparkKerasBase(BaseEstimator):
         custom_objects: Mapping[str, Any] | None = None,
         seed: int | None = 0,
         verbose: int = 0,
+        class_weight: Mapping[Any, float] | str | None = None,
     ) -> None:
         self.model = model
         self.epochs = epochs
@@ -71,6 +75,7 @@ class _SparkKerasBase(BaseEstimator):
         self.custom_objects = custom_objects
         self.seed = seed
         self.verbose = verbose
+        self.class_weight = class_weight
 
     def __sklearn_clone__(self) -> "_SparkKerasBase":
         """A fresh, unfitted estimator with the same parameters.
@@ -96,7 +101,8 @@ class _SparkKerasBase(BaseEstimator):
         trainer = SparkModel(keras_model, self.strategy, self.num_workers, seed=self.seed,
                              custom_objects=self.custom_objects, **dict(self.strategy_options or {}))
         history = trainer.fit(x, target, epochs=self.epochs, batch_size=self.batch_size,
-                              validation_split=self.validation_split, verbose=self.verbose)
+                              validation_split=self.validation_split, verbose=self.verbose,
+                              class_weight=self._class_weights(target))
         self.model_ = keras_model
         self.history_ = dict(history.history)
         self.n_features_in_ = x.shape[1] if x.ndim == 2 else int(np.prod(x.shape[1:]))
@@ -133,6 +139,12 @@ class _SparkKerasBase(BaseEstimator):
     def _encode_target(self, y: np.ndarray, rows: int) -> np.ndarray:
         raise NotImplementedError
 
+    def _class_weights(self, target: np.ndarray) -> dict[int, float] | None:
+        """``class_weight`` keyed by what the model sees (class indices)."""
+        if self.class_weight is not None:
+            raise InputError(f"class_weight applies to classifiers; {type(self).__name__} has no classes.")
+        return None
+
     def _check_output(self, model: Any) -> None:
         raise NotImplementedError
 
@@ -157,6 +169,22 @@ class KerasClassifier(ClassifierMixin, _SparkKerasBase):
         if len(self.classes_) < 2:
             raise InputError(f"y has a single class {self.classes_.tolist()}; a classifier needs at least two.")
         return indices.astype(np.int64)
+
+    def _class_weights(self, target: np.ndarray) -> dict[int, float] | None:
+        given = self.class_weight
+        if given is None:
+            return None
+        counts = np.bincount(target, minlength=len(self.classes_))
+        if isinstance(given, str) and given == "balanced":
+            return {i: len(target) / (len(counts) * n) for i, n in enumerate(counts)}
+        if not isinstance(given, Mapping):
+            raise InputError(f"class_weight must be a dict {{label: weight}} or 'balanced', got {given!r}.")
+        index = {label: i for i, label in enumerate(self.classes_.tolist())}
+        unknown = [label for label in given if label not in index]
+        if unknown:
+            raise InputError(f"class_weight names labels {unknown} that y does not have; its classes are "
+                             f"{self.classes_.tolist()[:10]}.")
+        return {index[label]: weight for label, weight in given.items()}
 
     def _check_output(self, model: Any) -> None:
         units = _output_units(model)

@@ -65,7 +65,11 @@ def test_modes_map_onto_strategies_and_ignored_arguments_warn(spark, caplog):
     assert caplog.records[0].getMessage() == ("AsynchronousSparkModel: ['parameter_server_mode', 'port'] accepted "
                                               "for Elephas compatibility and ignored by sparkeras.")
     assert (model.strategy, model.strategy_options) == ("hogwild", {"window": 1})
-    model.fit(elephas.to_simple_rdd(spark.sparkContext, x, y), epochs=3, batch_size=32)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sparkeras"):  # Keras' class_weight is passed on, not ignored
+        model.fit(elephas.to_simple_rdd(spark.sparkContext, x, y), epochs=3, batch_size=32,
+                  class_weight={0: 1.0, 1: 1.5, 2: 1.0})
+    assert not caplog.records
     assert model.evaluate(x, y)[1] > 0.85
     rdd_predictions = model.predict(spark.sparkContext.parallelize(list(x[:20]), 3))
     np.testing.assert_allclose(rdd_predictions, model.master_network.predict(x[:20], verbose=0), atol=1e-5)

@@ -302,3 +302,26 @@ def test_the_same_transform_runs_on_a_streaming_dataframe(spark, tmp_path):
     expected = {r.id: r.prediction for r in model.transform(batch).select("id", "prediction").collect()}
     assert len(streamed) == 200 and streamed == expected
     assert spark.table("sparkeras_stream").where(F.col("probability").isNull()).count() == 0
+
+
+def test_class_weight_param_survives_persistence_and_lifts_a_rare_class(spark, tmp_path):
+    """``classWeight`` goes through Spark ML's JSON metadata (keys come back as strings) and still applies."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 8))
+    y = (x[:, 0] + 0.8 * rng.normal(size=3000) > 1.6).astype(int)  # about 8% positives
+    df = spark.createDataFrame([(r.tolist(), int(c)) for r, c in zip(x, y)], ["features", "label"]).cache()
+
+    def recall(estimator):
+        rows = estimator.fit(df).transform(df).select("label", "prediction").collect()
+        return float(np.mean([r.prediction == 1.0 for r in rows if r.label == 1]))
+
+    weighted = KerasEstimator(model=mlp(dim=8, classes=2, seed=3), epochs=3, numWorkers=2,
+                              classWeight={0: 1.0, 1: float((y == 0).sum() / (y == 1).sum())})
+    weighted.write().overwrite().save(str(tmp_path / "weighted"))
+    loaded = KerasEstimator.load(str(tmp_path / "weighted"))
+    assert loaded._class_weight() == pytest.approx(weighted._class_weight())
+    plain = recall(KerasEstimator(model=mlp(dim=8, classes=2, seed=3), epochs=3, numWorkers=2))
+    assert recall(loaded) > plain + 0.2
+    with pytest.raises(InputError, match=r"class_weight keys must be class ids .* got 'fraud'"):
+        KerasEstimator(model=mlp(dim=8, classes=2), classWeight={"fraud": 2.0}).fit(df)
+    df.unpersist()

@@ -112,3 +112,24 @@ def test_facade_errors_name_the_problem(spark):
     fitted = KerasClassifier(mlp(dim=4, classes=3), num_workers=2).fit(x, y)
     with pytest.raises(InputError, match="X has 3 features, but KerasClassifier was fitted with 4"):
         fitted.predict(x[:, :3])
+
+
+def test_class_weight_by_label_value_or_balanced(spark):
+    """Keyed by the labels the user has ("fraud"), or "balanced": the rare class is found more often."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 8)).astype(np.float32)
+    labels = np.where(x[:, 0] + 0.8 * rng.normal(size=3000) > 1.6, "fraud", "ok")  # about 8% fraud
+
+    def recall(**options):
+        clf = KerasClassifier(mlp(dim=8, classes=2, seed=3), epochs=3, num_workers=2, **options).fit(x, labels)
+        return float(np.mean(clf.predict(x)[labels == "fraud"] == "fraud"))
+
+    plain = recall()
+    ratio = float(np.sum(labels == "ok") / np.sum(labels == "fraud"))
+    assert recall(class_weight="balanced") > plain + 0.2
+    assert recall(class_weight={"fraud": ratio}) > plain + 0.2
+    with pytest.raises(InputError, match=r"class_weight names labels \['spam'\] that y does not have; its "
+                                         r"classes are \['fraud', 'ok'\]"):
+        KerasClassifier(mlp(dim=8, classes=2), class_weight={"spam": 2.0}).fit(x, labels)
+    with pytest.raises(InputError, match="class_weight applies to classifiers; KerasRegressor has no classes"):
+        KerasRegressor(mlp(dim=8, classes=1), class_weight="balanced").fit(x, x[:, 0])

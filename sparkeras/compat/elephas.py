@@ -129,7 +129,7 @@ class SparkModel:
     def fit(self, rdd: Any, epochs: int = 1, batch_size: int | None = None, verbose: int = 0,
             validation_split: float = 0.0, **kwargs: Any) -> None:
         """Train on an RDD of ``(features, label)`` pairs (or anything ``sparkeras.SparkModel.fit`` takes)."""
-        passed = {k: kwargs.pop(k) for k in ("callbacks", "shuffle", "validation_data") if k in kwargs}
+        passed = {k: kwargs.pop(k) for k in ("callbacks", "shuffle", "validation_data", "class_weight") if k in kwargs}
         _warn_ignored(kwargs, f"{type(self).__name__}.fit")
         history = self._trainer().fit(rdd, epochs=epochs, batch_size=batch_size or self.batch_size,
                                       verbose=verbose, validation_split=validation_split, **passed)

@@ -164,6 +164,15 @@ class ColumnMap:
         """Arrange label arrays the way the model's outputs are structured."""
         return _structure(self.output_structure, self.labels, arrays)
 
+    def data(self, arrays: Sequence[Any]) -> tuple:
+        """Keras' ``(x, y)``, or ``(x, y, sample_weight)``, from one batch's arrays.
+
+        The arrays are one per binding (features, then labels) and, when the
+        fit weighs its rows (``class_weight``), one more: each row's weight.
+        """
+        k, m = len(self.features), len(self.labels)
+        return (self.x(arrays[:k]), self.y(arrays[k:k + m]), *arrays[k + m:k + m + 1])
+
 
 def _structure(kind: str, bindings: Sequence[TensorBinding], arrays: Sequence[np.ndarray]) -> Any:
     if kind == "single":

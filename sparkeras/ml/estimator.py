@@ -86,6 +86,8 @@ class KerasEstimator(_InferenceParams, HasLabelCol, HasSeed, Estimator, _KerasSt
         strategy: a sparkeras strategy name (``averaging``, ``allreduce``, ``adag``...).
         strategyOptions: that strategy's options, e.g. ``{"window": 12}``.
         learningRate, optimizer, loss, metrics: override the model's compile settings.
+        classWeight: ``{class id: weight}``, Keras' ``class_weight``: each training
+            row's loss is weighted by its label's class (for rare classes).
         mlflowExperiment: log each fit to a run in this MLflow experiment
             (:class:`sparkeras.callbacks.MLflowLogger`), with the fitted
             ``KerasModel`` saved under the run's ``spark_ml_model`` artifacts
@@ -110,6 +112,8 @@ class KerasEstimator(_InferenceParams, HasLabelCol, HasSeed, Estimator, _KerasSt
                                  "names)", typeConverter=TypeConverters.toListString)
     verbose: Param[int] = Param(Params._dummy(), "verbose", "0: quiet, 1: progress bar",
                                 typeConverter=TypeConverters.toInt)
+    classWeight: Param[dict] = Param(Params._dummy(), "classWeight", "Keras' class_weight: {class id: weight} "
+                                     "for the training loss")
     mlflowExperiment: Param[str] = Param(Params._dummy(), "mlflowExperiment", "MLflow experiment that each fit "
                                          "logs a run to (params, metrics, model, fitted stage)",
                                          typeConverter=TypeConverters.toString)
@@ -121,7 +125,7 @@ class KerasEstimator(_InferenceParams, HasLabelCol, HasSeed, Estimator, _KerasSt
                  strategy: str = "averaging", strategyOptions: dict | None = None,
                  learningRate: float | None = None, optimizer: str | None = None, loss: str | None = None,
                  metrics: list[str] | None = None, seed: int | None = None, verbose: int = 0,
-                 mlflowExperiment: str | None = None) -> None:
+                 classWeight: dict | None = None, mlflowExperiment: str | None = None) -> None:
         super().__init__()
         self._setDefault(labelCol="label", epochs=1, numWorkers=0, validationSplit=0.0, strategy="averaging",
                          strategyOptions={}, verbose=0, seed=0)
@@ -152,7 +156,8 @@ class KerasEstimator(_InferenceParams, HasLabelCol, HasSeed, Estimator, _KerasSt
                                   validation_split=self.getOrDefault(self.validationSplit),
                                   features_col=split_columns(self.getFeaturesCol()),
                                   label_col=self.getLabelCol(), verbose=self.getOrDefault(self.verbose),
-                                  callbacks=[tracker] if tracker is not None else None)
+                                  callbacks=[tracker] if tracker is not None else None,
+                                  class_weight=self._class_weight())
         fitted = KerasModel(model=keras_model)
         fitted.history = history
         self._copyValues(fitted)
@@ -162,6 +167,15 @@ class KerasEstimator(_InferenceParams, HasLabelCol, HasSeed, Estimator, _KerasSt
             tracker.log_spark_ml_model(fitted)
             tracker.wait()  # the run is complete when fit returns
         return fitted
+
+    def _class_weight(self) -> dict | None:
+        """``classWeight`` with class ids as ints again: Spark ML's JSON metadata stores dict keys as strings."""
+        if not self.isDefined(self.classWeight):
+            return None
+        given = self.getOrDefault(self.classWeight)
+        if not isinstance(given, dict):
+            return given  # refused, with its value, by SparkModel.fit
+        return {int(k) if isinstance(k, str) and k.strip().isdigit() else k: v for k, v in given.items()}
 
     def _fresh_model(self) -> Any:
         """A copy of the model with its initial weights, compiled with this estimator's overrides."""

@@ -136,6 +136,7 @@ class _EpochLoop:
         self.spec, self.model, self.collective = spec, model, collective
         self.rank = collective.rank
         (self.arrays, self.n), (self.val_arrays, self.val_n) = train, validation
+        self.arrays = spec.worker.training_arrays(self.arrays)
         self.steps = gradient_steps(model, collective, spec.worker.backend, spec.sync_batch_norm)
         import keras  # the worker's backend is configured by now
 
@@ -163,9 +164,9 @@ class _EpochLoop:
         for step in range(spec.steps):
             self._maybe_fail(epoch, step)
             idx = order[min(n, step * b):min(n, (step + 1) * b)]
-            x, y = split_xy(spec.worker, [a[idx] for a in self.arrays])
+            x, y, *weights = spec.worker.columns.data([a[idx] for a in self.arrays])
             share = len(idx) / max(1, spec.global_rows(step))
-            self.steps.step(x, y, len(idx), share)
+            self.steps.step(x, y, len(idx), share, *weights)
             if reporter is not None and time.perf_counter() - last_report > reporter.interval:
                 last_report = time.perf_counter()
                 reporter.send(min(n, (step + 1) * b), {"loss": self.steps.running_loss()})

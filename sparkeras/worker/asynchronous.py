@@ -91,7 +91,7 @@ def train_with_server(spec: ServerTaskSpec, epoch: int, blocks: Iterator[tuple],
     # Synchronous rules (averaging, EASGD) run each window as one traced loop. Asynchronous ones train
     # batch by batch: with the traced loop their tasks on small partitions ran one after another rather
     # than overlapping, and the Elephas README example lost 1.5-2 points (measured; not understood yet).
-    local_steps = LocalSteps(model, arrays, spec.worker.columns,
+    local_steps = LocalSteps(model, spec.worker.training_arrays(arrays), spec.worker.columns,
                              spec.worker.backend if rule.synchronous else BATCH_BY_BATCH)
     model.reset_metrics()  # they add up over the epoch's windows, as in fit
     for start in range(0, steps, window):

@@ -65,10 +65,8 @@ class LocalSteps:
         if self._loop is not None:
             self._loop(self._data, batches.astype(np.int32, copy=False))
             return
-        k = len(self.columns.features)
         for rows in batches:
-            batch = [a[rows] for a in self._arrays]
-            self.model.train_on_batch(self.columns.x(batch[:k]), self.columns.y(batch[k:]))
+            self.model.train_on_batch(*self.columns.data([a[rows] for a in self._arrays]))
             # train_on_batch resets the metrics first, so add its batch's states up here
             values = [np.asarray(v) for v in self.model.metrics_variables]
             self._totals = values if self._totals is None else [t + v for t, v in zip(self._totals, values)]
@@ -133,7 +131,7 @@ def shared_tensor(array: np.ndarray, backend: str = "tensorflow") -> Any:
     return tf.convert_to_tensor(np.ascontiguousarray(array))
 
 
-def trace(model: Any, columns: ColumnMap, backend: str) -> None:
+def trace(model: Any, columns: ColumnMap, backend: str, weighted: bool = False) -> None:
     """Trace ``model``'s window loop ahead of time, from the column shapes, and run it once on no batches.
 
     Tracing builds the graph, but TensorFlow optimizes and instantiates a
@@ -148,6 +146,8 @@ def trace(model: Any, columns: ColumnMap, backend: str) -> None:
 
     ensure_optimizer_built(model)
     data = [tf.zeros((1, *[1 if d is None else d for d in b.shape]), b.dtype) for b in columns.bindings]
+    if weighted and columns.labels:
+        data.append(tf.ones((1,), tf.float32))  # the rows' weights (class_weight)
     _traced_loop(model, columns, data)(data, tf.zeros((0, 1), tf.int32))
 
 
@@ -155,19 +155,16 @@ def _traced_loop(model: Any, columns: ColumnMap, data: list[Any]) -> Any:
     """The model's traced window loop, made once per model and Python worker.
 
     The partition's tensors are arguments, not captured constants, so the
-    next task (the next epoch, another partition) reuses the trace.
+    next task (the next epoch, another partition) reuses the trace. One
+    trace per number of tensors: a fit with ``class_weight`` adds the rows'
+    weights.
     """
     import tensorflow as tf
 
-    cached = getattr(model, "_sparkeras_window_loop", None)
-    if cached is not None:
-        return cached
-    k = len(columns.features)
-
-    def split(batch: list[Any]) -> tuple[Any, Any]:
-        return columns.x(batch[:k]), columns.y(batch[k:])
-
-    x, y = split([d[:1] for d in data])
+    loops = model.__dict__.setdefault("_sparkeras_window_loops", {})
+    if len(data) in loops:
+        return loops[len(data)]
+    x, y = columns.data([d[:1] for d in data])[:2]
     model._symbolic_build(data_batch=(x, y, None))  # metric variables: a traced loop cannot create them
     signature = [[tf.TensorSpec([None, *d.shape[1:]], d.dtype) for d in data],
                  tf.TensorSpec([None, None], tf.int32)]
@@ -176,10 +173,10 @@ def _traced_loop(model: Any, columns: ColumnMap, data: list[Any]) -> Any:
     def loop(tensors: list[Any], batches: Any) -> Any:
         for i in tf.range(tf.shape(batches)[0]):
             rows = batches[i]
-            model.train_step(split([tf.gather(t, rows) for t in tensors]))
+            model.train_step(columns.data([tf.gather(t, rows) for t in tensors]))
         return tf.constant(0)
 
-    model._sparkeras_window_loop = loop
+    loops[len(data)] = loop
     return loop
 
 
@@ -189,29 +186,27 @@ class _JaxWindows:
     The loop runs a number of steps given at run time over a ``[capacity,
     batch]`` index array, padded to a power of two, so windows of different
     lengths (the last of an epoch, say) reuse a few compilations instead of
-    compiling one each. The jitted function is made once per model and
-    Python worker.
+    compiling one each. The jitted function is made once per model, Python
+    worker and number of arrays (``class_weight`` adds one).
     """
 
     def __init__(self, model: Any, columns: ColumnMap, arrays: Sequence[np.ndarray]) -> None:
         self.model = model
-        k = len(columns.features)
-        x, y = columns.x([a[:1] for a in arrays[:k]]), columns.y([a[:1] for a in arrays[k:]])
+        x, y = columns.data([a[:1] for a in arrays])[:2]
         model._symbolic_build(data_batch=(x, y, None))  # metric variables exist before the state is taken
-        self._window = getattr(model, "_sparkeras_jax_window", None) or self._compile(model, columns)
-        model._sparkeras_jax_window = self._window
+        windows = model.__dict__.setdefault("_sparkeras_jax_windows", {})
+        self._window = windows.get(len(arrays)) or self._compile(model, columns)
+        windows[len(arrays)] = self._window
 
     @staticmethod
     def _compile(model: Any, columns: ColumnMap) -> Any:
         import jax
         import jax.numpy as jnp
 
-        k = len(columns.features)
-
         def window(state: Any, tensors: list[Any], batches: Any, steps: Any) -> Any:
             def step(i: Any, state: Any) -> Any:
                 batch = [jnp.take(t, batches[i], axis=0) for t in tensors]
-                _, state = model.train_step(state, (columns.x(batch[:k]), columns.y(batch[k:])))
+                _, state = model.train_step(state, columns.data(batch))
                 return state
 
             return jax.lax.fori_loop(0, steps, step, state)

@@ -17,6 +17,7 @@ import numpy as np
 
 from sparkeras.data.columns import ColumnMap
 from sparkeras.data.packing import read_partition
+from sparkeras.data.weights import ClassWeights, row_weights
 from sparkeras.comm.server import ServerAddress
 from sparkeras.inference.batch import flat_outputs
 from sparkeras.progress import ProgressReporter
@@ -32,6 +33,14 @@ class WorkerSpec:
     backend: str
     seed: int = 0
     progress: ServerAddress | None = None
+    class_weight: ClassWeights | None = None  # see sparkeras.data.weights
+
+    def training_arrays(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """A partition's arrays for training: with ``class_weight``, each row's weight after its labels."""
+        if self.class_weight is None or not self.columns.labels:
+            return arrays
+        labels = arrays[len(self.columns.features)]
+        return [*arrays, row_weights(labels, self.class_weight)]
 
 
 @dataclass(frozen=True)
@@ -64,7 +73,7 @@ def _setup(spec: WorkerSpec) -> tuple[Any, int]:
 
 def warm_up(spec: WorkerSpec, _: Iterator[Any]) -> Iterator[tuple]:
     """Start this Python worker's backend import and model build in the background, and return."""
-    runtime.warm_up(spec.model, spec.backend, spec.columns)
+    runtime.warm_up(spec.model, spec.backend, spec.columns, spec.class_weight is not None)
     return iter(())
 
 
@@ -102,6 +111,7 @@ def train_window(spec: WorkerSpec, window: Window, state: Any, blocks: Iterator[
         yield _result(partition, 0, 0, b"", b"")
         return
     set_model_state(model, unpack_arrays(state.value))
+    arrays = spec.training_arrays(arrays)
     order = (np.random.default_rng([spec.seed, window.epoch, partition]).permutation(n) if window.shuffle
              else np.arange(n))
     reporter = None

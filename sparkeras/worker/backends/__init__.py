@@ -45,10 +45,13 @@ class GradientSteps:
         self.buffer = np.zeros(sum(self.sizes), np.float32)
         self.synced_layers: list[Any] = synchronize_batch_norm(model, global_sum) if global_sum else []
 
-    def step(self, x: Any, y: Any, rows: int, share: float) -> None:
-        """Train one step; ``share`` is this task's fraction of the step's global batch."""
+    def step(self, x: Any, y: Any, rows: int, share: float, sample_weight: Any = None) -> None:
+        """Train one step; ``share`` is this task's fraction of the step's global batch.
+
+        ``sample_weight`` weighs each row's loss (``class_weight``), as in ``fit``.
+        """
         if rows:
-            self.local_gradients(x, y, share)
+            self.local_gradients(x, y, share, sample_weight)
         elif self.synced_layers:
             self.empty_pass(x)  # the other tasks' BatchNorm sums wait for this one's zeros
         else:
@@ -56,8 +59,8 @@ class GradientSteps:
         self.collective.allreduce_(self.buffer)
         self.apply_sum()
 
-    def local_gradients(self, x: Any, y: Any, share: float) -> None:
-        """Fill ``buffer`` with the gradients of ``share`` times the loss on this task's rows."""
+    def local_gradients(self, x: Any, y: Any, share: float, sample_weight: Any = None) -> None:
+        """Fill ``buffer`` with the gradients of ``share`` times the (weighted) loss on this task's rows."""
         raise NotImplementedError
 
     def empty_pass(self, x: Any) -> None:

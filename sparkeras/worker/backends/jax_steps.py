@@ -32,15 +32,16 @@ class JaxSteps(GradientSteps):
             return jnp.concatenate([jnp.ravel(g).astype(jnp.float32) for g in grads])
 
         def gradients(trainable: Any, non_trainable: Any, metrics: Any, optimizer: Any, x: Any, y: Any,
-                      share: Any) -> Any:
+                      sample_weight: Any, share: Any) -> Any:
             def loss(trainable: Any, non_trainable: Any, metrics: Any) -> Any:
                 value, aux = model.compute_loss_and_updates(
-                    trainable, non_trainable, metrics, x, y, None, training=True, optimizer_variables=optimizer)
+                    trainable, non_trainable, metrics, x, y, sample_weight, training=True,
+                    optimizer_variables=optimizer)
                 return value * share, aux
 
             (_, (unscaled, y_pred, non_trainable, metrics)), grads = jax.value_and_grad(loss, has_aux=True)(
                 trainable, non_trainable, metrics)
-            _, metrics = model._update_metrics_variables(metrics, unscaled, x, y, y_pred, None)
+            _, metrics = model._update_metrics_variables(metrics, unscaled, x, y, y_pred, sample_weight)
             return flat(grads), non_trainable, metrics
 
         def empty_pass(trainable: Any, non_trainable: Any, x: Any) -> Any:
@@ -70,9 +71,9 @@ class JaxSteps(GradientSteps):
             self._state = [[v.value for v in variables] for variables in self._owners()]
         return self._state
 
-    def local_gradients(self, x: Any, y: Any, share: float) -> None:
+    def local_gradients(self, x: Any, y: Any, share: float, sample_weight: Any = None) -> None:
         state = self._load()
-        buffer, state[1], state[2] = self._gradients(*state, x, y, np.float32(share))
+        buffer, state[1], state[2] = self._gradients(*state, x, y, sample_weight, np.float32(share))
         self.buffer[:] = np.asarray(buffer)
 
     def empty_pass(self, x: Any) -> None:

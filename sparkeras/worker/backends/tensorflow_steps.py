@@ -23,14 +23,14 @@ class TensorFlowSteps(GradientSteps):
                                                  tf.float32), [-1]) for g, v in zip(grads, variables)], 0)
 
         @tf.function(reduce_retracing=True)
-        def gradients(x: Any, y: Any, share: Any) -> Any:
+        def gradients(x: Any, y: Any, sample_weight: Any, share: Any) -> Any:
             with tf.GradientTape() as tape:
                 y_pred = model(x, training=True)
-                loss = model._compute_loss(x=x, y=y, y_pred=y_pred, training=True)
+                loss = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
                 model._loss_tracker.update_state(loss, sample_weight=tf.shape(tf.nest.flatten(x)[0])[0])
                 scaled = model.optimizer.scale_loss(loss * share)
             grads = tape.gradient(scaled, variables)
-            model.compute_metrics(x, y, y_pred)
+            model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
             return flat(grads)
 
         @tf.function(reduce_retracing=True)
@@ -48,10 +48,10 @@ class TensorFlowSteps(GradientSteps):
 
         self._gradients, self._empty_pass, self._apply = gradients, empty_pass, apply
 
-    def local_gradients(self, x: Any, y: Any, share: float) -> None:
+    def local_gradients(self, x: Any, y: Any, share: float, sample_weight: Any = None) -> None:
         import tensorflow as tf
 
-        self.buffer[:] = self._gradients(x, y, tf.constant(share, tf.float32)).numpy()
+        self.buffer[:] = self._gradients(x, y, sample_weight, tf.constant(share, tf.float32)).numpy()
 
     def empty_pass(self, x: Any) -> None:
         self.buffer[:] = self._empty_pass(x).numpy()

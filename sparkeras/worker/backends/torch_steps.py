@@ -15,7 +15,7 @@ class TorchSteps(GradientSteps):
     def __init__(self, model: Any, collective: Any, sync_batch_norm: bool) -> None:
         super().__init__(model, collective, global_sum(collective) if sync_batch_norm else None)
 
-    def _backward(self, x: Any, y: Any, share: float | None) -> None:
+    def _backward(self, x: Any, y: Any, share: float | None, sample_weight: Any = None) -> None:
         import torch
         from keras import ops, tree
 
@@ -27,7 +27,9 @@ class TorchSteps(GradientSteps):
             loss = sum(torch.sum(t) for t in tree.flatten(y_pred)) * 0.0
         else:
             y = tree.map_structure(ops.convert_to_tensor, y)
-            unscaled = model._compute_loss(x=x, y=y, y_pred=y_pred, training=True)
+            if sample_weight is not None:
+                sample_weight = ops.convert_to_tensor(sample_weight)
+            unscaled = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
             model._loss_tracker.update_state(unscaled, sample_weight=tree.flatten(x)[0].shape[0])
             loss = model.optimizer.scale_loss(unscaled * share)
         loss.backward()
@@ -35,11 +37,11 @@ class TorchSteps(GradientSteps):
             grads = [torch.zeros(v.shape) if v.value.grad is None else v.value.grad for v in self.variables]
             self.buffer[:] = torch.cat([g.reshape(-1).float().cpu() for g in grads]).numpy()
             if share is not None:
-                model.compute_metrics(x, y, y_pred)
+                model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
         model.zero_grad()
 
-    def local_gradients(self, x: Any, y: Any, share: float) -> None:
-        self._backward(x, y, share)
+    def local_gradients(self, x: Any, y: Any, share: float, sample_weight: Any = None) -> None:
+        self._backward(x, y, share, sample_weight)
 
     def empty_pass(self, x: Any) -> None:
         self._backward(x, None, None)
