@@ -174,8 +174,8 @@ class KerasClassifier(ClassifierMixin, _SparkKerasBase):
         given = self.class_weight
         if given is None:
             return None
-        counts = np.bincount(target, minlength=len(self.classes_))
         if isinstance(given, str) and given == "balanced":
+            counts = np.bincount(target, minlength=len(self.classes_))
             return {i: len(target) / (len(counts) * n) for i, n in enumerate(counts)}
         if not isinstance(given, Mapping):
             raise InputError(f"class_weight must be a dict {{label: weight}} or 'balanced', got {given!r}.")

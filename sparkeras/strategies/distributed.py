@@ -46,10 +46,11 @@ dist-keras.
 A worker keeps its own optimizer state (and, for the elastic rules, its own
 weights) across epochs: they travel back to the driver with the task's
 result and are handed back at the next join, with the driver's learning rate
-put in (callbacks such as ``ReduceLROnPlateau`` set it there). The driver's model receives the
-center's weights after every epoch (:meth:`DistributedOptimizer.model_weights`;
-model averaging takes its Nesterov look-ahead out of them); its optimizer
-state is left as it was. Validation runs on those weights, the saved model's.
+put in (callbacks such as ``ReduceLROnPlateau`` set it there). The driver's
+model receives the center's weights after every epoch
+(:meth:`DistributedOptimizer.model_weights`; model averaging takes its
+Nesterov look-ahead out of them); its optimizer state is left as it was.
+Validation runs on those weights, the saved model's.
 """
 
 from __future__ import annotations
