@@ -53,6 +53,7 @@ def _from_trial(trial):
     ({"n_trials": 2, "direction": "up"}, "direction must be 'minimize' or 'maximize'"),
     ({"n_trials": 2, "validation_split": 0.0}, "metric='val_loss' needs validation data"),
     ({"n_trials": 2, "timeout": -1}, "timeout must be a positive number"),
+    ({"n_trials": 2, "class_weight": [1.0, 2.0]}, "class_weight must be a dict {class id: weight}"),
 ])
 def test_bad_arguments_are_named_before_spark_starts(options, words):
     with pytest.raises(InputError) as err:
@@ -288,3 +289,28 @@ def test_bad_ensemble_settings_are_named(options, words):
     with pytest.raises(InputError) as err:
         sparkeras.Ensemble(lambda: None, **options)
     assert words in str(err.value)
+
+
+@pytest.mark.parametrize("workers_per_trial", [1, 2], ids=["one-task-trials", "distributed-trials"])
+def test_class_weight_applies_to_every_trial(spark, workers_per_trial):
+    """Scored by the validation recall of a rare class: the weighted search's trial finds far more of it."""
+    import keras
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 8)).astype(np.float32)
+    y = ((x[:, 0] + 0.8 * rng.normal(size=3000)) > 1.6).astype(np.int64)  # about 8% positives
+
+    def build(trial):
+        keras.utils.set_random_seed(3)
+        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
+                                  keras.layers.Dense(1, activation="sigmoid")])
+        model.compile(keras.optimizers.Adam(trial.suggest_float("learning_rate", 1e-3, 1e-3)), "binary_crossentropy",
+                      metrics=[keras.metrics.Recall(name="recall")])
+        return model
+
+    def recall(**options):
+        study = sparkeras.tune(build, x, y, n_trials=1, epochs=3, metric="val_recall", direction="maximize",
+                               workers_per_trial=workers_per_trial, verbose=0, seed=0, **options)
+        return study.best_value
+
+    assert recall(class_weight={0: 1.0, 1: float((y == 0).sum() / (y == 1).sum())}) > recall() + 0.2

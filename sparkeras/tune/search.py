@@ -46,6 +46,7 @@ import threading
 import time
 from typing import Any, Callable, Mapping
 
+from sparkeras.data.weights import ClassWeights, check_class_weight, check_class_weight_fits
 from sparkeras.errors import InputError, SparkerasError
 from sparkeras.tune.space import distributions, suggest
 
@@ -81,6 +82,7 @@ def tune(
     seed: int | None = None,
     verbose: int = 1,
     tracking: Any = None,
+    class_weight: Mapping[int, float] | None = None,
 ) -> Any:
     """Search hyperparameters with Optuna, training the trials concurrently on Spark; returns the ``optuna.Study``.
 
@@ -117,9 +119,12 @@ def tune(
             and each trial a nested run with its params, every epoch's
             metrics and its end (``FINISHED``, ``KILLED`` when pruned,
             ``FAILED``).
+        class_weight: ``{class id: weight}`` for every trial's training loss,
+            as in Keras' ``fit``.
     """
     _check_arguments(build_model, n_trials, timeout, metric, direction, epochs, batch_size, validation_split,
                      validation_data, workers_per_trial, max_concurrent, verbose)
+    weights = check_class_weight(class_weight)
     if tracking is not None:
         from sparkeras.tracking.mlflow import MLflowLogger
 
@@ -153,7 +158,7 @@ def tune(
     try:
         search = Search(study, build_model, frames, space=space, metric=metric, epochs=epochs,
                         batch_size=batch_size, workers_per_trial=workers_per_trial, strategy=strategy,
-                        custom_objects=custom_objects, seed=seed, verbose=verbose)
+                        custom_objects=custom_objects, seed=seed, verbose=verbose, class_weight=weights)
         if tracking is not None:
             from sparkeras.data.sources import describe_source
 
@@ -204,13 +209,15 @@ class Search:
 
     def __init__(self, study: Any, build_model: Callable[[Any], Any], frames: Any, *, space: Any, metric: str,
                  epochs: int, batch_size: int, workers_per_trial: int, strategy: Any,
-                 custom_objects: Mapping[str, Any] | None, seed: int, verbose: int) -> None:
+                 custom_objects: Mapping[str, Any] | None, seed: int, verbose: int,
+                 class_weight: ClassWeights | None = None) -> None:
         from sparkeras.tune.progress import SearchProgress
 
         self.study, self.build_model, self.frames, self.space = study, build_model, frames, space
         self.metric, self.epochs, self.batch_size = metric, epochs, batch_size
         self.workers_per_trial, self.strategy = workers_per_trial, strategy
         self.custom_objects, self.seed = custom_objects, seed
+        self.class_weight = class_weight
         self.progress = SearchProgress(metric, verbose)
         self.lock = threading.RLock()  # every call into the study, and the trial budget
         self._remaining: int | None = None
@@ -371,6 +378,7 @@ class Search:
 
         frames, number = self.frames, record.trial.number
         columns = resolve_columns(model, frames.schema, frames.features_col, frames.label_col)
+        check_class_weight_fits(self.class_weight, columns)
         sc = frames.train.sparkSession.sparkContext
         prepared = []
         blob = None
@@ -386,7 +394,7 @@ class Search:
             if rows.getNumPartitions() > 1:
                 rows = rows.coalesce(1)
             spec = WorkerSpec(ModelSpec.from_model(model, dict(self.custom_objects or {}) or None), columns,
-                              keras_backend(), self.seed + number)
+                              keras_backend(), self.seed + number, class_weight=self.class_weight)
             task = TrialTask(spec, number, self.epochs, self.batch_size, self.server.address,
                              train.stats.rows, validation_rows)
             blob = sc.broadcast(pack_arrays(model_state(model)))
@@ -432,7 +440,8 @@ class Search:
                             custom_objects=self.custom_objects, seed=self.seed + record.trial.number)
         fitter.fit(self.frames.train, validation_data=self.frames.validation, epochs=self.epochs,
                    batch_size=self.batch_size, features_col=self.frames.features_col,
-                   label_col=self.frames.label_col, callbacks=[trial_reporter(record, self.lock)], verbose=0)
+                   label_col=self.frames.label_col, callbacks=[trial_reporter(record, self.lock)], verbose=0,
+                   class_weight=dict(self.class_weight) if self.class_weight else None)
 
     def _tell(self, record: Any) -> None:
         import optuna

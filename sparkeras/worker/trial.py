@@ -84,7 +84,8 @@ def run_trial(task: TrialTask, state: Any, rows: Iterator[tuple]) -> Iterator[tu
     reports = _Reports(task)
     try:
         model.fit(x, y, validation_data=validation, epochs=task.epochs, batch_size=task.batch_size,
-                  shuffle=True, verbose=0, callbacks=[reports.callback()])
+                  shuffle=True, verbose=0, callbacks=[reports.callback()],
+                  class_weight=dict(task.worker.class_weight) if task.worker.class_weight else None)
     finally:
         reports.close()
     yield task.number, reports.epochs
