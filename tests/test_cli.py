@@ -45,7 +45,7 @@ def test_train_on_a_local_cluster_then_predict(files, spark):
     res = _cli("train", "--model", str(tmp / "untrained.keras"), "--data", str(tmp / "train.parquet"),
                "--features", "pixels", "--label", "digit", "--epochs", "3", "--batch-size", "32",
                "--workers", "2", "--master", "local-cluster[2,1,1024]", "--output", str(tmp / "trained.keras"),
-               "--quiet", "--plot", str(tmp / "curves.png"))
+               "--quiet", "--plot", str(tmp / "curves.png"), "--class-weight", "0=1,3=1.5")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "saved" in res.stdout and f"learning curves: {tmp / 'curves.png'}" in res.stdout
     from PIL import Image
@@ -149,6 +149,9 @@ def _free_port():
     (["--images", "{tmp}/no-images"], "--images: '{tmp}/no-images' is not there; pass the folder that holds"),
     (["--images", "{tmp}", "--image-size", "32by32"], "--image-size must be HEIGHTxWIDTH in pixels, e.g. 224x224"),
     (["--master", "spark://127.0.0.1:{port}"], "--master: cannot reach the Spark master at 127.0.0.1:{port}"),
+    (["--class-weight", "0=1,cat=2"], "--class-weight takes CLASS_ID=WEIGHT pairs separated by commas, e.g. "
+                                      "0=1,1=9; got 'cat=2'."),
+    (["--class-weight", "0=-1"], "--class-weight: class_weight[0] must be a finite number >= 0, got -1.0."),
 ])
 def test_argument_mistakes_fail_before_spark_or_tensorflow_start(files, args, message):
     tmp = files[0]

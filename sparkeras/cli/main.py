@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--output", required=True, help="where to write the trained .keras model")
     train.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     train.add_argument("--seed", type=int, default=None)
+    train.add_argument("--class-weight", metavar="ID=WEIGHT,...",
+                       help="weigh the training loss by class, as Keras' class_weight: e.g. 0=1,1=9")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("--plot", help="write the learning curves (loss and metrics, train and validation) "
                                       "to this .png file")
@@ -162,12 +164,34 @@ def check_arguments(args: argparse.Namespace) -> None:
         except InputError as exc:
             raise InputError(f"--strategy: {exc}") from None
         check_output(args.output, kind="model", overwrite=args.overwrite, inputs=inputs, flag="--output")
+        _class_weight(args)
         if args.plot:
             from sparkeras.tracking.plots import check_plot_path
 
             check_plot_path(args.plot, args.overwrite, "--plot", inputs + [args.output])
     else:
         check_output(args.output, kind="table", overwrite=args.overwrite, inputs=inputs, flag="--output")
+
+
+def _class_weight(args: argparse.Namespace) -> dict[int, float] | None:
+    """``--class-weight 0=1,1=9`` as Keras' ``class_weight`` dict."""
+    from sparkeras.data.weights import check_class_weight
+    from sparkeras.errors import InputError
+
+    if not args.class_weight:
+        return None
+    weights = {}
+    for item in args.class_weight.split(","):
+        key, _, value = item.partition("=")
+        try:
+            weights[int(key)] = float(value)
+        except ValueError:
+            raise InputError(f"--class-weight takes CLASS_ID=WEIGHT pairs separated by commas, e.g. 0=1,1=9; "
+                             f"got {item.strip()!r}.") from None
+    try:
+        return dict(check_class_weight(weights))
+    except InputError as exc:
+        raise InputError(f"--class-weight: {exc}") from None
 
 
 def _image_size(args: argparse.Namespace) -> tuple[int, int] | None:
@@ -262,7 +286,7 @@ def _train(args: argparse.Namespace) -> int:
             validation = _read_images(spark, args, sm.model, "folder", validation)
     history = sm.fit(data, epochs=args.epochs, batch_size=args.batch_size,
                      validation_data=validation, features_col=features,
-                     label_col=label, verbose=0 if args.quiet else 1)
+                     label_col=label, verbose=0 if args.quiet else 1, class_weight=_class_weight(args))
     sm.save(args.output, overwrite=args.overwrite)
     final = {k: round(v[-1], 6) for k, v in history.history.items()}
     print(f"saved {args.output}; final epoch: {json.dumps(final)}")
