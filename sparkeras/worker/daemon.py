@@ -52,7 +52,7 @@ import gc
 import importlib
 import json
 import os
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 
 def configured_backend() -> str:
@@ -110,10 +110,30 @@ def _stdout_kept_for_spark() -> Iterator[None]:
         os.close(saved)
 
 
+def quiet_when_cut_short(worker: Callable[[Any, bool], int]) -> Callable[[Any, bool], int]:
+    """Spark's worker body, minus the traceback Spark prints when the JVM stops reading a task early.
+
+    ``df.limit(n).collect()``, ``take`` and ``first`` close a Python task's
+    socket once they have their rows. The worker's last flush then meets a
+    closed pipe, and Spark's daemon prints a ``BrokenPipeError`` traceback
+    on the user's terminal for a query that succeeded (three of them for one
+    ``limit(2)`` over a DataFrame made from Python rows). Here the worker
+    ends quietly instead, not reused, as Spark's daemon would have ended it.
+    """
+    def run(sock: Any, authenticated: bool) -> int:
+        try:
+            return worker(sock, authenticated)
+        except (BrokenPipeError, ConnectionResetError):
+            return 1
+
+    return run
+
+
 def main() -> None:
     preload()
     from pyspark import daemon
 
+    daemon.worker = quiet_when_cut_short(daemon.worker)
     daemon.manager()
 
 
