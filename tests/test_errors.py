@@ -195,3 +195,29 @@ def test_one_hot_labels_with_a_sparse_loss(spark):
     with pytest.raises(InputError, match=r"label column 'label' holds arrays \(one-hot rows\?\), but the loss "
                                          r"'sparse_categorical_crossentropy' expects one class index per row"):
         SparkModel(mlp(), num_workers=2).fit(x, onehot, verbose=0)
+
+
+def test_a_model_without_symbolic_inputs_gets_the_fix_that_applies(spark):
+    import keras
+
+    class Ranker(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(10, activation="softmax")
+
+        def call(self, x):
+            return self.dense(x)
+
+    x, y = blobs(40)
+    ranker = Ranker()
+    ranker(x[:1])  # built by a call, as most users build one
+    ranker.compile("adam", "sparse_categorical_crossentropy")
+    with pytest.raises(InputError, match=r"The model is a subclassed keras.Model \(Ranker\), which has no symbolic "
+                                         r"inputs even once built.*inputs = keras.Input\(shape=\(16,\)\); "
+                                         r"model = keras.Model\(inputs, ranker\(inputs\)\)"):
+        SparkModel(ranker, num_workers=1).fit(x, y, verbose=0)
+    unbuilt = keras.Sequential([keras.layers.Dense(10, activation="softmax")])
+    unbuilt.compile("adam", "sparse_categorical_crossentropy")
+    with pytest.raises(InputError, match=r"The model has no known inputs: build it first \(start it with "
+                                         r"keras.Input\(shape=...\)"):
+        SparkModel(unbuilt, num_workers=1).fit(x, y, verbose=0)

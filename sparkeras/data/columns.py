@@ -252,11 +252,26 @@ def _tensors(model: Any, attr: str) -> list[Any]:
     except (AttributeError, ValueError):
         tensors = []
     if not tensors:
-        raise InputError(
-            f"The model has no known {attr}: build it first (start it with keras.Input(shape=...) "
-            "or call model.build(input_shape)) so sparkeras can check the data against it."
-        )
+        raise InputError(_no_tensors(model, attr))
     return tensors
+
+
+def _no_tensors(model: Any, attr: str) -> str:
+    """Why ``model`` has no symbolic ``attr``, and the fix; a built subclassed model needs a functional wrapper.
+
+    Keras gives a subclassed ``keras.Model`` no symbolic inputs or outputs,
+    even once ``build`` ran, so the usual advice ("build it first") would
+    send its user in a circle.
+    """
+    built = dict(getattr(model, "_build_shapes_dict", None) or {})
+    if getattr(model, "built", False) and len(built) == 1:
+        shape = tuple(next(iter(built.values())) or ())[1:]
+        return (f"The model is a subclassed keras.Model ({type(model).__name__}), which has no symbolic {attr} even "
+                f"once built, so sparkeras cannot check the data against it. Wrap it in a functional model and "
+                f"compile that: inputs = keras.Input(shape={shape}); model = keras.Model(inputs, "
+                f"{type(model).__name__.lower()}(inputs)).")
+    return (f"The model has no known {attr}: build it first (start it with keras.Input(shape=...) "
+            "or call model.build(input_shape)) so sparkeras can check the data against it.")
 
 
 def layer_name(tensor: Any, default: str) -> str:
