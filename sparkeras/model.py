@@ -20,7 +20,8 @@ from sparkeras.data.sources import (Dataset, as_dataset, describe_source, materi
                                     validation_dataset)
 from sparkeras.errors import InputError
 from sparkeras.progress import ProgressBar, ProgressServer
-from sparkeras.serialization import ModelSpec, model_state, pack_arrays, set_model_state
+from sparkeras.serialization import (ModelSpec, check_rebuilds, model_state, pack_arrays, set_model_state,
+                                     start_rebuild_check)
 from sparkeras.session import console_progress_paused, driver_host, get_spark, keras_backend, workers_preloaded
 from sparkeras.storage.model_file import check_model_archive, load_keras
 from sparkeras.storage.outputs import (check_output, check_remote_output, hadoop_copy, is_remote,
@@ -198,9 +199,12 @@ class SparkModel:
         strategy_name = getattr(self.strategy, "name", type(self.strategy).__name__)
         try:
             _fit_starting(callbacks, strategy_name)
-            warming = start_warm_up(spark, self._spec(columns, class_weight=class_weight), workers)
+            spec = self._spec(columns, class_weight=class_weight)
+            warming = start_warm_up(spark, spec, workers)
+            rebuilt = start_rebuild_check(spec.model)
             train = prepare(dataset, columns, workers, balance=self.balance_partitions)
             prepared.append(train)
+            rebuilt()
             if workers > train.stats.rows:
                 raise InputError(
                     f"num_workers={workers} is larger than the {train.stats.rows} rows of the training data; "
@@ -285,10 +289,12 @@ class SparkModel:
         if dataset.label_col is None:
             raise InputError("evaluate needs labels: pass y= with numpy features, or label_col=.")
         columns = resolve_columns(self._model, dataset.schema, dataset.features_col, dataset.label_col)
+        spec = self._spec(columns)
+        check_rebuilds(spec.model)
         prepared = prepare(dataset, columns, workers, "evaluation data")
         blob = spark.sparkContext.broadcast(pack_arrays(model_state(self._model)))
         try:
-            return evaluate(prepared, self._spec(columns), blob, batch_size, MetricReader(self._model, prepared))
+            return evaluate(prepared, spec, blob, batch_size, MetricReader(self._model, prepared))
         finally:
             blob.unpersist()
             prepared.release()
@@ -322,8 +328,9 @@ class SparkModel:
 
     def _predict_local(self, spark: Any, dataset: Dataset, columns: ColumnMap, workers: int,
                        batch_size: int) -> Any:
-        prepared = prepare(dataset, columns, workers, "prediction data")
         spec = self._spec(columns)
+        check_rebuilds(spec.model)
+        prepared = prepare(dataset, columns, workers, "prediction data")
         blob = spark.sparkContext.broadcast(pack_arrays(model_state(self._model)))
         try:
             results = run_partitions(

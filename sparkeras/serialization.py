@@ -14,6 +14,7 @@ import importlib
 import json
 import struct
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
@@ -159,6 +160,65 @@ class ModelSpec:
                     "there.") from None
         with keras.saving.custom_object_scope(self.custom_objects or {}):
             return keras.saving.deserialize_keras_object(config)
+
+
+_REBUILT: set[str] = set()  # keys of the model specs this process has rebuilt once
+
+
+def check_rebuilds(spec: ModelSpec) -> None:
+    """Rebuild the model from its config once, here, so what every worker would fail on is an InputError now.
+
+    Workers rebuild the user's model from its Keras config. A model that
+    cannot be (a ``Lambda`` holding a Python lambda, which Keras refuses to
+    rebuild in safe mode; a custom loss or layer that is not registered)
+    otherwise failed in every task, after packing, with Spark's retries
+    and stack traces on the terminal. Once per architecture and process:
+    refits and other models of the same config skip it.
+    """
+    if spec.key in _REBUILT:
+        return
+    try:
+        with tensorflow_left_unimported():
+            spec.build()
+    except Exception as exc:  # noqa: BLE001 - Keras raises many kinds; each becomes the same clear error
+        raise _rebuild_error(exc) from None
+    _REBUILT.add(spec.key)
+
+
+def start_rebuild_check(spec: ModelSpec) -> Any:
+    """:func:`check_rebuilds` on a thread of its own, beside the data's packing; call the result to wait for it."""
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            check_rebuilds(spec)
+        except BaseException as exc:  # noqa: BLE001 - raised by the waiter, on the fit's thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="sparkeras-rebuild-check", daemon=True)
+    thread.start()
+
+    def wait() -> None:
+        thread.join()
+        if failure:
+            raise failure[0]
+
+    return wait
+
+
+def _rebuild_error(exc: Exception) -> Exception:
+    from sparkeras.errors import InputError
+
+    said = f"{type(exc).__name__}: {exc}".strip()
+    head = "The model cannot be rebuilt from its Keras config, as every Spark worker must rebuild it"
+    if "Lambda" in said and "safe_mode" in said:
+        return InputError(f"{head}: it has a Lambda layer holding a Python lambda, which Keras refuses to rebuild "
+                          "(safe mode). Replace the Lambda with a small custom layer registered with "
+                          "@keras.saving.register_keras_serializable(), in a module the workers can import.")
+    return InputError(f"{head} ({said[:600]}). Register custom layers, losses and metrics with "
+                      "@keras.saving.register_keras_serializable() in a module the workers can import "
+                      "(ship it with --py-files or sc.addPyFile()), or pass them to SparkModel as "
+                      "custom_objects={name: object}.")
 
 
 def _custom_modules(config: Any) -> set[str]:

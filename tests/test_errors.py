@@ -221,3 +221,34 @@ def test_a_model_without_symbolic_inputs_gets_the_fix_that_applies(spark):
     with pytest.raises(InputError, match=r"The model has no known inputs: build it first \(start it with "
                                          r"keras.Input\(shape=...\)"):
         SparkModel(unbuilt, num_workers=1).fit(x, y, verbose=0)
+
+
+def test_a_model_the_workers_cannot_rebuild_is_refused_on_the_driver(spark):
+    import keras
+
+    import sparkeras
+
+    def _doubled_loss(y_true, y_pred):  # not registered: a worker cannot rebuild a model compiled with it
+        return 2.0 * keras.losses.sparse_categorical_crossentropy(y_true, y_pred)
+
+    x, y = blobs(64)
+
+    def model(extra=None, loss="sparse_categorical_crossentropy"):
+        inputs = keras.Input((16,))
+        hidden = extra(inputs) if extra is not None else inputs
+        built = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(hidden))
+        built.compile("adam", loss)
+        return built
+
+    lambda_model = model(keras.layers.Lambda(lambda t: t * 2.0))
+    with pytest.raises(InputError, match=r"cannot be rebuilt from its Keras config, as every Spark worker must "
+                                         r"rebuild it: it has a Lambda layer holding a Python lambda"):
+        SparkModel(lambda_model, num_workers=2).fit(x, y, verbose=0)
+    with pytest.raises(InputError, match=r"Lambda layer holding a Python lambda"):
+        sparkeras.register_udf(spark, "doubled", lambda_model)
+    with pytest.raises(InputError, match=r"cannot be rebuilt .*Could not locate function '_doubled_loss'.*"
+                                         r"or pass them to SparkModel as custom_objects=\{name: object\}"):
+        SparkModel(model(loss=_doubled_loss), num_workers=2).predict(x)
+    history = SparkModel(model(loss=_doubled_loss), num_workers=2, custom_objects={"_doubled_loss": _doubled_loss}) \
+        .fit(x, y, epochs=1, verbose=0)  # the advice works
+    assert np.isfinite(history.history["loss"][0])

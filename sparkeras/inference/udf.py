@@ -18,7 +18,7 @@ import pyarrow as pa
 from sparkeras.data.columns import ColumnMap, ColumnSpec, resolve_columns
 from sparkeras.errors import InputError
 from sparkeras.inference.batch import CLASS, VALUE, OutputColumn, PredictionPlan, predict_batches
-from sparkeras.serialization import ModelSpec, pack_arrays
+from sparkeras.serialization import ModelSpec, check_rebuilds, pack_arrays
 from sparkeras.session import keras_backend
 
 OUTPUT_KINDS = ("raw", "class")
@@ -55,9 +55,11 @@ def prediction_udf(
     """An Arrow UDF that predicts ``outputs`` from the columns ``columns`` names (or any, by position)."""
     from pyspark.sql.functions import arrow_udf
 
+    spec = ModelSpec.from_model(model, dict(custom_objects or {}) or None)
+    check_rebuilds(spec)
     weights = spark.sparkContext.broadcast(pack_arrays([np.asarray(v) for v in model.weights]))
-    plan = PredictionPlan(ModelSpec.from_model(model, dict(custom_objects or {}) or None), keras_backend(),
-                          tuple(outputs), batch_size, uuid.uuid4().hex, columns, as_struct, caller)
+    plan = PredictionPlan(spec, keras_backend(), tuple(outputs), batch_size, uuid.uuid4().hex, columns, as_struct,
+                          caller)
 
     def predict(batches: Iterator[Tuple[pa.Array, ...]]) -> Iterator[pa.Array]:
         return predict_batches(plan, weights, batches)
