@@ -155,7 +155,8 @@ def test_predict_rejects_a_wrong_sized_column_with_its_name(spark):
         SparkModel(mlp(dim=16), num_workers=2).predict(_df(spark, x, y))
 
 
-def test_custom_layer_module_missing_on_the_executors(spark, tmp_path):
+def test_custom_layer_module_missing_on_the_executors(spark, tmp_path, caplog):
+    import logging
     import sys
 
     import keras
@@ -170,9 +171,11 @@ def test_custom_layer_module_missing_on_the_executors(spark, tmp_path):
         model = keras.Sequential([keras.Input((16,)), Same(), keras.layers.Dense(10, activation="softmax")])
         model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
         x, y = blobs(40)
-        with pytest.raises(WorkerError, match=r"custom objects from module 'driver_only_layers', which this Python "
-                                              r"worker cannot import .* --py-files or sc.addPyFile"):
+        with caplog.at_level(logging.WARNING, logger="sparkeras"), \
+                pytest.raises(InputError, match=r"custom objects from module 'driver_only_layers', which this "
+                                                r"Python worker cannot import .* --py-files or sc.addPyFile"):
             SparkModel(model, num_workers=2).fit(x, y, verbose=0)
+        assert not [r for r in caplog.records if "runs again" in r.getMessage()]  # the same in every attempt
     finally:
         sys.path.remove(str(tmp_path))
 
