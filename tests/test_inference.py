@@ -74,6 +74,27 @@ def test_sql_udf_for_a_multi_input_model_takes_a_column_per_input(spark):
         spark.sql("SELECT two_inputs(a) FROM pairs").collect()
 
 
+def test_sql_udf_class_of_a_one_unit_binary_classifier(spark):
+    """One sigmoid unit: class 1 above 0.5; with ``from_logits=True``, above a logit of 0."""
+    import keras
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(300, 4)).astype(np.float32)
+    y = (x[:, 0] - x[:, 1] > 0).astype(np.float32)
+    spark.createDataFrame([(r.tolist(),) for r in x], ["features"]).createOrReplaceTempView("binary_rows")
+    for name, activation, loss, cut in (("is_one", "sigmoid", "binary_crossentropy", 0.5),
+                                        ("is_one_logit", None, keras.losses.BinaryCrossentropy(from_logits=True), 0.0)):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation=activation)])
+        model.compile(keras.optimizers.Adam(0.05), loss)
+        model.fit(x, y, epochs=5, verbose=0)
+        sparkeras.register_udf(spark, name, model, output="class")
+        got = np.array([r.c for r in spark.sql(f"SELECT {name}(features) AS c FROM binary_rows").collect()])
+        want = (model.predict(x, verbose=0)[:, 0] > cut).astype(np.float64)
+        assert 0 < want.mean() < 1 and np.array_equal(got, want), name
+        assert np.mean(got == y) > 0.9, name
+
+
 def test_sql_udf_errors_name_the_problem(spark, trained):
     model, x = trained
     with pytest.raises(InputError, match="SQL function name"):

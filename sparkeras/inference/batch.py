@@ -40,13 +40,15 @@ class OutputColumn:
 
     ``kind`` is :data:`VALUE` (the model output ``output`` itself: a double for
     one unit, ``array<float>`` of ``width`` values otherwise) or :data:`CLASS`
-    (the index of its largest value, as a double, as Spark ML labels are).
+    (the index of its largest value, as a double, as Spark ML labels are; for
+    one unit, a binary classifier's, 1.0 above ``cut`` and 0.0 otherwise).
     """
 
     name: str
     output: int
     width: int
     kind: str = VALUE
+    cut: float = 0.5  # one-unit CLASS: 0.5 for a sigmoid's probability, 0.0 for a logit
 
     def spark_type(self) -> Any:
         from pyspark.sql import types as T
@@ -58,6 +60,8 @@ class OutputColumn:
     def to_arrow(self, outputs: list[np.ndarray]) -> pa.Array:
         values = outputs[self.output]
         values = values.reshape(len(values), -1)
+        if self.kind == CLASS and values.shape[1] == 1:
+            return pa.array((values[:, 0] > self.cut).astype(np.float64))
         if self.kind == CLASS:
             return pa.array(values.argmax(axis=1).astype(np.float64))
         if self.width == 1:

@@ -172,11 +172,13 @@ def register_udf(
     _check_inference_model(model)
     widths = output_widths(model)
     if output == CLASS:
-        if len(widths) != 1 or widths[0] < 2:
+        cut = binary_cut(model) if widths == [1] else None
+        if len(widths) != 1 or (widths[0] < 2 and cut is None):
             raise InputError(
-                f"output='class' needs a model with one output of several units (class scores); this model's "
-                f"outputs have {widths} units. Use output='raw'.")
-        outputs = [OutputColumn(name, 0, widths[0], CLASS)]
+                f"output='class' needs a model with one output of several units (class scores), or of one "
+                f"unit trained with binary crossentropy; this model's outputs have {widths} units"
+                f"{'' if widths != [1] else ' and another loss'}. Use output='raw'.")
+        outputs = [OutputColumn(name, 0, widths[0], CLASS, 0.5 if cut is None else cut)]
     elif len(widths) == 1:
         outputs = [OutputColumn(name, 0, widths[0], VALUE)]
     else:
@@ -184,6 +186,16 @@ def register_udf(
     udf = prediction_udf(spark, model, outputs, batch_size, None, custom_objects, as_struct=len(outputs) > 1,
                          caller=f"SQL function {name}")
     return spark.udf.register(name, udf)
+
+
+def binary_cut(model: Any) -> float | None:
+    """Where a one-unit binary classifier's output turns from class 0 to 1: 0.5 for a probability, 0 for a
+    logit (``from_logits=True``); ``None`` when the model was not compiled with a binary crossentropy."""
+    loss = getattr(model, "loss", None)
+    name = loss if isinstance(loss, str) else str(getattr(loss, "name", None) or getattr(loss, "__name__", ""))
+    if "binary" not in name.lower() or "crossentropy" not in name.lower():
+        return None
+    return 0.0 if getattr(loss, "from_logits", False) else 0.5
 
 
 def _check_inference_model(model: Any) -> None:
