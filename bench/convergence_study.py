@@ -46,6 +46,9 @@ class _Columns:
     def y(self, arrays):
         return arrays[0]
 
+    def data(self, arrays):
+        return arrays[0], arrays[1]
+
 
 def _workers(task: Task, x, y, K: int, optimizer=None):
     """The task's model, and K copies of it, each with its own optimizer and contiguous slice of the rows."""
