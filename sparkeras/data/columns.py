@@ -372,7 +372,7 @@ def _bind(
         units = shape[-1] if shape else 1
         if is_scalar:
             if units is not None and units > 1:
-                loss = _loss_name(model, out_index)
+                loss = loss_name(model, out_index)
                 if "categorical" in loss and "sparse" not in loss:
                     raise InputError(
                         f"label column {cols[0]!r} holds one class index per row, but the loss {loss!r} expects "
@@ -384,13 +384,13 @@ def _bind(
             else:
                 if units == 1:
                     shape = ()
-                unit_interval = "binary" in _loss_name(model, out_index)
+                unit_interval = "binary" in loss_name(model, out_index)
         elif units == 1:
-            unit_interval = "binary" in _loss_name(model, out_index)
-        elif "sparse" in _loss_name(model, out_index) and "categorical" in _loss_name(model, out_index):
+            unit_interval = "binary" in loss_name(model, out_index)
+        elif "sparse" in loss_name(model, out_index) and "categorical" in loss_name(model, out_index):
             raise InputError(
                 f"label column {cols[0]!r} holds {kinds[0]}s (one-hot rows?), but the loss "
-                f"{_loss_name(model, out_index)!r} expects one class index per row. Compile with "
+                f"{loss_name(model, out_index)!r} expects one class index per row. Compile with "
                 "loss='categorical_crossentropy' for one-hot labels, or store the class index as a numeric "
                 "column (e.g. with pyspark.ml.functions.vector_to_array and array_position).")
     if len(cols) > 1 and None not in shape and math.prod(shape) != len(cols):
@@ -444,7 +444,8 @@ def _column_kind(dtype: Any) -> str | None:
     return None
 
 
-def _loss_name(model: Any, index: int) -> str:
+def loss_name(model: Any, index: int) -> str:
+    """The lower-cased name of the loss the model trains output ``index`` with ("" when it has none)."""
     loss = getattr(model, "loss", None)
     if isinstance(loss, Mapping):
         names = list(getattr(model, "output_names", None) or [])

@@ -191,11 +191,12 @@ def register_udf(
 def binary_cut(model: Any) -> float | None:
     """Where a one-unit binary classifier's output turns from class 0 to 1: 0.5 for a probability, 0 for a
     logit (``from_logits=True``); ``None`` when the model was not compiled with a binary crossentropy."""
-    loss = getattr(model, "loss", None)
-    name = loss if isinstance(loss, str) else str(getattr(loss, "name", None) or getattr(loss, "__name__", ""))
-    if "binary" not in name.lower() or "crossentropy" not in name.lower():
+    from sparkeras.data.columns import loss_name
+
+    name = loss_name(model, 0)
+    if "binary" not in name or "crossentropy" not in name:
         return None
-    return 0.0 if getattr(loss, "from_logits", False) else 0.5
+    return 0.0 if getattr(getattr(model, "loss", None), "from_logits", False) else 0.5
 
 
 def _check_inference_model(model: Any) -> None:
