@@ -19,6 +19,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.validation import check_is_fitted
 
+from sparkeras.data.columns import trained_on_logits
 from sparkeras.errors import InputError
 
 ModelSource = Any  # a compiled keras.Model, or a callable that returns one
@@ -199,16 +200,17 @@ class KerasClassifier(ClassifierMixin, _SparkKerasBase):
         self._binary = False
         loss = str(getattr(model.loss, "name", model.loss) or "")
         if "categorical" in loss and "sparse" not in loss:
-            model.compile(optimizer=model.optimizer, loss="sparse_categorical_crossentropy",
-                          metrics=model.get_compile_config().get("metrics"))
+            import keras
+
+            sparse = keras.losses.SparseCategoricalCrossentropy(from_logits=trained_on_logits(model))
+            model.compile(optimizer=model.optimizer, loss=sparse, metrics=model.get_compile_config().get("metrics"))
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        """Class probabilities, one column per entry of ``classes_``."""
+        """Class probabilities, one column per entry of ``classes_`` (through the sigmoid or softmax for logits)."""
+        from sparkeras.inference.batch import class_probabilities
+
         raw = self._predict_raw(X).reshape(len(_features(X)), -1)
-        if self._binary:
-            p = raw[:, 0].astype(np.float64)
-            return np.stack([1.0 - p, p], axis=1)
-        return raw.astype(np.float64)
+        return class_probabilities(raw, trained_on_logits(self.model_))
 
     def predict(self, X: Any) -> np.ndarray:
         """The most probable class of each row, as a value of ``classes_``."""

@@ -102,6 +102,31 @@ def test_train_and_predict_on_a_folder_of_image_files(digit_images, tmp_path, sp
     assert np.mean([r.prediction_name == "digit_3" for r in rows]) > 0.8
 
 
+def test_predict_on_image_files_gives_a_binary_classifiers_class(digit_images, tmp_path, spark):
+    """One unit trained with binary crossentropy: ``prediction_class`` is 1 above a probability of 0.5,
+    or above a logit of 0 when compiled ``from_logits=True``."""
+    import keras
+
+    from sparkeras.cli.main import main
+
+    root = digit_images[0]
+    for logits in (False, True):
+        keras.utils.set_random_seed(1)
+        model = keras.Sequential([keras.Input((16, 16, 1)), keras.layers.Rescaling(1 / 255), keras.layers.Flatten(),
+                                  keras.layers.Dense(1, activation=None if logits else "sigmoid")])
+        model.compile("adam", keras.losses.BinaryCrossentropy(from_logits=logits))
+        model.save(str(tmp_path / f"binary{logits}.keras"))
+        out_path = str(tmp_path / f"binary{logits}.parquet")
+        assert main(["predict", "--model", str(tmp_path / f"binary{logits}.keras"), "--images",
+                     os.path.join(root, "digit_1"), "--on-error", "skip", "--output", out_path]) == 0
+        out = spark.read.parquet(out_path)
+        assert out.columns == ["path", "prediction", "prediction_class"]
+        rows = out.collect()
+        cut = 0.0 if logits else 0.5
+        assert rows and all(r.prediction_class == int(r.prediction > cut) for r in rows)
+        assert 0 < np.mean([r.prediction_class for r in rows]) < 1, logits
+
+
 def test_errors_are_one_clear_line_without_a_java_trace(files):
     tmp = files[0]
     res = _cli("predict", "--model", str(tmp / "untrained.keras"), "--data", str(tmp / "train.parquet"),

@@ -325,3 +325,68 @@ def test_class_weight_param_survives_persistence_and_lifts_a_rare_class(spark, t
     with pytest.raises(InputError, match=r"class_weight keys must be class ids .* got 'fraud'"):
         KerasEstimator(model=mlp(dim=8, classes=2), classWeight={"fraud": 2.0}).fit(df)
     df.unpersist()
+
+
+def _binary_rows(spark, n=400, seed=4):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 4)).astype(np.float32)
+    y = (x[:, 0] - x[:, 1] > 0).astype(np.float32)
+    return x, y, spark.createDataFrame([(i, r.tolist(), float(t)) for i, (r, t) in enumerate(zip(x, y))],
+                                       ["id", "features", "label"])
+
+
+def test_transform_of_a_binary_classifier_gives_classes_and_probabilities_as_spark_ml_does(spark, tmp_path):
+    """One unit with binary crossentropy is a classifier: ``prediction`` is its class, so Spark ML's
+    evaluators score it, and ``probability`` is ``[1 - p, p]`` (the sigmoid of a logit with
+    ``from_logits=True``); the same after a save and load. One unit with another loss stays a regression."""
+    import keras
+    from pyspark.ml.evaluation import BinaryClassificationEvaluator, MulticlassClassificationEvaluator
+    from pyspark.ml.functions import array_to_vector  # the evaluators read Vectors
+
+    x, y, frame = _binary_rows(spark)
+    for activation, loss in (("sigmoid", "binary_crossentropy"),
+                             (None, keras.losses.BinaryCrossentropy(from_logits=True))):
+        keras.utils.set_random_seed(0)
+        net = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation=activation)])
+        net.compile(keras.optimizers.Adam(0.05), loss)
+        net.fit(x, y, epochs=5, verbose=0)
+        out = net.predict(x, verbose=0)[:, 0].astype(np.float64)
+        p = out if activation else 1.0 / (1.0 + np.exp(-out))
+        stage = KerasModel(model=net)
+        stage.write().overwrite().save(str(tmp_path / "binary"))
+        for model in (stage, KerasModel.load(str(tmp_path / "binary"))):
+            scored = model.transform(frame)
+            assert dict(scored.dtypes)["prediction"] == "double"
+            rows = scored.orderBy("id").select("prediction", "probability").collect()
+            np.testing.assert_array_equal([r.prediction for r in rows], (p > 0.5).astype(np.float64))
+            np.testing.assert_allclose([r.probability for r in rows], np.stack([1 - p, p], axis=1), atol=1e-5)
+            accuracy = MulticlassClassificationEvaluator(metricName="accuracy").evaluate(scored)
+            assert accuracy == pytest.approx(np.mean((p > 0.5) == y)) and accuracy > 0.9, activation
+            auc = BinaryClassificationEvaluator(rawPredictionCol="raw").evaluate(
+                scored.withColumn("raw", array_to_vector("probability")))
+            assert auc > 0.95, activation
+
+    keras.utils.set_random_seed(0)
+    regression = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    regression.compile("adam", "mse")
+    scored = KerasModel(model=regression).transform(frame)
+    assert "probability" not in scored.columns
+    np.testing.assert_allclose([r.prediction for r in scored.orderBy("id").select("prediction").collect()],
+                               regression.predict(x, verbose=0)[:, 0], atol=1e-5)
+
+
+def test_transform_of_a_softmax_on_logits_gives_probabilities(spark):
+    """Several units trained ``from_logits=True``: ``probability`` is their softmax, not the logits."""
+    import keras
+
+    x, y = blobs(300, dim=4, classes=3, noise=0.5, seed=8)
+    keras.utils.set_random_seed(0)
+    net = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    net.compile(keras.optimizers.Adam(0.05), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    net.fit(x, y, epochs=5, verbose=0)
+    logits = net.predict(x, verbose=0).astype(np.float64)
+    want = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    frame = spark.createDataFrame([(i, r.tolist()) for i, r in enumerate(x)], ["id", "features"])
+    rows = KerasModel(model=net).transform(frame).orderBy("id").collect()
+    np.testing.assert_allclose([r.probability for r in rows], want, atol=1e-5)
+    assert [r.prediction for r in rows] == logits.argmax(axis=1).astype(np.float64).tolist()

@@ -72,6 +72,33 @@ def test_classifier_keeps_label_values_and_binary_models(spark):
     assert set(clf.predict(x)) <= {"cat", "dog"} and clf.score(x, names) > 0.9
 
 
+def test_classifier_of_logits_gives_probabilities_and_trains_on_logits(spark):
+    """Models compiled ``from_logits=True``: ``predict_proba`` applies the sigmoid or softmax, and a
+    categorical loss recompiled to its sparse form keeps ``from_logits`` (without it, training
+    would read logits as probabilities)."""
+    import keras
+
+    x, y = blobs(400, dim=4, classes=3, noise=0.5, seed=6)
+    for classes, loss in ((2, keras.losses.BinaryCrossentropy(from_logits=True)),
+                          (3, keras.losses.CategoricalCrossentropy(from_logits=True))):
+        keep = y < classes
+        keras.utils.set_random_seed(0)
+        net = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
+                                keras.layers.Dense(1 if classes == 2 else classes)])
+        net.compile(optimizer=keras.optimizers.Adam(0.02), loss=loss)
+        clf = KerasClassifier(net, epochs=8, num_workers=2).fit(x[keep], y[keep])
+        assert getattr(clf.model_.loss, "from_logits", False)
+        logits = clf.model_.predict(x[keep], verbose=0).astype(np.float64)
+        if classes == 2:
+            p = 1.0 / (1.0 + np.exp(-logits[:, 0]))
+            want = np.stack([1 - p, p], axis=1)
+        else:
+            want = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        proba = clf.predict_proba(x[keep])
+        np.testing.assert_allclose(proba, want, atol=1e-5)
+        assert clf.score(x[keep], y[keep]) > 0.9, classes
+
+
 def test_regressor_and_a_model_building_function(spark):
     import keras
 

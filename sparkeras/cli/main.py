@@ -326,13 +326,20 @@ def _predict_images(spark, args: argparse.Namespace, sm):
     frame = _read_images(spark, args, sm.model, None)
     out = sm.predict(frame, features_col="image", batch_size=args.batch_size,
                      prediction_col=args.prediction_col).drop("image")
+    from sparkeras.inference.udf import class_outputs
+
+    classifier = class_outputs(sm.model, args.prediction_col)
+    if classifier is None:
+        return out
     scores = F.col(args.prediction_col)
-    if dict(out.dtypes)[args.prediction_col].startswith("array"):
+    if classifier[0].width > 1:
         index = F.array_position(scores, F.array_max(scores)) - 1
-        out = out.withColumn(f"{args.prediction_col}_class", index.cast("int"))
-        if sm.classes:
-            names = F.array(*[F.lit(c) for c in sm.classes])
-            out = out.withColumn(f"{args.prediction_col}_name", F.element_at(names, index.cast("int") + 1))
+    else:  # one unit, binary crossentropy: class 1 above a probability of 0.5 (a logit of 0)
+        index = scores > F.lit(0.0 if classifier[0].logits else 0.5)
+    out = out.withColumn(f"{args.prediction_col}_class", index.cast("int"))
+    if sm.classes:
+        names = F.array(*[F.lit(c) for c in sm.classes])
+        out = out.withColumn(f"{args.prediction_col}_name", F.element_at(names, F.col(f"{args.prediction_col}_class") + 1))
     return out
 
 

@@ -459,6 +459,11 @@ def loss_name(model: Any, index: int) -> str:
     return str(getattr(loss, "name", None) or getattr(loss, "__name__", "")).lower()
 
 
+def trained_on_logits(model: Any) -> bool:
+    """Whether a one-output model's loss was compiled with ``from_logits=True``: its outputs are logits, not probabilities."""
+    return bool(getattr(getattr(model, "loss", None), "from_logits", False))
+
+
 def _column_rows(arr: pa.Array | pa.ChunkedArray, col: str) -> tuple[np.ndarray | None, str | None]:
     """An Arrow column as a 2-D ``(rows, values)`` array, or a problem message."""
     if isinstance(arr, pa.ChunkedArray):

@@ -32,6 +32,25 @@ from sparkeras.worker import runtime
 
 VALUE = "value"
 CLASS = "class"
+PROBABILITY = "probability"
+
+
+def class_probabilities(values: np.ndarray, logits: bool = False) -> np.ndarray:
+    """A classifier's outputs as ``(rows, classes)`` probabilities, as Spark ML's ``probability`` column holds.
+
+    One unit (a binary classifier) gives ``[1 - p, p]``, so that column 1 is
+    class 1 as for several units; ``logits`` (a model compiled with
+    ``from_logits=True``) first applies the sigmoid or the softmax the model
+    leaves to its loss.
+    """
+    values = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
+    if values.shape[1] == 1:
+        p = 1.0 / (1.0 + np.exp(-values[:, 0])) if logits else values[:, 0]
+        return np.stack([1.0 - p, p], axis=1)
+    if not logits:
+        return values
+    shifted = np.exp(values - values.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 @dataclass(frozen=True)
@@ -39,32 +58,38 @@ class OutputColumn:
     """One column a prediction adds to the data.
 
     ``kind`` is :data:`VALUE` (the model output ``output`` itself: a double for
-    one unit, ``array<float>`` of ``width`` values otherwise) or :data:`CLASS`
+    one unit, ``array<float>`` of ``width`` values otherwise), :data:`CLASS`
     (the index of its largest value, as a double, as Spark ML labels are; for
-    one unit, a binary classifier's, 1.0 above ``cut`` and 0.0 otherwise).
+    one unit, a binary classifier's, 1.0 above a probability of 0.5 and 0.0
+    otherwise) or :data:`PROBABILITY` (:func:`class_probabilities`, as
+    ``array<float>``). ``logits`` says the model was compiled with
+    ``from_logits=True``: a one-unit class then turns at a logit of 0, and
+    probabilities pass through the sigmoid or softmax first.
     """
 
     name: str
     output: int
     width: int
     kind: str = VALUE
-    cut: float = 0.5  # one-unit CLASS: 0.5 for a sigmoid's probability, 0.0 for a logit
+    logits: bool = False
 
     def spark_type(self) -> Any:
         from pyspark.sql import types as T
 
-        if self.kind == CLASS or self.width == 1:
-            return T.DoubleType()
-        return T.ArrayType(T.FloatType(), False)
+        if self.kind == PROBABILITY or (self.kind == VALUE and self.width > 1):
+            return T.ArrayType(T.FloatType(), False)
+        return T.DoubleType()
 
     def to_arrow(self, outputs: list[np.ndarray]) -> pa.Array:
         values = outputs[self.output]
         values = values.reshape(len(values), -1)
         if self.kind == CLASS and values.shape[1] == 1:
-            return pa.array((values[:, 0] > self.cut).astype(np.float64))
+            return pa.array((values[:, 0] > (0.0 if self.logits else 0.5)).astype(np.float64))
         if self.kind == CLASS:
             return pa.array(values.argmax(axis=1).astype(np.float64))
-        if self.width == 1:
+        if self.kind == PROBABILITY:
+            values = class_probabilities(values, self.logits)
+        elif self.width == 1:
             return pa.array(values[:, 0].astype(np.float64))
         offsets = np.arange(0, values.size + 1, values.shape[1], dtype=np.int32)
         return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.astype(np.float32).ravel()))

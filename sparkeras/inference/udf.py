@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from sparkeras.data.columns import ColumnMap, ColumnSpec, resolve_columns
 from sparkeras.errors import InputError
-from sparkeras.inference.batch import CLASS, VALUE, OutputColumn, PredictionPlan, predict_batches
+from sparkeras.inference.batch import CLASS, PROBABILITY, VALUE, OutputColumn, PredictionPlan, predict_batches
 from sparkeras.serialization import ModelSpec, check_rebuilds, pack_arrays
 from sparkeras.session import keras_backend
 
@@ -151,7 +151,9 @@ def register_udf(
         output: ``"raw"`` returns the model's output (``array<float>`` for
             several units, ``double`` for one; a struct with a field per output
             for multi-output models); ``"class"`` returns the index of the
-            largest unit as a double.
+            largest unit as a double, or for one unit trained with binary
+            crossentropy 1.0 above a probability of 0.5 (a logit of 0 with
+            ``from_logits=True``).
         custom_objects: custom layers or losses needed to rebuild the model.
 
     The function takes the model's input as one array or Vector column, or as
@@ -172,13 +174,12 @@ def register_udf(
     _check_inference_model(model)
     widths = output_widths(model)
     if output == CLASS:
-        cut = binary_cut(model) if widths == [1] else None
-        if len(widths) != 1 or (widths[0] < 2 and cut is None):
+        outputs = class_outputs(model, name)
+        if outputs is None:
             raise InputError(
                 f"output='class' needs a model with one output of several units (class scores), or of one "
                 f"unit trained with binary crossentropy; this model's outputs have {widths} units"
                 f"{'' if widths != [1] else ' and another loss'}. Use output='raw'.")
-        outputs = [OutputColumn(name, 0, widths[0], CLASS, 0.5 if cut is None else cut)]
     elif len(widths) == 1:
         outputs = [OutputColumn(name, 0, widths[0], VALUE)]
     else:
@@ -188,15 +189,27 @@ def register_udf(
     return spark.udf.register(name, udf)
 
 
-def binary_cut(model: Any) -> float | None:
-    """Where a one-unit binary classifier's output turns from class 0 to 1: 0.5 for a probability, 0 for a
-    logit (``from_logits=True``); ``None`` when the model was not compiled with a binary crossentropy."""
-    from sparkeras.data.columns import loss_name
+def class_outputs(model: Any, prediction_col: str, probability_col: str = "") -> list[OutputColumn] | None:
+    """A classifier's class column (and probabilities, when ``probability_col`` is given), or ``None``.
 
-    name = loss_name(model, 0)
-    if "binary" not in name or "crossentropy" not in name:
+    A classifier has one output, of several units (class scores: the class is
+    the largest), or of one unit compiled with a binary crossentropy (class 1
+    above a probability of 0.5, or a logit of 0 with ``from_logits=True``).
+    A one-unit model trained with another loss is a regression, so ``None``.
+    """
+    from sparkeras.data.columns import loss_name, trained_on_logits
+
+    widths = output_widths(model)
+    if len(widths) != 1:
         return None
-    return 0.0 if getattr(getattr(model, "loss", None), "from_logits", False) else 0.5
+    name = loss_name(model, 0)
+    if widths[0] == 1 and ("binary" not in name or "crossentropy" not in name):
+        return None
+    logits = trained_on_logits(model)
+    outputs = [OutputColumn(prediction_col, 0, widths[0], CLASS, logits)]
+    if probability_col:
+        outputs.append(OutputColumn(probability_col, 0, max(widths[0], 2), PROBABILITY, logits))
+    return outputs
 
 
 def _check_inference_model(model: Any) -> None:

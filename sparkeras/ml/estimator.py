@@ -75,9 +75,12 @@ class KerasEstimator(_InferenceParams, HasLabelCol, HasSeed, Estimator, _KerasSt
         model: a compiled ``keras.Model``; each ``fit`` trains a copy of it.
         featuresCol / labelCol: input columns (a Vector, an array, or a numeric column);
             ``"a,b"`` gives one column per model input, or numeric columns assembled in order.
-        predictionCol: the predicted class (argmax, double) for several output units,
-            or the output itself (double) for one.
-        probabilityCol: the class probabilities (array<float>); ``""`` leaves them out.
+        predictionCol: the predicted class as a double (the largest of several output
+            units; for one unit trained with binary crossentropy, 1.0 above a
+            probability of 0.5), or, for a one-unit regression, the output itself.
+        probabilityCol: a classifier's class probabilities (array<float>; ``[1 - p, p]``
+            for one sigmoid unit; the softmax or sigmoid of logits for a model
+            compiled with ``from_logits=True``); ``""`` leaves them out.
         epochs, batchSize, validationSplit: as in ``model.fit``.
         numWorkers: Spark tasks that train together (0: the default parallelism). When
             ``CrossValidator``/``TrainValidationSplit`` fit several grid points at once
@@ -193,10 +196,13 @@ class KerasEstimator(_InferenceParams, HasLabelCol, HasSeed, Estimator, _KerasSt
 class KerasModel(_InferenceParams, Model, _KerasStage):
     """A trained Keras model as a Spark ML Transformer: batched prediction on the executors.
 
-    ``transform`` keeps every input column and adds ``predictionCol`` (the
-    argmax class as a double for several output units; the output as a
-    double for one) and, for several units, ``probabilityCol``
-    (array<float>). Each Python worker loads the model once and reuses it.
+    ``transform`` keeps every input column and adds, for a classifier,
+    ``predictionCol`` (the class as a double, as Spark ML's classifiers give
+    it) and ``probabilityCol`` (array<float>, one probability per class);
+    for a regression, ``predictionCol`` holds the output. A classifier has
+    several output units, or one trained with binary crossentropy
+    (:func:`sparkeras.inference.udf.class_outputs`). Each Python worker loads
+    the model once and reuses it.
     ``classes`` holds the class names of the training labels, in class index
     order, when they carried them (``read_images(..., labels="folder")``).
     """
@@ -230,20 +236,13 @@ class KerasModel(_InferenceParams, Model, _KerasStage):
         return self.getOrDefault(self.classes) if self.isDefined(self.classes) else None
 
     def _transform(self, dataset: Any) -> Any:
-        from sparkeras.inference.batch import CLASS, OutputColumn
-        from sparkeras.inference.udf import add_predictions, output_columns, output_widths
+        from sparkeras.inference.udf import add_predictions, class_outputs, output_columns
 
         model = self._keras_model
         if model is None:
             raise InputError("KerasModel has no Keras model: KerasModel(model=trained_keras_model).")
-        widths = output_widths(model)
-        prediction, probability = self.getPredictionCol(), self.getProbabilityCol()
-        if len(widths) == 1 and widths[0] > 1:
-            outputs = [OutputColumn(prediction, 0, widths[0], CLASS)]
-            if probability:
-                outputs.append(OutputColumn(probability, 0, widths[0]))
-        else:
-            outputs = output_columns(model, prediction)
+        prediction = self.getPredictionCol()
+        outputs = class_outputs(model, prediction, self.getProbabilityCol()) or output_columns(model, prediction)
         return add_predictions(dataset, model, split_columns(self.getFeaturesCol()), outputs, self.getBatchSize())
 
 
