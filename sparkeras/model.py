@@ -15,9 +15,9 @@ import numpy as np
 
 from sparkeras.data.columns import ColumnMap, ColumnSpec, resolve_columns
 from sparkeras.data.packing import PreparedData, prepare
-from sparkeras.data.weights import ClassWeights, check_class_weight, check_class_weight_fits
+from sparkeras.data.weights import ClassWeights, check_class_weight, check_class_weight_fits, check_row_weights
 from sparkeras.data.sources import (Dataset, as_dataset, describe_source, materialize_rows, split_validation,
-                                    validation_dataset)
+                                    validation_dataset, with_row_weights)
 from sparkeras.errors import InputError
 from sparkeras.progress import ProgressBar, ProgressServer
 from sparkeras.serialization import (ModelSpec, check_rebuilds, model_state, pack_arrays, set_model_state,
@@ -126,6 +126,8 @@ class SparkModel:
         initial_epoch: int = 0,
         checkpoint_dir: str | None = None,
         class_weight: Mapping[int, float] | None = None,
+        weight_col: str | None = None,
+        sample_weight: Any = None,
     ) -> Any:
         """Train on ``data`` and return a ``keras.callbacks.History``.
 
@@ -145,10 +147,15 @@ class SparkModel:
         ``class_weight`` (``{class id: weight}``, as in Keras) weighs each
         training row's loss by its class, on the workers
         (:mod:`sparkeras.data.weights`); validation is not weighted.
+        ``weight_col`` names a numeric column that weighs each row's loss and
+        training metrics (Keras' ``sample_weight``; ``sample_weight=`` takes
+        an array for numpy data), in place of ``class_weight``.
         """
         started = time.perf_counter()
         _check_positive(epochs=epochs, batch_size=batch_size)
         weights = check_class_weight(class_weight)
+        row_weights = check_row_weights(weight_col, sample_weight, _is_numpy(x if x is not None else data),
+                                        class_weight)
         if not 0.0 <= validation_split < 1.0:
             raise InputError(f"validation_split must be in [0, 1), got {validation_split}.")
         if not 0 <= initial_epoch < epochs:
@@ -161,19 +168,26 @@ class SparkModel:
         with console_progress_paused(spark), contextlib.ExitStack() as releases:  # data resolution runs jobs too
             return self._fit(spark, releases, started, data, y, x, epochs, batch_size, validation_data,
                              validation_split, features_col, label_col, callbacks, verbose, shuffle, initial_epoch,
-                             checkpoint_dir, weights)
+                             checkpoint_dir, weights, (weight_col, row_weights))
 
     def _fit(self, spark: Any, releases: contextlib.ExitStack, started: float, data: Any, y: Any, x: Any,
              epochs: int, batch_size: int, validation_data: Any, validation_split: float,
              features_col: ColumnSpec, label_col: ColumnSpec, callbacks: Sequence[Any] | None, verbose: int,
              shuffle: bool, initial_epoch: int, checkpoint_dir: str | None,
-             class_weight: ClassWeights | None = None) -> Any:
-        """:meth:`fit` after its argument checks, with Spark's console bars paused; ``releases`` runs at its end."""
+             class_weight: ClassWeights | None = None, row_weights: tuple = (None, None)) -> Any:
+        """:meth:`fit` after its argument checks, with Spark's console bars paused; ``releases`` runs at its end.
+
+        ``row_weights`` is ``(weight_col, sample_weight)``, checked.
+        """
         workers = self._workers(spark)
         x_data = x if x is not None else data
+        weight_col, sample_weight = row_weights
         if validation_split and validation_data is None and _is_numpy(x_data):
             x_data, y, validation_data = _split_last(x_data, y, validation_split)
-        dataset = self._dataset(spark, None, y, x_data, features_col, label_col, workers)
+            if sample_weight is not None:  # the held-out rows' weights go unused: validation is not weighted
+                sample_weight = sample_weight[:_rows(x_data)]
+        dataset = with_row_weights(self._dataset(spark, None, y, x_data, features_col, label_col, workers),
+                                   weight_col, sample_weight)
         if dataset.label_col is None:
             raise InputError("fit needs labels: pass y= with numpy features, or label_col= naming the label column.")
         if _is_rdd(x_data) and not workers_preloaded(spark):
@@ -183,12 +197,14 @@ class SparkModel:
             val_dataset = validation_dataset(spark, validation_data, dataset, workers)
         elif validation_split:
             dataset, val_dataset = split_validation(dataset, validation_split, self.seed)
-        columns = resolve_columns(self._model, dataset.schema, dataset.features_col, dataset.label_col)
+        columns = resolve_columns(self._model, dataset.schema, dataset.features_col, dataset.label_col,
+                                  dataset.weight_col)
         check_class_weight_fits(class_weight, columns)
         self.classes = label_classes(dataset.schema, dataset.label_col) or self.classes
         if val_dataset is not None:
             resolve_columns(self._model, val_dataset.schema, val_dataset.features_col, val_dataset.label_col)
-        checkpoint, saved = self._checkpoint(spark, checkpoint_dir, batch_size, workers, class_weight)
+        checkpoint, saved = self._checkpoint(spark, checkpoint_dir, batch_size, workers, class_weight,
+                                             weight_col if sample_weight is None else "sample_weight")
         if saved is not None:
             set_model_state(self._model, saved.state)
             self.strategy.restore_checkpoint_state(saved.extra)
@@ -211,7 +227,7 @@ class SparkModel:
                     f"use at most {train.stats.rows} workers.")
             validation = None
             if val_dataset is not None:
-                validation = prepare(val_dataset, columns, workers, "validation data")
+                validation = prepare(val_dataset, columns.without_weights(), workers, "validation data")
                 prepared.append(validation)
             bar = ProgressBar(epochs, verbose)
             if verbose:
@@ -257,8 +273,8 @@ class SparkModel:
             setattr(history, key, value)
         return history
 
-    def _checkpoint(self, spark: Any, directory: str | None, batch_size: int,
-                    workers: int, class_weight: ClassWeights | None = None) -> tuple[Any, Any]:
+    def _checkpoint(self, spark: Any, directory: str | None, batch_size: int, workers: int,
+                    class_weight: ClassWeights | None = None, weight_col: str | None = None) -> tuple[Any, Any]:
         """The fit's checkpoint, and what it saved (``None`` for a fresh one)."""
         if not directory:
             return None, None
@@ -268,6 +284,8 @@ class SparkModel:
                        "batch_size": batch_size, "num_workers": workers}
         if class_weight is not None:  # absent otherwise, so checkpoints written before it still resume
             fingerprint["class_weight"] = [list(pair) for pair in class_weight]
+        if weight_col is not None:
+            fingerprint["weight_col"] = weight_col
         checkpoint = EpochCheckpoint(directory, fingerprint, spark)
         return checkpoint, checkpoint.load()
 
@@ -280,15 +298,24 @@ class SparkModel:
         batch_size: int = 32,
         features_col: ColumnSpec = "features",
         label_col: ColumnSpec = "label",
+        weight_col: str | None = None,
+        sample_weight: Any = None,
     ) -> dict[str, float]:
-        """The compiled loss and metrics over all rows, as Keras' ``evaluate`` gives them."""
+        """The compiled loss and metrics over all rows, as Keras' ``evaluate`` gives them.
+
+        ``weight_col`` (or ``sample_weight=`` for numpy data) weighs each
+        row, as Keras' ``evaluate(sample_weight=...)`` does.
+        """
         _check_positive(batch_size=batch_size)
+        sample_weight = check_row_weights(weight_col, sample_weight, _is_numpy(x if x is not None else data))
         spark = self.spark
         workers = self._workers(spark)
-        dataset = self._dataset(spark, data, y, x, features_col, label_col, workers)
+        dataset = with_row_weights(self._dataset(spark, data, y, x, features_col, label_col, workers),
+                                   weight_col, sample_weight)
         if dataset.label_col is None:
             raise InputError("evaluate needs labels: pass y= with numpy features, or label_col=.")
-        columns = resolve_columns(self._model, dataset.schema, dataset.features_col, dataset.label_col)
+        columns = resolve_columns(self._model, dataset.schema, dataset.features_col, dataset.label_col,
+                                  dataset.weight_col)
         spec = self._spec(columns)
         check_rebuilds(spec.model)
         prepared = prepare(dataset, columns, workers, "evaluation data")
@@ -502,6 +529,12 @@ def _is_rdd(data: Any) -> bool:
     return isinstance(data, RDD)
 
 
+def _rows(x: Any) -> int:
+    """Rows of numpy features: an array, or a list or dict of arrays (one per model input)."""
+    first = next(iter(x.values())) if isinstance(x, Mapping) else (x[0] if isinstance(x, (list, tuple)) else x)
+    return len(first)
+
+
 def _split_last(x: Any, y: Any, fraction: float) -> tuple[Any, Any, Any]:
     """Keras' validation_split: the last ``fraction`` of the rows, before shuffling."""
     def cut(v: Any, lo: int | None, hi: int | None) -> Any:
@@ -511,9 +544,7 @@ def _split_last(x: Any, y: Any, fraction: float) -> tuple[Any, Any, Any]:
             return [np.asarray(a)[lo:hi] for a in v]
         return None if v is None else np.asarray(v)[lo:hi]
 
-    first = next(iter(x.values())) if isinstance(x, Mapping) else (x[0] if isinstance(x, (list, tuple)) else x)
-    n = len(first)
-    split = int(n * (1.0 - fraction))
+    split = int(_rows(x) * (1.0 - fraction))
     return cut(x, None, split), cut(y, None, split), (cut(x, split, None), cut(y, split, None))
 
 

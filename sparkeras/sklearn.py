@@ -91,19 +91,31 @@ class _SparkKerasBase(BaseEstimator):
         tags.non_deterministic = True
         return tags
 
-    def fit(self, X: Any, y: Any) -> "_SparkKerasBase":
-        """Train a fresh copy of the model on ``X`` and ``y`` with sparkeras, on Spark."""
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> "_SparkKerasBase":
+        """Train a fresh copy of the model on ``X`` and ``y`` with sparkeras, on Spark.
+
+        ``sample_weight`` weighs each row's loss; with ``class_weight`` as
+        well, a row weighs the product of the two, as in scikit-learn's
+        classifiers (Keras alone refuses both).
+        """
+        from sparkeras.data.weights import check_row_weights, row_weights
         from sparkeras.model import SparkModel
 
         x = _features(X)
+        weights = check_row_weights(None, sample_weight, numpy_data=True)
+        if weights is not None and len(weights) != len(x):
+            raise InputError(f"sample_weight has {len(weights)} weights but X has {len(x)} rows.")
         target = self._encode_target(np.asarray(y), len(x))
         keras_model = self._build(x, target)
         self._check_output(keras_model)
+        class_weight = self._class_weights(target)
+        if weights is not None and class_weight is not None:
+            weights, class_weight = weights * row_weights(target, tuple(class_weight.items())), None
         trainer = SparkModel(keras_model, self.strategy, self.num_workers, seed=self.seed,
                              custom_objects=self.custom_objects, **dict(self.strategy_options or {}))
         history = trainer.fit(x, target, epochs=self.epochs, batch_size=self.batch_size,
                               validation_split=self.validation_split, verbose=self.verbose,
-                              class_weight=self._class_weights(target))
+                              class_weight=class_weight, sample_weight=weights)
         self.model_ = keras_model
         self.history_ = dict(history.history)
         self.n_features_in_ = x.shape[1] if x.ndim == 2 else int(np.prod(x.shape[1:]))

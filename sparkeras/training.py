@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -105,9 +105,9 @@ class MetricReader:
     def _build(self, prepared: PreparedData) -> None:
         columns = prepared.columns
         zeros = [np.zeros((1, *[1 if d is None else d for d in b.shape]), dtype=b.dtype) for b in columns.bindings]
-        k = len(columns.features)
+        x, y = columns.data(zeros)[:2]
         # Builds the loss tracker and compiled metrics without running a step.
-        self.model._symbolic_build(data_batch=(columns.x(zeros[:k]), columns.y(zeros[k:]), None))
+        self.model._symbolic_build(data_batch=(x, y, None))
 
     def read(self, states: list[np.ndarray] | None) -> dict[str, float]:
         if states is None:
@@ -125,7 +125,12 @@ class MetricReader:
 
 def evaluate(prepared: PreparedData, spec: WorkerSpec, state_blob: Any, batch_size: int,
              reader: MetricReader) -> dict[str, float]:
-    """Keras ``evaluate`` over every partition, merged exactly on the driver."""
+    """Keras ``evaluate`` over every partition, merged exactly on the driver.
+
+    The tasks read the partitions with ``prepared``'s own columns: validation
+    data is packed without the training data's row weights.
+    """
+    spec = replace(spec, columns=prepared.columns)
     results = run_partitions(
         prepared, lambda it: tasks.evaluate_partition(spec, state_blob, batch_size, it), "evaluating")
     return reader.read(sum_metric_states(results))

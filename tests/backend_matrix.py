@@ -6,7 +6,7 @@ workers keep the backend they started with), so the suite covers TensorFlow,
 JAX and PyTorch in one ``pytest`` command. The tests are the suite's own,
 imported here: exact equivalence (one-worker ``averaging`` with ``model.fit``;
 ``allreduce`` with one process on the global batch, BatchNormalization
-included; both with ``class_weight``; learning-rate scaling), a parameter-server rule, evaluate, predict,
+included; both with ``class_weight``, and ``allreduce`` with row weights; learning-rate scaling), a parameter-server rule, evaluate, predict,
 save/load, the SQL UDF, Spark ML stages and streaming, and both facades.
 
 With ``SPARKERAS_MATRIX_GPUS=1`` the session is ``local-cluster[1,2,1024]``
@@ -33,6 +33,7 @@ from test_convergence_rules import test_allreduce_scales_the_rate_with_warmup_ex
 from test_inference import test_sql_udf_gives_the_models_predictions, trained
 from test_ml import test_the_same_transform_runs_on_a_streaming_dataframe
 from test_parameter_server import problem, test_every_distributed_optimizer_learns_the_ten_class_problem
+from test_sample_weight import test_two_workers_with_row_weights_equal_one_process_with_the_global_batch
 from test_sklearn import test_classifier_keeps_label_values_and_binary_models
 from test_training import (test_evaluate_matches_keras_evaluate,
                            test_one_worker_averaging_equals_plain_fit_with_adam, test_predict_numpy_keeps_input_order,
@@ -46,7 +47,8 @@ __all__ = ["problem", "trained", "test_allreduce_scales_the_rate_with_warmup_exa
            "test_the_same_transform_runs_on_a_streaming_dataframe",
            "test_two_workers_equal_one_process_with_the_global_batch",
            "test_one_worker_with_class_weight_equals_plain_fit",
-           "test_two_workers_with_class_weight_equal_one_process_with_the_global_batch"]
+           "test_two_workers_with_class_weight_equal_one_process_with_the_global_batch",
+           "test_two_workers_with_row_weights_equal_one_process_with_the_global_batch"]
 
 GPUS = os.environ.get("SPARKERAS_MATRIX_GPUS") == "1"
 FAKE_GPUS = '#!/bin/sh\necho \'{"name": "gpu", "addresses": ["0", "1"]}\'\n'

@@ -177,6 +177,10 @@ def _free_port():
     (["--class-weight", "0=1,cat=2"], "--class-weight takes CLASS_ID=WEIGHT pairs separated by commas, e.g. "
                                       "0=1,1=9; got 'cat=2'."),
     (["--class-weight", "0=-1"], "--class-weight: class_weight[0] must be a finite number >= 0, got -1.0."),
+    (["--class-weight", "0=2", "--weight-col", "w"], "--weight-col: class_weight cannot be combined with row "
+                                                     "weights (weight_col/sample_weight), as in Keras' fit"),
+    (["--images", "{tmp}", "--weight-col", "w"], "--weight-col names a column of --data; with --images there is "
+                                                 "none."),
 ])
 def test_argument_mistakes_fail_before_spark_or_tensorflow_start(files, args, message):
     tmp = files[0]

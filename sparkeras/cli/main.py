@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=None)
     train.add_argument("--class-weight", metavar="ID=WEIGHT,...",
                        help="weigh the training loss by class, as Keras' class_weight: e.g. 0=1,1=9")
+    train.add_argument("--weight-col", metavar="COLUMN",
+                       help="a numeric column of --data that weighs each row's loss (Keras' sample_weight)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("--plot", help="write the learning curves (loss and metrics, train and validation) "
                                       "to this .png file")
@@ -163,8 +165,18 @@ def check_arguments(args: argparse.Namespace) -> None:
             get_strategy(args.strategy)
         except InputError as exc:
             raise InputError(f"--strategy: {exc}") from None
-        check_output(args.output, kind="model", overwrite=args.overwrite, inputs=inputs, flag="--output")
         _class_weight(args)
+        if args.weight_col is not None:
+            from sparkeras.data.weights import check_row_weights
+
+            if args.images:
+                raise InputError("--weight-col names a column of --data; with --images there is none. Drop it, "
+                                 "or use --class-weight.")
+            try:
+                check_row_weights(args.weight_col, None, False, _class_weight(args))
+            except InputError as exc:
+                raise InputError(f"--weight-col: {exc}") from None
+        check_output(args.output, kind="model", overwrite=args.overwrite, inputs=inputs, flag="--output")
         if args.plot:
             from sparkeras.tracking.plots import check_plot_path
 
@@ -286,7 +298,8 @@ def _train(args: argparse.Namespace) -> int:
             validation = _read_images(spark, args, sm.model, "folder", validation)
     history = sm.fit(data, epochs=args.epochs, batch_size=args.batch_size,
                      validation_data=validation, features_col=features,
-                     label_col=label, verbose=0 if args.quiet else 1, class_weight=_class_weight(args))
+                     label_col=label, verbose=0 if args.quiet else 1, class_weight=_class_weight(args),
+                     weight_col=args.weight_col)
     sm.save(args.output, overwrite=args.overwrite)
     final = {k: round(v[-1], 6) for k, v in history.history.items()}
     print(f"saved {args.output}; final epoch: {json.dumps(final)}")

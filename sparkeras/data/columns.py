@@ -35,6 +35,7 @@ ColumnSpec = Union[str, Sequence[str], Mapping[str, Union[str, Sequence[str]]]]
 
 FEATURE = "features"
 LABEL = "label"
+WEIGHT = "weight"
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ class TensorBinding:
     def described(self) -> str:
         cols = ", ".join(repr(c) for c in self.columns)
         what = "column" if len(self.columns) == 1 else "columns"
-        return f"{'label ' if self.role == LABEL else ''}{what} {cols}"
+        return f"{'' if self.role == FEATURE else self.role + ' '}{what} {cols}"
 
     def to_numpy(self, batch: pa.RecordBatch) -> "BindingValues":
         """Convert this binding's columns of an Arrow batch to ``(n, *shape)``."""
@@ -131,16 +132,21 @@ class BindingValues:
 
 @dataclass(frozen=True)
 class ColumnMap:
-    """How a model's inputs and outputs map onto a DataFrame's columns."""
+    """How a model's inputs and outputs map onto a DataFrame's columns.
+
+    ``weights`` is empty, or the one numeric column that weighs each row's
+    loss and metrics (``weight_col``, Keras' ``sample_weight``).
+    """
 
     features: tuple[TensorBinding, ...]
     labels: tuple[TensorBinding, ...]
     input_structure: str
     output_structure: str
+    weights: tuple[TensorBinding, ...] = ()
 
     @property
     def bindings(self) -> tuple[TensorBinding, ...]:
-        return self.features + self.labels
+        return self.features + self.labels + self.weights
 
     @property
     def columns(self) -> list[str]:
@@ -164,11 +170,15 @@ class ColumnMap:
         """Arrange label arrays the way the model's outputs are structured."""
         return _structure(self.output_structure, self.labels, arrays)
 
+    def without_weights(self) -> "ColumnMap":
+        return ColumnMap(self.features, self.labels, self.input_structure, self.output_structure)
+
     def data(self, arrays: Sequence[Any]) -> tuple:
         """Keras' ``(x, y)``, or ``(x, y, sample_weight)``, from one batch's arrays.
 
         The arrays are one per binding (features, then labels) and, when the
-        fit weighs its rows (``class_weight``), one more: each row's weight.
+        fit weighs its rows (a weight column, ``class_weight``), one more:
+        each row's weight.
         """
         k, m = len(self.features), len(self.labels)
         return (self.x(arrays[:k]), self.y(arrays[k:k + m]), *arrays[k + m:k + m + 1])
@@ -187,8 +197,9 @@ def resolve_columns(
     schema: Any,
     features_col: ColumnSpec,
     label_col: ColumnSpec | None,
+    weight_col: str | None = None,
 ) -> ColumnMap:
-    """Bind the model's inputs/outputs to columns of ``schema`` and check them.
+    """Bind the model's inputs/outputs (and a row weight column) to columns of ``schema`` and check them.
 
     Raises :class:`InputError` naming the column and what to do when a column
     is missing, not numeric, or cannot match the model's shape.
@@ -212,7 +223,24 @@ def resolve_columns(
                 _assign(label_col, out_names, outputs, "label_col", "output")
             )
         )
-    return ColumnMap(features, labels, in_kind, out_kind)
+    weights = (_bind_weight(weight_col, existing, features + labels),) if weight_col is not None else ()
+    return ColumnMap(features, labels, in_kind, out_kind, weights)
+
+
+def _bind_weight(col: Any, existing: Mapping[str, Any], bound: Sequence[TensorBinding]) -> TensorBinding:
+    """The row weight column: one numeric scalar per row, not a feature or label column."""
+    if not isinstance(col, str) or not col:
+        raise InputError(f"weight_col must be the name of a numeric column, got {col!r}.")
+    if col not in existing:
+        raise InputError(f"Column {col!r} (weight_col) is not in the data; the columns are {sorted(existing)}. "
+                         "Pass weight_col= with one of them, or add the weights with withColumn.")
+    if _column_kind(existing[col].dataType) != "scalar":
+        raise InputError(f"weight column {col!r} has type {existing[col].dataType.simpleString()}; it must hold one "
+                         "number per row (a numeric column, e.g. double), the weight of that row's loss.")
+    used = [b.name for b in bound if col in b.columns]
+    if used:
+        raise InputError(f"weight column {col!r} also feeds {used}; pass a separate column of row weights.")
+    return TensorBinding("sample_weight", (col,), (), WEIGHT, "w0")
 
 
 def split_columns(value: str) -> str | list[str]:

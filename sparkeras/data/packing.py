@@ -23,7 +23,7 @@ from typing import Any, Iterator
 import numpy as np
 import pyarrow as pa
 
-from sparkeras.data.columns import LABEL, ColumnMap, TensorBinding
+from sparkeras.data.columns import LABEL, WEIGHT, ColumnMap, TensorBinding
 from sparkeras.data.sources import Dataset
 from sparkeras.errors import InputError, worker_error
 
@@ -341,6 +341,19 @@ def check(stats: DatasetStats, columns: ColumnMap, what: str) -> None:
                 "drop or fill them (e.g. df.na.drop / df.na.fill) before training."
             )
         _check_labels(b, s, what)
+        _check_weights(b, s, what)
+
+
+def _check_weights(b: TensorBinding, s: BindingStats, what: str) -> None:
+    """Row weights scale the loss, so they must be >= 0, and not all 0 (nothing would be learned)."""
+    if b.role != WEIGHT or s.min is None:
+        return
+    if s.min < 0:
+        raise InputError(f"In the {what}, {b.described} holds negative weights (down to {s.min:g}); row weights "
+                         "must be >= 0. Fix or filter those rows, e.g. with F.greatest(col, F.lit(0.0)).")
+    if s.max == 0:
+        raise InputError(f"In the {what}, every row of {b.described} weighs 0, so no row would count; "
+                         "check the weight column.")
 
 
 def _check_labels(b: TensorBinding, s: BindingStats, what: str) -> None:

@@ -12,7 +12,7 @@ import itertools
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -35,6 +35,7 @@ class Dataset:
     features_col: ColumnSpec
     label_col: ColumnSpec | None
     table: pa.Table | None = None
+    weight_col: str | None = None  # the column of row weights (sparkeras.data.weights)
 
     @property
     def local(self) -> bool:
@@ -345,19 +346,33 @@ def _plain(value: Any) -> Any:
     return to_array() if callable(to_array) else value
 
 
+def with_row_weights(dataset: Dataset, weight_col: str | None, sample_weight: np.ndarray | None) -> Dataset:
+    """``dataset`` weighted by its column ``weight_col``, or by ``sample_weight`` added as a column (numpy data)."""
+    if sample_weight is None:
+        return replace(dataset, weight_col=weight_col)
+    rows = dataset.table.num_rows
+    if len(sample_weight) != rows:
+        raise InputError(f"sample_weight has {len(sample_weight)} weights but the data has {rows} rows; "
+                         "pass one weight per row.")
+    name = "sample_weight"
+    while name in dataset.table.column_names:
+        name = "_" + name
+    return replace(dataset, table=dataset.table.append_column(name, pa.array(sample_weight)), weight_col=name)
+
+
 def split_validation(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
     """Hold out ``fraction`` of the rows for validation.
 
     Driver-side data keeps Keras' rule (the last rows, before shuffling);
     Spark data is split at random, seeded.
     """
-    f, l = dataset.features_col, dataset.label_col
+    f, l, w = dataset.features_col, dataset.label_col, dataset.weight_col
     if dataset.table is not None:
         cut = int(dataset.table.num_rows * (1.0 - fraction))
-        return (Dataset(None, f, l, dataset.table.slice(0, cut)),
+        return (Dataset(None, f, l, dataset.table.slice(0, cut), w),
                 Dataset(None, f, l, dataset.table.slice(cut)))
     train, val = dataset.frame.randomSplit([1.0 - fraction, fraction], seed=seed)
-    return Dataset(train, f, l), Dataset(val, f, l)
+    return Dataset(train, f, l, weight_col=w), Dataset(val, f, l)
 
 
 def validation_dataset(spark: Any, validation_data: Any, like: Dataset, num_partitions: int) -> Dataset:

@@ -1,12 +1,22 @@
-"""``class_weight``: Keras' per-class loss weights, for a fit whose labels never reach the driver.
+"""Row weights of the loss, for a fit whose labels never reach the driver.
 
-``model.fit(class_weight={0: 1.0, 1: 5.0})`` turns each batch's labels into
-per-row weights of the loss. Here each worker does that once for its whole
-partition (:func:`row_weights`), and the weights travel with the partition's
-other arrays, gathered by the same row indices as its batches: the training
-steps of every backend and strategy then pass ``(x, y, sample_weight)`` to
-the model, as ``fit`` does. Validation and ``evaluate`` stay unweighted, as
-in Keras.
+``class_weight`` (per class): ``model.fit(class_weight={0: 1.0, 1: 5.0})``
+turns each batch's labels into per-row weights of the loss. Here each worker
+does that once for its whole partition (:func:`row_weights`).
+
+A weight column (per row): ``weight_col=`` (Spark ML's ``weightCol``), or
+``sample_weight=`` for numpy data as in Keras. It is packed with the other
+columns; :func:`check_row_weights` checks the arguments before Spark starts,
+and the packing checks the values (finite, at least 0, not all 0). Keras 3
+refuses ``class_weight`` with ``sample_weight``, and so does sparkeras.
+
+Either way the weights travel with the partition's other arrays, gathered by
+the same row indices as its batches: the training steps of every backend and
+strategy then pass ``(x, y, sample_weight)`` to the model, as ``fit`` does.
+Validation stays unweighted, as for ``class_weight`` in Keras (Keras would
+weigh a ``validation_split`` by ``sample_weight``; here the validation rows
+need not carry the weight column). ``evaluate`` with a weight column weighs
+its loss and metrics, as Keras' ``evaluate(sample_weight=...)``.
 """
 
 from __future__ import annotations
@@ -69,3 +79,38 @@ def row_weights(labels: np.ndarray, class_weight: ClassWeights) -> np.ndarray:
     for cls, weight in class_weight:
         weights[ids == cls] = weight
     return weights
+
+
+def check_row_weights(weight_col: Any, sample_weight: Any, numpy_data: bool,
+                      class_weight: Any = None) -> np.ndarray | None:
+    """The ``weight_col``/``sample_weight`` arguments, checked before any work: ``sample_weight`` as a 1-D array.
+
+    ``numpy_data`` says the data is numpy arrays (no column names), which
+    take ``sample_weight``; named columns take ``weight_col``.
+    """
+    if weight_col is not None and sample_weight is not None:
+        raise InputError("Pass row weights once: weight_col= (a column of the data) or sample_weight= (an array "
+                         "for numpy data), not both.")
+    if class_weight is not None and (weight_col is not None or sample_weight is not None):
+        raise InputError("class_weight cannot be combined with row weights (weight_col/sample_weight), as in "
+                         "Keras' fit; fold the class weights into the row weights instead, e.g. "
+                         "F.col('w') * F.when(F.col('label') == 1, 5.0).otherwise(1.0).")
+    if weight_col is not None:
+        if not isinstance(weight_col, str) or not weight_col:
+            raise InputError(f"weight_col must be the name of a numeric column, got {weight_col!r}.")
+        if numpy_data:
+            raise InputError(f"weight_col={weight_col!r} names a column, but the data is numpy arrays; pass the "
+                             "weights as sample_weight=array (one per row), as in Keras.")
+        return None
+    if sample_weight is None:
+        return None
+    if not numpy_data:
+        raise InputError("sample_weight= takes an array for numpy data; for a DataFrame, Parquet or pandas data, "
+                         "pass weight_col='name of the column of row weights'.")
+    weights = np.asarray(sample_weight)
+    if weights.ndim == 2 and weights.shape[1] == 1:
+        weights = weights[:, 0]
+    if weights.ndim != 1 or weights.dtype.kind not in "biuf":
+        raise InputError(f"sample_weight must hold one number per row (shape (rows,)), got an array of shape "
+                         f"{weights.shape} and dtype {weights.dtype}.")
+    return weights.astype(np.float32)

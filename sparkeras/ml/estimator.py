@@ -24,7 +24,7 @@ from typing import Any
 from pyspark import keyword_only
 from pyspark.ml import Estimator, Model
 from pyspark.ml.param import Param, Params, TypeConverters
-from pyspark.ml.param.shared import HasFeaturesCol, HasLabelCol, HasPredictionCol, HasSeed
+from pyspark.ml.param.shared import HasFeaturesCol, HasLabelCol, HasPredictionCol, HasSeed, HasWeightCol
 from pyspark.ml.util import DefaultParamsReader, DefaultParamsWriter, MLReadable, MLReader, MLWritable, MLWriter
 
 from sparkeras.data.columns import split_columns
@@ -68,7 +68,7 @@ class _KerasStage(MLWritable, MLReadable):
         return _KerasReader(cls)
 
 
-class KerasEstimator(_InferenceParams, HasLabelCol, HasSeed, Estimator, _KerasStage):
+class KerasEstimator(_InferenceParams, HasLabelCol, HasSeed, HasWeightCol, Estimator, _KerasStage):
     """Train a compiled Keras model on a DataFrame with sparkeras, as a Spark ML Estimator.
 
     Args:
@@ -91,6 +91,9 @@ class KerasEstimator(_InferenceParams, HasLabelCol, HasSeed, Estimator, _KerasSt
         learningRate, optimizer, loss, metrics: override the model's compile settings.
         classWeight: ``{class id: weight}``, Keras' ``class_weight``: each training
             row's loss is weighted by its label's class (for rare classes).
+        weightCol: a numeric column that weighs each training row's loss, as Spark ML's
+            ``weightCol`` and Keras' ``sample_weight`` do (not with ``classWeight``);
+            unset or ``""``: every row weighs 1.
         mlflowExperiment: log each fit to a run in this MLflow experiment
             (:class:`sparkeras.callbacks.MLflowLogger`), with the fitted
             ``KerasModel`` saved under the run's ``spark_ml_model`` artifacts
@@ -128,7 +131,8 @@ class KerasEstimator(_InferenceParams, HasLabelCol, HasSeed, Estimator, _KerasSt
                  strategy: str = "averaging", strategyOptions: dict | None = None,
                  learningRate: float | None = None, optimizer: str | None = None, loss: str | None = None,
                  metrics: list[str] | None = None, seed: int | None = None, verbose: int = 0,
-                 classWeight: dict | None = None, mlflowExperiment: str | None = None) -> None:
+                 classWeight: dict | None = None, weightCol: str | None = None,
+                 mlflowExperiment: str | None = None) -> None:
         super().__init__()
         self._setDefault(labelCol="label", epochs=1, numWorkers=0, validationSplit=0.0, strategy="averaging",
                          strategyOptions={}, verbose=0, seed=0)
@@ -160,7 +164,8 @@ class KerasEstimator(_InferenceParams, HasLabelCol, HasSeed, Estimator, _KerasSt
                                   features_col=split_columns(self.getFeaturesCol()),
                                   label_col=self.getLabelCol(), verbose=self.getOrDefault(self.verbose),
                                   callbacks=[tracker] if tracker is not None else None,
-                                  class_weight=self._class_weight())
+                                  class_weight=self._class_weight(),
+                                  weight_col=(self.getWeightCol() if self.isDefined(self.weightCol) else "") or None)
         fitted = KerasModel(model=keras_model)
         fitted.history = history
         self._copyValues(fitted)

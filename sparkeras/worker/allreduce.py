@@ -125,7 +125,8 @@ def _split(spec: WorkerSpec, tagged: Iterator[tuple]) -> tuple[tuple[list[np.nda
     """This task's training and validation partitions, in their original block order."""
     ordered = sorted(tagged, key=lambda kv: kv[0])
     train = read_partition(spec.columns, (b for (_, role, _), b in ordered if role == TRAIN))
-    val = read_partition(spec.columns, (b for (_, role, _), b in ordered if role == VALIDATION))
+    val = read_partition(spec.columns.without_weights(),  # validation is packed unweighted, as in fit
+                         (b for (_, role, _), b in ordered if role == VALIDATION))
     return train, val
 
 

@@ -146,7 +146,7 @@ def trace(model: Any, columns: ColumnMap, backend: str, weighted: bool = False) 
 
     ensure_optimizer_built(model)
     data = [tf.zeros((1, *[1 if d is None else d for d in b.shape]), b.dtype) for b in columns.bindings]
-    if weighted and columns.labels:
+    if weighted and columns.labels and not columns.weights:
         data.append(tf.ones((1,), tf.float32))  # the rows' weights (class_weight)
     _traced_loop(model, columns, data)(data, tf.zeros((0, 1), tf.int32))
 
@@ -156,8 +156,8 @@ def _traced_loop(model: Any, columns: ColumnMap, data: list[Any]) -> Any:
 
     The partition's tensors are arguments, not captured constants, so the
     next task (the next epoch, another partition) reuses the trace. One
-    trace per number of tensors: a fit with ``class_weight`` adds the rows'
-    weights.
+    trace per number of tensors: row weights (a weight column,
+    ``class_weight``) add one.
     """
     import tensorflow as tf
 
@@ -187,7 +187,7 @@ class _JaxWindows:
     batch]`` index array, padded to a power of two, so windows of different
     lengths (the last of an epoch, say) reuse a few compilations instead of
     compiling one each. The jitted function is made once per model, Python
-    worker and number of arrays (``class_weight`` adds one).
+    worker and number of arrays (row weights add one).
     """
 
     def __init__(self, model: Any, columns: ColumnMap, arrays: Sequence[np.ndarray]) -> None:

@@ -35,9 +35,17 @@ class WorkerSpec:
     progress: ServerAddress | None = None
     class_weight: ClassWeights | None = None  # see sparkeras.data.weights
 
+    @property
+    def weighted(self) -> bool:
+        """Whether training batches carry row weights (a weight column, or ``class_weight``)."""
+        return bool(self.columns.weights) or (self.class_weight is not None and bool(self.columns.labels))
+
     def training_arrays(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        """A partition's arrays for training: with ``class_weight``, each row's weight after its labels."""
-        if self.class_weight is None or not self.columns.labels:
+        """A partition's arrays for training: with ``class_weight``, each row's weight after its labels.
+
+        A weight column is one of the arrays already; ``fit`` refuses it with ``class_weight``, as Keras does.
+        """
+        if self.class_weight is None or not self.columns.labels or self.columns.weights:
             return arrays
         labels = arrays[len(self.columns.features)]
         return [*arrays, row_weights(labels, self.class_weight)]
@@ -73,7 +81,7 @@ def _setup(spec: WorkerSpec) -> tuple[Any, int]:
 
 def warm_up(spec: WorkerSpec, _: Iterator[Any]) -> Iterator[tuple]:
     """Start this Python worker's backend import and model build in the background, and return."""
-    runtime.warm_up(spec.model, spec.backend, spec.columns, spec.class_weight is not None)
+    runtime.warm_up(spec.model, spec.backend, spec.columns, spec.weighted)
     return iter(())
 
 
@@ -94,10 +102,13 @@ def task_figures(started: float, wait_seconds: float = 0.0, moved: int = 0) -> d
     return {"seconds": time.perf_counter() - started, "wait_seconds": float(wait_seconds), "bytes": float(moved)}
 
 
+
+
 def split_xy(spec: WorkerSpec, arrays: list[np.ndarray]) -> tuple[Any, Any]:
-    k = len(spec.columns.features)
-    y = spec.columns.y(arrays[k:]) if spec.columns.labels else None
-    return spec.columns.x(arrays[:k]), y
+    """Keras' ``x`` and ``y`` (``None`` without labels) of a partition's arrays, row weights left out."""
+    if not spec.columns.labels:
+        return spec.columns.x(arrays[:len(spec.columns.features)]), None
+    return spec.columns.data(arrays)[:2]
 
 
 def train_window(spec: WorkerSpec, window: Window, state: Any, blocks: Iterator[tuple]) -> Iterator[tuple]:
@@ -144,8 +155,8 @@ def evaluate_partition(spec: WorkerSpec, state: Any, batch_size: int, blocks: It
     if n == 0:
         yield _result(partition, 0, 0, b"", b"")
         return
-    x, y = split_xy(spec, arrays)
-    model.evaluate(x, y, batch_size=batch_size, verbose=0)
+    x, y, *weights = spec.columns.data(arrays)  # a weight column weighs the metrics, as Keras' sample_weight
+    model.evaluate(x, y, sample_weight=weights[0] if weights else None, batch_size=batch_size, verbose=0)
     yield _result(partition, n, 0, b"", pack_arrays([np.asarray(v) for v in model.metrics_variables]))
 
 
