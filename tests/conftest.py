@@ -80,6 +80,24 @@ def clone(model):
     return copy
 
 
+def weighted_plain_fits(model, x, y, epochs: int = 2, batch_size: int = 32, **weighting):
+    """Plain ``model.fit`` on two clones of ``model``, with ``weighting`` (``class_weight=`` or
+    ``sample_weight=``) and without: the reference of a weighted sparkeras fit, and the check
+    that the weights change the model at all."""
+    fits = []
+    for given in (weighting, {}):
+        copy = clone(model)
+        copy.fit(x, y, batch_size=batch_size, epochs=epochs, shuffle=False, verbose=0, **given)
+        fits.append(copy)
+    assert not np.allclose(fits[0].get_weights()[0], fits[1].get_weights()[0], atol=1e-3)  # the weights matter
+    return fits[0]
+
+
+def assert_same_weights(model, reference, atol: float = 1e-5):
+    for got, want in zip(model.get_weights(), reference.get_weights()):
+        np.testing.assert_allclose(got, want, atol=atol, rtol=0)
+
+
 def plain_fit_accuracy(model, data, test, batch_size: int, epochs: int):
     """The baseline of every accuracy test: plain ``model.fit`` on a clone, and its test accuracy."""
     plain = clone(model)

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import blobs, clone, mlp
+from conftest import assert_same_weights, blobs, clone, mlp, weighted_plain_fits
 from sparkeras import AllReduce, InputError, SparkModel
 from sparkeras.data.weights import row_weights
 
@@ -26,17 +26,12 @@ def test_one_worker_with_class_weight_equals_plain_fit(spark, strategy):
     """The weights reach the loss and the metrics exactly as ``model.fit(class_weight=...)`` applies them."""
     x, y = blobs(640, seed=3)
     model = mlp(seed=5)
-    plain = clone(model)
-    plain.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0, class_weight=WEIGHTS)
-    unweighted = clone(model)
-    unweighted.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0)
+    plain = weighted_plain_fits(model, x, y, class_weight=WEIGHTS)
 
     history = SparkModel(model, strategy=strategy, num_workers=1, seed=0).fit(
         x, y, epochs=2, batch_size=32, shuffle=False, verbose=0, class_weight=WEIGHTS)
 
-    for got, want in zip(model.get_weights(), plain.get_weights()):
-        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
-    assert not np.allclose(plain.get_weights()[0], unweighted.get_weights()[0], atol=1e-3)  # the weights matter
+    assert_same_weights(model, plain)
     key = "worker_loss" if strategy == "async" else "loss"  # async reports the center's loss, measured unweighted
     assert history.history[key][0] == pytest.approx(plain.history.history["loss"][0], abs=1e-5)
 
@@ -53,8 +48,7 @@ def test_two_workers_with_class_weight_equal_one_process_with_the_global_batch(s
     history = SparkModel(model, strategy=AllReduce(learning_rate_scaling=None), num_workers=2, seed=0).fit(
         x, y, epochs=1, batch_size=b, shuffle=False, verbose=0, class_weight=WEIGHTS)
 
-    for got, want in zip(model.get_weights(), plain.get_weights()):
-        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    assert_same_weights(model, plain)
     assert history.history["loss"][0] == pytest.approx(plain.history.history["loss"][0], abs=1e-5)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import blobs, clone, mlp
+from conftest import assert_same_weights, blobs, clone, mlp, weighted_plain_fits
 from sparkeras import AllReduce, InputError, SparkModel
 
 
@@ -25,25 +25,19 @@ def test_one_worker_with_row_weights_equals_plain_fit(spark, strategy):
     w = _weights(len(x))
     model = mlp(seed=5)
     again = clone(model)
-    plain = clone(model)
-    plain.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0, sample_weight=w)
-    unweighted = clone(model)
-    unweighted.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0)
+    plain = weighted_plain_fits(model, x, y, sample_weight=w)
 
     history = SparkModel(model, strategy=strategy, num_workers=1, seed=0).fit(
         x, y, epochs=2, batch_size=32, shuffle=False, verbose=0, sample_weight=w)
 
-    for got, want in zip(model.get_weights(), plain.get_weights()):
-        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
-    assert not np.allclose(plain.get_weights()[0], unweighted.get_weights()[0], atol=1e-3)  # the weights matter
+    assert_same_weights(model, plain)
     key = "worker_loss" if strategy == "async" else "loss"
     assert history.history[key][0] == pytest.approx(plain.history.history["loss"][0], abs=1e-5)
 
     # The same rows as a DataFrame with a weight column, in one partition in row order.
     SparkModel(again, strategy=strategy, num_workers=1, seed=0).fit(
         _frame(spark, x, y, w).coalesce(1), epochs=2, batch_size=32, shuffle=False, verbose=0, weight_col="w")
-    for got, want in zip(again.get_weights(), plain.get_weights()):
-        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    assert_same_weights(again, plain)
 
 
 def test_two_workers_with_row_weights_equal_one_process_with_the_global_batch(spark):
@@ -59,8 +53,7 @@ def test_two_workers_with_row_weights_equal_one_process_with_the_global_batch(sp
     history = SparkModel(model, strategy=AllReduce(learning_rate_scaling=None), num_workers=2, seed=0).fit(
         x, y, epochs=1, batch_size=b, shuffle=False, verbose=0, sample_weight=w)
 
-    for got, want in zip(model.get_weights(), plain.get_weights()):
-        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    assert_same_weights(model, plain)
     assert history.history["loss"][0] == pytest.approx(plain.history.history["loss"][0], abs=1e-5)
 
 
