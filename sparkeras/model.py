@@ -22,7 +22,8 @@ from sparkeras.errors import InputError
 from sparkeras.progress import ProgressBar, ProgressServer
 from sparkeras.serialization import (ModelSpec, check_rebuilds, model_state, pack_arrays, set_model_state,
                                      start_rebuild_check)
-from sparkeras.session import console_progress_paused, driver_host, get_spark, keras_backend, workers_preloaded
+from sparkeras.session import (check_classic_session, console_progress_paused, driver_host, get_spark, is_spark_connect,
+                               keras_backend, workers_preloaded)
 from sparkeras.storage.model_file import check_model_archive, load_keras
 from sparkeras.storage.outputs import (check_output, check_remote_output, hadoop_copy, is_remote,
                                        read_model_info, save_model_atomically)
@@ -153,6 +154,7 @@ class SparkModel:
         """
         started = time.perf_counter()
         _check_positive(epochs=epochs, batch_size=batch_size)
+        check_classic_session(x if x is not None else data, "SparkModel.fit")
         weights = check_class_weight(class_weight)
         row_weights = check_row_weights(weight_col, sample_weight, _is_numpy(x if x is not None else data),
                                         class_weight)
@@ -307,6 +309,7 @@ class SparkModel:
         row, as Keras' ``evaluate(sample_weight=...)`` does.
         """
         _check_positive(batch_size=batch_size)
+        check_classic_session(x if x is not None else data, "SparkModel.evaluate")
         sample_weight = check_row_weights(weight_col, sample_weight, _is_numpy(x if x is not None else data))
         spark = self.spark
         workers = self._workers(spark)
@@ -345,13 +348,17 @@ class SparkModel:
         models).
         """
         _check_positive(batch_size=batch_size)
+        frame = x if x is not None else data
+        if is_spark_connect(frame):  # a UDF over the frame, in its own session: there is no SparkContext
+            columns = resolve_columns(self._model, frame.schema, features_col, None)
+            return self._predict_frame(frame, columns, batch_size, prediction_col)
         spark = self.spark
         workers = self._workers(spark)
         dataset = self._dataset(spark, data, None, x, features_col, None, workers)
         columns = resolve_columns(self._model, dataset.schema, dataset.features_col, None)
         if dataset.local:
             return self._predict_local(spark, dataset, columns, workers, batch_size)
-        return self._predict_frame(spark, dataset, columns, batch_size, prediction_col)
+        return self._predict_frame(dataset.frame, columns, batch_size, prediction_col)
 
     def _predict_local(self, spark: Any, dataset: Dataset, columns: ColumnMap, workers: int,
                        batch_size: int) -> Any:
@@ -373,11 +380,10 @@ class SparkModel:
             return dict(zip(self._model._outputs_struct.keys(), outputs))
         return outputs
 
-    def _predict_frame(self, spark: Any, dataset: Dataset, columns: ColumnMap, batch_size: int,
-                       prediction_col: str) -> Any:
+    def _predict_frame(self, frame: Any, columns: ColumnMap, batch_size: int, prediction_col: str) -> Any:
         from sparkeras.inference.udf import add_predictions, output_columns
 
-        return add_predictions(dataset.frame, self._model, columns, output_columns(self._model, prediction_col),
+        return add_predictions(frame, self._model, columns, output_columns(self._model, prediction_col),
                                batch_size, self.custom_objects)
 
     def save(self, path: str, overwrite: bool = False) -> None:

@@ -98,6 +98,26 @@ def start_python_workers(spark: Any) -> threading.Thread | None:
     return thread
 
 
+def is_spark_connect(obj: Any) -> bool:
+    """Whether ``obj`` (a SparkSession or DataFrame) belongs to a Spark Connect session.
+
+    Such a session has no SparkContext, RDDs, broadcasts or barrier stages,
+    which sparkeras' training runs on; its DataFrames and Arrow UDFs, which
+    prediction needs, work.
+    """
+    return type(obj).__module__.startswith("pyspark.sql.connect")
+
+
+def check_classic_session(data: Any, what: str) -> None:
+    """Refuse Spark Connect data for ``what`` (training, evaluation...), before any work, with the way out."""
+    if is_spark_connect(data) or is_spark_connect(getattr(data, "sparkSession", None)):
+        raise InputError(
+            f"{what} needs a classic SparkSession: sparkeras trains and evaluates on Spark's RDD and barrier "
+            "APIs, which a Spark Connect session (SparkSession.builder.remote(...)) does not have. Start a classic one on the "
+            "cluster (SparkSession.builder.master(...).getOrCreate(), or sparkeras.get_spark(master)). "
+            "Prediction works on Spark Connect: SparkModel.predict(df), KerasModel.transform, register_udf.")
+
+
 def workers_preloaded(spark: Any) -> bool:
     """Whether this session's Python workers fork from :mod:`sparkeras.worker.daemon`, with TensorFlow imported.
 

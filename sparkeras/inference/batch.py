@@ -125,6 +125,19 @@ class PredictionPlan:
         return T.StructType([T.StructField(o.name, o.spark_type(), False) for o in self.outputs])
 
 
+class InlineWeights:
+    """Model weights carried in the UDF itself, for Spark Connect sessions, which have no broadcast.
+
+    It has the broadcast's one attribute the tasks read, ``value``. The UDF
+    travels to the server in one gRPC message, so it is bounded by the
+    server's ``spark.connect.grpc.maxInboundMessageSize`` (128 MB by default);
+    a Python worker still unpacks the weights once per ``weights_id``.
+    """
+
+    def __init__(self, value: bytes) -> None:
+        self.value = value
+
+
 def predict_batches(plan: PredictionPlan, weights: Any, batches: Iterator[Any]) -> Iterator[pa.Array]:
     """The Arrow UDF body: predictions for each batch of argument columns."""
     runtime.configure(plan.backend)

@@ -17,9 +17,10 @@ import pyarrow as pa
 
 from sparkeras.data.columns import ColumnMap, ColumnSpec, resolve_columns
 from sparkeras.errors import InputError
-from sparkeras.inference.batch import CLASS, PROBABILITY, VALUE, OutputColumn, PredictionPlan, predict_batches
+from sparkeras.inference.batch import (CLASS, PROBABILITY, VALUE, InlineWeights, OutputColumn, PredictionPlan,
+                                      predict_batches)
 from sparkeras.serialization import ModelSpec, check_rebuilds, pack_arrays
-from sparkeras.session import keras_backend
+from sparkeras.session import is_spark_connect, keras_backend
 
 OUTPUT_KINDS = ("raw", "class")
 _RESULT = "__sparkeras_prediction"
@@ -57,7 +58,7 @@ def prediction_udf(
 
     spec = ModelSpec.from_model(model, dict(custom_objects or {}) or None)
     check_rebuilds(spec)
-    weights = spark.sparkContext.broadcast(pack_arrays([np.asarray(v) for v in model.weights]))
+    weights = ship_weights(spark, pack_arrays([np.asarray(v) for v in model.weights]))
     plan = PredictionPlan(spec, keras_backend(), tuple(outputs), batch_size, uuid.uuid4().hex, columns, as_struct,
                           caller)
 
@@ -65,6 +66,21 @@ def prediction_udf(
         return predict_batches(plan, weights, batches)
 
     return arrow_udf(predict, plan.return_type())
+
+
+CONNECT_WEIGHTS_LIMIT = 120 << 20  # bytes: under Spark Connect's default 128 MB message, with room for the plan
+
+
+def ship_weights(spark: Any, blob: bytes) -> Any:
+    """The weights as the tasks will read them: a broadcast, or inline in the UDF on Spark Connect."""
+    if not is_spark_connect(spark):
+        return spark.sparkContext.broadcast(blob)
+    if len(blob) > CONNECT_WEIGHTS_LIMIT:
+        raise InputError(
+            f"The model's weights are {len(blob) / 2**20:.0f} MB; on Spark Connect they travel inside the UDF, "
+            f"which the server takes up to spark.connect.grpc.maxInboundMessageSize (128 MB by default). Raise "
+            "that setting on the server, or score with a classic SparkSession, where the weights are broadcast.")
+    return InlineWeights(blob)
 
 
 def add_predictions(

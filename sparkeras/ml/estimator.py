@@ -146,7 +146,9 @@ class KerasEstimator(_InferenceParams, HasLabelCol, HasSeed, HasWeightCol, Estim
     def _fit(self, dataset: Any) -> "KerasModel":
         from sparkeras.barrier import concurrent_slots
         from sparkeras.model import SparkModel
+        from sparkeras.session import check_classic_session
 
+        check_classic_session(dataset, "KerasEstimator.fit")
         tracker = None
         if self.isDefined(self.mlflowExperiment):
             from sparkeras.tracking.mlflow import MLflowLogger

@@ -48,6 +48,7 @@ from typing import Any, Callable, Mapping
 
 from sparkeras.data.weights import ClassWeights, check_class_weight, check_class_weight_fits
 from sparkeras.errors import InputError, SparkerasError
+from sparkeras.session import check_classic_session
 from sparkeras.tune.space import distributions, suggest
 
 INTERRUPTED = "interrupted: the driver stopped while the trial ran"
@@ -124,6 +125,7 @@ def tune(
     """
     _check_arguments(build_model, n_trials, timeout, metric, direction, epochs, batch_size, validation_split,
                      validation_data, workers_per_trial, max_concurrent, verbose)
+    check_classic_session(data, "sparkeras.tune")
     weights = check_class_weight(class_weight)
     if tracking is not None:
         from sparkeras.tracking.mlflow import MLflowLogger
