@@ -108,14 +108,15 @@ def is_spark_connect(obj: Any) -> bool:
     return type(obj).__module__.startswith("pyspark.sql.connect")
 
 
-def check_classic_session(data: Any, what: str) -> None:
-    """Refuse Spark Connect data for ``what`` (training, evaluation...), before any work, with the way out."""
+def check_classic_session(data: Any, what: str, needs: str = "trains and evaluates on Spark's RDD and barrier APIs",
+                          instead: str = "SparkModel.predict(df), KerasModel.transform, register_udf") -> None:
+    """Refuse Spark Connect data (or a session) for ``what``, before any work, with the way out."""
     if is_spark_connect(data) or is_spark_connect(getattr(data, "sparkSession", None)):
         raise InputError(
-            f"{what} needs a classic SparkSession: sparkeras trains and evaluates on Spark's RDD and barrier "
-            "APIs, which a Spark Connect session (SparkSession.builder.remote(...)) does not have. Start a classic one on the "
-            "cluster (SparkSession.builder.master(...).getOrCreate(), or sparkeras.get_spark(master)). "
-            "Prediction works on Spark Connect: SparkModel.predict(df), KerasModel.transform, register_udf.")
+            f"{what} needs a classic SparkSession: sparkeras {needs}, which a Spark Connect session "
+            "(SparkSession.builder.remote(...)) does not have. Start a classic one on the cluster "
+            "(SparkSession.builder.master(...).getOrCreate(), or sparkeras.get_spark(master)). "
+            f"Prediction works on Spark Connect: {instead}.")
 
 
 def workers_preloaded(spark: Any) -> bool:

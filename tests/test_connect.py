@@ -51,6 +51,7 @@ errors = {}
 for name, call in [("fit", lambda: sm.fit(df, epochs=1, verbose=0)), ("evaluate", lambda: sm.evaluate(df)),
                    ("estimator", lambda: KerasEstimator(model=model).fit(df)),
                    ("tune", lambda: sparkeras.tune(lambda trial: model, df, n_trials=1)),
+                   ("read_images", lambda: sparkeras.read_images(spark, os.getcwd(), 16)),
                    ("big", lambda: ship_weights(spark, bytes(121 << 20)))]:
     try:
         call()
@@ -78,4 +79,6 @@ def test_prediction_runs_on_spark_connect_and_training_says_what_to_use(tmp_path
         message = out["errors"][name]
         assert message and message.startswith(f"{what} needs a classic SparkSession"), (name, message)
         assert "SparkSession.builder.master(...)" in message and "Prediction works on Spark Connect" in message
+    assert out["errors"]["read_images"].startswith("read_images needs a classic SparkSession")
+    assert "spark.read.format('binaryFile') and pass its 'content' column" in out["errors"]["read_images"]
     assert "The model's weights are 121 MB; on Spark Connect they travel inside the UDF" in out["errors"]["big"]

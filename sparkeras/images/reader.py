@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 from sparkeras.errors import InputError
 from sparkeras.images.decode import COLOR_MODES, IMAGE_EXTENSIONS, ImageGeometry
+from sparkeras.session import check_classic_session
 
 ON_ERROR = ("fail", "skip")
 LABELS = ("folder", None)
@@ -97,6 +98,9 @@ def read_images(spark: Any, path: str, image_size: int | tuple[int, int], color_
         function of ``register_udf`` take ``image`` as a model input.
     """
     path, size = check_image_arguments(path, image_size, color_mode, labels, on_error, extensions)
+    check_classic_session(spark, "read_images", needs="lists the files and counts skipped ones through the JVM",
+                          instead="read the files with spark.read.format('binaryFile') and pass its 'content' "
+                                  "column to KerasModel.transform or SparkModel.predict as the image column")
     from pyspark.sql import functions as F
 
     root, classes = _class_folders(spark, path, extensions) if labels == "folder" else ("", None)
