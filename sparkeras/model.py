@@ -156,8 +156,7 @@ class SparkModel:
         _check_positive(epochs=epochs, batch_size=batch_size)
         check_classic_session(x if x is not None else data, "SparkModel.fit")
         weights = check_class_weight(class_weight)
-        row_weights = check_row_weights(weight_col, sample_weight, _is_numpy(x if x is not None else data),
-                                        class_weight)
+        row_weights = check_row_weights(weight_col, sample_weight, x if x is not None else data, class_weight)
         if not 0.0 <= validation_split < 1.0:
             raise InputError(f"validation_split must be in [0, 1), got {validation_split}.")
         if not 0 <= initial_epoch < epochs:
@@ -310,7 +309,7 @@ class SparkModel:
         """
         _check_positive(batch_size=batch_size)
         check_classic_session(x if x is not None else data, "SparkModel.evaluate")
-        sample_weight = check_row_weights(weight_col, sample_weight, _is_numpy(x if x is not None else data))
+        sample_weight = check_row_weights(weight_col, sample_weight, x if x is not None else data)
         spark = self.spark
         workers = self._workers(spark)
         dataset = with_row_weights(self._dataset(spark, data, y, x, features_col, label_col, workers),

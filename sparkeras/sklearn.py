@@ -102,7 +102,7 @@ class _SparkKerasBase(BaseEstimator):
         from sparkeras.model import SparkModel
 
         x = _features(X)
-        weights = check_row_weights(None, sample_weight, numpy_data=True)
+        weights = check_row_weights(None, sample_weight, x)
         if weights is not None and len(weights) != len(x):
             raise InputError(f"sample_weight has {len(weights)} weights but X has {len(x)} rows.")
         target = self._encode_target(np.asarray(y), len(x))

@@ -54,6 +54,7 @@ def _from_trial(trial):
     ({"n_trials": 2, "validation_split": 0.0}, "metric='val_loss' needs validation data"),
     ({"n_trials": 2, "timeout": -1}, "timeout must be a positive number"),
     ({"n_trials": 2, "class_weight": [1.0, 2.0]}, "class_weight must be a dict {class id: weight}"),
+    ({"n_trials": 2, "weight_col": "w"}, "weight_col='w' names a column, but the data is numpy arrays"),
 ])
 def test_bad_arguments_are_named_before_spark_starts(options, words):
     with pytest.raises(InputError) as err:
@@ -292,7 +293,7 @@ def test_bad_ensemble_settings_are_named(options, words):
 
 
 @pytest.mark.parametrize("workers_per_trial", [1, 2], ids=["one-task-trials", "distributed-trials"])
-def test_class_weight_applies_to_every_trial(spark, workers_per_trial):
+def test_class_and_row_weights_apply_to_every_trial(spark, workers_per_trial):
     """Scored by the validation recall of a rare class: the weighted search's trial finds far more of it."""
     import keras
 
@@ -313,4 +314,7 @@ def test_class_weight_applies_to_every_trial(spark, workers_per_trial):
                                workers_per_trial=workers_per_trial, verbose=0, seed=0, **options)
         return study.best_value
 
-    assert recall(class_weight={0: 1.0, 1: float((y == 0).sum() / (y == 1).sum())}) > recall() + 0.2
+    ratio = float((y == 0).sum() / (y == 1).sum())
+    plain = recall()
+    assert recall(class_weight={0: 1.0, 1: ratio}) > plain + 0.2
+    assert recall(sample_weight=np.where(y == 1, ratio, 1.0)) > plain + 0.2  # row weights, held-out rows unweighted

@@ -173,7 +173,7 @@ def check_arguments(args: argparse.Namespace) -> None:
                 raise InputError("--weight-col names a column of --data; with --images there is none. Drop it, "
                                  "or use --class-weight.")
             try:
-                check_row_weights(args.weight_col, None, False, _class_weight(args))
+                check_row_weights(args.weight_col, None, args.data, _class_weight(args))
             except InputError as exc:
                 raise InputError(f"--weight-col: {exc}") from None
         check_output(args.output, kind="model", overwrite=args.overwrite, inputs=inputs, flag="--output")

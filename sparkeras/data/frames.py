@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from sparkeras.data.columns import ColumnSpec
-from sparkeras.data.sources import Dataset, as_dataset, split_validation, validation_dataset
+from sparkeras.data.sources import Dataset, as_dataset, split_validation, validation_dataset, with_row_weights
 
 
 class SharedFrames:
@@ -26,11 +26,12 @@ class SharedFrames:
 
     def __init__(self, spark: Any, data: Any, y: Any = None, *, validation_data: Any = None,
                  validation_split: float = 0.0, features_col: ColumnSpec = "features",
-                 label_col: ColumnSpec = "label", seed: int = 0, num_partitions: int = 1) -> None:
+                 label_col: ColumnSpec = "label", seed: int = 0, num_partitions: int = 1,
+                 weight_col: str | None = None, sample_weight: Any = None) -> None:
         self._spark = spark
         self._cached: list[Any] = []
-        dataset = as_dataset(spark, data, y, features_col=features_col, label_col=label_col,
-                             num_partitions=num_partitions)
+        dataset = with_row_weights(as_dataset(spark, data, y, features_col=features_col, label_col=label_col,
+                                              num_partitions=num_partitions), weight_col, sample_weight)
         val: Dataset | None = None
         if validation_data is not None:
             val = validation_dataset(spark, validation_data, dataset, num_partitions)
@@ -38,6 +39,7 @@ class SharedFrames:
             dataset, val = split_validation(dataset, validation_split, seed)
         self.features_col = dataset.features_col
         self.label_col = dataset.label_col
+        self.weight_col = dataset.weight_col  # the training rows' weights; validation is not weighted
         self.train = self._cache(dataset)
         self.validation = None if val is None else self._cache(val)
 

@@ -81,13 +81,13 @@ def row_weights(labels: np.ndarray, class_weight: ClassWeights) -> np.ndarray:
     return weights
 
 
-def check_row_weights(weight_col: Any, sample_weight: Any, numpy_data: bool,
-                      class_weight: Any = None) -> np.ndarray | None:
+def check_row_weights(weight_col: Any, sample_weight: Any, data: Any, class_weight: Any = None) -> np.ndarray | None:
     """The ``weight_col``/``sample_weight`` arguments, checked before any work: ``sample_weight`` as a 1-D array.
 
-    ``numpy_data`` says the data is numpy arrays (no column names), which
-    take ``sample_weight``; named columns take ``weight_col``.
+    numpy ``data`` (an array, or a list or dict of them) has no column
+    names, so it takes ``sample_weight``; named columns take ``weight_col``.
     """
+    numpy_data = isinstance(data, (np.ndarray, Mapping, list, tuple))
     if weight_col is not None and sample_weight is not None:
         raise InputError("Pass row weights once: weight_col= (a column of the data) or sample_weight= (an array "
                          "for numpy data), not both.")

@@ -46,7 +46,7 @@ import threading
 import time
 from typing import Any, Callable, Mapping
 
-from sparkeras.data.weights import ClassWeights, check_class_weight, check_class_weight_fits
+from sparkeras.data.weights import ClassWeights, check_class_weight, check_class_weight_fits, check_row_weights
 from sparkeras.errors import InputError, SparkerasError
 from sparkeras.session import check_classic_session
 from sparkeras.tune.space import distributions, suggest
@@ -84,6 +84,8 @@ def tune(
     verbose: int = 1,
     tracking: Any = None,
     class_weight: Mapping[int, float] | None = None,
+    weight_col: str | None = None,
+    sample_weight: Any = None,
 ) -> Any:
     """Search hyperparameters with Optuna, training the trials concurrently on Spark; returns the ``optuna.Study``.
 
@@ -122,11 +124,15 @@ def tune(
             ``FAILED``).
         class_weight: ``{class id: weight}`` for every trial's training loss,
             as in Keras' ``fit``.
+        weight_col, sample_weight: a column of row weights (``sample_weight``:
+            an array, for numpy data) for every trial's training loss, as in
+            :meth:`SparkModel.fit`; validation is not weighted.
     """
     _check_arguments(build_model, n_trials, timeout, metric, direction, epochs, batch_size, validation_split,
                      validation_data, workers_per_trial, max_concurrent, verbose)
     check_classic_session(data, "sparkeras.tune")
     weights = check_class_weight(class_weight)
+    row_weights = check_row_weights(weight_col, sample_weight, data, class_weight)
     if tracking is not None:
         from sparkeras.tracking.mlflow import MLflowLogger
 
@@ -155,7 +161,7 @@ def tune(
     frames = SharedFrames(spark, data, y, validation_data=validation_data,
                           validation_split=0.0 if validation_data is not None else validation_split,
                           features_col=features_col, label_col=label_col, seed=seed,
-                          num_partitions=workers_per_trial)
+                          num_partitions=workers_per_trial, weight_col=weight_col, sample_weight=row_weights)
     parent = None
     try:
         search = Search(study, build_model, frames, space=space, metric=metric, epochs=epochs,
@@ -379,7 +385,7 @@ class Search:
         from sparkeras.worker.trial import TrialTask, run_trial
 
         frames, number = self.frames, record.trial.number
-        columns = resolve_columns(model, frames.schema, frames.features_col, frames.label_col)
+        columns = resolve_columns(model, frames.schema, frames.features_col, frames.label_col, frames.weight_col)
         check_class_weight_fits(self.class_weight, columns)
         sc = frames.train.sparkSession.sparkContext
         prepared = []
@@ -389,8 +395,8 @@ class Search:
             prepared.append(train)
             rows, validation_rows = train.blocks, 0
             if frames.validation is not None:
-                val = prepare(Dataset(frames.validation, frames.features_col, frames.label_col), columns, 1,
-                              "validation data")
+                val = prepare(Dataset(frames.validation, frames.features_col, frames.label_col),
+                              columns.without_weights(), 1, "validation data")
                 prepared.append(val)
                 rows, validation_rows = rows.union(val.blocks), val.stats.rows
             if rows.getNumPartitions() > 1:
@@ -428,7 +434,8 @@ class Search:
         from sparkeras.training import start_warm_up
         from sparkeras.worker.tasks import WorkerSpec
 
-        columns = resolve_columns(model, self.frames.schema, self.frames.features_col, self.frames.label_col)
+        columns = resolve_columns(model, self.frames.schema, self.frames.features_col, self.frames.label_col,
+                                  self.frames.weight_col)
         spec = WorkerSpec(ModelSpec.from_model(model, dict(self.custom_objects or {}) or None), columns,
                           keras_backend(), self.seed)
         start_warm_up(self.frames.train.sparkSession, spec, workers)
@@ -443,7 +450,8 @@ class Search:
         fitter.fit(self.frames.train, validation_data=self.frames.validation, epochs=self.epochs,
                    batch_size=self.batch_size, features_col=self.frames.features_col,
                    label_col=self.frames.label_col, callbacks=[trial_reporter(record, self.lock)], verbose=0,
-                   class_weight=dict(self.class_weight) if self.class_weight else None)
+                   class_weight=dict(self.class_weight) if self.class_weight else None,
+                   weight_col=self.frames.weight_col)
 
     def _tell(self, record: Any) -> None:
         import optuna

@@ -29,7 +29,7 @@ from sparkeras.comm.server import FrameClient, ServerAddress
 from sparkeras.data.packing import read_partition
 from sparkeras.serialization import set_model_state, unpack_arrays
 from sparkeras.worker import runtime
-from sparkeras.worker.tasks import WorkerSpec, split_xy
+from sparkeras.worker.tasks import WorkerSpec
 
 
 @dataclass(frozen=True)
@@ -75,16 +75,17 @@ def run_trial(task: TrialTask, state: Any, rows: Iterator[tuple]) -> Iterator[tu
     train, held_out = split_blocks(rows, task.train_rows, task.validation_rows)
     columns = task.worker.columns
     arrays, _ = read_partition(columns, iter(train))
-    x, y = split_xy(task.worker, arrays)
+    x, y, *weights = columns.data(arrays)  # a weight column's weights come third
     validation = None
-    if held_out:
-        val_arrays, _ = read_partition(columns, iter(held_out))
-        validation = split_xy(task.worker, val_arrays)
+    if held_out:  # packed without the weight column: validation is not weighted
+        val_arrays, _ = read_partition(columns.without_weights(), iter(held_out))
+        validation = columns.without_weights().data(val_arrays)
     keras.utils.set_random_seed(task.worker.seed)
     reports = _Reports(task)
     try:
-        model.fit(x, y, validation_data=validation, epochs=task.epochs, batch_size=task.batch_size,
-                  shuffle=True, verbose=0, callbacks=[reports.callback()],
+        model.fit(x, y, sample_weight=weights[0] if weights else None, validation_data=validation,
+                  epochs=task.epochs, batch_size=task.batch_size, shuffle=True, verbose=0,
+                  callbacks=[reports.callback()],
                   class_weight=dict(task.worker.class_weight) if task.worker.class_weight else None)
     finally:
         reports.close()
