@@ -40,9 +40,13 @@ def arrow_batches(frame: Any) -> tuple[Any, "BatchReader"]:
     spark = frame.sparkSession
     time_zone = spark.conf.get("spark.sql.session.timeZone")
     batch_rows = int(spark.conf.get(BATCH_ROWS_CONF, "10000"))
-    schema = to_arrow_schema(frame.schema, timezone=time_zone, prefers_large_types=False)
-    jrdd = frame._jdf.toArrowBatchRdd(batch_rows, time_zone, False, False).toJavaRDD()
-    return RDD(jrdd, spark.sparkContext, NoOpSerializer()), BatchReader(schema.serialize().to_pybytes())
+    try:
+        schema = to_arrow_schema(frame.schema, timezone=time_zone, prefers_large_types=False)
+        jrdd = frame._jdf.toArrowBatchRdd(batch_rows, time_zone, False, False)
+    except TypeError:  # Spark 3.5 and 4.0: the session's time zone and batch size, regular types, no arguments
+        schema = to_arrow_schema(frame.schema)
+        jrdd = frame._jdf.toArrowBatchRdd()
+    return RDD(jrdd.toJavaRDD(), spark.sparkContext, NoOpSerializer()), BatchReader(schema.serialize().to_pybytes())
 
 
 class BatchReader:

@@ -19,6 +19,7 @@ from sparkeras.data.columns import ColumnMap, ColumnSpec, resolve_columns
 from sparkeras.errors import InputError
 from sparkeras.inference.batch import (CLASS, PROBABILITY, VALUE, InlineWeights, OutputColumn, PredictionPlan,
                                       predict_batches)
+from sparkeras.inference.pandas_udf import argument_column, has_arrow_udf, pandas_prediction_udf
 from sparkeras.serialization import ModelSpec, check_rebuilds, pack_arrays
 from sparkeras.session import is_spark_connect, keras_backend
 
@@ -53,9 +54,11 @@ def prediction_udf(
     as_struct: bool = True,
     caller: str = "prediction",
 ) -> Any:
-    """An Arrow UDF that predicts ``outputs`` from the columns ``columns`` names (or any, by position)."""
-    from pyspark.sql.functions import arrow_udf
+    """An Arrow UDF that predicts ``outputs`` from the columns ``columns`` names (or any, by position).
 
+    On Spark before 4.1, which has no ``arrow_udf``, a pandas UDF around the
+    same body (:mod:`sparkeras.inference.pandas_udf`).
+    """
     spec = ModelSpec.from_model(model, dict(custom_objects or {}) or None)
     check_rebuilds(spec)
     weights = ship_weights(spark, pack_arrays([np.asarray(v) for v in model.weights]))
@@ -64,6 +67,10 @@ def prediction_udf(
 
     def predict(batches: Iterator[Tuple[pa.Array, ...]]) -> Iterator[pa.Array]:
         return predict_batches(plan, weights, batches)
+
+    if not has_arrow_udf():
+        return pandas_prediction_udf(predict, plan.return_type())
+    from pyspark.sql.functions import arrow_udf
 
     return arrow_udf(predict, plan.return_type())
 
@@ -104,7 +111,10 @@ def add_predictions(
     if clash:
         raise InputError(f"The data already has column(s) {clash}; choose other prediction column names.")
     udf = prediction_udf(frame.sparkSession, model, outputs, batch_size, columns, custom_objects)
-    result = frame.withColumn(_RESULT, udf(*[F.col(_quoted(c)) for c in columns.columns]))
+    arguments = [F.col(_quoted(c)) for c in columns.columns]
+    if not has_arrow_udf():
+        arguments = [argument_column(frame.schema, c, a) for c, a in zip(columns.columns, arguments)]
+    result = frame.withColumn(_RESULT, udf(*arguments))
     return result.withColumns({o.name: F.col(_RESULT).getField(o.name) for o in outputs}).drop(_RESULT)
 
 
