@@ -146,3 +146,32 @@ def test_each_python_worker_loads_the_model_once_across_tasks(spark, trained):
     ours = [w for w, tasks in served.items() if tasks == 8]  # one prediction task per partition
     assert ours, served
     assert len(latest[ours[0]]) < 8, latest[ours[0]]  # fewer worker processes than tasks: loads were reused
+
+
+def test_the_pandas_udf_used_before_spark_4_1_gives_the_same_predictions(spark, trained, monkeypatch):
+    """Spark 3.5 and 4.0 have no ``arrow_udf``; there prediction runs as a pandas UDF around the same body.
+
+    Chosen here by hand on this Spark, so the path runs on real Spark: array, ``Vector`` and scalar
+    arguments, a struct result (class and probabilities) and a SQL function."""
+    from pyspark.ml.functions import array_to_vector
+
+    import sparkeras.inference.udf as udf_module
+    from sparkeras import SparkModel
+    from sparkeras.ml import KerasModel
+
+    model, x = trained
+    expected = model.predict(x[:120], verbose=0)
+    frame = _table(spark, x[:120], "pandas_rows").withColumn("v", array_to_vector("features"))
+    monkeypatch.setattr(udf_module, "has_arrow_udf", lambda: False)
+
+    scored = SparkModel(model, num_workers=2).predict(frame, features_col="features").orderBy("id").collect()
+    np.testing.assert_allclose([r.prediction for r in scored], expected, atol=1e-5)
+    rows = KerasModel(model=model, featuresCol="v").transform(frame).orderBy("id").collect()
+    assert [r.prediction for r in rows] == expected.argmax(axis=1).astype(float).tolist()
+    np.testing.assert_allclose([r.probability for r in rows], expected, atol=1e-5)
+    sparkeras.register_udf(spark, "pandas_class", model, output="class")
+    wide = spark.createDataFrame([(i,) + tuple(float(v) for v in row) for i, row in enumerate(x[:120])],
+                                 ["id", "a", "b", "c", "d"])
+    wide.createOrReplaceTempView("pandas_wide")
+    got = [r[0] for r in spark.sql("SELECT pandas_class(a, b, c, d) FROM pandas_wide ORDER BY id").collect()]
+    assert got == expected.argmax(axis=1).astype(float).tolist()
