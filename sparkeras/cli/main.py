@@ -345,8 +345,9 @@ def _predict_images(spark, args: argparse.Namespace, sm):
     if classifier is None:
         return out
     scores = F.col(args.prediction_col)
-    if classifier[0].width > 1:
-        index = F.array_position(scores, F.array_max(scores)) - 1
+    if classifier[0].width > 1:  # SQL: array_position takes no column as its value in Spark 3.5's Python API
+        quoted = "`" + args.prediction_col.replace("`", "``") + "`"
+        index = F.expr(f"array_position({quoted}, array_max({quoted})) - 1")
     else:  # one unit, binary crossentropy: class 1 above a probability of 0.5 (a logit of 0)
         index = scores > F.lit(0.0 if classifier[0].logits else 0.5)
     out = out.withColumn(f"{args.prediction_col}_class", index.cast("int"))

@@ -167,7 +167,8 @@ def _label(root: str, classes: list[str]) -> Any:
     under = F.substring(F.col("path"), len(root) + 1, 1 << 30)
     name = F.when(F.col("path").startswith(root), F.substring_index(under, "/", 1)) \
         .otherwise(F.element_at(F.split(F.col("path"), "/"), -2))
-    return (F.array_position(F.array(*[F.lit(c) for c in classes]), name) - 1).cast("int")
+    index = F.create_map(*[item for i, c in enumerate(classes) for item in (F.lit(c), F.lit(i))])
+    return F.coalesce(F.element_at(index, name), F.lit(-1)).cast("int")  # array_position takes no column before 4.0
 
 
 def _few_partitions(spark: Any, frame: Any, path: str, extensions: Sequence[str]) -> Any:
