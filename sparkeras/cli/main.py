@@ -345,7 +345,7 @@ def _predict_images(spark, args: argparse.Namespace, sm):
     if classifier is None:
         return out
     scores = F.col(args.prediction_col)
-    if classifier[0].width > 1:  # SQL: array_position takes no column as its value in Spark 3.5's Python API
+    if classifier[0].width > 1:  # in SQL: before Spark 4.0, array_position takes no column as its value
         quoted = "`" + args.prediction_col.replace("`", "``") + "`"
         index = F.expr(f"array_position({quoted}, array_max({quoted})) - 1")
     else:  # one unit, binary crossentropy: class 1 above a probability of 0.5 (a logit of 0)

@@ -9,8 +9,9 @@ Arrow results into Series (a DataFrame for a struct). The model's work is the
 same; the cost is the pandas round trip, which for an array column is one
 Python object per row each way.
 
-Spark ML ``Vector`` columns cannot be pandas UDF arguments there, so
-:func:`argument_column` passes them as arrays (``vector_to_array``).
+A Spark ML ``Vector`` argument arrives as a DataFrame of its struct's fields;
+:func:`argument_column` passes it as an array instead (``vector_to_array``)
+where sparkeras builds the call, which is cheaper.
 """
 
 from __future__ import annotations
@@ -61,8 +62,18 @@ def _nullable_fields(return_type: Any) -> Any:
 
 def _to_arrow(item: Any) -> Any:
     if isinstance(item, tuple):
-        return tuple(_series_to_arrow(s) for s in item)
-    return _series_to_arrow(item)
+        return tuple(_argument_to_arrow(s) for s in item)
+    return _argument_to_arrow(item)
+
+
+def _argument_to_arrow(value: Any) -> pa.Array:
+    """A Series as Arrow, or a DataFrame (a struct argument, such as a ``Vector`` in a SQL call) as a struct array."""
+    import pandas as pd
+
+    if isinstance(value, pd.DataFrame):
+        return pa.StructArray.from_arrays([_series_to_arrow(value[c]) for c in value.columns],
+                                          names=[str(c) for c in value.columns])
+    return _series_to_arrow(value)
 
 
 def _series_to_arrow(series: Any) -> pa.Array:
