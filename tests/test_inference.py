@@ -117,19 +117,37 @@ def test_sql_udf_errors_name_the_problem(spark, trained):
 
 
 def test_each_python_worker_loads_the_model_once_across_tasks(spark, trained):
-    """A probe UDF chained onto the prediction runs in the same Python worker and reports its load counts."""
-    from pyspark.sql.functions import arrow_udf
+    """A probe UDF chained onto the prediction runs in the same Python worker and reports its load counts.
+
+    The probe is of the prediction's own kind (an Arrow UDF, or a pandas UDF before Spark 4.1), so
+    Spark chains the two in one worker."""
+    from sparkeras.inference.pandas_udf import has_arrow_udf
 
     model, x = trained
 
-    @arrow_udf("string")
-    def probe(batches: Iterator[pa.Array]) -> Iterator[pa.Array]:
+    def report(rows: int) -> list:
         import os
 
         from sparkeras.worker import runtime
 
-        for batch in batches:
-            yield pa.array([json.dumps([os.getpid(), runtime.inference_stats()])] * len(batch))
+        return [json.dumps([os.getpid(), runtime.inference_stats()])] * rows
+
+    if has_arrow_udf():
+        from pyspark.sql.functions import arrow_udf
+
+        @arrow_udf("string")
+        def probe(batches: Iterator[pa.Array]) -> Iterator[pa.Array]:
+            return (pa.array(report(len(batch))) for batch in batches)
+    else:  # the function type given, not hinted: this module's hints are strings pyspark 3.5 cannot resolve
+        import warnings
+
+        import pandas as pd
+        from pyspark.sql.functions import PandasUDFType, pandas_udf
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            probe = pandas_udf(lambda batches: (pd.Series(report(len(b))) for b in batches), "string",
+                               PandasUDFType.SCALAR_ITER)
 
     spark.udf.register("load_probe", probe)
     sparkeras.register_udf(spark, "blob_once", model)

@@ -18,11 +18,11 @@ import os, sys, time
 sys.path.insert(0, {tests!r})
 print("PID", os.getpid(), flush=True)
 from conftest import blobs, mlp  # the user's own "import keras": its start-up lines are the user's
-import pyarrow as pa
+import pandas as pd
 import sparkeras
 spark = sparkeras.get_spark("local[2]")
 x, y = blobs(400)
-sparkeras.SparkModel(mlp(), num_workers=2).fit(spark.createDataFrame(pa.table({{"features": list(x), "label": y}})),
+sparkeras.SparkModel(mlp(), num_workers=2).fit(spark.createDataFrame(pd.DataFrame({{"features": list(x), "label": y}})),
                                               epochs=1, verbose=0)
 from pyspark.ml.linalg import Vectors
 rows = spark.createDataFrame([(Vectors.dense(r.tolist()), int(c)) for r, c in zip(*blobs(2000))], ["features", "label"])

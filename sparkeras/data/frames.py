@@ -18,7 +18,8 @@ from __future__ import annotations
 from typing import Any
 
 from sparkeras.data.columns import ColumnSpec
-from sparkeras.data.sources import Dataset, as_dataset, split_validation, validation_dataset, with_row_weights
+from sparkeras.data.sources import (Dataset, as_dataset, split_validation, table_frame, validation_dataset,
+                                    with_row_weights)
 
 
 class SharedFrames:
@@ -50,7 +51,7 @@ class SharedFrames:
     def _cache(self, dataset: Dataset) -> Any:
         frame = dataset.frame
         if dataset.table is not None:
-            frame = self._spark.createDataFrame(dataset.table)
+            frame = table_frame(self._spark, dataset.table)
         level = frame.storageLevel
         if not (level.useMemory or level.useDisk or level.useOffHeap):
             frame = frame.cache()

@@ -346,6 +346,14 @@ def _plain(value: Any) -> Any:
     return to_array() if callable(to_array) else value
 
 
+def table_frame(spark: Any, table: pa.Table) -> Any:
+    """A DataFrame of an Arrow table: directly on Spark 4, through pandas (Arrow-backed) on Spark 3.5."""
+    try:
+        return spark.createDataFrame(table)
+    except TypeError:  # Spark 3.5: "Can not infer schema for type: Table"
+        return spark.createDataFrame(table.to_pandas())
+
+
 def with_row_weights(dataset: Dataset, weight_col: str | None, sample_weight: np.ndarray | None) -> Dataset:
     """``dataset`` weighted by its column ``weight_col``, or by ``sample_weight`` added as a column (numpy data)."""
     if sample_weight is None:

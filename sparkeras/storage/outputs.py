@@ -206,8 +206,30 @@ def write_table_atomically(frame: Any, path: str, overwrite: bool = False, flag:
     try:
         frame.write.parquet(tmp)
         _commit(spark, tmp, path, overwrite, flag)
+    except BaseException:
+        _wait_for_running_tasks(spark)
+        raise
     finally:
         _delete(spark, tmp)
+
+
+def _wait_for_running_tasks(spark: Any, deadline_seconds: float = 30.0) -> None:
+    """After a failed write, let the job's other tasks stop before its temporary output is deleted.
+
+    Spark fails the job at its first failed task, while the others may still
+    be writing; one that ends after the delete leaves the hidden directory
+    behind (seen on Spark 3.5). Waits until no stage has running tasks, at
+    most ``deadline_seconds``: the cleanup is best effort, the error is the user's.
+    """
+    import time
+
+    tracker = spark.sparkContext.statusTracker()
+    end = time.monotonic() + deadline_seconds
+    while time.monotonic() < end:
+        stages = [tracker.getStageInfo(i) for i in tracker.getActiveStageIds()]
+        if not any(s is not None and s.numActiveTasks for s in stages):
+            return
+        time.sleep(0.05)
 
 
 def _delete(spark: Any, path: str) -> None:
