@@ -16,8 +16,8 @@ import numpy as np
 from sparkeras.data.columns import ColumnMap, ColumnSpec, resolve_columns
 from sparkeras.data.packing import PreparedData, prepare
 from sparkeras.data.weights import ClassWeights, check_class_weight, check_class_weight_fits, check_row_weights
-from sparkeras.data.sources import (Dataset, as_dataset, describe_source, materialize_rows, split_validation,
-                                    validation_dataset, with_row_weights)
+from sparkeras.data.sources import (Dataset, as_dataset, check_weight_rows, describe_source, materialize_rows,
+                                    split_validation, validation_dataset, with_row_weights)
 from sparkeras.errors import InputError
 from sparkeras.progress import ProgressBar, ProgressServer
 from sparkeras.serialization import (ModelSpec, check_rebuilds, model_state, pack_arrays, set_model_state,
@@ -184,6 +184,8 @@ class SparkModel:
         x_data = x if x is not None else data
         weight_col, sample_weight = row_weights
         if validation_split and validation_data is None and _is_numpy(x_data):
+            if sample_weight is not None:
+                check_weight_rows(sample_weight, _rows(x_data))
             x_data, y, validation_data = _split_last(x_data, y, validation_split)
             if sample_weight is not None:  # the held-out rows' weights go unused: validation is not weighted
                 sample_weight = sample_weight[:_rows(x_data)]
@@ -205,7 +207,7 @@ class SparkModel:
         if val_dataset is not None:
             resolve_columns(self._model, val_dataset.schema, val_dataset.features_col, val_dataset.label_col)
         checkpoint, saved = self._checkpoint(spark, checkpoint_dir, batch_size, workers, class_weight,
-                                             weight_col if sample_weight is None else "sample_weight")
+                                             dataset.weight_col)
         if saved is not None:
             set_model_state(self._model, saved.state)
             self.strategy.restore_checkpoint_state(saved.extra)

@@ -103,8 +103,6 @@ class _SparkKerasBase(BaseEstimator):
 
         x = _features(X)
         weights = check_row_weights(None, sample_weight, x)
-        if weights is not None and len(weights) != len(x):
-            raise InputError(f"sample_weight has {len(weights)} weights but X has {len(x)} rows.")
         target = self._encode_target(np.asarray(y), len(x))
         keras_model = self._build(x, target)
         self._check_output(keras_model)

@@ -134,6 +134,8 @@ def test_bad_row_weights_are_refused_with_the_column_and_the_fix(spark):
         sm.fit(x, y, sample_weight=np.ones((64, 2)), verbose=0)
     with pytest.raises(InputError, match=r"sample_weight has 10 weights but the data has 64 rows"):
         sm.fit(x, y, sample_weight=np.ones(10), verbose=0)
+    with pytest.raises(InputError, match=r"sample_weight has 70 weights but the data has 64 rows"):
+        sm.fit(x, y, sample_weight=np.ones(70), validation_split=0.25, verbose=0)  # checked before the split
 
     frame = _frame(spark, x, y, w).withColumn("name", F.lit("a"))
     with pytest.raises(InputError, match=r"sample_weight= takes an array for numpy data; for a DataFrame.*"

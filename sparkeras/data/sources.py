@@ -354,14 +354,17 @@ def table_frame(spark: Any, table: pa.Table) -> Any:
         return spark.createDataFrame(table.to_pandas())
 
 
+def check_weight_rows(sample_weight: Any, rows: int) -> None:
+    if len(sample_weight) != rows:
+        raise InputError(f"sample_weight has {len(sample_weight)} weights but the data has {rows} rows; "
+                         "pass one weight per row.")
+
+
 def with_row_weights(dataset: Dataset, weight_col: str | None, sample_weight: np.ndarray | None) -> Dataset:
     """``dataset`` weighted by its column ``weight_col``, or by ``sample_weight`` added as a column (numpy data)."""
     if sample_weight is None:
         return replace(dataset, weight_col=weight_col)
-    rows = dataset.table.num_rows
-    if len(sample_weight) != rows:
-        raise InputError(f"sample_weight has {len(sample_weight)} weights but the data has {rows} rows; "
-                         "pass one weight per row.")
+    check_weight_rows(sample_weight, dataset.table.num_rows)
     name = "sample_weight"
     while name in dataset.table.column_names:
         name = "_" + name
