@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import blobs
+from conftest import blobs, mlp
 import sparkeras
 from sparkeras import InputError
 
@@ -254,6 +254,24 @@ def test_a_partitioned_voting_ensemble_trains_each_member_on_its_own_rows(spark)
     assert set(np.round(shares.sum(axis=1), 5)) == {1.0}  # vote shares
     assert set(np.unique(shares)) <= {0.0, 0.5, 1.0}  # two members: each class gets 0, 1 or 2 votes
     assert ensemble.evaluate(x, y)["accuracy"] > 0.5
+
+
+def test_class_and_row_weights_reach_every_ensemble_member(spark):
+    """A rare class: each weighted member, and so the ensemble, finds far more of it than unweighted ones."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 8)).astype(np.float32)
+    y = ((x[:, 0] + 0.8 * rng.normal(size=3000)) > 1.6).astype(np.int64)  # about 8% positives
+    ratio = float((y == 0).sum() / (y == 1).sum())
+
+    def recall(**weights):
+        ensemble = sparkeras.Ensemble(lambda: mlp(dim=8, classes=2, seed=3), members=2, data_sampling="partition",
+                                      seed=5)
+        ensemble.fit(x, y, epochs=3, verbose=0, **weights)
+        return float(np.mean(ensemble.predict(x[y == 1]).argmax(axis=1) == 1))
+
+    plain = recall()
+    assert recall(class_weight={0: 1.0, 1: ratio}) > plain + 0.2
+    assert recall(sample_weight=np.where(y == 1, ratio, 1.0)) > plain + 0.2
 
 
 def test_a_search_with_only_a_timeout_stops_starting_trials_when_it_runs_out(spark):

@@ -74,23 +74,33 @@ class Ensemble:
 
     def fit(self, data: Any = None, y: Any = None, *, epochs: int = 1, batch_size: int = 32,
             validation_data: Any = None, features_col: Any = "features", label_col: Any = "label",
-            verbose: int = 1) -> list[Any]:
-        """Train every member on its sample of ``data``; returns their ``History`` objects, in member order."""
+            verbose: int = 1, class_weight: Mapping[int, float] | None = None, weight_col: str | None = None,
+            sample_weight: Any = None) -> list[Any]:
+        """Train every member on its sample of ``data``; returns their ``History`` objects, in member order.
+
+        ``class_weight``, ``weight_col`` and ``sample_weight`` weigh every
+        member's training loss, as in :meth:`SparkModel.fit`; a row's weight
+        follows it into the members' samples.
+        """
         from sparkeras.barrier import concurrent_slots
         from sparkeras.data.frames import SharedFrames
+        from sparkeras.data.weights import check_class_weight, check_row_weights
         from sparkeras.model import _check_positive
         from sparkeras.session import get_spark
 
         _check_positive(epochs=epochs, batch_size=batch_size)
+        classes = check_class_weight(class_weight)
+        rows = check_row_weights(weight_col, sample_weight, data, class_weight)
         spark = get_spark()
         members = [self._member(i) for i in range(self.num_members)]
         concurrency = min(self.num_members, self.max_concurrent or concurrent_slots(spark.sparkContext))
         with SharedFrames(spark, data, y, validation_data=validation_data, features_col=features_col,
-                          label_col=label_col, seed=self.seed) as frames:
+                          label_col=label_col, seed=self.seed, weight_col=weight_col, sample_weight=rows) as frames:
             samples = self._samples(frames.train)
+            weights = {"class_weight": dict(classes) if classes else None, "weight_col": frames.weight_col}
             try:
                 histories = _train_all(
-                    [lambda i=i, m=m: self._fit_member(i, m, samples[i], frames, epochs, batch_size)
+                    [lambda i=i, m=m: self._fit_member(i, m, samples[i], frames, epochs, batch_size, weights)
                      for i, m in enumerate(members)], concurrency)
             finally:
                 for frame in samples:
@@ -129,13 +139,14 @@ class Ensemble:
                      for i in range(self.num_members)]
         return [p.cache() for p in parts]
 
-    def _fit_member(self, index: int, member: Any, frame: Any, frames: Any, epochs: int, batch_size: int) -> Any:
+    def _fit_member(self, index: int, member: Any, frame: Any, frames: Any, epochs: int, batch_size: int,
+                    weights: Mapping[str, Any]) -> Any:
         from sparkeras.model import SparkModel
 
         fitter = SparkModel(member, copy.deepcopy(self.strategy), 1, custom_objects=self.custom_objects or None,
                             seed=self.seed + index)
         return fitter.fit(frame, validation_data=frames.validation, epochs=epochs, batch_size=batch_size,
-                          features_col=frames.features_col, label_col=frames.label_col, verbose=0)
+                          features_col=frames.features_col, label_col=frames.label_col, verbose=0, **weights)
 
     # -- using the ensemble -----------------------------------------------------
 
