@@ -81,3 +81,12 @@ def test_spark_console_progress_is_off_during_a_fit_and_back_after(fresh):
     assert "[Stage" not in during, during
     assert "[Stage" in after, after  # a fresh console bar once the fit is over
     assert fresh.stdout.count("Epoch 2/2") == 1
+
+
+def test_a_script_ending_while_a_job_runs_prints_no_task_listener_stacks(spark):
+    """A script that fails right after ``get_spark`` ends while the workers' start-up job runs. The JVM's
+    shutdown frees that job's broadcasts first, and Spark logged "Error in TaskCompletionListener" with a
+    Java stack per task (seen in 3 of 5 such runs). That failure fails its task, so the job's caller hears of
+    it anyway; sparkeras' sessions keep the log line to fatal errors only."""
+    log4j = spark.sparkContext._jvm.org.apache.logging.log4j.LogManager
+    assert str(log4j.getLogger("org.apache.spark.TaskContextImpl").getLevel()) == "FATAL"
