@@ -50,7 +50,8 @@ def test_missing_column_lists_existing_ones(spark):
 
 def test_non_numeric_features(spark):
     df = spark.createDataFrame([("a", 1), ("b", 0)], "features STRING, label INT")
-    with pytest.raises(InputError, match=r"Column 'features' has type string, which is not numeric"):
+    with pytest.raises(InputError, match=r"Column 'features' has type string, which is not numeric.*"
+                                         r"StringIndexer\(inputCol='features'\).*Tokenizer then HashingTF"):
         SparkModel(mlp(), num_workers=1).fit(df, verbose=0)
     with pytest.raises(InputError, match=r"Array 'features' has dtype <U1, which is not numeric"):
         SparkModel(mlp(), num_workers=1).fit(np.array([["a"] * 16]), np.array([1]), verbose=0)

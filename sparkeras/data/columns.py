@@ -379,9 +379,17 @@ def _bind(
     for col, kind in zip(cols, kinds):
         if kind is None:
             text = existing[col].dataType.simpleString() == "string"
-            fix = ("Turn text labels into class ids first, e.g. pyspark.ml.feature.StringIndexer(inputCol="
-                   f"{col!r}, outputCol='label_index'), and pass label_col='label_index'."
-                   if role != FEATURE and text else "Convert it first (e.g. VectorAssembler or a cast).")
+            if text and role != FEATURE:
+                fix = ("Turn text labels into class ids first, e.g. pyspark.ml.feature.StringIndexer(inputCol="
+                       f"{col!r}, outputCol='label_index'), and pass label_col='label_index'.")
+            elif text:
+                fix = (f"Turn the text into numbers in Spark first: categories with StringIndexer(inputCol={col!r}) "
+                       "(then OneHotEncoder, or an Embedding layer on the index); free text with Tokenizer then "
+                       "HashingTF or CountVectorizer (all in pyspark.ml.feature), and pass the result as "
+                       "features_col. String model inputs (StringLookup, TextVectorization) are not fed from "
+                       "DataFrames.")
+            else:
+                fix = "Convert it first (e.g. VectorAssembler or a cast)."
             raise InputError(
                 f"Column {col!r} has type {existing[col].dataType.simpleString()}, which is not "
                 f"numeric. {role.capitalize()} must be numeric: array<float|double>, a Spark ML "
