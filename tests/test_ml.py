@@ -390,3 +390,42 @@ def test_transform_of_a_softmax_on_logits_gives_probabilities(spark):
     rows = KerasModel(model=net).transform(frame).orderBy("id").collect()
     np.testing.assert_allclose([r.probability for r in rows], want, atol=1e-5)
     assert [r.prediction for r in rows] == logits.argmax(axis=1).astype(np.float64).tolist()
+
+
+def test_a_multi_label_classifier_gives_the_set_of_labels_as_spark_ml_reads_it(spark):
+    """Several units trained with binary crossentropy are independent labels. ``prediction`` is the array of
+    the labels above 0.5 (a logit of 0), as ``MultilabelClassificationEvaluator`` reads it, and
+    ``probability`` is each label's own probability; the SQL function's ``class`` output is the same set.
+    Trained through ``KerasEstimator`` from an array label column (sigmoid), and in plain Keras (logits)."""
+    import keras
+    from pyspark.ml.evaluation import MultilabelClassificationEvaluator
+
+    from sparkeras import register_udf
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(600, 6)).astype(np.float32)
+    y = np.stack([x[:, 0] > 0, x[:, 1] + x[:, 2] > 0, x[:, 3] < -0.5], axis=1).astype(np.float32)
+    sets = [[float(i) for i in np.flatnonzero(t)] for t in y]
+    frame = spark.createDataFrame([(i, r.tolist(), t.tolist(), s) for i, (r, t, s) in enumerate(zip(x, y, sets))],
+                                  "id INT, features ARRAY<FLOAT>, label ARRAY<FLOAT>, label_set ARRAY<DOUBLE>")
+    keras.utils.set_random_seed(0)
+    sigmoid = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3, activation="sigmoid")])
+    sigmoid.compile(keras.optimizers.Adam(0.05), "binary_crossentropy")
+    fitted = KerasEstimator(model=sigmoid, epochs=6, batchSize=16, numWorkers=2, labelCol="label").fit(frame)
+    logits = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3)])
+    logits.compile(keras.optimizers.Adam(0.05), keras.losses.BinaryCrossentropy(from_logits=True))
+    logits.fit(x, y, epochs=6, batch_size=16, verbose=0)
+    for stage, from_logits in ((fitted, False), (KerasModel(model=logits), True)):
+        out = stage.model.predict(x, verbose=0).astype(np.float64)
+        p = 1.0 / (1.0 + np.exp(-out)) if from_logits else out
+        want = [[float(i) for i in np.flatnonzero(row > 0.5)] for row in p]
+        scored = stage.transform(frame)
+        assert dict(scored.dtypes)["prediction"] == "array<double>"
+        rows = scored.orderBy("id").select("prediction", "probability").collect()
+        assert [r.prediction for r in rows] == want, from_logits
+        np.testing.assert_allclose([r.probability for r in rows], p, atol=1e-5)
+        subset = MultilabelClassificationEvaluator(labelCol="label_set", metricName="subsetAccuracy").evaluate(scored)
+        assert subset == pytest.approx(np.mean(((p > 0.5) == y.astype(bool)).all(axis=1))) and subset > 0.8, from_logits
+        register_udf(spark, "labels_of", stage.model, output="class")
+        frame.createOrReplaceTempView("multi_label_rows")
+        assert [r[0] for r in spark.sql("SELECT labels_of(features) FROM multi_label_rows ORDER BY id").collect()] == want

@@ -342,7 +342,7 @@ def _predict_images(spark, args: argparse.Namespace, sm):
     from sparkeras.inference.udf import class_outputs
 
     classifier = class_outputs(sm.model, args.prediction_col)
-    if classifier is None:
+    if classifier is None or classifier[0].multilabel:  # several labels per image: the scores say which
         return out
     scores = F.col(args.prediction_col)
     if classifier[0].width > 1:  # in SQL: before Spark 4.0, array_position takes no column as its value

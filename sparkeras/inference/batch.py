@@ -35,15 +35,18 @@ CLASS = "class"
 PROBABILITY = "probability"
 
 
-def class_probabilities(values: np.ndarray, logits: bool = False) -> np.ndarray:
+def class_probabilities(values: np.ndarray, logits: bool = False, multilabel: bool = False) -> np.ndarray:
     """A classifier's outputs as ``(rows, classes)`` probabilities, as Spark ML's ``probability`` column holds.
 
     One unit (a binary classifier) gives ``[1 - p, p]``, so that column 1 is
     class 1 as for several units; ``logits`` (a model compiled with
     ``from_logits=True``) first applies the sigmoid or the softmax the model
-    leaves to its loss.
+    leaves to its loss. A ``multilabel`` model's units are independent
+    binary classifiers, so each is its own probability (a sigmoid each, for logits).
     """
     values = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
+    if multilabel:
+        return 1.0 / (1.0 + np.exp(-values)) if logits else values
     if values.shape[1] == 1:
         p = 1.0 / (1.0 + np.exp(-values[:, 0])) if logits else values[:, 0]
         return np.stack([1.0 - p, p], axis=1)
@@ -65,6 +68,12 @@ class OutputColumn:
     ``array<float>``). ``logits`` says the model was compiled with
     ``from_logits=True``: a one-unit class then turns at a logit of 0, and
     probabilities pass through the sigmoid or softmax first.
+
+    ``multilabel`` marks several units trained with binary crossentropy: each
+    unit is a label of its own, so the class column is the ``array<double>``
+    of the labels above 0.5 (the form Spark ML's
+    ``MultilabelClassificationEvaluator`` reads), and the probabilities are
+    per label.
     """
 
     name: str
@@ -72,10 +81,13 @@ class OutputColumn:
     width: int
     kind: str = VALUE
     logits: bool = False
+    multilabel: bool = False
 
     def spark_type(self) -> Any:
         from pyspark.sql import types as T
 
+        if self.kind == CLASS and self.multilabel:
+            return T.ArrayType(T.DoubleType(), False)
         if self.kind == PROBABILITY or (self.kind == VALUE and self.width > 1):
             return T.ArrayType(T.FloatType(), False)
         return T.DoubleType()
@@ -83,12 +95,16 @@ class OutputColumn:
     def to_arrow(self, outputs: list[np.ndarray]) -> pa.Array:
         values = outputs[self.output]
         values = values.reshape(len(values), -1)
+        if self.kind == CLASS and self.multilabel:
+            rows, labels = np.nonzero(values > (0.0 if self.logits else 0.5))
+            offsets = np.searchsorted(rows, np.arange(len(values) + 1)).astype(np.int32)
+            return pa.ListArray.from_arrays(pa.array(offsets), pa.array(labels.astype(np.float64)))
         if self.kind == CLASS and values.shape[1] == 1:
             return pa.array((values[:, 0] > (0.0 if self.logits else 0.5)).astype(np.float64))
         if self.kind == CLASS:
             return pa.array(values.argmax(axis=1).astype(np.float64))
         if self.kind == PROBABILITY:
-            values = class_probabilities(values, self.logits)
+            values = class_probabilities(values, self.logits, self.multilabel)
         elif self.width == 1:
             return pa.array(values[:, 0].astype(np.float64))
         offsets = np.arange(0, values.size + 1, values.shape[1], dtype=np.int32)

@@ -179,7 +179,8 @@ def register_udf(
             for multi-output models); ``"class"`` returns the index of the
             largest unit as a double, or for one unit trained with binary
             crossentropy 1.0 above a probability of 0.5 (a logit of 0 with
-            ``from_logits=True``).
+            ``from_logits=True``), or for several units trained with binary
+            crossentropy (multi-label) the ``array<double>`` of the units above it.
         custom_objects: custom layers or losses needed to rebuild the model.
 
     The function takes the model's input as one array or Vector column, or as
@@ -222,6 +223,8 @@ def class_outputs(model: Any, prediction_col: str, probability_col: str = "") ->
     the largest), or of one unit compiled with a binary crossentropy (class 1
     above a probability of 0.5, or a logit of 0 with ``from_logits=True``).
     A one-unit model trained with another loss is a regression, so ``None``.
+    Several units with a binary crossentropy are a multi-label classifier:
+    the class column holds the indices of every label above the threshold.
     """
     from sparkeras.data.columns import loss_name, trained_on_logits
 
@@ -232,9 +235,10 @@ def class_outputs(model: Any, prediction_col: str, probability_col: str = "") ->
     if widths[0] == 1 and ("binary" not in name or "crossentropy" not in name):
         return None
     logits = trained_on_logits(model)
-    outputs = [OutputColumn(prediction_col, 0, widths[0], CLASS, logits)]
+    multilabel = widths[0] > 1 and "binary" in name and "crossentropy" in name
+    outputs = [OutputColumn(prediction_col, 0, widths[0], CLASS, logits, multilabel)]
     if probability_col:
-        outputs.append(OutputColumn(probability_col, 0, max(widths[0], 2), PROBABILITY, logits))
+        outputs.append(OutputColumn(probability_col, 0, max(widths[0], 2), PROBABILITY, logits, multilabel))
     return outputs
 
 
