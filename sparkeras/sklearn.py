@@ -169,22 +169,43 @@ class KerasClassifier(ClassifierMixin, _SparkKerasBase):
     takes the indices as they are; ``categorical_crossentropy`` is swapped for
     it, the same loss on indices), or, for two classes, one sigmoid unit with
     ``binary_crossentropy``. ``predict_proba`` returns one column per class.
+
+    Multi-label, as scikit-learn's ``MLPClassifier`` takes it: ``y`` is a
+    ``(rows, labels)`` indicator matrix of 0 and 1, the model has one sigmoid
+    unit per label (or logits) trained with ``binary_crossentropy``,
+    ``predict`` returns the indicator matrix (each label above 0.5) and
+    ``predict_proba`` each label's probability.
     """
 
     def _encode_target(self, y: np.ndarray, rows: int) -> np.ndarray:
-        if y.ndim != 1:
-            raise InputError(f"y must be one label per row (shape ({rows},)), got shape {y.shape}.")
         if len(y) != rows:
             raise InputError(f"X has {rows} rows but y has {len(y)}; they must match.")
+        self._multilabel = y.ndim == 2
+        if self._multilabel:
+            return self._encode_indicators(y)
+        if y.ndim != 1:
+            raise InputError(f"y must be one label per row (shape ({rows},)), or a ({rows}, labels) indicator "
+                             f"matrix for multi-label, got shape {y.shape}.")
         self.classes_, indices = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
             raise InputError(f"y has a single class {self.classes_.tolist()}; a classifier needs at least two.")
         return indices.astype(np.int64)
 
+    def _encode_indicators(self, y: np.ndarray) -> np.ndarray:
+        values = np.unique(y)
+        if not np.issubdtype(y.dtype, np.number) or not np.isin(values, (0, 1)).all():
+            raise InputError(f"A 2-D y is a multi-label indicator matrix and must hold only 0 and 1; it holds "
+                             f"{values[:10].tolist()}. For one label per row pass a 1-D y.")
+        self.classes_ = np.arange(y.shape[1])
+        return y.astype(np.float32)
+
     def _class_weights(self, target: np.ndarray) -> dict[int, float] | None:
         given = self.class_weight
         if given is None:
             return None
+        if self._multilabel:
+            raise InputError("class_weight needs one class per row; with a multi-label y, weigh rows with "
+                             "fit(X, y, sample_weight=...) instead.")
         if isinstance(given, str) and given == "balanced":
             counts = np.bincount(target, minlength=len(self.classes_))
             return {i: len(target) / (len(counts) * n) for i, n in enumerate(counts)}
@@ -198,8 +219,18 @@ class KerasClassifier(ClassifierMixin, _SparkKerasBase):
         return {index[label]: weight for label, weight in given.items()}
 
     def _check_output(self, model: Any) -> None:
+        from sparkeras.data.columns import loss_name
+
         units = _output_units(model)
         k = len(self.classes_)
+        if self._multilabel:
+            loss = loss_name(model, 0)
+            if units != k or "binary" not in loss or "crossentropy" not in loss:
+                raise InputError(
+                    f"y is a multi-label indicator matrix of {k} labels, so the model needs {k} sigmoid units "
+                    f"trained with binary_crossentropy; it has {units} unit(s) and the loss {loss or None!r}.")
+            self._binary = False
+            return
         if units == 1 and k == 2:
             self._binary = True
             return
@@ -220,11 +251,13 @@ class KerasClassifier(ClassifierMixin, _SparkKerasBase):
         from sparkeras.inference.batch import class_probabilities
 
         raw = self._predict_raw(X).reshape(len(_features(X)), -1)
-        return class_probabilities(raw, trained_on_logits(self.model_))
+        return class_probabilities(raw, trained_on_logits(self.model_), getattr(self, "_multilabel", False))
 
     def predict(self, X: Any) -> np.ndarray:
-        """The most probable class of each row, as a value of ``classes_``."""
+        """The most probable class of each row, as a value of ``classes_``; for multi-label, the indicator matrix."""
         proba = self.predict_proba(X)
+        if getattr(self, "_multilabel", False):
+            return (proba > 0.5).astype(np.int64)
         return self.classes_[proba.argmax(axis=1)]
 
 

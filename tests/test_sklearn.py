@@ -160,3 +160,36 @@ def test_class_weight_by_label_value_or_balanced(spark):
         KerasClassifier(mlp(dim=8, classes=2), class_weight={"spam": 2.0}).fit(x, labels)
     with pytest.raises(InputError, match="class_weight applies to classifiers; KerasRegressor has no classes"):
         KerasRegressor(mlp(dim=8, classes=1), class_weight="balanced").fit(x, x[:, 0])
+
+
+def test_multi_label_indicator_matrix_as_scikit_learn_takes_it(spark):
+    """A 2-D 0/1 ``y`` is multi-label: ``predict`` gives the indicator matrix, ``predict_proba`` each label's
+    probability (the sigmoid of logits), ``score`` is scikit-learn's subset accuracy; wrong shapes are named."""
+    import keras
+    from sklearn.metrics import accuracy_score
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(800, 6)).astype(np.float32)
+    y = np.stack([x[:, 0] > 0, x[:, 1] + x[:, 2] > 0, x[:, 3] < -0.5], axis=1).astype(np.int64)
+    for activation, loss in (("sigmoid", "binary_crossentropy"),
+                             (None, keras.losses.BinaryCrossentropy(from_logits=True))):
+        keras.utils.set_random_seed(0)
+        net = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3, activation=activation)])
+        net.compile(keras.optimizers.Adam(0.05), loss)
+        clf = KerasClassifier(net, epochs=6, batch_size=16, num_workers=2).fit(x, y)
+        out = clf.model_.predict(x, verbose=0).astype(np.float64)
+        p = out if activation else 1.0 / (1.0 + np.exp(-out))
+        np.testing.assert_allclose(clf.predict_proba(x), p, atol=1e-5)
+        predicted = clf.predict(x)
+        np.testing.assert_array_equal(predicted, (p > 0.5).astype(np.int64))
+        assert clf.score(x, y) == pytest.approx(accuracy_score(y, predicted)) and clf.score(x, y) > 0.8, activation
+        assert clf.classes_.tolist() == [0, 1, 2]
+
+    with pytest.raises(InputError, match=r"multi-label indicator matrix of 3 labels, so the model needs 3 sigmoid "
+                                         r"units trained with binary_crossentropy; it has 3 unit\(s\) and the loss "
+                                         r"'sparse_categorical_crossentropy'"):
+        KerasClassifier(mlp(dim=6, classes=3)).fit(x, y)
+    with pytest.raises(InputError, match=r"must hold only 0 and 1; it holds \[0, 1, 2\]"):
+        KerasClassifier(net).fit(x, np.c_[y[:, :2], y[:, 2] * 2])
+    with pytest.raises(InputError, match=r"class_weight needs one class per row.*sample_weight"):
+        KerasClassifier(net, class_weight="balanced").fit(x, y)
