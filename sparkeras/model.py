@@ -206,6 +206,8 @@ class SparkModel:
         self.classes = label_classes(dataset.schema, dataset.label_col) or self.classes
         if val_dataset is not None:
             resolve_columns(self._model, val_dataset.schema, val_dataset.features_col, val_dataset.label_col)
+            check_same_classes(label_classes(dataset.schema, dataset.label_col), val_dataset.schema,
+                               val_dataset.label_col, "validation data")
         checkpoint, saved = self._checkpoint(spark, checkpoint_dir, batch_size, workers, class_weight,
                                              dataset.weight_col)
         if saved is not None:
@@ -320,6 +322,7 @@ class SparkModel:
             raise InputError("evaluate needs labels: pass y= with numpy features, or label_col=.")
         columns = resolve_columns(self._model, dataset.schema, dataset.features_col, dataset.label_col,
                                   dataset.weight_col)
+        check_same_classes(self.classes, dataset.schema, dataset.label_col, "evaluation data")
         spec = self._spec(columns)
         check_rebuilds(spec.model)
         prepared = prepare(dataset, columns, workers, "evaluation data")
@@ -507,6 +510,21 @@ def label_classes(schema: Any, label_col: Any) -> list[str] | None:
         return None
     classes = (schema[label_col].metadata or {}).get("classes")
     return [str(c) for c in classes] if isinstance(classes, list) and classes else None
+
+
+def check_same_classes(expected: list[str] | None, schema: Any, label_col: Any, what: str) -> None:
+    """Refuse labels that number the classes differently from ``expected`` (both from folder names).
+
+    ``read_images`` numbers a folder's classes in its own sorted order, so a
+    validation or test folder that lacks one class shifts every index after
+    it, and the metrics would be silently wrong.
+    """
+    got = label_classes(schema, label_col)
+    if expected and got and got != expected:
+        raise InputError(
+            f"The {what}'s label column {label_col!r} numbers the classes {got[:10]}, but the model's classes are "
+            f"{expected[:10]}; the same index would mean different classes. Read it with "
+            "read_images(..., classes=<the training classes>), which SparkModel.classes holds.")
 
 
 def _check_model(model: Any) -> None:

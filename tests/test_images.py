@@ -228,3 +228,38 @@ def test_image_errors_name_the_problem(spark, digit_images, tmp_path):
             SparkModel(model).fit(frame, features_col="image", verbose=0)
     with pytest.raises(InputError, match="label column 'image' holds binary data"):
         SparkModel(_cnn()).fit(frame, features_col="image", label_col="image", verbose=0)
+
+
+def test_a_test_folder_missing_classes_is_numbered_by_the_training_classes(spark, trained, digit_images, tmp_path):
+    """A test folder with only two of the ten class folders numbers them 0 and 1 by its own order, which is
+    refused against the model's classes; ``classes=`` numbers them as in training."""
+    import shutil
+
+    sm, _, train, _ = trained
+    root, good, _ = digit_images
+    for name in ("digit_3", "digit_7"):
+        (tmp_path / "test" / name).mkdir(parents=True)
+        for path in [p for p in sorted(good) if f"/{name}/" in p][:30]:
+            shutil.copy(path, tmp_path / "test" / name)
+    own_order = sparkeras.read_images(spark, str(tmp_path / "test"), 32, "grayscale")
+    assert own_order.schema["label"].metadata["classes"] == ["digit_3", "digit_7"]
+    with pytest.raises(InputError, match=r"The evaluation data's label column 'label' numbers the classes "
+                                         r"\['digit_3', 'digit_7'\], but the model's classes are \['digit_0'.*"
+                                         r"read_images\(\.\.\., classes=<the training classes>\)"):
+        sm.evaluate(own_order, features_col="image")
+    with pytest.raises(InputError, match=r"The validation data's label column 'label' numbers the classes"):
+        SparkModel(_cnn()).fit(train, features_col="image", validation_data=own_order, verbose=0)
+
+    test = sparkeras.read_images(spark, str(tmp_path / "test"), 32, "grayscale", classes=sm.classes)
+    assert test.schema["label"].metadata["classes"] == CLASSES
+    assert sorted({r.label for r in test.select("label").collect()}) == [3, 7]
+    assert sm.evaluate(test, features_col="image")["accuracy"] >= 0.85
+
+    with pytest.raises(InputError, match=r"the folder \['digit_7'\] under .* is not among classes=\['digit_3'\]"):
+        sparkeras.read_images(spark, str(tmp_path / "test"), 32, classes=["digit_3"])
+    for kwargs, message in [(dict(labels=None, classes=["a"]), "classes= names the class folders, so it needs "
+                                                               "labels='folder'"),
+                            (dict(classes="digit_3"), "classes must be a list of class folder names"),
+                            (dict(classes=["a", "b", "a"]), r"classes names \['a'\] more than once")]:
+        with pytest.raises(InputError, match=message):
+            sparkeras.read_images(spark, str(tmp_path / "test"), 32, **kwargs)

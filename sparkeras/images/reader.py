@@ -30,6 +30,22 @@ FILES_PER_PARTITION = 4096
 BINARY_FILE_SCHEMA = "path STRING, modificationTime TIMESTAMP, length LONG, content BINARY"
 
 
+def check_classes(classes: Any, labels: Any) -> list[str] | None:
+    """``read_images``' ``classes``: ``None``, or unique folder names, and only with ``labels="folder"``."""
+    if classes is None:
+        return None
+    if labels != "folder":
+        raise InputError("classes= names the class folders, so it needs labels='folder'.")
+    if isinstance(classes, str) or not isinstance(classes, Sequence) or not classes \
+            or not all(isinstance(c, str) and c for c in classes):
+        raise InputError(f"classes must be a list of class folder names, in class index order (e.g. the training "
+                         f"data's df.schema['label'].metadata['classes']), got {classes!r}.")
+    twice = sorted({c for c in classes if list(classes).count(c) > 1})
+    if twice:
+        raise InputError(f"classes names {twice} more than once; each class folder has one index.")
+    return list(classes)
+
+
 def check_image_arguments(path: Any, image_size: Any, color_mode: str, labels: Any, on_error: str,
                           extensions: Sequence[str], what: str = "read_images") -> tuple[str, tuple[int, int]]:
     """Every check that needs neither Spark nor Pillow; returns the path and ``(height, width)``.
@@ -66,7 +82,8 @@ def check_image_arguments(path: Any, image_size: Any, color_mode: str, labels: A
 
 def read_images(spark: Any, path: str, image_size: int | tuple[int, int], color_mode: str = "rgb",
                 labels: str | None = "folder", on_error: str = "fail", *,
-                extensions: Sequence[str] = IMAGE_EXTENSIONS, stream: bool = False) -> Any:
+                extensions: Sequence[str] = IMAGE_EXTENSIONS, stream: bool = False,
+                classes: Sequence[str] | None = None) -> Any:
     """Image files under ``path`` as a DataFrame of ``path``, ``image`` (the file's bytes) and ``label``.
 
     Args:
@@ -90,6 +107,13 @@ def read_images(spark: Any, path: str, image_size: int | tuple[int, int], color_
         stream: a streaming DataFrame of the files that arrive under ``path``
             (``spark.readStream``), for ``KerasModel.transform`` or
             ``SparkModel.predict`` in a streaming query.
+        classes: the class folder names in class index order, as Keras'
+            ``image_dataset_from_directory(class_names=...)`` takes them. Pass
+            the training data's (``train.schema["label"].metadata["classes"]``,
+            or ``SparkModel.classes``) when reading validation or test
+            folders: a folder of its own order would number the classes
+            differently when one is missing. A folder not in the list is an
+            error; a class without a folder is fine.
 
     Returns:
         a DataFrame with ``path`` (string), ``image`` (binary) and, with
@@ -98,12 +122,13 @@ def read_images(spark: Any, path: str, image_size: int | tuple[int, int], color_
         function of ``register_udf`` take ``image`` as a model input.
     """
     path, size = check_image_arguments(path, image_size, color_mode, labels, on_error, extensions)
+    classes = check_classes(classes, labels)
     check_classic_session(spark, "read_images", needs="lists the files and counts skipped ones through the JVM",
                           instead="read the files with spark.read.format('binaryFile') and pass its 'content' "
                                   "column to KerasModel.transform or SparkModel.predict as the image column")
     from pyspark.sql import functions as F
 
-    root, classes = _class_folders(spark, path, extensions) if labels == "folder" else ("", None)
+    root, classes = _class_folders(spark, path, extensions, classes) if labels == "folder" else ("", None)
     reader = spark.readStream.schema(BINARY_FILE_SCHEMA) if stream else spark.read
     glob = "*.{" + ",".join(sorted({v for e in extensions for v in (e.lower().lstrip("."), e.upper().lstrip("."))}))
     frame = (reader.format("binaryFile").option("pathGlobFilter", glob + "}").option("recursiveFileLookup", "true")
@@ -138,8 +163,12 @@ def _qualified(spark: Any, path: str) -> Any:
     return fs, fs.makeQualified(hadoop_path)
 
 
-def _class_folders(spark: Any, path: str, extensions: Sequence[str]) -> tuple[str, list[str]]:
-    """The qualified root and its class folders, sorted; files lying directly under the root are an error."""
+def _class_folders(spark: Any, path: str, extensions: Sequence[str],
+                   given: list[str] | None = None) -> tuple[str, list[str]]:
+    """The qualified root and its class folders, sorted (or ``given``, which must hold every folder).
+
+    Files lying directly under the root are an error.
+    """
     fs, root = _qualified(spark, path)
     try:
         entries = list(fs.listStatus(root))
@@ -157,6 +186,13 @@ def _class_folders(spark: Any, path: str, extensions: Sequence[str]) -> tuple[st
     if not classes:
         raise InputError(f"read_images(labels='folder'): {path!r} has no class folders; put the images in one "
                          "folder per class (cats/001.jpg, dogs/002.jpg), or pass labels=None.")
+    if given is not None:
+        unknown = [c for c in classes if c not in given]
+        if unknown:
+            raise InputError(f"read_images: the folder{'s' if len(unknown) > 1 else ''} {unknown} under {path!r} "
+                             f"{'are' if len(unknown) > 1 else 'is'} not among classes={given}; its images have no "
+                             "class the model knows. Remove the folder, or read it with the training data's classes.")
+        classes = given
     return root.toString().rstrip("/") + "/", classes
 
 
