@@ -105,6 +105,20 @@ def plain_fit_accuracy(model, data, test, batch_size: int, epochs: int):
     return plain, plain.evaluate(*test, verbose=0, return_dict=True)["accuracy"]
 
 
+def tensorboard_scalars(directory):
+    """{tag: [(step, value)]} of every scalar in a TensorBoard run directory, read with TensorBoard's reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util import tensor_util
+
+    acc = EventAccumulator(str(directory), size_guidance={"tensors": 0, "scalars": 0})
+    acc.Reload()
+    out = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    for tag in acc.Tags()["tensors"]:
+        if acc.SummaryMetadata(tag).plugin_data.plugin_name == "scalars":
+            out[tag] = [(e.step, float(tensor_util.make_ndarray(e.tensor_proto))) for e in acc.Tensors(tag)]
+    return out
+
+
 def write_digit_images(root, size: int = 32, limit: int | None = None):
     """scikit-learn's 8x8 digits upscaled to ``size`` x ``size`` and written as real image files under ``root``.
 

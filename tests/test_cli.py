@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import blobs, mlp
+from conftest import blobs, mlp, tensorboard_scalars
 
 pytestmark = pytest.mark.own_processes
 
@@ -101,6 +101,13 @@ def test_train_and_predict_on_a_folder_of_image_files(digit_images, tmp_path, sp
     assert all(r.prediction_name == f"digit_{r.prediction_class}" for r in rows)
     assert np.mean([r.prediction_name == "digit_3" for r in rows]) > 0.8
 
+    # A test folder with one class folder: numbered by the classes saved with the model, not its own (0).
+    os.makedirs(tmp_path / "test")
+    os.symlink(folder, tmp_path / "test" / "digit_3")
+    assert main(["evaluate", "--model", str(tmp_path / "t.keras"), "--images", str(tmp_path / "test"),
+                 "--on-error", "skip"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["accuracy"] > 0.8
+
 
 def test_predict_on_image_files_gives_a_binary_classifiers_class(digit_images, tmp_path, spark):
     """One unit trained with binary crossentropy: ``prediction_class`` is 1 above a probability of 0.5,
@@ -181,6 +188,12 @@ def _free_port():
                                                      "weights (weight_col/sample_weight), as in Keras' fit"),
     (["--images", "{tmp}", "--weight-col", "w"], "--weight-col names a column of --data; with --images there is "
                                                  "none."),
+    (["--strategy-option", "window"], "--strategy-option takes KEY=VALUE, e.g. window=8; got 'window'."),
+    (["--strategy", "adag", "--strategy-option", "speed=2"], "--strategy-option: Bad options for strategy 'adag':"),
+    (["--tensorboard", "{tmp}/train.parquet/logs"], "--tensorboard '{tmp}/train.parquet/logs' would write over the "
+                                                    "input '{tmp}/train.parquet'"),
+    (["--tensorboard", "{tmp}/untrained.keras"], "--tensorboard '{tmp}/untrained.keras' would write over the input"),
+    (["--mlflow-experiment", " "], "--mlflow-experiment needs a value."),
 ])
 def test_argument_mistakes_fail_before_spark_or_tensorflow_start(files, args, message):
     tmp = files[0]
@@ -220,7 +233,49 @@ def test_predict_onto_its_own_input_is_refused_and_the_input_is_intact(files, sp
     assert spark.read.parquet(str(data)).count() == 3000
 
 
-@pytest.mark.parametrize("command", ["demo", "train", "predict"])
+def test_evaluate_prints_the_models_metrics(files, capsys):
+    """``evaluate`` prints Keras' ``evaluate`` of the saved model on the data, as JSON; its mistakes come first."""
+    from sparkeras.cli.main import main
+
+    tmp, x, y, untrained = files
+    rc = main(["evaluate", "--model", str(tmp / "untrained.keras"), "--data", str(tmp / "train.parquet"),
+               "--features", "pixels", "--label", "digit"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err[-3000:]
+    got = json.loads(out.out.strip().splitlines()[-1])
+    want = untrained.evaluate(x, y, verbose=0, return_dict=True)
+    assert set(got) == {"loss", "accuracy"}
+    assert got["loss"] == pytest.approx(want["loss"], abs=1e-4) and got["accuracy"] == pytest.approx(want["accuracy"], abs=1e-5)
+    assert main(["evaluate", "--model", str(tmp / "untrained.keras"), "--data", str(tmp / "train.parquet"),
+                 "--features", "pixels", "--label", "kind"]) == 2
+    assert "Column 'kind' (--label) is not in the data" in capsys.readouterr().err
+
+
+def test_train_with_strategy_options_mlflow_and_tensorboard(files, spark, tmp_path, capsys):
+    """``--strategy-option`` reaches the strategy, ``--mlflow-*`` logs the run, ``--tensorboard`` writes Keras'
+    epoch scalars and each worker's; run in this process, on the suite's session."""
+    from mlflow import MlflowClient
+
+    from sparkeras.cli.main import main
+
+    tmp = files[0]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    rc = main(["train", "--model", str(tmp / "untrained.keras"), "--data", str(tmp / "train.parquet"),
+               "--features", "pixels", "--label", "digit", "--epochs", "2", "--workers", "2", "--strategy", "adag",
+               "--strategy-option", "window=4", "--mlflow-uri", uri, "--mlflow-experiment", "cli",
+               "--tensorboard", str(tmp_path / "tb"), "--output", str(tmp_path / "t.keras"), "--quiet"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err[-3000:]
+    client = MlflowClient(uri)
+    run = client.search_runs([client.get_experiment_by_name("cli").experiment_id])[0]
+    assert run.info.run_id in out.out and f"tensorboard --logdir {tmp_path / 'tb'}" in out.out
+    assert run.data.params["strategy"] == "adag" and run.data.params["strategy.window"] == "4"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [0, 1]
+    assert len(tensorboard_scalars(tmp_path / "tb" / "train")["epoch_loss"]) == 2
+    assert len(tensorboard_scalars(tmp_path / "tb" / "sparkeras" / "worker_1")["worker/samples_per_second"]) == 2
+
+
+@pytest.mark.parametrize("command", ["demo", "train", "evaluate", "predict"])
 def test_help(command):
     res = _cli(command, "--help", timeout=60)
     assert res.returncode == 0 and f"usage: sparkeras {command}" in res.stdout

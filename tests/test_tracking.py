@@ -7,24 +7,10 @@ import os
 
 import numpy as np
 import pytest
-from conftest import blobs, mlp
+from conftest import blobs, mlp, tensorboard_scalars
 
 pytest.importorskip("mlflow")
 pytest.importorskip("tensorboard")
-
-
-def _scalars(directory):
-    """{tag: [(step, value)]} of every scalar in a TensorBoard run directory, read with TensorBoard's reader."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from tensorboard.util import tensor_util
-
-    acc = EventAccumulator(str(directory), size_guidance={"tensors": 0, "scalars": 0})
-    acc.Reload()
-    out = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
-    for tag in acc.Tags()["tensors"]:
-        if acc.SummaryMetadata(tag).plugin_data.plugin_name == "scalars":
-            out[tag] = [(e.step, float(tensor_util.make_ndarray(e.tensor_proto))) for e in acc.Tensors(tag)]
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -241,18 +227,18 @@ def test_a_model_keras_cannot_save_leaves_the_fit_and_marks_the_model_failed(tra
 
 def test_keras_tensorboard_and_sparkeras_scalars_show_the_straggler(tracked):
     tmp, _, _, _, history, _ = tracked
-    keras_train = _scalars(tmp / "tb" / "train")
+    keras_train = tensorboard_scalars(tmp / "tb" / "train")
     assert [s for s, _ in keras_train["epoch_loss"]] == [0, 1]
     np.testing.assert_allclose([v for _, v in keras_train["epoch_loss"]], history.history["loss"], rtol=1e-6)
     assert {"worker_0", "worker_1"} <= set(os.listdir(tmp / "tb" / "sparkeras"))
-    fast, slow = (_scalars(tmp / "tb" / "sparkeras" / f"worker_{k}") for k in (0, 1))
+    fast, slow = (tensorboard_scalars(tmp / "tb" / "sparkeras" / f"worker_{k}") for k in (0, 1))
     for tag in ("worker/samples_per_second", "worker/step_seconds", "worker/wait_seconds", "worker/bytes"):
         assert [s for s, _ in fast[tag]] == [0, 1] and [s for s, _ in slow[tag]] == [0, 1], tag
     # Epoch 1: worker 1 stalled 1.5 s; worker 0 waited for it at the next round.
     assert slow["worker/samples_per_second"][0][1] < fast["worker/samples_per_second"][0][1] / 3
     assert fast["worker/wait_seconds"][0][1] > 1.0 > slow["worker/wait_seconds"][0][1]
     assert fast["worker/bytes"][0][1] > 0
-    cluster = _scalars(tmp / "tb" / "sparkeras")
+    cluster = tensorboard_scalars(tmp / "tb" / "sparkeras")
     assert {"cluster/samples_per_second", "cluster/epoch_seconds", "cluster/bytes", "staleness/mean"} <= set(cluster)
     assert history.epoch_figures[0]["workers"][1]["seconds"] > 1.5
 

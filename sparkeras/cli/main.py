@@ -1,4 +1,4 @@
-"""The ``sparkeras`` command: ``demo``, ``train`` and ``predict``.
+"""The ``sparkeras`` command: ``demo``, ``train``, ``evaluate`` and ``predict``.
 
 Errors are one clear line on stderr and a non-zero exit code; ``--debug``
 shows the full traceback (and Spark's own logs). Every check that needs
@@ -55,7 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, default=1)
     train.add_argument("--batch-size", type=int, default=32)
     train.add_argument("--workers", type=int, default=None)
-    train.add_argument("--strategy", default="averaging")
+    train.add_argument("--strategy", default="averaging",
+                       help="averaging (default), allreduce, or a parameter-server strategy: async, hogwild, "
+                            "downpour, adag, dynsgd, easgd, aeasgd, eamsgd")
+    train.add_argument("--strategy-option", action="append", default=[], metavar="KEY=VALUE",
+                       help="an option of the strategy, as its Python argument, e.g. window=8 (repeat for more)")
     train.add_argument("--validation", help="path of validation data, in any format --data takes (with "
                                             "--images: a folder of class folders)")
     train.add_argument("--output", required=True, help="where to write the trained .keras model")
@@ -68,7 +72,27 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("--plot", help="write the learning curves (loss and metrics, train and validation) "
                                       "to this .png file")
+    train.add_argument("--mlflow-experiment", metavar="NAME",
+                       help="log the fit to this MLflow experiment: params, every epoch's metrics, the model")
+    train.add_argument("--mlflow-uri", metavar="URI",
+                       help="MLflow tracking URI (sqlite:///mlflow.db, a server URL); default: MLflow's own")
+    train.add_argument("--tensorboard", metavar="DIR",
+                       help="write TensorBoard event files here: Keras' epoch scalars, and each worker's under "
+                            "DIR/sparkeras")
     _common(train)
+
+    evaluate = sub.add_parser("evaluate", help="print a saved model's loss and metrics on labelled data",
+                              description="Evaluate a .keras model's compiled loss and metrics over Parquet data "
+                                          "or a folder of class folders, and print them as one JSON object.")
+    evaluate.add_argument("--model", required=True, help="compiled model, .keras file")
+    _data_flags(evaluate, "labelled data: Parquet (or CSV, JSON, ORC, Delta) path, any Hadoop URI",
+                "folder of image files in class folders, numbered by the classes saved with the model")
+    evaluate.add_argument("--features", default="features", help="feature column(s), comma separated")
+    evaluate.add_argument("--label", default="label", help="label column")
+    evaluate.add_argument("--weight-col", metavar="COLUMN", help="a numeric column of --data that weighs each row")
+    evaluate.add_argument("--batch-size", type=int, default=256)
+    evaluate.add_argument("--workers", type=int, default=None)
+    _common(evaluate)
 
     predict = sub.add_parser("predict", help="add a prediction column to Parquet data",
                              description="Predict with a .keras model over Parquet data; write Parquet "
@@ -108,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from sparkeras.cli.demo import run_demo
 
             return run_demo(args)
-        return _train(args) if args.command == "train" else _predict(args)
+        return {"train": _train, "evaluate": _evaluate, "predict": _predict}[args.command](args)
     except Exception as exc:  # noqa: BLE001 - the CLI's job is to explain
         if args.debug:
             raise
@@ -148,6 +172,11 @@ def check_arguments(args: argparse.Namespace) -> None:
         check_model_archive(args.model, "--model")
     validation = getattr(args, "validation", None)
     inputs = [args.model, args.data or args.images] + ([validation] if validation else [])
+    if args.command == "evaluate":
+        if args.images and args.weight_col is not None:
+            raise InputError("--weight-col names a column of --data; with --images there is none. Drop it.")
+        if args.weight_col is not None and not args.weight_col:
+            raise InputError("--weight-col needs a column name.")
     if args.images:
         _image_size(args)
         from sparkeras.images.reader import check_image_arguments
@@ -161,10 +190,16 @@ def check_arguments(args: argparse.Namespace) -> None:
     if args.command == "train":
         from sparkeras.strategies import get_strategy
 
+        options = _strategy_options(args)
         try:
             get_strategy(args.strategy)
         except InputError as exc:
             raise InputError(f"--strategy: {exc}") from None
+        try:
+            get_strategy(args.strategy, **options)
+        except InputError as exc:
+            raise InputError(f"--strategy-option: {exc}") from None
+        _check_tracking(args, inputs)
         _class_weight(args)
         if args.weight_col is not None:
             from sparkeras.data.weights import check_row_weights
@@ -181,8 +216,62 @@ def check_arguments(args: argparse.Namespace) -> None:
             from sparkeras.tracking.plots import check_plot_path
 
             check_plot_path(args.plot, args.overwrite, "--plot", inputs + [args.output])
-    else:
+    elif args.command == "predict":
         check_output(args.output, kind="table", overwrite=args.overwrite, inputs=inputs, flag="--output")
+
+
+def _strategy_options(args: argparse.Namespace) -> dict[str, object]:
+    """``--strategy-option window=8 --strategy-option outer_momentum=0.9`` as keyword arguments.
+
+    Values are read as JSON where they parse (numbers, ``true``, ``null``),
+    and kept as text otherwise.
+    """
+    from sparkeras.errors import InputError
+
+    options: dict[str, object] = {}
+    for item in args.strategy_option:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise InputError(f"--strategy-option takes KEY=VALUE, e.g. window=8; got {item!r}.")
+        try:
+            options[key.strip()] = json.loads(value)
+        except ValueError:
+            options[key.strip()] = value
+    return options
+
+
+def _check_tracking(args: argparse.Namespace, inputs: list[str]) -> None:
+    """``--mlflow-*`` needs MLflow installed; ``--tensorboard`` a folder that is not an input or a file."""
+    from sparkeras.errors import InputError
+
+    import importlib.util
+
+    if args.mlflow_experiment is not None or args.mlflow_uri is not None:
+        for flag, value in (("--mlflow-experiment", args.mlflow_experiment), ("--mlflow-uri", args.mlflow_uri)):
+            if value is not None and not value.strip():
+                raise InputError(f"{flag} needs a value.")
+        if importlib.util.find_spec("mlflow") is None:  # sparkeras.tracking.mlflow would import Keras
+            raise InputError("--mlflow-experiment and --mlflow-uri need MLflow: pip install 'sparkeras[tracking]'.")
+    if args.tensorboard is not None:
+        from sparkeras.storage.outputs import check_output
+
+        if importlib.util.find_spec("tensorboard") is None:
+            raise InputError("--tensorboard needs TensorBoard: pip install 'sparkeras[tracking]'.")
+        check_output(args.tensorboard, kind="directory", inputs=inputs, flag="--tensorboard")
+
+
+def _tracking_callbacks(args: argparse.Namespace) -> list:
+    callbacks = []
+    if args.mlflow_experiment is not None or args.mlflow_uri is not None:
+        from sparkeras.callbacks import MLflowLogger
+
+        callbacks.append(MLflowLogger(tracking_uri=args.mlflow_uri, experiment=args.mlflow_experiment,
+                                      run_name=f"sparkeras train {os.path.basename(args.model)}"))
+    if args.tensorboard is not None:
+        import keras
+
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=args.tensorboard))
+    return callbacks
 
 
 def _class_weight(args: argparse.Namespace) -> dict[int, float] | None:
@@ -217,7 +306,8 @@ def _image_size(args: argparse.Namespace) -> tuple[int, int] | None:
     return int(parts[0]), int(parts[1])
 
 
-def _read_images(spark, args: argparse.Namespace, model, labels: str | None, folder: str | None = None):
+def _read_images(spark, args: argparse.Namespace, model, labels: str | None, folder: str | None = None,
+                 classes: list[str] | None = None):
     """``--images``: the folder as read_images' DataFrame, at the model's input size and channels."""
     from sparkeras.errors import InputError
     from sparkeras.images import read_images
@@ -231,7 +321,8 @@ def _read_images(spark, args: argparse.Namespace, model, labels: str | None, fol
     if None in size:
         raise InputError(f"{args.model} takes images of any size; pass --image-size HEIGHTxWIDTH.")
     mode = CHANNEL_MODES[shape[-1] if len(shape) == 3 else 1]
-    return read_images(spark, folder or args.images, size, mode, labels=labels, on_error=args.on_error)
+    return read_images(spark, folder or args.images, size, mode, labels=labels, on_error=args.on_error,
+                       classes=classes)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -289,25 +380,50 @@ def _train(args: argparse.Namespace) -> int:
 
     spark = _session(args)
     check_remote_output(spark, args.output, overwrite=args.overwrite, flag="--output")
-    sm = SparkModel.load(args.model, strategy=args.strategy, num_workers=args.workers, seed=args.seed)
+    sm = SparkModel.load(args.model, strategy=args.strategy, num_workers=args.workers, seed=args.seed,
+                         **_strategy_options(args))
     data, validation = args.data, args.validation
     features, label = split_columns(args.features), args.label
     if args.images:
         data, features, label = _read_images(spark, args, sm.model, "folder"), "image", "label"
-        if validation:
-            validation = _read_images(spark, args, sm.model, "folder", validation)
+        if validation:  # numbered by the training folders, even where it lacks one
+            validation = _read_images(spark, args, sm.model, "folder", validation,
+                                      data.schema["label"].metadata["classes"])
+    callbacks = _tracking_callbacks(args)
     history = sm.fit(data, epochs=args.epochs, batch_size=args.batch_size,
                      validation_data=validation, features_col=features,
                      label_col=label, verbose=0 if args.quiet else 1, class_weight=_class_weight(args),
-                     weight_col=args.weight_col)
+                     weight_col=args.weight_col, callbacks=callbacks)
     sm.save(args.output, overwrite=args.overwrite)
     final = {k: round(v[-1], 6) for k, v in history.history.items()}
     print(f"saved {args.output}; final epoch: {json.dumps(final)}")
+    for callback in callbacks:
+        if hasattr(callback, "model_uri"):
+            print(f"mlflow run {callback.run.run_id}: model {callback.model_uri}")
+    if args.tensorboard is not None:
+        print(f"tensorboard: tensorboard --logdir {args.tensorboard}")
     if args.plot:
         from sparkeras.tracking.plots import plot_history
 
         plot_history(history, args.plot, overwrite=args.overwrite, title=f"{args.model} on {args.data}")
         print(f"learning curves: {args.plot}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    """Print the model's compiled loss and metrics on the data as one JSON object; image folders are numbered
+    by the classes saved with the model."""
+    from sparkeras import SparkModel
+
+    spark = _session(args)
+    sm = SparkModel.load(args.model, num_workers=args.workers)
+    if args.images:
+        data = _read_images(spark, args, sm.model, "folder", classes=sm.classes)
+        metrics = sm.evaluate(data, features_col="image", label_col="label", batch_size=args.batch_size)
+    else:
+        metrics = sm.evaluate(args.data, features_col=split_columns(args.features), label_col=args.label,
+                              batch_size=args.batch_size, weight_col=args.weight_col)
+    print(json.dumps({k: round(float(v), 6) for k, v in metrics.items()}))
     return 0
 
 
