@@ -268,6 +268,52 @@ def test_multi_input_multi_output_model_maps_columns(spark):
     np.testing.assert_allclose([r.p_cls for r in staged], expected["cls"], atol=1e-5)
 
 
+def test_integer_inputs_are_packed_as_integers_and_embeddings_learn_from_id_columns(spark):
+    """An ``Embedding``'s ids reach it as the input's own integer type: as ``float32`` an id above 2**24 would
+    change (16,777,217 reads as 16,777,216). Fractional ids are refused with the column named."""
+    import keras
+    import pyarrow as pa
+
+    from sparkeras.data.columns import resolve_columns
+
+    def id_model(dtype):
+        ids, extra = keras.Input((1,), dtype=dtype, name="ids"), keras.Input((2,), name="extra")
+        h = keras.layers.Concatenate()([keras.layers.Flatten()(keras.layers.Embedding(50, 4)(ids)), extra])
+        model = keras.Model([ids, extra], keras.layers.Dense(2, activation="softmax")(h))
+        model.compile(keras.optimizers.Adam(0.05), "sparse_categorical_crossentropy", metrics=["accuracy"])
+        return model
+
+    big = 16_777_217
+    for dtype, value in (("int32", big), ("int64", 2**40 + 1)):
+        schema = spark.createDataFrame([], "item BIGINT, extra ARRAY<FLOAT>").schema
+        columns = resolve_columns(id_model(dtype), schema, ["item", "extra"], None)
+        batch = pa.RecordBatch.from_pydict({"item": pa.array([value, 3], pa.int64()),
+                                            "extra": pa.array([[0.0, 1.0]] * 2, pa.list_(pa.float32()))})
+        ids = columns.features[0].to_numpy(batch).values
+        assert ids.dtype == np.dtype(dtype) and ids[:, 0].tolist() == [value, 3]
+        assert columns.features[1].dtype == "float32"
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(1)
+    item = rng.integers(0, 50, 1200)
+    extra = rng.normal(size=(1200, 2)).astype(np.float32) * 0.1
+    label = (item % 2).astype(np.int64)  # only the id's embedding tells the classes apart
+    df = spark.createDataFrame([(int(i), e.tolist(), int(y)) for i, e, y in zip(item, extra, label)],
+                               "item INT, extra ARRAY<FLOAT>, label INT")
+    model = id_model("int32")
+    sm = SparkModel(model, num_workers=2, seed=0)
+    history = sm.fit(df, features_col=["item", "extra"], epochs=4, batch_size=32, verbose=0)
+    assert history.history["accuracy"][-1] > 0.95
+    rows = sm.predict(df, features_col=["item", "extra"]).collect()
+    want = model.predict([np.array([[r.item] for r in rows], np.int32), np.array([r.extra for r in rows])], verbose=0)
+    np.testing.assert_allclose([r.prediction for r in rows], want, atol=1e-5)
+
+    fractional = df.withColumn("item", df.item + 0.5)
+    with pytest.raises(InputError, match=r"column 'item' holds 1200 non-integer values, but model input 'ids' takes "
+                                         r"int32; cast or round the column"):
+        SparkModel(id_model("int32"), num_workers=2).fit(fractional, features_col=["item", "extra"], verbose=0)
+
+
 def test_partition_with_zero_rows_trains(spark):
     x, y = blobs(5, seed=0)  # 4 workers over 5 rows: slices of 2, 2, 1 and 0 rows
     sm = SparkModel(mlp(seed=1), num_workers=4, seed=0)

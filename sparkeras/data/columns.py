@@ -210,7 +210,7 @@ def resolve_columns(
     out_kind, out_names = _structure_of(model, "_outputs_struct", outputs, "output")
     existing = {f.name: f for f in schema.fields}
     features = tuple(
-        _bind(name, cols, tensor.shape[1:], FEATURE, f"f{i}", existing, model)
+        _bind(name, cols, tensor.shape[1:], FEATURE, f"f{i}", existing, model, dtype=feature_dtype(tensor))
         for i, (name, cols, tensor) in enumerate(
             _assign(features_col, in_names, inputs, "features_col", "input")
         )
@@ -269,9 +269,23 @@ def positional_columns(model: Any, count: int, caller: str = "prediction") -> Co
             f"{caller} was called with {count} column(s), but the model has {len(inputs)} inputs {names}; "
             "pass one column per input, in that order.")
     features = tuple(
-        TensorBinding(name, cols, tuple(None if d is None else int(d) for d in tensor.shape[1:]), FEATURE, f"f{i}")
+        TensorBinding(name, cols, tuple(None if d is None else int(d) for d in tensor.shape[1:]), FEATURE, f"f{i}",
+                      feature_dtype(tensor))
         for i, (name, cols, tensor) in enumerate(zip(names, groups, inputs)))
     return ColumnMap(features, (), kind, "single")
+
+
+def feature_dtype(tensor: Any) -> str:
+    """What a model input's rows are packed as: its own integer type, else ``float32``.
+
+    An integer input (the ids of an ``Embedding``, say) fed as ``float32``
+    loses ids above 2**24 (16,777,217 reads as 16,777,216), silently. An
+    ``int64`` input is packed as ``int64``, any other integer input as ``int32``.
+    """
+    dtype = str(getattr(tensor, "dtype", "float32"))
+    if "int" not in dtype:
+        return "float32"
+    return "int64" if dtype in ("int64", "uint32", "uint64") else "int32"
 
 
 def _tensors(model: Any, attr: str) -> list[Any]:
@@ -363,6 +377,7 @@ def _bind(
     existing: Mapping[str, Any],
     model: Any,
     out_index: int = 0,
+    dtype: str = "float32",
 ) -> TensorBinding:
 
     shape = tuple(None if d is None else int(d) for d in tensor_shape)
@@ -401,7 +416,6 @@ def _bind(
             "only. Pass a single array or Vector column instead."
         )
     is_scalar = len(cols) == 1 and kinds[0] == "scalar"
-    dtype = "float32"
     classes = None
     unit_interval = False
     if role == LABEL:

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 import numpy as np
 import pyarrow as pa
 
-from sparkeras.data.columns import LABEL, WEIGHT, ColumnMap, TensorBinding
+from sparkeras.data.columns import FEATURE, LABEL, WEIGHT, ColumnMap, TensorBinding
 from sparkeras.data.sources import Dataset
 from sparkeras.errors import InputError, worker_error
 
@@ -57,7 +57,7 @@ def _value_stats(b: TensorBinding, raw: np.ndarray | None) -> dict[str, Any]:
         out[f"{b.slot}_nonfinite"] = bad
         if bad:
             good = raw[finite]
-        if b.role == LABEL and good.size:
+        if (b.role == LABEL or np.dtype(b.dtype).kind == "i") and good.size:
             out[f"{b.slot}_nonint"] = int(np.count_nonzero(good != np.round(good)))
     if good.size:
         out[f"{b.slot}_min"], out[f"{b.slot}_max"] = float(good.min()), float(good.max())
@@ -341,6 +341,7 @@ def check(stats: DatasetStats, columns: ColumnMap, what: str) -> None:
                 "drop or fill them (e.g. df.na.drop / df.na.fill) before training."
             )
         _check_labels(b, s, what)
+        _check_integer_features(b, s, what)
         _check_weights(b, s, what)
 
 
@@ -354,6 +355,19 @@ def _check_weights(b: TensorBinding, s: BindingStats, what: str) -> None:
     if s.max == 0:
         raise InputError(f"In the {what}, every row of {b.described} weighs 0, so no row would count; "
                          "check the weight column.")
+
+
+def _check_integer_features(b: TensorBinding, s: BindingStats, what: str) -> None:
+    """An integer model input (ids) takes whole numbers in its type's range, not fractions cut off silently."""
+    if b.role != FEATURE or np.dtype(b.dtype).kind != "i" or s.min is None:
+        return
+    if s.nonint:
+        raise InputError(f"In the {what}, {b.described} holds {s.nonint} non-integer values, but model input "
+                         f"{b.name!r} takes {b.dtype}; cast or round the column, or give the input dtype='float32'.")
+    info = np.iinfo(b.dtype)
+    if s.min < info.min or s.max > info.max:
+        raise InputError(f"In the {what}, {b.described} ranges from {s.min:.0f} to {s.max:.0f}, beyond model input "
+                         f"{b.name!r}'s {b.dtype}; give the input dtype='int64'.")
 
 
 def _check_labels(b: TensorBinding, s: BindingStats, what: str) -> None:
