@@ -429,3 +429,35 @@ def test_a_multi_label_classifier_gives_the_set_of_labels_as_spark_ml_reads_it(s
         register_udf(spark, "labels_of", stage.model, output="class")
         frame.createOrReplaceTempView("multi_label_rows")
         assert [r[0] for r in spark.sql("SELECT labels_of(features) FROM multi_label_rows ORDER BY id").collect()] == want
+
+
+def test_callbacks_stop_each_fit_early_even_when_grid_points_fit_at_once(spark, tmp_path, caplog):
+    """``callbacks=[EarlyStopping]`` with ``validationSplit`` stops every fit, each on its own copy: two grid
+    points fitted at once by ``TrainValidationSplit(parallelism=2)`` both stop. ``save`` leaves them out, saying so."""
+    import logging
+
+    import keras
+    from pyspark.ml.evaluation import MulticlassClassificationEvaluator
+    from pyspark.ml.tuning import ParamGridBuilder, TrainValidationSplit
+
+    x, y = blobs(600, dim=4, classes=3, seed=6)
+    df = spark.createDataFrame([(r.tolist(), int(c)) for r, c in zip(x, y)], ["features", "label"])
+    never_better = keras.callbacks.EarlyStopping(monitor="val_loss", min_delta=10.0, patience=1)
+    estimator = KerasEstimator(model=mlp(dim=4, classes=3, seed=2), epochs=10, batchSize=32, numWorkers=2,
+                               validationSplit=0.2, callbacks=[never_better])
+    assert len(estimator.fit(df).history.history["loss"]) == 2  # no epoch improves by 10: stops after patience 1
+
+    grid = ParamGridBuilder().addGrid(estimator.learningRate, [0.001, 0.01]).build()
+    split = TrainValidationSplit(estimator=estimator, estimatorParamMaps=grid, parallelism=2, collectSubModels=True,
+                                 evaluator=MulticlassClassificationEvaluator(metricName="accuracy"), seed=1).fit(df)
+    assert [len(m.history.history["loss"]) for m in split.subModels] == [2, 2]
+    assert never_better.model is None  # the fits ran copies
+
+    with caplog.at_level(logging.WARNING, logger="sparkeras"):
+        estimator.write().overwrite().save(str(tmp_path / "with_callbacks"))
+    assert "KerasEstimator.save leaves out its callbacks" in caplog.text
+    loaded = KerasEstimator.load(str(tmp_path / "with_callbacks"))
+    assert not loaded.isDefined(loaded.callbacks) and loaded.getOrDefault(loaded.epochs) == 10
+    with pytest.raises(InputError, match=r"callbacks must be a list of keras.callbacks.Callback objects, got "
+                                         r"\['early'\]"):
+        KerasEstimator(model=mlp(dim=4, classes=3), callbacks=["early"])

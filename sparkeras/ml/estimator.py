@@ -18,6 +18,7 @@ module is imported where the stage is loaded.
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import Any
 
@@ -29,6 +30,7 @@ from pyspark.ml.util import DefaultParamsReader, DefaultParamsWriter, MLReadable
 
 from sparkeras.data.columns import split_columns
 from sparkeras.errors import InputError
+from sparkeras.log import logger as log
 from sparkeras.ml.shares import SHARES
 
 MODEL_FILE = "model.keras"
@@ -98,6 +100,12 @@ class KerasEstimator(_InferenceParams, HasLabelCol, HasSeed, HasWeightCol, Estim
             (:class:`sparkeras.callbacks.MLflowLogger`), with the fitted
             ``KerasModel`` saved under the run's ``spark_ml_model`` artifacts
             (reload it with ``KerasModel.load`` on the downloaded path).
+        callbacks: Keras callbacks for each fit (``EarlyStopping`` with
+            ``validationSplit``, ``ReduceLROnPlateau``, ``ModelCheckpoint``...),
+            run on the driver at epoch level as in ``SparkModel.fit``. Each
+            fit runs shallow copies, so grid points that ``CrossValidator``
+            fits at once do not share their state. Callbacks are Python
+            objects: ``save`` leaves them out, and says so in the log.
     """
 
     epochs: Param[int] = Param(Params._dummy(), "epochs", "training epochs", typeConverter=TypeConverters.toInt)
@@ -123,6 +131,8 @@ class KerasEstimator(_InferenceParams, HasLabelCol, HasSeed, HasWeightCol, Estim
     mlflowExperiment: Param[str] = Param(Params._dummy(), "mlflowExperiment", "MLflow experiment that each fit "
                                          "logs a run to (params, metrics, model, fitted stage)",
                                          typeConverter=TypeConverters.toString)
+    callbacks: Param[list] = Param(Params._dummy(), "callbacks", "Keras callbacks run at epoch level in each fit "
+                                   "(not saved)", typeConverter=lambda value: _keras_callbacks(value))
 
     @keyword_only
     def __init__(self, *, model: Any = None, featuresCol: str = "features", labelCol: str = "label",
@@ -132,7 +142,7 @@ class KerasEstimator(_InferenceParams, HasLabelCol, HasSeed, HasWeightCol, Estim
                  learningRate: float | None = None, optimizer: str | None = None, loss: str | None = None,
                  metrics: list[str] | None = None, seed: int | None = None, verbose: int = 0,
                  classWeight: dict | None = None, weightCol: str | None = None,
-                 mlflowExperiment: str | None = None) -> None:
+                 mlflowExperiment: str | None = None, callbacks: list | None = None) -> None:
         super().__init__()
         self._setDefault(labelCol="label", epochs=1, numWorkers=0, validationSplit=0.0, strategy="averaging",
                          strategyOptions={}, verbose=0, seed=0)
@@ -157,6 +167,8 @@ class KerasEstimator(_InferenceParams, HasLabelCol, HasSeed, HasWeightCol, Estim
                                    run_name=f"KerasEstimator-{self.uid}")
         keras_model = self._fresh_model()
         options = dict(self.getOrDefault(self.strategyOptions) or {})
+        callbacks = [copy.copy(c) for c in (self.getOrDefault(self.callbacks) if self.isDefined(self.callbacks)
+                                            else [])]
         with SHARES.claim(self.getOrDefault(self.numWorkers) or None,
                           lambda: concurrent_slots(dataset.sparkSession.sparkContext)) as workers:
             trainer = SparkModel(keras_model, self.getOrDefault(self.strategy), workers,
@@ -165,7 +177,7 @@ class KerasEstimator(_InferenceParams, HasLabelCol, HasSeed, HasWeightCol, Estim
                                   validation_split=self.getOrDefault(self.validationSplit),
                                   features_col=split_columns(self.getFeaturesCol()),
                                   label_col=self.getLabelCol(), verbose=self.getOrDefault(self.verbose),
-                                  callbacks=[tracker] if tracker is not None else None,
+                                  callbacks=callbacks + ([tracker] if tracker is not None else []),
                                   class_weight=self._class_weight(),
                                   weight_col=(self.getWeightCol() if self.isDefined(self.weightCol) else "") or None)
         fitted = KerasModel(model=keras_model)
@@ -264,8 +276,25 @@ class _KerasWriter(MLWriter):
 
         if self.instance._keras_model is None:
             raise InputError(f"{type(self.instance).__name__} has no Keras model to save.")
-        DefaultParamsWriter.saveMetadata(self.instance, path, self.sc, extraMetadata={"sparkeras": __version__})
+        params = {p.name: v for p, v in self.instance._paramMap.items() if p.name != "callbacks"}
+        if len(params) < len(self.instance._paramMap):
+            log.warning("%s.save leaves out its callbacks (Python objects); set them again after loading.",
+                        type(self.instance).__name__)
+        # An empty paramMap would make Spark save every param, callbacks included.
+        params = params or {"featuresCol": self.instance.getFeaturesCol()}
+        DefaultParamsWriter.saveMetadata(self.instance, path, self.sc, extraMetadata={"sparkeras": __version__},
+                                         paramMap=params)
         save_model_file(self.instance._keras_model, _join(path, MODEL_FILE))
+
+
+def _keras_callbacks(value: Any) -> list:
+    """The ``callbacks`` Param: a list of ``keras.callbacks.Callback`` objects, checked when set."""
+    import keras
+
+    items = list(value) if isinstance(value, (list, tuple)) else None
+    if items is None or not all(isinstance(c, keras.callbacks.Callback) for c in items):
+        raise InputError(f"callbacks must be a list of keras.callbacks.Callback objects, got {value!r}.")
+    return items
 
 
 class _KerasReader(MLReader):
