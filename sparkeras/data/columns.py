@@ -400,7 +400,8 @@ def _bind(
             elif text:
                 fix = (f"Turn the text into numbers in Spark first: categories with StringIndexer(inputCol={col!r}) "
                        "(then OneHotEncoder, or an Embedding layer on the index); free text with Tokenizer then "
-                       "HashingTF or CountVectorizer (all in pyspark.ml.feature), and pass the result as "
+                       "HashingTF(numFeatures=4096) or CountVectorizer(vocabSize=4096) (all in pyspark.ml.feature; "
+                       "their vectors are trained on dense, 4 bytes per feature and row), and pass the result as "
                        "features_col. String model inputs (StringLookup, TextVectorization) are not fed from "
                        "DataFrames.")
             else:
