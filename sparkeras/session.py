@@ -76,12 +76,9 @@ def start_python_workers(spark: Any) -> threading.Thread | None:
     building the model), instead of at the start of the first fit or
     scoring job. The job is one trivial task per task slot, so each slot's
     worker is forked and kept for reuse; it holds a slot only until its
-    worker is up. The same thread then runs the JVM's Arrow conversion once
-    (:func:`sparkeras.data.arrow.warm_arrow_conversion`), so that the first
-    fit's packing finds it compiled. Returns the thread that runs the jobs
-    (``None`` when it was started before; the context keeps it as
-    ``_sparkeras_start_workers``). A failure costs nothing but the time it
-    would have saved.
+    worker is up. Returns the thread that runs the job (``None`` when it
+    was started before; the context keeps it as ``_sparkeras_start_workers``).
+    A failure costs nothing but the time it would have saved.
     """
     sc = spark.sparkContext
     if getattr(sc, "_sparkeras_start_workers", None) is not None:
@@ -92,9 +89,6 @@ def start_python_workers(spark: Any) -> threading.Thread | None:
         try:
             sc.setJobGroup("sparkeras-start", "sparkeras: starting the Python workers", interruptOnCancel=False)
             sc.parallelize(range(slots), slots).mapPartitions(_worker_started).collect()
-            from sparkeras.data.arrow import warm_arrow_conversion
-
-            warm_arrow_conversion(spark)
         except Exception:  # noqa: BLE001 - the first Python task starts the workers instead
             pass
 

@@ -543,7 +543,6 @@ tracker = sc.statusTracker()
 jobs = [tracker.getJobInfo(j) for j in tracker.getJobIdsForGroup("sparkeras-start")]
 print(json.dumps({"jobs": [[j.status, tracker.getStageInfo(j.stageIds[0]).numCompletedTasks] for j in jobs],
                   "again": start_python_workers(spark) is None, "first_job": first_job,
-                  "cached": sc._jsc.getPersistentRDDs().size(),
                   "workers": sc.parallelize(range(2), 2).mapPartitions(probe).collect()}))
 """
 
@@ -551,8 +550,7 @@ print(json.dumps({"jobs": [[j.status, tracker.getStageInfo(j.stageIds[0]).numCom
 @pytest.mark.own_processes
 def test_a_new_session_starts_its_python_workers_before_the_first_python_job():
     """get_spark starts the Python workers in the background: the daemon (with its TensorFlow import) that forks
-    the user's first Python job's workers was up before that job was submitted. A second job runs the JVM's
-    Arrow conversion once, and leaves nothing cached."""
+    the user's first Python job's workers was up before that job was submitted."""
     import json
     import subprocess
     import sys
@@ -560,7 +558,7 @@ def test_a_new_session_starts_its_python_workers_before_the_first_python_job():
     done = subprocess.run([sys.executable, "-c", STARTED_WORKERS], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     got = json.loads(done.stdout.strip().splitlines()[-1])
-    assert got["jobs"] == [["SUCCEEDED", 2], ["SUCCEEDED", 2]] and got["again"] and got["cached"] == 0
+    assert got["jobs"] == [["SUCCEEDED", 2]] and got["again"]
     assert [parent for _, parent in got["workers"]] == ["sparkeras.worker.daemon"] * 2
     assert all(started < got["first_job"] - 0.05 for started, _ in got["workers"]), got  # the daemon's start
 

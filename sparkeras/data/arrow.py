@@ -59,27 +59,3 @@ class BatchReader:
         schema = pa.ipc.read_schema(pa.py_buffer(self.schema_bytes))
         for message in messages:
             yield pa.ipc.read_record_batch(pa.py_buffer(message), schema)
-
-
-def warm_arrow_conversion(spark: Any, rows_per_slot: int = 20000) -> None:
-    """Run the JVM's row-to-Arrow conversion once on made-up rows, so the first fit finds it compiled.
-
-    A cold fit's packing pass spent 1.2-1.4 core-seconds in the executors'
-    task threads converting a cached DataFrame to Arrow, against 0.05 when
-    warm, and the JVM's C2 compiler 1.5-2.3 core-seconds beside it: the
-    conversion's loops run interpreted until the JIT compiles them. This
-    job (a cached ``array<float>``, ``double`` and ``int`` column, converted
-    and counted in the JVM, no Python) gets those loops compiled when the
-    session starts, while the user reads their data. Measured on
-    ``bench/time_to_accuracy.py --tasks mlp --runs cold`` (6 interleaved
-    pairs): the fixed cost fell from 2.55 s to 2.27 s on average, lower in
-    every pair.
-    """
-    frame = spark.range(0, rows_per_slot * max(1, spark.sparkContext.defaultParallelism)).selectExpr(
-        "transform(sequence(1, 64), i -> cast(id + i as float)) as features", "cast(id as double) as value",
-        "cast(id % 10 as int) as label").cache()
-    try:
-        arrow_batches(frame)[0]._jrdd.count()
-    finally:
-        frame.unpersist()
-
