@@ -193,3 +193,45 @@ def test_the_pandas_udf_used_before_spark_4_1_gives_the_same_predictions(spark, 
     wide.createOrReplaceTempView("pandas_wide")
     got = [r[0] for r in spark.sql("SELECT pandas_class(a, b, c, d) FROM pandas_wide ORDER BY id").collect()]
     assert got == expected.argmax(axis=1).astype(float).tolist()
+
+
+@pytest.mark.parametrize("arrow_udf", [True, False], ids=["arrow_udf", "pandas_udf_before_4_1"])
+def test_rows_with_null_features_get_null_predictions_and_keep_their_place(spark, trained, monkeypatch, arrow_udf):
+    """A null feature row is scored NULL, as a SQL function gives NULL for NULL, and every other row gets its
+    own prediction; before, one null row failed the whole query ("drop or fill them before training").
+    A null inside an array is still an error that names the column (through Arrow; pandas makes it NaN)."""
+    import sparkeras.inference.udf as udf_module
+    from sparkeras import SparkModel
+    from sparkeras.ml import KerasModel
+
+    model, x = trained
+    if not arrow_udf:
+        monkeypatch.setattr(udf_module, "has_arrow_udf", lambda: False)
+    rows = [(i, None if i % 3 == 1 else [float(v) for v in x[i]], None if i % 4 == 2 else float(x[i, 0]))
+            for i in range(60)]
+    frame = spark.createDataFrame(rows, "id INT, features ARRAY<DOUBLE>, a DOUBLE").repartition(2)
+    want = model.predict(x[:60], verbose=0)
+    scored = KerasModel(model=model).transform(frame).orderBy("id").collect()
+    assert [r.prediction is None for r in scored] == [i % 3 == 1 for i in range(60)]
+    kept = [i for i in range(60) if i % 3 != 1]
+    assert [scored[i].prediction for i in kept] == want[kept].argmax(axis=1).astype(float).tolist()
+    np.testing.assert_allclose([scored[i].probability for i in kept], want[kept], atol=1e-5)
+    assert all(scored[i].probability is None for i in range(60) if i % 3 == 1)
+
+    assembled = frame.selectExpr("id", "a", "features[1] as b", "features[2] as c", "features[3] as d")
+    predicted = SparkModel(model).predict(assembled, features_col=["a", "b", "c", "d"]).orderBy("id").collect()
+    missing = [i % 3 == 1 or i % 4 == 2 for i in range(60)]
+    assert [r.prediction is None for r in predicted] == missing
+    np.testing.assert_allclose([predicted[i].prediction for i in range(60) if not missing[i]],
+                               want[[i for i in range(60) if not missing[i]]], atol=1e-5)
+
+    sparkeras.register_udf(spark, "null_safe_class", model, output="class")
+    frame.createOrReplaceTempView("rows_with_nulls")
+    got = [r[0] for r in spark.sql("SELECT null_safe_class(features) FROM rows_with_nulls ORDER BY id").collect()]
+    assert got == [None if i % 3 == 1 else float(want[i].argmax()) for i in range(60)]
+
+    if not arrow_udf:
+        return  # pandas hands a null inside an array over as NaN, which predicts NaN, as model.predict does
+    holes = spark.createDataFrame([([1.0, None, 2.0, 3.0],)], "features ARRAY<DOUBLE>")
+    with pytest.raises(Exception, match=r"column 'features' has null entries inside its arrays; fill or drop them"):
+        KerasModel(model=model).transform(holes).collect()

@@ -24,6 +24,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from sparkeras.data.columns import ColumnMap, is_binary_type, positional_columns
 from sparkeras.errors import InputError
@@ -94,7 +95,7 @@ class OutputColumn:
 
     def to_arrow(self, outputs: list[np.ndarray]) -> pa.Array:
         values = outputs[self.output]
-        values = values.reshape(len(values), -1)
+        values = values.reshape(len(values), int(np.prod(values.shape[1:])))
         if self.kind == CLASS and self.multilabel:
             rows, labels = np.nonzero(values > (0.0 if self.logits else 0.5))
             offsets = np.searchsorted(rows, np.arange(len(values) + 1)).astype(np.int32)
@@ -138,7 +139,7 @@ class PredictionPlan:
 
         if not self.as_struct:
             return self.outputs[0].spark_type()
-        return T.StructType([T.StructField(o.name, o.spark_type(), False) for o in self.outputs])
+        return T.StructType([T.StructField(o.name, o.spark_type(), True) for o in self.outputs])  # null for null rows
 
 
 class InlineWeights:
@@ -164,12 +165,35 @@ def predict_batches(plan: PredictionPlan, weights: Any, batches: Iterator[Any]) 
         if columns is None:
             columns = positional_columns(model, len(arrays), plan.caller)
         batch = pa.RecordBatch.from_arrays(arrays, names=columns.columns)
+        missing = _rows_with_nulls(columns, batch)
+        if missing is not None:
+            batch = batch.filter(pc.invert(missing))
         outputs = predict_rows(model, columns, batch, plan.batch_size)
         fields = [o.to_arrow(outputs) for o in plan.outputs]
+        if missing is not None:  # each row of the input again, null where a feature was null
+            rows = pc.subtract(pc.cumulative_sum(pc.cast(pc.invert(missing), pa.int64())), 1)
+            places = pc.if_else(missing, pa.scalar(None, pa.int64()), rows)
+            fields = [f.take(places) for f in fields]
         if plan.as_struct:
-            yield pa.StructArray.from_arrays(fields, names=[o.name for o in plan.outputs])
+            yield pa.StructArray.from_arrays(fields, names=[o.name for o in plan.outputs], mask=missing)
         else:
             yield fields[0]
+
+
+def _rows_with_nulls(columns: ColumnMap, batch: pa.RecordBatch) -> pa.BooleanArray | None:
+    """Rows where a feature column is null, which get a null prediction (as SQL functions give NULL for NULL).
+
+    ``None`` when there are none, the usual case, which costs one null count
+    per column. A null inside an array is not a missing row: the conversion
+    refuses it, naming the column.
+    """
+    used = [batch.column(c) for b in columns.features for c in b.columns]
+    if not any(a.null_count for a in used):
+        return None
+    missing = pc.is_null(used[0])
+    for a in used[1:]:
+        missing = pc.or_(missing, pc.is_null(a))
+    return missing
 
 
 def predict_rows(model: Any, columns: ColumnMap, batch: pa.RecordBatch, batch_size: int) -> list[np.ndarray]:

@@ -112,5 +112,8 @@ def _column(values: pa.Array) -> Any:
     if pa.types.is_list(values.type):
         offsets = values.offsets.to_numpy()
         flat = values.values.to_numpy(zero_copy_only=False)
-        return pd.Series(np.split(flat, offsets[1:-1]) if len(values) else [], dtype=object)
-    return values.to_pandas()
+        rows = np.split(flat, offsets[1:-1]) if len(values) else []
+        if values.null_count:  # rows whose features were null: None, which Spark reads as NULL
+            rows = [row if valid else None for row, valid in zip(rows, values.is_valid().to_pylist())]
+        return pd.Series(rows, dtype=object)
+    return values.to_pandas()  # a null double becomes NaN, which Spark reads back as NULL
