@@ -160,8 +160,35 @@ class ModelSpec:
                     f"The model uses custom objects from module {module!r}, which this Python worker cannot "
                     f"import ({exc}). Ship it to the executors with --py-files or sc.addPyFile(), or install it "
                     "there.") from None
-        with keras.saving.custom_object_scope(self.custom_objects or {}):
+        with keras.saving.custom_object_scope(self.custom_objects or {}), _global_dtype_policy(config):
             return keras.saving.deserialize_keras_object(config)
+
+
+@contextlib.contextmanager
+def _global_dtype_policy(config: Any) -> Iterator[None]:
+    """While open, Keras' global dtype policy is the one the model's config names (``mixed_float16``...).
+
+    Keras 3.15 rebuilds a model's layers with their own policies, but the
+    model itself with the global one, and ``compile`` wraps the optimizer in
+    a ``LossScaleOptimizer`` only when the model's policy is
+    ``mixed_float16``. A worker (whose global policy is ``float32``) then
+    built a model with 4 optimizer variables fewer than the driver's, and
+    every ``mixed_float16`` fit failed ("model state has 18 arrays but the
+    model has 14 variables").
+    """
+    import keras
+
+    policy = (config.get("config") or {}).get("dtype") if isinstance(config, dict) else None
+    name = (policy.get("config") or {}).get("name") if isinstance(policy, dict) else policy
+    if not isinstance(name, str) or name == keras.config.dtype_policy().name:
+        yield
+        return
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 _REBUILT: set[str] = set()  # keys of the model specs this process has rebuilt once

@@ -29,6 +29,31 @@ def test_one_worker_averaging_equals_plain_fit_with_adam(spark):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("strategy", ["averaging", "allreduce"])
+def test_a_mixed_float16_model_trains_with_its_loss_scale_optimizer(spark, strategy):
+    """Under ``mixed_float16`` Keras wraps the optimizer in a ``LossScaleOptimizer``, but only for a model whose
+    own policy is mixed, and Keras rebuilds a model from its config with the global policy. The workers
+    (global ``float32``) used to build a plain Adam, and every fit failed on the optimizer's variable count.
+    One worker equals plain ``model.fit`` under the same policy."""
+    import keras
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        x, y = blobs(600, seed=3)
+        model = mlp(seed=5)
+        plain = clone(model)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert type(model.optimizer).__name__ == "LossScaleOptimizer"
+    plain.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0)
+    sm = SparkModel(model, strategy=strategy, num_workers=1, seed=0)
+    sm.fit(x, y, epochs=2, batch_size=32, shuffle=False, verbose=0)
+    assert [str(w.dtype) for w in sm.model.weights] == ["float32"] * len(sm.model.weights)  # float16 compute only
+    for got, want in zip(sm.model.get_weights(), plain.get_weights()):
+        np.testing.assert_allclose(got, want, atol=1e-3, rtol=0)
+    assert float(sm.model.optimizer.dynamic_scale) == float(plain.optimizer.dynamic_scale)
+
+
 def test_two_workers_match_plain_fit_accuracy(spark):
     x, y = blobs(12_000, dim=16, noise=2.2, seed=11)
     xt, yt = blobs(4_000, dim=16, noise=2.2, seed=11, sample_seed=99)
