@@ -208,6 +208,7 @@ class SparkModel:
             resolve_columns(self._model, val_dataset.schema, val_dataset.features_col, val_dataset.label_col)
             check_same_classes(label_classes(dataset.schema, dataset.label_col), val_dataset.schema,
                                val_dataset.label_col, "validation data")
+        self.strategy.check_cluster(spark, workers)
         checkpoint, saved = self._checkpoint(spark, checkpoint_dir, batch_size, workers, class_weight,
                                              dataset.weight_col)
         if saved is not None:

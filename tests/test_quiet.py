@@ -90,3 +90,5 @@ def test_a_script_ending_while_a_job_runs_prints_no_task_listener_stacks(spark):
     it anyway; sparkeras' sessions keep the log line to fatal errors only."""
     log4j = spark.sparkContext._jvm.org.apache.logging.log4j.LogManager
     assert str(log4j.getLogger("org.apache.spark.TaskContextImpl").getLevel()) == "FATAL"
+    # ... and "Failed to update accumulator" from the scheduler, for tasks ending after the driver's Python
+    assert str(log4j.getLogger("org.apache.spark.scheduler.DAGScheduler").getLevel()) == "FATAL"

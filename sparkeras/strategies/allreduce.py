@@ -112,18 +112,21 @@ class AllReduce(Strategy):
                 "shared_memory": self.shared_memory, "learning_rate_scaling": self.learning_rate_scaling,
                 "warmup_epochs": self.warmup_epochs, "slot_timeout": self.slot_timeout}
 
-    def check(self, job: TrainingJob) -> None:
-        if job.spec.backend not in BACKENDS:
+    def check_cluster(self, spark: Any, num_workers: int) -> None:
+        import keras
+
+        backend = keras.config.backend()
+        if backend not in BACKENDS:
             raise InputError(
                 f"strategy='allreduce' supports the Keras backends {', '.join(BACKENDS)}, not "
-                f"{job.spec.backend!r}; set KERAS_BACKEND to one of them or use strategy='averaging'.")
+                f"{backend!r}; set KERAS_BACKEND to one of them or use strategy='averaging'.")
+        check_barrier(spark.sparkContext, num_workers)  # before torch's import, which takes seconds
         try:
             import torch.distributed  # noqa: F401
         except ImportError:
             raise InputError(
                 "strategy='allreduce' reduces gradients with torch.distributed (gloo); "
                 "install it with: pip install 'sparkeras[allreduce]' (or pip install torch).") from None
-        check_barrier(job.spark.sparkContext, job.num_workers)
 
     def fit(self, job: TrainingJob) -> None:
         coordinator = _Coordinator(job, Rendezvous(self.timeout))

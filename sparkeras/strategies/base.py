@@ -24,6 +24,13 @@ class Strategy(abc.ABC):
 
     name: ClassVar[str]
 
+    def check_cluster(self, spark: Any, num_workers: int) -> None:
+        """Reject a cluster this strategy cannot run on (too few task slots, a missing library).
+
+        Called before the data is read or any task starts, so a fit that
+        cannot run costs no packing and leaves no tasks behind.
+        """
+
     def check(self, job: "TrainingJob") -> None:
         """Reject options that cannot work for this job, before training starts."""
 

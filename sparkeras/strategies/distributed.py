@@ -200,14 +200,14 @@ class DistributedOptimizer(Strategy):
 
     # -- driver ------------------------------------------------------------
 
-    def check(self, job: TrainingJob) -> None:
+    def check_cluster(self, spark: Any, num_workers: int) -> None:
         if self.synchronous:
             from sparkeras.barrier import concurrent_slots
 
-            slots = concurrent_slots(job.spark.sparkContext)
-            if slots < job.num_workers:
+            slots = concurrent_slots(spark.sparkContext)
+            if slots < num_workers:
                 raise InputError(
-                    f"strategy={self.name!r} trains in synchronous rounds, so its num_workers={job.num_workers} "
+                    f"strategy={self.name!r} trains in synchronous rounds, so its num_workers={num_workers} "
                     f"tasks must run at the same time, but the cluster has {slots} task slots. "
                     f"Use at most {slots} workers, or an asynchronous strategy such as 'aeasgd'.")
 
