@@ -255,7 +255,7 @@ class ModelAveraging(DistributedOptimizer):
 
     # -- driver ---------------------------------------------------------------
 
-    def check(self, job: TrainingJob) -> None:
+    def check_cluster(self, spark: Any, num_workers: int) -> None:
         """Any slot count works: rounds run as one job per window when workers cannot all run at once."""
 
     def fit(self, job: TrainingJob) -> None:
