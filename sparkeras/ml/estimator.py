@@ -220,8 +220,11 @@ class KerasModel(_InferenceParams, Model, _KerasStage):
     it) and ``probabilityCol`` (array<float>, one probability per class);
     for a regression, ``predictionCol`` holds the output. A classifier has
     several output units, or one trained with binary crossentropy
-    (:func:`sparkeras.inference.udf.class_outputs`). Each Python worker loads
-    the model once and reuses it.
+    (:func:`sparkeras.inference.udf.class_outputs`); several units trained
+    with binary crossentropy are multi-label, and ``predictionCol`` is then
+    the ``array<double>`` of the labels above 0.5. A row whose features are
+    null gets null prediction columns. Each Python worker loads the model
+    once and reuses it.
     ``classes`` holds the class names of the training labels, in class index
     order, when they carried them (``read_images(..., labels="folder")``).
     """
