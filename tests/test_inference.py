@@ -225,6 +225,12 @@ def test_rows_with_null_features_get_null_predictions_and_keep_their_place(spark
     np.testing.assert_allclose([predicted[i].prediction for i in range(60) if not missing[i]],
                                want[[i for i in range(60) if not missing[i]]], atol=1e-5)
 
+    # A batch of null rows only (a partition of one null row): nothing to predict, every row NULL.
+    pair = spark.createDataFrame(spark.sparkContext.parallelize([(0, None), (1, [float(v) for v in x[1]])], 2),
+                                 "id INT, features ARRAY<DOUBLE>")
+    assert [r.prediction for r in KerasModel(model=model).transform(pair).orderBy("id").collect()] == \
+        [None, float(want[1].argmax())]
+
     sparkeras.register_udf(spark, "null_safe_class", model, output="class")
     frame.createOrReplaceTempView("rows_with_nulls")
     got = [r[0] for r in spark.sql("SELECT null_safe_class(features) FROM rows_with_nulls ORDER BY id").collect()]

@@ -45,7 +45,8 @@ def class_probabilities(values: np.ndarray, logits: bool = False, multilabel: bo
     leaves to its loss. A ``multilabel`` model's units are independent
     binary classifiers, so each is its own probability (a sigmoid each, for logits).
     """
-    values = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
+    values = np.asarray(values, dtype=np.float64)
+    values = values.reshape(len(values), int(np.prod(values.shape[1:])))  # -1 fails on zero rows
     if multilabel:
         return 1.0 / (1.0 + np.exp(-values)) if logits else values
     if values.shape[1] == 1:
