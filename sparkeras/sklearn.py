@@ -219,13 +219,13 @@ class KerasClassifier(ClassifierMixin, _SparkKerasBase):
         return {index[label]: weight for label, weight in given.items()}
 
     def _check_output(self, model: Any) -> None:
-        from sparkeras.data.columns import loss_name
+        from sparkeras.data.columns import loss_name, trained_on_binary_crossentropy
 
         units = _output_units(model)
         k = len(self.classes_)
         if self._multilabel:
             loss = loss_name(model, 0)
-            if units != k or "binary" not in loss or "crossentropy" not in loss:
+            if units != k or not trained_on_binary_crossentropy(model):
                 raise InputError(
                     f"y is a multi-label indicator matrix of {k} labels, so the model needs {k} sigmoid units "
                     f"trained with binary_crossentropy; it has {units} unit(s) and the loss {loss or None!r}.")

@@ -510,6 +510,12 @@ def loss_name(model: Any, index: int) -> str:
     return str(getattr(loss, "name", None) or getattr(loss, "__name__", "")).lower()
 
 
+def trained_on_binary_crossentropy(model: Any, index: int = 0) -> bool:
+    """Whether output ``index`` trains with a binary crossentropy (plain or focal): each unit is a yes/no label."""
+    name = loss_name(model, index)
+    return "binary" in name and "crossentropy" in name
+
+
 def trained_on_logits(model: Any) -> bool:
     """Whether a one-output model's loss was compiled with ``from_logits=True``: its outputs are logits, not probabilities."""
     return bool(getattr(getattr(model, "loss", None), "from_logits", False))

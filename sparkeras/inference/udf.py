@@ -226,16 +226,16 @@ def class_outputs(model: Any, prediction_col: str, probability_col: str = "") ->
     Several units with a binary crossentropy are a multi-label classifier:
     the class column holds the indices of every label above the threshold.
     """
-    from sparkeras.data.columns import loss_name, trained_on_logits
+    from sparkeras.data.columns import trained_on_binary_crossentropy, trained_on_logits
 
     widths = output_widths(model)
     if len(widths) != 1:
         return None
-    name = loss_name(model, 0)
-    if widths[0] == 1 and ("binary" not in name or "crossentropy" not in name):
+    binary = trained_on_binary_crossentropy(model)
+    if widths[0] == 1 and not binary:
         return None
     logits = trained_on_logits(model)
-    multilabel = widths[0] > 1 and "binary" in name and "crossentropy" in name
+    multilabel = widths[0] > 1 and binary
     outputs = [OutputColumn(prediction_col, 0, widths[0], CLASS, logits, multilabel)]
     if probability_col:
         outputs.append(OutputColumn(probability_col, 0, max(widths[0], 2), PROBABILITY, logits, multilabel))
