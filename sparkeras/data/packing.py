@@ -212,7 +212,7 @@ def _prepare_spark(dataset: Dataset, columns: ColumnMap, num_partitions: int, wh
     frame = dataset.frame.select(*[F.col(f"`{c}`") for c in columns.columns])
     if repartition or frame.rdd.getNumPartitions() != num_partitions:
         frame = frame.repartition(num_partitions)
-    files = tempfile.mkdtemp(prefix="sparkeras-data-") if _memory_map(frame.sparkSession) else None
+    files = _packing_folder(frame.sparkSession)
     messages, read = arrow_batches(frame)
     blocks = messages.mapPartitions(lambda it: pack_batches(columns, read(it), files)).persist(
         StorageLevel.MEMORY_AND_DISK)
@@ -245,7 +245,7 @@ def _prepare_local(dataset: Dataset, columns: ColumnMap, num_partitions: int) ->
 
     spark = SparkSession.getActiveSession()
     sc = spark.sparkContext
-    files = tempfile.mkdtemp(prefix="sparkeras-data-") if _memory_map(spark) else None
+    files = _packing_folder(spark)
     table = dataset.table.select(columns.columns).combine_chunks()
     n = table.num_rows
     per_part = -(-n // num_partitions) if n else 0
@@ -279,6 +279,27 @@ def _memory_map(spark: Any) -> bool:
     if spark.conf.get(MEMORY_MAP_CONF, "auto").strip().lower() == "false":
         return False
     return is_local(spark.sparkContext.master)
+
+
+def _packing_folder(spark: Any) -> str | None:
+    """A new folder for a local-mode packing's ``.npy`` files, or ``None`` on a cluster (Spark caches the blocks).
+
+    It lies in the driver's own Spark scratch folder (``SparkFiles``' root,
+    under ``spark.local.dir``), which the JVM deletes when the SparkContext
+    stops or the JVM exits. The files are also removed when their packing is
+    dropped, or at the Python driver's exit; but a driver killed with
+    ``SIGKILL`` (an out-of-memory kill, a notebook kernel restarted) runs
+    neither, and under ``/tmp`` they stayed behind: as large as the data,
+    188 MB for 60,000 x 784 floats. The JVM outlives such a driver: it
+    sees its stdin close, exits normally and runs its shutdown hooks.
+    """
+    if not _memory_map(spark):
+        return None
+    try:
+        root = str(spark.sparkContext._jvm.org.apache.spark.SparkFiles.getRootDirectory())
+    except Exception:  # noqa: BLE001 - no driver scratch folder: the system's temporary one
+        root = None
+    return tempfile.mkdtemp(prefix="sparkeras-data-", dir=root if root and os.path.isdir(root) else None)
 
 
 def _blob(values: np.ndarray | None, files: str | None, name: str) -> bytes | str:
