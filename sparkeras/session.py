@@ -49,15 +49,17 @@ def get_spark(master: str | None = None, app_name: str = "sparkeras") -> Any:
         return active
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    builder = SparkSession.builder.master(master or "local[*]").appName(app_name)
-    for key, value in _LOCAL_CONF.items():
-        builder = builder.config(key, value)
+    options = {"spark.master": master or "local[*]", "spark.app.name": app_name, **_LOCAL_CONF}
     backend = os.environ.get("KERAS_BACKEND")
     if backend:
-        builder = builder.config("spark.executorEnv.KERAS_BACKEND", backend)
+        options["spark.executorEnv.KERAS_BACKEND"] = backend
     quiet = _quiet_logging()
     if quiet:
-        builder = builder.config("spark.driver.extraJavaOptions", quiet)
+        options["spark.driver.extraJavaOptions"] = quiet
+        _start_jvm_without_its_warning(options)
+    builder = SparkSession.builder
+    for key, value in options.items():
+        builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     start_python_workers(spark)
@@ -177,6 +179,61 @@ def _pause_console_progress(spark: Any) -> tuple[Any, Any, Any] | None:
         return field, jsc, jvm
     except Exception:  # noqa: BLE001 - no JVM (Spark Connect) or a different Spark: leave the bar alone
         return None
+
+
+JVM_START_UP_WARNING = b"WARNING: Using incubator modules:"
+
+
+def _start_jvm_without_its_warning(options: dict[str, str]) -> None:
+    """Start Spark's JVM, if this process has none, with its stderr passed on minus its start-up warning.
+
+    Spark 4.1 and later start the JVM with ``--add-modules=jdk.incubator.vector``,
+    and the JVM then prints ``WARNING: Using incubator modules:
+    jdk.incubator.vector`` to stderr, from Java code, before any logging is
+    set up: no JVM option, log level or log4j profile holds it back. It was
+    the first line of ``sparkeras demo`` and of every script. Here the JVM
+    is started as pyspark starts it (:func:`pyspark.java_gateway.launch_gateway`,
+    with the session's options), except that its stderr is a pipe that a
+    thread copies to this process's stderr byte for byte (Spark's console
+    bars and log lines, as before), minus that one line when it comes first.
+    Not done when a JVM is already running or was started for this process
+    (``spark-submit``), nor when the user asked for Spark's own output.
+    """
+    import subprocess
+
+    from pyspark import SparkConf, SparkContext
+    from pyspark.java_gateway import launch_gateway
+
+    with SparkContext._lock:
+        if SparkContext._gateway is not None or "PYSPARK_GATEWAY_PORT" in os.environ:
+            return
+        conf = SparkConf()
+        for key, value in options.items():
+            conf.set(key, value)
+        gateway = launch_gateway(conf, popen_kwargs={"stderr": subprocess.PIPE})
+        threading.Thread(target=_copy_stderr, args=(gateway.proc.stderr.fileno(),), daemon=True,
+                         name="sparkeras-jvm-stderr").start()
+        SparkContext._gateway, SparkContext._jvm = gateway, gateway.jvm
+
+
+def _copy_stderr(source: int) -> None:
+    """Copy the JVM's stderr to ours until the JVM closes it, dropping its start-up warning if it comes first."""
+    head: bytes | None = b""
+    while True:
+        chunk = os.read(source, 65536)
+        if not chunk:
+            break
+        if head is not None:
+            head += chunk
+            if b"\n" not in head and len(head) < 4096:
+                continue
+            line, _, rest = head.partition(b"\n")
+            chunk, head = (rest if line.startswith(JVM_START_UP_WARNING) else head), None
+        try:
+            while chunk:
+                chunk = chunk[os.write(2, chunk):]
+        except OSError:  # our stderr is closed: keep reading, so the JVM never blocks on a full pipe
+            pass
 
 
 def _quiet_logging() -> str | None:

@@ -65,7 +65,7 @@ def test_a_quiet_fit_prints_no_spark_or_worker_start_up_lines(fresh):
     driver = fresh.stdout.split()[1]
     err = fresh.stderr[:fresh.stderr.index("QUIET-END")].splitlines()
     for noise in ("log4j", "WARN Utils", "NativeCodeLoader", "Setting default log level", "setLogLevel",
-                  "Traceback", "BrokenPipeError", "ERROR Executor", "ERROR TaskSetManager"):
+                  "Traceback", "BrokenPipeError", "ERROR Executor", "ERROR TaskSetManager", "incubator modules"):
         assert not [line for line in err if noise in line], (noise, err)
     # TensorFlow's C++ start-up lines ("I0000 <time> <thread id> port.cc...") come from the driver's import only.
     native = [m.group(1) for m in (re.match(r"I\d{4} \S+\s+(\d+) ", line) for line in err) if m]
