@@ -222,7 +222,7 @@ class SparkModel:
         try:
             _fit_starting(callbacks, strategy_name)
             spec = self._spec(columns, class_weight=class_weight)
-            warming = start_warm_up(spark, spec, workers)
+            warming = start_warm_up(spark, spec, workers, evaluation=val_dataset is not None)
             rebuilt = start_rebuild_check(spec.model)
             train = prepare(dataset, columns, workers, balance=self.balance_partitions)
             prepared.append(train)

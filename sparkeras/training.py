@@ -69,7 +69,7 @@ def sum_metric_states(results: Sequence[PartitionResult]) -> list[np.ndarray] | 
     return [np.sum([s[i] for s in states], axis=0) for i in range(len(states[0]))]
 
 
-def start_warm_up(spark: Any, spec: WorkerSpec, workers: int) -> threading.Thread:
+def start_warm_up(spark: Any, spec: WorkerSpec, workers: int, evaluation: bool = False) -> threading.Thread:
     """Start the training workers' backend import and model build while the driver packs the data.
 
     A cold Python worker spends seconds importing TensorFlow and building and
@@ -80,13 +80,14 @@ def start_warm_up(spark: Any, spec: WorkerSpec, workers: int) -> threading.Threa
     workers (:mod:`sparkeras.data.arrow`), find it done or wait for it
     (:func:`sparkeras.worker.runtime.warm_up`). Returns the thread that
     submits the job; a failed warm-up costs nothing but the time it would
-    have saved.
+    have saved. With ``evaluation`` (validation data), the evaluation loop
+    is traced as well.
     """
     sc = spark.sparkContext
 
     def submit() -> None:
         try:
-            sc.parallelize(range(workers), workers).mapPartitions(lambda it: tasks.warm_up(spec, it)).collect()
+            sc.parallelize(range(workers), workers).mapPartitions(lambda it: tasks.warm_up(spec, evaluation, it)).collect()
         except Exception:  # noqa: BLE001 - the training tasks build the model themselves
             pass
 

@@ -9,7 +9,7 @@ from conftest import blobs, clone, mlp
 from sparkeras.data.columns import resolve_columns
 from sparkeras.data.packing import ALIGNMENT, aligned_empty, read_partition
 from sparkeras.data.sources import as_dataset
-from sparkeras.worker.local_steps import LocalSteps, shared_tensor, trace
+from sparkeras.worker.local_steps import LocalSteps, evaluate_arrays, shared_tensor, trace
 
 
 @pytest.mark.parametrize("backend,warmed", [("tensorflow", False), ("tensorflow", True), ("other", False)],
@@ -87,3 +87,22 @@ def test_memory_mapped_blocks_never_write_back_to_their_file(spark, tmp_path):
     arrays[0][0, 0] = 99.0
     assert float(tensor[0, 0]) == 99.0
     np.testing.assert_array_equal(np.load(paths[0]), x)  # copy-on-write: the packed file is unchanged
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "other"], ids=["traced-loop", "model.evaluate"])
+def test_evaluation_loop_equals_keras_evaluate_with_a_short_last_batch_and_row_weights(spark, backend):
+    x, y = blobs(203, seed=2)
+    weights = np.random.default_rng(1).uniform(0.1, 2.0, len(x)).astype(np.float32)
+    model = mlp(seed=4)
+    dataset = as_dataset(spark, x, y)
+    columns = resolve_columns(model, dataset.schema, dataset.features_col, dataset.label_col)
+    for w in (None, weights):
+        want = model.evaluate(x, y, sample_weight=w, batch_size=32, verbose=0, return_dict=True)  # 6 batches + 11 rows
+        model.reset_metrics()
+        arrays = [x, y.astype(np.int32)] + ([] if w is None else [w])
+        for _ in range(2):  # the second call reuses the trace and starts from fresh metric states
+            evaluate_arrays(model, columns, arrays, backend, 32)
+            got = {k: float(v) for k, v in model.get_metrics_result().items()}
+            assert got == pytest.approx(want, abs=1e-6), (w is not None, got, want)
+    if backend == "tensorflow":
+        assert set(model.__dict__["_sparkeras_test_loops"]) == {2, 3}  # one trace per array count

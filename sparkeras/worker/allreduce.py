@@ -49,7 +49,8 @@ from sparkeras.worker.learning_rate import scale_learning_rate
 from sparkeras.worker import runtime
 from sparkeras.worker.backends import gradient_steps
 from sparkeras.worker.faults import Hold, hold_once
-from sparkeras.worker.tasks import WorkerSpec, split_xy
+from sparkeras.worker.local_steps import evaluate_arrays
+from sparkeras.worker.tasks import WorkerSpec
 
 TRAIN, VALIDATION = 0, 1
 MAX_STATE_BYTES = 1 << 34
@@ -214,8 +215,8 @@ class _EpochLoop:
     def _validation_metrics(self) -> list[np.ndarray]:
         self.model.reset_metrics()
         if self.val_n:
-            x, y = split_xy(self.spec.worker, self.val_arrays)
-            self.model.evaluate(x, y, batch_size=self.spec.batch_size, verbose=0)
+            evaluate_arrays(self.model, self.spec.worker.columns, self.val_arrays, self.spec.worker.backend,
+                            self.spec.batch_size)
         return [np.asarray(v) for v in self.model.metrics_variables]
 
     def _maybe_fail(self, epoch: int, step: int) -> None:

@@ -327,7 +327,7 @@ def model(spec: ModelSpec) -> Any:
         return built
 
 
-def warm_up(spec: ModelSpec, backend: str, columns: Any, weighted: bool = False) -> None:
+def warm_up(spec: ModelSpec, backend: str, columns: Any, weighted: bool = False, evaluation: bool = False) -> None:
     """Start importing the backend, building the model and tracing its training loop, in the background.
 
     Called by the short warm-up job that ``fit`` starts before packing
@@ -355,7 +355,7 @@ def warm_up(spec: ModelSpec, backend: str, columns: Any, weighted: bool = False)
                 _configure(backend, cpus, gpus)
                 from sparkeras.worker.local_steps import trace
 
-                trace(model(spec), columns, backend, weighted)
+                trace(model(spec), columns, backend, weighted, evaluation)
             except Exception:  # noqa: BLE001 - the training task builds again and reports it
                 pass
             finally:

@@ -23,6 +23,7 @@ from sparkeras.inference.batch import flat_outputs
 from sparkeras.progress import ProgressReporter
 from sparkeras.serialization import ModelSpec, model_state, pack_arrays, set_model_state, unpack_arrays
 from sparkeras.worker import runtime
+from sparkeras.worker.local_steps import evaluate_arrays
 
 @dataclass(frozen=True)
 class WorkerSpec:
@@ -79,9 +80,9 @@ def _setup(spec: WorkerSpec) -> tuple[Any, int]:
     return runtime.model(spec.model), ctx.partitionId() if ctx else 0
 
 
-def warm_up(spec: WorkerSpec, _: Iterator[Any]) -> Iterator[tuple]:
+def warm_up(spec: WorkerSpec, evaluation: bool, _: Iterator[Any]) -> Iterator[tuple]:
     """Start this Python worker's backend import and model build in the background, and return."""
-    runtime.warm_up(spec.model, spec.backend, spec.columns, spec.weighted)
+    runtime.warm_up(spec.model, spec.backend, spec.columns, spec.weighted, evaluation)
     return iter(())
 
 
@@ -155,8 +156,7 @@ def evaluate_partition(spec: WorkerSpec, state: Any, batch_size: int, blocks: It
     if n == 0:
         yield _result(partition, 0, 0, b"", b"")
         return
-    x, y, *weights = spec.columns.data(arrays)  # a weight column weighs the metrics, as Keras' sample_weight
-    model.evaluate(x, y, sample_weight=weights[0] if weights else None, batch_size=batch_size, verbose=0)
+    evaluate_arrays(model, spec.columns, arrays, spec.backend, batch_size)  # a weight column weighs them too
     yield _result(partition, n, 0, b"", pack_arrays([np.asarray(v) for v in model.metrics_variables]))
 
 
