@@ -220,7 +220,10 @@ def _copy_stderr(source: int) -> None:
     """Copy the JVM's stderr to ours until the JVM closes it, dropping its start-up warning if it comes first."""
     head: bytes | None = b""
     while True:
-        chunk = os.read(source, 65536)
+        try:
+            chunk = os.read(source, 65536)
+        except OSError:  # the pipe was closed on our side
+            break
         if not chunk:
             break
         if head is not None:

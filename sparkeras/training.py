@@ -87,7 +87,8 @@ def start_warm_up(spark: Any, spec: WorkerSpec, workers: int, evaluation: bool =
 
     def submit() -> None:
         try:
-            sc.parallelize(range(workers), workers).mapPartitions(lambda it: tasks.warm_up(spec, evaluation, it)).collect()
+            sc.parallelize(range(workers), workers).mapPartitions(
+                lambda it: tasks.warm_up(spec, evaluation, it)).collect()
         except Exception:  # noqa: BLE001 - the training tasks build the model themselves
             pass
 
