@@ -28,6 +28,7 @@ from sparkeras.storage.model_file import check_model_archive, load_keras
 from sparkeras.storage.outputs import (check_output, check_remote_output, hadoop_copy, is_remote,
                                        read_model_info, save_model_atomically)
 from sparkeras.strategies import Strategy, get_strategy
+from sparkeras.strategies.continuation import Continuation
 from sparkeras.errors import worker_error
 from sparkeras.training import MetricReader, TrainingJob, evaluate, run_partitions, start_warm_up
 from sparkeras.worker import tasks
@@ -82,6 +83,7 @@ class SparkModel:
         self.seed = random.randrange(2**31) if seed is None else int(seed)
         self.master = master
         self.balance_partitions = bool(balance_partitions)
+        self._continuation: Continuation | None = None  # what the next fit of this model continues from
         self.classes: list[str] | None = None
         """The class names of the labels, in class index order, when the training labels carried them
         (``read_images(..., labels="folder")``); saved with the model."""
@@ -145,6 +147,12 @@ class SparkModel:
         (:mod:`sparkeras.storage.checkpoint`), and ``history.restarts``
         records the resume.
 
+        A second ``fit`` of the same model continues where the first
+        stopped, as Keras continues its optimizer: the strategy's own state
+        (averaging's outer momentum and the workers' optimizer states) is
+        kept between the fits, unless the model's weights were changed in
+        between (:mod:`sparkeras.strategies.continuation`).
+
         ``class_weight`` (``{class id: weight}``, as in Keras) weighs each
         training row's loss by its class, on the workers
         (:mod:`sparkeras.data.weights`); validation is not weighted.
@@ -181,6 +189,7 @@ class SparkModel:
         ``row_weights`` is ``(weight_col, sample_weight)``, checked.
         """
         workers = self._workers(spark)
+        carried, self._continuation = getattr(self, "_continuation", None), None
         x_data = x if x is not None else data
         weight_col, sample_weight = row_weights
         if validation_split and validation_data is None and _is_numpy(x_data):
@@ -258,9 +267,12 @@ class SparkModel:
             job.callbacks.on_train_begin()
             if saved is not None:
                 _resume_history(self._model.history, saved, job, checkpoint_dir)
+            elif carried is not None:
+                carried.resume(self.strategy, self._model)
             if initial_epoch < epochs:
                 self.strategy.fit(job)
             job.callbacks.on_train_end()
+            self._continuation = Continuation.after_fit(self.strategy, self._model)
         except BaseException as error:
             _fit_failed(job.callbacks.callbacks if job and job.callbacks else callbacks, error)
             raise

@@ -602,3 +602,30 @@ def test_sql_functions_run_in_the_same_pool_of_python_workers_as_training(spark)
     sql = {r.id for r in spark.range(4).repartition(2).mapInArrow(sql_side, "id long").collect()}
     rdd = set(spark.sparkContext.parallelize(range(2), 2).mapPartitions(lambda _: [os.getppid()]).collect())
     assert sql == rdd and len(rdd) == 1, (sql, rdd)
+
+
+def test_a_second_fit_of_the_same_model_continues_where_the_first_stopped_unless_its_weights_changed(spark):
+    """As Keras keeps its optimizer's state across fits, averaging keeps its outer momentum and the workers'
+    own Adam moments for the next fit of the same model: fit(1) then fit(3, initial_epoch=1) is fit(3)."""
+    from sparkeras.serialization import model_state, set_model_state
+
+    x, y = blobs(4000, seed=5)  # 63 batches per worker and epoch: two rounds of 32
+    one_go = SparkModel(mlp(seed=2), num_workers=2, seed=0)
+    one_go.fit(x, y, epochs=3, batch_size=32, verbose=0)
+    continued = SparkModel(mlp(seed=2), num_workers=2, seed=0)
+    continued.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    continued.fit(x, y, epochs=3, initial_epoch=1, batch_size=32, verbose=0)
+    for got, want in zip(continued.model.get_weights(), one_go.model.get_weights()):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+    changed = SparkModel(mlp(seed=2), num_workers=2, seed=0)
+    changed.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    changed.model.set_weights([w + 0.01 for w in changed.model.get_weights()])
+    before = model_state(changed.model)
+    changed.fit(x, y, epochs=3, initial_epoch=1, batch_size=32, verbose=0)
+    after = [np.array(w) for w in changed.model.get_weights()]
+    set_model_state(changed.model, before)
+    fresh = SparkModel(changed.model, num_workers=2, seed=0)  # the same state, and nothing to carry
+    fresh.fit(x, y, epochs=3, initial_epoch=1, batch_size=32, verbose=0)
+    for got, want in zip(after, fresh.model.get_weights()):
+        np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)

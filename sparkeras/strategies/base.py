@@ -55,6 +55,10 @@ class Strategy(abc.ABC):
     def restore_checkpoint_state(self, state: dict[str, list[Any]]) -> None:
         """Take back what :meth:`checkpoint_state` saved, before ``fit`` resumes."""
 
+    def forget_finished_fit(self) -> None:
+        """Drop what :meth:`checkpoint_state` kept of a completed fit once it has been taken (see
+        :mod:`sparkeras.strategies.continuation`), so a strategy object does not hold it for other models."""
+
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"{type(self).__name__}({opts})"

@@ -135,6 +135,7 @@ class DistributedOptimizer(Strategy):
         self._server: ParameterServer | None = None
         self._restored_local: dict[int, bytes] = {}  # workers' local states from a checkpoint
         self._restored_version: int | None = None
+        self._finished: tuple[dict[int, bytes], int] | None = None  # the last completed fit's, see checkpoint_state
         self.cut_connection_after: int | None = None  # test hook, see ParameterServer
         self.fail_once: tuple[int, str] | None = None  # test hook: (epoch, marker file), see worker.asynchronous
         self.hold_once: Hold = None  # test hook, see sparkeras.worker.faults
@@ -144,7 +145,7 @@ class DistributedOptimizer(Strategy):
                 "slot_timeout": self.slot_timeout}
 
     _DRIVER_ONLY = ("_server", "_restored_local", "_restored_version", "_restored_velocity", "_outer",
-                    "_velocity_at_start")
+                    "_velocity_at_start", "_finished")
 
     def __getstate__(self) -> dict[str, Any]:
         """The rule travels to the workers in every task; the driver's server and checkpoint state stay behind."""
@@ -225,6 +226,7 @@ class DistributedOptimizer(Strategy):
         if self._restored_version is not None:
             server.version = self._restored_version
         self._server, self._restored_local, self._restored_version = server, {}, None  # they serve one fit
+        self._finished = None
         attempts = EpochAttempts(job, self.name, self.max_restarts, self.slot_timeout,
                                  job.num_workers if self.synchronous else None)
 
@@ -256,19 +258,32 @@ class DistributedOptimizer(Strategy):
                     self.end_epoch_state(job, [r.state for r in trained], [r.samples for r in trained])
                 if job.end_epoch(epoch, sum_metric_states(trained), evaluate_train=self.reports_center):
                     break
+            self._finished = server.parked(), server.version
         finally:
             self._server = None
             job.report["parameter_server"] = server.close()
 
     def checkpoint_state(self) -> dict[str, Arrays]:
         """Every worker's local state (weights for the elastic rules, optimizer state), by partition,
-        and the server's update count (the staleness of the next commits is measured against it)."""
+        and the server's update count (the staleness of the next commits is measured against it).
+
+        While a fit runs, the server's; after a completed fit, what its server
+        held at the end, until :meth:`forget_finished_fit` (the next fit of
+        the same model continues from it, :mod:`sparkeras.strategies.continuation`).
+        """
         server = getattr(self, "_server", None)
-        if server is None:
+        if server is not None:
+            parked, version = server.parked(), server.version
+        elif getattr(self, "_finished", None) is not None:
+            parked, version = self._finished
+        else:
             return {}
-        state = {f"local/{p}": unpack_arrays(blob) for p, blob in server.parked().items()}
-        state["server_version"] = [np.asarray(server.version, dtype=np.int64)]
+        state = {f"local/{p}": unpack_arrays(blob) for p, blob in parked.items()}
+        state["server_version"] = [np.asarray(version, dtype=np.int64)]
         return state
+
+    def forget_finished_fit(self) -> None:
+        self._finished = None
 
     def restore_checkpoint_state(self, state: dict[str, Arrays]) -> None:
         self._restored_local = {int(k.split("/", 1)[1]): pack_arrays(v) for k, v in state.items()
