@@ -167,6 +167,7 @@ class SparkModel:
         row_weights = check_row_weights(weight_col, sample_weight, x if x is not None else data, class_weight)
         if not 0.0 <= validation_split < 1.0:
             raise InputError(f"validation_split must be in [0, 1), got {validation_split}.")
+        _check_validation_tuple(validation_data)
         if not 0 <= initial_epoch < epochs:
             raise InputError(f"initial_epoch must be in [0, epochs), got {initial_epoch} with epochs={epochs}.")
         checkpoint_dir = checkpoint_dir or getattr(self.strategy, "checkpoint_dir", None)
@@ -606,6 +607,25 @@ def _resume_history(history: Any, saved: Any, job: TrainingJob, directory: str) 
     history.epoch = list(range(saved.next_epoch))
     job.restarts.append({"attempt": 1, "resumed_at_epoch": saved.next_epoch + 1,
                          "reason": f"checkpoint in {directory}"})
+
+
+def _check_validation_tuple(validation_data: Any) -> None:
+    """Refuse a ``validation_data`` tuple that is not ``(x, y)``, before anything starts.
+
+    Keras also takes ``(x, y, sample_weight)``; sparkeras scores validation
+    rows unweighted (``validation_split`` leaves the held-out rows' weights
+    out too), so it says so rather than reading the tuple as three feature
+    arrays.
+    """
+    if not isinstance(validation_data, tuple) or len(validation_data) == 2:
+        return
+    if len(validation_data) == 3:
+        raise InputError(
+            "validation_data=(x, y, sample_weight): sparkeras scores validation rows unweighted, so it takes "
+            "(x, y) only. Drop the weights, or score the weighted rows after the fit with "
+            "SparkModel.evaluate(x, y, sample_weight=w).")
+    raise InputError(f"validation_data is a tuple of {len(validation_data)} items; pass (x, y), or a DataFrame, "
+                     "Parquet path or RDD with the training data's columns.")
 
 
 def _fit_starting(callbacks: Sequence[Any] | None, strategy: str) -> None:

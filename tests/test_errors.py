@@ -256,3 +256,13 @@ def test_a_model_the_workers_cannot_rebuild_is_refused_on_the_driver(spark):
     history = SparkModel(model(loss=_doubled_loss), num_workers=2, custom_objects={"_doubled_loss": _doubled_loss}) \
         .fit(x, y, epochs=1, verbose=0)  # the advice works
     assert np.isfinite(history.history["loss"][0])
+
+
+def test_a_validation_tuple_other_than_x_y_is_refused_with_what_to_do(spark):
+    x, y = blobs(40)
+    sm = SparkModel(mlp(), num_workers=2)
+    with pytest.raises(InputError, match=r"validation_data=\(x, y, sample_weight\): sparkeras scores validation "
+                                         r"rows unweighted.*SparkModel.evaluate\(x, y, sample_weight=w\)"):
+        sm.fit(x, y, validation_data=(x, y, np.ones(len(x))), verbose=0)
+    with pytest.raises(InputError, match=r"validation_data is a tuple of 1 items; pass \(x, y\)"):
+        sm.fit(x, y, validation_data=(x,), verbose=0)
