@@ -32,7 +32,7 @@ from sparkeras.strategies.continuation import Continuation
 from sparkeras.errors import worker_error
 from sparkeras.training import MetricReader, TrainingJob, evaluate, run_partitions, start_warm_up
 from sparkeras.worker import tasks
-from sparkeras.worker.tasks import WorkerSpec
+from sparkeras.worker.tasks import WorkerSpec, check_validation_freq
 
 
 class SparkModel:
@@ -131,6 +131,7 @@ class SparkModel:
         class_weight: Mapping[int, float] | None = None,
         weight_col: str | None = None,
         sample_weight: Any = None,
+        validation_freq: int | Sequence[int] = 1,
     ) -> Any:
         """Train on ``data`` and return a ``keras.callbacks.History``.
 
@@ -139,7 +140,9 @@ class SparkModel:
         with ``y`` (also as ``x=``/``y=``). ``features_col`` and ``label_col``
         name the columns, or map model input/output names to columns.
         ``history.history`` has the per-epoch loss and compiled metrics, and
-        their ``val_`` twins when there is validation data.
+        their ``val_`` twins when there is validation data, scored after
+        every epoch, or as ``validation_freq`` says (as in Keras: every
+        ``n``-th epoch, or the listed epochs counted from 1).
 
         ``checkpoint_dir`` (a local path or any Hadoop URI) keeps the state
         of the last completed epoch; a fit started again with the same
@@ -168,6 +171,7 @@ class SparkModel:
         if not 0.0 <= validation_split < 1.0:
             raise InputError(f"validation_split must be in [0, 1), got {validation_split}.")
         _check_validation_tuple(validation_data)
+        validation_freq = check_validation_freq(validation_freq)
         if not 0 <= initial_epoch < epochs:
             raise InputError(f"initial_epoch must be in [0, epochs), got {initial_epoch} with epochs={epochs}.")
         checkpoint_dir = checkpoint_dir or getattr(self.strategy, "checkpoint_dir", None)
@@ -178,13 +182,14 @@ class SparkModel:
         with console_progress_paused(spark), contextlib.ExitStack() as releases:  # data resolution runs jobs too
             return self._fit(spark, releases, started, data, y, x, epochs, batch_size, validation_data,
                              validation_split, features_col, label_col, callbacks, verbose, shuffle, initial_epoch,
-                             checkpoint_dir, weights, (weight_col, row_weights))
+                             checkpoint_dir, weights, (weight_col, row_weights), validation_freq)
 
     def _fit(self, spark: Any, releases: contextlib.ExitStack, started: float, data: Any, y: Any, x: Any,
              epochs: int, batch_size: int, validation_data: Any, validation_split: float,
              features_col: ColumnSpec, label_col: ColumnSpec, callbacks: Sequence[Any] | None, verbose: int,
              shuffle: bool, initial_epoch: int, checkpoint_dir: str | None,
-             class_weight: ClassWeights | None = None, row_weights: tuple = (None, None)) -> Any:
+             class_weight: ClassWeights | None = None, row_weights: tuple = (None, None),
+             validation_freq: int | tuple[int, ...] = 1) -> Any:
         """:meth:`fit` after its argument checks, with Spark's console bars paused; ``releases`` runs at its end.
 
         ``row_weights`` is ``(weight_col, sample_weight)``, checked.
@@ -253,7 +258,7 @@ class SparkModel:
                 spec=self._spec(columns, server.address if server else None, class_weight),
                 train=train, validation=validation, epochs=epochs, initial_epoch=initial_epoch,
                 batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-                callbacks=None, bar=bar)
+                callbacks=None, bar=bar, validation_freq=validation_freq)
             job.callbacks = _callback_list(
                 callbacks, self._model, epochs=epochs, steps=max(job.steps_per_worker), verbose=verbose,
                 fit_started=started, strategy=strategy_name,

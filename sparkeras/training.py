@@ -165,8 +165,10 @@ class TrainingJob:
 
     def __init__(self, *, spark: Any, model: Any, spec: WorkerSpec, train: PreparedData,
                  validation: PreparedData | None, epochs: int, initial_epoch: int, batch_size: int,
-                 shuffle: bool, num_workers: int, callbacks: Any, bar: ProgressBar) -> None:
+                 shuffle: bool, num_workers: int, callbacks: Any, bar: ProgressBar,
+                 validation_freq: int | tuple[int, ...] = 1) -> None:
         self.spark, self.model, self.spec = spark, model, spec
+        self.validation_freq = validation_freq  # see sparkeras.worker.tasks.validates
         self.train, self.validation = train, validation
         self.epochs, self.initial_epoch = epochs, initial_epoch
         self.batch_size, self.shuffle, self.num_workers = batch_size, shuffle, num_workers
@@ -292,7 +294,7 @@ class TrainingJob:
             logs.update(workers)
         if validation_states is not None:
             logs.update({f"val_{k}": v for k, v in self.metrics.read(validation_states).items()})
-        elif self.validation is not None:
+        elif self.validation is not None and tasks.validates(epoch, self.validation_freq):
             blob = self.broadcast_state()
             try:
                 val = evaluate(self.validation, self.spec, blob, self.batch_size, self.metrics)

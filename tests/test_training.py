@@ -629,3 +629,27 @@ def test_a_second_fit_of_the_same_model_continues_where_the_first_stopped_unless
     fresh.fit(x, y, epochs=3, initial_epoch=1, batch_size=32, verbose=0)
     for got, want in zip(after, fresh.model.get_weights()):
         np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("strategy,freq,scored", [("averaging", 2, [2, 4]), ("allreduce", [1, 3], [1, 3])])
+def test_validation_freq_scores_only_the_epochs_it_names(spark, strategy, freq, scored):
+    import keras
+
+    x, y = blobs(600, seed=3)
+    seen = []
+
+    class Seen(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append((epoch + 1, "val_loss" in logs))
+
+    history = SparkModel(mlp(), strategy, num_workers=2, seed=0).fit(
+        x, y, epochs=4, validation_data=(x[:100], y[:100]), validation_freq=freq, verbose=0, callbacks=[Seen()])
+    assert seen == [(e, e in scored) for e in range(1, 5)]
+    assert len(history.history["val_loss"]) == len(scored) and len(history.history["loss"]) == 4
+
+
+def test_a_bad_validation_freq_is_refused(spark):
+    x, y = blobs(40)
+    for bad in (0, [0, 2], "2", []):
+        with pytest.raises(InputError, match=r"validation_freq must be a positive number of epochs, or a list"):
+            SparkModel(mlp(), num_workers=2).fit(x, y, validation_data=(x, y), validation_freq=bad, verbose=0)

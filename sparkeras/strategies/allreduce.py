@@ -138,7 +138,8 @@ class AllReduce(Strategy):
         spec = BarrierSpec(
             worker=job.spec, collective=settings, epochs=job.epochs, batch_size=job.batch_size,
             shuffle=job.shuffle, rows=tuple(job.train.stats.rows_per_partition),
-            validation=job.validation is not None, sync_batch_norm=self.sync_batch_norm,
+            validation=job.validation is not None, validation_freq=job.validation_freq,
+            sync_batch_norm=self.sync_batch_norm,
             fail_once=self.fail_once, hold_once=self.hold_once)
         spec = replace(spec, learning_rate_scale=scale_factor(self.learning_rate_scaling, job.model.optimizer,
                                                               job.num_workers),

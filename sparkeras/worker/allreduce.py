@@ -50,7 +50,7 @@ from sparkeras.worker import runtime
 from sparkeras.worker.backends import gradient_steps
 from sparkeras.worker.faults import Hold, hold_once
 from sparkeras.worker.local_steps import evaluate_arrays
-from sparkeras.worker.tasks import WorkerSpec
+from sparkeras.worker.tasks import WorkerSpec, validates
 
 TRAIN, VALIDATION = 0, 1
 MAX_STATE_BYTES = 1 << 34
@@ -67,6 +67,7 @@ class BarrierSpec:
     shuffle: bool
     rows: tuple[int, ...]
     validation: bool = False
+    validation_freq: int | tuple[int, ...] = 1  # see sparkeras.worker.tasks.validates
     sync_batch_norm: bool = True
     fail_once: tuple[int, int, str] | None = None  # test hook: (epoch, rank, marker file)
     hold_once: Hold = None  # test hook, see sparkeras.worker.faults
@@ -184,7 +185,7 @@ class _EpochLoop:
         self.steps.average_non_trainable()
         train_metrics = [np.asarray(v) for v in self.model.metrics_variables]
         val_metrics: list[np.ndarray] = []
-        if self.spec.validation:
+        if self.spec.validation and validates(epoch, self.spec.validation_freq):
             val_metrics = self._validation_metrics()
         figures = np.zeros((self.collective.world_size, 3))  # every rank fills its own row: a gather
         began, waited, moved = self._epoch_began

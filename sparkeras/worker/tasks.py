@@ -72,6 +72,30 @@ class Window:
         return min(n, self.index * span), min(n, (self.index + 1) * span)
 
 
+def validates(epoch: int, freq: int | tuple[int, ...]) -> bool:
+    """Whether epoch ``epoch`` (0-based) is scored on the validation data, as Keras' ``validation_freq`` says.
+
+    An int ``n``: every ``n``-th epoch (the ``n``-th, ``2n``-th, ...); a
+    tuple: the epochs it lists, counted from 1.
+    """
+    if isinstance(freq, int):
+        return (epoch + 1) % freq == 0
+    return epoch + 1 in freq
+
+
+def check_validation_freq(freq: Any) -> int | tuple[int, ...]:
+    """``validation_freq`` as :func:`validates` takes it; an :class:`InputError` names a bad value."""
+    from sparkeras.errors import InputError
+
+    if isinstance(freq, int) and not isinstance(freq, bool) and freq > 0:
+        return freq
+    if isinstance(freq, (list, tuple)) and freq and all(
+            isinstance(e, int) and not isinstance(e, bool) and e > 0 for e in freq):
+        return tuple(freq)
+    raise InputError(f"validation_freq must be a positive number of epochs, or a list of epoch numbers counted "
+                     f"from 1 (as in Keras), got {freq!r}.")
+
+
 def _setup(spec: WorkerSpec) -> tuple[Any, int]:
     from pyspark import TaskContext
 
