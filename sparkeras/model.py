@@ -292,6 +292,7 @@ class SparkModel:
         history.strategy = repr(self.strategy)
         history.restarts = job.restarts
         history.setup_seconds = setup_seconds
+        history.validation_epochs = job.validation_epochs
         history.epoch_figures = [asdict(f) for f in job.figures]
         for key, value in job.report.items():
             setattr(history, key, value)

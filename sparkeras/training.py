@@ -169,6 +169,7 @@ class TrainingJob:
                  validation_freq: int | tuple[int, ...] = 1) -> None:
         self.spark, self.model, self.spec = spark, model, spec
         self.validation_freq = validation_freq  # see sparkeras.worker.tasks.validates
+        self.validation_epochs: list[int] = []  # the epochs (from 1) whose logs have val_ figures
         self.train, self.validation = train, validation
         self.epochs, self.initial_epoch = epochs, initial_epoch
         self.batch_size, self.shuffle, self.num_workers = batch_size, shuffle, num_workers
@@ -301,6 +302,8 @@ class TrainingJob:
             finally:
                 blob.unpersist()
             logs.update({f"val_{k}": v for k, v in val.items()})
+        if any(k.startswith("val_") for k in logs):
+            self.validation_epochs.append(epoch + 1)
         self.samples_per_second.append(self.bar.end_epoch(logs))
         figures = self._close_figures(epoch)
         for callback in self.callbacks.callbacks:

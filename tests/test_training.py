@@ -646,6 +646,13 @@ def test_validation_freq_scores_only_the_epochs_it_names(spark, strategy, freq, 
         x, y, epochs=4, validation_data=(x[:100], y[:100]), validation_freq=freq, verbose=0, callbacks=[Seen()])
     assert seen == [(e, e in scored) for e in range(1, 5)]
     assert len(history.history["val_loss"]) == len(scored) and len(history.history["loss"]) == 4
+    assert history.validation_epochs == scored
+    from sparkeras.tracking.plots import _figure  # the learning curves put each val_ point at its epoch
+
+    curves = {k: history.history[k] for k in ("loss", "val_loss")}
+    figure = _figure(["loss"], curves, None, ("fit", "-"), {}, None, history.validation_epochs)
+    drawn = {line.get_label(): [int(e) for e in line.get_xdata()] for line in figure.axes[0].lines}
+    assert drawn == {"fit train": [1, 2, 3, 4], "fit validation": scored}
 
 
 def test_a_bad_validation_freq_is_refused(spark):

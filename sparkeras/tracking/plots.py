@@ -28,10 +28,11 @@ def plot_history(history: Any, path: str, *, baseline: Any = None,
 
     curves = _curves(history, "history")
     base = _curves(baseline, "baseline") if baseline is not None else None
+    scored = list(getattr(history, "validation_epochs", None) or [])
     check_plot_path(path, overwrite)
     staleness = _staleness(history)
     names = [k for k in curves if not k.startswith(("val_", "worker_"))] or list(curves)
-    figure = _figure(names, curves, base, labels, staleness, title)
+    figure = _figure(names, curves, base, labels, staleness, title, scored)
     tmp = _temporary_sibling(os.fspath(path)) + ".png"
     try:
         figure.savefig(tmp, dpi=100, format="png")
@@ -67,8 +68,12 @@ def _staleness(history: Any) -> dict[int, int]:
 
 
 def _figure(names: list[str], curves: dict[str, list[float]], base: dict[str, list[float]] | None,
-            labels: Sequence[str], staleness: dict[int, int], title: str | None) -> Any:
-    """A Matplotlib figure drawn without pyplot, so no global backend or state is touched."""
+            labels: Sequence[str], staleness: dict[int, int], title: str | None, scored: Sequence[int] = ()) -> Any:
+    """A Matplotlib figure drawn without pyplot, so no global backend or state is touched.
+
+    ``scored``: the epochs (from 1) the fit's validation figures belong to,
+    when ``validation_freq`` skipped some (``history.validation_epochs``).
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -84,7 +89,9 @@ def _figure(names: list[str], curves: dict[str, list[float]], base: dict[str, li
             for key, kind, style in ((name, "train", "-"), (f"val_{name}", "validation", "--")):
                 if key in source:
                     values = source[key]
-                    ax.plot(range(1, len(values) + 1), values, marker + style, label=f"{label} {kind}",
+                    epochs = (scored if source is curves and kind == "validation" and len(scored) == len(values)
+                              else range(1, len(values) + 1))
+                    ax.plot(list(epochs), values, marker + style, label=f"{label} {kind}",
                             alpha=1.0 if source is curves else 0.6)
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
