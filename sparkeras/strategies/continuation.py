@@ -23,7 +23,7 @@ afresh, as a first fit does.
 
 from __future__ import annotations
 
-import hashlib
+import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,14 +33,19 @@ if TYPE_CHECKING:
     from sparkeras.strategies.base import Strategy
 
 
-def weights_fingerprint(model: Any) -> bytes:
-    """A digest of the model's variables (their shapes and values)."""
-    digest = hashlib.blake2b(digest_size=16)
+def weights_fingerprint(model: Any) -> tuple[Any, ...]:
+    """The model's variables' shapes and a CRC-32 of their values.
+
+    It tells a model left as a fit ended from one whose weights were set or
+    loaded since, which is all it is for: a CRC at about 4 GB/s adds 0.02 s
+    per 84 MB of weights to a fit, where a cryptographic digest took 0.09 s.
+    """
+    shapes, crc = [], 0
     for variable in model.weights:
         value = np.ascontiguousarray(np.asarray(variable))
-        digest.update(repr((value.shape, value.dtype.str)).encode())
-        digest.update(memoryview(value).cast("B"))
-    return digest.digest()
+        shapes.append((value.shape, value.dtype.str))
+        crc = zlib.crc32(memoryview(value).cast("B"), crc)
+    return tuple(shapes), crc
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,7 @@ class Continuation:
     """A finished fit's strategy state, kept for the next fit of the same model."""
 
     state: dict[str, list[np.ndarray]]
-    fingerprint: bytes
+    fingerprint: tuple[Any, ...]
 
     @classmethod
     def after_fit(cls, strategy: "Strategy", model: Any) -> "Continuation | None":
@@ -57,8 +62,9 @@ class Continuation:
         strategy.forget_finished_fit()
         if not state:
             return None
-        kept = {name: [np.array(a, copy=True) for a in arrays] for name, arrays in state.items()}
-        return cls(kept, weights_fingerprint(model))
+        # The arrays themselves, not copies: the finished fit no longer changes them, and the next fit
+        # copies what it restores (the outer momentum) or packs it for its workers (their states).
+        return cls({name: list(arrays) for name, arrays in state.items()}, weights_fingerprint(model))
 
     def resume(self, strategy: "Strategy", model: Any) -> bool:
         """Give ``strategy`` the kept state if ``model`` is as the last fit left it; whether it did."""
