@@ -545,6 +545,29 @@ def test_packed_blocks_are_capped_so_executors_never_hold_one_huge_value(spark, 
     np.testing.assert_array_equal(labels, y)
 
 
+
+def test_local_mode_packs_a_partition_into_one_file_per_column_that_a_worker_reads_once(spark, tmp_path):
+    from sparkeras.data import packing
+    from sparkeras.data.columns import resolve_columns
+    from sparkeras.data.sources import as_dataset
+
+    x, y = blobs(1_000, dim=16, seed=2)
+    dataset = as_dataset(spark, x, y, num_partitions=1)
+    columns = resolve_columns(mlp(), dataset.schema, "features", "label")
+    batch = dataset.table.select(columns.columns).combine_chunks().to_batches()[0]
+    blocks = list(packing.pack_batches(columns, iter([batch.slice(0, 650), batch.slice(650)]), str(tmp_path)))
+    assert len(blocks) == 1 and blocks[0][0] == 1000 and blocks[0][2]["rows"] == 1000
+    assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(p) for p in blocks[0][1])  # two files in all
+    arrays, rows = packing.read_partition(columns, iter(blocks))
+    assert rows == 1000 and arrays[0].ctypes.data % packing.ALIGNMENT == 0  # memory-mapped, aligned for TensorFlow
+    np.testing.assert_array_equal(arrays[0], x)
+    np.testing.assert_array_equal(arrays[1], y)
+    for path in blocks[0][1]:
+        os.remove(path)
+    again, _ = packing.read_partition(columns, iter(blocks))  # the next epoch's task in the same worker
+    assert again[0] is arrays[0] and again[1] is arrays[1]
+
+
 STARTED_WORKERS = """
 import json, os, sys
 os.environ["PYSPARK_PYTHON"] = sys.executable

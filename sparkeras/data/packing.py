@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -89,12 +90,75 @@ def pack_batches(columns: ColumnMap, batches: Iterator[pa.RecordBatch],
     bytes of the block, or the path of a ``.npy`` file in ``files`` when
     the workers can memory-map it (see :func:`_memory_map`).
     """
+    if files is not None:
+        yield from _pack_into_files(columns, batches, files)
+        return
     rows = block_rows(columns)
     for whole in batches:
         for start in range(0, whole.num_rows, rows):
             arrays, stats = pack_batch(columns, whole.slice(start, rows))
             blobs = tuple(_blob(values, files, uuid.uuid4().hex) for values in arrays)
             yield stats["rows"], blobs, stats
+
+
+def _pack_into_files(columns: ColumnMap, batches: Iterator[pa.RecordBatch], files: str) -> Iterator[tuple]:
+    """Local mode: the whole partition as one block, one ``.npy`` file per binding, written as batches come.
+
+    Why one file. In the JVM a block is then only its paths, so the 4 MB
+    cap of :func:`block_rows` has nothing to protect; and a partition of one
+    block is memory-mapped as it is, where 24 blocks (94 MB of 784 floats)
+    had to be joined into fresh memory, 130-290 ms in each worker's first
+    task of a fit (:func:`read_partition`).
+    """
+    stats: list[tuple] = []
+    writers: list[_NpyFile] | None = None
+    for batch in batches:
+        arrays, batch_stats = pack_batch(columns, batch)
+        stats.append((batch_stats["rows"], None, batch_stats))
+        if any(values is None for values in arrays) or any(s["problem"] for _, _, s in stats):
+            continue  # check() reports the problem before anything reads the files
+        if writers is None:
+            writers = [_NpyFile(os.path.join(files, f"{uuid.uuid4().hex}.npy"), values) for values in arrays]
+        for writer, values in zip(writers, arrays):
+            writer.append(values)
+    if not stats:
+        return
+    merged = next(_partition_stats(0, iter(stats)))
+    merged.pop("pid")
+    paths = tuple(writer.close() for writer in writers) if writers else tuple("" for _ in columns.bindings)
+    yield merged["rows"], paths, merged
+
+
+class _NpyFile:
+    """A ``.npy`` file written in row chunks, its header (which holds the row count) written last.
+
+    The header takes a fixed 128 bytes, so the data starts 64-byte aligned,
+    as ``np.save`` aligns it and TensorFlow needs it when it shares the
+    memory-mapped array (:func:`sparkeras.worker.local_steps.shared_tensor`).
+    """
+
+    HEADER = 128
+
+    def __init__(self, path: str, first: np.ndarray) -> None:
+        self.path, self.dtype, self.row_shape, self.rows = path, first.dtype, first.shape[1:], 0
+        self._file = open(path, "wb")
+        self._file.write(b"\0" * self.HEADER)
+
+    def append(self, values: np.ndarray) -> None:
+        self._file.write(np.ascontiguousarray(values, dtype=self.dtype).data)
+        self.rows += len(values)
+
+    def close(self) -> str:
+        header = repr({"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+                       "shape": (self.rows, *self.row_shape)})
+        magic = b"\x93NUMPY\x01\x00"
+        text = header.ljust(self.HEADER - len(magic) - 2 - 1) + "\n"
+        if len(magic) + 2 + len(text) != self.HEADER:
+            raise ValueError(f"a .npy header of {len(text)} characters does not fit in {self.HEADER} bytes")
+        self._file.seek(0)
+        self._file.write(magic + len(text).to_bytes(2, "little") + text.encode("latin1"))
+        self._file.close()
+        return self.path
 
 
 def _stat_names(b: TensorBinding) -> list[str]:
@@ -433,7 +497,26 @@ def read_partition(columns: ColumnMap, blocks: Iterator[tuple]) -> tuple[list[np
     partition of several blocks is joined once into an aligned array, so
     the training loop can hand that memory to the backend without another
     copy (:func:`sparkeras.worker.local_steps.shared_tensor`).
+
+    A partition of files (local mode) is read once per Python worker, not
+    once per task: its arrays are kept for the next task that reads the same
+    files (the next epoch, or the next window or evaluation), the last
+    :data:`KEPT_PARTITIONS` of them. When local-mode partitions were still
+    packed as 4 MB blocks, joining the 24 blocks of a 94 MB partition took
+    20-130 ms in every epoch's task (fresh memory to fault in, then a copy),
+    against 370-590 ms for the epoch's training (``bench/time_to_accuracy.py``'s
+    mlp task); a partition is now one file per binding
+    (:func:`_pack_into_files`), and keeping its mapping also spares each task
+    the page faults of mapping it again. The files of a packing are never
+    rewritten (each packing has a new folder), so their paths name their
+    contents. Callers never write into the arrays.
     """
+    blocks = list(blocks)
+    key = _files_key(columns, blocks)
+    if key is not None and key in _kept_partitions:
+        _kept_partitions.move_to_end(key)
+        arrays, rows = _kept_partitions[key]
+        return list(arrays), rows
     parts: list[list[np.ndarray]] = [[] for _ in columns.bindings]
     shapes = [tuple(-1 if d is None else d for d in b.shape) for b in columns.bindings]
     rows = 0
@@ -453,4 +536,20 @@ def read_partition(columns: ColumnMap, blocks: Iterator[tuple]) -> tuple[list[np
         else:
             joined = aligned_empty((rows, *chunks[0].shape[1:]), chunks[0].dtype)
             arrays.append(np.concatenate(chunks, out=joined))
-    return arrays, rows
+    if key is not None:
+        _kept_partitions[key] = (arrays, rows)
+        while len(_kept_partitions) > KEPT_PARTITIONS:
+            _kept_partitions.popitem(last=False)
+    return list(arrays), rows
+
+
+KEPT_PARTITIONS = 2  # a worker's training and validation partitions
+_kept_partitions: "OrderedDict[tuple, tuple[list[np.ndarray], int]]" = OrderedDict()
+
+
+def _files_key(columns: ColumnMap, blocks: list[tuple]) -> tuple | None:
+    """The paths a partition's arrays come from, or ``None`` when any part is bytes (Spark's cache)."""
+    paths = tuple(tuple(blob for _, blob in zip(columns.bindings, blobs)) for _, blobs, _ in blocks)
+    if not paths or not all(isinstance(p, str) and p for block in paths for p in block):
+        return None
+    return paths
