@@ -112,12 +112,14 @@ def _pack_into_files(columns: ColumnMap, batches: Iterator[pa.RecordBatch], file
     """
     stats: list[tuple] = []
     writers: list[_NpyFile] | None = None
+    failed = False
     rows = block_rows(columns)  # converted (and images decoded) a block at a time, as on a cluster
     for whole in batches:
         for start in range(0, whole.num_rows, rows):
             arrays, batch_stats = pack_batch(columns, whole.slice(start, rows))
             stats.append((batch_stats["rows"], None, batch_stats))
-            if any(values is None for values in arrays) or any(s["problem"] for _, _, s in stats):
+            failed = failed or bool(batch_stats["problem"]) or any(values is None for values in arrays)
+            if failed:
                 continue  # check() reports the problem before anything reads the files
             if writers is None:
                 writers = [_NpyFile(os.path.join(files, f"{uuid.uuid4().hex}.npy"), values) for values in arrays]
