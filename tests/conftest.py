@@ -7,6 +7,9 @@ import sys
 
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# No class-data archive builds in the background while the suite runs, so every test's sessions start alike;
+# test_class_archive turns it on for its own processes.
+os.environ.setdefault("SPARKERAS_CLASS_ARCHIVE", "0")
 
 import numpy as np
 import pytest
