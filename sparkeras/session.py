@@ -89,19 +89,27 @@ def start_python_workers(spark: Any) -> threading.Thread | None:
     building the model), instead of at the start of the first fit or
     scoring job. The job is one trivial task per task slot, so each slot's
     worker is forked and kept for reuse; it holds a slot only until its
-    worker is up. Returns the thread that runs the job (``None`` when it
-    was started before; the context keeps it as ``_sparkeras_start_workers``).
-    A failure costs nothing but the time it would have saved.
+    worker is up. In local mode the one executor has one daemon, so a first
+    job of one task waits for its import, and a second one per slot then
+    forks the other workers in moments: the other slots stay free for the
+    user's first jobs (Parquet's schema, a cache) during the import. With
+    every slot held for the import, a script that read and cached a Parquet
+    table and then fitted took 18.3-19.0 s instead of 16.1-16.8 s.
+    Returns the thread that runs the jobs (``None`` when it was started
+    before; the context keeps it as ``_sparkeras_start_workers``). A failure
+    costs nothing but the time it would have saved.
     """
     sc = spark.sparkContext
     if getattr(sc, "_sparkeras_start_workers", None) is not None:
         return None
     slots = max(1, sc.defaultParallelism)
+    waves = [1, slots] if is_local(sc.master) and slots > 1 else [slots]
 
     def submit() -> None:
         try:
             sc.setJobGroup("sparkeras-start", "sparkeras: starting the Python workers", interruptOnCancel=False)
-            sc.parallelize(range(slots), slots).mapPartitions(_worker_started).collect()
+            for tasks in waves:
+                sc.parallelize(range(tasks), tasks).mapPartitions(_worker_started).collect()
         except Exception:  # noqa: BLE001 - the first Python task starts the workers instead
             pass
 
