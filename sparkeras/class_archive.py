@@ -166,6 +166,9 @@ def build(path: str, deadline: float = BUILD_DEADLINE_SECONDS) -> bool:
             return False
         if os.path.isfile(path):
             return True
+        for stale in glob.glob(os.path.join(folder, "spark-driver-*.partial")):  # a killed builder's
+            with contextlib.suppress(OSError):
+                os.remove(stale)
         partial = f"{path}.{os.getpid()}.partial"
         built = False
         try:
@@ -255,14 +258,30 @@ def _touch_what_sparkeras_uses(spark: Any, scratch: str) -> None:
 
 
 def main(argv: list[str]) -> int:
+    """The builder process: idle CPU priority, and a deadline for all of it, JVM start included.
+
+    At the deadline the builder's whole process group (its JVM and that
+    JVM's Python workers with it) is killed, and its partial file removed.
+    """
+    import signal
+
+    path = argv[0]
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     except (AttributeError, OSError):
-        try:
+        with contextlib.suppress(OSError):
             os.nice(19)
-        except OSError:
-            pass
-    return 0 if build(argv[0]) else 1
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)  # a group of its own to kill at the deadline (a session leader has one already)
+
+    def give_up(*_: Any) -> None:
+        with contextlib.suppress(OSError):
+            os.remove(f"{path}.{os.getpid()}.partial")
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+
+    signal.signal(signal.SIGALRM, give_up)
+    signal.alarm(int(BUILD_DEADLINE_SECONDS) + 60)
+    return 0 if build(path) else 1
 
 
 if __name__ == "__main__":

@@ -94,7 +94,7 @@ def start_python_workers(spark: Any) -> threading.Thread | None:
     forks the other workers in moments: the other slots stay free for the
     user's first jobs (Parquet's schema, a cache) during the import. With
     every slot held for the import, a script that read and cached a Parquet
-    table and then fitted took 18.3-19.0 s instead of 16.1-16.8 s.
+    table and then fitted took 18.6-19.0 s instead of 16.4-16.8 s.
     Returns the thread that runs the jobs (``None`` when it was started
     before; the context keeps it as ``_sparkeras_start_workers``). A failure
     costs nothing but the time it would have saved.

@@ -58,6 +58,8 @@ def test_a_first_session_builds_the_archive_after_it_exits_and_the_next_maps_it(
     noise = [line for line in (second.stdout + second.stderr).splitlines()
              if "cds" in line.lower() or "sharedarchive" in line.lower() or "warning" in line.lower()]
     assert not noise, noise
+    # The rest of the suite's sessions (this process's and its subprocesses') map it too: conftest runs this first.
+    os.environ.update(SPARKERAS_CACHE_DIR=str(cache), SPARKERAS_CLASS_ARCHIVE="1")
 
 
 def test_the_archive_is_off_when_the_user_turns_it_off(tmp_path, monkeypatch):
