@@ -1,7 +1,7 @@
 """The driver JVM's class-data archive: built after a first session exits, then mapped by the next, quietly.
 
-A session ``get_spark`` starts with no archive for this JDK and Spark starts
-a builder when its process exits (:mod:`sparkeras.class_archive`); the
+A session ``get_spark`` starts with no archive for this JDK and Spark asks
+for a builder when its process exits (:mod:`sparkeras.class_archive`); the
 builder runs a driver JVM with ``-XX:ArchiveClassesAtExit`` and renames the
 finished file into place. The next session's JVM maps that file, which is
 checked in its ``/proc/<pid>/maps``, not taken on trust from its flags.
@@ -31,6 +31,12 @@ spark.stop()
 """
 
 
+FIRST = """
+from sparkeras import class_archive
+print(class_archive.driver_java_options(), class_archive._build_requested)
+"""
+
+
 def _session(env: dict) -> subprocess.CompletedProcess:
     done = subprocess.run([sys.executable, "-c", SESSION], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -42,8 +48,9 @@ def test_a_first_session_builds_the_archive_after_it_exits_and_the_next_maps_it(
     env = {k: v for k, v in os.environ.items() if k != "SPARKERAS_DEBUG"}
     env.update(PYSPARK_PYTHON=sys.executable, SPARKERAS_CACHE_DIR=str(cache), SPARKERAS_CLASS_ARCHIVE="1")
 
-    first = _session(env)
-    assert "MAPPED False" in first.stdout
+    # What get_spark asks when it starts a JVM, without the JVM: the build is requested for this process's exit.
+    first = subprocess.run([sys.executable, "-c", FIRST], capture_output=True, text=True, timeout=120, env=env)
+    assert first.returncode == 0 and first.stdout.split() == ["None", "True"], (first.stdout, first.stderr)
     deadline = time.monotonic() + 300
     archives = []
     while time.monotonic() < deadline and not archives:
