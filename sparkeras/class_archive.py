@@ -181,6 +181,8 @@ def build(path: str, deadline: float = BUILD_DEADLINE_SECONDS) -> bool:
                 os.remove(partial)
             if not built:
                 open(path + ".failed", "w").close()
+        if not built:
+            return False
         if os.path.exists(path + ".failed"):
             os.remove(path + ".failed")
         mine = os.path.basename(path)

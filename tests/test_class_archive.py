@@ -89,3 +89,10 @@ def test_an_archive_that_is_there_is_mapped_and_a_recent_failure_is_not_retried(
     with open(path, "wb") as f:
         f.truncate(2 << 20)
     assert class_archive.driver_java_options() == f"-XX:SharedArchiveFile={path} -Xlog:cds*=off"
+
+
+def test_a_build_that_leaves_no_archive_fails_and_leaves_its_mark(tmp_path, monkeypatch):
+    monkeypatch.setattr(class_archive, "_run_workload", lambda partial, deadline: None)  # a JVM that wrote nothing
+    path = str(tmp_path / "spark-driver-0123456789abcdef.jsa")
+    assert class_archive.build(path) is False
+    assert os.path.exists(path + ".failed") and not os.path.exists(path)
