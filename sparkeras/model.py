@@ -100,9 +100,13 @@ class SparkModel:
     def _workers(self, spark: Any) -> int:
         return self.num_workers or max(1, spark.sparkContext.defaultParallelism)
 
-    def _spec(self, columns: ColumnMap, progress: Any = None, class_weight: ClassWeights | None = None) -> WorkerSpec:
-        return WorkerSpec(ModelSpec.from_model(self._model, self.custom_objects or None), columns,
-                          keras_backend(), self.seed, progress, class_weight)
+    def _spec(self, columns: ColumnMap, progress: Any = None, class_weight: ClassWeights | None = None,
+              workers: int = 1) -> WorkerSpec:
+        """What the tasks need; ``workers`` > 1 for training (see ``Strategy.averages_moving_statistics``)."""
+        model = ModelSpec.from_model(self._model, self.custom_objects or None)
+        if self.strategy.averages_moving_statistics:
+            model = model.with_moving_statistics_for(workers)
+        return WorkerSpec(model, columns, keras_backend(), self.seed, progress, class_weight)
 
     def _dataset(self, spark: Any, data: Any, y: Any, x: Any, features_col: ColumnSpec,
                  label_col: ColumnSpec | None, workers: int) -> Dataset:
@@ -236,7 +240,7 @@ class SparkModel:
         strategy_name = getattr(self.strategy, "name", type(self.strategy).__name__)
         try:
             _fit_starting(callbacks, strategy_name)
-            spec = self._spec(columns, class_weight=class_weight)
+            spec = self._spec(columns, class_weight=class_weight, workers=workers)
             warming = start_warm_up(spark, spec, workers, evaluation=val_dataset is not None)
             rebuilt = start_rebuild_check(spec.model)
             train = prepare(dataset, columns, workers, balance=self.balance_partitions)
@@ -255,7 +259,7 @@ class SparkModel:
                 server = ProgressServer(driver_host(spark), bar.report)
             job = TrainingJob(
                 spark=spark, model=self._model,
-                spec=self._spec(columns, server.address if server else None, class_weight),
+                spec=self._spec(columns, server.address if server else None, class_weight, workers),
                 train=train, validation=validation, epochs=epochs, initial_epoch=initial_epoch,
                 batch_size=batch_size, shuffle=shuffle, num_workers=workers,
                 callbacks=None, bar=bar, validation_freq=validation_freq)

@@ -245,3 +245,46 @@ def test_plain_averaging_once_per_epoch_is_a_setting(spark):
     sm.fit(x, y, epochs=1, batch_size=16, shuffle=False, verbose=0)
     for got, expected in zip(sm.model.get_weights(), want):
         np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+
+
+def _batch_norm_model():
+    keras.utils.set_random_seed(0)
+    inner = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization(momentum=0.9)])
+    model = keras.Sequential([keras.Input((3,)), inner, keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    return model
+
+
+def test_batch_norm_momentum_is_raised_to_the_worker_count_in_the_workers_model_only():
+    from sparkeras.serialization import ModelSpec
+
+    spec = ModelSpec.from_model(_batch_norm_model())
+    paced = spec.with_moving_statistics_for(3)
+    assert paced.key != spec.key  # a worker caches the two models apart
+    assert [layer.momentum for layer in paced.build()._flatten_layers()
+            if isinstance(layer, keras.layers.BatchNormalization)] == [pytest.approx(0.9 ** 3)]
+    assert spec.with_moving_statistics_for(1) is spec
+    plain = ModelSpec.from_model(mlp())
+    assert plain.with_moving_statistics_for(4) is plain  # no BatchNormalization: the cached model is reused
+
+
+@pytest.mark.parametrize("strategy, workers", [("averaging", 2), (ModelAveraging(window=2), 3), ("allreduce", 2)],
+                         ids=["averaging", "averaging-jobs", "allreduce"])
+def test_batch_norm_statistics_forget_per_row_as_in_one_process(spark, strategy, workers):
+    # Every row is the same, so each batch's mean is exact and its variance 0: after n updates from
+    # (mean 0, variance 1) the moving mean is x (1 - 0.9^n) and the moving variance 0.9^n. model.fit
+    # makes n = 10 updates over 80 rows in batches of 8; the workers make 80 / (8 workers) updates
+    # each (all-reduce: 5 global batches), which must count as the same 10.
+    rows = 40 * workers
+    x = np.tile(np.array([[3.0, -1.0, 5.0]], np.float32), (rows, 1))
+    y = np.zeros((rows, 1), np.float32)
+    reference = _batch_norm_model()
+    reference.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    sm = SparkModel(_batch_norm_model(), strategy=strategy, num_workers=workers, seed=0)
+    sm.fit(x, y, epochs=1, batch_size=8, shuffle=False, verbose=0)
+    got = next(l for l in sm.model._flatten_layers() if isinstance(l, keras.layers.BatchNormalization))
+    want = next(l for l in reference._flatten_layers() if isinstance(l, keras.layers.BatchNormalization))
+    np.testing.assert_allclose(np.asarray(want.moving_variance), 0.9 ** (rows // 8), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(got.moving_mean), np.asarray(want.moving_mean), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(got.moving_variance), np.asarray(want.moving_variance), rtol=1e-4)
+    assert got.momentum == 0.9  # the driver's model keeps the user's setting

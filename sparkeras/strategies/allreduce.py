@@ -106,6 +106,13 @@ class AllReduce(Strategy):
         self.fail_once: tuple[int, int, str] | None = None  # test hook, see BarrierSpec
         self.hold_once: Hold = None  # test hook, see sparkeras.worker.faults
 
+    @property
+    def averages_moving_statistics(self) -> bool:  # type: ignore[override]
+        """With the learning rate scaled, N workers stand for one process at the per-worker batch, and
+        BatchNormalization's moving statistics forget per row as there; ``learning_rate_scaling=None``
+        keeps the exact equivalence with one process at the global batch, moving statistics included."""
+        return self.learning_rate_scaling != "none"
+
     def get_config(self) -> dict[str, Any]:
         return {"timeout": self.timeout, "max_restarts": self.max_restarts,
                 "checkpoint_dir": self.checkpoint_dir, "sync_batch_norm": self.sync_batch_norm,

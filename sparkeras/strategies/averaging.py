@@ -27,6 +27,9 @@ window shrinks as ``128 / N**2`` with more workers, down to 8 batches
 come from the worker count, not from a task. When an epoch has many rounds,
 the model a fit reports and saves is the momentum's iterate, not the
 look-ahead the workers train from (:meth:`ModelAveraging.reports_iterate`).
+BatchNormalization's moving statistics are averaged, not stepped; the
+workers update them with ``momentum ** N`` (``averages_moving_statistics``),
+so that N workers' averaged statistics forget per row as one process's do.
 With ``outer_momentum=0`` the rule is plain averaging, and with one worker
 the center *is* the worker's state, so
 ``SparkModel(model, "averaging", num_workers=1)`` trains exactly as
@@ -162,6 +165,7 @@ class ModelAveraging(DistributedOptimizer):
     """
 
     name = "averaging"
+    averages_moving_statistics = True
     default_window = 32
     synchronous = True
     reports_center = False  # workers restart from the center every window, as Elephas' synchronous mode

@@ -23,6 +23,11 @@ class Strategy(abc.ABC):
     """How workers cooperate to train one model."""
 
     name: ClassVar[str]
+    #: Whether the workers' BatchNormalization statistics are averaged over workers that each make
+    #: 1/N of the steps (model averaging) or updated once per global batch (all-reduce); the workers
+    #: then update them with ``momentum ** N`` (:meth:`sparkeras.serialization.ModelSpec.with_moving_statistics_for`).
+    #: Parameter-server rules that add up every worker's moves keep the layers' own momentum.
+    averages_moving_statistics: ClassVar[bool] = False
 
     def check_cluster(self, spark: Any, num_workers: int) -> None:
         """Reject a cluster this strategy cannot run on (too few task slots, a missing library).

@@ -22,7 +22,9 @@ batch (sums all-reduced inside the forward pass, and their gradients inside
 the backward pass), so training matches one process with the global batch,
 and the moving statistics, computed from global moments, stay identical on
 every task. Any other non-trainable float variable is averaged at the end
-of each epoch. Each Keras backend (TensorFlow, JAX, PyTorch) computes the
+of each epoch. Unless ``learning_rate_scaling=None``, the layers' momentum
+is ``momentum ** N`` here, so the statistics forget per row as in one process
+at the per-worker batch (:meth:`ModelSpec.with_moving_statistics_for`). Each Keras backend (TensorFlow, JAX, PyTorch) computes the
 step its own way: :mod:`sparkeras.worker.backends`.
 
 Epoch end: the tasks sum their Keras metric states (training, and validation
