@@ -117,26 +117,28 @@ class ModelSpec:
 
     @classmethod
     def from_model(cls, model: Any, custom_objects: dict[str, Any] | None = None) -> "ModelSpec":
-        import hashlib
-
         import keras
 
         with tensorflow_left_unimported():
-            config = json.dumps(keras.saving.serialize_keras_object(model), sort_keys=True)
-        key = hashlib.sha256(config.encode()).hexdigest()[:20]
-        return cls(config=config, key=key, custom_objects=custom_objects)
+            config = keras.saving.serialize_keras_object(model)
+        return cls.of(config, custom_objects)
+
+    @classmethod
+    def of(cls, config: dict[str, Any], custom_objects: dict[str, Any] | None = None) -> "ModelSpec":
+        """The spec of a serialized model ``config``, keyed by a digest of its JSON."""
+        import hashlib
+
+        text = json.dumps(config, sort_keys=True)
+        return cls(config=text, key=hashlib.sha256(text.encode()).hexdigest()[:20], custom_objects=custom_objects)
 
     def with_optimizer(self, optimizer: Any) -> "ModelSpec":
         """The same model compiled with another optimizer (a distributed optimizer's local one)."""
-        import hashlib
-
         import keras
 
         config = json.loads(self.config)
         with tensorflow_left_unimported():
             config.setdefault("compile_config", {})["optimizer"] = keras.saving.serialize_keras_object(optimizer)
-        text = json.dumps(config, sort_keys=True)
-        return ModelSpec(text, hashlib.sha256(text.encode()).hexdigest()[:20], self.custom_objects)
+        return ModelSpec.of(config, self.custom_objects)
 
     def with_moving_statistics_for(self, workers: int) -> "ModelSpec":
         """The same model, its BatchNormalization layers' ``momentum`` raised to the power ``workers``.
@@ -162,8 +164,6 @@ class ModelSpec:
         BatchNormalization, or ``workers`` of 1, gives this spec back
         unchanged, so the workers' cached model is reused.
         """
-        import hashlib
-
         if workers <= 1 or '"BatchNormalization"' not in self.config:
             return self
         config = json.loads(self.config)
@@ -181,8 +181,7 @@ class ModelSpec:
                     pace(value)
 
         pace(config)
-        text = json.dumps(config, sort_keys=True)
-        return ModelSpec(text, hashlib.sha256(text.encode()).hexdigest()[:20], self.custom_objects)
+        return ModelSpec.of(config, self.custom_objects)
 
     def build(self) -> Any:
         """Rebuild the compiled model (weights are set separately).
