@@ -106,14 +106,47 @@ def python_socket_options(master: str) -> dict[str, str]:
     major, minor = (int(part) for part in re.findall(r"\d+", __version__)[:2])
     if not is_local(master) or (major, minor) < (4, 1) or not hasattr(socket, "AF_UNIX"):
         return {}
-    if len(tempfile.gettempdir()) + len("/sparkeras-sock-12345678/.") + 36 + len(".sock") > UNIX_SOCKET_PATH_LIMIT:
+    prefix = f"{SOCKET_FOLDER_PREFIX}{os.getpid()}-"
+    root = tempfile.gettempdir()
+    if len(root) + len(prefix) + len("/12345678/.") + 36 + len(".sock") > UNIX_SOCKET_PATH_LIMIT:
         return {}
     import atexit
     import shutil
 
-    folder = tempfile.mkdtemp(prefix="sparkeras-sock-")
+    _remove_stale_socket_folders(root)
+    folder = tempfile.mkdtemp(prefix=prefix)
     atexit.register(shutil.rmtree, folder, True)
     return {"spark.python.unix.domain.socket.enabled": "true", "spark.python.unix.domain.socket.dir": folder}
+
+
+SOCKET_FOLDER_PREFIX = "sparkeras-sock-"
+
+
+def _remove_stale_socket_folders(root: str) -> None:
+    """Remove this user's socket folders whose process is gone (killed before its exit handlers ran).
+
+    Only folders named as :func:`python_socket_options` names them, owned by
+    this user, whose process id no longer runs; a reused process id keeps
+    its folder, which is harmless.
+    """
+    import shutil
+
+    pattern = re.compile(re.escape(SOCKET_FOLDER_PREFIX) + r"(\d+)-\w{8}")
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        try:
+            if not match or not entry.is_dir(follow_symlinks=False) \
+                    or entry.stat(follow_symlinks=False).st_uid != os.getuid():
+                continue
+            os.kill(int(match.group(1)), 0)
+        except ProcessLookupError:
+            shutil.rmtree(entry.path, ignore_errors=True)
+        except OSError:  # another user's process, or the entry went away
+            continue
 
 
 def start_python_workers(spark: Any) -> threading.Thread | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import numpy as np
@@ -702,3 +703,33 @@ def test_a_local_session_talks_to_its_python_workers_over_private_unix_sockets(s
     assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700  # Spark skips its secret on these sockets
     assert spark.sparkContext.parallelize(range(4), 2).map(lambda v: v * v).sum() == 14
     assert any(name.endswith(".sock") for name in os.listdir(folder))  # the daemon listens there
+
+
+def test_socket_folders_of_killed_processes_are_removed_and_live_ones_kept(monkeypatch):
+    import shutil
+    import subprocess
+    import tempfile
+
+    from pyspark.version import __version__
+
+    from sparkeras.session import python_socket_options
+
+    if tuple(int(p) for p in __version__.split(".")[:2]) < (4, 1):
+        pytest.skip("Spark before 4.1 has no Unix domain sockets for Python workers")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    root = tempfile.mkdtemp(prefix="sk-")  # short: a socket's path has at most 107 bytes
+    try:
+        folders = {name: os.path.join(root, f"sparkeras-sock-{pid}-{tail}") for name, pid, tail in
+                   [("stale", gone.pid, "abcd1234"), ("live", os.getpid(), "abcd1234"),
+                    ("other", gone.pid, "notours")]}  # "notours": not a name sparkeras makes
+        for folder in folders.values():
+            os.mkdir(folder)
+            open(os.path.join(folder, ".x.sock"), "wb").close()
+        monkeypatch.setattr(tempfile, "tempdir", root)
+        made = python_socket_options("local[2]")["spark.python.unix.domain.socket.dir"]
+        assert not os.path.exists(folders["stale"])
+        assert os.path.exists(folders["live"]) and os.path.exists(folders["other"])
+        assert os.path.dirname(made) == root and os.path.basename(made).startswith(f"sparkeras-sock-{os.getpid()}-")
+    finally:
+        shutil.rmtree(root)
