@@ -108,7 +108,7 @@ def python_socket_options(master: str) -> dict[str, str]:
         return {}
     prefix = f"{SOCKET_FOLDER_PREFIX}{os.getpid()}-"
     root = tempfile.gettempdir()
-    if len(root) + len(prefix) + len("/12345678/.") + 36 + len(".sock") > UNIX_SOCKET_PATH_LIMIT:
+    if not socket_paths_fit(root):
         return {}
     import atexit
     import shutil
@@ -120,6 +120,12 @@ def python_socket_options(master: str) -> dict[str, str]:
 
 
 SOCKET_FOLDER_PREFIX = "sparkeras-sock-"
+
+
+def socket_paths_fit(root: str) -> bool:
+    """Whether Spark's socket paths (``<root>/<prefix><pid>-XXXXXXXX/.<uuid>.sock``) fit in a socket address."""
+    folder = len(root) + len(f"/{SOCKET_FOLDER_PREFIX}{os.getpid()}-") + 8
+    return folder + len("/.") + 36 + len(".sock") <= UNIX_SOCKET_PATH_LIMIT
 
 
 def _remove_stale_socket_folders(root: str) -> None:

@@ -699,7 +699,9 @@ def test_a_local_session_talks_to_its_python_workers_over_private_unix_sockets(s
         return
     import tempfile
 
-    if len(tempfile.gettempdir()) + len(f"sparkeras-sock-{os.getpid()}-") + 52 > 107:  # a socket path's limit: TCP
+    from sparkeras.session import socket_paths_fit
+
+    if not socket_paths_fit(tempfile.gettempdir()):  # a socket path's limit: the session keeps TCP
         pytest.skip(f"the temporary directory {tempfile.gettempdir()!r} is too long for Unix socket paths")
     conf = spark.sparkContext.getConf()
     assert conf.get("spark.python.unix.domain.socket.enabled") == "true"
