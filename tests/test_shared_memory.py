@@ -19,7 +19,7 @@ import pytest
 from sparkeras.comm import collective
 from sparkeras.comm.collective import Rendezvous, _connect_store
 from sparkeras.comm.server import FrameClient, FrameServer
-from sparkeras.comm.shared_memory import host_groups
+from sparkeras.comm.shared_memory import _ORDERED_STORES, _FlagBarrier, host_groups
 
 SIZES = (5, 1000, 70_000, 150_000, 7)  # grows the segment twice, then reuses it
 DTYPES = ("float32", "float64", "int64")
@@ -31,7 +31,7 @@ def _contribution(rank: int, size: int, dtype: str) -> np.ndarray:
 
 
 def _rank_main(rank: int, hosts: list[str], port: int, starve_creator: bool, chunk_bytes: int,
-               results: "multiprocessing.Queue", last_rank_dies: bool = False) -> None:
+               results: "multiprocessing.Queue", last_rank_dies: bool = False, flag_barrier: bool = True) -> None:
     """One rank: reduce every size, dtype and op, and report what it got."""
     import resource
     import signal
@@ -46,7 +46,8 @@ def _rank_main(rank: int, hosts: list[str], port: int, starve_creator: bool, chu
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     store = dist.TCPStore("127.0.0.1", port, len(hosts), False, timeout=datetime.timedelta(seconds=60))
     dist.init_process_group("gloo", store=store, rank=rank, world_size=len(hosts))
-    reducer = SharedMemoryAllreduce.for_world(rank, hosts, store, chunk_bytes=chunk_bytes)
+    reducer = SharedMemoryAllreduce.for_world(rank, hosts, store, chunk_bytes=chunk_bytes,
+                                              flag_barrier=flag_barrier and _ORDERED_STORES)
     if last_rank_dies:  # before the first reduction, so before it maps the segment
         if rank == len(hosts) - 1:
             os._exit(0)
@@ -69,20 +70,22 @@ def _rank_main(rank: int, hosts: list[str], port: int, starve_creator: bool, chu
                     dist.all_reduce(torch.from_numpy(buffer), op=torch_op(op))
                 got[(size, dtype, op)] = (used, buffer.tobytes())
     enabled = reducer.enabled
+    got["flags"] = reducer._flags is not None
     reducer.close()
     dist.destroy_process_group()
     results.put((rank, enabled, got))
 
 
 def _run_ranks(hosts: list[str], starve_creator: bool = False, chunk_bytes: int = 8 << 20,
-               last_rank_dies: bool = False) -> dict[int, tuple[bool, dict]]:
+               last_rank_dies: bool = False, flag_barrier: bool = True) -> dict[int, tuple[bool, dict]]:
     import torch.distributed as dist
 
     server = dist.TCPStore("127.0.0.1", 0, len(hosts) + 1, True, wait_for_workers=False,
                            timeout=datetime.timedelta(seconds=60))
     spawn = multiprocessing.get_context("spawn")
     results = spawn.Queue()
-    ranks = [spawn.Process(target=_rank_main, args=(r, hosts, server.port, starve_creator, chunk_bytes, results, last_rank_dies))
+    ranks = [spawn.Process(target=_rank_main, args=(r, hosts, server.port, starve_creator, chunk_bytes, results, last_rank_dies,
+                                                       flag_barrier))
              for r in range(len(hosts))]
     for p in ranks:
         p.start()
@@ -100,15 +103,17 @@ def _segments() -> set[str]:
     return {f for f in os.listdir("/dev/shm") if f.startswith("sparkeras-")} if os.path.isdir("/dev/shm") else set()
 
 
-@pytest.mark.parametrize("hosts, chunk_bytes", [
-    (["a", "a"], 8 << 20),
-    (["a", "a"], 100_000),  # 150,000 float64 values pass in 12 chunks
-    (["a", "a", "b", "b"], 8 << 20),
-    (["a", "b", "b"], 100_000),  # the lone leader must chunk its gloo calls like the others
-], ids=["one-machine", "one-machine-chunked", "two-machines-of-two", "a-lone-leader-chunked"])
-def test_shared_memory_allreduce_equals_numpy_and_is_identical_on_every_rank(hosts, chunk_bytes):
+@pytest.mark.parametrize("hosts, chunk_bytes, flag_barrier", [
+    (["a", "a"], 8 << 20, True),
+    (["a", "a"], 100_000, True),  # 150,000 float64 values pass in 12 chunks
+    (["a", "a"], 100_000, False),  # the machine's ranks meet at gloo's barrier, as off x86-64
+    (["a", "a", "b", "b"], 8 << 20, True),
+    (["a", "b", "b"], 100_000, True),  # the lone leader must chunk its gloo calls like the others
+], ids=["one-machine", "one-machine-chunked", "one-machine-gloo-barrier", "two-machines-of-two",
+        "a-lone-leader-chunked"])
+def test_shared_memory_allreduce_equals_numpy_and_is_identical_on_every_rank(hosts, chunk_bytes, flag_barrier):
     before = _segments()
-    out = _run_ranks(hosts, chunk_bytes=chunk_bytes)
+    out = _run_ranks(hosts, chunk_bytes=chunk_bytes, flag_barrier=flag_barrier)
     for size in SIZES:
         for dtype in DTYPES:
             parts = [_contribution(r, size, dtype) for r in range(len(hosts))]
@@ -120,6 +125,8 @@ def test_shared_memory_allreduce_equals_numpy_and_is_identical_on_every_rank(hos
                     assert raw == first, f"rank {rank} differs from rank 0 for {size} x {dtype} {op}"
                 np.testing.assert_allclose(np.frombuffer(first, dtype), want.astype(dtype), rtol=1e-6)
     assert all(enabled for enabled, _ in out.values())
+    for rank, (_, got) in out.items():  # the flags where a rank shares its machine, on x86-64
+        assert got["flags"] == (flag_barrier and _ORDERED_STORES and hosts.count(hosts[rank]) > 1)
     assert _segments() == before  # unlinked as soon as every peer had it mapped
 
 
@@ -205,3 +212,35 @@ def test_a_lookup_that_never_gets_an_address_names_the_wait():
     finally:
         client.close()
         server.close()
+
+
+def test_flag_barrier_keeps_ranks_in_step_and_names_the_rank_that_never_arrives():
+    """Two ranks in threads meet 2,000 times; each round's values must be the other's latest. Then one stays away."""
+    import mmap
+
+    memory = mmap.mmap(-1, 4096 * 2)
+    data = np.frombuffer(memory, np.int64, 2, 4096)
+    barriers = [_FlagBarrier(memory, r, 2, timeout=30.0) for r in range(2)]
+    seen: list[list[int]] = [[], []]
+
+    def rank(r: int) -> None:
+        for i in range(2000):
+            data[r] = i
+            barriers[r].wait()
+            seen[r].append(int(data[1 - r]))
+            barriers[r].wait()  # nobody writes the next round before both have read this one
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert seen == [list(range(2000))] * 2
+
+    lonely = _FlagBarrier(memory, 0, 2, timeout=0.3)
+    lonely.reached = barriers[0].reached  # rank 1 never arrives at the next one
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"local ranks \[1\] of this machine did not reach shared-memory barrier "
+                                           r"4001 within 0.3s"):
+        lonely.wait()
+    assert time.monotonic() - started < 5

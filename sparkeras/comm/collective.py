@@ -90,7 +90,7 @@ class Collective:
             from sparkeras.comm.shared_memory import SharedMemoryAllreduce
 
             hosts = [_task_host(context, r) for r in range(world)]
-            same_host = SharedMemoryAllreduce.for_world(rank, hosts, store)
+            same_host = SharedMemoryAllreduce.for_world(rank, hosts, store, timeout=timeout)
         # No rank leaves before every rank has built its groups: a rank whose user code failed at once
         # used to close its connections while a peer was still building one, and the peer's "connection
         # closed" error could reach the driver instead of the real one.

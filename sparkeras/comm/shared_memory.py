@@ -24,21 +24,29 @@ no space), all tasks agree on that through gloo and keep using gloo.
 Ordering: slots are double-buffered and each call passes one barrier between
 writing and reading, so no task can get two calls ahead and overwrite a slot
 another task is still reading. Every task sums the slots in rank order, so
-all replicas get bit-identical results.
+all replicas get bit-identical results. On x86-64 the machine's tasks meet
+at flags in the segment itself (:class:`_FlagBarrier`) instead of gloo's
+barrier.
 """
 
 from __future__ import annotations
 
 import mmap
 import os
+import platform
 import secrets
 import tempfile
+import time
 from typing import Any
 
 import numpy as np
 
-_HEADER = 4096  # token at offset 0; data page-aligned after it
+_HEADER = 4096  # token at offset 0, the barrier's flags from _FLAGS on; data page-aligned after it
 _TOKEN = 16
+_FLAGS = 64  # one 64-byte line per rank of the machine, so no two ranks write the same cache line
+_MAX_FLAGS = (_HEADER - _FLAGS) // 64
+# Total store order: another core sees this core's stores in the order they were made (see _FlagBarrier).
+_ORDERED_STORES = platform.machine().lower() in ("x86_64", "amd64")
 _UFUNCS = {"sum": np.add, "max": np.maximum, "min": np.minimum}
 
 
@@ -57,10 +65,11 @@ class SharedMemoryAllreduce:
     make the same calls in the same order, as for any collective.
     """
 
-    def __init__(self, rank: int, hosts: list[str], store: Any, chunk_bytes: int = 8 << 20) -> None:
+    def __init__(self, rank: int, hosts: list[str], store: Any, chunk_bytes: int = 8 << 20,
+                 timeout: float = 300.0, flag_barrier: bool = _ORDERED_STORES) -> None:
         import torch.distributed as dist
 
-        self._store, self.chunk_bytes = store, chunk_bytes
+        self._store, self.chunk_bytes, self.timeout = store, chunk_bytes, timeout
         groups = host_groups(hosts)
         self._index = next(i for i, members in enumerate(groups) if rank in members)
         members = groups[self._index]
@@ -75,6 +84,8 @@ class SharedMemoryAllreduce:
             leaders = dist.new_group([ranks[0] for ranks in groups])
             self._leaders = leaders if self.local_rank == 0 else None
         self._segment: _Segment | None = None
+        self._flags: _FlagBarrier | None = None
+        self._flag_barrier = flag_barrier and self.local_size <= _MAX_FLAGS
         self._capacity = 0
         self._generation = 0
         self._calls = 0
@@ -130,12 +141,16 @@ class SharedMemoryAllreduce:
             flat[:] = result
 
     def close(self) -> None:
+        self._flags = None
         if self._segment is not None:
             self._segment.close()
             self._segment = None
         self.enabled = False
 
     def _barrier(self) -> None:
+        if self._flags is not None:
+            self._flags.wait()
+            return
         import torch.distributed as dist
 
         dist.barrier(group=self._local_group)
@@ -182,10 +197,64 @@ class SharedMemoryAllreduce:
                 segment.close()
             self.close()
             return False
+        self._flags = None
         if self._segment is not None:
             self._segment.close()
         self._segment, self._capacity = segment, capacity
+        if self._flag_barrier and segment is not None and self.local_size > 1:
+            self._flags = _FlagBarrier(segment.memory, self.local_rank, self.local_size, self.timeout)
         return True
+
+
+class _FlagBarrier:
+    """The machine's ranks meet at flags in the shared segment, not at a gloo barrier.
+
+    Why: a gloo barrier is a round trip over loopback TCP through gloo's
+    threads. In an all-reduce fit of an MLP 784-128-10 on 2 cores it took
+    1.1-1.3 ms of every 2.9-3.8 ms step (the workers' ``wait_seconds``),
+    longer than the step's optimizer update.
+
+    How: each rank owns one 64-bit flag, on a cache line of its own, holding
+    how many barriers it has reached. Arriving writes the flag after the
+    rank's slot; waiting reads every flag until all have reached as many.
+    One writer per flag, so no atomic instruction is needed. Reading the
+    others' slots once their flags are seen relies on stores becoming
+    visible in the order they were made, which x86-64 guarantees (total
+    store order) and ARM does not, so elsewhere the gloo barrier stays.
+    The wait spins briefly, then yields the core, then sleeps in short
+    steps, so ranks that share cores (more workers than cores) still make
+    progress. A rank that never arrives (its task died) makes the others
+    raise ``TimeoutError`` after ``timeout`` seconds, naming it; Spark
+    usually kills them sooner, as it aborts the barrier stage.
+    """
+
+    _SPINS, _YIELDS = 200, 2000
+
+    def __init__(self, memory: mmap.mmap, rank: int, size: int, timeout: float) -> None:
+        self.flags = np.frombuffer(memory, np.uint64, size * 8, _FLAGS)[::8]
+        self.rank, self.timeout = rank, timeout
+        self.reached = 0
+
+    def wait(self) -> None:
+        self.reached += 1
+        reached, flags = self.reached, self.flags
+        flags[self.rank] = reached
+        checks, deadline = 0, 0.0
+        while flags.min() < reached:
+            checks += 1
+            if checks <= self._SPINS:
+                continue
+            if checks <= self._YIELDS:
+                os.sched_yield()
+                continue
+            now = time.monotonic()
+            if not deadline:
+                deadline = now + self.timeout
+            elif now > deadline:
+                missing = [r for r in range(len(flags)) if flags[r] < reached]
+                raise TimeoutError(f"local rank {self.rank}: local ranks {missing} of this machine did not reach "
+                                   f"shared-memory barrier {reached} within {self.timeout:g}s")
+            time.sleep(0.0002)
 
 
 class _Segment:
