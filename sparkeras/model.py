@@ -8,7 +8,7 @@ import os
 import random
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -241,7 +241,8 @@ class SparkModel:
         try:
             _fit_starting(callbacks, strategy_name)
             spec = self._spec(columns, class_weight=class_weight, workers=workers)
-            warming = start_warm_up(spark, spec, workers, evaluation=val_dataset is not None)
+            plan = replace(self.strategy.worker_warm_up(), evaluation=val_dataset is not None)
+            warming = start_warm_up(spark, spec, workers, plan)
             rebuilt = start_rebuild_check(spec.model)
             train = prepare(dataset, columns, workers, balance=self.balance_partitions)
             prepared.append(train)

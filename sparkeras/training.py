@@ -22,6 +22,7 @@ from sparkeras.log import logger
 from sparkeras.progress import ProgressBar
 from sparkeras.serialization import learning_rate_position, model_state, pack_arrays, set_model_state, unpack_arrays
 from sparkeras.worker import tasks
+from sparkeras.worker.runtime import WarmUp
 from sparkeras.worker.tasks import WorkerSpec
 
 
@@ -69,7 +70,7 @@ def sum_metric_states(results: Sequence[PartitionResult]) -> list[np.ndarray] | 
     return [np.sum([s[i] for s in states], axis=0) for i in range(len(states[0]))]
 
 
-def start_warm_up(spark: Any, spec: WorkerSpec, workers: int, evaluation: bool = False) -> threading.Thread:
+def start_warm_up(spark: Any, spec: WorkerSpec, workers: int, plan: WarmUp = WarmUp()) -> threading.Thread:
     """Start the training workers' backend import and model build while the driver packs the data.
 
     A cold Python worker spends seconds importing TensorFlow and building and
@@ -80,15 +81,15 @@ def start_warm_up(spark: Any, spec: WorkerSpec, workers: int, evaluation: bool =
     workers (:mod:`sparkeras.data.arrow`), find it done or wait for it
     (:func:`sparkeras.worker.runtime.warm_up`). Returns the thread that
     submits the job; a failed warm-up costs nothing but the time it would
-    have saved. With ``evaluation`` (validation data), the evaluation loop
-    is traced as well.
+    have saved. ``plan`` names the loop the strategy's tasks run (and
+    whether validation data makes them evaluate), so that is what is traced.
     """
     sc = spark.sparkContext
 
     def submit() -> None:
         try:
             sc.parallelize(range(workers), workers).mapPartitions(
-                lambda it: tasks.warm_up(spec, evaluation, it)).collect()
+                lambda it: tasks.warm_up(spec, plan, it)).collect()
         except Exception:  # noqa: BLE001 - the training tasks build the model themselves
             pass
 

@@ -172,3 +172,46 @@ def test_bad_allreduce_settings_are_refused_before_training(spark):
             SparkModel(mlp(), strategy="allreduce", num_workers=2).fit(x, y, verbose=0)
     finally:
         conf.set("spark.dynamicAllocation.enabled", "false")
+
+
+class _OneRank:
+    """The collective of a one-task stage: every sum is the task's own value."""
+
+    def allreduce_(self, buffer, op="sum"):
+        return buffer
+
+    def allreduce(self, array, op="sum"):
+        return np.array(array, copy=True)
+
+
+@pytest.mark.parametrize("make_model", [lambda: mlp(seed=4), _bn_model], ids=["mlp", "batchnorm"])
+def test_the_warm_up_traces_the_gradient_step_once_for_every_fit_of_the_model(spark, make_model):
+    """The warm-up's trace serves every batch size, later fits reuse it, and it runs no step."""
+    from sparkeras.data.columns import resolve_columns
+    from sparkeras.data.sources import as_dataset
+    from sparkeras.worker.backends import trace_gradients
+    from sparkeras.worker.backends.tensorflow_steps import TensorFlowSteps
+
+    x, y = blobs(200, seed=6)
+    y = y.astype(np.int32)
+    model = make_model()
+    plain = clone(model)
+    plain.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0)  # 7 batches per epoch, the last of 8
+
+    dataset = as_dataset(spark, x, y)
+    columns = resolve_columns(model, dataset.schema, dataset.features_col, dataset.label_col)
+    trace_gradients(model, columns, "tensorflow", weighted=False, sync_batch_norm=True)
+    assert int(model.optimizer.iterations) == 0
+    fits = []
+    for _ in range(2):  # two fits of one epoch each, as two all-reduce fits of the cached model would run
+        steps = TensorFlowSteps(model, _OneRank(), sync_batch_norm=True)
+        for start in range(0, len(x), 32):
+            steps.step(x[start:start + 32], y[start:start + 32], len(x[start:start + 32]), 1.0)
+        steps.close()
+        fits.append(steps)
+    assert fits[1]._gradients is fits[0]._gradients
+    assert fits[0]._gradients.experimental_get_tracing_count() == 1  # batches of 32 and of 8 alike
+    assert not any("_moments" in layer.__dict__ for layer in model.layers)  # the layers are given back
+    assert int(model.optimizer.iterations) == 14
+    for got, want in zip(model.get_weights(), plain.get_weights()):  # BatchNorm moving statistics included
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)

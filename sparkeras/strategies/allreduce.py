@@ -42,6 +42,7 @@ from sparkeras.training import TrainingJob
 from sparkeras.worker.backends import BACKENDS
 from sparkeras.worker.allreduce import TRAIN, VALIDATION, BarrierSpec, train_barrier
 from sparkeras.worker.faults import Hold
+from sparkeras.worker.runtime import WarmUp
 
 
 class AllReduce(Strategy):
@@ -112,6 +113,11 @@ class AllReduce(Strategy):
         BatchNormalization's moving statistics forget per row as there; ``learning_rate_scaling=None``
         keeps the exact equivalence with one process at the global batch, moving statistics included."""
         return self.learning_rate_scaling != "none"
+
+    def worker_warm_up(self) -> WarmUp:
+        """The split gradient step, and ``torch.distributed`` for the collective: each cost a cold
+        worker seconds at the start of its first all-reduce fit, now spent while the data is packed."""
+        return WarmUp(loop="gradients", sync_batch_norm=self.sync_batch_norm, imports=("torch.distributed",))
 
     def get_config(self) -> dict[str, Any]:
         return {"timeout": self.timeout, "max_restarts": self.max_restarts,

@@ -15,6 +15,8 @@ from __future__ import annotations
 import abc
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from sparkeras.worker.runtime import WarmUp
+
 if TYPE_CHECKING:
     from sparkeras.training import TrainingJob
 
@@ -35,6 +37,10 @@ class Strategy(abc.ABC):
         Called before the data is read or any task starts, so a fit that
         cannot run costs no packing and leaves no tasks behind.
         """
+
+    def worker_warm_up(self) -> WarmUp:
+        """What the training workers prepare while the driver packs the data: by default the window loop."""
+        return WarmUp()
 
     def check(self, job: "TrainingJob") -> None:
         """Reject options that cannot work for this job, before training starts."""

@@ -131,16 +131,14 @@ def shared_tensor(array: np.ndarray, backend: str = "tensorflow") -> Any:
     return tf.convert_to_tensor(np.ascontiguousarray(array))
 
 
-def trace(model: Any, columns: ColumnMap, backend: str, weighted: bool = False, evaluation: bool = False) -> None:
+def trace(model: Any, columns: ColumnMap, backend: str, weighted: bool = False) -> None:
     """Trace ``model``'s window loop ahead of time, from the column shapes, and run it once on no batches.
 
     Tracing builds the graph, but TensorFlow optimizes and instantiates a
     function only at its first call: measured 0.10 s (MLP 784-128-10) and
     0.13 s (a small CNN) on one core, which the first window would pay. A
     call with zero batches pays it here and runs no step, so the model's
-    weights, optimizer and metrics are left as they were. With
-    ``evaluation`` (a fit with validation data), the evaluation loop of
-    :func:`evaluate_arrays` is traced and called on no rows too.
+    weights, optimizer and metrics are left as they were.
     """
     if backend != "tensorflow":
         return
@@ -151,9 +149,17 @@ def trace(model: Any, columns: ColumnMap, backend: str, weighted: bool = False, 
     if weighted and columns.labels and not columns.weights:
         data.append(tf.ones((1,), tf.float32))  # the rows' weights (class_weight)
     _traced_loop(model, columns, data)(data, tf.zeros((0, 1), tf.int32))
-    if evaluation:
-        unweighted = data[:len(columns.without_weights().bindings)]  # validation is packed unweighted
-        _test_loop(model, columns, unweighted)([d[:0] for d in unweighted], tf.constant(1, tf.int32))
+
+
+def trace_evaluation(model: Any, columns: ColumnMap, backend: str) -> None:
+    """Trace the evaluation loop of :func:`evaluate_arrays` (a fit with validation data) and call it on no rows."""
+    if backend != "tensorflow":
+        return
+    import tensorflow as tf
+
+    unweighted = columns.without_weights().bindings  # validation is packed unweighted
+    data = [tf.zeros((1, *[1 if d is None else d for d in b.shape]), b.dtype) for b in unweighted]
+    _test_loop(model, columns, data)([d[:0] for d in data], tf.constant(1, tf.int32))
 
 
 def _traced_loop(model: Any, columns: ColumnMap, data: list[Any]) -> Any:

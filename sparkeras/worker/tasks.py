@@ -104,9 +104,9 @@ def _setup(spec: WorkerSpec) -> tuple[Any, int]:
     return runtime.model(spec.model), ctx.partitionId() if ctx else 0
 
 
-def warm_up(spec: WorkerSpec, evaluation: bool, _: Iterator[Any]) -> Iterator[tuple]:
+def warm_up(spec: WorkerSpec, plan: runtime.WarmUp, _: Iterator[Any]) -> Iterator[tuple]:
     """Start this Python worker's backend import and model build in the background, and return."""
-    runtime.warm_up(spec.model, spec.backend, spec.columns, spec.weighted, evaluation)
+    runtime.warm_up(spec.model, spec.backend, spec.columns, spec.weighted, plan)
     return iter(())
 
 
