@@ -182,6 +182,7 @@ class SparkModel:
         if checkpoint_dir:
             check_output(checkpoint_dir, kind="directory", flag="checkpoint_dir",
                          inputs=[p for p in (data, x) if isinstance(p, (str, os.PathLike))])
+        self.strategy.check_model(self._model)
         spark = self.spark
         with console_progress_paused(spark), contextlib.ExitStack() as releases:  # data resolution runs jobs too
             return self._fit(spark, releases, started, data, y, x, epochs, batch_size, validation_data,

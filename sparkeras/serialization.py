@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import re
 import struct
 import sys
 import threading
@@ -121,7 +122,8 @@ class ModelSpec:
 
         with tensorflow_left_unimported():
             config = keras.saving.serialize_keras_object(model)
-        return cls.of(config, custom_objects)
+        shipped = {**_registered_in_main(config), **(custom_objects or {})}
+        return cls.of(config, shipped or None)
 
     @classmethod
     def of(cls, config: dict[str, Any], custom_objects: dict[str, Any] | None = None) -> "ModelSpec":
@@ -206,7 +208,18 @@ class ModelSpec:
                     f"import ({exc}). Ship it to the executors with --py-files or sc.addPyFile(), or install it "
                     "there.") from None
         with keras.saving.custom_object_scope(self.custom_objects or {}), _global_dtype_policy(config):
-            return keras.saving.deserialize_keras_object(config)
+            try:
+                return keras.saving.deserialize_keras_object(config)
+            except TypeError as exc:  # the same in every task: an InputError stops the fit at once
+                missing = re.search(r"Could not locate (class|function) '([^']+)'", str(exc))
+                if missing is None:
+                    raise
+                kind, name = missing.groups()
+                raise InputError(
+                    f"{_CANNOT_REBUILD}: Keras does not know the {kind} {name!r} in this process. Register it with "
+                    "@keras.saving.register_keras_serializable() in a module the workers can import (ship it with "
+                    "--py-files or sc.addPyFile()), or pass it to SparkModel as "
+                    f"custom_objects={{{_registered_name(config, name)!r}: {name}}}.") from None
 
 
 @contextlib.contextmanager
@@ -236,6 +249,7 @@ def _global_dtype_policy(config: Any) -> Iterator[None]:
         keras.config.set_dtype_policy(previous)
 
 
+_CANNOT_REBUILD = "The model cannot be rebuilt from its Keras config, as every Spark worker must rebuild it"
 _REBUILT: set[str] = set()  # keys of the model specs this process has rebuilt once
 
 
@@ -253,9 +267,13 @@ def check_rebuilds(spec: ModelSpec) -> None:
     """
     if spec.key in _REBUILT or not _names_custom_code(json.loads(spec.config)):
         return
+    from sparkeras.errors import InputError
+
     try:
         with tensorflow_left_unimported():
             spec.build()
+    except InputError:  # build's own: it already names what is missing and what to do
+        raise
     except Exception as exc:  # noqa: BLE001 - Keras raises many kinds; each becomes the same clear error
         raise _rebuild_error(exc) from None
     _REBUILT.add(spec.key)
@@ -297,7 +315,7 @@ def _rebuild_error(exc: Exception) -> Exception:
     from sparkeras.errors import InputError
 
     said = f"{type(exc).__name__}: {exc}".strip()
-    head = "The model cannot be rebuilt from its Keras config, as every Spark worker must rebuild it"
+    head = _CANNOT_REBUILD
     if "Lambda" in said and "safe_mode" in said:
         return InputError(f"{head}: it has a Lambda layer holding a Python lambda, which Keras refuses to rebuild "
                           "(safe mode). Replace the Lambda with a small custom layer registered with "
@@ -306,6 +324,56 @@ def _rebuild_error(exc: Exception) -> Exception:
                       "@keras.saving.register_keras_serializable() in a module the workers can import "
                       "(ship it with --py-files or sc.addPyFile()), or pass them to SparkModel as "
                       "custom_objects={name: object}.")
+
+
+def _registered_in_main(config: Any) -> dict[str, Any]:
+    """The registered custom objects a Keras config names that the driver's ``__main__`` defined.
+
+    Why. A class or function registered with
+    ``keras.saving.register_keras_serializable`` in a script or a notebook
+    lives in the driver's ``__main__``; a Spark worker never ran that code,
+    so Keras' registry there lacks it and every task failed with "Could not
+    locate class". These objects travel in the spec's ``custom_objects``,
+    which Spark's cloudpickle ships by value, as it does the functions of a
+    UDF defined in a notebook; objects of importable modules are imported by
+    name on the workers (:meth:`ModelSpec.build`).
+    """
+    import keras
+
+    found: dict[str, Any] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            name = node.get("registered_name")
+            if isinstance(name, str) and name not in found:
+                obj = keras.saving.get_registered_object(name)
+                if obj is not None and getattr(obj, "__module__", None) == "__main__":
+                    found[name] = obj
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(config)
+    return found
+
+
+def _registered_name(config: Any, class_name: str) -> str:
+    """The name Keras looks ``class_name`` up by in ``config`` (``package>Name`` when registered with a package)."""
+    if isinstance(config, dict):
+        if config.get("class_name") == class_name and isinstance(config.get("registered_name"), str):
+            return config["registered_name"]
+        children: Any = config.values()
+    elif isinstance(config, list):
+        children = config
+    else:
+        return class_name
+    for child in children:
+        found = _registered_name(child, class_name)
+        if found != class_name:
+            return found
+    return class_name
 
 
 def _custom_modules(config: Any) -> set[str]:

@@ -250,8 +250,9 @@ def test_a_model_the_workers_cannot_rebuild_is_refused_on_the_driver(spark):
         SparkModel(lambda_model, num_workers=2).fit(x, y, verbose=0)
     with pytest.raises(InputError, match=r"Lambda layer holding a Python lambda"):
         sparkeras.register_udf(spark, "doubled", lambda_model)
-    with pytest.raises(InputError, match=r"cannot be rebuilt .*Could not locate function '_doubled_loss'.*"
-                                         r"or pass them to SparkModel as custom_objects=\{name: object\}"):
+    with pytest.raises(InputError, match=r"cannot be rebuilt from its Keras config, as every Spark worker must "
+                                         r"rebuild it: Keras does not know the function '_doubled_loss' in this "
+                                         r"process.*custom_objects=\{'_doubled_loss': _doubled_loss\}\.$"):
         SparkModel(model(loss=_doubled_loss), num_workers=2).predict(x)
     history = SparkModel(model(loss=_doubled_loss), num_workers=2, custom_objects={"_doubled_loss": _doubled_loss}) \
         .fit(x, y, epochs=1, verbose=0)  # the advice works
@@ -266,3 +267,70 @@ def test_a_validation_tuple_other_than_x_y_is_refused_with_what_to_do(spark):
         sm.fit(x, y, validation_data=(x, y, np.ones(len(x))), verbose=0)
     with pytest.raises(InputError, match=r"validation_data is a tuple of 1 items; pass \(x, y\)"):
         sm.fit(x, y, validation_data=(x,), verbose=0)
+
+
+def _notebook_model(package: str, seed: int = 5):
+    """A keras.Model subclass with its own train_step, defined and registered as in a notebook or script.
+
+    Its ``__module__`` is ``__main__``, which no Spark worker has run. Each step it also counts itself in a
+    non-trainable variable, so a fit shows whether this train_step (and not Keras' own) ran.
+    """
+    import keras
+
+    class Counting(keras.Model):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.own_steps = keras.Variable(0.0, trainable=False, name="own_steps")
+
+        def train_step(self, data):
+            self.own_steps.assign_add(1.0)
+            return super().train_step(data)
+
+    Counting.__module__ = "__main__"
+    Counting = keras.saving.register_keras_serializable(package=package)(Counting)
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((16,))
+    model = Counting(inputs, keras.layers.Dense(10, activation="softmax")(keras.layers.Dense(8)(inputs)))
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    return model
+
+
+def test_a_model_class_registered_in_main_trains_on_the_workers_with_its_own_train_step(spark):
+    model = _notebook_model("notebook_fit")
+    x, y = blobs(96)
+    sm = SparkModel(model, strategy="averaging", num_workers=1)  # one worker trains exactly as model.fit
+    sm.fit(x, y, epochs=2, batch_size=32, shuffle=False, verbose=0)
+    assert float(sm.model.own_steps.numpy()) == 6.0  # the workers ran the class's train_step: 3 steps x 2 epochs
+    plain = _notebook_model("notebook_plain")
+    plain.fit(x, y, epochs=2, batch_size=32, shuffle=False, verbose=0)
+    for got, want in zip(sm.model.get_weights(), plain.get_weights()):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+def test_allreduce_refuses_a_model_with_its_own_train_step_before_reading_data(spark):
+    with pytest.raises(InputError, match=r"strategy='allreduce' cannot train Counting: its train_step "
+                                         r"\(.*Counting.train_step\) is its own.*Use strategy='averaging'"):
+        SparkModel(_notebook_model("notebook_allreduce"), strategy="allreduce", num_workers=2) \
+            .fit("/nonexistent/never-read.parquet", verbose=0)
+
+
+def test_a_class_the_workers_cannot_locate_stops_the_fit_at_once_naming_it(spark, caplog):
+    import logging
+
+    import keras
+
+    class Ghost(keras.layers.Layer):  # registered on the driver only, under a module every worker imports
+        def call(self, x):
+            return x
+
+    Ghost.__module__ = "json"
+    keras.saving.register_keras_serializable(package="driver_registry")(Ghost)
+    model = keras.Sequential([keras.Input((16,)), Ghost(), keras.layers.Dense(10, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    x, y = blobs(40)
+    with caplog.at_level(logging.WARNING, logger="sparkeras"), \
+            pytest.raises(InputError, match=r"cannot be rebuilt from its Keras config, as every Spark worker must "
+                                            r"rebuild it: Keras does not know the class 'Ghost' in this process\. "
+                                            r"Register it .* custom_objects=\{'driver_registry>Ghost': Ghost\}"):
+        SparkModel(model, num_workers=2).fit(x, y, verbose=0)
+    assert not [r for r in caplog.records if "runs again" in r.getMessage()]  # the same in every attempt

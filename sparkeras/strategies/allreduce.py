@@ -114,6 +114,23 @@ class AllReduce(Strategy):
         keeps the exact equivalence with one process at the global batch, moving statistics included."""
         return self.learning_rate_scaling != "none"
 
+    def check_model(self, model: Any) -> None:
+        """The all-reduce splits Keras' own step around the global sum, so an overridden ``train_step``
+        would be skipped without a word; model averaging and the parameter-server rules run it as written."""
+        import keras
+
+        own = keras.Model.train_step
+        for cls in type(model).__mro__:
+            if "train_step" in vars(cls):
+                if vars(cls)["train_step"] is not own and cls.__module__.split(".")[0] != "keras":
+                    raise InputError(
+                        f"strategy='allreduce' cannot train {type(model).__name__}: its train_step "
+                        f"({cls.__qualname__}.train_step) is its own, and the all-reduce computes and sums the "
+                        "gradients itself, between the backward pass and the update, so it would not run. Use "
+                        "strategy='averaging', which runs the model's train_step as written, or move the custom "
+                        "logic into compute_loss, which the all-reduce calls.")
+                return
+
     def worker_warm_up(self) -> WarmUp:
         """The split gradient step, and ``torch.distributed`` for the collective: each cost a cold
         worker seconds at the start of its first all-reduce fit, now spent while the data is packed."""

@@ -38,6 +38,9 @@ class Strategy(abc.ABC):
         cannot run costs no packing and leaves no tasks behind.
         """
 
+    def check_model(self, model: Any) -> None:
+        """Reject a model this strategy cannot train as written, before any data is read."""
+
     def worker_warm_up(self) -> WarmUp:
         """What the training workers prepare while the driver packs the data: by default the window loop."""
         return WarmUp()
