@@ -169,20 +169,11 @@ class ModelSpec:
         if workers <= 1 or '"BatchNormalization"' not in self.config:
             return self
         config = json.loads(self.config)
-
-        def pace(node: Any) -> None:
-            if isinstance(node, dict):
-                inner = node.get("config")
-                if node.get("class_name") == "BatchNormalization" and isinstance(inner, dict) \
-                        and isinstance(inner.get("momentum"), (int, float)):
-                    inner["momentum"] = float(inner["momentum"]) ** workers
-                for value in node.values():
-                    pace(value)
-            elif isinstance(node, list):
-                for value in node:
-                    pace(value)
-
-        pace(config)
+        for node in _config_dicts(config):
+            inner = node.get("config")
+            if node.get("class_name") == "BatchNormalization" and isinstance(inner, dict) \
+                    and isinstance(inner.get("momentum"), (int, float)):
+                inner["momentum"] = float(inner["momentum"]) ** workers
         return ModelSpec.of(config, self.custom_objects)
 
     def build(self) -> Any:
@@ -281,13 +272,8 @@ def check_rebuilds(spec: ModelSpec) -> None:
 
 def _names_custom_code(config: Any) -> bool:
     """Whether a Keras config refers to anything but Keras' own registered classes: a custom object or a lambda."""
-    if isinstance(config, dict):
-        if config.get("registered_name") or config.get("class_name") in ("Lambda", "__lambda__", "function"):
-            return True
-        return any(_names_custom_code(v) for v in config.values())
-    if isinstance(config, list):
-        return any(_names_custom_code(v) for v in config)
-    return False
+    return any(node.get("registered_name") or node.get("class_name") in ("Lambda", "__lambda__", "function")
+               for node in _config_dicts(config))
 
 
 def start_rebuild_check(spec: ModelSpec) -> Any:
@@ -341,55 +327,39 @@ def _registered_in_main(config: Any) -> dict[str, Any]:
     import keras
 
     found: dict[str, Any] = {}
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            name = node.get("registered_name")
-            if isinstance(name, str) and name not in found:
-                obj = keras.saving.get_registered_object(name)
-                if obj is not None and getattr(obj, "__module__", None) == "__main__":
-                    found[name] = obj
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(config)
+    for node in _config_dicts(config):
+        name = node.get("registered_name")
+        if isinstance(name, str) and name not in found:
+            obj = keras.saving.get_registered_object(name)
+            if obj is not None and getattr(obj, "__module__", None) == "__main__":
+                found[name] = obj
     return found
 
 
 def _registered_name(config: Any, class_name: str) -> str:
     """The name Keras looks ``class_name`` up by in ``config`` (``package>Name`` when registered with a package)."""
-    if isinstance(config, dict):
-        if config.get("class_name") == class_name and isinstance(config.get("registered_name"), str):
-            return config["registered_name"]
-        children: Any = config.values()
-    elif isinstance(config, list):
-        children = config
-    else:
-        return class_name
-    for child in children:
-        found = _registered_name(child, class_name)
-        if found != class_name:
-            return found
-    return class_name
+    return next((node["registered_name"] for node in _config_dicts(config)
+                 if node.get("class_name") == class_name and isinstance(node.get("registered_name"), str)),
+                class_name)
 
 
 def _custom_modules(config: Any) -> set[str]:
     """Modules of the registered custom classes and functions a Keras config refers to."""
-    found: set[str] = set()
-    if isinstance(config, dict):
-        module = config.get("module")
-        if config.get("registered_name") and isinstance(module, str) and module.split(".")[0] not in (
-                "keras", "builtins", "tensorflow", "tf_keras"):
-            found.add(module)
-        for value in config.values():
-            found |= _custom_modules(value)
-    elif isinstance(config, list):
-        for value in config:
-            found |= _custom_modules(value)
-    return found
+    return {node["module"] for node in _config_dicts(config)
+            if node.get("registered_name") and isinstance(node.get("module"), str)
+            and node["module"].split(".")[0] not in ("keras", "builtins", "tensorflow", "tf_keras")}
+
+
+def _config_dicts(config: Any) -> Iterator[dict[str, Any]]:
+    """Every dict of a Keras config, nested ones (layers of sub-models, their configs) included."""
+    pending = [config]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            yield node
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
 
 
 def model_state(model: Any) -> list[np.ndarray]:
