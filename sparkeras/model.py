@@ -84,6 +84,7 @@ class SparkModel:
         self.master = master
         self.balance_partitions = bool(balance_partitions)
         self._continuation: Continuation | None = None  # what the next fit of this model continues from
+        self._fit_columns: tuple[ColumnSpec, ColumnSpec] = ("features", "label")
         self.classes: list[str] | None = None
         """The class names of the labels, in class index order, when the training labels carried them
         (``read_images(..., labels="folder")``); saved with the model."""
@@ -183,6 +184,7 @@ class SparkModel:
             check_output(checkpoint_dir, kind="directory", flag="checkpoint_dir",
                          inputs=[p for p in (data, x) if isinstance(p, (str, os.PathLike))])
         self.strategy.check_model(self._model)
+        self._fit_columns = (features_col, label_col)  # what evaluate and predict use unless told otherwise
         spark = self.spark
         with console_progress_paused(spark), contextlib.ExitStack() as releases:  # data resolution runs jobs too
             return self._fit(spark, releases, started, data, y, x, epochs, batch_size, validation_data,
@@ -327,17 +329,21 @@ class SparkModel:
         *,
         x: Any = None,
         batch_size: int = 32,
-        features_col: ColumnSpec = "features",
-        label_col: ColumnSpec = "label",
+        features_col: ColumnSpec | None = None,
+        label_col: ColumnSpec | None = None,
         weight_col: str | None = None,
         sample_weight: Any = None,
     ) -> dict[str, float]:
         """The compiled loss and metrics over all rows, as Keras' ``evaluate`` gives them.
 
-        ``weight_col`` (or ``sample_weight=`` for numpy data) weighs each
-        row, as Keras' ``evaluate(sample_weight=...)`` does.
+        ``features_col`` and ``label_col`` default to those of the last
+        ``fit`` (``"features"`` and ``"label"`` before any). ``weight_col``
+        (or ``sample_weight=`` for numpy data) weighs each row, as Keras'
+        ``evaluate(sample_weight=...)`` does.
         """
         _check_positive(batch_size=batch_size)
+        features_col = self._fit_columns[0] if features_col is None else features_col
+        label_col = self._fit_columns[1] if label_col is None else label_col
         check_classic_session(x if x is not None else data, "SparkModel.evaluate")
         sample_weight = check_row_weights(weight_col, sample_weight, x if x is not None else data)
         spark = self.spark
@@ -365,10 +371,10 @@ class SparkModel:
         *,
         x: Any = None,
         batch_size: int = 256,
-        features_col: ColumnSpec = "features",
+        features_col: ColumnSpec | None = None,
         prediction_col: str = "prediction",
     ) -> Any:
-        """Predictions for every row.
+        """Predictions for every row; ``features_col`` defaults to the last ``fit``'s (``"features"`` before any).
 
         numpy or pandas in: a numpy array (a list or dict for multi-output
         models) in input order. Spark DataFrame, RDD or Parquet path in: a
@@ -378,6 +384,7 @@ class SparkModel:
         models).
         """
         _check_positive(batch_size=batch_size)
+        features_col = self._fit_columns[0] if features_col is None else features_col
         frame = x if x is not None else data
         if is_spark_connect(frame):  # a UDF over the frame, in its own session: there is no SparkContext
             columns = resolve_columns(self._model, frame.schema, features_col, None)

@@ -102,6 +102,22 @@ def test_early_stopping_stops_the_fit(spark):
     assert len(history.history["loss"]) == 2
 
 
+def test_early_stopping_restores_the_best_weights_and_the_saved_model_has_them(spark, tmp_path):
+    import keras
+
+    x, y = blobs(300, noise=3.0, seed=4)
+    xv, yv = blobs(300, noise=3.0, seed=4, sample_seed=9)
+    stop = keras.callbacks.EarlyStopping("val_loss", patience=2, restore_best_weights=True)
+    sm = SparkModel(mlp(seed=2, optimizer=keras.optimizers.Adam(0.05)), num_workers=2, seed=0)
+    history = sm.fit(x, y, validation_data=(xv, yv), epochs=30, verbose=0, callbacks=[stop])
+    losses = history.history["val_loss"]
+    assert len(losses) < 30 and min(losses) < losses[-1]  # it stopped after validation got worse
+    assert sm.evaluate(xv, yv)["loss"] == pytest.approx(min(losses), rel=1e-4)
+    sm.save(str(tmp_path / "best.keras"))
+    saved = keras.models.load_model(str(tmp_path / "best.keras"))
+    assert saved.evaluate(xv, yv, verbose=0, return_dict=True)["loss"] == pytest.approx(min(losses), rel=1e-4)
+
+
 def test_evaluate_matches_keras_evaluate(spark):
     x, y = blobs(3000, seed=8)
     sm = SparkModel(mlp(seed=9), num_workers=2, seed=0)
@@ -280,8 +296,13 @@ def test_multi_input_multi_output_model_maps_columns(spark):
     history = sm.fit(df, epochs=5, batch_size=32, verbose=0, features_col={"a": "fa", "b": "fb"},
                      label_col={"cls": "ycls", "reg": "yreg"})
     assert history.history["loss"][-1] < history.history["loss"][0]
-    out = sm.predict(df, features_col={"a": "fa", "b": "fb"})
+    out = sm.predict(df)  # the fit's columns, unless told otherwise
     assert out.columns[-2:] == ["prediction_cls", "prediction_reg"]
+    scores = sm.evaluate(df)
+    assert scores["loss"] == pytest.approx(model.evaluate(
+        {"a": a, "b": b}, {"cls": cls, "reg": reg}, batch_size=32, verbose=0, return_dict=True)["loss"], rel=1e-4)
+    with pytest.raises(InputError, match=r"pass features_col as a dict"):
+        sm.predict(df, features_col="fa")  # an explicit mapping still wins
     rows = out.collect()
     expected = model.predict({"a": np.array([r.fa for r in rows]), "b": np.array([r.fb for r in rows])}, verbose=0)
     np.testing.assert_allclose([r.prediction_cls for r in rows], expected["cls"], atol=1e-5)
