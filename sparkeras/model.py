@@ -20,8 +20,8 @@ from sparkeras.data.sources import (Dataset, as_dataset, check_weight_rows, desc
                                     split_validation, validation_dataset, with_row_weights)
 from sparkeras.errors import InputError
 from sparkeras.progress import ProgressBar, ProgressServer
-from sparkeras.serialization import (ModelSpec, check_rebuilds, model_state, pack_arrays, set_model_state,
-                                     start_rebuild_check)
+from sparkeras.serialization import (ModelSpec, check_rebuilds, model_state, pack_arrays, refresh_derived_state,
+                                     set_model_state, start_rebuild_check)
 from sparkeras.session import (check_classic_session, console_progress_paused, driver_host, get_spark, is_spark_connect,
                                keras_backend, workers_preloaded)
 from sparkeras.storage.model_file import check_model_archive, load_keras
@@ -526,6 +526,7 @@ def fresh_copy(
         raise InputError(f"{owner}'s model is not compiled: call model.compile(optimizer=..., loss=...) first.")
     copy = keras.models.clone_model(model)
     copy.set_weights(model.get_weights())
+    refresh_derived_state(copy)
     config = model.get_compile_config()
     copy.compile_from_config(config)
     if optimizer is not None or loss is not None or metrics is not None:

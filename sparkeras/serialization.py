@@ -380,6 +380,56 @@ def set_model_state(model: Any, state: Sequence[np.ndarray]) -> None:
         )
     for var, value in zip(variables, state):
         var.assign(value)
+    refresh_derived_state(model)
+
+
+# Where sparkeras keeps a model's traced functions (sparkeras.worker.local_steps, .backends); Keras keeps its own
+# in the *_function attributes.
+TRACED_ATTRIBUTES = ("_sparkeras_window_loops", "_sparkeras_test_loops", "_sparkeras_jax_windows",
+                     "_sparkeras_gradient_steps")
+
+
+def refresh_derived_state(model: Any) -> bool:
+    """Let layers that derive tensors from their variables recompute them, as Keras' own loading does.
+
+    Why. Keras' preprocessing layers (``Normalization``, ``Discretization``,
+    the lookups) turn their variables into tensors in ``finalize_state()``:
+    an adapted ``Normalization`` divides by a ``variance`` tensor computed
+    from its variable when it was adapted or loaded. Setting the variables
+    alone, as a worker does with the driver's state on a model rebuilt from
+    its config, left the layer normalizing with the mean 0 and variance 1 of
+    a new layer: the workers trained and scored on raw inputs, reported 0.999
+    accuracy, and the driver's model, which normalizes, scored 0.79 with
+    their weights (a probe with an adapted ``Normalization``). Functions
+    traced before captured the old tensors, so they are dropped and traced
+    again. Only when those layers' variables changed since the last refresh
+    (a fresh model, or a model adapted again): returns whether it did.
+    Layers without variables are left alone: ``Discretization`` computes its
+    boundaries from a summary that is neither a variable nor in its config,
+    so on a rebuilt model it would lose the boundaries its config holds.
+    """
+    layers = [layer for layer in model._flatten_layers(include_self=False)  # Discretization keeps its
+              if callable(getattr(layer, "finalize_state", None)) and layer.variables]  # state outside variables
+    if not layers:
+        return False
+    import hashlib
+
+    digest = hashlib.sha256()
+    for layer in layers:
+        for variable in layer.variables:
+            digest.update(np.ascontiguousarray(np.asarray(variable)).tobytes())
+    key = digest.hexdigest()
+    if model.__dict__.get("_sparkeras_derived_state") == key:
+        return False
+    for layer in layers:
+        layer.finalize_state()
+    model.__dict__["_sparkeras_derived_state"] = key
+    for name in TRACED_ATTRIBUTES:
+        model.__dict__.pop(name, None)
+    for name in ("train_function", "test_function", "predict_function"):
+        if getattr(model, name, None) is not None:
+            setattr(model, name, None)
+    return True
 
 
 def learning_rate_position(model: Any) -> int | None:

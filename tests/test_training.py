@@ -118,6 +118,47 @@ def test_early_stopping_restores_the_best_weights_and_the_saved_model_has_them(s
     assert saved.evaluate(xv, yv, verbose=0, return_dict=True)["loss"] == pytest.approx(min(losses), rel=1e-4)
 
 
+def _normalized_model(x, seed=3):
+    """A tabular model whose first layers are an adapted Normalization and Discretization, as Keras' guides build."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    norm = keras.layers.Normalization()
+    norm.adapt(x)
+    bins = keras.layers.Discretization(num_bins=4, output_mode="one_hot")
+    bins.adapt(x[:, :1])
+    inputs = keras.Input((x.shape[1],))
+    hidden = keras.layers.Concatenate()([norm(inputs), bins(inputs[:, :1])])
+    hidden = keras.layers.Dense(16, activation="relu")(hidden)
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(hidden))
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+@pytest.mark.parametrize("strategy", ["averaging", "allreduce"])
+def test_adapted_preprocessing_layers_work_on_the_workers_as_on_the_driver(spark, strategy):
+    """A worker sets the driver's variables on a model rebuilt from its config; the layers must use them."""
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(480, 5)) * [1, 10, 100, 0.1, 5] + [0, 50, -300, 1, 2]).astype(np.float32)
+    y = ((x[:, 0] + x[:, 1] / 10 - (x[:, 2] + 300) / 100) > 0).astype(np.int64)
+    workers = 1 if strategy == "averaging" else 2  # one averaging worker trains exactly as model.fit
+    sm = SparkModel(_normalized_model(x), strategy=strategy, num_workers=workers, seed=0)
+    history = sm.fit(x, y, epochs=2, batch_size=32, shuffle=False, verbose=0)
+    if strategy == "averaging":
+        plain = _normalized_model(x)
+        want = plain.fit(x, y, epochs=2, batch_size=32, shuffle=False, verbose=0)
+        assert history.history["loss"] == pytest.approx(want.history["loss"], abs=1e-5)  # 0.7, not 40 or more
+        for got, expected in zip(sm.model.get_weights(), plain.get_weights()):
+            np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+    on_workers = sm.evaluate(x, y)
+    on_driver = sm.model.evaluate(x, y, verbose=0, return_dict=True)
+    assert on_workers["loss"] == pytest.approx(on_driver["loss"], rel=1e-4)
+    assert on_workers["accuracy"] == pytest.approx(on_driver["accuracy"], abs=1e-6)
+    frame = spark.createDataFrame([(row.tolist(),) for row in x], "features ARRAY<FLOAT>")
+    predicted = sm.predict(frame).select("prediction").collect()
+    np.testing.assert_allclose([r.prediction for r in predicted], sm.model.predict(x, verbose=0), atol=1e-5)
+
+
 def test_evaluate_matches_keras_evaluate(spark):
     x, y = blobs(3000, seed=8)
     sm = SparkModel(mlp(seed=9), num_workers=2, seed=0)

@@ -47,6 +47,7 @@ from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from sparkeras.errors import InputError, WorkerError
 from sparkeras.log import logger
 from sparkeras.ml.estimator import _KerasStage
+from sparkeras.serialization import refresh_derived_state
 from sparkeras.storage.model_file import save_keras
 
 MODES = ("synchronous", "asynchronous", "hogwild")
@@ -489,6 +490,7 @@ class ElephasTransformer(Model, _ElephasStage, _KerasStage):
                                                  custom_objects=self.custom_objects or None)
             if weights is not None:
                 model.set_weights(weights)
+                refresh_derived_state(model)
         self._keras_model = model
         if model is not None and not self.isDefined("keras_model_config"):
             self._set(keras_model_config=model.to_json())

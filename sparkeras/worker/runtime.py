@@ -34,7 +34,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from sparkeras.serialization import ModelSpec
+from sparkeras.serialization import ModelSpec, refresh_derived_state
 
 _MODEL_CACHE_SIZE = 3
 _models: "OrderedDict[str, Any]" = OrderedDict()
@@ -424,6 +424,7 @@ def inference_model(spec: ModelSpec, weights_id: str, weights: Any) -> Any:
         raise ValueError(f"{len(values)} weight arrays arrived for a model with {len(built.weights)} weights")
     for variable, value in zip(built.weights, values):
         variable.assign(value)
+    refresh_derived_state(built)
     _inference[spec.key] = (built, weights_id)
     _inference.move_to_end(spec.key)
     while len(_inference) > _MODEL_CACHE_SIZE:
