@@ -122,6 +122,7 @@ class ModelSpec:
 
         with tensorflow_left_unimported():
             config = keras.saving.serialize_keras_object(model)
+        _ship_vocabularies(model, config)
         shipped = {**_registered_in_main(config), **(custom_objects or {})}
         return cls.of(config, shipped or None)
 
@@ -334,6 +335,31 @@ def _registered_in_main(config: Any) -> dict[str, Any]:
             if obj is not None and getattr(obj, "__module__", None) == "__main__":
                 found[name] = obj
     return found
+
+
+def _ship_vocabularies(model: Any, config: dict[str, Any]) -> None:
+    """Write adapted lookup layers' vocabularies into their configs, as if passed as ``vocabulary=``.
+
+    Why. ``StringLookup``, ``IntegerLookup`` and ``TextVectorization``
+    keep an adapted vocabulary in a lookup table that Keras saves as an
+    asset, neither in the config nor in a variable; a worker's model,
+    rebuilt from the config, failed every step with "Table not initialized".
+    ``tf_idf`` layers also need their document frequencies and are left as
+    they are.
+    """
+    lookups = {layer.name: layer for layer in model._flatten_layers(include_self=False)
+               if callable(getattr(layer, "get_vocabulary", None)) and callable(getattr(layer, "vocabulary_size", None))}
+    if not lookups:
+        return
+    for node in _config_dicts(config):
+        inner = node.get("config")
+        layer = lookups.get(inner.get("name")) if isinstance(inner, dict) else None
+        if layer is None or "vocabulary" not in inner or inner["vocabulary"] is not None \
+                or inner.get("output_mode") == "tf_idf":
+            continue
+        vocabulary = [v.item() if hasattr(v, "item") else v for v in layer.get_vocabulary(include_special_tokens=False)]
+        if vocabulary:
+            inner["vocabulary"] = vocabulary
 
 
 def _registered_name(config: Any, class_name: str) -> str:

@@ -159,6 +159,27 @@ def test_adapted_preprocessing_layers_work_on_the_workers_as_on_the_driver(spark
     np.testing.assert_allclose([r.prediction for r in predicted], sm.model.predict(x, verbose=0), atol=1e-5)
 
 
+def test_an_adapted_integer_lookup_reaches_the_workers_with_its_vocabulary(spark):
+    """The vocabulary of an adapted lookup is an asset, not config or variables; workers failed without it."""
+    import keras
+
+    rng = np.random.default_rng(1)
+    ids = rng.choice([3, 7, 11, 42, 1000, 5000], size=(400, 1)).astype(np.int64)
+    y = np.isin(ids[:, 0], [7, 42, 5000]).astype(np.int64)
+    keras.utils.set_random_seed(2)
+    lookup = keras.layers.IntegerLookup(output_mode="one_hot")
+    lookup.adapt(ids)
+    inputs = keras.Input((1,), dtype="int64")
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(lookup(inputs)))
+    model.compile(keras.optimizers.Adam(0.05), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    sm = SparkModel(model, num_workers=2, seed=0)
+    sm.fit(ids, y, epochs=3, batch_size=16, verbose=0)
+    on_workers = sm.evaluate(ids, y)
+    on_driver = sm.model.evaluate(ids, y, verbose=0, return_dict=True)
+    assert on_workers["accuracy"] == on_driver["accuracy"] == 1.0
+    assert on_workers["loss"] == pytest.approx(on_driver["loss"], rel=1e-4)
+
+
 def test_evaluate_matches_keras_evaluate(spark):
     x, y = blobs(3000, seed=8)
     sm = SparkModel(mlp(seed=9), num_workers=2, seed=0)
