@@ -184,12 +184,13 @@ class SparkModel:
             check_output(checkpoint_dir, kind="directory", flag="checkpoint_dir",
                          inputs=[p for p in (data, x) if isinstance(p, (str, os.PathLike))])
         self.strategy.check_model(self._model)
-        self._fit_columns = (features_col, label_col)  # what evaluate and predict use unless told otherwise
         spark = self.spark
         with console_progress_paused(spark), contextlib.ExitStack() as releases:  # data resolution runs jobs too
-            return self._fit(spark, releases, started, data, y, x, epochs, batch_size, validation_data,
-                             validation_split, features_col, label_col, callbacks, verbose, shuffle, initial_epoch,
-                             checkpoint_dir, weights, (weight_col, row_weights), validation_freq)
+            history = self._fit(spark, releases, started, data, y, x, epochs, batch_size, validation_data,
+                                validation_split, features_col, label_col, callbacks, verbose, shuffle,
+                                initial_epoch, checkpoint_dir, weights, (weight_col, row_weights), validation_freq)
+        self._fit_columns = (features_col, label_col)  # what evaluate and predict use unless told otherwise
+        return history
 
     def _fit(self, spark: Any, releases: contextlib.ExitStack, started: float, data: Any, y: Any, x: Any,
              epochs: int, batch_size: int, validation_data: Any, validation_split: float,
