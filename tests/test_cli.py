@@ -62,10 +62,12 @@ def test_train_on_a_local_cluster_then_predict(files, spark):
     assert main(["predict", "--model", str(tmp / "trained.keras"), "--data", str(tmp / "train.parquet"),
                  "--features", "pixels", "--output", str(tmp / "pred.parquet")]) == 0
     out = spark.read.parquet(str(tmp / "pred.parquet"))
-    assert out.columns == ["id", "pixels", "digit", "prediction"]
-    got = {r["id"]: np.argmax(r["prediction"]) for r in out.select("id", "prediction").collect()}
+    assert out.columns == ["id", "pixels", "digit", "prediction", "prediction_class"]
+    rows = out.select("id", "prediction", "prediction_class").collect()
+    got = {r["id"]: np.argmax(r["prediction"]) for r in rows}
     want = trained.predict(x, verbose=0).argmax(1)
     assert len(got) == 3000 and all(got[i] == want[i] for i in range(0, 3000, 97))
+    assert all(r["prediction_class"] == got[r["id"]] for r in rows)  # the class the scores give
 
 
 def test_train_and_predict_on_a_folder_of_image_files(digit_images, tmp_path, spark, capsys):

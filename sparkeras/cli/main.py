@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = sub.add_parser("predict", help="add a prediction column to Parquet data",
                              description="Predict with a .keras model over Parquet data; write Parquet "
-                                         "with every input column plus the prediction column.")
+                                         "with every input column plus the prediction column and, for a "
+                                         "classifier, the class index (prediction_class).")
     predict.add_argument("--model", required=True)
     _data_flags(predict, "Parquet (or CSV, JSON, ORC, Delta) path, any Hadoop URI",
                 "folder of image files; the output has their path, the prediction and, for a model trained on "
@@ -477,10 +478,12 @@ def _predict(args: argparse.Namespace) -> int:
     check_remote_output(spark, args.output, overwrite=args.overwrite, flag="--output")
     sm = SparkModel.load(args.model)
     if args.images:
-        out = _predict_images(spark, args, sm)
+        out = sm.predict(_read_images(spark, args, sm.model, None), features_col="image",
+                         batch_size=args.batch_size, prediction_col=args.prediction_col).drop("image")
     else:
         out = sm.predict(args.data, features_col=split_columns(args.features), batch_size=args.batch_size,
                          prediction_col=args.prediction_col)
+    out = _with_classes(out, sm, args.prediction_col)
     try:
         write_table_atomically(out, args.output, overwrite=args.overwrite, flag="--output")
     except Exception as exc:  # noqa: BLE001
@@ -489,28 +492,32 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _predict_images(spark, args: argparse.Namespace, sm):
-    """The files' paths and predictions (not their bytes), with the class index and name for a classifier."""
+def _with_classes(out, sm, prediction_col: str):
+    """``out`` with a classifier's class index (and, for a model trained on class folders, its name) added.
+
+    Why. ``predict`` writes the model's scores, which a Parquet reader must
+    then turn into classes by the model's own rule (the largest unit, or a
+    sigmoid's 0.5); the class column applies that rule once, as
+    ``KerasModel.transform``'s ``prediction`` does, for files and tables alike.
+    A regression or a multi-label model gets no class column.
+    """
     from pyspark.sql import functions as F
 
-    frame = _read_images(spark, args, sm.model, None)
-    out = sm.predict(frame, features_col="image", batch_size=args.batch_size,
-                     prediction_col=args.prediction_col).drop("image")
     from sparkeras.inference.udf import class_outputs
 
-    classifier = class_outputs(sm.model, args.prediction_col)
-    if classifier is None or classifier[0].multilabel:  # several labels per image: the scores say which
+    classifier = class_outputs(sm.model, prediction_col)
+    if classifier is None or classifier[0].multilabel:  # several labels per row: the scores say which
         return out
-    scores = F.col(args.prediction_col)
+    scores = F.col(prediction_col)
     if classifier[0].width > 1:  # in SQL: before Spark 4.0, array_position takes no column as its value
-        quoted = "`" + args.prediction_col.replace("`", "``") + "`"
+        quoted = "`" + prediction_col.replace("`", "``") + "`"
         index = F.expr(f"array_position({quoted}, array_max({quoted})) - 1")
     else:  # one unit, binary crossentropy: class 1 above a probability of 0.5 (a logit of 0)
         index = scores > F.lit(0.0 if classifier[0].logits else 0.5)
-    out = out.withColumn(f"{args.prediction_col}_class", index.cast("int"))
+    out = out.withColumn(f"{prediction_col}_class", index.cast("int"))
     if sm.classes:
         names = F.array(*[F.lit(c) for c in sm.classes])
-        out = out.withColumn(f"{args.prediction_col}_name", F.element_at(names, F.col(f"{args.prediction_col}_class") + 1))
+        out = out.withColumn(f"{prediction_col}_name", F.element_at(names, F.col(f"{prediction_col}_class") + 1))
     return out
 
 
