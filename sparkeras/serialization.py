@@ -123,7 +123,7 @@ class ModelSpec:
         with tensorflow_left_unimported():
             config = keras.saving.serialize_keras_object(model)
         _ship_vocabularies(model, config)
-        shipped = {**_registered_in_main(config), **(custom_objects or {})}
+        shipped = {**_defined_in_main(config), **(custom_objects or {})}
         return cls.of(config, shipped or None)
 
     @classmethod
@@ -313,27 +313,42 @@ def _rebuild_error(exc: Exception) -> Exception:
                       "custom_objects={name: object}.")
 
 
-def _registered_in_main(config: Any) -> dict[str, Any]:
-    """The registered custom objects a Keras config names that the driver's ``__main__`` defined.
+def _defined_in_main(config: Any) -> dict[str, Any]:
+    """The custom objects a Keras config names that the driver's ``__main__`` defined.
 
-    Why. A class or function registered with
-    ``keras.saving.register_keras_serializable`` in a script or a notebook
-    lives in the driver's ``__main__``; a Spark worker never ran that code,
-    so Keras' registry there lacks it and every task failed with "Could not
-    locate class". These objects travel in the spec's ``custom_objects``,
-    which Spark's cloudpickle ships by value, as it does the functions of a
-    UDF defined in a notebook; objects of importable modules are imported by
-    name on the workers (:meth:`ModelSpec.build`).
+    Why. A class or function defined in a script or a notebook lives in the
+    driver's ``__main__``; a Spark worker never ran that code, so its Keras
+    cannot find it and every task failed with "Could not locate class". Three
+    kinds are found: objects registered with
+    ``keras.saving.register_keras_serializable``; functions passed by
+    themselves (``loss=my_loss``), which Keras names by their bare name; and
+    unregistered classes, which Keras names by their class name. Plain Keras
+    would need them as ``custom_objects`` to reload its own file; here they
+    travel in the spec's ``custom_objects``, which Spark's cloudpickle ships
+    by value, as it does the functions of a UDF defined in a notebook.
+    Objects of importable modules are imported by name on the workers
+    (:meth:`ModelSpec.build`). A name is taken from ``__main__`` only when
+    the object there was defined there, so a Keras function imported under
+    the same name is left to Keras.
     """
+    import sys
+
     import keras
 
+    main = sys.modules.get("__main__")
     found: dict[str, Any] = {}
     for node in _config_dicts(config):
         name = node.get("registered_name")
-        if isinstance(name, str) and name not in found:
-            obj = keras.saving.get_registered_object(name)
-            if obj is not None and getattr(obj, "__module__", None) == "__main__":
-                found[name] = obj
+        if not isinstance(name, str) or name in found:
+            continue
+        obj = keras.saving.get_registered_object(name)
+        if obj is None and name == "function" and isinstance(node.get("config"), str):
+            name = node["config"]  # a bare function: {"class_name": "function", "config": "my_loss"}
+            obj = getattr(main, name, None)
+        elif obj is None and name == node.get("class_name") and node.get("module") is None:
+            obj = getattr(main, name, None)  # an unregistered class: Keras names it by its class name
+        if obj is not None and getattr(obj, "__module__", None) == "__main__":
+            found[name] = obj
     return found
 
 

@@ -307,6 +307,48 @@ def test_a_model_class_registered_in_main_trains_on_the_workers_with_its_own_tra
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
 
 
+def test_a_scripts_own_loss_and_layer_reach_the_workers_without_custom_objects(spark, monkeypatch):
+    """A loss function and an unregistered layer class defined in the driver's ``__main__`` (a script or a
+    notebook) travel with the model: one worker then trains exactly as ``model.fit`` with them."""
+    import sys
+
+    import keras
+
+    def doubled_loss(y_true, y_pred):
+        return 2.0 * keras.losses.sparse_categorical_crossentropy(y_true, y_pred)
+
+    class Scaled(keras.layers.Layer):
+        def __init__(self, factor=3.0, **kwargs):
+            super().__init__(**kwargs)
+            self.factor = factor
+
+        def call(self, x):
+            return x * self.factor
+
+        def get_config(self):
+            return {**super().get_config(), "factor": self.factor}
+
+    main = sys.modules["__main__"]
+    for obj in (doubled_loss, Scaled):
+        obj.__module__ = "__main__"
+        monkeypatch.setattr(main, obj.__name__, obj, raising=False)
+
+    def model():
+        keras.utils.set_random_seed(2)
+        built = keras.Sequential([keras.Input((16,)), Scaled(0.5), keras.layers.Dense(10, activation="softmax")])
+        built.compile("adam", doubled_loss)
+        return built
+
+    x, y = blobs(96)
+    sm = SparkModel(model(), strategy="averaging", num_workers=1)
+    history = sm.fit(x, y, epochs=2, batch_size=32, shuffle=False, verbose=0)
+    plain = model()
+    want = plain.fit(x, y, epochs=2, batch_size=32, shuffle=False, verbose=0)
+    np.testing.assert_allclose(history.history["loss"], want.history["loss"], rtol=1e-5)
+    for got, expected in zip(sm.model.get_weights(), plain.get_weights()):
+        np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+
+
 def test_allreduce_refuses_a_model_with_its_own_train_step_before_reading_data(spark):
     with pytest.raises(InputError, match=r"strategy='allreduce' cannot train Counting: its train_step "
                                          r"\(.*Counting.train_step\) is its own.*Use strategy='averaging'"):
