@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from sparkeras.data.columns import ColumnMap, ColumnSpec, resolve_columns
+from sparkeras.data.columns import ColumnMap, ColumnSpec, output_names, resolve_columns
 from sparkeras.data.packing import PreparedData, prepare
 from sparkeras.data.weights import ClassWeights, check_class_weight, check_class_weight_fits, check_row_weights
 from sparkeras.data.sources import (Dataset, as_dataset, check_weight_rows, describe_source, materialize_rows,
@@ -415,7 +415,7 @@ class SparkModel:
         if len(outputs) == 1:
             return outputs[0]
         if isinstance(getattr(self._model, "_outputs_struct", None), Mapping):
-            return dict(zip(self._model._outputs_struct.keys(), outputs))
+            return dict(zip(output_names(self._model), outputs))
         return outputs
 
     def _predict_frame(self, frame: Any, columns: ColumnMap, batch_size: int, prediction_col: str) -> Any:

@@ -327,10 +327,29 @@ def layer_name(tensor: Any, default: str) -> str:
     return getattr(operation, "name", None) or getattr(tensor, "name", None) or default
 
 
+def structure_keys(struct: Mapping[str, Any]) -> list[str]:
+    """The keys of a model's dict of inputs or outputs, in the order of ``model.inputs``/``model.outputs``.
+
+    Why. Keras flattens a dict by its sorted keys, not in the order the
+    user wrote it, so ``{"kind": ..., "amount": ...}`` has ``model.outputs``
+    ``[amount, kind]``. Pairing the written order with those tensors bound a
+    label column to the other output's shape and loss.
+    """
+    import keras
+
+    return [str(k) for k in keras.tree.flatten({k: k for k in struct})]
+
+
+def output_names(model: Any) -> list[str]:
+    """The model's output names in ``model.outputs`` order: a dict's keys, else Keras' ``output_names``."""
+    struct = getattr(model, "_outputs_struct", None)
+    return structure_keys(struct) if isinstance(struct, Mapping) else list(getattr(model, "output_names", None) or [])
+
+
 def _structure_of(model: Any, attr: str, tensors: list[Any], what: str) -> tuple[str, list[str]]:
     struct = getattr(model, attr, None)
     if isinstance(struct, Mapping):
-        return "dict", list(struct.keys())
+        return "dict", structure_keys(struct)
     names = [layer_name(t, f"{what}_{i}") for i, t in enumerate(tensors)]
     if what == "output" and getattr(model, "output_names", None):
         names = list(model.output_names)
@@ -499,7 +518,7 @@ def loss_name(model: Any, index: int) -> str:
     """The lower-cased name of the loss the model trains output ``index`` with ("" when it has none)."""
     loss = getattr(model, "loss", None)
     if isinstance(loss, Mapping):
-        names = list(getattr(model, "output_names", None) or [])
+        names = output_names(model)
         loss = loss.get(names[index]) if index < len(names) else None
     elif isinstance(loss, (list, tuple)):
         loss = loss[index] if index < len(loss) else None

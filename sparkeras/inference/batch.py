@@ -235,9 +235,15 @@ def _feature_arrays(columns: ColumnMap, batch: pa.RecordBatch) -> list[np.ndarra
 
 
 def flat_outputs(out: Any) -> list[np.ndarray]:
-    """A model's outputs (one array, a list or a dict) as a list of arrays, in output order."""
+    """A model's outputs (one array, a list or a dict) as a list of arrays, in ``model.outputs`` order.
+
+    A dict is flattened as Keras flattens it, by sorted key, not in the
+    order it was written (:func:`sparkeras.data.columns.structure_keys`).
+    """
     if isinstance(out, dict):
-        return [np.asarray(v) for v in out.values()]
+        import keras
+
+        return [np.asarray(v) for v in keras.tree.flatten(out)]
     if isinstance(out, (list, tuple)):
         return [np.asarray(v) for v in out]
     return [np.asarray(out)]

@@ -15,7 +15,7 @@ from typing import Any, Iterator, Mapping, Sequence, Tuple
 import numpy as np
 import pyarrow as pa
 
-from sparkeras.data.columns import ColumnMap, ColumnSpec, resolve_columns
+from sparkeras.data.columns import ColumnMap, ColumnSpec, output_names, resolve_columns
 from sparkeras.errors import InputError
 from sparkeras.inference.batch import (CLASS, PROBABILITY, VALUE, InlineWeights, OutputColumn, PredictionPlan,
                                       predict_batches)
@@ -38,10 +38,6 @@ def output_columns(model: Any, prediction_col: str) -> list[OutputColumn]:
 def output_widths(model: Any) -> list[int]:
     return [int(np.prod([d or 1 for d in t.shape[1:]])) for t in model.outputs]
 
-
-def output_names(model: Any) -> list[str]:
-    struct = getattr(model, "_outputs_struct", None)
-    return list(struct.keys()) if isinstance(struct, Mapping) else list(model.output_names)
 
 
 def prediction_udf(
