@@ -128,18 +128,19 @@ class ModelSpec:
 
     @classmethod
     def of(cls, config: dict[str, Any], custom_objects: dict[str, Any] | None = None) -> "ModelSpec":
-        """The spec of a serialized model ``config``, keyed by a digest of its JSON with sorted keys.
+        """The spec of a serialized model ``config``, keyed by a digest of its JSON.
 
-        The config itself keeps Keras' order. Keras builds a dict-output
-        model's per-output loss trackers in the order of its ``output_layers``
-        and ``loss`` dicts; a worker rebuilt from sorted keys ordered its
-        metric variables apart from the driver's, which reads them by
-        position, so ``history`` named one output's loss after another.
+        The JSON keeps Keras' key order, and the key covers that order.
+        Keras builds a dict-output model's per-output loss trackers in the
+        order of its ``output_layers`` and ``loss`` dicts; a worker rebuilt
+        from sorted keys ordered its metric variables apart from the
+        driver's, which reads them by position, so ``history`` named one
+        output's loss after another.
         """
         import hashlib
 
-        digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:20]
-        return cls(config=json.dumps(config), key=digest, custom_objects=custom_objects)
+        text = json.dumps(config)
+        return cls(config=text, key=hashlib.sha256(text.encode()).hexdigest()[:20], custom_objects=custom_objects)
 
     def with_optimizer(self, optimizer: Any) -> "ModelSpec":
         """The same model compiled with another optimizer (a distributed optimizer's local one)."""
