@@ -348,6 +348,11 @@ class SparkModel:
         check_classic_session(x if x is not None else data, "SparkModel.evaluate")
         sample_weight = check_row_weights(weight_col, sample_weight, x if x is not None else data)
         spark = self.spark
+        with console_progress_paused(spark):
+            return self._evaluate(spark, data, y, x, batch_size, features_col, label_col, weight_col, sample_weight)
+
+    def _evaluate(self, spark: Any, data: Any, y: Any, x: Any, batch_size: int, features_col: ColumnSpec,
+                  label_col: ColumnSpec, weight_col: str | None, sample_weight: Any) -> dict[str, float]:
         workers = self._workers(spark)
         dataset = with_row_weights(self._dataset(spark, data, y, x, features_col, label_col, workers),
                                    weight_col, sample_weight)
@@ -395,7 +400,8 @@ class SparkModel:
         dataset = self._dataset(spark, data, None, x, features_col, None, workers)
         columns = resolve_columns(self._model, dataset.schema, dataset.features_col, None)
         if dataset.local:
-            return self._predict_local(spark, dataset, columns, workers, batch_size)
+            with console_progress_paused(spark):
+                return self._predict_local(spark, dataset, columns, workers, batch_size)
         return self._predict_frame(dataset.frame, columns, batch_size, prediction_col)
 
     def _predict_local(self, spark: Any, dataset: Dataset, columns: ColumnMap, workers: int,

@@ -237,29 +237,49 @@ def _worker_started(_: Iterator[int]) -> Iterator[int]:
     return iter([os.getpid()])
 
 
+class _ConsolePause:
+    """How many of sparkeras' calls are running now, and the bar the first of them stopped.
+
+    ``CrossValidator(parallelism=k)`` and a thread per tuning trial run
+    several fits at once: the first stops the bar and only the last one out
+    starts a new one, so no fit ends the others' quiet.
+    """
+
+    lock = threading.Lock()
+    depth = 0
+    paused: tuple[Any, Any, Any] | None = None
+
+
 @contextlib.contextmanager
 def console_progress_paused(spark: Any) -> Iterator[None]:
-    """Keep Spark's console stage bars (``[Stage 3:==>  (1 + 1) / 2]``) off while a fit runs its jobs.
+    """Keep Spark's console stage bars (``[Stage 3:==>  (1 + 1) / 2]``) off while sparkeras runs its jobs.
 
-    A fit's stages (packing, warm-up, one job per epoch) are sparkeras'
-    own machinery: with ``verbose`` it draws its own bar, and without it the
-    user asked for quiet. The bar is on in shells, in a bare
+    The stages of a fit, an evaluation, a prediction returned as arrays, an
+    ensemble or a search (packing, warm-up, one job per epoch) are
+    sparkeras' own machinery: with ``verbose`` it draws its own bar, and
+    without it the user asked for quiet. The bar is on in shells, in a bare
     ``SparkContext`` (as Elephas scripts make) and where
     ``spark.ui.showConsoleProgress`` is set, and Spark cannot switch it at
     runtime: its timer is stopped here
     and a new bar is started afterwards, through the JVM. Sessions that do
     not allow that (Spark Connect, a JVM without the field) keep theirs.
     """
-    paused = _pause_console_progress(spark)
+    with _ConsolePause.lock:
+        _ConsolePause.depth += 1
+        if _ConsolePause.depth == 1:
+            _ConsolePause.paused = _pause_console_progress(spark)
     try:
         yield
     finally:
-        if paused is not None:
-            try:
-                field, jsc, jvm = paused
-                field.set(jsc, jvm.scala.Option.apply(jvm.org.apache.spark.ui.ConsoleProgressBar(jsc)))
-            except Exception:  # noqa: BLE001 - the bar is a display; a failure costs only the display
-                pass
+        with _ConsolePause.lock:  # restored under the lock, so a call starting now finds the bar to stop
+            _ConsolePause.depth -= 1
+            if _ConsolePause.depth == 0 and _ConsolePause.paused is not None:
+                field, jsc, jvm = _ConsolePause.paused
+                _ConsolePause.paused = None
+                try:
+                    field.set(jsc, jvm.scala.Option.apply(jvm.org.apache.spark.ui.ConsoleProgressBar(jsc)))
+                except Exception:  # noqa: BLE001 - the bar is a display; a failure costs only the display
+                    pass
 
 
 def _pause_console_progress(spark: Any) -> tuple[Any, Any, Any] | None:

@@ -1,6 +1,6 @@
 """Quiet output: a ``verbose=0`` fit in a fresh process prints nothing of Spark's or TensorFlow's start-up,
 a query cut short (``limit``) prints no worker traceback, and Spark's console stage bars stay off while a
-fit runs, with or without sparkeras' own progress bar."""
+fit, an evaluation or a prediction into arrays runs, with or without sparkeras' own progress bar."""
 
 from __future__ import annotations
 
@@ -45,6 +45,12 @@ print("FIT", file=sys.stderr, flush=True)
 sparkeras.SparkModel(mlp(), num_workers=2).fit(x, y, epochs=2, verbose=1)
 print("AFTER", file=sys.stderr, flush=True)
 spark.sparkContext.parallelize(range(2), 2).foreach(lambda _: time.sleep(1.5))
+print("SCORING", file=sys.stderr, flush=True)
+import numpy as np
+many = np.tile(x, (5, 1))  # one row per step: the stages outlast the bar's 0.5 s delay
+scorer = sparkeras.SparkModel(mlp(), num_workers=2)
+scorer.evaluate(many, np.tile(y, 5), batch_size=1)
+scorer.predict(many, batch_size=1)
 print("ALL-DONE", file=sys.stderr, flush=True)
 """
 
@@ -76,10 +82,12 @@ def test_a_quiet_fit_prints_no_spark_or_worker_start_up_lines(fresh):
 def test_spark_console_progress_is_off_during_a_fit_and_back_after(fresh):
     err = fresh.stderr
     quiet = err[err.index("QUIET-FIT"):err.index("\nFIT")]
-    during, after = err[err.index("\nFIT"):err.index("AFTER")], err[err.index("AFTER"):err.index("ALL-DONE")]
+    during, after = err[err.index("\nFIT"):err.index("AFTER")], err[err.index("AFTER"):err.index("SCORING")]
+    scoring = err[err.index("SCORING"):err.index("ALL-DONE")]
     assert "[Stage" not in quiet, quiet  # a verbose=0 fit: no bar of ours, and none of Spark's
     assert "[Stage" not in during, during
     assert "[Stage" in after, after  # a fresh console bar once the fit is over
+    assert "[Stage" not in scoring, scoring  # evaluate, and predict into arrays, run sparkeras' jobs too
     assert fresh.stdout.count("Epoch 2/2") == 1
 
 

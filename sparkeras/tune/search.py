@@ -142,7 +142,7 @@ def tune(
     optuna = _optuna()
     from sparkeras.barrier import concurrent_slots
     from sparkeras.data.frames import SharedFrames
-    from sparkeras.session import get_spark
+    from sparkeras.session import console_progress_paused, get_spark
     from sparkeras.strategies import get_strategy
 
     get_strategy(copy.deepcopy(strategy))  # a bad strategy name fails here, before anything runs
@@ -158,30 +158,31 @@ def tune(
                          f"use at most {fitting}.")
     seed = random.randrange(2**31) if seed is None else int(seed)
     study = _open_study(optuna, storage, study_name, load_if_exists, direction, sampler, pruner, seed)
-    frames = SharedFrames(spark, data, y, validation_data=validation_data,
-                          validation_split=0.0 if validation_data is not None else validation_split,
-                          features_col=features_col, label_col=label_col, seed=seed,
-                          num_partitions=workers_per_trial, weight_col=weight_col, sample_weight=row_weights)
-    parent = None
-    try:
-        search = Search(study, build_model, frames, space=space, metric=metric, epochs=epochs,
-                        batch_size=batch_size, workers_per_trial=workers_per_trial, strategy=strategy,
-                        custom_objects=custom_objects, seed=seed, verbose=verbose, class_weight=weights)
-        if tracking is not None:
-            from sparkeras.data.sources import describe_source
+    with console_progress_paused(spark):  # the trials' stages are sparkeras' own, as a fit's are
+        frames = SharedFrames(spark, data, y, validation_data=validation_data,
+                              validation_split=0.0 if validation_data is not None else validation_split,
+                              features_col=features_col, label_col=label_col, seed=seed,
+                              num_partitions=workers_per_trial, weight_col=weight_col, sample_weight=row_weights)
+        parent = None
+        try:
+            search = Search(study, build_model, frames, space=space, metric=metric, epochs=epochs,
+                            batch_size=batch_size, workers_per_trial=workers_per_trial, strategy=strategy,
+                            custom_objects=custom_objects, seed=seed, verbose=verbose, class_weight=weights)
+            if tracking is not None:
+                from sparkeras.data.sources import describe_source
 
-            parent = search.track(tracking, {
-                "study_name": study.study_name, "n_trials": n_trials, "timeout": timeout, "metric": metric,
-                "direction": direction, "epochs": epochs, "batch_size": batch_size,
-                "workers_per_trial": workers_per_trial, "sampler": type(study.sampler).__name__,
-                "pruner": type(study.pruner).__name__, "data": describe_source(data)})
-        search.run(n_trials, timeout, max_concurrent or fitting)
-    except BaseException:
-        if parent is not None:
-            parent.end("FAILED")
-        raise
-    finally:
-        frames.close()
+                parent = search.track(tracking, {
+                    "study_name": study.study_name, "n_trials": n_trials, "timeout": timeout, "metric": metric,
+                    "direction": direction, "epochs": epochs, "batch_size": batch_size,
+                    "workers_per_trial": workers_per_trial, "sampler": type(study.sampler).__name__,
+                    "pruner": type(study.pruner).__name__, "data": describe_source(data)})
+            search.run(n_trials, timeout, max_concurrent or fitting)
+        except BaseException:
+            if parent is not None:
+                parent.end("FAILED")
+            raise
+        finally:
+            frames.close()
     if parent is not None:
         search.close_tracking(parent)
         parent.wait()  # the trials' runs were queued before the search's end: all are in the store
