@@ -156,6 +156,24 @@ def test_predict_rejects_a_wrong_sized_column_with_its_name(spark):
         SparkModel(mlp(dim=16), num_workers=2).predict(_df(spark, x, y))
 
 
+def test_predict_takes_nested_arrays_as_fit_does_and_counts_all_their_values(spark):
+    """Rows of a ``(4, 3)`` input as ``array<array<float>>``: 12 values, not the 4 of the outer array."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4, 3)), keras.layers.Flatten(), keras.layers.Dense(2, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    x = np.random.default_rng(0).normal(size=(40, 4, 3)).astype(np.float32)
+    df = spark.createDataFrame([(x[i].tolist(), i % 2) for i in range(40)], "features ARRAY<ARRAY<FLOAT>>, label INT")
+    sm = SparkModel(model, num_workers=2)
+    rows = sm.predict(df).collect()
+    got, fed = np.array([r.prediction for r in rows]), np.array([r.features for r in rows], dtype=np.float32)
+    np.testing.assert_allclose(got, model.predict(fed, verbose=0), atol=1e-5)
+    short = spark.createDataFrame([(x[i, :, :2].tolist(), 0) for i in range(4)], "features ARRAY<ARRAY<FLOAT>>, label INT")
+    with pytest.raises(InputError, match=r"column 'features' holds 8 values per row, but model input .* expects 12"):
+        sm.predict(short)
+
+
 def test_custom_layer_module_missing_on_the_executors(spark, tmp_path, caplog):
     import logging
     import sys

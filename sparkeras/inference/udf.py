@@ -138,6 +138,9 @@ def check_row_widths(frame: Any, columns: ColumnMap) -> None:
             _check_width(binding, name, int(attrs))
         elif kind in ("ArrayType", "VectorUDT") and not frame.isStreaming:
             column = vector_to_array(F.col(name)) if kind == "VectorUDT" else F.col(name)
+            element = field.dataType
+            while kind == "ArrayType" and type(element.elementType).__name__ == "ArrayType":
+                column, element = F.flatten(column), element.elementType  # rows of a (10, 3) input: 30 values
             probes[name] = (binding, F.size(column))
     if probes:
         first = frame.select(*[expr.alias(f"w{i}") for i, (_, expr) in enumerate(probes.values())]).first()
