@@ -28,6 +28,33 @@ def test_outer_step_is_nesterov_momentum_on_the_mean_move():
     np.testing.assert_allclose(center[0], [0.7 - 0.35, 2.6 + 0.7], rtol=1e-6)
 
 
+def test_the_outer_momentum_is_bias_corrected_so_its_first_rounds_take_the_steady_step():
+    """``bias_correction``: round t divides the velocity by ``1 - m**t``, so a constant move gets the
+    ``1 / (1 - m)`` step (2 g for m = 0.5) from the first round, where uncorrected momentum takes 1.5 g, then 1.75 g."""
+    center = [np.array([1.0, 2.0], np.float32), np.array([10.0], np.float32)]
+    step = OuterStep(momentum=0.5, learning_rate=1.0, nesterov=True, trainable=[True, False], bias_correction=True)
+    move = [np.array([-0.2, 0.4], np.float32), np.array([2.0], np.float32)]
+    step(center, move)  # g = [0.2, -0.4]; v = g, corrected v / 0.5 = 2 g; step = g + 0.5 * 2 g = 2 g
+    np.testing.assert_allclose(step.velocity[0], [0.2, -0.4], rtol=1e-6)  # kept uncorrected
+    np.testing.assert_allclose(center[0], [1.0 - 0.4, 2.0 + 0.8], rtol=1e-6)
+    np.testing.assert_allclose(center[1], [12.0])  # not trainable: plainly averaged
+    # the iterate takes out the corrected look-ahead, 0.5 * 2 g: the first round's mean move, g
+    np.testing.assert_allclose(step.iterate(center)[0], [1.0 - 0.2, 2.0 + 0.4], rtol=1e-6)
+    step(center, [move[0], np.array([0.0], np.float32)])  # v = 1.5 g, / (1 - 0.25) = 2 g: the same step
+    np.testing.assert_allclose(center[0], [0.6 - 0.4, 2.8 + 0.8], rtol=1e-6)
+    step(center, [-move[0], np.array([0.0], np.float32)])  # v = 0.75 g - g = -0.25 g, / 0.875 = -2 g / 7
+    np.testing.assert_allclose(center[0], [0.2 + 0.2 * 8 / 7, 3.6 - 0.4 * 8 / 7], rtol=1e-5)  # step -g - g / 7
+    assert step.rounds == 3
+    heavy = [np.array([0.0], np.float32)]
+    OuterStep(0.75, 1.0, False, [True], bias_correction=True)(heavy, [np.array([1.0], np.float32)])
+    np.testing.assert_allclose(heavy[0], [4.0])  # heavy ball: v / 0.25
+    plain = [np.array([0.0], np.float32)]
+    OuterStep(0.0, 1.0, True, [True], bias_correction=True)(plain, [np.array([0.25], np.float32)])
+    np.testing.assert_allclose(plain[0], [0.25])  # no momentum: the plain average, corrected or not
+    assert ModelAveraging().momentum_bias_correction and ModelAveraging().get_config()["momentum_bias_correction"]
+    assert not ModelAveraging(momentum_bias_correction=False).get_config()["momentum_bias_correction"]
+
+
 def test_outer_step_heavy_ball_and_plain_average():
     center = [np.array([0.0], np.float32)]
     heavy = OuterStep(momentum=0.5, learning_rate=2.0, nesterov=False, trainable=[True])
@@ -175,12 +202,13 @@ def test_allreduce_scales_the_rate_with_warmup_exactly(spark):
     assert float(sm.model.optimizer.learning_rate) == pytest.approx(0.05)  # the user's rate is kept
 
 
-def _simulate_averaging(model, x, y, workers, batch, window, epochs, momentum, iterate=False):
+def _simulate_averaging(model, x, y, workers, batch, window, epochs, momentum, iterate=False,
+                        bias_correction=True):
     """What ModelAveraging should compute, in one process: each worker a model with its own optimizer."""
     n = -(-len(x) // workers)
     replicas = [clone(model) for _ in range(workers)]
     trainable = [v.trainable for v in model.weights]
-    outer = OuterStep(momentum, 1.0, True, trainable)
+    outer = OuterStep(momentum, 1.0, True, trainable, bias_correction=bias_correction)
     center = [np.array(w) for w in model.get_weights()]
     for _ in range(epochs):
         steps = -(-n // batch)

@@ -99,17 +99,35 @@ class OuterStep:
         learning_rate: the outer learning rate (1 keeps the mean move's scale).
         nesterov: use Nesterov's look-ahead, as BMUF's NBM and DiLoCo do.
         trainable: one flag per center array.
+        bias_correction: divide the velocity by ``1 - momentum ** t`` in
+            round ``t``, as Adam corrects its moments.
+
+    Why the correction. Momentum started at zero takes several rounds to
+    build up its ``1 / (1 - momentum)`` step (1.5, 1.75, 1.875... of the
+    mean move for momentum 0.5), so the first rounds progress less per
+    epoch than one process does. That is a few rounds of a long fit, but a
+    fit with one or two rounds per epoch (small data) lost 3-5 accuracy
+    points at equal epochs over its first 3 epochs. The velocity
+    ``sum(momentum ** (t - k) * g_k)`` weighs its rounds by
+    ``(1 - momentum ** t) / (1 - momentum)`` in all; divided by
+    ``1 - momentum ** t`` it has the steady state's scale from the first
+    round on, whatever the moves are. ``rounds`` counts the steps taken.
     """
 
-    def __init__(self, momentum: float, learning_rate: float, nesterov: bool, trainable: Sequence[bool]) -> None:
+    def __init__(self, momentum: float, learning_rate: float, nesterov: bool, trainable: Sequence[bool],
+                 bias_correction: bool = False) -> None:
         self.momentum, self.learning_rate, self.nesterov = momentum, learning_rate, nesterov
         self.trainable = list(trainable)
+        self.bias_correction = bias_correction
         self.velocity: list[np.ndarray] | None = None
+        self.rounds = 0
 
     def __call__(self, center: Arrays, mean_move: Arrays) -> None:
         """Update ``center`` in place, given the workers' mean ``local - center``."""
         if self.velocity is None:
             self.velocity = [np.zeros_like(c) for c in center]
+        self.rounds += 1
+        scale = self._correction()
         for i, (c, move) in enumerate(zip(center, mean_move)):
             if not self.trainable[i]:
                 c += move.astype(c.dtype, copy=False)
@@ -118,6 +136,7 @@ class OuterStep:
             v = self.velocity[i]
             v *= self.momentum
             v += grad
+            v = v * np.asarray(scale, dtype=v.dtype) if scale != 1.0 else v
             step = grad + self.momentum * v if self.nesterov else v
             c -= self.learning_rate * step
 
@@ -137,10 +156,16 @@ class OuterStep:
         """The center to train from, given the iterate (the inverse of :meth:`iterate`)."""
         return self._shift(iterate, -1.0)
 
+    def _correction(self) -> float:
+        """The factor ``1 / (1 - momentum ** rounds)`` on the velocity, or 1 without the correction."""
+        if not self.bias_correction or not 0.0 < self.momentum < 1.0 or self.rounds < 1:
+            return 1.0
+        return 1.0 / (1.0 - self.momentum ** self.rounds)
+
     def _shift(self, arrays: Arrays, sign: float) -> Arrays:
         if not self.nesterov or not self.momentum or self.velocity is None:
             return [np.array(a, copy=True) for a in arrays]
-        scale = sign * self.learning_rate * self.momentum
+        scale = sign * self.learning_rate * self.momentum * self._correction()
         return [np.asarray(a) + np.asarray(scale, dtype=v.dtype) * v if t else np.array(a, copy=True)
                 for a, v, t in zip(arrays, self.velocity, self.trainable)]
 
@@ -158,6 +183,11 @@ class ModelAveraging(DistributedOptimizer):
             model averaging.
         outer_learning_rate: scales the outer step.
         nesterov: Nesterov momentum for the outer step.
+        momentum_bias_correction: correct the outer momentum's start from
+            zero, as Adam corrects its moments (:class:`OuterStep`'s
+            ``bias_correction``), so the first rounds of a fit already take
+            the ``1 / (1 - momentum)`` step. ``False`` leaves it to build up,
+            as BMUF and SlowMo describe it.
         timeout: seconds a round waits for its slowest worker.
         max_restarts: how many failed epochs (or windows) the fit runs again.
         slot_timeout: seconds with fewer task slots than workers before the
@@ -172,8 +202,9 @@ class ModelAveraging(DistributedOptimizer):
 
     def __init__(self, window: int | str | None = None, outer_momentum: float | None = None,
                  outer_learning_rate: float = 1.0, nesterov: bool = True, timeout: float = 300.0,
-                 max_restarts: int = 2, slot_timeout: float = 120.0) -> None:
+                 max_restarts: int = 2, slot_timeout: float = 120.0, momentum_bias_correction: bool = True) -> None:
         super().__init__(window, timeout, max_restarts, slot_timeout)
+        self.momentum_bias_correction = bool(momentum_bias_correction)
         self.window_setting = window  # None: chosen from the worker count at each fit (window_for)
         if outer_momentum is not None and not (isinstance(outer_momentum, (int, float))
                                                and 0.0 <= outer_momentum < 1.0):
@@ -186,12 +217,15 @@ class ModelAveraging(DistributedOptimizer):
         self._outer: OuterStep | None = None
         self._report_iterate = False
         self._restored_velocity: Arrays | None = None
+        self._restored_rounds = 0
+        self._rounds_at_start = 0
         self._velocity_at_start: Arrays | None = None
 
     def get_config(self) -> dict[str, Any]:
         return {"window": self.window_setting, "outer_momentum": self.outer_momentum,
                 "outer_learning_rate": self.outer_learning_rate, "nesterov": self.nesterov,
-                "timeout": self.timeout, "max_restarts": self.max_restarts, "slot_timeout": self.slot_timeout}
+                "timeout": self.timeout, "max_restarts": self.max_restarts, "slot_timeout": self.slot_timeout,
+                "momentum_bias_correction": self.momentum_bias_correction}
 
     def momentum(self, num_workers: int) -> float:
         """The block momentum used with ``num_workers`` workers."""
@@ -268,11 +302,12 @@ class ModelAveraging(DistributedOptimizer):
         self.window = self.window_for(job.num_workers)  # what the workers read
         trainable = [v.trainable for v in job.model.weights if is_shared(v)]
         self._outer = OuterStep(self.momentum(job.num_workers), self.outer_learning_rate, self.nesterov,
-                                trainable)
+                                trainable, bias_correction=self.momentum_bias_correction)
         rounds = 1 if self.window == "epoch" else -(-max(job.steps_per_worker) // int(self.window))
         self._report_iterate = self.reports_iterate(job.num_workers, rounds)
         if self._restored_velocity is not None:
             self._outer.velocity = [np.array(v) for v in self._restored_velocity]
+            self._outer.rounds = self._restored_rounds
             self._restored_velocity = None
         if concurrent_slots(job.spark.sparkContext) < job.num_workers:
             self._fit_in_jobs(job, job.initial_epoch)
@@ -288,21 +323,26 @@ class ModelAveraging(DistributedOptimizer):
 
     def _epoch_start(self) -> None:
         self._velocity_at_start = None if self._outer.velocity is None else [v.copy() for v in self._outer.velocity]
+        self._rounds_at_start = self._outer.rounds
 
     def _epoch_rollback(self) -> None:
         saved = self._velocity_at_start
         self._outer.velocity = None if saved is None else [v.copy() for v in saved]
+        self._outer.rounds = self._rounds_at_start
 
     def checkpoint_state(self) -> dict[str, Arrays]:
         """The workers' local states, and the outer step's momentum."""
         state = super().checkpoint_state()
         if self._outer is not None and self._outer.velocity is not None:
             state["outer_velocity"] = list(self._outer.velocity)
+            state["outer_rounds"] = [np.array(self._outer.rounds, dtype=np.int64)]
         return state
 
     def restore_checkpoint_state(self, state: dict[str, Arrays]) -> None:
         super().restore_checkpoint_state(state)
         self._restored_velocity = state.get("outer_velocity")
+        rounds = state.get("outer_rounds")  # absent in older checkpoints: a velocity long built up
+        self._restored_rounds = int(np.asarray(rounds[0])) if rounds else 10**6
 
     def end_epoch_state(self, job: TrainingJob, local_states: list[Arrays], samples: list[int]) -> None:
         """The driver's optimizer state: the workers' inner states, averaged (step counts: the largest)."""
