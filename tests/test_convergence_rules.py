@@ -51,8 +51,8 @@ def test_the_outer_momentum_is_bias_corrected_so_its_first_rounds_take_the_stead
     plain = [np.array([0.0], np.float32)]
     OuterStep(0.0, 1.0, True, [True], bias_correction=True)(plain, [np.array([0.25], np.float32)])
     np.testing.assert_allclose(plain[0], [0.25])  # no momentum: the plain average, corrected or not
-    assert ModelAveraging().momentum_bias_correction and ModelAveraging().get_config()["momentum_bias_correction"]
-    assert not ModelAveraging(momentum_bias_correction=False).get_config()["momentum_bias_correction"]
+    assert not ModelAveraging().get_config()["momentum_bias_correction"]  # off unless asked for
+    assert ModelAveraging(momentum_bias_correction=True).get_config()["momentum_bias_correction"]
 
 
 def test_outer_step_heavy_ball_and_plain_average():
@@ -203,7 +203,7 @@ def test_allreduce_scales_the_rate_with_warmup_exactly(spark):
 
 
 def _simulate_averaging(model, x, y, workers, batch, window, epochs, momentum, iterate=False,
-                        bias_correction=True):
+                        bias_correction=False):
     """What ModelAveraging should compute, in one process: each worker a model with its own optimizer."""
     n = -(-len(x) // workers)
     replicas = [clone(model) for _ in range(workers)]
@@ -235,6 +235,19 @@ def test_two_worker_averaging_applies_the_outer_step_every_window(spark):
     assert history.parameter_server["commits"] == 2 * 2 * 2  # workers x rounds x epochs
     # the driver's optimizer state is the workers' averaged inner state: 6 Adam steps per epoch each
     assert int(sm.model.optimizer.iterations) == 12
+
+
+def test_two_worker_averaging_with_a_bias_corrected_momentum_applies_it_every_window(spark):
+    x, y = blobs(2 * 96, seed=8)  # 2 rounds per epoch, as above, with the corrected outer momentum
+    model = mlp(seed=3)
+    want = _simulate_averaging(model, x, y, workers=2, batch=16, window=4, epochs=2, momentum=0.5,
+                               bias_correction=True)
+    plain = _simulate_averaging(model, x, y, workers=2, batch=16, window=4, epochs=2, momentum=0.5)
+    sm = SparkModel(model, strategy=ModelAveraging(window=4, momentum_bias_correction=True), num_workers=2, seed=0)
+    sm.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
+    for got, expected in zip(sm.model.get_weights(), want):
+        np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+    assert max(np.abs(a - b).max() for a, b in zip(want, plain)) > 1e-4  # the correction changes the model
 
 
 def test_two_worker_averaging_with_many_rounds_reports_the_iterate(spark):
