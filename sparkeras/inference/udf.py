@@ -39,7 +39,6 @@ def output_widths(model: Any) -> list[int]:
     return [int(np.prod([d or 1 for d in t.shape[1:]])) for t in model.outputs]
 
 
-
 def prediction_udf(
     spark: Any,
     model: Any,
