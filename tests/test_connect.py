@@ -42,6 +42,7 @@ rows = sm.predict(df).orderBy("id").collect()
 out["predict_gap"] = float(np.abs(np.array([r.prediction for r in rows]) - want).max())
 rows = KerasModel(model=model).transform(df).orderBy("id").collect()
 out["transform_agrees"] = [r.prediction for r in rows] == want.argmax(1).astype(float).tolist()
+out["raw_gap"] = float(np.abs(np.array([r.rawPrediction.toArray() for r in rows]) - want).max())
 sparkeras.register_udf(spark, "blob_class", model, output="class")
 df.createOrReplaceTempView("t")
 rows = spark.sql("SELECT id, blob_class(features) AS c FROM t ORDER BY id").collect()
@@ -74,6 +75,7 @@ def test_prediction_runs_on_spark_connect_and_training_says_what_to_use(tmp_path
     out = json.loads(lines[0][len("RESULT "):])
     assert out["session"].startswith("pyspark.sql.connect")
     assert out["predict_gap"] < 1e-5 and out["transform_agrees"] and out["sql_agrees"] and out["inline"]
+    assert out["raw_gap"] < 1e-5  # rawPrediction is a Vector on Connect too
     for name, what in (("fit", "SparkModel.fit"), ("evaluate", "SparkModel.evaluate"),
                        ("estimator", "KerasEstimator.fit"), ("tune", "sparkeras.tune")):
         message = out["errors"][name]

@@ -216,7 +216,8 @@ def test_rows_with_null_features_get_null_predictions_and_keep_their_place(spark
     kept = [i for i in range(60) if i % 3 != 1]
     assert [scored[i].prediction for i in kept] == want[kept].argmax(axis=1).astype(float).tolist()
     np.testing.assert_allclose([scored[i].probability for i in kept], want[kept], atol=1e-5)
-    assert all(scored[i].probability is None for i in range(60) if i % 3 == 1)
+    assert all(scored[i].probability is None and scored[i].rawPrediction is None for i in range(60) if i % 3 == 1)
+    np.testing.assert_allclose([scored[i].rawPrediction.toArray() for i in kept], want[kept], atol=1e-5)
 
     assembled = frame.selectExpr("id", "a", "features[1] as b", "features[2] as c", "features[3] as d")
     predicted = SparkModel(model).predict(assembled, features_col=["a", "b", "c", "d"]).orderBy("id").collect()

@@ -337,11 +337,13 @@ def _binary_rows(spark, n=400, seed=4):
 
 def test_transform_of_a_binary_classifier_gives_classes_and_probabilities_as_spark_ml_does(spark, tmp_path):
     """One unit with binary crossentropy is a classifier: ``prediction`` is its class, so Spark ML's
-    evaluators score it, and ``probability`` is ``[1 - p, p]`` (the sigmoid of a logit with
-    ``from_logits=True``); the same after a save and load. One unit with another loss stays a regression."""
+    evaluators score it, ``probability`` is ``[1 - p, p]`` (the sigmoid of a logit with
+    ``from_logits=True``), and ``rawPrediction`` the Vector ``[1 - p, p]`` or ``[-z, z]`` that
+    ``BinaryClassificationEvaluator()`` reads by default (before, it failed: "No such struct field
+    `rawPrediction`"); the same after a save and load. One unit with another loss stays a regression."""
     import keras
     from pyspark.ml.evaluation import BinaryClassificationEvaluator, MulticlassClassificationEvaluator
-    from pyspark.ml.functions import array_to_vector  # the evaluators read Vectors
+    from sklearn.metrics import roc_auc_score
 
     x, y, frame = _binary_rows(spark)
     for activation, loss in (("sigmoid", "binary_crossentropy"),
@@ -360,23 +362,28 @@ def test_transform_of_a_binary_classifier_gives_classes_and_probabilities_as_spa
             rows = scored.orderBy("id").select("prediction", "probability").collect()
             np.testing.assert_array_equal([r.prediction for r in rows], (p > 0.5).astype(np.float64))
             np.testing.assert_allclose([r.probability for r in rows], np.stack([1 - p, p], axis=1), atol=1e-5)
+            assert dict(scored.dtypes)["rawPrediction"] == "vector"
+            raw = np.array([r.rawPrediction.toArray() for r in scored.orderBy("id").select("rawPrediction").collect()])
+            np.testing.assert_allclose(raw, np.stack([1 - p, p] if activation else [-out, out], axis=1), atol=1e-5)
             accuracy = MulticlassClassificationEvaluator(metricName="accuracy").evaluate(scored)
             assert accuracy == pytest.approx(np.mean((p > 0.5) == y)) and accuracy > 0.9, activation
-            auc = BinaryClassificationEvaluator(rawPredictionCol="raw").evaluate(
-                scored.withColumn("raw", array_to_vector("probability")))
-            assert auc > 0.95, activation
+            auc = BinaryClassificationEvaluator().evaluate(scored)
+            assert auc == pytest.approx(roc_auc_score(y, p), abs=2e-3) and auc > 0.95, activation
+    unscored = KerasModel(model=net, rawPredictionCol="").transform(frame)
+    assert "rawPrediction" not in unscored.columns and "probability" in unscored.columns
 
     keras.utils.set_random_seed(0)
     regression = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
     regression.compile("adam", "mse")
     scored = KerasModel(model=regression).transform(frame)
-    assert "probability" not in scored.columns
+    assert "probability" not in scored.columns and "rawPrediction" not in scored.columns
     np.testing.assert_allclose([r.prediction for r in scored.orderBy("id").select("prediction").collect()],
                                regression.predict(x, verbose=0)[:, 0], atol=1e-5)
 
 
 def test_transform_of_a_softmax_on_logits_gives_probabilities(spark):
-    """Several units trained ``from_logits=True``: ``probability`` is their softmax, not the logits."""
+    """Several units trained ``from_logits=True``: ``probability`` is their softmax, not the logits, and
+    ``rawPrediction`` the logits."""
     import keras
 
     x, y = blobs(300, dim=4, classes=3, noise=0.5, seed=8)
@@ -389,6 +396,7 @@ def test_transform_of_a_softmax_on_logits_gives_probabilities(spark):
     frame = spark.createDataFrame([(i, r.tolist()) for i, r in enumerate(x)], ["id", "features"])
     rows = KerasModel(model=net).transform(frame).orderBy("id").collect()
     np.testing.assert_allclose([r.probability for r in rows], want, atol=1e-5)
+    np.testing.assert_allclose([r.rawPrediction.toArray() for r in rows], logits, atol=1e-5)
     assert [r.prediction for r in rows] == logits.argmax(axis=1).astype(np.float64).tolist()
 
 
@@ -420,7 +428,7 @@ def test_a_multi_label_classifier_gives_the_set_of_labels_as_spark_ml_reads_it(s
         p = 1.0 / (1.0 + np.exp(-out)) if from_logits else out
         want = [[float(i) for i in np.flatnonzero(row > 0.5)] for row in p]
         scored = stage.transform(frame)
-        assert dict(scored.dtypes)["prediction"] == "array<double>"
+        assert dict(scored.dtypes)["prediction"] == "array<double>" and "rawPrediction" not in scored.columns
         rows = scored.orderBy("id").select("prediction", "probability").collect()
         assert [r.prediction for r in rows] == want, from_logits
         np.testing.assert_allclose([r.probability for r in rows], p, atol=1e-5)

@@ -34,6 +34,7 @@ from sparkeras.worker import runtime
 VALUE = "value"
 CLASS = "class"
 PROBABILITY = "probability"
+RAW_PREDICTION = "raw_prediction"
 
 
 def class_probabilities(values: np.ndarray, logits: bool = False, multilabel: bool = False) -> np.ndarray:
@@ -58,6 +59,26 @@ def class_probabilities(values: np.ndarray, logits: bool = False, multilabel: bo
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
+def class_scores(values: np.ndarray, logits: bool = False) -> np.ndarray:
+    """A single-label classifier's outputs as ``(rows, classes)`` scores, as Spark ML's ``rawPrediction`` holds.
+
+    Why. Spark ML's ``BinaryClassificationEvaluator`` reads its
+    ``rawPrediction`` column (a ``Vector``; element 1 is class 1's score)
+    unless told otherwise, so a classifier stage without that column fails
+    inside ``CrossValidator``. Spark leaves its meaning to the model (margins
+    for logistic regression, votes for forests); here it is what the model
+    outputs: its logits when it was compiled ``from_logits=True``, else its
+    probabilities. One unit gives ``[-z, z]`` for a logit ``z``, as Spark's
+    logistic regression does, or ``[1 - p, p]``.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    values = values.reshape(len(values), int(np.prod(values.shape[1:])))
+    if values.shape[1] == 1:
+        z = values[:, 0]
+        return np.stack([-z, z] if logits else [1.0 - z, z], axis=1)
+    return values
+
+
 @dataclass(frozen=True)
 class OutputColumn:
     """One column a prediction adds to the data.
@@ -66,8 +87,10 @@ class OutputColumn:
     one unit, ``array<float>`` of ``width`` values otherwise), :data:`CLASS`
     (the index of its largest value, as a double, as Spark ML labels are; for
     one unit, a binary classifier's, 1.0 above a probability of 0.5 and 0.0
-    otherwise) or :data:`PROBABILITY` (:func:`class_probabilities`, as
-    ``array<float>``). ``logits`` says the model was compiled with
+    otherwise), :data:`PROBABILITY` (:func:`class_probabilities`, as
+    ``array<float>``) or :data:`RAW_PREDICTION` (:func:`class_scores`, as
+    ``array<double>``, which :func:`~sparkeras.inference.udf.add_predictions`
+    turns into the Spark ML ``Vector`` that ``rawPrediction`` columns hold). ``logits`` says the model was compiled with
     ``from_logits=True``: a one-unit class then turns at a logit of 0, and
     probabilities pass through the sigmoid or softmax first.
 
@@ -88,7 +111,7 @@ class OutputColumn:
     def spark_type(self) -> Any:
         from pyspark.sql import types as T
 
-        if self.kind == CLASS and self.multilabel:
+        if (self.kind == CLASS and self.multilabel) or self.kind == RAW_PREDICTION:
             return T.ArrayType(T.DoubleType(), False)
         if self.kind == PROBABILITY or (self.kind == VALUE and self.width > 1):
             return T.ArrayType(T.FloatType(), False)
@@ -105,12 +128,16 @@ class OutputColumn:
             return pa.array((values[:, 0] > (0.0 if self.logits else 0.5)).astype(np.float64))
         if self.kind == CLASS:
             return pa.array(values.argmax(axis=1).astype(np.float64))
-        if self.kind == PROBABILITY:
-            values = class_probabilities(values, self.logits, self.multilabel)
+        if self.kind == RAW_PREDICTION:
+            values = class_scores(values, self.logits)  # doubles, as Spark ML's Vectors hold
+        elif self.kind == PROBABILITY:
+            values = class_probabilities(values, self.logits, self.multilabel).astype(np.float32)
         elif self.width == 1:
             return pa.array(values[:, 0].astype(np.float64))
+        else:
+            values = values.astype(np.float32)
         offsets = np.arange(0, values.size + 1, values.shape[1], dtype=np.int32)
-        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.astype(np.float32).ravel()))
+        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.ravel()))
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ import pyarrow as pa
 
 from sparkeras.data.columns import ColumnMap, ColumnSpec, output_names, resolve_columns
 from sparkeras.errors import InputError
-from sparkeras.inference.batch import (CLASS, PROBABILITY, VALUE, InlineWeights, OutputColumn, PredictionPlan,
-                                      predict_batches)
+from sparkeras.inference.batch import (CLASS, PROBABILITY, RAW_PREDICTION, VALUE, InlineWeights, OutputColumn,
+                                      PredictionPlan, predict_batches)
 from sparkeras.inference.pandas_udf import argument_column, has_arrow_udf, pandas_prediction_udf
 from sparkeras.serialization import ModelSpec, check_rebuilds, pack_arrays
 from sparkeras.session import is_spark_connect, keras_backend
@@ -110,7 +110,25 @@ def add_predictions(
     if not has_arrow_udf():
         arguments = [argument_column(frame.schema, c, a) for c, a in zip(columns.columns, arguments)]
     result = frame.withColumn(_RESULT, udf(*arguments))
-    return result.withColumns({o.name: F.col(_RESULT).getField(o.name) for o in outputs}).drop(_RESULT)
+    return result.withColumns({o.name: _as_spark_value(o, F.col(_RESULT).getField(o.name), frame.sparkSession)
+                               for o in outputs}).drop(_RESULT)
+
+
+def _as_spark_value(output: OutputColumn, column: Any, spark: Any) -> Any:
+    """A ``rawPrediction`` column becomes a Spark ML ``Vector`` in the JVM, as evaluators read it.
+
+    ``array_to_vector`` fails on NULL, which a row without features gets, so
+    such rows keep NULL.
+    """
+    from pyspark.sql import functions as F
+
+    if output.kind != RAW_PREDICTION:
+        return column
+    if is_spark_connect(spark):
+        from pyspark.ml.connect.functions import array_to_vector
+    else:
+        from pyspark.ml.functions import array_to_vector
+    return F.when(column.isNotNull(), array_to_vector(column))
 
 
 def check_row_widths(frame: Any, columns: ColumnMap) -> None:
@@ -214,15 +232,17 @@ def register_udf(
     return spark.udf.register(name, udf)
 
 
-def class_outputs(model: Any, prediction_col: str, probability_col: str = "") -> list[OutputColumn] | None:
-    """A classifier's class column (and probabilities, when ``probability_col`` is given), or ``None``.
+def class_outputs(model: Any, prediction_col: str, probability_col: str = "",
+                  raw_prediction_col: str = "") -> list[OutputColumn] | None:
+    """A classifier's class column (and probabilities and scores, when their columns are named), or ``None``.
 
     A classifier has one output, of several units (class scores: the class is
     the largest), or of one unit compiled with a binary crossentropy (class 1
     above a probability of 0.5, or a logit of 0 with ``from_logits=True``).
     A one-unit model trained with another loss is a regression, so ``None``.
     Several units with a binary crossentropy are a multi-label classifier:
-    the class column holds the indices of every label above the threshold.
+    the class column holds the indices of every label above the threshold,
+    and no scores column is added (Spark ML has no multi-label scores).
     """
     from sparkeras.data.columns import trained_on_binary_crossentropy, trained_on_logits
 
@@ -237,6 +257,8 @@ def class_outputs(model: Any, prediction_col: str, probability_col: str = "") ->
     outputs = [OutputColumn(prediction_col, 0, widths[0], CLASS, logits, multilabel)]
     if probability_col:
         outputs.append(OutputColumn(probability_col, 0, max(widths[0], 2), PROBABILITY, logits, multilabel))
+    if raw_prediction_col and not multilabel:
+        outputs.append(OutputColumn(raw_prediction_col, 0, max(widths[0], 2), RAW_PREDICTION, logits))
     return outputs
 
 

@@ -25,7 +25,8 @@ from typing import Any
 from pyspark import keyword_only
 from pyspark.ml import Estimator, Model
 from pyspark.ml.param import Param, Params, TypeConverters
-from pyspark.ml.param.shared import HasFeaturesCol, HasLabelCol, HasPredictionCol, HasSeed, HasWeightCol
+from pyspark.ml.param.shared import (HasFeaturesCol, HasLabelCol, HasPredictionCol, HasRawPredictionCol, HasSeed,
+                                     HasWeightCol)
 from pyspark.ml.util import DefaultParamsReader, DefaultParamsWriter, MLReadable, MLReader, MLWritable, MLWriter
 
 from sparkeras.data.columns import split_columns
@@ -36,7 +37,7 @@ from sparkeras.ml.shares import SHARES
 MODEL_FILE = "model.keras"
 
 
-class _InferenceParams(HasFeaturesCol, HasPredictionCol):
+class _InferenceParams(HasFeaturesCol, HasPredictionCol, HasRawPredictionCol):
     """Params shared by the estimator and the fitted model."""
 
     probabilityCol: Param[str] = Param(
@@ -48,7 +49,7 @@ class _InferenceParams(HasFeaturesCol, HasPredictionCol):
     def __init__(self) -> None:
         super().__init__()
         self._setDefault(featuresCol="features", predictionCol="prediction", probabilityCol="probability",
-                         batchSize=32)
+                         rawPredictionCol="rawPrediction", batchSize=32)
 
     def getProbabilityCol(self) -> str:
         return self.getOrDefault(self.probabilityCol)
@@ -83,6 +84,11 @@ class KerasEstimator(_InferenceParams, HasLabelCol, HasSeed, HasWeightCol, Estim
         probabilityCol: a classifier's class probabilities (array<float>; ``[1 - p, p]``
             for one sigmoid unit; the softmax or sigmoid of logits for a model
             compiled with ``from_logits=True``); ``""`` leaves them out.
+        rawPredictionCol: a single-label classifier's class scores as a Spark ML
+            ``Vector``, the column ``BinaryClassificationEvaluator`` reads by
+            default: the model's outputs (its logits when compiled
+            ``from_logits=True``), ``[1 - p, p]`` or ``[-z, z]`` for one unit;
+            ``""`` leaves them out.
         epochs, batchSize, validationSplit: as in ``model.fit``.
         numWorkers: Spark tasks that train together (0: the default parallelism). When
             ``CrossValidator``/``TrainValidationSplit`` fit several grid points at once
@@ -136,7 +142,8 @@ class KerasEstimator(_InferenceParams, HasLabelCol, HasSeed, HasWeightCol, Estim
 
     @keyword_only
     def __init__(self, *, model: Any = None, featuresCol: str = "features", labelCol: str = "label",
-                 predictionCol: str = "prediction", probabilityCol: str = "probability", epochs: int = 1,
+                 predictionCol: str = "prediction", probabilityCol: str = "probability",
+                 rawPredictionCol: str = "rawPrediction", epochs: int = 1,
                  batchSize: int = 32, numWorkers: int = 0, validationSplit: float = 0.0,
                  strategy: str = "averaging", strategyOptions: dict | None = None,
                  learningRate: float | None = None, optimizer: str | None = None, loss: str | None = None,
@@ -217,7 +224,9 @@ class KerasModel(_InferenceParams, Model, _KerasStage):
 
     ``transform`` keeps every input column and adds, for a classifier,
     ``predictionCol`` (the class as a double, as Spark ML's classifiers give
-    it) and ``probabilityCol`` (array<float>, one probability per class);
+    it), ``probabilityCol`` (array<float>, one probability per class) and
+    ``rawPredictionCol`` (a ``Vector`` of class scores, as Spark ML's
+    ``BinaryClassificationEvaluator`` reads by default);
     for a regression, ``predictionCol`` holds the output. A classifier has
     several output units, or one trained with binary crossentropy
     (:func:`sparkeras.inference.udf.class_outputs`); several units trained
@@ -234,7 +243,8 @@ class KerasModel(_InferenceParams, Model, _KerasStage):
 
     @keyword_only
     def __init__(self, *, model: Any = None, featuresCol: str = "features", predictionCol: str = "prediction",
-                 probabilityCol: str = "probability", batchSize: int = 256) -> None:
+                 probabilityCol: str = "probability", rawPredictionCol: str = "rawPrediction",
+                 batchSize: int = 256) -> None:
         super().__init__()
         self._setDefault(batchSize=256)
         kwargs = dict(self._input_kwargs)
@@ -264,7 +274,8 @@ class KerasModel(_InferenceParams, Model, _KerasStage):
         if model is None:
             raise InputError("KerasModel has no Keras model: KerasModel(model=trained_keras_model).")
         prediction = self.getPredictionCol()
-        outputs = class_outputs(model, prediction, self.getProbabilityCol()) or output_columns(model, prediction)
+        outputs = (class_outputs(model, prediction, self.getProbabilityCol(), self.getRawPredictionCol())
+                   or output_columns(model, prediction))
         return add_predictions(dataset, model, split_columns(self.getFeaturesCol()), outputs, self.getBatchSize())
 
 
