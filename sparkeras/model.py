@@ -546,26 +546,42 @@ def fresh_copy(
 
 
 def label_classes(schema: Any, label_col: Any) -> list[str] | None:
-    """The class names a label column carries in its metadata (``read_images``' folders), if any."""
+    """The class names a label column carries in its metadata, if any.
+
+    ``read_images`` writes them as ``classes`` (the folders); Spark ML's
+    ``StringIndexer`` as the nominal attribute's values (``ml_attr.vals``),
+    in the order of the indices it gave.
+    """
     if not isinstance(label_col, str) or label_col not in schema.fieldNames():
         return None
-    classes = (schema[label_col].metadata or {}).get("classes")
+    metadata = schema[label_col].metadata or {}
+    classes = metadata.get("classes")
+    if classes is None and isinstance(metadata.get("ml_attr"), dict):
+        classes = metadata["ml_attr"].get("vals")
     return [str(c) for c in classes] if isinstance(classes, list) and classes else None
 
 
+def _indexed_by_string_indexer(schema: Any, label_col: Any) -> bool:
+    return isinstance(label_col, str) and "ml_attr" in (schema[label_col].metadata or {})
+
+
 def check_same_classes(expected: list[str] | None, schema: Any, label_col: Any, what: str) -> None:
-    """Refuse labels that number the classes differently from ``expected`` (both from folder names).
+    """Refuse labels that number the classes differently from ``expected`` (both from column metadata).
 
     ``read_images`` numbers a folder's classes in its own sorted order, so a
     validation or test folder that lacks one class shifts every index after
-    it, and the metrics would be silently wrong.
+    it; a ``StringIndexer`` fitted on each set apart orders each set's labels
+    by their own frequency. Either way the metrics would be silently wrong.
     """
     got = label_classes(schema, label_col)
     if expected and got and got != expected:
+        fix = ("Index every set with the same fitted StringIndexerModel (fit it once, on the training data, and "
+               "transform the others with it); a StringIndexer fitted on each set numbers the labels by that "
+               "set's own frequencies." if _indexed_by_string_indexer(schema, label_col) else
+               "Read it with read_images(..., classes=<the training classes>), which SparkModel.classes holds.")
         raise InputError(
             f"The {what}'s label column {label_col!r} numbers the classes {got[:10]}, but the model's classes are "
-            f"{expected[:10]}; the same index would mean different classes. Read it with "
-            "read_images(..., classes=<the training classes>), which SparkModel.classes holds.")
+            f"{expected[:10]}; the same index would mean different classes. {fix}")
 
 
 def _check_model(model: Any) -> None:

@@ -469,3 +469,42 @@ def test_callbacks_stop_each_fit_early_even_when_grid_points_fit_at_once(spark, 
     with pytest.raises(InputError, match=r"callbacks must be a list of keras.callbacks.Callback objects, got "
                                          r"\['early'\]"):
         KerasEstimator(model=mlp(dim=4, classes=3), callbacks=["early"])
+
+
+def test_string_indexed_labels_name_the_classes_and_a_set_indexed_apart_is_refused(spark, tmp_path):
+    """``StringIndexer`` writes its labels into the label column's metadata; they become the model's classes
+    (``SparkModel.classes``, ``KerasModel.getClasses()``, kept by ``save``). A test set indexed by a
+    ``StringIndexer`` fitted on it alone numbers the labels by its own frequencies, so the same index means
+    another class: ``evaluate`` refuses it, naming the fix, where before it scored the model silently wrong."""
+    from pyspark.ml.feature import IndexToString, StringIndexer
+
+    from sparkeras import SparkModel
+
+    x, y = blobs(360, dim=4, classes=3, noise=0.5, seed=5)
+    species = np.array(["oak", "elm", "ash"])[y]
+    rows = [(r.tolist(), str(s)) for r, s in zip(x, species)]
+    frame = spark.createDataFrame(rows, "features array<float>, species string")
+    indexer = StringIndexer(inputCol="species", outputCol="label").fit(frame)
+    sm = SparkModel(mlp(dim=4, classes=3, hidden=16, seed=3), num_workers=1)
+    sm.fit(indexer.transform(frame), epochs=15, batch_size=16, verbose=0)
+    assert sm.classes == list(indexer.labels)
+    sm.save(str(tmp_path / "trees.keras"))
+    assert SparkModel.load(str(tmp_path / "trees.keras")).classes == list(indexer.labels)
+
+    rare = indexer.labels[0]  # the most frequent class in training becomes the rarest in this test set
+    kept = [r for r in rows if r[1] != rare] + [r for r in rows if r[1] == rare][:10]
+    test = spark.createDataFrame(kept, "features array<float>, species string")
+    own = StringIndexer(inputCol="species", outputCol="label").fit(test)
+    assert list(own.labels) != list(indexer.labels)
+    with pytest.raises(InputError, match=r"The evaluation data's label column 'label' numbers the classes "
+                                         r".*the same index would mean different classes\. Index every set "
+                                         r"with the same fitted StringIndexerModel"):
+        sm.evaluate(own.transform(test))
+    assert sm.evaluate(indexer.transform(test))["accuracy"] > 0.8
+
+    stage = KerasEstimator(model=mlp(dim=4, classes=3, hidden=16, seed=3), epochs=1, numWorkers=1).fit(
+        indexer.transform(frame))
+    assert stage.getClasses() == list(indexer.labels)
+    named = IndexToString(inputCol="prediction", outputCol="predicted_species").transform(stage.transform(
+        indexer.transform(frame)))  # no labels=: the prediction column carries them, as StringIndexer's does
+    assert all(r.predicted_species == indexer.labels[int(r.prediction)] for r in named.collect())

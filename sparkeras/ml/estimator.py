@@ -268,6 +268,7 @@ class KerasModel(_InferenceParams, Model, _KerasStage):
         return self.getOrDefault(self.classes) if self.isDefined(self.classes) else None
 
     def _transform(self, dataset: Any) -> Any:
+        from sparkeras.inference.batch import CLASS
         from sparkeras.inference.udf import add_predictions, class_outputs, output_columns
 
         model = self._keras_model
@@ -276,7 +277,13 @@ class KerasModel(_InferenceParams, Model, _KerasStage):
         prediction = self.getPredictionCol()
         outputs = (class_outputs(model, prediction, self.getProbabilityCol(), self.getRawPredictionCol())
                    or output_columns(model, prediction))
-        return add_predictions(dataset, model, split_columns(self.getFeaturesCol()), outputs, self.getBatchSize())
+        scored = add_predictions(dataset, model, split_columns(self.getFeaturesCol()), outputs, self.getBatchSize())
+        classes = self.getClasses()
+        if classes and outputs[0].kind == CLASS and not outputs[0].multilabel:
+            # The names as StringIndexer writes them, so IndexToString(inputCol=prediction) needs no labels=.
+            scored = scored.withMetadata(prediction, {"ml_attr": {"type": "nominal", "name": prediction,
+                                                                  "vals": list(classes)}})
+        return scored
 
 
 class _KerasWriter(MLWriter):
