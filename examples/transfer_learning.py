@@ -6,7 +6,8 @@
    with real photos you would load ``keras.applications`` weights instead).
 3. ``ImageFeaturizer`` cuts it at its ``embedding`` layer, and a small
    ``KerasEstimator`` learns the other half of the classes from those
-   embeddings, in one Spark ML ``Pipeline``.
+   embeddings, in one Spark ML ``Pipeline``; Spark's own
+   ``LogisticRegression`` does the same from the same embeddings.
 4. The fitted ``PipelineModel`` is saved, loaded again in a fresh Python
    process, and both give the same predictions.
 
@@ -58,6 +59,7 @@ def main() -> None:
 
     import keras
     from pyspark.ml import Pipeline
+    from pyspark.ml.classification import LogisticRegression
     from pyspark.sql import functions as F
 
     import sparkeras
@@ -95,6 +97,15 @@ def main() -> None:
     rows = pipeline.transform(test).orderBy("path").collect()
     accuracy = sum(r.prediction == r.label for r in rows) / len(rows)
     print(f"new classes {classes[half:]}: test accuracy {accuracy:.3f} on {len(rows)} images")
+
+    # 3b. The embeddings are a Spark ML Vector column, so Spark's own estimators take them too.
+    spark_ml = Pipeline(stages=[
+        ImageFeaturizer(model=base, layer="embedding", outputCol="embedding"),
+        LogisticRegression(featuresCol="embedding", labelCol="label", maxIter=50),
+    ]).fit(train)
+    scored = spark_ml.transform(test)
+    print(f"Spark's LogisticRegression on the same embeddings: test accuracy "
+          f"{scored.where(F.col('prediction') == F.col('label')).count() / scored.count():.3f}")
 
     # 4. Save, and load in a fresh process.
     saved, data = os.path.join(args.workdir, "pipeline"), os.path.join(args.workdir, "test.parquet")

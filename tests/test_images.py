@@ -176,16 +176,33 @@ def test_new_image_files_are_scored_as_they_arrive(spark, trained, tmp_path, dig
 
 
 def test_image_featurizer_writes_the_named_layers_output(trained):
+    """The embedding is a Spark ML Vector with its size in the metadata, so Spark's own ``LogisticRegression``
+    trains on it as Deep Learning Pipelines' ``DeepImageFeaturizer`` examples did (an ``array<float>`` column
+    failed: "must be of type vector"); ``outputType="array"`` gives ``array<float>``."""
+    import keras
+    from pyspark.ml.classification import LogisticRegression
+
     sm, _, _, test = trained
     featurizer = ImageFeaturizer(model=sm.model, layer="embedding", outputCol="embedding")
-    rows = featurizer.transform(test.limit(30)).select("path", "embedding").collect()
-    import keras
-
+    scored = featurizer.transform(test.limit(30))
+    rows = scored.select("path", "embedding").collect()
     cut = keras.Model(sm.model.inputs, sm.model.get_layer("embedding").output)
     expected = cut.predict(np.stack([_pixels(r.path[5:]) for r in rows]), verbose=0)
+    assert dict(scored.dtypes)["embedding"] == "vector"
+    assert scored.schema["embedding"].metadata["ml_attr"]["num_attrs"] == expected.shape[1]
+    np.testing.assert_allclose([r.embedding.toArray() for r in rows], expected, atol=1e-4)
+    arrays = ImageFeaturizer(model=sm.model, layer="embedding", outputCol="embedding", outputType="array")
+    rows = arrays.transform(test.limit(30)).select("embedding").collect()
     np.testing.assert_allclose([r.embedding for r in rows], expected, atol=1e-4)
+
+    embedded = featurizer.transform(test).cache()
+    fitted = LogisticRegression(featuresCol="embedding", labelCol="label", maxIter=30).fit(embedded)
+    assert fitted.summary.accuracy > 0.9
+    embedded.unpersist()
     with pytest.raises(InputError, match="no layer 'pool5'.*'embedding'"):
         ImageFeaturizer(model=sm.model, layer="pool5")
+    with pytest.raises(InputError, match="outputType must be 'vector' or 'array', got 'matrix'"):
+        ImageFeaturizer(model=sm.model, layer="embedding", outputType="matrix")
 
 
 def test_image_errors_name_the_problem(spark, digit_images, tmp_path):

@@ -88,11 +88,15 @@ class OutputColumn:
     (the index of its largest value, as a double, as Spark ML labels are; for
     one unit, a binary classifier's, 1.0 above a probability of 0.5 and 0.0
     otherwise), :data:`PROBABILITY` (:func:`class_probabilities`, as
-    ``array<float>``) or :data:`RAW_PREDICTION` (:func:`class_scores`, as
-    ``array<double>``, which :func:`~sparkeras.inference.udf.add_predictions`
-    turns into the Spark ML ``Vector`` that ``rawPrediction`` columns hold). ``logits`` says the model was compiled with
-    ``from_logits=True``: a one-unit class then turns at a logit of 0, and
-    probabilities pass through the sigmoid or softmax first.
+    ``array<float>``) or :data:`RAW_PREDICTION` (:func:`class_scores`, the
+    ``rawPrediction`` of Spark ML's classifiers). ``logits`` says the model was
+    compiled with ``from_logits=True``: a one-unit class then turns at a
+    logit of 0, and probabilities pass through the sigmoid or softmax first.
+
+    ``vector`` makes the column a Spark ML ``Vector``, what Spark ML's
+    estimators and evaluators read: the task returns ``array<double>`` (one
+    value too), which :func:`~sparkeras.inference.udf.add_predictions` turns
+    into a ``Vector`` in the JVM.
 
     ``multilabel`` marks several units trained with binary crossentropy: each
     unit is a label of its own, so the class column is the ``array<double>``
@@ -107,11 +111,12 @@ class OutputColumn:
     kind: str = VALUE
     logits: bool = False
     multilabel: bool = False
+    vector: bool = False
 
     def spark_type(self) -> Any:
         from pyspark.sql import types as T
 
-        if (self.kind == CLASS and self.multilabel) or self.kind == RAW_PREDICTION:
+        if (self.kind == CLASS and self.multilabel) or self.vector:
             return T.ArrayType(T.DoubleType(), False)
         if self.kind == PROBABILITY or (self.kind == VALUE and self.width > 1):
             return T.ArrayType(T.FloatType(), False)
@@ -129,13 +134,12 @@ class OutputColumn:
         if self.kind == CLASS:
             return pa.array(values.argmax(axis=1).astype(np.float64))
         if self.kind == RAW_PREDICTION:
-            values = class_scores(values, self.logits)  # doubles, as Spark ML's Vectors hold
+            values = class_scores(values, self.logits)
         elif self.kind == PROBABILITY:
-            values = class_probabilities(values, self.logits, self.multilabel).astype(np.float32)
-        elif self.width == 1:
+            values = class_probabilities(values, self.logits, self.multilabel)
+        elif self.width == 1 and not self.vector:
             return pa.array(values[:, 0].astype(np.float64))
-        else:
-            values = values.astype(np.float32)
+        values = values.astype(np.float64 if self.vector else np.float32)  # doubles, as Vectors hold them
         offsets = np.arange(0, values.size + 1, values.shape[1], dtype=np.int32)
         return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.ravel()))
 

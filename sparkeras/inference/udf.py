@@ -115,14 +115,14 @@ def add_predictions(
 
 
 def _as_spark_value(output: OutputColumn, column: Any, spark: Any) -> Any:
-    """A ``rawPrediction`` column becomes a Spark ML ``Vector`` in the JVM, as evaluators read it.
+    """A ``vector`` output becomes a Spark ML ``Vector`` in the JVM, as Spark ML's stages read it.
 
     ``array_to_vector`` fails on NULL, which a row without features gets, so
     such rows keep NULL.
     """
     from pyspark.sql import functions as F
 
-    if output.kind != RAW_PREDICTION:
+    if not output.vector:
         return column
     if is_spark_connect(spark):
         from pyspark.ml.connect.functions import array_to_vector
@@ -258,7 +258,7 @@ def class_outputs(model: Any, prediction_col: str, probability_col: str = "",
     if probability_col:
         outputs.append(OutputColumn(probability_col, 0, max(widths[0], 2), PROBABILITY, logits, multilabel))
     if raw_prediction_col and not multilabel:
-        outputs.append(OutputColumn(raw_prediction_col, 0, max(widths[0], 2), RAW_PREDICTION, logits))
+        outputs.append(OutputColumn(raw_prediction_col, 0, max(widths[0], 2), RAW_PREDICTION, logits, vector=True))
     return outputs
 
 

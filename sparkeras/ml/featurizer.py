@@ -4,9 +4,11 @@ Transfer learning in Spark, as Deep Learning Pipelines' ``DeepImageFeaturizer``
 offered it, but for any Keras model: a ``keras.applications`` network (with
 weights from a file the user gives, or ``weights=None``), or a model of
 one's own trained on other data. The stage keeps only the layers up to
-``layer`` and writes their output, flattened, as an ``array<float>`` column
-that a ``KerasEstimator`` (or any Spark ML estimator after
-``array_to_vector``) trains on in the same ``Pipeline``.
+``layer`` and writes their output, flattened, as a Spark ML ``Vector``
+column (with its size in the column's metadata, as ``VectorAssembler``
+writes it), so any Spark ML estimator (``LogisticRegression``, as Deep
+Learning Pipelines' examples used) or a ``KerasEstimator`` trains on it in
+the same ``Pipeline``; ``outputType="array"`` writes ``array<float>``.
 
 The input column is whatever the cut model takes: ``read_images``' image
 bytes, decoded on the executors, or numeric arrays. Prediction runs through
@@ -37,7 +39,9 @@ class ImageFeaturizer(HasInputCol, HasOutputCol, Transformer, _KerasStage):
             or one trained before), or the path of a ``.keras`` file.
         inputCol: the column the model takes (default ``image``: image files
             from :func:`sparkeras.read_images`).
-        outputCol: the embeddings column, ``array<float>`` (default ``features``).
+        outputCol: the embeddings column (default ``features``).
+        outputType: ``"vector"`` (default): a Spark ML ``Vector`` that every Spark ML
+            estimator takes; ``"array"``: ``array<float>``, half the bytes per value.
         layer: the name of the layer whose output is the embedding (see
             ``model.summary()``); empty for the model's own output.
         batchSize: images per model call on the executors.
@@ -47,15 +51,18 @@ class ImageFeaturizer(HasInputCol, HasOutputCol, Transformer, _KerasStage):
                               "for the model's output", typeConverter=TypeConverters.toString)
     batchSize: Param[int] = Param(Params._dummy(), "batchSize", "rows per model call",
                                   typeConverter=TypeConverters.toInt)
+    outputType: Param[str] = Param(Params._dummy(), "outputType", "'vector' (a Spark ML Vector) or 'array' "
+                                   "(array<float>)", typeConverter=TypeConverters.toString)
 
     @keyword_only
     def __init__(self, *, model: Any = None, inputCol: str = "image", outputCol: str = "features",
-                 layer: str = "", batchSize: int = 64) -> None:
+                 layer: str = "", batchSize: int = 64, outputType: str = "vector") -> None:
         super().__init__()
-        self._setDefault(inputCol="image", outputCol="features", layer="", batchSize=64)
+        self._setDefault(inputCol="image", outputCol="features", layer="", batchSize=64, outputType="vector")
         kwargs = dict(self._input_kwargs)
         model = kwargs.pop("model", None)
         self._set(**kwargs)
+        _output_type(self.getOrDefault(self.outputType))
         self._keras_model = None if model is None else cut_at(model, self.getOrDefault(self.layer))
 
     def setParams(self, **params: Any) -> "ImageFeaturizer":
@@ -73,9 +80,18 @@ class ImageFeaturizer(HasInputCol, HasOutputCol, Transformer, _KerasStage):
         if self._keras_model is None:
             raise InputError("ImageFeaturizer needs a model: ImageFeaturizer(model=keras_model, layer='...').")
         width = output_widths(self._keras_model)[0]
-        output = OutputColumn(self.getOutputCol(), 0, width)
-        return add_predictions(dataset, self._keras_model, self.getInputCol(), [output],
-                               self.getOrDefault(self.batchSize))
+        vector = _output_type(self.getOrDefault(self.outputType)) == "vector"
+        name = self.getOutputCol()
+        output = OutputColumn(name, 0, width, vector=vector)
+        out = add_predictions(dataset, self._keras_model, self.getInputCol(), [output], self.getOrDefault(self.batchSize))
+        # The size, as VectorAssembler records it: later stages check widths without scoring a row.
+        return out.withMetadata(name, {"ml_attr": {"num_attrs": width}}) if vector else out
+
+
+def _output_type(value: str) -> str:
+    if value not in ("vector", "array"):
+        raise InputError(f"ImageFeaturizer's outputType must be 'vector' or 'array', got {value!r}.")
+    return value
 
 
 def cut_at(model: Any, layer: str = "") -> Any:
