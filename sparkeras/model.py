@@ -696,13 +696,26 @@ def _callback_list(callbacks: Sequence[Any] | None, model: Any, **params: Any) -
     ``fit_started`` (a ``time.perf_counter`` reading), which
     :class:`sparkeras.callbacks.MLflowLogger` logs. Keras' own callbacks
     read only the keys they know.
+
+    Callbacks that track runs (``on_fit_start``) go last, whatever the
+    user's order, and are shown the others (``watch_callbacks``): Keras
+    calls ``on_train_end`` in list order, and ``EarlyStopping(
+    restore_best_weights=True)`` sets the best epoch's weights there, so a
+    tracker placed before it logged the last epoch's weights as the model.
     """
     import keras
 
     from sparkeras.tracking.tensorboard import with_cluster_scalars
 
+    given = list(callbacks or [])
+    trackers = [c for c in given if hasattr(c, "on_fit_start")]
+    others = [c for c in given if not hasattr(c, "on_fit_start")]
+    for tracker in trackers:
+        watch = getattr(tracker, "watch_callbacks", None)
+        if watch is not None:
+            watch(others)
     return keras.callbacks.CallbackList(
-        with_cluster_scalars(list(callbacks or [])), add_history=True, add_progbar=False, model=model, **params)
+        with_cluster_scalars(others + trackers), add_history=True, add_progbar=False, model=model, **params)
 
 
 __all__ = ["SparkModel"]

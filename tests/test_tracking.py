@@ -73,6 +73,37 @@ def test_mlflow_run_holds_params_epoch_metrics_timings_and_a_reloadable_model(tr
     assert logged.params["strategy"] == "averaging" and logged.params["batch_size"] == "32"
 
 
+def test_the_logged_model_and_its_metrics_are_the_restored_epochs(tracked):
+    """``EarlyStopping(restore_best_weights=True)`` sets the best epoch's weights as the fit ends. The logger,
+    even listed before it, logs that model, with that epoch's metrics one step after the last epoch and
+    ``restored_epoch``/``stopped_epoch``, as MLflow's Keras autologging does. Before, the logger saved the last
+    epoch's weights under the last epoch's metrics while the fit returned the restored model."""
+    import keras
+    import mlflow
+    from mlflow import MlflowClient
+
+    from sparkeras import SparkModel
+    from sparkeras.callbacks import MLflowLogger
+
+    _, uri, _, _, _, x = tracked
+    y = blobs(1600, seed=4)[1]
+    logger = MLflowLogger(tracking_uri=uri, experiment="restored")
+    # The highest training loss is the first epoch's, so it is "best", and patience 2 stops after epoch 3.
+    best_first = keras.callbacks.EarlyStopping(monitor="loss", mode="max", patience=2, restore_best_weights=True)
+    sm = SparkModel(mlp(), "averaging", 2, seed=0)
+    history = sm.fit(x, y, epochs=8, batch_size=64, verbose=0, callbacks=[logger, best_first])
+    assert history.epoch == [0, 1, 2] and best_first.best_epoch == 0
+    reloaded = mlflow.pyfunc.load_model(logger.model_uri)
+    np.testing.assert_allclose(reloaded.predict(x[:50]), sm.model.predict(x[:50], verbose=0), atol=1e-6)
+    client = MlflowClient(uri)
+    logged = client.get_logged_model(logger.model_uri.split("/")[-1])
+    linked = {m.key: (m.step, m.value) for m in logged.metrics}
+    assert linked["loss"] == (3, history.history["loss"][0]), linked
+    assert linked["restored_epoch"] == (3, 0) and linked["stopped_epoch"] == (3, 2), linked
+    steps = [(m.step, m.value) for m in client.get_metric_history(logger.run_id, "loss")]
+    assert steps == [(e, history.history["loss"][e]) for e in range(3)] + [(3, history.history["loss"][0])]
+
+
 def test_a_failed_fit_ends_its_run_and_its_model_failed(tracked):
     import keras
     from mlflow import MlflowClient

@@ -259,7 +259,11 @@ class MLflowLogger(keras.callbacks.Callback):
     * the trained model as an MLflow Keras model named ``model`` (with
       ``log_model=True``); ``mlflow.pyfunc.load_model(logger.model_uri)``
       reloads and scores it (the URI is also the run's
-      ``sparkeras.model_uri`` tag).
+      ``sparkeras.model_uri`` tag). Its metrics are those of the epoch whose
+      weights it holds: after ``EarlyStopping(restore_best_weights=True)``
+      the best epoch's, logged again one step after the last epoch with
+      ``restored_epoch`` and ``stopped_epoch``, as MLflow's own Keras
+      autologging does.
 
     The store writes run on a background thread while training goes on
     (each costs 10-20 ms on a sqlite store), in order, and are finished
@@ -305,6 +309,8 @@ class MLflowLogger(keras.callbacks.Callback):
         self._pending: Future[RunHandle] | None = None  # the run on_fit_start began
         self._held: list[Any] = []  # epochs' metric points not written yet (FLUSH_SECONDS)
         self._flushed_at = 0.0
+        self._restorers: list[Any] = []  # the fit's EarlyStopping(restore_best_weights=True) callbacks
+        self._epoch_logs: dict[int, dict[str, Any]] = {}
 
     @property
     def run_id(self) -> str | None:
@@ -319,12 +325,19 @@ class MLflowLogger(keras.callbacks.Callback):
         is not called, ``on_train_begin`` creates the run itself.
         """
         self.run = None
+        self._restorers = []
         self._set_tracking_uri()
         self._pending = RunHandle.start_soon(self.experiment, self.run_name or f"sparkeras-{strategy}",
                                              tags={"sparkeras.strategy": strategy})
 
+    def watch_callbacks(self, callbacks: Sequence[Any]) -> None:
+        """Called by ``SparkModel.fit`` with the fit's other callbacks, to see which restore the best weights."""
+        self._restorers = [c for c in callbacks
+                           if isinstance(c, keras.callbacks.EarlyStopping) and c.restore_best_weights]
+
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         started = time.perf_counter()
+        self._epoch_logs = {}
         params = dict(self.params or {})
         self.run = self._take_run(params.get("strategy", "fit"))
         setup = {"setup_seconds": started - float(params["fit_started"])} if "fit_started" in params else {}
@@ -373,9 +386,10 @@ class MLflowLogger(keras.callbacks.Callback):
         self._figures = {}
         timestamp = int(time.time() * 1000)
         self._last_logged = (epoch, metrics, timestamp)
+        self._epoch_logs[epoch] = dict(logs or {})
         last = epoch == int((self.params or {}).get("epochs", 0)) - 1
         logged = self._logged_model
-        if logged is not None and last:
+        if logged is not None and last and not self._restorers:
             # The last epoch's figures are the saved model's: written once, as the run's and the model's,
             # in the same write as the epochs held back.
             held, self._held = self._held, []
@@ -399,6 +413,10 @@ class MLflowLogger(keras.callbacks.Callback):
         if self._logged_model is not None:
             logged, (step, metrics, timestamp) = self._logged_model, self._last_logged
             self._logged_model = None
+            restored = self._restored_epoch()
+            if restored is not None and restored != step:  # the model holds an earlier epoch's weights
+                metrics = {**self._epoch_logs[restored], "restored_epoch": restored, "stopped_epoch": step}
+                step, timestamp = step + 1, int(time.time() * 1000)
             try:
                 saved = SavedKerasFile.of(self.model)
             except Exception as exc:  # noqa: BLE001 - the fit succeeded; only the model cannot be logged
@@ -411,6 +429,14 @@ class MLflowLogger(keras.callbacks.Callback):
 
                 self.run.submit(finish)
         self.run.end("FINISHED")
+
+    def _restored_epoch(self) -> int | None:
+        """The epoch whose weights an ``EarlyStopping`` set back at the end of the fit, if one did."""
+        for callback in self._restorers:
+            best = getattr(callback, "best_epoch", None)
+            if callback.best_weights is not None and best is not None and int(best) in self._epoch_logs:
+                return int(best)
+        return None
 
     @property
     def model_uri(self) -> str | None:
