@@ -174,6 +174,32 @@ def test_bad_allreduce_settings_are_refused_before_training(spark):
         conf.set("spark.dynamicAllocation.enabled", "false")
 
 
+def test_a_driver_without_torch_distributed_is_told_what_to_install(spark, tmp_path, monkeypatch):
+    """The driver finds ``torch.distributed`` without importing torch (1.3-1.7 s on a cold fit's critical path);
+    a torch without it, here a package of that name shadowing the real one, is named with the extra."""
+    import os
+    import subprocess
+    import sys
+
+    import sparkeras.strategies.allreduce as allreduce
+
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text("raise ImportError('not to be imported')\n")
+    probe = ("import sys; from sparkeras.strategies.allreduce import has_torch_distributed as has; "
+             "print(has(), 'torch' in sys.modules)")
+    given = os.environ.get("PYTHONPATH", "")
+    for shadow, found in ((True, ["False", "False"]), (False, ["True", "False"])):
+        path = os.pathsep.join(p for p in (str(tmp_path) if shadow else "", given) if p)
+        run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                             env=dict(os.environ, PYTHONPATH=path))
+        assert run.stdout.split() == found, run.stdout + run.stderr[-2000:]
+    monkeypatch.setattr(allreduce, "has_torch_distributed", lambda: False)
+    x, y = blobs(100, seed=1)
+    with pytest.raises(InputError, match=r"strategy='allreduce' reduces gradients with torch.distributed \(gloo\); "
+                                         r"install it with: pip install 'sparkeras\[allreduce\]'"):
+        SparkModel(mlp(), strategy="allreduce", num_workers=2).fit(x, y, verbose=0)
+
+
 class _OneRank:
     """The collective of a one-task stage: every sum is the task's own value."""
 
