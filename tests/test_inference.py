@@ -75,7 +75,8 @@ def test_sql_udf_for_a_multi_input_model_takes_a_column_per_input(spark):
 
 
 def test_sql_udf_class_of_a_one_unit_binary_classifier(spark):
-    """One sigmoid unit: class 1 above 0.5; with ``from_logits=True``, above a logit of 0."""
+    """One sigmoid unit: class 1 above 0.5; with ``from_logits=True``, above a logit of 0. ``output="probability"``
+    gives ``[1 - p, p]``, the sigmoid applied for a model trained on logits."""
     import keras
 
     rng = np.random.default_rng(4)
@@ -89,10 +90,15 @@ def test_sql_udf_class_of_a_one_unit_binary_classifier(spark):
         model.compile(keras.optimizers.Adam(0.05), loss)
         model.fit(x, y, epochs=5, verbose=0)
         sparkeras.register_udf(spark, name, model, output="class")
-        got = np.array([r.c for r in spark.sql(f"SELECT {name}(features) AS c FROM binary_rows").collect()])
-        want = (model.predict(x, verbose=0)[:, 0] > cut).astype(np.float64)
+        sparkeras.register_udf(spark, f"{name}_p", model, output="probability")
+        rows = spark.sql(f"SELECT {name}(features) AS c, {name}_p(features) AS p FROM binary_rows").collect()
+        got = np.array([r.c for r in rows])
+        out = model.predict(x, verbose=0)[:, 0].astype(np.float64)
+        want = (out > cut).astype(np.float64)
         assert 0 < want.mean() < 1 and np.array_equal(got, want), name
         assert np.mean(got == y) > 0.9, name
+        p = out if activation else 1.0 / (1.0 + np.exp(-out))  # SQL has no sigmoid: the function applies it
+        np.testing.assert_allclose([r.p for r in rows], np.stack([1 - p, p], axis=1), atol=1e-5)
 
 
 def test_sql_udf_errors_name_the_problem(spark, trained):
@@ -104,8 +110,9 @@ def test_sql_udf_errors_name_the_problem(spark, trained):
     import keras
 
     one_unit = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
-    with pytest.raises(InputError, match=r"output='class' needs a model with one output of several units"):
-        sparkeras.register_udf(spark, "reg", one_unit, output="class")
+    for output in ("class", "probability"):
+        with pytest.raises(InputError, match=rf"output='{output}' needs a model with one output of several units"):
+            sparkeras.register_udf(spark, "reg", one_unit, output=output)
     with pytest.raises(InputError, match="No model file"):
         sparkeras.register_udf(spark, "missing", "/nonexistent/model.keras")
     sparkeras.register_udf(spark, "blob_checked", model)

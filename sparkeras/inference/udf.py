@@ -23,7 +23,7 @@ from sparkeras.inference.pandas_udf import argument_column, has_arrow_udf, panda
 from sparkeras.serialization import ModelSpec, check_rebuilds, pack_arrays
 from sparkeras.session import is_spark_connect, keras_backend
 
-OUTPUT_KINDS = ("raw", "class")
+OUTPUT_KINDS = ("raw", "class", "probability")
 _RESULT = "__sparkeras_prediction"
 
 
@@ -196,7 +196,11 @@ def register_udf(
             largest unit as a double, or for one unit trained with binary
             crossentropy 1.0 above a probability of 0.5 (a logit of 0 with
             ``from_logits=True``), or for several units trained with binary
-            crossentropy (multi-label) the ``array<double>`` of the units above it.
+            crossentropy (multi-label) the ``array<double>`` of the units above it;
+            ``"probability"`` returns a classifier's class probabilities as
+            ``array<float>``, as ``KerasModel``'s ``probability`` column holds them
+            (``[1 - p, p]`` for one sigmoid unit, the softmax or sigmoid of a
+            model compiled with ``from_logits=True``, which SQL cannot apply).
         custom_objects: custom layers or losses needed to rebuild the model.
 
     The function takes the model's input as one array or Vector column, or as
@@ -216,13 +220,14 @@ def register_udf(
         model = load_model_file(model, custom_objects)
     _check_inference_model(model)
     widths = output_widths(model)
-    if output == CLASS:
-        outputs = class_outputs(model, name)
-        if outputs is None:
+    if output in (CLASS, PROBABILITY):
+        found = class_outputs(model, name, name)  # the class column, then the probabilities
+        if found is None:
             raise InputError(
-                f"output='class' needs a model with one output of several units (class scores), or of one "
+                f"output={output!r} needs a model with one output of several units (class scores), or of one "
                 f"unit trained with binary crossentropy; this model's outputs have {widths} units"
                 f"{'' if widths != [1] else ' and another loss'}. Use output='raw'.")
+        outputs = [o for o in found if o.kind == output]
     elif len(widths) == 1:
         outputs = [OutputColumn(name, 0, widths[0], VALUE)]
     else:
