@@ -11,14 +11,15 @@ from sparkeras.strategies import (
     ADAG, AEASGD, EAMSGD, EASGD, AllReduce, Asynchronous, DistributedOptimizer, Downpour, DynSGD, Hogwild,
     ModelAveraging, Strategy)
 from sparkeras.tracking.plots import plot_history
+from sparkeras.tune.keras_tuner import from_keras_tuner
 from sparkeras.tune.search import best_model, tune  # binds sparkeras.tune to the function, not the package
 
 __version__ = "0.1.0"
 
 __all__ = ["ADAG", "AEASGD", "EAMSGD", "EASGD", "AllReduce", "Asynchronous", "DistributedOptimizer", "Downpour",
            "DynSGD", "Ensemble", "Hogwild", "InputError", "ModelAveraging", "SparkModel", "SparkerasError", "Strategy",
-           "WorkerError", "WorkerContext", "__version__", "best_model", "get_spark", "plot_history", "read_images",
-           "register_udf", "run", "skipped_images", "tune"]
+           "WorkerError", "WorkerContext", "__version__", "best_model", "from_keras_tuner", "get_spark",
+           "plot_history", "read_images", "register_udf", "run", "skipped_images", "tune"]
 
 
 def __getattr__(name: str):

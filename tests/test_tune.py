@@ -336,3 +336,53 @@ def test_class_and_row_weights_apply_to_every_trial(spark, workers_per_trial):
     plain = recall()
     assert recall(class_weight={0: 1.0, 1: ratio}) > plain + 0.2
     assert recall(sample_weight=np.where(y == 1, ratio, 1.0)) > plain + 0.2  # row weights, held-out rows unweighted
+
+
+def test_keras_tuner_hyperparameters_draw_the_same_ranges_from_optuna():
+    """Each ``hp`` call of a KerasTuner build function is the Optuna draw of the same range; conditional ones are
+    drawn only under their parent's values; a log range with a step multiplies; what Optuna cannot draw is named."""
+    from sparkeras.tune import HyperParameters
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    for _ in range(8):
+        hp = HyperParameters(study.ask())
+        units = hp.Int("units", 32, 256, step=32)
+        rate = hp.Float("learning_rate", 1e-4, 1e-1, sampling="log")
+        width = hp.Int("width", 8, 128, step=2, sampling="log")  # KerasTuner: 8, 16, 32, 64, 128
+        kind = hp.Choice("kind", ["dense", "conv"])
+        with hp.conditional_scope("kind", ["conv"]):
+            kernel = hp.Int("kernel", 2, 5, default=0)
+        dropout = hp.Boolean("dropout")
+        rate_of_dropout = hp.Float("rate", 0.1, 0.5, step=0.1, parent_name="dropout", parent_values=[True])
+        assert hp.Fixed("epochs", 3) == 3 and hp.get("epochs") == 3
+        assert units in range(32, 257, 32) and 1e-4 <= rate <= 1e-1 and width in (8, 16, 32, 64, 128)
+        distributions = hp.trial.distributions
+        assert distributions["learning_rate"].log and distributions["units"].step == 32
+        assert (kernel in range(2, 6)) == (kind == "conv") and ("kernel" in distributions) == (kind == "conv")
+        assert (rate_of_dropout is not None) == dropout and ("rate" in hp.values) == dropout
+        assert set(hp.values) == {"units", "learning_rate", "width", "kind", "dropout", "epochs"} | \
+            ({"kernel"} if kind == "conv" else set()) | ({"rate"} if dropout else set())
+    hp = HyperParameters(study.ask())
+    for call, message in [(lambda: hp.Int("u", 1, 9, sampling="reverse_log"), "sampling='reverse_log' has no Optuna"),
+                          (lambda: hp.Float("r", 1.0, 1.0), r"hp 'r': needs min_value < max_value, got 1.0 and 1.0"),
+                          (lambda: hp.Float("r", 0.0, 1.0, sampling="log"), "min_value > 0 for log sampling"),
+                          (lambda: hp.Choice("c", []), r"hp.Choice\('c'\) needs a non-empty list"),
+                          (lambda: hp.get("missing"), "no hyperparameter 'missing' was drawn")]:
+        with pytest.raises((InputError, KeyError), match=message):
+            call()
+
+
+def test_a_keras_tuner_build_function_is_searched_and_its_best_model_rebuilt(spark):
+    x, y = _data(400)
+
+    def build(hp):
+        return _model(hp.Choice("learning_rate", [3e-3, 3e-2]), hp.Int("units", 8, 32, step=8))
+
+    study = sparkeras.tune(sparkeras.from_keras_tuner(build), x, y, n_trials=2, epochs=2, verbose=0, seed=4)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 2
+    assert all(set(t.params) == {"learning_rate", "units"} for t in study.trials)
+    best = sparkeras.best_model(study, sparkeras.from_keras_tuner(build), x, y, epochs=1, verbose=0)
+    assert best.model.layers[0].units == study.best_params["units"]
+    assert float(best.model.optimizer.learning_rate) == pytest.approx(study.best_params["learning_rate"])
+    with pytest.raises(InputError, match="from_keras_tuner needs a function build_model"):
+        sparkeras.from_keras_tuner("build")

@@ -4,6 +4,7 @@
 this package holds its parts.
 """
 
+from sparkeras.tune.keras_tuner import HyperParameters, from_keras_tuner
 from sparkeras.tune.search import best_model, tune
 
-__all__ = ["best_model", "tune"]
+__all__ = ["HyperParameters", "best_model", "from_keras_tuner", "tune"]
