@@ -218,13 +218,13 @@ def test_rows_with_null_features_get_null_predictions_and_keep_their_place(spark
             for i in range(60)]
     frame = spark.createDataFrame(rows, "id INT, features ARRAY<DOUBLE>, a DOUBLE").repartition(2)
     want = model.predict(x[:60], verbose=0)
-    scored = KerasModel(model=model).transform(frame).orderBy("id").collect()
+    scored = KerasModel(model=model, rawPredictionCol="scores").transform(frame).orderBy("id").collect()
     assert [r.prediction is None for r in scored] == [i % 3 == 1 for i in range(60)]
     kept = [i for i in range(60) if i % 3 != 1]
     assert [scored[i].prediction for i in kept] == want[kept].argmax(axis=1).astype(float).tolist()
     np.testing.assert_allclose([scored[i].probability for i in kept], want[kept], atol=1e-5)
-    assert all(scored[i].probability is None and scored[i].rawPrediction is None for i in range(60) if i % 3 == 1)
-    np.testing.assert_allclose([scored[i].rawPrediction.toArray() for i in kept], want[kept], atol=1e-5)
+    assert all(scored[i].probability is None and scored[i].scores is None for i in range(60) if i % 3 == 1)
+    np.testing.assert_allclose([scored[i].scores.toArray() for i in kept], want[kept], atol=1e-5)
 
     assembled = frame.selectExpr("id", "a", "features[1] as b", "features[2] as c", "features[3] as d")
     predicted = SparkModel(model).predict(assembled, features_col=["a", "b", "c", "d"]).orderBy("id").collect()

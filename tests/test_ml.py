@@ -383,7 +383,7 @@ def test_transform_of_a_binary_classifier_gives_classes_and_probabilities_as_spa
 
 def test_transform_of_a_softmax_on_logits_gives_probabilities(spark):
     """Several units trained ``from_logits=True``: ``probability`` is their softmax, not the logits, and
-    ``rawPrediction`` the logits."""
+    ``rawPrediction``, made for more than two classes when its Param is set, the logits."""
     import keras
 
     x, y = blobs(300, dim=4, classes=3, noise=0.5, seed=8)
@@ -394,7 +394,8 @@ def test_transform_of_a_softmax_on_logits_gives_probabilities(spark):
     logits = net.predict(x, verbose=0).astype(np.float64)
     want = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     frame = spark.createDataFrame([(i, r.tolist()) for i, r in enumerate(x)], ["id", "features"])
-    rows = KerasModel(model=net).transform(frame).orderBy("id").collect()
+    assert "rawPrediction" not in KerasModel(model=net).transform(frame).columns  # 3 classes: only when asked
+    rows = KerasModel(model=net, rawPredictionCol="rawPrediction").transform(frame).orderBy("id").collect()
     np.testing.assert_allclose([r.probability for r in rows], want, atol=1e-5)
     np.testing.assert_allclose([r.rawPrediction.toArray() for r in rows], logits, atol=1e-5)
     assert [r.prediction for r in rows] == logits.argmax(axis=1).astype(np.float64).tolist()

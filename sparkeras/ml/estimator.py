@@ -84,11 +84,12 @@ class KerasEstimator(_InferenceParams, HasLabelCol, HasSeed, HasWeightCol, Estim
         probabilityCol: a classifier's class probabilities (array<float>; ``[1 - p, p]``
             for one sigmoid unit; the softmax or sigmoid of logits for a model
             compiled with ``from_logits=True``); ``""`` leaves them out.
-        rawPredictionCol: a single-label classifier's class scores as a Spark ML
+        rawPredictionCol: a binary classifier's class scores as a Spark ML
             ``Vector``, the column ``BinaryClassificationEvaluator`` reads by
             default: the model's outputs (its logits when compiled
             ``from_logits=True``), ``[1 - p, p]`` or ``[-z, z]`` for one unit;
-            ``""`` leaves them out.
+            ``""`` leaves them out. A classifier of more classes has it only
+            when this Param is set.
         epochs, batchSize, validationSplit: as in ``model.fit``.
         numWorkers: Spark tasks that train together (0: the default parallelism). When
             ``CrossValidator``/``TrainValidationSplit`` fit several grid points at once
@@ -224,9 +225,10 @@ class KerasModel(_InferenceParams, Model, _KerasStage):
 
     ``transform`` keeps every input column and adds, for a classifier,
     ``predictionCol`` (the class as a double, as Spark ML's classifiers give
-    it), ``probabilityCol`` (array<float>, one probability per class) and
-    ``rawPredictionCol`` (a ``Vector`` of class scores, as Spark ML's
-    ``BinaryClassificationEvaluator`` reads by default);
+    it), ``probabilityCol`` (array<float>, one probability per class) and,
+    for a binary classifier or when set, ``rawPredictionCol`` (a ``Vector``
+    of class scores, as Spark ML's ``BinaryClassificationEvaluator`` reads
+    by default);
     for a regression, ``predictionCol`` holds the output. A classifier has
     several output units, or one trained with binary crossentropy
     (:func:`sparkeras.inference.udf.class_outputs`); several units trained
@@ -275,7 +277,7 @@ class KerasModel(_InferenceParams, Model, _KerasStage):
         if model is None:
             raise InputError("KerasModel has no Keras model: KerasModel(model=trained_keras_model).")
         prediction = self.getPredictionCol()
-        outputs = (class_outputs(model, prediction, self.getProbabilityCol(), self.getRawPredictionCol())
+        outputs = (class_outputs(model, prediction, self.getProbabilityCol(), self._raw_prediction_col(model))
                    or output_columns(model, prediction))
         scored = add_predictions(dataset, model, split_columns(self.getFeaturesCol()), outputs, self.getBatchSize())
         classes = self.getClasses()
@@ -284,6 +286,20 @@ class KerasModel(_InferenceParams, Model, _KerasStage):
             scored = scored.withMetadata(prediction, {"ml_attr": {"type": "nominal", "name": prediction,
                                                                   "vals": list(classes)}})
         return scored
+
+
+    def _raw_prediction_col(self, model: Any) -> str:
+        """``rawPredictionCol`` for a binary classifier, or when set; else ``""``.
+
+        Why. Its reader in Spark ML is ``BinaryClassificationEvaluator``; for
+        a classifier of more classes, making it by default cost 12% of
+        ``transform``'s throughput (``bench/inference.py``, 10 classes: the
+        JVM builds a ``Vector`` per row) for a column nothing reads.
+        """
+        from sparkeras.inference.udf import output_widths
+
+        wanted = self.isSet(self.rawPredictionCol) or output_widths(model)[0] <= 2
+        return self.getRawPredictionCol() if wanted else ""
 
 
 class _KerasWriter(MLWriter):
