@@ -48,7 +48,8 @@ class HyperParameters:
         if not self._active(parent_name, parent_values):
             return default
         if sampling == "log" and step not in (None, 1):
-            return self._draw(name, self.trial.suggest_categorical(name, _geometric(min_value, max_value, step)))
+            choices = sorted({int(round(v)) for v in _geometric(min_value, max_value, step)})
+            return self._draw(name, self.trial.suggest_categorical(name, choices))
         return self._draw(name, self.trial.suggest_int(name, int(min_value), int(max_value), step=int(step or 1),
                                                        log=sampling == "log"))
 
@@ -140,8 +141,7 @@ def _geometric(low: float, high: float, factor: float) -> list:
     if factor <= 1:
         raise InputError(f"a log-scale step multiplies, so it must be above 1, got {factor!r}.")
     count = int(math.floor(math.log(high / low, factor) + 1e-9)) + 1
-    values = [low * factor ** k for k in range(count)]
-    return [int(round(v)) for v in values] if isinstance(low, int) and isinstance(factor, int) else values
+    return [low * factor ** k for k in range(count)]
 
 
 __all__ = ["HyperParameters", "from_keras_tuner"]
