@@ -96,9 +96,7 @@ class OutputColumn:
     ``vector`` makes the column a Spark ML ``Vector``, what Spark ML's
     estimators and evaluators read: the task returns ``array<double>`` (one
     value too), which :func:`~sparkeras.inference.udf.add_predictions` turns
-    into a ``Vector`` in the JVM. ``source`` names another output column
-    whose values this one repeats: the JVM copies them, and the task does
-    not send them twice.
+    into a ``Vector`` in the JVM.
 
     ``multilabel`` marks several units trained with binary crossentropy: each
     unit is a label of its own, so the class column is the ``array<double>``
@@ -114,7 +112,6 @@ class OutputColumn:
     logits: bool = False
     multilabel: bool = False
     vector: bool = False
-    source: str = ""
 
     def spark_type(self) -> Any:
         from pyspark.sql import types as T
