@@ -66,8 +66,9 @@ class WorkerContext:
     """What a barrier task's function gets: its rank, the world, and collectives.
 
     Arrays are numpy; collectives run over ``torch.distributed`` (gloo, with
-    shared memory between tasks on one machine), and every rank must call
-    the same collectives in the same order.
+    shared memory between tasks on one machine; in Spark's local modes over
+    shared memory alone), and every rank must call the same collectives in
+    the same order.
     """
 
     def __init__(self, rank: int, world_size: int, collective: Any,
@@ -169,8 +170,15 @@ class CollectiveSettings:
         """Settings for ``sc``'s cluster: in local modes every task is on this machine (loopback)."""
         return cls(rendezvous, timeout, sc.master.startswith("local"), shared_memory)
 
+    def needs_gloo(self, world_size: int) -> bool:
+        """Whether the tasks will import ``torch.distributed``: not when all of them share the driver's
+        machine (Spark's local modes) and may use shared memory (:mod:`sparkeras.comm.machine`)."""
+        from sparkeras.comm.machine import MachineCollective
+
+        return not MachineCollective.serves(self.loopback, self.shared_memory, world_size)
+
     def join(self) -> Any:
-        """This task's :class:`~sparkeras.comm.collective.Collective`."""
+        """This task's collective (:meth:`sparkeras.comm.collective.Collective.join`)."""
         from pyspark import BarrierTaskContext
 
         from sparkeras.comm.collective import Collective

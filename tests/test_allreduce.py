@@ -174,7 +174,7 @@ def test_bad_allreduce_settings_are_refused_before_training(spark):
         conf.set("spark.dynamicAllocation.enabled", "false")
 
 
-def test_a_driver_without_torch_distributed_is_told_what_to_install(spark, tmp_path, monkeypatch):
+def test_a_driver_without_torch_distributed_is_told_what_to_install_where_gloo_is_needed(spark, tmp_path, monkeypatch):
     """The driver finds ``torch.distributed`` without importing torch (1.3-1.7 s on a cold fit's critical path);
     a torch without it, here a package of that name shadowing the real one, is named with the extra."""
     import os
@@ -197,7 +197,13 @@ def test_a_driver_without_torch_distributed_is_told_what_to_install(spark, tmp_p
     x, y = blobs(100, seed=1)
     with pytest.raises(InputError, match=r"strategy='allreduce' reduces gradients with torch.distributed \(gloo\); "
                                          r"install it with: pip install 'sparkeras\[allreduce\]'"):
-        SparkModel(mlp(), strategy="allreduce", num_workers=2).fit(x, y, verbose=0)
+        SparkModel(mlp(), strategy=AllReduce(shared_memory=False), num_workers=2).fit(x, y, verbose=0)
+    # In local mode the tasks share this machine and reduce through shared memory alone: no torch needed,
+    # and the workers' warm-up does not import it.
+    assert AllReduce().worker_warm_up(spark, 2).imports == ()
+    assert AllReduce(shared_memory=False).worker_warm_up(spark, 2).imports == ("torch.distributed",)
+    history = SparkModel(mlp(), strategy="allreduce", num_workers=2).fit(x, y, epochs=2, verbose=0)
+    assert len(history.history["loss"]) == 2 and np.isfinite(history.history["loss"]).all()
 
 
 class _OneRank:

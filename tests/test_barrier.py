@@ -16,8 +16,10 @@ def test_run_gives_rank_world_size_and_returns_rank_zeros_value(spark):
     assert sparkeras.run(fn, num_workers=2) == {"rank": 0, "world": 2}
 
 
-@pytest.mark.parametrize("shared_memory, transport", [(True, "shared memory"), (False, "gloo")])
-def test_run_allreduce_and_broadcast_numpy_arrays(spark, shared_memory, transport):
+@pytest.mark.parametrize("shared_memory, transport, collective", [
+    (True, "shared memory", "MachineCollective"),  # local mode: every task on this machine, no torch
+    (False, "gloo", "Collective")])
+def test_run_allreduce_and_broadcast_numpy_arrays(spark, shared_memory, transport, collective):
     def fn(ctx):
         mine = np.arange(4, dtype=np.float32) + 10 * ctx.rank
         total = ctx.allreduce(mine, op="sum")
@@ -25,16 +27,20 @@ def test_run_allreduce_and_broadcast_numpy_arrays(spark, shared_memory, transpor
         biggest = ctx.allreduce(np.array([ctx.rank]), op="max")
         root = ctx.broadcast(np.full(3, ctx.rank + 7.0), root=1)
         big = ctx.allreduce(np.full(200_000, ctx.rank + 1.0), op="sum")  # grows the shared segment
+        wide = ctx.broadcast(np.arange(300_000) * (ctx.rank + 1), root=0)  # larger than the slot so far
         ctx.barrier()
-        return total.tolist(), mean.tolist(), int(biggest[0]), root.tolist(), float(big.min()), ctx.transport
+        return (total.tolist(), mean.tolist(), int(biggest[0]), root.tolist(), float(big.min()),
+                ctx.transport, bool(np.array_equal(wide, np.arange(300_000))), type(ctx._collective).__name__)
 
-    total, mean, biggest, root, big, used = sparkeras.run(fn, num_workers=2, shared_memory=shared_memory)
+    total, mean, biggest, root, big, used, wide, kind = sparkeras.run(fn, num_workers=2, shared_memory=shared_memory)
     assert total == [10.0, 12.0, 14.0, 16.0]
     assert mean == [5.0, 6.0, 7.0, 8.0]
     assert biggest == 1
     assert root == [8.0, 8.0, 8.0]
     assert big == 3.0
     assert used == transport
+    assert wide
+    assert kind == collective
 
 
 def test_run_iterates_each_tasks_own_partition(spark):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from sparkeras.comm import collective
-from sparkeras.comm.collective import Rendezvous, _connect_store
+from sparkeras.comm.collective import Rendezvous, _look_up
 from sparkeras.comm.server import FrameClient, FrameServer
 from sparkeras.comm.shared_memory import _ORDERED_STORES, _FlagBarrier, host_groups
 
@@ -195,7 +195,7 @@ def test_a_task_given_a_dead_address_asks_again_and_joins_the_live_store(monkeyp
     threading.Thread(target=relaunch, daemon=True).start()
     client = FrameClient(server.address, 0, timeout=30)
     try:
-        store = _connect_store(client, stage=9, rank=1, world=2, timeout=30)
+        store = _look_up(client, stage=9, rank=1, world=2, timeout=30)
         assert store.get("greeting") == b"from the live attempt"
     finally:
         client.close()
@@ -208,7 +208,7 @@ def test_a_lookup_that_never_gets_an_address_names_the_wait():
     client = FrameClient(server.address, 0, timeout=10)
     try:
         with pytest.raises(TimeoutError, match=r"rank 1: rank 0 of the barrier stage did not start within 5s"):
-            _connect_store(client, stage=1, rank=1, world=2, timeout=5)
+            _look_up(client, stage=1, rank=1, world=2, timeout=5)
     finally:
         client.close()
         server.close()
@@ -244,3 +244,156 @@ def test_flag_barrier_keeps_ranks_in_step_and_names_the_rank_that_never_arrives(
                                            r"4001 within 0.3s"):
         lonely.wait()
     assert time.monotonic() - started < 5
+
+
+# The collective of Spark's local modes: every task on this machine, shared memory alone, no torch.
+
+def _machine_rank_main(rank: int, world: int, addresses: "multiprocessing.Queue", results: "multiprocessing.Queue",
+                       starve_growth: bool) -> None:
+    """One rank of a MachineCollective: join as a barrier task would, reduce and broadcast, report."""
+    import resource
+    import signal
+    import sys
+
+    from sparkeras.comm.machine import MachineCollective
+
+    if rank == 0:
+        joined = MachineCollective.create(world, timeout=60)
+        for _ in range(world - 1):  # what the driver's rendezvous hands to each peer
+            addresses.put(joined.address)
+    else:
+        joined = MachineCollective.open(addresses.get(timeout=60), rank, world, timeout=60)
+    joined.meet()
+    if starve_growth and rank == 0:  # no room for a larger segment: the first one must serve, in chunks
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+    got = {}
+    for size in SIZES:
+        for dtype in DTYPES:
+            for op in ("sum", "max", "min"):
+                got[(size, dtype, op)] = joined.allreduce_(_contribution(rank, size, dtype), op).tobytes()
+    got["mean"] = joined.allreduce(np.full(3, float(rank)), "mean").tolist()
+    got["broadcast"] = joined.broadcast(np.arange(300_000, dtype=np.float64) * (rank + 1), root=world - 1).tobytes()
+    got["empty"] = joined.allreduce(np.zeros(0), "sum").size
+    joined.barrier()
+    got["capacity"] = joined._slots._capacity
+    got["transport"] = joined.transport
+    got["torch"] = any(name == "torch" or name.startswith("torch.") for name in sys.modules)
+    joined.close()
+    results.put((rank, got))
+
+
+@pytest.mark.skipif(not _ORDERED_STORES, reason="the flags need x86-64's store order; elsewhere gloo serves")
+@pytest.mark.parametrize("world, starve_growth", [(2, False), (3, False), (2, True)],
+                         ids=["two-ranks", "three-ranks", "no-room-to-grow"])
+def test_the_machine_collective_reduces_and_broadcasts_without_torch(world, starve_growth):
+    before = _segments()
+    spawn = multiprocessing.get_context("spawn")  # fresh interpreters: nothing imported torch before
+    addresses, results = spawn.Queue(), spawn.Queue()
+    ranks = [spawn.Process(target=_machine_rank_main, args=(r, world, addresses, results, starve_growth))
+             for r in range(world)]
+    for p in ranks:
+        p.start()
+    out = dict(results.get(timeout=240) for _ in ranks)
+    for p in ranks:
+        p.join(timeout=30)
+        assert p.exitcode == 0
+    for size in SIZES:
+        for dtype in DTYPES:
+            parts = [_contribution(r, size, dtype) for r in range(world)]
+            for op, want in (("sum", np.sum(parts, 0)), ("max", np.max(parts, 0)), ("min", np.min(parts, 0))):
+                first = out[0][(size, dtype, op)]
+                assert all(out[r][(size, dtype, op)] == first for r in range(world)), (size, dtype, op)
+                np.testing.assert_allclose(np.frombuffer(first, dtype), want.astype(dtype), rtol=1e-6)
+    root = (np.arange(300_000, dtype=np.float64) * world).tobytes()
+    for rank in range(world):
+        got = out[rank]
+        assert got["mean"] == [sum(range(world)) / world] * 3
+        assert got["broadcast"] == root
+        assert got["empty"] == 0
+        assert got["transport"] == "shared memory"
+        assert not got["torch"], f"rank {rank} imported torch"
+        if starve_growth:  # without room to grow, the first 64 KB slot passed everything in chunks
+            assert got["capacity"] == 1 << 16
+        else:  # grown (by doubling) until the 2.4 MB broadcast fit one slot
+            assert got["capacity"] >= 2_400_000
+    assert _segments() == before  # every file unlinked once all ranks had it mapped
+
+
+def _exit_holding_a_segment(addresses: "multiprocessing.Queue") -> None:
+    from sparkeras.comm.machine import MachineCollective
+
+    addresses.put(MachineCollective.create(2, timeout=60).address)
+    addresses.close()
+    addresses.join_thread()  # the address is sent before the process dies
+    os._exit(0)  # dies as a killed task would: no close, no unlink
+
+
+@pytest.mark.skipif(not _ORDERED_STORES, reason="the flags need x86-64's store order; elsewhere gloo serves")
+def test_a_segment_whose_creator_died_is_reported_stale_and_the_next_publication_joined():
+    """An attempt's rank 0 published, then died before its peer looked: the peer must not wait on its segment."""
+    from sparkeras.comm.machine import MachineCollective
+
+    before = _segments()
+    spawn = multiprocessing.get_context("spawn")
+    addresses = spawn.Queue()
+    creator = spawn.Process(target=_exit_holding_a_segment, args=(addresses,))
+    creator.start()
+    stale = addresses.get(timeout=120)
+    creator.join(timeout=30)
+    assert len(_segments() - before) == 1  # left behind by the dead creator
+
+    rendezvous = Rendezvous(timeout=30)
+    server = FrameServer("127.0.0.1", rendezvous.handle, 0, "test-rendezvous")
+    rendezvous.handle({"type": "publish", "stage": 5, "world": 2, "address": stale}, b"")
+    live = MachineCollective.create(2, timeout=30)
+
+    def relaunch() -> None:  # the new attempt's rank 0 publishes a little later
+        time.sleep(1.0)
+        rendezvous.handle({"type": "publish", "stage": 5, "world": 2, "address": live.address}, b"")
+
+    threading.Thread(target=relaunch, daemon=True).start()
+    client = FrameClient(server.address, 0, timeout=30)
+    try:
+        joined = _look_up(client, stage=5, rank=1, world=2, timeout=30)
+        assert isinstance(joined, MachineCollective)
+        meeting = threading.Thread(target=live.meet)
+        meeting.start()
+        joined.meet()
+        meeting.join(timeout=30)
+        both = [None, None]
+        reducers = [threading.Thread(target=lambda c=c, r=r: both.__setitem__(r, c.allreduce(np.full(4, r + 1.0))))
+                    for r, c in enumerate((live, joined))]
+        for t in reducers:
+            t.start()
+        for t in reducers:
+            t.join(timeout=30)
+        assert [b.tolist() for b in both] == [[3.0] * 4] * 2
+    finally:
+        client.close()
+        server.close()
+        live.close()
+    assert _segments() == before  # the dead creator's file too: the peer that found it stale removed it
+
+
+@pytest.mark.skipif(not _ORDERED_STORES, reason="the flags need x86-64's store order; elsewhere gloo serves")
+def test_the_machine_collective_names_a_peer_that_never_joins_and_a_segment_it_cannot_map():
+    from sparkeras.comm.machine import MachineCollective
+
+    before = _segments()
+    alone = MachineCollective.create(2, timeout=0.5)
+    address = alone.address
+    with pytest.raises(TimeoutError, match=r"rank 0: not all 2 barrier tasks reached the rendezvous within 0.5s "
+                                           r"\(.*local ranks \[1\] of this machine did not reach"):
+        alone.meet()
+    alone.close()
+    assert _segments() == before  # unlinked though its peer never came
+
+    wrong = MachineCollective.create(2, timeout=5)
+    prefix, name, token, capacity = wrong.address.split(":")
+    with pytest.raises(RuntimeError, match=r"rank 1: cannot map the shared-memory segment /.*sparkeras-[0-9a-f]{24} "
+                                           r"that rank 0 of this barrier stage made \(.*wrong size\); pass "
+                                           r"shared_memory=False"):
+        MachineCollective.open(f"{prefix}:{name}:{token}:{int(capacity) * 2}", 1, 2, timeout=5)
+    wrong.close()
+    assert MachineCollective.open(address, 1, 2, timeout=5) is None  # its file is gone: stale

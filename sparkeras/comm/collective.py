@@ -1,10 +1,12 @@
 """Collective operations between the tasks of one Spark barrier stage.
 
-The reduction itself is ``torch.distributed`` over gloo, an established CPU
-collective library; sparkeras only does the rendezvous, and lets tasks that
-share a machine exchange through shared memory instead of loopback TCP
-(:mod:`sparkeras.comm.shared_memory`; gloo still synchronizes them and
-reduces between machines).
+Between machines the reduction is ``torch.distributed`` over gloo, an
+established CPU collective library; sparkeras only does the rendezvous, and
+lets tasks that share a machine exchange through shared memory instead of
+loopback TCP (:mod:`sparkeras.comm.shared_memory`; gloo still synchronizes
+them and reduces between machines). When every task is on the driver's
+machine (Spark's local modes), shared memory does it all and torch is not
+imported (:mod:`sparkeras.comm.machine`).
 
 Rendezvous: rank 0 creates a ``TCPStore`` on a port the operating system
 picks at bind time (in the process that binds it, so there is no
@@ -27,59 +29,80 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+import sys
 import threading
 import time
 from typing import Any
 
 import numpy as np
 
+from sparkeras.comm.base import CollectiveBase
+from sparkeras.comm.machine import MachineCollective, is_machine_address
 from sparkeras.comm.server import FrameClient, Reply, ServerAddress
 
-_OPS = ("sum", "mean", "max", "min")
 _CONNECT_TIMEOUT = 15.0  # seconds to reach a published store before asking the driver again
 
 
-class Collective:
-    """All-reduce, broadcast and barrier among the ``world_size`` tasks of a barrier stage."""
+class Collective(CollectiveBase):
+    """The collective over ``torch.distributed`` (gloo), with shared memory between tasks of one machine."""
 
     def __init__(self, rank: int, world_size: int, store: Any, same_host: Any = None) -> None:
-        self.rank, self.world_size = rank, world_size
-        self.seconds = 0.0  # spent in all-reduces: transfer, and the wait for the slowest rank
-        self.bytes = 0  # bytes this rank contributed to all-reduces
+        super().__init__(rank, world_size)
         self._store = store  # keeps rank 0's server alive
         self._same_host = same_host
 
     @classmethod
     def join(cls, context: Any, rendezvous: ServerAddress, timeout: float, loopback: bool = False,
-             shared_memory: bool = True) -> "Collective":
+             shared_memory: bool = True) -> CollectiveBase:
         """Rendezvous with the stage's other tasks; raise ``TimeoutError`` if a peer does not arrive.
 
         ``rendezvous`` is the driver's :class:`Rendezvous` server. ``loopback``
         (local mode, every task on this machine) keeps the store and gloo's
-        connections on 127.0.0.1. ``shared_memory`` lets tasks on the same
-        machine reduce through shared memory (``False``: gloo only).
+        connections on 127.0.0.1, and there, with ``shared_memory``, the
+        tasks need no gloo at all (:mod:`sparkeras.comm.machine`).
+        ``shared_memory`` lets tasks on the same machine reduce through
+        shared memory (``False``: gloo only).
         """
+        rank = context.partitionId()
+        world = len(context.getTaskInfos())
+        if "torch.distributed" in sys.modules:
+            import torch.distributed as dist
+
+            if dist.is_initialized():  # a task of an earlier stage in this Python worker died mid-way
+                dist.destroy_process_group()
+        host = "127.0.0.1" if loopback else _task_host(context, rank)
+        wait = datetime.timedelta(seconds=timeout)
+        driver = FrameClient(rendezvous, 0, timeout=timeout)
+        try:
+            if rank == 0:
+                machine = MachineCollective.serves(loopback, shared_memory, world)
+                joined = MachineCollective.create(world, timeout) if machine else None
+                if joined is None:
+                    joined = _bound_store(host, world, wait)
+                    address = f"{host}:{joined.port}"
+                else:
+                    address = joined.address
+                if world > 1:
+                    driver.call({"type": "publish", "stage": context.stageId(), "world": world, "address": address})
+            else:
+                joined = _look_up(driver, context.stageId(), rank, world, timeout)
+        finally:
+            driver.close()
+        if isinstance(joined, MachineCollective):
+            joined.meet()
+            return joined
+        return cls._join_gloo(context, joined, host, timeout, shared_memory)
+
+    @classmethod
+    def _join_gloo(cls, context: Any, store: Any, host: str, timeout: float, shared_memory: bool) -> "Collective":
         import torch.distributed as dist
 
         rank = context.partitionId()
         world = len(context.getTaskInfos())
-        wait = datetime.timedelta(seconds=timeout)
-        if dist.is_initialized():  # a task of an earlier stage in this Python worker died mid-way
-            dist.destroy_process_group()
-        _choose_gloo_interface("127.0.0.1" if loopback else _task_host(context, rank))
-        driver = FrameClient(rendezvous, 0, timeout=timeout)
+        _choose_gloo_interface(host)
         try:
-            if rank == 0:
-                host = "127.0.0.1" if loopback else _task_host(context, rank)
-                store = _bound_store(host, world, wait)
-                driver.call({"type": "publish", "stage": context.stageId(), "world": world,
-                             "address": f"{host}:{store.port}"})
-            else:
-                store = _connect_store(driver, context.stageId(), rank, world, timeout)
-        finally:
-            driver.close()
-        try:
-            dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=wait)
+            dist.init_process_group("gloo", store=store, rank=rank, world_size=world,
+                                    timeout=datetime.timedelta(seconds=timeout))
         except RuntimeError as exc:
             if "timeout" in str(exc).lower() or "timed out" in str(exc).lower():
                 raise TimeoutError(
@@ -102,26 +125,12 @@ class Collective:
         """``"shared memory"`` where this rank reduces with peers on its machine that way, else ``"gloo"``."""
         return "shared memory" if self._same_host is not None and self._same_host.enabled else "gloo"
 
-    def allreduce(self, array: np.ndarray, op: str = "sum") -> np.ndarray:
-        """The element-wise ``op`` (sum, mean, max, min) of ``array`` over all ranks."""
-        if op not in _OPS:
-            raise ValueError(f"op must be one of {_OPS}, got {op!r}")
-        out = self.allreduce_(np.array(array, copy=True, order="C"), "sum" if op == "mean" else op)
-        if op == "mean":
-            out = out / self.world_size
-        return out
-
-    def allreduce_(self, buffer: np.ndarray, op: str = "sum") -> np.ndarray:
-        """Reduce ``buffer`` (contiguous) over all ranks, in place; the training loop's hot path."""
+    def _reduce(self, buffer: np.ndarray, op: str) -> None:
         import torch
         import torch.distributed as dist
 
-        started = time.perf_counter()
-        self.bytes += buffer.nbytes
         if self._same_host is None or not self._same_host.allreduce_(buffer, op):
             dist.all_reduce(torch.from_numpy(buffer), op=torch_op(op))
-        self.seconds += time.perf_counter() - started
-        return buffer
 
     def broadcast(self, array: np.ndarray, root: int = 0) -> np.ndarray:
         """Rank ``root``'s ``array`` on every rank (same shape and dtype everywhere)."""
@@ -216,12 +225,12 @@ def _bound_store(host: str, world: int, wait: datetime.timedelta) -> Any:
         raise
 
 
-def _connect_store(driver: FrameClient, stage: int, rank: int, world: int, timeout: float) -> Any:
-    """Connect to rank 0's store, asking the driver again if the address it gave is dead."""
-    import time
+def _look_up(driver: FrameClient, stage: int, rank: int, world: int, timeout: float) -> Any:
+    """Join what rank 0 published: its shared-memory segment, or gloo's store (``host:port``).
 
-    import torch.distributed as dist
-
+    A publication whose attempt is over (a dead store, a segment whose
+    creator has gone) is reported stale and the driver asked again.
+    """
     deadline = time.monotonic() + timeout
     while True:
         reply, _ = driver.call({"type": "lookup", "stage": stage}, timeout=timeout + 10)
@@ -229,15 +238,26 @@ def _connect_store(driver: FrameClient, stage: int, rank: int, world: int, timeo
         left = deadline - time.monotonic()
         if not address or left <= 0:
             raise TimeoutError(f"rank {rank}: rank 0 of the barrier stage did not start within {timeout:g}s")
-        host, port = address.rsplit(":", 1)
-        try:
-            store = dist.TCPStore(host, int(port), world, False,
-                                  timeout=datetime.timedelta(seconds=min(_CONNECT_TIMEOUT, left)))
-        except RuntimeError:  # torch's DistStoreError: nobody listens there any more
-            driver.call({"type": "stale", "stage": stage, "address": address})
-            continue
-        store.set_timeout(datetime.timedelta(seconds=timeout))
-        return store
+        if is_machine_address(address):
+            joined = MachineCollective.open(address, rank, world, timeout)
+        else:
+            joined = _store_at(address, world, min(_CONNECT_TIMEOUT, left), timeout)
+        if joined is not None:
+            return joined
+        driver.call({"type": "stale", "stage": stage, "address": address})
+
+
+def _store_at(address: str, world: int, connect: float, timeout: float) -> Any:
+    """A client of the ``TCPStore`` at ``address``, or ``None`` if nobody listens there any more."""
+    import torch.distributed as dist
+
+    host, port = address.rsplit(":", 1)
+    try:
+        store = dist.TCPStore(host, int(port), world, False, timeout=datetime.timedelta(seconds=connect))
+    except RuntimeError:  # torch's DistStoreError: nobody listens there any more
+        return None
+    store.set_timeout(datetime.timedelta(seconds=timeout))
+    return store
 
 
 _OPERATOR_INTERFACE = os.environ.get("GLOO_SOCKET_IFNAME")  # set by whoever started the worker, if anyone

@@ -58,45 +58,45 @@ def host_groups(hosts: list[str]) -> list[list[int]]:
     return list(groups.values())
 
 
-class SharedMemoryAllreduce:
-    """Hierarchical all-reduce: shared memory within a machine, gloo between machines' leaders.
+class SlotReducer:
+    """The reduction through one segment's slots; subclasses say how ranks meet and how segments are shared.
 
-    Every rank of the world must construct it (it creates gloo subgroups) and
-    make the same calls in the same order, as for any collective.
+    Every rank of the machine must make the same calls in the same order,
+    as for any collective.
     """
 
-    def __init__(self, rank: int, hosts: list[str], store: Any, chunk_bytes: int = 8 << 20,
-                 timeout: float = 300.0, flag_barrier: bool = _ORDERED_STORES) -> None:
-        import torch.distributed as dist
+    multi_host = False
 
-        self._store, self.chunk_bytes, self.timeout = store, chunk_bytes, timeout
-        groups = host_groups(hosts)
-        self._index = next(i for i, members in enumerate(groups) if rank in members)
-        members = groups[self._index]
-        self.local_rank, self.local_size = members.index(rank), len(members)
-        self.multi_host = len(groups) > 1
-        self._local_group = self._leaders = None
-        for ranks in groups:  # every rank creates every group, in the same order (torch requires it)
-            group = dist.new_group(ranks) if len(ranks) > 1 else None
-            if rank in ranks:
-                self._local_group = group
-        if self.multi_host:
-            leaders = dist.new_group([ranks[0] for ranks in groups])
-            self._leaders = leaders if self.local_rank == 0 else None
+    def __init__(self, local_rank: int, local_size: int, chunk_bytes: int, timeout: float) -> None:
+        self.local_rank, self.local_size = local_rank, local_size
+        self.chunk_bytes, self.timeout = chunk_bytes, timeout
         self._segment: _Segment | None = None
         self._flags: _FlagBarrier | None = None
-        self._flag_barrier = flag_barrier and self.local_size <= _MAX_FLAGS
         self._capacity = 0
-        self._generation = 0
         self._calls = 0
         self.enabled = True
 
-    @classmethod
-    def for_world(cls, rank: int, hosts: list[str], store: Any, **options: Any) -> "SharedMemoryAllreduce | None":
-        """The reducer, or ``None`` when no two ranks share a machine (plain gloo is then best)."""
-        if len(set(hosts)) == len(hosts):
-            return None
-        return cls(rank, hosts, store, **options)
+    def _adopt(self, segment: "_Segment | None", capacity: int, flags: bool) -> None:
+        """Reduce through ``segment`` from now on; every rank switches at the same call."""
+        self._flags = None
+        if self._segment is not None:
+            self._segment.close()
+        self._segment, self._capacity = segment, capacity
+        if flags and segment is not None and self.local_size > 1:
+            self._flags = _FlagBarrier(segment.memory, self.local_rank, self.local_size, self.timeout)
+
+    def _barrier(self) -> None:
+        raise NotImplementedError
+
+    def _grow(self, nbytes: int) -> bool:
+        raise NotImplementedError
+
+    def _across_hosts(self, flat: np.ndarray, op: str) -> None:
+        raise NotImplementedError
+
+    def _next_capacity(self, nbytes: int) -> int:
+        capacity = min(max(nbytes, 2 * self._capacity, 1 << 16), self.chunk_bytes)  # nbytes <= chunk_bytes
+        return -(-capacity // 64) * 64
 
     def allreduce_(self, buffer: np.ndarray, op: str) -> bool:
         """Reduce the contiguous ``buffer`` in place over all ranks; ``False`` if gloo must do it.
@@ -147,6 +147,42 @@ class SharedMemoryAllreduce:
             self._segment = None
         self.enabled = False
 
+
+class SharedMemoryAllreduce(SlotReducer):
+    """Hierarchical all-reduce: shared memory within a machine, gloo between machines' leaders.
+
+    Every rank of the world must construct it (it creates gloo subgroups) and
+    make the same calls in the same order, as for any collective.
+    """
+
+    def __init__(self, rank: int, hosts: list[str], store: Any, chunk_bytes: int = 8 << 20,
+                 timeout: float = 300.0, flag_barrier: bool = _ORDERED_STORES) -> None:
+        import torch.distributed as dist
+
+        groups = host_groups(hosts)
+        self._index = next(i for i, members in enumerate(groups) if rank in members)
+        members = groups[self._index]
+        super().__init__(members.index(rank), len(members), chunk_bytes, timeout)
+        self._store = store
+        self.multi_host = len(groups) > 1
+        self._local_group = self._leaders = None
+        for ranks in groups:  # every rank creates every group, in the same order (torch requires it)
+            group = dist.new_group(ranks) if len(ranks) > 1 else None
+            if rank in ranks:
+                self._local_group = group
+        if self.multi_host:
+            leaders = dist.new_group([ranks[0] for ranks in groups])
+            self._leaders = leaders if self.local_rank == 0 else None
+        self._flag_barrier = flag_barrier and self.local_size <= _MAX_FLAGS
+        self._generation = 0
+
+    @classmethod
+    def for_world(cls, rank: int, hosts: list[str], store: Any, **options: Any) -> "SharedMemoryAllreduce | None":
+        """The reducer, or ``None`` when no two ranks share a machine (plain gloo is then best)."""
+        if len(set(hosts)) == len(hosts):
+            return None
+        return cls(rank, hosts, store, **options)
+
     def _barrier(self) -> None:
         if self._flags is not None:
             self._flags.wait()
@@ -168,8 +204,7 @@ class SharedMemoryAllreduce:
         import torch
         import torch.distributed as dist
 
-        capacity = min(max(nbytes, 2 * self._capacity, 1 << 16), self.chunk_bytes)  # nbytes <= chunk_bytes
-        capacity = -(-capacity // 64) * 64
+        capacity = self._next_capacity(nbytes)
         areas = 2 * self.local_size + (2 if self.multi_host else 0)
         key = f"sparkeras/shm/{self._index}/{self._generation}"
         self._generation += 1
@@ -197,12 +232,7 @@ class SharedMemoryAllreduce:
                 segment.close()
             self.close()
             return False
-        self._flags = None
-        if self._segment is not None:
-            self._segment.close()
-        self._segment, self._capacity = segment, capacity
-        if self._flag_barrier and segment is not None and self.local_size > 1:
-            self._flags = _FlagBarrier(segment.memory, self.local_rank, self.local_size, self.timeout)
+        self._adopt(segment, capacity, self._flag_barrier)
         return True
 
 
@@ -263,11 +293,20 @@ class _Segment:
     def __init__(self, path: str, token: bytes, memory: mmap.mmap, capacity: int) -> None:
         self.path, self.token, self.memory, self.capacity = path, token, memory, capacity
 
+    @staticmethod
+    def path_for(name: bytes) -> str:
+        """The file of the segment called ``name`` (12 random bytes): in ``/dev/shm``, else the temp folder."""
+        directory = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+        return os.path.join(directory, f"sparkeras-{name.hex()}")
+
+    @property
+    def name(self) -> bytes:
+        return bytes.fromhex(os.path.basename(self.path)[len("sparkeras-"):])
+
     @classmethod
     def create(cls, areas: int, capacity: int) -> "_Segment":
         size = _HEADER + areas * capacity
-        directory = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
-        path = os.path.join(directory, f"sparkeras-{secrets.token_hex(12)}")
+        path = cls.path_for(secrets.token_bytes(12))
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
         try:
             try:

@@ -2,7 +2,8 @@
 
 ``num_workers`` barrier tasks live for the whole fit. Every step each sums its
 gradients with the others' (through shared memory on one machine and
-``torch.distributed``/gloo between machines) and applies the same
+``torch.distributed``/gloo between machines; in Spark's local modes torch is
+not needed at all) and applies the same
 update, so N workers train exactly like one process with an N-times larger
 batch (see :mod:`sparkeras.worker.allreduce` for unequal partitions and
 BatchNormalization). Keras' ``fit`` under ``MultiWorkerMirroredStrategy`` is
@@ -133,10 +134,15 @@ class AllReduce(Strategy):
                         "logic into compute_loss, which the all-reduce calls.")
                 return
 
-    def worker_warm_up(self) -> WarmUp:
-        """The split gradient step, and ``torch.distributed`` for the collective: each cost a cold
-        worker seconds at the start of its first all-reduce fit, now spent while the data is packed."""
-        return WarmUp(loop="gradients", sync_batch_norm=self.sync_batch_norm, imports=("torch.distributed",))
+    def worker_warm_up(self, spark: Any, num_workers: int) -> WarmUp:
+        """The split gradient step, and ``torch.distributed`` where the collective needs it: each cost a
+        cold worker seconds at the start of its first all-reduce fit, now spent while the data is packed."""
+        settings = self._collective_settings(spark, None)
+        imports = ("torch.distributed",) if settings.needs_gloo(num_workers) else ()
+        return WarmUp(loop="gradients", sync_batch_norm=self.sync_batch_norm, imports=imports)
+
+    def _collective_settings(self, spark: Any, rendezvous: Any) -> CollectiveSettings:
+        return CollectiveSettings.for_cluster(spark.sparkContext, rendezvous, self.timeout, self.shared_memory)
 
     def get_config(self) -> dict[str, Any]:
         return {"timeout": self.timeout, "max_restarts": self.max_restarts,
@@ -153,7 +159,7 @@ class AllReduce(Strategy):
                 f"strategy='allreduce' supports the Keras backends {', '.join(BACKENDS)}, not "
                 f"{backend!r}; set KERAS_BACKEND to one of them or use strategy='averaging'.")
         check_barrier(spark.sparkContext, num_workers)
-        if not has_torch_distributed():
+        if self._collective_settings(spark, None).needs_gloo(num_workers) and not has_torch_distributed():
             raise InputError(
                 "strategy='allreduce' reduces gradients with torch.distributed (gloo); "
                 "install it with: pip install 'sparkeras[allreduce]' (or pip install torch).")
@@ -163,8 +169,7 @@ class AllReduce(Strategy):
         epoch_limit = sum(a.nbytes for a in job.state) + (16 << 20)  # the state, metric states, codec header
         server = FrameServer(driver_host(job.spark), coordinator.handle,
                              lambda h: epoch_limit if h.get("type") == "epoch" else 0, "sparkeras-allreduce")
-        settings = CollectiveSettings.for_cluster(job.spark.sparkContext, server.address, self.timeout,
-                                                  self.shared_memory)
+        settings = self._collective_settings(job.spark, server.address)
         spec = BarrierSpec(
             worker=job.spec, collective=settings, epochs=job.epochs, batch_size=job.batch_size,
             shuffle=job.shuffle, rows=tuple(job.train.stats.rows_per_partition),

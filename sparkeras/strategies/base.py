@@ -41,7 +41,7 @@ class Strategy(abc.ABC):
     def check_model(self, model: Any) -> None:
         """Reject a model this strategy cannot train as written, before any data is read."""
 
-    def worker_warm_up(self) -> WarmUp:
+    def worker_warm_up(self, spark: Any, num_workers: int) -> WarmUp:
         """What the training workers prepare while the driver packs the data: by default the window loop."""
         return WarmUp()
 
