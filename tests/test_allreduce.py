@@ -243,7 +243,7 @@ def test_the_warm_up_traces_the_gradient_step_once_for_every_fit_of_the_model(sp
         fits.append(steps)
     assert fits[1]._traced is fits[0]._traced
     assert fits[0]._traced.gradients.experimental_get_tracing_count() == 1  # batches of 32 and of 8 alike
-    assert [f._step.experimental_get_tracing_count() for f in fits] == [1, 1]  # each fit's step with its update
+    assert fits[0]._traced.step.experimental_get_tracing_count() == 1  # the whole step too, by the warm-up
     assert not any("_moments" in layer.__dict__ for layer in model.layers)  # the layers are given back
     assert int(model.optimizer.iterations) == 14
     for got, want in zip(model.get_weights(), plain.get_weights()):  # BatchNorm moving statistics included

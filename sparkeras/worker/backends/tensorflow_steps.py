@@ -1,4 +1,4 @@
-"""The TensorFlow backend's split step: two ``tf.function``s around the global sum."""
+"""The TensorFlow backend's split step: gradients, the global sum and the update in one ``tf.function``."""
 
 from __future__ import annotations
 
@@ -16,10 +16,11 @@ class TensorFlowSteps(GradientSteps):
 
     Why one function. A step with rows calls a single traced function whose
     global sum is a ``numpy_function`` between the backward pass and the
-    update. Two calls (gradients, then the update) with the sum between them
-    in Python cost 0.2-0.4 ms more per step (1.03 against 0.83 ms for the
-    regression benchmark's MLP 32-128-64-1 at batch 64, 1.50 against 1.12 ms
-    for its MLP 784-128-10, one thread): a fifth of a small model's step.
+    update (:attr:`_TracedGradients.step`). Two calls (gradients, then the
+    update) with the sum between them in Python cost 0.2-0.4 ms more per
+    step (1.03 against 0.83 ms for the regression benchmark's MLP
+    32-128-64-1 at batch 64, 1.50 against 1.12 ms for its MLP 784-128-10,
+    one thread): a fifth of a small model's step.
     """
 
     def __init__(self, model: Any, collective: Any, sync_batch_norm: bool) -> None:
@@ -28,26 +29,8 @@ class TensorFlowSteps(GradientSteps):
         traced = _TracedGradients.of(model, sync_batch_norm)
         traced.reducer.collective = collective
         super().__init__(model, collective, traced.global_sum)
-        variables = self.variables
-
-        def update(summed: Any) -> None:
-            parts = tf.split(summed, self.sizes)
-            model.optimizer.apply([tf.cast(tf.reshape(p, v.shape), v.dtype) for p, v in zip(parts, variables)],
-                                  variables)
-
-        def global_sum(flat: np.ndarray) -> np.ndarray:
-            return self.collective.allreduce_(np.array(flat, dtype=np.float32))  # a copy: TF's memory is read-only
-
-        @tf.function
-        def step(x: Any, y: Any, sample_weight: Any, share: Any) -> None:
-            flat = traced.gradients(x, y, sample_weight, share)
-            summed = tf.numpy_function(global_sum, [flat], tf.float32, stateful=True)
-            summed.set_shape(flat.shape)
-            update(summed)
-
         self._traced = traced
-        self._empty_pass, self._apply, self._step = traced.empty_pass, tf.function(update), step
-        self._step_traced = False
+        self._empty_pass, self._apply = traced.empty_pass, tf.function(traced.update)
 
     def step(self, x: Any, y: Any, rows: int, share: float, sample_weight: Any = None) -> None:
         if not rows:  # rare (the last steps of unequal partitions): the parts in turn
@@ -55,14 +38,8 @@ class TensorFlowSteps(GradientSteps):
             return
         import tensorflow as tf
 
-        if not self._step_traced:  # once, for batches of any size: the epoch's last, smaller one included
-            def any_rows(a: Any) -> Any:
-                return None if a is None else tf.TensorSpec([None, *a.shape[1:]], a.dtype)
-
-            self._step.get_concrete_function(*tf.nest.map_structure(any_rows, (x, y, sample_weight)),
-                                             tf.TensorSpec([], tf.float32))
-            self._step_traced = True
-        self._step(x, y, sample_weight, tf.constant(share, tf.float32))
+        self._traced.trace_step(x, y, sample_weight)
+        self._traced.step(x, y, sample_weight, tf.constant(share, tf.float32))
 
     def close(self) -> None:
         super().close()
@@ -95,14 +72,16 @@ class _TracedGradients:
     last, smaller batch traced it again (0.08-0.10 s), in every all-reduce
     fit of a model (measured on one core, an MLP and a small CNN). The
     functions read the fit's collective through a :class:`_Reducer`, so a
-    later fit, with a new collective, reuses them. ``apply`` is made per fit:
-    it reads the learning rate that the fit scales
-    (:func:`sparkeras.worker.learning_rate.scale_learning_rate`).
+    later fit, with a new collective, reuses them. The whole step (gradients,
+    sum, update) is kept too, and traced by the warm-up: the update reads
+    the learning rate through variables that each fit sets
+    (:class:`~sparkeras.worker.learning_rate.ScaledRate`).
     """
 
     def __init__(self, model: Any, sync_batch_norm: bool) -> None:
         import tensorflow as tf
 
+        self.model = model
         self.reducer = _Reducer()
         self.global_sum = global_sum(self.reducer) if sync_batch_norm else None
         variables = list(model.trainable_variables)
@@ -129,7 +108,52 @@ class _TracedGradients:
                 zero = tf.add_n([tf.reduce_sum(t) for t in tf.nest.flatten(y_pred)]) * 0.0
             return flat(tape.gradient(zero, variables))
 
-        self.gradients, self.empty_pass = gradients, empty_pass
+        sizes = [int(np.prod(v.shape)) for v in variables]
+
+        def update(summed: Any) -> None:
+            parts = tf.split(summed, sizes)
+            model.optimizer.apply([tf.cast(tf.reshape(p, v.shape), v.dtype) for p, v in zip(parts, variables)],
+                                  variables)
+
+        def reduce(flat: np.ndarray) -> np.ndarray:
+            return self.reducer.collective.allreduce_(np.array(flat, dtype=np.float32))  # TF's memory is read-only
+
+        @tf.function(reduce_retracing=True)
+        def step(x: Any, y: Any, sample_weight: Any, share: Any) -> None:
+            flat = gradients(x, y, sample_weight, share)
+            summed = tf.numpy_function(reduce, [flat], tf.float32, stateful=True)
+            summed.set_shape(flat.shape)
+            update(summed)
+
+        self.gradients, self.empty_pass, self.update, self.step = gradients, empty_pass, update, step
+        self._step_traced = False
+
+    def trace_step(self, x: Any, y: Any, sample_weight: Any) -> None:
+        """Trace :attr:`step` once, for batches of any size (``x``, ``y`` may be specs or a batch).
+
+        The update reads the optimizer's learning rate through its
+        :class:`~sparkeras.worker.learning_rate.ScaledRate`, installed while
+        tracing, so the trace serves every fit whatever its scaling.
+        """
+        if self._step_traced:
+            return
+        import tensorflow as tf
+
+        from sparkeras.worker.learning_rate import ScaledRate
+
+        def any_rows(a: Any) -> Any:
+            return None if a is None else tf.TensorSpec([None, *a.shape[1:]], a.dtype)
+
+        rate = ScaledRate.of(self.model.optimizer)
+        installed = self.model.optimizer._learning_rate is rate
+        restore = None if installed else rate.install()
+        try:
+            self.step.get_concrete_function(*tf.nest.map_structure(any_rows, (x, y, sample_weight)),
+                                            tf.TensorSpec([], tf.float32))
+        finally:
+            if restore is not None:
+                restore()
+        self._step_traced = True
 
     @classmethod
     def of(cls, model: Any, sync_batch_norm: bool) -> "_TracedGradients":
@@ -163,6 +187,7 @@ def trace_gradients(model: Any, columns: Any, weighted: bool, sync_batch_norm: b
     synced = synchronize_batch_norm(model, traced.global_sum) if traced.global_sum else []
     try:
         traced.gradients.get_concrete_function(x, y, weights[0] if weights else None, tf.TensorSpec([], tf.float32))
+        traced.trace_step(x, y, weights[0] if weights else None)
     finally:
         for layer in synced:
             del layer._moments
