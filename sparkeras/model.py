@@ -245,7 +245,8 @@ class SparkModel:
         try:
             _fit_starting(callbacks, strategy_name)
             spec = self._spec(columns, class_weight=class_weight, workers=workers)
-            plan = replace(self.strategy.worker_warm_up(spark, workers), evaluation=val_dataset is not None)
+            plan = replace(self.strategy.worker_warm_up(spark, workers), evaluation=val_dataset is not None,
+                           batch_size=batch_size)
             warming = start_warm_up(spark, spec, workers, plan)
             rebuilt = start_rebuild_check(spec.model)
             train = prepare(dataset, columns, workers, balance=self.balance_partitions)

@@ -232,8 +232,8 @@ def test_the_warm_up_traces_the_gradient_step_once_for_every_fit_of_the_model(sp
 
     dataset = as_dataset(spark, x, y)
     columns = resolve_columns(model, dataset.schema, dataset.features_col, dataset.label_col)
-    trace_gradients(model, columns, "tensorflow", weighted=False, sync_batch_norm=True)
-    assert int(model.optimizer.iterations) == 0
+    trace_gradients(model, columns, "tensorflow", weighted=False, sync_batch_norm=True, batch_size=32)
+    assert int(model.optimizer.iterations) == 0  # rehearsed once on zeros, and put back
     fits = []
     for _ in range(2):  # two fits of one epoch each, as two all-reduce fits of the cached model would run
         steps = TensorFlowSteps(model, _OneRank(), sync_batch_norm=True)
@@ -248,3 +248,28 @@ def test_the_warm_up_traces_the_gradient_step_once_for_every_fit_of_the_model(sp
     assert int(model.optimizer.iterations) == 14
     for got, want in zip(model.get_weights(), plain.get_weights()):  # BatchNorm moving statistics included
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+def test_the_warm_up_rehearsal_puts_every_variable_back(spark):
+    """The warm-up runs the traced step once on zeros (TensorFlow instantiates it at its first call); weights,
+    optimizer slots, metrics and the dropout seed must be as before, and the fit's step not traced again."""
+    from sparkeras.data.columns import resolve_columns
+    from sparkeras.data.sources import as_dataset
+    from sparkeras.worker.backends import trace_gradients
+
+    x, y = blobs(64, seed=8)
+    model = keras.Sequential([keras.Input((x.shape[1],)), keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dropout(0.5, seed=3),
+                              keras.layers.Dense(int(y.max()) + 1, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.optimizer.build(model.trainable_variables)
+    model.train_on_batch(x[:8], y[:8])  # non-zero optimizer slots, metrics and seed state
+    variables = list(model.variables) + list(model.optimizer.variables) + list(model.metrics_variables)
+    before = [np.array(v) for v in variables]
+    columns = resolve_columns(model, as_dataset(spark, x, y).schema, "features", "label")
+    trace_gradients(model, columns, "tensorflow", weighted=False, sync_batch_norm=True, batch_size=16)
+    step = model._sparkeras_gradient_steps[False].step
+    assert step.experimental_get_tracing_count() == 1
+    for variable, value in zip(variables, before):
+        np.testing.assert_array_equal(np.array(variable), value, err_msg=variable.path)
+    assert model.optimizer._learning_rate is not model.optimizer.__dict__["_sparkeras_scaled_rate"]  # given back

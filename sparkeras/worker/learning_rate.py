@@ -84,9 +84,10 @@ class ScaledRate:
         import keras
 
         self.optimizer, self.base = optimizer, optimizer._learning_rate
-        self.scale, self.warmup_steps, self.start = (
+        # The scale is kept as scale - 1, rounded once from the double: the arithmetic of a constant scale.
+        self.excess, self.warmup_steps, self.start = (
             keras.Variable(value, dtype="float32", trainable=False, name=f"sparkeras_rate_{name}")
-            for value, name in ((1.0, "scale"), (0.0, "warmup"), (0.0, "start")))
+            for value, name in ((0.0, "excess"), (0.0, "warmup"), (0.0, "start")))
 
     @classmethod
     def of(cls, optimizer: Any) -> "ScaledRate":
@@ -109,17 +110,17 @@ class ScaledRate:
             rate = base()
         done = ops.cast(optimizer._iterations, "float32") - self.start
         ramp = ops.where(self.warmup_steps > 0, ops.clip(done / ops.maximum(self.warmup_steps, 1.0), 0.0, 1.0), 1.0)
-        return rate * (1.0 + (self.scale - 1.0) * ramp)
+        return rate * (1.0 + self.excess * ramp)
 
     def install(self, scale: float = 1.0, warmup_steps: int = 0, start: int = 0) -> Callable[[], None]:
         """Make the optimizer use ``lr * warmup_factor(iterations - start)``; returns what undoes it."""
-        self.scale.assign(float(scale))
+        self.excess.assign(float(scale) - 1.0)
         self.warmup_steps.assign(float(max(0, warmup_steps)))
         self.start.assign(float(start))
         self.optimizer._learning_rate = self
 
         def restore() -> None:
-            self.scale.assign(1.0)
+            self.excess.assign(0.0)
             self.warmup_steps.assign(0.0)
             self.optimizer._learning_rate = self.base
 

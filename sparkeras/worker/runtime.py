@@ -338,13 +338,15 @@ class WarmUp:
     (:mod:`sparkeras.worker.backends`). ``imports``: modules the tasks will
     import (the all-reduce's ``torch.distributed``: 1.5 s per cold worker on
     2 cores). ``evaluation``: the fit has validation data, so the evaluation
-    loop is traced too.
+    loop is traced too. ``batch_size``: the rows of a step, for a loop that
+    is rehearsed once on zeros of that shape.
     """
 
     loop: str = "window"
     sync_batch_norm: bool = False
     imports: tuple[str, ...] = ()
     evaluation: bool = False
+    batch_size: int | None = None
 
 
 def warm_up(spec: ModelSpec, backend: str, columns: Any, weighted: bool = False, plan: WarmUp = WarmUp()) -> None:
@@ -380,7 +382,7 @@ def warm_up(spec: ModelSpec, backend: str, columns: Any, weighted: bool = False,
                 if plan.loop == "gradients":
                     from sparkeras.worker.backends import trace_gradients
 
-                    trace_gradients(built, columns, backend, weighted, plan.sync_batch_norm)
+                    trace_gradients(built, columns, backend, weighted, plan.sync_batch_norm, plan.batch_size)
                 else:
                     from sparkeras.worker.local_steps import trace
 

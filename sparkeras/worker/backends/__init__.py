@@ -112,9 +112,11 @@ def gradient_steps(model: Any, collective: Any, backend: str, sync_batch_norm: b
     return steps(model, collective, sync_batch_norm)
 
 
-def trace_gradients(model: Any, columns: Any, backend: str, weighted: bool, sync_batch_norm: bool) -> None:
-    """Trace ``backend``'s gradient step for ``model`` ahead of a fit (TensorFlow; the others trace at the first step)."""
+def trace_gradients(model: Any, columns: Any, backend: str, weighted: bool, sync_batch_norm: bool,
+                    batch_size: int | None = None) -> None:
+    """Trace ``backend``'s step for ``model`` ahead of a fit, and run it once on zeros of ``batch_size`` rows
+    with every variable put back (TensorFlow; the others trace at the first step)."""
     if backend == "tensorflow":
         from sparkeras.worker.backends.tensorflow_steps import trace_gradients as trace
 
-        trace(model, columns, weighted, sync_batch_norm)
+        trace(model, columns, weighted, sync_batch_norm, batch_size)
