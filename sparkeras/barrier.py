@@ -133,7 +133,8 @@ def run(train_fn: Callable[[WorkerContext], Any], num_workers: int, data: Any = 
     spark = get_spark()
     sc = spark.sparkContext
     check_barrier(sc, num_workers)
-    server = FrameServer(driver_host(spark), Rendezvous(timeout).handle, 0, "sparkeras-rendezvous")
+    rendezvous = Rendezvous(timeout)
+    server = FrameServer(driver_host(spark), rendezvous.handle, 0, "sparkeras-rendezvous")
     task = _Task(train_fn, CollectiveSettings.for_cluster(sc, server.address, timeout, shared_memory))
     try:
         if data is None:
@@ -150,6 +151,7 @@ def run(train_fn: Callable[[WorkerContext], Any], num_workers: int, data: Any = 
         raise worker_error(exc, "running the function on barrier tasks") from None
     finally:
         server.close()
+        rendezvous.close()
     import cloudpickle
 
     return next((cloudpickle.loads(r["value"]) for r in out if r["rank"] == 0), None)

@@ -397,3 +397,24 @@ def test_the_machine_collective_names_a_peer_that_never_joins_and_a_segment_it_c
         MachineCollective.open(f"{prefix}:{name}:{token}:{int(capacity) * 2}", 1, 2, timeout=5)
     wrong.close()
     assert MachineCollective.open(address, 1, 2, timeout=5) is None  # its file is gone: stale
+
+
+@pytest.mark.skipif(not _ORDERED_STORES, reason="the flags need x86-64's store order; elsewhere gloo serves")
+def test_the_driver_removes_a_segment_left_by_a_creator_that_died_before_its_peers_came():
+    from sparkeras.comm.machine import MachineCollective
+
+    before = _segments()
+    spawn = multiprocessing.get_context("spawn")
+    addresses = spawn.Queue()
+    creator = spawn.Process(target=_exit_holding_a_segment, args=(addresses,))
+    creator.start()
+    orphan = addresses.get(timeout=120)
+    creator.join(timeout=30)
+    unlinked = MachineCollective.create(2, timeout=5)  # its file is gone already: nothing to do for it
+    unlinked.close()
+    rendezvous = Rendezvous(timeout=5)
+    for stage, address in ((1, orphan), (2, unlinked.address), (3, "127.0.0.1:1234")):
+        rendezvous.handle({"type": "publish", "stage": stage, "world": 2, "address": address}, b"")
+    assert len(_segments() - before) == 1  # nobody looked the orphan up
+    rendezvous.close()  # the job is over
+    assert _segments() == before

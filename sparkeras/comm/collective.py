@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from sparkeras.comm.base import CollectiveBase
-from sparkeras.comm.machine import MachineCollective, is_machine_address
+from sparkeras.comm.machine import MachineCollective, is_machine_address, remove_segment
 from sparkeras.comm.server import FrameClient, Reply, ServerAddress
 
 _CONNECT_TIMEOUT = 15.0  # seconds to reach a published store before asking the driver again
@@ -180,6 +180,7 @@ class Rendezvous:
         self.timeout = timeout
         self._stages: dict[int, dict[str, Any]] = {}
         self._changed = threading.Condition()
+        self._segments: set[str] = set()  # machine addresses published, removed by close()
 
     def handle(self, header: dict[str, Any], payload: bytes) -> Reply | None:
         """Answer ``publish``, ``lookup`` and ``stale`` frames; ``None`` for any other kind."""
@@ -189,8 +190,10 @@ class Rendezvous:
         stage = int(header.get("stage", -1))
         with self._changed:
             if kind == "publish":
-                self._stages[stage] = {"address": str(header.get("address", "")),
-                                       "lookups": int(header.get("world", 1)) - 1}
+                address = str(header.get("address", ""))
+                self._stages[stage] = {"address": address, "lookups": int(header.get("world", 1)) - 1}
+                if is_machine_address(address):
+                    self._segments.add(address)
                 self._changed.notify_all()
             elif kind == "stale":
                 if self._stages.get(stage, {}).get("address") == header.get("address"):
@@ -203,6 +206,16 @@ class Rendezvous:
                 entry["lookups"] -= 1
                 return {"address": entry["address"]}, b""
         return {}, b""
+
+    def close(self) -> None:
+        """Remove what the stages' tasks may have left: a segment whose creator died before unlinking it.
+
+        Call once no task of those stages runs any more (after the job).
+        """
+        with self._changed:
+            segments, self._segments = self._segments, set()
+        for address in segments:
+            remove_segment(address)
 
 
 def _bound_store(host: str, world: int, wait: datetime.timedelta) -> Any:

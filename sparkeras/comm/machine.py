@@ -43,6 +43,25 @@ def is_machine_address(address: str) -> bool:
     return address.startswith(_ADDRESS_PREFIX)
 
 
+def segment_path(address: str) -> str:
+    """The file of the segment a machine address names."""
+    return _Segment.path_for(bytes.fromhex(address[len(_ADDRESS_PREFIX):].split(":")[0]))
+
+
+def remove_segment(address: str) -> None:
+    """Unlink the segment a machine address names, if its file is still there.
+
+    The driver calls it for every segment published in a stage once the stage
+    is over: rank 0 unlinks its file as soon as every peer has mapped it, so
+    a file is left only where rank 0 died before that (killed, or its peers
+    never came), and no task of the stage can still need it.
+    """
+    try:
+        os.unlink(segment_path(address))
+    except FileNotFoundError:
+        pass
+
+
 class _MachineSlots(SlotReducer):
     """The slot reduction of :class:`MachineCollective`: flags for every barrier, segments grown through the header."""
 
@@ -157,8 +176,8 @@ class MachineCollective(CollectiveBase):
         is no longer an option once rank 0 chose shared memory, so that fails
         the task with the reason.
         """
-        name, token, capacity = address[len(_ADDRESS_PREFIX):].split(":")
-        path = _Segment.path_for(bytes.fromhex(name))
+        _, token, capacity = address[len(_ADDRESS_PREFIX):].split(":")
+        path = segment_path(address)
         try:
             segment = _Segment.open(path, bytes.fromhex(token), 2 * world_size, int(capacity))
         except FileNotFoundError:  # unlinked: its attempt is over

@@ -197,6 +197,7 @@ class AllReduce(Strategy):
                 wait_for_slots(job, self.name, job.num_workers, self.slot_timeout, coordinator.next_epoch)
         finally:
             server.close()
+            coordinator.rendezvous.close()
         job.restarts = coordinator.restarts
 
 
