@@ -438,8 +438,13 @@ class SparkModel:
         It is written atomically (a temporary name, then a rename), and an
         existing file is replaced only with ``overwrite=True``.
         """
-        save_model_file(self._model, path, self.master, overwrite,
-                        {"classes": self.classes} if self.classes else None)
+        info: dict[str, Any] = {}
+        if self.classes:
+            info["classes"] = self.classes
+        if self._fit_columns != ("features", "label"):  # what evaluate and predict use after loading it
+            info["columns"] = {"features": _plain_columns(self._fit_columns[0]),
+                               "label": _plain_columns(self._fit_columns[1])}
+        save_model_file(self._model, path, self.master, overwrite, info or None)
 
     @classmethod
     def load(cls, path: str, custom_objects: Mapping[str, Any] | None = None, **kwargs: Any) -> "SparkModel":
@@ -447,7 +452,19 @@ class SparkModel:
         model, info = load_model_and_info(path, custom_objects, kwargs.get("master"))
         loaded = cls(model, custom_objects=custom_objects, **kwargs)
         loaded.classes = info.get("classes") or None
+        columns = info.get("columns")
+        if isinstance(columns, dict):
+            loaded._fit_columns = (columns.get("features", "features"), columns.get("label", "label"))
         return loaded
+
+
+def _plain_columns(spec: Any) -> Any:
+    """A column spec (a name, a list of names, or a dict of them) as JSON holds it."""
+    if isinstance(spec, Mapping):
+        return {str(k): _plain_columns(v) for k, v in spec.items()}
+    if isinstance(spec, (list, tuple)):
+        return [_plain_columns(v) for v in spec]
+    return spec
 
 
 def save_model_file(model: Any, path: str, master: str | None = None, overwrite: bool = False,

@@ -319,3 +319,34 @@ def test_demo_prints_json(tmp_path):
     assert os.path.getsize(result["plot"]) > 10_000 and os.path.exists(result["model"])
     # the CLI's own TensorFlow import prints none of its native start-up lines (--debug shows them)
     assert not [ln for ln in res.stderr.splitlines() if "absl::InitializeLog" in ln or "oneDNN" in ln], res.stderr
+
+
+def test_a_csv_of_scalar_columns_trains_without_listing_them_and_the_model_remembers_them(files, tmp_path, capsys):
+    """Without --features and without a 'features' column, every numeric column but the label is a feature, in
+    the file's order; the choice is printed, saved with the model, and used by evaluate and predict."""
+    import keras
+    import pandas as pd
+
+    from sparkeras.cli.main import main
+
+    tmp, x, y, _ = files
+    table = pd.DataFrame(x, columns=[f"f{i}" for i in range(x.shape[1])])
+    table.insert(3, "digit", y)  # the label between feature columns: it must be left out, the order kept
+    table.to_csv(tmp_path / "train.csv", index=False)
+    model = tmp_path / "trained.keras"
+    rc = main(["train", "--model", str(tmp / "untrained.keras"), "--data", str(tmp_path / "train.csv"), "--label", "digit",
+               "--epochs", "3", "--batch-size", "32", "--workers", "2", "--output", str(model), "--quiet"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err[-3000:]
+    assert "features: the 8 numeric columns other than 'digit' (f0, f1, f2, ..., f7)" in out.out
+    trained = keras.saving.load_model(str(model))
+    assert trained.evaluate(x, y, verbose=0, return_dict=True)["accuracy"] > 0.85
+
+    assert main(["evaluate", "--model", str(model), "--data", str(tmp_path / "train.csv"), "--label", "digit"]) == 0
+    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert got["accuracy"] == pytest.approx(trained.evaluate(x, y, verbose=0, return_dict=True)["accuracy"], abs=1e-5)
+    assert main(["predict", "--model", str(model), "--data", str(tmp_path / "train.csv"),
+                 "--output", str(tmp_path / "scored")]) == 0
+    scored = pd.read_parquet(tmp_path / "scored")
+    want = trained.predict(x, verbose=0).argmax(axis=1)
+    assert (scored["prediction_class"].to_numpy() == want).mean() == 1.0

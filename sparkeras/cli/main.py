@@ -15,7 +15,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 from sparkeras.data.columns import split_columns
 
@@ -50,7 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     _data_flags(train, "training data: Parquet (or CSV, JSON, ORC, Delta) path, any Hadoop URI",
                 "folder of image files, one folder per class (cats/001.jpg); the class names are saved with "
                 "the model")
-    train.add_argument("--features", default="features", help="feature column(s), comma separated")
+    train.add_argument("--features", default=None,
+                       help="feature column(s), comma separated; default: the column 'features', or where the data "
+                            "has none, every numeric column but the label and weight columns, in the data's order "
+                            "(a CSV of scalar columns, say); saved with the model for evaluate and predict")
     train.add_argument("--label", default="label", help="label column")
     train.add_argument("--epochs", type=int, default=1)
     train.add_argument("--batch-size", type=int, default=32)
@@ -87,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", required=True, help="compiled model, .keras file")
     _data_flags(evaluate, "labelled data: Parquet (or CSV, JSON, ORC, Delta) path, any Hadoop URI",
                 "folder of image files in class folders, numbered by the classes saved with the model")
-    evaluate.add_argument("--features", default="features", help="feature column(s), comma separated")
+    evaluate.add_argument("--features", default=None,
+                          help="feature column(s), comma separated; default: those the model was trained on")
     evaluate.add_argument("--label", default="label", help="label column")
     evaluate.add_argument("--weight-col", metavar="COLUMN", help="a numeric column of --data that weighs each row")
     evaluate.add_argument("--batch-size", type=int, default=256)
@@ -102,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     _data_flags(predict, "Parquet (or CSV, JSON, ORC, Delta) path, any Hadoop URI",
                 "folder of image files; the output has their path, the prediction and, for a model trained on "
                 "class folders, the class name")
-    predict.add_argument("--features", default="features", help="feature column(s), comma separated")
+    predict.add_argument("--features", default=None,
+                         help="feature column(s), comma separated; default: those the model was trained on")
     predict.add_argument("--output", required=True, help="Parquet path to write (never one of the inputs)")
     predict.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     predict.add_argument("--prediction-col", default="prediction")
@@ -425,7 +430,11 @@ def _train(args: argparse.Namespace) -> int:
     sm = SparkModel.load(args.model, strategy=args.strategy, num_workers=args.workers, seed=args.seed,
                          **_strategy_options(args))
     data, validation = args.data, args.validation
-    features, label = split_columns(args.features), args.label
+    features, label = args.features, args.label
+    if features is not None:
+        features = split_columns(features)
+    elif not args.images:
+        data, features = _table_features(spark, args)
     if args.images:
         data, features, label = _read_images(spark, args, sm.model, "folder"), "image", "label"
         if validation:  # numbered by the training folders, even where it lacks one
@@ -452,6 +461,35 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _given_columns(value: str | None) -> str | list[str] | None:
+    """``--features`` as columns; ``None`` (not given) lets the model use the columns it was trained on."""
+    return None if value is None else split_columns(value)
+
+
+def _table_features(spark: Any, args: argparse.Namespace) -> tuple[Any, str | list[str]]:
+    """The training data and its features when ``--features`` is not given.
+
+    A column called ``features`` (an array or a Spark ML vector) if there is
+    one; otherwise every numeric column but the label and weight columns, in
+    the data's order, as in a CSV of scalar columns, so a user need not list
+    64 pixel columns by hand. The choice is printed and saved with the model.
+    """
+    from pyspark.sql.types import NumericType
+
+    from sparkeras.data.sources import read_data
+
+    frame = read_data(spark, args.data)
+    if "features" in frame.columns:
+        return frame, "features"
+    skip = {args.label, args.weight_col}
+    numeric = [f.name for f in frame.schema.fields if isinstance(f.dataType, NumericType) and f.name not in skip]
+    if not numeric:
+        return frame, "features"  # the usual error names the columns there are
+    shown = ", ".join(numeric) if len(numeric) <= 6 else f"{', '.join(numeric[:3])}, ..., {numeric[-1]}"
+    print(f"features: the {len(numeric)} numeric columns other than {args.label!r} ({shown})")
+    return frame, numeric if len(numeric) > 1 else numeric[0]
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     """Print the model's compiled loss and metrics on the data as one JSON object; image folders are numbered
     by the classes saved with the model."""
@@ -463,7 +501,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         data = _read_images(spark, args, sm.model, "folder", classes=sm.classes)
         metrics = sm.evaluate(data, features_col="image", label_col="label", batch_size=args.batch_size)
     else:
-        metrics = sm.evaluate(args.data, features_col=split_columns(args.features), label_col=args.label,
+        metrics = sm.evaluate(args.data, features_col=_given_columns(args.features), label_col=args.label,
                               batch_size=args.batch_size, weight_col=args.weight_col)
     print(json.dumps({k: round(float(v), 6) for k, v in metrics.items()}))
     return 0
@@ -481,7 +519,7 @@ def _predict(args: argparse.Namespace) -> int:
         out = sm.predict(_read_images(spark, args, sm.model, None), features_col="image",
                          batch_size=args.batch_size, prediction_col=args.prediction_col).drop("image")
     else:
-        out = sm.predict(args.data, features_col=split_columns(args.features), batch_size=args.batch_size,
+        out = sm.predict(args.data, features_col=_given_columns(args.features), batch_size=args.batch_size,
                          prediction_col=args.prediction_col)
     out = _with_classes(out, sm, args.prediction_col)
     try:
