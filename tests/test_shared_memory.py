@@ -329,18 +329,24 @@ def _exit_holding_a_segment(addresses: "multiprocessing.Queue") -> None:
     os._exit(0)  # dies as a killed task would: no close, no unlink
 
 
+def _orphaned_segment() -> str:
+    """The address of a segment whose creator (another process) has died without unlinking it."""
+    spawn = multiprocessing.get_context("spawn")
+    addresses = spawn.Queue()
+    creator = spawn.Process(target=_exit_holding_a_segment, args=(addresses,))
+    creator.start()
+    address = addresses.get(timeout=120)
+    creator.join(timeout=30)
+    return address
+
+
 @pytest.mark.skipif(not _ORDERED_STORES, reason="the flags need x86-64's store order; elsewhere gloo serves")
 def test_a_segment_whose_creator_died_is_reported_stale_and_the_next_publication_joined():
     """An attempt's rank 0 published, then died before its peer looked: the peer must not wait on its segment."""
     from sparkeras.comm.machine import MachineCollective
 
     before = _segments()
-    spawn = multiprocessing.get_context("spawn")
-    addresses = spawn.Queue()
-    creator = spawn.Process(target=_exit_holding_a_segment, args=(addresses,))
-    creator.start()
-    stale = addresses.get(timeout=120)
-    creator.join(timeout=30)
+    stale = _orphaned_segment()
     assert len(_segments() - before) == 1  # left behind by the dead creator
 
     rendezvous = Rendezvous(timeout=30)
@@ -404,12 +410,7 @@ def test_the_driver_removes_a_segment_left_by_a_creator_that_died_before_its_pee
     from sparkeras.comm.machine import MachineCollective
 
     before = _segments()
-    spawn = multiprocessing.get_context("spawn")
-    addresses = spawn.Queue()
-    creator = spawn.Process(target=_exit_holding_a_segment, args=(addresses,))
-    creator.start()
-    orphan = addresses.get(timeout=120)
-    creator.join(timeout=30)
+    orphan = _orphaned_segment()
     unlinked = MachineCollective.create(2, timeout=5)  # its file is gone already: nothing to do for it
     unlinked.close()
     rendezvous = Rendezvous(timeout=5)
