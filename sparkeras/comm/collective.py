@@ -73,6 +73,7 @@ class Collective(CollectiveBase):
         host = "127.0.0.1" if loopback else _task_host(context, rank)
         wait = datetime.timedelta(seconds=timeout)
         driver = FrameClient(rendezvous, 0, timeout=timeout)
+        joined: Any = None
         try:
             if rank == 0:
                 machine = MachineCollective.serves(loopback, shared_memory, world)
@@ -86,6 +87,10 @@ class Collective(CollectiveBase):
                     driver.call({"type": "publish", "stage": context.stageId(), "world": world, "address": address})
             else:
                 joined = _look_up(driver, context.stageId(), rank, world, timeout)
+        except BaseException:
+            if isinstance(joined, MachineCollective):
+                joined.close()  # an unpublished segment: nobody else would remove its file
+            raise
         finally:
             driver.close()
         if isinstance(joined, MachineCollective):
