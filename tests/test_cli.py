@@ -143,7 +143,8 @@ def test_errors_are_one_clear_line_without_a_java_trace(files):
     assert res.returncode == 2
     err = [ln for ln in res.stderr.splitlines() if ln.startswith("sparkeras")]
     assert err == ["sparkeras predict: error: Column 'image' (--features) is not in the data; the columns are "
-                   "['digit', 'id', 'pixels']. Pass --features with one of them."]
+                   "['id', 'pixels', 'digit']. Pass --features with one of them (an array or vector column), or "
+                   "with a list of numeric columns, one per input value."]
     assert "at org.apache" not in res.stderr and "Traceback" not in res.stderr
 
 

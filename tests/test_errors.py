@@ -44,8 +44,13 @@ def test_a_label_of_the_wrong_width_names_the_output_layer(spark):
 
 def test_missing_column_lists_existing_ones(spark):
     x, y = blobs(50)
-    with pytest.raises(InputError, match=r"Column 'pixels' \(features_col\) is not in the data; the columns are \['features', 'label'\]"):
+    with pytest.raises(InputError, match=r"Column 'pixels' \(features_col\) is not in the data; the columns are "
+                                         r"\['features', 'label'\]\. Pass features_col= with one of them \(an array "
+                                         r"or vector column\), or with a list of numeric columns, one per input value"):
         SparkModel(mlp(), num_workers=2).fit(_df(spark, x, y), features_col="pixels", verbose=0)
+    with pytest.raises(InputError, match=r"Column 'digit' \(label_col\) is not in the data; the columns are "
+                                         r"\['features', 'label'\]\. Pass label_col= with one of them\.$"):
+        SparkModel(mlp(), num_workers=2).fit(_df(spark, x, y), label_col="digit", verbose=0)
 
 
 def test_non_numeric_features(spark):

@@ -404,8 +404,9 @@ def _bind(
     for col in cols:
         if col not in existing:
             raise InputError(
-                f"Column {col!r} ({arg}) is not in the data; the columns are "
-                f"{sorted(existing)}. Pass {arg}= with one of them."
+                f"Column {col!r} ({arg}) is not in the data; the columns are {list(existing)}. Pass {arg}= with "
+                + ("one of them (an array or vector column), or with a list of numeric columns, one per input value."
+                   if role == FEATURE else "one of them.")
             )
     kinds = [_column_kind(existing[c].dataType) for c in cols]
     if "image" in kinds:
