@@ -434,7 +434,7 @@ def _train(args: argparse.Namespace) -> int:
     if features is not None:
         features = split_columns(features)
     elif not args.images:
-        data, features = _table_features(spark, args)
+        features = _table_features(spark, args)
     if args.images:
         data, features, label = _read_images(spark, args, sm.model, "folder"), "image", "label"
         if validation:  # numbered by the training folders, even where it lacks one
@@ -466,13 +466,15 @@ def _given_columns(value: str | None) -> str | list[str] | None:
     return None if value is None else split_columns(value)
 
 
-def _table_features(spark: Any, args: argparse.Namespace) -> tuple[Any, str | list[str]]:
-    """The training data and its features when ``--features`` is not given.
+def _table_features(spark: Any, args: argparse.Namespace) -> str | list[str]:
+    """The feature columns of ``--data`` when ``--features`` is not given.
 
     A column called ``features`` (an array or a Spark ML vector) if there is
     one; otherwise every numeric column but the label and weight columns, in
     the data's order, as in a CSV of scalar columns, so a user need not list
     64 pixel columns by hand. The choice is printed and saved with the model.
+    Only the schema is used here: the fit still reads ``--data`` by its path,
+    which MLflow logs as the data source.
     """
     from pyspark.sql.types import NumericType
 
@@ -480,14 +482,14 @@ def _table_features(spark: Any, args: argparse.Namespace) -> tuple[Any, str | li
 
     frame = read_data(spark, args.data)
     if "features" in frame.columns:
-        return frame, "features"
+        return "features"
     skip = {args.label, args.weight_col}
     numeric = [f.name for f in frame.schema.fields if isinstance(f.dataType, NumericType) and f.name not in skip]
     if not numeric:
-        return frame, "features"  # the usual error names the columns there are
+        return "features"  # the usual error names the columns there are
     shown = ", ".join(numeric) if len(numeric) <= 6 else f"{', '.join(numeric[:3])}, ..., {numeric[-1]}"
     print(f"features: the {len(numeric)} numeric columns other than {args.label!r} ({shown})")
-    return frame, numeric if len(numeric) > 1 else numeric[0]
+    return numeric if len(numeric) > 1 else numeric[0]
 
 
 def _evaluate(args: argparse.Namespace) -> int:
