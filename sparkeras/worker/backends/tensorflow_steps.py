@@ -30,7 +30,7 @@ class TensorFlowSteps(GradientSteps):
         traced.reducer.collective = collective
         super().__init__(model, collective, traced.global_sum)
         self._traced = traced
-        self._empty_pass, self._apply = traced.empty_pass, tf.function(traced.update)
+        self._empty_pass, self._apply = traced.empty_pass, tf.function(traced.update, autograph=False)
 
     def step(self, x: Any, y: Any, rows: int, share: float, sample_weight: Any = None) -> None:
         if not rows:  # rare (the last steps of unequal partitions): the parts in turn
@@ -90,7 +90,7 @@ class _TracedGradients:
             return tf.concat([tf.reshape(tf.cast(tf.zeros(v.shape) if g is None else tf.convert_to_tensor(g),
                                                  tf.float32), [-1]) for g, v in zip(grads, variables)], 0)
 
-        @tf.function(reduce_retracing=True)
+        @tf.function(reduce_retracing=True, autograph=False)
         def gradients(x: Any, y: Any, sample_weight: Any, share: Any) -> Any:
             with tf.GradientTape() as tape:
                 y_pred = model(x, training=True)
@@ -101,7 +101,7 @@ class _TracedGradients:
             model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
             return flat(grads)
 
-        @tf.function(reduce_retracing=True)
+        @tf.function(reduce_retracing=True, autograph=False)
         def empty_pass(x: Any) -> Any:
             with tf.GradientTape() as tape:
                 y_pred = model(x, training=True)
@@ -118,7 +118,7 @@ class _TracedGradients:
         def reduce(flat: np.ndarray) -> np.ndarray:
             return self.reducer.collective.allreduce_(np.array(flat, dtype=np.float32))  # TF's memory is read-only
 
-        @tf.function(reduce_retracing=True)
+        @tf.function(reduce_retracing=True, autograph=False)
         def step(x: Any, y: Any, sample_weight: Any, share: Any) -> None:
             flat = gradients(x, y, sample_weight, share)
             summed = tf.numpy_function(reduce, [flat], tf.float32, stateful=True)
