@@ -514,11 +514,29 @@ def test_workers_fork_from_a_daemon_that_imported_tensorflow_and_freeze_what_the
             daemon_has_tensorflow = "libtensorflow" in maps.read()
         with open(f"/proc/{os.getppid()}/cmdline") as cmdline:
             daemon = cmdline.read().split("\0")[2]
-        yield daemon, daemon_has_tensorflow, gc.get_freeze_count()
+        yield daemon, daemon_has_tensorflow, gc.isenabled(), gc.get_freeze_count()
 
     got = spark.sparkContext.parallelize(range(2), 2).mapPartitions(probe).collect()
-    assert [g[:2] for g in got] == [("sparkeras.worker.daemon", True)] * 2
-    assert all(g[2] > 100_000 for g in got), got  # Keras and TensorFlow alone are about 500,000 objects
+    # The daemon imports with the collector off, and turns it back on before it forks.
+    assert [g[:3] for g in got] == [("sparkeras.worker.daemon", True, True)] * 2
+    assert all(g[3] > 100_000 for g in got), got  # Keras and TensorFlow alone are about 500,000 objects
+
+
+def test_the_daemon_turns_the_collector_back_on_when_its_import_fails(monkeypatch):
+    import gc
+
+    from sparkeras.worker import daemon
+
+    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
+    monkeypatch.setattr(daemon, "has_nvidia_driver", lambda: False)
+    monkeypatch.setattr(daemon.importlib, "import_module", lambda name: 1 / 0)
+    frozen = gc.get_freeze_count()
+    try:
+        assert daemon.preload() is None
+        assert gc.isenabled()
+        assert gc.get_freeze_count() >= frozen
+    finally:
+        gc.unfreeze()
 
 
 def test_the_daemon_preloads_only_tensorflow_and_reads_the_backend_as_keras_does(tmp_path, monkeypatch):
