@@ -351,3 +351,19 @@ def test_a_csv_of_scalar_columns_trains_without_listing_them_and_the_model_remem
     scored = pd.read_parquet(tmp_path / "scored")
     want = trained.predict(x, verbose=0).argmax(axis=1)
     assert (scored["prediction_class"].to_numpy() == want).mean() == 1.0
+
+
+def test_the_cli_imports_keras_with_the_collector_off_and_turns_it_back_on():
+    import gc
+
+    from sparkeras.cli.main import import_keras_quietly
+
+    assert gc.isenabled()
+    import_keras_quietly(debug=False)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        import_keras_quietly(debug=False)
+        assert not gc.isenabled()  # a collector the caller turned off stays off
+    finally:
+        gc.enable()
