@@ -2,7 +2,8 @@
 data nor its Python workers' files in the temporary folder or Spark's scratch folder, once its JVM has exited.
 
 Before, the packed ``.npy`` files stayed in ``sparkeras-data-*`` folders (as large as the data) and every worker
-left TensorFlow's ``__autograph_generated_file*.py`` sources, which TensorFlow removes only at a normal exit."""
+left TensorFlow's ``__autograph_generated_file*.py`` sources, which TensorFlow removes only at a normal exit.
+sparkeras' own loops are traced without autograph; a model's own ``tf.function`` (here a layer's) still writes them."""
 
 from __future__ import annotations
 
@@ -19,12 +20,24 @@ SCRIPT = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})
 from conftest import blobs, mlp
+import keras
 import pandas as pd
+import tensorflow as tf
 import sparkeras
+
+def halved(x):
+    return x * 0.5
+
+class Halved(keras.layers.Layer):
+    def call(self, x):
+        return tf.function(halved)(x)  # autograph converts halved wherever the layer is traced
+
 spark = sparkeras.get_spark("local[2]")
 x, y = blobs(600)
 df = spark.createDataFrame(pd.DataFrame({{"features": list(x), "label": y}})).cache()
-model = sparkeras.SparkModel(mlp(), num_workers=2)
+net = keras.Sequential([keras.Input((x.shape[1],)), Halved(), *mlp().layers])
+net.compile("adam", "sparse_categorical_crossentropy")
+model = sparkeras.SparkModel(net, num_workers=2)
 model.fit(df, epochs=1, verbose=0, validation_data=df)
 assert model.predict(df).count() == 600
 print("JVM", spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid(), flush=True)
@@ -53,13 +66,14 @@ def test_a_killed_driver_leaves_no_packed_data_or_worker_files(tmp_path):
     scratch.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "SPARKERAS_DEBUG"}
     env.update(PYSPARK_PYTHON=sys.executable, TMPDIR=str(scratch), SPARK_LOCAL_DIRS=str(scratch))
-    script = SCRIPT.format(tests=os.path.dirname(os.path.abspath(__file__)), scratch=str(scratch))
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    script = tmp_path / "fit_then_die.py"  # a file, so that autograph can read the layer's source
+    script.write_text(SCRIPT.format(tests=os.path.dirname(os.path.abspath(__file__)), scratch=str(scratch)))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == -9, done.stderr[-3000:]
     lines = dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
     jvm = int(lines["JVM"])
     found = lines["FOUND"].split("|")
-    # The run did make both kinds: the packing's folders and the workers' autograph sources.
+    # The run did make both kinds: the packing's folders and the workers' autograph sources (the layer's).
     assert any(f.startswith("sparkeras-data-") for f in found), found
     assert any("__autograph_generated_file" in f for f in found), found
     deadline = time.monotonic() + 60
