@@ -219,6 +219,8 @@ class _OneRank:
 @pytest.mark.parametrize("make_model", [lambda: mlp(seed=4), _bn_model], ids=["mlp", "batchnorm"])
 def test_the_warm_up_traces_the_gradient_step_once_for_every_fit_of_the_model(spark, make_model):
     """The warm-up's trace serves every batch size, later fits reuse it, and it runs no step."""
+    import tensorflow as tf
+
     from sparkeras.data.columns import resolve_columns
     from sparkeras.data.sources import as_dataset
     from sparkeras.worker.backends import trace_gradients
@@ -235,15 +237,19 @@ def test_the_warm_up_traces_the_gradient_step_once_for_every_fit_of_the_model(sp
     trace_gradients(model, columns, "tensorflow", weighted=False, sync_batch_norm=True, batch_size=32)
     assert int(model.optimizer.iterations) == 0  # rehearsed once on zeros, and put back
     fits = []
+    tensors = [tf.constant(x), tf.constant(y)]
     for _ in range(2):  # two fits of one epoch each, as two all-reduce fits of the cached model would run
         steps = TensorFlowSteps(model, _OneRank(), sync_batch_norm=True)
-        for start in range(0, len(x), 32):
-            steps.step(x[start:start + 32], y[start:start + 32], len(x[start:start + 32]), 1.0)
+        # As an epoch runs them: whole batches in traced runs of a few steps, then the last, shorter batch.
+        steps.run_steps(columns, tensors, np.arange(96, dtype=np.int32).reshape(3, 32), np.ones(3, np.float32))
+        steps.run_steps(columns, tensors, np.arange(96, 192, dtype=np.int32).reshape(3, 32), np.ones(3, np.float32))
+        steps.run_steps(columns, tensors, np.arange(192, 200, dtype=np.int32).reshape(1, 8), np.ones(1, np.float32))
         steps.close()
         fits.append(steps)
     assert fits[1]._traced is fits[0]._traced
-    assert fits[0]._traced.gradients.experimental_get_tracing_count() == 1  # batches of 32 and of 8 alike
-    assert fits[0]._traced.step.experimental_get_tracing_count() == 1  # the whole step too, by the warm-up
+    loops = fits[0]._traced._loops
+    assert len(loops) == 1  # the warm-up's trace serves the fit's arrays
+    assert next(iter(loops.values())).experimental_get_tracing_count() == 1  # runs of 3 steps and 1 step alike
     assert not any("_moments" in layer.__dict__ for layer in model.layers)  # the layers are given back
     assert int(model.optimizer.iterations) == 14
     for got, want in zip(model.get_weights(), plain.get_weights()):  # BatchNorm moving statistics included
@@ -268,8 +274,8 @@ def test_the_warm_up_rehearsal_puts_every_variable_back(spark):
     before = [np.array(v) for v in variables]
     columns = resolve_columns(model, as_dataset(spark, x, y).schema, "features", "label")
     trace_gradients(model, columns, "tensorflow", weighted=False, sync_batch_norm=True, batch_size=16)
-    step = model._sparkeras_gradient_steps[False].step
-    assert step.experimental_get_tracing_count() == 1
+    loops = model._sparkeras_gradient_steps[False]._loops
+    assert [loop.experimental_get_tracing_count() for loop in loops.values()] == [1]
     for variable, value in zip(variables, before):
         np.testing.assert_array_equal(np.array(variable), value, err_msg=variable.path)
     assert model.optimizer._learning_rate is not model.optimizer.__dict__["_sparkeras_scaled_rate"]  # given back

@@ -51,7 +51,7 @@ from sparkeras.worker.learning_rate import scale_learning_rate
 from sparkeras.worker import runtime
 from sparkeras.worker.backends import gradient_steps
 from sparkeras.worker.faults import Hold, hold_once
-from sparkeras.worker.local_steps import evaluate_arrays
+from sparkeras.worker.local_steps import evaluate_arrays, shared_tensor
 from sparkeras.worker.tasks import WorkerSpec, validates
 
 TRAIN, VALIDATION = 0, 1
@@ -125,6 +125,15 @@ def train_barrier(spec: BarrierSpec, tagged: Iterator[tuple]) -> Iterator[tuple[
     yield collective.rank, last
 
 
+# Steps per traced run: the first run of an epoch is short, later ones last about _RUN_SECONDS, so the
+# progress bar and the running loss still move a few times a second.
+_FIRST_CHUNK, _RUN_SECONDS = 16, 0.2
+
+
+def _next_chunk(steps: int, seconds: float) -> int:
+    return int(min(4096, max(1, steps * _RUN_SECONDS / max(seconds, 1e-6))))
+
+
 def _split(spec: WorkerSpec, tagged: Iterator[tuple]) -> tuple[tuple[list[np.ndarray], int], tuple[list[np.ndarray], int]]:
     """This task's training and validation partitions, in their original block order."""
     ordered = sorted(tagged, key=lambda kv: kv[0])
@@ -143,6 +152,9 @@ class _EpochLoop:
         (self.arrays, self.n), (self.val_arrays, self.val_n) = train, validation
         self.arrays = spec.worker.training_arrays(self.arrays)
         self.steps = gradient_steps(model, collective, spec.worker.backend, spec.sync_batch_norm)
+        # Steps with rows run in one traced loop over the partition where the backend has one (TensorFlow).
+        self._tensors = ([shared_tensor(a) for a in self.arrays]
+                         if self.n and hasattr(self.steps, "run_steps") else None)
         import keras  # the worker's backend is configured by now
 
         rate = model.optimizer.learning_rate
@@ -166,17 +178,40 @@ class _EpochLoop:
         self.model.reset_metrics()
         self._epoch_began = (time.perf_counter(), self.collective.seconds, self.collective.bytes)
         last_report = time.perf_counter()
-        for step in range(spec.steps):
+        step, chunk = 0, _FIRST_CHUNK
+        while step < spec.steps:
             self._maybe_fail(epoch, step)
-            idx = order[min(n, step * b):min(n, (step + 1) * b)]
-            x, y, *weights = spec.worker.columns.data([a[idx] for a in self.arrays])
-            share = len(idx) / max(1, spec.global_rows(step))
-            self.steps.step(x, y, len(idx), share, *weights)
+            end = self._chunk_end(step, chunk, b, n)
+            idx = order[min(n, step * b):min(n, end * b)]
+            if end > step + 1 or (self._tensors is not None and len(idx)):
+                began = time.perf_counter()
+                shares = [min(b, n - s * b) / max(1, spec.global_rows(s)) for s in range(step, end)]
+                self.steps.run_steps(spec.worker.columns, self._tensors, idx.reshape(end - step, -1).astype(np.int32),
+                                     np.asarray(shares, np.float32))
+                chunk = _next_chunk(end - step, time.perf_counter() - began)
+            else:
+                x, y, *weights = spec.worker.columns.data([a[idx] for a in self.arrays])
+                self.steps.step(x, y, len(idx), len(idx) / max(1, spec.global_rows(step)), *weights)
+            step = end
             if reporter is not None and time.perf_counter() - last_report > reporter.interval:
                 last_report = time.perf_counter()
-                reporter.send(min(n, (step + 1) * b), {"loss": self.steps.running_loss()})
+                reporter.send(min(n, step * b), {"loss": self.steps.running_loss()})
         if reporter is not None:
             reporter.send(n, {"loss": self.steps.running_loss()})
+
+    def _chunk_end(self, step: int, chunk: int, b: int, n: int) -> int:
+        """The step after the run of steps that starts at ``step``: one step, or up to ``chunk`` whole batches.
+
+        A traced run holds whole local batches only; the last, shorter batch
+        runs alone, and a step without rows here (unequal partitions) takes
+        the backend's Python path. Runs end at the middle step, where the
+        test hooks act (:meth:`_maybe_fail`).
+        """
+        whole = n // b if (self._tensors is not None and b) else 0
+        if step >= whole:
+            return step + 1
+        middle = self.spec.steps // 2
+        return min(whole, step + chunk, middle if step < middle else whole)
 
     def end_epoch(self, epoch: int, client: FrameClient) -> bool:
         """Average the non-trainable state, sum metric states, report; True to stop.
