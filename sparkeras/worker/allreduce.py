@@ -183,7 +183,7 @@ class _EpochLoop:
             self._maybe_fail(epoch, step)
             end = self._chunk_end(step, chunk, b, n)
             idx = order[min(n, step * b):min(n, end * b)]
-            if end > step + 1 or (self._tensors is not None and len(idx)):
+            if self._tensors is not None and len(idx):
                 began = time.perf_counter()
                 shares = [min(b, n - s * b) / max(1, spec.global_rows(s)) for s in range(step, end)]
                 self.steps.run_steps(spec.worker.columns, self._tensors, idx.reshape(end - step, -1).astype(np.int32),

@@ -1,4 +1,4 @@
-"""The TensorFlow backend's split step: gradients, the global sum and the update in one ``tf.function``."""
+"""The TensorFlow backend's split step: gradients, the global sum and the update, in one traced loop of steps."""
 
 from __future__ import annotations
 
@@ -12,15 +12,13 @@ from sparkeras.worker.backends.batch_norm import batch_norm_layers, synchronize_
 
 
 class TensorFlowSteps(GradientSteps):
-    """Gradients from a ``tf.GradientTape``, summed and applied by the model's optimizer in one ``tf.function``.
+    """Gradients from a ``tf.GradientTape``, summed and applied by the model's optimizer, many steps per call.
 
-    Why one function. A step with rows calls a single traced function whose
-    global sum is a ``numpy_function`` between the backward pass and the
-    update (:attr:`_TracedGradients.step`). Two calls (gradients, then the
-    update) with the sum between them in Python cost 0.2-0.4 ms more per
-    step (1.03 against 0.83 ms for the regression benchmark's MLP
-    32-128-64-1 at batch 64, 1.50 against 1.12 ms for its MLP 784-128-10,
-    one thread): a fifth of a small model's step.
+    A fit runs its steps with rows through :meth:`run_steps`: one traced
+    loop per run of whole batches, with the global sum a ``numpy_function``
+    between each step's backward pass and its update
+    (:meth:`_TracedGradients.loop_over`). :meth:`step` (a step without rows
+    here, or one called on its own) takes the parts in turn.
     """
 
     def __init__(self, model: Any, collective: Any, sync_batch_norm: bool) -> None:
@@ -31,15 +29,6 @@ class TensorFlowSteps(GradientSteps):
         super().__init__(model, collective, traced.global_sum)
         self._traced = traced
         self._empty_pass, self._apply = traced.empty_pass, tf.function(traced.update, autograph=False)
-
-    def step(self, x: Any, y: Any, rows: int, share: float, sample_weight: Any = None) -> None:
-        if not rows:  # rare (the last steps of unequal partitions): the parts in turn
-            super().step(x, y, rows, share, sample_weight)
-            return
-        import tensorflow as tf
-
-        self._traced.trace_step(x, y, sample_weight)
-        self._traced.step(x, y, sample_weight, tf.constant(share, tf.float32))
 
     def run_steps(self, columns: Any, tensors: list[Any], batches: np.ndarray, shares: np.ndarray) -> None:
         """Train one step per row of ``batches`` (row indices into ``tensors``, none empty) in one traced call.
@@ -80,9 +69,9 @@ class _TracedGradients:
     last, smaller batch traced it again (0.08-0.10 s), in every all-reduce
     fit of a model (measured on one core, an MLP and a small CNN). The
     functions read the fit's collective through a :class:`_Reducer`, so a
-    later fit, with a new collective, reuses them. The whole step (gradients,
-    sum, update) is kept too, and traced by the warm-up: the update reads
-    the learning rate through variables that each fit sets
+    later fit, with a new collective, reuses them. The loop of whole steps
+    (gradients, sum, update) is kept too, and traced by the warm-up: the
+    update reads the learning rate through variables that each fit sets
     (:class:`~sparkeras.worker.learning_rate.ScaledRate`).
     """
 
@@ -126,16 +115,7 @@ class _TracedGradients:
         def reduce(flat: np.ndarray) -> np.ndarray:
             return self.reducer.collective.allreduce_(np.array(flat, dtype=np.float32))  # TF's memory is read-only
 
-        @tf.function(reduce_retracing=True, autograph=False)
-        def step(x: Any, y: Any, sample_weight: Any, share: Any) -> None:
-            flat = gradients(x, y, sample_weight, share)
-            summed = tf.numpy_function(reduce, [flat], tf.float32, stateful=True)
-            summed.set_shape(flat.shape)
-            update(summed)
-
-        self.gradients, self.empty_pass, self.update, self.step = gradients, empty_pass, update, step
-        self.reduce = reduce
-        self._step_traced = False
+        self.gradients, self.empty_pass, self.update, self.reduce = gradients, empty_pass, update, reduce
         self._loops: dict[tuple, Any] = {}
 
     def loop_over(self, columns: Any, tensors: list[Any]) -> Any:
@@ -187,33 +167,6 @@ class _TracedGradients:
             if restore is not None:
                 restore()
         return loop
-
-    def trace_step(self, x: Any, y: Any, sample_weight: Any) -> None:
-        """Trace :attr:`step` once, for batches of any size (``x``, ``y`` may be specs or a batch).
-
-        The update reads the optimizer's learning rate through its
-        :class:`~sparkeras.worker.learning_rate.ScaledRate`, installed while
-        tracing, so the trace serves every fit whatever its scaling.
-        """
-        if self._step_traced:
-            return
-        import tensorflow as tf
-
-        from sparkeras.worker.learning_rate import ScaledRate
-
-        def any_rows(a: Any) -> Any:
-            return None if a is None else tf.TensorSpec([None, *a.shape[1:]], a.dtype)
-
-        rate = ScaledRate.of(self.model.optimizer)
-        installed = self.model.optimizer._learning_rate is rate
-        restore = None if installed else rate.install()
-        try:
-            self.step.get_concrete_function(*tf.nest.map_structure(any_rows, (x, y, sample_weight)),
-                                            tf.TensorSpec([], tf.float32))
-        finally:
-            if restore is not None:
-                restore()
-        self._step_traced = True
 
     @classmethod
     def of(cls, model: Any, sync_batch_norm: bool) -> "_TracedGradients":
