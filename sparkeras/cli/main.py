@@ -437,10 +437,8 @@ def _train(args: argparse.Namespace) -> int:
     sm = SparkModel.load(args.model, strategy=args.strategy, num_workers=args.workers, seed=args.seed,
                          **_strategy_options(args))
     data, validation = args.data, args.validation
-    features, label = args.features, args.label
-    if features is not None:
-        features = split_columns(features)
-    elif not args.images:
+    features, label = _given_columns(args.features), args.label
+    if features is None and not args.images:
         features = _table_features(spark, args)
     if args.images:
         data, features, label = _read_images(spark, args, sm.model, "folder"), "image", "label"
