@@ -116,6 +116,41 @@ def test_very_unequal_partitions_do_not_hang(spark):
     assert history.history["accuracy"][-1] > 0.5
 
 
+def test_the_barrier_stage_reads_the_packed_blocks_in_place_when_spark_allows_it(spark):
+    from sparkeras.data.columns import resolve_columns
+    from sparkeras.data.packing import prepare
+    from sparkeras.data.sources import Dataset
+    from sparkeras.strategies.allreduce import _barrier_input, _one_barrier_stage
+
+    sc = spark.sparkContext
+    same = sc.parallelize(range(8), 2).map(lambda v: v + 1)
+    union = sc.parallelize(range(4), 1).union(sc.parallelize(range(4, 8), 1))
+    assert _one_barrier_stage(same, 2) and not _one_barrier_stage(same, 3)
+    assert not _one_barrier_stage(union, 2)
+    assert _one_barrier_stage(union.repartition(2), 2)  # the walk stops at the shuffle, as the stage does
+    # the rule is Spark's: the stage it accepts runs, the one it refuses fails before any task
+    assert sorted(same.barrier().mapPartitions(lambda it: [sum(it)]).collect()) == [10, 26]
+    with pytest.raises(Exception, match="Barrier execution mode does not allow"):
+        union.barrier().mapPartitions(lambda it: [sum(it)]).collect()
+
+    x, y = blobs(200, seed=2)
+    frame = spark.createDataFrame([(v.tolist(), int(c)) for v, c in zip(x, y)], "features ARRAY<FLOAT>, label INT")
+    frame = frame.repartition(2).cache()
+    dataset = Dataset(frame=frame, features_col="features", label_col="label")
+    columns = resolve_columns(mlp(seed=1), frame.schema, "features", "label")
+    train = prepare(dataset, columns, 2)
+    try:
+        direct = _barrier_input(train, None, 2)
+        assert "ShuffledRDD" not in direct.toDebugString().decode()  # no shuffle of the packed data
+        keys = direct.keys().collect()
+        assert {k[0] for k in keys} == {0, 1} and {k[1] for k in keys} == {0}
+        shuffled = _barrier_input(train, train, 2)  # validation data: both partitions i meet in task i
+        assert "ShuffledRDD" in shuffled.toDebugString().decode()
+        assert sorted(shuffled.keys().collect()) == sorted(keys + [(i, 1, k) for i, _, k in keys])
+    finally:
+        train.release()
+
+
 def test_a_killed_worker_resumes_from_the_last_completed_epoch(spark, tmp_path):
     x, y = blobs(2000, seed=8)
     strategy = AllReduce(timeout=60, max_restarts=2, checkpoint_dir=str(tmp_path / "ckpt"))
