@@ -70,21 +70,34 @@ def sum_metric_states(results: Sequence[PartitionResult]) -> list[np.ndarray] | 
     return [np.sum([s[i] for s in states], axis=0) for i in range(len(states[0]))]
 
 
+WARM_UP_HOLD_SECONDS = 0.5  # a build takes 0.1-0.3 s once the backend is imported; an import still to come, 2-3 s
+
+
+def warm_up_plan(plan: WarmUp, workers: int) -> WarmUp:
+    """``plan`` as the warm-up job's tasks get it: with several workers, each keeps its worker until the build."""
+    return replace(plan, hold_seconds=WARM_UP_HOLD_SECONDS) if workers > 1 else plan
+
+
 def start_warm_up(spark: Any, spec: WorkerSpec, workers: int, plan: WarmUp = WarmUp()) -> threading.Thread:
     """Start the training workers' backend import and model build while the driver packs the data.
 
     A cold Python worker spends seconds importing TensorFlow and building and
     tracing the model before its first step. A job of one short task per
     worker starts that work in a background thread of each Python worker
-    and returns at once, freeing the slots for the packing pass; the
+    and returns once the model is built, freeing the slots for the packing
+    pass; the
     packing and training tasks, which Spark gives the same (reused) Python
     workers (:mod:`sparkeras.data.arrow`), find it done or wait for it
     (:func:`sparkeras.worker.runtime.warm_up`). Returns the thread that
     submits the job; a failed warm-up costs nothing but the time it would
     have saved. ``plan`` names the loop the strategy's tasks run (and
     whether validation data makes them evaluate), so that is what is traced.
+    With several workers each task keeps its Python worker until the model
+    is built, at most :data:`WARM_UP_HOLD_SECONDS`, so that every task warms
+    a worker of its own (:func:`sparkeras.worker.tasks.warm_up`).
     """
     sc = spark.sparkContext
+    plan = warm_up_plan(plan, workers)
 
     def submit() -> None:
         try:

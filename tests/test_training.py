@@ -851,3 +851,51 @@ def test_socket_folders_of_killed_processes_are_removed_and_live_ones_kept(monke
         assert os.path.dirname(made) == root and os.path.basename(made).startswith(f"sparkeras-sock-{os.getpid()}-")
     finally:
         shutil.rmtree(root)
+
+
+def _warm_up_spec(seed: int):
+    from pyspark.sql.types import ArrayType, FloatType, LongType, StructField, StructType
+
+    from sparkeras.data.columns import resolve_columns
+    from sparkeras.serialization import ModelSpec
+    from sparkeras.worker.tasks import WorkerSpec
+
+    model = mlp(seed=seed)
+    schema = StructType([StructField("features", ArrayType(FloatType())), StructField("label", LongType())])
+    return WorkerSpec(ModelSpec.from_model(model), resolve_columns(model, schema, "features", "label"), "tensorflow")
+
+
+def test_a_warm_up_task_keeps_its_worker_until_the_model_is_built():
+    """Run here, in the driver's process: the task returns with the model built, not before."""
+    from sparkeras.worker import runtime, tasks
+
+    spec = _warm_up_spec(seed=31)
+    list(tasks.warm_up(spec, runtime.WarmUp(hold_seconds=60.0), iter(())))
+    assert spec.model.key in runtime._models
+    # a second warm-up of the same model has nothing to do and does not wait
+    started = time.monotonic()
+    list(tasks.warm_up(spec, runtime.WarmUp(hold_seconds=60.0), iter(())))
+    assert time.monotonic() - started < 5.0
+    with runtime._lock:  # the first one's trace has ended
+        runtime._models.pop(spec.model.key)
+
+
+def test_every_worker_of_a_fit_is_warmed_by_a_task_of_its_own(spark):
+    """The warm-up job's two tasks, as ``start_warm_up`` plans them, build the model in two Python workers.
+
+    Each task reports its worker once ``tasks.warm_up`` returns. Tasks that returned at once shared one
+    worker in about half of the cold fits of a fresh ``local[2]`` session, as this test did then.
+    """
+    from sparkeras.training import warm_up_plan
+    from sparkeras.worker import runtime, tasks
+
+    spec = _warm_up_spec(seed=32)
+    plan = warm_up_plan(runtime.WarmUp(), 2)
+    assert plan.hold_seconds > 0 and warm_up_plan(runtime.WarmUp(), 1).hold_seconds == 0
+
+    def warm(it):
+        list(tasks.warm_up(spec, plan, it))
+        yield os.getpid(), spec.model.key in runtime._models
+
+    found = spark.sparkContext.parallelize(range(2), 2).mapPartitions(warm).collect()
+    assert len({pid for pid, _ in found}) == 2 and all(built for _, built in found), found

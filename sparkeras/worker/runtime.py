@@ -339,7 +339,9 @@ class WarmUp:
     import (the all-reduce's ``torch.distributed``: 1.5 s per cold worker on
     2 cores). ``evaluation``: the fit has validation data, so the evaluation
     loop is traced too. ``batch_size``: the rows of a step, for a loop that
-    is rehearsed once on zeros of that shape.
+    is rehearsed once on zeros of that shape. ``hold_seconds``: how long
+    the warm-up task may keep its Python worker waiting for the model's build
+    (:func:`sparkeras.worker.tasks.warm_up`).
     """
 
     loop: str = "window"
@@ -347,9 +349,11 @@ class WarmUp:
     imports: tuple[str, ...] = ()
     evaluation: bool = False
     batch_size: int | None = None
+    hold_seconds: float = 0.0
 
 
-def warm_up(spec: ModelSpec, backend: str, columns: Any, weighted: bool = False, plan: WarmUp = WarmUp()) -> None:
+def warm_up(spec: ModelSpec, backend: str, columns: Any, weighted: bool = False,
+            plan: WarmUp = WarmUp()) -> threading.Event:
     """Start importing the backend, building the model and tracing its training loop, in the background.
 
     Called by the short warm-up job that ``fit`` starts before packing
@@ -361,11 +365,14 @@ def warm_up(spec: ModelSpec, backend: str, columns: Any, weighted: bool = False,
     same lock. Once per model and process; a training task that got the
     lock first has built the model itself, and the warm-up then does
     nothing. Errors are left for the training task to raise. ``plan`` says
-    which loop the fit runs (:class:`WarmUp`).
+    which loop the fit runs (:class:`WarmUp`). Returns an event set once the
+    model is built (or the warm-up gave up, or had nothing to do).
     """
+    built = threading.Event()
     with _lock:
         if spec.key in _models or spec.key in _warming:
-            return
+            built.set()
+            return built
         _warming.add(spec.key)
     cpus, gpus = task_cpus(), task_gpus()  # read here: the task context belongs to the calling thread's task
 
@@ -373,30 +380,34 @@ def warm_up(spec: ModelSpec, backend: str, columns: Any, weighted: bool = False,
         with _lock:
             if spec.key in _models:  # a training task got here first and uses the model now
                 _warming.discard(spec.key)
+                built.set()
                 return
             try:
                 _configure(backend, cpus, gpus)
                 for name in plan.imports:
                     importlib.import_module(name)
-                built = model(spec)
+                ready = model(spec)
+                built.set()
                 if plan.loop == "gradients":
                     from sparkeras.worker.backends import trace_gradients
 
-                    trace_gradients(built, columns, backend, weighted, plan.sync_batch_norm, plan.batch_size)
+                    trace_gradients(ready, columns, backend, weighted, plan.sync_batch_norm, plan.batch_size)
                 else:
                     from sparkeras.worker.local_steps import trace
 
-                    trace(built, columns, backend, weighted)
+                    trace(ready, columns, backend, weighted)
                 if plan.evaluation:
                     from sparkeras.worker.local_steps import trace_evaluation
 
-                    trace_evaluation(built, columns, backend)
+                    trace_evaluation(ready, columns, backend)
             except Exception:  # noqa: BLE001 - the training task builds again and reports it
                 pass
             finally:
                 _warming.discard(spec.key)
+                built.set()
 
     threading.Thread(target=work, name="sparkeras-warm-up", daemon=True).start()
+    return built
 
 
 def inference_model(spec: ModelSpec, weights_id: str, weights: Any) -> Any:
