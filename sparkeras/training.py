@@ -85,9 +85,8 @@ def start_warm_up(spark: Any, spec: WorkerSpec, workers: int, plan: WarmUp = War
     tracing the model before its first step. A job of one short task per
     worker starts that work in a background thread of each Python worker
     and returns once the model is built, freeing the slots for the packing
-    pass; the
-    packing and training tasks, which Spark gives the same (reused) Python
-    workers (:mod:`sparkeras.data.arrow`), find it done or wait for it
+    pass; the packing and training tasks, which Spark gives the same
+    (reused) Python workers (:mod:`sparkeras.data.arrow`), find it done or wait for it
     (:func:`sparkeras.worker.runtime.warm_up`). Returns the thread that
     submits the job; a failed warm-up costs nothing but the time it would
     have saved. ``plan`` names the loop the strategy's tasks run (and
