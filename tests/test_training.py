@@ -865,21 +865,6 @@ def _warm_up_spec(seed: int):
     return WorkerSpec(ModelSpec.from_model(model), resolve_columns(model, schema, "features", "label"), "tensorflow")
 
 
-def test_a_warm_up_task_keeps_its_worker_until_the_model_is_built():
-    """Run here, in the driver's process: the task returns with the model built, not before."""
-    from sparkeras.worker import runtime, tasks
-
-    spec = _warm_up_spec(seed=31)
-    list(tasks.warm_up(spec, runtime.WarmUp(hold_seconds=60.0), iter(())))
-    assert spec.model.key in runtime._models
-    # a second warm-up of the same model has nothing to do and does not wait
-    started = time.monotonic()
-    list(tasks.warm_up(spec, runtime.WarmUp(hold_seconds=60.0), iter(())))
-    assert time.monotonic() - started < 5.0
-    with runtime._lock:  # the first one's trace has ended
-        runtime._models.pop(spec.model.key)
-
-
 def test_every_worker_of_a_fit_is_warmed_by_a_task_of_its_own(spark):
     """The warm-up job's two tasks, as ``start_warm_up`` plans them, build the model in two Python workers.
 
@@ -894,8 +879,12 @@ def test_every_worker_of_a_fit_is_warmed_by_a_task_of_its_own(spark):
     assert plan.hold_seconds > 0 and warm_up_plan(runtime.WarmUp(), 1).hold_seconds == 0
 
     def warm(it):
-        list(tasks.warm_up(spec, plan, it))
-        yield os.getpid(), spec.model.key in runtime._models
+        list(tasks.warm_up(spec, plan, it))  # returns with the model built, not before
+        built = spec.model.key in runtime._models
+        started = time.monotonic()  # a second warm-up of the same model has nothing to do and does not wait
+        list(tasks.warm_up(spec, runtime.WarmUp(hold_seconds=60.0), iter(())))
+        yield os.getpid(), built, time.monotonic() - started
 
     found = spark.sparkContext.parallelize(range(2), 2).mapPartitions(warm).collect()
-    assert len({pid for pid, _ in found}) == 2 and all(built for _, built in found), found
+    assert len({pid for pid, _, _ in found}) == 2 and all(built for _, built, _ in found), found
+    assert all(again < 5.0 for _, _, again in found), found
