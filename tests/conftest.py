@@ -7,10 +7,13 @@ import sys
 
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-# No class-data archive builds in the background while the suite runs. test_class_archive runs first, builds one
-# through the real path, and then turns it on for every later session of the suite (sparkeras.class_archive).
+# No class-data archive builds in the background while the suite runs, but the one `class_archive_build` starts
+# through the real path; test_class_archive checks it and turns it on for the later sessions (sparkeras.class_archive).
 os.environ.setdefault("SPARKERAS_CLASS_ARCHIVE", "0")
 BUILDS_THE_CLASS_ARCHIVE = "test_a_first_session_builds_the_archive_after_it_exits_and_the_next_maps_it"
+
+import subprocess
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -33,12 +36,51 @@ def pytest_collection_modifyitems(config, items):
     each importing TensorFlow again (3 CPU-seconds apiece). Run together
     at the end, those tests leave that idle gap once.
 
-    The test that builds the driver JVM's class archive runs first of all:
-    the sessions started after it map the archive, as a user's do once it
-    exists, and start 2-3 s sooner each.
+    The test that checks the driver JVM's class archive runs first of
+    those: the archive's build (:func:`class_archive_build`) has run beside
+    the in-process tests, and the sessions started after the check map
+    it, as a user's do once it exists, and start 2-3 s sooner each.
     """
-    items.sort(key=lambda item: (item.name != BUILDS_THE_CLASS_ARCHIVE,
-                                 item.get_closest_marker(OWN_PROCESSES) is not None))
+    items.sort(key=lambda item: (item.get_closest_marker(OWN_PROCESSES) is not None,
+                                 item.name != BUILDS_THE_CLASS_ARCHIVE))
+
+
+FIRST_SESSION = """
+from sparkeras import class_archive
+print(class_archive.driver_java_options(), class_archive._build_requested)
+"""
+
+
+@dataclass
+class ArchiveBuild:
+    """The class archive's first session, started with the suite: ``cache`` is where its build writes."""
+
+    cache: object
+    env: dict
+    first: subprocess.Popen
+
+
+@pytest.fixture(scope="session", autouse=True)
+def class_archive_build(request, tmp_path_factory):
+    """Ask for the class archive as a user's first session does, when the suite starts.
+
+    ``FIRST_SESSION`` runs what ``get_spark`` runs before it starts a JVM:
+    with no archive yet, it asks for a build when its process exits. That
+    build (a JVM through a Spark workload, 40-60 s) then runs beside the
+    in-process tests, where the suite used to wait for it;
+    ``test_class_archive`` checks it before the tests that start sessions
+    of their own.
+    """
+    if BUILDS_THE_CLASS_ARCHIVE not in {item.name for item in request.session.items}:
+        yield None
+        return
+    cache = tmp_path_factory.mktemp("class-archive") / "cache"
+    env = {k: v for k, v in os.environ.items() if k != "SPARKERAS_DEBUG"}
+    env.update(PYSPARK_PYTHON=sys.executable, SPARKERAS_CACHE_DIR=str(cache), SPARKERAS_CLASS_ARCHIVE="1")
+    first = subprocess.Popen([sys.executable, "-c", FIRST_SESSION], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=env)
+    yield ArchiveBuild(cache, env, first)
+    first.kill()
 
 
 @pytest.fixture(scope="session")

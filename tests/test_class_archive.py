@@ -3,7 +3,8 @@
 A session ``get_spark`` starts with no archive for this JDK and Spark asks
 for a builder when its process exits (:mod:`sparkeras.class_archive`); the
 builder runs a driver JVM with ``-XX:ArchiveClassesAtExit`` and renames the
-finished file into place. The next session's JVM maps that file, which is
+finished file into place. That first process starts with the suite
+(``conftest.class_archive_build``), so the build runs beside the other tests. The next session's JVM maps that file, which is
 checked in its ``/proc/<pid>/maps``, not taken on trust from its flags.
 """
 
@@ -31,26 +32,18 @@ spark.stop()
 """
 
 
-FIRST = """
-from sparkeras import class_archive
-print(class_archive.driver_java_options(), class_archive._build_requested)
-"""
-
-
 def _session(env: dict) -> subprocess.CompletedProcess:
     done = subprocess.run([sys.executable, "-c", SESSION], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
 
-def test_a_first_session_builds_the_archive_after_it_exits_and_the_next_maps_it(tmp_path):
-    cache = tmp_path / "cache"
-    env = {k: v for k, v in os.environ.items() if k != "SPARKERAS_DEBUG"}
-    env.update(PYSPARK_PYTHON=sys.executable, SPARKERAS_CACHE_DIR=str(cache), SPARKERAS_CLASS_ARCHIVE="1")
+def test_a_first_session_builds_the_archive_after_it_exits_and_the_next_maps_it(class_archive_build):
+    cache, env = class_archive_build.cache, class_archive_build.env
 
     # What get_spark asks when it starts a JVM, without the JVM: the build is requested for this process's exit.
-    first = subprocess.run([sys.executable, "-c", FIRST], capture_output=True, text=True, timeout=120, env=env)
-    assert first.returncode == 0 and first.stdout.split() == ["None", "True"], (first.stdout, first.stderr)
+    out, err = class_archive_build.first.communicate(timeout=120)
+    assert class_archive_build.first.returncode == 0 and out.split() == ["None", "True"], (out, err)
     deadline = time.monotonic() + 300
     archives = []
     while time.monotonic() < deadline and not archives:
@@ -65,7 +58,7 @@ def test_a_first_session_builds_the_archive_after_it_exits_and_the_next_maps_it(
     noise = [line for line in (second.stdout + second.stderr).splitlines()
              if "cds" in line.lower() or "sharedarchive" in line.lower() or "warning" in line.lower()]
     assert not noise, noise
-    # The rest of the suite's sessions (this process's and its subprocesses') map it too: conftest runs this first.
+    # The later sessions of the suite (subprocesses' and clusters') map it too: conftest runs this before them.
     os.environ.update(SPARKERAS_CACHE_DIR=str(cache), SPARKERAS_CLASS_ARCHIVE="1")
 
 
