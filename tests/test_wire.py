@@ -208,3 +208,21 @@ def test_connections_over_the_cap_are_closed_at_accept():
         assert a.call({"type": "data", "n": 4}) == ({"echo": 4}, b"")
     finally:
         server.close()
+
+
+def test_a_client_that_works_before_its_first_call_is_not_taken_for_an_idle_stranger():
+    """All-reduce's rank 0 makes its client, then imports torch and binds a store before it publishes; on a
+    loaded cluster that outlasted the server's handshake timeout, and the rendezvous failed with
+    "connection closed". The client connects at its first call."""
+    from sparkeras.comm.server import FrameClient
+
+    server = _echo_server(handshake_timeout=0.5)
+    try:
+        client = FrameClient(server.address, 4096, timeout=5)
+        time.sleep(1.5)  # three handshake timeouts of slow work
+        assert client.call({"type": "data", "n": 7}, b"x") == ({"echo": 7}, b"x")
+        assert server.dropped == 0
+        client.close()
+        client.close()  # closing twice is harmless
+    finally:
+        server.close()

@@ -189,18 +189,31 @@ def _shut(conn: socket.socket) -> None:
 
 
 class FrameClient:
-    """Worker side: one connection to a :class:`FrameServer`, for request/reply calls."""
+    """Worker side: one connection to a :class:`FrameServer`, for request/reply calls.
+
+    The connection opens at the first call, not when the client is made.
+    The server drops a connection that has not sent its first frame within
+    its ``handshake_timeout`` (5 s), as it would an idle stranger's, and a
+    task may do slow work between the two: all-reduce's rank 0 made its
+    client, then imported torch and bound gloo's store, which on a loaded
+    cluster took longer than that, and the rendezvous failed with
+    "connection closed".
+    """
 
     def __init__(self, address: ServerAddress, max_payload: int, timeout: float = 60.0) -> None:
-        self.address, self._max_payload = address, max_payload
-        self._conn = socket.create_connection((address.host, address.port), timeout=timeout)
+        self.address, self._max_payload, self._timeout = address, max_payload, timeout
+        self._conn: socket.socket | None = None
 
     def call(self, header: dict[str, Any], payload: bytes = b"", timeout: float | None = None) -> Reply:
         """Send a frame and wait (up to ``timeout`` seconds; ``None`` = the connect timeout) for the reply."""
+        if self._conn is None:
+            self._conn = socket.create_connection((self.address.host, self.address.port), timeout=self._timeout)
         if timeout is not None:
             self._conn.settimeout(timeout)
         write_frame(self._conn, self.address.secret, header, payload)
         return read_frame(self._conn, self.address.secret, self._max_payload)
 
     def close(self) -> None:
-        self._conn.close()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
