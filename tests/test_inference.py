@@ -56,6 +56,32 @@ def test_sql_udf_gives_the_models_predictions(spark, trained, tmp_path):
     assert [r[0] for r in vectors.select(udf("v")).collect()] == [float(c) for c in expected.argmax(axis=1)]
 
 
+def test_on_jax_batches_are_padded_to_a_few_sizes_and_predict_the_same(trained, monkeypatch):
+    """JAX compiles the model once per batch shape, 50-250 ms each in every worker; a partition's last batch
+    and each streaming micro-batch have sizes of their own. They are padded (with their last row) to a
+    power of two, at most the batch size, and the padding's outputs are cut off."""
+    import pyarrow as pa
+
+    from sparkeras.data.columns import positional_columns
+    from sparkeras.inference import batch as inference
+
+    assert [inference.padded_rows(r, 1024) for r in (1, 3, 5, 8, 9, 600, 1024)] == [1, 4, 8, 8, 16, 1024, 1024]
+    assert [inference.padded_rows(r, 1000) for r in (600, 999, 1000)] == [1000, 1000, 1000]
+    model, x = trained
+    columns = positional_columns(model, 4)
+    rows = pa.RecordBatch.from_arrays([pa.array(x[:45, i]) for i in range(4)], names=list(columns.columns))
+    plain = inference.predict_rows(model, columns, rows, batch_size=16)
+    shapes = []
+    predict_on_batch = model.predict_on_batch
+    monkeypatch.setattr(model, "predict_on_batch", lambda x: shapes.append(len(x)) or predict_on_batch(x))
+    monkeypatch.setattr(inference, "_pads_batches", lambda: True)
+    padded = inference.predict_rows(model, columns, rows, batch_size=16)
+    assert shapes == [16, 16, 16]  # 45 rows: 16 + 16 + 13, the last padded to 16
+    assert padded[0].shape == (45, 3)
+    np.testing.assert_allclose(padded[0], plain[0], atol=1e-6)
+    np.testing.assert_allclose(padded[0], model.predict(x[:45], verbose=0), atol=1e-5)
+
+
 def test_sql_udf_for_a_multi_input_model_takes_a_column_per_input(spark):
     import keras
 

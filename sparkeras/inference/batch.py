@@ -240,15 +240,57 @@ def predict_rows(model: Any, columns: ColumnMap, batch: pa.RecordBatch, batch_si
     if n == 0:
         return [np.zeros((0, *tuple(d or 0 for d in t.shape[1:])), np.float32) for t in model.outputs]
     step = batch_size if _holds_images(columns, batch) else n
+    pad = _pads_batches()
     parts = []
     for start in range(0, n, step):
         arrays = _feature_arrays(columns, batch.slice(start, step))
         rows = min(step, n - start)
-        parts += [flat_outputs(model.predict_on_batch(columns.x([a[lo:lo + batch_size] for a in arrays])))
+        parts += [_predict_on_batch(model, columns, [a[lo:lo + batch_size] for a in arrays], batch_size, pad)
                   for lo in range(0, rows, batch_size)]
     if len(parts) == 1:
         return parts[0]
     return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+
+
+def _pads_batches() -> bool:
+    """Whether the backend compiles a new program for every batch shape it has not seen: JAX does.
+
+    TensorFlow's predict function relaxes its input shape after a few
+    traces, and PyTorch runs eagerly, so neither needs it.
+    """
+    import keras
+
+    return keras.backend.backend() == "jax"
+
+
+def padded_rows(rows: int, batch_size: int) -> int:
+    """The batch size a batch of ``rows`` is padded to: the next power of two, at most ``batch_size``.
+
+    Why. JAX compiles the model once per input shape: 50-250 ms for a small
+    MLP, per Python worker. A partition's last batch, an Arrow batch cut
+    short, or a streaming micro-batch has a size of its own, so without
+    padding nearly every one of them compiled again. With these sizes a
+    worker compiles at most ``log2(batch_size) + 2`` programs, and a padded
+    batch computes at most twice its rows.
+    """
+    if rows >= batch_size:
+        return rows
+    return min(batch_size, 1 << max(0, rows - 1).bit_length())
+
+
+def _predict_on_batch(model: Any, columns: ColumnMap, arrays: list[np.ndarray], batch_size: int,
+                      pad: bool) -> list[np.ndarray]:
+    """One ``predict_on_batch``; with ``pad``, on :func:`padded_rows` rows, cut back to the real ones.
+
+    The padding repeats the last row, a valid input whatever the model
+    takes (an index for an ``Embedding``, pixels, text).
+    """
+    rows = len(arrays[0])
+    size = padded_rows(rows, batch_size) if pad else rows
+    if size != rows:
+        arrays = [np.concatenate([a, np.repeat(a[-1:], size - rows, axis=0)]) for a in arrays]
+    outputs = flat_outputs(model.predict_on_batch(columns.x(arrays)))
+    return outputs if size == rows else [o[:rows] for o in outputs]
 
 
 def _holds_images(columns: ColumnMap, batch: pa.RecordBatch) -> bool:
