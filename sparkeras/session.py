@@ -233,7 +233,14 @@ def workers_preloaded(spark: Any) -> bool:
 
 
 def _worker_started(_: Iterator[int]) -> Iterator[int]:
-    """Executor side: this Python worker's process id (it exists, which is the point)."""
+    """Executor side: this Python worker's process id (it exists, which is the point), with its backend imported
+    when the daemon did not preload it (:func:`sparkeras.worker.runtime.import_backend_early`)."""
+    try:
+        from sparkeras.worker.runtime import import_backend_early
+
+        import_backend_early()
+    except Exception:  # noqa: BLE001 - the first real task imports it and reports any error
+        pass
     return iter([os.getpid()])
 
 

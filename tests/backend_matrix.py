@@ -72,7 +72,7 @@ def gpu_probe(backend: str):
         resources = TaskContext.get().resources()
         given = tuple(resources["gpu"].addresses) if "gpu" in resources else None
         yield (runtime.task_cpus(), threads, given, runtime.visible_gpus(), os.environ.get("CUDA_VISIBLE_DEVICES"),
-               os.getpid())
+               os.getpid(), runtime.imported_early())
 
     return probe
 
@@ -90,6 +90,7 @@ def spark():
 
     if not GPUS:
         session = sparkeras.get_spark("local[2]", app_name="sparkeras-backend-matrix")
+        session.sparkContext._sparkeras_start_workers.join(120)  # the workers it starts import the backend
     else:
         script = os.path.join(tempfile.mkdtemp(prefix="sparkeras-gpus-"), "gpus.sh")
         with open(script, "w") as f:
@@ -129,11 +130,13 @@ def test_workers_use_their_cores_and_only_their_gpus(spark):
         assert len({r[5] for r in rows}) == 2, rows  # two Python workers
     if not GPUS:
         assert [r[2:5] for r in FIRST_TASKS + later] == [(None, None, None)] * 4
+        # Neither JAX nor PyTorch is preloaded by the daemon: the session's start imported it in each worker.
+        assert [r[6] for r in FIRST_TASKS] == [True, True], FIRST_TASKS
         return
     assert sorted(r[2] for r in FIRST_TASKS) == [("0",), ("1",)], FIRST_TASKS
-    for _, _, given, visible, env, _ in FIRST_TASKS:
+    for _, _, given, visible, env, _, _ in FIRST_TASKS:
         assert visible == given and env == ",".join(given), FIRST_TASKS
-    for _, _, given, visible, env, _ in later:  # tasks running together: distinct GPUs, as visible as pinned
+    for _, _, given, visible, env, _, _ in later:  # tasks running together: distinct GPUs, as visible as pinned
         assert env == ",".join(visible), later
     assert sorted(r[3] for r in later) == [("0",), ("1",)], later
 

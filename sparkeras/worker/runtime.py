@@ -29,7 +29,9 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import sys
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -46,6 +48,7 @@ _visible_gpus: tuple[str, ...] | None = None
 # Held while a warm-up thread imports the backend and builds a model; every entry point waits for it.
 _lock = threading.RLock()
 _warming: set[str] = set()
+_imported_early = False
 
 
 def task_cpus() -> int:
@@ -100,6 +103,7 @@ def _check_gpus(gpus: tuple[str, ...] | None) -> None:
 def _configure(backend: str, cpus: int, gpus: tuple[str, ...] | None = None) -> None:
     global _configured_threads, _visible_gpus
     if _configured_threads is not None:
+        check_backend(backend, importlib.import_module("keras").backend.backend())
         _check_gpus(gpus)
         return
     keep_scratch_with_the_executor()
@@ -134,6 +138,44 @@ def _configure(backend: str, cpus: int, gpus: tuple[str, ...] | None = None) -> 
         torch.set_num_threads(cpus)
     freeze_imported_objects()
     _configured_threads = cpus
+
+
+def import_backend_early(hold_seconds: float = 0.5) -> str | None:
+    """Executor side, when the session starts: import the backend that the daemon does not preload.
+
+    Why. :mod:`sparkeras.worker.daemon` imports TensorFlow before it forks
+    the workers, but neither JAX nor PyTorch (it says why), so each of
+    their workers imported its backend in its first real task: 2.1-2.3 s
+    for JAX and several seconds for PyTorch, measured in a session's first
+    prediction, where no warm-up overlaps it. Here the import runs in the
+    task :func:`sparkeras.session.start_python_workers` gives each worker as
+    the session starts, after the fork, as the first task's would. Not on a
+    machine with an NVIDIA driver, where a worker's GPUs are those its
+    first real task is given. Returns the backend imported, or ``None``.
+
+    A worker that imported in an earlier task of the session's start keeps
+    its task for ``hold_seconds``: returned at once, the executor handed it
+    the next task of the same wave, and the slot's other worker was never
+    forked (seen in a probe: the session's first prediction then imported
+    JAX in a third worker).
+    """
+    global _imported_early
+    from sparkeras.worker.daemon import configured_backend, has_nvidia_driver
+
+    if _imported_early:
+        time.sleep(hold_seconds)
+        return None
+    if "keras" in sys.modules or has_nvidia_driver():
+        return None  # preloaded by the daemon, or a GPU machine
+    backend = configured_backend()
+    configure(backend)
+    _imported_early = True
+    return backend
+
+
+def imported_early() -> bool:
+    """Whether this worker imported its backend in the session's start (:func:`import_backend_early`)."""
+    return _imported_early
 
 
 def keep_scratch_with_the_executor() -> None:
