@@ -18,8 +18,6 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-import backend_children
-
 OWN_PROCESSES = "own_processes"
 
 
@@ -41,37 +39,10 @@ def pytest_collection_modifyitems(config, items):
     The test that checks the driver JVM's class archive runs first of
     those: the archive's build (:func:`class_archive_build`) has run beside
     the in-process tests, and the sessions started after the check map
-    it, as a user's do once it exists, and start 2-3 s sooner each. Then
-    the tests that the backend matrix's children run beside
-    (``BESIDE_THE_CHILDREN``), then the wait for the children, then the
-    rest.
+    it, as a user's do once it exists, and start 2-3 s sooner each.
     """
-    items.sort(key=_order)
-
-
-# Tests with processes of their own whose results do not depend on timing: the backend matrix's children
-# (backend_children.py) run beside them. The fault matrix, the Elephas README's asynchronous fit, the quiet
-# output's console bars and the workers' start times do, and run after the children, with the machine to themselves.
-BESIDE_THE_CHILDREN = ("test_resume.py", "test_cli.py", "test_connect.py", "test_leftovers.py", "test_outputs.py",
-                       "test_ml.py", "test_reuse.py", "test_tune.py")
-
-
-def _order(item) -> tuple:
-    if item.get_closest_marker(OWN_PROCESSES) is None:
-        return (0,)
-    if item.name == BUILDS_THE_CLASS_ARCHIVE:
-        return (1,)
-    module = os.path.basename(str(item.fspath))
-    if module in BESIDE_THE_CHILDREN:
-        return (2,)
-    return (3,) if module == "test_backends.py" else (4,)
-
-
-def pytest_runtest_setup(item):
-    """Start the backend matrix's children with the first test that can run beside them."""
-    if _order(item) in ((2,), (3,)) and any(i.name.startswith(backend_children.MATRIX_TEST)
-                                             for i in item.session.items):
-        backend_children.start()
+    items.sort(key=lambda item: (item.get_closest_marker(OWN_PROCESSES) is not None,
+                                 item.name != BUILDS_THE_CLASS_ARCHIVE))
 
 
 FIRST_SESSION = """
@@ -239,7 +210,3 @@ def digit_images(tmp_path_factory):
     good, corrupt = write_digit_images(str(root))
     return str(root), good, corrupt
 
-
-
-def pytest_sessionfinish(session, exitstatus):
-    backend_children.stop()

@@ -3,10 +3,9 @@
 TensorFlow runs the whole suite in this process. JAX and PyTorch each run
 the backend matrix, the tests that touch the backend, in a process of their
 own, with its own Spark session (a process has one Keras backend, and
-Spark's Python workers keep theirs). The two children run at the same time,
-and beside other tests (:mod:`backend_children`): much of each one's time is
-start-up and waiting, and together they took 92-98 s where one after the
-other took 112 s.
+Spark's Python workers keep theirs). The two children run at the same time:
+much of each one's time is start-up and waiting, and together they took 92-98 s
+where one after the other took 112 s.
 
 - JAX on a local cluster whose tasks each get one fake GPU, so every test
   there also runs with Spark assigning GPUs;
@@ -31,18 +30,37 @@ import sys
 
 import pytest
 
-import backend_children
-from backend_children import RUNS
-
 pytestmark = pytest.mark.own_processes
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+EQUIVALENCE = "(one_worker or two_workers) and not gloo"
+RUNS = {
+    "jax": ({"SPARKERAS_MATRIX_GPUS": "1"}, f"({EQUIVALENCE}) or workers_use or sql_udf"),
+    "torch": ({}, f"({EQUIVALENCE}) or workers_use or estimator or classifier"),
+}
 
 
 @pytest.fixture(scope="module")
-def children():
-    """Both backends' children: started by ``conftest`` when the suite reached its tests that run processes of
-    their own (here, if this module runs alone). Each test waits for its own."""
-    yield backend_children.start()
-    backend_children.stop()
+def children(tmp_path_factory):
+    """Both backends' children, started together: much of each child's time is waiting (JVM and worker
+    start-up, barrier rendezvous), so the two overlap on 2 cores. Each test then waits for its own."""
+    logs = tmp_path_factory.mktemp("backend-children")
+    procs = {}
+    for backend, (extra, selection) in sorted(RUNS.items()):
+        try:
+            __import__(backend)
+        except ImportError:
+            continue
+        env = dict(os.environ, KERAS_BACKEND=backend, PYSPARK_PYTHON=sys.executable, **extra)
+        env.pop("PYSPARK_SUBMIT_ARGS", None)
+        procs[backend] = subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", selection,
+             os.path.join(HERE, "backend_matrix.py")],
+            cwd=HERE, env=env, stdout=open(logs / f"{backend}.out", "w"), stderr=open(logs / f"{backend}.err", "w"))
+        procs[backend].logs = (logs / f"{backend}.out", logs / f"{backend}.err")  # files, not pipes: no stalls
+    yield procs
+    for proc in procs.values():
+        proc.kill()
 
 
 @pytest.mark.parametrize("backend", sorted(RUNS))
@@ -50,7 +68,7 @@ def test_the_backend_matrix_passes(children, backend):
     pytest.importorskip(backend)
     proc = children[backend]
     proc.wait(timeout=900)
-    stdout, stderr = (open(path).read() for path in proc.logs)
+    stdout, stderr = (path.read_text() for path in proc.logs)
     summary = stdout.strip().splitlines()[-1] if stdout.strip() else ""
     assert proc.returncode == 0, f"{backend}: {summary}\n{stdout[-6000:]}\n{stderr[-3000:]}"
     assert " passed" in summary and "failed" not in summary and "error" not in summary, summary
