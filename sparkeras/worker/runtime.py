@@ -230,9 +230,10 @@ def check_backend(wanted: str, loaded: str) -> None:
 
     Keras picks its backend once per process, when it is first imported. A
     worker forked from sparkeras' preloading daemon
-    (:mod:`sparkeras.worker.daemon`) has TensorFlow's already, chosen from
-    ``KERAS_BACKEND`` as the session started; a driver that switched
-    backends after that would otherwise train another backend's model.
+    (:mod:`sparkeras.worker.daemon`), or one that imported JAX or PyTorch
+    as the session started (:func:`import_backend_early`), has the backend
+    ``KERAS_BACKEND`` named then; a driver that switched backends after
+    that would otherwise train another backend's model.
     """
     if wanted == loaded:
         return
