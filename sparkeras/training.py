@@ -22,7 +22,7 @@ from sparkeras.log import logger
 from sparkeras.progress import ProgressBar
 from sparkeras.serialization import learning_rate_position, model_state, pack_arrays, set_model_state, unpack_arrays
 from sparkeras.worker import tasks
-from sparkeras.worker.runtime import WarmUp
+from sparkeras.worker.runtime import HOLD_SECONDS, WarmUp
 from sparkeras.worker.tasks import WorkerSpec
 
 
@@ -70,12 +70,9 @@ def sum_metric_states(results: Sequence[PartitionResult]) -> list[np.ndarray] | 
     return [np.sum([s[i] for s in states], axis=0) for i in range(len(states[0]))]
 
 
-WARM_UP_HOLD_SECONDS = 0.5  # a build takes 0.1-0.3 s once the backend is imported; an import still to come, 2-3 s
-
-
 def warm_up_plan(plan: WarmUp, workers: int) -> WarmUp:
     """``plan`` as the warm-up job's tasks get it: with several workers, each keeps its worker until the build."""
-    return replace(plan, hold_seconds=WARM_UP_HOLD_SECONDS) if workers > 1 else plan
+    return replace(plan, hold_seconds=HOLD_SECONDS) if workers > 1 else plan
 
 
 def start_warm_up(spark: Any, spec: WorkerSpec, workers: int, plan: WarmUp = WarmUp()) -> threading.Thread:
@@ -92,7 +89,7 @@ def start_warm_up(spark: Any, spec: WorkerSpec, workers: int, plan: WarmUp = War
     have saved. ``plan`` names the loop the strategy's tasks run (and
     whether validation data makes them evaluate), so that is what is traced.
     With several workers each task keeps its Python worker until the model
-    is built, at most :data:`WARM_UP_HOLD_SECONDS`, so that every task warms
+    is built, at most :data:`sparkeras.worker.runtime.HOLD_SECONDS`, so that every task warms
     a worker of its own (:func:`sparkeras.worker.tasks.warm_up`).
     """
     sc = spark.sparkContext

@@ -49,6 +49,10 @@ _visible_gpus: tuple[str, ...] | None = None
 _lock = threading.RLock()
 _warming: set[str] = set()
 _imported_early = False
+# How long a start-up task (the session's, or a fit's warm-up) keeps its Python worker: returned at once, the
+# executor hands it the next task of the same job and the slot's other worker is never forked. A model's build
+# takes 0.1-0.3 s once the backend is imported.
+HOLD_SECONDS = 0.5
 
 
 def task_cpus() -> int:
@@ -140,7 +144,7 @@ def _configure(backend: str, cpus: int, gpus: tuple[str, ...] | None = None) -> 
     _configured_threads = cpus
 
 
-def import_backend_early(hold_seconds: float = 0.5) -> str | None:
+def import_backend_early(hold_seconds: float = HOLD_SECONDS) -> str | None:
     """Executor side, when the session starts: import the backend that the daemon does not preload.
 
     Why. :mod:`sparkeras.worker.daemon` imports TensorFlow before it forks
