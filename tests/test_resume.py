@@ -1,10 +1,14 @@
-"""A fit with ``checkpoint_dir`` survives its driver being killed: started again, it resumes where it stopped.
+"""A fit with ``checkpoint_dir`` resumes where it stopped, after its driver was killed or the fit interrupted.
 
 One script runs the strategy families in turn (averaging, all-reduce, a
-parameter-server rule) and kills its own driver process with SIGKILL at the
-start of epoch 3 of the first fit that has not been interrupted yet; run
-again, it resumes that fit from its checkpoint and goes on to the next.
-The resumed fits must end with exactly the weights of an uninterrupted fit.
+parameter-server rule). Its first run kills its own driver process with
+SIGKILL at the start of epoch 3 of the ``averaging`` fit. Run again, it
+resumes that fit from its checkpoint; then it interrupts each of the other
+fits at the same point with ``KeyboardInterrupt``, as a notebook user stops
+a cell, and fits again in the same session, which resumes from the
+checkpoint. Each resumed fit must end with exactly the weights of an
+uninterrupted fit. Two driver processes cover every family: each fresh
+driver costs a JVM, a Spark session and Python workers.
 """
 
 from __future__ import annotations
@@ -39,13 +43,19 @@ root, strategies, epochs = {root!r}, {strategies!r}, {epochs}
 x, y = blobs(1200, seed=4)
 
 
-class KillDriver(keras.callbacks.Callback):
+class StopAtEpoch3(keras.callbacks.Callback):
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+
     def on_epoch_begin(self, epoch, logs=None):
         if epoch == 2:
-            os.kill(os.getpid(), signal.SIGKILL)
+            if self.how == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise KeyboardInterrupt
 
 
-for name, options in strategies.items():
+for i, (name, options) in enumerate(strategies.items()):
     done = os.path.join(root, name + ".done")
     if os.path.exists(done):
         continue
@@ -53,9 +63,15 @@ for name, options in strategies.items():
     first_time = not os.path.exists(killed)
     if first_time:
         open(killed, "w").close()
+    fit = dict(epochs=epochs, batch_size=25, verbose=0, checkpoint_dir=os.path.join(root, name))
     sm = sparkeras.SparkModel(mlp(seed=3), name, num_workers=2, seed=0, **options)
-    h = sm.fit(x, y, epochs=epochs, batch_size=25, verbose=0, checkpoint_dir=os.path.join(root, name),
-               callbacks=[KillDriver()] if first_time else [])
+    if first_time:
+        try:
+            sm.fit(x, y, callbacks=[StopAtEpoch3("kill" if i == 0 else "interrupt")], **fit)
+        except KeyboardInterrupt:
+            print("INTERRUPTED", name, flush=True)
+        sm = sparkeras.SparkModel(mlp(seed=3), name, num_workers=2, seed=0, **options)
+    h = sm.fit(x, y, **fit)
     np.save(os.path.join(root, name + ".npy"), np.concatenate([w.ravel() for w in sm.model.get_weights()]))
     print("RESULT", json.dumps({{"strategy": name, "epochs": len(h.history["loss"]), "restarts": h.restarts,
                                 "iterations": int(sm.model.optimizer.iterations)}}), flush=True)
@@ -64,19 +80,20 @@ for name, options in strategies.items():
 
 
 @pytest.mark.own_processes
-def test_a_killed_driver_resumes_every_strategy_family_from_its_checkpoint(spark, tmp_path):
+def test_a_killed_driver_or_an_interrupted_fit_resumes_every_strategy_family_from_its_checkpoint(spark, tmp_path):
     script = SCRIPT.format(tests=os.path.dirname(__file__), root=str(tmp_path), strategies=STRATEGIES,
                            epochs=EPOCHS)
-    results = {}
-    for run in range(len(STRATEGIES) + 1):
+    results, interrupted = {}, []
+    for run in range(2):
         out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
         for line in out.stdout.splitlines():
             if line.startswith("RESULT "):
                 got = json.loads(line[len("RESULT "):])
                 results[got["strategy"]] = got
-        expect_killed = run < len(STRATEGIES)
-        assert (out.returncode == -9) == expect_killed, (run, out.returncode, out.stderr[-3000:])
+            interrupted += line.split()[1:] if line.startswith("INTERRUPTED ") else []
+        assert out.returncode == (-9 if run == 0 else 0), (run, out.returncode, out.stderr[-3000:])
     assert set(results) == set(STRATEGIES)
+    assert interrupted == list(STRATEGIES)[1:]
 
     x, y = blobs(1200, seed=4)
     for name, options in STRATEGIES.items():
