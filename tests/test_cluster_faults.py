@@ -1,4 +1,4 @@
-"""Faults on a real standalone cluster: a master and two one-core workers started by the suite.
+"""Faults on a real standalone cluster: a master and two two-core workers started by the suite.
 
 Where the machine allows network namespaces, each worker is a host of its
 own on a veth network (see ``standalone.py``), so these fits also run the
@@ -13,7 +13,9 @@ or the whole Worker daemon above them. The worker is held at the kill point
 by :mod:`sparkeras.worker.faults`, so each fault certainly hits a running
 task. Every case must end within its bound: the right epoch count and a
 saved model, or (allreduce without a second worker) the documented
-capacity error.
+capacity error. The fault driver asks two cores per task, so each worker
+is one task slot; the module's last test then runs four one-core tasks on
+the same cluster, two per host.
 """
 
 from __future__ import annotations
@@ -84,14 +86,22 @@ def _wait_for(path: str, proc: subprocess.Popen, seconds: float) -> None:
 
 
 @pytest.fixture(scope="module")
-def matrix(tmp_path_factory):
-    """Run every case in one driver on one standalone cluster; each case's result, by (strategy, fault)."""
+def cluster(tmp_path_factory):
+    """One standalone cluster for the module (starting one costs about 10 s); each test leaves its workers up."""
+    cluster = StandaloneCluster(str(tmp_path_factory.mktemp("cluster")), workers=2, cores=2, separate_hosts=True)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def matrix(cluster, tmp_path_factory):
+    """Run every case in one driver on the module's cluster; each case's result, by (strategy, fault)."""
     root = str(tmp_path_factory.mktemp("faults"))
-    cluster = StandaloneCluster(root, separate_hosts=True)
     script = DRIVER.format(tests=os.path.dirname(__file__), url=cluster.url, root=root, cases=CASES,
                            slot_timeout=SLOT_TIMEOUT)
+    env = dict(cluster.driver_env(), PYSPARK_SUBMIT_ARGS="--conf spark.task.cpus=2 pyspark-shell")
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=cluster.driver_env())
+                            text=True, env=env)
     waited = {}
     try:
         for i, (strategy, fault) in enumerate(CASES):
@@ -114,7 +124,6 @@ def matrix(tmp_path_factory):
         out, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
-        cluster.stop()
     results = [json.loads(ln[len("RESULT "):]) for ln in out.splitlines() if ln.startswith("RESULT ")]
     assert len(results) == len(CASES), err[-4000:]
     return {case: dict(result, waited=waited[case]) for case, result in zip(CASES, results)}
@@ -170,16 +179,12 @@ print("RESULT", json.dumps(sparkeras.run(probe, num_workers=4, timeout=60)))
 """
 
 
-def test_hierarchical_allreduce_between_two_hosts(tmp_path):
+def test_hierarchical_allreduce_between_two_hosts(cluster):
     """Two hosts with two tasks each: shared memory inside a host, gloo between the hosts' leaders."""
-    cluster = StandaloneCluster(str(tmp_path), workers=2, cores=2, separate_hosts=True)
-    try:
-        if cluster.separate_hosts is not None:
-            pytest.skip(f"workers cannot be separate hosts here: {cluster.separate_hosts}")
-        out = subprocess.run([sys.executable, "-c", PROBE.format(url=cluster.url)], capture_output=True, text=True,
-                             timeout=240, env=cluster.driver_env())
-    finally:
-        cluster.stop()
+    if cluster.separate_hosts is not None:
+        pytest.skip(f"workers cannot be separate hosts here: {cluster.separate_hosts}")
+    out = subprocess.run([sys.executable, "-c", PROBE.format(url=cluster.url)], capture_output=True, text=True,
+                         timeout=240, env=cluster.driver_env())
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
     assert lines, out.stderr[-4000:]
     result = json.loads(lines[0][len("RESULT "):])
