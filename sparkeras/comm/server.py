@@ -173,8 +173,20 @@ class FrameServer:
                     return
 
     def close(self) -> None:
+        """Stop serving and wait for the threads, woken at once rather than at their next poll.
+
+        Closing a listening socket does not wake a thread blocked in its
+        ``accept``, and a connection's thread sleeps in ``select`` for up to
+        a quarter second: a fit's close used to wait about 140 ms for them.
+        Shutting both down wakes them now.
+        """
         self._stop.set()
+        _shut(self._sock)
         self._sock.close()
+        with self._lock:
+            connections = list(self._open)
+        for conn in connections:
+            _shut(conn)
         self._accept.join(timeout=2)
         for t in self._threads:
             t.join(timeout=2)
