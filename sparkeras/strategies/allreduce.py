@@ -331,7 +331,14 @@ class _Coordinator:
         """
         sc = self.job.spark.sparkContext
         self._begin()  # before the tasks ask for the state: a callback may set the epoch's learning rate
-        stage = GroupJob(sc, "allreduce", "sparkeras allreduce", launch)
+
+        def launch_then_wake() -> Any:
+            try:
+                return launch()
+            finally:
+                self._reports.put(None)  # the loop below sees the end now, not at its next poll
+
+        stage = GroupJob(sc, "allreduce", "sparkeras allreduce", launch_then_wake)
         watch = SlotWatch(sc, "allreduce", self.job.num_workers, slot_timeout)
         callback_error: BaseException | None = None
         capacity: BaseException | None = None
@@ -341,9 +348,12 @@ class _Coordinator:
                 if capacity is not None:
                     stage.cancel()
             try:
-                header, payload, answer = self._reports.get(timeout=0.1)
+                report = self._reports.get(timeout=0.1)
             except queue.Empty:
                 continue
+            if report is None:
+                continue
+            header, payload, answer = report
             try:
                 answer.put(self._end_epoch(header, payload))
             except BaseException as exc:  # a callback failed: stop the tasks, then raise it
