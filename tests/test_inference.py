@@ -82,6 +82,39 @@ def test_on_jax_batches_are_padded_to_a_few_sizes_and_predict_the_same(trained, 
     np.testing.assert_allclose(padded[0], model.predict(x[:45], verbose=0), atol=1e-5)
 
 
+def test_on_jax_a_partitions_left_over_rows_are_padded_when_numpy_inputs_are_scored(trained, monkeypatch):
+    """``SparkModel.predict`` of numpy arrays scores each packed partition: its whole batches through
+    ``model.predict``, the rows left over (a size per partition) through one padded batch on JAX."""
+    import keras
+
+    from sparkeras.data.columns import positional_columns
+    from sparkeras.inference import batch as inference
+
+    model, x = trained
+    columns = positional_columns(model, 4)
+    arrays = [x[:45]]  # one array per model input, as a packed partition holds them
+    calls = []
+    predict, predict_on_batch = model.predict, model.predict_on_batch
+
+    def rows(x):
+        return len(keras.tree.flatten(x)[0])
+
+    monkeypatch.setattr(model, "predict", lambda x, **kw: calls.append(("predict", rows(x))) or predict(x, **kw))
+    monkeypatch.setattr(model, "predict_on_batch",
+                        lambda x: calls.append(("predict_on_batch", rows(x))) or predict_on_batch(x))
+    plain = inference.predict_arrays(model, columns, arrays, batch_size=16)
+    assert calls == [("predict", 45)]  # TensorFlow: model.predict as it is
+    calls.clear()
+    monkeypatch.setattr(inference, "_pads_batches", lambda: True)
+    padded = inference.predict_arrays(model, columns, arrays, batch_size=16)
+    assert calls == [("predict", 32), ("predict_on_batch", 16)]  # 13 rows left over, padded to 16
+    assert padded[0].shape == (45, 3)
+    np.testing.assert_allclose(padded[0], plain[0], atol=1e-6)
+    calls.clear()
+    inference.predict_arrays(model, columns, [a[:13] for a in arrays], batch_size=16)
+    assert calls == [("predict_on_batch", 16)]
+
+
 def test_sql_udf_for_a_multi_input_model_takes_a_column_per_input(spark):
     import keras
 

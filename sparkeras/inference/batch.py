@@ -252,6 +252,27 @@ def predict_rows(model: Any, columns: ColumnMap, batch: pa.RecordBatch, batch_si
     return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
 
 
+def predict_arrays(model: Any, columns: ColumnMap, arrays: list[np.ndarray], batch_size: int) -> list[np.ndarray]:
+    """The model's outputs (flattened to a list) for whole feature arrays, as ``model.predict`` gives them.
+
+    The whole batches go through ``model.predict``; the rows left over, which
+    differ from one partition to the next, go through one padded batch on
+    JAX (:func:`padded_rows`), so that a worker does not compile the model
+    again for every partition's last batch.
+    """
+    n = len(arrays[0])
+    whole = n - n % batch_size if _pads_batches() else n
+    parts = []
+    if whole:
+        parts.append(flat_outputs(model.predict(columns.x([a[:whole] for a in arrays]), batch_size=batch_size,
+                                                verbose=0)))
+    if whole < n:
+        parts.append(_predict_on_batch(model, columns, [a[whole:] for a in arrays], batch_size, True))
+    if len(parts) == 1:
+        return parts[0]
+    return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+
+
 def _pads_batches() -> bool:
     """Whether the backend compiles a new program for every batch shape it has not seen: JAX does.
 

@@ -19,7 +19,7 @@ from sparkeras.data.columns import ColumnMap
 from sparkeras.data.packing import read_partition
 from sparkeras.data.weights import ClassWeights, row_weights
 from sparkeras.comm.server import ServerAddress
-from sparkeras.inference.batch import flat_outputs
+from sparkeras.inference.batch import predict_arrays
 from sparkeras.progress import ProgressReporter
 from sparkeras.serialization import ModelSpec, model_state, pack_arrays, set_model_state, unpack_arrays
 from sparkeras.worker import runtime
@@ -203,5 +203,4 @@ def predict_packed(spec: WorkerSpec, state: Any, batch_size: int, blocks: Iterat
     if n == 0:
         yield _result(partition, 0, 0, b"", b"")
         return
-    out = model.predict(spec.columns.x(arrays), batch_size=batch_size, verbose=0)
-    yield _result(partition, n, 0, pack_arrays(flat_outputs(out)), b"")
+    yield _result(partition, n, 0, pack_arrays(predict_arrays(model, spec.columns, arrays, batch_size)), b"")
