@@ -186,7 +186,7 @@ class ModelSpec:
         return ModelSpec.of(config, self.custom_objects)
 
     def build(self) -> Any:
-        """Rebuild the compiled model (weights are set separately).
+        """Rebuild the compiled model, its weights zeros: every caller sets them (:func:`_without_random_draws`).
 
         Classes registered with ``keras.saving.register_keras_serializable``
         are registered when their module is imported, which on an executor
@@ -207,6 +207,7 @@ class ModelSpec:
                     f"The model uses custom objects from module {module!r}, which this Python worker cannot "
                     f"import ({exc}). Ship it to the executors with --py-files or sc.addPyFile(), or install it "
                     "there.") from None
+        _without_random_draws(config)
         with keras.saving.custom_object_scope(self.custom_objects or {}), _global_dtype_policy(config):
             try:
                 return keras.saving.deserialize_keras_object(config)
@@ -220,6 +221,28 @@ class ModelSpec:
                     "@keras.saving.register_keras_serializable() in a module the workers can import (ship it with "
                     "--py-files or sc.addPyFile()), or pass it to SparkModel as "
                     f"custom_objects={{{_registered_name(config, name)!r}: {name}}}.") from None
+
+
+_ZEROS = {"module": "keras.initializers", "class_name": "Zeros", "config": {}, "registered_name": None}
+
+
+def _without_random_draws(config: Any) -> None:
+    """Make every Keras initializer in ``config`` ``Zeros``, in place: a rebuilt model's weights are set after.
+
+    Why. Every model a worker builds from its spec (training, trials,
+    prediction, the driver's rebuild check) has all its variables assigned
+    the driver's state straight away (:func:`set_model_state`, or the
+    prediction weights), so what the initializers draw is thrown away. On
+    JAX drawing it is not cheap: each random initializer compiles once per
+    weight shape, and a fresh JAX process built a 784-128-64-10 MLP in
+    1.17-1.19 s with its own initializers against 0.22 s with zeros. A
+    custom initializer (one with a ``registered_name``) is left as it is.
+    """
+    for node in _config_dicts(config):
+        for key, value in node.items():
+            if isinstance(value, dict) and value.get("module") == "keras.initializers" \
+                    and not value.get("registered_name") and value.get("class_name") != "Zeros":
+                node[key] = dict(_ZEROS)
 
 
 @contextlib.contextmanager

@@ -480,6 +480,34 @@ def test_workers_use_the_cores_spark_gave_them_and_cache_the_model(spark):
     assert got == [(1, 1, True), (1, 1, True)]
 
 
+def test_a_rebuilt_model_draws_no_random_weights_and_takes_the_drivers_state_exactly():
+    """Workers set every variable from the driver's state right after the build, so the build draws no
+    random initial weights (JAX compiled each random initializer per weight shape); a registered custom
+    initializer is kept."""
+    import keras
+
+    from sparkeras.serialization import ModelSpec, model_state, set_model_state
+
+    @keras.saving.register_keras_serializable(package="sparkeras_tests")
+    class Halves(keras.initializers.Initializer):
+        def __call__(self, shape, dtype=None):
+            return keras.ops.full(shape, 0.5, dtype=dtype)
+
+    keras.utils.set_random_seed(4)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(5, activation="relu"),
+                              keras.layers.BatchNormalization(),
+                              keras.layers.Dense(3, kernel_initializer=Halves(), activation="softmax")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    rebuilt = ModelSpec.from_model(model).build()
+    kernel, bias, gamma, beta, mean, variance, halves, _ = rebuilt.get_weights()
+    assert not kernel.any() and not gamma.any() and not variance.any()  # the Dense's Glorot, BN's ones: zeros
+    assert (halves == 0.5).all()
+    assert model.get_weights()[0].any()  # the driver's model is untouched
+    set_model_state(rebuilt, model_state(model))
+    x = np.random.default_rng(0).normal(size=(8, 6)).astype("float32")
+    np.testing.assert_array_equal(rebuilt.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
 def test_a_cold_worker_imports_keras_without_its_optional_extras_and_they_import_afterwards():
     """In a fresh interpreter, as in a new Python worker: Keras comes up without sklearn, matplotlib or
     IPython (nor JAX, which TensorFlow imports when it is installed), which stay importable for the
