@@ -284,6 +284,8 @@ class _JaxWindows:
         return jax.jit(window)
 
     def __call__(self, tensors: list[Any], batches: np.ndarray) -> None:
+        from sparkeras.worker.backends.jax_steps import committed
+
         model = self.model
         steps = len(batches)
         capacity = 1 << (steps - 1).bit_length()
@@ -291,7 +293,7 @@ class _JaxWindows:
         padded[:steps] = batches
         state = ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables],
                  [v.value for v in model.optimizer.variables], [v.value for v in model.metrics_variables])
-        state = self._window(state, tensors, padded, steps)
+        state = self._window(committed(state), tensors, padded, steps)
         for variables, values in zip((model.trainable_variables, model.non_trainable_variables,
                                       model.optimizer.variables, model.metrics_variables), state):
             for variable, value in zip(variables, values):
