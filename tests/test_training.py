@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -508,6 +509,48 @@ def test_a_rebuilt_model_draws_no_random_weights_and_takes_the_drivers_state_exa
     np.testing.assert_array_equal(rebuilt.predict(x, verbose=0), model.predict(x, verbose=0))
 
 
+def test_a_model_built_again_trains_on_the_workers_model_and_steps_of_its_architecture(spark):
+    """Keras names layers after a per-process counter, so the same model built again has another config;
+    the workers keep one model (and its traced steps) per architecture, its layers' names left out. The
+    names of a model's several outputs stay part of it: a trial's logs are named after them."""
+    import keras
+
+    from sparkeras.serialization import ModelSpec
+    from sparkeras.worker import runtime
+
+    first, again, wider = mlp(seed=1), mlp(seed=2), mlp(hidden=24, seed=1)
+    specs = [ModelSpec.from_model(m) for m in (first, again, wider)]
+    assert [layer.name for layer in first.layers] != [layer.name for layer in again.layers]
+    assert specs[0].key != specs[1].key and specs[0].architecture == specs[1].architecture
+    assert specs[2].architecture != specs[0].architecture
+
+    def two_outputs(name: str | None = None):
+        inputs = keras.Input((4,))
+        hidden = keras.layers.Dense(8)(inputs)
+        model = keras.Model(inputs, [keras.layers.Dense(2, name=name)(hidden), keras.layers.Dense(1)(hidden)])
+        model.compile(optimizer="adam", loss=["mse", "mse"])
+        return ModelSpec.from_model(model).architecture
+
+    assert two_outputs("scores") != two_outputs("scores")  # the second output's own name differs
+    shipped = ModelSpec.of(json.loads(specs[0].config), {"Halve": object})  # a script's class, maybe redefined
+    assert shipped.architecture == shipped.key
+    x, y = blobs(400, seed=5)
+
+    def probe(_):
+        runtime.configure("tensorflow")
+        yield [id(runtime.model(spec)) for spec in specs]
+
+    for ids in spark.sparkContext.parallelize(range(2), 2).mapPartitions(probe).collect():
+        assert ids[0] == ids[1] != ids[2]
+    trained = SparkModel(first, num_workers=2, seed=0)
+    trained.fit(x, y, epochs=2, batch_size=25, verbose=0)
+    rebuilt = SparkModel(again, num_workers=2, seed=0)
+    rebuilt.model.set_weights(mlp(seed=1).get_weights())  # the same start as the first fit, on new layers
+    rebuilt.fit(x, y, epochs=2, batch_size=25, verbose=0)
+    for got, want in zip(rebuilt.model.get_weights(), trained.model.get_weights()):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+
+
 def test_a_cold_worker_imports_keras_without_its_optional_extras_and_they_import_afterwards():
     """In a fresh interpreter, as in a new Python worker: Keras comes up without sklearn, matplotlib or
     IPython (nor JAX, which TensorFlow imports when it is installed), which stay importable for the
@@ -881,14 +924,15 @@ def test_socket_folders_of_killed_processes_are_removed_and_live_ones_kept(monke
         shutil.rmtree(root)
 
 
-def _warm_up_spec(seed: int):
+def _warm_up_spec(hidden: int):
+    """A spec of an architecture no other test trains, so the workers have not built it yet."""
     from pyspark.sql.types import ArrayType, FloatType, LongType, StructField, StructType
 
     from sparkeras.data.columns import resolve_columns
     from sparkeras.serialization import ModelSpec
     from sparkeras.worker.tasks import WorkerSpec
 
-    model = mlp(seed=seed)
+    model = mlp(hidden=hidden, seed=1)
     schema = StructType([StructField("features", ArrayType(FloatType())), StructField("label", LongType())])
     return WorkerSpec(ModelSpec.from_model(model), resolve_columns(model, schema, "features", "label"), "tensorflow")
 
@@ -902,13 +946,13 @@ def test_every_worker_of_a_fit_is_warmed_by_a_task_of_its_own(spark):
     from sparkeras.training import warm_up_plan
     from sparkeras.worker import runtime, tasks
 
-    spec = _warm_up_spec(seed=32)
+    spec = _warm_up_spec(hidden=33)
     plan = warm_up_plan(runtime.WarmUp(), 2)
     assert plan.hold_seconds > 0 and warm_up_plan(runtime.WarmUp(), 1).hold_seconds == 0
 
     def warm(it):
         list(tasks.warm_up(spec, plan, it))  # returns with the model built, not before
-        built = spec.model.key in runtime._models
+        built = spec.model.architecture in runtime._models
         started = time.monotonic()  # a second warm-up of the same model has nothing to do and does not wait
         list(tasks.warm_up(spec, runtime.WarmUp(hold_seconds=60.0), iter(())))
         yield os.getpid(), built, time.monotonic() - started

@@ -363,13 +363,14 @@ def keras_without_extras(backend: str = "tensorflow") -> Iterator[None]:
 
 def model(spec: ModelSpec) -> Any:
     """The compiled Keras model for ``spec``, built once per Python worker."""
+    key = spec.architecture or spec.key
     with _lock:
-        cached = _models.get(spec.key)
+        cached = _models.get(key)
         if cached is not None:
-            _models.move_to_end(spec.key)
+            _models.move_to_end(key)
             return cached
         built = spec.build()
-        _models[spec.key] = built
+        _models[key] = built
         while len(_models) > _MODEL_CACHE_SIZE:
             _models.popitem(last=False)
         return built
@@ -416,17 +417,18 @@ def warm_up(spec: ModelSpec, backend: str, columns: Any, weighted: bool = False,
     model is built (or the warm-up gave up, or had nothing to do).
     """
     built = threading.Event()
+    key = spec.architecture or spec.key
     with _lock:
-        if spec.key in _models or spec.key in _warming:
+        if key in _models or key in _warming:
             built.set()
             return built
-        _warming.add(spec.key)
+        _warming.add(key)
     cpus, gpus = task_cpus(), task_gpus()  # read here: the task context belongs to the calling thread's task
 
     def work() -> None:
         with _lock:
-            if spec.key in _models:  # a training task got here first and uses the model now
-                _warming.discard(spec.key)
+            if key in _models:  # a training task got here first and uses the model now
+                _warming.discard(key)
                 built.set()
                 return
             try:
@@ -450,7 +452,7 @@ def warm_up(spec: ModelSpec, backend: str, columns: Any, weighted: bool = False,
             except Exception:  # noqa: BLE001 - the training task builds again and reports it
                 pass
             finally:
-                _warming.discard(spec.key)
+                _warming.discard(key)
                 built.set()
 
     threading.Thread(target=work, name="sparkeras-warm-up", daemon=True).start()
