@@ -145,7 +145,8 @@ class ModelSpec:
         text = json.dumps(config)
         key = _digest(text)
         # Objects shipped with the spec may be a notebook's class defined again with other code: no sharing.
-        architecture = key if custom_objects else _digest(json.dumps(_without_layer_names(config)))
+        # The names are replaced in the JSON's own lists (Keras' config has tuples where JSON has lists).
+        architecture = key if custom_objects else _digest(json.dumps(_without_layer_names(json.loads(text))))
         return cls(config=text, key=key, custom_objects=custom_objects, architecture=architecture)
 
     def with_optimizer(self, optimizer: Any) -> "ModelSpec":
@@ -268,10 +269,11 @@ def _without_layer_names(config: Any) -> Any:
     MLP against 0.36-0.51 s for the same model object, and on JAX a
     compilation of 0.9-1.25 s per batch shape. The names compute nothing;
     what the workers send back is positional. Names are replaced only where
-    they name a layer: a layer's ``name``, ``keras_history``, and
-    ``input_layers``/``output_layers``; and the optimizer's name, counted too. The names of a model's outputs are
-    kept when it has more than one, since Keras names those outputs'
-    losses and metrics after them in a trial's logs.
+    they name a layer (a layer's ``name``, ``keras_history``,
+    ``input_layers`` and ``output_layers``), and the optimizer's name,
+    counted too. The names of a model's outputs are kept when it has more
+    than one, since Keras names those outputs' losses and metrics after
+    them in a trial's logs.
     """
     outputs = list(_layer_references((config.get("config") or {}).get("output_layers"))) \
         if isinstance(config, dict) else []
@@ -288,7 +290,8 @@ def _without_layer_names(config: Any) -> Any:
             for value in node:
                 collect(value)
 
-    def renamed(node: Any) -> Any:
+    def renamed(node: Any, of_layer: bool = False) -> Any:
+        """``node`` renamed; ``of_layer``: it is a layer's ``config``, whose ``name`` is the layer's."""
         if isinstance(node, list):
             return [renamed(value) for value in node]
         if not isinstance(node, dict):
@@ -298,10 +301,10 @@ def _without_layer_names(config: Any) -> Any:
         if str(node.get("module", "")).startswith("keras.optimizers") and isinstance(node.get("config"), dict):
             node = dict(node, config=dict(node["config"], name="<optimizer>"))  # adam, adam_1...
         for key, value in node.items():
-            if layer and key == "name" and isinstance(value, str):
+            if (layer or of_layer) and key == "name" and isinstance(value, str):
                 out[key] = names.get(value, value)
             elif layer and key == "config":
-                out[key] = {k: names.get(v, v) if k == "name" else renamed(v) for k, v in value.items()}
+                out[key] = renamed(value, of_layer=True)
             elif key == "keras_history" and isinstance(value, list) and value and isinstance(value[0], str):
                 out[key] = [names.get(value[0], value[0]), *value[1:]]
             elif key in ("input_layers", "output_layers"):

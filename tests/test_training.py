@@ -531,6 +531,13 @@ def test_a_model_built_again_trains_on_the_workers_model_and_steps_of_its_archit
         model.compile(optimizer="adam", loss=["mse", "mse"])
         return ModelSpec.from_model(model).architecture
 
+    def one_output():
+        inputs = keras.Input((4,))
+        model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Dense(8)(inputs)))
+        model.compile(optimizer="adam", loss="mse")
+        return ModelSpec.from_model(model).architecture
+
+    assert one_output() == one_output()  # a functional model's references to its layers renamed too
     assert two_outputs("scores") != two_outputs("scores")  # the second output's own name differs
     shipped = ModelSpec.of(json.loads(specs[0].config), {"Halve": object})  # a script's class, maybe redefined
     assert shipped.architecture == shipped.key
