@@ -121,6 +121,11 @@ class ModelSpec:
     custom_objects: dict[str, Any] | None = None
     architecture: str = ""
 
+    @property
+    def training_key(self) -> str:
+        """What a worker keys the model it trains by: the architecture (the exact config if none was taken)."""
+        return self.architecture or self.key
+
     @classmethod
     def from_model(cls, model: Any, custom_objects: dict[str, Any] | None = None) -> "ModelSpec":
         import keras

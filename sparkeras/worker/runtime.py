@@ -363,7 +363,7 @@ def keras_without_extras(backend: str = "tensorflow") -> Iterator[None]:
 
 def model(spec: ModelSpec) -> Any:
     """The compiled Keras model for ``spec``, built once per Python worker."""
-    key = spec.architecture or spec.key
+    key = spec.training_key
     with _lock:
         cached = _models.get(key)
         if cached is not None:
@@ -417,7 +417,7 @@ def warm_up(spec: ModelSpec, backend: str, columns: Any, weighted: bool = False,
     model is built (or the warm-up gave up, or had nothing to do).
     """
     built = threading.Event()
-    key = spec.architecture or spec.key
+    key = spec.training_key
     with _lock:
         if key in _models or key in _warming:
             built.set()
