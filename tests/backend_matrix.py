@@ -146,7 +146,8 @@ def test_workers_use_one_compiled_program_per_batch_shape_on_jax(spark):
     """A worker's jitted window (averaging, the parameter-server rules) and gradient step (all-reduce)
     compile once per batch shape. ``jax.jit`` also keys on whether each array is committed to a device:
     they compiled again once the driver's (numpy) state was set, and the gradient step once more when the
-    metrics' variables appeared at its first call, 0.9-1.25 s each in a worker."""
+    metrics' variables appeared at its first call, 0.9-1.25 s each in a worker. The next fit's gradient step
+    on the same model compiles nothing: its jitted functions are kept on the model."""
     import keras
 
     if keras.backend.backend() != "jax":
@@ -181,6 +182,14 @@ def test_workers_use_one_compiled_program_per_batch_shape_on_jax(spark):
         gradients.sync()
     assert gradients._gradients._cache_size() == 1
     assert int(model.optimizer.iterations) == 1  # the second step started again from the state
+
+    again = JaxSteps(model, None, sync_batch_norm=False)  # the next fit's, on the worker's same model
+    set_model_state(model, state)
+    again.local_gradients(x[:32], y[:32].astype(np.int32), 0.5)
+    again.apply_sum()
+    again.sync()
+    assert again._gradients is gradients._gradients and again._apply is gradients._apply
+    assert again._gradients._cache_size() == 1 and again._apply._cache_size() == 1
 
 
 def test_spark_ml_estimator_and_the_elephas_facade(spark):
