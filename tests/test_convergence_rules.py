@@ -183,7 +183,8 @@ class _WarmupSGD(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def test_allreduce_scales_the_rate_with_warmup_exactly(spark):
-    """2 workers, SGD, linear rule, warmup over half an epoch == one process with that schedule."""
+    """2 workers, SGD, linear rule, warmup over half an epoch == one process with that schedule; then a fit
+    of the same architecture without scaling == one process at the user's rate."""
     from test_allreduce import _global_batches
 
     b = 16
@@ -200,6 +201,16 @@ def test_allreduce_scales_the_rate_with_warmup_exactly(spark):
     for got, want in zip(sm.model.get_weights(), plain.get_weights()):
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
     assert float(sm.model.optimizer.learning_rate) == pytest.approx(0.05)  # the user's rate is kept
+
+    # The same architecture again: the workers train it with the step they traced (jitted on JAX) for the
+    # fit above, at this fit's rate, unscaled.
+    model = mlp(seed=4, optimizer=keras.optimizers.SGD(0.05))
+    plain = clone(model)
+    plain.fit(gx, gy, batch_size=2 * b, epochs=1, shuffle=False, verbose=0)
+    sm = SparkModel(model, strategy=AllReduce(learning_rate_scaling=None), num_workers=2, seed=0)
+    sm.fit(x, y, epochs=1, batch_size=b, shuffle=False, verbose=0)
+    for got, want in zip(sm.model.get_weights(), plain.get_weights()):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
 
 
 def _simulate_averaging(model, x, y, workers, batch, window, epochs, momentum, iterate=False,

@@ -89,6 +89,11 @@ class ScaledRate:
             keras.Variable(value, dtype="float32", trainable=False, name=f"sparkeras_rate_{name}")
             for value, name in ((0.0, "excess"), (0.0, "warmup"), (0.0, "start")))
 
+    @property
+    def settings(self) -> tuple[Any, Any, Any]:
+        """The variables of the scale (less one), the warmup's steps and its first step."""
+        return self.excess, self.warmup_steps, self.start
+
     @classmethod
     def of(cls, optimizer: Any) -> "ScaledRate":
         """The optimizer's one ``ScaledRate``, made on first use."""

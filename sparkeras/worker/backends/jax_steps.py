@@ -78,15 +78,22 @@ class _JittedSteps:
             grads, non_trainable = jax.grad(zero, has_aux=True)(trainable)
             return flat(grads), non_trainable
 
-        def apply(trainable: Any, optimizer: Any, buffer: Any) -> Any:
+        def apply(trainable: Any, optimizer: Any, buffer: Any, rate_settings: Any) -> Any:
             grads = [part.reshape(shape).astype(value.dtype)
                      for part, shape, value in zip(jnp.split(buffer, cuts), shapes, trainable)]
-            return model.optimizer.stateless_apply(optimizer, grads, trainable)
+            return _apply_with_scaled_rate(model.optimizer, optimizer, grads, trainable, rate_settings)
 
         self.gradients, self.empty_pass, self.apply = jax.jit(gradients), jax.jit(empty_pass), jax.jit(apply)
 
     def allreduce(self, values: np.ndarray, op: str) -> np.ndarray:
         return self.collective.allreduce(values, op)
+
+    @staticmethod
+    def rate_settings(optimizer: Any) -> list[np.ndarray]:
+        """The fit's learning-rate scale, warmup and start (:class:`ScaledRate`), as arguments of ``apply``."""
+        from sparkeras.worker.learning_rate import ScaledRate
+
+        return [np.asarray(v.value, np.float32) for v in ScaledRate.of(optimizer).settings]
 
     @classmethod
     def of(cls, model: Any, sync_batch_norm: bool) -> "_JittedSteps":
@@ -100,6 +107,37 @@ class _JittedSteps:
         return kept[sync]
 
 
+def _apply_with_scaled_rate(optimizer: Any, values: Any, grads: Any, trainable: Any, rate_settings: Any) -> Any:
+    """``optimizer.stateless_apply`` at the learning rate of :class:`ScaledRate` whose settings are ``rate_settings``.
+
+    Why. Inside ``jax.jit`` a variable that is not among the function's
+    arguments is read once, as a constant, when the function is traced. The
+    rate's scale, warmup and start are such variables, and the jitted step
+    is kept from fit to fit (:class:`_JittedSteps`), so a later fit with
+    other settings (another number of workers, scaling off, a resumed
+    start) would have trained at the first fit's rate. Here they are
+    arguments, mapped onto their variables in the same stateless scope as
+    the optimizer's state (Keras reads only the innermost scope), and the
+    traced update always goes through the :class:`ScaledRate`, which is
+    neutral outside a fit.
+    """
+    import keras
+
+    from sparkeras.worker.learning_rate import ScaledRate
+
+    rate = ScaledRate.of(optimizer)
+    mapping = (list(zip(optimizer._trainable_variables, trainable)) + list(zip(optimizer.variables, values))
+               + list(zip(rate.settings, rate_settings)))
+    installed, optimizer._learning_rate = optimizer._learning_rate, rate
+    try:
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            optimizer.apply(grads)
+    finally:
+        optimizer._learning_rate = installed
+    return ([scope.get_current_value(v) for v in optimizer._trainable_variables],
+            [scope.get_current_value(v) for v in optimizer.variables])
+
+
 class JaxSteps(GradientSteps):
     """``jax.value_and_grad`` of the share-scaled loss; the sum applied with ``optimizer.stateless_apply``."""
 
@@ -108,6 +146,7 @@ class JaxSteps(GradientSteps):
         jitted.collective = collective
         super().__init__(model, collective, jitted.global_sum)
         self._state: list[Any] | None = None
+        self._rate_settings: list[np.ndarray] | None = None
         self._gradients, self._empty_pass, self._apply = jitted.gradients, jitted.empty_pass, jitted.apply
 
     def _owners(self) -> list[list[Any]]:
@@ -136,7 +175,9 @@ class JaxSteps(GradientSteps):
 
     def apply_sum(self) -> None:
         state = self._load()
-        state[0], state[3] = self._apply(state[0], state[3], self.buffer)
+        if self._rate_settings is None:  # installed by the fit once its steps exist, constant while it runs
+            self._rate_settings = _JittedSteps.rate_settings(self.model.optimizer)
+        state[0], state[3] = self._apply(state[0], state[3], self.buffer, self._rate_settings)
 
     def sync(self) -> None:
         if self._state is None:
