@@ -192,6 +192,38 @@ def test_workers_use_one_compiled_program_per_batch_shape_on_jax(spark):
     assert again._gradients._cache_size() == 1 and again._apply._cache_size() == 1
 
 
+def test_the_warm_up_compiles_the_all_reduce_step_a_fit_then_runs_on_jax(spark):
+    """The training workers' warm-up compiles the all-reduce's gradient step and update for the fit's batch
+    size, with the arguments a fit's step passes (so its first step compiles nothing), and leaves the
+    model's state as it was."""
+    import keras
+
+    if keras.backend.backend() != "jax":
+        pytest.skip("the compilations counted are JAX's")
+    from conftest import blobs, mlp
+    from sparkeras.data.columns import resolve_columns
+    from sparkeras.data.sources import as_dataset
+    from sparkeras.serialization import model_state, set_model_state
+    from sparkeras.worker.backends import Alone, trace_gradients
+    from sparkeras.worker.backends.jax_steps import JaxSteps
+
+    x, y = blobs(200, seed=6)
+    model = mlp(seed=10)
+    dataset = as_dataset(spark, x, y)
+    columns = resolve_columns(model, dataset.schema, dataset.features_col, dataset.label_col)
+    state = model_state(model)
+    trace_gradients(model, columns, "jax", weighted=False, sync_batch_norm=False, batch_size=32)
+    for got, want in zip(model_state(model), state):
+        np.testing.assert_array_equal(got, want)
+    steps = JaxSteps(model, Alone(), sync_batch_norm=False)
+    assert steps._gradients._cache_size() == 1 and steps._apply._cache_size() == 1
+    set_model_state(model, state)
+    steps.step(*columns.data([x[:32], y[:32].astype(np.int32)])[:2], rows=32, share=1.0)
+    steps.sync()
+    assert steps._gradients._cache_size() == 1 and steps._apply._cache_size() == 1
+    assert int(model.optimizer.iterations) == 1
+
+
 def test_spark_ml_estimator_and_the_elephas_facade(spark):
     """A ``KerasEstimator`` fit (with a parameter-server rule) and transform, and an Elephas ``SparkModel``
     (averaging) on an RDD, on this backend."""

@@ -99,6 +99,16 @@ class GradientSteps:
         self.synced_layers = []
 
 
+class Alone:
+    """The collective of a step rehearsed outside any fit: this task's sums are the sums."""
+
+    def allreduce_(self, buffer: np.ndarray, op: str = "sum") -> np.ndarray:
+        return buffer
+
+    def allreduce(self, array: np.ndarray, op: str = "sum") -> np.ndarray:
+        return np.array(array, copy=True)
+
+
 def gradient_steps(model: Any, collective: Any, backend: str, sync_batch_norm: bool) -> GradientSteps:
     """The split step of ``backend`` for ``model``."""
     if backend == "tensorflow":
@@ -115,8 +125,13 @@ def gradient_steps(model: Any, collective: Any, backend: str, sync_batch_norm: b
 def trace_gradients(model: Any, columns: Any, backend: str, weighted: bool, sync_batch_norm: bool,
                     batch_size: int | None = None) -> None:
     """Trace ``backend``'s step for ``model`` ahead of a fit, and run it once on zeros of ``batch_size`` rows
-    with every variable put back (TensorFlow; the others trace at the first step)."""
+    with every variable put back (TensorFlow), or compile it for batches of that size (JAX); PyTorch's step
+    is not traced."""
     if backend == "tensorflow":
         from sparkeras.worker.backends.tensorflow_steps import trace_gradients as trace
 
         trace(model, columns, weighted, sync_batch_norm, batch_size)
+    elif backend == "jax" and batch_size:
+        from sparkeras.worker.backends.jax_steps import compile_gradients
+
+        compile_gradients(model, columns, weighted, sync_batch_norm, batch_size)

@@ -7,7 +7,7 @@ from typing import Any, Callable
 import numpy as np
 
 from sparkeras.serialization import ensure_optimizer_built
-from sparkeras.worker.backends import GradientSteps
+from sparkeras.worker.backends import Alone, GradientSteps
 from sparkeras.worker.backends.batch_norm import batch_norm_layers, synchronize_batch_norm
 
 
@@ -210,16 +210,6 @@ def trace_gradients(model: Any, columns: Any, weighted: bool, sync_batch_norm: b
             del layer._moments
 
 
-class _Alone:
-    """The collective of a step rehearsed outside any fit: this task's sums are the sums."""
-
-    def allreduce_(self, buffer: np.ndarray, op: str = "sum") -> np.ndarray:
-        return buffer
-
-    def allreduce(self, array: np.ndarray, op: str = "sum") -> np.ndarray:
-        return np.array(array, copy=True)
-
-
 def _rehearse(model: Any, traced: _TracedGradients, run: Callable[[], Any]) -> None:
     """Call ``run`` (one traced step on zeros) and put every variable back as it was.
 
@@ -234,7 +224,7 @@ def _rehearse(model: Any, traced: _TracedGradients, run: Callable[[], Any]) -> N
 
     variables = list(model.variables) + list(model.optimizer.variables) + list(model.metrics_variables)
     saved = [np.array(v) for v in variables]
-    collective, traced.reducer.collective = traced.reducer.collective, _Alone()
+    collective, traced.reducer.collective = traced.reducer.collective, Alone()
     restore_rate = ScaledRate.of(model.optimizer).install()
     try:
         run()
