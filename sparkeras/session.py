@@ -51,12 +51,13 @@ def get_spark(master: str | None = None, app_name: str = "sparkeras") -> Any:
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     options = embedded_options(master or "local[*]", app_name)
     options.update(python_socket_options(options["spark.master"]))
-    if "spark.driver.extraJavaOptions" in options:
-        _start_jvm_without_its_warning(options)
     builder = SparkSession.builder
     for key, value in options.items():
         builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    with launching_the_jvm():
+        if "spark.driver.extraJavaOptions" in options:
+            _start_jvm_without_its_warning(options)
+        spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     start_python_workers(spark)
     return spark
@@ -306,6 +307,24 @@ def _pause_console_progress(spark: Any) -> tuple[Any, Any, Any] | None:
 
 
 JVM_START_UP_WARNING = b"WARNING: Using incubator modules:"
+
+
+@contextlib.contextmanager
+def launching_the_jvm() -> Iterator[None]:
+    """Start Spark's JVM without JAX's warning that ``os.fork()`` was called.
+
+    pyspark starts the JVM with a ``preexec_fn``, so Python runs its
+    before-fork handlers, and JAX's handler (installed once JAX has a
+    backend: a model was built before the session) warns that forking a
+    multithreaded process may deadlock. The child only resets a signal and
+    runs ``exec``, so the danger is not there; the warning was the first
+    line a JAX user saw from :func:`get_spark`.
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+        yield
 
 
 def _start_jvm_without_its_warning(options: dict[str, str]) -> None:

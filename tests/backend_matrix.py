@@ -19,6 +19,7 @@ worker was given.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import sys
@@ -222,6 +223,33 @@ def test_the_warm_up_compiles_the_all_reduce_step_a_fit_then_runs_on_jax(spark):
     steps.sync()
     assert steps._gradients._cache_size() == 1 and steps._apply._cache_size() == 1
     assert int(model.optimizer.iterations) == 1
+
+
+def test_the_jvm_starts_without_jaxs_fork_warning():
+    """pyspark starts the JVM with a ``preexec_fn``, which runs JAX's before-fork handler once JAX has a
+    backend; its deadlock warning does not apply to a fork that execs, and ``get_spark`` hides it."""
+    import subprocess
+    import warnings
+
+    import keras
+
+    if keras.backend.backend() != "jax":
+        pytest.skip("the warning is JAX's")
+    import jax.numpy as jnp
+
+    from sparkeras.session import launching_the_jvm
+
+    jnp.ones(1)  # JAX has a backend, and its fork handler is installed
+
+    def fork_warnings(quiet: bool) -> list[str]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with launching_the_jvm() if quiet else contextlib.nullcontext():
+                subprocess.run(["true"], preexec_fn=lambda: None, check=True)
+        return [str(w.message) for w in caught if "os.fork() was called" in str(w.message)]
+
+    assert fork_warnings(quiet=False), "JAX no longer warns at a fork: this test checks nothing"
+    assert fork_warnings(quiet=True) == []
 
 
 def test_spark_ml_estimator_and_the_elephas_facade(spark):

@@ -119,12 +119,15 @@ def _apply_with_scaled_rate(optimizer: Any, values: Any, grads: Any, trainable: 
     arguments, mapped onto their variables in the same stateless scope as
     the optimizer's state (Keras reads only the innermost scope), and the
     traced update always goes through the :class:`ScaledRate`, which is
-    neutral outside a fit.
+    neutral outside a fit. An optimizer with a stateless update of its own
+    (``LossScaleOptimizer``, whose inner optimizer holds the rate) keeps it.
     """
     import keras
 
     from sparkeras.worker.learning_rate import ScaledRate
 
+    if type(optimizer).stateless_apply is not keras.optimizers.Optimizer.stateless_apply:
+        return optimizer.stateless_apply(values, grads, trainable)
     rate = ScaledRate.of(optimizer)
     mapping = (list(zip(optimizer._trainable_variables, trainable)) + list(zip(optimizer.variables, values))
                + list(zip(rate.settings, rate_settings)))
