@@ -143,12 +143,8 @@ def test_workers_use_their_cores_and_only_their_gpus(spark):
     assert sorted(r[3] for r in later) == [("0",), ("1",)], later
 
 
-def test_workers_use_one_compiled_program_per_batch_shape_on_jax(spark):
-    """A worker's jitted window (averaging, the parameter-server rules) and gradient step (all-reduce)
-    compile once per batch shape. ``jax.jit`` also keys on whether each array is committed to a device:
-    they compiled again once the driver's (numpy) state was set, and the gradient step once more when the
-    metrics' variables appeared at its first call, 0.9-1.25 s each in a worker. The next fit's gradient step
-    on the same model compiles nothing: its jitted functions are kept on the model."""
+def _jax_mlp_problem(spark, seed: int):
+    """Rows, a compiled MLP and its column bindings, for the tests that count JAX's compilations."""
     import keras
 
     if keras.backend.backend() != "jax":
@@ -156,14 +152,25 @@ def test_workers_use_one_compiled_program_per_batch_shape_on_jax(spark):
     from conftest import blobs, mlp
     from sparkeras.data.columns import resolve_columns
     from sparkeras.data.sources import as_dataset
+
+    x, y = blobs(200, seed=6)
+    model = mlp(seed=seed)
+    dataset = as_dataset(spark, x, y)
+    return x, y, model, resolve_columns(model, dataset.schema, dataset.features_col, dataset.label_col)
+
+
+def test_workers_use_one_compiled_program_per_batch_shape_on_jax(spark):
+    """A worker's jitted window (averaging, the parameter-server rules) and gradient step (all-reduce)
+    compile once per batch shape. ``jax.jit`` also keys on whether each array is committed to a device:
+    they compiled again once the driver's (numpy) state was set, and the gradient step once more when the
+    metrics' variables appeared at its first call, 0.9-1.25 s each in a worker. The next fit's gradient step
+    on the same model compiles nothing: its jitted functions are kept on the model."""
+    from conftest import mlp
     from sparkeras.serialization import model_state, set_model_state
     from sparkeras.worker.backends.jax_steps import JaxSteps
     from sparkeras.worker.local_steps import LocalSteps
 
-    x, y = blobs(200, seed=6)
-    model = mlp(seed=9)
-    dataset = as_dataset(spark, x, y)
-    columns = resolve_columns(model, dataset.schema, dataset.features_col, dataset.label_col)
+    x, y, model, columns = _jax_mlp_problem(spark, seed=9)
     state, order = model_state(model), np.arange(len(x))
     steps = LocalSteps(model, [x, y.astype(np.int32)], columns, "jax")
     for _ in range(2):  # two rounds, each from the driver's state
@@ -197,21 +204,11 @@ def test_the_warm_up_compiles_the_all_reduce_step_a_fit_then_runs_on_jax(spark):
     """The training workers' warm-up compiles the all-reduce's gradient step and update for the fit's batch
     size, with the arguments a fit's step passes (so its first step compiles nothing), and leaves the
     model's state as it was."""
-    import keras
-
-    if keras.backend.backend() != "jax":
-        pytest.skip("the compilations counted are JAX's")
-    from conftest import blobs, mlp
-    from sparkeras.data.columns import resolve_columns
-    from sparkeras.data.sources import as_dataset
     from sparkeras.serialization import model_state, set_model_state
     from sparkeras.worker.backends import Alone, trace_gradients
     from sparkeras.worker.backends.jax_steps import JaxSteps
 
-    x, y = blobs(200, seed=6)
-    model = mlp(seed=10)
-    dataset = as_dataset(spark, x, y)
-    columns = resolve_columns(model, dataset.schema, dataset.features_col, dataset.label_col)
+    x, y, model, columns = _jax_mlp_problem(spark, seed=10)
     state = model_state(model)
     trace_gradients(model, columns, "jax", weighted=False, sync_batch_norm=False, batch_size=32)
     for got, want in zip(model_state(model), state):

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 
 from sparkeras.serialization import ensure_optimizer_built
-from sparkeras.worker.backends.batch_norm import synchronize_batch_norm
+from sparkeras.worker.backends.batch_norm import batch_norm_layers, synchronize_batch_norm
 
 BACKENDS = ("tensorflow", "jax", "torch")
 
@@ -97,6 +97,20 @@ class GradientSteps:
         for layer in self.synced_layers:
             del layer._moments
         self.synced_layers = []
+
+
+def kept_on_model(model: Any, name: str, sync_batch_norm: bool, make: Callable[[Any, bool], Any]) -> Any:
+    """``make(model, sync)``, made once per model and sync setting and kept on the model under ``name``.
+
+    A worker keeps one model per architecture, so a backend's traced or
+    jitted step kept there serves every fit of it. Only models with
+    BatchNormalization sync; they keep a second step for ``sync_batch_norm=False``.
+    """
+    sync = bool(sync_batch_norm and batch_norm_layers(model))
+    kept = model.__dict__.setdefault(name, {})
+    if sync not in kept:
+        kept[sync] = make(model, sync)
+    return kept[sync]
 
 
 class Alone:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from sparkeras.worker.backends import Alone, GradientSteps
+from sparkeras.worker.backends import Alone, GradientSteps, kept_on_model
 
 
 def committed(state: Any) -> Any:
@@ -98,13 +98,7 @@ class _JittedSteps:
     @classmethod
     def of(cls, model: Any, sync_batch_norm: bool) -> "_JittedSteps":
         """``model``'s functions for ``sync_batch_norm`` (only models with BatchNormalization sync)."""
-        from sparkeras.worker.backends.batch_norm import batch_norm_layers
-
-        sync = bool(sync_batch_norm and batch_norm_layers(model))
-        kept = model.__dict__.setdefault("_sparkeras_jax_gradient_steps", {})
-        if sync not in kept:
-            kept[sync] = cls(model, sync)
-        return kept[sync]
+        return kept_on_model(model, "_sparkeras_jax_gradient_steps", sync_batch_norm, cls)
 
 
 def _apply_with_scaled_rate(optimizer: Any, values: Any, grads: Any, trainable: Any, rate_settings: Any) -> Any:

@@ -7,8 +7,8 @@ from typing import Any, Callable
 import numpy as np
 
 from sparkeras.serialization import ensure_optimizer_built
-from sparkeras.worker.backends import Alone, GradientSteps
-from sparkeras.worker.backends.batch_norm import batch_norm_layers, synchronize_batch_norm
+from sparkeras.worker.backends import Alone, GradientSteps, kept_on_model
+from sparkeras.worker.backends.batch_norm import synchronize_batch_norm
 
 
 class TensorFlowSteps(GradientSteps):
@@ -171,11 +171,7 @@ class _TracedGradients:
     @classmethod
     def of(cls, model: Any, sync_batch_norm: bool) -> "_TracedGradients":
         """``model``'s functions for ``sync_batch_norm`` (only models with BatchNormalization sync)."""
-        sync = bool(sync_batch_norm and batch_norm_layers(model))
-        kept = model.__dict__.setdefault("_sparkeras_gradient_steps", {})
-        if sync not in kept:
-            kept[sync] = cls(model, sync)
-        return kept[sync]
+        return kept_on_model(model, "_sparkeras_gradient_steps", sync_batch_norm, cls)
 
 
 def trace_gradients(model: Any, columns: Any, weighted: bool, sync_batch_norm: bool,
