@@ -103,8 +103,9 @@ def kept_on_model(model: Any, name: str, sync_batch_norm: bool, make: Callable[[
     """``make(model, sync)``, made once per model and sync setting and kept on the model under ``name``.
 
     A worker keeps one model per architecture, so a backend's traced or
-    jitted step kept there serves every fit of it. Only models with
-    BatchNormalization sync; they keep a second step for ``sync_batch_norm=False``.
+    jitted step kept there serves every fit of it. ``sync`` holds only for
+    a model with BatchNormalization layers and ``sync_batch_norm``; such a
+    model keeps a step for each setting.
     """
     sync = bool(sync_batch_norm and batch_norm_layers(model))
     kept = model.__dict__.setdefault(name, {})
