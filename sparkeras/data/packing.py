@@ -271,19 +271,28 @@ def _prepare_spark(dataset: Dataset, columns: ColumnMap, num_partitions: int, wh
     In local mode the executors write the packed blocks as ``.npy`` files
     that later tasks memory-map, and Spark caches only their paths; on a
     cluster Spark caches the blocks themselves (memory, spilling to disk).
+    A bare scan of local Parquet files is read by the packing tasks with
+    pyarrow, in equal row shares (:mod:`sparkeras.data.parquet`).
     """
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     from sparkeras.data.arrow import arrow_batches
+    from sparkeras.data.parquet import parquet_shares, read_shares
 
     frame = dataset.frame.select(*[F.col(f"`{c}`") for c in columns.columns])
-    if repartition or frame.rdd.getNumPartitions() != num_partitions:
-        frame = frame.repartition(num_partitions)
     files = _packing_folder(frame.sparkSession)
-    messages, read = arrow_batches(frame)
-    blocks = messages.mapPartitions(lambda it: pack_batches(columns, read(it), files)).persist(
-        StorageLevel.MEMORY_AND_DISK)
+    shares = parquet_shares(frame, num_partitions)
+    if shares is not None:
+        names, rows = list(columns.columns), block_rows(columns)
+        packed = frame.sparkSession.sparkContext.parallelize(shares, num_partitions).mapPartitions(
+            lambda it: pack_batches(columns, read_shares(names, rows, it), files))
+    else:
+        if repartition or frame.rdd.getNumPartitions() != num_partitions:
+            frame = frame.repartition(num_partitions)
+        messages, read = arrow_batches(frame)
+        packed = messages.mapPartitions(lambda it: pack_batches(columns, read(it), files))
+    blocks = packed.persist(StorageLevel.MEMORY_AND_DISK)
     prepared = PreparedData(blocks, columns, DatasetStats([], None), files)
     try:
         per_partition = blocks.mapPartitionsWithIndex(_partition_stats).collect()

@@ -1,0 +1,181 @@
+"""Local Parquet files packed from their pages by the training workers, not through the JVM's rows.
+
+A DataFrame read from Parquet reaches the Python workers as Arrow batches
+that the JVM builds value by value (``ArrowWriter``; Java Flight Recorder
+puts ``Float4Vector.setSafe`` on top). For 60,000 rows of 784 floats that
+costs 2.5-3.8 s of JVM CPU, from Spark's cache or not, and it was most of a
+cold fit's fixed cost on ``local[2]`` (BENCHMARKS.md, "Parquet packed by the
+workers"). pyarrow decodes the same files in about 0.3 s of CPU. Petastorm,
+which Horovod on Spark trains from, reads Parquet with pyarrow the same way.
+
+So when the DataFrame a fit packs is exactly a Parquet scan (the columns
+selected, nothing filtered, joined or computed; cached or not), each
+packing task reads its share of the files' rows with pyarrow, and the
+batches go through the same :func:`sparkeras.data.packing.pack_batches` as
+Spark's. Spark still lists the files (its file index, with the reader's
+options), and the data are Spark's: the same files, the same rows, the same
+Arrow types. The shares are contiguous row ranges of equal size, so every
+worker of a synchronous fit gets the same number of rows.
+
+Spark reads the data itself (nothing changes) unless all of these hold:
+
+- the session is a classic one (Spark Connect has no plan to look at) and
+  ``spark.sparkeras.data.readParquet`` is not ``false``;
+- the plan is a Parquet relation under column selections only;
+- every file is on the local file system (``file:``), at most
+  :data:`MAX_FILES` of them, and each is still the file Spark listed (size
+  and modification time), so a cached DataFrame whose files were rewritten
+  since is read from Spark's cache;
+- each file's footer reads, and its Arrow types for the selected columns
+  are those Spark reads (list item names and nullability aside).
+
+``file:`` paths must exist wherever Spark's executors read them, so a
+worker can read them there too. Other stores (HDFS, S3) go through Spark,
+whose file systems carry the user's credentials.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator
+from urllib.parse import unquote, urlparse
+
+import pyarrow as pa
+
+from sparkeras.log import logger
+
+READ_CONF = "spark.sparkeras.data.readParquet"
+MAX_FILES = 2048  # each footer is read on the driver: ~0.2 ms a local file
+_PARQUET = "org.apache.spark.sql.execution.datasources.parquet.ParquetFileFormat"
+
+
+@dataclass(frozen=True)
+class RowSlice:
+    """Rows ``start:stop`` of one row group of one file."""
+
+    path: str
+    row_group: int
+    start: int
+    stop: int
+
+
+def parquet_shares(frame: Any, num_partitions: int) -> list[list[RowSlice]] | None:
+    """Per partition, the row slices it reads; ``None`` when Spark must read ``frame`` itself."""
+    if frame.sparkSession.conf.get(READ_CONF, "auto").strip().lower() == "false":
+        return None
+    try:
+        files = _scanned_files(frame)
+        groups = _row_groups(files, frame) if files else None
+    except Exception as exc:  # noqa: BLE001 - any doubt: Spark reads the data
+        logger.debug("Spark reads the Parquet data: %s", exc)
+        return None
+    if groups is None:
+        return None
+    return _split(groups, num_partitions)
+
+
+def _scanned_files(frame: Any) -> list[tuple[str, int, int]] | None:
+    """``(local path, size, modification ms)`` of each file, if ``frame`` is a bare Parquet scan."""
+    jdf = getattr(frame, "_jdf", None)
+    if jdf is None:
+        return None
+    node = jdf.queryExecution().analyzed()
+    while node.nodeName() in ("Project", "SubqueryAlias"):
+        if node.nodeName() == "Project":
+            exprs = node.projectList()
+            if not all(exprs.apply(i).getClass().getSimpleName() == "AttributeReference"
+                       for i in range(exprs.size())):
+                return None
+        node = node.children().apply(0)
+    if node.getClass().getSimpleName() != "LogicalRelation":
+        return None
+    relation = node.relation()
+    if relation.getClass().getSimpleName() != "HadoopFsRelation" or relation.fileFormat().getClass().getName() != _PARQUET:
+        return None
+    statuses = relation.location().allFiles()
+    if statuses.size() > MAX_FILES:
+        return None
+    files = []
+    for i in range(statuses.size()):
+        status = statuses.apply(i)
+        uri = urlparse(str(status.getPath().toUri().toString()))
+        if uri.scheme not in ("file", ""):
+            return None
+        files.append((unquote(uri.path), int(status.getLen()), int(status.getModificationTime())))
+    return sorted(files)
+
+
+def _row_groups(files: list[tuple[str, int, int]], frame: Any) -> list[tuple[str, int, int]] | None:
+    """``(path, row group, rows)`` over all files, or ``None`` if a file changed or holds other types."""
+    import pyarrow.parquet as pq
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    wanted = to_arrow_schema(frame.schema)
+    groups = []
+    for path, size, modified in files:
+        stat = os.stat(path)
+        if stat.st_size != size or abs(stat.st_mtime_ns // 1_000_000 - modified) >= 1000:
+            return None
+        meta = pq.read_metadata(path)
+        have = meta.schema.to_arrow_schema()
+        for field in wanted:
+            index = have.get_field_index(field.name)
+            if index < 0 or not _same_type(have.field(index).type, field.type):
+                return None
+        groups.extend((path, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups))
+    return groups
+
+
+def _same_type(a: pa.DataType, b: pa.DataType) -> bool:
+    """Equal Arrow types, whatever the list items' names (``element`` in Parquet, ``element`` or ``item`` in Spark)."""
+    if pa.types.is_list(a) and pa.types.is_list(b):
+        return _same_type(a.value_type, b.value_type)
+    if pa.types.is_struct(a) and pa.types.is_struct(b):
+        return a.num_fields == b.num_fields and all(
+            x.name == y.name and _same_type(x.type, y.type) for x, y in zip(a, b))
+    return a == b
+
+
+def _split(groups: list[tuple[str, int, int]], num_partitions: int) -> list[list[RowSlice]]:
+    """Contiguous, equal row ranges (within one row) over the files in path order."""
+    total = sum(rows for _, _, rows in groups)
+    bounds = [total * p // num_partitions for p in range(num_partitions + 1)]
+    shares: list[list[RowSlice]] = [[] for _ in range(num_partitions)]
+    first = 0
+    for path, group, rows in groups:
+        for p in range(num_partitions):
+            lo, hi = max(bounds[p], first), min(bounds[p + 1], first + rows)
+            if hi > lo:
+                shares[p].append(RowSlice(path, group, lo - first, hi - first))
+        first += rows
+    return shares
+
+
+def read_shares(columns: list[str], batch_rows: int, shares: Iterator[list[RowSlice]]) -> Iterator[pa.RecordBatch]:
+    """Executor side: the Arrow batches of one partition's slices, on this task's own thread.
+
+    pyarrow's thread pool would use every core of the machine; the task
+    uses the core Spark gave it.
+
+    Why small batches, read page by page. ``batch_rows`` is one packed
+    block's rows (4 MB), and ``pre_buffer=False`` reads a column chunk a
+    page at a time: the memory of each batch is then reused for the next.
+    Read in 10,000-row batches (31 MB each for 784 floats), a Python worker
+    forked by Spark's daemon spent 0.3-1.5 s of system time faulting in new
+    pages for 30,000 rows, against 0.04-0.18 s in 1,300-row batches (BENCHMARKS.md).
+    """
+    import pyarrow.parquet as pq
+
+    for share in shares:
+        for piece in share:
+            source = pq.ParquetFile(piece.path, pre_buffer=False)
+            seen = 0
+            for batch in source.iter_batches(batch_size=batch_rows, row_groups=[piece.row_group],
+                                             columns=columns, use_threads=False):
+                lo, hi = max(piece.start - seen, 0), min(piece.stop - seen, batch.num_rows)
+                if hi > lo:
+                    yield batch.slice(lo, hi - lo)
+                seen += batch.num_rows
+                if seen >= piece.stop:
+                    break
