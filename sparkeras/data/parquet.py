@@ -3,10 +3,12 @@
 A DataFrame read from Parquet reaches the Python workers as Arrow batches
 that the JVM builds value by value (``ArrowWriter``; Java Flight Recorder
 puts ``Float4Vector.setSafe`` on top). For 60,000 rows of 784 floats that
-costs 2.5-3.8 s of JVM CPU, from Spark's cache or not, and it was most of a
-cold fit's fixed cost on ``local[2]`` (BENCHMARKS.md, "Parquet packed by the
-workers"). pyarrow decodes the same files in about 0.3 s of CPU. Petastorm,
-which Horovod on Spark trains from, reads Parquet with pyarrow the same way.
+took 2-5 s of JVM CPU per packing, from Spark's cache or not; pyarrow
+decodes the same files in about 0.3 s. Petastorm, which Horovod on Spark
+trains from, reads Parquet with pyarrow the same way. Measured
+(BENCHMARKS.md, "Parquet packed by the workers"): a cold fit's packing on
+``local-cluster`` 6.1-6.5 s -> 4.1-4.8 s, a warm refit of an uncached
+Parquet DataFrame 2.0-3.0 s -> 0.7-1.0 s.
 
 So when the DataFrame a fit packs is exactly a Parquet scan (the columns
 selected, nothing filtered, joined or computed; cached or not), each
@@ -46,7 +48,7 @@ import pyarrow as pa
 from sparkeras.log import logger
 
 READ_CONF = "spark.sparkeras.data.readParquet"
-MAX_FILES = 2048  # each footer is read on the driver: ~0.2 ms a local file
+MAX_FILES = 512  # the driver reads each file's listing (Py4J) and footer: 0.6-1.2 ms a file (200 files: 0.11-0.25 s)
 _PARQUET = "org.apache.spark.sql.execution.datasources.parquet.ParquetFileFormat"
 
 
