@@ -117,7 +117,7 @@ def _row_groups(files: list[tuple[str, int, int]], frame: Any) -> list[tuple[str
     groups = []
     for path, size, modified in files:
         stat = os.stat(path)
-        if stat.st_size != size or abs(stat.st_mtime_ns // 1_000_000 - modified) >= 1000:
+        if stat.st_size != size or stat.st_mtime_ns // 1_000_000 != modified:
             return None
         meta = pq.read_metadata(path)
         have = meta.schema.to_arrow_schema()
@@ -170,14 +170,19 @@ def read_shares(columns: list[str], batch_rows: int, shares: Iterator[list[RowSl
     import pyarrow.parquet as pq
 
     for share in shares:
-        for piece in share:
-            source = pq.ParquetFile(piece.path, pre_buffer=False)
-            seen = 0
-            for batch in source.iter_batches(batch_size=batch_rows, row_groups=[piece.row_group],
-                                             columns=columns, use_threads=False):
-                lo, hi = max(piece.start - seen, 0), min(piece.stop - seen, batch.num_rows)
-                if hi > lo:
-                    yield batch.slice(lo, hi - lo)
-                seen += batch.num_rows
-                if seen >= piece.stop:
-                    break
+        for path in dict.fromkeys(piece.path for piece in share):  # each file opened once, in share order
+            with pq.ParquetFile(path, pre_buffer=False) as source:
+                for piece in (p for p in share if p.path == path):
+                    yield from _slice(source, piece, columns, batch_rows)
+
+
+def _slice(source: Any, piece: RowSlice, columns: list[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
+    seen = 0
+    for batch in source.iter_batches(batch_size=batch_rows, row_groups=[piece.row_group],
+                                     columns=columns, use_threads=False):
+        lo, hi = max(piece.start - seen, 0), min(piece.stop - seen, batch.num_rows)
+        if hi > lo:
+            yield batch.slice(lo, hi - lo)
+        seen += batch.num_rows
+        if seen >= piece.stop:
+            break
