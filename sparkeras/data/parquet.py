@@ -23,7 +23,9 @@ Spark reads the data itself (nothing changes) unless all of these hold:
 
 - the session is a classic one (Spark Connect has no plan to look at) and
   ``spark.sparkeras.data.readParquet`` is not ``false``;
-- the plan is a Parquet relation under column selections only;
+- the plan is a Parquet relation under column selections only, read by
+  path (its files already listed by Spark; a catalog table's partitions
+  are not listed just to decide);
 - every file is on the local file system (``file:``), at most
   :data:`MAX_FILES` of them, and each is still the file Spark listed (size
   and modification time), so a cached DataFrame whose files were rewritten
@@ -95,6 +97,8 @@ def _scanned_files(frame: Any) -> list[tuple[str, int, int]] | None:
     relation = node.relation()
     if relation.getClass().getSimpleName() != "HadoopFsRelation" or relation.fileFormat().getClass().getName() != _PARQUET:
         return None
+    if relation.location().getClass().getSimpleName() != "InMemoryFileIndex":
+        return None  # a catalog table's index would list every partition here, only to count them
     statuses = relation.location().allFiles()
     if statuses.size() > MAX_FILES:
         return None
