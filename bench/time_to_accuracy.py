@@ -232,6 +232,7 @@ def main() -> None:
                 row = {
                     "benchmark": "time_to_accuracy", "task": task_name, "strategy": strategy, "run": run,
                     "workers": args.workers, "master": args.master, "epochs": task.epochs,
+                    "process": "shared" if args.in_process else "fresh",
                     "metric": task.metric, "plain_final": round(final, 4), "target": round(target, 4),
                     "plain_time_to_target_s": round(plain_time, 2),
                     "time_to_target_s": None if reached is None else round(reached, 2),
