@@ -135,8 +135,8 @@ def sparkeras_fits(task: Task, strategy: str, parquet: str, test: tuple, target:
     """A cold and a warm fit in a fresh SparkSession, from a cached DataFrame, in a fresh Python process.
 
     Each strategy gets a process of its own, as a user's new script or
-    notebook has, so that no strategy starts on a JVM and page cache that
-    an earlier one warmed. In one process, a second ``SparkSession`` starts
+    notebook has, so that no strategy starts on a JVM that an earlier one
+    warmed. In one process, a second ``SparkSession`` starts
     in 0.1 s on the running JVM (against 2.5-3.5 s for the first), and its
     fit then begins while the new Python workers are still importing
     TensorFlow: that adds about 1 s to the later strategies' fixed cost
