@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from sparkeras.data.packing import PreparedData
+from sparkeras.data.packing import CountedBlocks, PreparedData
 from sparkeras.errors import worker_error
 from sparkeras.log import logger
 from sparkeras.progress import ProgressBar
@@ -44,9 +44,16 @@ def run_partitions(prepared: PreparedData, body: Callable[[Iterator[Any]], Itera
 
     Each task answers one tuple of plain ints and ``bytes`` (arrays encoded
     by :func:`pack_arrays`), so nothing but bytes crosses Spark's channel.
+    Its blocks come with the partition's row count from the packing
+    (:class:`~sparkeras.data.packing.CountedBlocks`).
     """
+    counted = list(prepared.stats.rows_per_partition)
+
+    def counted_body(index: int, blocks: Iterator[Any]) -> Iterator[tuple]:
+        return body(CountedBlocks(blocks, counted[index] if index < len(counted) else None))
+
     try:
-        rows = prepared.blocks.mapPartitions(body).collect()
+        rows = prepared.blocks.mapPartitionsWithIndex(counted_body).collect()
     except Exception as exc:  # noqa: BLE001 - translated, never swallowed
         raise worker_error(exc, doing) from None
     results = [

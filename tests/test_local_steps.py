@@ -61,6 +61,34 @@ def test_a_partition_of_several_blocks_is_joined_once_and_shared_with_tensorflow
     assert float(jax_array[3, 2]) == 123.0
 
 
+@pytest.mark.parametrize("counted", [50, 35, 80], ids=["as-packed", "fewer-than-read", "more-than-read"])
+def test_counted_blocks_are_copied_in_as_they_arrive_whatever_the_count(spark, counted):
+    """Spark's cached blocks, with the packing's row count, land in aligned arrays of exactly the rows read."""
+    from sparkeras.data.packing import CountedBlocks
+
+    x, y = blobs(50, seed=5)
+    y = y.astype(np.int32)
+    blocks = [(n, (x[lo:lo + n].tobytes(), y[lo:lo + n].tobytes()), {}) for lo, n in ((0, 20), (20, 20), (40, 10))]
+    arrays, rows = read_partition(_columns(spark, x, y), CountedBlocks(iter(blocks), counted))
+    assert rows == 50
+    np.testing.assert_array_equal(arrays[0], x)
+    np.testing.assert_array_equal(arrays[1], y)
+    assert [a.shape for a in arrays] == [(50, x.shape[1]), (50,)]
+    assert all(a.ctypes.data % ALIGNMENT == 0 and a.flags.writeable for a in arrays)
+
+
+def test_a_counted_partition_of_one_block_is_shared_without_a_copy(spark):
+    from sparkeras.data.packing import CountedBlocks
+
+    x, y = blobs(20, seed=5)
+    y = y.astype(np.int32)
+    payload = x.tobytes()
+    arrays, rows = read_partition(_columns(spark, x, y), CountedBlocks(iter([(20, (payload, y.tobytes()), {})]), 20))
+    assert rows == 20
+    np.testing.assert_array_equal(arrays[0], x)
+    assert np.shares_memory(arrays[0], np.frombuffer(payload, dtype=np.uint8))
+
+
 def test_arrays_tensorflow_cannot_share_are_copied(spark):
     x = np.arange(64, dtype=np.float32).reshape(8, 8)
     read_only = np.frombuffer(x.tobytes(), dtype=np.float32).reshape(8, 8)

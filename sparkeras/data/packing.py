@@ -13,6 +13,7 @@ the statistics do, one small record per partition.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import tempfile
@@ -511,6 +512,10 @@ def read_partition(columns: ColumnMap, blocks: Iterator[tuple]) -> tuple[list[np
     the training loop can hand that memory to the backend without another
     copy (:func:`sparkeras.worker.local_steps.shared_tensor`).
 
+    Given :class:`CountedBlocks` (the training and evaluation tasks of
+    :func:`sparkeras.training.run_partitions`), byte blocks are copied into
+    their final arrays as they arrive (:func:`_read_in_place`).
+
     A partition of files (local mode) is read once per Python worker, not
     once per task: its arrays are kept for the next task that reads the same
     files (the next epoch, or the next window or evaluation), the last
@@ -524,7 +529,12 @@ def read_partition(columns: ColumnMap, blocks: Iterator[tuple]) -> tuple[list[np
     rewritten (each packing has a new folder), so their paths name their
     contents. Callers never write into the arrays.
     """
-    blocks = list(blocks)
+    counted = getattr(blocks, "rows", None)
+    blocks = iter(blocks)
+    first = next(blocks, None)
+    if first is not None and counted is not None and counted > first[0] and not isinstance(first[1][0], str):
+        return _read_in_place(columns, first, blocks, counted)
+    blocks = [] if first is None else [first, *blocks]
     key = _files_key(columns, blocks)
     if key is not None and key in _kept_partitions:
         _kept_partitions.move_to_end(key)
@@ -554,6 +564,56 @@ def read_partition(columns: ColumnMap, blocks: Iterator[tuple]) -> tuple[list[np
         while len(_kept_partitions) > KEPT_PARTITIONS:
             _kept_partitions.popitem(last=False)
     return list(arrays), rows
+
+
+class CountedBlocks:
+    """A task's packed blocks, with the partition's row count that the driver has from packing them.
+
+    :func:`read_partition` then copies Spark's cached blocks straight into
+    arrays of the final size as they arrive, instead of holding them all
+    and joining them after.
+    """
+
+    def __init__(self, blocks: Iterator[tuple], rows: int | None) -> None:
+        self._blocks, self.rows = iter(blocks), rows
+
+    def __iter__(self) -> "CountedBlocks":
+        return self
+
+    def __next__(self) -> tuple:
+        return next(self._blocks)
+
+
+def _read_in_place(columns: ColumnMap, first: tuple, blocks: Iterator[tuple],
+                   counted: int) -> tuple[list[np.ndarray], int]:
+    """Byte blocks (Spark's cache, on a cluster) copied into aligned arrays of ``counted`` rows as they arrive.
+
+    Why. Holding every block of a partition and then joining them kept the
+    partition twice in the Python worker's memory (the blocks and the joined
+    copy). Copied in as they come, each block's bytes are freed before the
+    next arrives: on a standalone cluster of two hosts, reading a 94 MB
+    partition took 0.14-0.23 s against 0.17-0.48 s, and the worker's peak
+    resident memory was 80 MB lower (BENCHMARKS.md). Should the blocks hold
+    other than ``counted`` rows (a lost cached block that Spark computed
+    again differently), the rows read are returned all the same.
+    """
+    shapes = [tuple(-1 if d is None else d for d in b.shape) for b in columns.bindings]
+    arrays: list[np.ndarray] = []
+    rows = 0
+    for n, blobs, _ in itertools.chain([first], blocks):
+        values = [np.frombuffer(blob, dtype=b.dtype).reshape((n, *shape))
+                  for b, blob, shape in zip(columns.bindings, blobs, shapes)]
+        if not arrays:
+            arrays = [aligned_empty((counted, *v.shape[1:]), v.dtype) for v in values]
+        if rows + n > len(arrays[0]):  # more rows than counted: grow, keeping the alignment
+            grown = [aligned_empty((max(2 * len(a), rows + n), *a.shape[1:]), a.dtype) for a in arrays]
+            for g, a in zip(grown, arrays):
+                g[:rows] = a[:rows]
+            arrays = grown
+        for a, v in zip(arrays, values):
+            a[rows:rows + n] = v
+        rows += n
+    return [a[:rows] for a in arrays], rows
 
 
 KEPT_PARTITIONS = 2  # a worker's training and validation partitions
