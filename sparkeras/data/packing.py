@@ -591,9 +591,10 @@ def _read_in_place(columns: ColumnMap, first: tuple, blocks: Iterator[tuple],
     Why. Holding every block of a partition and then joining them kept the
     partition twice in the Python worker's memory (the blocks and the joined
     copy). Copied in as they come, each block's bytes are freed before the
-    next arrives: on a standalone cluster of two hosts, reading a 94 MB
-    partition took 0.14-0.23 s against 0.17-0.48 s, and the worker's peak
-    resident memory was 80 MB lower (BENCHMARKS.md). Should the blocks hold
+    next arrives. On a standalone cluster of two hosts, reading a 94 MB
+    partition took 0.15-0.30 s against 0.19-0.38 s, with the worker's peak
+    resident memory 76 MB lower; ``bench/memory.py`` put each executor's
+    peak 110-550 MB lower (BENCHMARKS.md). Should the blocks hold
     other than ``counted`` rows (a lost cached block that Spark computed
     again differently), the rows read are returned all the same.
     """
