@@ -541,7 +541,7 @@ def read_partition(columns: ColumnMap, blocks: Iterator[tuple]) -> tuple[list[np
         arrays, rows = _kept_partitions[key]
         return list(arrays), rows
     parts: list[list[np.ndarray]] = [[] for _ in columns.bindings]
-    shapes = [tuple(-1 if d is None else d for d in b.shape) for b in columns.bindings]
+    shapes = _row_shapes(columns)
     rows = 0
     for n, blobs, _ in blocks:
         for i, (b, blob) in enumerate(zip(columns.bindings, blobs)):
@@ -564,6 +564,11 @@ def read_partition(columns: ColumnMap, blocks: Iterator[tuple]) -> tuple[list[np
         while len(_kept_partitions) > KEPT_PARTITIONS:
             _kept_partitions.popitem(last=False)
     return list(arrays), rows
+
+
+def _row_shapes(columns: ColumnMap) -> list[tuple[int, ...]]:
+    """Each binding's per-row shape for ``reshape``, an unknown dimension as ``-1``."""
+    return [tuple(-1 if d is None else d for d in b.shape) for b in columns.bindings]
 
 
 class CountedBlocks:
@@ -598,7 +603,7 @@ def _read_in_place(columns: ColumnMap, first: tuple, blocks: Iterator[tuple],
     other than ``counted`` rows (a lost cached block that Spark computed
     again differently), the rows read are returned all the same.
     """
-    shapes = [tuple(-1 if d is None else d for d in b.shape) for b in columns.bindings]
+    shapes = _row_shapes(columns)
     arrays: list[np.ndarray] = []
     rows = 0
     for n, blobs, _ in itertools.chain([first], blocks):
