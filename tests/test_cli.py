@@ -356,7 +356,7 @@ def test_a_csv_of_scalar_columns_trains_without_listing_them_and_the_model_remem
 def test_the_cli_imports_keras_with_the_collector_off_and_turns_it_back_on():
     import gc
 
-    from sparkeras.cli.main import import_keras_quietly
+    from sparkeras.worker.runtime import import_keras_quietly
 
     assert gc.isenabled()
     import_keras_quietly(debug=False)

@@ -49,7 +49,7 @@ def build_cnn(seed: int = 42) -> Any:
 
 def run_demo(args: argparse.Namespace) -> int:
     from sparkeras import SparkModel
-    from sparkeras.cli.main import import_keras_quietly
+    from sparkeras.worker.runtime import import_keras_quietly
     from sparkeras.session import get_spark
     from sparkeras.tracking.plots import plot_history
 

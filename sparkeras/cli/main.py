@@ -389,6 +389,7 @@ def _one_line(exc: BaseException) -> str:
 def _session(args: argparse.Namespace):
     from sparkeras.errors import InputError
     from sparkeras.session import get_spark
+    from sparkeras.worker.runtime import import_keras_quietly
 
     try:
         spark = get_spark(args.master)
@@ -399,33 +400,6 @@ def _session(args: argparse.Namespace):
     spark.sparkContext.setLogLevel("ERROR" if args.debug else "OFF")
     import_keras_quietly(args.debug)
     return spark
-
-
-def import_keras_quietly(debug: bool) -> None:
-    """Import Keras and its backend now, without the backend's native start-up lines unless ``--debug``.
-
-    TensorFlow writes its absl and oneDNN lines from C++ while it imports,
-    whatever ``TF_CPP_MIN_LOG_LEVEL`` says (4 lines on the terminal before
-    the first epoch of ``sparkeras demo``). In the CLI that import is
-    sparkeras' own, so they are noise. Called once the Spark session is up:
-    the JVM and its Python workers hold their own stderr and print as
-    usual; only this process's stderr is closed, for the import alone.
-    """
-    if debug:
-        return
-    import gc
-    import importlib
-
-    from sparkeras.worker.runtime import native_stderr_silenced
-
-    collecting = gc.isenabled()
-    gc.disable()  # as the workers' daemon imports (sparkeras.worker.daemon): 2.3-2.5 s of CPU, not 2.8-3.1 s
-    try:
-        with native_stderr_silenced():
-            importlib.import_module("keras")
-    finally:
-        if collecting:
-            gc.enable()
 
 
 def _train(args: argparse.Namespace) -> int:
