@@ -74,6 +74,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--bare-context", action="store_true", help="a plain SparkContext, as Elephas scripts make")
     args = parser.parse_args()
+    from sparkeras.worker.runtime import import_keras_quietly
+
+    import_keras_quietly()  # without TensorFlow's native start-up lines, as the CLI imports it
 
     from sparkeras.compat.elephas import SparkModel, to_simple_rdd
     from sparkeras.session import get_spark

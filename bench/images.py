@@ -105,6 +105,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--dir", default="/tmp/sparkeras-bench-images")
     args = parser.parse_args()
+    from sparkeras.worker.runtime import import_keras_quietly
+
+    import_keras_quietly()  # without TensorFlow's native start-up lines, as the CLI imports it
 
     root = os.path.join(args.dir, f"{args.files}-{args.stored_size}")
     write_files(root, args.files, args.stored_size)

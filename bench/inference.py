@@ -109,6 +109,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--master", default="local[2]")
     args = parser.parse_args()
+    from sparkeras.worker.runtime import import_keras_quietly
+
+    import_keras_quietly()  # without TensorFlow's native start-up lines, as the CLI imports it
 
     tmp = tempfile.TemporaryDirectory()
     path = os.path.join(tmp.name, "rows.parquet")

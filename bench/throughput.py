@@ -103,6 +103,9 @@ def main() -> None:
     parser.add_argument("--tracking", type=int, default=0, metavar="N",
                         help="N warm fits with and N without MLflow and TensorBoard logging, interleaved")
     args = parser.parse_args()
+    from sparkeras.worker.runtime import import_keras_quietly
+
+    import_keras_quietly()  # without TensorFlow's native start-up lines, as the CLI imports it
 
     (x, y), (xt, yt) = make_data(args.rows)
     samples = args.rows * args.epochs

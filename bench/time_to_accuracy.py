@@ -159,6 +159,9 @@ def sparkeras_fits(task: Task, strategy: str, parquet: str, test: tuple, target:
 
 def _fit_curves(task_name: str, strategy: str, parquet: str, test: tuple, target: float, args) -> dict:
     """The child process' side of :func:`sparkeras_fits`: each run's times and scores."""
+    from sparkeras.worker.runtime import import_keras_quietly
+
+    import_keras_quietly()
     curves = _fits_here(TASKS[task_name], strategy, parquet, test, target, args)
     return {run: (curve.times, curve.scores) for run, curve in curves.items()}
 
@@ -207,6 +210,9 @@ def main() -> None:
                         help="run every strategy's session in this process (a session restarted in a notebook) "
                              "instead of a fresh process each")
     args = parser.parse_args()
+    from sparkeras.worker.runtime import import_keras_quietly
+
+    import_keras_quietly()  # without TensorFlow's native start-up lines, as the CLI imports it
     args.master = args.master or f"local[{args.workers}]"
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 

@@ -193,6 +193,9 @@ def main() -> None:
     parser.add_argument("--cross-validator", action="store_true",
                         help="measure CrossValidator(parallelism=2) over a KerasEstimator instead")
     args = parser.parse_args()
+    from sparkeras.worker.runtime import import_keras_quietly
+
+    import_keras_quietly()  # without TensorFlow's native start-up lines, as the CLI imports it
     if args.cross_validator:
         return cross_validator_main(args)
 
