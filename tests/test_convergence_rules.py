@@ -103,6 +103,8 @@ def test_averaging_momentum_follows_the_worker_count_unless_set():
 
 
 @pytest.mark.parametrize("options, message", [
+    ({"learning_rate_scaling": "sqrt"}, "learning_rate_scaling must be None (the outer momentum makes the N-fold "
+                                        "step) or 'linear' (the workers train at N times the rate), got 'sqrt'"),
     ({"outer_momentum": 1.0}, "outer_momentum must be in [0, 1)"),
     ({"outer_learning_rate": 0}, "outer_learning_rate must be a positive number, got 0"),
     ({"window": 0}, "window must be 'epoch' or a positive number of batches"),
@@ -110,6 +112,24 @@ def test_averaging_momentum_follows_the_worker_count_unless_set():
 def test_bad_averaging_options_are_refused(options, message):
     with pytest.raises(InputError, match=re.escape(message)):
         ModelAveraging(**options)
+
+
+def test_workers_that_scale_their_own_rate_need_no_outer_momentum_unless_it_is_set():
+    scaled = ModelAveraging(learning_rate_scaling="linear")
+    assert [scaled.momentum(n) for n in (1, 2, 4)] == [0.0, 0.0, 0.0]
+    assert [scaled.worker_learning_rate(0.01, n) for n in (1, 2, 4)] == [0.01, 0.02, 0.04]
+    assert ModelAveraging(learning_rate_scaling="linear", outer_momentum=0.3).momentum(4) == 0.3
+    assert ModelAveraging().worker_learning_rate(0.01, 4) == 0.01
+    assert ModelAveraging(**scaled.get_config()).learning_rate_scaling == "linear"
+
+
+def test_a_scaled_rate_needs_a_constant_one_and_says_so_before_any_data_is_read(spark):
+    model = mlp(seed=1, optimizer=keras.optimizers.Adam(keras.optimizers.schedules.ExponentialDecay(0.01, 10, 0.9)))
+    sm = SparkModel(model, strategy=ModelAveraging(learning_rate_scaling="linear"), num_workers=2)
+    with pytest.raises(InputError, match=re.escape(
+            "ModelAveraging(learning_rate_scaling='linear') scales a constant learning rate, but the model's "
+            "optimizer (Adam) follows a schedule. Compile it with a number as learning_rate")):
+        sm.fit("/nonexistent/never-read.parquet", epochs=1)
 
 
 def test_the_averaging_window_shrinks_with_the_square_of_the_worker_count_down_to_8_unless_given():
@@ -214,10 +234,13 @@ def test_allreduce_scales_the_rate_with_warmup_exactly(spark):
 
 
 def _simulate_averaging(model, x, y, workers, batch, window, epochs, momentum, iterate=False,
-                        bias_correction=False):
-    """What ModelAveraging should compute, in one process: each worker a model with its own optimizer."""
+                        bias_correction=False, rate_factor=1.0):
+    """What ModelAveraging should compute, in one process: each worker a model with its own optimizer,
+    training at ``rate_factor`` times the model's learning rate."""
     n = -(-len(x) // workers)
     replicas = [clone(model) for _ in range(workers)]
+    for replica in replicas:
+        replica.optimizer.learning_rate.assign(float(model.optimizer.learning_rate) * rate_factor)
     trainable = [v.trainable for v in model.weights]
     outer = OuterStep(momentum, 1.0, True, trainable, bias_correction=bias_correction)
     center = [np.array(w) for w in model.get_weights()]
@@ -287,6 +310,33 @@ def test_averaging_in_one_spark_job_per_window_trains_and_reports_the_same_model
     sm.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
     for got, expected in zip(sm.model.get_weights(), want):
         np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+
+
+def test_workers_that_scale_their_own_rate_train_at_n_times_it_and_the_model_keeps_the_users(spark):
+    # 2 workers, each at twice Adam's rate, their moves averaged with no outer momentum, every window,
+    # across an epoch boundary; the driver's model ends with the rate it was compiled with.
+    x, y = blobs(2 * 96, seed=8)
+    model = mlp(seed=3)
+    want = _simulate_averaging(model, x, y, workers=2, batch=16, window=4, epochs=2, momentum=0.0, rate_factor=2.0)
+    unscaled = _simulate_averaging(model, x, y, workers=2, batch=16, window=4, epochs=2, momentum=0.0)
+    sm = SparkModel(model, strategy=ModelAveraging(window=4, learning_rate_scaling="linear"), num_workers=2, seed=0)
+    sm.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
+    for got, expected in zip(sm.model.get_weights(), want):
+        np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+    assert max(np.abs(a - b).max() for a, b in zip(want, unscaled)) > 1e-4  # the rate changes the model
+    assert float(sm.model.optimizer.learning_rate) == pytest.approx(0.001)
+
+
+def test_workers_scale_their_own_rate_in_one_spark_job_per_window_too(spark):
+    # 3 workers on local[2]'s 2 slots: each window is a Spark job, each worker at 3 times SGD's rate.
+    x, y = blobs(3 * 96, seed=9)
+    model = mlp(seed=5, optimizer="sgd")
+    want = _simulate_averaging(model, x, y, workers=3, batch=16, window=4, epochs=2, momentum=0.0, rate_factor=3.0)
+    sm = SparkModel(model, strategy=ModelAveraging(window=4, learning_rate_scaling="linear"), num_workers=3, seed=0)
+    sm.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
+    for got, expected in zip(sm.model.get_weights(), want):
+        np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+    assert float(sm.model.optimizer.learning_rate) == pytest.approx(0.01)
 
 
 def test_plain_averaging_once_per_epoch_is_a_setting(spark):

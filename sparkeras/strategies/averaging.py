@@ -183,6 +183,19 @@ class ModelAveraging(DistributedOptimizer):
             model averaging.
         outer_learning_rate: scales the outer step.
         nesterov: Nesterov momentum for the outer step.
+        learning_rate_scaling: ``"linear"`` has the workers take the N-fold
+            step themselves: each trains at ``num_workers`` times the
+            learning rate (the driver's model keeps the user's), and the
+            outer momentum defaults to 0, so the driver averages their
+            moves. ``None`` (default): the workers keep the rate and the
+            outer momentum ``1 - 1/N`` builds up the N-fold step. Measured
+            (BENCHMARKS.md, "Problems the defaults were not chosen on"): on
+            models that must first leave a plateau (a noisy Conv1D
+            classifier, a GRU) it follows ``model.fit`` from the first
+            epoch where the momentum's build-up lags, but on the benchmark
+            CNN it ended 0.8-2.3 points lower; hence a setting, not the
+            default. Needs a constant learning rate (callbacks may change
+            it), not a schedule.
         momentum_bias_correction: correct the outer momentum's start from
             zero, as Adam corrects its moments (:class:`OuterStep`'s
             ``bias_correction``), so the first rounds of a fit already take
@@ -205,9 +218,15 @@ class ModelAveraging(DistributedOptimizer):
 
     def __init__(self, window: int | str | None = None, outer_momentum: float | None = None,
                  outer_learning_rate: float = 1.0, nesterov: bool = True, timeout: float = 300.0,
-                 max_restarts: int = 2, slot_timeout: float = 120.0, momentum_bias_correction: bool = False) -> None:
+                 max_restarts: int = 2, slot_timeout: float = 120.0, momentum_bias_correction: bool = False,
+                 learning_rate_scaling: str | None = None) -> None:
         super().__init__(window, timeout, max_restarts, slot_timeout)
         self.momentum_bias_correction = bool(momentum_bias_correction)
+        if learning_rate_scaling not in (None, "linear"):
+            raise InputError(f"ModelAveraging's learning_rate_scaling must be None (the outer momentum makes the "
+                             f"N-fold step) or 'linear' (the workers train at N times the rate), got "
+                             f"{learning_rate_scaling!r}.")
+        self.learning_rate_scaling = learning_rate_scaling
         self.window_setting = window  # None: chosen from the worker count at each fit (window_for)
         if outer_momentum is not None and not (isinstance(outer_momentum, (int, float))
                                                and 0.0 <= outer_momentum < 1.0):
@@ -228,11 +247,31 @@ class ModelAveraging(DistributedOptimizer):
         return {"window": self.window_setting, "outer_momentum": self.outer_momentum,
                 "outer_learning_rate": self.outer_learning_rate, "nesterov": self.nesterov,
                 "timeout": self.timeout, "max_restarts": self.max_restarts, "slot_timeout": self.slot_timeout,
-                "momentum_bias_correction": self.momentum_bias_correction}
+                "momentum_bias_correction": self.momentum_bias_correction,
+                "learning_rate_scaling": self.learning_rate_scaling}
 
     def momentum(self, num_workers: int) -> float:
-        """The block momentum used with ``num_workers`` workers."""
-        return 1.0 - 1.0 / num_workers if self.outer_momentum is None else self.outer_momentum
+        """The block momentum used with ``num_workers`` workers: ``1 - 1/N``, or 0 when the workers scale
+        their own rate (``learning_rate_scaling``), unless set."""
+        if self.outer_momentum is not None:
+            return self.outer_momentum
+        return 0.0 if self.learning_rate_scaling else 1.0 - 1.0 / num_workers
+
+    def worker_learning_rate(self, rate: float, num_workers: int) -> float:
+        """``num_workers`` times the driver's rate with ``learning_rate_scaling='linear'``, else the rate."""
+        return rate * num_workers if self.learning_rate_scaling == "linear" else rate
+
+    def check_model(self, model: Any) -> None:
+        """A scaled rate needs a constant one: a schedule is not in the state the workers are handed."""
+        import keras
+
+        if self.learning_rate_scaling and not isinstance(getattr(model.optimizer, "learning_rate", None),
+                                                         keras.Variable):
+            raise InputError(
+                f"ModelAveraging(learning_rate_scaling={self.learning_rate_scaling!r}) scales a constant learning "
+                f"rate, but the model's optimizer ({type(model.optimizer).__name__}) follows a schedule. Compile "
+                "it with a number as learning_rate (a LearningRateScheduler or ReduceLROnPlateau callback may "
+                "still change it), or leave learning_rate_scaling=None.")
 
     def window_for(self, num_workers: int) -> int | str:
         """The window used with ``num_workers`` workers: the one given, else ``128 / num_workers**2`` batches, at least 8.
@@ -348,9 +387,22 @@ class ModelAveraging(DistributedOptimizer):
         self._restored_rounds = int(np.asarray(rounds[0])) if rounds else 10**6
 
     def end_epoch_state(self, job: TrainingJob, local_states: list[Arrays], samples: list[int]) -> None:
-        """The driver's optimizer state: the workers' inner states, averaged (step counts: the largest)."""
+        """The driver's optimizer state: the workers' inner states, averaged (step counts: the largest).
+
+        The learning rate stays the driver's: the workers may have trained
+        at a multiple of it (``learning_rate_scaling``).
+        """
         k = len(job.model.weights)
+        rate = job.learning_rate
         job.state[k:] = average_states([s[k:] for s in local_states], samples)
+        self._keep_rate(job, rate)
+
+    def _keep_rate(self, job: TrainingJob, rate: float | None, workers: bool = False) -> None:
+        """Put ``rate`` (the driver's), or the workers' rate for it, back at the state's learning-rate position."""
+        position = job.learning_rate_position
+        if rate is not None and position is not None:
+            value = self.worker_learning_rate(rate, job.num_workers) if workers else rate
+            job.state[position] = np.asarray(value, dtype=job.state[position].dtype)
 
     def _fit_in_jobs(self, job: TrainingJob, first_epoch: int) -> None:
         """Each window is a Spark job; the driver averages the returned states and steps the center."""
@@ -363,9 +415,12 @@ class ModelAveraging(DistributedOptimizer):
             job.begin_epoch(epoch)
             epoch_metrics: list[np.ndarray] | None = None
             set_shared(job.state, shared, self.server_weights([job.state[i] for i in shared]))
+            rate = job.learning_rate  # the driver's, as callbacks left it
             for index in range(windows):
                 window = Window(epoch, index, job.batch_size, batches, job.shuffle)
+                self._keep_rate(job, rate, workers=True)
                 blob = job.broadcast_state()
+                self._keep_rate(job, rate)
                 try:
                     results = attempts.run(epoch, lambda w=window, b=blob: run_partitions(
                         job.train, lambda it: tasks.train_window(spec, w, b, it), f"training epoch {epoch + 1}"))
@@ -383,6 +438,7 @@ class ModelAveraging(DistributedOptimizer):
                     for i, c in zip(shared, center):
                         averaged[i] = c
                     job.state = averaged
+                    self._keep_rate(job, rate)
                 window_metrics = sum_metric_states(trained)
                 if window_metrics is not None:
                     epoch_metrics = window_metrics if epoch_metrics is None else [

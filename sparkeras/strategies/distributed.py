@@ -233,7 +233,8 @@ class DistributedOptimizer(Strategy):
         def train_epoch(epoch: int) -> list[Any]:
             run = server.begin_epoch(active)
             rate = job.learning_rate if steered else None
-            given = None if rate is None else (job.learning_rate_position, rate)
+            given = None if rate is None else (job.learning_rate_position,
+                                               self.worker_learning_rate(rate, job.num_workers))
             return run_partitions(job.train, lambda it: train_with_server(spec, epoch, it, run, given),
                                   f"training epoch {epoch + 1}")
 
@@ -296,6 +297,10 @@ class DistributedOptimizer(Strategy):
 
     def _epoch_rollback(self) -> None:
         """Driver: put back what :meth:`_epoch_start` kept."""
+
+    def worker_learning_rate(self, rate: float, num_workers: int) -> float:
+        """The learning rate the workers train with, given the driver's (as callbacks left it): the same."""
+        return rate
 
     def end_epoch_state(self, job: TrainingJob, local_states: list[Arrays], samples: list[int]) -> None:
         """Driver: fold the workers' local states (weights, optimizer) into ``job.state`` after an epoch.
