@@ -192,10 +192,11 @@ class ModelAveraging(DistributedOptimizer):
             (BENCHMARKS.md, "Problems the defaults were not chosen on"): on
             models that must first leave a plateau (a noisy Conv1D
             classifier, a GRU) it follows ``model.fit`` from the first
-            epoch where the momentum's build-up lags, but on the benchmark
-            CNN it ended 0.8-2.3 points lower; hence a setting, not the
-            default. Needs a constant learning rate (callbacks may change
-            it), not a schedule.
+            epoch where the momentum's build-up lags, but with 4 workers
+            the benchmark CNN ended 1.6 points lower than with the default
+            (1.2 below ``model.fit``); hence a setting, not the default.
+            Needs a constant learning rate (callbacks may change it), not
+            a schedule.
         momentum_bias_correction: correct the outer momentum's start from
             zero, as Adam corrects its moments (:class:`OuterStep`'s
             ``bias_correction``), so the first rounds of a fit already take

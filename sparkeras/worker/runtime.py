@@ -331,9 +331,10 @@ def import_keras_quietly(debug: bool = False) -> None:
     whatever ``TF_CPP_MIN_LOG_LEVEL`` says (4 lines on the terminal before
     the first epoch of ``sparkeras demo``). Where that import is sparkeras'
     own (the CLI, the demo, the benchmarks' plain side) they are noise.
-    Call it once the Spark session is up: the JVM and its Python workers
-    hold their own stderr and print as usual; only this process's stderr
-    is closed, for the import alone.
+    Only this process's stderr is closed, for the import alone: a JVM or
+    Python worker started before or after keeps its own and prints as
+    usual (one started during the import would inherit the closed one,
+    so nothing is started from here meanwhile).
     """
     if debug:
         return
