@@ -28,6 +28,9 @@ few minutes. Timing is not the point here; ``time_to_accuracy.py`` is.
 Usage: python bench/more_problems.py [--tasks multilabel,signal,autoencoder,huber]
                                      [--strategies averaging,allreduce] [--workers 2,4]
                                      [--master "local[4]"] [--json FILE]
+
+A strategy may carry options as in ``time_to_accuracy.py``:
+``--strategies 'averaging,averaging:learning_rate_scaling="linear"'``.
 """
 
 from __future__ import annotations
@@ -155,6 +158,7 @@ def run_problem(spark: Any, name: str, problem: Problem, strategies: list[str], 
     import keras
 
     from sparkeras import SparkModel
+    from time_to_accuracy import strategy_options
 
     x, y = problem.make_data(np.random.default_rng(0))
     cut = int(0.8 * len(x))
@@ -175,7 +179,8 @@ def run_problem(spark: Any, name: str, problem: Problem, strategies: list[str], 
             for count in workers:
                 keras.utils.set_random_seed(1)
                 curve = _scorer(test_x, test_y, problem.metric)
-                SparkModel(problem.make_model(), strategy=strategy, num_workers=count, seed=0).fit(
+                name, options = strategy_options(strategy)
+                SparkModel(problem.make_model(), strategy=name, num_workers=count, seed=0, **options).fit(
                     frame, features_col="features", label_col="label", batch_size=problem.batch_size,
                     epochs=problem.epochs, verbose=0, callbacks=[curve])
                 out[f"{strategy}/{count}"] = curve.values
