@@ -2,7 +2,7 @@
 
 ``bench/time_to_accuracy.py`` times four tasks that the defaults of
 ``averaging`` and ``allreduce`` were measured on. This script is the check
-that those defaults are general: four more problems of other kinds, each
+that those defaults are general: eight more problems of other kinds, each
 trained from a cached Spark DataFrame with 2 and 4 workers and with plain
 ``model.fit`` in the same process, all with the same seed, model and
 settings. After every epoch the driver's model is scored on held-out rows
@@ -21,11 +21,19 @@ metric at the last epoch and the gap to plain's.
 * ``huber``: a sine of a linear projection of 20 features, heavy-tailed
   noise; MLP 20-64-1, Huber loss, plain SGD (0.01, no momentum), batch 16;
   scored by mean absolute error (lower is better).
+* ``imbalanced``: 40 features, about 12% positives from a noisy non-linear
+  score; MLP 40-64-1, Adam, batch 64; scored by ROC AUC.
+* ``tokens``: 24 token ids out of 500 per row, 6 classes carried by which
+  ids occur; Embedding(500, 16), mean over tokens, Dense 32, Adam, batch 32.
+* ``batchnorm``: 30 features, 8 classes; Dense 128 with BatchNormalization
+  and Dropout 0.3, momentum SGD (0.05, momentum 0.9), batch 128.
+* ``two_outputs``: 12 features, 2 smooth targets; MLP 12-64-64-2, RMSprop
+  (1e-3), mean squared error, batch 32; scored by mean absolute error.
 
-Each is small (plain takes a few seconds), so a run of all of them takes a
-few minutes. Timing is not the point here; ``time_to_accuracy.py`` is.
+Each is small (plain takes a few seconds); all eight with two strategies take about ten
+minutes. Timing is not the point here; ``time_to_accuracy.py`` is.
 
-Usage: python bench/more_problems.py [--tasks multilabel,signal,autoencoder,huber]
+Usage: python bench/more_problems.py [--tasks multilabel,signal,autoencoder,huber,...]
                                      [--strategies averaging,allreduce] [--workers 2,4]
                                      [--master "local[4]"] [--json FILE]
 
@@ -129,11 +137,76 @@ def huber_model() -> Any:
                      keras.optimizers.SGD(0.01), keras.losses.Huber(), ["mae"])
 
 
+def imbalanced_data(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    x = rng.normal(size=(24_000, 40)).astype(np.float32)
+    score = x[:, :10] @ rng.normal(size=10) + np.sin(x[:, 10:20] @ rng.normal(size=10)) + rng.normal(size=len(x))
+    return x, (score > np.quantile(score, 0.88)).astype(np.float32)
+
+
+def imbalanced_model() -> Any:
+    import keras
+
+    return _compiled([keras.Input((40,)), keras.layers.Dense(64, activation="relu"),
+                      keras.layers.Dense(1, activation="sigmoid")],
+                     keras.optimizers.Adam(1e-3), "binary_crossentropy", [keras.metrics.AUC(name="auc")])
+
+
+def tokens_data(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    y = rng.integers(0, 6, 20_000)
+    common = rng.integers(0, 500, size=(len(y), 24))
+    marked = 60 * y[:, None] + rng.integers(0, 60, size=(len(y), 24))  # each class has 60 ids of its own
+    x = np.where(rng.random((len(y), 24)) < 0.25, marked, common)
+    return x.astype(np.int32), y.astype(np.int64)
+
+
+def tokens_model() -> Any:
+    import keras
+
+    return _compiled([keras.Input((24,), dtype="int32"), keras.layers.Embedding(500, 16),
+                      keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(32, activation="relu"),
+                      keras.layers.Dense(6, activation="softmax")],
+                     keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", ["accuracy"])
+
+
+def batchnorm_data(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    centers = rng.normal(size=(8, 30)) * 1.5
+    y = rng.integers(0, 8, 24_000)
+    x = centers[y] + rng.normal(size=(len(y), 30)) * 2.0 + 3.0  # off-center, so normalizing matters
+    return x.astype(np.float32), y.astype(np.int64)
+
+
+def batchnorm_model() -> Any:
+    import keras
+
+    return _compiled([keras.Input((30,)), keras.layers.Dense(128), keras.layers.BatchNormalization(),
+                      keras.layers.Activation("relu"), keras.layers.Dropout(0.3),
+                      keras.layers.Dense(8, activation="softmax")],
+                     keras.optimizers.SGD(0.05, momentum=0.9), "sparse_categorical_crossentropy", ["accuracy"])
+
+
+def two_outputs_data(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    x = rng.uniform(-2, 2, size=(24_000, 12)).astype(np.float32)
+    y = np.stack([np.sin(x[:, 0] * x[:, 1]) + 0.5 * x[:, 2], np.cos(x[:, 3] + x[:, 4]) * x[:, 5]], axis=1)
+    return x, (y + 0.05 * rng.normal(size=y.shape)).astype(np.float32)
+
+
+def two_outputs_model() -> Any:
+    import keras
+
+    return _compiled([keras.Input((12,)), keras.layers.Dense(64, activation="relu"),
+                      keras.layers.Dense(64, activation="relu"), keras.layers.Dense(2)],
+                     keras.optimizers.RMSprop(1e-3), "mse", ["mae"])
+
+
 PROBLEMS = {
     "multilabel": Problem(multilabel_data, multilabel_model, "binary_accuracy", True, 64, 4),
     "signal": Problem(signal_data, signal_model, "accuracy", True, 32, 3),
     "autoencoder": Problem(autoencoder_data, autoencoder_model, "loss", False, 64, 4),
     "huber": Problem(huber_data, huber_model, "mae", False, 16, 4),
+    "imbalanced": Problem(imbalanced_data, imbalanced_model, "auc", True, 64, 4),
+    "tokens": Problem(tokens_data, tokens_model, "accuracy", True, 32, 3),
+    "batchnorm": Problem(batchnorm_data, batchnorm_model, "accuracy", True, 128, 4),
+    "two_outputs": Problem(two_outputs_data, two_outputs_model, "mae", False, 32, 4),
 }
 
 
