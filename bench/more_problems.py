@@ -3,7 +3,9 @@
 ``bench/time_to_accuracy.py`` times four tasks that the defaults of
 ``averaging`` and ``allreduce`` were measured on. This script is the check
 that those defaults are general: eight more problems of other kinds, each
-trained from a cached Spark DataFrame with 2 and 4 workers and with plain
+trained from a cached Spark DataFrame (in as many partitions as the most
+workers asked for; the rows each worker gets, and so the curves, depend on
+it) with 2 and 4 workers and with plain
 ``model.fit`` in the same process, all with the same seed, model and
 settings. After every epoch the driver's model is scored on held-out rows
 (outside the fit's own work), so the report shows each run's curve, its
@@ -252,8 +254,8 @@ def run_problem(spark: Any, name: str, problem: Problem, strategies: list[str], 
             for count in workers:
                 keras.utils.set_random_seed(1)
                 curve = _scorer(test_x, test_y, problem.metric)
-                name, options = strategy_options(strategy)
-                SparkModel(problem.make_model(), strategy=name, num_workers=count, seed=0, **options).fit(
+                strategy_name, options = strategy_options(strategy)
+                SparkModel(problem.make_model(), strategy=strategy_name, num_workers=count, seed=0, **options).fit(
                     frame, features_col="features", label_col="label", batch_size=problem.batch_size,
                     epochs=problem.epochs, verbose=0, callbacks=[curve])
                 out[f"{strategy}/{count}"] = curve.values
