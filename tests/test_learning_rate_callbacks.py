@@ -17,6 +17,8 @@ from conftest import blobs, mlp
 STRATEGIES = [
     pytest.param("averaging", {"outer_momentum": 0.0}, 2, id="averaging"),
     pytest.param("averaging", {"outer_momentum": 0.0}, 3, id="averaging-one-job-per-window"),  # 3 > 2 slots
+    pytest.param("averaging", {"learning_rate_scaling": "linear"}, 2, id="averaging-workers-rate"),
+    pytest.param("averaging", {"learning_rate_scaling": "linear"}, 3, id="averaging-workers-rate-per-window"),
     pytest.param("async", {}, 2, id="async"),
     pytest.param("allreduce", {}, 2, id="allreduce"),
 ]
