@@ -10,8 +10,8 @@ is reported too. Prints a table and one JSON line.
 
 ``--source parquet`` trains sparkeras from a Parquet file of the same rows
 (the data engineer's case: data that lives in Spark) instead of from the
-driver's numpy arrays. The strategy name ``allreduce-gloo`` is ``allreduce``
-with ``shared_memory=False`` (every reduction over gloo's TCP), to compare.
+driver's numpy arrays. The strategy name ``allreduce-tcp`` is ``allreduce``
+with ``shared_memory=False`` (every worker a member of the TCP ring), to compare.
 
 ``--tracking N`` then measures what tracking costs: N more warm fits each
 without callbacks, with sparkeras' tracking (``MLflowLogger`` with its
@@ -25,7 +25,7 @@ wall time), with the writer thread's CPU while the workers trained; the
 time to log the model alone; and the driver CPU that tracking adds as a
 share of the untracked fit's core-seconds.
 
-    python bench/throughput.py [--strategy averaging[,adag,allreduce,allreduce-gloo,...]]
+    python bench/throughput.py [--strategy averaging[,adag,allreduce,allreduce-tcp,...]]
                                [--source numpy|parquet] [--rows 60000]
                                [--epochs 3] [--learning-rate 0.001] [--tracking 5]
 """
@@ -82,7 +82,7 @@ def make_model(seed: int = 7, learning_rate: float = 0.001):
 
 
 def _strategy(name: str):
-    if name == "allreduce-gloo":
+    if name == "allreduce-tcp":
         from sparkeras import AllReduce
 
         return AllReduce(shared_memory=False)

@@ -65,10 +65,10 @@ def concurrent_slots(sc: Any) -> int:
 class WorkerContext:
     """What a barrier task's function gets: its rank, the world, and collectives.
 
-    Arrays are numpy; collectives run over ``torch.distributed`` (gloo, with
-    shared memory between tasks on one machine; in Spark's local modes over
-    shared memory alone), and every rank must call the same collectives in
-    the same order.
+    Arrays are numpy; collectives run through shared memory between tasks on
+    one machine and over an authenticated TCP ring between machines
+    (:mod:`sparkeras.comm.collective`), and every rank must call the same
+    collectives in the same order.
     """
 
     def __init__(self, rank: int, world_size: int, collective: Any,
@@ -80,10 +80,7 @@ class WorkerContext:
 
     @property
     def transport(self) -> str:
-        """How this rank reduces: ``"shared memory"`` (with peers on its machine; gloo between machines) or ``"gloo"``.
-
-        Shared memory is mapped at the first reduction, so ask after one.
-        """
+        """How this rank reduces: ``"shared memory"`` (with peers on its machine; TCP between machines) or ``"tcp"``."""
         return self._collective.transport
 
     def allreduce(self, array: Any, op: str = "mean") -> np.ndarray:
@@ -120,7 +117,7 @@ def run(train_fn: Callable[[WorkerContext], Any], num_workers: int, data: Any = 
         timeout: seconds to wait for every task to reach the rendezvous, and
             for any one collective.
         shared_memory: let tasks on the same machine reduce through shared
-            memory; ``False`` sends everything through gloo's TCP.
+            memory; ``False`` sends everything over TCP.
     """
     from sparkeras.comm.collective import Rendezvous
     from sparkeras.comm.server import FrameServer
@@ -171,13 +168,6 @@ class CollectiveSettings:
                     shared_memory: bool) -> "CollectiveSettings":
         """Settings for ``sc``'s cluster: in local modes every task is on this machine (loopback)."""
         return cls(rendezvous, timeout, sc.master.startswith("local"), shared_memory)
-
-    def needs_gloo(self, world_size: int) -> bool:
-        """Whether the tasks will import ``torch.distributed``: not when all of them share the driver's
-        machine (Spark's local modes) and may use shared memory (:mod:`sparkeras.comm.machine`)."""
-        from sparkeras.comm.machine import MachineCollective
-
-        return not MachineCollective.serves(self.loopback, self.shared_memory, world_size)
 
     def join(self) -> Any:
         """This task's collective (:meth:`sparkeras.comm.collective.Collective.join`)."""

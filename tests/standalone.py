@@ -8,7 +8,7 @@ With ``separate_hosts=True``, and where the machine allows it (root, and
 ``ip netns``), each worker runs in a network namespace of its own, joined
 to the master and the driver by a veth pair on a bridge: every worker is a
 host with its own address, so the code paths between machines run for real
-(all-reduce between hosts over gloo, data shipped to executors, servers
+(all-reduce between hosts over TCP, data shipped to executors, servers
 bound to a non-loopback address). Otherwise everything binds to loopback,
 and :attr:`StandaloneCluster.separate_hosts` says why not.
 """

@@ -33,7 +33,7 @@ import pytest
 pytestmark = pytest.mark.own_processes
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-EQUIVALENCE = "(one_worker or two_workers) and not gloo"
+EQUIVALENCE = "(one_worker or two_workers) and not tcp"
 RUNS = {
     "jax": ({"SPARKERAS_MATRIX_GPUS": "1"}, f"({EQUIVALENCE}) or workers_use or sql_udf"),
     "torch": ({}, f"({EQUIVALENCE}) or workers_use or estimator or classifier"),

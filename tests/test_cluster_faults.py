@@ -2,7 +2,7 @@
 
 Where the machine allows network namespaces, each worker is a host of its
 own on a veth network (see ``standalone.py``), so these fits also run the
-paths between machines: gloo between hosts, data shipped to executors, the
+paths between machines: the all-reduce ring between hosts, data shipped to executors, the
 driver's servers on a non-loopback address.
 
 One Spark application (a driver subprocess) fits the same small problem
@@ -171,23 +171,34 @@ def probe(ctx):
     from pyspark import BarrierTaskContext
 
     total = ctx.allreduce(np.array([ctx.rank + 1.0]), op="sum")
+    big = ctx.allreduce(np.arange(1_000_001, dtype=np.float64) * (ctx.rank + 1), op="sum")
+    sent = ctx.broadcast(np.arange(5.0) + 10 * ctx.rank, root=3)
     return {{"hosts": sorted({{i.address.split(":")[0] for i in BarrierTaskContext.get().getTaskInfos()}}),
-            "transport": ctx.transport, "sum": float(total[0])}}
+            "transport": ctx.transport, "sum": float(total[0]),
+            "big": bool(np.array_equal(big, np.arange(1_000_001, dtype=np.float64) * 10)),
+            "broadcast": sent.tolist(), "torch": "torch.distributed" in sys.modules}}
 
 
-print("RESULT", json.dumps(sparkeras.run(probe, num_workers=4, timeout=60)))
+print("RESULT", json.dumps([sparkeras.run(probe, num_workers=4, timeout=60, shared_memory=shared)
+                            for shared in (True, False)]))
 """
 
 
 def test_hierarchical_allreduce_between_two_hosts(cluster):
-    """Two hosts with two tasks each: shared memory inside a host, gloo between the hosts' leaders."""
+    """Two hosts with two tasks each: shared memory inside a host, the TCP ring between the hosts' leaders;
+    then, with ``shared_memory=False``, all four tasks in the ring, two of them on each host."""
     if cluster.separate_hosts is not None:
         pytest.skip(f"workers cannot be separate hosts here: {cluster.separate_hosts}")
     out = subprocess.run([sys.executable, "-c", PROBE.format(url=cluster.url)], capture_output=True, text=True,
                          timeout=240, env=cluster.driver_env())
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
     assert lines, out.stderr[-4000:]
-    result = json.loads(lines[0][len("RESULT "):])
-    assert result["hosts"] == [cluster.worker_host(0), cluster.worker_host(1)], result
-    assert result["transport"] == "shared memory", result  # rank 0 shares its host with rank 1
-    assert result["sum"] == 1.0 + 2.0 + 3.0 + 4.0, result
+    hierarchical, ring = json.loads(lines[0][len("RESULT "):])
+    for result in (hierarchical, ring):
+        assert result["hosts"] == [cluster.worker_host(0), cluster.worker_host(1)], result
+        assert result["sum"] == 1.0 + 2.0 + 3.0 + 4.0, result
+        assert result["big"], result
+        assert result["broadcast"] == [30.0, 31.0, 32.0, 33.0, 34.0], result
+        assert not result["torch"], result  # the collective between hosts needs no torch
+    assert hierarchical["transport"] == "shared memory", hierarchical  # rank 0 shares its host with rank 1
+    assert ring["transport"] == "tcp", ring  # shared_memory=False: all four tasks in the ring

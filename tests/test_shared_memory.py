@@ -1,25 +1,29 @@
-"""Same-machine all-reduce through shared memory, and the driver's rendezvous: real gloo, real processes.
+"""The collectives of barrier tasks, and the driver's rendezvous: real processes, real sockets, real segments.
 
 Spark's ``local`` modes put every task on one machine, so the multi-machine
 (hierarchical) paths are tested here with processes that are told they sit
-on different hosts; each is a real torch.distributed/gloo rank.
+on different hosts: loopback addresses 127.0.0.1, 127.0.0.2 and so on, which
+every Linux machine answers. Each machine's tasks share a segment, and the
+machines' leaders form the authenticated TCP ring.
 """
 
 from __future__ import annotations
 
-import datetime
 import multiprocessing
 import os
+import socket
 import threading
 import time
 
 import numpy as np
 import pytest
 
-from sparkeras.comm import collective
-from sparkeras.comm.collective import Rendezvous, _look_up
+from sparkeras.comm import ring as ring_module
+from sparkeras.comm.collective import Collective, Rendezvous, _look_up
+from sparkeras.comm.ring import LeaderRing, ring_key
 from sparkeras.comm.server import FrameClient, FrameServer
 from sparkeras.comm.shared_memory import _ORDERED_STORES, _FlagBarrier, host_groups
+from sparkeras.comm.wire import write_frame
 
 SIZES = (5, 1000, 70_000, 150_000, 7)  # grows the segment twice, then reuses it
 DTYPES = ("float32", "float64", "int64")
@@ -30,72 +34,48 @@ def _contribution(rank: int, size: int, dtype: str) -> np.ndarray:
     return values.astype(dtype) if dtype == "int64" else (values / 7).astype(dtype)
 
 
-def _rank_main(rank: int, hosts: list[str], port: int, starve_creator: bool, chunk_bytes: int,
-               results: "multiprocessing.Queue", last_rank_dies: bool = False, flag_barrier: bool = True) -> None:
-    """One rank: reduce every size, dtype and op, and report what it got."""
-    import resource
-    import signal
+def _rank_main(rank: int, hosts: list[str], address: tuple, shared_memory: bool,
+               results: "multiprocessing.Queue") -> None:
+    """One barrier task: join as :meth:`Collective.join` would, reduce every size, dtype and op, report."""
+    import sys
 
-    import torch.distributed as dist
+    from sparkeras.comm.server import ServerAddress
 
-    from sparkeras.comm.shared_memory import SharedMemoryAllreduce
-
-    if starve_creator and rank == 0:  # a /dev/shm too small for the segment
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
-    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
-    store = dist.TCPStore("127.0.0.1", port, len(hosts), False, timeout=datetime.timedelta(seconds=60))
-    dist.init_process_group("gloo", store=store, rank=rank, world_size=len(hosts))
-    reducer = SharedMemoryAllreduce.for_world(rank, hosts, store, chunk_bytes=chunk_bytes,
-                                              flag_barrier=flag_barrier and _ORDERED_STORES)
-    if last_rank_dies:  # before the first reduction, so before it maps the segment
-        if rank == len(hosts) - 1:
-            os._exit(0)
-        try:
-            reducer.allreduce_(np.ones(10), "sum")
-        except RuntimeError as exc:
-            results.put((rank, False, {"error": str(exc)}))
-        return
+    joined = Collective.connect(rank, hosts, 7, ServerAddress(*address), timeout=60, shared_memory=shared_memory)
     got = {}
     for size in SIZES:
         for dtype in DTYPES:
             for op in ("sum", "max", "min"):
-                buffer = _contribution(rank, size, dtype)
-                used = reducer.allreduce_(buffer, op)
-                if not used:  # what Collective does then
-                    import torch
-
-                    from sparkeras.comm.collective import torch_op
-
-                    dist.all_reduce(torch.from_numpy(buffer), op=torch_op(op))
-                got[(size, dtype, op)] = (used, buffer.tobytes())
-    enabled = reducer.enabled
-    got["flags"] = reducer._flags is not None
-    reducer.close()
-    dist.destroy_process_group()
-    results.put((rank, enabled, got))
+                got[(size, dtype, op)] = joined.allreduce_(_contribution(rank, size, dtype), op).tobytes()
+    got["mean"] = joined.allreduce(np.full(3, float(rank)), "mean").tolist()
+    got["broadcast"] = joined.broadcast(np.arange(300_000, dtype=np.float64) * (rank + 1),
+                                        root=len(hosts) - 1).tobytes()
+    got["empty"] = joined.allreduce(np.zeros(0), "sum").size
+    joined.barrier()
+    got["transport"] = joined.transport
+    got["torch"] = any(name == "torch" or name.startswith("torch.") for name in sys.modules)
+    joined.close()
+    results.put((rank, got))
 
 
-def _run_ranks(hosts: list[str], starve_creator: bool = False, chunk_bytes: int = 8 << 20,
-               last_rank_dies: bool = False, flag_barrier: bool = True) -> dict[int, tuple[bool, dict]]:
-    import torch.distributed as dist
-
-    server = dist.TCPStore("127.0.0.1", 0, len(hosts) + 1, True, wait_for_workers=False,
-                           timeout=datetime.timedelta(seconds=60))
-    spawn = multiprocessing.get_context("spawn")
+def _run_ranks(hosts: list[str], shared_memory: bool = True) -> dict[int, dict]:
+    rendezvous = Rendezvous(timeout=60)
+    server = FrameServer("127.0.0.1", rendezvous.handle, 0, "test-rendezvous")
+    spawn = multiprocessing.get_context("spawn")  # fresh interpreters: nothing imported torch before
     results = spawn.Queue()
-    ranks = [spawn.Process(target=_rank_main, args=(r, hosts, server.port, starve_creator, chunk_bytes, results, last_rank_dies,
-                                                       flag_barrier))
+    address = (server.address.host, server.address.port, server.address.secret)
+    ranks = [spawn.Process(target=_rank_main, args=(r, hosts, address, shared_memory, results))
              for r in range(len(hosts))]
-    for p in ranks:
-        p.start()
-    out = {}
-    for _ in ranks[:-1] if last_rank_dies else ranks:
-        rank, enabled, got = results.get(timeout=240)
-        out[rank] = (enabled, got)
-    for p in ranks:
-        p.join(timeout=30)
-        assert p.exitcode == 0
+    try:
+        for p in ranks:
+            p.start()
+        out = dict(results.get(timeout=240) for _ in ranks)
+        for p in ranks:
+            p.join(timeout=30)
+            assert p.exitcode == 0
+    finally:
+        server.close()
+        rendezvous.close()
     return out
 
 
@@ -103,49 +83,171 @@ def _segments() -> set[str]:
     return {f for f in os.listdir("/dev/shm") if f.startswith("sparkeras-")} if os.path.isdir("/dev/shm") else set()
 
 
-@pytest.mark.parametrize("hosts, chunk_bytes, flag_barrier", [
-    (["a", "a"], 8 << 20, True),
-    (["a", "a"], 100_000, True),  # 150,000 float64 values pass in 12 chunks
-    (["a", "a"], 100_000, False),  # the machine's ranks meet at gloo's barrier, as off x86-64
-    (["a", "a", "b", "b"], 8 << 20, True),
-    (["a", "b", "b"], 100_000, True),  # the lone leader must chunk its gloo calls like the others
-], ids=["one-machine", "one-machine-chunked", "one-machine-gloo-barrier", "two-machines-of-two",
-        "a-lone-leader-chunked"])
-def test_shared_memory_allreduce_equals_numpy_and_is_identical_on_every_rank(hosts, chunk_bytes, flag_barrier):
+@pytest.mark.parametrize("hosts, shared_memory", [
+    (["127.0.0.1", "127.0.0.1", "127.0.0.2", "127.0.0.2"], True),
+    (["127.0.0.1", "127.0.0.2", "127.0.0.2"], True),  # a machine whose leader is alone
+    (["127.0.0.1", "127.0.0.2", "127.0.0.3"], True),  # a ring of three: uneven segments, two steps each way
+    (["127.0.0.1", "127.0.0.1", "127.0.0.1"], False),  # every task its own member of the ring
+], ids=["two-machines-of-two", "a-lone-leader", "three-machines", "no-shared-memory"])
+def test_the_collective_equals_numpy_on_every_rank_between_machines_without_torch(hosts, shared_memory):
+    if shared_memory and not _ORDERED_STORES:
+        pytest.skip("the flags need x86-64's store order; elsewhere every task joins the ring")
     before = _segments()
-    out = _run_ranks(hosts, chunk_bytes=chunk_bytes, flag_barrier=flag_barrier)
+    out = _run_ranks(hosts, shared_memory)
     for size in SIZES:
         for dtype in DTYPES:
             parts = [_contribution(r, size, dtype) for r in range(len(hosts))]
             for op, want in (("sum", np.sum(parts, 0)), ("max", np.max(parts, 0)), ("min", np.min(parts, 0))):
-                first = out[0][1][(size, dtype, op)][1]
+                first = out[0][(size, dtype, op)]
                 for rank in range(len(hosts)):
-                    used, raw = out[rank][1][(size, dtype, op)]
-                    assert used, (rank, size, dtype, op)
-                    assert raw == first, f"rank {rank} differs from rank 0 for {size} x {dtype} {op}"
+                    assert out[rank][(size, dtype, op)] == first, f"rank {rank} differs for {size} x {dtype} {op}"
                 np.testing.assert_allclose(np.frombuffer(first, dtype), want.astype(dtype), rtol=1e-6)
-    assert all(enabled for enabled, _ in out.values())
-    for rank, (_, got) in out.items():  # the flags where a rank shares its machine, on x86-64
-        assert got["flags"] == (flag_barrier and _ORDERED_STORES and hosts.count(hosts[rank]) > 1)
+    root = (np.arange(300_000, dtype=np.float64) * len(hosts)).tobytes()
+    for rank, got in out.items():
+        assert got["mean"] == [sum(range(len(hosts))) / len(hosts)] * 3
+        assert got["broadcast"] == root
+        assert got["empty"] == 0
+        shares = shared_memory and hosts.count(hosts[rank]) > 1
+        assert got["transport"] == ("shared memory" if shares else "tcp"), rank
+        assert not got["torch"], f"rank {rank} imported torch"
     assert _segments() == before  # unlinked as soon as every peer had it mapped
 
 
-def test_every_rank_falls_back_to_gloo_when_the_segment_cannot_be_made():
-    out = _run_ranks(["a", "a"], starve_creator=True)
-    parts = [_contribution(r, 1000, "float32") for r in range(2)]
-    for rank in range(2):
-        enabled, got = out[rank]
-        assert not enabled
-        used, raw = got[(1000, "float32", "sum")]
-        assert not used  # both agreed, so gloo did it for both
-        np.testing.assert_allclose(np.frombuffer(raw, np.float32), np.sum(parts, 0), rtol=1e-6)
+def _join_ring(driver_address, index: int, hosts: list[str], out: dict, timeout: float = 30) -> None:
+    client = FrameClient(driver_address, 0, timeout=timeout)
+    try:
+        out[index] = LeaderRing.join(client, 11, index, hosts, driver_address.secret, timeout)
+    except Exception as exc:  # noqa: BLE001 - the test checks it
+        out[index] = exc
+    finally:
+        client.close()
 
 
-def test_a_peer_that_dies_before_mapping_the_segment_leaves_no_file_behind():
-    before = _segments()
-    out = _run_ranks(["a", "a"], last_rank_dies=True)
-    assert out[0][1]["error"]  # rank 0 learns it from gloo instead of waiting forever
-    assert _segments() == before
+def _published(rendezvous: Rendezvous, key: str, within: float = 30) -> str:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        with rendezvous._changed:
+            entry = rendezvous._published.get((11, key))
+        if entry:
+            return entry["address"]
+        time.sleep(0.05)
+    raise AssertionError(f"nothing published under {key}")
+
+
+def test_the_ring_drops_a_stranger_and_a_replayed_hello_and_still_forms():
+    """A peer must prove the job's secret over the listener's fresh challenge before it is let into the ring."""
+    rendezvous = Rendezvous(timeout=30)
+    server = FrameServer("127.0.0.1", rendezvous.handle, 0, "test-rendezvous")
+    hosts = ["127.0.0.1", "127.0.0.2"]
+    rings: dict = {}
+    first = threading.Thread(target=_join_ring, args=(server.address, 0, hosts, rings))
+    first.start()
+    host, port = _published(rendezvous, "ring0").rsplit(":", 1)
+    assert host == "127.0.0.1"  # it listens on its own machine's address only
+    hello = {"type": "ring-hello", "stage": 11, "from": 1, "nonce": "00" * 16}
+    for key, challenge in ((b"not the job's secret", None), (ring_key(server.address.secret), "ab" * 16)):
+        with socket.create_connection((host, int(port)), timeout=10) as stranger:
+            issued = stranger.recv(16)
+            assert len(issued) == 16
+            write_frame(stranger, key, dict(hello, challenge=challenge or issued.hex()))
+            try:
+                answer = stranger.recv(1024)
+            except ConnectionResetError:
+                answer = b""
+            assert answer == b""  # dropped without a word
+    second = threading.Thread(target=_join_ring, args=(server.address, 1, hosts, rings))
+    second.start()
+    first.join(timeout=60)
+    second.join(timeout=60)
+    try:
+        assert all(isinstance(rings[i], LeaderRing) for i in (0, 1)), rings
+        sums = [np.arange(10.0) * (i + 1) for i in (0, 1)]
+        reducers = [threading.Thread(target=rings[i].allreduce_, args=(sums[i], "sum")) for i in (0, 1)]
+        for t in reducers:
+            t.start()
+        for t in reducers:
+            t.join(timeout=30)
+        assert [s.tolist() for s in sums] == [(np.arange(10.0) * 3).tolist()] * 2
+    finally:
+        for r in rings.values():
+            if isinstance(r, LeaderRing):
+                r.close()
+        server.close()
+
+
+def test_a_leader_given_a_dead_address_asks_again_and_joins_the_live_one(monkeypatch):
+    monkeypatch.setattr(ring_module, "_CONNECT_TIMEOUT", 1.0)
+    with socket.socket() as probe:  # a port nobody listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]
+    rendezvous = Rendezvous(timeout=30)
+    server = FrameServer("127.0.0.1", rendezvous.handle, 0, "test-rendezvous")
+    rendezvous.handle({"type": "publish", "stage": 11, "key": "ring1", "lookups": 1,
+                       "address": f"127.0.0.1:{dead}"}, b"")  # an earlier attempt's leader 1
+    hosts = ["127.0.0.1", "127.0.0.2"]
+    rings: dict = {}
+    first = threading.Thread(target=_join_ring, args=(server.address, 0, hosts, rings))
+    first.start()
+    time.sleep(1.5)  # the new attempt's leader 1 comes a little later
+    _join_ring(server.address, 1, hosts, rings)
+    first.join(timeout=60)
+    try:
+        assert all(isinstance(rings[i], LeaderRing) for i in (0, 1)), rings
+    finally:
+        for r in rings.values():
+            if isinstance(r, LeaderRing):
+                r.close()
+        server.close()
+
+
+def test_the_ring_names_the_machine_it_waited_for():
+    rendezvous = Rendezvous(timeout=0.5)
+    server = FrameServer("127.0.0.1", rendezvous.handle, 0, "test-rendezvous")
+    rings: dict = {}
+    try:
+        _join_ring(server.address, 0, ["127.0.0.1", "127.0.0.2", "127.0.0.3"], rings, timeout=3)
+        assert isinstance(rings[0], TimeoutError)
+        assert str(rings[0]) == ("machine 0 (127.0.0.1): the all-reduce leader of machine 1 (127.0.0.2) did not "
+                                 "start within the rendezvous timeout")
+        rendezvous.timeout = 30
+        both: dict = {}
+        threads = [threading.Thread(target=_join_ring, args=(server.address, i, ["127.0.0.1", "127.0.0.2"], both))
+                   for i in (0, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        lonely, gone = both[0], both[1]
+        lonely.timeout = 0.5
+        with pytest.raises(TimeoutError, match=r"machine 0 \(127.0.0.1\): waited 0.5s for bytes from machine 1 "
+                                               r"\(127.0.0.2\) in an all-reduce"):
+            lonely.allreduce_(np.ones(1000), "sum")  # machine 1 sends nothing
+        gone.close()
+        with pytest.raises(ConnectionError, match=r"machine 0 \(127.0.0.1\): lost the all-reduce connection to "
+                                                  r"machine 1 \(127.0.0.2\).*its task probably failed"):
+            lonely.allreduce_(np.ones(1000), "sum")
+        lonely.close()
+    finally:
+        server.close()
+
+
+def test_a_machine_without_room_for_its_segment_says_to_turn_shared_memory_off():
+    import resource
+    import signal
+
+    rendezvous = Rendezvous(timeout=2)
+    server = FrameServer("127.0.0.1", rendezvous.handle, 0, "test-rendezvous")
+    previous = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, previous[1]))  # a /dev/shm too small for the segment
+    try:
+        with pytest.raises(RuntimeError, match=r"could not create a shared-memory segment for the tasks of this "
+                                               r"machine .*pass shared_memory=False to reduce over TCP instead"):
+            Collective.connect(0, ["127.0.0.1", "127.0.0.1"], 3, server.address, timeout=2)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, previous)
+        signal.signal(signal.SIGXFSZ, handler)
+        server.close()
 
 
 def test_host_groups_keep_rank_order():
@@ -154,52 +256,25 @@ def test_host_groups_keep_rank_order():
 
 def test_rendezvous_serves_one_publication_to_its_attempt_and_waits_for_the_next():
     rendezvous = Rendezvous(timeout=0.5)
-    lookup = {"type": "lookup", "stage": 3}
+    lookup = {"type": "lookup", "stage": 3, "key": "machine0"}
     assert rendezvous.handle({"type": "epoch"}, b"") is None  # not its frame
     started = time.monotonic()
     assert rendezvous.handle(lookup, b"")[0] == {"address": ""}  # nobody published: times out
     assert time.monotonic() - started >= 0.45
 
-    rendezvous.handle({"type": "publish", "stage": 3, "world": 3, "address": "h:1"}, b"")
+    rendezvous.handle({"type": "publish", "stage": 3, "key": "machine0", "lookups": 2, "address": "h:1"}, b"")
     assert rendezvous.handle(lookup, b"")[0] == {"address": "h:1"}
     assert rendezvous.handle(lookup, b"")[0] == {"address": "h:1"}
     assert rendezvous.handle(lookup, b"")[0] == {"address": ""}  # both peers served: a third is a new attempt
 
-    rendezvous.handle({"type": "publish", "stage": 3, "world": 3, "address": "h:2"}, b"")  # Spark relaunched it
-    rendezvous.handle({"type": "stale", "stage": 3, "address": "h:1"}, b"")  # an old address: ignored
+    rendezvous.handle({"type": "publish", "stage": 3, "key": "machine0", "lookups": 2, "address": "h:2"}, b"")
+    rendezvous.handle({"type": "stale", "stage": 3, "key": "machine0", "address": "h:1"}, b"")  # old: ignored
     assert rendezvous.handle(lookup, b"")[0] == {"address": "h:2"}
-    rendezvous.handle({"type": "stale", "stage": 3, "address": "h:2"}, b"")
+    rendezvous.handle({"type": "stale", "stage": 3, "key": "machine0", "address": "h:2"}, b"")
     assert rendezvous.handle(lookup, b"")[0] == {"address": ""}
-    assert rendezvous.handle({"type": "lookup", "stage": 4}, b"")[0] == {"address": ""}  # stages are apart
-
-
-def test_a_task_given_a_dead_address_asks_again_and_joins_the_live_store(monkeypatch):
-    import socket
-
-    import torch.distributed as dist
-
-    monkeypatch.setattr(collective, "_CONNECT_TIMEOUT", 1.0)
-    with socket.socket() as probe:  # a port nobody listens on once closed
-        probe.bind(("127.0.0.1", 0))
-        dead = probe.getsockname()[1]
-    rendezvous = Rendezvous(timeout=30)
-    server = FrameServer("127.0.0.1", rendezvous.handle, 0, "test-rendezvous")
-    rendezvous.handle({"type": "publish", "stage": 9, "world": 2, "address": f"127.0.0.1:{dead}"}, b"")
-    live = dist.TCPStore("127.0.0.1", 0, 2, True, wait_for_workers=False, timeout=datetime.timedelta(seconds=30))
-    live.set("greeting", "from the live attempt")
-
-    def relaunch() -> None:  # the new attempt's rank 0 publishes a little later
-        time.sleep(2.0)
-        rendezvous.handle({"type": "publish", "stage": 9, "world": 2, "address": f"127.0.0.1:{live.port}"}, b"")
-
-    threading.Thread(target=relaunch, daemon=True).start()
-    client = FrameClient(server.address, 0, timeout=30)
-    try:
-        store = _look_up(client, stage=9, rank=1, world=2, timeout=30)
-        assert store.get("greeting") == b"from the live attempt"
-    finally:
-        client.close()
-        server.close()
+    assert rendezvous.handle({"type": "lookup", "stage": 4, "key": "machine0"}, b"")[0] == {"address": ""}
+    rendezvous.handle({"type": "publish", "stage": 3, "key": "ring1", "lookups": 1, "address": "h:3"}, b"")
+    assert rendezvous.handle(lookup, b"")[0] == {"address": ""}  # keys are apart, as stages are
 
 
 def test_a_lookup_that_never_gets_an_address_names_the_wait():
@@ -207,7 +282,8 @@ def test_a_lookup_that_never_gets_an_address_names_the_wait():
     server = FrameServer("127.0.0.1", rendezvous.handle, 0, "test-rendezvous")
     client = FrameClient(server.address, 0, timeout=10)
     try:
-        with pytest.raises(TimeoutError, match=r"rank 1: rank 0 of the barrier stage did not start within 5s"):
+        with pytest.raises(TimeoutError, match=r"local rank 1: the first task of this machine in the barrier "
+                                               r"stage did not start within 5s"):
             _look_up(client, stage=1, rank=1, world=2, timeout=5)
     finally:
         client.close()
@@ -283,7 +359,7 @@ def _machine_rank_main(rank: int, world: int, addresses: "multiprocessing.Queue"
     results.put((rank, got))
 
 
-@pytest.mark.skipif(not _ORDERED_STORES, reason="the flags need x86-64's store order; elsewhere gloo serves")
+@pytest.mark.skipif(not _ORDERED_STORES, reason="the flags need x86-64's store order; elsewhere every task joins the ring")
 @pytest.mark.parametrize("world, starve_growth", [(2, False), (3, False), (2, True)],
                          ids=["two-ranks", "three-ranks", "no-room-to-grow"])
 def test_the_machine_collective_reduces_and_broadcasts_without_torch(world, starve_growth):
@@ -340,7 +416,7 @@ def _orphaned_segment() -> str:
     return address
 
 
-@pytest.mark.skipif(not _ORDERED_STORES, reason="the flags need x86-64's store order; elsewhere gloo serves")
+@pytest.mark.skipif(not _ORDERED_STORES, reason="the flags need x86-64's store order; elsewhere every task joins the ring")
 def test_a_segment_whose_creator_died_is_reported_stale_and_the_next_publication_joined():
     """An attempt's rank 0 published, then died before its peer looked: the peer must not wait on its segment."""
     from sparkeras.comm.machine import MachineCollective
@@ -351,12 +427,13 @@ def test_a_segment_whose_creator_died_is_reported_stale_and_the_next_publication
 
     rendezvous = Rendezvous(timeout=30)
     server = FrameServer("127.0.0.1", rendezvous.handle, 0, "test-rendezvous")
-    rendezvous.handle({"type": "publish", "stage": 5, "world": 2, "address": stale}, b"")
+    rendezvous.handle({"type": "publish", "stage": 5, "key": "machine0", "lookups": 1, "address": stale}, b"")
     live = MachineCollective.create(2, timeout=30)
 
     def relaunch() -> None:  # the new attempt's rank 0 publishes a little later
         time.sleep(1.0)
-        rendezvous.handle({"type": "publish", "stage": 5, "world": 2, "address": live.address}, b"")
+        rendezvous.handle({"type": "publish", "stage": 5, "key": "machine0", "lookups": 1,
+                           "address": live.address}, b"")
 
     threading.Thread(target=relaunch, daemon=True).start()
     client = FrameClient(server.address, 0, timeout=30)
@@ -382,7 +459,7 @@ def test_a_segment_whose_creator_died_is_reported_stale_and_the_next_publication
     assert _segments() == before  # the dead creator's file too: the peer that found it stale removed it
 
 
-@pytest.mark.skipif(not _ORDERED_STORES, reason="the flags need x86-64's store order; elsewhere gloo serves")
+@pytest.mark.skipif(not _ORDERED_STORES, reason="the flags need x86-64's store order; elsewhere every task joins the ring")
 def test_the_machine_collective_names_a_peer_that_never_joins_and_a_segment_it_cannot_map():
     from sparkeras.comm.machine import MachineCollective
 
@@ -405,7 +482,7 @@ def test_the_machine_collective_names_a_peer_that_never_joins_and_a_segment_it_c
     assert MachineCollective.open(address, 1, 2, timeout=5) is None  # its file is gone: stale
 
 
-@pytest.mark.skipif(not _ORDERED_STORES, reason="the flags need x86-64's store order; elsewhere gloo serves")
+@pytest.mark.skipif(not _ORDERED_STORES, reason="the flags need x86-64's store order; elsewhere every task joins the ring")
 def test_the_driver_removes_a_segment_left_by_a_creator_that_died_before_its_peers_came():
     from sparkeras.comm.machine import MachineCollective
 
@@ -415,7 +492,8 @@ def test_the_driver_removes_a_segment_left_by_a_creator_that_died_before_its_pee
     unlinked.close()
     rendezvous = Rendezvous(timeout=5)
     for stage, address in ((1, orphan), (2, unlinked.address), (3, "127.0.0.1:1234")):
-        rendezvous.handle({"type": "publish", "stage": stage, "world": 2, "address": address}, b"")
+        rendezvous.handle({"type": "publish", "stage": stage, "key": "machine0", "lookups": 1,
+                           "address": address}, b"")
     assert len(_segments() - before) == 1  # nobody looked the orphan up
     rendezvous.close()  # the job is over
     assert _segments() == before

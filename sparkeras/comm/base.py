@@ -27,7 +27,7 @@ class CollectiveBase(abc.ABC):
     @property
     @abc.abstractmethod
     def transport(self) -> str:
-        """How this rank reduces: ``"shared memory"`` or ``"gloo"``."""
+        """How this rank reduces: ``"shared memory"`` or ``"tcp"``."""
 
     def allreduce(self, array: np.ndarray, op: str = "sum") -> np.ndarray:
         """The element-wise ``op`` (sum, mean, max, min) of ``array`` over all ranks."""

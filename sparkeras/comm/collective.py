@@ -1,35 +1,27 @@
 """Collective operations between the tasks of one Spark barrier stage.
 
-Between machines the reduction is ``torch.distributed`` over gloo, an
-established CPU collective library; sparkeras only does the rendezvous, and
-lets tasks that share a machine exchange through shared memory instead of
-loopback TCP (:mod:`sparkeras.comm.shared_memory`; gloo still synchronizes
-them and reduces between machines). When every task is on the driver's
-machine (Spark's local modes), shared memory does it all and torch is not
-imported (:mod:`sparkeras.comm.machine`).
+Tasks that share a machine reduce through shared memory
+(:mod:`sparkeras.comm.machine`); the machines' first tasks, their leaders,
+reduce over an authenticated TCP ring (:mod:`sparkeras.comm.ring`), and each
+leader hands the result back through its machine's segment: a hierarchical
+all-reduce, as Horovod's. In Spark's local modes every task is on the
+driver's machine, so shared memory does it all. With ``shared_memory=False``
+(or where the segment's flags cannot be used: not x86-64, more than 63 tasks
+on a machine) every task is its own member of the ring.
 
-Rendezvous: rank 0 creates a ``TCPStore`` on a port the operating system
-picks at bind time (in the process that binds it, so there is no
-bind-then-release race), listening only on the address its peers use, and publishes ``host:port`` to the driver's
-:class:`Rendezvous`; the other ranks ask the driver for it and connect.
-Spark's ``BarrierTaskContext.allGather`` could carry the address too, but it
-answers no sooner than about a second (Spark's barrier RPC), which every fit
-and every relaunch would pay. The driver's server signs its frames with a
-secret made for the job, so only the job's tasks can publish or look up.
-``wait_for_workers=False`` matters: with ``True`` rank 0 would block inside
-the store's constructor before it could publish the port.
-
-Only tensors cross the wire, never pickled objects. Neither the store nor
-gloo authenticates peers, so barrier training belongs on a trusted cluster
-network (as for Horovod, TorchDistributor and every gloo/NCCL job).
+Rendezvous: each machine's leader creates its segment and publishes its
+name to the driver's :class:`Rendezvous`; the other tasks of the machine
+look it up there. Each ring member publishes the address it listens on the
+same way. Spark's ``BarrierTaskContext.allGather`` could carry these too,
+but it answers no sooner than about a second (Spark's barrier RPC), which
+every fit and every relaunch would pay. The driver's server signs its
+frames with a secret made for the job, so only the job's tasks can publish
+or look up, and the ring's handshakes prove the same secret. Only arrays
+cross the wire, never pickled objects.
 """
 
 from __future__ import annotations
 
-import datetime
-import os
-import socket
-import sys
 import threading
 import time
 from typing import Any
@@ -38,152 +30,150 @@ import numpy as np
 
 from sparkeras.comm.base import CollectiveBase
 from sparkeras.comm.machine import MachineCollective, is_machine_address, remove_segment
+from sparkeras.comm.ring import LeaderRing
 from sparkeras.comm.server import FrameClient, Reply, ServerAddress
-
-_CONNECT_TIMEOUT = 15.0  # seconds to reach a published store before asking the driver again
+from sparkeras.comm.shared_memory import host_groups
 
 
 class Collective(CollectiveBase):
-    """The collective over ``torch.distributed`` (gloo), with shared memory between tasks of one machine."""
+    """Shared memory among a machine's tasks, an authenticated TCP ring among the machines' leaders."""
 
-    def __init__(self, rank: int, world_size: int, store: Any, same_host: Any = None) -> None:
+    def __init__(self, rank: int, world_size: int, machine: MachineCollective | None,
+                 ring: LeaderRing | None, machines: int) -> None:
         super().__init__(rank, world_size)
-        self._store = store  # keeps rank 0's server alive
-        self._same_host = same_host
+        self._machine, self._ring, self._machines = machine, ring, machines
 
     @classmethod
     def join(cls, context: Any, rendezvous: ServerAddress, timeout: float, loopback: bool = False,
-             shared_memory: bool = True) -> CollectiveBase:
-        """Rendezvous with the stage's other tasks; raise ``TimeoutError`` if a peer does not arrive.
+             shared_memory: bool = True) -> "Collective":
+        """Rendezvous with the barrier stage's other tasks (:meth:`connect`), as Spark's ``context`` places them.
 
-        ``rendezvous`` is the driver's :class:`Rendezvous` server. ``loopback``
-        (local mode, every task on this machine) keeps the store and gloo's
-        connections on 127.0.0.1, and there, with ``shared_memory``, the
-        tasks need no gloo at all (:mod:`sparkeras.comm.machine`).
-        ``shared_memory`` lets tasks on the same machine reduce through
-        shared memory (``False``: gloo only).
+        ``loopback`` (local mode, every task on this machine) keeps
+        everything on 127.0.0.1.
         """
-        rank = context.partitionId()
         world = len(context.getTaskInfos())
-        if "torch.distributed" in sys.modules:
-            import torch.distributed as dist
+        hosts = ["127.0.0.1"] * world if loopback else [_task_host(context, r) for r in range(world)]
+        return cls.connect(context.partitionId(), hosts, context.stageId(), rendezvous, timeout, shared_memory)
 
-            if dist.is_initialized():  # a task of an earlier stage in this Python worker died mid-way
-                dist.destroy_process_group()
-        host = "127.0.0.1" if loopback else _task_host(context, rank)
-        wait = datetime.timedelta(seconds=timeout)
+    @classmethod
+    def connect(cls, rank: int, hosts: list[str], stage: int, rendezvous: ServerAddress, timeout: float,
+                shared_memory: bool = True) -> "Collective":
+        """Join ranks ``0 .. len(hosts) - 1``, rank ``r`` on the machine ``hosts[r]``; raise ``TimeoutError``
+        if a peer does not arrive within ``timeout``.
+
+        ``rendezvous`` is the driver's :class:`Rendezvous` server, ``stage``
+        what tells this stage's publications from others'.
+        ``shared_memory`` lets tasks on the same machine reduce through
+        shared memory (``False``: each task joins the TCP ring).
+        """
+        world = len(hosts)
+        groups = (host_groups(hosts) if MachineCollective.serves(shared_memory, max(map(hosts.count, hosts)))
+                  else [[r] for r in range(world)])
+        index = next(i for i, members in enumerate(groups) if rank in members)
+        members = groups[index]
         driver = FrameClient(rendezvous, 0, timeout=timeout)
-        joined: Any = None
+        machine: MachineCollective | None = None
+        ring: LeaderRing | None = None
         try:
-            if rank == 0:
-                machine = MachineCollective.serves(loopback, shared_memory, world)
-                joined = MachineCollective.create(world, timeout) if machine else None
-                if joined is None:
-                    joined = _bound_store(host, world, wait)
-                    address = f"{host}:{joined.port}"
-                else:
-                    address = joined.address
-                if world > 1:
-                    driver.call({"type": "publish", "stage": context.stageId(), "world": world, "address": address})
-            else:
-                joined = _look_up(driver, context.stageId(), rank, world, timeout)
+            if len(members) > 1:
+                machine = _join_machine(driver, stage, index, members.index(rank), len(members), timeout)
+            if rank == members[0] and len(groups) > 1:
+                ring = LeaderRing.join(driver, stage, index, [hosts[g[0]] for g in groups], rendezvous.secret,
+                                       timeout)
+            if machine is not None:
+                machine.meet()
         except BaseException:
-            if isinstance(joined, MachineCollective):
-                joined.close()  # an unpublished segment: nobody else would remove its file
+            if machine is not None:
+                machine.close()  # an unpublished or unmet segment: nobody else would remove its file
+            if ring is not None:
+                ring.close()
             raise
         finally:
             driver.close()
-        if isinstance(joined, MachineCollective):
-            joined.meet()
-            return joined
-        return cls._join_gloo(context, joined, host, timeout, shared_memory)
-
-    @classmethod
-    def _join_gloo(cls, context: Any, store: Any, host: str, timeout: float, shared_memory: bool) -> "Collective":
-        import torch.distributed as dist
-
-        rank = context.partitionId()
-        world = len(context.getTaskInfos())
-        _choose_gloo_interface(host)
-        try:
-            dist.init_process_group("gloo", store=store, rank=rank, world_size=world,
-                                    timeout=datetime.timedelta(seconds=timeout))
-        except RuntimeError as exc:
-            if "timeout" in str(exc).lower() or "timed out" in str(exc).lower():
-                raise TimeoutError(
-                    f"rank {rank}: not all {world} barrier tasks reached the rendezvous within {timeout:g}s") from exc
-            raise
-        same_host = None
-        if shared_memory:
-            from sparkeras.comm.shared_memory import SharedMemoryAllreduce
-
-            hosts = [_task_host(context, r) for r in range(world)]
-            same_host = SharedMemoryAllreduce.for_world(rank, hosts, store, timeout=timeout)
-        # No rank leaves before every rank has built its groups: a rank whose user code failed at once
-        # used to close its connections while a peer was still building one, and the peer's "connection
-        # closed" error could reach the driver instead of the real one.
-        dist.barrier()
-        return cls(rank, world, store, same_host)
+        return cls(rank, world, machine, ring, len(groups))
 
     @property
     def transport(self) -> str:
-        """``"shared memory"`` where this rank reduces with peers on its machine that way, else ``"gloo"``."""
-        return "shared memory" if self._same_host is not None and self._same_host.enabled else "gloo"
+        """``"shared memory"`` where this rank reduces with peers on its machine that way, else ``"tcp"``."""
+        return "shared memory" if self._machine is not None else "tcp"
 
     def _reduce(self, buffer: np.ndarray, op: str) -> None:
-        import torch
-        import torch.distributed as dist
-
-        if self._same_host is None or not self._same_host.allreduce_(buffer, op):
-            dist.all_reduce(torch.from_numpy(buffer), op=torch_op(op))
+        if self._machine is not None:
+            self._machine._reduce(buffer, op)
+        if self._machines == 1:
+            return
+        if self._ring is not None:
+            self._ring.allreduce_(buffer.reshape(-1), op)
+        if self._machine is not None:  # the leader's result, to the machine's other tasks
+            self._machine.broadcast_(buffer.reshape(-1).view(np.uint8), 0)
 
     def broadcast(self, array: np.ndarray, root: int = 0) -> np.ndarray:
-        """Rank ``root``'s ``array`` on every rank (same shape and dtype everywhere)."""
-        import torch
-        import torch.distributed as dist
+        """Rank ``root``'s ``array`` on every rank (same shape and dtype everywhere).
 
+        Between machines it is a sum of bytes in which every rank but
+        ``root`` adds zeros: exact for any dtype, and the ring's one code path.
+        """
         out = np.array(array, copy=True, order="C")
-        dist.broadcast(torch.from_numpy(out), src=root)
+        if self._machines == 1:
+            return self._machine.broadcast(out, root) if self._machine is not None else out
+        if self.rank != root:
+            out[...] = 0
+        self._reduce(out.reshape(-1).view(np.uint8), "sum")
         return out
 
     def barrier(self) -> None:
-        import torch.distributed as dist
-
-        dist.barrier()
+        if self._machines == 1:
+            if self._machine is not None:
+                self._machine.barrier()
+            return
+        self._reduce(np.zeros(1, np.uint8), "max")
 
     def close(self) -> None:
-        import torch.distributed as dist
-
-        if self._same_host is not None:
-            self._same_host.close()
-            self._same_host = None
-        if dist.is_initialized():
-            dist.destroy_process_group()
-        self._store = None
+        if self._machine is not None:
+            self._machine.close()
+            self._machine = None
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
 
 
-def torch_op(op: str) -> Any:
-    """torch.distributed's ``ReduceOp`` for ``"sum"``, ``"max"`` or ``"min"``."""
-    import torch.distributed as dist
-
-    return {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op]
+def _join_machine(driver: FrameClient, stage: int, index: int, local_rank: int, size: int,
+                  timeout: float) -> MachineCollective:
+    """This task's share of machine ``index``'s segment: its leader creates and publishes it, the others map it."""
+    key = f"machine{index}"
+    if local_rank == 0:
+        machine = MachineCollective.create(size, timeout)
+        if machine is None:
+            raise RuntimeError(
+                "could not create a shared-memory segment for the tasks of this machine (is /dev/shm full?); "
+                "pass shared_memory=False to reduce over TCP instead")
+        try:
+            driver.call({"type": "publish", "stage": stage, "key": key, "address": machine.address,
+                         "lookups": size - 1})
+        except BaseException:
+            machine.close()
+            raise
+        return machine
+    return _look_up(driver, stage, local_rank, size, timeout, key)
 
 
 class Rendezvous:
-    """The driver's half of the rendezvous: where rank 0 of each barrier stage listens.
+    """The driver's half of the rendezvous: where each barrier stage's tasks find each other.
 
+    A task publishes an address (a machine's segment, a ring member's
+    ``host:port``) under its stage and a ``key``, for ``lookups`` lookups.
     Spark's Python API does not tell a task which attempt of its stage it
     belongs to, so a stage that Spark itself relaunches (same stage id) is
-    told apart by counting: a publication serves the ``world - 1`` lookups
-    of its attempt, and a later publication for the same stage replaces it.
-    A task that finds a published address dead (its attempt failed before
-    every peer had looked it up) reports it ``stale`` and waits for the next.
-    A lookup waits, on its own server thread, up to ``timeout``.
+    told apart by counting: a publication serves the lookups of its
+    attempt, and a later publication under the same key replaces it. A task
+    that finds a published address dead (its attempt failed before every
+    peer had looked it up) reports it ``stale`` and waits for the next. A
+    lookup waits, on its own server thread, up to ``timeout``.
     """
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
-        self._stages: dict[int, dict[str, Any]] = {}
+        self._published: dict[tuple[int, str], dict[str, Any]] = {}
         self._changed = threading.Condition()
         self._segments: set[str] = set()  # machine addresses published, removed by close()
 
@@ -192,22 +182,22 @@ class Rendezvous:
         kind = header.get("type")
         if kind not in ("publish", "lookup", "stale"):
             return None
-        stage = int(header.get("stage", -1))
+        name = (int(header.get("stage", -1)), str(header.get("key", "")))
         with self._changed:
             if kind == "publish":
                 address = str(header.get("address", ""))
-                self._stages[stage] = {"address": address, "lookups": int(header.get("world", 1)) - 1}
+                self._published[name] = {"address": address, "lookups": int(header.get("lookups", 0))}
                 if is_machine_address(address):
                     self._segments.add(address)
                 self._changed.notify_all()
             elif kind == "stale":
-                if self._stages.get(stage, {}).get("address") == header.get("address"):
-                    del self._stages[stage]
+                if self._published.get(name, {}).get("address") == header.get("address"):
+                    del self._published[name]
             else:
-                if not self._changed.wait_for(lambda: self._stages.get(stage, {}).get("lookups", 0) > 0,
+                if not self._changed.wait_for(lambda: self._published.get(name, {}).get("lookups", 0) > 0,
                                               self.timeout):
                     return {"address": ""}, b""
-                entry = self._stages[stage]
+                entry = self._published[name]
                 entry["lookups"] -= 1
                 return {"address": entry["address"]}, b""
         return {}, b""
@@ -223,104 +213,24 @@ class Rendezvous:
             remove_segment(address)
 
 
-def _bound_store(host: str, world: int, wait: datetime.timedelta) -> Any:
-    """Rank 0's ``TCPStore``, listening only on ``host`` (the address the peers use).
+def _look_up(driver: FrameClient, stage: int, rank: int, world: int, timeout: float,
+             key: str = "machine0") -> MachineCollective:
+    """Map the segment this machine's leader published under ``key``.
 
-    Left to itself the store's server listens on every interface. The store
-    carries the shared-memory segments' names and tokens, so the socket is
-    bound here, on a port the operating system picks, and handed over with
-    ``master_listen_fd``; the store closes it with itself.
-    """
-    import torch.distributed as dist
-
-    listener = socket.create_server((host, 0), backlog=max(128, world))
-    port = listener.getsockname()[1]
-    fd = listener.detach()  # the store owns the descriptor and closes it with itself
-    try:
-        return dist.TCPStore(host, port, world, True, timeout=wait, wait_for_workers=False, master_listen_fd=fd)
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def _look_up(driver: FrameClient, stage: int, rank: int, world: int, timeout: float) -> Any:
-    """Join what rank 0 published: its shared-memory segment, or gloo's store (``host:port``).
-
-    A publication whose attempt is over (a dead store, a segment whose
-    creator has gone) is reported stale and the driver asked again.
+    A publication whose attempt is over (a segment whose creator has gone)
+    is reported stale and the driver asked again.
     """
     deadline = time.monotonic() + timeout
     while True:
-        reply, _ = driver.call({"type": "lookup", "stage": stage}, timeout=timeout + 10)
+        reply, _ = driver.call({"type": "lookup", "stage": stage, "key": key}, timeout=timeout + 10)
         address = str(reply.get("address", ""))
-        left = deadline - time.monotonic()
-        if not address or left <= 0:
-            raise TimeoutError(f"rank {rank}: rank 0 of the barrier stage did not start within {timeout:g}s")
-        if is_machine_address(address):
-            joined = MachineCollective.open(address, rank, world, timeout)
-        else:
-            joined = _store_at(address, world, min(_CONNECT_TIMEOUT, left), timeout)
+        if not address or deadline - time.monotonic() <= 0:
+            raise TimeoutError(f"local rank {rank}: the first task of this machine in the barrier stage did not "
+                               f"start within {timeout:g}s")
+        joined = MachineCollective.open(address, rank, world, timeout)
         if joined is not None:
             return joined
-        driver.call({"type": "stale", "stage": stage, "address": address})
-
-
-def _store_at(address: str, world: int, connect: float, timeout: float) -> Any:
-    """A client of the ``TCPStore`` at ``address``, or ``None`` if nobody listens there any more."""
-    import torch.distributed as dist
-
-    host, port = address.rsplit(":", 1)
-    try:
-        store = dist.TCPStore(host, int(port), world, False, timeout=datetime.timedelta(seconds=connect))
-    except RuntimeError:  # torch's DistStoreError: nobody listens there any more
-        return None
-    store.set_timeout(datetime.timedelta(seconds=timeout))
-    return store
-
-
-_OPERATOR_INTERFACE = os.environ.get("GLOO_SOCKET_IFNAME")  # set by whoever started the worker, if anyone
-
-
-def _choose_gloo_interface(host: str) -> None:
-    """Make gloo listen on the interface that holds ``host``, the address Spark knows this executor by.
-
-    Left to itself, gloo binds to whatever this machine's hostname resolves
-    to, which on many hosts (Debian's ``127.0.1.1`` line in ``/etc/hosts``,
-    containers, network namespaces) is a loopback address: peers on other
-    machines are then told to connect to ``127.0.0.1`` and the rendezvous
-    times out. The Python worker is reused by later stages, so the variable
-    is set (or cleared) every time. An operator's own ``GLOO_SOCKET_IFNAME``
-    (``spark.executorEnv.GLOO_SOCKET_IFNAME``) wins outside local mode.
-    """
-    interface = _interface_with(host)
-    if _OPERATOR_INTERFACE and interface != "lo":
-        interface = _OPERATOR_INTERFACE
-    if interface is not None:
-        os.environ["GLOO_SOCKET_IFNAME"] = interface
-    else:
-        os.environ.pop("GLOO_SOCKET_IFNAME", None)
-
-
-def _interface_with(host: str) -> str | None:
-    """The name of the local network interface whose IPv4 address is ``host`` (Linux), or ``None``."""
-    import fcntl
-    import struct
-
-    try:
-        address = socket.gethostbyname(host)
-    except OSError:
-        return None
-    if address.startswith("127."):
-        return "lo"
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        for _, name in socket.if_nameindex():
-            try:
-                info = fcntl.ioctl(probe.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))  # SIOCGIFADDR
-            except OSError:
-                continue
-            if socket.inet_ntoa(info[20:24]) == address:
-                return name
-    return None
+        driver.call({"type": "stale", "stage": stage, "key": key, "address": address})
 
 
 def _task_host(context: Any, rank: int) -> str:

@@ -206,7 +206,7 @@ class FrameClient:
     The connection opens at the first call, not when the client is made.
     The server drops a connection that has not sent its first frame within
     its ``handshake_timeout`` (5 s), as it would an idle stranger's, and a
-    task may do slow work between the two: all-reduce's rank 0 made its
+    task may do slow work between the two: all-reduce's rank 0 once made its
     client, then imported torch and bound gloo's store, which on a loaded
     cluster took longer than that, and the rendezvous failed with
     "connection closed".

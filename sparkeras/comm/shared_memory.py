@@ -1,32 +1,19 @@
-"""All-reduce between tasks on the same machine through shared memory; gloo between machines.
+"""The shared segment of a machine's tasks: its file, its slots, and the flags at which the tasks meet.
 
-Why: gloo's all-reduce over loopback TCP hands every call through several
-threads; on 2 cores it takes ~2 ms for a 0.4 MB gradient, longer than a whole
-training step of a small model, and every step pays it. Tasks on one machine
-can instead each write their buffer into a shared segment, meet at a gloo
-barrier (~0.2 ms) and read the others' buffers directly. This is how the CPU
-shared-memory all-reduces of DeepSpeed, vLLM and SGLang work, and newer gloo
-releases (2025, not yet in the torch this targets) do it inside gloo.
-Across machines it becomes a hierarchical all-reduce, as Horovod's: each
-machine's first task sums its machine's slots, those leaders all-reduce with
-gloo, and the leaders hand the result back through the segment.
-
-The segment: the machine's first task creates it in ``/dev/shm`` (the temp
+The machine's first task creates the segment in ``/dev/shm`` (the temp
 directory where there is none) with ``O_EXCL``, mode 0600 and a random name,
 and reserves its pages with ``posix_fallocate``, so a small ``/dev/shm``
-(Docker's default is 64 MB) fails here instead of killing a task with SIGBUS
-later. The name and a random token go to the others through the rendezvous
-store; each opens the file and checks the token, and the file is unlinked as
-soon as every peer holds it mapped, so a task that dies leaves nothing
-behind. If any task cannot map it (a container with its own ``/dev/shm``,
-no space), all tasks agree on that through gloo and keep using gloo.
+(Docker's default is 64 MB) fails there instead of killing a task with
+SIGBUS later. The name and a random token reach the others through the
+driver's rendezvous; each opens the file and checks the token, and the file
+is unlinked as soon as every peer holds it mapped, so a task that dies
+leaves nothing behind.
 
 Ordering: slots are double-buffered and each call passes one barrier between
 writing and reading, so no task can get two calls ahead and overwrite a slot
 another task is still reading. Every task sums the slots in rank order, so
-all replicas get bit-identical results. On x86-64 the machine's tasks meet
-at flags in the segment itself (:class:`_FlagBarrier`) instead of gloo's
-barrier.
+all replicas get bit-identical results. The tasks meet at flags in the
+segment itself (:class:`_FlagBarrier`).
 """
 
 from __future__ import annotations
@@ -37,8 +24,6 @@ import platform
 import secrets
 import tempfile
 import time
-from typing import Any
-
 import numpy as np
 
 _HEADER = 4096  # token at offset 0, the barrier's flags from _FLAGS on; data page-aligned after it
@@ -65,8 +50,6 @@ class SlotReducer:
     as for any collective.
     """
 
-    multi_host = False
-
     def __init__(self, local_rank: int, local_size: int, chunk_bytes: int, timeout: float) -> None:
         self.local_rank, self.local_size = local_rank, local_size
         self.chunk_bytes, self.timeout = chunk_bytes, timeout
@@ -91,15 +74,12 @@ class SlotReducer:
     def _grow(self, nbytes: int) -> bool:
         raise NotImplementedError
 
-    def _across_hosts(self, flat: np.ndarray, op: str) -> None:
-        raise NotImplementedError
-
     def _next_capacity(self, nbytes: int) -> int:
         capacity = min(max(nbytes, 2 * self._capacity, 1 << 16), self.chunk_bytes)  # nbytes <= chunk_bytes
         return -(-capacity // 64) * 64
 
     def allreduce_(self, buffer: np.ndarray, op: str) -> bool:
-        """Reduce the contiguous ``buffer`` in place over all ranks; ``False`` if gloo must do it.
+        """Reduce the contiguous ``buffer`` in place over all ranks; ``False`` for an op it does not know.
 
         Buffers larger than a slot (``chunk_bytes``, 8 MB) go through in
         slot-sized chunks, the same on every rank, so a large model needs no
@@ -118,27 +98,12 @@ class SlotReducer:
         return True
 
     def _reduce_chunk(self, flat: np.ndarray, op: str) -> None:
-        if self.local_size == 1:  # alone on this machine: only the leaders' all-reduce
-            self._across_hosts(flat, op)
-            return
         half = self._calls & 1
         self._calls += 1
-        segment = self._segment
-        slots = segment.slots(half, self.local_size, flat.dtype, flat.size)
+        slots = self._segment.slots(half, self.local_size, flat.dtype, flat.size)
         slots[self.local_rank] = flat
         self._barrier()
-        if not self.multi_host:
-            _UFUNCS[op].reduce(slots, axis=0, out=flat)
-            return
-        result = segment.result(half, self.local_size, flat.dtype, flat.size)
-        if self.local_rank == 0:
-            _UFUNCS[op].reduce(slots, axis=0, out=flat)
-            self._across_hosts(flat, op)
-            result[:] = flat
-            self._barrier()
-        else:
-            self._barrier()
-            flat[:] = result
+        _UFUNCS[op].reduce(slots, axis=0, out=flat)
 
     def close(self) -> None:
         self._flags = None
@@ -148,96 +113,8 @@ class SlotReducer:
         self.enabled = False
 
 
-class SharedMemoryAllreduce(SlotReducer):
-    """Hierarchical all-reduce: shared memory within a machine, gloo between machines' leaders.
-
-    Every rank of the world must construct it (it creates gloo subgroups) and
-    make the same calls in the same order, as for any collective.
-    """
-
-    def __init__(self, rank: int, hosts: list[str], store: Any, chunk_bytes: int = 8 << 20,
-                 timeout: float = 300.0, flag_barrier: bool = _ORDERED_STORES) -> None:
-        import torch.distributed as dist
-
-        groups = host_groups(hosts)
-        self._index = next(i for i, members in enumerate(groups) if rank in members)
-        members = groups[self._index]
-        super().__init__(members.index(rank), len(members), chunk_bytes, timeout)
-        self._store = store
-        self.multi_host = len(groups) > 1
-        self._local_group = self._leaders = None
-        for ranks in groups:  # every rank creates every group, in the same order (torch requires it)
-            group = dist.new_group(ranks) if len(ranks) > 1 else None
-            if rank in ranks:
-                self._local_group = group
-        if self.multi_host:
-            leaders = dist.new_group([ranks[0] for ranks in groups])
-            self._leaders = leaders if self.local_rank == 0 else None
-        self._flag_barrier = flag_barrier and self.local_size <= _MAX_FLAGS
-        self._generation = 0
-
-    @classmethod
-    def for_world(cls, rank: int, hosts: list[str], store: Any, **options: Any) -> "SharedMemoryAllreduce | None":
-        """The reducer, or ``None`` when no two ranks share a machine (plain gloo is then best)."""
-        if len(set(hosts)) == len(hosts):
-            return None
-        return cls(rank, hosts, store, **options)
-
-    def _barrier(self) -> None:
-        if self._flags is not None:
-            self._flags.wait()
-            return
-        import torch.distributed as dist
-
-        dist.barrier(group=self._local_group)
-
-    def _across_hosts(self, flat: np.ndarray, op: str) -> None:
-        import torch
-        import torch.distributed as dist
-
-        from sparkeras.comm.collective import torch_op
-
-        dist.all_reduce(torch.from_numpy(flat), op=torch_op(op), group=self._leaders)
-
-    def _grow(self, nbytes: int) -> bool:
-        """Map a segment for buffers of ``nbytes``; every rank agrees on the outcome."""
-        import torch
-        import torch.distributed as dist
-
-        capacity = self._next_capacity(nbytes)
-        areas = 2 * self.local_size + (2 if self.multi_host else 0)
-        key = f"sparkeras/shm/{self._index}/{self._generation}"
-        self._generation += 1
-        segment: _Segment | None = None
-        ok = torch.zeros(1, dtype=torch.int32)
-        try:
-            if self.local_size == 1:
-                ok[0] = 1  # nothing to share, but the agreement below is world-wide
-            elif self.local_rank == 0:
-                try:
-                    segment = _Segment.create(areas, capacity)
-                except OSError:  # no /dev/shm space, say
-                    self._store.set(key, "")
-                else:
-                    self._store.set(key, f"{segment.path}\n{segment.token.hex()}")
-            else:
-                segment = _Segment.open_published(self._store.get(key).decode(), areas, capacity)
-            ok[0] = int(ok[0] or segment is not None)
-            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-        finally:  # unlinked once all have it mapped, or at once if anything failed: never left behind
-            if segment is not None and self.local_rank == 0:
-                segment.unlink()
-        if not int(ok[0]):
-            if segment is not None:
-                segment.close()
-            self.close()
-            return False
-        self._adopt(segment, capacity, self._flag_barrier)
-        return True
-
-
 class _FlagBarrier:
-    """The machine's ranks meet at flags in the shared segment, not at a gloo barrier.
+    """The machine's ranks meet at flags in the shared segment, not at a socket barrier.
 
     Why: a gloo barrier is a round trip over loopback TCP through gloo's
     threads. In an all-reduce fit of an MLP 784-128-10 on 2 cores it took
@@ -250,7 +127,7 @@ class _FlagBarrier:
     One writer per flag, so no atomic instruction is needed. Reading the
     others' slots once their flags are seen relies on stores becoming
     visible in the order they were made, which x86-64 guarantees (total
-    store order) and ARM does not, so elsewhere the gloo barrier stays.
+    store order) and ARM does not, so elsewhere every task joins the TCP ring.
     The wait spins briefly, then yields the core, then sleeps in short
     steps, so ranks that share cores (more workers than cores) still make
     progress. A rank that never arrives (its task died) makes the others
@@ -288,7 +165,7 @@ class _FlagBarrier:
 
 
 class _Segment:
-    """One mapped file: a header with the token, then ``areas`` areas of ``capacity`` bytes (slots, results)."""
+    """One mapped file: a header with the token and flags, then ``areas`` areas of ``capacity`` bytes (slots)."""
 
     def __init__(self, path: str, token: bytes, memory: mmap.mmap, capacity: int) -> None:
         self.path, self.token, self.memory, self.capacity = path, token, memory, capacity
@@ -325,17 +202,6 @@ class _Segment:
         return cls(path, token, memory, capacity)
 
     @classmethod
-    def open_published(cls, published: str, areas: int, capacity: int) -> "_Segment | None":
-        """The segment the creator published as ``path\ntoken``, or ``None`` if this process cannot map it."""
-        if not published:
-            return None
-        path, token = published.split("\n")
-        try:
-            return cls.open(path, bytes.fromhex(token), areas, capacity)
-        except (OSError, ValueError):  # another /dev/shm (a container), or not the creator's file
-            return None
-
-    @classmethod
     def open(cls, path: str, token: bytes, areas: int, capacity: int) -> "_Segment":
         size = _HEADER + areas * capacity
         fd = os.open(path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
@@ -354,10 +220,6 @@ class _Segment:
         offset = _HEADER + half * count * self.capacity
         area = np.frombuffer(self.memory, np.uint8, count * self.capacity, offset)
         return area.reshape(count, self.capacity)[:, :size * dtype.itemsize].view(dtype)
-
-    def result(self, half: int, count: int, dtype: np.dtype, size: int) -> np.ndarray:
-        offset = _HEADER + (2 * count + half) * self.capacity
-        return np.frombuffer(self.memory, dtype, size, offset)
 
     def unlink(self) -> None:
         try:

@@ -1,10 +1,9 @@
 """Synchronous per-step gradient all-reduce in one Spark barrier stage (Horovod-style).
 
 ``num_workers`` barrier tasks live for the whole fit. Every step each sums its
-gradients with the others' (through shared memory on one machine and
-``torch.distributed``/gloo between machines; in Spark's local modes torch is
-not needed at all) and applies the same
-update, so N workers train exactly like one process with an N-times larger
+gradients with the others' (through shared memory on one machine, and an
+authenticated TCP ring between machines: :mod:`sparkeras.comm.collective`)
+and applies the same update, so N workers train exactly like one process with an N-times larger
 batch (see :mod:`sparkeras.worker.allreduce` for unequal partitions and
 BatchNormalization). Keras' ``fit`` under ``MultiWorkerMirroredStrategy`` is
 not used: it fails under Keras 3 (keras-team/keras#20585).
@@ -23,9 +22,7 @@ lists each restart and the epoch it re-ran from.
 
 from __future__ import annotations
 
-import os
 import queue
-import sys
 from dataclasses import replace
 from typing import Any
 
@@ -85,10 +82,9 @@ class AllReduce(Strategy):
             missing slots, instead of waiting for Spark's own barrier
             retries (ten minutes at a time).
         shared_memory: workers on the same machine sum their gradients
-            through shared memory, and only machines talk over gloo's TCP
-            (see :mod:`sparkeras.comm.shared_memory`). ``False`` sends every
-            reduction through gloo. Where shared memory cannot be mapped
-            (a container's own small ``/dev/shm``), gloo is used anyway.
+            through shared memory, and only one worker per machine talks to
+            the other machines, over TCP (see :mod:`sparkeras.comm.collective`).
+            ``False`` makes every worker a member of the TCP ring.
     """
 
     name = "allreduce"
@@ -141,11 +137,8 @@ class AllReduce(Strategy):
                 return
 
     def worker_warm_up(self, spark: Any, num_workers: int) -> WarmUp:
-        """The split gradient step, and ``torch.distributed`` where the collective needs it: each cost a
-        cold worker seconds at the start of its first all-reduce fit, now spent while the data is packed."""
-        settings = self._collective_settings(spark, None)
-        imports = ("torch.distributed",) if settings.needs_gloo(num_workers) else ()
-        return WarmUp(loop="gradients", sync_batch_norm=self.sync_batch_norm, imports=imports)
+        """The split gradient step: traced by a cold worker while the data is packed, not in its first step."""
+        return WarmUp(loop="gradients", sync_batch_norm=self.sync_batch_norm)
 
     def _collective_settings(self, spark: Any, rendezvous: Any) -> CollectiveSettings:
         return CollectiveSettings.for_cluster(spark.sparkContext, rendezvous, self.timeout, self.shared_memory)
@@ -165,10 +158,6 @@ class AllReduce(Strategy):
                 f"strategy='allreduce' supports the Keras backends {', '.join(BACKENDS)}, not "
                 f"{backend!r}; set KERAS_BACKEND to one of them or use strategy='averaging'.")
         check_barrier(spark.sparkContext, num_workers)
-        if self._collective_settings(spark, None).needs_gloo(num_workers) and not has_torch_distributed():
-            raise InputError(
-                "strategy='allreduce' reduces gradients with torch.distributed (gloo); "
-                "install it with: pip install 'sparkeras[allreduce]' (or pip install torch).")
 
     def fit(self, job: TrainingJob) -> None:
         coordinator = _Coordinator(job, Rendezvous(self.timeout))
@@ -205,25 +194,6 @@ class AllReduce(Strategy):
             server.close()
             coordinator.rendezvous.close()
         job.restarts = coordinator.restarts
-
-
-def has_torch_distributed() -> bool:
-    """Whether ``torch.distributed`` is installed, found without importing torch.
-
-    Why. Only the workers reduce; the driver needs to know it is there. Its
-    import took 1.3-1.7 s of the driver's time on the critical path of every
-    first all-reduce fit, before the workers' warm-up could even start.
-    """
-    import importlib.util
-
-    if "torch.distributed" in sys.modules:
-        return True
-    try:
-        spec = importlib.util.find_spec("torch")
-    except (ImportError, ValueError):
-        return False
-    return spec is not None and any(os.path.isfile(os.path.join(folder, "distributed", "__init__.py"))
-                                    for folder in spec.submodule_search_locations or [])
 
 
 def _barrier_input(train: Any, validation: Any, num_workers: int) -> Any:

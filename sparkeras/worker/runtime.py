@@ -409,9 +409,7 @@ class WarmUp:
     ``loop``: ``"window"`` for the traced window loop of
     :mod:`sparkeras.worker.local_steps` (averaging and the parameter-server
     rules), ``"gradients"`` for the split gradient step of the all-reduce
-    (:mod:`sparkeras.worker.backends`). ``imports``: modules the tasks will
-    import (the all-reduce's ``torch.distributed``: 1.5 s per cold worker on
-    2 cores). ``evaluation``: the fit has validation data, so the evaluation
+    (:mod:`sparkeras.worker.backends`). ``evaluation``: the fit has validation data, so the evaluation
     loop is traced too. ``batch_size``: the rows of a step, for a loop that
     is rehearsed once on zeros of that shape. ``hold_seconds``: how long
     the warm-up task may keep its Python worker waiting for the model's build
@@ -420,7 +418,6 @@ class WarmUp:
 
     loop: str = "window"
     sync_batch_norm: bool = False
-    imports: tuple[str, ...] = ()
     evaluation: bool = False
     batch_size: int | None = None
     hold_seconds: float = 0.0
@@ -459,8 +456,6 @@ def warm_up(spec: ModelSpec, backend: str, columns: Any, weighted: bool = False,
                 return
             try:
                 _configure(backend, cpus, gpus)
-                for name in plan.imports:
-                    importlib.import_module(name)
                 ready = model(spec)
                 built.set()
                 if plan.loop == "gradients":
