@@ -61,21 +61,26 @@ def _rank_main(rank: int, hosts: list[str], address: tuple, shared_memory: bool,
 def _run_ranks(hosts: list[str], shared_memory: bool = True) -> dict[int, dict]:
     rendezvous = Rendezvous(timeout=60)
     server = FrameServer("127.0.0.1", rendezvous.handle, 0, "test-rendezvous")
-    spawn = multiprocessing.get_context("spawn")  # fresh interpreters: nothing imported torch before
-    results = spawn.Queue()
     address = (server.address.host, server.address.port, server.address.secret)
-    ranks = [spawn.Process(target=_rank_main, args=(r, hosts, address, shared_memory, results))
-             for r in range(len(hosts))]
     try:
-        for p in ranks:
-            p.start()
-        out = dict(results.get(timeout=240) for _ in ranks)
-        for p in ranks:
-            p.join(timeout=30)
-            assert p.exitcode == 0
+        return _spawned(_rank_main, len(hosts), lambda r, results: (r, hosts, address, shared_memory, results))
     finally:
         server.close()
         rendezvous.close()
+
+
+def _spawned(target, count: int, arguments) -> dict[int, dict]:
+    """Run ``target(*arguments(rank, results))`` in ``count`` fresh interpreters (nothing imported torch
+    before); each puts ``(rank, what it got)`` on ``results``."""
+    spawn = multiprocessing.get_context("spawn")
+    results = spawn.Queue()
+    ranks = [spawn.Process(target=target, args=arguments(r, results)) for r in range(count)]
+    for p in ranks:
+        p.start()
+    out = dict(results.get(timeout=240) for _ in ranks)
+    for p in ranks:
+        p.join(timeout=30)
+        assert p.exitcode == 0
     return out
 
 
@@ -364,16 +369,8 @@ def _machine_rank_main(rank: int, world: int, addresses: "multiprocessing.Queue"
                          ids=["two-ranks", "three-ranks", "no-room-to-grow"])
 def test_the_machine_collective_reduces_and_broadcasts_without_torch(world, starve_growth):
     before = _segments()
-    spawn = multiprocessing.get_context("spawn")  # fresh interpreters: nothing imported torch before
-    addresses, results = spawn.Queue(), spawn.Queue()
-    ranks = [spawn.Process(target=_machine_rank_main, args=(r, world, addresses, results, starve_growth))
-             for r in range(world)]
-    for p in ranks:
-        p.start()
-    out = dict(results.get(timeout=240) for _ in ranks)
-    for p in ranks:
-        p.join(timeout=30)
-        assert p.exitcode == 0
+    addresses = multiprocessing.get_context("spawn").Queue()
+    out = _spawned(_machine_rank_main, world, lambda r, results: (r, world, addresses, results, starve_growth))
     for size in SIZES:
         for dtype in DTYPES:
             parts = [_contribution(r, size, dtype) for r in range(world)]
