@@ -12,6 +12,16 @@ learning-rate rule and warmup. Prints the test metric after every epoch.
     python bench/convergence_study.py mlp '{"K": 2, "window": 32, "momentum": 0.5}' '{"K": 2, "window": 1000, "momentum": 0}'
     python bench/convergence_study.py --allreduce mlp '{"K": 4, "rule": "sqrt", "warmup_epochs": 1}'
     python bench/convergence_study.py --ps mlp '{"K": 2, "rule": "adag"}' '{"K": 2, "rule": "easgd", "rho": 2.5}'
+    python bench/convergence_study.py --seeds 1,2,3 --workers 2,4 mlp cnn signal autoencoder
+
+``--seeds`` compares averaging's two ways to the N-fold step, each with its
+default window, over several seeds, on benchmark tasks and the held-out
+problems of ``bench/more_problems.py``: ``default`` (workers at the user's
+rate, outer momentum ``1 - 1/N``) and ``linear`` (workers at N times the
+rate, no outer momentum: ``learning_rate_scaling="linear"``). Each seed
+reorders every worker's rows (and, for the held-out problems, draws other
+initial weights); one worker with no momentum is the reference. It prints
+each run, then the mean gap to the reference and its range over the seeds.
 
 ``--ps`` runs a parameter-server rule (:mod:`sparkeras.strategies.distributed`)
 with its own ``commit``/``fold``/``apply``: synchronous rules in rounds,
@@ -50,8 +60,12 @@ class _Columns:
         return arrays[0], arrays[1]
 
 
-def _workers(task: Task, x, y, K: int, optimizer=None):
-    """The task's model, and K copies of it, each with its own optimizer and contiguous slice of the rows."""
+def _workers(task: Task, x, y, K: int, optimizer=None, rate_factor: float = 1.0):
+    """The task's model, and K copies of it, each with its own optimizer and contiguous slice of the rows.
+
+    Each copy's optimizer is the model's own (``optimizer`` replaces it), at
+    ``rate_factor`` times its learning rate.
+    """
     import keras
 
     from sparkeras.worker.local_steps import LocalSteps
@@ -61,30 +75,34 @@ def _workers(task: Task, x, y, K: int, optimizer=None):
     workers = []
     for k in range(K):
         m = keras.models.clone_model(base)
-        m.compile(optimizer=(optimizer and optimizer()) or keras.optimizers.Adam.from_config(base.optimizer.get_config()),
+        m.compile(optimizer=(optimizer and optimizer()) or type(base.optimizer).from_config(base.optimizer.get_config()),
                   loss=base.loss)
+        m.optimizer.learning_rate.assign(float(np.asarray(m.optimizer.learning_rate)) * rate_factor)
         m.set_weights(base.get_weights())
         workers.append((m, LocalSteps(m, [x[k * n:(k + 1) * n], y[k * n:(k + 1) * n]], _Columns(), "tensorflow")))
     return base, n, workers
 
 
 def averaging(task: Task, data, K: int, window: int, momentum: float, nesterov: bool = True,
-              outer_learning_rate: float = 1.0, report: str = "center") -> list[float]:
+              outer_learning_rate: float = 1.0, report: str = "center", rate_factor: float = 1.0,
+              seed: int = 0) -> list[float]:
     """``report="center"`` scores the look-ahead center; ``"iterate"`` the center less it (``OuterStep.iterate``).
 
     The strategy reports the iterate when an epoch has at least ``2 K``
-    rounds (``ModelAveraging.reports_iterate``), else the center.
+    rounds (``ModelAveraging.reports_iterate``), else the center. The
+    workers train at ``rate_factor`` times the model's rate; ``seed`` orders
+    their rows.
     """
     from sparkeras.strategies.averaging import OuterStep
 
     (x, y), test = data
-    base, n, workers = _workers(task, x, y, K)
+    base, n, workers = _workers(task, x, y, K, rate_factor=rate_factor)
     center = [np.array(w) for w in base.get_weights()]
     outer = OuterStep(momentum, outer_learning_rate, nesterov, [v.trainable for v in base.weights])
     steps = -(-n // task.batch_size)
     scores = []
     for epoch in range(task.epochs):
-        orders = [np.random.default_rng([0, epoch, k]).permutation(n) for k in range(K)]
+        orders = [np.random.default_rng([seed, epoch, k]).permutation(n) for k in range(K)]
         for start in range(0, steps, window):
             moves = []
             for (m, local), order in zip(workers, orders):
@@ -157,8 +175,79 @@ def parameter_server(task: Task, data, K: int, rule: str, **options) -> list[flo
     return scores
 
 
+def study_task(name: str) -> Task:
+    """A benchmark task, or a held-out problem of ``bench/more_problems.py`` with its own metric."""
+    if name in TASKS:
+        return TASKS[name]
+    import more_problems
+
+    problem = more_problems.PROBLEMS[name]
+
+    def data():
+        x, y = problem.make_data(np.random.default_rng(0))
+        cut = int(0.8 * len(x))
+        return (x[:cut], y[:cut]), (x[cut:], y[cut:])
+
+    return Task(name, data, problem.make_model, problem.metric, problem.epochs, problem.batch_size,
+                problem.higher_is_better)
+
+
+def compare_rules(names: list[str], seeds: list[int], workers: list[int], rules: list[str]) -> None:
+    """Averaging's rules against one worker, over seeds: each run, then the mean gap and its range."""
+    import keras
+
+    from sparkeras.strategies.averaging import ModelAveraging
+
+    gaps: dict[tuple[str, int, str], list[float]] = {}
+    for name in names:
+        task = study_task(name)
+        data = task.make_data()
+        for seed in seeds:
+            def run(K: int, rule: str) -> list[float]:
+                keras.utils.set_random_seed(seed)
+                linear = rule == "linear"
+                window = int(ModelAveraging().window_for(K))
+                momentum = 0.0 if linear or K == 1 else 1.0 - 1.0 / K
+                return averaging(task, data, K, window, momentum, report="iterate" if K > 1 else "center",
+                                 rate_factor=float(K) if linear else 1.0, seed=seed)
+
+            reference = run(1, "default")
+            print(json.dumps({"task": name, "seed": seed, "K": 1, "curve": reference}), flush=True)
+            for K in workers:
+                for rule in rules:
+                    curve = run(K, rule)
+                    print(json.dumps({"task": name, "seed": seed, "K": K, "rule": rule, "curve": curve}), flush=True)
+                    mine, plain = curve[-1], reference[-1]
+                    bounded = task.higher_is_better and plain <= 1.0
+                    gaps.setdefault((name, K, rule), []).append(
+                        100 * (mine - plain) if bounded else 100 * (mine / plain - 1) * (1 if task.higher_is_better else -1))
+    print("gap to one worker at the last epoch, mean [min, max] over the seeds; points, or percent of its error "
+          "for metrics that are not scores in [0, 1]; positive is better")
+    print("| task | workers | " + " | ".join(rules) + " |")
+    print("|---|---|" + "---|" * len(rules))
+    for name in names:
+        for K in workers:
+            cells = [f"{np.mean(g):+.2f} [{min(g):+.1f}, {max(g):+.1f}]" for g in (gaps[(name, K, r)] for r in rules)]
+            print(f"| {name} | {K} | " + " | ".join(cells) + " |", flush=True)
+
+
 def main() -> None:
+    from sparkeras.worker.runtime import import_keras_quietly
+
+    import_keras_quietly()
     args = sys.argv[1:]
+    if args and args[0] == "--seeds":
+        import argparse
+
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--seeds", default="1,2,3")
+        parser.add_argument("--workers", default="2,4")
+        parser.add_argument("--rules", default="default,linear")
+        parser.add_argument("tasks", nargs="+")
+        options = parser.parse_args(args)
+        compare_rules(options.tasks, [int(s) for s in options.seeds.split(",")],
+                      [int(k) for k in options.workers.split(",")], options.rules.split(","))
+        return
     studies = {"--allreduce": allreduce, "--ps": parameter_server}
     study = studies.get(args[0], averaging) if args else averaging
     args = args[1:] if study is not averaging else args

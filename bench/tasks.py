@@ -32,11 +32,14 @@ class Task:
     name: str
     make_data: Callable[[], tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]]
     make_model: Callable[[], Any]
-    metric: str  # "accuracy" or "r2"; higher is better for both
+    metric: str  # "accuracy" or "r2", else a metric the model was compiled with, or "loss"
     epochs: int
     batch_size: int = 64
+    higher_is_better: bool = True
 
     def score(self, model: Any, x: np.ndarray, y: np.ndarray) -> float:
+        if self.metric not in ("accuracy", "r2"):
+            return float(model.evaluate(x, y, batch_size=1024, verbose=0, return_dict=True)[self.metric])
         pred = model.predict(x, batch_size=2048, verbose=0)
         if self.metric == "accuracy":
             return float(np.mean(np.argmax(pred, axis=1) == y))
