@@ -255,7 +255,7 @@ def main() -> None:
         import importlib.util
         spec = importlib.util.spec_from_file_location("variants", os.environ["STUDY_VARIANTS"])
         spec.loader.exec_module(importlib.util.module_from_spec(spec))
-    task = TASKS[args[0]]
+    task = study_task(args[0])
     data = task.make_data()
     for setting in args[1:]:
         print(task.name, setting, study(task, data, **json.loads(setting)), flush=True)

@@ -140,7 +140,8 @@ def _published(rendezvous: Rendezvous, key: str, within: float = 30) -> str:
 
 
 def test_the_ring_drops_a_stranger_and_a_replayed_hello_and_still_forms():
-    """A peer must prove the job's secret over the listener's fresh challenge before it is let into the ring."""
+    """A peer must prove the job's secret over the listener's fresh challenge before it is let into the ring,
+    and a silent stranger does not hold it back."""
     rendezvous = Rendezvous(timeout=30)
     server = FrameServer("127.0.0.1", rendezvous.handle, 0, "test-rendezvous")
     hosts = ["127.0.0.1", "127.0.0.2"]
@@ -160,12 +161,18 @@ def test_the_ring_drops_a_stranger_and_a_replayed_hello_and_still_forms():
             except ConnectionResetError:
                 answer = b""
             assert answer == b""  # dropped without a word
+    silent = socket.create_connection((host, int(port)), timeout=10)  # connects and never says a word
+    assert len(silent.recv(16)) == 16
     second = threading.Thread(target=_join_ring, args=(server.address, 1, hosts, rings))
     second.start()
     first.join(timeout=60)
     second.join(timeout=60)
     try:
         assert all(isinstance(rings[i], LeaderRing) for i in (0, 1)), rings
+        silent.settimeout(0.5)
+        with pytest.raises(socket.timeout):  # still waited on: the peer did not queue behind its handshake
+            silent.recv(1)
+        silent.close()
         sums = [np.arange(10.0) * (i + 1) for i in (0, 1)]
         reducers = [threading.Thread(target=rings[i].allreduce_, args=(sums[i], "sum")) for i in (0, 1)]
         for t in reducers:

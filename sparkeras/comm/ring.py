@@ -18,7 +18,8 @@ connection from the previous one. Both directions prove they hold the
 job's secret by HMAC over a fresh nonce of the other side (the frames of
 :mod:`sparkeras.comm.wire`, keyed with a key derived from the secret), so a
 recorded handshake cannot be replayed and a stranger's connection is
-dropped while the listener keeps waiting for the real peer. After the
+dropped while the listener keeps waiting for the real peer; handshakes run
+side by side, so a silent stranger cannot hold the peer back. After the
 handshake the arrays flow as raw bytes, never pickled; as with Spark's own
 ``spark.authenticate`` without ``spark.network.crypto``, the stream itself
 is not encrypted.
@@ -46,6 +47,7 @@ _UFUNCS = {"sum": np.add, "max": np.maximum, "min": np.minimum}
 _NONCE = 16
 _HANDSHAKE_TIMEOUT = 10.0  # seconds a connecting peer has to prove itself
 _CONNECT_TIMEOUT = 15.0  # seconds to reach a published address before asking the driver again
+_MAX_PENDING = 16  # handshakes a listener runs at once
 
 
 def ring_key(secret: bytes) -> bytes:
@@ -185,13 +187,17 @@ class LeaderRing:
 
 def _accept_previous(listener: socket.socket, key: bytes, stage: int, index: int, previous: int,
                      deadline: float, accepted: dict[str, Any]) -> None:
-    """Accept until the previous leader proves itself (strangers are dropped) or the deadline passes."""
-    while (left := deadline - time.monotonic()) > 0:
-        listener.settimeout(left)
-        try:
-            conn, _ = listener.accept()
-        except OSError:  # the deadline, or the listener closed
-            return
+    """Accept until the previous leader proves itself or the deadline passes.
+
+    Each connection's handshake runs on its own thread, so a stranger that
+    connects and stays silent cannot hold the real peer back; strangers are
+    dropped, at most ``_MAX_PENDING`` handshakes run at once.
+    """
+    done = threading.Event()
+    lock = threading.Lock()
+    pending = threading.BoundedSemaphore(_MAX_PENDING)
+
+    def handshake(conn: socket.socket) -> None:
         try:
             conn.settimeout(_HANDSHAKE_TIMEOUT)
             challenge = secrets.token_bytes(_NONCE)
@@ -200,15 +206,32 @@ def _accept_previous(listener: socket.socket, key: bytes, stage: int, index: int
             if (hello.get("type") != "ring-hello" or hello.get("stage") != stage or hello.get("from") != previous
                     or hello.get("challenge") != challenge.hex()):
                 raise FrameError(f"not the hello of machine {previous} for this stage: {hello}")
-            write_frame(conn, key, {"type": "ring-welcome", "stage": stage, "from": index,
-                                    "challenge": str(hello.get("nonce", ""))})
+            with lock:
+                if done.is_set():
+                    raise FrameError("the ring already has its member")
+                write_frame(conn, key, {"type": "ring-welcome", "stage": stage, "from": index,
+                                        "challenge": str(hello.get("nonce", ""))})
+                conn.settimeout(None)
+                accepted["conn"] = conn
+                done.set()
         except (FrameError, EOFError, OSError) as exc:
             accepted["error"] = f"refused a connection: {exc}"
             conn.close()
+        finally:
+            pending.release()
+
+    while not done.is_set() and (left := deadline - time.monotonic()) > 0:
+        try:
+            listener.settimeout(min(left, 0.2))
+            conn, _ = listener.accept()
+        except socket.timeout:
             continue
-        conn.settimeout(None)
-        accepted["conn"] = conn
-        return
+        except OSError:  # the listener closed
+            return
+        if not pending.acquire(blocking=False):
+            conn.close()  # too many handshakes under way: strangers, most likely
+            continue
+        threading.Thread(target=handshake, args=(conn,), name="sparkeras-ring-handshake", daemon=True).start()
 
 
 def _connect_next(driver: Any, key: bytes, stage: int, index: int, hosts: list[str], deadline: float) -> socket.socket:
