@@ -95,9 +95,14 @@ class LeaderRing:
             waiter.start()
             to_next = _connect_next(driver, key, stage, index, hosts, deadline)
             waiter.join(max(0.0, deadline - time.monotonic()) + 1.0)
+        except BaseException:
+            accepted.setdefault("conn", None)  # a handshake that finishes now keeps its connection to itself
+            if accepted["conn"] is not None:
+                accepted["conn"].close()
+            raise
         finally:
             listener.close()
-        if "conn" not in accepted:
+        if accepted.get("conn") is None:
             to_next.close()
             raise TimeoutError(f"machine {index} ({hosts[index]}): the all-reduce leader of machine {previous} "
                                f"({hosts[previous]}) did not connect within {timeout:g}s"
@@ -207,8 +212,8 @@ def _accept_previous(listener: socket.socket, key: bytes, stage: int, index: int
                     or hello.get("challenge") != challenge.hex()):
                 raise FrameError(f"not the hello of machine {previous} for this stage: {hello}")
             with lock:
-                if done.is_set():
-                    raise FrameError("the ring already has its member")
+                if done.is_set() or "conn" in accepted:
+                    raise FrameError("the ring already has its member, or stopped waiting")
                 write_frame(conn, key, {"type": "ring-welcome", "stage": stage, "from": index,
                                         "challenge": str(hello.get("nonce", ""))})
                 conn.settimeout(None)
