@@ -103,8 +103,9 @@ def test_averaging_momentum_follows_the_worker_count_unless_set():
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"learning_rate_scaling": "sqrt"}, "learning_rate_scaling must be None (the outer momentum makes the N-fold "
-                                        "step) or 'linear' (the workers train at N times the rate), got 'sqrt'"),
+    ({"learning_rate_scaling": "sqrt"}, "learning_rate_scaling must be 'auto' (linear for SGD, the outer momentum "
+                                        "for the Adam family), None (the outer momentum makes the N-fold step) or "
+                                        "'linear' (the workers train at N times the rate), got 'sqrt'"),
     ({"outer_momentum": 1.0}, "outer_momentum must be in [0, 1)"),
     ({"outer_learning_rate": 0}, "outer_learning_rate must be a positive number, got 0"),
     ({"window": 0}, "window must be 'epoch' or a positive number of batches"),
@@ -121,6 +122,26 @@ def test_workers_that_scale_their_own_rate_need_no_outer_momentum_unless_it_is_s
     assert ModelAveraging(learning_rate_scaling="linear", outer_momentum=0.3).momentum(4) == 0.3
     assert ModelAveraging().worker_learning_rate(0.01, 4) == 0.01
     assert ModelAveraging(**scaled.get_config()).learning_rate_scaling == "linear"
+
+
+@pytest.mark.parametrize("optimizer, rule", [
+    (lambda: keras.optimizers.SGD(0.05), "linear"),
+    (lambda: keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True), "linear"),
+    (lambda: keras.optimizers.Adam(1e-3), None),
+    (lambda: keras.optimizers.RMSprop(1e-3), None),
+    (lambda: keras.optimizers.SGD(keras.optimizers.schedules.ExponentialDecay(0.05, 10, 0.9)), None),
+], ids=["sgd", "momentum-sgd", "adam", "rmsprop", "sgd-schedule"])
+def test_the_default_rule_scales_sgds_rate_and_leaves_the_adam_family_to_the_outer_momentum(optimizer, rule):
+    """``learning_rate_scaling="auto"``: Goyal et al.'s linear rule where the optimizer's step is its rate times
+    the gradient; the outer momentum where the step is normalised, or the rate follows a schedule."""
+    strategy = ModelAveraging()
+    model = mlp(seed=1, optimizer=optimizer())
+    assert strategy.scaling_for(model.optimizer) == rule
+    strategy.check_model(model)
+    assert strategy.momentum(4) == (0.0 if rule else 0.75)
+    assert strategy.worker_learning_rate(0.05, 4) == (0.2 if rule else 0.05)
+    assert ModelAveraging(learning_rate_scaling=None).scaling_for(model.optimizer) is None
+    assert ModelAveraging(**strategy.get_config()).learning_rate_scaling == "auto"
 
 
 def test_a_scaled_rate_needs_a_constant_one_and_says_so_before_any_data_is_read(spark):
@@ -306,7 +327,8 @@ def test_averaging_in_one_spark_job_per_window_trains_and_reports_the_same_model
     model = mlp(seed=5, optimizer="sgd")
     want = _simulate_averaging(model, x, y, workers=3, batch=16, window=window, epochs=2, momentum=2 / 3,
                                iterate=iterate)
-    sm = SparkModel(model, strategy=ModelAveraging(window=window), num_workers=3, seed=0)
+    # The outer momentum's rule, which "auto" leaves to the Adam family; plain SGD would get the linear one.
+    sm = SparkModel(model, strategy=ModelAveraging(window=window, learning_rate_scaling=None), num_workers=3, seed=0)
     sm.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
     for got, expected in zip(sm.model.get_weights(), want):
         np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
@@ -327,12 +349,14 @@ def test_workers_that_scale_their_own_rate_train_at_n_times_it_and_the_model_kee
     assert float(sm.model.optimizer.learning_rate) == pytest.approx(0.001)
 
 
-def test_workers_scale_their_own_rate_in_one_spark_job_per_window_too(spark):
-    # 3 workers on local[2]'s 2 slots: each window is a Spark job, each worker at 3 times SGD's rate.
+@pytest.mark.parametrize("scaling", ["linear", "auto"])
+def test_workers_scale_their_own_rate_in_one_spark_job_per_window_too(spark, scaling):
+    # 3 workers on local[2]'s 2 slots: each window is a Spark job, each worker at 3 times SGD's rate:
+    # asked for, or the default rule for SGD.
     x, y = blobs(3 * 96, seed=9)
     model = mlp(seed=5, optimizer="sgd")
     want = _simulate_averaging(model, x, y, workers=3, batch=16, window=4, epochs=2, momentum=0.0, rate_factor=3.0)
-    sm = SparkModel(model, strategy=ModelAveraging(window=4, learning_rate_scaling="linear"), num_workers=3, seed=0)
+    sm = SparkModel(model, strategy=ModelAveraging(window=4, learning_rate_scaling=scaling), num_workers=3, seed=0)
     sm.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
     for got, expected in zip(sm.model.get_weights(), want):
         np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)

@@ -14,6 +14,7 @@ How Elephas' ``mode`` and ``frequency`` map onto sparkeras strategies:
 mode          frequency    sparkeras strategy
 ============  ===========  ==================================================
 synchronous   epoch        ``averaging``: average every window (32 batches for 2 workers), outer momentum step
+                           (with SGD: workers at N times the rate, moves averaged)
 synchronous   batch        ``allreduce``: sum gradients every batch (barrier mode)
 asynchronous  epoch        ``async`` with its default window (4 batches)
 asynchronous  batch        ``async`` with ``window=1``

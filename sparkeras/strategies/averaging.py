@@ -183,20 +183,23 @@ class ModelAveraging(DistributedOptimizer):
             model averaging.
         outer_learning_rate: scales the outer step.
         nesterov: Nesterov momentum for the outer step.
-        learning_rate_scaling: ``"linear"`` has the workers take the N-fold
-            step themselves: each trains at ``num_workers`` times the
+        learning_rate_scaling: how the N-fold step of N workers is made.
+            ``"linear"``: each worker trains at ``num_workers`` times the
             learning rate (the driver's model keeps the user's), and the
             outer momentum defaults to 0, so the driver averages their
-            moves. ``None`` (default): the workers keep the rate and the
-            outer momentum ``1 - 1/N`` builds up the N-fold step. Measured
-            (BENCHMARKS.md, "Problems the defaults were not chosen on"): on
-            models that must first leave a plateau (a noisy Conv1D
-            classifier, a GRU) it follows ``model.fit`` from the first
-            epoch where the momentum's build-up lags, but with 4 workers
-            the benchmark CNN ended 1.6 points lower than with the default
-            (1.2 below ``model.fit``); hence a setting, not the default.
-            Needs a constant learning rate (callbacks may change it), not
-            a schedule.
+            moves: Goyal et al.'s linear scaling rule. ``None``: the workers
+            keep the rate and the outer momentum ``1 - 1/N`` builds up the
+            N-fold step (BMUF). ``"auto"`` (default): ``"linear"`` for
+            optimizers that do not normalise their steps (SGD, with or
+            without momentum) and a constant rate, ``None`` for the Adam
+            family and for schedules. Measured (BENCHMARKS.md, "Averaging's
+            two rules over seeds"): with SGD the linear rule was as close to
+            one process as the momentum or closer on every problem, 2 to 8
+            workers; with Adam neither rule won everywhere: the linear rule
+            followed models that must first leave a plateau (a noisy Conv1D
+            classifier, an autoencoder), while the benchmark CNN with 4
+            workers lost 1.6 points with it. ``"linear"`` needs a constant
+            learning rate (callbacks may change it), not a schedule.
         momentum_bias_correction: correct the outer momentum's start from
             zero, as Adam corrects its moments (:class:`OuterStep`'s
             ``bias_correction``), so the first rounds of a fit already take
@@ -220,14 +223,15 @@ class ModelAveraging(DistributedOptimizer):
     def __init__(self, window: int | str | None = None, outer_momentum: float | None = None,
                  outer_learning_rate: float = 1.0, nesterov: bool = True, timeout: float = 300.0,
                  max_restarts: int = 2, slot_timeout: float = 120.0, momentum_bias_correction: bool = False,
-                 learning_rate_scaling: str | None = None) -> None:
+                 learning_rate_scaling: str | None = "auto") -> None:
         super().__init__(window, timeout, max_restarts, slot_timeout)
         self.momentum_bias_correction = bool(momentum_bias_correction)
-        if learning_rate_scaling not in (None, "linear"):
-            raise InputError(f"ModelAveraging's learning_rate_scaling must be None (the outer momentum makes the "
-                             f"N-fold step) or 'linear' (the workers train at N times the rate), got "
-                             f"{learning_rate_scaling!r}.")
+        if learning_rate_scaling not in (None, "linear", "auto"):
+            raise InputError(f"ModelAveraging's learning_rate_scaling must be 'auto' (linear for SGD, the outer "
+                             f"momentum for the Adam family), None (the outer momentum makes the N-fold step) or "
+                             f"'linear' (the workers train at N times the rate), got {learning_rate_scaling!r}.")
         self.learning_rate_scaling = learning_rate_scaling
+        self._scaling = None if learning_rate_scaling == "auto" else learning_rate_scaling  # this fit's rule
         self.window_setting = window  # None: chosen from the worker count at each fit (window_for)
         if outer_momentum is not None and not (isinstance(outer_momentum, (int, float))
                                                and 0.0 <= outer_momentum < 1.0):
@@ -253,26 +257,40 @@ class ModelAveraging(DistributedOptimizer):
 
     def momentum(self, num_workers: int) -> float:
         """The block momentum used with ``num_workers`` workers: ``1 - 1/N``, or 0 when the workers scale
-        their own rate (``learning_rate_scaling``), unless set."""
+        their own rate (the fit's :meth:`scaling_for`), unless set."""
         if self.outer_momentum is not None:
             return self.outer_momentum
-        return 0.0 if self.learning_rate_scaling else 1.0 - 1.0 / num_workers
+        return 0.0 if self._scaling else 1.0 - 1.0 / num_workers
 
     def worker_learning_rate(self, rate: float, num_workers: int) -> float:
-        """``num_workers`` times the driver's rate with ``learning_rate_scaling='linear'``, else the rate."""
-        return rate * num_workers if self.learning_rate_scaling == "linear" else rate
+        """``num_workers`` times the driver's rate under the linear rule, else the rate."""
+        return rate * num_workers if self._scaling == "linear" else rate
 
-    def check_model(self, model: Any) -> None:
-        """A scaled rate needs a constant one: a schedule is not in the state the workers are handed."""
+    def scaling_for(self, optimizer: Any) -> str | None:
+        """The rule a fit of a model with ``optimizer`` uses: ``"auto"`` is ``"linear"`` for an optimizer
+        that does not normalise its steps, with a constant rate, else ``None``."""
         import keras
 
-        if self.learning_rate_scaling and not isinstance(getattr(model.optimizer, "learning_rate", None),
-                                                         keras.Variable):
+        from sparkeras.worker.learning_rate import is_adaptive
+
+        if self.learning_rate_scaling != "auto":
+            return self.learning_rate_scaling
+        constant = isinstance(getattr(optimizer, "learning_rate", None), keras.Variable)
+        return "linear" if constant and not is_adaptive(optimizer) else None
+
+    def check_model(self, model: Any) -> None:
+        """Choose the fit's rule; an explicit ``"linear"`` needs a constant rate, as a schedule is not in
+        the state the workers are handed."""
+        import keras
+
+        self._scaling = self.scaling_for(model.optimizer)
+        if self._scaling and not isinstance(getattr(model.optimizer, "learning_rate", None), keras.Variable):
             raise InputError(
                 f"ModelAveraging(learning_rate_scaling={self.learning_rate_scaling!r}) scales a constant learning "
                 f"rate, but the model's optimizer ({type(model.optimizer).__name__}) follows a schedule. Compile "
                 "it with a number as learning_rate (a LearningRateScheduler or ReduceLROnPlateau callback may "
-                "still change it), or leave learning_rate_scaling=None.")
+                "still change it), or use learning_rate_scaling='auto' or None, where the outer momentum makes "
+                "the N-fold step.")
 
     def window_for(self, num_workers: int) -> int | str:
         """The window used with ``num_workers`` workers: the one given, else ``128 / num_workers**2`` batches, at least 8.
