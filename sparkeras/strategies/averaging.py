@@ -24,7 +24,10 @@ close enough that the averaged move is a good direction (averaging once per
 epoch lagged by 2.4 points after 10 epochs, and much more early on). The
 window shrinks as ``128 / N**2`` with more workers, down to 8 batches
 (:meth:`ModelAveraging.window_for`), and the momentum is ``1 - 1/N``: both
-come from the worker count, not from a task. When an epoch has many rounds,
+come from the worker count, not from a task. For SGD the workers instead
+take the N-fold step themselves, at N times the rate, with no outer momentum
+(Goyal et al.'s linear rule: ``learning_rate_scaling="auto"``, measured
+level or better on every SGD problem tried). When an epoch has many rounds,
 the model a fit reports and saves is the momentum's iterate, not the
 look-ahead the workers train from (:meth:`ModelAveraging.reports_iterate`).
 BatchNormalization's moving statistics are averaged, not stepped; the
