@@ -202,6 +202,10 @@ def test_bad_allreduce_settings_are_refused_before_training(spark):
             SparkModel(mlp(), strategy=strategy, num_workers=3).fit(unreadable, verbose=0)
     with pytest.raises(InputError, match="timeout must be a positive number"):
         SparkModel(mlp(), strategy="allreduce", timeout=0)
+    for bad in (0, 1.5, True):
+        with pytest.raises(InputError, match=r"min_workers must be a positive number of workers or None \(stop "
+                                             rf"when slots are lost\), got {bad!r}"):
+            AllReduce(min_workers=bad)
     conf = spark.sparkContext._conf  # the running context's own SparkConf, which the check reads
     conf.set("spark.dynamicAllocation.enabled", "true")
     try:
@@ -284,3 +288,14 @@ def test_the_warm_up_rehearsal_puts_every_variable_back(spark):
     for variable, value in zip(variables, before):
         np.testing.assert_array_equal(np.array(variable), value, err_msg=variable.path)
     assert model.optimizer._learning_rate is not model.optimizer.__dict__["_sparkeras_scaled_rate"]  # given back
+
+
+def test_an_elastic_fit_gives_each_remaining_worker_the_partitions_of_the_lost_ones():
+    """Rank ``r`` of ``M`` takes partitions ``r, r + M, ...``: every row still trained, once."""
+    from sparkeras.strategies.allreduce import rows_per_rank
+
+    assert rows_per_rank([10, 11, 12, 13], 4) == (10, 11, 12, 13)
+    assert rows_per_rank([10, 11, 12, 13], 3) == (23, 11, 12)
+    assert rows_per_rank([10, 11, 12, 13], 2) == (22, 24)
+    assert rows_per_rank([10, 11, 12, 13], 1) == (46,)
+    assert AllReduce(min_workers=2).get_config()["min_workers"] == 2

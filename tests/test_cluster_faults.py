@@ -35,7 +35,7 @@ pytestmark = pytest.mark.own_processes
 
 STRATEGIES = ("averaging", "adag", "allreduce")
 FAULTS = ("python_worker", "executor", "worker_daemon")  # the daemon kills last: each needs a restart after
-CASES = [(s, f) for f in FAULTS for s in STRATEGIES]
+CASES = [(s, f) for f in FAULTS for s in STRATEGIES] + [("allreduce-elastic", "worker_daemon")]
 SLOT_TIMEOUT = 10
 
 DRIVER = """
@@ -52,7 +52,8 @@ sc.setLogLevel("OFF")
 x, y = blobs(4000, seed=3)
 make = {{"averaging": lambda: ModelAveraging(window=8, slot_timeout={slot_timeout}),
          "adag": lambda: ADAG(slot_timeout={slot_timeout}),
-         "allreduce": lambda: AllReduce(slot_timeout={slot_timeout}, timeout=60)}}
+         "allreduce": lambda: AllReduce(slot_timeout={slot_timeout}, timeout=60),
+         "allreduce-elastic": lambda: AllReduce(slot_timeout={slot_timeout}, timeout=60, min_workers=1)}}
 for i, (name, fault) in enumerate({cases!r}):
     deadline = time.monotonic() + 120
     while concurrent_slots(sc) < 2 and time.monotonic() < deadline:
@@ -138,6 +139,11 @@ def test_a_fit_survives_the_fault_with_every_epoch_and_a_saved_model(matrix, str
     if strategy == "adag":
         # asynchronous: Spark retries the lost task, which joins the server again and goes on
         assert result["joins"] > 2 * 2, result
+    elif strategy == "allreduce-elastic":  # goes on with the one worker left, which takes both partitions
+        assert result["restarts"][-1]["resumed_at_epoch"] == 2, result
+        assert result["restarts"][-1]["reason"] == (
+            f"allreduce needs 2 task slots at once, but the cluster has had only 1 for {SLOT_TIMEOUT}s; "
+            "continuing with 1 worker(s)"), result
     elif fault == "worker_daemon":  # averaging goes on with the one worker left
         assert [r["resumed_at_epoch"] for r in result["restarts"]] == [2], result
         assert result["restarts"][0]["reason"].startswith(

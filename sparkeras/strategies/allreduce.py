@@ -31,7 +31,7 @@ import numpy as np
 from sparkeras.barrier import DEFAULT_TIMEOUT, CollectiveSettings, check_barrier
 from sparkeras.comm.collective import Rendezvous
 from sparkeras.comm.server import FrameServer
-from sparkeras.errors import InputError, failure_reason, worker_error
+from sparkeras.errors import ClusterCapacityError, InputError, failure_reason, worker_error
 from sparkeras.log import logger
 from sparkeras.serialization import pack_arrays, unpack_arrays
 from sparkeras.session import driver_host
@@ -85,6 +85,15 @@ class AllReduce(Strategy):
             through shared memory, and only one worker per machine talks to
             the other machines, over TCP (see :mod:`sparkeras.comm.collective`).
             ``False`` makes every worker a member of the TCP ring.
+        min_workers: continue elastically, as Horovod's ``run_elastic``:
+            when the cluster has had fewer slots than workers for
+            ``slot_timeout`` seconds, the fit goes on from its last completed
+            epoch with as many workers as there are slots, if at least
+            ``min_workers``; each takes over the partitions of the lost ones
+            (worker ``r`` trains partitions ``r``, ``r + M``, ...), and the
+            learning rate is scaled for the new global batch. ``None``
+            (default) stops with the capacity error instead, since the
+            global batch, and so the model, would change.
     """
 
     name = "allreduce"
@@ -92,9 +101,14 @@ class AllReduce(Strategy):
     def __init__(self, timeout: float = DEFAULT_TIMEOUT, max_restarts: int = 2,
                  checkpoint_dir: str | None = None, sync_batch_norm: bool = True,
                  shared_memory: bool = True, learning_rate_scaling: str | None = "auto",
-                 warmup_epochs: float = 0.25, slot_timeout: float = 120.0) -> None:
+                 warmup_epochs: float = 0.25, slot_timeout: float = 120.0, min_workers: int | None = None) -> None:
         if not isinstance(timeout, (int, float)) or timeout <= 0:
             raise InputError(f"timeout must be a positive number of seconds, got {timeout!r}.")
+        if min_workers is not None and (isinstance(min_workers, bool) or not isinstance(min_workers, int)
+                                        or min_workers < 1):
+            raise InputError(f"min_workers must be a positive number of workers or None (stop when slots are "
+                             f"lost), got {min_workers!r}.")
+        self.min_workers = min_workers
         check_restart_settings(max_restarts, slot_timeout)
         try:
             self.learning_rate_scaling = check_rule(learning_rate_scaling)
@@ -147,7 +161,8 @@ class AllReduce(Strategy):
         return {"timeout": self.timeout, "max_restarts": self.max_restarts,
                 "checkpoint_dir": self.checkpoint_dir, "sync_batch_norm": self.sync_batch_norm,
                 "shared_memory": self.shared_memory, "learning_rate_scaling": self.learning_rate_scaling,
-                "warmup_epochs": self.warmup_epochs, "slot_timeout": self.slot_timeout}
+                "warmup_epochs": self.warmup_epochs, "slot_timeout": self.slot_timeout,
+                "min_workers": self.min_workers}
 
     def check_cluster(self, spark: Any, num_workers: int) -> None:
         import keras
@@ -165,35 +180,63 @@ class AllReduce(Strategy):
         server = FrameServer(driver_host(job.spark), coordinator.handle,
                              lambda h: epoch_limit if h.get("type") == "epoch" else 0, "sparkeras-allreduce")
         settings = self._collective_settings(job.spark, server.address)
-        spec = BarrierSpec(
-            worker=job.spec, collective=settings, epochs=job.epochs, batch_size=job.batch_size,
-            shuffle=job.shuffle, rows=tuple(job.train.stats.rows_per_partition),
-            validation=job.validation is not None, validation_freq=job.validation_freq,
-            sync_batch_norm=self.sync_batch_norm,
-            fail_once=self.fail_once, hold_once=self.hold_once)
-        spec = replace(spec, learning_rate_scale=scale_factor(self.learning_rate_scaling, job.model.optimizer,
-                                                              job.num_workers),
-                       warmup_steps=round(self.warmup_epochs * spec.steps),
-                       start_step=int(np.asarray(job.model.optimizer.iterations)))
-        tagged = _barrier_input(job.train, job.validation, job.num_workers)
+        start_step = int(np.asarray(job.model.optimizer.iterations))
         try:
-            attempt = 1
+            workers, attempt = job.num_workers, 1
+            spec, tagged = self._stage(job, settings, workers, start_step)
+            coordinator.arrange(spec)
             while not coordinator.finished:
-                error = coordinator.run_stage(
-                    lambda: tagged.barrier().mapPartitions(lambda it: train_barrier(spec, it)).collect(),
-                    self.slot_timeout)
-                if error is None:
-                    break
-                failure = worker_error(error, f"training epoch {coordinator.next_epoch + 1}")
-                if isinstance(failure, InputError) or attempt > self.max_restarts:
-                    raise failure
-                attempt += 1
-                coordinator.restarted(attempt, error)
-                wait_for_slots(job, self.name, job.num_workers, self.slot_timeout, coordinator.next_epoch)
+                try:
+                    error = coordinator.run_stage(
+                        lambda: tagged.barrier().mapPartitions(lambda it: train_barrier(spec, it)).collect(),
+                        self.slot_timeout)
+                    if error is None:
+                        break
+                    failure = worker_error(error, f"training epoch {coordinator.next_epoch + 1}")
+                    if isinstance(failure, InputError) or attempt > self.max_restarts:
+                        raise failure
+                    attempt += 1
+                    coordinator.restarted(attempt, error)
+                    wait_for_slots(job, self.name, workers, self.slot_timeout, coordinator.next_epoch)
+                except ClusterCapacityError as lost:
+                    workers = self._workers_left(job, lost)
+                    attempt += 1
+                    coordinator.restarted(attempt, lost, f"continuing with {workers} worker(s)")
+                    spec, tagged = self._stage(job, settings, workers, start_step)
+                    coordinator.arrange(spec)
         finally:
             server.close()
             coordinator.rendezvous.close()
         job.restarts = coordinator.restarts
+
+    def _stage(self, job: TrainingJob, settings: CollectiveSettings, workers: int,
+               start_step: int) -> tuple[BarrierSpec, Any]:
+        """The barrier stage's spec and input for ``workers`` workers; fewer than the fit's partitions
+        (an elastic fit that lost slots) each train several: worker ``r`` those ``p`` with ``p % workers == r``."""
+        rows = rows_per_rank(job.train.stats.rows_per_partition, workers)
+        spec = BarrierSpec(
+            worker=job.spec, collective=settings, epochs=job.epochs, batch_size=job.batch_size,
+            shuffle=job.shuffle, rows=rows, validation=job.validation is not None,
+            validation_freq=job.validation_freq, sync_batch_norm=self.sync_batch_norm,
+            fail_once=self.fail_once, hold_once=self.hold_once)
+        spec = replace(spec, learning_rate_scale=scale_factor(self.learning_rate_scaling, job.model.optimizer,
+                                                              workers),
+                       warmup_steps=round(self.warmup_epochs * spec.steps), start_step=start_step)
+        return spec, _barrier_input(job.train, job.validation, workers)
+
+    def _workers_left(self, job: TrainingJob, lost: ClusterCapacityError) -> int:
+        """How many workers an elastic fit continues with, or ``lost`` raised again when it may not."""
+        from sparkeras.barrier import concurrent_slots
+
+        slots = min(concurrent_slots(job.spark.sparkContext), job.num_workers)
+        if self.min_workers is None or slots < self.min_workers:
+            raise lost
+        return slots
+
+
+def rows_per_rank(partitions: list[int], workers: int) -> tuple[int, ...]:
+    """The rows each of ``workers`` ranks trains: rank ``r`` takes partitions ``r``, ``r + workers``, ..."""
+    return tuple(sum(partitions[p] for p in range(rank, len(partitions), workers)) for rank in range(workers))
 
 
 def _barrier_input(train: Any, validation: Any, num_workers: int) -> Any:
@@ -284,6 +327,12 @@ class _Coordinator:
         self.restarts: list[dict[str, Any]] = job.restarts
         self._reports: queue.Queue = queue.Queue()
         self._began: int | None = None
+        self.rows: tuple[int, ...] = tuple(job.train.stats.rows_per_partition)  # per rank, see arrange
+        self.steps = max(job.steps_per_worker)
+
+    def arrange(self, spec: BarrierSpec) -> None:
+        """The next stage's ranks: their rows and steps, for the epoch figures."""
+        self.rows, self.steps = spec.rows, spec.steps
 
     def handle(self, header: dict[str, Any], payload: bytes) -> tuple[dict[str, Any], bytes] | None:
         kind = header.get("type")
@@ -315,7 +364,7 @@ class _Coordinator:
                 self._reports.put(None)  # the loop below sees the end now, not at its next poll
 
         stage = GroupJob(sc, "allreduce", "sparkeras allreduce", launch_then_wake)
-        watch = SlotWatch(sc, "allreduce", self.job.num_workers, slot_timeout)
+        watch = SlotWatch(sc, "allreduce", len(self.rows), slot_timeout)
         callback_error: BaseException | None = None
         capacity: BaseException | None = None
         while not stage.finished.is_set() or not self._reports.empty():
@@ -344,10 +393,11 @@ class _Coordinator:
             self.finished = True
         return stage.error
 
-    def restarted(self, attempt: int, failure: BaseException) -> None:
+    def restarted(self, attempt: int, failure: BaseException, then: str = "") -> None:
         """Record a relaunch; callbacks saw ``on_epoch_begin`` for the epoch already, so only the bar restarts."""
+        reason = failure_reason(failure)
         self.restarts.append({"attempt": attempt, "resumed_at_epoch": self.next_epoch + 1,
-                              "reason": failure_reason(failure)})
+                              "reason": f"{reason.split(' (', 1)[0]}; {then}" if then else reason})
         logger.warning("epoch %d runs again (attempt %d): %s", self.next_epoch + 1, attempt,
                        self.restarts[-1]["reason"])
         if self._began == self.next_epoch:
@@ -363,7 +413,7 @@ class _Coordinator:
         arrays = unpack_arrays(payload)
         epoch, k, m = int(header["epoch"]), int(header["state"]), int(header["train_metrics"])
         self.job.state = arrays[:k]
-        rows, steps = self.job.train.stats.rows_per_partition, max(self.job.steps_per_worker)
+        rows, steps = self.rows, self.steps
         for rank, figures in enumerate(header.get("workers") or []):
             self.job.add_worker_figures(rank, rows[rank] if rank < len(rows) else 0, steps, dict(figures))
         stop = self.job.end_epoch(epoch, arrays[k:k + m], arrays[k + m:] if header.get("validation") else None)
