@@ -187,15 +187,35 @@ def test_the_ring_drops_a_stranger_and_a_replayed_hello_and_still_forms():
         server.close()
 
 
-def test_a_leader_given_a_dead_address_asks_again_and_joins_the_live_one(monkeypatch):
+def _impostor() -> int:
+    """A port where something else listens: it takes a connection, sends a challenge and hangs up."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        with listener:
+            conn, _ = listener.accept()
+            with conn:
+                conn.sendall(b"x" * 16)
+                conn.recv(4096)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener.getsockname()[1]
+
+
+@pytest.mark.parametrize("earlier", ["dead", "taken"])
+def test_a_leader_given_a_stale_address_asks_again_and_joins_the_live_one(monkeypatch, earlier):
+    """An earlier attempt's address where nobody listens, or where another process listens now."""
     monkeypatch.setattr(ring_module, "_CONNECT_TIMEOUT", 1.0)
-    with socket.socket() as probe:  # a port nobody listens on once closed
-        probe.bind(("127.0.0.1", 0))
-        dead = probe.getsockname()[1]
+    if earlier == "dead":
+        with socket.socket() as probe:  # a port nobody listens on once closed
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+    else:
+        port = _impostor()
     rendezvous = Rendezvous(timeout=30)
     server = FrameServer("127.0.0.1", rendezvous.handle, 0, "test-rendezvous")
     rendezvous.handle({"type": "publish", "stage": 11, "key": "ring1", "lookups": 1,
-                       "address": f"127.0.0.1:{dead}"}, b"")  # an earlier attempt's leader 1
+                       "address": f"127.0.0.1:{port}"}, b"")  # an earlier attempt's leader 1
     hosts = ["127.0.0.1", "127.0.0.2"]
     rings: dict = {}
     first = threading.Thread(target=_join_ring, args=(server.address, 0, hosts, rings))

@@ -240,7 +240,8 @@ def _accept_previous(listener: socket.socket, key: bytes, stage: int, index: int
 
 
 def _connect_next(driver: Any, key: bytes, stage: int, index: int, hosts: list[str], deadline: float) -> socket.socket:
-    """Connect to the next leader and check it holds the secret; a dead publication is reported stale."""
+    """Connect to the next leader and check it holds the secret; a publication where nobody listens, or
+    where something else answers, is reported stale and the driver asked again."""
     following = (index + 1) % len(hosts)
     while True:
         left = deadline - time.monotonic()
@@ -264,14 +265,13 @@ def _connect_next(driver: Any, key: bytes, stage: int, index: int, hosts: list[s
             write_frame(conn, key, {"type": "ring-hello", "stage": stage, "from": index,
                                     "challenge": challenge.hex(), "nonce": nonce.hex()})
             welcome, _ = read_frame(conn, key, 0)
-        except (FrameError, EOFError, OSError) as exc:
-            conn.close()
-            raise ConnectionError(f"machine {index} ({hosts[index]}): the all-reduce leader published for machine "
-                                  f"{following} at {address} failed the handshake: {exc}") from None
-        if welcome.get("type") != "ring-welcome" or welcome.get("challenge") != nonce.hex() \
-                or welcome.get("from") != following:
-            conn.close()
-            raise ConnectionError(f"machine {index} ({hosts[index]}): {address} did not answer as machine "
-                                  f"{following}'s all-reduce leader")
-        conn.settimeout(None)
-        return conn
+            answered = (welcome.get("type") == "ring-welcome" and welcome.get("challenge") == nonce.hex()
+                        and welcome.get("from") == following)
+        except (FrameError, EOFError, OSError):
+            answered = False
+        if answered:
+            conn.settimeout(None)
+            return conn
+        # Not the peer: an earlier attempt's port, since taken by another process (another fit's ring, say).
+        conn.close()
+        driver.call({"type": "stale", "stage": stage, "key": f"ring{following}", "address": address})
