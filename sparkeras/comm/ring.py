@@ -145,18 +145,28 @@ class LeaderRing:
         send, receive = memoryview(out.view(np.uint8)), memoryview(into.view(np.uint8))
         sent = got = 0
         last = time.monotonic()
+        poll, reading, writing = select.poll(), self._previous.fileno(), self._next.fileno()
         while sent < len(send) or got < len(receive):
-            readers = [self._previous] if got < len(receive) else []
-            writers = [self._next] if sent < len(send) else []
+            receiving, sending = got < len(receive), sent < len(send)
+            for fd, wanted, event in ((reading, receiving, select.POLLIN), (writing, sending, select.POLLOUT)):
+                if wanted:
+                    poll.register(fd, event)  # poll, not select: a worker may hold more than 1,024 descriptors
+                else:
+                    try:
+                        poll.unregister(fd)
+                    except KeyError:
+                        pass
             left = last + self.timeout - time.monotonic()
             if left <= 0:
                 waited = (f"bytes from machine {(self.index - 1) % self.count} "
-                          f"({self.hosts[(self.index - 1) % self.count]})" if readers else
+                          f"({self.hosts[(self.index - 1) % self.count]})" if receiving else
                           f"machine {(self.index + 1) % self.count} ({self.hosts[(self.index + 1) % self.count]}) "
                           "to take bytes")
                 raise TimeoutError(f"machine {self.index} ({self.hosts[self.index]}): waited {self.timeout:g}s "
                                    f"for {waited} in an all-reduce")
-            readable, writable, _ = select.select(readers, writers, [], left)
+            ready = dict(poll.poll(left * 1000))
+            writable = sending and ready.get(writing, 0) & (select.POLLOUT | select.POLLERR | select.POLLHUP)
+            readable = receiving and ready.get(reading, 0) & (select.POLLIN | select.POLLERR | select.POLLHUP)
             if writable:
                 try:
                     sent += self._next.send(send[sent:sent + (1 << 20)])
