@@ -140,8 +140,8 @@ def test_a_fit_survives_the_fault_with_every_epoch_and_a_saved_model(matrix, str
         # asynchronous: Spark retries the lost task, which joins the server again and goes on
         assert result["joins"] > 2 * 2, result
     elif strategy == "allreduce-elastic":  # goes on with the one worker left, which takes both partitions
-        assert result["restarts"][-1]["resumed_at_epoch"] == 2, result
-        assert result["restarts"][-1]["reason"] == (
+        assert [r["resumed_at_epoch"] for r in result["restarts"]] == [2], result  # one relaunch, one entry
+        assert result["restarts"][0]["reason"].endswith(
             f"allreduce needs 2 task slots at once, but the cluster has had only 1 for {SLOT_TIMEOUT}s; "
             "continuing with 1 worker(s)"), result
     elif fault == "worker_daemon":  # averaging goes on with the one worker left

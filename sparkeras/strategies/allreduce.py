@@ -186,6 +186,7 @@ class AllReduce(Strategy):
             spec, tagged = self._stage(job, settings, workers, start_step)
             coordinator.arrange(spec)
             while not coordinator.finished:
+                error = None
                 try:
                     error = coordinator.run_stage(
                         lambda: tagged.barrier().mapPartitions(lambda it: train_barrier(spec, it)).collect(),
@@ -195,13 +196,13 @@ class AllReduce(Strategy):
                     failure = worker_error(error, f"training epoch {coordinator.next_epoch + 1}")
                     if isinstance(failure, InputError) or attempt > self.max_restarts:
                         raise failure
+                    wait_for_slots(job, self.name, workers, self.slot_timeout, coordinator.next_epoch)
                     attempt += 1
                     coordinator.restarted(attempt, error)
-                    wait_for_slots(job, self.name, workers, self.slot_timeout, coordinator.next_epoch)
-                except ClusterCapacityError as lost:
+                except ClusterCapacityError as lost:  # one relaunch, one entry: the failure, then the shrink
                     workers = self._workers_left(job, lost)
                     attempt += 1
-                    coordinator.restarted(attempt, lost, f"continuing with {workers} worker(s)")
+                    coordinator.restarted(attempt, lost, f"continuing with {workers} worker(s)", error)
                     spec, tagged = self._stage(job, settings, workers, start_step)
                     coordinator.arrange(spec)
         finally:
@@ -393,11 +394,19 @@ class _Coordinator:
             self.finished = True
         return stage.error
 
-    def restarted(self, attempt: int, failure: BaseException, then: str = "") -> None:
-        """Record a relaunch; callbacks saw ``on_epoch_begin`` for the epoch already, so only the bar restarts."""
+    def restarted(self, attempt: int, failure: BaseException, then: str = "",
+                  after: BaseException | None = None) -> None:
+        """Record a relaunch; callbacks saw ``on_epoch_begin`` for the epoch already, so only the bar restarts.
+
+        ``then`` says how the fit goes on (the capacity ``failure``'s details
+        left out), ``after`` what failed the stage before the slots were lost.
+        """
         reason = failure_reason(failure)
-        self.restarts.append({"attempt": attempt, "resumed_at_epoch": self.next_epoch + 1,
-                              "reason": f"{reason.split(' (', 1)[0]}; {then}" if then else reason})
+        if then:
+            reason = f"{reason.split(' (', 1)[0]}; {then}"
+        if after is not None:
+            reason = f"{failure_reason(after)}; then {reason}"
+        self.restarts.append({"attempt": attempt, "resumed_at_epoch": self.next_epoch + 1, "reason": reason})
         logger.warning("epoch %d runs again (attempt %d): %s", self.next_epoch + 1, attempt,
                        self.restarts[-1]["reason"])
         if self._began == self.next_epoch:
