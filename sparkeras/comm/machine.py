@@ -72,7 +72,7 @@ class _MachineSlots(SlotReducer):
         super().__init__(rank, size, chunk_bytes, timeout)
         self._growths = 0
         if segment is not None:
-            self._adopt(segment, segment.capacity, True)
+            self._adopt(segment, segment.capacity)
 
     def _barrier(self) -> None:
         self._flags.wait()
@@ -114,7 +114,7 @@ class _MachineSlots(SlotReducer):
                 grown.close()
             self.chunk_bytes = self._capacity  # larger buffers go through this segment in chunks
             return True
-        self._adopt(grown, capacity, True)
+        self._adopt(grown, capacity)
         return True
 
     def broadcast_(self, raw: np.ndarray, root: int) -> None:

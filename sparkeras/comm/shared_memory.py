@@ -59,13 +59,13 @@ class SlotReducer:
         self._calls = 0
         self.enabled = True
 
-    def _adopt(self, segment: "_Segment | None", capacity: int, flags: bool) -> None:
-        """Reduce through ``segment`` from now on; every rank switches at the same call."""
+    def _adopt(self, segment: "_Segment | None", capacity: int) -> None:
+        """Reduce through ``segment`` from now on, meeting at its flags; every rank switches at the same call."""
         self._flags = None
         if self._segment is not None:
             self._segment.close()
         self._segment, self._capacity = segment, capacity
-        if flags and segment is not None and self.local_size > 1:
+        if segment is not None and self.local_size > 1:
             self._flags = _FlagBarrier(segment.memory, self.local_rank, self.local_size, self.timeout)
 
     def _barrier(self) -> None:
