@@ -71,6 +71,7 @@ class LeaderRing:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn.setblocking(False)
         self._scratch = np.empty(0, np.uint8)
+        self._poll, self._events = select.poll(), {}
 
     @classmethod
     def join(cls, driver: Any, stage: int, index: int, hosts: list[str], secret: bytes,
@@ -140,22 +141,40 @@ class LeaderRing:
         """Send ``out`` to the next leader while receiving ``into`` from the previous one.
 
         Both at once from one thread, so two leaders that send each other
-        more than their sockets buffer cannot block each other.
+        more than their sockets buffer cannot block each other. Each pass
+        tries both sockets first and waits only when neither moved: a small
+        buffer then costs no wait at all.
         """
         send, receive = memoryview(out.view(np.uint8)), memoryview(into.view(np.uint8))
         sent = got = 0
         last = time.monotonic()
-        poll, reading, writing = select.poll(), self._previous.fileno(), self._next.fileno()
+        reading, writing = self._previous.fileno(), self._next.fileno()
         while sent < len(send) or got < len(receive):
+            moved = False
+            if sent < len(send):
+                try:
+                    sent += self._next.send(send[sent:sent + (1 << 20)])
+                    moved = True
+                except BlockingIOError:
+                    pass
+                except OSError as exc:
+                    raise self._lost(self.index + 1, exc) from None
+            if got < len(receive):
+                try:
+                    k = self._previous.recv_into(receive[got:])
+                except BlockingIOError:
+                    k = -1
+                except OSError as exc:
+                    raise self._lost(self.index - 1, exc) from None
+                if k == 0:
+                    raise self._lost(self.index - 1, "connection closed")
+                if k > 0:
+                    got += k
+                    moved = True
+            if moved:
+                last = time.monotonic()
+                continue
             receiving, sending = got < len(receive), sent < len(send)
-            for fd, wanted, event in ((reading, receiving, select.POLLIN), (writing, sending, select.POLLOUT)):
-                if wanted:
-                    poll.register(fd, event)  # poll, not select: a worker may hold more than 1,024 descriptors
-                else:
-                    try:
-                        poll.unregister(fd)
-                    except KeyError:
-                        pass
             left = last + self.timeout - time.monotonic()
             if left <= 0:
                 waited = (f"bytes from machine {(self.index - 1) % self.count} "
@@ -164,28 +183,22 @@ class LeaderRing:
                           "to take bytes")
                 raise TimeoutError(f"machine {self.index} ({self.hosts[self.index]}): waited {self.timeout:g}s "
                                    f"for {waited} in an all-reduce")
-            ready = dict(poll.poll(left * 1000))
-            writable = sending and ready.get(writing, 0) & (select.POLLOUT | select.POLLERR | select.POLLHUP)
-            readable = receiving and ready.get(reading, 0) & (select.POLLIN | select.POLLERR | select.POLLHUP)
-            if writable:
-                try:
-                    sent += self._next.send(send[sent:sent + (1 << 20)])
-                except BlockingIOError:
-                    pass
-                except OSError as exc:
-                    raise self._lost(self.index + 1, exc) from None
-                last = time.monotonic()
-            if readable:
-                try:
-                    k = self._previous.recv_into(receive[got:])
-                except BlockingIOError:
-                    continue
-                except OSError as exc:
-                    raise self._lost(self.index - 1, exc) from None
-                if k == 0:
-                    raise self._lost(self.index - 1, "connection closed")
-                got += k
-                last = time.monotonic()
+            self._watch(reading, select.POLLIN if receiving else 0)
+            self._watch(writing, select.POLLOUT if sending else 0)
+            self._poll.poll(left * 1000)
+
+    def _watch(self, fd: int, events: int) -> None:
+        """Poll ``fd`` for ``events`` (0: not at all), telling the kernel only when that changes.
+
+        ``poll``, not ``select``: a worker may hold more than 1,024 descriptors.
+        """
+        if self._events.get(fd, 0) == events:
+            return
+        if events:
+            self._poll.register(fd, events)
+        else:
+            self._poll.unregister(fd)
+        self._events[fd] = events
 
     def _lost(self, peer: int, why: Any) -> ConnectionError:
         peer %= self.count
