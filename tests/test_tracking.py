@@ -71,6 +71,20 @@ def test_mlflow_run_holds_params_epoch_metrics_timings_and_a_reloadable_model(tr
     assert linked["val_loss"] == (1, history.history["val_loss"][1]), linked
     assert linked["accuracy"] == (1, history.history["accuracy"][1]), linked
     assert logged.params["strategy"] == "averaging" and logged.params["batch_size"] == "32"
+    # The flavor's files, uploaded while training went on, are those mlflow.keras.save_model writes, and
+    # the MLmodel, written last, has the signature and the size of the weights saved at the end.
+    from mlflow.models import Model
+
+    local = mlflow.artifacts.download_artifacts(logger.model_uri, dst_path=str(tmp / "downloaded"))
+    mlflow.keras.save_model(sm.model, str(tmp / "reference"))
+    files = lambda root: sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
+    assert files(local) == files(str(tmp / "reference")), files(local)
+    described, reference = Model.load(os.path.join(local, "MLmodel")), Model.load(str(tmp / "reference" / "MLmodel"))
+    assert described.flavors == reference.flavors and described.model_id == logged.model_id
+    spec = described.signature.inputs.to_dict()[0]["tensor-spec"]
+    assert spec["dtype"] == "float32" and list(spec["shape"]) == [-1, x.shape[1]]
+    data = os.path.join(local, "data")
+    assert described.model_size_bytes == sum(os.path.getsize(os.path.join(data, f)) for f in os.listdir(data))
 
 
 def test_the_logged_model_and_its_metrics_are_the_restored_epochs(tracked):

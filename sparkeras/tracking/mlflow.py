@@ -514,8 +514,8 @@ class SavedKerasFile:
 
     The model is logged in the background, after ``fit`` has returned and
     the caller may be training it further, so :meth:`of` fixes its weights
-    on the fit's thread by saving it (9 ms for an MLP, with :func:`save_keras`), with its
-    signature. MLflow's Keras flavor calls only ``model.save(path)`` on the
+    on the fit's thread by saving it (9 ms for an MLP, with :func:`save_keras`),
+    with its signature. MLflow's Keras flavor calls only ``model.save(path)`` on the
     model it is given (MLflow 3.x), so passing this moves the file into the
     flavor's directory instead of serializing the model a second time. (A
     copy of the config and weights, rebuilt on the writer thread, cost as
@@ -544,6 +544,62 @@ class SavedKerasFile:
 
     def cleanup(self) -> None:
         self._directory.cleanup()
+
+
+class _NoModelYet:
+    """Stands for the model in ``mlflow.keras.save_model`` while the flavor's other files are made: saves nothing."""
+
+    def save(self, path: str, **kwargs: Any) -> None:
+        open(path, "wb").close()
+
+
+class FlavorFiles:
+    """The Keras flavor's files other than the model's own, uploaded while training goes on.
+
+    ``mlflow.keras.save_model`` writes, beside the ``.keras`` file, the
+    ``MLmodel`` description, the environment files and the Keras module's
+    name; with the upload and the artifact store's lookup, that was 10-15 ms
+    of the writer's CPU after ``fit`` returned, which the fit waited for. None
+    of it depends on the weights, so :meth:`upload` makes and uploads it when
+    the LoggedModel is created, and :meth:`complete` uploads only the
+    ``.keras`` file and then the ``MLmodel`` (last, with the model's size).
+    """
+
+    def __init__(self, description: Any, data_bytes: int) -> None:
+        self.description, self.data_bytes = description, data_bytes
+
+    @classmethod
+    def upload(cls, client: Any, model_id: str, description: Any) -> "FlavorFiles":
+        import logging
+
+        import mlflow
+        from mlflow.models.model import MLMODEL_FILE_NAME
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "model")
+            warns = logging.getLogger("mlflow.keras.save")  # of the signature, which complete() adds
+            level, warns.level = warns.level, logging.ERROR
+            try:
+                mlflow.keras.save_model(_NoModelYet(), path, mlflow_model=description, pip_requirements=_requirements())
+            finally:
+                warns.setLevel(level)
+            os.remove(os.path.join(path, MLMODEL_FILE_NAME))
+            os.remove(os.path.join(path, _KERAS_DATA, _KERAS_FILE))
+            client.log_model_artifacts(model_id, path)
+        return cls(description, int(description.model_size_bytes or 0))  # the data folder's other files
+
+    def complete(self, client: Any, model_id: str, saved: SavedKerasFile) -> None:
+        from mlflow.models.model import MLMODEL_FILE_NAME
+
+        client.log_model_artifact(model_id, saved.path, _KERAS_DATA)
+        self.description.signature = saved.signature
+        self.description.model_size_bytes = self.data_bytes + os.path.getsize(saved.path)
+        with tempfile.TemporaryDirectory() as tmp:
+            self.description.save(os.path.join(tmp, MLMODEL_FILE_NAME))
+            client.log_model_artifact(model_id, os.path.join(tmp, MLMODEL_FILE_NAME))
+
+
+_KERAS_DATA, _KERAS_FILE = "data", "model.keras"  # where mlflow.keras.save_model puts the .keras file (MLflow 3.x)
 
 
 def _metric_points(metrics: Mapping[str, Any] | None, timestamp: int, step: int, **ids: str) -> list[Any]:
@@ -577,7 +633,9 @@ class LoggedKerasModel:
 
     The signature comes from the model's input and output shapes, and the
     requirements are the installed Keras and backend versions, so MLflow
-    need not run the model in a subprocess to infer them (6 s).
+    need not run the model in a subprocess to infer them (6 s). The
+    flavor's files other than the ``.keras`` file and the ``MLmodel`` are
+    made and uploaded right after the creation (:class:`FlavorFiles`).
     """
 
     def __init__(self, run: RunHandle, name: str = "model", params: Mapping[str, Any] | None = None) -> None:
@@ -585,6 +643,7 @@ class LoggedKerasModel:
         self.model_id: str | None = None
         self.artifact_location: str | None = None
         self.linked = False  # the run's output, with its epoch's metrics
+        self._flavor: FlavorFiles | None = None
         texts = {k: _text(v) for k, v in (params or {}).items() if v is not None}
         run.submit(lambda: self._create(texts))
 
@@ -592,6 +651,16 @@ class LoggedKerasModel:
         logged = self.run.client.create_logged_model(self.run.experiment_id, name=self.name,
                                                      source_run_id=self.run.run_id, params=params)
         self.model_id, self.artifact_location = logged.model_id, logged.artifact_location
+        try:
+            self._flavor = FlavorFiles.upload(self.run.client, self.model_id, self._description())
+        except Exception as exc:  # noqa: BLE001 - finish() writes them all at the end instead
+            logger.debug("the Keras flavor's files could not be prepared: %s", exc)
+
+    def _description(self) -> Any:
+        from mlflow.models import Model
+
+        return Model(artifact_path=self.artifact_location, model_uuid=self.model_id, run_id=self.run.run_id,
+                     model_id=self.model_id)
 
     @property
     def uri(self) -> str:
@@ -634,25 +703,27 @@ class LoggedKerasModel:
         """
         import mlflow
         from mlflow.entities import LoggedModelStatus
-        from mlflow.models import Model
 
+        saved = model
         try:
             if not self.linked:
                 self.link(step, metrics, timestamp)
-            signature = model.signature if isinstance(model, SavedKerasFile) else _signature(model)
-            with tempfile.TemporaryDirectory() as tmp:
-                path = os.path.join(tmp, "model")
-                description = Model(artifact_path=self.artifact_location, model_uuid=self.model_id,
-                                    run_id=self.run.run_id, model_id=self.model_id)
-                mlflow.keras.save_model(model, path, mlflow_model=description, signature=signature,
-                                        pip_requirements=_requirements())
-                self.run.client.log_model_artifacts(self.model_id, path)
+            if not isinstance(saved, SavedKerasFile):
+                saved = SavedKerasFile.of(model)
+            if self._flavor is not None:
+                self._flavor.complete(self.run.client, self.model_id, saved)
+            else:
+                with tempfile.TemporaryDirectory() as tmp:
+                    path = os.path.join(tmp, "model")
+                    mlflow.keras.save_model(saved, path, mlflow_model=self._description(), signature=saved.signature,
+                                            pip_requirements=_requirements())
+                    self.run.client.log_model_artifacts(self.model_id, path)
         except BaseException:
             self._failed()
             raise
         finally:
-            if isinstance(model, SavedKerasFile):
-                model.cleanup()
+            if isinstance(saved, SavedKerasFile):
+                saved.cleanup()
         self._finalize(LoggedModelStatus.READY)
         return self.uri
 
