@@ -578,7 +578,8 @@ class FlavorFiles:
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "model")
             warns = logging.getLogger("mlflow.keras.save")  # of the signature, which complete() adds
-            level, warns.level = warns.level, logging.ERROR
+            level = warns.level
+            warns.setLevel(logging.ERROR)  # setLevel, not the attribute: it also clears the logger's cached checks
             try:
                 mlflow.keras.save_model(_NoModelYet(), path, mlflow_model=description, pip_requirements=_requirements())
             finally:
