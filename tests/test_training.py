@@ -94,6 +94,37 @@ def test_history_has_train_and_validation_metrics_and_callbacks_run(spark):
     assert direct["loss"] == pytest.approx(history.history["val_loss"][-1], abs=1e-5)
 
 
+@pytest.mark.parametrize("strategy", ["averaging", "async"])
+def test_small_validation_data_is_scored_on_the_driver_as_the_workers_would(spark, strategy, monkeypatch):
+    """Small validation data is read once and scored on the driver: the same figures, one Spark job per fit
+    instead of one per epoch; above the size limit the workers score it, as before."""
+    from sparkeras.training import DriverValidation
+
+    x, y = blobs(1200, seed=5)
+    val = (x[900:], y[900:])
+    sc = spark.sparkContext
+
+    def fit(group):
+        sc.setJobGroup(group, "validation test")
+        try:
+            sm = SparkModel(mlp(seed=3), strategy=strategy, num_workers=2, seed=0)
+            history = sm.fit(x[:900], y[:900], epochs=4, batch_size=32, verbose=0, validation_data=val)
+        finally:
+            sc.setLocalProperty("spark.jobGroup.id", None)
+        direct = sm.model.evaluate(*val, verbose=0, return_dict=True)  # the model of the last epoch
+        return history.history, direct, len(sc.statusTracker().getJobIdsForGroup(group))
+
+    driver, driver_direct, driver_jobs = fit(f"driver-{strategy}")
+    monkeypatch.setattr(DriverValidation, "MAX_BYTES", 0)
+    workers, workers_direct, worker_jobs = fit(f"workers-{strategy}")
+    for history, direct in ((driver, driver_direct), (workers, workers_direct)):
+        assert history["val_loss"][-1] == pytest.approx(direct["loss"], abs=1e-5)
+        assert history["val_accuracy"][-1] == pytest.approx(direct["accuracy"], abs=1e-6)
+    if strategy == "averaging":  # synchronous rounds: the same model both times
+        assert driver["val_loss"] == pytest.approx(workers["val_loss"], abs=1e-5)
+    assert worker_jobs - driver_jobs == 4 - 1  # one job per epoch, against one that reads the data once
+
+
 def test_early_stopping_stops_the_fit(spark):
     import keras
 
