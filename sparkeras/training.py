@@ -157,10 +157,10 @@ class DriverValidation:
     (:func:`~sparkeras.worker.local_steps.evaluate_arrays`): the same
     loss and metric totals.
 
-    What it costs instead: the read (60-100 ms) and the trace of the
-    driver's evaluation loop for the user's model (170-200 ms, once per
-    fit: the workers keep theirs from fit to fit), then 6-7 ms an epoch.
-    Measured over 10 epochs of that fit: 1.3-1.4 s in all. On a CNN with
+    What it costs instead: the read (50-100 ms) and the trace of the
+    driver's evaluation loop for the user's model (120-200 ms, once per
+    fit: the workers keep theirs from fit to fit), then 5-7 ms an epoch.
+    Measured over 10 epochs of that fit: 1.4-1.6 s in all. On a CNN with
     1,300 validation images (4 MB) an epoch's scoring took 65-95 ms on the
     driver against 115-180 ms by the job. Hence only for fits that score
     at least :data:`MIN_EPOCHS` epochs, for the TensorFlow backend (the
@@ -180,7 +180,7 @@ class DriverValidation:
     def suits(cls, prepared: PreparedData, backend: str, epochs: int) -> bool:
         """Whether ``prepared`` is small, plain data that the driver can score with ``backend``, ``epochs`` times."""
         bindings = prepared.columns.bindings
-        if epochs < cls.MIN_EPOCHS or backend != "tensorflow" or any(
+        if epochs < cls.MIN_EPOCHS or backend != "tensorflow" or not prepared.stats.rows or any(
                 b.size is None or b.image is not None for b in bindings):
             return False
         row_bytes = sum(b.size * np.dtype(b.dtype).itemsize for b in bindings)
