@@ -98,10 +98,13 @@ def main() -> None:
             x, y, validation_data=(vx, vy), epochs=args.epochs, batch_size=32, verbose=0))
             for _ in range(args.repeats)]
         plain_s, plain_acc = float(np.median([p[0] for p in plain])), plain[-1][1]
-        frame = spark.createDataFrame([(r.tolist(), int(v)) for r, v in zip(x, y)], ["features", "label"])
-        frame = frame.repartition(2).cache()
-        val = spark.createDataFrame([(r.tolist(), int(v)) for r, v in zip(vx, vy)], ["features", "label"]).cache()
-        frame.count(), val.count()
+        def cached(a, b, partitions):
+            rows = [(r.tolist(), int(v)) for r, v in zip(a, b)]
+            frame = spark.createDataFrame(rows, ["features", "label"]).repartition(partitions).cache()
+            frame.count()
+            return frame
+
+        frame, val = cached(x, y, 2), cached(vx, vy, 1)
         for strategy in args.strategies.split(","):
             def fit():
                 return SparkModel(make_model(x.shape[1], classes), strategy=strategy, num_workers=2, seed=0).fit(
@@ -126,7 +129,8 @@ def main() -> None:
                              "ratio_warm": round(plain_s / warm_s, 2), "plain_val_accuracy": round(plain_acc, 4),
                              "val_accuracy": round(warm[-1][1], 4),
                              "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"})
-        frame.unpersist(), val.unpersist()
+        frame.unpersist()
+        val.unpersist()
 
     print("\n| problem | strategy | plain (s) | sparkeras first fit (s) | warm (s) | ratio, warm | val accuracy, plain / sparkeras |")
     print("|---|---|---|---|---|---|---|")

@@ -195,10 +195,8 @@ class DriverValidation:
             partitions = prepared.blocks.glom().collect()
         except Exception as exc:  # noqa: BLE001 - translated, never swallowed
             raise worker_error(exc, "reading the validation data") from None
-        parts = [[np.array(a) for a in read_partition(prepared.columns, iter(blocks))[0]]
-                 for blocks in partitions if blocks]
-        arrays = [np.concatenate(column) for column in zip(*parts)] if len(parts) > 1 else parts[0]
-        return cls(prepared.columns, arrays)
+        parts = [read_partition(prepared.columns, iter(blocks))[0] for blocks in partitions if blocks]
+        return cls(prepared.columns, [np.concatenate(column) for column in zip(*parts)])  # a copy: files are freed
 
     def evaluate(self, model: Any, batch_size: int, reader: "MetricReader") -> dict[str, float]:
         """``model``'s loss and metrics over the validation rows, as the workers' job would report them."""
