@@ -39,13 +39,14 @@ class PartitionResult:
 
 
 def run_partitions(prepared: PreparedData, body: Callable[[Iterator[Any]], Iterator[tuple]],
-                   doing: str) -> list[PartitionResult]:
+                   doing: str | Callable[[], str]) -> list[PartitionResult]:
     """Run ``body`` as one task per partition and decode the answers.
 
     Each task answers one tuple of plain ints and ``bytes`` (arrays encoded
     by :func:`pack_arrays`), so nothing but bytes crosses Spark's channel.
     Its blocks come with the partition's row count from the packing
-    (:class:`~sparkeras.data.packing.CountedBlocks`).
+    (:class:`~sparkeras.data.packing.CountedBlocks`). ``doing`` names the
+    work in a failure's message (a function: what it was when it failed).
     """
     counted = list(prepared.stats.rows_per_partition)
 
@@ -55,7 +56,7 @@ def run_partitions(prepared: PreparedData, body: Callable[[Iterator[Any]], Itera
     try:
         rows = prepared.blocks.mapPartitionsWithIndex(counted_body).collect()
     except Exception as exc:  # noqa: BLE001 - translated, never swallowed
-        raise worker_error(exc, doing) from None
+        raise worker_error(exc, doing() if callable(doing) else doing) from None
     results = [
         PartitionResult(p, n, steps, unpack_arrays(state) if state else [],
                         unpack_arrays(metrics) if metrics else [], figures)
@@ -299,17 +300,31 @@ class TrainingJob:
     def validate(self) -> dict[str, float]:
         """The driver's model (set to the epoch's state) scored on the validation data: on the driver when
         it is small (:class:`DriverValidation`), else by a Spark job over its partitions."""
-        if self._driver_validation is None:
-            scored = sum(tasks.validates(e, self.validation_freq) for e in range(self._began or 0, self.epochs))
-            self._driver_validation = (DriverValidation.fetch(self.validation) if DriverValidation.suits(
-                self.validation, self.spec.backend, scored) else False)
-        if self._driver_validation:
+        if self.validation_on_driver() and self._driver_validation:
             return self._driver_validation.evaluate(self.model, self.batch_size, self.metrics)
         blob = self.broadcast_state()
         try:
             return evaluate(self.validation, self.spec, blob, self.batch_size, self.metrics)
         finally:
             blob.unpersist()
+
+    def validation_on_driver(self) -> bool:
+        """Whether no validation needs a Spark job: there is none to score, or the driver scores it.
+
+        Decided once, at the first call, for the epochs from the next one
+        on; then the validation data is read onto the driver if it suits
+        (:class:`DriverValidation`).
+        """
+        if self.validation is None:
+            return True
+        if self._driver_validation is None:
+            first = self._began if self._began is not None else self.initial_epoch
+            scored = sum(tasks.validates(e, self.validation_freq) for e in range(first, self.epochs))
+            if not scored:
+                return True
+            self._driver_validation = (DriverValidation.fetch(self.validation) if DriverValidation.suits(
+                self.validation, self.spec.backend, scored) else False)
+        return bool(self._driver_validation)
 
     def broadcast_state(self) -> Any:
         """The current state, shipped to executors once per window."""

@@ -325,6 +325,67 @@ def test_a_task_of_an_abandoned_run_is_refused_and_cannot_abandon_the_run_that_r
         server.close()
 
 
+def test_epoch_end_reports_reach_the_driver_once_all_are_in_and_its_answer_begins_the_next_run():
+    """A fit in one Spark job: each task reports its epoch's end and waits; the driver gets every report at
+    once, and its answer carries the next epoch's run and learning rate (or says stop)."""
+    server = _server(EASGD(rho=2.0, learning_rate=0.25), [np.zeros(2, np.float32)])
+    try:
+        run = server.begin_epoch([0, 1])
+        answers = {}
+
+        def report(worker, state):
+            client = ParameterClient(server.address, worker, 0, max_payload=1 << 20, timeout=5, run=run)
+            answers[worker] = client.end_epoch(100 + worker, 4, state, b"metrics", {"seconds": 0.5})
+
+        first = threading.Thread(target=report, args=(0, b"state-0"))
+        first.start()
+        assert server.epoch_reports(0.3) is None, "the epoch is handed over only once every worker reported"
+        second = threading.Thread(target=report, args=(1, b"state-1!"))
+        second.start()
+        got_run, reports = server.epoch_reports(5)
+        assert got_run == run and sorted(reports) == [0, 1]
+        header, payload = reports[1]
+        assert (header["samples"], header["steps"], header["figures"]) == (101, 4, {"seconds": 0.5})
+        assert payload[:header["state_bytes"]] == b"state-1!" and payload[header["state_bytes"]:] == b"metrics"
+        time.sleep(0.2)
+        assert first.is_alive() and second.is_alive(), "the tasks wait for the driver's answer"
+        following = server.answer_epoch(run, 0.5, [0, 1])
+        first.join(5), second.join(5)
+        assert following == run + 1
+        assert answers[0] == answers[1] == {"stop": False, "run": run + 1, "learning_rate": 0.5}
+
+        run, answers = following, {}
+        tasks = [threading.Thread(target=report, args=(w, b"")) for w in (0, 1)]
+        for task in tasks:
+            task.start()
+        assert server.epoch_reports(5)[0] == following
+        server.answer_epoch(following)  # the driver stops the fit (the last epoch, or EarlyStopping)
+        for task in tasks:
+            task.join(5)
+        assert answers[0]["stop"] is True and answers[1]["stop"] is True
+    finally:
+        server.close()
+
+
+def test_a_task_waiting_at_its_epoch_end_gives_up_after_the_timeout_naming_what_it_waited_for():
+    center = [np.zeros(2, np.float32)]
+    server = ParameterServer("127.0.0.1", EASGD(rho=2.0, learning_rate=0.25), center, pack_arrays(center),
+                             timeout=1.0)
+    try:
+        run = server.begin_epoch([0, 1])
+        alone = ParameterClient(server.address, 0, 0, max_payload=1 << 20, timeout=5, run=run)
+        with pytest.raises(RuntimeError, match=r"worker 0 waited 1s at the end of its epoch for worker\(s\) \[1\] "
+                                               r"to finish theirs"):
+            alone.end_epoch(10, 1, b"", b"", {})
+        run = server.begin_epoch([0])
+        unanswered = ParameterClient(server.address, 0, 0, max_payload=1 << 20, timeout=5, run=run)
+        with pytest.raises(RuntimeError, match=r"worker 0 waited 1s at the end of its epoch for the driver's "
+                                               r"answer \(its callbacks and validation\)"):
+            unanswered.end_epoch(10, 1, b"", b"", {})
+    finally:
+        server.close()
+
+
 def test_the_checkpoint_keeps_the_servers_update_count_and_parked_states():
     center = [np.zeros(3, np.float32)]
     server = _server(Downpour(), center)

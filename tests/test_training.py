@@ -125,6 +125,47 @@ def test_small_validation_data_is_scored_on_the_driver_as_the_workers_would(spar
     assert worker_jobs - driver_jobs == 4 - 1  # one job per epoch, against one that reads the data once
 
 
+def test_averaging_trains_every_epoch_in_one_spark_job_and_the_same_model(spark, monkeypatch):
+    """With nothing between epochs that needs a Spark job (validation scored on the driver), model averaging
+    runs the whole fit as one job whose tasks wait at each epoch's end for the driver's callbacks. It trains
+    the model one job per epoch trains, a learning rate set by a callback included; an early stop ends it."""
+    import keras
+
+    from sparkeras.strategies import epochs as epoch_jobs
+    from sparkeras.training import DriverValidation
+
+    x, y = blobs(1200, seed=5)
+    val = (x[900:], y[900:])
+    jobs = spark.sparkContext.statusTracker()
+
+    def fit(epochs=5, stop=None):
+        halve = keras.callbacks.LearningRateScheduler(lambda epoch, rate: rate / 2 if epoch == 2 else rate)
+        sm = SparkModel(mlp(seed=3), strategy="averaging", num_workers=2, seed=0)
+        first = next(epoch_jobs._groups)  # the training jobs run in groups numbered after it
+        history = sm.fit(x[:900], y[:900], epochs=epochs, batch_size=32, verbose=0, validation_data=val,
+                         callbacks=[halve] + ([stop] if stop else []))
+        last = next(epoch_jobs._groups)
+        training = sum(len(jobs.getJobIdsForGroup(f"sparkeras-averaging-{k}")) for k in range(first + 1, last))
+        return sm, history.history, training
+
+    one, one_history, one_jobs = fit()
+    assert one_jobs == 1
+    assert float(one.model.optimizer.learning_rate) == pytest.approx(0.0005)
+    monkeypatch.setattr(DriverValidation, "MAX_BYTES", 0)  # validation jobs between epochs: a job per epoch
+    each, each_history, each_jobs = fit()
+    assert each_jobs == 5
+    for got, want in zip(one.model.get_weights(), each.model.get_weights()):
+        np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+    assert one_history["loss"] == pytest.approx(each_history["loss"], abs=1e-6)
+    assert one_history["val_loss"] == pytest.approx(each_history["val_loss"], abs=1e-5)
+
+    monkeypatch.setattr(DriverValidation, "MAX_BYTES", 4 * 2**20)
+    stop = keras.callbacks.EarlyStopping(monitor="loss", patience=0, min_delta=10.0)
+    stopped, stopped_history, stopped_jobs = fit(epochs=10, stop=stop)
+    assert len(stopped_history["loss"]) == 2 and stopped_jobs == 1
+    assert stopped_history["loss"] == pytest.approx(one_history["loss"][:2], abs=1e-6)
+
+
 def test_early_stopping_stops_the_fit(spark):
     import keras
 

@@ -20,6 +20,13 @@ frame signed with the fit's secret. The messages are:
             twice.
 ``done``    the worker has finished its epoch (synchronous rounds stop
             waiting for it).
+``epoch_end`` a task that trains every epoch of the fit in one Spark job
+            has finished its epoch: ``done``, with the task's report (its
+            local state and metric states, its figures). The reply waits
+            until every worker of the epoch has reported and the driver has
+            published the epoch (:meth:`ParameterServer.epoch_reports`,
+            :meth:`ParameterServer.answer_epoch`): stop, or the next
+            epoch's run and learning rate.
 
 Concurrency follows the rule: with ``rule.lock`` commits and pulls are
 serialised; without it (hogwild) they run concurrently on the connection
@@ -37,6 +44,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import queue
 import random
 import socket
 import threading
@@ -135,10 +143,16 @@ class ParameterServer:
         self._active: set[int] = set()
         self._closed = False
         self._epoch_no = 0
+        self._expected: set[int] = set()  # the workers of the current epoch run
+        self._reports: dict[int, tuple[dict[str, Any], bytes]] = {}  # their epoch_end reports so far
+        self._ended: queue.Queue = queue.Queue()  # complete epochs, for the driver
+        self._answers: dict[int, dict[str, Any]] = {}  # the driver's answer, by epoch run
         self._abandoned: str | None = None
         self._cut_after = cut_after_commits
         commit_limit = sum(a.nbytes for a in self.center) + (64 << 10)  # the arrays and their codec header
-        self._server = FrameServer(host, self._handle, lambda h: commit_limit if h.get("type") == "commit" else 0,
+        report_limit = 2 * len(initial_local) + (1 << 20)  # a local state and the metric variables
+        limits = {"commit": commit_limit, "epoch_end": report_limit}
+        self._server = FrameServer(host, self._handle, lambda h: limits.get(h.get("type"), 0),
                                    "sparkeras-parameter-server")
         self.address: ServerAddress = self._server.address
 
@@ -153,12 +167,47 @@ class ParameterServer:
         neither abandon nor join the rounds of the run that replaced it.
         """
         with self._lock:
-            self._active = set(workers)
-            self._pending.clear()
-            self._epoch_no += 1  # wakes any waiter left from a failed attempt
-            self._abandoned = None
+            return self._begin(workers)
+
+    def _begin(self, workers: Sequence[int]) -> int:
+        self._active = set(workers)
+        self._expected = set(workers)
+        self._reports = {}
+        self._pending.clear()
+        self._epoch_no += 1  # wakes any waiter left from a failed attempt
+        self._abandoned = None
+        self._round.notify_all()
+        return self._epoch_no
+
+    def epoch_reports(self, wait: float) -> tuple[int, dict[int, tuple[dict[str, Any], bytes]]] | None:
+        """``(run, {worker: (header, payload)})`` once every worker of an epoch run has reported its end.
+
+        ``None`` after ``wait`` seconds without one. Reports of an earlier
+        run (one abandoned before the driver saw them) are dropped.
+        """
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                run, reports = self._ended.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return None
+            if run == self._epoch_no:
+                return run, reports
+
+    def answer_epoch(self, run: int, learning_rate: float | None = None,
+                     next_workers: Sequence[int] | None = None) -> int | None:
+        """Release the workers waiting at the end of epoch run ``run``: to stop, or to train the next epoch.
+
+        With ``next_workers`` the next epoch's run begins (as
+        :meth:`begin_epoch`) in the same step, so no waiter sees the run
+        change before its answer; the workers train it at ``learning_rate``.
+        Returns that run's number (``None`` when they stop).
+        """
+        with self._round:
+            following = None if next_workers is None else self._begin(next_workers)
+            self._answers[run] = {"stop": following is None, "run": following, "learning_rate": learning_rate}
             self._round.notify_all()
-            return self._epoch_no
+            return following
 
     def restore(self, center: Sequence[np.ndarray]) -> None:
         """Put back the center an epoch started from, before that epoch runs again."""
@@ -210,6 +259,8 @@ class ParameterServer:
                 reply = self._commit(header, payload)
             elif kind == "done":
                 reply = self._done(int(header["worker"]))
+            elif kind == "epoch_end":
+                reply = self._epoch_end(header, payload)
             else:
                 raise FrameError(f"unknown message type {kind!r}")
         except (KeyError, TypeError, ValueError) as exc:
@@ -252,6 +303,30 @@ class ParameterServer:
             self._active.discard(worker)
             self._maybe_finish_round()
         return {"ok": True}, b""
+
+    def _epoch_end(self, header: dict[str, Any], payload: bytes) -> tuple[dict[str, Any], bytes]:
+        """Keep a worker's report of its epoch; hand the epoch to the driver once all are in; wait for the answer."""
+        worker = int(header["worker"])
+        with self._round:
+            run = self._epoch_no
+            self._active.discard(worker)
+            self._maybe_finish_round()
+            self._reports[worker] = (header, payload)
+            if set(self._reports) >= self._expected:
+                self._ended.put((run, dict(self._reports)))
+            deadline = time.monotonic() + self.timeout
+            while run not in self._answers:
+                if self._closed or self._abandoned is not None or self._epoch_no != run:
+                    raise ValueError(f"epoch run {run} ended before the driver answered worker {worker}: "
+                                     f"{self._abandoned or 'the fit stopped or restarted'}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    missing = sorted(self._expected - set(self._reports))
+                    raise ValueError(f"worker {worker} waited {self.timeout:.0f}s at the end of its epoch for "
+                                     + (f"worker(s) {missing} to finish theirs" if missing else
+                                        "the driver's answer (its callbacks and validation)"))
+                self._round.wait(left)
+            return dict(self._answers[run]), b""
 
     def _commit(self, header: dict[str, Any], payload: bytes) -> tuple[dict[str, Any], bytes]:
         worker, attempt, seq = int(header["worker"]), int(header["attempt"]), int(header["seq"])
@@ -396,6 +471,20 @@ class ParameterClient:
     def done(self) -> None:
         self.call({"type": "done"})
         self._drop()
+
+    def end_epoch(self, samples: int, steps: int, state: bytes, metrics: bytes,
+                  figures: dict[str, float]) -> dict[str, Any]:
+        """Report the finished epoch (as :meth:`done` does), then wait for the driver's answer.
+
+        The answer says whether to stop and, if not, the next epoch's run
+        and learning rate. The wait is bounded by the server's ``timeout``.
+        """
+        try:
+            reply, _ = self.call({"type": "epoch_end", "samples": samples, "steps": steps,
+                                  "state_bytes": len(state), "figures": figures}, state + metrics)
+        finally:
+            self._drop()
+        return reply
 
     def _drop(self) -> None:
         if self._conn is not None:

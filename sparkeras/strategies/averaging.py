@@ -39,9 +39,11 @@ the center *is* the worker's state, so
 ``model.fit`` with the same batch order.
 
 How the rounds run. When every worker has a task slot at the same time,
-one Spark job per epoch trains every partition, and the rounds are
-synchronous commits to the driver's parameter server
-(:mod:`sparkeras.comm.parameter_server`): no Spark job per window. When
+the rounds are synchronous commits to the driver's parameter server
+(:mod:`sparkeras.comm.parameter_server`): no Spark job per window. One
+Spark job trains every epoch, the driver publishing each as the tasks wait
+(:class:`~sparkeras.strategies.distributed.OneJobFit`), unless validation
+needs a Spark job between epochs; then each epoch is one job. When
 the cluster has fewer slots than workers, each window is a Spark job of its
 own and the driver averages the returned states (inner optimizer state
 averaged too), with the same outer step.

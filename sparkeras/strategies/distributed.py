@@ -2,9 +2,10 @@
 
 The driver runs a :class:`~sparkeras.comm.parameter_server.ParameterServer`
 holding the *center variable* for the length of a fit. Each epoch is one
-Spark job: every task trains its partition with the model's own optimizer
-and, every ``window`` batches, exchanges weights with the server (see
-:mod:`sparkeras.worker.asynchronous`). What is exchanged, and how the
+Spark job (or, for rules that need no Spark job between epochs, the whole
+fit is one: :class:`OneJobFit`): every task trains its partition with the
+model's own optimizer and, every ``window`` batches, exchanges weights with
+the server (see :mod:`sparkeras.worker.asynchronous`). What is exchanged, and how the
 server folds it in, is the *distributed optimizer*: a
 :class:`DistributedOptimizer` subclass with three small rules.
 
@@ -66,7 +67,7 @@ from sparkeras.serialization import ModelSpec, pack_arrays, unpack_arrays
 from sparkeras.session import driver_host
 from sparkeras.strategies.base import Strategy
 from sparkeras.strategies.epochs import EpochAttempts, check_restart_settings
-from sparkeras.training import TrainingJob, run_partitions, sum_metric_states
+from sparkeras.training import PartitionResult, TrainingJob, run_partitions, sum_metric_states
 from sparkeras.worker.asynchronous import ServerTaskSpec, is_shared, train_with_server
 from sparkeras.worker.faults import Hold
 
@@ -232,37 +233,64 @@ class DistributedOptimizer(Strategy):
 
         def train_epoch(epoch: int) -> list[Any]:
             run = server.begin_epoch(active)
-            rate = job.learning_rate if steered else None
-            given = None if rate is None else (job.learning_rate_position,
-                                               self.worker_learning_rate(rate, job.num_workers))
+            given = self._worker_rate(job, steered)
+            given = None if given is None else (job.learning_rate_position, given)
             return run_partitions(job.train, lambda it: train_with_server(spec, epoch, it, run, given),
                                   f"training epoch {epoch + 1}")
 
         try:
-            for epoch in range(job.initial_epoch, job.epochs):
-                job.begin_epoch(epoch)
-                start = server.snapshot()
-                self._epoch_start()
+            if self._trains_in_one_job(job):
+                OneJobFit(self, job, server, spec, active, steered, shared).run(attempts)
+            else:
+                for epoch in range(job.initial_epoch, job.epochs):
+                    job.begin_epoch(epoch)
+                    start = server.snapshot()
+                    self._epoch_start()
 
-                def rollback(start: Arrays = start) -> None:
-                    server.restore(start)
-                    self._epoch_rollback()
+                    def rollback(start: Arrays = start) -> None:
+                        server.restore(start)
+                        self._epoch_rollback()
 
-                stale_before = server.stats.staleness.copy()
-                results = attempts.run(epoch, lambda e=epoch: train_epoch(e), rollback, server.abandoned)
-                trained = [r for r in results if r.samples]
-                job.add_results(trained)
-                job.add_staleness(server.stats.staleness - stale_before)
-                server.park({r.partition: pack_arrays(r.state) for r in trained})
-                set_shared(job.state, shared, self.model_weights(server.snapshot()))
-                if trained:
-                    self.end_epoch_state(job, [r.state for r in trained], [r.samples for r in trained])
-                if job.end_epoch(epoch, sum_metric_states(trained), evaluate_train=self.reports_center):
-                    break
+                    stale_before = server.stats.staleness.copy()
+                    results = attempts.run(epoch, lambda e=epoch: train_epoch(e), rollback, server.abandoned)
+                    trained = [r for r in results if r.samples]
+                    server.park({r.partition: pack_arrays(r.state) for r in trained})
+                    if self.publish_epoch(job, epoch, trained, server, stale_before, shared):
+                        break
             self._finished = server.parked(), server.version
         finally:
             self._server = None
             job.report["parameter_server"] = server.close()
+
+    def publish_epoch(self, job: TrainingJob, epoch: int, trained: list[PartitionResult], server: ParameterServer,
+                      stale_before: Any, shared: list[int]) -> bool:
+        """Driver: an epoch's figures, the center and the workers' states into the job, then its callbacks.
+
+        Returns whether to stop (``EarlyStopping``, a callback's
+        ``stop_training``). The workers' local states are parked already.
+        """
+        job.add_results(trained)
+        job.add_staleness(server.stats.staleness - stale_before)
+        set_shared(job.state, shared, self.model_weights(server.snapshot()))
+        if trained:
+            self.end_epoch_state(job, [r.state for r in trained], [r.samples for r in trained])
+        return job.end_epoch(epoch, sum_metric_states(trained), evaluate_train=self.reports_center)
+
+    def _trains_in_one_job(self, job: TrainingJob) -> bool:
+        """Whether every epoch can run in one Spark job (:class:`OneJobFit`).
+
+        Only when nothing between two epochs needs a Spark job of its own,
+        since the training tasks hold their slots meanwhile: the rule must
+        not score the center on the training data (``reports_center``), and
+        validation, if any, must be scored on the driver.
+        """
+        return (not self.reports_center and job.epochs - job.initial_epoch > 1
+                and job.validation_on_driver())
+
+    def _worker_rate(self, job: TrainingJob, steered: bool) -> float | None:
+        """The learning rate the workers train the next epoch with (``None``: they keep their optimizer's)."""
+        rate = job.learning_rate if steered else None
+        return None if rate is None else self.worker_learning_rate(rate, job.num_workers)
 
     def checkpoint_state(self) -> dict[str, Arrays]:
         """Every worker's local state (weights for the elastic rules, optimizer state), by partition,
@@ -319,6 +347,94 @@ class DistributedOptimizer(Strategy):
         weights = job.state[:len(job.model.weights)]
         local = list(weights) + [np.asarray(v) for v in optimizer.variables]
         return job.spec.model.with_optimizer(optimizer), local, False
+
+
+class OneJobFit:
+    """Every epoch of a parameter-server fit in one Spark job, the driver publishing each epoch between them.
+
+    Why. One Spark job per epoch cost 40-50 ms of scheduling an epoch on
+    ``local[2]`` and 100-120 ms on ``local-cluster[2,1,1024]``, beside
+    tasks of 25-35 ms, on a 1,437-row DataFrame (``/tmp`` probe, 20
+    epochs): on small data, most of a fit. Here the tasks live for the
+    whole fit, as ``allreduce``'s do. At each epoch's end every task
+    reports its local state, metric states and figures to the parameter
+    server (``epoch_end``) and waits; once all have, the driver (this
+    class, on the thread that called ``fit``) publishes the epoch exactly
+    as the per-epoch path does (:meth:`DistributedOptimizer.publish_epoch`:
+    callbacks, validation on the driver, checkpoints) and answers: stop,
+    or the next epoch's run and learning rate. A failed job is launched
+    again from the first epoch not completed, from the state that epoch
+    started with (:class:`~sparkeras.strategies.epochs.EpochAttempts`).
+    """
+
+    def __init__(self, rule: DistributedOptimizer, job: TrainingJob, server: ParameterServer, spec: ServerTaskSpec,
+                 active: list[int], steered: bool, shared: list[int]) -> None:
+        self.rule, self.job, self.server, self.spec = rule, job, server, spec
+        self.active, self.steered, self.shared = active, steered, shared
+        self.epoch = job.initial_epoch  # the first epoch not completed
+        self.finished = False
+        self.error: BaseException | None = None  # a callback's, raised once the tasks have stopped
+        self._start: Arrays = []
+        self._stale_before: Any = None
+
+    def run(self, attempts: EpochAttempts) -> None:
+        self.job.begin_epoch(self.epoch)
+        self._begin()
+        attempts.run(lambda: self.epoch, self._launch, self._rollback, self.server.abandoned, self._serve)
+        if self.error is not None:
+            raise self.error
+        if not self.finished:
+            raise RuntimeError(f"the training job ended before epoch {self.epoch + 1} was reported")
+
+    def _begin(self) -> None:
+        """Keep what the next epoch starts from: a relaunch puts it back."""
+        self._start = self.server.snapshot()
+        self.rule._epoch_start()
+        self._stale_before = self.server.stats.staleness.copy()
+
+    def _rollback(self) -> None:
+        self.server.restore(self._start)
+        self.rule._epoch_rollback()
+
+    def _launch(self) -> list[Any]:
+        spec, epoch, epochs = self.spec, self.epoch, self.job.epochs
+        run = self.server.begin_epoch(self.active)
+        rate = self.rule._worker_rate(self.job, self.steered)
+        given = None if rate is None else (self.job.learning_rate_position, rate)
+        return run_partitions(self.job.train, lambda it: train_with_server(spec, epoch, it, run, given, epochs),
+                              lambda: f"training epoch {self.epoch + 1}")
+
+    def _serve(self, wait: float) -> None:
+        """Publish an epoch once every worker has reported its end, then answer them."""
+        got = self.server.epoch_reports(wait)
+        if got is None:
+            return
+        run, reports = got
+        epoch, last = self.epoch, self.epoch + 1 >= self.job.epochs
+        if last:
+            self.server.answer_epoch(run)  # the tasks may end while the driver publishes
+        trained = [_reported(worker, header, payload) for worker, (header, payload) in sorted(reports.items())]
+        self.server.park({w: bytes(payload[:int(header["state_bytes"])]) for w, (header, payload) in reports.items()})
+        try:
+            stop = self.rule.publish_epoch(self.job, epoch, trained, self.server, self._stale_before, self.shared)
+        except BaseException as exc:  # noqa: BLE001 - raised by run() once the tasks have stopped
+            self.error, stop = exc, True
+        self.epoch, self.finished = epoch + 1, stop or last
+        if last:
+            return
+        if stop:
+            self.server.answer_epoch(run)
+            return
+        self.job.begin_epoch(self.epoch)  # on_epoch_begin may set the learning rate
+        self._begin()
+        self.server.answer_epoch(run, self.rule._worker_rate(self.job, self.steered), self.active)
+
+
+def _reported(worker: int, header: dict[str, Any], payload: bytes) -> PartitionResult:
+    """A task's ``epoch_end`` report as the result its one-epoch job would have returned."""
+    cut = int(header["state_bytes"])
+    return PartitionResult(worker, int(header["samples"]), int(header["steps"]), unpack_arrays(payload[:cut]),
+                           unpack_arrays(payload[cut:]), dict(header.get("figures") or {}))
 
 
 def set_shared(state: list[np.ndarray], positions: list[int], values: Arrays) -> None:

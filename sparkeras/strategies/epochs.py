@@ -142,37 +142,49 @@ class EpochAttempts:
         self.job, self.strategy = job, strategy
         self.max_restarts, self.slot_timeout, self.slots_needed = max_restarts, slot_timeout, slots_needed
 
-    def run(self, epoch: int, launch: Callable[[], T], rollback: Callable[[], None] = lambda: None,
-            abandoned: Callable[[], str | None] = lambda: None) -> T:
+    def run(self, epoch: int | Callable[[], int], launch: Callable[[], T], rollback: Callable[[], None] = lambda: None,
+            abandoned: Callable[[], str | None] = lambda: None,
+            serve: Callable[[float], None] | None = None) -> T:
         """``launch()``'s result, relaunching it after ``rollback()`` when it fails.
 
-        ``abandoned`` is polled while the job runs; a reason returned there
-        cancels the job and counts as its failure.
+        ``epoch`` is the epoch the job trains, or, for a job that trains
+        several, a function giving the first one not completed yet: a
+        relaunch starts there. ``abandoned`` is polled while the job runs;
+        a reason returned there cancels the job and counts as its failure.
+        ``serve(seconds)``, when given, is what the driver does while it
+        waits (at most that long per call): answering the epoch reports of a
+        job that trains several epochs.
         """
+        current = epoch if callable(epoch) else (lambda: epoch)
         while True:
             try:
-                return self._once(epoch, launch, abandoned)
+                return self._once(current, launch, abandoned, serve)
             except (InputError, ClusterCapacityError):
                 raise
             except Exception as failure:  # noqa: BLE001 - relaunched or raised below
                 if self.job.attempt > self.max_restarts:
                     raise
-                self.job.relaunched(epoch, failure_reason(failure))
+                self.job.relaunched(current(), failure_reason(failure))
                 rollback()
-                self.job.begin_epoch(epoch)
+                self.job.begin_epoch(current())
                 if self.slots_needed is not None:
-                    wait_for_slots(self.job, self.strategy, self.slots_needed, self.slot_timeout, epoch)
+                    wait_for_slots(self.job, self.strategy, self.slots_needed, self.slot_timeout, current())
 
-    def _once(self, epoch: int, launch: Callable[[], T], abandoned: Callable[[], str | None]) -> T:
+    def _once(self, current: Callable[[], int], launch: Callable[[], T], abandoned: Callable[[], str | None],
+              serve: Callable[[float], None] | None) -> T:
         sc = self.job.spark.sparkContext
-        job = GroupJob(sc, self.strategy, f"sparkeras {self.strategy} epoch {epoch + 1}", launch)
+        job = GroupJob(sc, self.strategy, f"sparkeras {self.strategy} epoch {current() + 1}", launch)
         watch = None if self.slots_needed is None else SlotWatch(sc, self.strategy, self.slots_needed,
                                                                  self.slot_timeout)
         cancelled: BaseException | None = None
-        while not job.finished.wait(0.2):
+        while not job.finished.is_set():
+            if serve is not None:
+                serve(0.1)
+            elif job.finished.wait(0.2):
+                break
             if cancelled is None:
                 reason = abandoned()
-                cancelled = RuntimeError(reason) if reason is not None else watch and watch.lost(epoch)
+                cancelled = RuntimeError(reason) if reason is not None else watch and watch.lost(current())
                 if cancelled is not None:
                     job.cancel()
         if cancelled is not None:

@@ -54,12 +54,20 @@ def is_shared(variable: Any) -> bool:
 
 
 def train_with_server(spec: ServerTaskSpec, epoch: int, blocks: Iterator[tuple], run: int | None = None,
-                      learning_rate: tuple[int, float] | None = None) -> Iterator[tuple]:
-    """Train this partition for one epoch against the parameter server (``run``: the server's run of the epoch).
+                      learning_rate: tuple[int, float] | None = None,
+                      epochs: int | None = None) -> Iterator[tuple]:
+    """Train this partition against the parameter server (``run``: the server's run of the epoch).
 
     ``learning_rate`` is ``(position in the state, value)``: the driver's
     rate for this epoch, which replaces the one in the worker's own local
     state (callbacks change it on the driver).
+
+    With ``epochs`` (the fit's last epoch, exclusive) the task trains every
+    epoch from ``epoch`` on, in one Spark job: at each epoch's end it reports
+    its state, metric states and figures to the server and waits for the
+    driver's answer (stop, or the next epoch's run and learning rate), and
+    it answers the job with an empty result. Without it, the task trains one
+    epoch and answers the job with that report.
     """
     from pyspark import TaskContext
 
@@ -68,10 +76,28 @@ def train_with_server(spec: ServerTaskSpec, epoch: int, blocks: Iterator[tuple],
     if n == 0:
         yield _result(partition, 0, 0, b"", b"")
         return
-    started = time.perf_counter()
     ctx = TaskContext.get()
-    client = ParameterClient(spec.server, partition, ctx.attemptNumber() if ctx else 0,
-                             spec.max_payload, spec.timeout, run)
+    attempt = ctx.attemptNumber() if ctx else 0
+    while True:
+        client = ParameterClient(spec.server, partition, attempt, spec.max_payload, spec.timeout, run)
+        report = _train_epoch(spec, model, partition, epoch, arrays, n, client, learning_rate)
+        if epochs is None:
+            client.done()
+            yield report
+            return
+        answer = client.end_epoch(*report[1:])
+        if answer.get("stop") or epoch + 1 >= epochs:
+            yield _result(partition, 0, 0, b"", b"")
+            return
+        epoch, run = epoch + 1, int(answer["run"])
+        if learning_rate is not None and answer.get("learning_rate") is not None:
+            learning_rate = (learning_rate[0], float(answer["learning_rate"]))
+
+
+def _train_epoch(spec: ServerTaskSpec, model: Any, partition: int, epoch: int, arrays: Any, n: int,
+                 client: ParameterClient, learning_rate: tuple[int, float] | None) -> tuple:
+    """One epoch of this partition's windows; the task's report of it (:func:`~sparkeras.worker.tasks._result`)."""
+    started = time.perf_counter()
     rule = spec.rule
     center, version, local_state = client.join()
     if learning_rate is not None:
@@ -107,12 +133,11 @@ def train_with_server(spec: ServerTaskSpec, epoch: int, blocks: Iterator[tuple],
         hold_once(getattr(rule, "hold_once", None), epoch, partition)
         if reporter is not None:
             reporter.tick(min(n, (start + window) * spec.batch_size), {"loss": local_steps.running_loss()})
-    client.done()
     if reporter is not None:
         reporter.send(n, {"loss": local_steps.running_loss()})
-    yield _result(partition, n, steps, pack_arrays(model_state(model)),
-                  pack_arrays([np.asarray(v) for v in model.metrics_variables]),
-                  task_figures(started, client.seconds, client.bytes))
+    return _result(partition, n, steps, pack_arrays(model_state(model)),
+                   pack_arrays([np.asarray(v) for v in model.metrics_variables]),
+                   task_figures(started, client.seconds, client.bytes))
 
 
 def _read(variables: list[Any]) -> list[np.ndarray]:
