@@ -353,6 +353,8 @@ def test_epoch_end_reports_reach_the_driver_once_all_are_in_and_its_answer_begin
         first.join(5), second.join(5)
         assert following == run + 1
         assert answers[0] == answers[1] == {"stop": False, "run": run + 1, "learning_rate": 0.5}
+        report(1, b"state-1!")  # resent after a lost reply, once the next run began: the same answer
+        assert answers[1] == answers[0]
 
         run, answers = following, {}
         tasks = [threading.Thread(target=report, args=(w, b"")) for w in (0, 1)]
@@ -384,6 +386,20 @@ def test_a_task_waiting_at_its_epoch_end_gives_up_after_the_timeout_naming_what_
             unanswered.end_epoch(10, 1, b"", b"", {})
     finally:
         server.close()
+
+
+def test_a_task_of_a_fit_that_ended_stops_at_once_when_the_server_refuses_it():
+    """A cancelled fit's task (its slots lost) finds the server's port closed: it must free its slot now,
+    not retry for the whole timeout."""
+    server = _server(Downpour(), [np.zeros(2, np.float32)])
+    client = ParameterClient(server.address, 0, 0, max_payload=1 << 20, timeout=60)
+    client.join()
+    server.close()
+    started = time.monotonic()
+    with pytest.raises(ConnectionError, match=rf"the parameter server at 127.0.0.1:{server.address.port} refused the "
+                                              r"connection: the fit it served has ended, or its driver stopped"):
+        client.commit([np.ones(2, np.float32)], 0, want_center=True)
+    assert time.monotonic() - started < 5
 
 
 def test_the_checkpoint_keeps_the_servers_update_count_and_parked_states():

@@ -249,6 +249,8 @@ class ParameterServer:
         self.stats.add(bytes_in=len(payload))
         kind = header.get("type")
         try:
+            if kind == "epoch_end" and header.get("run") in self._answers:  # resent after a lost reply
+                return dict(self._answers[header["run"]]), b""
             self._check_run(header)
             if kind == "join":
                 reply = self._join(int(header["worker"]), int(header["attempt"]))
@@ -400,7 +402,10 @@ class ParameterClient:
 
     A call that fails on the network reconnects with exponential backoff
     (0.1 s doubling up to 5 s, jittered) and sends the same frame again, for
-    up to ``timeout`` seconds. Commits carry a sequence number, so a commit
+    up to ``timeout`` seconds. A refused connection ends it at once: the
+    server's port is its own for one fit, so nothing will listen there
+    again, and a task of a fit that ended (cancelled when the cluster lost
+    slots) must free its slot now, not after ``timeout``. Commits carry a sequence number, so a commit
     the server applied before the connection broke is not applied twice.
     """
 
@@ -419,22 +424,35 @@ class ParameterClient:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return conn
 
-    def call(self, header: dict[str, Any], payload: bytes = b"") -> tuple[dict[str, Any], bytes]:
+    def call(self, header: dict[str, Any], payload: bytes = b"", patience: float = 0.0) -> tuple[dict[str, Any], bytes]:
+        """Send one frame and read the reply, reconnecting as the class says.
+
+        ``patience``: seconds more than ``timeout`` to wait for a reply
+        that the server itself holds back for up to ``timeout`` (the end of
+        an epoch), so that the server's error, which names what it waited
+        for, arrives before this side gives up.
+        """
         header = {"worker": self.worker, "attempt": self.attempt, **header}
         if self.run is not None:
             header["run"] = self.run
         started = time.perf_counter()
-        deadline = time.monotonic() + self.timeout
+        deadline = time.monotonic() + self.timeout + patience
         delay = 0.1
         while True:
             try:
                 if self._conn is None:
                     self._conn = self._connect()
+                self._conn.settimeout(self.timeout + patience)
                 write_frame(self._conn, self.address.secret, header, payload)
                 reply, blob = read_frame(self._conn, self.address.secret, self.max_payload)
                 self.seconds += time.perf_counter() - started
                 self.bytes += len(payload) + len(blob)
                 break
+            except ConnectionRefusedError:  # nothing listens there any more: retrying cannot help
+                self._drop()
+                raise ConnectionError(
+                    f"the parameter server at {self.address.host}:{self.address.port} refused the connection: "
+                    "the fit it served has ended, or its driver stopped") from None
             except (OSError, EOFError, FrameError) as exc:
                 self._drop()
                 if time.monotonic() + delay > deadline:
@@ -481,7 +499,7 @@ class ParameterClient:
         """
         try:
             reply, _ = self.call({"type": "epoch_end", "samples": samples, "steps": steps,
-                                  "state_bytes": len(state), "figures": figures}, state + metrics)
+                                  "state_bytes": len(state), "figures": figures}, state + metrics, patience=30.0)
         finally:
             self._drop()
         return reply

@@ -213,7 +213,8 @@ class ModelAveraging(DistributedOptimizer):
             plateau fell 4-6 points behind after 3-5 epochs, while small
             tabular fits with one or two rounds per epoch gained 2-3 points
             (BENCHMARKS.md). ``False`` is BMUF's and SlowMo's rule.
-        timeout: seconds a round waits for its slowest worker.
+        timeout: seconds a round waits for its slowest worker, and a task at
+            an epoch's end for the driver's callbacks.
         max_restarts: how many failed epochs (or windows) the fit runs again.
         slot_timeout: seconds with fewer task slots than workers before the
             fit continues on the slots that are left.

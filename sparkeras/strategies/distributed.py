@@ -397,12 +397,18 @@ class OneJobFit:
         self.rule._epoch_rollback()
 
     def _launch(self) -> list[Any]:
+        """The job, from the first epoch not completed; a failure after the last epoch was published loses nothing."""
         spec, epoch, epochs = self.spec, self.epoch, self.job.epochs
         run = self.server.begin_epoch(self.active)
         rate = self.rule._worker_rate(self.job, self.steered)
         given = None if rate is None else (self.job.learning_rate_position, rate)
-        return run_partitions(self.job.train, lambda it: train_with_server(spec, epoch, it, run, given, epochs),
-                              lambda: f"training epoch {self.epoch + 1}")
+        try:
+            return run_partitions(self.job.train, lambda it: train_with_server(spec, epoch, it, run, given, epochs),
+                                  lambda: f"training epoch {self.epoch + 1}")
+        except Exception:
+            if self.finished:
+                return []
+            raise
 
     def _serve(self, wait: float) -> None:
         """Publish an epoch once every worker has reported its end, then answer them."""

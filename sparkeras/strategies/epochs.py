@@ -177,16 +177,20 @@ class EpochAttempts:
         watch = None if self.slots_needed is None else SlotWatch(sc, self.strategy, self.slots_needed,
                                                                  self.slot_timeout)
         cancelled: BaseException | None = None
-        while not job.finished.is_set():
-            if serve is not None:
-                serve(0.1)
-            elif job.finished.wait(0.2):
-                break
-            if cancelled is None:
-                reason = abandoned()
-                cancelled = RuntimeError(reason) if reason is not None else watch and watch.lost(current())
-                if cancelled is not None:
-                    job.cancel()
+        try:
+            while not job.finished.is_set():
+                if serve is not None:
+                    serve(0.1)
+                elif job.finished.wait(0.2):
+                    break
+                if cancelled is None:
+                    reason = abandoned()
+                    cancelled = RuntimeError(reason) if reason is not None else watch and watch.lost(current())
+                    if cancelled is not None:
+                        job.cancel()
+        except BaseException:  # an interrupt on the driver: its tasks must not train on
+            job.cancel()
+            raise
         if cancelled is not None:
             raise cancelled
         if job.error is not None:

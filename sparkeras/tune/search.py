@@ -10,7 +10,7 @@ task slots for.
   one Spark job of one task, which runs Keras' own ``model.fit`` on the
   packed rows with the cores Spark gave it (:mod:`sparkeras.worker.trial`),
   so it trains exactly as a single process would. ``SparkModel.fit`` with
-  one worker runs a Spark job per epoch and another to score the
+  one worker then ran a Spark job per epoch and another to score the
   validation rows; trials in one task cut ``bench/tuning.py``'s cold search
   from 64 s to 54 s on 2 cores, and warming the workers while the data is
   packed cut it to 49-53 s.
