@@ -147,6 +147,7 @@ class ParameterServer:
         self._reports: dict[int, tuple[dict[str, Any], bytes]] = {}  # their epoch_end reports so far
         self._ended: queue.Queue = queue.Queue()  # complete epochs, for the driver
         self._answers: dict[int, dict[str, Any]] = {}  # the driver's answer, by epoch run
+        self._handed = 0  # the last epoch run handed to the driver
         self._abandoned: str | None = None
         self._cut_after = cut_after_commits
         commit_limit = sum(a.nbytes for a in self.center) + (64 << 10)  # the arrays and their codec header
@@ -314,7 +315,8 @@ class ParameterServer:
             self._active.discard(worker)
             self._maybe_finish_round()
             self._reports[worker] = (header, payload)
-            if set(self._reports) >= self._expected:
+            if set(self._reports) >= self._expected and self._handed != run:  # once, even if a report is resent
+                self._handed = run
                 self._ended.put((run, dict(self._reports)))
             deadline = time.monotonic() + self.timeout
             while run not in self._answers:
@@ -402,11 +404,13 @@ class ParameterClient:
 
     A call that fails on the network reconnects with exponential backoff
     (0.1 s doubling up to 5 s, jittered) and sends the same frame again, for
-    up to ``timeout`` seconds. A refused connection ends it at once: the
-    server's port is its own for one fit, so nothing will listen there
-    again, and a task of a fit that ended (cancelled when the cluster lost
-    slots) must free its slot now, not after ``timeout``. Commits carry a sequence number, so a commit
+    up to ``timeout`` seconds. Commits carry a sequence number, so a commit
     the server applied before the connection broke is not applied twice.
+
+    A refused connection ends the call at once: the server's port is its
+    own for one fit, so nothing will listen there again, and a task of a
+    fit that ended (cancelled when the cluster lost slots) must free its
+    slot now, not after ``timeout``.
     """
 
     def __init__(self, address: ServerAddress, worker: int, attempt: int, max_payload: int,
