@@ -381,7 +381,8 @@ class TrainingJob:
         return figures
 
     def end_epoch(self, epoch: int, metric_states: list[np.ndarray] | None,
-                  validation_states: list[np.ndarray] | None = None, evaluate_train: bool = False) -> bool:
+                  validation_states: list[np.ndarray] | None = None, evaluate_train: bool = False,
+                  center_states: list[np.ndarray] | None = None) -> bool:
         """Publish the epoch: driver weights, logs, validation, callbacks. True to stop.
 
         Validation runs as a Spark job unless the strategy already measured
@@ -393,17 +394,22 @@ class TrainingJob:
         ``loss`` and metrics are then the saved model's, measured exactly on
         the training data by one more Spark job, and the workers' running
         figures are kept under ``worker_`` names. The user sees the figures
-        of the model they will ship.
+        of the model they will ship. ``center_states`` are those figures'
+        metric states when the training tasks already measured them (a
+        fit in one Spark job), and then no job runs.
         """
         set_model_state(self.model, self.state)
         logs = self.metrics.read(metric_states)
         if evaluate_train:
             workers = {f"worker_{k}": v for k, v in logs.items()}
-            blob = self.broadcast_state()
-            try:
-                logs = evaluate(self.train, self.spec, blob, self.batch_size, self.metrics)
-            finally:
-                blob.unpersist()
+            if center_states is not None:
+                logs = self.metrics.read(center_states)
+            else:
+                blob = self.broadcast_state()
+                try:
+                    logs = evaluate(self.train, self.spec, blob, self.batch_size, self.metrics)
+                finally:
+                    blob.unpersist()
             logs.update(workers)
         if validation_states is not None:
             logs.update({f"val_{k}": v for k, v in self.metrics.read(validation_states).items()})

@@ -142,6 +142,34 @@ def test_a_diverging_worker_fails_the_fit_clearly_and_the_server_shuts_down(spar
     assert not [t for t in threading.enumerate() if t.name.startswith("sparkeras-parameter-server")]
 
 
+def test_a_rule_that_reports_its_center_scores_it_in_the_tasks_of_one_job(spark, monkeypatch):
+    """EASGD reports its center's loss and metrics on the training data. In one Spark job the tasks score the
+    epoch's final center on their partitions instead of a job per epoch: the same model and figures."""
+    from sparkeras.strategies import epochs as epoch_jobs
+    from sparkeras.training import DriverValidation
+
+    x, y = blobs(1200, seed=6)
+    jobs = spark.sparkContext.statusTracker()
+
+    def fit():
+        sm = SparkModel(mlp(seed=4), EASGD(rho=2.0, learning_rate=0.2), num_workers=2, seed=0)
+        first = next(epoch_jobs._groups)
+        history = sm.fit(x[:900], y[:900], epochs=4, batch_size=32, verbose=0, validation_data=(x[900:], y[900:]))
+        last = next(epoch_jobs._groups)
+        return sm, history.history, sum(len(jobs.getJobIdsForGroup(f"sparkeras-easgd-{k}"))
+                                        for k in range(first + 1, last))
+
+    one, one_history, one_jobs = fit()
+    monkeypatch.setattr(DriverValidation, "MAX_BYTES", 0)  # a validation job between epochs: a job per epoch
+    each, each_history, each_jobs = fit()
+    assert (one_jobs, each_jobs) == (1, 4)
+    for got, want in zip(one.model.get_weights(), each.model.get_weights()):
+        np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+    for key in ("loss", "accuracy", "worker_loss", "val_loss"):
+        assert one_history[key] == pytest.approx(each_history[key], abs=1e-5), key
+    assert one_history["loss"][-1] == pytest.approx(one.evaluate(x[:900], y[:900])["loss"], abs=1e-5)
+
+
 # -- the server, spoken to directly over its socket ----------------------------------------
 
 
@@ -342,8 +370,8 @@ def test_epoch_end_reports_reach_the_driver_once_all_are_in_and_its_answer_begin
         assert server.epoch_reports(0.3) is None, "the epoch is handed over only once every worker reported"
         second = threading.Thread(target=report, args=(1, b"state-1!"))
         second.start()
-        got_run, reports = server.epoch_reports(5)
-        assert got_run == run and sorted(reports) == [0, 1]
+        got_run, reports, scored = server.epoch_reports(5)
+        assert got_run == run and sorted(reports) == [0, 1] and scored == {}
         header, payload = reports[1]
         assert (header["samples"], header["steps"], header["figures"]) == (101, 4, {"seconds": 0.5})
         assert payload[:header["state_bytes"]] == b"state-1!" and payload[header["state_bytes"]:] == b"metrics"
@@ -384,6 +412,16 @@ def test_a_task_waiting_at_its_epoch_end_gives_up_after_the_timeout_naming_what_
         with pytest.raises(RuntimeError, match=r"worker 0 waited 1s at the end of its epoch for the driver's "
                                                r"answer \(its callbacks and validation\)"):
             unanswered.end_epoch(10, 1, b"", b"", {})
+        run = server.begin_epoch([0, 1])  # a rule that reports its center: worker 1 never scores it
+        silent = ParameterClient(server.address, 1, 0, max_payload=1 << 20, timeout=5, run=run)
+        threading.Thread(target=lambda: silent.call({"type": "epoch_end", "samples": 1, "steps": 1, "state_bytes": 0,
+                                                     "figures": {}, "center": True})).start()
+        scorer = ParameterClient(server.address, 0, 0, max_payload=1 << 20, timeout=5, run=run)
+        scores = []
+        with pytest.raises(RuntimeError, match=r"worker 0 waited 1s at the end of its epoch for worker\(s\) \[1\] "
+                                               r"to score the center"):
+            scorer.end_epoch(10, 1, b"", b"", {}, score_center=lambda center: scores.append(center) or b"")
+        np.testing.assert_array_equal(scores[0][0], np.zeros(2, np.float32))  # it was handed the center
     finally:
         server.close()
 

@@ -145,6 +145,7 @@ class ParameterServer:
         self._epoch_no = 0
         self._expected: set[int] = set()  # the workers of the current epoch run
         self._reports: dict[int, tuple[dict[str, Any], bytes]] = {}  # their epoch_end reports so far
+        self._scored: dict[int, bytes] = {}  # their metric states of the center (rules that report it)
         self._ended: queue.Queue = queue.Queue()  # complete epochs, for the driver
         self._answers: dict[int, dict[str, Any]] = {}  # the driver's answer, by epoch run
         self._handed = 0  # the last epoch run handed to the driver
@@ -152,7 +153,7 @@ class ParameterServer:
         self._cut_after = cut_after_commits
         commit_limit = sum(a.nbytes for a in self.center) + (64 << 10)  # the arrays and their codec header
         report_limit = 2 * len(initial_local) + (1 << 20)  # a local state and the metric variables
-        limits = {"commit": commit_limit, "epoch_end": report_limit}
+        limits = {"commit": commit_limit, "epoch_end": report_limit, "center_scored": 1 << 20}
         self._server = FrameServer(host, self._handle, lambda h: limits.get(h.get("type"), 0),
                                    "sparkeras-parameter-server")
         self.address: ServerAddress = self._server.address
@@ -174,14 +175,17 @@ class ParameterServer:
         self._active = set(workers)
         self._expected = set(workers)
         self._reports = {}
+        self._scored = {}
         self._pending.clear()
         self._epoch_no += 1  # wakes any waiter left from a failed attempt
         self._abandoned = None
         self._round.notify_all()
         return self._epoch_no
 
-    def epoch_reports(self, wait: float) -> tuple[int, dict[int, tuple[dict[str, Any], bytes]]] | None:
-        """``(run, {worker: (header, payload)})`` once every worker of an epoch run has reported its end.
+    def epoch_reports(self, wait: float) -> tuple[int, dict[int, tuple[dict[str, Any], bytes]],
+                                                  dict[int, bytes]] | None:
+        """``(run, {worker: (header, payload)}, {worker: center's metric states})`` once every worker of an
+        epoch run has reported its end (and scored the center, for rules that report it).
 
         ``None`` after ``wait`` seconds without one. Reports of an earlier
         run (one abandoned before the driver saw them) are dropped.
@@ -189,11 +193,11 @@ class ParameterServer:
         deadline = time.monotonic() + wait
         while True:
             try:
-                run, reports = self._ended.get(timeout=max(0.0, deadline - time.monotonic()))
+                run, reports, scored = self._ended.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 return None
             if run == self._epoch_no:
-                return run, reports
+                return run, reports, scored
 
     def answer_epoch(self, run: int, learning_rate: float | None = None,
                      next_workers: Sequence[int] | None = None) -> int | None:
@@ -250,7 +254,7 @@ class ParameterServer:
         self.stats.add(bytes_in=len(payload))
         kind = header.get("type")
         try:
-            if kind == "epoch_end" and header.get("run") in self._answers:  # resent after a lost reply
+            if kind in ("epoch_end", "center_scored") and header.get("run") in self._answers:  # resent, reply lost
                 return dict(self._answers[header["run"]]), b""
             self._check_run(header)
             if kind == "join":
@@ -264,6 +268,8 @@ class ParameterServer:
                 reply = self._done(int(header["worker"]))
             elif kind == "epoch_end":
                 reply = self._epoch_end(header, payload)
+            elif kind == "center_scored":
+                reply = self._center_scored(header, payload)
             else:
                 raise FrameError(f"unknown message type {kind!r}")
         except (KeyError, TypeError, ValueError) as exc:
@@ -308,29 +314,63 @@ class ParameterServer:
         return {"ok": True}, b""
 
     def _epoch_end(self, header: dict[str, Any], payload: bytes) -> tuple[dict[str, Any], bytes]:
-        """Keep a worker's report of its epoch; hand the epoch to the driver once all are in; wait for the answer."""
+        """Keep a worker's report of its epoch; hand the epoch to the driver once all are in; wait for the answer.
+
+        For a rule that reports its center (``header["center"]``), the reply
+        is the center once every worker has reported: the worker scores it
+        on its partition and sends the metric states (``center_scored``),
+        and the epoch goes to the driver once all have.
+        """
         worker = int(header["worker"])
         with self._round:
             run = self._epoch_no
             self._active.discard(worker)
             self._maybe_finish_round()
             self._reports[worker] = (header, payload)
-            if set(self._reports) >= self._expected and self._handed != run:  # once, even if a report is resent
-                self._handed = run
-                self._ended.put((run, dict(self._reports)))
-            deadline = time.monotonic() + self.timeout
-            while run not in self._answers:
-                if self._closed or self._abandoned is not None or self._epoch_no != run:
-                    raise ValueError(f"epoch run {run} ended before the driver answered worker {worker}: "
-                                     f"{self._abandoned or 'the fit stopped or restarted'}")
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    missing = sorted(self._expected - set(self._reports))
-                    raise ValueError(f"worker {worker} waited {self.timeout:.0f}s at the end of its epoch for "
-                                     + (f"worker(s) {missing} to finish theirs" if missing else
-                                        "the driver's answer (its callbacks and validation)"))
-                self._round.wait(left)
-            return dict(self._answers[run]), b""
+            self._round.notify_all()  # the workers waiting for the last report
+            if header.get("center"):
+                self._wait(run, worker, lambda: set(self._reports) >= self._expected, self._reports, "finish theirs")
+                return {"version": self.version}, pack_arrays(self.center)
+            return self._hand_over_and_wait(run, worker)
+
+    def _center_scored(self, header: dict[str, Any], payload: bytes) -> tuple[dict[str, Any], bytes]:
+        """A worker's metric states of the epoch's center on its partition; then as :meth:`_epoch_end`."""
+        worker = int(header["worker"])
+        with self._round:
+            run = self._epoch_no
+            self._scored[worker] = payload
+            return self._hand_over_and_wait(run, worker)
+
+    def _hand_over_and_wait(self, run: int, worker: int) -> tuple[dict[str, Any], bytes]:
+        """Under the lock: hand the epoch to the driver once (when complete), then wait for its answer."""
+        scoring = any(h.get("center") for h, _ in self._reports.values())
+        if (set(self._reports) >= self._expected and (not scoring or set(self._scored) >= self._expected)
+                and self._handed != run):  # once, even if a report is resent
+            self._handed = run
+            self._ended.put((run, dict(self._reports), dict(self._scored)))
+        if scoring:
+            self._wait(run, worker, lambda: run in self._answers, self._scored, "score the center")
+        else:
+            self._wait(run, worker, lambda: run in self._answers, self._reports, "finish theirs")
+        return dict(self._answers[run]), b""
+
+    def _wait(self, run: int, worker: int, done: Any, arrived: dict[int, Any], what: str) -> None:
+        """Under the lock: wait for ``done()`` up to ``timeout``; the error names the workers missing from
+        ``arrived`` (to do ``what``), or else the driver's answer."""
+        deadline = time.monotonic() + self.timeout
+        while not done():
+            if run in self._answers:
+                return
+            if self._closed or self._abandoned is not None or self._epoch_no != run:
+                raise ValueError(f"epoch run {run} ended before the driver answered worker {worker}: "
+                                 f"{self._abandoned or 'the fit stopped or restarted'}")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                missing = sorted(self._expected - set(arrived))
+                raise ValueError(f"worker {worker} waited {self.timeout:.0f}s at the end of its epoch for "
+                                 + (f"worker(s) {missing} to {what}" if missing else
+                                    "the driver's answer (its callbacks and validation)"))
+            self._round.wait(left)
 
     def _commit(self, header: dict[str, Any], payload: bytes) -> tuple[dict[str, Any], bytes]:
         worker, attempt, seq = int(header["worker"]), int(header["attempt"]), int(header["seq"])
@@ -494,16 +534,23 @@ class ParameterClient:
         self.call({"type": "done"})
         self._drop()
 
-    def end_epoch(self, samples: int, steps: int, state: bytes, metrics: bytes,
-                  figures: dict[str, float]) -> dict[str, Any]:
+    def end_epoch(self, samples: int, steps: int, state: bytes, metrics: bytes, figures: dict[str, float],
+                  score_center: Any = None) -> dict[str, Any]:
         """Report the finished epoch (as :meth:`done` does), then wait for the driver's answer.
 
         The answer says whether to stop and, if not, the next epoch's run
-        and learning rate. The wait is bounded by the server's ``timeout``.
+        and learning rate. Each wait is bounded by the server's ``timeout``.
+        With ``score_center`` (a function of the center's arrays that returns
+        its packed metric states on this partition), the server first
+        answers with the epoch's final center, once every worker reported;
+        the scores go back before the driver's answer.
         """
+        header = {"type": "epoch_end", "samples": samples, "steps": steps, "state_bytes": len(state),
+                  "figures": figures, "center": score_center is not None}
         try:
-            reply, _ = self.call({"type": "epoch_end", "samples": samples, "steps": steps,
-                                  "state_bytes": len(state), "figures": figures}, state + metrics, patience=30.0)
+            reply, blob = self.call(header, state + metrics, patience=30.0)
+            if score_center is not None and "stop" not in reply:  # not an answer resent
+                reply, _ = self.call({"type": "center_scored"}, score_center(_writable(blob)), patience=30.0)
         finally:
             self._drop()
         return reply

@@ -85,7 +85,8 @@ def train_with_server(spec: ServerTaskSpec, epoch: int, blocks: Iterator[tuple],
             client.done()
             yield report
             return
-        answer = client.end_epoch(*report[1:])
+        scoring = _center_scorer(spec, model, arrays) if spec.rule.reports_center else None
+        answer = client.end_epoch(*report[1:], score_center=scoring)
         if answer.get("stop") or epoch + 1 >= epochs:
             yield _result(partition, 0, 0, b"", b"")
             return
@@ -138,6 +139,24 @@ def _train_epoch(spec: ServerTaskSpec, model: Any, partition: int, epoch: int, a
     return _result(partition, n, steps, pack_arrays(model_state(model)),
                    pack_arrays([np.asarray(v) for v in model.metrics_variables]),
                    task_figures(started, client.seconds, client.bytes))
+
+
+def _center_scorer(spec: ServerTaskSpec, model: Any, arrays: Any) -> Any:
+    """For rules that report their center: a function scoring the epoch's center on this partition.
+
+    It does in the task what the driver's evaluation job over the training
+    data did (:meth:`~sparkeras.training.TrainingJob.end_epoch`): the
+    model's loss and metric totals with the center's weights. The worker's
+    own weights need no restoring: the next epoch's join sets them.
+    """
+    from sparkeras.worker.local_steps import evaluate_arrays
+
+    def score(center: list[np.ndarray]) -> bytes:
+        _assign([v for v in model.weights if is_shared(v)], center)
+        evaluate_arrays(model, spec.worker.columns, arrays, spec.worker.backend, spec.batch_size)
+        return pack_arrays([np.asarray(v) for v in model.metrics_variables])
+
+    return score
 
 
 def _read(variables: list[Any]) -> list[np.ndarray]:
