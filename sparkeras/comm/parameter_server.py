@@ -348,10 +348,8 @@ class ParameterServer:
                 and self._handed != run):  # once, even if a report is resent
             self._handed = run
             self._ended.put((run, dict(self._reports), dict(self._scored)))
-        if scoring:
-            self._wait(run, worker, lambda: run in self._answers, self._scored, "score the center")
-        else:
-            self._wait(run, worker, lambda: run in self._answers, self._reports, "finish theirs")
+        arrived, what = (self._scored, "score the center") if scoring else (self._reports, "finish theirs")
+        self._wait(run, worker, lambda: run in self._answers, arrived, what)
         return dict(self._answers[run]), b""
 
     def _wait(self, run: int, worker: int, done: Any, arrived: dict[int, Any], what: str) -> None:
