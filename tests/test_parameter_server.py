@@ -324,6 +324,43 @@ def test_a_retried_task_abandons_the_synchronous_round_at_once_and_a_new_epoch_s
         server.close()
 
 
+def test_an_asynchronous_retry_abandons_a_whole_fit_job_but_joins_a_job_per_epoch():
+    """An asynchronous rule's task Spark retries joins and goes on in a job per epoch. In a job that trains
+    every epoch, the other tasks wait at the epoch's end for it, and it would start at the job's first epoch:
+    its join abandons the run, and the worker waiting at the epoch's end hears why at once."""
+    center = [np.zeros(2, np.float32)]
+    server = _server(Downpour(), center)
+    try:
+        run = server.begin_epoch([0, 1])
+        retried = ParameterClient(server.address, 1, 1, max_payload=1 << 20, timeout=5, run=run)
+        retried.join()  # a job per epoch: the retry goes on
+        assert server.abandoned() is None
+
+        server.retry_abandons = "a job that trains every epoch"  # as OneJobFit sets it
+        run = server.begin_epoch([0, 1])
+        waiting = {}
+
+        def report():
+            client = ParameterClient(server.address, 0, 0, max_payload=1 << 20, timeout=5, run=run)
+            try:
+                client.end_epoch(10, 1, b"", b"", {})
+            except RuntimeError as exc:
+                waiting["error"] = str(exc)
+
+        first = threading.Thread(target=report)
+        first.start()
+        time.sleep(0.3)
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match=r"worker 1's task failed and Spark retried it \(attempt 2\) "
+                                               r"in the middle of a job that trains every epoch"):
+            ParameterClient(server.address, 1, 1, max_payload=1 << 20, timeout=5, run=run).join()
+        first.join(5)
+        assert time.monotonic() - started < 2.0, "the waiting worker must not sit out the server's timeout"
+        assert "ended before the driver answered worker 0: worker 1's task failed" in waiting["error"]
+    finally:
+        server.close()
+
+
 def test_a_task_of_an_abandoned_run_is_refused_and_cannot_abandon_the_run_that_replaced_it():
     """Spark may retry a task of a cancelled epoch job after the driver started the epoch again; its join
     (attempt 2) must not abandon the new run, nor its commits or 'done' reach the new run's rounds."""

@@ -96,8 +96,8 @@ def test_history_has_train_and_validation_metrics_and_callbacks_run(spark):
 
 @pytest.mark.parametrize("strategy", ["averaging", "async"])
 def test_small_validation_data_is_scored_on_the_driver_as_the_workers_would(spark, strategy, monkeypatch):
-    """Small validation data is read once and scored on the driver: the same figures, one Spark job per fit
-    instead of one per epoch; above the size limit the workers score it, as before."""
+    """Small validation data is read once and scored on the driver: the same figures, and the whole fit in one
+    Spark job, synchronous or not; above the size limit the workers score it, as before."""
     from sparkeras.training import DriverValidation
 
     x, y = blobs(1200, seed=5)
@@ -122,7 +122,9 @@ def test_small_validation_data_is_scored_on_the_driver_as_the_workers_would(spar
         assert history["val_accuracy"][-1] == pytest.approx(direct["accuracy"], abs=1e-6)
     if strategy == "averaging":  # synchronous rounds: the same model both times
         assert driver["val_loss"] == pytest.approx(workers["val_loss"], abs=1e-5)
-    assert worker_jobs - driver_jobs == 4 - 1  # one job per epoch, against one that reads the data once
+    # The workers' validation needs a job between epochs, so each epoch is a training job (and, for a rule
+    # that reports its center, a job scoring it with the validation data); on the driver the fit is one job.
+    assert (driver_jobs, worker_jobs) == (1, {"averaging": 4, "async": 8}[strategy])
 
 
 def test_averaging_trains_every_epoch_in_one_spark_job_and_the_same_model(spark, monkeypatch):
@@ -164,6 +166,35 @@ def test_averaging_trains_every_epoch_in_one_spark_job_and_the_same_model(spark,
     stopped, stopped_history, stopped_jobs = fit(epochs=10, stop=stop)
     assert len(stopped_history["loss"]) == 2 and stopped_jobs == 1
     assert stopped_history["loss"] == pytest.approx(one_history["loss"][:2], abs=1e-6)
+
+
+def test_an_asynchronous_fit_is_one_spark_job_when_its_tasks_can_run_at_once(spark):
+    """An asynchronous rule trains the whole fit in one job too (its tasks wait at each epoch's end for the
+    driver), when the cluster runs all its workers at once; with more workers than task slots (3 on
+    ``local[2]``) the tasks take turns, one job per epoch. Both learn, and a callback's rate reaches them."""
+    import keras
+
+    from sparkeras.strategies import epochs as epoch_jobs
+
+    x, y = blobs(1200, seed=5)
+    jobs = spark.sparkContext.statusTracker()
+
+    def fit(workers):
+        halve = keras.callbacks.LearningRateScheduler(lambda epoch, rate: rate / 2 if epoch == 2 else rate)
+        sm = SparkModel(mlp(seed=3), strategy="async", num_workers=workers, seed=0)
+        first = next(epoch_jobs._groups)
+        history = sm.fit(x[:900], y[:900], epochs=4, batch_size=32, verbose=0, validation_data=(x[900:], y[900:]),
+                         callbacks=[halve])
+        last = next(epoch_jobs._groups)
+        training = sum(len(jobs.getJobIdsForGroup(f"sparkeras-async-{k}")) for k in range(first + 1, last))
+        return sm, history.history, training
+
+    for workers, want_jobs in ((2, 1), (3, 4)):
+        sm, history, training = fit(workers)
+        assert training == want_jobs, workers
+        assert len(history["loss"]) == 4 and history["val_accuracy"][-1] > 0.6, history  # chance: 0.1
+        assert float(sm.model.optimizer.learning_rate) == pytest.approx(0.0005)
+        assert history["loss"][-1] == pytest.approx(sm.evaluate(x[:900], y[:900])["loss"], abs=1e-5)
 
 
 def test_early_stopping_stops_the_fit(spark):

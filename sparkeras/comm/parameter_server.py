@@ -150,6 +150,8 @@ class ParameterServer:
         self._answers: dict[int, dict[str, Any]] = {}  # the driver's answer, by epoch run
         self._handed = 0  # the last epoch run handed to the driver
         self._abandoned: str | None = None
+        # What a task Spark retries would break (it abandons the epoch run); None: it joins and goes on.
+        self.retry_abandons: str | None = "a synchronous epoch" if rule.synchronous else None
         self._cut_after = cut_after_commits
         commit_limit = sum(a.nbytes for a in self.center) + (64 << 10)  # the arrays and their codec header
         report_limit = 2 * len(initial_local) + (1 << 20)  # a local state and the metric variables
@@ -297,9 +299,9 @@ class ParameterServer:
     def _join(self, worker: int, attempt: int) -> tuple[dict[str, Any], bytes]:
         with self._lock:
             self.stats.add(joins=1)
-            if self.rule.synchronous and attempt > 0:
+            if self.retry_abandons is not None and attempt > 0:
                 self._abandoned = (f"worker {worker}'s task failed and Spark retried it (attempt {attempt + 1}) "
-                                   "in the middle of a synchronous epoch")
+                                   f"in the middle of {self.retry_abandons}")
                 self._round.notify_all()
                 raise ValueError(self._abandoned)
             self._seen[(worker, attempt)] = -1
