@@ -12,10 +12,12 @@ from sparkeras.data.sources import as_dataset
 from sparkeras.worker.local_steps import LocalSteps, evaluate_arrays, shared_tensor, trace
 
 
-@pytest.mark.parametrize("backend,warmed", [("tensorflow", False), ("tensorflow", True), ("other", False)],
-                         ids=["traced-loop", "traced-loop-after-warm-up", "train_on_batch"])
-def test_local_steps_equal_fit_on_the_same_batches(spark, backend, warmed):
-    """The warm-up's trace and empty first call (``trace``) must leave no step behind."""
+@pytest.mark.parametrize("backend,warmed,per_batch", [
+    ("tensorflow", False, False), ("tensorflow", True, False), ("tensorflow", True, True), ("other", False, False)],
+    ids=["traced-loop", "traced-loop-after-warm-up", "traced-loop-batch-by-batch", "train_on_batch"])
+def test_local_steps_equal_fit_on_the_same_batches(spark, backend, warmed, per_batch):
+    """The warm-up's trace and empty first call (``trace``) must leave no step behind; the asynchronous
+    rules' call per batch of the same loop trains the same steps."""
     x, y = blobs(200, seed=6)
     model = mlp(seed=9)
     plain = clone(model)
@@ -27,7 +29,7 @@ def test_local_steps_equal_fit_on_the_same_batches(spark, backend, warmed):
     if warmed:
         trace(model, columns, backend)
         assert int(model.optimizer.iterations) == 0
-    steps = LocalSteps(model, [x, y.astype(np.int32)], columns, backend)
+    steps = LocalSteps(model, [x, y.astype(np.int32)], columns, backend, batch_by_batch=per_batch)
     model.reset_metrics()
     assert steps.train(order, 32, 0, 3) == 96  # three windows, as a worker runs them
     assert steps.train(order, 32, 3, 3) == 96
@@ -35,6 +37,8 @@ def test_local_steps_equal_fit_on_the_same_batches(spark, backend, warmed):
     for got, want in zip(model.get_weights(), plain.get_weights()):
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
     assert int(model.optimizer.iterations) == 7
+    if backend == "tensorflow":  # the warm-up's traced loop, not Keras' own train function, traced in the task
+        assert model.train_function is None
     got = {k: float(v) for k, v in model.get_metrics_result().items()}
     assert got["accuracy"] == pytest.approx(plain.history.history["accuracy"][0], abs=1e-6)
     assert got["loss"] == pytest.approx(plain.history.history["loss"][0], abs=1e-5)

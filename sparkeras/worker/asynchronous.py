@@ -31,7 +31,7 @@ from sparkeras.data.packing import read_partition
 from sparkeras.progress import ProgressReporter
 from sparkeras.serialization import model_state, pack_arrays, set_model_state
 from sparkeras.worker.faults import fail_once, hold_once
-from sparkeras.worker.local_steps import BATCH_BY_BATCH, LocalSteps
+from sparkeras.worker.local_steps import LocalSteps
 from sparkeras.worker.tasks import WorkerSpec, _result, _setup, task_figures
 
 
@@ -115,11 +115,11 @@ def _train_epoch(spec: ServerTaskSpec, model: Any, partition: int, epoch: int, a
     reporter = None
     if spec.worker.progress is not None:
         reporter = ProgressReporter(spec.worker.progress, partition, epoch, 0, spec.batch_size, n)
-    # Synchronous rules (averaging, EASGD) run each window as one traced loop. Asynchronous ones train
-    # batch by batch: with the traced loop their tasks on small partitions ran one after another rather
-    # than overlapping, and the Elephas README example lost 1.5-2 points (measured; not understood yet).
+    # Synchronous rules (averaging, EASGD) run each window as one call of the traced loop. Asynchronous ones
+    # call it batch by batch: with a call per window their tasks on small partitions ran one after another
+    # rather than overlapping, and the Elephas README example lost 1.5-2 points (measured; not understood yet).
     local_steps = LocalSteps(model, spec.worker.training_arrays(arrays), spec.worker.columns,
-                             spec.worker.backend if rule.synchronous else BATCH_BY_BATCH)
+                             spec.worker.backend, batch_by_batch=not rule.synchronous)
     model.reset_metrics()  # they add up over the epoch's windows, as in fit
     for start in range(0, steps, window):
         local_steps.train(order, spec.batch_size, start, window)

@@ -32,9 +32,6 @@ from sparkeras.data.columns import ColumnMap
 from sparkeras.serialization import ensure_optimizer_built
 
 
-BATCH_BY_BATCH = "batch-by-batch"  # a backend value that asks for ``train_on_batch`` per batch
-
-
 class LocalSteps:
     """Trains ``model`` on batches of this partition, chosen by row index.
 
@@ -42,19 +39,28 @@ class LocalSteps:
         model: the compiled model (the worker's cached one).
         arrays: one array per column binding (features, then labels).
         columns: how the arrays map onto the model's inputs and outputs.
-        backend: the Keras backend name, or :data:`BATCH_BY_BATCH`.
+        backend: the Keras backend name.
+        batch_by_batch: one call per batch rather than per window, for
+            the asynchronous rules (see :mod:`sparkeras.worker.asynchronous`).
+            On TensorFlow each batch is a call of the same traced loop, which
+            the warm-up has traced already; ``train_on_batch`` traced Keras'
+            own train function in the first epoch instead (1.0-1.3 s of
+            the Elephas README example's first epoch, in every fresh Python
+            worker). On other backends, ``train_on_batch``.
     """
 
-    def __init__(self, model: Any, arrays: Sequence[np.ndarray], columns: ColumnMap, backend: str) -> None:
+    def __init__(self, model: Any, arrays: Sequence[np.ndarray], columns: ColumnMap, backend: str,
+                 batch_by_batch: bool = False) -> None:
         self.model, self.columns = model, columns
         self._arrays = list(arrays)
         ensure_optimizer_built(model)
         self._loop = None
+        self._per_batch = batch_by_batch
         self._totals: list[np.ndarray] | None = None
         if backend == "tensorflow" and len(self._arrays[0]):
             self._data = [shared_tensor(a) for a in self._arrays]
             self._loop = _traced_loop(model, columns, self._data)
-        elif backend == "jax" and len(self._arrays[0]):
+        elif backend == "jax" and len(self._arrays[0]) and not batch_by_batch:
             self._data = [shared_tensor(a, backend) for a in self._arrays]
             self._loop = _JaxWindows(model, columns, self._arrays)
 
@@ -63,7 +69,9 @@ class LocalSteps:
         if batches.size == 0:
             return
         if self._loop is not None:
-            self._loop(self._data, batches.astype(np.int32, copy=False))
+            batches = batches.astype(np.int32, copy=False)
+            for lo in range(0, len(batches), 1 if self._per_batch else len(batches)):
+                self._loop(self._data, batches[lo:lo + 1] if self._per_batch else batches)
             return
         for rows in batches:
             self.model.train_on_batch(*self.columns.data([a[rows] for a in self._arrays]))
