@@ -2,7 +2,7 @@
 
 from sparkeras.barrier import WorkerContext, run
 from sparkeras.ensemble import Ensemble
-from sparkeras.errors import InputError, SparkerasError, WorkerError
+from sparkeras.errors import ClusterCapacityError, FitCancelled, InputError, SparkerasError, WorkerError
 from sparkeras.images import read_images, skipped_images
 from sparkeras.inference.udf import register_udf
 from sparkeras.model import SparkModel
@@ -16,8 +16,8 @@ from sparkeras.tune.search import best_model, tune  # binds sparkeras.tune to th
 
 __version__ = "0.1.0"
 
-__all__ = ["ADAG", "AEASGD", "EAMSGD", "EASGD", "AllReduce", "Asynchronous", "DistributedOptimizer", "Downpour",
-           "DynSGD", "Ensemble", "Hogwild", "InputError", "ModelAveraging", "SparkModel", "SparkerasError", "Strategy",
+__all__ = ["ADAG", "AEASGD", "EAMSGD", "EASGD", "AllReduce", "Asynchronous", "ClusterCapacityError",
+           "DistributedOptimizer", "Downpour", "DynSGD", "Ensemble", "FitCancelled", "Hogwild", "InputError", "ModelAveraging", "SparkModel", "SparkerasError", "Strategy",
            "WorkerError", "WorkerContext", "__version__", "best_model", "from_keras_tuner", "get_spark",
            "plot_history", "read_images", "register_udf", "run", "skipped_images", "tune"]
 

@@ -25,7 +25,17 @@ class ClusterCapacityError(SparkerasError, RuntimeError):
     """The cluster no longer has the task slots a synchronous fit needs; the message names what is missing."""
 
 
+class FitCancelled(SparkerasError, RuntimeError):
+    """Spark cancelled a fit's job at someone else's request (the user's job group or tags, all jobs).
+
+    sparkeras relaunches a job that fails, but a cancelled one must stay
+    cancelled: a notebook's "stop" cancels the cell's job group.
+    """
+
+
 _INPUT_ERROR = re.compile(r"sparkeras\.errors\.InputError: (.*)")
+# Spark 4 names the error class; 3.5 says only how the job was cancelled.
+_CANCELLED = re.compile(r"SPARK_JOB_CANCELLED|cancelled (?:as )?part of cancell(?:ed|ation of)")
 _JVM_FRAMES = ("at org.apache", "at java.", "at scala.", "at jdk.")
 _EXCEPTION_LINE = re.compile(r"^:?\s*([\w.$]+(?:Error|Exception)): (.+)$")
 
@@ -36,6 +46,10 @@ def worker_error(exc: BaseException, doing: str) -> Exception:
     found = _INPUT_ERROR.search(text)
     if found:
         return InputError(found.group(1).strip())
+    if _CANCELLED.search(text):
+        return FitCancelled(f"Spark cancelled the job while {doing} ({failure_reason(exc)}), so the fit stops "
+                            "here instead of running it again. The model holds the state of the epochs "
+                            "completed before it.")
     if "Traceback" not in text:
         if type(exc).__module__.startswith(("py4j", "pyspark")):  # an executor or a worker died: no traceback
             return WorkerError(f"A Spark task failed while {doing}: {failure_reason(exc)}")

@@ -93,6 +93,11 @@ def spark():
     session.stop()
 
 
+def tagged_jobs(spark, tag: str) -> list[int]:
+    """The ids of the Spark jobs that ran under a job tag (sparkeras tags its training jobs)."""
+    return list(spark.sparkContext._jsc.sc().statusTracker().getJobIdsForTag(tag))
+
+
 def blobs(n: int, dim: int = 16, classes: int = 10, noise: float = 1.0, seed: int = 0, sample_seed: int | None = None):
     """A learnable ``classes``-class problem: gaussian clusters around centres drawn from ``seed``.
 

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import blobs, clone, mlp
+from conftest import blobs, clone, mlp, tagged_jobs
 from sparkeras import ADAG, EASGD, DistributedOptimizer, Downpour, DynSGD, InputError, SparkModel
 from sparkeras.comm.parameter_server import ParameterClient, ParameterServer
 from sparkeras.comm.wire import encode_frame
@@ -149,14 +149,13 @@ def test_a_rule_that_reports_its_center_scores_it_in_the_tasks_of_one_job(spark,
     from sparkeras.training import DriverValidation
 
     x, y = blobs(1200, seed=6)
-    jobs = spark.sparkContext.statusTracker()
 
     def fit():
         sm = SparkModel(mlp(seed=4), EASGD(rho=2.0, learning_rate=0.2), num_workers=2, seed=0)
-        first = next(epoch_jobs._groups)
+        first = next(epoch_jobs._tags)
         history = sm.fit(x[:900], y[:900], epochs=4, batch_size=32, verbose=0, validation_data=(x[900:], y[900:]))
-        last = next(epoch_jobs._groups)
-        return sm, history.history, sum(len(jobs.getJobIdsForGroup(f"sparkeras-easgd-{k}"))
+        last = next(epoch_jobs._tags)
+        return sm, history.history, sum(len(tagged_jobs(spark, f"sparkeras-easgd-{k}"))
                                         for k in range(first + 1, last))
 
     one, one_history, one_jobs = fit()

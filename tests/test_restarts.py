@@ -64,3 +64,40 @@ def test_bad_restart_settings_are_refused():
         ModelAveraging(max_restarts=-1)
     with pytest.raises(InputError, match="slot_timeout must be a positive number of seconds, got 0"):
         ADAG(slot_timeout=0)
+
+
+@pytest.mark.parametrize("strategy", ["averaging", "allreduce", "async"])
+def test_cancelling_the_users_job_group_stops_the_fit_instead_of_relaunching_it(spark, strategy):
+    """A notebook's stop button cancels the cell's job group. sparkeras' training jobs run in the caller's
+    group (under a tag of their own), so the cancellation reaches them, and a cancelled job is not relaunched:
+    the fit ends at once with FitCancelled, the model holding the epochs completed before it."""
+    import threading
+    import time
+
+    from sparkeras import FitCancelled
+
+    x, y = blobs(1200, seed=5)
+    sc = spark.sparkContext
+    ended = threading.Event()
+    model = mlp(seed=3)
+    initial = [w.copy() for w in model.get_weights()]
+    cancelled_at = []
+
+    class CancelAfterTwoEpochs(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1 and not ended.is_set():
+                ended.set()
+                threading.Timer(0.2, lambda: (cancelled_at.append(time.monotonic()),
+                                              sc.cancelJobGroup("a-notebook-cell"))).start()
+
+    sc.setJobGroup("a-notebook-cell", "the user's cell")
+    try:
+        with pytest.raises(FitCancelled, match=r"Spark cancelled the job while training epoch \d+ \(.*"
+                                               r"a-notebook-cell.*\), so the fit stops here instead of running it"):
+            SparkModel(model, strategy=strategy, num_workers=2, seed=0).fit(
+                x, y, epochs=500, batch_size=32, verbose=0, callbacks=[CancelAfterTwoEpochs()])
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
+        sc.setLocalProperty("spark.job.description", None)
+    assert time.monotonic() - cancelled_at[0] < 30  # no relaunch, no wait for the 500 epochs
+    assert any(np.abs(a - b).max() > 1e-3 for a, b in zip(model.get_weights(), initial))  # two epochs kept

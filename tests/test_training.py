@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import blobs, clone, mlp, plain_fit_accuracy
+from conftest import blobs, clone, mlp, plain_fit_accuracy, tagged_jobs
 from sparkeras import InputError, SparkModel
 
 
@@ -122,9 +122,10 @@ def test_small_validation_data_is_scored_on_the_driver_as_the_workers_would(spar
         assert history["val_accuracy"][-1] == pytest.approx(direct["accuracy"], abs=1e-6)
     if strategy == "averaging":  # synchronous rounds: the same model both times
         assert driver["val_loss"] == pytest.approx(workers["val_loss"], abs=1e-5)
-    # The workers' validation needs a job between epochs, so each epoch is a training job (and, for a rule
-    # that reports its center, a job scoring it with the validation data); on the driver the fit is one job.
-    assert (driver_jobs, worker_jobs) == (1, {"averaging": 4, "async": 8}[strategy])
+    # The caller's job group holds every job of the fit. On the driver: the validation data's read and one
+    # training job. By the workers, per epoch: a training job, a validation job, and for a rule that reports
+    # its center a job scoring it on the training data.
+    assert (driver_jobs, worker_jobs) == (2, {"averaging": 8, "async": 12}[strategy])
 
 
 def test_averaging_trains_every_epoch_in_one_spark_job_and_the_same_model(spark, monkeypatch):
@@ -138,16 +139,15 @@ def test_averaging_trains_every_epoch_in_one_spark_job_and_the_same_model(spark,
 
     x, y = blobs(1200, seed=5)
     val = (x[900:], y[900:])
-    jobs = spark.sparkContext.statusTracker()
 
     def fit(epochs=5, stop=None):
         halve = keras.callbacks.LearningRateScheduler(lambda epoch, rate: rate / 2 if epoch == 2 else rate)
         sm = SparkModel(mlp(seed=3), strategy="averaging", num_workers=2, seed=0)
-        first = next(epoch_jobs._groups)  # the training jobs run in groups numbered after it
+        first = next(epoch_jobs._tags)  # the training jobs run under tags numbered after it
         history = sm.fit(x[:900], y[:900], epochs=epochs, batch_size=32, verbose=0, validation_data=val,
                          callbacks=[halve] + ([stop] if stop else []))
-        last = next(epoch_jobs._groups)
-        training = sum(len(jobs.getJobIdsForGroup(f"sparkeras-averaging-{k}")) for k in range(first + 1, last))
+        last = next(epoch_jobs._tags)
+        training = sum(len(tagged_jobs(spark, f"sparkeras-averaging-{k}")) for k in range(first + 1, last))
         return sm, history.history, training
 
     one, one_history, one_jobs = fit()
@@ -177,16 +177,15 @@ def test_an_asynchronous_fit_is_one_spark_job_when_its_tasks_can_run_at_once(spa
     from sparkeras.strategies import epochs as epoch_jobs
 
     x, y = blobs(1200, seed=5)
-    jobs = spark.sparkContext.statusTracker()
 
     def fit(workers):
         halve = keras.callbacks.LearningRateScheduler(lambda epoch, rate: rate / 2 if epoch == 2 else rate)
         sm = SparkModel(mlp(seed=3), strategy="async", num_workers=workers, seed=0)
-        first = next(epoch_jobs._groups)
+        first = next(epoch_jobs._tags)
         history = sm.fit(x[:900], y[:900], epochs=4, batch_size=32, verbose=0, validation_data=(x[900:], y[900:]),
                          callbacks=[halve])
-        last = next(epoch_jobs._groups)
-        training = sum(len(jobs.getJobIdsForGroup(f"sparkeras-async-{k}")) for k in range(first + 1, last))
+        last = next(epoch_jobs._tags)
+        training = sum(len(tagged_jobs(spark, f"sparkeras-async-{k}")) for k in range(first + 1, last))
         return sm, history.history, training
 
     for workers, want_jobs in ((2, 1), (3, 4)):

@@ -31,12 +31,12 @@ import numpy as np
 from sparkeras.barrier import DEFAULT_TIMEOUT, CollectiveSettings, check_barrier
 from sparkeras.comm.collective import Rendezvous
 from sparkeras.comm.server import FrameServer
-from sparkeras.errors import ClusterCapacityError, InputError, failure_reason, worker_error
+from sparkeras.errors import ClusterCapacityError, FitCancelled, InputError, failure_reason, worker_error
 from sparkeras.log import logger
 from sparkeras.serialization import pack_arrays, unpack_arrays
 from sparkeras.session import driver_host
 from sparkeras.strategies.base import Strategy
-from sparkeras.strategies.epochs import GroupJob, SlotWatch, check_restart_settings, wait_for_slots
+from sparkeras.strategies.epochs import TaggedJob, SlotWatch, check_restart_settings, wait_for_slots
 from sparkeras.worker.learning_rate import check_rule, scale_factor
 from sparkeras.training import TrainingJob
 from sparkeras.worker.backends import BACKENDS
@@ -194,7 +194,7 @@ class AllReduce(Strategy):
                     if error is None:
                         break
                     failure = worker_error(error, f"training epoch {coordinator.next_epoch + 1}")
-                    if isinstance(failure, InputError) or attempt > self.max_restarts:
+                    if isinstance(failure, (InputError, FitCancelled)) or attempt > self.max_restarts:
                         raise failure
                     wait_for_slots(job, self.name, workers, self.slot_timeout, coordinator.next_epoch)
                     attempt += 1
@@ -364,7 +364,7 @@ class _Coordinator:
             finally:
                 self._reports.put(None)  # the loop below sees the end now, not at its next poll
 
-        stage = GroupJob(sc, "allreduce", "sparkeras allreduce", launch_then_wake)
+        stage = TaggedJob(sc, "allreduce", "sparkeras allreduce", launch_then_wake)
         watch = SlotWatch(sc, "allreduce", len(self.rows), slot_timeout)
         callback_error: BaseException | None = None
         capacity: BaseException | None = None

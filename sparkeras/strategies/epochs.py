@@ -13,7 +13,7 @@ already had:
   ``rollback``), up to ``max_restarts`` times per fit; each relaunch is
   recorded in ``history.restarts``, and callbacks see one
   ``on_epoch_begin``/``on_epoch_end`` pair per epoch;
-* the job runs in its own job group, so the driver can cancel it at once
+* the job runs under a job tag of its own, so the driver can cancel it at once
   when the parameter server reports an abandoned round (a synchronous
   worker retried by Spark), instead of waiting out the round's timeout;
 * when the job needs all its workers at once, the cluster's task slots are
@@ -31,13 +31,13 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar
 
-from sparkeras.errors import ClusterCapacityError, InputError, failure_reason
+from sparkeras.errors import ClusterCapacityError, FitCancelled, InputError, failure_reason
 
 if TYPE_CHECKING:
     from sparkeras.training import TrainingJob
 
 T = TypeVar("T")
-_groups = itertools.count()
+_tags = itertools.count()
 
 
 def check_restart_settings(max_restarts: Any, slot_timeout: Any) -> None:
@@ -97,32 +97,45 @@ class SlotWatch:
         return None
 
 
-class GroupJob(Generic[T]):
-    """``launch()`` on a thread of its own, its Spark jobs in a job group that :meth:`cancel` stops.
+class TaggedJob(Generic[T]):
+    """``launch()`` on a thread of its own, its Spark jobs under a job tag that :meth:`cancel` stops.
 
     The calling thread stays free to watch the cluster, serve reports, or
     notice an abandoned round while the job runs.
+
+    Why a tag and not a job group. A thread has one job group, so setting
+    ours replaced the user's: a notebook that cancels its cell's job group
+    (or a user's ``cancelJobGroup``) left sparkeras' training running. The
+    thread inherits the caller's group and other local properties
+    (:class:`pyspark.InheritableThread`), and adds its own tag, so both the
+    user's cancellation and the driver's (an abandoned epoch, lost slots)
+    stop the job.
     """
 
     def __init__(self, sc: Any, strategy: str, description: str, launch: Callable[[], T]) -> None:
-        self.sc, self.group = sc, f"sparkeras-{strategy}-{next(_groups)}"
+        from pyspark import InheritableThread
+
+        self.sc, self.tag = sc, f"sparkeras-{strategy}-{next(_tags)}"
         self.finished = threading.Event()
         self.result: T | None = None
         self.error: BaseException | None = None
 
         def target() -> None:
             try:
-                sc.setJobGroup(self.group, description, interruptOnCancel=True)
+                sc.setInterruptOnCancel(True)
+                sc.addJobTag(self.tag)
+                if sc.getLocalProperty("spark.job.description") is None:
+                    sc.setJobDescription(description)
                 self.result = launch()
             except BaseException as exc:  # noqa: BLE001 - handed to the caller
                 self.error = exc
             finally:
                 self.finished.set()
 
-        threading.Thread(target=target, name=f"sparkeras-{strategy}-job", daemon=True).start()
+        InheritableThread(target=target, name=f"sparkeras-{strategy}-job", daemon=True).start()
 
     def cancel(self) -> None:
-        self.sc.cancelJobGroup(self.group)
+        self.sc.cancelJobsWithTag(self.tag)
 
 
 class EpochAttempts:
@@ -159,7 +172,7 @@ class EpochAttempts:
         while True:
             try:
                 return self._once(current, launch, abandoned, serve)
-            except (InputError, ClusterCapacityError):
+            except (InputError, ClusterCapacityError, FitCancelled):
                 raise
             except Exception as failure:  # noqa: BLE001 - relaunched or raised below
                 if self.job.attempt > self.max_restarts:
@@ -173,7 +186,7 @@ class EpochAttempts:
     def _once(self, current: Callable[[], int], launch: Callable[[], T], abandoned: Callable[[], str | None],
               serve: Callable[[float], None] | None) -> T:
         sc = self.job.spark.sparkContext
-        job = GroupJob(sc, self.strategy, f"sparkeras {self.strategy} epoch {current() + 1}", launch)
+        job = TaggedJob(sc, self.strategy, f"sparkeras {self.strategy} epoch {current() + 1}", launch)
         watch = None if self.slots_needed is None else SlotWatch(sc, self.strategy, self.slots_needed,
                                                                  self.slot_timeout)
         cancelled: BaseException | None = None

@@ -290,8 +290,10 @@ class Search:
             self.server = TrialServer(driver_host(self.frames.train.sparkSession), self.lock)
             self._warm_up(first[1], concurrency)
         try:
-            threads = [threading.Thread(target=self._work, args=(first if i == 0 else None,),
-                                        name=f"sparkeras-trial-{i}", daemon=True) for i in range(concurrency)]
+            from pyspark import InheritableThread  # the trials' jobs keep the caller's job group
+
+            threads = [InheritableThread(target=self._work, args=(first if i == 0 else None,),
+                                         name=f"sparkeras-trial-{i}", daemon=True) for i in range(concurrency)]
             for t in threads:
                 t.start()
             for t in threads:
@@ -409,11 +411,16 @@ class Search:
             blob = sc.broadcast(pack_arrays(model_state(model)))
             state = blob
             self.server.track(record)
-            sc.setJobGroup(f"sparkeras-trial-{number}", f"sparkeras trial {number}", interruptOnCancel=True)
+            # A tag, not a job group: the user's group (a notebook cell's) must still cancel the trial.
+            sc.setInterruptOnCancel(True)
+            sc.setJobDescription(f"sparkeras trial {number}")
+            sc.addJobTag(f"sparkeras-trial-{number}")
             try:
                 rows.mapPartitions(lambda it: run_trial(task, state, it)).collect()
             except Exception as exc:  # noqa: BLE001 - translated: the worker's own error, not Spark's stack
                 raise worker_error(exc, f"training trial {number}") from None
+            finally:
+                sc.removeJobTag(f"sparkeras-trial-{number}")
         finally:
             self.server.forget(record)
             if blob is not None:
