@@ -70,8 +70,11 @@ class LocalSteps:
             return
         if self._loop is not None:
             batches = batches.astype(np.int32, copy=False)
-            for lo in range(0, len(batches), 1 if self._per_batch else len(batches)):
-                self._loop(self._data, batches[lo:lo + 1] if self._per_batch else batches)
+            if not self._per_batch:
+                self._loop(self._data, batches)
+                return
+            for i in range(len(batches)):
+                self._loop(self._data, batches[i:i + 1])
             return
         for rows in batches:
             self.model.train_on_batch(*self.columns.data([a[rows] for a in self._arrays]))
