@@ -240,7 +240,7 @@ class DistributedOptimizer(Strategy):
             if one_job:
                 whole = OneJobFit(self, job, server, spec, active, steered, shared)
                 try:
-                    whole.run(self._one_job_attempts(job, len(active)) if not self.synchronous else attempts)
+                    whole.run(attempts if self.synchronous else self._one_job_attempts(job, len(active)))
                     first = job.epochs
                 except ClusterCapacityError as lost:
                     if self.synchronous:
