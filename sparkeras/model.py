@@ -16,14 +16,14 @@ import numpy as np
 from sparkeras.data.columns import ColumnMap, ColumnSpec, output_names, resolve_columns
 from sparkeras.data.packing import PreparedData, prepare
 from sparkeras.data.weights import ClassWeights, check_class_weight, check_class_weight_fits, check_row_weights
-from sparkeras.data.sources import (Dataset, as_dataset, check_weight_rows, describe_source, materialize_rows,
+from sparkeras.data.sources import (Dataset, as_dataset, check_weight_rows, describe_source,
                                     split_validation, validation_dataset, with_row_weights)
 from sparkeras.errors import InputError
 from sparkeras.progress import ProgressBar, ProgressServer
 from sparkeras.serialization import (ModelSpec, check_rebuilds, model_state, pack_arrays, refresh_derived_state,
                                      set_model_state, start_rebuild_check)
 from sparkeras.session import (check_classic_session, console_progress_paused, driver_host, get_spark, is_spark_connect,
-                               keras_backend, workers_preloaded)
+                               keras_backend)
 from sparkeras.storage.model_file import check_model_archive, load_keras
 from sparkeras.storage.outputs import (check_output, check_remote_output, hadoop_copy, is_remote,
                                        read_model_info, save_model_atomically)
@@ -216,8 +216,6 @@ class SparkModel:
                                    weight_col, sample_weight)
         if dataset.label_col is None:
             raise InputError("fit needs labels: pass y= with numpy features, or label_col= naming the label column.")
-        if _is_rdd(x_data) and not workers_preloaded(spark):
-            releases.callback(materialize_rows(dataset.frame))
         val_dataset = None
         if validation_data is not None:
             val_dataset = validation_dataset(spark, validation_data, dataset, workers)
@@ -403,7 +401,7 @@ class SparkModel:
         if dataset.local:
             with console_progress_paused(spark):
                 return self._predict_local(spark, dataset, columns, workers, batch_size)
-        return self._predict_frame(dataset.frame, columns, batch_size, prediction_col)
+        return self._predict_frame(dataset.spark_frame(spark), columns, batch_size, prediction_col)
 
     def _predict_local(self, spark: Any, dataset: Dataset, columns: ColumnMap, workers: int,
                        batch_size: int) -> Any:
@@ -621,12 +619,6 @@ def _check_positive(**values: int) -> None:
 
 def _is_numpy(data: Any) -> bool:
     return isinstance(data, (np.ndarray, Mapping, list, tuple))
-
-
-def _is_rdd(data: Any) -> bool:
-    from pyspark import RDD
-
-    return isinstance(data, RDD)
 
 
 def _rows(x: Any) -> int:

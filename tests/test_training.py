@@ -387,31 +387,69 @@ def test_reading_an_rdds_first_pair_keeps_the_python_worker_that_read_it(spark):
     assert first_element(sc.emptyRDD()) == []
 
 
-def test_an_rdds_rows_are_cached_for_the_fit_where_workers_do_not_preload_tensorflow(spark, monkeypatch):
-    """Sessions sparkeras did not start: the pairs become cached rows before the warm-up, released after the fit."""
-    import keras
+def test_an_rdds_pairs_are_packed_by_the_tasks_that_read_them_without_a_sql_query(spark):
+    """No DataFrame between an RDD and its packed blocks, and the same model as through one."""
+    from sparkeras.data.sources import pair_rdd
 
-    import sparkeras.model
-    from sparkeras.session import workers_preloaded
-
-    assert workers_preloaded(spark)  # get_spark's session: its workers fork with TensorFlow imported
     sc = spark.sparkContext
     x, y = blobs(600, dim=4, classes=3, seed=2)
-    rdd = sc.parallelize([(x[i], int(y[i])) for i in range(len(x))], 2)
-    cached = lambda: len(sc._jsc.getPersistentRDDs())  # noqa: E731
-    before, during = cached(), []
+    rdd = sc.parallelize([(x[i].reshape(2, 2), int(y[i])) for i in range(len(x))], 2)
+    queries = spark._jsparkSession.sharedState().statusStore()
+    before = queries.executionsCount()
+    direct = SparkModel(mlp(dim=4, classes=3, seed=3), num_workers=2, seed=0)
+    direct.fit(rdd, epochs=4, batch_size=32, verbose=0)
+    assert queries.executionsCount() == before  # not one SQL query: no createDataFrame, no Arrow conversion
 
-    class Count(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            during.append(cached())
+    frame = pair_rdd(rdd, "features", "label").frame(spark)  # the rows the JVM used to make, same partitions
+    assert frame.schema.simpleString() == "struct<features:array<double>,label:bigint>"
+    through_rows = SparkModel(mlp(dim=4, classes=3, seed=3), num_workers=2, seed=0)
+    through_rows.fit(frame, epochs=4, batch_size=32, verbose=0)
+    for got, want in zip(direct.model.get_weights(), through_rows.model.get_weights()):
+        np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+    assert direct.evaluate(x, y)["accuracy"] > 0.8
 
-    model = SparkModel(mlp(dim=4, classes=3, seed=3), num_workers=2, seed=0)
-    model.fit(rdd, epochs=1, batch_size=32, verbose=0, callbacks=[Count()])
-    assert cached() == before
-    monkeypatch.setattr(sparkeras.model, "workers_preloaded", lambda _: False)
-    model.fit(rdd, epochs=1, batch_size=32, verbose=0, callbacks=[Count()])
-    assert during[1] == during[0] + 1  # the rows, beside what packing holds
-    assert cached() == before
+    history = SparkModel(mlp(dim=4, classes=3, seed=3), num_workers=2, seed=0).fit(
+        rdd, epochs=4, batch_size=32, validation_split=0.25, verbose=0)
+    assert history.history["val_accuracy"][-1] > 0.8
+    rows = history.params["train_rows"], history.params["validation_rows"]
+    assert 0.15 < rows[1] / 600 < 0.35 and sum(rows) == 600, rows  # a seeded random quarter, every pair once
+
+
+@pytest.mark.parametrize("kind", ["matrix_and_int", "list_and_float", "vector_and_bool", "one_hot", "features_only"])
+def test_an_rdds_elements_become_the_rows_a_dataframe_of_them_holds(kind):
+    """Executor side, without Spark: the Arrow batches packing reads equal the rows ``createDataFrame`` was given."""
+    from pyspark.ml.linalg import Vectors
+
+    from sparkeras.data.sources import PairLayout
+
+    rng = np.random.default_rng(0)
+    features = [rng.normal(size=(2, 3)).astype(np.float32) for _ in range(7)]
+    elements, layout = {
+        "matrix_and_int": ([(f, np.int64(i % 3)) for i, f in enumerate(features)],
+                           PairLayout("features", "label", False, True)),
+        "list_and_float": ([(f.ravel().tolist(), 0.5 * i) for i, f in enumerate(features)],
+                           PairLayout("x", "y", False, False)),
+        "vector_and_bool": ([(Vectors.dense(f.ravel()), i % 2 == 0) for i, f in enumerate(features)],
+                            PairLayout("features", "label", False, True)),
+        "one_hot": ([(f, np.eye(3, dtype=np.float32)[i % 3]) for i, f in enumerate(features)],
+                    PairLayout("features", "label", True, False)),
+        "features_only": (features, PairLayout("features", None)),
+    }[kind]
+    batches = list(layout.batches(iter(elements), rows=3))
+    assert [b.num_rows for b in batches] == [3, 3, 1]
+    got = [list(row.values()) for b in batches for row in b.to_pylist()]
+    want = [layout.row(e) for e in elements]
+    assert got == [[r[0], int(r[1])] if kind == "vector_and_bool" else r for r in want]
+    assert [field.name for field in layout.schema.fields] == list(batches[0].schema.names)
+
+
+def test_an_rdd_with_rows_of_different_lengths_is_refused_before_training(spark):
+    x, y = blobs(100, dim=4, classes=3, seed=2)
+    pairs = [(x[i], int(y[i])) for i in range(len(x))]
+    pairs[57] = (x[57][:3], int(y[57]))
+    rdd = spark.sparkContext.parallelize(pairs, 2)
+    with pytest.raises(InputError, match=r"column 'features' has arrays of different lengths \(4 and 3\)"):
+        SparkModel(mlp(dim=4, classes=3), num_workers=2).fit(rdd, epochs=1, verbose=0)
 
 
 def test_arrow_batches_carry_every_column_type_a_fit_reads_in_row_order(spark):

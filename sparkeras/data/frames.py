@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from sparkeras.data.columns import ColumnSpec
-from sparkeras.data.sources import (Dataset, as_dataset, split_validation, table_frame, validation_dataset,
+from sparkeras.data.sources import (Dataset, as_dataset, split_validation, validation_dataset,
                                     with_row_weights)
 
 
@@ -49,9 +49,7 @@ class SharedFrames:
         return self.train.schema
 
     def _cache(self, dataset: Dataset) -> Any:
-        frame = dataset.frame
-        if dataset.table is not None:
-            frame = table_frame(self._spark, dataset.table)
+        frame = dataset.spark_frame(self._spark)
         level = frame.storageLevel
         if not (level.useMemory or level.useDisk or level.useOffHeap):
             frame = frame.cache()

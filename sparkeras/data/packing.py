@@ -241,6 +241,11 @@ def prepare(dataset: Dataset, columns: ColumnMap, num_partitions: int, what: str
     """
     if dataset.table is not None:
         prepared = _prepare_local(dataset, columns, num_partitions)
+    elif dataset.pairs is not None:  # made for this fit: no refit can name it, so nothing to keep
+        prepared = _prepare_spark(dataset, columns, num_partitions, what)
+        if balance and _uneven(prepared.stats.rows_per_partition):
+            prepared.free()
+            prepared = _prepare_spark(dataset, columns, num_partitions, what, repartition=True)
     else:
         from sparkeras.data.reuse import PACKED
 
@@ -276,24 +281,13 @@ def _prepare_spark(dataset: Dataset, columns: ColumnMap, num_partitions: int, wh
     pyarrow, in equal row shares (:mod:`sparkeras.data.parquet`).
     """
     from pyspark import StorageLevel
-    from pyspark.sql import functions as F
 
-    from sparkeras.data.arrow import arrow_batches
-    from sparkeras.data.parquet import parquet_shares, read_shares
-
-    frame = dataset.frame.select(*[F.col(f"`{c}`") for c in columns.columns])
-    files = _packing_folder(frame.sparkSession)
-    shares = parquet_shares(frame, num_partitions)
-    if shares is not None:
-        names, rows = list(columns.columns), block_rows(columns)
-        packed = frame.sparkSession.sparkContext.parallelize(shares, num_partitions).mapPartitions(
-            lambda it: pack_batches(columns, read_shares(names, rows, it), files))
+    if dataset.pairs is not None:
+        packed = _packed_pairs(dataset.pairs, columns, num_partitions, repartition)
     else:
-        if repartition or frame.rdd.getNumPartitions() != num_partitions:
-            frame = frame.repartition(num_partitions)
-        messages, read = arrow_batches(frame)
-        packed = messages.mapPartitions(lambda it: pack_batches(columns, read(it), files))
-    blocks = packed.persist(StorageLevel.MEMORY_AND_DISK)
+        packed = _packed_frame(dataset.frame, columns, num_partitions, repartition)
+    files = packed.files
+    blocks = packed.rdd.persist(StorageLevel.MEMORY_AND_DISK)
     prepared = PreparedData(blocks, columns, DatasetStats([], None), files)
     try:
         per_partition = blocks.mapPartitionsWithIndex(_partition_stats).collect()
@@ -302,6 +296,44 @@ def _prepare_spark(dataset: Dataset, columns: ColumnMap, num_partitions: int, wh
         raise worker_error(exc, f"reading the {what}") from None
     prepared.stats = _combine(per_partition, columns, num_partitions)
     return prepared
+
+
+@dataclass(frozen=True)
+class _Packing:
+    """The RDD of packed blocks, not computed yet, and the folder its local-mode files go to."""
+
+    rdd: Any
+    files: str | None
+
+
+def _packed_frame(frame: Any, columns: ColumnMap, num_partitions: int, repartition: bool) -> _Packing:
+    from pyspark.sql import functions as F
+
+    from sparkeras.data.arrow import arrow_batches
+    from sparkeras.data.parquet import parquet_shares, read_shares
+
+    frame = frame.select(*[F.col(f"`{c}`") for c in columns.columns])
+    files = _packing_folder(frame.sparkSession)
+    shares = parquet_shares(frame, num_partitions)
+    if shares is not None:
+        names, rows = list(columns.columns), block_rows(columns)
+        return _Packing(frame.sparkSession.sparkContext.parallelize(shares, num_partitions).mapPartitions(
+            lambda it: pack_batches(columns, read_shares(names, rows, it), files)), files)
+    if repartition or frame.rdd.getNumPartitions() != num_partitions:
+        frame = frame.repartition(num_partitions)
+    messages, read = arrow_batches(frame)
+    return _Packing(messages.mapPartitions(lambda it: pack_batches(columns, read(it), files)), files)
+
+
+def _packed_pairs(pairs: Any, columns: ColumnMap, num_partitions: int, repartition: bool) -> _Packing:
+    """An RDD's pairs packed by the tasks that read them (:class:`sparkeras.data.sources.PairRDD`)."""
+    from pyspark.sql import SparkSession
+
+    rdd, layout, rows = pairs.rdd, pairs.layout, block_rows(columns)
+    if repartition or rdd.getNumPartitions() != num_partitions:
+        rdd = rdd.repartition(num_partitions)
+    files = _packing_folder(SparkSession.builder.getOrCreate())
+    return _Packing(rdd.mapPartitions(lambda it: pack_batches(columns, layout.batches(it, rows), files)), files)
 
 
 def _prepare_local(dataset: Dataset, columns: ColumnMap, num_partitions: int) -> PreparedData:

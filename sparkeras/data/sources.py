@@ -13,7 +13,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -29,13 +29,14 @@ ACCEPTED = (
 
 @dataclass(frozen=True)
 class Dataset:
-    """Data in Spark (``frame``) or on the driver (``table``), plus its columns."""
+    """Data in Spark (``frame``, or ``pairs`` for an RDD) or on the driver (``table``), plus its columns."""
 
     frame: Any
     features_col: ColumnSpec
     label_col: ColumnSpec | None
     table: pa.Table | None = None
     weight_col: str | None = None  # the column of row weights (sparkeras.data.weights)
+    pairs: "PairRDD | None" = None  # an RDD's elements, packed without a DataFrame (frame is None)
 
     @property
     def local(self) -> bool:
@@ -44,11 +45,19 @@ class Dataset:
 
     @property
     def schema(self) -> Any:
+        if self.pairs is not None:
+            return self.pairs.schema
         if self.table is None:
             return self.frame.schema
         from pyspark.sql.pandas.types import from_arrow_schema
 
         return from_arrow_schema(self.table.schema)
+
+    def spark_frame(self, spark: Any) -> Any:
+        """The data as a Spark DataFrame: ``frame``, or one made of the RDD's pairs or the driver's table."""
+        if self.pairs is not None:
+            return self.pairs.frame(spark)
+        return self.frame if self.table is None else table_frame(spark, self.table)
 
 
 def describe_source(data: Any) -> str:
@@ -87,7 +96,7 @@ def as_dataset(
     if isinstance(data, (str, os.PathLike)):
         return Dataset(read_data(spark, os.fspath(data)), features_col, label_col)
     if isinstance(data, RDD):
-        return Dataset(_rdd_frame(spark, data, features_col, label_col), features_col, label_col)
+        return Dataset(None, features_col, label_col, pairs=pair_rdd(data, features_col, label_col))
     if _is_pandas(data):
         return Dataset(None, features_col, label_col, pa.Table.from_pandas(data, preserve_index=False))
     if isinstance(data, (np.ndarray, Mapping, list, tuple)):
@@ -243,37 +252,6 @@ def _arrow_column(a: np.ndarray, name: str) -> pa.Array:
     return pa.ListArray.from_arrays(offsets, flat)
 
 
-def materialize_rows(frame: Any) -> Callable[[], Any]:
-    """Convert an RDD's pairs to cached rows now, before the fit warms its workers; returns the release.
-
-    Packing an RDD's DataFrame runs two Python functions in each task: the
-    conversion of the pairs to rows feeds the JVM's Arrow conversion, which
-    feeds the packing. So a task holds two Python workers, the pool holds
-    twice as many, and the fit's later tasks may land on one that never
-    imported TensorFlow. Where workers fork from pyspark's own daemon (a
-    session sparkeras did not start), each such landing imports it again.
-    Converted first, in a job of its own, the rows come from Spark's cache
-    and the packing tasks need one Python worker each, the warmed ones.
-    Measured on a bare ``local[2]`` context, an asynchronous fit of 1,400
-    pairs from an RDD: 12.4-12.6 s cold before (three runs), 9.6-11.9 s
-    after (five).
-    Sessions from :func:`sparkeras.get_spark` fork workers with TensorFlow
-    imported and skip this; the cache costs memory (spilled to disk when
-    short) until the fit ends. As the rows are cached, packing keeps their
-    packed blocks for a refit (:mod:`sparkeras.data.reuse`); no refit can
-    name this DataFrame, so the release drops those too.
-    """
-    from sparkeras.data.reuse import PACKED
-
-    def release() -> None:
-        frame.unpersist()
-        PACKED.drop_uncached()
-
-    frame.persist()
-    frame.count()
-    return release
-
-
 DRAIN_SECONDS = 0.5
 
 
@@ -305,39 +283,114 @@ def first_element(rdd: Any) -> list[Any]:
     return rdd.context.runJob(rdd, head, [0]) or rdd.take(1)  # partition 0 empty: let Spark scan on
 
 
-def _rdd_frame(spark: Any, rdd: Any, features_col: ColumnSpec, label_col: ColumnSpec | None) -> Any:
-    """An RDD of ``(features, label)`` pairs (or of features alone) as a DataFrame."""
-    from pyspark.sql import types as T
+@dataclass(frozen=True)
+class PairLayout:
+    """What an RDD's elements hold, read off its first: ``(features, label)`` pairs or features alone.
 
+    Executor side, :meth:`batches` turns the elements into Arrow batches
+    of the columns the schema names, which packing reads as it reads a
+    DataFrame's (:func:`sparkeras.data.packing.pack_batches`).
+    """
+
+    features_col: str
+    label_col: str | None  # None: the elements are features alone
+    label_is_array: bool = False
+    label_is_integer: bool = False
+
+    @property
+    def schema(self) -> Any:
+        """The Spark schema of these columns: features (and an array label) as arrays of doubles."""
+        from pyspark.sql import types as T
+
+        doubles = T.ArrayType(T.DoubleType(), False)
+        fields = [T.StructField(self.features_col, doubles, False)]
+        if self.label_col is not None:
+            label = doubles if self.label_is_array else T.LongType() if self.label_is_integer else T.DoubleType()
+            fields.append(T.StructField(self.label_col, label, False))
+        return T.StructType(fields)
+
+    def row(self, element: Any) -> list[Any]:
+        """One element as a row of the schema, for a DataFrame of the RDD."""
+        features = element[0] if self.label_col is not None else element
+        row = [np.asarray(_plain(features), dtype=np.float64).ravel().tolist()]
+        if self.label_col is not None:
+            label = np.asarray(_plain(element[1]))
+            row.append(label.astype(np.float64).ravel().tolist() if self.label_is_array else label.item())
+        return row
+
+    def batches(self, elements: Iterator[Any], rows: int) -> Iterator[pa.RecordBatch]:
+        """Executor side: the elements as Arrow batches of at most ``rows`` rows."""
+        names = [self.features_col] + ([self.label_col] if self.label_col is not None else [])
+        while True:
+            chunk = list(itertools.islice(elements, rows))
+            if not chunk:
+                return
+            if self.label_col is None:
+                yield pa.RecordBatch.from_arrays([_double_lists([_plain(e) for e in chunk])], names=names)
+                continue
+            columns = [_double_lists([_plain(e[0]) for e in chunk])]
+            labels = [_plain(e[1]) for e in chunk]
+            if self.label_is_array:
+                columns.append(_double_lists(labels))
+            else:
+                values = np.asarray([np.asarray(v).item() for v in labels])
+                columns.append(pa.array(values.astype(np.int64) if values.dtype.kind == "b" else values))
+            yield pa.RecordBatch.from_arrays(columns, names=names)
+
+
+def _double_lists(rows: list[Any]) -> pa.Array:
+    """Rows of numbers (arrays of any shape, flattened) as an Arrow list array of doubles."""
+    flat = [np.asarray(r, dtype=np.float64).ravel() for r in rows]
+    offsets = np.zeros(len(flat) + 1, dtype=np.int32)
+    np.cumsum([len(f) for f in flat], out=offsets[1:])
+    values = np.concatenate(flat) if flat else np.zeros(0, np.float64)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+
+
+@dataclass(frozen=True)
+class PairRDD:
+    """An RDD of ``(features, label)`` pairs (or of features alone), packed straight from its elements.
+
+    Why not a DataFrame. ``spark.createDataFrame`` over the pairs made the
+    JVM plan a query, convert the Python rows to its own and back to Arrow,
+    with two Python functions per packing task: for the Elephas README's
+    1,400 digits on a cold ``local[2]`` session, 1.9-2.6 s from the first
+    pair to the packed blocks, against 0.2-0.5 s when each packing task
+    reads its partition's pairs itself (``/tmp`` probe). A DataFrame is
+    still made where one is the result (:meth:`frame`: predictions, cached
+    frames for searches).
+    """
+
+    rdd: Any
+    layout: PairLayout
+
+    @property
+    def schema(self) -> Any:
+        return self.layout.schema
+
+    def frame(self, spark: Any) -> Any:
+        """The pairs as a DataFrame of :attr:`schema`."""
+        layout = self.layout
+        return spark.createDataFrame(self.rdd.map(layout.row), layout.schema)
+
+    def split(self, fraction: float, seed: int) -> tuple["PairRDD", "PairRDD"]:
+        """Hold out about ``fraction`` of the pairs, at random, seeded (``RDD.randomSplit``)."""
+        train, held_out = self.rdd.randomSplit([1.0 - fraction, fraction], seed=seed)
+        return PairRDD(train, self.layout), PairRDD(held_out, self.layout)
+
+
+def pair_rdd(rdd: Any, features_col: ColumnSpec, label_col: ColumnSpec | None) -> PairRDD:
+    """An RDD of ``(features, label)`` pairs (or of features alone), its layout read off its first element."""
     if not isinstance(features_col, str) or not (label_col is None or isinstance(label_col, str)):
         raise InputError("For an RDD of (features, label) pairs, features_col and label_col must be plain names.")
     first = first_element(rdd)
     if not first:
         raise InputError("The training data is empty (the RDD has no elements).")
     sample = first[0]
-    has_label = isinstance(sample, tuple) and len(sample) == 2 and label_col is not None
-    fields = [T.StructField(features_col, T.ArrayType(T.DoubleType(), False), False)]
-    label_is_array = False
-    if has_label:
-        label_value = np.asarray(_plain(sample[1]))
-        label_is_array = label_value.ndim > 0
-        if label_is_array:
-            ltype = T.ArrayType(T.DoubleType(), False)
-        elif label_value.dtype.kind in "iub":
-            ltype = T.LongType()
-        else:
-            ltype = T.DoubleType()
-        fields.append(T.StructField(label_col, ltype, False))
-
-    def to_row(pair):
-        features = pair[0] if has_label else pair
-        row = [np.asarray(_plain(features), dtype=np.float64).ravel().tolist()]
-        if has_label:
-            lab = np.asarray(_plain(pair[1]))
-            row.append(lab.astype(np.float64).ravel().tolist() if label_is_array else lab.item())
-        return row
-
-    return spark.createDataFrame(rdd.map(to_row), T.StructType(fields))
+    if not (isinstance(sample, tuple) and len(sample) == 2 and label_col is not None):
+        return PairRDD(rdd, PairLayout(features_col, None))
+    label = np.asarray(_plain(sample[1]))
+    return PairRDD(rdd, PairLayout(features_col, label_col, label.ndim > 0, label.dtype.kind in "iub"))
 
 
 def _plain(value: Any) -> Any:
@@ -382,6 +435,9 @@ def split_validation(dataset: Dataset, fraction: float, seed: int) -> tuple[Data
         cut = int(dataset.table.num_rows * (1.0 - fraction))
         return (Dataset(None, f, l, dataset.table.slice(0, cut), w),
                 Dataset(None, f, l, dataset.table.slice(cut)))
+    if dataset.pairs is not None:
+        train_pairs, val_pairs = dataset.pairs.split(fraction, seed)
+        return Dataset(None, f, l, weight_col=w, pairs=train_pairs), Dataset(None, f, l, pairs=val_pairs)
     train, val = dataset.frame.randomSplit([1.0 - fraction, fraction], seed=seed)
     return Dataset(train, f, l, weight_col=w), Dataset(val, f, l)
 
