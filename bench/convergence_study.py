@@ -14,11 +14,12 @@ learning-rate rule and warmup. Prints the test metric after every epoch.
     python bench/convergence_study.py --ps mlp '{"K": 2, "rule": "adag"}' '{"K": 2, "rule": "easgd", "rho": 2.5}'
     python bench/convergence_study.py --seeds 1,2,3 --workers 2,4 mlp cnn signal autoencoder
 
-``--seeds`` compares averaging's two ways to the N-fold step, each with its
+``--seeds`` compares averaging's ways to the N-fold step, each with its
 default window, over several seeds, on benchmark tasks and the held-out
 problems of ``bench/more_problems.py``: ``default`` (workers at the user's
-rate, outer momentum ``1 - 1/N``) and ``linear`` (workers at N times the
-rate, no outer momentum: ``learning_rate_scaling="linear"``). Each seed
+rate, outer momentum ``1 - 1/N``), ``linear`` (workers at N times the
+rate, no outer momentum: ``learning_rate_scaling="linear"``) and ``sqrt``
+(workers at ``sqrt(N)`` times the rate, outer momentum ``1 - 1/sqrt(N)``). Each seed
 reorders every worker's rows (and, for the held-out problems, draws other
 initial weights); one worker with no momentum is the reference. It prints
 each run, then the mean gap to the reference and its range over the seeds.
@@ -205,11 +206,11 @@ def compare_rules(names: list[str], seeds: list[int], workers: list[int], rules:
         for seed in seeds:
             def run(K: int, rule: str) -> list[float]:
                 keras.utils.set_random_seed(seed)
-                linear = rule == "linear"
+                rate = {"linear": float(K), "sqrt": float(np.sqrt(K))}.get(rule, 1.0)  # the workers' factor
                 window = int(ModelAveraging().window_for(K))
-                momentum = 0.0 if linear or K == 1 else 1.0 - 1.0 / K
+                momentum = 1.0 - rate / K  # the outer momentum makes the rest of the N-fold step
                 return averaging(task, data, K, window, momentum, report="iterate" if K > 1 else "center",
-                                 rate_factor=float(K) if linear else 1.0, seed=seed)
+                                 rate_factor=rate, seed=seed)
 
             reference = run(1, "default")
             print(json.dumps({"task": name, "seed": seed, "K": 1, "curve": reference}), flush=True)
