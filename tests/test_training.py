@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 
@@ -441,6 +442,23 @@ def test_an_rdds_elements_become_the_rows_a_dataframe_of_them_holds(kind):
     want = [layout.row(e) for e in elements]
     assert got == [[r[0], int(r[1])] if kind == "vector_and_bool" else r for r in want]
     assert [field.name for field in layout.schema.fields] == list(batches[0].schema.names)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda x, y: (["a"] * 4, 1), "Element 20 of the RDD's partition 1 is not like its first element: its features "
+                                 "['a', 'a', 'a', 'a'] are not numbers (could not convert string to float: 'a')"),
+    (lambda x, y: (x, np.eye(3)[y]), "Element 20 of the RDD's partition 1 is not like its first element: its label "
+                                     "has 3 values, where the first element's label is one number"),
+    (lambda x, y: x, "Element 20 of the RDD's partition 1 is not like its first element: it is a ndarray, not a "
+                     "(features, label) pair"),
+])
+def test_an_rdd_element_unlike_the_first_is_named_before_training(spark, bad, message):
+    x, y = blobs(100, dim=4, classes=3, seed=2)
+    pairs = [(x[i], int(y[i])) for i in range(len(x))]
+    pairs[70] = bad(x[70], y[70])
+    with pytest.raises(InputError, match=re.escape(message)):
+        SparkModel(mlp(dim=4, classes=3), num_workers=2).fit(spark.sparkContext.parallelize(pairs, 2), epochs=1,
+                                                             verbose=0)
 
 
 def test_an_rdd_with_rows_of_different_lengths_is_refused_before_training(spark):

@@ -333,7 +333,8 @@ def _packed_pairs(pairs: Any, columns: ColumnMap, num_partitions: int, repartiti
     if repartition or rdd.getNumPartitions() != num_partitions:
         rdd = rdd.repartition(num_partitions)
     files = _packing_folder(SparkSession.builder.getOrCreate())
-    return _Packing(rdd.mapPartitions(lambda it: pack_batches(columns, layout.batches(it, rows), files)), files)
+    return _Packing(rdd.mapPartitionsWithIndex(
+        lambda index, it: pack_batches(columns, layout.batches(it, rows, index), files)), files)
 
 
 def _prepare_local(dataset: Dataset, columns: ColumnMap, num_partitions: int) -> PreparedData:

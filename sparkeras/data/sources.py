@@ -318,24 +318,64 @@ class PairLayout:
             row.append(label.astype(np.float64).ravel().tolist() if self.label_is_array else label.item())
         return row
 
-    def batches(self, elements: Iterator[Any], rows: int) -> Iterator[pa.RecordBatch]:
-        """Executor side: the elements as Arrow batches of at most ``rows`` rows."""
-        names = [self.features_col] + ([self.label_col] if self.label_col is not None else [])
+    def batches(self, elements: Iterator[Any], rows: int, partition: int = 0) -> Iterator[pa.RecordBatch]:
+        """Executor side: the elements as Arrow batches of at most ``rows`` rows.
+
+        An element that is not like the first (not a pair, not numbers, a
+        label of another shape) stops the packing with an
+        :class:`~sparkeras.errors.InputError` that names it.
+        """
+        done = 0
         while True:
             chunk = list(itertools.islice(elements, rows))
             if not chunk:
                 return
-            if self.label_col is None:
-                yield pa.RecordBatch.from_arrays([_double_lists([_plain(e) for e in chunk])], names=names)
-                continue
-            columns = [_double_lists([_plain(e[0]) for e in chunk])]
-            labels = [_plain(e[1]) for e in chunk]
-            if self.label_is_array:
-                columns.append(_double_lists(labels))
-            else:
-                values = np.asarray([np.asarray(v).item() for v in labels])
-                columns.append(pa.array(values.astype(np.int64) if values.dtype.kind == "b" else values))
-            yield pa.RecordBatch.from_arrays(columns, names=names)
+            try:
+                batch = self._batch(chunk)
+            except (TypeError, ValueError, IndexError, pa.ArrowException) as exc:
+                at, why = next(((done + i, w) for i, w in enumerate(map(self._unlike_the_first, chunk)) if w),
+                               (done, f"{type(exc).__name__}: {exc}"))
+                raise InputError(f"Element {at} of the RDD's partition {partition} is not like its first element: "
+                                 f"{why}. Every element must be a (features, label) pair of numbers (numpy arrays, "
+                                 "lists or Spark ML vectors), each label of the same shape.") from None
+            done += len(chunk)
+            yield batch
+
+    def _batch(self, chunk: list[Any]) -> pa.RecordBatch:
+        names = [self.features_col] + ([self.label_col] if self.label_col is not None else [])
+        if self.label_col is None:
+            return pa.RecordBatch.from_arrays([_double_lists([_plain(e) for e in chunk])], names=names)
+        if not all(isinstance(e, tuple) and len(e) == 2 for e in chunk):
+            raise ValueError("an element is not a pair")
+        columns = [_double_lists([_plain(e[0]) for e in chunk])]
+        labels = [_plain(e[1]) for e in chunk]
+        if self.label_is_array:
+            columns.append(_double_lists(labels))
+        else:
+            values = np.asarray([np.asarray(v).item() for v in labels])
+            columns.append(pa.array(values.astype(np.int64) if values.dtype.kind == "b" else values))
+        return pa.RecordBatch.from_arrays(columns, names=names)
+
+    def _unlike_the_first(self, element: Any) -> str | None:
+        """Why ``element`` cannot be a row like the first element's, or ``None``."""
+        if self.label_col is not None and not (isinstance(element, tuple) and len(element) == 2):
+            return f"it is a {type(element).__name__}, not a (features, label) pair"
+        parts = [("features", element[0] if self.label_col is not None else element)]
+        if self.label_col is not None:
+            parts.append(("label", element[1]))
+        for what, value in parts:
+            try:
+                numbers = np.asarray(_plain(value), dtype=np.float64)
+            except (TypeError, ValueError) as exc:
+                return f"its {what} {_short(value)} are not numbers ({exc})"
+            if what == "label" and not self.label_is_array and numbers.size != 1:
+                return f"its label has {numbers.size} values, where the first element's label is one number"
+        return None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _double_lists(rows: list[Any]) -> pa.Array:
