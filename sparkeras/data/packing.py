@@ -239,22 +239,19 @@ def prepare(dataset: Dataset, columns: ColumnMap, num_partitions: int, what: str
     Raises :class:`InputError` (and frees what was packed) when the data
     cannot be trained on, before any training starts.
     """
+    def pack() -> PreparedData:
+        packed = _prepare_spark(dataset, columns, num_partitions, what)
+        if balance and _uneven(packed.stats.rows_per_partition):
+            packed.free()
+            packed = _prepare_spark(dataset, columns, num_partitions, what, repartition=True)
+        return packed
+
     if dataset.table is not None:
         prepared = _prepare_local(dataset, columns, num_partitions)
     elif dataset.pairs is not None:  # made for this fit: no refit can name it, so nothing to keep
-        prepared = _prepare_spark(dataset, columns, num_partitions, what)
-        if balance and _uneven(prepared.stats.rows_per_partition):
-            prepared.free()
-            prepared = _prepare_spark(dataset, columns, num_partitions, what, repartition=True)
+        prepared = pack()
     else:
         from sparkeras.data.reuse import PACKED
-
-        def pack() -> PreparedData:
-            packed = _prepare_spark(dataset, columns, num_partitions, what)
-            if balance and _uneven(packed.stats.rows_per_partition):
-                packed.free()
-                packed = _prepare_spark(dataset, columns, num_partitions, what, repartition=True)
-            return packed
 
         prepared = PACKED.get(dataset.frame, columns, num_partitions, balance, pack)
     try:
