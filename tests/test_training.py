@@ -416,6 +416,17 @@ def test_an_rdds_pairs_are_packed_by_the_tasks_that_read_them_without_a_sql_quer
     assert 0.15 < rows[1] / 600 < 0.35 and sum(rows) == 600, rows  # a seeded random quarter, every pair once
 
 
+def test_an_rdd_of_mllib_labeled_points_trains_as_pairs(spark):
+    from pyspark.mllib.regression import LabeledPoint
+
+    x, y = blobs(600, dim=4, classes=3, seed=2)
+    points = spark.sparkContext.parallelize([LabeledPoint(float(y[i]), x[i]) for i in range(len(x))], 2)
+    sm = SparkModel(mlp(dim=4, classes=3, seed=3), num_workers=2, seed=0)
+    sm.fit(points, epochs=4, batch_size=32, verbose=0)
+    assert sm.evaluate(points)["accuracy"] == pytest.approx(sm.evaluate(x, y)["accuracy"], abs=1e-6)
+    assert sm.evaluate(x, y)["accuracy"] > 0.8
+
+
 @pytest.mark.parametrize("kind", ["matrix_and_int", "list_and_float", "vector_and_bool", "one_hot", "features_only"])
 def test_an_rdds_elements_become_the_rows_a_dataframe_of_them_holds(kind):
     """Executor side, without Spark: the Arrow batches packing reads equal the rows ``createDataFrame`` was given."""

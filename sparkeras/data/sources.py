@@ -427,10 +427,16 @@ def pair_rdd(rdd: Any, features_col: ColumnSpec, label_col: ColumnSpec | None) -
     if not first:
         raise InputError("The training data is empty (the RDD has no elements).")
     sample = first[0]
+    if _is_labeled_point(sample):  # MLlib's (label, features) records, as Elephas' SparkMLlibModel takes them
+        rdd, sample = rdd.map(lambda point: (point.features, point.label)), (sample.features, sample.label)
     if not (isinstance(sample, tuple) and len(sample) == 2 and label_col is not None):
         return PairRDD(rdd, PairLayout(features_col, None))
     label = np.asarray(_plain(sample[1]))
     return PairRDD(rdd, PairLayout(features_col, label_col, label.ndim > 0, label.dtype.kind in "iub"))
+
+
+def _is_labeled_point(value: Any) -> bool:
+    return type(value).__name__ == "LabeledPoint" and type(value).__module__.startswith("pyspark.mllib")
 
 
 def _plain(value: Any) -> Any:
