@@ -450,8 +450,11 @@ def test_an_rdds_elements_become_the_rows_a_dataframe_of_them_holds(kind):
     batches = list(layout.batches(iter(elements), rows=3))
     assert [b.num_rows for b in batches] == [3, 3, 1]
     got = [list(row.values()) for b in batches for row in b.to_pylist()]
-    want = [layout.row(e) for e in elements]
-    assert got == [[r[0], int(r[1])] if kind == "vector_and_bool" else r for r in want]
+    flat = [f.astype(np.float64).ravel().tolist() for f in features]  # what the JVM's rows held: doubles
+    labels = {"matrix_and_int": [i % 3 for i in range(7)], "list_and_float": [0.5 * i for i in range(7)],
+              "vector_and_bool": [int(i % 2 == 0) for i in range(7)],
+              "one_hot": [np.eye(3)[i % 3].tolist() for i in range(7)]}.get(kind)
+    assert got == ([[f] for f in flat] if labels is None else [[f, label] for f, label in zip(flat, labels)])
     assert [field.name for field in layout.schema.fields] == list(batches[0].schema.names)
 
 

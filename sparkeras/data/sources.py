@@ -309,15 +309,6 @@ class PairLayout:
             fields.append(T.StructField(self.label_col, label, False))
         return T.StructType(fields)
 
-    def row(self, element: Any) -> list[Any]:
-        """One element as a row of the schema, for a DataFrame of the RDD."""
-        features = element[0] if self.label_col is not None else element
-        row = [np.asarray(_plain(features), dtype=np.float64).ravel().tolist()]
-        if self.label_col is not None:
-            label = np.asarray(_plain(element[1]))
-            row.append(label.astype(np.float64).ravel().tolist() if self.label_is_array else label.item())
-        return row
-
     def batches(self, elements: Iterator[Any], rows: int, partition: int = 0) -> Iterator[pa.RecordBatch]:
         """Executor side: the elements as Arrow batches of at most ``rows`` rows.
 
@@ -409,9 +400,14 @@ class PairRDD:
         return self.layout.schema
 
     def frame(self, spark: Any) -> Any:
-        """The pairs as a DataFrame of :attr:`schema`."""
+        """The pairs as a DataFrame of :attr:`schema`, converted as packing converts them."""
         layout = self.layout
-        return spark.createDataFrame(self.rdd.map(layout.row), layout.schema)
+
+        def rows(index: int, elements: Iterator[Any]) -> Iterator[tuple]:
+            for batch in layout.batches(elements, 4096, index):
+                yield from zip(*(column.to_pylist() for column in batch.columns))
+
+        return spark.createDataFrame(self.rdd.mapPartitionsWithIndex(rows), layout.schema)
 
     def split(self, fraction: float, seed: int) -> tuple["PairRDD", "PairRDD"]:
         """Hold out about ``fraction`` of the pairs, at random, seeded (``RDD.randomSplit``)."""
