@@ -19,7 +19,8 @@ default window, over several seeds, on benchmark tasks and the held-out
 problems of ``bench/more_problems.py``: ``default`` (workers at the user's
 rate, outer momentum ``1 - 1/N``), ``linear`` (workers at N times the
 rate, no outer momentum: ``learning_rate_scaling="linear"``) and ``sqrt``
-(workers at ``sqrt(N)`` times the rate, outer momentum ``1 - 1/sqrt(N)``). Each seed
+(workers at ``sqrt(N)`` times the rate, outer momentum ``1 - 1/sqrt(N)``) and
+``anneal`` (``linear`` at first, moving to ``default`` over the first epoch). Each seed
 reorders every worker's rows (and, for the held-out problems, draws other
 initial weights); one worker with no momentum is the reference. It prints
 each run, then the mean gap to the reference and its range over the seeds.
@@ -86,13 +87,17 @@ def _workers(task: Task, x, y, K: int, optimizer=None, rate_factor: float = 1.0)
 
 def averaging(task: Task, data, K: int, window: int, momentum: float, nesterov: bool = True,
               outer_learning_rate: float = 1.0, report: str = "center", rate_factor: float = 1.0,
-              seed: int = 0) -> list[float]:
+              seed: int = 0, anneal_epochs: float = 0.0) -> list[float]:
     """``report="center"`` scores the look-ahead center; ``"iterate"`` the center less it (``OuterStep.iterate``).
 
     The strategy reports the iterate when an epoch has at least ``2 K``
     rounds (``ModelAveraging.reports_iterate``), else the center. The
     workers train at ``rate_factor`` times the model's rate; ``seed`` orders
-    their rows.
+    their rows. With ``anneal_epochs`` the workers instead start at ``K``
+    times the rate with no outer momentum and move, geometrically over that
+    many epochs, to ``rate_factor`` times it and ``momentum``; the outer
+    momentum is ``1 - s / K`` at the workers' factor ``s``, so the step
+    stays ``K``-fold throughout (the ``anneal`` rule of ``--rules``).
     """
     from sparkeras.strategies.averaging import OuterStep
 
@@ -101,12 +106,19 @@ def averaging(task: Task, data, K: int, window: int, momentum: float, nesterov: 
     center = [np.array(w) for w in base.get_weights()]
     outer = OuterStep(momentum, outer_learning_rate, nesterov, [v.trainable for v in base.weights])
     steps = -(-n // task.batch_size)
+    rate = float(np.asarray(workers[0][0].optimizer.learning_rate)) / rate_factor  # the model's own
     scores = []
     for epoch in range(task.epochs):
         orders = [np.random.default_rng([seed, epoch, k]).permutation(n) for k in range(K)]
         for start in range(0, steps, window):
+            if anneal_epochs:
+                done = min(1.0, (epoch * steps + start) / (anneal_epochs * steps))
+                factor = K ** (1 - done) * rate_factor ** done
+                outer.momentum = 1 - factor / K
             moves = []
             for (m, local), order in zip(workers, orders):
+                if anneal_epochs:
+                    m.optimizer.learning_rate.assign(rate * factor)
                 m.set_weights(center)
                 local.train(order, task.batch_size, start, min(window, steps - start))
                 moves.append([w - c for w, c in zip(m.get_weights(), center)])
@@ -210,7 +222,7 @@ def compare_rules(names: list[str], seeds: list[int], workers: list[int], rules:
                 window = int(ModelAveraging().window_for(K))
                 momentum = 1.0 - rate / K  # the outer momentum makes the rest of the N-fold step
                 return averaging(task, data, K, window, momentum, report="iterate" if K > 1 else "center",
-                                 rate_factor=rate, seed=seed)
+                                 rate_factor=rate, seed=seed, anneal_epochs=1.0 if rule == "anneal" else 0.0)
 
             reference = run(1, "default")
             print(json.dumps({"task": name, "seed": seed, "K": 1, "curve": reference}), flush=True)
