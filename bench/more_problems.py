@@ -34,8 +34,8 @@ metric at the last epoch and the gap to plain's.
 * ``recurrent``: 20 steps of 3 random channels; the target (no noise) is a
   scaled sum of the first channel over the steps plus the last step of the
   second; LSTM(16) and Dense 1, Adam, batch 32, 5 epochs; scored by the mean
-  squared error. Plain's error falls about 27-fold in 5 epochs, so every
-  epoch's steps count.
+  squared error. Plain's error falls about 27-fold from its first epoch
+  to its fifth, so every epoch's steps count.
 
 Each is small (plain takes a few seconds); all nine with two strategies take about ten
 minutes. Timing is not the point here; ``time_to_accuracy.py`` is.
