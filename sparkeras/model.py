@@ -15,12 +15,13 @@ import numpy as np
 
 from sparkeras.data.columns import ColumnMap, ColumnSpec, output_names, resolve_columns
 from sparkeras.data.packing import PreparedData, prepare
+from sparkeras.data.strings import for_packed_data, string_split
 from sparkeras.data.weights import ClassWeights, check_class_weight, check_class_weight_fits, check_row_weights
 from sparkeras.data.sources import (Dataset, as_dataset, check_weight_rows, describe_source,
                                     split_validation, validation_dataset, with_row_weights)
 from sparkeras.errors import InputError
 from sparkeras.progress import ProgressBar, ProgressServer
-from sparkeras.serialization import (ModelSpec, check_rebuilds, model_state, pack_arrays, refresh_derived_state,
+from sparkeras.serialization import (ModelSpec, check_rebuilds, copy_vocabularies, model_state, pack_arrays, refresh_derived_state,
                                      set_model_state, start_rebuild_check)
 from sparkeras.session import (check_classic_session, console_progress_paused, driver_host, get_spark, is_spark_connect,
                                keras_backend)
@@ -104,10 +105,24 @@ class SparkModel:
     def _spec(self, columns: ColumnMap, progress: Any = None, class_weight: ClassWeights | None = None,
               workers: int = 1) -> WorkerSpec:
         """What the tasks need; ``workers`` > 1 for training (see ``Strategy.averages_moving_statistics``)."""
-        model = ModelSpec.from_model(self._model, self.custom_objects or None)
+        model = ModelSpec.from_model(self._trained_model(), self.custom_objects or None)
         if self.strategy.averages_moving_statistics:
             model = model.with_moving_statistics_for(workers)
         return WorkerSpec(model, columns, keras_backend(), self.seed, progress, class_weight)
+
+    def _trained_model(self) -> Any:
+        """The model the tasks train and score on packed data: the user's, or for string inputs its trunk.
+
+        The trunk shares every layer, variable and the optimizer with the
+        user's model (:mod:`sparkeras.data.strings`), so training it trains
+        the user's model; callbacks, ``history`` and saving see the user's.
+        """
+        split = string_split(self._model, self.custom_objects or None)
+        return self._model if split is None else split.trunk
+
+    def _packed_columns(self, columns: ColumnMap) -> ColumnMap:
+        """``columns`` as the data is packed for the tasks: string inputs as their layers' numbers."""
+        return for_packed_data(self._model, columns, self.custom_objects or None)[1]
 
     def _dataset(self, spark: Any, data: Any, y: Any, x: Any, features_col: ColumnSpec,
                  label_col: ColumnSpec | None, workers: int) -> Dataset:
@@ -224,6 +239,7 @@ class SparkModel:
         columns = resolve_columns(self._model, dataset.schema, dataset.features_col, dataset.label_col,
                                   dataset.weight_col)
         check_class_weight_fits(class_weight, columns)
+        columns, trained = self._packed_columns(columns), self._trained_model()
         self.classes = label_classes(dataset.schema, dataset.label_col) or self.classes
         if val_dataset is not None:
             resolve_columns(self._model, val_dataset.schema, val_dataset.features_col, val_dataset.label_col)
@@ -233,7 +249,7 @@ class SparkModel:
         checkpoint, saved = self._checkpoint(spark, checkpoint_dir, batch_size, workers, class_weight,
                                              dataset.weight_col)
         if saved is not None:
-            set_model_state(self._model, saved.state)
+            set_model_state(trained, saved.state)
             self.strategy.restore_checkpoint_state(saved.extra)
             initial_epoch = max(initial_epoch, saved.next_epoch)
         prepared: list[PreparedData] = []
@@ -262,7 +278,7 @@ class SparkModel:
             if verbose:
                 server = ProgressServer(driver_host(spark), bar.report)
             job = TrainingJob(
-                spark=spark, model=self._model,
+                spark=spark, model=trained,
                 spec=self._spec(columns, server.address if server else None, class_weight, workers),
                 train=train, validation=validation, epochs=epochs, initial_epoch=initial_epoch,
                 batch_size=batch_size, shuffle=shuffle, num_workers=workers,
@@ -282,11 +298,11 @@ class SparkModel:
             if saved is not None:
                 _resume_history(self._model.history, saved, job, checkpoint_dir)
             elif carried is not None:
-                carried.resume(self.strategy, self._model)
+                carried.resume(self.strategy, trained)
             if initial_epoch < epochs:
                 self.strategy.fit(job)
             job.callbacks.on_train_end()
-            self._continuation = Continuation.after_fit(self.strategy, self._model)
+            self._continuation = Continuation.after_fit(self.strategy, trained)
         except BaseException as error:
             _fit_failed(job.callbacks.callbacks if job and job.callbacks else callbacks, error)
             raise
@@ -357,15 +373,16 @@ class SparkModel:
                                    weight_col, sample_weight)
         if dataset.label_col is None:
             raise InputError("evaluate needs labels: pass y= with numpy features, or label_col=.")
-        columns = resolve_columns(self._model, dataset.schema, dataset.features_col, dataset.label_col,
-                                  dataset.weight_col)
+        columns = self._packed_columns(resolve_columns(self._model, dataset.schema, dataset.features_col,
+                                                       dataset.label_col, dataset.weight_col))
         check_same_classes(self.classes, dataset.schema, dataset.label_col, "evaluation data")
+        trained = self._trained_model()
         spec = self._spec(columns)
         check_rebuilds(spec.model)
         prepared = prepare(dataset, columns, workers, "evaluation data")
-        blob = spark.sparkContext.broadcast(pack_arrays(model_state(self._model)))
+        blob = spark.sparkContext.broadcast(pack_arrays(model_state(trained)))
         try:
-            return evaluate(prepared, spec, blob, batch_size, MetricReader(self._model, prepared))
+            return evaluate(prepared, spec, blob, batch_size, MetricReader(trained, prepared))
         finally:
             blob.unpersist()
             prepared.release()
@@ -405,10 +422,11 @@ class SparkModel:
 
     def _predict_local(self, spark: Any, dataset: Dataset, columns: ColumnMap, workers: int,
                        batch_size: int) -> Any:
+        columns = self._packed_columns(columns)
         spec = self._spec(columns)
         check_rebuilds(spec.model)
         prepared = prepare(dataset, columns, workers, "prediction data")
-        blob = spark.sparkContext.broadcast(pack_arrays(model_state(self._model)))
+        blob = spark.sparkContext.broadcast(pack_arrays(model_state(self._trained_model())))
         try:
             results = run_partitions(
                 prepared, lambda it: tasks.predict_packed(spec, blob, batch_size, it), "predicting")
@@ -548,6 +566,7 @@ def fresh_copy(
     if not getattr(model, "compiled", False):
         raise InputError(f"{owner}'s model is not compiled: call model.compile(optimizer=..., loss=...) first.")
     copy = keras.models.clone_model(model)
+    copy_vocabularies(model, copy)
     copy.set_weights(model.get_weights())
     refresh_derived_state(copy)
     config = model.get_compile_config()

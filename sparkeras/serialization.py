@@ -517,6 +517,33 @@ def _ship_vocabularies(model: Any, config: dict[str, Any]) -> None:
             inner["vocabulary"] = vocabulary
 
 
+def copy_vocabularies(source: Any, target: Any) -> None:
+    """Give ``target``'s lookup layers the vocabularies adapted in ``source``'s layers of the same names.
+
+    Why. ``keras.models.clone_model`` rebuilds layers from their configs,
+    and an adapted vocabulary is in neither the config nor a variable
+    (see :func:`_ship_vocabularies`): a copied ``TextVectorization`` had an
+    empty vocabulary, and packing strings through it failed with "keys and
+    values cannot be empty tensors".
+    """
+    targets = {layer.name: layer for layer in target._flatten_layers(include_self=False)}
+    for layer in source._flatten_layers(include_self=False):
+        twin = targets.get(layer.name)
+        if twin is None or not callable(getattr(layer, "get_vocabulary", None)) \
+                or not callable(getattr(twin, "set_vocabulary", None)) or _config_of(layer).get("vocabulary"):
+            continue
+        vocabulary = layer.get_vocabulary(include_special_tokens=False)
+        if vocabulary and _config_of(layer).get("output_mode") != "tf_idf":
+            twin.set_vocabulary([v.item() if hasattr(v, "item") else v for v in vocabulary])
+
+
+def _config_of(layer: Any) -> dict[str, Any]:
+    try:
+        return dict(layer.get_config())
+    except Exception:  # noqa: BLE001 - a layer without a config has nothing to copy
+        return {}
+
+
 def _registered_name(config: Any, class_name: str) -> str:
     """The name Keras looks ``class_name`` up by in ``config`` (``package>Name`` when registered with a package)."""
     return next((node["registered_name"] for node in _config_dicts(config)

@@ -425,8 +425,10 @@ class TrainingJob:
                 hook(figures)
         self.callbacks.on_epoch_end(epoch, logs)
         self._take_learning_rate()
+        user_model = getattr(self.callbacks, "model", None)  # the user's model: self.model may be its trunk
+        user_model = self.model if user_model is None else user_model
         if self.checkpoint is not None:
-            history = getattr(self.model, "history", None)
+            history = getattr(user_model, "history", None)
             self.checkpoint.save(epoch + 1, self.state, self.strategy_state(),
                                  dict(getattr(history, "history", {}) or {}))
-        return bool(getattr(self.model, "stop_training", False))
+        return bool(getattr(user_model, "stop_training", False))

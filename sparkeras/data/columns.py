@@ -56,6 +56,7 @@ class TensorBinding:
     classes: int | None = None
     unit_interval: bool = False
     image: ImageGeometry | None = None
+    strings: Any = None  # a StringPrefix: packed for training as its output (sparkeras.data.strings)
 
     @property
     def size(self) -> int | None:
@@ -75,6 +76,8 @@ class TensorBinding:
         n = batch.num_rows
         if len(self.columns) == 1 and is_binary_type(batch.schema.field(self.columns[0]).type):
             return self._decode_images(batch)
+        if self.dtype == "string" or self.strings is not None:
+            return self._strings(batch)
         parts = []
         for col in self.columns:
             values, problem = _column_rows(batch.column(col), col)
@@ -108,6 +111,22 @@ class TensorBinding:
             return BindingValues(None, problem, batch.num_rows)
         target = tuple(-1 if d is None else d for d in self.shape)
         return BindingValues(pixels.reshape((batch.num_rows, *target)).astype(self.dtype), None, batch.num_rows)
+
+    def _strings(self, batch: pa.RecordBatch) -> "BindingValues":
+        """A string column as the model input's strings, or (packing for training) as its prefix's output."""
+        col, n = self.columns[0], batch.num_rows
+        arr = batch.column(col)
+        if arr.null_count:
+            return BindingValues(None, f"column {col!r} has {arr.null_count} null rows; fill them (e.g. "
+                                       f"df.fillna('', subset=[{col!r}])) or drop them before training.", n)
+        if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+            return BindingValues(None, f"column {col!r} has type {arr.type}, but model input {self.name!r} takes "
+                                       "strings; pass a string column.", n)
+        strings = arr.to_numpy(zero_copy_only=False).astype(object, copy=False)
+        if self.strings is None:
+            return BindingValues(strings.reshape((n, *self.shape)), None, n)
+        values = self.strings(strings.reshape((n, *self.strings.input_shape)))
+        return BindingValues(values.reshape((n, *self.shape)).astype(self.dtype, copy=False), None, n)
 
     def _size_problem(self, per_row: int) -> str:
         role = "model input" if self.role == FEATURE else "model output"
@@ -283,9 +302,16 @@ def feature_dtype(tensor: Any) -> str:
     ``int64`` input is packed as ``int64``, any other integer input as ``int32``.
     """
     dtype = str(getattr(tensor, "dtype", "float32"))
+    if dtype == "string":
+        return "string"
     if "int" not in dtype:
         return "float32"
     return "int64" if dtype in ("int64", "uint32", "uint64") else "int32"
+
+
+def is_string_tensor(tensor: Any) -> bool:
+    """Whether a model input takes strings (``keras.Input(dtype="string")``)."""
+    return str(getattr(tensor, "dtype", "")) == "string"
 
 
 def _tensors(model: Any, attr: str) -> list[Any]:
@@ -408,6 +434,8 @@ def _bind(
                 + ("one of them (an array or vector column), or with a list of numeric columns, one per input value."
                    if role == FEATURE else "one of them.")
             )
+    if dtype == "string":
+        return _bind_strings(name, cols, shape, slot, existing)
     kinds = [_column_kind(existing[c].dataType) for c in cols]
     if "image" in kinds:
         return _bind_images(name, cols, shape, role, slot, existing, kinds)
@@ -422,8 +450,8 @@ def _bind(
                        "(then OneHotEncoder, or an Embedding layer on the index); free text with Tokenizer then "
                        "HashingTF(numFeatures=4096) or CountVectorizer(vocabSize=4096) (all in pyspark.ml.feature; "
                        "their vectors are trained on dense, 4 bytes per feature and row), and pass the result as "
-                       "features_col. String model inputs (StringLookup, TextVectorization) are not fed from "
-                       "DataFrames.")
+                       "features_col; or give the model a string input, keras.Input(shape=(), dtype='string'), "
+                       "followed by TextVectorization or StringLookup.")
             else:
                 fix = "Convert it first (e.g. VectorAssembler or a cast)."
             raise InputError(
@@ -470,6 +498,23 @@ def _bind(
             f"{name!r} expects {math.prod(shape)} values per row (shape {shape})."
         )
     return TensorBinding(name, cols, shape, role, slot, dtype, classes, unit_interval)
+
+
+def _bind_strings(name: str, cols: tuple[str, ...], shape: tuple[int | None, ...], slot: str,
+                  existing: Mapping[str, Any]) -> TensorBinding:
+    """A string model input fed by one string column, one string per row (see :mod:`sparkeras.data.strings`)."""
+    if len(cols) != 1:
+        raise InputError(f"Model input {name!r} takes strings, and features_col gives it {len(cols)} columns "
+                         f"{list(cols)}; give it one string column (concat_ws joins several).")
+    col = cols[0]
+    kind = existing[col].dataType.simpleString()
+    if kind != "string":
+        raise InputError(f"Model input {name!r} takes strings (dtype='string'), but column {col!r} has type {kind}. "
+                         f"Pass a string column, or cast it (F.col({col!r}).cast('string')).")
+    if shape not in ((), (1,)):
+        raise InputError(f"Model input {name!r} takes strings of shape {shape} per row; sparkeras feeds one string "
+                         "per row from a string column: use keras.Input(shape=(), dtype='string') or shape=(1,).")
+    return TensorBinding(name, cols, shape, FEATURE, slot, "string")
 
 
 def _bind_images(name: str, cols: tuple[str, ...], shape: tuple[int | None, ...], role: str, slot: str,

@@ -46,6 +46,7 @@ import threading
 import time
 from typing import Any, Callable, Mapping
 
+from sparkeras.data.strings import for_packed_data
 from sparkeras.data.weights import ClassWeights, check_class_weight, check_class_weight_fits, check_row_weights
 from sparkeras.errors import InputError, SparkerasError
 from sparkeras.session import check_classic_session
@@ -390,6 +391,7 @@ class Search:
         frames, number = self.frames, record.trial.number
         columns = resolve_columns(model, frames.schema, frames.features_col, frames.label_col, frames.weight_col)
         check_class_weight_fits(self.class_weight, columns)
+        model, columns = for_packed_data(model, columns, self.custom_objects)
         sc = frames.train.sparkSession.sparkContext
         prepared = []
         blob = None
@@ -444,6 +446,7 @@ class Search:
 
         columns = resolve_columns(model, self.frames.schema, self.frames.features_col, self.frames.label_col,
                                   self.frames.weight_col)
+        model, columns = for_packed_data(model, columns, self.custom_objects)
         spec = WorkerSpec(ModelSpec.from_model(model, dict(self.custom_objects or {}) or None), columns,
                           keras_backend(), self.seed)
         start_warm_up(self.frames.train.sparkSession, spec, workers)
@@ -522,6 +525,7 @@ class Search:
         from sparkeras.training import MetricReader
 
         columns = resolve_columns(model, self.frames.schema, self.frames.features_col, self.frames.label_col)
+        model, columns = for_packed_data(model, columns, self.custom_objects)
         MetricReader(model, SimpleNamespace(columns=columns))  # builds the compiled metrics without a step
         names = list(model.get_metrics_result())
         model.reset_metrics()
