@@ -524,7 +524,9 @@ def copy_vocabularies(source: Any, target: Any) -> None:
     and an adapted vocabulary is in neither the config nor a variable
     (see :func:`_ship_vocabularies`): a copied ``TextVectorization`` had an
     empty vocabulary, and packing strings through it failed with "keys and
-    values cannot be empty tensors".
+    values cannot be empty tensors". In ``tf_idf`` mode the document
+    frequencies go with it (Keras sets the out-of-vocabulary token's to their
+    mean, as ``adapt`` did).
     """
     targets = {layer.name: layer for layer in target._flatten_layers(include_self=False)}
     for layer in source._flatten_layers(include_self=False):
@@ -533,8 +535,14 @@ def copy_vocabularies(source: Any, target: Any) -> None:
                 or not callable(getattr(twin, "set_vocabulary", None)) or _config_of(layer).get("vocabulary"):
             continue
         vocabulary = layer.get_vocabulary(include_special_tokens=False)
-        if vocabulary and _config_of(layer).get("output_mode") != "tf_idf":
-            twin.set_vocabulary([v.item() if hasattr(v, "item") else v for v in vocabulary])
+        if not vocabulary:
+            continue
+        idf_weights = None
+        if _config_of(layer).get("output_mode") == "tf_idf":  # one weight per token, after the special ones
+            lookup = getattr(layer, "_lookup_layer", layer)  # TextVectorization keeps a StringLookup
+            special = len(layer.get_vocabulary(include_special_tokens=True)) - len(vocabulary)
+            idf_weights = np.asarray(lookup.idf_weights)[special:special + len(vocabulary)]
+        twin.set_vocabulary([v.item() if hasattr(v, "item") else v for v in vocabulary], idf_weights=idf_weights)
 
 
 def _config_of(layer: Any) -> dict[str, Any]:

@@ -149,6 +149,23 @@ def test_split_shares_the_variables_and_leaves_the_model_whole():
     assert ids.shape == (2, 6) and ids.dtype.kind == "i" and (ids[:, :2] > 1).all() and (ids[:, 2:] == 0).all()
 
 
+@pytest.mark.parametrize("mode", ["int", "multi_hot", "tf_idf"])
+def test_estimator_copies_keep_adapted_vocabularies(mode):
+    from sparkeras.model import fresh_copy
+
+    vectorize = keras.layers.TextVectorization(max_tokens=20, output_mode=mode,
+                                               output_sequence_length=4 if mode == "int" else None)
+    vectorize.adapt(["a b c", "a d", "e f a"])
+    text = keras.Input(shape=(), dtype="string")
+    model = keras.Model(text, keras.layers.Dense(1)(keras.layers.Flatten()(vectorize(text))))
+    model.compile("adam", "mse")
+    copy = fresh_copy(model)
+    docs = np.array(["a b", "c d e unseen", "f"], dtype=object)
+    np.testing.assert_allclose(np.asarray(copy.layers[1](docs)), np.asarray(vectorize(docs)), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(copy.predict_on_batch(docs)), np.asarray(model.predict_on_batch(docs)),
+                               atol=1e-6)
+
+
 def _string_model(layer: keras.layers.Layer, shape=(), pooled: bool = False) -> keras.Model:
     text = keras.Input(shape=shape, dtype="string", name="text")
     if pooled:  # rows of varying length
