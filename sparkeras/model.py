@@ -21,8 +21,8 @@ from sparkeras.data.sources import (Dataset, as_dataset, check_weight_rows, desc
                                     split_validation, validation_dataset, with_row_weights)
 from sparkeras.errors import InputError
 from sparkeras.progress import ProgressBar, ProgressServer
-from sparkeras.serialization import (ModelSpec, check_rebuilds, copy_vocabularies, model_state, pack_arrays, refresh_derived_state,
-                                     set_model_state, start_rebuild_check)
+from sparkeras.serialization import (ModelSpec, check_rebuilds, copy_vocabularies, model_state, pack_arrays,
+                                     refresh_derived_state, set_model_state, start_rebuild_check)
 from sparkeras.session import (check_classic_session, console_progress_paused, driver_host, get_spark, is_spark_connect,
                                keras_backend)
 from sparkeras.storage.model_file import check_model_archive, load_keras

@@ -191,6 +191,27 @@ class _WeightedStrings(keras.layers.Layer):
         return (shape[0], 1)
 
 
+def test_a_vocabulary_adapted_again_is_packed_again():
+    from pyspark.sql import types as T
+
+    from sparkeras.data.columns import resolve_columns
+    from sparkeras.data.reuse import packing_key
+
+    vectorize = keras.layers.TextVectorization(max_tokens=20, output_sequence_length=3)
+    vectorize.adapt(["a b", "c"])
+    model = _string_model(vectorize)
+    schema = T.StructType([T.StructField("s", T.StringType()), T.StructField("label", T.DoubleType())])
+    columns = resolve_columns(model, schema, "s", "label")
+    first = string_split(model)
+    assert string_split(model) is first
+    vectorize.adapt(["d e f", "g"])
+    second = string_split(model)
+    assert second is not first
+    assert packing_key(first.packed(columns)) != packing_key(second.packed(columns))  # no kept packing reused
+    np.testing.assert_array_equal(second.prefixes["text"](np.array(["d e", "a"], dtype=object)),
+                                  np.asarray(vectorize(np.array(["d e", "a"], dtype=object))))
+
+
 def test_string_inputs_that_cannot_be_packed_are_refused():
     ragged = keras.layers.TextVectorization(max_tokens=10)
     ragged.adapt(["a b", "c"])

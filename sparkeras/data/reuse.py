@@ -67,8 +67,14 @@ class Lease:
 
 
 def packing_key(columns: "ColumnMap") -> tuple:
-    """What the packed bytes depend on: per binding its columns, shape, dtype, role and slot."""
-    return tuple((b.columns, b.shape, b.dtype, b.role, b.slot) for b in columns.bindings)
+    """What the packed bytes depend on: per binding its columns, shape, dtype, role and slot.
+
+    And, for a string input, the layers that turned its strings into numbers
+    (their ``.keras`` file's digest): another vocabulary of the same size
+    packs other ids into the same shape.
+    """
+    return tuple((b.columns, b.shape, b.dtype, b.role, b.slot, getattr(b.strings, "key", None))
+                 for b in columns.bindings)
 
 
 class PackedData:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import Any
@@ -114,19 +115,39 @@ def for_packed_data(model: Any, columns: ColumnMap,
 def string_split(model: Any, custom_objects: dict[str, Any] | None = None) -> StringSplit | None:
     """The split of ``model`` for training on packed data, or ``None`` when it has no string input.
 
-    Kept on the model while its compilation is the same, so the fit, its
-    validation and a later ``evaluate`` train and score one trunk.
+    Kept on the model while its compilation and its lookup layers'
+    vocabularies are the same, so the fit, its validation and a later
+    ``evaluate`` train and score one trunk, and a vocabulary adapted again
+    is packed again.
     """
     inputs = list(getattr(model, "inputs", None) or [])
     if not any(is_string_tensor(t) for t in inputs):
         return None
     token = (id(getattr(model, "optimizer", None)), id(getattr(model, "_compile_config", None)))
+    tables = _lookup_tables(model)
     kept = getattr(model, "_sparkeras_string_split", None)
-    if kept is not None and kept[0] == token:
-        return kept[1]
+    if kept is not None and kept[0] == token and len(kept[1]) == len(tables) \
+            and all(ref() is table for ref, table in zip(kept[1], tables)):
+        return kept[2]
     split = _split(model, inputs, custom_objects)
-    model._sparkeras_string_split = (token, split)
+    model._sparkeras_string_split = (token, [weakref.ref(t) for t in tables], split)
     return split
+
+
+def _lookup_tables(model: Any) -> list[Any]:
+    """The lookup tables of the model's lookup layers; Keras makes a new one whenever a vocabulary changes.
+
+    Why not a digest of the vocabularies. ``get_vocabulary`` of a
+    20,000-word ``TextVectorization`` takes 230 ms; ``adapt`` and
+    ``set_vocabulary`` replace the table object, so holding weak references
+    to the tables tells a changed vocabulary for free.
+    """
+    tables = []
+    for layer in model._flatten_layers(include_self=False):
+        table = getattr(getattr(layer, "_lookup_layer", layer), "lookup_table", None)
+        if table is not None:
+            tables.append(table)
+    return tables
 
 
 def _split(model: Any, inputs: list[Any], custom_objects: dict[str, Any] | None) -> StringSplit:
