@@ -36,6 +36,10 @@ class WorkerSpec:
     progress: ServerAddress | None = None
     class_weight: ClassWeights | None = None  # see sparkeras.data.weights
 
+    def __post_init__(self) -> None:
+        # Tasks read packed blocks and never turn strings into numbers: the string layers' files stay behind.
+        object.__setattr__(self, "columns", self.columns.without_string_layers())
+
     @property
     def weighted(self) -> bool:
         """Whether training batches carry row weights (a weight column, or ``class_weight``)."""
