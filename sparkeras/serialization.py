@@ -133,8 +133,7 @@ class ModelSpec:
         with tensorflow_left_unimported():
             config = keras.saving.serialize_keras_object(model)
         _ship_vocabularies(model, config)
-        shipped = {**_defined_in_main(config), **(custom_objects or {})}
-        return cls.of(config, shipped or None)
+        return cls.of(config, custom_objects_for(config, custom_objects))
 
     @classmethod
     def of(cls, config: dict[str, Any], custom_objects: dict[str, Any] | None = None) -> "ModelSpec":
@@ -208,31 +207,56 @@ class ModelSpec:
         """
         import keras
 
-        from sparkeras.errors import InputError
-
         config = json.loads(self.config)
-        for module in sorted(_custom_modules(config)):
-            try:
-                importlib.import_module(module)
-            except ImportError as exc:  # an InputError: the fit stops at once instead of relaunching the epoch
-                raise InputError(
-                    f"The model uses custom objects from module {module!r}, which this Python worker cannot "
-                    f"import ({exc}). Ship it to the executors with --py-files or sc.addPyFile(), or install it "
-                    "there.") from None
+        import_custom_modules(config)
         _without_random_draws(config)
-        with keras.saving.custom_object_scope(self.custom_objects or {}), _global_dtype_policy(config):
-            try:
-                return keras.saving.deserialize_keras_object(config)
-            except TypeError as exc:  # the same in every task: an InputError stops the fit at once
-                missing = re.search(r"Could not locate (class|function) '([^']+)'", str(exc))
-                if missing is None:
-                    raise
-                kind, name = missing.groups()
-                raise InputError(
-                    f"{_CANNOT_REBUILD}: Keras does not know the {kind} {name!r} in this process. Register it with "
-                    "@keras.saving.register_keras_serializable() in a module the workers can import (ship it with "
-                    "--py-files or sc.addPyFile()), or pass it to SparkModel as "
-                    f"custom_objects={{{_registered_name(config, name)!r}: {name}}}.") from None
+        with rebuilding(config, self.custom_objects), _global_dtype_policy(config):
+            return keras.saving.deserialize_keras_object(config)
+
+
+def custom_objects_for(config: Any, custom_objects: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a worker needs besides Keras to rebuild ``config``: what ``__main__`` defined, and ``custom_objects``."""
+    return {**_defined_in_main(config), **(custom_objects or {})} or None
+
+
+def import_custom_modules(config: Any) -> None:
+    """Import the modules of the registered custom objects ``config`` names, so their classes register."""
+    from sparkeras.errors import InputError
+
+    for module in sorted(_custom_modules(config)):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:  # an InputError: the fit stops at once instead of relaunching the epoch
+            raise InputError(
+                f"The model uses custom objects from module {module!r}, which this Python worker cannot "
+                f"import ({exc}). Ship it to the executors with --py-files or sc.addPyFile(), or install it "
+                "there.") from None
+
+
+@contextlib.contextmanager
+def rebuilding(config: Any, custom_objects: dict[str, Any] | None) -> Iterator[None]:
+    """A scope in which Keras rebuilds ``config`` knowing ``custom_objects``; a class it cannot find is an InputError.
+
+    The error is the same in every task, so it stops the fit at once, with
+    the name to register or pass, instead of relaunching the epoch.
+    """
+    import keras
+
+    from sparkeras.errors import InputError
+
+    with keras.saving.custom_object_scope(custom_objects or {}):
+        try:
+            yield
+        except TypeError as exc:
+            missing = re.search(r"Could not locate (class|function) '([^']+)'", str(exc))
+            if missing is None:
+                raise
+            kind, name = missing.groups()
+            raise InputError(
+                f"{_CANNOT_REBUILD}: Keras does not know the {kind} {name!r} in this process. Register it with "
+                "@keras.saving.register_keras_serializable() in a module the workers can import (ship it with "
+                "--py-files or sc.addPyFile()), or pass it to SparkModel as "
+                f"custom_objects={{{_registered_name(config, name)!r}: {name}}}.") from None
 
 
 def _digest(text: str) -> str:

@@ -212,6 +212,29 @@ def test_a_vocabulary_adapted_again_is_packed_again():
                                   np.asarray(vectorize(np.array(["d e", "a"], dtype=object))))
 
 
+def test_a_scripts_own_string_layer_reaches_the_packing_tasks(spark, monkeypatch):
+    """A string layer class defined in the driver's ``__main__`` travels with the layers the packing runs."""
+    import tensorflow as tf
+
+    class Lowered(keras.layers.Layer):  # not registered: Keras names it by its class name
+        def call(self, strings):
+            return tf.strings.lower(strings)
+
+    Lowered.__module__ = "__main__"
+    monkeypatch.setattr(sys.modules["__main__"], "Lowered", Lowered, raising=False)
+    vectorize = keras.layers.TextVectorization(max_tokens=10, output_sequence_length=3, standardize=None)
+    vectorize.adapt(["good movie", "bad movie"])
+    text = keras.Input(shape=(), dtype="string")
+    ids = vectorize(Lowered()(text))
+    model = keras.Model(text, keras.layers.Dense(1, activation="sigmoid")(
+        keras.layers.Flatten()(keras.layers.Embedding(10, 4)(ids))))
+    model.compile(keras.optimizers.Adam(0.05), "binary_crossentropy", metrics=["accuracy"])
+    frame = spark.createDataFrame([("GOOD Movie" if i % 2 else "Bad MOVIE", float(i % 2)) for i in range(200)],
+                                  ["text", "label"])
+    history = SparkModel(model, num_workers=2).fit(frame, epochs=4, features_col="text", verbose=0)
+    assert history.history["accuracy"][-1] == 1.0  # only lower-cased words are in the vocabulary
+
+
 def test_string_inputs_that_cannot_be_packed_are_refused():
     ragged = keras.layers.TextVectorization(max_tokens=10)
     ragged.adapt(["a b", "c"])

@@ -23,6 +23,7 @@ TensorFlow backend.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 import weakref
@@ -47,7 +48,8 @@ class StringPrefix:
     blob: bytes
     key: str
     input_shape: tuple[int, ...] = ()
-    custom_objects: dict[str, Any] | None = None
+    config: str = "{}"  # the layers' Keras config: the custom objects' modules and names
+    custom_objects: dict[str, Any] | None = None  # those defined in the driver's __main__, and the user's
 
     def __call__(self, strings: np.ndarray) -> np.ndarray:
         return np.asarray(_loaded(self).predict_on_batch(strings))
@@ -62,11 +64,16 @@ def _loaded(prefix: StringPrefix) -> Any:
     if model is None:
         import keras
 
-        with tempfile.TemporaryDirectory(prefix="sparkeras-strings-") as folder:
+        from sparkeras.serialization import import_custom_modules, rebuilding
+
+        config = json.loads(prefix.config)
+        import_custom_modules(config)
+        with tempfile.TemporaryDirectory(prefix="sparkeras-strings-") as folder, \
+                rebuilding(config, prefix.custom_objects):
             path = os.path.join(folder, "prefix.keras")
             with open(path, "wb") as f:
                 f.write(prefix.blob)
-            model = keras.saving.load_model(path, custom_objects=prefix.custom_objects, compile=False)
+            model = keras.saving.load_model(path, compile=False)
         _PREFIXES[prefix.key] = model
         while len(_PREFIXES) > _PREFIXES_KEPT:
             _PREFIXES.popitem(last=False)
@@ -257,12 +264,17 @@ def _cut(nodes: list[Any], start: Any, name: str) -> Any:
 
 
 def _prefix(keras: Any, tensor: Any, cut: Any, custom_objects: dict[str, Any] | None) -> StringPrefix:
+    """The layers from ``tensor`` to ``cut`` as a :class:`StringPrefix`, with what rebuilds their custom objects."""
+    from sparkeras.serialization import custom_objects_for
+
     model = keras.Model(tensor, cut)
+    config = keras.saving.serialize_keras_object(model)
     with tempfile.TemporaryDirectory(prefix="sparkeras-strings-") as folder:
         path = os.path.join(folder, "prefix.keras")
         model.save(path)
         with open(path, "rb") as f:
             blob = f.read()
     shape = tuple(int(d) for d in tensor.shape[1:])
-    return StringPrefix(blob, hashlib.sha256(blob).hexdigest(), shape, custom_objects or None)
+    return StringPrefix(blob, hashlib.sha256(blob).hexdigest(), shape, json.dumps(config),
+                        custom_objects_for(config, custom_objects))
 
