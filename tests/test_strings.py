@@ -272,6 +272,11 @@ def test_other_backends_are_told_to_use_tensorflow():
             "with pytest.raises(InputError, match=\"need TensorFlow's string ops; this process uses the 'jax' "
             "backend. Set KERAS_BACKEND=tensorflow\"):\n"
             "    string_split(m)\n"
+            "from pyspark.sql import types as T\n"
+            "from sparkeras.data.columns import resolve_columns\n"
+            "schema = T.StructType([T.StructField('s', T.StringType())])\n"
+            "with pytest.raises(InputError, match=\"need TensorFlow's string ops\"):\n"
+            "    resolve_columns(m, schema, 's', None)  # prediction binds the columns too\n"
             "print('refused')\n")
     done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "KERAS_BACKEND": "jax"},
                           capture_output=True, text=True, timeout=300)

@@ -517,6 +517,7 @@ def _bind_strings(name: str, cols: tuple[str, ...], shape: tuple[int | None, ...
     if len(cols) != 1:
         raise InputError(f"Model input {name!r} takes strings, and features_col gives it {len(cols)} columns "
                          f"{list(cols)}; give it one string column (concat_ws joins several).")
+    check_string_backend([name])
     col = cols[0]
     kind = existing[col].dataType.simpleString()
     if kind != "string":
@@ -526,6 +527,18 @@ def _bind_strings(name: str, cols: tuple[str, ...], shape: tuple[int | None, ...
         raise InputError(f"Model input {name!r} takes strings of shape {shape} per row; sparkeras feeds one string "
                          "per row from a string column: use keras.Input(shape=(), dtype='string') or shape=(1,).")
     return TensorBinding(name, cols, shape, FEATURE, slot, "string")
+
+
+def check_string_backend(names: Sequence[str]) -> None:
+    """String model inputs run TensorFlow's string ops, in training and in prediction alike."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise InputError(
+            f"The model has string inputs {list(names)}, which need TensorFlow's string ops; this process uses the "
+            f"{backend!r} backend. Set KERAS_BACKEND=tensorflow, or turn the strings into numbers in Spark first "
+            "(StringIndexer, or Tokenizer with HashingTF/CountVectorizer).")
 
 
 def _bind_images(name: str, cols: tuple[str, ...], shape: tuple[int | None, ...], role: str, slot: str,

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from sparkeras.data.columns import ColumnMap, TensorBinding, is_string_tensor, layer_name
+from sparkeras.data.columns import ColumnMap, TensorBinding, check_string_backend, is_string_tensor, layer_name
 from sparkeras.errors import InputError
 
 
@@ -160,12 +160,7 @@ def _lookup_tables(model: Any) -> list[Any]:
 def _split(model: Any, inputs: list[Any], custom_objects: dict[str, Any] | None) -> StringSplit:
     import keras
 
-    if keras.backend.backend() != "tensorflow":
-        raise InputError(
-            f"The model has string inputs {[layer_name(t, 'input') for t in inputs if is_string_tensor(t)]}, which "
-            f"need TensorFlow's string ops; this process uses the {keras.backend.backend()!r} backend. Set "
-            "KERAS_BACKEND=tensorflow, or turn the strings into numbers in Spark first (StringIndexer, or "
-            "Tokenizer with HashingTF/CountVectorizer).")
+    check_string_backend([layer_name(t, "input") for t in inputs if is_string_tensor(t)])
     graph = getattr(model, "_functional", None) or model  # a Sequential keeps its graph in _functional
     nodes = [n for depth in getattr(graph, "_nodes_by_depth", {}).values() for n in depth]
     names = _input_names(model, inputs)
