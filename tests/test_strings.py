@@ -300,3 +300,24 @@ def test_tune_trials_take_string_columns(spark, review_frames, workers_per_trial
                            workers_per_trial=workers_per_trial, verbose=0, seed=0)
     assert len(study.trials) == 2
     assert study.best_value > 0.95, [t.value for t in study.trials]
+
+
+def test_numpy_strings_fit_and_predict(spark):
+    rows = reviews(600, seed=5)
+    texts = np.array([r[0] for r in rows])  # a numpy str_ array, as np.array(list_of_str) makes it
+    labels = np.array([r[3] ^ (r[1] == "blue") for r in rows], dtype=np.float32)  # the sentiment alone
+    vectorize = keras.layers.TextVectorization(max_tokens=40, output_sequence_length=6)
+    vectorize.adapt(texts)
+    text = keras.Input(shape=(), dtype="string")
+    pooled = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(40, 8)(vectorize(text)))
+    model = keras.Model(text, keras.layers.Dense(1, activation="sigmoid")(pooled))
+    model.compile(keras.optimizers.Adam(0.02), "binary_crossentropy", metrics=["accuracy"])
+    trainer = SparkModel(model, num_workers=2)
+    history = trainer.fit(texts, labels, epochs=8, batch_size=32, verbose=0)
+    assert history.history["accuracy"][-1] > 0.95
+    predicted = trainer.predict(texts.astype(object).reshape(-1, 1))
+    np.testing.assert_allclose(np.ravel(predicted), np.ravel(model.predict_on_batch(texts.astype(object))),
+                               atol=1e-5)
+    with pytest.raises(InputError, match=r"Array 'features' has dtype object and holds \['dict'\] values, which "
+                                         r"are neither numbers nor strings"):
+        trainer.fit(np.array([{"a": 1}, "b"], dtype=object), np.array([0.0, 1.0]), verbose=0)

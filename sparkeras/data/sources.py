@@ -237,6 +237,8 @@ def _named_arrays(value, base: str, out: dict[str, np.ndarray], what: str) -> Co
 
 
 def _arrow_column(a: np.ndarray, name: str) -> pa.Array:
+    if a.dtype.kind in "UO" and (a.ndim == 1 or (a.ndim == 2 and a.shape[1] == 1)):
+        return _string_column(a, name)  # one string per row, for a model input that takes strings
     if a.dtype.kind not in "biuf":
         raise InputError(
             f"Array {name!r} has dtype {a.dtype}, which is not numeric; convert it with "
@@ -250,6 +252,17 @@ def _arrow_column(a: np.ndarray, name: str) -> pa.Array:
     flat = pa.array(np.ascontiguousarray(a).reshape(-1))
     offsets = pa.array(np.arange(0, (len(a) + 1) * width, width, dtype=np.int32)) if width else pa.array(np.zeros(len(a) + 1, np.int32))
     return pa.ListArray.from_arrays(offsets, flat)
+
+
+def _string_column(a: np.ndarray, name: str) -> pa.Array:
+    """One string per row (shape ``(n,)`` or ``(n, 1)``) as a string column; other objects are refused."""
+    a = a.reshape(len(a))
+    try:
+        return pa.array(a.tolist(), pa.string())
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+        kinds = sorted({type(v).__name__ for v in a.tolist()} - {"str"})
+        raise InputError(f"Array {name!r} has dtype {a.dtype} and holds {kinds} values, which are neither numbers "
+                         "nor strings; convert it with .astype('float32'), or to strings for a string input.") from None
 
 
 DRAIN_SECONDS = 0.5
