@@ -17,7 +17,7 @@ from sparkeras.data.columns import ColumnMap, ColumnSpec, output_names, resolve_
 from sparkeras.data.packing import PreparedData, prepare
 from sparkeras.data.strings import for_packed_data, string_split
 from sparkeras.data.weights import ClassWeights, check_class_weight, check_class_weight_fits, check_row_weights
-from sparkeras.data.sources import (Dataset, as_dataset, check_weight_rows, describe_source,
+from sparkeras.data.sources import (Dataset, as_dataset, check_weight_rows, describe_source, first_feature_shape,
                                     split_validation, validation_dataset, with_row_weights)
 from sparkeras.errors import InputError
 from sparkeras.progress import ProgressBar, ProgressServer
@@ -236,6 +236,7 @@ class SparkModel:
             val_dataset = validation_dataset(spark, validation_data, dataset, workers)
         elif validation_split:
             dataset, val_dataset = split_validation(dataset, validation_split, self.seed)
+        build_for_data(self._model, dataset)
         columns = resolve_columns(self._model, dataset.schema, dataset.features_col, dataset.label_col,
                                   dataset.weight_col)
         check_class_weight_fits(class_weight, columns)
@@ -628,6 +629,23 @@ def _check_model(model: Any) -> None:
         raise InputError(
             "The model is not compiled: call model.compile(optimizer=..., loss=..., metrics=[...]) "
             "before passing it to SparkModel.")
+
+
+def build_for_data(model: Any, dataset: Dataset) -> None:
+    """Build an unbuilt ``keras.Sequential`` for the data's rows, as Keras' ``fit`` builds it from its first batch.
+
+    ``keras.Sequential([Dense(64), Dense(10)])`` with no ``keras.Input``
+    trains with plain ``model.fit``, so it trains here too: the user's model
+    is built for one row's shape (``(None, 784)`` for a 784-value column),
+    which is what plain ``fit`` does to it. Any other model keeps its inputs.
+    """
+    import keras
+
+    if not isinstance(model, keras.Sequential) or model.built:
+        return
+    shape = first_feature_shape(dataset)
+    if shape is not None:
+        model.build((None, *shape))
 
 
 def _check_positive(**values: int) -> None:

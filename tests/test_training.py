@@ -365,6 +365,35 @@ def test_vector_column_multiple_columns_parquet_and_rdd(spark, tmp_path):
     assert min(results.values()) > 0.85, results
 
 
+def test_a_sequential_without_an_input_is_built_for_the_datas_rows(spark):
+    """As Keras' fit builds it from the first batch: numpy keeps its row shape, a Vector has its size."""
+    import keras
+    from pyspark.ml.linalg import Vectors
+
+    def unbuilt(*first):
+        keras.utils.set_random_seed(4)
+        model = keras.Sequential([*first, keras.layers.Flatten(), keras.layers.Dense(3, activation="softmax")])
+        model.compile(keras.optimizers.Adam(0.02), "sparse_categorical_crossentropy", metrics=["accuracy"])
+        return model
+
+    x, y = blobs(600, dim=16, classes=3, seed=6)
+    images = SparkModel(unbuilt(keras.layers.Conv2D(4, 3, activation="relu")), num_workers=2, seed=0)
+    images.fit(x.reshape(-1, 4, 4, 1), y, epochs=6, batch_size=32, verbose=0)
+    assert tuple(images.model.inputs[0].shape) == (None, 4, 4, 1)
+    assert images.evaluate(x.reshape(-1, 4, 4, 1), y)["accuracy"] > 0.9
+
+    frame = spark.createDataFrame([(Vectors.dense(r.tolist()), int(c)) for r, c in zip(x, y)], ["features", "label"])
+    vectors = SparkModel(unbuilt(), num_workers=2, seed=0)
+    vectors.fit(frame, epochs=6, batch_size=32, verbose=0)
+    assert tuple(vectors.model.inputs[0].shape) == (None, 16)
+    scored = vectors.predict(frame).select("prediction").toPandas()["prediction"]
+    np.testing.assert_allclose(np.stack(scored), vectors.model.predict(x, verbose=0), atol=1e-5)
+
+    texts = spark.createDataFrame([("a b", 1)], ["features", "label"])  # nothing numeric to build for
+    with pytest.raises(InputError, match="The model has no known inputs: build it first"):
+        SparkModel(unbuilt(), num_workers=2).fit(texts, verbose=0)
+
+
 def test_reading_an_rdds_first_pair_keeps_the_python_worker_that_read_it(spark):
     """``RDD.take(1)`` on pairs of arrays ends the worker that produced them (measured); the fit's reader does not."""
     from sparkeras.data.sources import first_element

@@ -214,8 +214,14 @@ def _numpy_dataset(spark, x, y, features_col, label_col, num_partitions) -> Data
     lengths = {name: len(a) for name, a in columns.items()}
     if len(set(lengths.values())) > 1:
         raise InputError(f"x and y must have the same number of rows; got {lengths}.")
-    table = pa.table({name: _arrow_column(a, name) for name, a in columns.items()})
-    return Dataset(None, fcol, lcol, table)
+    arrays = {name: _arrow_column(a, name) for name, a in columns.items()}
+    fields = [pa.field(name, arrays[name].type, metadata={ROW_SHAPE: ",".join(map(str, a.shape[1:]))})
+              if a.ndim > 2 else pa.field(name, arrays[name].type) for name, a in columns.items()]
+    return Dataset(None, fcol, lcol, pa.Table.from_arrays(list(arrays.values()), schema=pa.schema(fields)))
+
+
+ROW_SHAPE = b"sparkeras.row_shape"
+"""Arrow field metadata: a numpy column's row shape (``b"28,28,1"``), which its flat list column loses."""
 
 
 def _named_arrays(value, base: str, out: dict[str, np.ndarray], what: str) -> ColumnSpec:
@@ -294,6 +300,40 @@ def first_element(rdd: Any) -> list[Any]:
     if rdd.getNumPartitions() == 0:
         return []
     return rdd.context.runJob(rdd, head, [0]) or rdd.take(1)  # partition 0 empty: let Spark scan on
+
+
+def first_feature_shape(dataset: Dataset) -> tuple[int, ...] | None:
+    """The shape of one row's features, read off the first row; ``None`` when it has no numeric shape.
+
+    What an unbuilt ``keras.Sequential`` (no ``keras.Input``) is built for,
+    as Keras' own ``fit`` builds it from the first batch: several columns
+    are one value each, a Vector has its size, an array its nested shape.
+    A DataFrame's first row costs one small Spark job.
+    """
+    cols = dataset.features_col
+    if isinstance(cols, Mapping):
+        return None
+    if not isinstance(cols, str):
+        if len(cols) != 1:
+            return (len(cols),)
+        cols = cols[0]
+    if dataset.pairs is not None:
+        first = first_element(dataset.pairs.rdd)
+        value = (first[0][0] if dataset.pairs.layout.label_col is not None else first[0]) if first else None
+    elif dataset.table is not None:
+        shape = (dataset.table.schema.field(cols).metadata or {}).get(ROW_SHAPE)
+        if shape:
+            return tuple(int(d) for d in shape.split(b","))
+        value = dataset.table.column(cols)[0].as_py() if dataset.table.num_rows else None
+    else:
+        row = dataset.frame.select(cols).first()
+        value = None if row is None else row[0]
+    if value is None or isinstance(value, (str, bytes)):
+        return None
+    if hasattr(value, "toArray"):  # a Spark ML or MLlib Vector
+        return (int(value.size),)
+    shape = np.shape(value)
+    return tuple(int(d) for d in shape) if shape else (1,)
 
 
 @dataclass(frozen=True)

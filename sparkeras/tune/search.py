@@ -355,10 +355,12 @@ class Search:
                 return trial, model
 
     def _build(self, trial: Any) -> Any:
-        from sparkeras.model import _check_model
+        from sparkeras.data.sources import Dataset
+        from sparkeras.model import _check_model, build_for_data
 
         model = self.build_model(suggest(trial, self.space) if self.space is not None else trial)
         _check_model(model)
+        build_for_data(model, Dataset(self.frames.train, self.frames.features_col, self.frames.label_col))
         return model
 
     def _train(self, trial: Any, model: Any) -> None:
