@@ -17,8 +17,10 @@ learning-rate rule and warmup. Prints the test metric after every epoch.
 ``--seeds`` compares averaging's ways to the N-fold step, each with its
 default window, over several seeds, on benchmark tasks and the held-out
 problems of ``bench/more_problems.py``: ``default`` (workers at the user's
-rate, outer momentum ``1 - 1/N``), ``linear`` (workers at N times the
-rate, no outer momentum: ``learning_rate_scaling="linear"``) and ``sqrt``
+rate, outer momentum ``1 - 1/N``: the library's rule for the Adam family
+from 3 workers on; the name predates that), ``linear`` (workers at N times the
+rate, no outer momentum: ``learning_rate_scaling="linear"``, the rule for SGD
+and for 2 Adam workers) and ``sqrt``
 (workers at ``sqrt(N)`` times the rate, outer momentum ``1 - 1/sqrt(N)``) and
 ``anneal`` (``linear`` at first, moving to ``default`` over the first epoch). Each seed
 reorders every worker's rows (and, for the held-out problems, draws other

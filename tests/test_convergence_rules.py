@@ -124,22 +124,26 @@ def test_workers_that_scale_their_own_rate_need_no_outer_momentum_unless_it_is_s
     assert ModelAveraging(**scaled.get_config()).learning_rate_scaling == "linear"
 
 
-@pytest.mark.parametrize("optimizer, rule", [
-    (lambda: keras.optimizers.SGD(0.05), "linear"),
-    (lambda: keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True), "linear"),
-    (lambda: keras.optimizers.Adam(1e-3), None),
-    (lambda: keras.optimizers.RMSprop(1e-3), None),
-    (lambda: keras.optimizers.SGD(keras.optimizers.schedules.ExponentialDecay(0.05, 10, 0.9)), None),
+@pytest.mark.parametrize("optimizer, two_workers, four_workers", [
+    (lambda: keras.optimizers.SGD(0.05), "linear", "linear"),
+    (lambda: keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True), "linear", "linear"),
+    (lambda: keras.optimizers.Adam(1e-3), "linear", None),
+    (lambda: keras.optimizers.RMSprop(1e-3), "linear", None),
+    (lambda: keras.optimizers.SGD(keras.optimizers.schedules.ExponentialDecay(0.05, 10, 0.9)), None, None),
 ], ids=["sgd", "momentum-sgd", "adam", "rmsprop", "sgd-schedule"])
-def test_the_default_rule_scales_sgds_rate_and_leaves_the_adam_family_to_the_outer_momentum(optimizer, rule):
+def test_the_default_rule_scales_the_rate_for_sgd_and_two_adam_workers_else_leaves_it_to_the_outer_momentum(
+        optimizer, two_workers, four_workers):
     """``learning_rate_scaling="auto"``: Goyal et al.'s linear rule where the optimizer's step is its rate times
-    the gradient; the outer momentum where the step is normalised, or the rate follows a schedule."""
+    the gradient, and for the Adam family up to 2 workers; the outer momentum for more Adam workers, or where
+    the rate follows a schedule."""
     strategy = ModelAveraging()
     model = mlp(seed=1, optimizer=optimizer())
-    assert strategy.scaling_for(model.optimizer) == rule
     strategy.check_model(model)
-    assert strategy.momentum(4) == (0.0 if rule else 0.75)
-    assert strategy.worker_learning_rate(0.05, 4) == (0.2 if rule else 0.05)
+    assert (strategy.rule(2), strategy.rule(4)) == (two_workers, four_workers)
+    assert (strategy.momentum(2), strategy.momentum(4)) == (0.0 if two_workers else 0.5, 0.0 if four_workers else 0.75)
+    assert strategy.worker_learning_rate(0.05, 2) == (0.1 if two_workers else 0.05)
+    assert strategy.worker_learning_rate(0.05, 4) == (0.2 if four_workers else 0.05)
+    assert strategy.momentum(1) == 0.0 and strategy.worker_learning_rate(0.05, 1) == 0.05
     assert ModelAveraging(learning_rate_scaling=None).scaling_for(model.optimizer) is None
     assert ModelAveraging(**strategy.get_config()).learning_rate_scaling == "auto"
 
@@ -170,7 +174,7 @@ def test_a_fit_uses_the_window_chosen_for_its_workers_and_keeps_its_setting(spar
     assert (strategy._outer.momentum, strategy._outer.learning_rate) == (0.75, 1.0)
     SparkModel(mlp(seed=2), strategy=strategy, num_workers=2, seed=0).fit(x, y, epochs=1, batch_size=16, verbose=0)
     assert strategy.window == 32
-    assert (strategy._outer.momentum, strategy._outer.learning_rate) == (0.5, 1.0)
+    assert (strategy._outer.momentum, strategy._outer.learning_rate) == (0.0, 1.0)  # Adam's 2 workers: linear
 
 
 def test_scale_factor_follows_the_optimizer_family():
@@ -283,7 +287,7 @@ def test_two_worker_averaging_applies_the_outer_step_every_window(spark):
     x, y = blobs(2 * 96, seed=8)  # 96 rows per worker: 6 batches of 16, windows of 4 -> 2 rounds per epoch
     model = mlp(seed=3)
     want = _simulate_averaging(model, x, y, workers=2, batch=16, window=4, epochs=2, momentum=0.5)
-    sm = SparkModel(model, strategy="averaging", num_workers=2, seed=0, window=4)
+    sm = SparkModel(model, strategy="averaging", num_workers=2, seed=0, window=4, learning_rate_scaling=None)
     history = sm.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
     for got, expected in zip(sm.model.get_weights(), want):
         np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
@@ -298,7 +302,8 @@ def test_two_worker_averaging_with_a_bias_corrected_momentum_applies_it_every_wi
     want = _simulate_averaging(model, x, y, workers=2, batch=16, window=4, epochs=2, momentum=0.5,
                                bias_correction=True)
     plain = _simulate_averaging(model, x, y, workers=2, batch=16, window=4, epochs=2, momentum=0.5)
-    sm = SparkModel(model, strategy=ModelAveraging(window=4, momentum_bias_correction=True), num_workers=2, seed=0)
+    sm = SparkModel(model, strategy=ModelAveraging(window=4, momentum_bias_correction=True, learning_rate_scaling=None),
+                    num_workers=2, seed=0)
     sm.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
     for got, expected in zip(sm.model.get_weights(), want):
         np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
@@ -310,7 +315,7 @@ def test_two_worker_averaging_with_many_rounds_reports_the_iterate(spark):
     model = mlp(seed=3)
     want = _simulate_averaging(model, x, y, workers=2, batch=16, window=1, epochs=2, momentum=0.5, iterate=True)
     center = _simulate_averaging(model, x, y, workers=2, batch=16, window=1, epochs=2, momentum=0.5)
-    sm = SparkModel(model, strategy="averaging", num_workers=2, seed=0, window=1)
+    sm = SparkModel(model, strategy="averaging", num_workers=2, seed=0, window=1, learning_rate_scaling=None)
     sm.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
     for got, expected in zip(sm.model.get_weights(), want):
         np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
@@ -334,14 +339,16 @@ def test_averaging_in_one_spark_job_per_window_trains_and_reports_the_same_model
         np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
 
 
-def test_workers_that_scale_their_own_rate_train_at_n_times_it_and_the_model_keeps_the_users(spark):
-    # 2 workers, each at twice Adam's rate, their moves averaged with no outer momentum, every window,
-    # across an epoch boundary; the driver's model ends with the rate it was compiled with.
+@pytest.mark.parametrize("scaling", ["linear", "auto"])
+def test_workers_that_scale_their_own_rate_train_at_n_times_it_and_the_model_keeps_the_users(spark, scaling):
+    # 2 workers, each at twice Adam's rate (asked for, or the default rule for 2 Adam workers), their moves
+    # averaged with no outer momentum, every window, across an epoch boundary; the driver's model ends with
+    # the rate it was compiled with.
     x, y = blobs(2 * 96, seed=8)
     model = mlp(seed=3)
     want = _simulate_averaging(model, x, y, workers=2, batch=16, window=4, epochs=2, momentum=0.0, rate_factor=2.0)
     unscaled = _simulate_averaging(model, x, y, workers=2, batch=16, window=4, epochs=2, momentum=0.0)
-    sm = SparkModel(model, strategy=ModelAveraging(window=4, learning_rate_scaling="linear"), num_workers=2, seed=0)
+    sm = SparkModel(model, strategy=ModelAveraging(window=4, learning_rate_scaling=scaling), num_workers=2, seed=0)
     sm.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
     for got, expected in zip(sm.model.get_weights(), want):
         np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
@@ -367,7 +374,8 @@ def test_plain_averaging_once_per_epoch_is_a_setting(spark):
     x, y = blobs(2 * 96, seed=8)
     model = mlp(seed=3)
     want = _simulate_averaging(model, x, y, workers=2, batch=16, window=6, epochs=1, momentum=0.0)
-    sm = SparkModel(model, strategy=ModelAveraging(window="epoch", outer_momentum=0), num_workers=2, seed=0)
+    sm = SparkModel(model, strategy=ModelAveraging(window="epoch", outer_momentum=0, learning_rate_scaling=None),
+                    num_workers=2, seed=0)
     sm.fit(x, y, epochs=1, batch_size=16, shuffle=False, verbose=0)
     for got, expected in zip(sm.model.get_weights(), want):
         np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)

@@ -24,16 +24,17 @@ close enough that the averaged move is a good direction (averaging once per
 epoch lagged by 2.4 points after 10 epochs, and much more early on). The
 window shrinks as ``128 / N**2`` with more workers, down to 8 batches
 (:meth:`ModelAveraging.window_for`), and the momentum is ``1 - 1/N``: both
-come from the worker count, not from a task. For SGD the workers instead
-take the N-fold step themselves, at N times the rate, with no outer momentum
-(Goyal et al.'s linear rule: ``learning_rate_scaling="auto"``, measured
-level or better on every SGD problem tried). When an epoch has many rounds,
+come from the worker count, not from a task. For SGD, and for the Adam
+family with 2 workers, the workers instead take the N-fold step themselves,
+at N times the rate, with no outer momentum (Goyal et al.'s linear rule:
+``learning_rate_scaling="auto"``, measured level or better on every SGD
+problem tried, and on all but one Adam problem with 2 workers). When an epoch has many rounds,
 the model a fit reports and saves is the momentum's iterate, not the
 look-ahead the workers train from (:meth:`ModelAveraging.reports_iterate`).
 BatchNormalization's moving statistics are averaged, not stepped; the
 workers update them with ``momentum ** N`` (``averages_moving_statistics``),
 so that N workers' averaged statistics forget per row as one process's do.
-With ``outer_momentum=0`` the rule is plain averaging, and with one worker
+With ``outer_momentum=0, learning_rate_scaling=None`` the rule is plain averaging, and with one worker
 the center *is* the worker's state, so
 ``SparkModel(model, "averaging", num_workers=1)`` trains exactly as
 ``model.fit`` with the same batch order.
@@ -175,6 +176,24 @@ class OuterStep:
                 for a, v, t in zip(arrays, self.velocity, self.trainable)]
 
 
+ADAPTIVE_AUTO = "auto-adaptive"
+"""``"auto"``'s rule for the Adam family with a constant rate: :meth:`ModelAveraging.rule` picks by worker count."""
+
+ADAPTIVE_LINEAR_UP_TO = 2
+"""The most workers for which ``"auto"`` trains an Adam-family model's workers at N times its rate.
+
+Measured with ``bench/convergence_study.py`` over 6 seeds and 12 problems
+(BENCHMARKS.md, "Averaging's default for the Adam family with 2 workers"):
+with 2 workers the linear rule was within half a point (or 1%) of one
+process on every problem but an RMSprop regression (-3% of its error),
+while the outer momentum lost 3 points on a noisy Conv1D classifier,
+3% on an autoencoder and 0.4 points on the benchmark MLP, models that
+first have to leave a plateau. With 4 workers Adam at 4 times its rate
+cost the benchmark CNN 7.6 points for good, so from 3 workers on the outer
+momentum makes the N-fold step.
+"""
+
+
 class ModelAveraging(DistributedOptimizer):
     """Train locally for a window, average the moves, take an outer momentum step.
 
@@ -196,15 +215,17 @@ class ModelAveraging(DistributedOptimizer):
             keep the rate and the outer momentum ``1 - 1/N`` builds up the
             N-fold step (BMUF). ``"auto"`` (default): ``"linear"`` for
             optimizers that do not normalise their steps (SGD, with or
-            without momentum) and a constant rate, ``None`` for the Adam
-            family and for schedules. Measured (BENCHMARKS.md, "Averaging's
-            two rules over seeds"): with SGD the linear rule was as close to
-            one process as the momentum or closer on every problem, 2 to 8
-            workers; with Adam neither rule won everywhere: the linear rule
-            followed models that must first leave a plateau (a noisy Conv1D
-            classifier, an autoencoder), while the benchmark CNN with 4
-            workers lost 1.6 points with it. ``"linear"`` needs a constant
-            learning rate (callbacks may change it), not a schedule.
+            without momentum) and a constant rate, and for the Adam family
+            with a constant rate up to 2 workers (:data:`ADAPTIVE_LINEAR_UP_TO`);
+            ``None`` for the Adam family with more workers and for
+            schedules. Measured (BENCHMARKS.md, "Averaging's two rules over
+            seeds"): with SGD the linear rule was as close to one process as
+            the momentum or closer on every problem, 2 to 8 workers; with
+            Adam the linear rule followed models that must first leave a
+            plateau (a noisy Conv1D classifier, an autoencoder), while the
+            benchmark CNN with 4 workers lost 1.6 points with it.
+            ``"linear"`` needs a constant learning rate (callbacks may change
+            it), not a schedule.
         momentum_bias_correction: correct the outer momentum's start from
             zero, as Adam corrects its moments (:class:`OuterStep`'s
             ``bias_correction``), so the first rounds of a fit already take
@@ -263,26 +284,39 @@ class ModelAveraging(DistributedOptimizer):
 
     def momentum(self, num_workers: int) -> float:
         """The block momentum used with ``num_workers`` workers: ``1 - 1/N``, or 0 when the workers scale
-        their own rate (the fit's :meth:`scaling_for`), unless set."""
+        their own rate (the fit's :meth:`rule`), unless set."""
         if self.outer_momentum is not None:
             return self.outer_momentum
-        return 0.0 if self._scaling else 1.0 - 1.0 / num_workers
+        return 0.0 if self.rule(num_workers) else 1.0 - 1.0 / num_workers
 
     def worker_learning_rate(self, rate: float, num_workers: int) -> float:
         """``num_workers`` times the driver's rate under the linear rule, else the rate."""
-        return rate * num_workers if self._scaling == "linear" else rate
+        return rate * num_workers if self.rule(num_workers) == "linear" else rate
+
+    def rule(self, num_workers: int) -> str | None:
+        """This fit's rule with ``num_workers`` workers: ``"linear"`` or ``None`` (the outer momentum).
+
+        Under ``"auto"`` the Adam family trains its workers at twice the
+        rate with 2 workers, and leaves more to the outer momentum
+        (:data:`ADAPTIVE_LINEAR_UP_TO` says why).
+        """
+        if self._scaling == ADAPTIVE_AUTO:
+            return "linear" if num_workers <= ADAPTIVE_LINEAR_UP_TO else None
+        return self._scaling
 
     def scaling_for(self, optimizer: Any) -> str | None:
         """The rule a fit of a model with ``optimizer`` uses: ``"auto"`` is ``"linear"`` for an optimizer
-        that does not normalise its steps, with a constant rate, else ``None``."""
+        that does not normalise its steps, with a constant rate; :data:`ADAPTIVE_AUTO` (linear up to 2
+        workers, see :meth:`rule`) for the Adam family with a constant rate; ``None`` for schedules."""
         import keras
 
         from sparkeras.worker.learning_rate import is_adaptive
 
         if self.learning_rate_scaling != "auto":
             return self.learning_rate_scaling
-        constant = isinstance(getattr(optimizer, "learning_rate", None), keras.Variable)
-        return "linear" if constant and not is_adaptive(optimizer) else None
+        if not isinstance(getattr(optimizer, "learning_rate", None), keras.Variable):
+            return None
+        return ADAPTIVE_AUTO if is_adaptive(optimizer) else "linear"
 
     def check_model(self, model: Any) -> None:
         """Choose the fit's rule; an explicit ``"linear"`` needs a constant rate, as a schedule is not in
