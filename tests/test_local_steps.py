@@ -164,3 +164,28 @@ def test_the_traced_loops_convert_no_python_code(spark, monkeypatch):
     steps = LocalSteps(model, [x, y.astype(np.int32)], columns, "tensorflow")
     assert steps.train(np.arange(len(x)), 16, 0, 4) == 64  # the loop trains as before
     assert int(model.optimizer.iterations) == 4
+
+
+def test_many_models_trained_in_one_process_print_no_retracing_warning(spark):
+    """Each model's loops are traced once; TensorFlow counts traces by code object, so its "excessive
+    retracing" warning reached the terminal from a worker's sixth model (tuning trials, notebook fits)."""
+    import logging
+
+    x, y = blobs(64, seed=2)
+    columns = _columns(spark, x, y)
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    handler = Keep(level=logging.WARNING)
+    logging.getLogger("tensorflow").addHandler(handler)
+    try:
+        for seed in range(8):
+            model = mlp(seed=seed)
+            LocalSteps(model, [x, y.astype(np.int32)], columns, "tensorflow").train(np.arange(64), 16, 0, 4)
+            evaluate_arrays(model, columns, [x, y.astype(np.int32)], "tensorflow", 16)
+    finally:
+        logging.getLogger("tensorflow").removeHandler(handler)
+    assert not [m for m in seen if "retracing" in m], seen

@@ -30,6 +30,7 @@ import numpy as np
 
 from sparkeras.data.columns import ColumnMap
 from sparkeras.serialization import ensure_optimizer_built
+from sparkeras.worker.backends import traced_per_model
 
 
 class LocalSteps:
@@ -208,7 +209,7 @@ def _traced_loop(model: Any, columns: ColumnMap, data: list[Any]) -> Any:
         tf.while_loop(lambda i: i < tf.shape(batches)[0], step, [tf.constant(0)])
         return tf.constant(0)
 
-    loops[len(data)] = loop
+    loops[len(data)] = traced_per_model(loop)
     return loop
 
 
@@ -257,7 +258,7 @@ def _test_loop(model: Any, columns: ColumnMap, data: list[Any]) -> Any:
         tf.while_loop(lambda start: start < tf.shape(tensors[0])[0], step, [tf.constant(0)])
         return tf.constant(0)
 
-    loops[len(data)] = loop
+    loops[len(data)] = traced_per_model(loop)
     return loop
 
 

@@ -31,6 +31,23 @@ from sparkeras.worker.backends.batch_norm import batch_norm_layers, synchronize_
 BACKENDS = ("tensorflow", "jax", "torch")
 
 
+def traced_per_model(function: Any) -> Any:
+    """``function`` (a ``tf.function`` made for one model) without TensorFlow's "excessive retracing" warning.
+
+    Why. sparkeras traces each model's window loop, evaluation loop and
+    all-reduce step once and keeps it on the model, but TensorFlow counts
+    traces by the Python function's code object, which every model's loop
+    shares. A Python worker that trains its sixth model (tuning trials,
+    fits in a notebook) printed "5 out of the last 45 calls to <function
+    _traced_loop.<locals>.loop> triggered tf.function retracing" on the
+    user's terminal, about retracing that is not happening. The flag is
+    TensorFlow's own per-function switch for that warning; the user's own
+    functions keep it.
+    """
+    function._omit_frequent_tracing_warning = True
+    return function
+
+
 class GradientSteps:
     """What every backend's split step shares: the flat buffer, the sum, and the epoch-end duties."""
 

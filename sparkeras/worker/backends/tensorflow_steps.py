@@ -7,7 +7,7 @@ from typing import Any, Callable
 import numpy as np
 
 from sparkeras.serialization import ensure_optimizer_built
-from sparkeras.worker.backends import Alone, GradientSteps, kept_on_model
+from sparkeras.worker.backends import Alone, GradientSteps, kept_on_model, traced_per_model
 from sparkeras.worker.backends.batch_norm import synchronize_batch_norm
 
 
@@ -28,7 +28,7 @@ class TensorFlowSteps(GradientSteps):
         traced.reducer.collective = collective
         super().__init__(model, collective, traced.global_sum)
         self._traced = traced
-        self._empty_pass, self._apply = traced.empty_pass, tf.function(traced.update, autograph=False)
+        self._empty_pass, self._apply = traced.empty_pass, traced_per_model(tf.function(traced.update, autograph=False))
 
     def run_steps(self, columns: Any, tensors: list[Any], batches: np.ndarray, shares: np.ndarray) -> None:
         """Train one step per row of ``batches`` (row indices into ``tensors``, none empty) in one traced call.
@@ -115,7 +115,8 @@ class _TracedGradients:
         def reduce(flat: np.ndarray) -> np.ndarray:
             return self.reducer.collective.allreduce_(np.array(flat, dtype=np.float32))  # TF's memory is read-only
 
-        self.gradients, self.empty_pass, self.update, self.reduce = gradients, empty_pass, update, reduce
+        self.gradients, self.empty_pass = traced_per_model(gradients), traced_per_model(empty_pass)
+        self.update, self.reduce = update, reduce
         self._loops: dict[tuple, Any] = {}
 
     def loop_over(self, columns: Any, tensors: list[Any]) -> Any:
@@ -166,7 +167,7 @@ class _TracedGradients:
         finally:
             if restore is not None:
                 restore()
-        return loop
+        return traced_per_model(loop)
 
     @classmethod
     def of(cls, model: Any, sync_batch_norm: bool) -> "_TracedGradients":
