@@ -128,14 +128,15 @@ def test_workers_that_scale_their_own_rate_need_no_outer_momentum_unless_it_is_s
     (lambda: keras.optimizers.SGD(0.05), "linear", "linear"),
     (lambda: keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True), "linear", "linear"),
     (lambda: keras.optimizers.Adam(1e-3), "linear", None),
-    (lambda: keras.optimizers.RMSprop(1e-3), "linear", None),
+    (lambda: keras.optimizers.RMSprop(1e-3), None, None),
+    (lambda: keras.optimizers.AdamW(1e-3), "linear", None),
     (lambda: keras.optimizers.SGD(keras.optimizers.schedules.ExponentialDecay(0.05, 10, 0.9)), None, None),
-], ids=["sgd", "momentum-sgd", "adam", "rmsprop", "sgd-schedule"])
+], ids=["sgd", "momentum-sgd", "adam", "rmsprop", "adamw", "sgd-schedule"])
 def test_the_default_rule_scales_the_rate_for_sgd_and_two_adam_workers_else_leaves_it_to_the_outer_momentum(
         optimizer, two_workers, four_workers):
     """``learning_rate_scaling="auto"``: Goyal et al.'s linear rule where the optimizer's step is its rate times
-    the gradient, and for the Adam family up to 2 workers; the outer momentum for more Adam workers, or where
-    the rate follows a schedule."""
+    the gradient, and for Adam and its kin (a first moment) up to 2 workers; the outer momentum for more
+    Adam workers, for RMSprop, or where the rate follows a schedule."""
     strategy = ModelAveraging()
     model = mlp(seed=1, optimizer=optimizer())
     strategy.check_model(model)
