@@ -185,7 +185,7 @@ ADAPTIVE_LINEAR_UP_TO = 2
 """The most workers for which ``"auto"`` trains an Adam-family model's workers at N times its rate.
 
 Measured with ``bench/convergence_study.py`` over 6 seeds and 12 problems
-(BENCHMARKS.md, "Averaging's default for the Adam family with 2 workers"):
+(BENCHMARKS.md, "Averaging's default for Adam with 2 workers"):
 with 2 workers the linear rule was within half a point (or 1%) of one
 process on every problem but an RMSprop regression (-3% of its error),
 while the outer momentum lost 3 points on a noisy Conv1D classifier,
