@@ -186,7 +186,7 @@ ADAPTIVE_LINEAR_UP_TO = 2
 
 Measured with ``bench/convergence_study.py`` over 6 seeds and 12 problems
 (BENCHMARKS.md, "Averaging's default for Adam with 2 workers"):
-with 2 workers the linear rule was within half a point (or 1%) of one
+with 2 workers the linear rule was within 0.6 points (or 0.7%) of one
 process on every problem but an RMSprop regression (-3% of its error),
 while the outer momentum lost 3 points on a noisy Conv1D classifier,
 3% on an autoencoder and 0.4 points on the benchmark MLP, models that
