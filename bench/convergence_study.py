@@ -11,7 +11,7 @@ learning-rate rule and warmup. Prints the test metric after every epoch.
 
     python bench/convergence_study.py mlp '{"K": 2, "window": 32, "momentum": 0.5}' '{"K": 2, "window": 1000, "momentum": 0}'
     python bench/convergence_study.py --allreduce mlp '{"K": 4, "rule": "sqrt", "warmup_epochs": 1}'
-    python bench/convergence_study.py --ps mlp '{"K": 2, "rule": "adag"}' '{"K": 2, "rule": "easgd", "rho": 2.5}'
+    python bench/convergence_study.py --ps mlp '{"K": 2, "rule": "adag"}' '{"K": 2, "rule": "easgd", "rate_factor": 1}'
     python bench/convergence_study.py --seeds 1,2,3 --workers 2,4 mlp cnn signal autoencoder
 
 ``--seeds`` compares averaging's ways to the N-fold step, each with its
@@ -32,7 +32,9 @@ with its own ``commit``/``fold``/``apply``: synchronous rules in rounds,
 asynchronous ones round-robin, so every commit is ``K - 1`` updates stale,
 as with K equally fast workers. ``STUDY_VARIANTS=file.py`` imports a file
 first, so a rule it registers in ``DISTRIBUTED_OPTIMIZERS`` can be tried
-without changing sparkeras.
+without changing sparkeras. The workers train at the rule's own multiple of
+the rate (``EASGD.rate_factor``: twice Adam's with 2 workers), or at
+``"rate_factor"`` times it when the setting gives one.
 """
 
 from __future__ import annotations
@@ -147,12 +149,20 @@ def allreduce(task: Task, data, K: int, rule: str, warmup_epochs: float) -> list
     return scores
 
 
-def parameter_server(task: Task, data, K: int, rule: str, **options) -> list[float]:
+def parameter_server(task: Task, data, K: int, rule: str, rate_factor: float | None = None,
+                     **options) -> list[float]:
+    """The workers train at ``rate_factor`` times the model's learning rate, by default the rule's own
+    factor for K workers (``rate_factor`` of the elastic rules, else 1)."""
     from sparkeras.strategies.distributed import DISTRIBUTED_OPTIMIZERS
 
     strategy = DISTRIBUTED_OPTIMIZERS[rule](**options)
+    strategy.check_model(task.make_model())
+    if hasattr(strategy, "rate_factor"):
+        strategy._num_workers = K  # what EASGD.check sets from the job, for its default alpha
+        rate_factor = strategy.rate_factor(K) if rate_factor is None else rate_factor
+    rate_factor = 1.0 if rate_factor is None else rate_factor
     (x, y), test = data
-    base, n, workers = _workers(task, x, y, K, strategy.local_optimizer)
+    base, n, workers = _workers(task, x, y, K, strategy.local_optimizer, rate_factor)
     center = [np.array(w) for w in base.get_weights()]
     version, seen = 0, [(list(center), 0) for _ in range(K)]
     steps = -(-n // task.batch_size)

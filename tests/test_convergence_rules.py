@@ -423,3 +423,90 @@ def test_batch_norm_statistics_forget_per_row_as_in_one_process(spark, strategy,
     np.testing.assert_allclose(np.asarray(got.moving_mean), np.asarray(want.moving_mean), rtol=1e-5)
     np.testing.assert_allclose(np.asarray(got.moving_variance), np.asarray(want.moving_variance), rtol=1e-4)
     assert got.momentum == 0.9  # the driver's model keeps the user's setting
+
+
+@pytest.mark.parametrize("optimizer, two_workers, four_workers", [
+    (lambda: keras.optimizers.SGD(0.05), 2.0, 4.0),
+    (lambda: keras.optimizers.Adam(1e-3), 2.0, 2.0),
+    (lambda: keras.optimizers.RMSprop(1e-3), 1.0, 1.0),
+    (lambda: keras.optimizers.Adam(keras.optimizers.schedules.ExponentialDecay(0.01, 10, 0.9)), 1.0, 1.0),
+], ids=["sgd", "adam", "rmsprop", "adam-schedule"])
+def test_elastic_averaging_workers_train_at_a_multiple_of_the_rate_by_the_optimizer_family(
+        optimizer, two_workers, four_workers):
+    """EASGD's center moves about 1/(N+1) as far per epoch as one process at the user's rate; ``"auto"`` trains
+    the workers at N times SGD's rate and twice Adam's (N times up to 2 workers), and leaves RMSprop and
+    schedules at the user's."""
+    from sparkeras import EASGD
+
+    strategy = EASGD()
+    strategy.check_model(mlp(seed=1, optimizer=optimizer()))
+    assert (strategy.rate_factor(2), strategy.rate_factor(4)) == (two_workers, four_workers)
+    assert strategy.worker_learning_rate(0.01, 2) == pytest.approx(0.01 * two_workers)
+    assert strategy.rate_factor(1) == 1.0
+    off = EASGD(learning_rate_scaling=None)
+    off.check_model(mlp(seed=1, optimizer=optimizer()))
+    assert off.rate_factor(4) == 1.0
+    assert EASGD(**strategy.get_config()).learning_rate_scaling == "auto"
+
+
+def test_elastic_averaging_defaults_to_a_stable_alpha_for_any_worker_count_and_checks_a_given_one():
+    from types import SimpleNamespace
+
+    from sparkeras import AEASGD, EAMSGD, EASGD
+
+    for workers, alpha in [(1, 0.9), (2, 0.45), (4, 0.225), (8, 0.1125)]:
+        strategy = EASGD()
+        strategy.check(SimpleNamespace(num_workers=workers))  # a fit's check sees its job's worker count
+        assert strategy.alpha == pytest.approx(alpha)
+    assert EASGD(rho=2.0, learning_rate=0.1).alpha == pytest.approx(0.2)
+    assert AEASGD().alpha == pytest.approx(0.5) and EAMSGD().alpha == pytest.approx(0.05)  # dist-keras' rho=5
+    with pytest.raises(InputError, match=re.escape("easgd with 4 workers moves the center by num_workers * alpha = "
+                                                   "2.00 of the workers' distance per round, which overshoots (needs "
+                                                   "<= 1); use rho * learning_rate <= 0.250, or leave rho out.")):
+        EASGD(rho=5.0).check(SimpleNamespace(num_workers=4))
+    with pytest.raises(InputError, match="easgd's learning_rate_scaling must be 'auto', 'linear' or None, got 'sqrt'"):
+        EASGD(learning_rate_scaling="sqrt")
+    assert "learning_rate_scaling" not in EAMSGD().get_config()  # its workers train with its own SGD
+    schedule = keras.optimizers.Adam(keras.optimizers.schedules.ExponentialDecay(0.01, 10, 0.9))
+    with pytest.raises(InputError, match=re.escape("easgd(learning_rate_scaling='linear') scales a constant learning "
+                                                   "rate, but the model's optimizer (Adam) follows a schedule")):
+        EASGD(learning_rate_scaling="linear").check_model(mlp(seed=1, optimizer=schedule))
+
+
+def _simulate_easgd(model, x, y, workers, batch, window, epochs, alpha, rate_factor):
+    """What synchronous EASGD computes, in one process: each worker keeps its own weights and optimizer, at
+    ``rate_factor`` times the model's rate; every window each moves ``alpha`` of its distance to the center
+    toward it, and the center moves by the sum of those steps."""
+    n = -(-len(x) // workers)
+    replicas = [clone(model) for _ in range(workers)]
+    for replica in replicas:
+        replica.optimizer.learning_rate.assign(float(model.optimizer.learning_rate) * rate_factor)
+    center = [np.array(w) for w in model.get_weights()]
+    steps = -(-n // batch)
+    for _ in range(epochs):
+        for start in range(0, steps, window):
+            pulls = []
+            for k, replica in enumerate(replicas):
+                xs, ys = x[k * n:(k + 1) * n], y[k * n:(k + 1) * n]
+                for s in range(start, min(steps, start + window)):
+                    replica.train_on_batch(xs[s * batch:(s + 1) * batch], ys[s * batch:(s + 1) * batch])
+                pull = [alpha * (np.array(w) - c) for w, c in zip(replica.get_weights(), center)]
+                replica.set_weights([np.array(w) - e for w, e in zip(replica.get_weights(), pull)])
+                pulls.append(pull)
+            for pull in pulls:
+                center = [c + e for c, e in zip(center, pull)]
+    return center
+
+
+def test_two_worker_elastic_averaging_trains_its_workers_at_twice_adams_rate(spark):
+    # 96 rows per worker: 6 batches of 16, windows of 4 -> 2 rounds per epoch, across an epoch boundary.
+    x, y = blobs(2 * 96, seed=8)
+    model = mlp(seed=3)
+    want = _simulate_easgd(model, x, y, workers=2, batch=16, window=4, epochs=2, alpha=0.45, rate_factor=2.0)
+    unscaled = _simulate_easgd(model, x, y, workers=2, batch=16, window=4, epochs=2, alpha=0.45, rate_factor=1.0)
+    sm = SparkModel(model, strategy="easgd", num_workers=2, seed=0, window=4)
+    sm.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
+    for got, expected in zip(sm.model.get_weights(), want):
+        np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+    assert max(np.abs(a - b).max() for a, b in zip(want, unscaled)) > 1e-4  # the rate changes the model
+    assert float(sm.model.optimizer.learning_rate) == pytest.approx(0.001)  # the model keeps the user's

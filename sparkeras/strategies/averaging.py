@@ -73,6 +73,7 @@ from sparkeras.strategies.epochs import EpochAttempts
 from sparkeras.training import TrainingJob, run_partitions, sum_metric_states
 from sparkeras.worker import tasks
 from sparkeras.worker.asynchronous import is_shared
+from sparkeras.worker.learning_rate import ADAPTIVE_AUTO, ADAPTIVE_LINEAR_UP_TO, local_rate_rule
 from sparkeras.worker.tasks import Window
 
 
@@ -175,28 +176,6 @@ class OuterStep:
         scale = sign * self.learning_rate * self.momentum * self._correction()
         return [np.asarray(a) + np.asarray(scale, dtype=v.dtype) * v if t else np.array(a, copy=True)
                 for a, v, t in zip(arrays, self.velocity, self.trainable)]
-
-
-ADAPTIVE_AUTO = "auto-adaptive"
-"""``"auto"``'s rule for Adam and its kin with a first moment (``beta_1``: Adam, AdamW, Adamax, Nadam,
-Lion) and a constant rate: :meth:`ModelAveraging.rule` picks by worker count."""
-
-ADAPTIVE_LINEAR_UP_TO = 2
-"""The most workers for which ``"auto"`` trains an Adam-family model's workers at N times its rate.
-
-Measured with ``bench/convergence_study.py`` over 6 seeds and 12 problems
-(BENCHMARKS.md, "Averaging's default for Adam with 2 workers"):
-with 2 workers the linear rule was within 0.6 points (or 0.7%) of one
-process on every problem but an RMSprop regression (-3% of its error),
-while the outer momentum lost 3 points on a noisy Conv1D classifier,
-3% on an autoencoder and 0.4 points on the benchmark MLP, models that
-first have to leave a plateau. With 4 workers Adam at 4 times its rate
-cost the benchmark CNN 7.6 points for good, so from 3 workers on the outer
-momentum makes the N-fold step. Optimizers without a first moment to smooth
-their steps (RMSprop, Adagrad) keep the outer momentum: the one such problem
-measured, the RMSprop regression, ended 5.3% above plain's error with the
-linear rule in Spark against 1.0% below with the momentum.
-"""
 
 
 class ModelAveraging(DistributedOptimizer):
@@ -311,20 +290,12 @@ class ModelAveraging(DistributedOptimizer):
         return self._scaling
 
     def scaling_for(self, optimizer: Any) -> str | None:
-        """The rule a fit of a model with ``optimizer`` uses: ``"auto"`` is ``"linear"`` for an optimizer
-        that does not normalise its steps, with a constant rate; :data:`ADAPTIVE_AUTO` (linear up to 2
-        workers, see :meth:`rule`) for the Adam family with a constant rate; ``None`` for schedules."""
-        import keras
-
-        from sparkeras.worker.learning_rate import is_adaptive
-
+        """The rule a fit of a model with ``optimizer`` uses: ``"auto"`` is :func:`local_rate_rule`'s
+        (``"linear"`` for an optimizer that does not normalise its steps, :data:`ADAPTIVE_AUTO` for the
+        Adam family, both with a constant rate; ``None`` otherwise)."""
         if self.learning_rate_scaling != "auto":
             return self.learning_rate_scaling
-        if not isinstance(getattr(optimizer, "learning_rate", None), keras.Variable):
-            return None
-        if not is_adaptive(optimizer):
-            return "linear"
-        return ADAPTIVE_AUTO if hasattr(optimizer, "beta_1") else None  # see ADAPTIVE_LINEAR_UP_TO
+        return local_rate_rule(optimizer)
 
     def check_model(self, model: Any) -> None:
         """Choose the fit's rule; an explicit ``"linear"`` needs a constant rate, as a schedule is not in

@@ -584,38 +584,108 @@ class EASGD(DistributedOptimizer):
     ``E`` once the round is complete. Workers keep their own weights: the
     elastic force, not a reset, holds them near the center.
 
+    Why the workers train at a multiple of the rate. In steady state the
+    elastic terms balance and every worker, and the center, moves
+    ``N / (N + 1)`` of one worker's own step per round, while the round
+    used N workers' rows: per epoch the center progresses about
+    ``1 / (N + 1)`` as far as one process. With dist-keras' settings the
+    benchmark MLP ended 8.7 points below ``model.fit`` at equal epochs with
+    2 workers. Workers at twice the rate (``learning_rate_scaling="auto"``,
+    the rule of model averaging: :func:`~sparkeras.worker.learning_rate.local_rate_rule`)
+    landed within 1 point, above plain, on every benchmark task
+    (``bench/convergence_study.py --ps``, BENCHMARKS.md). With 4 workers
+    the Adam family stays at twice the rate: at 4 times the benchmark CNN
+    lost 2 points, at twice it 0.3, and the MLP still trails (6.6 points,
+    against 12 at the user's rate).
+
     Args:
         rho: the elastic coefficient; ``alpha = rho * learning_rate``.
-        learning_rate: the step size of the elastic term.
+            ``None`` (default): ``alpha = 0.9 / num_workers``, the paper's
+            ``beta = N * alpha = 0.9``, so that any worker count is stable
+            (dist-keras' ``rho=5`` gives ``beta = 2`` with 4 workers, which
+            overshoots the center every round).
+        learning_rate: the step size of the elastic term (with ``rho``).
+        learning_rate_scaling: the workers' rate: ``"auto"`` (default)
+            ``N`` times the model's for SGD, twice it for the Adam family
+            (``N`` times up to 2 workers), and the model's own for RMSprop,
+            Adagrad and schedules; ``"linear"``: ``N`` times (a constant
+            rate only); ``None``: the model's rate. The model's own
+            optimizer keeps the user's rate.
     """
 
     name = "easgd"
     default_window = 32
+    default_rho: ClassVar[float | None] = None
     synchronous = True
+    BETA = 0.9  # N * alpha with the default rho
 
-    def __init__(self, window: int | str | None = None, rho: float = 5.0, learning_rate: float = 0.1,
-                 timeout: float = 300.0, max_restarts: int = 2, slot_timeout: float = 120.0) -> None:
+    def __init__(self, window: int | str | None = None, rho: float | None = None, learning_rate: float = 0.1,
+                 timeout: float = 300.0, max_restarts: int = 2, slot_timeout: float = 120.0,
+                 learning_rate_scaling: str | None = "auto") -> None:
         super().__init__(window, timeout, max_restarts, slot_timeout)
-        self.rho, self.learning_rate = float(rho), float(learning_rate)
-        if not 0.0 < self.alpha < 1.0:
+        if learning_rate_scaling not in (None, "linear", "auto"):
+            raise InputError(f"{self.name}'s learning_rate_scaling must be 'auto', 'linear' or None, "
+                             f"got {learning_rate_scaling!r}.")
+        self.learning_rate_scaling = learning_rate_scaling
+        self._scaling: str | None = None  # this fit's rule, chosen by check_model
+        rho = self.default_rho if rho is None else rho
+        self.rho, self.learning_rate = None if rho is None else float(rho), float(learning_rate)
+        self._num_workers = 1  # set by check, before the rule travels to the workers
+        if self.rho is not None and not 0.0 < self.alpha < 1.0:
             raise InputError(
                 f"{self.name} needs 0 < alpha < 1, where alpha = rho * learning_rate = "
                 f"{self.rho} * {self.learning_rate} = {self.alpha}; lower rho or learning_rate.")
 
     @property
     def alpha(self) -> float:
+        """The elastic step: ``rho * learning_rate``, or ``0.9 / num_workers`` when ``rho`` is left out."""
+        if self.rho is None:
+            return self.BETA / max(1, self._num_workers)
         return self.rho * self.learning_rate
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "rho": self.rho, "learning_rate": self.learning_rate}
+        return {**super().get_config(), "rho": self.rho, "learning_rate": self.learning_rate,
+                "learning_rate_scaling": self.learning_rate_scaling}
+
+    def check_model(self, model: Any) -> None:
+        """Choose the workers' rate rule for this model's optimizer (none when the rule brings its own)."""
+        import keras
+
+        from sparkeras.worker.learning_rate import local_rate_rule
+
+        if self.local_optimizer() is not None:
+            self._scaling = None
+            return
+        self._scaling = local_rate_rule(model.optimizer) if self.learning_rate_scaling == "auto" \
+            else self.learning_rate_scaling
+        if self._scaling and not isinstance(getattr(model.optimizer, "learning_rate", None), keras.Variable):
+            raise InputError(
+                f"{self.name}(learning_rate_scaling={self.learning_rate_scaling!r}) scales a constant learning rate, "
+                f"but the model's optimizer ({type(model.optimizer).__name__}) follows a schedule. Compile it with a "
+                "number as learning_rate, or use learning_rate_scaling=None.")
+
+    def worker_learning_rate(self, rate: float, num_workers: int) -> float:
+        """``rate`` times :meth:`rate_factor`: what the workers train with, given the driver's rate."""
+        return rate * self.rate_factor(num_workers)
+
+    def rate_factor(self, num_workers: int) -> float:
+        """How many times the model's rate the workers train at with ``num_workers`` workers."""
+        from sparkeras.worker.learning_rate import ADAPTIVE_AUTO, ADAPTIVE_LINEAR_UP_TO
+
+        if self._scaling == "linear":
+            return float(num_workers)
+        if self._scaling == ADAPTIVE_AUTO:
+            return float(min(num_workers, ADAPTIVE_LINEAR_UP_TO))
+        return 1.0
 
     def check(self, job: TrainingJob) -> None:
         super().check(job)
+        self._num_workers = job.num_workers
         if self.synchronous and self.alpha * job.num_workers > 1.0 + 1e-9:
             raise InputError(
                 f"easgd with {job.num_workers} workers moves the center by num_workers * alpha = "
                 f"{job.num_workers * self.alpha:.2f} of the workers' distance per round, which overshoots "
-                f"(needs <= 1); use rho * learning_rate <= {1.0 / job.num_workers:.3f}.")
+                f"(needs <= 1); use rho * learning_rate <= {1.0 / job.num_workers:.3f}, or leave rho out.")
 
     def commit(self, local: Arrays, center: Arrays, steps: int) -> Arrays:
         return [(self.alpha * (w - c)).astype(w.dtype, copy=False) for w, c in zip(local, center)]
@@ -634,6 +704,7 @@ class AEASGD(EASGD):
     name = "aeasgd"
     synchronous = False
     pull_first = True
+    default_rho = 5.0  # dist-keras' (alpha 0.5); asynchronous commits cannot overshoot together
 
 
 class EAMSGD(AEASGD):
@@ -655,7 +726,9 @@ class EAMSGD(AEASGD):
         self.momentum = float(momentum)
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "momentum": self.momentum}
+        config = {**super().get_config(), "momentum": self.momentum}
+        del config["learning_rate_scaling"]  # its workers train with its own SGD at learning_rate
+        return config
 
     def local_optimizer(self) -> Any:
         import keras
