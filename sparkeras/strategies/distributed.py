@@ -43,7 +43,9 @@ eamsgd     AEASGD whose local optimizer is SGD with Nesterov momentum
 =========  ===============================================================
 
 ``alpha = rho * learning_rate`` for the elastic family, as in the paper and in
-dist-keras.
+dist-keras; ``easgd`` without a ``rho`` takes the paper's ``alpha = 0.9 / N``.
+``easgd`` and ``aeasgd`` train their workers at a multiple of the model's
+rate (:meth:`EASGD.rate_factor`), as model averaging does.
 
 A worker keeps its own optimizer state (and, for the elastic rules, its own
 weights) across epochs: they travel back to the driver with the task's
