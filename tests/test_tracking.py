@@ -372,6 +372,43 @@ def test_a_new_store_is_set_up_without_mlflow_start_up_lines(tracked, tmp_path, 
     assert "database tables" not in capfd.readouterr().err
 
 
+def test_a_model_with_a_string_input_is_logged_and_its_pyfunc_scores_a_frame_of_strings(tracked, tmp_path,
+                                                                                       monkeypatch):
+    """The signature of a ``keras.Input(shape=(), dtype="string")`` model is an object tensor (Keras predicts
+    strings from object arrays): logging it failed with numpy's "data type 'string' not understood"."""
+    import keras
+    import mlflow
+    import pandas as pd
+
+    from sparkeras import SparkModel
+    from sparkeras.callbacks import MLflowLogger
+
+    _, uri, _, _, _, _ = tracked
+    monkeypatch.chdir(tmp_path)  # the new store's artifacts go under ./mlruns
+    texts = np.array(["good fun film", "bad dull plot", "great story", "awful boring actor"] * 40, dtype=object)
+    labels = np.array([1, 0, 1, 0] * 40)
+    keras.utils.set_random_seed(0)
+    vectorize = keras.layers.TextVectorization(max_tokens=20, output_sequence_length=3)
+    vectorize.adapt(texts)
+    text = keras.Input(shape=(), dtype="string", name="text")
+    pooled = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(20, 4)(vectorize(text)))
+    model = keras.Model(text, keras.layers.Dense(1, activation="sigmoid")(pooled))
+    model.compile("adam", "binary_crossentropy")
+    logger = MLflowLogger(tracking_uri=f"sqlite:///{tmp_path}/strings.db", experiment="text")
+    try:
+        sm = SparkModel(model, "averaging", 2, seed=0)
+        sm.fit(texts, labels, epochs=1, batch_size=16, verbose=0, callbacks=[logger])
+        logger.wait()
+        assert logger.model_uri is not None
+        reloaded = mlflow.pyfunc.load_model(logger.model_uri)
+        frame = pd.DataFrame({"text": ["good fun film", "awful boring actor", "great plot"]})
+        want = sm.model.predict(frame["text"].to_numpy(dtype=object), verbose=0)
+        np.testing.assert_allclose(np.asarray(reloaded.predict(frame)).reshape(want.shape), want, atol=1e-6)
+        assert str(reloaded.metadata.get_input_schema()) == "[Tensor('object', (-1,))]"
+    finally:
+        mlflow.set_tracking_uri(uri)
+
+
 def test_tracking_arguments_are_checked_first():
     from sparkeras import InputError
     from sparkeras.callbacks import ClusterScalars, MLflowLogger

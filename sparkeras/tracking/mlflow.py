@@ -765,7 +765,8 @@ def _signature(model: Any) -> Any:
 
     def spec(tensor: Any) -> Any:
         shape = tuple(-1 if d is None else int(d) for d in tensor.shape)
-        return Schema([TensorSpec(np.dtype(keras.backend.standardize_dtype(tensor.dtype)), shape)])
+        dtype = keras.backend.standardize_dtype(tensor.dtype)
+        return Schema([TensorSpec(np.dtype(object) if dtype == "string" else np.dtype(dtype), shape)])
 
     return ModelSignature(inputs=spec(inputs[0]), outputs=spec(outputs[0]))
 
