@@ -26,26 +26,45 @@ from sparkeras.errors import InputError, worker_error
 DEFAULT_TIMEOUT = 300.0
 
 
-def check_barrier(sc: Any, num_workers: int, wait: float = 30.0) -> None:
+EXECUTOR_REGISTRATION_SECONDS = 30.0
+"""How long a check waits for executors that are still registering (Spark's own
+``spark.scheduler.maxRegisteredResourcesWaitingTime`` default)."""
+
+
+def registered_slots(sc: Any, wanted: int, wait: float = EXECUTOR_REGISTRATION_SECONDS) -> int:
+    """The cluster's task slots, once it has ``wanted`` or after ``wait`` seconds, whichever comes first.
+
+    A session just started on a cluster (standalone, ``local-cluster``,
+    YARN) has no executors yet: they register over the next seconds, and
+    Spark runs jobs once they have. A check of the slots made right away
+    saw 0 (``SparkModel(model, "easgd").fit`` refused "the cluster has 0
+    task slots" on a fresh ``local-cluster[2,1,1024]``), so checks wait
+    for them here. Local mode's one executor is the driver: no wait.
+    """
+    from sparkeras.session import is_local
+
+    deadline = time.monotonic() + (0.0 if is_local(sc.master) else wait)
+    slots = concurrent_slots(sc)
+    while slots < wanted and time.monotonic() < deadline:
+        time.sleep(0.5)
+        slots = concurrent_slots(sc)
+    return slots
+
+
+def check_barrier(sc: Any, num_workers: int, wait: float = EXECUTOR_REGISTRATION_SECONDS) -> None:
     """Fail fast when Spark cannot run ``num_workers`` barrier tasks at once.
 
     Spark itself either refuses late (after retrying for minutes) or waits
     for slots that never come, so both cases are checked here. Executors
     that are still registering (a cluster just started) are waited for, up
-    to ``wait`` seconds (not in local mode, where the one executor is the driver).
+    to ``wait`` seconds (:func:`registered_slots`).
     """
     conf = sc.getConf()
     if conf.get("spark.dynamicAllocation.enabled", "false").strip().lower() == "true":
         raise InputError(
             "Barrier training needs all its tasks running at once, which Spark does not allow with "
             "dynamic allocation; set spark.dynamicAllocation.enabled=false for this job.")
-    from sparkeras.session import is_local
-
-    deadline = time.monotonic() + (0.0 if is_local(sc.master) else wait)
-    slots = concurrent_slots(sc)
-    while slots < num_workers and time.monotonic() < deadline:
-        time.sleep(0.5)
-        slots = concurrent_slots(sc)
+    slots = registered_slots(sc, num_workers, wait)
     if slots < num_workers:
         raise InputError(
             f"num_workers={num_workers} barrier tasks must run at the same time, but the cluster has "

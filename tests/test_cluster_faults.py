@@ -177,7 +177,12 @@ PROBE = """
 import json, sys
 import numpy as np
 import sparkeras
-sparkeras.get_spark({url!r}).sparkContext.setLogLevel("OFF")
+from sparkeras.barrier import concurrent_slots
+spark = sparkeras.get_spark({url!r})
+spark.sparkContext.setLogLevel("OFF")
+at_start = concurrent_slots(spark.sparkContext)  # executors are still registering
+sparkeras.EASGD().check_cluster(spark, 4)  # a synchronous rule's check waits for them
+print("CHECKED", at_start, concurrent_slots(spark.sparkContext), flush=True)
 
 
 def probe(ctx):
@@ -199,13 +204,18 @@ print("RESULT", json.dumps([sparkeras.run(probe, num_workers=4, timeout=60, shar
 
 def test_hierarchical_allreduce_between_two_hosts(cluster):
     """Two hosts with two tasks each: shared memory inside a host, the TCP ring between the hosts' leaders;
-    then, with ``shared_memory=False``, all four tasks in the ring, two of them on each host."""
+    then, with ``shared_memory=False``, all four tasks in the ring, two of them on each host. Before that,
+    the fresh session's check for a synchronous rule waits for the executors still registering."""
     if cluster.separate_hosts is not None:
         pytest.skip(f"workers cannot be separate hosts here: {cluster.separate_hosts}")
     out = subprocess.run([sys.executable, "-c", PROBE.format(url=cluster.url)], capture_output=True, text=True,
                          timeout=240, env=cluster.driver_env())
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
     assert lines, out.stderr[-4000:]
+    # A fresh session's first check of the slots saw none before they were waited for (0 task slots: easgd
+    # refused to train on a cluster just started); now it waits until the 4 are there.
+    checked = [ln.split()[1:] for ln in out.stdout.splitlines() if ln.startswith("CHECKED ")]
+    assert checked and checked[0][1] == "4", (checked, out.stdout[-2000:])
     hierarchical, ring = json.loads(lines[0][len("RESULT "):])
     for result in (hierarchical, ring):
         assert result["hosts"] == [cluster.worker_host(0), cluster.worker_host(1)], result

@@ -82,7 +82,7 @@ class Ensemble:
         member's training loss, as in :meth:`SparkModel.fit`; a row's weight
         follows it into the members' samples.
         """
-        from sparkeras.barrier import concurrent_slots
+        from sparkeras.barrier import registered_slots
         from sparkeras.data.frames import SharedFrames
         from sparkeras.data.weights import check_class_weight, check_row_weights
         from sparkeras.model import _check_positive
@@ -93,7 +93,7 @@ class Ensemble:
         rows = check_row_weights(weight_col, sample_weight, data, class_weight)
         spark = get_spark()
         members = [self._member(i) for i in range(self.num_members)]
-        concurrency = min(self.num_members, self.max_concurrent or concurrent_slots(spark.sparkContext))
+        concurrency = min(self.num_members, self.max_concurrent or registered_slots(spark.sparkContext, 1))
         with console_progress_paused(spark), SharedFrames(spark, data, y, validation_data=validation_data, features_col=features_col,
                           label_col=label_col, seed=self.seed, weight_col=weight_col, sample_weight=rows) as frames:
             samples = self._samples(frames.train)

@@ -210,9 +210,9 @@ class DistributedOptimizer(Strategy):
 
     def check_cluster(self, spark: Any, num_workers: int) -> None:
         if self.synchronous:
-            from sparkeras.barrier import concurrent_slots
+            from sparkeras.barrier import registered_slots
 
-            slots = concurrent_slots(spark.sparkContext)
+            slots = registered_slots(spark.sparkContext, num_workers)
             if slots < num_workers:
                 raise InputError(
                     f"strategy={self.name!r} trains in synchronous rounds, so its num_workers={num_workers} "

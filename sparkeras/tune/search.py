@@ -141,14 +141,14 @@ def tune(
             raise InputError(f"tracking must be a sparkeras.callbacks.MLflowLogger, got {type(tracking).__name__}.")
     space = distributions(search_space) if search_space is not None else None
     optuna = _optuna()
-    from sparkeras.barrier import concurrent_slots
+    from sparkeras.barrier import registered_slots
     from sparkeras.data.frames import SharedFrames
     from sparkeras.session import console_progress_paused, get_spark
     from sparkeras.strategies import get_strategy
 
     get_strategy(copy.deepcopy(strategy))  # a bad strategy name fails here, before anything runs
     spark = get_spark()
-    slots = concurrent_slots(spark.sparkContext)
+    slots = registered_slots(spark.sparkContext, workers_per_trial * (max_concurrent or 1))
     if workers_per_trial > slots:
         raise InputError(f"workers_per_trial={workers_per_trial} is more than the cluster's {slots} task slots; "
                          f"use at most {slots}.")
