@@ -31,24 +31,72 @@ EXECUTOR_REGISTRATION_SECONDS = 30.0
 ``spark.scheduler.maxRegisteredResourcesWaitingTime`` default)."""
 
 
-def registered_slots(sc: Any, wanted: int, wait: float = EXECUTOR_REGISTRATION_SECONDS) -> int:
-    """The cluster's task slots, once it has ``wanted`` or after ``wait`` seconds, whichever comes first.
+def registered_slots(sc: Any, wanted: int = 1, wait: float = EXECUTOR_REGISTRATION_SECONDS) -> int:
+    """The cluster's task slots, once its executors have registered, waiting at most ``wait`` seconds.
 
     A session just started on a cluster (standalone, ``local-cluster``,
     YARN) has no executors yet: they register over the next seconds, and
-    Spark runs jobs once they have. A check of the slots made right away
-    saw 0 (``SparkModel(model, "easgd").fit`` refused "the cluster has 0
-    task slots" on a fresh ``local-cluster[2,1,1024]``), so checks wait
-    for them here. Local mode's one executor is the driver: no wait.
+    Spark runs jobs once they have. Counted right away the slots were 0
+    (``SparkModel(model, "easgd").fit`` refused "the cluster has 0 task
+    slots" on a fresh ``local-cluster[2,1,1024]``), and
+    ``defaultParallelism``, the default worker count, was 2 for 4 seconds
+    on ``local-cluster[2,2,1024]`` before it became 4. So this waits until
+    there are ``wanted`` slots and, in a session younger than ``wait``
+    seconds, until the executors its settings promise have registered
+    (:func:`expected_slots`), or, where they promise none (a standalone
+    master handing out every core), until the count has held for 2 s.
+    Local mode's one executor is the driver: no wait.
     """
     from sparkeras.session import is_local
 
-    deadline = time.monotonic() + (0.0 if is_local(sc.master) else wait)
     slots = concurrent_slots(sc)
-    while slots < wanted and time.monotonic() < deadline:
+    if is_local(sc.master):
+        return slots
+    now = time.monotonic()
+    deadline = now + wait
+    young_until = min(deadline, now + wait - (time.time() - sc.startTime / 1000.0))
+    expected = expected_slots(sc.master, sc.getConf())
+    held_since, last = now, slots
+
+    def settled() -> bool:
+        if time.monotonic() >= young_until:
+            return True
+        if expected is not None:
+            return slots >= expected
+        return slots > 0 and time.monotonic() - held_since >= 2.0
+
+    while (slots < wanted or not settled()) and time.monotonic() < deadline:
         time.sleep(0.5)
         slots = concurrent_slots(sc)
+        if slots != last:
+            held_since, last = time.monotonic(), slots
     return slots
+
+
+def expected_slots(master: str, conf: Any) -> int | None:
+    """The task slots a session's master URL and settings (a ``SparkConf``) promise once every executor has
+    registered, else ``None``.
+
+    ``local-cluster[N,C,M]``: ``N * C``; ``spark.cores.max``; or, without
+    dynamic allocation, ``spark.executor.instances`` times
+    ``spark.executor.cores`` (1 where unset, as on YARN and Kubernetes);
+    each divided by ``spark.task.cpus``.
+    """
+    import re
+
+    cluster = re.fullmatch(r"local-cluster\[\s*(\d+)\s*,\s*(\d+)\s*,\s*\d+\s*\]", master)
+    try:
+        per_task = max(1, int(conf.get("spark.task.cpus", "1")))
+        if cluster:
+            return int(cluster.group(1)) * int(cluster.group(2)) // per_task
+        if conf.get("spark.cores.max", None):
+            return int(conf.get("spark.cores.max")) // per_task
+        dynamic = conf.get("spark.dynamicAllocation.enabled", "false").strip().lower() == "true"
+        if conf.get("spark.executor.instances", None) and not dynamic and not master.startswith("spark://"):
+            return int(conf.get("spark.executor.instances")) * int(conf.get("spark.executor.cores", "1")) // per_task
+    except ValueError:  # a setting Spark would refuse too: no promise
+        return None
+    return None
 
 
 def check_barrier(sc: Any, num_workers: int, wait: float = EXECUTOR_REGISTRATION_SECONDS) -> None:

@@ -100,7 +100,15 @@ class SparkModel:
         return get_spark(self.master)
 
     def _workers(self, spark: Any) -> int:
-        return self.num_workers or max(1, spark.sparkContext.defaultParallelism)
+        """``num_workers``, else one per task slot: the default parallelism in local mode, the registered
+        slots on a cluster (a session just started waits for its executors: :func:`registered_slots`)."""
+        if self.num_workers:
+            return self.num_workers
+        from sparkeras.barrier import registered_slots
+        from sparkeras.session import is_local
+
+        sc = spark.sparkContext
+        return max(1, sc.defaultParallelism if is_local(sc.master) else registered_slots(sc))
 
     def _spec(self, columns: ColumnMap, progress: Any = None, class_weight: ClassWeights | None = None,
               workers: int = 1) -> WorkerSpec:

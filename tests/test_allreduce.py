@@ -187,6 +187,31 @@ def test_a_crashed_worker_without_restarts_is_a_worker_error_with_its_reason(spa
     assert "at org.apache" not in str(info.value) and len(str(info.value)) < 1000
 
 
+@pytest.mark.parametrize("master, settings, slots", [
+    ("local-cluster[2,2,1024]", {}, 4),
+    ("local-cluster[2,2,1024]", {"spark.task.cpus": "2"}, 2),
+    ("spark://host:7077", {"spark.cores.max": "6"}, 6),
+    ("spark://host:7077", {"spark.executor.instances": "3"}, None),  # a standalone master decides the cores
+    ("yarn", {"spark.executor.instances": "3", "spark.executor.cores": "2"}, 6),
+    ("k8s://https://api:6443", {"spark.executor.instances": "4"}, 4),
+    ("yarn", {"spark.executor.instances": "3", "spark.dynamicAllocation.enabled": "true"}, None),
+    ("yarn", {}, None),
+    ("yarn", {"spark.cores.max": "many"}, None),
+])
+def test_the_slots_a_sessions_settings_promise_before_its_executors_register(spark, master, settings, slots):
+    """What a session just started waits for before it counts its workers (``registered_slots``): on
+    ``local-cluster[2,2,1024]`` the default worker count was 2 for 4 s, then 4."""
+    from pyspark import SparkConf
+
+    from sparkeras.barrier import expected_slots
+
+    conf = SparkConf(loadDefaults=False)
+    for key, value in settings.items():
+        conf.set(key, value)
+    assert expected_slots(master, conf) == slots
+    assert expected_slots(spark.sparkContext.master, spark.sparkContext.getConf()) is None  # local[2]
+
+
 def test_bad_allreduce_settings_are_refused_before_training(spark):
     x, y = blobs(100, seed=1)
     with pytest.raises(InputError, match=r"num_workers=3 barrier tasks must run at the same time.*2 task slots"):

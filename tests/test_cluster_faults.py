@@ -45,7 +45,7 @@ sys.path.insert(0, {tests!r})
 from conftest import blobs, mlp
 import sparkeras
 from sparkeras import ADAG, AllReduce, ModelAveraging, SparkModel
-from sparkeras.barrier import concurrent_slots
+from sparkeras.barrier import concurrent_slots, registered_slots
 spark = sparkeras.get_spark({url!r})
 sc = spark.sparkContext
 sc.setLogLevel("OFF")
@@ -177,12 +177,13 @@ PROBE = """
 import json, sys
 import numpy as np
 import sparkeras
-from sparkeras.barrier import concurrent_slots
+from sparkeras.barrier import concurrent_slots, registered_slots
 spark = sparkeras.get_spark({url!r})
 spark.sparkContext.setLogLevel("OFF")
 at_start = concurrent_slots(spark.sparkContext)  # executors are still registering
-sparkeras.EASGD().check_cluster(spark, 4)  # a synchronous rule's check waits for them
-print("CHECKED", at_start, concurrent_slots(spark.sparkContext), flush=True)
+default_workers = registered_slots(spark.sparkContext)  # SparkModel's default: waits until the count holds
+sparkeras.EASGD().check_cluster(spark, 4)  # a synchronous rule's check needs all 4
+print("CHECKED", at_start, default_workers, concurrent_slots(spark.sparkContext), flush=True)
 
 
 def probe(ctx):
@@ -212,10 +213,10 @@ def test_hierarchical_allreduce_between_two_hosts(cluster):
                          timeout=240, env=cluster.driver_env())
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
     assert lines, out.stderr[-4000:]
-    # A fresh session's first check of the slots saw none before they were waited for (0 task slots: easgd
-    # refused to train on a cluster just started); now it waits until the 4 are there.
+    # A fresh session counted the slots before its executors had registered: easgd refused "the cluster has
+    # 0 task slots", and the default worker count was too low. Now both wait for them.
     checked = [ln.split()[1:] for ln in out.stdout.splitlines() if ln.startswith("CHECKED ")]
-    assert checked and checked[0][1] == "4", (checked, out.stdout[-2000:])
+    assert checked and checked[0][1:] == ["4", "4"], (checked, out.stdout[-2000:])
     hierarchical, ring = json.loads(lines[0][len("RESULT "):])
     for result in (hierarchical, ring):
         assert result["hosts"] == [cluster.worker_host(0), cluster.worker_host(1)], result

@@ -93,7 +93,7 @@ class Ensemble:
         rows = check_row_weights(weight_col, sample_weight, data, class_weight)
         spark = get_spark()
         members = [self._member(i) for i in range(self.num_members)]
-        concurrency = min(self.num_members, self.max_concurrent or registered_slots(spark.sparkContext, 1))
+        concurrency = min(self.num_members, self.max_concurrent or registered_slots(spark.sparkContext))
         with console_progress_paused(spark), SharedFrames(spark, data, y, validation_data=validation_data, features_col=features_col,
                           label_col=label_col, seed=self.seed, weight_col=weight_col, sample_weight=rows) as frames:
             samples = self._samples(frames.train)
