@@ -596,9 +596,9 @@ class EASGD(DistributedOptimizer):
     the rule of model averaging: :func:`~sparkeras.worker.learning_rate.local_rate_rule`)
     landed within 1 point, above plain, on every benchmark task
     (``bench/convergence_study.py --ps``, BENCHMARKS.md). With 4 workers
-    the Adam family stays at twice the rate: at 4 times the benchmark CNN
-    lost 2 points, at twice it 0.3, and the MLP still trails (6.6 points,
-    against 12 at the user's rate).
+    the Adam family stays at twice the rate: the benchmark CNN lost 2
+    points at 4 times it and 0.3 at twice it, while the MLP still trails
+    at twice it (6.6 points, against 12 at the user's rate).
 
     Args:
         rho: the elastic coefficient; ``alpha = rho * learning_rate``.
