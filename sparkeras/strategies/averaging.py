@@ -73,7 +73,8 @@ from sparkeras.strategies.epochs import EpochAttempts
 from sparkeras.training import TrainingJob, run_partitions, sum_metric_states
 from sparkeras.worker import tasks
 from sparkeras.worker.asynchronous import is_shared
-from sparkeras.worker.learning_rate import ADAPTIVE_AUTO, ADAPTIVE_LINEAR_UP_TO, local_rate_rule
+from sparkeras.worker.learning_rate import (ADAPTIVE_AUTO, ADAPTIVE_LINEAR_UP_TO, check_constant_rate,
+                                            local_rate_rule)
 from sparkeras.worker.tasks import Window
 
 
@@ -300,16 +301,12 @@ class ModelAveraging(DistributedOptimizer):
     def check_model(self, model: Any) -> None:
         """Choose the fit's rule; an explicit ``"linear"`` needs a constant rate, as a schedule is not in
         the state the workers are handed."""
-        import keras
-
         self._scaling = self.scaling_for(model.optimizer)
-        if self._scaling and not isinstance(getattr(model.optimizer, "learning_rate", None), keras.Variable):
-            raise InputError(
-                f"ModelAveraging(learning_rate_scaling={self.learning_rate_scaling!r}) scales a constant learning "
-                f"rate, but the model's optimizer ({type(model.optimizer).__name__}) follows a schedule. Compile "
-                "it with a number as learning_rate (a LearningRateScheduler or ReduceLROnPlateau callback may "
-                "still change it), or use learning_rate_scaling='auto' or None, where the outer momentum makes "
-                "the N-fold step.")
+        if self._scaling:
+            check_constant_rate(
+                f"ModelAveraging(learning_rate_scaling={self.learning_rate_scaling!r})", model.optimizer,
+                " (a LearningRateScheduler or ReduceLROnPlateau callback may still change it), or use "
+                "learning_rate_scaling='auto' or None, where the outer momentum makes the N-fold step.")
 
     def window_for(self, num_workers: int) -> int | str:
         """The window used with ``num_workers`` workers: the one given, else ``128 / num_workers**2`` batches, at least 8.

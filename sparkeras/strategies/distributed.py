@@ -651,20 +651,16 @@ class EASGD(DistributedOptimizer):
 
     def check_model(self, model: Any) -> None:
         """Choose the workers' rate rule for this model's optimizer (none when the rule brings its own)."""
-        import keras
-
-        from sparkeras.worker.learning_rate import local_rate_rule
+        from sparkeras.worker.learning_rate import check_constant_rate, local_rate_rule
 
         if self.local_optimizer() is not None:
             self._scaling = None
             return
         self._scaling = local_rate_rule(model.optimizer) if self.learning_rate_scaling == "auto" \
             else self.learning_rate_scaling
-        if self._scaling and not isinstance(getattr(model.optimizer, "learning_rate", None), keras.Variable):
-            raise InputError(
-                f"{self.name}(learning_rate_scaling={self.learning_rate_scaling!r}) scales a constant learning rate, "
-                f"but the model's optimizer ({type(model.optimizer).__name__}) follows a schedule. Compile it with a "
-                "number as learning_rate, or use learning_rate_scaling=None.")
+        if self._scaling:
+            check_constant_rate(f"{self.name}(learning_rate_scaling={self.learning_rate_scaling!r})",
+                                model.optimizer, ", or use learning_rate_scaling=None.")
 
     def worker_learning_rate(self, rate: float, num_workers: int) -> float:
         """``rate`` times :meth:`rate_factor`: what the workers train with, given the driver's rate."""

@@ -97,6 +97,20 @@ def local_rate_rule(optimizer: Any) -> str | None:
     return ADAPTIVE_AUTO if hasattr(optimizer, "beta_1") else None
 
 
+def check_constant_rate(strategy: str, optimizer: Any, fix: str) -> None:
+    """Refuse a rate rule on an optimizer whose rate follows a schedule: the schedule is not in the state the
+    workers are handed, so their rate cannot be a multiple of it. ``strategy`` names the setting, ``fix`` ends
+    the message."""
+    import keras
+
+    from sparkeras.errors import InputError
+
+    if not isinstance(getattr(optimizer, "learning_rate", None), keras.Variable):
+        raise InputError(
+            f"{strategy} scales a constant learning rate, but the model's optimizer ({type(optimizer).__name__}) "
+            f"follows a schedule. Compile it with a number as learning_rate{fix}")
+
+
 def scale_factor(rule: str, optimizer: Any, workers: int) -> float:
     """How much the learning rate grows with ``workers`` workers under ``rule``."""
     rule = check_rule(rule)
