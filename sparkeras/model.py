@@ -152,7 +152,7 @@ class SparkModel:
         features_col: ColumnSpec = "features",
         label_col: ColumnSpec = "label",
         callbacks: Sequence[Any] | None = None,
-        verbose: int = 1,
+        verbose: int | str = "auto",
         shuffle: bool = True,
         initial_epoch: int = 0,
         checkpoint_dir: str | None = None,
@@ -193,6 +193,7 @@ class SparkModel:
         """
         started = time.perf_counter()
         _check_positive(epochs=epochs, batch_size=batch_size)
+        verbose = check_verbose(verbose)
         check_classic_session(x if x is not None else data, "SparkModel.fit")
         weights = check_class_weight(class_weight)
         row_weights = check_row_weights(weight_col, sample_weight, x if x is not None else data, class_weight)
@@ -358,22 +359,39 @@ class SparkModel:
         label_col: ColumnSpec | None = None,
         weight_col: str | None = None,
         sample_weight: Any = None,
-    ) -> dict[str, float]:
+        verbose: int | str = 0,
+        return_dict: bool = True,
+    ) -> dict[str, float] | float | list[float]:
         """The compiled loss and metrics over all rows, as Keras' ``evaluate`` gives them.
 
         ``features_col`` and ``label_col`` default to those of the last
         ``fit`` (``"features"`` and ``"label"`` before any). ``weight_col``
         (or ``sample_weight=`` for numpy data) weighs each row, as Keras'
-        ``evaluate(sample_weight=...)`` does.
+        ``evaluate(sample_weight=...)`` does. Returns ``{name: value}``;
+        ``return_dict=False`` gives Keras' default instead (the loss alone,
+        or ``[loss, *metrics]``). ``verbose=1`` (or ``"auto"``) prints the
+        figures and the time taken as one line once every row is scored;
+        there is no per-batch bar, since the batches run on the executors.
         """
         _check_positive(batch_size=batch_size)
+        verbose = check_verbose(verbose)
+        if not isinstance(return_dict, bool):
+            raise InputError(f"return_dict must be True or False, got {return_dict!r}.")
+        started = time.perf_counter()
         features_col = self._fit_columns[0] if features_col is None else features_col
         label_col = self._fit_columns[1] if label_col is None else label_col
         check_classic_session(x if x is not None else data, "SparkModel.evaluate")
         sample_weight = check_row_weights(weight_col, sample_weight, x if x is not None else data)
         spark = self.spark
         with console_progress_paused(spark):
-            return self._evaluate(spark, data, y, x, batch_size, features_col, label_col, weight_col, sample_weight)
+            figures = self._evaluate(spark, data, y, x, batch_size, features_col, label_col, weight_col, sample_weight)
+        if verbose:
+            line = " - ".join(f"{k}: {v:.4f}" for k, v in figures.items())
+            print(f"evaluate: {line} ({time.perf_counter() - started:.1f} s)", flush=True)
+        if return_dict:
+            return figures
+        values = list(figures.values())
+        return values[0] if len(values) == 1 else values
 
     def _evaluate(self, spark: Any, data: Any, y: Any, x: Any, batch_size: int, features_col: ColumnSpec,
                   label_col: ColumnSpec, weight_col: str | None, sample_weight: Any) -> dict[str, float]:
@@ -404,6 +422,7 @@ class SparkModel:
         batch_size: int = 256,
         features_col: ColumnSpec | None = None,
         prediction_col: str = "prediction",
+        verbose: int | str = 0,
     ) -> Any:
         """Predictions for every row; ``features_col`` defaults to the last ``fit``'s (``"features"`` before any).
 
@@ -412,9 +431,12 @@ class SparkModel:
         DataFrame with every input column plus ``prediction_col`` (class
         probabilities as ``array<float>``, single-unit outputs as ``double``;
         one column per output, suffixed with the output name, for multi-output
-        models).
+        models). ``verbose=1`` (or ``"auto"``) prints the rows scored and the
+        time taken for numpy or pandas input; a DataFrame's predictions are
+        computed when an action reads them, so there is nothing to print then.
         """
         _check_positive(batch_size=batch_size)
+        verbose = check_verbose(verbose)
         features_col = self._fit_columns[0] if features_col is None else features_col
         frame = x if x is not None else data
         if is_spark_connect(frame):  # a UDF over the frame, in its own session: there is no SparkContext
@@ -425,8 +447,12 @@ class SparkModel:
         dataset = self._dataset(spark, data, None, x, features_col, None, workers)
         columns = resolve_columns(self._model, dataset.schema, dataset.features_col, None)
         if dataset.local:
+            started = time.perf_counter()
             with console_progress_paused(spark):
-                return self._predict_local(spark, dataset, columns, workers, batch_size)
+                predictions = self._predict_local(spark, dataset, columns, workers, batch_size)
+            if verbose:
+                print(f"predict: {dataset.table.num_rows:,} rows ({time.perf_counter() - started:.1f} s)", flush=True)
+            return predictions
         return self._predict_frame(dataset.spark_frame(spark), columns, batch_size, prediction_col)
 
     def _predict_local(self, spark: Any, dataset: Dataset, columns: ColumnMap, workers: int,
@@ -654,6 +680,16 @@ def build_for_data(model: Any, dataset: Dataset) -> None:
     shape = first_feature_shape(dataset)
     if shape is not None:
         model.build((None, *shape))
+
+
+def check_verbose(verbose: Any) -> int:
+    """Keras' ``verbose``: 0 (silent), 1 (a progress bar), 2 (one line per epoch) or ``"auto"`` (1)."""
+    if verbose == "auto":
+        return 1
+    if isinstance(verbose, float) or verbose not in (0, 1, 2):  # True and False count as 1 and 0, as in Keras
+        raise InputError(f"verbose must be 0 (silent), 1 (progress bar), 2 (one line per epoch) or 'auto', "
+                         f"got {verbose!r}.")
+    return int(verbose)
 
 
 def _check_positive(**values: int) -> None:

@@ -1168,3 +1168,29 @@ def test_every_worker_of_a_fit_is_warmed_by_a_task_of_its_own(spark):
     found = spark.sparkContext.parallelize(range(2), 2).mapPartitions(warm).collect()
     assert len({pid for pid, _, _ in found}) == 2 and all(built for _, built, _ in found), found
     assert all(again < 5.0 for _, _, again in found), found
+
+
+def test_evaluate_and_predict_take_keras_verbose_and_return_dict(spark, capsys):
+    """Code written for Keras passes ``verbose=`` and ``return_dict=``; they mean what they mean in Keras."""
+    x, y = blobs(300, classes=3)
+    sm = SparkModel(mlp(classes=3), num_workers=2, seed=0)
+    sm.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    capsys.readouterr()
+    figures = sm.evaluate(x, y, verbose="auto")
+    line = capsys.readouterr().out
+    assert re.fullmatch(r"evaluate: loss: \d+\.\d{4} - accuracy: \d+\.\d{4} \(\d+\.\d s\)\n", line), line
+    assert f"loss: {figures['loss']:.4f}" in line
+    as_keras = sm.evaluate(x, y, return_dict=False)
+    assert as_keras == pytest.approx(sm.model.evaluate(x, y, verbose=0), rel=1e-4)  # [loss, accuracy], Keras' order
+    assert sm.evaluate(x, y, verbose=0) == pytest.approx(figures) and capsys.readouterr().out == ""
+    predicted = sm.predict(x, verbose=1)
+    assert capsys.readouterr().out.startswith("predict: 300 rows (")
+    np.testing.assert_allclose(predicted, sm.model.predict(x, verbose=0), atol=1e-5)
+    for bad, message in [(dict(verbose=3), "verbose must be 0 (silent), 1 (progress bar), 2 (one line per epoch) "
+                                           "or 'auto', got 3."),
+                         (dict(return_dict="yes"), "return_dict must be True or False, got 'yes'.")]:
+        with pytest.raises(InputError) as caught:
+            sm.evaluate(x, y, **bad)
+        assert str(caught.value) == message
+    with pytest.raises(InputError, match="verbose must be 0 .* got 'loud'"):
+        sm.fit(x, y, epochs=1, verbose="loud")
