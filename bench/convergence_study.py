@@ -158,7 +158,8 @@ def parameter_server(task: Task, data, K: int, rule: str, rate_factor: float | N
     strategy = DISTRIBUTED_OPTIMIZERS[rule](**options)
     strategy.check_model(task.make_model())
     if hasattr(strategy, "rate_factor"):
-        strategy._num_workers = K  # what EASGD.check sets from the job, for its default alpha
+        strategy._num_workers = K  # what EASGD.check sets from the job: its default alpha and window
+        strategy.window = strategy.window_for(K)
         rate_factor = strategy.rate_factor(K) if rate_factor is None else rate_factor
     rate_factor = 1.0 if rate_factor is None else rate_factor
     (x, y), test = data

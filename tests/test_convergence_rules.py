@@ -425,22 +425,27 @@ def test_batch_norm_statistics_forget_per_row_as_in_one_process(spark, strategy,
     assert got.momentum == 0.9  # the driver's model keeps the user's setting
 
 
-@pytest.mark.parametrize("optimizer, two_workers, four_workers", [
-    (lambda: keras.optimizers.SGD(0.05), 2.0, 4.0),
-    (lambda: keras.optimizers.Adam(1e-3), 2.0, 2.0),
-    (lambda: keras.optimizers.RMSprop(1e-3), 1.0, 1.0),
-    (lambda: keras.optimizers.Adam(keras.optimizers.schedules.ExponentialDecay(0.01, 10, 0.9)), 1.0, 1.0),
+@pytest.mark.parametrize("optimizer, two_workers, four_workers, eight_workers", [
+    (lambda: keras.optimizers.SGD(0.05), 2.0, 4.0, 8.0),
+    (lambda: keras.optimizers.Adam(1e-3), 2.0, 3.0, 3.0),
+    (lambda: keras.optimizers.RMSprop(1e-3), 1.0, 1.0, 1.0),
+    (lambda: keras.optimizers.Adam(keras.optimizers.schedules.ExponentialDecay(0.01, 10, 0.9)), 1.0, 1.0, 1.0),
 ], ids=["sgd", "adam", "rmsprop", "adam-schedule"])
 def test_elastic_averaging_workers_train_at_a_multiple_of_the_rate_by_the_optimizer_family(
-        optimizer, two_workers, four_workers):
+        optimizer, two_workers, four_workers, eight_workers):
     """EASGD's center moves about 1/(N+1) as far per epoch as one process at the user's rate; ``"auto"`` trains
-    the workers at N times SGD's rate and twice Adam's (N times up to 2 workers), and leaves RMSprop and
+    the workers at N times SGD's rate and ``min(N, 1 + N/2, 3)`` times Adam's, and leaves RMSprop and
     schedules at the user's."""
-    from sparkeras import EASGD
+    from sparkeras import AEASGD, EAMSGD, EASGD
 
     strategy = EASGD()
     strategy.check_model(mlp(seed=1, optimizer=optimizer()))
-    assert (strategy.rate_factor(2), strategy.rate_factor(4)) == (two_workers, four_workers)
+    assert (strategy.rate_factor(2), strategy.rate_factor(4), strategy.rate_factor(8)) == \
+        (two_workers, four_workers, eight_workers)
+    assert [EASGD().window_for(n) for n in (1, 2, 4, 8, 16)] == [64, 32, 16, 8, 8]  # 64 batches a round, at least 8
+    assert AEASGD().window_for(4) == 16 and EASGD(window=5).window_for(4) == 5
+    assert EAMSGD().window_for(4) == 32  # dist-keras' at any count: its own SGD was not measured with the rule
+    assert EASGD(**EASGD().get_config()).window_for(4) == 16
     assert strategy.worker_learning_rate(0.01, 2) == pytest.approx(0.01 * two_workers)
     assert strategy.rate_factor(1) == 1.0
     off = EASGD(learning_rate_scaling=None)
@@ -510,3 +515,14 @@ def test_two_worker_elastic_averaging_trains_its_workers_at_twice_adams_rate(spa
         np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
     assert max(np.abs(a - b).max() for a, b in zip(want, unscaled)) > 1e-4  # the rate changes the model
     assert float(sm.model.optimizer.learning_rate) == pytest.approx(0.001)  # the model keeps the user's
+
+
+def test_elastic_averaging_pulls_every_64_cluster_batches_by_default(spark):
+    """The default window is ``64 / N`` batches: 4 asynchronous workers of 20 batches an epoch commit at batches
+    16 and 20, eight commits in all (at dist-keras' 32, four); a window given is kept."""
+    x, y = blobs(4 * 160, seed=2)
+    for window, commits in [(None, 8), (5, 16)]:
+        sm = SparkModel(mlp(seed=1), strategy="aeasgd", num_workers=4, seed=0, window=window)
+        history = sm.fit(x, y, epochs=1, batch_size=8, verbose=0)
+        assert sm.strategy.window == (16 if window is None else window)
+        assert sum(history.epoch_figures[0]["staleness"].values()) == commits  # the server's commits, by staleness

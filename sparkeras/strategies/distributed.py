@@ -35,11 +35,12 @@ dynsgd     Jiang et al., 2017, "Heterogeneity-aware Distributed Parameter
 easgd      Zhang, Choromanska & LeCun, 2015, "Deep learning with Elastic
            Averaging SGD", synchronous: every window all workers send
            ``E = alpha * (local - center)`` and move ``local -= E``; when
-           the round is complete the server adds every ``E``.
+           the round is complete the server adds every ``E`` (window
+           ``64 / N`` batches, at least 8).
 aeasgd     The asynchronous variant: pull the current center, then the same
-           elastic step (window 32).
+           elastic step (the same window).
 eamsgd     AEASGD whose local optimizer is SGD with Nesterov momentum
-           (the paper's EAMSGD).
+           (the paper's EAMSGD; dist-keras' window of 32).
 =========  ===============================================================
 
 ``alpha = rho * learning_rate`` for the elastic family, as in the paper and in
@@ -578,6 +579,10 @@ class DynSGD(Downpour):
             c += (scale * d).astype(c.dtype, copy=False)
 
 
+ELASTIC_ADAPTIVE_MOST = 3.0
+"""The largest multiple of an Adam-family model's rate that elastic averaging's workers train at (see :class:`EASGD`)."""
+
+
 class EASGD(DistributedOptimizer):
     """Elastic Averaging SGD (Zhang, Choromanska & LeCun, 2015), synchronous rounds.
 
@@ -592,13 +597,32 @@ class EASGD(DistributedOptimizer):
     used N workers' rows: per epoch the center progresses about
     ``1 / (N + 1)`` as far as one process. With dist-keras' settings the
     benchmark MLP ended 8.7 points below ``model.fit`` at equal epochs with
-    2 workers. Workers at twice the rate (``learning_rate_scaling="auto"``,
-    the rule of model averaging: :func:`~sparkeras.worker.learning_rate.local_rate_rule`)
-    landed within 1 point, above plain, on every benchmark task
-    (``bench/convergence_study.py --ps``, BENCHMARKS.md). With 4 workers
-    the Adam family stays at twice the rate: the benchmark CNN lost 2
-    points at 4 times it and 0.3 at twice it, while the MLP still trails
-    at twice it (6.6 points, against 12 at the user's rate).
+    2 workers. ``learning_rate_scaling="auto"`` trains SGD's workers at N
+    times the rate and the Adam family's at ``1 + N / 2`` times it, at most
+    :data:`ELASTIC_ADAPTIVE_MOST` (twice with 2 workers, 3 times from 4 on):
+    the center then covers 2/3 of one process' way per epoch with 2 workers
+    and 3/5 with 4. Measured with ``bench/convergence_study.py --ps`` on the
+    four benchmark tasks (BENCHMARKS.md, "Elastic averaging with 4 workers"):
+    with 2 workers at twice the rate every task landed within 1 point of
+    ``model.fit``, above it on most; with 4 workers twice the rate left the
+    MLP 6.6 points behind (Spark), 3 times it about 1 point, and 4 times it
+    cost the CNN 2 points. With 8 workers no factor came within
+    4 points on both the MLP and the CNN (each worker sees an eighth of the
+    rows), and 5 times the rate cost the CNN 13 points against 4.6 at 3
+    times, hence the cap.
+
+    Why the window shrinks with the worker count. The elastic pull is
+    what shares the workers' progress, and each worker's share of an
+    epoch shrinks as ``1 / N``; the default window is ``64 / N`` batches,
+    at least 8 (:meth:`window_for`), so the cluster trains 64 batches
+    between two pulls and an epoch has as many rounds whatever the worker
+    count. With 4 workers at 3 times the rate, windows of 8 / 16 / 32
+    ended the benchmark MLP at -0.8 / -1.0 / -2.0 points and the CNN at
+    -0.4 / -0.2 / -0.8 (simulated; on Spark 16 gave -1.04 and -0.69). A
+    shorter window costs time: a synchronous round costs about 10 ms, and
+    with 2 workers, where windows of 8 and 32 gave the same models, a Spark
+    epoch of the MLP took 1.1 s at 8 against 0.6 s at 32; with 4 workers
+    0.9 s at 8 against 0.6 s at 16.
 
     Args:
         rho: the elastic coefficient; ``alpha = rho * learning_rate``.
@@ -608,23 +632,25 @@ class EASGD(DistributedOptimizer):
             overshoots the center every round).
         learning_rate: the step size of the elastic term (with ``rho``).
         learning_rate_scaling: the workers' rate: ``"auto"`` (default)
-            ``N`` times the model's for SGD, twice it for the Adam family
-            (``N`` times up to 2 workers), and the model's own for RMSprop,
+            ``N`` times the model's for SGD, ``min(N, 1 + N / 2, 3)`` times
+            it for the Adam family, and the model's own for RMSprop,
             Adagrad and schedules; ``"linear"``: ``N`` times (a constant
             rate only); ``None``: the model's rate. The model's own
             optimizer keeps the user's rate.
     """
 
     name = "easgd"
-    default_window = 32
+    default_window = 32  # window_for(2): what a rule not yet checked against a job holds
     default_rho: ClassVar[float | None] = None
     synchronous = True
     BETA = 0.9  # N * alpha with the default rho
+    BATCHES_PER_ROUND: ClassVar[int | None] = 64  # window_for's cluster-wide batches between pulls; None: fixed
 
     def __init__(self, window: int | str | None = None, rho: float | None = None, learning_rate: float = 0.1,
                  timeout: float = 300.0, max_restarts: int = 2, slot_timeout: float = 120.0,
                  learning_rate_scaling: str | None = "auto") -> None:
         super().__init__(window, timeout, max_restarts, slot_timeout)
+        self.window_setting = window  # None: chosen from the worker count at each fit (window_for)
         if learning_rate_scaling not in (None, "linear", "auto"):
             raise InputError(f"{self.name}'s learning_rate_scaling must be 'auto', 'linear' or None, "
                              f"got {learning_rate_scaling!r}.")
@@ -646,8 +672,16 @@ class EASGD(DistributedOptimizer):
         return self.rho * self.learning_rate
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "rho": self.rho, "learning_rate": self.learning_rate,
-                "learning_rate_scaling": self.learning_rate_scaling}
+        return {**super().get_config(), "window": self.window_setting, "rho": self.rho,
+                "learning_rate": self.learning_rate, "learning_rate_scaling": self.learning_rate_scaling}
+
+    def window_for(self, num_workers: int) -> int | str:
+        """The window used with ``num_workers`` workers: the one given, else ``64 / num_workers`` batches, at least 8."""
+        if self.window_setting is not None:
+            return self.window_setting
+        if self.BATCHES_PER_ROUND is None:
+            return self.default_window
+        return max(8, self.BATCHES_PER_ROUND // max(1, num_workers))
 
     def check_model(self, model: Any) -> None:
         """Choose the workers' rate rule for this model's optimizer (none when the rule brings its own)."""
@@ -668,17 +702,18 @@ class EASGD(DistributedOptimizer):
 
     def rate_factor(self, num_workers: int) -> float:
         """How many times the model's rate the workers train at with ``num_workers`` workers."""
-        from sparkeras.worker.learning_rate import ADAPTIVE_AUTO, ADAPTIVE_LINEAR_UP_TO
+        from sparkeras.worker.learning_rate import ADAPTIVE_AUTO
 
         if self._scaling == "linear":
             return float(num_workers)
         if self._scaling == ADAPTIVE_AUTO:
-            return float(min(num_workers, ADAPTIVE_LINEAR_UP_TO))
+            return float(min(num_workers, 1 + num_workers / 2, ELASTIC_ADAPTIVE_MOST))
         return 1.0
 
     def check(self, job: TrainingJob) -> None:
         super().check(job)
         self._num_workers = job.num_workers
+        self.window = self.window_for(job.num_workers)  # what the workers read
         if self.synchronous and self.alpha * job.num_workers > 1.0 + 1e-9:
             raise InputError(
                 f"easgd with {job.num_workers} workers moves the center by num_workers * alpha = "
@@ -714,6 +749,7 @@ class EAMSGD(AEASGD):
     """
 
     name = "eamsgd"
+    BATCHES_PER_ROUND = None  # dist-keras' 32 at any worker count: easgd's rule was measured with its rate rule, not this SGD
 
     def __init__(self, window: int | str | None = None, rho: float = 5.0, learning_rate: float = 0.01,
                  momentum: float = 0.9, timeout: float = 300.0, max_restarts: int = 2,

@@ -66,9 +66,9 @@ error), while the outer momentum lost 3 points on a noisy Conv1D
 classifier, 3% on an autoencoder and 0.4 points on the benchmark MLP,
 models that first have to leave a plateau. With 4 workers Adam at 4 times
 its rate cost the benchmark CNN 7.6 points for good, so from 3 workers on
-model averaging's outer momentum makes the N-fold step, and elastic
-averaging's workers stay at this factor
-(:meth:`sparkeras.strategies.distributed.EASGD.worker_learning_rate`).
+model averaging's outer momentum makes the N-fold step. Elastic
+averaging has a rule of its own for the Adam family
+(:meth:`sparkeras.strategies.distributed.EASGD.rate_factor`).
 Optimizers without a first moment to smooth their steps (RMSprop, Adagrad)
 are not scaled: the one such problem measured, the RMSprop regression,
 ended 5.3% above plain's error with the linear rule in Spark against 1.0%
@@ -84,7 +84,9 @@ def local_rate_rule(optimizer: Any) -> str | None:
     rows; workers at a multiple of the rate restore the progress per epoch.
     ``"linear"`` (N times) for optimizers that do not normalise their steps
     (SGD, with or without momentum), :data:`ADAPTIVE_AUTO` for the Adam
-    family (N times up to :data:`ADAPTIVE_LINEAR_UP_TO` workers), ``None``
+    family (each strategy says how far: model averaging N times up to
+    :data:`ADAPTIVE_LINEAR_UP_TO` workers, elastic averaging
+    :meth:`~sparkeras.strategies.distributed.EASGD.rate_factor`), ``None``
     (the user's rate) for RMSprop, Adagrad and the like, and for a
     schedule, which is not in the state the workers are handed.
     """
