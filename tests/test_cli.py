@@ -367,3 +367,16 @@ def test_the_cli_imports_keras_with_the_collector_off_and_turns_it_back_on():
         assert not gc.isenabled()  # a collector the caller turned off stays off
     finally:
         gc.enable()
+
+
+def test_library_argument_names_in_errors_read_as_the_flags_typed():
+    """An InputError names Python arguments; the CLI shows the flag instead, with its value after a space."""
+    from sparkeras.cli.main import _one_line
+    from sparkeras.errors import InputError
+
+    said = ("strategy='easgd' trains in synchronous rounds, so its num_workers=4 tasks must run at the same time. "
+            "Pass features_col= with one of them, or lower batch_size=512 (epochs=3; num_workers must be positive).")
+    assert _one_line(InputError(said)) == (
+        "strategy='easgd' trains in synchronous rounds, so its --workers 4 tasks must run at the same time. "
+        "Pass --features with one of them, or lower --batch-size 512 (--epochs 3; --workers must be positive).")
+    assert _one_line(ValueError("num_workers=4")) == "num_workers=4"  # only sparkeras' own input errors

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from typing import Any, Sequence
 
@@ -382,6 +383,9 @@ def _one_line(exc: BaseException) -> str:
     text = " ".join(text.split())
     if isinstance(exc, InputError):
         for name, flag in _FLAGS:
+            # "num_workers=4" reads "--workers 4"; "pass features_col= with..." reads "pass --features with..."
+            text = re.sub(re.escape(name) + (r"(?=[^\s,.;:)])" if name.endswith("=") else ""),
+                          flag + (" " if name.endswith("=") else ""), text)
             text = text.replace(name, flag)
     return text
 
