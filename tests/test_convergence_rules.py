@@ -428,14 +428,16 @@ def test_batch_norm_statistics_forget_per_row_as_in_one_process(spark, strategy,
 @pytest.mark.parametrize("optimizer, two_workers, four_workers, eight_workers", [
     (lambda: keras.optimizers.SGD(0.05), 2.0, 4.0, 8.0),
     (lambda: keras.optimizers.Adam(1e-3), 2.0, 3.0, 3.0),
-    (lambda: keras.optimizers.RMSprop(1e-3), 1.0, 1.0, 1.0),
+    (lambda: keras.optimizers.RMSprop(1e-3), 2.0, 3.0, 3.0),
+    (lambda: keras.optimizers.Adagrad(1e-2), 2.0, 3.0, 3.0),
     (lambda: keras.optimizers.Adam(keras.optimizers.schedules.ExponentialDecay(0.01, 10, 0.9)), 1.0, 1.0, 1.0),
-], ids=["sgd", "adam", "rmsprop", "adam-schedule"])
+    (lambda: keras.optimizers.RMSprop(keras.optimizers.schedules.ExponentialDecay(0.01, 10, 0.9)), 1.0, 1.0, 1.0),
+], ids=["sgd", "adam", "rmsprop", "adagrad", "adam-schedule", "rmsprop-schedule"])
 def test_elastic_averaging_workers_train_at_a_multiple_of_the_rate_by_the_optimizer_family(
         optimizer, two_workers, four_workers, eight_workers):
     """EASGD's center moves about 1/(N+1) as far per epoch as one process at the user's rate; ``"auto"`` trains
-    the workers at N times SGD's rate and ``min(N, 1 + N/2, 3)`` times Adam's, and leaves RMSprop and
-    schedules at the user's."""
+    the workers at N times SGD's rate and ``min(N, 1 + N/2, 3)`` times an adaptive optimizer's (RMSprop and
+    Adagrad too, unlike model averaging), and leaves schedules at the user's."""
     from sparkeras import AEASGD, EAMSGD, EASGD
 
     strategy = EASGD()
