@@ -67,8 +67,9 @@ classifier, 3% on an autoencoder and 0.4 points on the benchmark MLP,
 models that first have to leave a plateau. With 4 workers Adam at 4 times
 its rate cost the benchmark CNN 7.6 points for good, so from 3 workers on
 model averaging's outer momentum makes the N-fold step. Elastic
-averaging has a rule of its own for the Adam family
-(:meth:`sparkeras.strategies.distributed.EASGD.rate_factor`).
+averaging, which has no outer momentum, has a rule of its own
+(:func:`sparkeras.strategies.distributed.elastic_rate_rule`,
+:meth:`~sparkeras.strategies.distributed.EASGD.rate_factor`).
 Optimizers without a first moment to smooth their steps (RMSprop, Adagrad)
 are not scaled: the one such problem measured, the RMSprop regression,
 ended 5.3% above plain's error with the linear rule in Spark against 1.0%
