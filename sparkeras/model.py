@@ -296,7 +296,7 @@ class SparkModel:
             job.callbacks = _callback_list(
                 callbacks, self._model, epochs=epochs, steps=max(job.steps_per_worker), verbose=verbose,
                 fit_started=started, strategy=strategy_name,
-                strategy_options=self.strategy.get_config(), num_workers=workers, batch_size=batch_size,
+                strategy_options=_options_used(self.strategy, workers), num_workers=workers, batch_size=batch_size,
                 data=describe_source(x_data), train_rows=train.stats.rows,
                 validation_rows=validation.stats.rows if validation else 0)
             job.checkpoint, job.strategy_state = checkpoint, self.strategy.checkpoint_state
@@ -680,6 +680,14 @@ def build_for_data(model: Any, dataset: Dataset) -> None:
     shape = first_feature_shape(dataset)
     if shape is not None:
         model.build((None, *shape))
+
+
+def _options_used(strategy: Strategy, workers: int) -> dict[str, Any]:
+    """The strategy's options as this fit uses them: a window chosen by worker count (``window_for``) resolved."""
+    options = strategy.get_config()
+    if options.get("window") is None and hasattr(strategy, "window_for"):
+        options["window"] = strategy.window_for(workers)
+    return options
 
 
 def check_verbose(verbose: Any) -> int:

@@ -116,6 +116,7 @@ def test_the_logged_model_and_its_metrics_are_the_restored_epochs(tracked):
     assert linked["restored_epoch"] == (3, 0) and linked["stopped_epoch"] == (3, 2), linked
     steps = [(m.step, m.value) for m in client.get_metric_history(logger.run_id, "loss")]
     assert steps == [(e, history.history["loss"][e]) for e in range(3)] + [(3, history.history["loss"][0])]
+    assert client.get_run(logger.run_id).data.params["strategy.window"] == "32"  # chosen for 2 workers, logged
 
 
 def test_a_failed_fit_ends_its_run_and_its_model_failed(tracked):
