@@ -683,10 +683,12 @@ def build_for_data(model: Any, dataset: Dataset) -> None:
 
 
 def _options_used(strategy: Strategy, workers: int) -> dict[str, Any]:
-    """The strategy's options as this fit uses them: a window chosen by worker count (``window_for``) resolved."""
+    """The strategy's options as this fit uses them: a window or warmup chosen by worker count resolved."""
     options = strategy.get_config()
     if options.get("window") is None and hasattr(strategy, "window_for"):
         options["window"] = strategy.window_for(workers)
+    if "warmup_epochs" in options and options["warmup_epochs"] is None and hasattr(strategy, "warmup_for"):
+        options["warmup_epochs"] = strategy.warmup_for(workers)
     return options
 
 

@@ -127,20 +127,22 @@ def test_workers_that_scale_their_own_rate_need_no_outer_momentum_unless_it_is_s
 @pytest.mark.parametrize("optimizer, two_workers, four_workers", [
     (lambda: keras.optimizers.SGD(0.05), "linear", "linear"),
     (lambda: keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True), "linear", "linear"),
-    (lambda: keras.optimizers.Adam(1e-3), "linear", None),
+    (lambda: keras.optimizers.Adam(1e-3), "linear", "linear"),
     (lambda: keras.optimizers.RMSprop(1e-3), None, None),
-    (lambda: keras.optimizers.AdamW(1e-3), "linear", None),
+    (lambda: keras.optimizers.AdamW(1e-3), "linear", "linear"),
     (lambda: keras.optimizers.SGD(keras.optimizers.schedules.ExponentialDecay(0.05, 10, 0.9)), None, None),
 ], ids=["sgd", "momentum-sgd", "adam", "rmsprop", "adamw", "sgd-schedule"])
-def test_the_default_rule_scales_the_rate_for_sgd_and_two_adam_workers_else_leaves_it_to_the_outer_momentum(
+def test_the_default_rule_scales_the_rate_for_sgd_and_adam_else_leaves_it_to_the_outer_momentum(
         optimizer, two_workers, four_workers):
     """``learning_rate_scaling="auto"``: Goyal et al.'s linear rule where the optimizer's step is its rate times
-    the gradient, and for Adam and its kin (a first moment) up to 2 workers; the outer momentum for more
-    Adam workers, for RMSprop, or where the rate follows a schedule."""
+    the gradient, and for Adam and its kin (a first moment), warmed up over an epoch from 3 workers on; the
+    outer momentum for RMSprop, or where the rate follows a schedule."""
     strategy = ModelAveraging()
     model = mlp(seed=1, optimizer=optimizer())
     strategy.check_model(model)
     assert (strategy.rule(2), strategy.rule(4)) == (two_workers, four_workers)
+    adam_family = hasattr(model.optimizer, "beta_1")
+    assert [strategy.warmup_for(n) for n in (1, 2, 3, 4)] == ([0.0, 0.0, 1.0, 1.0] if adam_family else [0.0] * 4)
     assert (strategy.momentum(2), strategy.momentum(4)) == (0.0 if two_workers else 0.5, 0.0 if four_workers else 0.75)
     assert strategy.worker_learning_rate(0.05, 2) == (0.1 if two_workers else 0.05)
     assert strategy.worker_learning_rate(0.05, 4) == (0.2 if four_workers else 0.05)
@@ -172,10 +174,12 @@ def test_a_fit_uses_the_window_chosen_for_its_workers_and_keeps_its_setting(spar
     before = repr(strategy)
     SparkModel(mlp(seed=2), strategy=strategy, num_workers=4, seed=0).fit(x, y, epochs=1, batch_size=16, verbose=0)
     assert strategy.window == 8 and repr(strategy) == before  # the checkpoint fingerprint stays the same
-    assert (strategy._outer.momentum, strategy._outer.learning_rate) == (0.75, 1.0)
+    assert (strategy._outer.momentum, strategy._outer.learning_rate) == (0.0, 1.0)  # Adam: linear rule...
+    assert strategy._ramp == (4, 1.0, 7)  # ...warmed up over one epoch of 7 batches, with 4 workers
     SparkModel(mlp(seed=2), strategy=strategy, num_workers=2, seed=0).fit(x, y, epochs=1, batch_size=16, verbose=0)
     assert strategy.window == 32
     assert (strategy._outer.momentum, strategy._outer.learning_rate) == (0.0, 1.0)  # Adam's 2 workers: linear
+    assert strategy._ramp[:2] == (2, 0.0)  # with no warmup
 
 
 def test_scale_factor_follows_the_optimizer_family():
@@ -260,19 +264,22 @@ def test_allreduce_scales_the_rate_with_warmup_exactly(spark):
 
 
 def _simulate_averaging(model, x, y, workers, batch, window, epochs, momentum, iterate=False,
-                        bias_correction=False, rate_factor=1.0):
+                        bias_correction=False, rate_factor=1.0, warmup_epochs=0.0):
     """What ModelAveraging should compute, in one process: each worker a model with its own optimizer,
-    training at ``rate_factor`` times the model's learning rate."""
+    training at ``rate_factor`` times the model's learning rate, reached linearly from the model's own over
+    ``warmup_epochs`` epochs, window by window."""
     n = -(-len(x) // workers)
     replicas = [clone(model) for _ in range(workers)]
-    for replica in replicas:
-        replica.optimizer.learning_rate.assign(float(model.optimizer.learning_rate) * rate_factor)
+    rate = float(model.optimizer.learning_rate)
     trainable = [v.trainable for v in model.weights]
     outer = OuterStep(momentum, 1.0, True, trainable, bias_correction=bias_correction)
     center = [np.array(w) for w in model.get_weights()]
-    for _ in range(epochs):
+    for epoch in range(epochs):
         steps = -(-n // batch)
         for start in range(0, steps, window):
+            done = min(1.0, (epoch + start / steps) / warmup_epochs) if warmup_epochs else 1.0
+            for replica in replicas:
+                replica.optimizer.learning_rate.assign(rate * (1 + (rate_factor - 1) * done))
             moves = []
             for k, replica in enumerate(replicas):
                 replica.set_weights(center)
@@ -369,6 +376,58 @@ def test_workers_scale_their_own_rate_in_one_spark_job_per_window_too(spark, sca
     for got, expected in zip(sm.model.get_weights(), want):
         np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
     assert float(sm.model.optimizer.learning_rate) == pytest.approx(0.01)
+
+
+def test_the_warmup_ramps_the_workers_rate_linearly_window_by_window_from_the_models_own():
+    strategy = ModelAveraging()
+    strategy._ramp = (4, 1.0, 12)  # 4 workers at 4 times the rate, one epoch of warmup, 12 batches per epoch
+    assert [strategy.rate_ramp(0, start) for start in (0, 3, 6, 9)] == [0.25, 0.4375, 0.625, 0.8125]
+    assert [strategy.rate_ramp(epoch, 0) for epoch in (1, 2)] == [1.0, 1.0]  # a resumed fit does not warm up
+    strategy._ramp = (3, 2.0, 10)  # two epochs of warmup: halfway at the second epoch's start
+    assert strategy.rate_ramp(1, 0) == pytest.approx((1 + 2 * 0.5) / 3)
+    strategy._ramp = (1, 1.0, 10)  # the workers keep the model's rate: nothing to ramp
+    assert strategy.rate_ramp(0, 0) == 1.0
+    assert ModelAveraging(warmup_epochs=0).warmup_for(4) == 0.0
+    assert ModelAveraging(**ModelAveraging(warmup_epochs=2).get_config()).warmup_epochs == 2.0
+
+
+@pytest.mark.parametrize("value", [-1, "1", True, float("inf")])
+def test_a_bad_warmup_is_refused_with_what_it_takes(value):
+    with pytest.raises(InputError, match=re.escape(
+            f"warmup_epochs must be a number of epochs >= 0 (0: no warmup) or None (one epoch for Adam and its "
+            f"kin with more than 2 workers), got {value!r}.")):
+        ModelAveraging(warmup_epochs=value)
+
+
+def test_a_warmup_ramps_the_workers_rate_in_one_spark_job_per_window_too(spark):
+    # 3 workers on local[2]'s 2 slots: each window is a Spark job, whose averaged inner state is only a step
+    # count with plain SGD. 6 batches per worker, windows of 2: the first epoch's windows train at 1, 5/3 and
+    # 7/3 times SGD's rate, the second's at 3 times. (Adam warms up so by default from 3 workers on.)
+    x, y = blobs(3 * 96, seed=9)
+    model = mlp(seed=5, optimizer="sgd")
+    want = _simulate_averaging(model, x, y, workers=3, batch=16, window=2, epochs=2, momentum=0.0, rate_factor=3.0,
+                               warmup_epochs=1.0)
+    cold = _simulate_averaging(model, x, y, workers=3, batch=16, window=2, epochs=2, momentum=0.0, rate_factor=3.0)
+    sm = SparkModel(model, strategy=ModelAveraging(window=2, warmup_epochs=1), num_workers=3, seed=0)
+    sm.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
+    for got, expected in zip(sm.model.get_weights(), want):
+        np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+    assert max(np.abs(a - b).max() for a, b in zip(want, cold)) > 1e-4  # the warmup changes the model
+    assert float(sm.model.optimizer.learning_rate) == pytest.approx(0.01)
+
+
+def test_a_warmup_asked_for_ramps_two_workers_rate_in_the_rounds_at_the_server(spark):
+    # 2 workers (no warmup by default) with warmup_epochs=1: the synchronous rounds at the parameter server,
+    # in one Spark job, across an epoch boundary.
+    x, y = blobs(2 * 96, seed=8)
+    model = mlp(seed=3)
+    want = _simulate_averaging(model, x, y, workers=2, batch=16, window=2, epochs=2, momentum=0.0, rate_factor=2.0,
+                               warmup_epochs=1.0)
+    sm = SparkModel(model, strategy=ModelAveraging(window=2, warmup_epochs=1), num_workers=2, seed=0)
+    sm.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
+    for got, expected in zip(sm.model.get_weights(), want):
+        np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+    assert float(sm.model.optimizer.learning_rate) == pytest.approx(0.001)
 
 
 def test_plain_averaging_once_per_epoch_is_a_setting(spark):

@@ -24,12 +24,14 @@ close enough that the averaged move is a good direction (averaging once per
 epoch lagged by 2.4 points after 10 epochs, and much more early on). The
 window shrinks as ``128 / N**2`` with more workers, down to 8 batches
 (:meth:`ModelAveraging.window_for`), and the momentum is ``1 - 1/N``: both
-come from the worker count, not from a task. For SGD, and for Adam and its
-kin with 2 workers, the workers instead take the N-fold step themselves,
-at N times the rate, with no outer momentum (Goyal et al.'s linear rule:
+come from the worker count, not from a task. For SGD and for Adam and its
+kin, the workers instead take the N-fold step themselves, at N times the
+rate, with no outer momentum (Goyal et al.'s linear rule:
 ``learning_rate_scaling="auto"``; measured level with the momentum or
-better on every SGD problem tried, and on Adam problems with 2 workers:
-:data:`ADAPTIVE_LINEAR_UP_TO`). When an epoch has many rounds,
+better on every SGD problem tried, and on Adam problems with 2 workers).
+Adam with more than 2 workers reaches N times its rate over the first
+epoch, window by window, from the model's own (Goyal et al.'s warmup,
+``warmup_epochs``; :data:`ADAPTIVE_WARMUP_ABOVE` says why). When an epoch has many rounds,
 the model a fit reports and saves is the momentum's iterate, not the
 look-ahead the workers train from (:meth:`ModelAveraging.reports_iterate`).
 BatchNormalization's moving statistics are averaged, not stepped; the
@@ -73,7 +75,7 @@ from sparkeras.strategies.epochs import EpochAttempts
 from sparkeras.training import TrainingJob, run_partitions, sum_metric_states
 from sparkeras.worker import tasks
 from sparkeras.worker.asynchronous import is_shared
-from sparkeras.worker.learning_rate import (ADAPTIVE_AUTO, ADAPTIVE_LINEAR_UP_TO, check_constant_rate,
+from sparkeras.worker.learning_rate import (ADAPTIVE_AUTO, ADAPTIVE_WARMUP_ABOVE, check_constant_rate,
                                             local_rate_rule)
 from sparkeras.worker.tasks import Window
 
@@ -200,18 +202,27 @@ class ModelAveraging(DistributedOptimizer):
             keep the rate and the outer momentum ``1 - 1/N`` builds up the
             N-fold step (BMUF). ``"auto"`` (default): ``"linear"`` for
             optimizers that do not normalise their steps (SGD, with or
-            without momentum) and a constant rate, and for Adam and its kin
-            with a first moment (Adam, AdamW, Nadam, Adamax, Lion) with a
-            constant rate up to 2 workers (:data:`ADAPTIVE_LINEAR_UP_TO`);
-            ``None`` for those with more workers, for RMSprop and Adagrad,
-            and for schedules. Measured (BENCHMARKS.md, "Averaging's two rules over
+            without momentum) and for Adam and its kin with a first moment
+            (Adam, AdamW, Nadam, Adamax, Lion), both with a constant rate,
+            the latter warmed up with more than 2 workers
+            (``warmup_epochs``); ``None`` for RMSprop and Adagrad, and for
+            schedules. Measured (BENCHMARKS.md, "Averaging's two rules over
             seeds"): with SGD the linear rule was as close to one process as
             the momentum or closer on every problem, 2 to 8 workers; with
             Adam the linear rule followed models that must first leave a
-            plateau (a noisy Conv1D classifier, an autoencoder), while the
-            benchmark CNN with 4 workers lost 1.6 points with it.
+            plateau (a noisy Conv1D classifier, an autoencoder), and once
+            warmed up it kept the benchmark CNN with 4 workers, which lost
+            7.6 points without the warmup (:data:`ADAPTIVE_WARMUP_ABOVE`).
             ``"linear"`` needs a constant learning rate (callbacks may change
             it), not a schedule.
+        warmup_epochs: epochs over which the workers' scaled rate is
+            reached, linearly, window by window, from the model's own
+            (Goyal et al. 2017): the first window trains at the model's
+            rate. ``None`` (default): one epoch for the Adam family with
+            more than 2 workers under ``"auto"``, else none. It applies to
+            a fit's first epochs (epoch 0 on), so a fit resumed later does
+            not warm up again; where the workers keep the model's rate it
+            does nothing.
         momentum_bias_correction: correct the outer momentum's start from
             zero, as Adam corrects its moments (:class:`OuterStep`'s
             ``bias_correction``), so the first rounds of a fit already take
@@ -236,7 +247,7 @@ class ModelAveraging(DistributedOptimizer):
     def __init__(self, window: int | str | None = None, outer_momentum: float | None = None,
                  outer_learning_rate: float = 1.0, nesterov: bool = True, timeout: float = 300.0,
                  max_restarts: int = 2, slot_timeout: float = 120.0, momentum_bias_correction: bool = False,
-                 learning_rate_scaling: str | None = "auto") -> None:
+                 learning_rate_scaling: str | None = "auto", warmup_epochs: float | None = None) -> None:
         super().__init__(window, timeout, max_restarts, slot_timeout)
         self.momentum_bias_correction = bool(momentum_bias_correction)
         if learning_rate_scaling not in (None, "linear", "auto"):
@@ -245,6 +256,12 @@ class ModelAveraging(DistributedOptimizer):
                              f"'linear' (the workers train at N times the rate), got {learning_rate_scaling!r}.")
         self.learning_rate_scaling = learning_rate_scaling
         self._scaling = None if learning_rate_scaling == "auto" else learning_rate_scaling  # this fit's rule
+        if warmup_epochs is not None and (isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, (int, float))
+                                          or not 0.0 <= warmup_epochs < float("inf")):
+            raise InputError(f"warmup_epochs must be a number of epochs >= 0 (0: no warmup) or None (one epoch for "
+                             f"Adam and its kin with more than 2 workers), got {warmup_epochs!r}.")
+        self.warmup_epochs = None if warmup_epochs is None else float(warmup_epochs)
+        self._ramp = (1, 0.0, 1)  # this fit's workers, warmup epochs and batches per epoch (rate_ramp)
         self.window_setting = window  # None: chosen from the worker count at each fit (window_for)
         if outer_momentum is not None and not (isinstance(outer_momentum, (int, float))
                                                and 0.0 <= outer_momentum < 1.0):
@@ -266,7 +283,7 @@ class ModelAveraging(DistributedOptimizer):
                 "outer_learning_rate": self.outer_learning_rate, "nesterov": self.nesterov,
                 "timeout": self.timeout, "max_restarts": self.max_restarts, "slot_timeout": self.slot_timeout,
                 "momentum_bias_correction": self.momentum_bias_correction,
-                "learning_rate_scaling": self.learning_rate_scaling}
+                "learning_rate_scaling": self.learning_rate_scaling, "warmup_epochs": self.warmup_epochs}
 
     def momentum(self, num_workers: int) -> float:
         """The block momentum used with ``num_workers`` workers: ``1 - 1/N``, or 0 when the workers scale
@@ -282,13 +299,34 @@ class ModelAveraging(DistributedOptimizer):
     def rule(self, num_workers: int) -> str | None:
         """This fit's rule with ``num_workers`` workers: ``"linear"`` or ``None`` (the outer momentum).
 
-        Under ``"auto"`` the Adam family trains its workers at twice the
-        rate with 2 workers, and leaves more to the outer momentum
-        (:data:`ADAPTIVE_LINEAR_UP_TO` says why).
+        Under ``"auto"`` the Adam family's workers train at N times the
+        rate, reached over a warmup with more than 2 workers
+        (:meth:`warmup_for`).
         """
         if self._scaling == ADAPTIVE_AUTO:
-            return "linear" if num_workers <= ADAPTIVE_LINEAR_UP_TO else None
+            return "linear"
         return self._scaling
+
+    def warmup_for(self, num_workers: int) -> float:
+        """The epochs over which the workers' scaled rate is reached: the setting, else one epoch for the
+        Adam family with more than :data:`ADAPTIVE_WARMUP_ABOVE` workers under ``"auto"``, else 0."""
+        if self.warmup_epochs is not None:
+            return self.warmup_epochs
+        return 1.0 if self._scaling == ADAPTIVE_AUTO and num_workers > ADAPTIVE_WARMUP_ABOVE else 0.0
+
+    def rate_ramp(self, epoch: int, start: int) -> float:
+        """The share of the workers' scaled rate they train the window from batch ``start`` of ``epoch`` at.
+
+        Linear in the batches trained, from ``1/N`` (the model's own rate)
+        at the fit's first window to 1 after ``warmup_epochs`` epochs, the
+        same for every worker of a round: the batches per epoch are the
+        largest partition's (:meth:`fit` records them). 1 without a warmup.
+        """
+        workers, epochs, steps = self._ramp
+        if workers <= 1 or epochs <= 0:
+            return 1.0
+        done = min(1.0, (epoch + start / max(1, steps)) / epochs)
+        return (1.0 + (workers - 1) * done) / workers
 
     def scaling_for(self, optimizer: Any) -> str | None:
         """The rule a fit of a model with ``optimizer`` uses: ``"auto"`` is :func:`local_rate_rule`'s
@@ -377,6 +415,8 @@ class ModelAveraging(DistributedOptimizer):
         from sparkeras.barrier import concurrent_slots
 
         self.window = self.window_for(job.num_workers)  # what the workers read
+        scaled = job.num_workers if self.rule(job.num_workers) == "linear" else 1
+        self._ramp = (scaled, self.warmup_for(job.num_workers), max(job.steps_per_worker))  # read too
         trainable = [v.trainable for v in job.model.weights if is_shared(v)]
         self._outer = OuterStep(self.momentum(job.num_workers), self.outer_learning_rate, self.nesterov,
                                 trainable, bias_correction=self.momentum_bias_correction)
@@ -432,11 +472,12 @@ class ModelAveraging(DistributedOptimizer):
         job.state[k:] = average_states([s[k:] for s in local_states], samples)
         self._keep_rate(job, rate)
 
-    def _keep_rate(self, job: TrainingJob, rate: float | None, workers: bool = False) -> None:
-        """Put ``rate`` (the driver's), or the workers' rate for it, back at the state's learning-rate position."""
+    def _keep_rate(self, job: TrainingJob, rate: float | None, workers: float = 0.0) -> None:
+        """Put ``rate`` (the driver's), or with ``workers`` that share of the workers' rate for it
+        (:meth:`rate_ramp`), back at the state's learning-rate position."""
         position = job.learning_rate_position
         if rate is not None and position is not None:
-            value = self.worker_learning_rate(rate, job.num_workers) if workers else rate
+            value = self.worker_learning_rate(rate, job.num_workers) * workers if workers else rate
             job.state[position] = np.asarray(value, dtype=job.state[position].dtype)
 
     def _fit_in_jobs(self, job: TrainingJob, first_epoch: int) -> None:
@@ -453,7 +494,7 @@ class ModelAveraging(DistributedOptimizer):
             rate = job.learning_rate  # the driver's, as callbacks left it
             for index in range(windows):
                 window = Window(epoch, index, job.batch_size, batches, job.shuffle)
-                self._keep_rate(job, rate, workers=True)
+                self._keep_rate(job, rate, workers=self.rate_ramp(epoch, index * (batches or 0)))
                 blob = job.broadcast_state()
                 self._keep_rate(job, rate)
                 try:

@@ -195,6 +195,11 @@ class DistributedOptimizer(Strategy):
         """A Keras optimizer the workers use instead of the model's own (``None``: the model's)."""
         return None
 
+    def rate_ramp(self, epoch: int, start: int) -> float:
+        """Worker: the share of its learning rate a worker trains the window from batch ``start`` of ``epoch``
+        at (a warmup, as model averaging's); 1 for rules without one."""
+        return 1.0
+
     def model_weights(self, center: Arrays) -> Arrays:
         """Driver: the weights the model takes at an epoch's end (reported, validated, saved), given the center.
 

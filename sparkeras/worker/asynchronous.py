@@ -121,7 +121,12 @@ def _train_epoch(spec: ServerTaskSpec, model: Any, partition: int, epoch: int, a
     local_steps = LocalSteps(model, spec.worker.training_arrays(arrays), spec.worker.columns,
                              spec.worker.backend, batch_by_batch=not rule.synchronous)
     model.reset_metrics()  # they add up over the epoch's windows, as in fit
+    ramped = False
     for start in range(0, steps, window):
+        share = rule.rate_ramp(epoch, start) if learning_rate is not None else 1.0
+        if share != 1.0 or ramped:  # the learning rate variable, which every backend's loop reads per call
+            model.optimizer.learning_rate.assign(learning_rate[1] * share)
+            ramped = share != 1.0
         local_steps.train(order, spec.batch_size, start, window)
         local = _read(variables)
         if rule.pull_first:
@@ -134,6 +139,8 @@ def _train_epoch(spec: ServerTaskSpec, model: Any, partition: int, epoch: int, a
         hold_once(getattr(rule, "hold_once", None), epoch, partition)
         if reporter is not None:
             reporter.tick(min(n, (start + window) * spec.batch_size), {"loss": local_steps.running_loss()})
+    if ramped:
+        model.optimizer.learning_rate.assign(learning_rate[1])
     if reporter is not None:
         reporter.send(n, {"loss": local_steps.running_loss()})
     return _result(partition, n, steps, pack_arrays(model_state(model)),

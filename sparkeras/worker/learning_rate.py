@@ -53,27 +53,32 @@ def is_adaptive(optimizer: Any) -> bool:
 ADAPTIVE_AUTO = "auto-adaptive"
 """:func:`local_rate_rule`'s answer for Adam and its kin with a first moment (``beta_1``: Adam, AdamW,
 Adamax, Nadam, Lion) and a constant rate: how far their workers' rate grows depends on the worker count
-(:data:`ADAPTIVE_LINEAR_UP_TO`)."""
+(:data:`ADAPTIVE_WARMUP_ABOVE`)."""
 
-ADAPTIVE_LINEAR_UP_TO = 2
-"""The most workers for which ``"auto"`` trains an Adam-family model's workers at N times its rate.
+ADAPTIVE_WARMUP_ABOVE = 2
+"""The most workers whose Adam-family model averaging starts at N times the rate; more ramp up to it.
 
-Measured for model averaging with ``bench/convergence_study.py`` over 6
-seeds and 12 problems (BENCHMARKS.md, "Averaging's default for Adam with 2
-workers"): with 2 workers the linear rule was within 0.6 points (or 0.7%)
-of one process on every problem but an RMSprop regression (-3% of its
-error), while the outer momentum lost 3 points on a noisy Conv1D
-classifier, 3% on an autoencoder and 0.4 points on the benchmark MLP,
-models that first have to leave a plateau. With 4 workers Adam at 4 times
-its rate cost the benchmark CNN 7.6 points for good, so from 3 workers on
-model averaging's outer momentum makes the N-fold step. Elastic
-averaging, which has no outer momentum, has a rule of its own
-(:func:`sparkeras.strategies.distributed.elastic_rate_rule`,
-:meth:`~sparkeras.strategies.distributed.EASGD.rate_factor`).
-Optimizers without a first moment to smooth their steps (RMSprop, Adagrad)
-are not scaled: the one such problem measured, the RMSprop regression,
-ended 5.3% above plain's error with the linear rule in Spark against 1.0%
-below with averaging's momentum.
+Under ``"auto"`` model averaging trains Adam and its kin at N times the
+rate with no outer momentum (Goyal et al.'s linear rule). Measured with
+``bench/convergence_study.py`` (BENCHMARKS.md, "Averaging's default for
+Adam with 2 workers" and "Four Adam workers: the linear rule after a
+one-epoch warmup"): with 2 workers the linear rule was within 0.6 points
+(or 0.7%) of one process on every problem but an RMSprop regression, while
+the outer momentum lost 3 points on a noisy Conv1D classifier and 3% on an
+autoencoder, models that first have to leave a plateau. With 4 workers,
+Adam at 4 times its rate from the first step cost the benchmark CNN 6.8-7.6
+points for good, but ramped up to it over the first epoch, as Goyal et al.
+warm up large-batch SGD, the CNN ended 0.5 points above one worker, and
+every problem tried was closer to one worker than with the outer momentum
+(``1 - 1/N``, the rule before): digits -0.3 against -1.1 points, a noisy
+Conv1D classifier -2.9 against -26, an LSTM regression -46% against -182%
+of its error. Elastic averaging, which has no outer momentum, has a rule
+of its own (:func:`sparkeras.strategies.distributed.elastic_rate_rule`,
+:meth:`~sparkeras.strategies.distributed.EASGD.rate_factor`). Optimizers
+without a first moment to smooth their steps (RMSprop, Adagrad) are not
+scaled: the one such problem measured, the RMSprop regression, ended 5.3%
+above plain's error with the linear rule in Spark against 1.0% below with
+averaging's momentum.
 """
 
 
@@ -85,8 +90,8 @@ def local_rate_rule(optimizer: Any) -> str | None:
     rows; workers at a multiple of the rate restore the progress per epoch.
     ``"linear"`` (N times) for optimizers that do not normalise their steps
     (SGD, with or without momentum), :data:`ADAPTIVE_AUTO` for the Adam
-    family (each strategy says how far: model averaging N times up to
-    :data:`ADAPTIVE_LINEAR_UP_TO` workers, elastic averaging
+    family (each strategy says how far: model averaging N times, reached
+    over a first epoch's warmup above :data:`ADAPTIVE_WARMUP_ABOVE` workers, elastic averaging
     :meth:`~sparkeras.strategies.distributed.EASGD.rate_factor`), ``None``
     (the user's rate) for RMSprop, Adagrad and the like, and for a
     schedule, which is not in the state the workers are handed.
