@@ -17,12 +17,17 @@ learning-rate rule and warmup. Prints the test metric after every epoch.
 ``--seeds`` compares averaging's ways to the N-fold step, each with its
 default window, over several seeds, on benchmark tasks and the held-out
 problems of ``bench/more_problems.py``: ``default`` (workers at the user's
-rate, outer momentum ``1 - 1/N``: the library's rule for the Adam family
-from 3 workers on; the name predates that), ``linear`` (workers at N times the
-rate, no outer momentum: ``learning_rate_scaling="linear"``, the rule for SGD
-and for 2 Adam workers) and ``sqrt``
-(workers at ``sqrt(N)`` times the rate, outer momentum ``1 - 1/sqrt(N)``) and
-``anneal`` (``linear`` at first, moving to ``default`` over the first epoch). Each seed
+rate, outer momentum ``1 - 1/N``: the library's rule for RMSprop and
+schedules, and for the Adam family from 3 workers on until the forty-third
+stop; the name predates that), ``linear`` (workers at N times the rate, no
+outer momentum: ``learning_rate_scaling="linear"``, the rule for SGD and for
+2 Adam workers), ``goyal`` (``linear``, the workers' rate ramped linearly,
+window by window, from the user's over the first epoch: the rule for the
+Adam family from 3 workers on, ``warmup_epochs``), ``sqrt`` (workers at
+``sqrt(N)`` times the rate, outer momentum ``1 - 1/sqrt(N)``), ``anneal``
+(``linear`` at first, moving to ``default`` over the first epoch) and
+``warmup`` (``default`` at first, moving geometrically to ``linear`` over
+the first epoch, the outer momentum keeping the step N-fold). Each seed
 reorders every worker's rows (and, for the held-out problems, draws other
 initial weights); one worker with no momentum is the reference. It prints
 each run, then the mean gap to the reference and its range over the seeds.
@@ -91,7 +96,8 @@ def _workers(task: Task, x, y, K: int, optimizer=None, rate_factor: float = 1.0)
 
 def averaging(task: Task, data, K: int, window: int, momentum: float, nesterov: bool = True,
               outer_learning_rate: float = 1.0, report: str = "center", rate_factor: float = 1.0,
-              seed: int = 0, anneal_epochs: float = 0.0) -> list[float]:
+              seed: int = 0, anneal_epochs: float = 0.0, anneal_from: float | None = None,
+              ramp: str = "geometric") -> list[float]:
     """``report="center"`` scores the look-ahead center; ``"iterate"`` the center less it (``OuterStep.iterate``).
 
     The strategy reports the iterate when an epoch has at least ``2 K``
@@ -102,6 +108,11 @@ def averaging(task: Task, data, K: int, window: int, momentum: float, nesterov: 
     many epochs, to ``rate_factor`` times it and ``momentum``; the outer
     momentum is ``1 - s / K`` at the workers' factor ``s``, so the step
     stays ``K``-fold throughout (the ``anneal`` rule of ``--rules``).
+    ``anneal_from`` starts the workers at that factor instead of ``K``
+    (``1``, with ``rate_factor=K``: the outer momentum first, the linear
+    rule after, the ``warmup`` rule of ``--rules``). ``ramp="linear"`` moves
+    the factor linearly, window by window, with no outer momentum at any
+    point: Goyal et al.'s warmup of the linear rule (``--rules goyal``).
     """
     from sparkeras.strategies.averaging import OuterStep
 
@@ -117,8 +128,13 @@ def averaging(task: Task, data, K: int, window: int, momentum: float, nesterov: 
         for start in range(0, steps, window):
             if anneal_epochs:
                 done = min(1.0, (epoch * steps + start) / (anneal_epochs * steps))
-                factor = K ** (1 - done) * rate_factor ** done
-                outer.momentum = 1 - factor / K
+                first = K if anneal_from is None else anneal_from
+                if ramp == "linear":
+                    factor = first + (rate_factor - first) * done
+                    outer.momentum = 0.0
+                else:
+                    factor = first ** (1 - done) * rate_factor ** done
+                    outer.momentum = 1 - factor / K
             moves = []
             for (m, local), order in zip(workers, orders):
                 if anneal_epochs:
@@ -231,11 +247,15 @@ def compare_rules(names: list[str], seeds: list[int], workers: list[int], rules:
         for seed in seeds:
             def run(K: int, rule: str) -> list[float]:
                 keras.utils.set_random_seed(seed)
-                rate = {"linear": float(K), "sqrt": float(np.sqrt(K))}.get(rule, 1.0)  # the workers' factor
+                rate = {"linear": float(K), "sqrt": float(np.sqrt(K)), "warmup": float(K),
+                        "goyal": float(K)}.get(rule, 1.0)  # the workers' factor
                 window = int(ModelAveraging().window_for(K))
                 momentum = 1.0 - rate / K  # the outer momentum makes the rest of the N-fold step
                 return averaging(task, data, K, window, momentum, report="iterate" if K > 1 else "center",
-                                 rate_factor=rate, seed=seed, anneal_epochs=1.0 if rule == "anneal" else 0.0)
+                                 rate_factor=rate, seed=seed,
+                                 anneal_epochs=1.0 if rule in ("anneal", "warmup", "goyal") else 0.0,
+                                 anneal_from=1.0 if rule in ("warmup", "goyal") else None,
+                                 ramp="linear" if rule == "goyal" else "geometric")
 
             reference = run(1, "default")
             print(json.dumps({"task": name, "seed": seed, "K": 1, "curve": reference}), flush=True)

@@ -2,7 +2,7 @@
 
 ``bench/time_to_accuracy.py`` times four tasks that the defaults of
 ``averaging`` and ``allreduce`` were measured on. This script is the check
-that those defaults are general: nine more problems of other kinds, each
+that those defaults are general: eleven more problems of other kinds, each
 trained from a cached Spark DataFrame (in as many partitions as the most
 workers asked for; the rows each worker gets, and so the curves, depend on
 it) with 2 and 4 workers and with plain
@@ -36,8 +36,13 @@ metric at the last epoch and the gap to plain's.
   second; LSTM(16) and Dense 1, Adam, batch 32, 5 epochs; scored by the mean
   squared error. Plain's error falls about 27-fold from its first epoch
   to its fifth, so every epoch's steps count.
+* ``digits``: scikit-learn's 1,797 8x8 digits (1,437 to train); MLP
+  64-64-10, Adam, batch 32, 10 epochs. Small data: a worker's epoch is a
+  few dozen batches, so a fit has few rounds.
+* ``cancer``: scikit-learn's 569 breast cancer rows (455 to train), 30
+  standardized features; MLP 30-16-1, Adam, batch 16, 20 epochs.
 
-Each is small (plain takes a few seconds); all nine with two strategies take about ten
+Each is small (plain takes a few seconds); all eleven with two strategies take about ten
 minutes. Timing is not the point here; ``time_to_accuracy.py`` is.
 
 Usage: python bench/more_problems.py [--tasks multilabel,signal,autoencoder,huber,...]
@@ -217,6 +222,39 @@ def recurrent_model() -> Any:
                      keras.optimizers.Adam(1e-3), "mse", [])
 
 
+def digits_data(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    order = rng.permutation(len(digits.target))
+    return (digits.data[order] / 16).astype(np.float32), digits.target[order].astype(np.int64)
+
+
+def digits_model() -> Any:
+    import keras
+
+    return _compiled([keras.Input((64,)), keras.layers.Dense(64, activation="relu"),
+                      keras.layers.Dense(10, activation="softmax")],
+                     keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", ["accuracy"])
+
+
+def cancer_data(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_breast_cancer
+
+    cancer = load_breast_cancer()
+    order = rng.permutation(len(cancer.target))
+    x = (cancer.data - cancer.data.mean(axis=0)) / cancer.data.std(axis=0)
+    return x[order].astype(np.float32), cancer.target[order].astype(np.float32)
+
+
+def cancer_model() -> Any:
+    import keras
+
+    return _compiled([keras.Input((30,)), keras.layers.Dense(16, activation="relu"),
+                      keras.layers.Dense(1, activation="sigmoid")],
+                     keras.optimizers.Adam(1e-3), "binary_crossentropy", ["binary_accuracy"])
+
+
 PROBLEMS = {
     "multilabel": Problem(multilabel_data, multilabel_model, "binary_accuracy", True, 64, 4),
     "signal": Problem(signal_data, signal_model, "accuracy", True, 32, 3),
@@ -227,6 +265,8 @@ PROBLEMS = {
     "batchnorm": Problem(batchnorm_data, batchnorm_model, "accuracy", True, 128, 4),
     "two_outputs": Problem(two_outputs_data, two_outputs_model, "mae", False, 32, 4),
     "recurrent": Problem(recurrent_data, recurrent_model, "loss", False, 32, 5),
+    "digits": Problem(digits_data, digits_model, "accuracy", True, 32, 10),
+    "cancer": Problem(cancer_data, cancer_model, "binary_accuracy", True, 16, 20),
 }
 
 
