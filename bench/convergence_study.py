@@ -184,6 +184,8 @@ def parameter_server(task: Task, data, K: int, rule: str, rate_factor: float | N
     version, seen = 0, [(list(center), 0) for _ in range(K)]
     steps = -(-n // task.batch_size)
     window = steps if strategy.window == "epoch" else int(strategy.window)
+    rates = [float(np.asarray(m.optimizer.learning_rate)) for m, _ in workers]  # the rule's multiple of the model's
+    strategy._ramp = (rate_factor, getattr(strategy, "study_warmup_epochs", 0.0), steps)  # as the driver records it
     scores = []
     for epoch in range(task.epochs):
         orders = [np.random.default_rng([0, epoch, k]).permutation(n) for k in range(K)]
@@ -192,6 +194,9 @@ def parameter_server(task: Task, data, K: int, rule: str, rate_factor: float | N
             seen[k] = ([np.array(c) for c in center], version)
         for start in range(0, steps, window):
             count = min(window, steps - start)
+            share = strategy.rate_ramp(epoch, start)  # a warmup's share of the workers' rate, as the workers take it
+            for (m, _), rate in zip(workers, rates):
+                m.optimizer.learning_rate.assign(rate * share)
             if strategy.synchronous:
                 sent = []
                 for (m, local), order in zip(workers, orders):

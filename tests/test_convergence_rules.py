@@ -175,11 +175,11 @@ def test_a_fit_uses_the_window_chosen_for_its_workers_and_keeps_its_setting(spar
     SparkModel(mlp(seed=2), strategy=strategy, num_workers=4, seed=0).fit(x, y, epochs=1, batch_size=16, verbose=0)
     assert strategy.window == 8 and repr(strategy) == before  # the checkpoint fingerprint stays the same
     assert (strategy._outer.momentum, strategy._outer.learning_rate) == (0.0, 1.0)  # Adam: linear rule...
-    assert strategy._ramp == (4, 1.0, 7)  # ...warmed up over one epoch of 7 batches, with 4 workers
+    assert strategy._ramp == (4.0, 1.0, 7)  # ...warmed up over one epoch of 7 batches, with 4 workers
     SparkModel(mlp(seed=2), strategy=strategy, num_workers=2, seed=0).fit(x, y, epochs=1, batch_size=16, verbose=0)
     assert strategy.window == 32
     assert (strategy._outer.momentum, strategy._outer.learning_rate) == (0.0, 1.0)  # Adam's 2 workers: linear
-    assert strategy._ramp[:2] == (2, 0.0)  # with no warmup
+    assert strategy._ramp[:2] == (2.0, 0.0)  # with no warmup
 
 
 def test_scale_factor_follows_the_optimizer_family():

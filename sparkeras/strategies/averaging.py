@@ -261,7 +261,6 @@ class ModelAveraging(DistributedOptimizer):
             raise InputError(f"warmup_epochs must be a number of epochs >= 0 (0: no warmup) or None (one epoch for "
                              f"Adam and its kin with more than 2 workers), got {warmup_epochs!r}.")
         self.warmup_epochs = None if warmup_epochs is None else float(warmup_epochs)
-        self._ramp = (1, 0.0, 1)  # this fit's workers, warmup epochs and batches per epoch (rate_ramp)
         self.window_setting = window  # None: chosen from the worker count at each fit (window_for)
         if outer_momentum is not None and not (isinstance(outer_momentum, (int, float))
                                                and 0.0 <= outer_momentum < 1.0):
@@ -313,20 +312,6 @@ class ModelAveraging(DistributedOptimizer):
         if self.warmup_epochs is not None:
             return self.warmup_epochs
         return 1.0 if self._scaling == ADAPTIVE_AUTO and num_workers > ADAPTIVE_WARMUP_ABOVE else 0.0
-
-    def rate_ramp(self, epoch: int, start: int) -> float:
-        """The share of the workers' scaled rate they train the window from batch ``start`` of ``epoch`` at.
-
-        Linear in the batches trained, from ``1/N`` (the model's own rate)
-        at the fit's first window to 1 after ``warmup_epochs`` epochs, the
-        same for every worker of a round: the batches per epoch are the
-        largest partition's (:meth:`fit` records them). 1 without a warmup.
-        """
-        workers, epochs, steps = self._ramp
-        if workers <= 1 or epochs <= 0:
-            return 1.0
-        done = min(1.0, (epoch + start / max(1, steps)) / epochs)
-        return (1.0 + (workers - 1) * done) / workers
 
     def scaling_for(self, optimizer: Any) -> str | None:
         """The rule a fit of a model with ``optimizer`` uses: ``"auto"`` is :func:`local_rate_rule`'s
@@ -416,7 +401,7 @@ class ModelAveraging(DistributedOptimizer):
 
         self.window = self.window_for(job.num_workers)  # what the workers read
         scaled = job.num_workers if self.rule(job.num_workers) == "linear" else 1
-        self._ramp = (scaled, self.warmup_for(job.num_workers), max(job.steps_per_worker))  # read too
+        self._ramp = (float(scaled), self.warmup_for(job.num_workers), max(job.steps_per_worker))  # rate_ramp
         trainable = [v.trainable for v in job.model.weights if is_shared(v)]
         self._outer = OuterStep(self.momentum(job.num_workers), self.outer_learning_rate, self.nesterov,
                                 trainable, bias_correction=self.momentum_bias_correction)

@@ -122,6 +122,8 @@ class DistributedOptimizer(Strategy):
             stops with :class:`~sparkeras.errors.ClusterCapacityError`.
     """
 
+    _ramp: tuple[float, float, int] = (1.0, 0.0, 1)  # the workers' rate factor, warmup epochs, batches per epoch
+
     name: ClassVar[str] = "distributed"
     default_window: ClassVar[int | str] = 5
     reports_center: ClassVar[bool] = True
@@ -196,9 +198,20 @@ class DistributedOptimizer(Strategy):
         return None
 
     def rate_ramp(self, epoch: int, start: int) -> float:
-        """Worker: the share of its learning rate a worker trains the window from batch ``start`` of ``epoch``
-        at (a warmup, as model averaging's); 1 for rules without one."""
-        return 1.0
+        """Worker: the share of its scaled rate a worker trains the window from batch ``start`` of ``epoch`` at.
+
+        A warmup (model averaging's ``warmup_epochs``) is linear in the
+        batches trained, from ``1 / factor`` (the model's own rate) at the
+        fit's first window to 1 after its epochs, the same for every worker
+        of a round: the batches per epoch are the largest partition's, which
+        the driver records in ``_ramp`` with the factor and the epochs
+        before the workers start. 1 without a warmup.
+        """
+        factor, epochs, steps = self._ramp
+        if factor <= 1.0 or epochs <= 0:
+            return 1.0
+        done = min(1.0, (epoch + start / max(1, steps)) / epochs)
+        return (1.0 + (factor - 1.0) * done) / factor
 
     def model_weights(self, center: Arrays) -> Arrays:
         """Driver: the weights the model takes at an epoch's end (reported, validated, saved), given the center.
