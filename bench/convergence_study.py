@@ -168,7 +168,8 @@ def allreduce(task: Task, data, K: int, rule: str, warmup_epochs: float) -> list
 def parameter_server(task: Task, data, K: int, rule: str, rate_factor: float | None = None,
                      **options) -> list[float]:
     """The workers train at ``rate_factor`` times the model's learning rate, by default the rule's own
-    factor for K workers (``rate_factor`` of the elastic rules, else 1)."""
+    factor for K workers (``rate_factor`` of the elastic rules, else 1), reached over the rule's warmup
+    (``warmup_for``: elastic averaging's adaptive optimizers from 3 workers on)."""
     from sparkeras.strategies.distributed import DISTRIBUTED_OPTIMIZERS
 
     strategy = DISTRIBUTED_OPTIMIZERS[rule](**options)
@@ -185,7 +186,8 @@ def parameter_server(task: Task, data, K: int, rule: str, rate_factor: float | N
     steps = -(-n // task.batch_size)
     window = steps if strategy.window == "epoch" else int(strategy.window)
     rates = [float(np.asarray(m.optimizer.learning_rate)) for m, _ in workers]  # the rule's multiple of the model's
-    strategy._ramp = (rate_factor, getattr(strategy, "study_warmup_epochs", 0.0), steps)  # as the driver records it
+    warmup = strategy.warmup_for(K) if hasattr(strategy, "warmup_for") else 0.0
+    strategy._ramp = (rate_factor, warmup, steps)  # as the driver records it (rate_ramp)
     scores = []
     for epoch in range(task.epochs):
         orders = [np.random.default_rng([0, epoch, k]).permutation(n) for k in range(K)]

@@ -394,9 +394,13 @@ def test_the_warmup_ramps_the_workers_rate_linearly_window_by_window_from_the_mo
 @pytest.mark.parametrize("value", [-1, "1", True, float("inf")])
 def test_a_bad_warmup_is_refused_with_what_it_takes(value):
     with pytest.raises(InputError, match=re.escape(
-            f"warmup_epochs must be a number of epochs >= 0 (0: no warmup) or None (one epoch for Adam and its "
-            f"kin with more than 2 workers), got {value!r}.")):
+            f"warmup_epochs must be a number of epochs >= 0 (0: no warmup) or None (the default: one epoch with "
+            f"more than 2 workers, where their rate is scaled), got {value!r}.")):
         ModelAveraging(warmup_epochs=value)
+    from sparkeras import EASGD
+
+    with pytest.raises(InputError, match=re.escape("warmup_epochs must be a number of epochs >= 0")):
+        EASGD(warmup_epochs=value)
 
 
 def test_a_warmup_ramps_the_workers_rate_in_one_spark_job_per_window_too(spark):
@@ -486,17 +490,18 @@ def test_batch_norm_statistics_forget_per_row_as_in_one_process(spark, strategy,
 
 @pytest.mark.parametrize("optimizer, two_workers, four_workers, eight_workers", [
     (lambda: keras.optimizers.SGD(0.05), 2.0, 4.0, 8.0),
-    (lambda: keras.optimizers.Adam(1e-3), 2.0, 3.0, 3.0),
-    (lambda: keras.optimizers.RMSprop(1e-3), 2.0, 3.0, 3.0),
-    (lambda: keras.optimizers.Adagrad(1e-2), 2.0, 3.0, 3.0),
+    (lambda: keras.optimizers.Adam(1e-3), 2.0, 4.0, 4.0),
+    (lambda: keras.optimizers.RMSprop(1e-3), 2.0, 4.0, 4.0),
+    (lambda: keras.optimizers.Adagrad(1e-2), 2.0, 4.0, 4.0),
     (lambda: keras.optimizers.Adam(keras.optimizers.schedules.ExponentialDecay(0.01, 10, 0.9)), 1.0, 1.0, 1.0),
     (lambda: keras.optimizers.RMSprop(keras.optimizers.schedules.ExponentialDecay(0.01, 10, 0.9)), 1.0, 1.0, 1.0),
 ], ids=["sgd", "adam", "rmsprop", "adagrad", "adam-schedule", "rmsprop-schedule"])
 def test_elastic_averaging_workers_train_at_a_multiple_of_the_rate_by_the_optimizer_family(
         optimizer, two_workers, four_workers, eight_workers):
     """EASGD's center moves about 1/(N+1) as far per epoch as one process at the user's rate; ``"auto"`` trains
-    the workers at N times SGD's rate and ``min(N, 1 + N/2, 3)`` times an adaptive optimizer's (RMSprop and
-    Adagrad too, unlike model averaging), and leaves schedules at the user's."""
+    the workers at N times SGD's rate and ``min(N, 4)`` times an adaptive optimizer's (RMSprop and Adagrad too,
+    unlike model averaging), reached over a first-epoch warmup from 3 workers on, and leaves schedules at the
+    user's. Without the warmup an adaptive optimizer's factor is ``min(N, 1 + N/2, 3)``."""
     from sparkeras import AEASGD, EAMSGD, EASGD
 
     strategy = EASGD()
@@ -512,6 +517,12 @@ def test_elastic_averaging_workers_train_at_a_multiple_of_the_rate_by_the_optimi
     off = EASGD(learning_rate_scaling=None)
     off.check_model(mlp(seed=1, optimizer=optimizer()))
     assert off.rate_factor(4) == 1.0
+    adaptive = eight_workers == 4.0  # the adaptive optimizers, capped at 4 (SGD: N)
+    assert [strategy.warmup_for(n) for n in (2, 3, 8)] == ([0.0, 1.0, 1.0] if adaptive else [0.0] * 3)
+    cold = EASGD(warmup_epochs=0)
+    cold.check_model(mlp(seed=1, optimizer=optimizer()))
+    assert (cold.rate_factor(2), cold.rate_factor(4), cold.rate_factor(8)) == \
+        ((2.0, 3.0, 3.0) if adaptive else (two_workers, four_workers, eight_workers))
     assert EASGD(**strategy.get_config()).learning_rate_scaling == "auto"
 
 
@@ -539,18 +550,21 @@ def test_elastic_averaging_defaults_to_a_stable_alpha_for_any_worker_count_and_c
         EASGD(learning_rate_scaling="linear").check_model(mlp(seed=1, optimizer=schedule))
 
 
-def _simulate_easgd(model, x, y, workers, batch, window, epochs, alpha, rate_factor):
+def _simulate_easgd(model, x, y, workers, batch, window, epochs, alpha, rate_factor, warmup_epochs=0.0):
     """What synchronous EASGD computes, in one process: each worker keeps its own weights and optimizer, at
-    ``rate_factor`` times the model's rate; every window each moves ``alpha`` of its distance to the center
-    toward it, and the center moves by the sum of those steps."""
+    ``rate_factor`` times the model's rate (reached linearly from the model's own over ``warmup_epochs``, window
+    by window); every window each moves ``alpha`` of its distance to the center toward it, and the center moves
+    by the sum of those steps."""
     n = -(-len(x) // workers)
     replicas = [clone(model) for _ in range(workers)]
-    for replica in replicas:
-        replica.optimizer.learning_rate.assign(float(model.optimizer.learning_rate) * rate_factor)
+    rate = float(model.optimizer.learning_rate)
     center = [np.array(w) for w in model.get_weights()]
     steps = -(-n // batch)
-    for _ in range(epochs):
+    for epoch in range(epochs):
         for start in range(0, steps, window):
+            done = min(1.0, (epoch + start / steps) / warmup_epochs) if warmup_epochs else 1.0
+            for replica in replicas:
+                replica.optimizer.learning_rate.assign(rate * (1 + (rate_factor - 1) * done))
             pulls = []
             for k, replica in enumerate(replicas):
                 xs, ys = x[k * n:(k + 1) * n], y[k * n:(k + 1) * n]
@@ -576,6 +590,22 @@ def test_two_worker_elastic_averaging_trains_its_workers_at_twice_adams_rate(spa
         np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
     assert max(np.abs(a - b).max() for a, b in zip(want, unscaled)) > 1e-4  # the rate changes the model
     assert float(sm.model.optimizer.learning_rate) == pytest.approx(0.001)  # the model keeps the user's
+
+
+def test_elastic_averaging_warms_its_workers_rate_up_when_asked(spark):
+    # 2 workers (no warmup by default) with warmup_epochs=1: twice Adam's rate, reached over the first epoch's
+    # 3 windows (1, 4/3 and 5/3 times it), in the server's synchronous rounds, across an epoch boundary.
+    x, y = blobs(2 * 96, seed=8)
+    model = mlp(seed=3)
+    want = _simulate_easgd(model, x, y, workers=2, batch=16, window=2, epochs=2, alpha=0.45, rate_factor=2.0,
+                           warmup_epochs=1.0)
+    cold = _simulate_easgd(model, x, y, workers=2, batch=16, window=2, epochs=2, alpha=0.45, rate_factor=2.0)
+    sm = SparkModel(model, strategy="easgd", num_workers=2, seed=0, window=2, warmup_epochs=1)
+    sm.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
+    for got, expected in zip(sm.model.get_weights(), want):
+        np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+    assert max(np.abs(a - b).max() for a, b in zip(want, cold)) > 1e-4  # the warmup changes the model
+    assert float(sm.model.optimizer.learning_rate) == pytest.approx(0.001)
 
 
 def test_elastic_averaging_pulls_every_64_cluster_batches_by_default(spark):

@@ -70,7 +70,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from sparkeras.errors import ClusterCapacityError, InputError
-from sparkeras.strategies.distributed import Arrays, DistributedOptimizer, set_shared
+from sparkeras.strategies.distributed import Arrays, DistributedOptimizer, check_warmup_epochs, set_shared
 from sparkeras.strategies.epochs import EpochAttempts
 from sparkeras.training import TrainingJob, run_partitions, sum_metric_states
 from sparkeras.worker import tasks
@@ -256,11 +256,7 @@ class ModelAveraging(DistributedOptimizer):
                              f"'linear' (the workers train at N times the rate), got {learning_rate_scaling!r}.")
         self.learning_rate_scaling = learning_rate_scaling
         self._scaling = None if learning_rate_scaling == "auto" else learning_rate_scaling  # this fit's rule
-        if warmup_epochs is not None and (isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, (int, float))
-                                          or not 0.0 <= warmup_epochs < float("inf")):
-            raise InputError(f"warmup_epochs must be a number of epochs >= 0 (0: no warmup) or None (one epoch for "
-                             f"Adam and its kin with more than 2 workers), got {warmup_epochs!r}.")
-        self.warmup_epochs = None if warmup_epochs is None else float(warmup_epochs)
+        self.warmup_epochs = check_warmup_epochs(warmup_epochs)
         self.window_setting = window  # None: chosen from the worker count at each fit (window_for)
         if outer_momentum is not None and not (isinstance(outer_momentum, (int, float))
                                                and 0.0 <= outer_momentum < 1.0):

@@ -597,8 +597,24 @@ class DynSGD(Downpour):
             c += (scale * d).astype(c.dtype, copy=False)
 
 
-ELASTIC_ADAPTIVE_MOST = 3.0
-"""The largest multiple of an adaptive optimizer's rate that elastic averaging's workers train at (see :class:`EASGD`)."""
+ELASTIC_ADAPTIVE_MOST = 4.0
+"""The largest multiple of an adaptive optimizer's rate that elastic averaging's workers train at, reached over
+a first-epoch warmup (see :class:`EASGD`)."""
+
+ELASTIC_ADAPTIVE_MOST_UNWARMED = 3.0
+"""The same without a warmup (``warmup_epochs=0``): 4 times Adam's rate from the first step cost the benchmark CNN
+2 points with 4 workers."""
+
+def check_warmup_epochs(value: Any) -> float | None:
+    """``warmup_epochs``: ``None`` (the rule's default) or a number of epochs >= 0, as a float."""
+    from sparkeras.worker.learning_rate import ADAPTIVE_WARMUP_ABOVE
+
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or not 0.0 <= value < float("inf")):
+        raise InputError(f"warmup_epochs must be a number of epochs >= 0 (0: no warmup) or None (the default: one "
+                         f"epoch with more than {ADAPTIVE_WARMUP_ABOVE} workers, where their rate is scaled), "
+                         f"got {value!r}.")
+    return None if value is None else float(value)
 
 
 def elastic_rate_rule(optimizer: Any) -> str | None:
@@ -642,18 +658,23 @@ class EASGD(DistributedOptimizer):
     benchmark MLP ended 8.7 points below ``model.fit`` at equal epochs with
     2 workers. ``learning_rate_scaling="auto"`` trains SGD's workers at N
     times the rate and those of adaptive optimizers (Adam, RMSprop...: see
-    :func:`elastic_rate_rule`) at ``1 + N / 2`` times it, at most
-    :data:`ELASTIC_ADAPTIVE_MOST` (twice with 2 workers, 3 times from 4 on):
-    the center then covers 2/3 of one process' way per epoch with 2 workers
-    and 3/5 with 4. Measured with ``bench/convergence_study.py --ps`` on the
-    four benchmark tasks (BENCHMARKS.md, "Elastic averaging with 4 workers"):
-    with 2 workers at twice the rate every task landed within 1 point of
-    ``model.fit``, above it on most; with 4 workers twice the rate left the
-    MLP 6.6 points behind (Spark), 3 times it about 1 point, and 4 times it
-    cost the CNN 2 points. With 8 workers no factor came within
-    4 points on both the MLP and the CNN (each worker sees an eighth of the
-    rows), and 5 times the rate cost the CNN 13 points against 4.6 at 3
-    times, hence the cap.
+    :func:`elastic_rate_rule`) at ``N`` times it, at most
+    :data:`ELASTIC_ADAPTIVE_MOST` (twice with 2 workers, 4 times from 4 on),
+    reached over the first epoch from the model's rate with more than 2
+    workers (``warmup_epochs``, as model averaging's). Measured with
+    ``bench/convergence_study.py --ps`` on the four benchmark tasks
+    (BENCHMARKS.md, "Elastic averaging with 4 workers" and "Elastic
+    averaging warmed up"): with 2 workers at twice the rate every task
+    landed within 1 point of ``model.fit``, above it on most; with 4
+    workers twice the rate left the MLP 6.6 points behind (Spark), 3 times
+    it about 1 point, and 4 times it from the first step cost the CNN 2
+    points; warmed up to 4 times it, the MLP ended 1.0 point above one
+    process and the CNN 1.7 above. With 8 workers 5 times the rate from
+    the first step cost the CNN 13 points; warmed up to 4 times, the CNN
+    ended 0.8 points below one process and the MLP 7 (against 4.6 and 9
+    at 3 times without the warmup): each worker sees an eighth of the rows.
+    Without a warmup the factor is at most
+    :data:`ELASTIC_ADAPTIVE_MOST_UNWARMED`, ``min(N, 1 + N / 2, 3)``.
 
     Why the window shrinks with the worker count. The elastic pull is
     what shares the workers' progress, and each worker's share of an
@@ -676,11 +697,17 @@ class EASGD(DistributedOptimizer):
             overshoots the center every round).
         learning_rate: the step size of the elastic term (with ``rho``).
         learning_rate_scaling: the workers' rate: ``"auto"`` (default)
-            ``N`` times the model's for SGD, ``min(N, 1 + N / 2, 3)`` times
-            it for adaptive optimizers (Adam, RMSprop, Adagrad...), and
-            the model's own for a schedule; ``"linear"``: ``N`` times (a
+            ``N`` times the model's for SGD, ``min(N, 4)`` times it for
+            adaptive optimizers (Adam, RMSprop, Adagrad...), and the
+            model's own for a schedule; ``"linear"``: ``N`` times (a
             constant rate only); ``None``: the model's rate. The model's own
             optimizer keeps the user's rate.
+        warmup_epochs: epochs over which the workers' scaled rate is
+            reached, linearly, window by window, from the model's own.
+            ``None`` (default): one epoch for adaptive optimizers with more
+            than 2 workers under ``"auto"``, else none; ``0``: none (and
+            adaptive optimizers then train at ``min(N, 1 + N / 2, 3)``
+            times the rate).
     """
 
     name = "easgd"
@@ -692,9 +719,10 @@ class EASGD(DistributedOptimizer):
 
     def __init__(self, window: int | str | None = None, rho: float | None = None, learning_rate: float = 0.1,
                  timeout: float = 300.0, max_restarts: int = 2, slot_timeout: float = 120.0,
-                 learning_rate_scaling: str | None = "auto") -> None:
+                 learning_rate_scaling: str | None = "auto", warmup_epochs: float | None = None) -> None:
         super().__init__(window, timeout, max_restarts, slot_timeout)
         self.window_setting = window  # None: chosen from the worker count at each fit (window_for)
+        self.warmup_epochs = check_warmup_epochs(warmup_epochs)
         if learning_rate_scaling not in (None, "linear", "auto"):
             raise InputError(f"{self.name}'s learning_rate_scaling must be 'auto', 'linear' or None, "
                              f"got {learning_rate_scaling!r}.")
@@ -717,7 +745,8 @@ class EASGD(DistributedOptimizer):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "window": self.window_setting, "rho": self.rho,
-                "learning_rate": self.learning_rate, "learning_rate_scaling": self.learning_rate_scaling}
+                "learning_rate": self.learning_rate, "learning_rate_scaling": self.learning_rate_scaling,
+                "warmup_epochs": self.warmup_epochs}
 
     def window_for(self, num_workers: int) -> int | str:
         """The window used with ``num_workers`` workers: the one given, else ``64 / num_workers`` batches, at least 8."""
@@ -751,8 +780,25 @@ class EASGD(DistributedOptimizer):
         if self._scaling == "linear":
             return float(num_workers)
         if self._scaling == ADAPTIVE_AUTO:
-            return float(min(num_workers, 1 + num_workers / 2, ELASTIC_ADAPTIVE_MOST))
+            if self.warmup_for(num_workers) > 0:
+                return float(min(num_workers, ELASTIC_ADAPTIVE_MOST))
+            return float(min(num_workers, 1 + num_workers / 2, ELASTIC_ADAPTIVE_MOST_UNWARMED))
         return 1.0
+
+    def warmup_for(self, num_workers: int) -> float:
+        """The epochs over which the workers' scaled rate is reached: the setting, else one epoch for adaptive
+        optimizers with more than :data:`~sparkeras.worker.learning_rate.ADAPTIVE_WARMUP_ABOVE` workers under
+        ``"auto"``, else 0."""
+        from sparkeras.worker.learning_rate import ADAPTIVE_AUTO, ADAPTIVE_WARMUP_ABOVE
+
+        if self.warmup_epochs is not None:
+            return self.warmup_epochs
+        return 1.0 if self._scaling == ADAPTIVE_AUTO and num_workers > ADAPTIVE_WARMUP_ABOVE else 0.0
+
+    def fit(self, job: TrainingJob) -> None:
+        self._ramp = (self.rate_factor(job.num_workers), self.warmup_for(job.num_workers),
+                      max(job.steps_per_worker))  # rate_ramp, on the workers
+        super().fit(job)
 
     def check(self, job: TrainingJob) -> None:
         super().check(job)

@@ -56,7 +56,10 @@ Adamax, Nadam, Lion) and a constant rate: how far their workers' rate grows depe
 (:data:`ADAPTIVE_WARMUP_ABOVE`)."""
 
 ADAPTIVE_WARMUP_ABOVE = 2
-"""The most workers whose Adam-family model averaging starts at N times the rate; more ramp up to it.
+"""The most workers that start at their scaled rate by default; more reach it over a first-epoch warmup.
+
+The rule for model averaging's Adam family and elastic averaging's
+adaptive optimizers (:meth:`~sparkeras.strategies.distributed.EASGD.rate_factor`).
 
 Under ``"auto"`` model averaging trains Adam and its kin at N times the
 rate with no outer momentum (Goyal et al.'s linear rule). Measured with
