@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+from functools import partial
 
 import keras
 import numpy as np
@@ -413,25 +414,32 @@ def test_a_warmup_ramps_the_workers_rate_in_one_spark_job_per_window_too(spark):
                                warmup_epochs=1.0)
     cold = _simulate_averaging(model, x, y, workers=3, batch=16, window=2, epochs=2, momentum=0.0, rate_factor=3.0)
     sm = SparkModel(model, strategy=ModelAveraging(window=2, warmup_epochs=1), num_workers=3, seed=0)
+    _fits_the_simulated_warmup(sm, x, y, want, cold, rate=0.01)
+
+
+def _fits_the_simulated_warmup(sm, x, y, want, cold, rate):
+    """Fit ``sm`` (2 epochs of batches of 16, in order): it must end at ``want`` (the simulated warmup), which
+    differs from ``cold`` (no warmup), and keep the model's ``rate``."""
     sm.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
     for got, expected in zip(sm.model.get_weights(), want):
         np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
     assert max(np.abs(a - b).max() for a, b in zip(want, cold)) > 1e-4  # the warmup changes the model
-    assert float(sm.model.optimizer.learning_rate) == pytest.approx(0.01)
+    assert float(sm.model.optimizer.learning_rate) == pytest.approx(rate)
 
 
-def test_a_warmup_asked_for_ramps_two_workers_rate_in_the_rounds_at_the_server(spark):
-    # 2 workers (no warmup by default) with warmup_epochs=1: the synchronous rounds at the parameter server,
-    # in one Spark job, across an epoch boundary.
+@pytest.mark.parametrize("rule", ["averaging", "easgd"])
+def test_a_warmup_asked_for_ramps_two_workers_rate_in_the_rounds_at_the_server(spark, rule):
+    # 2 workers (no warmup by default) with warmup_epochs=1: twice Adam's rate, reached over the first epoch's
+    # 3 windows (1, 4/3 and 5/3 times it), in the server's synchronous rounds in one Spark job, across an
+    # epoch boundary.
     x, y = blobs(2 * 96, seed=8)
     model = mlp(seed=3)
-    want = _simulate_averaging(model, x, y, workers=2, batch=16, window=2, epochs=2, momentum=0.0, rate_factor=2.0,
-                               warmup_epochs=1.0)
-    sm = SparkModel(model, strategy=ModelAveraging(window=2, warmup_epochs=1), num_workers=2, seed=0)
-    sm.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
-    for got, expected in zip(sm.model.get_weights(), want):
-        np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
-    assert float(sm.model.optimizer.learning_rate) == pytest.approx(0.001)
+    simulate = partial(_simulate_averaging, momentum=0.0) if rule == "averaging" else partial(_simulate_easgd,
+                                                                                            alpha=0.45)
+    run = dict(workers=2, batch=16, window=2, epochs=2, rate_factor=2.0)
+    want, cold = simulate(model, x, y, warmup_epochs=1.0, **run), simulate(model, x, y, **run)
+    sm = SparkModel(model, strategy=rule, num_workers=2, seed=0, window=2, warmup_epochs=1)
+    _fits_the_simulated_warmup(sm, x, y, want, cold, rate=0.001)
 
 
 def test_plain_averaging_once_per_epoch_is_a_setting(spark):
@@ -590,22 +598,6 @@ def test_two_worker_elastic_averaging_trains_its_workers_at_twice_adams_rate(spa
         np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
     assert max(np.abs(a - b).max() for a, b in zip(want, unscaled)) > 1e-4  # the rate changes the model
     assert float(sm.model.optimizer.learning_rate) == pytest.approx(0.001)  # the model keeps the user's
-
-
-def test_elastic_averaging_warms_its_workers_rate_up_when_asked(spark):
-    # 2 workers (no warmup by default) with warmup_epochs=1: twice Adam's rate, reached over the first epoch's
-    # 3 windows (1, 4/3 and 5/3 times it), in the server's synchronous rounds, across an epoch boundary.
-    x, y = blobs(2 * 96, seed=8)
-    model = mlp(seed=3)
-    want = _simulate_easgd(model, x, y, workers=2, batch=16, window=2, epochs=2, alpha=0.45, rate_factor=2.0,
-                           warmup_epochs=1.0)
-    cold = _simulate_easgd(model, x, y, workers=2, batch=16, window=2, epochs=2, alpha=0.45, rate_factor=2.0)
-    sm = SparkModel(model, strategy="easgd", num_workers=2, seed=0, window=2, warmup_epochs=1)
-    sm.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
-    for got, expected in zip(sm.model.get_weights(), want):
-        np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
-    assert max(np.abs(a - b).max() for a, b in zip(want, cold)) > 1e-4  # the warmup changes the model
-    assert float(sm.model.optimizer.learning_rate) == pytest.approx(0.001)
 
 
 def test_elastic_averaging_pulls_every_64_cluster_batches_by_default(spark):
