@@ -31,7 +31,8 @@ rate, with no outer momentum (Goyal et al.'s linear rule:
 better on every SGD problem tried, and on Adam problems with 2 workers).
 Adam with more than 2 workers reaches N times its rate over the first
 epoch, window by window, from the model's own (Goyal et al.'s warmup,
-``warmup_epochs``; :data:`ADAPTIVE_WARMUP_ABOVE` says why). When an epoch has many rounds,
+``warmup_epochs``; :data:`~sparkeras.worker.learning_rate.ADAPTIVE_WARMUP_ABOVE`
+says why). When an epoch has many rounds,
 the model a fit reports and saves is the momentum's iterate, not the
 look-ahead the workers train from (:meth:`ModelAveraging.reports_iterate`).
 BatchNormalization's moving statistics are averaged, not stepped; the
@@ -70,13 +71,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from sparkeras.errors import ClusterCapacityError, InputError
-from sparkeras.strategies.distributed import Arrays, DistributedOptimizer, check_warmup_epochs, set_shared
+from sparkeras.strategies.distributed import (Arrays, DistributedOptimizer, check_warmup_epochs, set_shared,
+                                              warmup_epochs_for)
 from sparkeras.strategies.epochs import EpochAttempts
 from sparkeras.training import TrainingJob, run_partitions, sum_metric_states
 from sparkeras.worker import tasks
 from sparkeras.worker.asynchronous import is_shared
-from sparkeras.worker.learning_rate import (ADAPTIVE_AUTO, ADAPTIVE_WARMUP_ABOVE, check_constant_rate,
-                                            local_rate_rule)
+from sparkeras.worker.learning_rate import ADAPTIVE_AUTO, check_constant_rate, local_rate_rule
 from sparkeras.worker.tasks import Window
 
 
@@ -212,7 +213,7 @@ class ModelAveraging(DistributedOptimizer):
             Adam the linear rule followed models that must first leave a
             plateau (a noisy Conv1D classifier, an autoencoder), and once
             warmed up it kept the benchmark CNN with 4 workers, which lost
-            7.6 points without the warmup (:data:`ADAPTIVE_WARMUP_ABOVE`).
+            7.6 points without the warmup (:data:`~sparkeras.worker.learning_rate.ADAPTIVE_WARMUP_ABOVE`).
             ``"linear"`` needs a constant learning rate (callbacks may change
             it), not a schedule.
         warmup_epochs: epochs over which the workers' scaled rate is
@@ -303,11 +304,9 @@ class ModelAveraging(DistributedOptimizer):
         return self._scaling
 
     def warmup_for(self, num_workers: int) -> float:
-        """The epochs over which the workers' scaled rate is reached: the setting, else one epoch for the
-        Adam family with more than :data:`ADAPTIVE_WARMUP_ABOVE` workers under ``"auto"``, else 0."""
-        if self.warmup_epochs is not None:
-            return self.warmup_epochs
-        return 1.0 if self._scaling == ADAPTIVE_AUTO and num_workers > ADAPTIVE_WARMUP_ABOVE else 0.0
+        """The epochs over which the workers' scaled rate is reached (:func:`warmup_epochs_for`): one for the
+        Adam family with more than 2 workers under ``"auto"``, unless set."""
+        return warmup_epochs_for(self.warmup_epochs, self._scaling, num_workers)
 
     def scaling_for(self, optimizer: Any) -> str | None:
         """The rule a fit of a model with ``optimizer`` uses: ``"auto"`` is :func:`local_rate_rule`'s
@@ -453,12 +452,12 @@ class ModelAveraging(DistributedOptimizer):
         job.state[k:] = average_states([s[k:] for s in local_states], samples)
         self._keep_rate(job, rate)
 
-    def _keep_rate(self, job: TrainingJob, rate: float | None, workers: float = 0.0) -> None:
-        """Put ``rate`` (the driver's), or with ``workers`` that share of the workers' rate for it
+    def _keep_rate(self, job: TrainingJob, rate: float | None, share: float = 0.0) -> None:
+        """Put ``rate`` (the driver's), or with ``share`` that share of the workers' rate for it
         (:meth:`rate_ramp`), back at the state's learning-rate position."""
         position = job.learning_rate_position
         if rate is not None and position is not None:
-            value = self.worker_learning_rate(rate, job.num_workers) * workers if workers else rate
+            value = self.worker_learning_rate(rate, job.num_workers) * share if share else rate
             job.state[position] = np.asarray(value, dtype=job.state[position].dtype)
 
     def _fit_in_jobs(self, job: TrainingJob, first_epoch: int) -> None:
@@ -475,7 +474,7 @@ class ModelAveraging(DistributedOptimizer):
             rate = job.learning_rate  # the driver's, as callbacks left it
             for index in range(windows):
                 window = Window(epoch, index, job.batch_size, batches, job.shuffle)
-                self._keep_rate(job, rate, workers=self.rate_ramp(epoch, index * (batches or 0)))
+                self._keep_rate(job, rate, share=self.rate_ramp(epoch, index * (batches or 0)))
                 blob = job.broadcast_state()
                 self._keep_rate(job, rate)
                 try:

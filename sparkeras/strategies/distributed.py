@@ -605,6 +605,17 @@ ELASTIC_ADAPTIVE_MOST_UNWARMED = 3.0
 """The same without a warmup (``warmup_epochs=0``): 4 times Adam's rate from the first step cost the benchmark CNN
 2 points with 4 workers."""
 
+def warmup_epochs_for(setting: float | None, scaling: str | None, num_workers: int) -> float:
+    """The epochs over which the workers' scaled rate is reached: ``setting``, else one epoch for the ``"auto"``
+    rule of adaptive optimizers (``scaling``) with more than
+    :data:`~sparkeras.worker.learning_rate.ADAPTIVE_WARMUP_ABOVE` workers, else 0."""
+    from sparkeras.worker.learning_rate import ADAPTIVE_AUTO, ADAPTIVE_WARMUP_ABOVE
+
+    if setting is not None:
+        return setting
+    return 1.0 if scaling == ADAPTIVE_AUTO and num_workers > ADAPTIVE_WARMUP_ABOVE else 0.0
+
+
 def check_warmup_epochs(value: Any) -> float | None:
     """``warmup_epochs``: ``None`` (the rule's default) or a number of epochs >= 0, as a float."""
     from sparkeras.worker.learning_rate import ADAPTIVE_WARMUP_ABOVE
@@ -786,14 +797,9 @@ class EASGD(DistributedOptimizer):
         return 1.0
 
     def warmup_for(self, num_workers: int) -> float:
-        """The epochs over which the workers' scaled rate is reached: the setting, else one epoch for adaptive
-        optimizers with more than :data:`~sparkeras.worker.learning_rate.ADAPTIVE_WARMUP_ABOVE` workers under
-        ``"auto"``, else 0."""
-        from sparkeras.worker.learning_rate import ADAPTIVE_AUTO, ADAPTIVE_WARMUP_ABOVE
-
-        if self.warmup_epochs is not None:
-            return self.warmup_epochs
-        return 1.0 if self._scaling == ADAPTIVE_AUTO and num_workers > ADAPTIVE_WARMUP_ABOVE else 0.0
+        """The epochs over which the workers' scaled rate is reached (:func:`warmup_epochs_for`): one for
+        adaptive optimizers with more than 2 workers under ``"auto"``, unless set."""
+        return warmup_epochs_for(self.warmup_epochs, self._scaling, num_workers)
 
     def fit(self, job: TrainingJob) -> None:
         self._ramp = (self.rate_factor(job.num_workers), self.warmup_for(job.num_workers),
