@@ -64,14 +64,15 @@ adaptive optimizers (:meth:`~sparkeras.strategies.distributed.EASGD.rate_factor`
 Under ``"auto"`` model averaging trains Adam and its kin at N times the
 rate with no outer momentum (Goyal et al.'s linear rule). Measured with
 ``bench/convergence_study.py`` (BENCHMARKS.md, "Averaging's default for
-Adam with 2 workers" and "Four Adam workers: the linear rule after a
-one-epoch warmup"): with 2 workers the linear rule was within 0.6 points
+Adam with 2 workers" and "Four and eight Adam workers: the linear rule
+after a warmup"): with 2 workers the linear rule was within 0.6 points
 (or 0.7%) of one process on every problem but an RMSprop regression, while
 the outer momentum lost 3 points on a noisy Conv1D classifier and 3% on an
 autoencoder, models that first have to leave a plateau. With 4 workers,
 Adam at 4 times its rate from the first step cost the benchmark CNN 6.8-7.6
 points for good, but ramped up to it over the first epoch, as Goyal et al.
-warm up large-batch SGD, the CNN ended 0.5 points above one worker, and
+warm up large-batch SGD, the CNN ended level with one worker (+0.5 points
+at seed 1, -0.24 over seeds 2 and 3, against -1.4 and -1.6), and
 every problem tried was closer to one worker than with the outer momentum
 (``1 - 1/N``, the rule before): digits -0.3 against -1.1 points, a noisy
 Conv1D classifier -2.9 against -26, an LSTM regression -46% against -182%
