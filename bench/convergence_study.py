@@ -38,7 +38,8 @@ asynchronous ones round-robin, so every commit is ``K - 1`` updates stale,
 as with K equally fast workers. ``STUDY_VARIANTS=file.py`` imports a file
 first, so a rule it registers in ``DISTRIBUTED_OPTIMIZERS`` can be tried
 without changing sparkeras. The workers train at the rule's own multiple of
-the rate (``EASGD.rate_factor``: twice Adam's with 2 workers), or at
+the rate (``rate_factor``: twice Adam's for ``easgd`` with 2 workers, the
+window's 8 for ``adag``), reached over its warmup (``warmup_for``), or at
 ``"rate_factor"`` times it when the setting gives one.
 """
 
@@ -168,17 +169,15 @@ def allreduce(task: Task, data, K: int, rule: str, warmup_epochs: float) -> list
 def parameter_server(task: Task, data, K: int, rule: str, rate_factor: float | None = None,
                      **options) -> list[float]:
     """The workers train at ``rate_factor`` times the model's learning rate, by default the rule's own
-    factor for K workers (``rate_factor`` of the elastic rules, else 1), reached over the rule's warmup
-    (``warmup_for``: elastic averaging's adaptive optimizers from 3 workers on)."""
+    factor for K workers (``rate_factor``), reached over the rule's warmup (``warmup_for``: elastic
+    averaging's adaptive optimizers from 3 workers on, ADAG's quarter epoch)."""
     from sparkeras.strategies.distributed import DISTRIBUTED_OPTIMIZERS
 
     strategy = DISTRIBUTED_OPTIMIZERS[rule](**options)
     strategy.check_model(task.make_model())
-    if hasattr(strategy, "rate_factor"):
-        strategy._num_workers = K  # what EASGD.check sets from the job: its default alpha and window
-        strategy.window = strategy.window_for(K)
-        rate_factor = strategy.rate_factor(K) if rate_factor is None else rate_factor
-    rate_factor = 1.0 if rate_factor is None else rate_factor
+    strategy._num_workers = K  # what EASGD.check sets from the job: its default alpha and window
+    strategy.window = strategy.window_for(K)
+    rate_factor = strategy.rate_factor(K) if rate_factor is None else rate_factor
     (x, y), test = data
     base, n, workers = _workers(task, x, y, K, strategy.local_optimizer, rate_factor)
     center = [np.array(w) for w in base.get_weights()]
@@ -186,7 +185,7 @@ def parameter_server(task: Task, data, K: int, rule: str, rate_factor: float | N
     steps = -(-n // task.batch_size)
     window = steps if strategy.window == "epoch" else int(strategy.window)
     rates = [float(np.asarray(m.optimizer.learning_rate)) for m, _ in workers]  # the rule's multiple of the model's
-    warmup = strategy.warmup_for(K) if hasattr(strategy, "warmup_for") else 0.0
+    warmup = strategy.warmup_for(K)
     strategy._ramp = (rate_factor, warmup, steps)  # as the driver records it (rate_ramp)
     scores = []
     for epoch in range(task.epochs):

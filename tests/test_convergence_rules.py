@@ -608,3 +608,74 @@ def test_elastic_averaging_pulls_every_64_cluster_batches_by_default(spark):
     history = sm.fit(x, y, epochs=1, batch_size=8, verbose=0)
     assert sm.strategy.window == 16
     assert sum(history.epoch_figures[0]["staleness"].values()) == 8  # the server's commits, by staleness
+
+
+@pytest.mark.parametrize("optimizer, window, factor", [
+    (lambda: keras.optimizers.Adam(1e-3), None, 8.0),
+    (lambda: keras.optimizers.SGD(0.05), None, 8.0),
+    (lambda: keras.optimizers.RMSprop(1e-3), 4, 4.0),
+    (lambda: keras.optimizers.Adam(1e-3), 12, 8.0),
+    (lambda: keras.optimizers.Adam(1e-3), "epoch", 8.0),
+    (lambda: keras.optimizers.Adam(keras.optimizers.schedules.ExponentialDecay(0.01, 10, 0.9)), None, 1.0),
+], ids=["adam", "sgd", "rmsprop-window-4", "window-12", "epoch", "schedule"])
+def test_adag_workers_train_at_the_windows_multiple_of_the_rate_after_a_quarter_epoch(optimizer, window, factor):
+    """ADAG's commit is the window's mean update, so at the model's rate its center moves 1/window as far per
+    epoch as one process; ``"auto"`` trains the workers at ``min(window, 8)`` times any constant rate, reached
+    over a quarter epoch, and leaves a schedule alone. ``learning_rate_scaling=None`` is the published rule."""
+    from sparkeras import ADAG
+
+    strategy = ADAG(window=window)
+    assert strategy.window == (8 if window is None else window)  # 8 by default, dist-keras' was 12
+    strategy.check_model(mlp(seed=1, optimizer=optimizer()))
+    assert [strategy.rate_factor(n) for n in (1, 2, 4, 16)] == [factor] * 4  # the window's, whatever the workers
+    assert strategy.worker_learning_rate(0.01, 2) == pytest.approx(0.01 * factor)
+    assert strategy.warmup_for(2) == (0.25 if factor > 1 else 0.0)
+    for options in ({"learning_rate_scaling": None}, {"warmup_epochs": 0}):
+        other = ADAG(window=window, **options)
+        other.check_model(mlp(seed=1, optimizer=optimizer()))
+        assert (other.rate_factor(2), other.warmup_for(2)) == ((1.0, 0.0) if options.get("warmup_epochs") is None
+                                                               else (factor, 0.0))
+    assert ADAG(**strategy.get_config()).get_config() == strategy.get_config()
+
+
+def test_bad_adag_rate_options_are_refused_with_what_they_take():
+    from sparkeras import ADAG
+
+    with pytest.raises(InputError, match=re.escape("adag's learning_rate_scaling must be 'auto' or None, got "
+                                                   "'linear'.")):
+        ADAG(learning_rate_scaling="linear")
+    with pytest.raises(InputError, match=re.escape(
+            "warmup_epochs must be a number of epochs >= 0 (0: no warmup) or None (the default: a quarter epoch, "
+            "where the workers' rate is scaled), got -1.")):
+        ADAG(warmup_epochs=-1)
+
+
+def _simulate_adag(model, x, y, batch, window, epochs, rate_factor, warmup_epochs=0.0):
+    """What ADAG computes with one worker, in one process: each window trains at ``rate_factor`` times the
+    model's rate (reached linearly from the model's own over ``warmup_epochs``, window by window), the center
+    moves by the window's mean update, and the worker goes on from the center with its optimizer state."""
+    replica = clone(model)
+    rate = float(model.optimizer.learning_rate)
+    center = [np.array(w) for w in model.get_weights()]
+    steps = -(-len(x) // batch)
+    for epoch in range(epochs):
+        for start in range(0, steps, window):
+            done = min(1.0, (epoch + start / steps) / warmup_epochs) if warmup_epochs else 1.0
+            replica.optimizer.learning_rate.assign(rate * (1 + (rate_factor - 1) * done))
+            count = min(window, steps - start)
+            for s in range(start, start + count):
+                replica.train_on_batch(x[s * batch:(s + 1) * batch], y[s * batch:(s + 1) * batch])
+            center = [c + (np.array(w) - c) / count for w, c in zip(replica.get_weights(), center)]
+            replica.set_weights(center)
+    return center
+
+
+def test_adag_trains_its_worker_at_the_windows_multiple_of_adams_rate_warmed_up(spark):
+    # One worker, so no commits race: 12 batches of 16 per epoch, windows of 4 at 4 times Adam's rate, reached
+    # over a quarter epoch (the first window at the model's rate, the rest at 4 times it), across an epoch boundary.
+    x, y = blobs(192, seed=8)
+    model = mlp(seed=3)
+    want = _simulate_adag(model, x, y, batch=16, window=4, epochs=2, rate_factor=4.0, warmup_epochs=0.25)
+    unscaled = _simulate_adag(model, x, y, batch=16, window=4, epochs=2, rate_factor=1.0)
+    sm = SparkModel(model, strategy="adag", num_workers=1, seed=0, window=4)
+    _fits_the_simulated_warmup(sm, x, y, want, unscaled, rate=0.001)

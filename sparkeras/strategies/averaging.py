@@ -288,9 +288,9 @@ class ModelAveraging(DistributedOptimizer):
             return self.outer_momentum
         return 0.0 if self.rule(num_workers) else 1.0 - 1.0 / num_workers
 
-    def worker_learning_rate(self, rate: float, num_workers: int) -> float:
-        """``num_workers`` times the driver's rate under the linear rule, else the rate."""
-        return rate * num_workers if self.rule(num_workers) == "linear" else rate
+    def rate_factor(self, num_workers: int) -> float:
+        """``num_workers`` under the linear rule, else 1."""
+        return float(num_workers) if self.rule(num_workers) == "linear" else 1.0
 
     def rule(self, num_workers: int) -> str | None:
         """This fit's rule with ``num_workers`` workers: ``"linear"`` or ``None`` (the outer momentum).
@@ -395,8 +395,7 @@ class ModelAveraging(DistributedOptimizer):
         from sparkeras.barrier import concurrent_slots
 
         self.window = self.window_for(job.num_workers)  # what the workers read
-        scaled = job.num_workers if self.rule(job.num_workers) == "linear" else 1
-        self._ramp = (float(scaled), self.warmup_for(job.num_workers), max(job.steps_per_worker))  # rate_ramp
+        self._ramp = self.ramp_for(job)  # also without the parameter server (_fit_in_jobs)
         trainable = [v.trainable for v in job.model.weights if is_shared(v)]
         self._outer = OuterStep(self.momentum(job.num_workers), self.outer_learning_rate, self.nesterov,
                                 trainable, bias_correction=self.momentum_bias_correction)
