@@ -181,6 +181,7 @@ def parameter_server(task: Task, data, K: int, rule: str, rate_factor: float | N
     (x, y), test = data
     base, n, workers = _workers(task, x, y, K, strategy.local_optimizer, rate_factor)
     center = [np.array(w) for w in base.get_weights()]
+    strategy._trainable = tuple(v.trainable for v in base.weights)  # as the driver records it (ADAG's commit)
     version, seen = 0, [(list(center), 0) for _ in range(K)]
     steps = -(-n // task.batch_size)
     window = steps if strategy.window == "epoch" else int(strategy.window)

@@ -474,13 +474,15 @@ def test_batch_norm_momentum_is_raised_to_the_worker_count_in_the_workers_model_
     assert plain.with_moving_statistics_for(4) is plain  # no BatchNormalization: the cached model is reused
 
 
-@pytest.mark.parametrize("strategy, workers", [("averaging", 2), (ModelAveraging(window=2), 3), ("allreduce", 2)],
-                         ids=["averaging", "averaging-jobs", "allreduce"])
+@pytest.mark.parametrize("strategy, workers", [("averaging", 2), (ModelAveraging(window=2), 3), ("allreduce", 2),
+                                               ("adag", 1)],
+                         ids=["averaging", "averaging-jobs", "allreduce", "adag"])
 def test_batch_norm_statistics_forget_per_row_as_in_one_process(spark, strategy, workers):
     # Every row is the same, so each batch's mean is exact and its variance 0: after n updates from
     # (mean 0, variance 1) the moving mean is x (1 - 0.9^n) and the moving variance 0.9^n. model.fit
     # makes n = 10 updates over 80 rows in batches of 8; the workers make 80 / (8 workers) updates
-    # each (all-reduce: 5 global batches), which must count as the same 10.
+    # each (all-reduce: 5 global batches), which must count as the same 10. ADAG divides the weights' commit by
+    # its window, but not the statistics' move.
     rows = 40 * workers
     x = np.tile(np.array([[3.0, -1.0, 5.0]], np.float32), (rows, 1))
     y = np.zeros((rows, 1), np.float32)
@@ -636,6 +638,18 @@ def test_adag_workers_train_at_the_windows_multiple_of_the_rate_after_a_quarter_
         assert (other.rate_factor(2), other.warmup_for(2)) == ((1.0, 0.0) if options.get("warmup_epochs") is None
                                                                else (factor, 0.0))
     assert ADAG(**strategy.get_config()).get_config() == strategy.get_config()
+
+
+def test_adag_divides_only_the_trainable_weights_move_by_the_window():
+    from sparkeras import ADAG
+
+    rule = ADAG()
+    local, center = [np.full(2, 13.0, np.float32), np.full(2, 5.0, np.float32)], [np.ones(2, np.float32)] * 2
+    np.testing.assert_allclose(rule.commit(local, center, steps=4)[1], [1.0, 1.0])  # all trainable by default
+    rule._trainable = (True, False)  # a moving statistic second, as a fit records it
+    sent = rule.commit(local, center, steps=4)
+    np.testing.assert_allclose(sent[0], [3.0, 3.0])
+    np.testing.assert_allclose(sent[1], [4.0, 4.0])
 
 
 def test_bad_adag_rate_options_are_refused_with_what_they_take():
