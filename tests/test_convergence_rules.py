@@ -640,6 +640,32 @@ def test_adag_workers_train_at_the_windows_multiple_of_the_rate_after_a_quarter_
     assert ADAG(**strategy.get_config()).get_config() == strategy.get_config()
 
 
+@pytest.mark.parametrize("optimizer, factors, warmups", [
+    (lambda: keras.optimizers.SGD(0.05), (1.0, 2.0, 4.0), (0.0, 0.0, 0.0)),
+    (lambda: keras.optimizers.Adam(1e-3), (1.0, 2.0, 4.0), (0.0, 0.0, 1.0)),
+    (lambda: keras.optimizers.RMSprop(1e-3), (1.0, 2.0, 4.0), (0.0, 0.0, 1.0)),
+    (lambda: keras.optimizers.Adam(keras.optimizers.schedules.ExponentialDecay(0.01, 10, 0.9)), (1.0,) * 3,
+     (0.0,) * 3),
+], ids=["sgd", "adam", "rmsprop", "adam-schedule"])
+def test_dynsgd_workers_train_at_n_times_the_rate_as_its_damping_takes_n_fold(optimizer, factors, warmups):
+    """Equally fast workers' commits are ``N - 1`` updates stale, so DynSGD's ``1 / (staleness + 1)`` moves the
+    center ``1 / N`` as far per epoch as one process; ``"auto"`` trains the workers at N times any constant
+    rate (adaptive optimizers warmed up over an epoch above 2 workers), ``None`` is the published rule."""
+    from sparkeras import DynSGD
+
+    strategy = DynSGD()
+    strategy.check_model(mlp(seed=1, optimizer=optimizer()))
+    assert tuple(strategy.rate_factor(n) for n in (1, 2, 4)) == factors
+    assert tuple(strategy.warmup_for(n) for n in (1, 2, 4)) == warmups
+    off = DynSGD(learning_rate_scaling=None)
+    off.check_model(mlp(seed=1, optimizer=optimizer()))
+    assert off.rate_factor(4) == 1.0
+    assert DynSGD(**strategy.get_config()).get_config() == strategy.get_config()
+    with pytest.raises(InputError, match=re.escape("dynsgd's learning_rate_scaling must be 'auto', 'linear' or None, "
+                                                   "got 'sqrt'.")):
+        DynSGD(learning_rate_scaling="sqrt")
+
+
 def test_adag_divides_only_the_trainable_weights_move_by_the_window():
     from sparkeras import ADAG
 

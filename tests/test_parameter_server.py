@@ -18,7 +18,7 @@ from sparkeras.comm.wire import encode_frame
 from sparkeras.serialization import pack_arrays
 
 STRATEGIES = ["async", "hogwild", "downpour", "adag", "dynsgd", "easgd", "aeasgd", "eamsgd"]
-MUST_MATCH_PLAIN = {"adag", "easgd"}  # at Adam's default rate: the rules that scale their workers' rate
+MUST_MATCH_PLAIN = {"adag", "dynsgd", "easgd"}  # at Adam's default rate: rules that scale their workers' rate
 EPOCHS = 6
 
 
