@@ -722,8 +722,8 @@ class ADAG(ScaledWorkerRate, Downpour):
     4, 4 workers left the CNN 4 points behind; at 12 and 12 times the rate
     they did not settle; at 8 and 8 times the rate the four benchmark
     tasks ended within 0.4 points of one process with 2 and with 4 workers
-    (``bench/convergence_study.py --ps``; BENCHMARKS.md, "ADAG's workers
-    at the window's multiple of the rate").
+    (``bench/convergence_study.py --ps``; BENCHMARKS.md, "ADAG and DynSGD:
+    the workers' rate scaled").
 
     A layer's moving statistics (BatchNormalization's) commit their whole
     window's move, as DOWNPOUR's: they are not a step of the optimizer,
