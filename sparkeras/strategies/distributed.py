@@ -697,6 +697,20 @@ class ScaledWorkerRate:
                                 model.optimizer, ", or use learning_rate_scaling=None.")
 
 
+class ScaledDownpour(ScaledWorkerRate, Downpour):
+    """DOWNPOUR's exchange with the options of workers at a multiple of the rate: the base of ADAG and DynSGD,
+    which each take a share of the window's move away and say how far the workers' rate makes it up."""
+
+    def __init__(self, window: int | str | None = None, timeout: float = 300.0, max_restarts: int = 2,
+                 slot_timeout: float = 120.0, learning_rate_scaling: str | None = "auto",
+                 warmup_epochs: float | None = None) -> None:
+        super().__init__(window, timeout, max_restarts, slot_timeout)
+        self._set_rate_options(learning_rate_scaling, warmup_epochs)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), **self.rate_config()}
+
+
 ADAG_MOST_RATE_FACTOR = 8.0
 """The largest multiple of the model's rate ADAG's workers train at: its default window's (see :class:`ADAG`)."""
 
@@ -704,7 +718,7 @@ ADAG_WARMUP_EPOCHS = 0.25
 """The epochs over which ADAG's workers reach their scaled rate by default, as all-reduce's warmup."""
 
 
-class ADAG(ScaledWorkerRate, Downpour):
+class ADAG(ScaledDownpour):
     """Accumulated Gradient Normalization (Hermans et al., 2017): commit the mean update of the window.
 
     Dividing each commit by the window keeps stale commits from a crowd of
@@ -749,15 +763,6 @@ class ADAG(ScaledWorkerRate, Downpour):
     RATE_SCALINGS = ("auto", None)
     WARMUP_DEFAULT = "a quarter epoch, where the workers' rate is scaled"
 
-    def __init__(self, window: int | str | None = None, timeout: float = 300.0, max_restarts: int = 2,
-                 slot_timeout: float = 120.0, learning_rate_scaling: str | None = "auto",
-                 warmup_epochs: float | None = None) -> None:
-        super().__init__(window, timeout, max_restarts, slot_timeout)
-        self._set_rate_options(learning_rate_scaling, warmup_epochs)
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), **self.rate_config()}
-
     def commit(self, local: Arrays, center: Arrays, steps: int) -> Arrays:
         """The mean update of the window's ``steps``; moving statistics commit their whole move."""
         trainable = self._trainable or (True,) * len(local)
@@ -778,7 +783,7 @@ class ADAG(ScaledWorkerRate, Downpour):
         return ADAG_WARMUP_EPOCHS if self.rate_factor(num_workers) > 1.0 else 0.0
 
 
-class DynSGD(ScaledWorkerRate, Downpour):
+class DynSGD(ScaledDownpour):
     """DynSGD (Jiang et al., 2017): the server scales each commit by ``1 / (staleness + 1)``.
 
     With N workers of equal speed every commit is about ``N - 1`` updates
@@ -802,15 +807,6 @@ class DynSGD(ScaledWorkerRate, Downpour):
     """
 
     name = "dynsgd"
-
-    def __init__(self, window: int | str | None = None, timeout: float = 300.0, max_restarts: int = 2,
-                 slot_timeout: float = 120.0, learning_rate_scaling: str | None = "auto",
-                 warmup_epochs: float | None = None) -> None:
-        super().__init__(window, timeout, max_restarts, slot_timeout)
-        self._set_rate_options(learning_rate_scaling, warmup_epochs)
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), **self.rate_config()}
 
     def apply(self, center: Arrays, commit: Arrays, staleness: int) -> None:
         scale = 1.0 / (staleness + 1)
