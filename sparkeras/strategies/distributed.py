@@ -731,18 +731,19 @@ class ADAG(ScaledDownpour):
     :data:`ADAG_MOST_RATE_FACTOR`), the normalised commit then moves the
     center as far per row as one process would, and each commit stays the
     mean of a window's steps. Reached over a quarter epoch from the model's
-    rate (:data:`ADAG_WARMUP_EPOCHS`): without it 4 times Adam's rate cost
-    the CNN 2 points. The window is 8 by default, not 12: at a window of
-    4, 4 workers left the CNN 4 points behind; at 12 and 12 times the rate
-    they did not settle; at 8 and 8 times the rate the four benchmark
-    tasks ended within 0.4 points of one process with 2 and with 4 workers
-    (``bench/convergence_study.py --ps``; BENCHMARKS.md, "ADAG and DynSGD:
-    the workers' rate scaled").
+    rate (:data:`ADAG_WARMUP_EPOCHS`): without it, a window of 4 at 4
+    times Adam's rate left the CNN 2.2 points behind one process, against
+    0.5 with it. The window is 8 by default, not 12: at a window of 4, 4
+    workers left the CNN 4 points behind; at 12 and 12 times the rate they
+    did not settle; at 8 and 8 times the rate none of the four benchmark
+    tasks ended more than 0.4 points below one process, with 2 or with 4
+    workers (``bench/convergence_study.py --ps``; BENCHMARKS.md, "ADAG and
+    DynSGD: the workers' rate scaled").
 
     A layer's moving statistics (BatchNormalization's) commit their whole
     window's move, as DOWNPOUR's: they are not a step of the optimizer,
     and divided by the window the center's statistics trailed its
-    weights. A BatchNormalization classifier ended 4.6 points below
+    weights. A BatchNormalization classifier ended 4.0 points below
     ``model.fit`` with the scaled rate and 4.9 with the published rule,
     against +0.1 when they commit their whole move (simulated, 2 workers).
 
