@@ -395,10 +395,9 @@ class ModelAveraging(DistributedOptimizer):
         from sparkeras.barrier import concurrent_slots
 
         self.window = self.window_for(job.num_workers)  # what the workers read
-        self._ramp = self.ramp_for(job)  # also without the parameter server (_fit_in_jobs)
-        trainable = [v.trainable for v in job.model.weights if is_shared(v)]
+        self.record_job(job)  # also without the parameter server (_fit_in_jobs)
         self._outer = OuterStep(self.momentum(job.num_workers), self.outer_learning_rate, self.nesterov,
-                                trainable, bias_correction=self.momentum_bias_correction)
+                                list(self._trainable), bias_correction=self.momentum_bias_correction)
         rounds = 1 if self.window == "epoch" else -(-max(job.steps_per_worker) // int(self.window))
         self._report_iterate = self.reports_iterate(job.num_workers, rounds)
         if self._restored_velocity is not None:

@@ -212,9 +212,12 @@ class DistributedOptimizer(Strategy):
         """The window used with ``num_workers`` workers: the one given or the rule's default, by default."""
         return self.window
 
-    def ramp_for(self, job: TrainingJob) -> tuple[float, float, int]:
-        """Driver: what :meth:`rate_ramp` reads on the workers (``_ramp``), recorded before they start."""
-        return self.rate_factor(job.num_workers), self.warmup_for(job.num_workers), max(job.steps_per_worker)
+    def record_job(self, job: TrainingJob) -> None:
+        """Driver: what the workers read of this fit, recorded before they start: the rate ramp
+        (``_ramp``, :meth:`rate_ramp`) and which shared weights are trainable (``_trainable``)."""
+        self._ramp = (self.rate_factor(job.num_workers), self.warmup_for(job.num_workers),
+                      max(job.steps_per_worker))
+        self._trainable = tuple(bool(v.trainable) for v in job.model.weights if is_shared(v))
 
     def rate_ramp(self, epoch: int, start: int) -> float:
         """Worker: the share of its scaled rate a worker trains the window from batch ``start`` of ``epoch`` at.
@@ -258,9 +261,8 @@ class DistributedOptimizer(Strategy):
                     f"Use at most {slots} workers, or an asynchronous strategy such as 'aeasgd'.")
 
     def fit(self, job: TrainingJob) -> None:
-        self._ramp = self.ramp_for(job)
+        self.record_job(job)
         shared = [i for i, v in enumerate(job.model.weights) if is_shared(v)]
-        self._trainable = tuple(bool(job.model.weights[i].trainable) for i in shared)
         model_spec, initial_local, steered = self._worker_model(job)
         server = ParameterServer(driver_host(job.spark), self, self.server_weights([job.state[i] for i in shared]),
                                  pack_arrays(initial_local), self.timeout, self.cut_connection_after)
