@@ -666,6 +666,42 @@ def test_dynsgd_workers_train_at_n_times_the_rate_as_its_damping_takes_n_fold(op
         DynSGD(learning_rate_scaling="sqrt")
 
 
+@pytest.mark.parametrize("name", ["async", "hogwild"])
+def test_elephas_modes_damp_stale_commits_above_two_workers_at_dynsgds_rate(name):
+    """Elephas adds whole commits however stale: fine with 2 workers, 3.6 points behind on the benchmark CNN with
+    4. By default more than 2 workers get DynSGD's rule (``commit / (staleness + 1)``, workers at N times the
+    rate, Adam warmed up over an epoch); ``staleness_damping=False`` keeps Elephas' rule, ``True`` damps always."""
+    from sparkeras.strategies.distributed import DISTRIBUTED_OPTIMIZERS
+
+    rule = DISTRIBUTED_OPTIMIZERS[name]
+    strategy = rule()
+    strategy.check_model(mlp(seed=1))  # Adam
+    assert strategy.window == 4
+    assert [strategy.damps(n) for n in (1, 2, 3, 4)] == [False, False, True, True]
+    assert [strategy.rate_factor(n) for n in (1, 2, 3, 4)] == [1.0, 1.0, 3.0, 4.0]
+    assert [strategy.warmup_for(n) for n in (2, 4)] == [0.0, 1.0]
+    for workers, staleness, moved in ((2, 3, 8.0), (4, 3, 2.0), (4, 0, 8.0)):
+        strategy._num_workers = workers  # as check(job) sets it before the server starts
+        center = [np.zeros(2, np.float32)]
+        strategy.apply(center, [np.full(2, 8.0, np.float32)], staleness)
+        np.testing.assert_allclose(center[0], [moved, moved])
+    elephas = rule(staleness_damping=False)
+    elephas.check_model(mlp(seed=1))
+    elephas._num_workers = 4
+    center = [np.zeros(2, np.float32)]
+    elephas.apply(center, [np.full(2, 8.0, np.float32)], 3)
+    np.testing.assert_allclose(center[0], [8.0, 8.0])
+    assert (elephas.rate_factor(4), elephas.warmup_for(4)) == (1.0, 0.0)
+    always = rule(staleness_damping=True, learning_rate_scaling=None)
+    always.check_model(mlp(seed=1))
+    assert (always.damps(2), always.rate_factor(2)) == (True, 1.0)
+    assert rule(**strategy.get_config()).get_config() == strategy.get_config()
+    with pytest.raises(InputError, match=re.escape(
+            f"{name}'s staleness_damping must be None (the default: damp stale commits with more than 2 workers), "
+            "True (always) or False (never: Elephas' rule), got 'yes'.")):
+        rule(staleness_damping="yes")
+
+
 def test_adag_divides_only_the_trainable_weights_move_by_the_window():
     from sparkeras import ADAG
 

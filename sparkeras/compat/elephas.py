@@ -25,7 +25,10 @@ Accuracy matters more than literal fidelity here. Elephas' asynchronous
 workers with ``frequency='epoch'`` push one whole-epoch update each, computed
 from weights that are an epoch stale, and the server adds them all; that is
 why Elephas 7.3 ends far below plain Keras on small models. sparkeras
-exchanges every few batches instead, and lands where plain Keras does.
+exchanges every few batches instead, and lands where plain Keras does. With
+more than 2 workers it also damps stale commits, DynSGD's rule (see
+:class:`sparkeras.strategies.distributed.Asynchronous`), which Elephas' whole
+stale commits needed there.
 
 Accepted but ignored (with a warning): ``parameter_server_mode`` and
 ``port`` (sparkeras' parameter server binds a port chosen at bind time and

@@ -21,7 +21,8 @@ The built-in ones (dist-keras' family, plus Elephas' modes):
 =========  ===============================================================
 async      Elephas' asynchronous mode: commit ``local - center`` (the
            window's accumulated update), the server adds it under a lock;
-           the worker continues from the new center.
+           the worker continues from the new center. With more than 2
+           workers, DynSGD's damping by default (``staleness_damping``).
 hogwild    The same without the lock (Recht et al., 2011, "Hogwild!").
 downpour   Dean et al., 2012, "Large Scale Distributed Deep Networks":
            as ``async``, dist-keras' default window of 5.
@@ -46,8 +47,8 @@ eamsgd     AEASGD whose local optimizer is SGD with Nesterov momentum
 
 ``alpha = rho * learning_rate`` for the elastic family, as in the paper and in
 dist-keras; ``easgd`` without a ``rho`` takes the paper's ``alpha = 0.9 / N``.
-``easgd``, ``aeasgd``, ``adag`` and ``dynsgd`` train their workers at a multiple of the
-model's rate (:meth:`DistributedOptimizer.rate_factor`), as model averaging
+``easgd``, ``aeasgd``, ``adag`` and ``dynsgd`` (and ``async`` and ``hogwild`` with more than 2
+workers) train their workers at a multiple of the model's rate (:meth:`DistributedOptimizer.rate_factor`), as model averaging
 does, reached over a warmup (:meth:`DistributedOptimizer.rate_ramp`).
 
 A worker keeps its own optimizer state (and, for the elastic rules, its own
@@ -586,20 +587,6 @@ class Downpour(DistributedOptimizer):
             c += d
 
 
-class Asynchronous(Downpour):
-    """Elephas' asynchronous mode: DOWNPOUR's rule with locked updates, window 4 by default."""
-
-    name = "async"
-    default_window = 4
-
-
-class Hogwild(Asynchronous):
-    """Elephas' hogwild mode (Recht et al., 2011): the same updates, applied without a lock."""
-
-    name = "hogwild"
-    lock = False
-
-
 ELASTIC_ADAPTIVE_MOST = 4.0
 """The largest multiple of an adaptive optimizer's rate that elastic averaging's workers train at, reached over
 a first-epoch warmup (see :class:`EASGD`)."""
@@ -815,9 +802,7 @@ class DynSGD(ScaledDownpour):
     name = "dynsgd"
 
     def apply(self, center: Arrays, commit: Arrays, staleness: int) -> None:
-        scale = 1.0 / (staleness + 1)
-        for c, d in zip(center, commit):
-            c += (scale * d).astype(c.dtype, copy=False)
+        add_damped(center, commit, staleness)
 
     def rate_factor(self, num_workers: int) -> float:
         """``num_workers`` when the rate is scaled, else 1."""
@@ -826,6 +811,96 @@ class DynSGD(ScaledDownpour):
     def warmup_for(self, num_workers: int) -> float:
         """:func:`warmup_epochs_for`: one epoch for adaptive optimizers with more than 2 workers, unless set."""
         return warmup_epochs_for(self.warmup_epochs, self._scaling, num_workers)
+
+
+def add_damped(center: Arrays, commit: Arrays, staleness: int) -> None:
+    """DynSGD's server step: add ``commit / (staleness + 1)`` to ``center`` in place."""
+    scale = 1.0 / (staleness + 1)
+    for c, d in zip(center, commit):
+        c += (scale * d).astype(c.dtype, copy=False)
+
+
+ASYNC_DAMPED_ABOVE = 2
+"""The worker count above which ``async`` and ``hogwild`` damp stale commits by default (see :class:`Asynchronous`)."""
+
+
+class Asynchronous(ScaledDownpour):
+    """Elephas' asynchronous mode: DOWNPOUR's rule with locked updates, window 4 by default; with more than 2
+    workers, DynSGD's damping of stale commits.
+
+    Elephas adds every commit whole, however stale. With 2 workers a
+    commit is about one update stale and that lands: the benchmark tasks
+    ended -0.2 to +1.9 points from ``model.fit`` at equal epochs. With 4
+    it is about 3 updates (12 batches) stale, and the benchmark CNN ended
+    3.6 points below ``model.fit`` on Spark, 14 in the round-robin
+    simulation, where a window of 1 left it 7 points below, and a warmup
+    of the workers' rate or half the rate 8 to 21
+    (``bench/convergence_study.py --ps``; BENCHMARKS.md, "Elephas'
+    asynchronous mode with more than 2 workers"). So by default
+    (``staleness_damping=None``) more than :data:`ASYNC_DAMPED_ABOVE`
+    workers get :class:`DynSGD`'s rule: the server adds ``commit /
+    (staleness + 1)`` and the workers train at N times a constant rate
+    (``learning_rate_scaling``, reached over ``warmup_epochs``, as DynSGD's).
+    ``staleness_damping=False`` is Elephas' rule at any worker count,
+    ``True`` DynSGD's at any.
+
+    Args:
+        window: batches between two commits (default 4).
+        staleness_damping: ``None`` (default): damp with more than 2
+            workers; ``True``: always; ``False``: never (Elephas' rule).
+        learning_rate_scaling: the workers' rate where commits are damped,
+            as :class:`DynSGD`'s (``"auto"``, ``"linear"`` or ``None``).
+        warmup_epochs: epochs over which that rate is reached, as
+            :class:`DynSGD`'s.
+    """
+
+    name = "async"
+    default_window = 4
+
+    def __init__(self, window: int | str | None = None, timeout: float = 300.0, max_restarts: int = 2,
+                 slot_timeout: float = 120.0, staleness_damping: bool | None = None,
+                 learning_rate_scaling: str | None = "auto", warmup_epochs: float | None = None) -> None:
+        super().__init__(window, timeout, max_restarts, slot_timeout, learning_rate_scaling, warmup_epochs)
+        if not isinstance(staleness_damping, (bool, type(None))):
+            raise InputError(f"{self.name}'s staleness_damping must be None (the default: damp stale commits "
+                             f"with more than {ASYNC_DAMPED_ABOVE} workers), True (always) or False (never: "
+                             f"Elephas' rule), got {staleness_damping!r}.")
+        self.staleness_damping = staleness_damping
+        self._num_workers = 1  # set by check, before the server starts
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "staleness_damping": self.staleness_damping}
+
+    def damps(self, num_workers: int) -> bool:
+        """Whether the server damps stale commits with ``num_workers`` workers."""
+        if self.staleness_damping is None:
+            return num_workers > ASYNC_DAMPED_ABOVE
+        return self.staleness_damping
+
+    def check(self, job: TrainingJob) -> None:
+        super().check(job)
+        self._num_workers = job.num_workers
+
+    def apply(self, center: Arrays, commit: Arrays, staleness: int) -> None:
+        if self.damps(self._num_workers):
+            add_damped(center, commit, staleness)
+        else:
+            super().apply(center, commit, staleness)
+
+    def rate_factor(self, num_workers: int) -> float:
+        """``num_workers`` where commits are damped and the rate is scaled (DynSGD's), else 1."""
+        return float(num_workers) if self._scaling and self.damps(num_workers) else 1.0
+
+    def warmup_for(self, num_workers: int) -> float:
+        """DynSGD's warmup (:func:`warmup_epochs_for`) where commits are damped, else none."""
+        return warmup_epochs_for(self.warmup_epochs, self._scaling, num_workers) if self.damps(num_workers) else 0.0
+
+
+class Hogwild(Asynchronous):
+    """Elephas' hogwild mode (Recht et al., 2011): the same updates, applied without a lock."""
+
+    name = "hogwild"
+    lock = False
 
 
 class EASGD(ScaledWorkerRate, DistributedOptimizer):
