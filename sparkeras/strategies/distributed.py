@@ -47,9 +47,10 @@ eamsgd     AEASGD whose local optimizer is SGD with Nesterov momentum
 
 ``alpha = rho * learning_rate`` for the elastic family, as in the paper and in
 dist-keras; ``easgd`` without a ``rho`` takes the paper's ``alpha = 0.9 / N``.
-``easgd``, ``aeasgd``, ``adag`` and ``dynsgd`` (and ``async`` and ``hogwild`` with more than 2
-workers) train their workers at a multiple of the model's rate (:meth:`DistributedOptimizer.rate_factor`), as model averaging
-does, reached over a warmup (:meth:`DistributedOptimizer.rate_ramp`).
+``easgd``, ``aeasgd``, ``adag`` and ``dynsgd`` (and ``async`` and ``hogwild`` with more
+than 2 workers) train their workers at a multiple of the model's rate
+(:meth:`DistributedOptimizer.rate_factor`), as model averaging does, reached
+over a warmup (:meth:`DistributedOptimizer.rate_ramp`).
 
 A worker keeps its own optimizer state (and, for the elastic rules, its own
 weights) across epochs: they travel back to the driver with the task's
