@@ -13,6 +13,7 @@ warm after the first).
     python bench/elephas_example.py                    # seeds 0-5, 2 facade fits each
     python bench/elephas_example.py --seeds 6-11 --mode synchronous
     python bench/elephas_example.py --seeds 0 --fits 3 --bare-context
+    python bench/elephas_example.py --workers 4        # num_workers=4 on local[4]
 
 ``--bare-context`` starts a plain ``SparkContext``, as Elephas scripts do,
 instead of :func:`sparkeras.get_spark`'s session: its Python workers fork
@@ -73,7 +74,9 @@ def main() -> None:
     parser.add_argument("--frequency", default="epoch", help="Elephas frequency: epoch or batch")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--bare-context", action="store_true", help="a plain SparkContext, as Elephas scripts make")
+    parser.add_argument("--workers", type=int, default=2, help="the facade's num_workers, on local[WORKERS]")
     args = parser.parse_args()
+    master = f"local[{args.workers}]"
     from sparkeras.worker.runtime import import_keras_quietly
 
     import_keras_quietly()  # without TensorFlow's native start-up lines, as the CLI imports it
@@ -85,15 +88,16 @@ def main() -> None:
         from pyspark import SparkConf, SparkContext
         from pyspark.sql import SparkSession
 
-        context = SparkContext(conf=SparkConf().setMaster("local[2]").setAppName("Elephas_App"))
+        context = SparkContext(conf=SparkConf().setMaster(master).setAppName("Elephas_App"))
         context.setLogLevel("OFF")
         spark = SparkSession(context)
     else:
-        spark = get_spark("local[2]")
+        spark = get_spark(master)
     x_train, y_train, x_test, y_test = digits()
     rdd = to_simple_rdd(spark.sparkContext, x_train, y_train)
     plain, facade, plain_seconds, facade_seconds = [], [], [], []
-    print(f"Elephas example, mode={args.mode!r}, frequency={args.frequency!r}, {args.epochs} epochs, "
+    print(f"Elephas example, mode={args.mode!r}, frequency={args.frequency!r}, {args.workers} workers, "
+          f"{args.epochs} epochs, "
           f"{args.fits} facade fit(s) per seed; test accuracy on {len(y_test)} digits")
     print(f"{'seed':>4}  {'plain':>6}  facade")
     for seed in args.seeds:
@@ -104,7 +108,8 @@ def main() -> None:
         plain.append(accuracy(model.predict(x_test, verbose=0), y_test))
         drawn = []
         for _ in range(args.fits):
-            spark_model = SparkModel(make_model(seed), mode=args.mode, frequency=args.frequency)
+            spark_model = SparkModel(make_model(seed), num_workers=args.workers, mode=args.mode,
+                                     frequency=args.frequency)
             started = time.perf_counter()
             spark_model.fit(rdd, epochs=args.epochs, batch_size=32, verbose=0, validation_split=0.1)
             facade_seconds.append(time.perf_counter() - started)
