@@ -681,7 +681,7 @@ def test_elephas_modes_damp_stale_commits_above_two_workers_at_dynsgds_rate(name
     assert [strategy.rate_factor(n) for n in (1, 2, 3, 4)] == [1.0, 1.0, 3.0, 4.0]
     assert [strategy.warmup_for(n) for n in (2, 4)] == [0.0, 1.0]
     for workers, staleness, moved in ((2, 3, 8.0), (4, 3, 2.0), (4, 0, 8.0)):
-        strategy._num_workers = workers  # as check(job) sets it before the server starts
+        strategy._num_workers = workers  # as record_job sets it before the server starts
         center = [np.zeros(2, np.float32)]
         strategy.apply(center, [np.full(2, 8.0, np.float32)], staleness)
         np.testing.assert_allclose(center[0], [moved, moved])

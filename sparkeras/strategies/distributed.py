@@ -867,7 +867,7 @@ class Asynchronous(ScaledDownpour):
                              f"with more than {ASYNC_DAMPED_ABOVE} workers), True (always) or False (never: "
                              f"Elephas' rule), got {staleness_damping!r}.")
         self.staleness_damping = staleness_damping
-        self._num_workers = 1  # set by check, before the server starts
+        self._num_workers = 1  # this fit's, set by record_job before the server starts
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "staleness_damping": self.staleness_damping}
@@ -878,8 +878,9 @@ class Asynchronous(ScaledDownpour):
             return num_workers > ASYNC_DAMPED_ABOVE
         return self.staleness_damping
 
-    def check(self, job: TrainingJob) -> None:
-        super().check(job)
+    def record_job(self, job: TrainingJob) -> None:
+        """Also the fit's worker count, which decides whether the server damps, with the rate ramp it decides."""
+        super().record_job(job)
         self._num_workers = job.num_workers
 
     def apply(self, center: Arrays, commit: Arrays, staleness: int) -> None:
