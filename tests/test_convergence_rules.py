@@ -702,6 +702,42 @@ def test_elephas_modes_damp_stale_commits_above_two_workers_at_dynsgds_rate(name
         rule(staleness_damping="yes")
 
 
+@pytest.mark.parametrize("name", ["dynsgd", "async"])
+def test_damped_commits_keep_the_center_at_one_process_pace_when_fresher_than_taking_turns(name):
+    """DynSGD's workers at N times the rate match one process only when every commit is N - 1 updates stale;
+    fresher commits (workers that do not take turns) take a share that makes up for it, never more than all."""
+    from sparkeras.strategies.distributed import DISTRIBUTED_OPTIMIZERS, StalenessMean
+
+    turns = StalenessMean(4, 4.0)
+    assert {turns.share(3) for _ in range(200)} == {1.0}  # round-robin: DynSGD's damping exactly
+    fresh = StalenessMean(4, 4.0)
+    shares = [fresh.share(0) for _ in range(600)]
+    assert shares[0] == pytest.approx(1 / (4 * (0.25 + 0.75 / 64)))
+    assert shares[-1] == pytest.approx(0.25, rel=1e-3)  # whole commits at 4 times the rate: a quarter of each
+    assert all(a > b for a, b in zip(shares, shares[1:200]))
+    warm = StalenessMean(4, 4.0, warmup_epochs=1.0, commits_per_epoch=100)  # the workers' rate ramps up
+    ramped = [warm.share(0) for _ in range(300)]
+    assert ramped[:20] == [1.0] * 20  # the rate still near the model's: DynSGD's damping alone
+    np.testing.assert_allclose(ramped[100:], shares[100:300])  # then as without a warmup
+    assert StalenessMean(4, 4.0, 1.0, 100, first_epoch=1).share(0) == shares[0]  # a resumed fit's is behind it
+    staler = StalenessMean(4, 4.0)
+    assert {staler.share(7) for _ in range(100)} == {1.0}  # never scaled up
+    unscaled = StalenessMean(4, 1.0)
+    assert {unscaled.share(0) for _ in range(100)} == {1.0}  # the model's own rate: the published rule
+
+    rule = DISTRIBUTED_OPTIMIZERS[name]()
+    rule.check_model(mlp(seed=1))
+    rule._num_workers = 4  # what record_job sets, with the running mean
+    rule._staleness = StalenessMean(4, rule.rate_factor(4))
+    center = [np.zeros(2, np.float32)]
+    for _ in range(64):
+        rule.apply(center, [np.full(2, 8.0, np.float32)], 1)  # every commit 1 stale: damped by a half
+    mean = StalenessMean(4, 4.0)
+    want = sum(8.0 * mean.share(1) / 2 for _ in range(64))
+    np.testing.assert_allclose(center[0], [want, want], rtol=1e-5)
+    assert 0.7 * 64 * 4.0 < want < 0.8 * 64 * 4.0  # DynSGD's damping alone would add 64 * 4.0
+
+
 def test_adag_divides_only_the_trainable_weights_move_by_the_window():
     from sparkeras import ADAG
 

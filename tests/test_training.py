@@ -195,6 +195,9 @@ def test_an_asynchronous_fit_is_one_spark_job_when_its_tasks_can_run_at_once(spa
         # 3 workers: the server damped stale commits and the workers trained at 3 times the rate (async's rule)
         assert (sm.strategy.damps(sm.strategy._num_workers), sm.strategy._ramp[0]) == (
             (True, 3.0) if workers == 3 else (False, 1.0))
+        staleness = sm.strategy._staleness  # the fit's running damping: moved by the commits only where damped
+        assert (staleness.rate_factor, staleness.mean != 1 / workers) == (
+            (3.0, True) if workers == 3 else (1.0, False))
         assert len(history["loss"]) == 4 and history["val_accuracy"][-1] > 0.6, history  # chance: 0.1
         assert float(sm.model.optimizer.learning_rate) == pytest.approx(0.0005)
         assert history["loss"][-1] == pytest.approx(sm.evaluate(x[:900], y[:900])["loss"], abs=1e-5)
