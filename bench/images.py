@@ -12,9 +12,10 @@ Dense 10).
   (grayscale, bilinear resize to 32x32, as ``read_images`` does) into one
   numpy array, and calls ``model.predict`` on it;
 * sparkeras: ``read_images`` on the embedded ``local[2]`` session, then
-  ``KerasModel.transform``, written to Spark's ``noop`` sink, which forces
-  every prediction. The files are listed, read, decoded and scored in the
-  Spark tasks.
+  ``KerasModel.transform``, whose ``path`` and ``prediction`` (what plain
+  gives) are written to Spark's ``noop`` sink, which forces every
+  prediction. The files are listed, read, decoded and scored in the Spark
+  tasks.
 
 ``cold`` is the first sparkeras run in a fresh session (Python workers
 start, TensorFlow loads); ``warm`` is the best of ``--repeats`` runs after
@@ -123,7 +124,7 @@ def main() -> None:
 
     def run():
         frame = sparkeras.read_images(spark, root, SIZE, color_mode="grayscale", labels=None)
-        stage.transform(frame).write.format("noop").mode("overwrite").save()
+        stage.transform(frame).select("path", "prediction").write.format("noop").mode("overwrite").save()
 
     times = []
     for _ in range(1 + args.repeats):

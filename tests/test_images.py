@@ -280,3 +280,85 @@ def test_a_test_folder_missing_classes_is_numbered_by_the_training_classes(spark
                             (dict(classes=["a", "b", "a"]), r"classes names \['a'\] more than once")]:
         with pytest.raises(InputError, match=message):
             sparkeras.read_images(spark, str(tmp_path / "test"), 32, **kwargs)
+
+
+def _read_schema(frame) -> str:
+    plan = frame._jdf.queryExecution().executedPlan().toString()
+    return next(line for line in plan.splitlines() if "ReadSchema" in line).split("ReadSchema: ")[1]
+
+
+def test_workers_open_local_files_themselves_where_the_plan_proves_it_safe(spark, trained, digit_images, tmp_path):
+    """Spark never copies a local file's bytes into a row when the image column is plainly that file's content;
+    the predictions are the same, odd file names included, and anything else keeps the bytes in the rows."""
+    import shutil
+
+    from pyspark.sql import functions as F
+
+    from sparkeras.images.local_files import opens_local_files
+
+    sm, _, _, _ = trained
+    _, good, _ = digit_images
+    names = ["plain.png", "a space.png", "100% #1.jpg", "ünï cödé.png"]
+    picked = {}
+    for i, path in enumerate(p for p in sorted(good) if "/digit_4/" in p and not p.endswith("00005.png")):
+        if i == len(names):
+            break
+        (tmp_path / "odd" / "digit_4").mkdir(parents=True, exist_ok=True)
+        target = tmp_path / "odd" / "digit_4" / (names[i][:-4] + os.path.splitext(path)[1])
+        shutil.copy(path, target)
+        picked[str(target)] = path
+    frame = sparkeras.read_images(spark, str(tmp_path / "odd"), 32, "grayscale")
+    scored = KerasModel(model=sm.model, featuresCol="image").transform(frame).select("path", "probability")
+    assert _read_schema(scored) == "struct<path:string>"  # the JVM lists the files and never opens them
+    got = {r.path: np.asarray(r.probability) for r in scored.collect()}
+    assert sorted(got) == sorted(_uri(p) for p in picked)
+    expected = sm.model.predict(np.stack([_pixels(picked[p]) for p in picked]), verbose=0)
+    np.testing.assert_allclose(np.stack([got[_uri(p)] for p in picked]), expected, atol=1e-5)
+
+    assert opens_local_files(frame, "path") and opens_local_files(frame.where(F.col("label") == 0).coalesce(1), "path")
+    assert opens_local_files(frame.union(frame), "path")
+    renamed = frame.withColumn("path", F.concat(F.col("path"), F.lit("#2")))
+    other = spark.createDataFrame([("file:/x.png", b"", 0)], frame.schema)
+    streamed = sparkeras.read_images(spark, str(tmp_path / "odd"), 32, "grayscale", stream=True)
+    cached = frame.cache()
+    try:
+        for refused in (renamed, frame.unionByName(other), streamed, cached, cached.where(F.col("label") == 0)):
+            assert not opens_local_files(refused, "path")
+        assert "content" in _read_schema(KerasModel(model=sm.model, featuresCol="image").transform(renamed)
+                                          .select("path", "probability"))
+    finally:
+        cached.unpersist()
+
+
+def test_a_file_removed_after_listing_is_named_by_fit_and_prediction(spark, digit_images, tmp_path):
+    """Spark's scan still looks each file up, so a file removed after listing fails there, named; one that
+    vanishes between that look-up and the worker's read is named by the worker."""
+    import shutil
+
+    import pyarrow as pa
+
+    from sparkeras.images.decode import ImageGeometry, decode_column
+
+    root, good, _ = digit_images
+    for path in [p for c in (2, 6) for p in sorted(good) if f"/digit_{c}/" in p][::8]:
+        (tmp_path / "few" / os.path.basename(os.path.dirname(path))).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, tmp_path / "few" / os.path.basename(os.path.dirname(path)))
+    frame = sparkeras.read_images(spark, str(tmp_path / "few"), 32, "grayscale")
+    gone = sorted(str(p) for p in (tmp_path / "few" / "digit_6").iterdir())[0]
+    os.remove(gone)
+    with pytest.raises(Exception, match=f"while reading the training data.*{gone}.*File does not exist"):
+        SparkModel(_cnn(), num_workers=2).fit(frame, features_col="image", verbose=0)
+    scored = KerasModel(model=_cnn(), featuresCol="image").transform(frame).select("prediction")
+    with pytest.raises(Exception, match=f"{gone}.*File does not exist"):
+        scored.collect()
+
+    kept = sorted(str(p) for p in (tmp_path / "few" / "digit_2").iterdir())[0]
+    paths = pa.array([_uri(kept), "file://" + kept, _uri(gone)])
+    pixels, problem = decode_column(None, ImageGeometry(32, 32, 1, "path", open_files=True), "image", paths)
+    assert pixels is None
+    assert problem.startswith(f"image file {_uri(gone)!r} (column 'image') could not be read (FileNotFoundError"), \
+        problem
+    assert problem.endswith("check that the Spark executors can still read it.")
+    pixels, problem = decode_column(None, ImageGeometry(32, 32, 1, "path", open_files=True), "image", paths[:2])
+    assert problem is None
+    np.testing.assert_array_equal(pixels, np.stack([_pixels(kept)] * 2).astype(np.uint8))

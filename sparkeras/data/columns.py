@@ -74,7 +74,7 @@ class TensorBinding:
     def to_numpy(self, batch: pa.RecordBatch) -> "BindingValues":
         """Convert this binding's columns of an Arrow batch to ``(n, *shape)``."""
         n = batch.num_rows
-        if len(self.columns) == 1 and is_binary_type(batch.schema.field(self.columns[0]).type):
+        if self.opens_files or (len(self.columns) == 1 and is_binary_type(batch.schema.field(self.columns[0]).type)):
             return self._decode_images(batch)
         if self.dtype == "string" or self.strings is not None:
             return self._strings(batch)
@@ -106,11 +106,21 @@ class TensorBinding:
         except InputError as exc:
             return BindingValues(None, str(exc), batch.num_rows)
         origins = batch.column(geometry.origin) if geometry.origin in batch.schema.names else None
-        pixels, problem = decode_column(batch.column(col), geometry, col, origins)
+        pixels, problem = decode_column(None if geometry.open_files else batch.column(col), geometry, col, origins)
         if problem:
             return BindingValues(None, problem, batch.num_rows)
         target = tuple(-1 if d is None else d for d in self.shape)
         return BindingValues(pixels.reshape((batch.num_rows, *target)).astype(self.dtype), None, batch.num_rows)
+
+    @property
+    def opens_files(self) -> bool:
+        """Whether the workers read this input's image files from their paths (``ImageGeometry.open_files``)."""
+        return self.image is not None and self.image.open_files
+
+    @property
+    def received(self) -> tuple[str, ...]:
+        """The columns the workers receive for this binding: the paths alone for files they open."""
+        return (self.image.origin,) if self.opens_files else self.columns
 
     def _strings(self, batch: pa.RecordBatch) -> "BindingValues":
         """A string column as the model input's strings, or (packing for training) as its prefix's output."""
@@ -171,12 +181,31 @@ class ColumnMap:
     def columns(self) -> list[str]:
         seen: dict[str, None] = {}
         for b in self.bindings:
-            for c in b.columns:
+            for c in b.received:
                 seen[c] = None
         for b in self.bindings:  # the paths of image files, to name one that cannot be decoded
             if b.image is not None and b.image.origin is not None:
                 seen[b.image.origin] = None
         return list(seen)
+
+    def opening_local_files(self, frame: Any) -> "ColumnMap":
+        """This map with image inputs whose local files the workers read themselves, where ``frame`` allows it.
+
+        Spark then never copies the files into rows
+        (:mod:`sparkeras.images.local_files`); a frame it cannot prove safe
+        keeps this map as it is.
+        """
+        origins = {b.image.origin for b in self.features if b.image is not None and b.image.origin}
+        if not origins:
+            return self
+        from sparkeras.images.local_files import opens_local_files
+
+        local = {o for o in origins if opens_local_files(frame, o)}
+        if not local:
+            return self
+        features = tuple(replace(b, image=replace(b.image, open_files=True))
+                         if b.image is not None and b.image.origin in local else b for b in self.features)
+        return replace(self, features=features)
 
     def without_string_layers(self) -> "ColumnMap":
         """This map without the ``.keras`` files of string inputs' layers (a 20,000-word vocabulary: 257 KB).

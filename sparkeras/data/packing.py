@@ -309,6 +309,7 @@ def _packed_frame(frame: Any, columns: ColumnMap, num_partitions: int, repartiti
     from sparkeras.data.arrow import arrow_batches
     from sparkeras.data.parquet import parquet_shares, read_shares
 
+    columns = columns.opening_local_files(frame)
     frame = frame.select(*[F.col(f"`{c}`") for c in columns.columns])
     files = _packing_folder(frame.sparkSession)
     shares = parquet_shares(frame, num_partitions)

@@ -40,12 +40,16 @@ class ImageGeometry:
 
     ``origin`` names the column of the files' paths (``read_images``' ``path``),
     so a file that cannot be decoded is named in the error, not numbered.
+    With ``open_files`` the workers open each local file at its ``origin``
+    path themselves and never receive the image column
+    (:mod:`sparkeras.images.local_files` says when and why).
     """
 
     height: int
     width: int
     channels: int
     origin: str | None = None
+    open_files: bool = False
 
     @property
     def mode(self) -> str:
@@ -122,10 +126,23 @@ def decode_image(data: bytes, geometry: ImageGeometry) -> np.ndarray:
 
 def decode_column(values: Any, geometry: ImageGeometry, column: str,
                   origins: Any = None) -> tuple[np.ndarray | None, str | None]:
-    """An Arrow column of encoded images as ``(rows, h, w, c)`` uint8 pixels, or a problem that names the file."""
-    n = len(values)
+    """An Arrow column of encoded images as ``(rows, h, w, c)`` uint8 pixels, or a problem that names the file.
+
+    ``values`` is ``None`` when the files are read here from their local
+    ``origins`` paths (``geometry.open_files``).
+    """
+    from sparkeras.images.local_files import read_local_file
+
+    n = len(origins if values is None else values)
     out = np.empty((n, geometry.height, geometry.width, geometry.channels), dtype=np.uint8)
-    for i, data in enumerate(values.to_pylist()):
+    encoded = values.to_pylist() if values is not None else origins.to_pylist()
+    for i, data in enumerate(encoded):
+        if values is None:
+            try:
+                data = read_local_file(data)
+            except OSError as exc:
+                return None, (f"{_which(i, column, origins)} could not be read ({type(exc).__name__}: {exc}); "
+                              "it was there when the images were listed; check that the Spark executors can still read it.")
         if data is None:
             return None, (f"{_which(i, column, origins)} is null; drop rows without an image "
                           "(df.dropna(subset=[...])) first.")

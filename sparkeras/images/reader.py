@@ -4,7 +4,9 @@ Spark's own ``binaryFile`` source lists and reads the files, on the
 executors; the DataFrame holds each file's bytes, still encoded, so it is as
 small as the files themselves and nothing is decoded until a fit or a
 prediction needs the pixels (:mod:`sparkeras.images.decode`). The driver
-lists only the class folders, never the pixels.
+lists only the class folders, never the pixels. Where the files are local,
+a fit or prediction lets its Python workers open them instead
+(:mod:`sparkeras.images.local_files`).
 
 The ``image`` column's metadata records the ``image_size`` and
 ``color_mode`` asked for and the column of the paths, so a fit checks them

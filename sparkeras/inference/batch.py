@@ -219,7 +219,7 @@ def _rows_with_nulls(columns: ColumnMap, batch: pa.RecordBatch) -> pa.BooleanArr
     per column. A null inside an array is not a missing row: the conversion
     refuses it, naming the column.
     """
-    used = [batch.column(c) for b in columns.features for c in b.columns]
+    used = [batch.column(c) for b in columns.features for c in b.received]
     if not any(a.null_count for a in used):
         return None
     missing = pc.is_null(used[0])
@@ -315,7 +315,8 @@ def _predict_on_batch(model: Any, columns: ColumnMap, arrays: list[np.ndarray], 
 
 
 def _holds_images(columns: ColumnMap, batch: pa.RecordBatch) -> bool:
-    return any(is_binary_type(batch.schema.field(c).type) for b in columns.features for c in b.columns)
+    return any(b.opens_files or any(is_binary_type(batch.schema.field(c).type) for c in b.columns)
+               for b in columns.features)
 
 
 def _feature_arrays(columns: ColumnMap, batch: pa.RecordBatch) -> list[np.ndarray]:

@@ -102,6 +102,7 @@ def add_predictions(
 
     columns = features if isinstance(features, ColumnMap) else resolve_columns(model, frame.schema, features, None)
     check_row_widths(frame, columns)
+    columns = columns.opening_local_files(frame)
     clash = [o.name for o in outputs if o.name in frame.columns]
     if clash:
         raise InputError(f"The data already has column(s) {clash}; choose other prediction column names.")
