@@ -107,7 +107,7 @@ def geometry_for(shape: Sequence[int | None], metadata: dict | None, column: str
 
 
 def decode_image(data: bytes, geometry: ImageGeometry) -> np.ndarray:
-    """One encoded image as a ``(height, width, channels)`` uint8 array; raises what Pillow raises."""
+    """One encoded image as a read-only ``(height, width, channels)`` uint8 array; raises what Pillow raises."""
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as image:
@@ -120,7 +120,7 @@ def decode_image(data: bytes, geometry: ImageGeometry) -> np.ndarray:
             image = image.convert(geometry.mode)
         if image.size != target:
             image = image.resize(target, Image.Resampling.BILINEAR)
-        pixels = np.asarray(image, dtype=np.uint8)
+        pixels = np.frombuffer(image.tobytes(), dtype=np.uint8)  # np.asarray(image): 6.6 us against 3.8 us
     return pixels.reshape(geometry.height, geometry.width, geometry.channels)
 
 
