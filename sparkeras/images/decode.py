@@ -142,7 +142,8 @@ def decode_column(values: Any, geometry: ImageGeometry, column: str,
                 data = read_local_file(data)
             except OSError as exc:
                 return None, (f"{_which(i, column, origins)} could not be read ({type(exc).__name__}: {exc}); "
-                              "it was there when the images were listed; check that the Spark executors can still read it.")
+                              "it was there when the images were listed; check that the Spark executors can "
+                              "still read it.")
         if data is None:
             return None, (f"{_which(i, column, origins)} is null; drop rows without an image "
                           "(df.dropna(subset=[...])) first.")

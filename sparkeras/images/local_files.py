@@ -6,9 +6,10 @@ small images that copy costs as much as a third of the decoding: for
 50,000 files of 64x64 pixels on 2 cores, a JVM-only scan used 2.6-3.9 s of
 CPU with the files' contents and 1.0-1.5 s with their paths alone, while
 Python's own ``open`` and ``read`` of the same files cost 0.5 s. On 2 cores
-the JVM's share is taken from the decoders. Scoring those files
-(``bench/images.py``, warm) took 5.75-5.80 s this way against 5.79-6.67 s,
-and 50,000 files of 256x256 pixels 12.5-12.7 s against 14.8 s.
+the JVM's share is taken from the decoders. Scoring those files warm, in
+rounds that switched this off and on in turn, took 5.74 s this way against
+6.32 s (medians of 8), and 50,000 files of 256x256 pixels 11.64 s against
+12.54 s (medians of 6).
 
 So where a DataFrame's image column is, provably, the unchanged content of
 the local file named in its path column, the tasks select the paths only
