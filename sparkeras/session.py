@@ -51,6 +51,7 @@ def get_spark(master: str | None = None, app_name: str = "sparkeras") -> Any:
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     options = embedded_options(master or "local[*]", app_name)
     options.update(python_socket_options(options["spark.master"]))
+    _prestart_daemon(options)
     builder = SparkSession.builder
     for key, value in options.items():
         builder = builder.config(key, value)
@@ -61,6 +62,23 @@ def get_spark(master: str | None = None, app_name: str = "sparkeras") -> Any:
     spark.sparkContext.setLogLevel("ERROR")
     start_python_workers(spark)
     return spark
+
+
+def _prestart_daemon(options: dict[str, str]) -> None:
+    """Start the local session's Python daemon as its JVM starts (:mod:`sparkeras.worker.prestart` says why).
+
+    Only for a new local session with its Unix socket folder and sparkeras'
+    daemon: an active SparkContext keeps its own options, so its daemon
+    would never come to the folder.
+    """
+    from pyspark import SparkContext
+
+    folder = options.get("spark.python.unix.domain.socket.dir")
+    if folder and SparkContext._active_spark_context is None \
+            and options.get("spark.python.daemon.module") == _LOCAL_CONF["spark.python.daemon.module"]:
+        from sparkeras.worker.prestart import start
+
+        start(folder, options)
 
 
 def embedded_options(master: str, app_name: str) -> dict[str, str]:

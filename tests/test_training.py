@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import sys
 import time
 
@@ -799,12 +800,87 @@ def test_workers_fork_from_a_daemon_that_imported_tensorflow_and_freeze_what_the
             daemon_has_tensorflow = "libtensorflow" in maps.read()
         with open(f"/proc/{os.getppid()}/cmdline") as cmdline:
             daemon = cmdline.read().split("\0")[2]
-        yield daemon, daemon_has_tensorflow, gc.isenabled(), gc.get_freeze_count()
+        with open(f"/proc/{os.getppid()}/stat") as stat:
+            daemon_parent = int(stat.read().split(") ")[-1].split()[1])
+        yield daemon, daemon_has_tensorflow, gc.isenabled(), daemon_parent, gc.get_freeze_count()
 
     got = spark.sparkContext.parallelize(range(2), 2).mapPartitions(probe).collect()
-    # The daemon imports with the collector off, and turns it back on before it forks.
-    assert [g[:3] for g in got] == [("sparkeras.worker.daemon", True, True)] * 2
-    assert all(g[3] > 100_000 for g in got), got  # Keras and TensorFlow alone are about 500,000 objects
+    # The daemon is the process get_spark started beside the JVM (sparkeras.worker.prestart), a child of
+    # this one. It imports with the collector off, and turns it back on before it forks.
+    assert [g[:4] for g in got] == [("sparkeras.worker.prestart", True, True, os.getpid())] * 2
+    assert all(g[4] > 100_000 for g in got), got  # Keras and TensorFlow alone are about 500,000 objects
+
+
+def test_the_prestarted_daemon_takes_over_from_the_one_spark_launches_with_its_pipes_and_environment(spark):
+    """The daemon the JVM launched stays as a stand-in, its child; the prestarted one has its environment."""
+    import psutil
+
+    def probe(_):
+        import os
+
+        # A forked worker starts with its daemon's environment (/proc shows only what a process started with).
+        yield os.getppid(), os.environ.get("PYTHON_WORKER_FACTORY_SOCK_DIR"), os.environ.get("SPARK_REUSE_WORKER"), \
+            sys.argv[1:]
+
+    got = spark.sparkContext.parallelize(range(2), 2).mapPartitions(probe).collect()
+    daemon = psutil.Process(got[0][0])
+    folder = spark.sparkContext.getConf().get("spark.python.unix.domain.socket.dir")
+    assert daemon.ppid() == os.getpid()
+    assert {g[1:3] for g in got} == {(folder, "1")}  # Spark's variables, set for the daemon it launched
+    assert got[0][3] == ["pyspark.worker"]  # the launched daemon's arguments
+    jvm = [c for c in psutil.Process().children() if c.name() == "java"][0]
+    stand_ins = [c for c in jvm.children() if "sparkeras.worker.daemon" in c.cmdline()]
+    assert len(stand_ins) == 1 and stand_ins[0].status() != psutil.STATUS_ZOMBIE
+    assert not os.path.exists(os.path.join(folder, "prestarted-daemon.sock"))  # it takes one daemon only
+
+
+def test_the_prestarted_daemon_refuses_a_daemon_whose_imports_could_differ(monkeypatch):
+    import pyspark
+
+    from sparkeras.worker import prestart
+
+    spark_zip = os.path.join(os.path.dirname(pyspark.__file__), "python", "lib", "pyspark.zip")
+    env = {"HOME": "/root", "PYTHONHASHSEED": "0"}
+    same = {"executable": sys.executable, "cwd": os.getcwd(), "argv": ["daemon.py", "pyspark.worker"],
+            "env": {**env, "SPARK_REUSE_WORKER": "1", "PYTHON_WORKER_FACTORY_SOCK_DIR": "/tmp/x",
+                    "PYTHONPATH": spark_zip}}
+    assert prestart.why_refused(same, env) is None  # Spark's protocol variables and its own PYTHONPATH are fine
+    assert prestart.why_refused({**same, "executable": "/usr/bin/python3.9"}, env).startswith(
+        "the workers run '/usr/bin/python3.9'")
+    assert prestart.why_refused({**same, "cwd": "/"}, env) == f"the daemon starts in '/', not {os.getcwd()!r}"
+    for changed in ({**same["env"], "PYTHONHASHSEED": "1"}, {k: v for k, v in same["env"].items() if k != "HOME"},
+                    {**same["env"], "OMP_NUM_THREADS": "4"}):
+        key = ({*changed.items()} ^ {*same["env"].items()}).pop()[0]
+        assert prestart.why_refused({**same, "env": changed}, env) == f"environment variable {key} differs"
+    other = {**same, "env": {**same["env"], "PYTHONPATH": f"{spark_zip}{os.pathsep}/opt/libs/keras-2.zip"}}
+    assert prestart.why_refused(other, env) == "PYTHONPATH entry '/opt/libs/keras-2.zip' is outside pyspark's folder"
+    monkeypatch.delenv("PYTHON_WORKER_FACTORY_SOCK_DIR", raising=False)
+    assert prestart.hand_over() is False  # a daemon Spark launched without Unix sockets serves itself
+
+
+def test_a_refused_daemon_serves_itself_and_the_prestarted_process_ends(tmp_path):
+    """A real prestarted process, refusing a launched daemon whose environment differs: both sides carry on."""
+    from sparkeras.worker import prestart
+
+    folder = tmp_path / "sockets"
+    folder.mkdir(mode=0o700)
+    env = {k: v for k, v in os.environ.items() if k != "SPARKERAS_DEBUG"}
+    waiting = subprocess.Popen([sys.executable, "-m", "sparkeras.worker.prestart",
+                                str(folder / prestart.SOCKET_NAME)], stdin=subprocess.PIPE, env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while not (folder / prestart.SOCKET_NAME).exists():
+            assert time.monotonic() < deadline and waiting.poll() is None, "the prestarted process did not listen"
+            time.sleep(0.05)
+        launched = subprocess.run(
+            [sys.executable, "-c", "from sparkeras.worker.prestart import hand_over; print(hand_over())"],
+            capture_output=True, text=True, timeout=150,
+            env={**env, "PYTHON_WORKER_FACTORY_SOCK_DIR": str(folder), "SPARKERAS_EXAMPLE": "differs"})
+        assert launched.stdout.strip() == "False", launched.stderr[-2000:]
+        assert waiting.wait(timeout=30) == 0
+        assert not (folder / prestart.SOCKET_NAME).exists()
+    finally:
+        waiting.kill()
 
 
 def test_the_daemon_turns_the_collector_back_on_when_its_import_fails(monkeypatch):

@@ -73,8 +73,8 @@ def has_nvidia_driver() -> bool:
     return os.path.exists("/proc/driver/nvidia") or os.path.exists("/dev/nvidiactl")
 
 
-def preload() -> str | None:
-    """Import TensorFlow, Keras and Spark's worker module into this process; the name of what was preloaded.
+def preload(worker_module: bool = True) -> str | None:
+    """Import TensorFlow, Keras and (with ``worker_module``) Spark's worker module; the name of what was preloaded.
 
     ``None`` when nothing was (another backend, a GPU machine, or a
     failed import, which the workers will then meet and report themselves).
@@ -89,7 +89,8 @@ def preload() -> str | None:
         with _stdout_kept_for_spark(), keras_without_extras("tensorflow"), \
                 native_stderr_silenced(not native_logs_wanted()):
             importlib.import_module("keras")  # and TensorFlow with it
-            importlib.import_module("pyspark.worker")  # each forked worker imported it itself: 0.24 s of CPU
+            if worker_module:
+                importlib.import_module("pyspark.worker")  # each forked worker imported it itself: 0.24 s of CPU
     except Exception:  # noqa: BLE001 - the workers import it themselves and report any error
         return None
     finally:
@@ -147,12 +148,32 @@ def quiet_when_cut_short(worker: Callable[[Any, bool], int]) -> Callable[[Any, b
     return run
 
 
-def main() -> None:
-    preload()
+def preload_worker_module() -> None:
+    """Import Spark's worker module, frozen for ``fork`` as :func:`preload`'s imports are."""
+    gc.disable()
+    try:
+        importlib.import_module("pyspark.worker")
+    except Exception:  # noqa: BLE001 - each worker imports it and reports the error itself
+        pass
+    finally:
+        _frozen_for_fork()
+
+
+def serve() -> None:
+    """Run Spark's daemon loop in this process, its workers ending quietly when a task is cut short."""
     from pyspark import daemon
 
     daemon.worker = quiet_when_cut_short(daemon.worker)
     daemon.manager()
+
+
+def main() -> None:
+    from sparkeras.worker.prestart import hand_over
+
+    if hand_over():
+        return  # a prestarted process, which imported as the JVM started, is the daemon now
+    preload()
+    serve()
 
 
 if __name__ == "__main__":
