@@ -18,6 +18,11 @@ workers when the session starts: the import then overlaps with the
 driver's own work (reading and caching the data), and the first fit's
 fixed cost fell from 7.4 s to 3.3 s (mlp task, ``bench/time_to_accuracy.py``).
 
+In a local session :func:`sparkeras.get_spark` starts a process that does
+this import while the JVM starts, and the daemon Spark launches hands its
+role over to it (:mod:`sparkeras.worker.prestart`); where that process is
+missing or refuses, the daemon imports itself as described here.
+
 How to use it. :func:`sparkeras.get_spark` sets it for the sessions it
 starts; any other session opts in with
 ``spark.python.daemon.module=sparkeras.worker.daemon`` (sparkeras must be
