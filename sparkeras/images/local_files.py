@@ -76,6 +76,9 @@ def read_local_file(path: str) -> bytes:
     With ``os.read`` on the file's descriptor, not ``open().read()``: the
     buffered file object's set-up cost 10 us a file against 8 us
     (50,000 files of 64x64 pixels), a tenth of what decoding one costs.
+    Reads of 64 KiB until one comes back empty, without asking the file's
+    size first: ``os.fstat`` and its result object cost more than the last,
+    empty read (20,000 such files, medians of 8 passes: 6.5 us a file against 7.6 us).
     """
     if path.startswith("file://"):
         path = path[len("file://"):]
@@ -84,8 +87,8 @@ def read_local_file(path: str) -> bytes:
         path = path[len("file:"):]
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
     try:
-        parts = [os.read(fd, os.fstat(fd).st_size or 1 << 16)]
-        while parts[-1]:  # to the end, also for a file that grew or a short read
+        parts = [os.read(fd, 1 << 16)]
+        while parts[-1]:  # to the end: a short read need not be the last on every file system
             parts.append(os.read(fd, 1 << 16))
     finally:
         os.close(fd)
