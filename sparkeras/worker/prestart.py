@@ -253,28 +253,50 @@ def hand_over() -> bool:
 
 
 def _stand_in(connection: socket.socket, daemon: int) -> None:
-    """Be the process the JVM launched until the daemon ends: pass its signals on, then exit."""
-    def pass_on(signum: int, _: Any) -> None:
-        try:
-            os.kill(daemon, signum)
-        except OSError:
-            pass
+    """Be the process the JVM launched until the daemon ends: pass its SIGTERM on, then exit.
 
-    signal.signal(signal.SIGTERM, pass_on)  # how the JVM stops its daemon (Process.destroy)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as Spark's daemon ignores it
+    The process replaces itself (``exec``, same process id) with an
+    interpreter that runs :data:`STAND_IN` without site-packages: the
+    launched daemon had imported sparkeras and numpy, 79 MB resident, to
+    sit waiting for the whole session.
+    """
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1):
         os.dup2(devnull, fd)  # the daemon alone holds the JVM's pipes, so their ends mean what they meant
     os.close(devnull)
-    connection.settimeout(None)
-    while True:
-        try:
-            if not connection.recv(1024):
-                break
-        except InterruptedError:
-            continue
-        except OSError:
+    connection.setblocking(True)  # its timeout made the descriptor non-blocking, which the program would inherit
+    fd = connection.detach()
+    os.set_inheritable(fd, True)
+    arguments = [str(fd), str(daemon)]
+    try:
+        os.execv(sys.executable, [sys.executable, "-I", "-S", "-c", STAND_IN, *arguments])
+    except OSError:
+        sys.argv[1:] = arguments
+        exec(STAND_IN, {"__name__": "__stand_in__"})  # noqa: S102 - our own constant, run here instead
+
+
+STAND_IN = """
+import os, signal, sys
+connection, daemon = int(sys.argv[1]), int(sys.argv[2])
+
+def pass_on(signum, frame):
+    try:
+        os.kill(daemon, signum)
+    except OSError:
+        pass
+
+signal.signal(signal.SIGTERM, pass_on)  # how the JVM stops its daemon (Process.destroy)
+signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as Spark's daemon ignores it
+while True:
+    try:
+        if not os.read(connection, 1024):
             break
+    except InterruptedError:
+        continue
+    except OSError:
+        break
+"""
+"""The stand-in's program: wait until the daemon ends (its end of the connection closes)."""
 
 
 def _send(connection: socket.socket, message: dict, fds: list[int] | None = None) -> None:
