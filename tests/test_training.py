@@ -876,7 +876,7 @@ def test_a_refused_daemon_serves_itself_and_the_prestarted_process_ends(tmp_path
 
     folder = tmp_path / "sockets"
     folder.mkdir(mode=0o700)
-    env = {k: v for k, v in os.environ.items() if k != "SPARKERAS_DEBUG"}
+    env = {**os.environ, "SPARKERAS_DEBUG": "1"}  # the refused daemon then says why
     waiting = subprocess.Popen([sys.executable, "-m", "sparkeras.worker.prestart",
                                 str(folder / prestart.SOCKET_NAME)], stdin=subprocess.PIPE, env=env)
     try:
@@ -889,6 +889,7 @@ def test_a_refused_daemon_serves_itself_and_the_prestarted_process_ends(tmp_path
             capture_output=True, text=True, timeout=150,
             env={**env, "PYTHON_WORKER_FACTORY_SOCK_DIR": str(folder), "SPARKERAS_EXAMPLE": "differs"})
         assert launched.stdout.strip() == "False", launched.stderr[-2000:]
+        assert "refused to take over: environment variable SPARKERAS_EXAMPLE differs" in launched.stderr
         assert waiting.wait(timeout=30) == 0
         assert not (folder / prestart.SOCKET_NAME).exists()
     finally:

@@ -247,6 +247,9 @@ def hand_over() -> bool:
         return False
     if not answer.get("adopted"):
         connection.close()
+        if os.environ.get("SPARKERAS_DEBUG", "") not in ("", "0"):  # the JVM passes this stderr on to the driver's
+            print(f"sparkeras: the prestarted Python daemon refused to take over: {answer.get('why')}; this "
+                  "daemon imports TensorFlow itself.", file=sys.stderr, flush=True)
         return False
     _stand_in(connection, int(answer["pid"]))
     return True
