@@ -78,7 +78,23 @@ def _prestart_daemon(options: dict[str, str]) -> None:
             and options.get("spark.python.daemon.module") == _LOCAL_CONF["spark.python.daemon.module"]:
         from sparkeras.worker.prestart import start
 
-        start(folder, options)
+        start(folder, options, None if SparkContext._gateway is None else _jvm_environment(SparkContext._gateway))
+
+
+def _jvm_environment(gateway: Any) -> dict[str, str] | None:
+    """The environment the running JVM started with, which the daemons it launches inherit.
+
+    This process's may have changed since (importing TensorFlow sets a
+    variable), and a prestarted daemon whose environment differs is refused.
+    ``None`` where it cannot be read (no ``/proc``, a JVM not started here).
+    """
+    process = getattr(gateway, "proc", None)
+    try:
+        with open(f"/proc/{process.pid}/environ", "rb") as f:
+            entries = f.read().split(b"\0")
+    except (AttributeError, OSError):
+        return None
+    return dict(os.fsdecode(e).split("=", 1) for e in entries if b"=" in e)
 
 
 def embedded_options(master: str, app_name: str) -> dict[str, str]:

@@ -62,11 +62,15 @@ SPARK_PROTOCOL_VARIABLES = frozenset({
 _started: list[subprocess.Popen] = []
 
 
-def start(socket_folder: str, options: dict[str, str]) -> subprocess.Popen | None:
+def start(socket_folder: str, options: dict[str, str], jvm_environment: dict[str, str] | None = None
+          ) -> subprocess.Popen | None:
     """Start the prestarted daemon for a local session whose Spark options are ``options``; driver side.
 
-    ``None`` (nothing started) where the daemon would not preload, where the
-    workers run another interpreter, or where the socket path would not fit.
+    ``jvm_environment`` is the environment of a JVM already running (a
+    session started again in the same process), which its daemons inherit;
+    ``None``: this process's, which a JVM launched now inherits. ``None``
+    (nothing started) is returned where the daemon would not preload, where
+    the workers run another interpreter, or where the socket path would not fit.
     """
     from sparkeras.worker.daemon import configured_backend, has_nvidia_driver
 
@@ -75,8 +79,10 @@ def start(socket_folder: str, options: dict[str, str]) -> subprocess.Popen | Non
             or os.path.realpath(os.environ.get("PYSPARK_PYTHON", sys.executable)) != os.path.realpath(sys.executable):
         return None
     _started[:] = [p for p in _started if p.poll() is None]  # reap the ones that have ended
-    env = dict(os.environ)
-    env.setdefault("PYTHONHASHSEED", "0")  # pyspark gives its workers "0" unless the driver has one
+    env = dict(os.environ if jvm_environment is None else jvm_environment)
+    env["PYTHONHASHSEED"] = os.environ.get("PYTHONHASHSEED", "0")  # pyspark's rule for its workers
+    env.update({key[len("spark.executorEnv."):]: value for key, value in options.items()
+                if key.startswith("spark.executorEnv.")})
     # Spark's rule (SPARK-28843): the executor's cores, over any OMP_NUM_THREADS of the JVM's environment.
     env["OMP_NUM_THREADS"] = options.get("spark.executorEnv.OMP_NUM_THREADS") or options.get("spark.executor.cores", "1")
     env["PYTHONUNBUFFERED"] = "YES"
