@@ -48,7 +48,6 @@ import struct
 import subprocess
 import sys
 import time
-from typing import Any
 
 SOCKET_NAME = "prestarted-daemon.sock"
 HAND_OVER_SECONDS = 120.0
@@ -212,19 +211,10 @@ def _become_daemon(connection: socket.socket, message: dict, imported: dict[str,
     sys.path[1:1] = paths  # where the interpreter puts PYTHONPATH, after the main module's folder
     _send(connection, {"adopted": True, "pid": os.getpid()})
     connection.setblocking(True)
-    _keep(connection)
     from sparkeras.worker.daemon import preload_worker_module, serve
 
     preload_worker_module()
-    serve()
-
-
-_kept: list[Any] = []
-
-
-def _keep(connection: socket.socket) -> None:
-    """Hold the connection open: the launched daemon waits on it, and exits when this process (and its workers) end."""
-    _kept.append(connection)
+    serve()  # never returns, so ``connection`` stays open: the stand-in waits for it to close
 
 
 def hand_over() -> bool:
