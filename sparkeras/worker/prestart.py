@@ -71,10 +71,11 @@ def start(socket_folder: str, options: dict[str, str], jvm_environment: dict[str
     (nothing started) is returned where the daemon would not preload, where
     the workers run another interpreter, or where the socket path would not fit.
     """
+    from sparkeras.session import UNIX_SOCKET_PATH_LIMIT
     from sparkeras.worker.daemon import configured_backend, has_nvidia_driver
 
     path = os.path.join(socket_folder, SOCKET_NAME)
-    if configured_backend() != "tensorflow" or has_nvidia_driver() or len(path.encode()) > 107 \
+    if configured_backend() != "tensorflow" or has_nvidia_driver() or len(path.encode()) > UNIX_SOCKET_PATH_LIMIT \
             or os.path.realpath(os.environ.get("PYSPARK_PYTHON", sys.executable)) != os.path.realpath(sys.executable):
         return None
     _started[:] = [p for p in _started if p.poll() is None]  # reap the ones that have ended
@@ -82,8 +83,9 @@ def start(socket_folder: str, options: dict[str, str], jvm_environment: dict[str
     env["PYTHONHASHSEED"] = os.environ.get("PYTHONHASHSEED", "0")  # pyspark's rule for its workers
     env.update({key[len("spark.executorEnv."):]: value for key, value in options.items()
                 if key.startswith("spark.executorEnv.")})
-    # Spark's rule (SPARK-28843): the executor's cores, over any OMP_NUM_THREADS of the JVM's environment.
-    env["OMP_NUM_THREADS"] = options.get("spark.executorEnv.OMP_NUM_THREADS") or options.get("spark.executor.cores", "1")
+    if "spark.executorEnv.OMP_NUM_THREADS" not in options:  # else set just above
+        # Spark's rule (SPARK-28843): the executor's cores, over any OMP_NUM_THREADS of the JVM's environment.
+        env["OMP_NUM_THREADS"] = options.get("spark.executor.cores", "1")
     env["PYTHONUNBUFFERED"] = "YES"
     # Out of the terminal's process group (3.11 and later), as the JVM's daemon is: Ctrl-C is for the driver.
     group = {"process_group": 0} if sys.version_info >= (3, 11) else {}
