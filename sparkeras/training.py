@@ -203,20 +203,22 @@ class DriverValidation:
         """``model``'s loss and metrics over the validation rows, as the workers' job would report them."""
         from sparkeras.worker.local_steps import evaluate_arrays
 
-        evaluate_arrays(model, self.columns, self.arrays, "tensorflow", batch_size)
+        evaluate_arrays(model, self.columns, self.arrays, "tensorflow", batch_size, scoring=True)
         return reader.read([np.asarray(v) for v in model.metrics_variables])
 
 
 def evaluate(prepared: PreparedData, spec: WorkerSpec, state_blob: Any, batch_size: int,
-             reader: MetricReader) -> dict[str, float]:
+             reader: MetricReader, scoring: bool = False) -> dict[str, float]:
     """Keras ``evaluate`` over every partition, merged exactly on the driver.
 
     The tasks read the partitions with ``prepared``'s own columns: validation
-    data is packed without the training data's row weights.
+    data is packed without the training data's row weights. ``scoring``: a
+    pass of the fit's own, whose batch may grow
+    (:func:`~sparkeras.worker.local_steps.scoring_batch_size`).
     """
     spec = replace(spec, columns=prepared.columns)
     results = run_partitions(
-        prepared, lambda it: tasks.evaluate_partition(spec, state_blob, batch_size, it), "evaluating")
+        prepared, lambda it: tasks.evaluate_partition(spec, state_blob, batch_size, it, scoring), "evaluating")
     return reader.read(sum_metric_states(results))
 
 
@@ -304,7 +306,7 @@ class TrainingJob:
             return self._driver_validation.evaluate(self.model, self.batch_size, self.metrics)
         blob = self.broadcast_state()
         try:
-            return evaluate(self.validation, self.spec, blob, self.batch_size, self.metrics)
+            return evaluate(self.validation, self.spec, blob, self.batch_size, self.metrics, scoring=True)
         finally:
             blob.unpersist()
 
@@ -407,7 +409,7 @@ class TrainingJob:
             else:
                 blob = self.broadcast_state()
                 try:
-                    logs = evaluate(self.train, self.spec, blob, self.batch_size, self.metrics)
+                    logs = evaluate(self.train, self.spec, blob, self.batch_size, self.metrics, scoring=True)
                 finally:
                     blob.unpersist()
             logs.update(workers)

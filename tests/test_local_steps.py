@@ -9,7 +9,8 @@ from conftest import blobs, clone, mlp
 from sparkeras.data.columns import resolve_columns
 from sparkeras.data.packing import ALIGNMENT, aligned_empty, read_partition
 from sparkeras.data.sources import as_dataset
-from sparkeras.worker.local_steps import LocalSteps, evaluate_arrays, shared_tensor, trace
+from sparkeras.worker.local_steps import (SCORING_BATCH_BYTES, SCORING_MOST_ROWS, LocalSteps, evaluate_arrays,
+                                         scoring_batch_size, shared_tensor, trace)
 
 
 @pytest.mark.parametrize("backend,warmed,per_batch", [
@@ -138,6 +139,50 @@ def test_evaluation_loop_equals_keras_evaluate_with_a_short_last_batch_and_row_w
             assert got == pytest.approx(want, abs=1e-6), (w is not None, got, want)
     if backend == "tensorflow":
         assert set(model.__dict__["_sparkeras_test_loops"]) == {2, 3}  # one trace per array count
+
+
+def test_a_scoring_pass_grows_its_batch_and_gives_the_same_figures(spark):
+    """The fit's own scoring passes (validation, a center's figures) run larger batches than the fit's: the
+    same totals, fewer calls. Large rows (images) keep the fit's batch."""
+    assert scoring_batch_size(64, [np.zeros((5, 784), np.float32), np.zeros(5, np.int32)]) == \
+        SCORING_BATCH_BYTES // (784 * 4 + 4)
+    assert scoring_batch_size(64, [np.zeros((5, 8), np.float32)]) == SCORING_MOST_ROWS
+    assert scoring_batch_size(64, [np.zeros((5, 224, 224, 3), np.float32)]) == 64
+    assert scoring_batch_size(8192, [np.zeros((5, 8), np.float32)]) == 8192
+
+    import keras
+
+    class Batches(keras.Model):
+        """Counts the batches its test_step sees, and keeps the largest."""
+
+        def build_counters(self):
+            self.calls = self.add_weight(shape=(), initializer="zeros", trainable=False, name="calls")
+            self.largest = self.add_weight(shape=(), initializer="zeros", trainable=False, name="largest")
+
+        def test_step(self, data):
+            import tensorflow as tf
+
+            self.calls.assign_add(1.0)
+            self.largest.assign(tf.maximum(self.largest, tf.cast(tf.shape(data[0])[0], "float32")))
+            return super().test_step(data)
+
+    x, y = blobs(2_003, seed=2)
+    inputs = keras.Input((x.shape[1],))
+    base = mlp(seed=4)
+    model = Batches(inputs, base(inputs))
+    model.build_counters()
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    want = model.evaluate(x, y, batch_size=32, verbose=0, return_dict=True)
+    dataset = as_dataset(spark, x, y)
+    columns = resolve_columns(model, dataset.schema, dataset.features_col, dataset.label_col)
+    arrays = [x, y.astype(np.int32)]
+    for scoring, batches, largest in ((False, 63, 32), (True, 1, 2_003)):
+        model.calls.assign(0.0)
+        model.largest.assign(0.0)
+        evaluate_arrays(model, columns, arrays, "tensorflow", 32, scoring=scoring)
+        got = {k: float(v) for k, v in model.get_metrics_result().items()}
+        assert got == pytest.approx(want, abs=1e-6), (scoring, got, want)
+        assert (float(model.calls.numpy()), float(model.largest.numpy())) == (batches, largest), scoring
 
 
 def test_the_traced_loops_convert_no_python_code(spark, monkeypatch):

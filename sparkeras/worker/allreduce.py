@@ -254,7 +254,7 @@ class _EpochLoop:
         self.model.reset_metrics()
         if self.val_n:
             evaluate_arrays(self.model, self.spec.worker.columns, self.val_arrays, self.spec.worker.backend,
-                            self.spec.batch_size)
+                            self.spec.batch_size, scoring=True)
         return [np.asarray(v) for v in self.model.metrics_variables]
 
     def _maybe_fail(self, epoch: int, step: int) -> None:

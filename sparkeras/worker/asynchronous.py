@@ -160,7 +160,7 @@ def _center_scorer(spec: ServerTaskSpec, model: Any, arrays: Any) -> Any:
 
     def score(center: list[np.ndarray]) -> bytes:
         _assign([v for v in model.weights if is_shared(v)], center)
-        evaluate_arrays(model, spec.worker.columns, arrays, spec.worker.backend, spec.batch_size)
+        evaluate_arrays(model, spec.worker.columns, arrays, spec.worker.backend, spec.batch_size, scoring=True)
         return pack_arrays([np.asarray(v) for v in model.metrics_variables])
 
     return score

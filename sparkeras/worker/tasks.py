@@ -191,13 +191,14 @@ def _partition_with_state(spec: WorkerSpec, state: Any, blocks: Iterator[tuple])
     return model, partition, arrays, n
 
 
-def evaluate_partition(spec: WorkerSpec, state: Any, batch_size: int, blocks: Iterator[tuple]) -> Iterator[tuple]:
-    """Metric states (totals and counts) of the model on this partition."""
+def evaluate_partition(spec: WorkerSpec, state: Any, batch_size: int, blocks: Iterator[tuple],
+                       scoring: bool = False) -> Iterator[tuple]:
+    """Metric states (totals and counts) of the model on this partition (``scoring``: see ``evaluate_arrays``)."""
     model, partition, arrays, n = _partition_with_state(spec, state, blocks)
     if n == 0:
         yield _result(partition, 0, 0, b"", b"")
         return
-    evaluate_arrays(model, spec.columns, arrays, spec.backend, batch_size)  # a weight column weighs them too
+    evaluate_arrays(model, spec.columns, arrays, spec.backend, batch_size, scoring)  # a weight column weighs them too
     yield _result(partition, n, 0, b"", pack_arrays([np.asarray(v) for v in model.metrics_variables]))
 
 
