@@ -13,12 +13,10 @@ from sparkeras.worker.local_steps import (SCORING_BATCH_BYTES, SCORING_MOST_ROWS
                                          scoring_batch_size, shared_tensor, trace)
 
 
-@pytest.mark.parametrize("backend,warmed,per_batch", [
-    ("tensorflow", False, False), ("tensorflow", True, False), ("tensorflow", True, True), ("other", False, False)],
-    ids=["traced-loop", "traced-loop-after-warm-up", "traced-loop-batch-by-batch", "train_on_batch"])
-def test_local_steps_equal_fit_on_the_same_batches(spark, backend, warmed, per_batch):
-    """The warm-up's trace and empty first call (``trace``) must leave no step behind; the asynchronous
-    rules' call per batch of the same loop trains the same steps."""
+@pytest.mark.parametrize("backend,warmed", [("tensorflow", False), ("tensorflow", True), ("other", False)],
+                         ids=["traced-loop", "traced-loop-after-warm-up", "train_on_batch"])
+def test_local_steps_equal_fit_on_the_same_batches(spark, backend, warmed):
+    """The warm-up's trace and empty first call (``trace``) must leave no step behind."""
     x, y = blobs(200, seed=6)
     model = mlp(seed=9)
     plain = clone(model)
@@ -30,7 +28,7 @@ def test_local_steps_equal_fit_on_the_same_batches(spark, backend, warmed, per_b
     if warmed:
         trace(model, columns, backend)
         assert int(model.optimizer.iterations) == 0
-    steps = LocalSteps(model, [x, y.astype(np.int32)], columns, backend, batch_by_batch=per_batch)
+    steps = LocalSteps(model, [x, y.astype(np.int32)], columns, backend)
     model.reset_metrics()
     assert steps.train(order, 32, 0, 3) == 96  # three windows, as a worker runs them
     assert steps.train(order, 32, 3, 3) == 96

@@ -1,17 +1,21 @@
 """The task body of parameter-server training: one task per partition and epoch.
 
 A task joins the server (the center, and its own local state from its
-previous epoch), then trains its partition batch by batch with the model's
-own optimizer. Every ``window`` batches, and once more after the last batch
+previous epoch), then trains its partition window by window with the
+model's own optimizer. Every ``window`` batches, and once more after the last batch
 so that no work is dropped, it talks to the server: the distributed
 optimizer's worker rule decides what to commit (a delta, a normalised
 delta, an elastic difference) and how to fold the center it gets back into
 the local weights. Only the model's float weights are shared; integer state
 (seed generators) stays local.
 
-The windows run on :class:`~sparkeras.worker.local_steps.LocalSteps` (one
-traced loop per window on TensorFlow for synchronous rules, batch by batch
-for asynchronous ones). Keras metrics add up over the
+The windows run on :class:`~sparkeras.worker.local_steps.LocalSteps`, one
+call of a traced loop per window on TensorFlow and JAX. Asynchronous rules
+used to call it once per batch: a call per window had seemed to cost the
+Elephas README example 1.5-2 points. Measured again over 12 seeds each
+(``bench/elephas_example.py --seeds 0-11``, twice per way), per window gave
+gaps of -0.29 and -0.21 points against -0.38 and -0.71 per batch, and the
+call per batch cost ADAG's CNN epochs 11% (2.35 s against 2.1 s). Keras metrics add up over the
 epoch's batches as in ``fit``, so the task returns their states with its
 local state (weights and optimizer), which the driver hands back at the
 next epoch's join.
@@ -115,11 +119,7 @@ def _train_epoch(spec: ServerTaskSpec, model: Any, partition: int, epoch: int, a
     reporter = None
     if spec.worker.progress is not None:
         reporter = ProgressReporter(spec.worker.progress, partition, epoch, 0, spec.batch_size, n)
-    # Synchronous rules (averaging, EASGD) run each window as one call of the traced loop. Asynchronous ones
-    # call it batch by batch: with a call per window their tasks on small partitions ran one after another
-    # rather than overlapping, and the Elephas README example lost 1.5-2 points (measured; not understood yet).
-    local_steps = LocalSteps(model, spec.worker.training_arrays(arrays), spec.worker.columns,
-                             spec.worker.backend, batch_by_batch=not rule.synchronous)
+    local_steps = LocalSteps(model, spec.worker.training_arrays(arrays), spec.worker.columns, spec.worker.backend)
     model.reset_metrics()  # they add up over the epoch's windows, as in fit
     ramped = False
     for start in range(0, steps, window):

@@ -41,27 +41,18 @@ class LocalSteps:
         arrays: one array per column binding (features, then labels).
         columns: how the arrays map onto the model's inputs and outputs.
         backend: the Keras backend name.
-        batch_by_batch: one call per batch rather than per window, for
-            the asynchronous rules (see :mod:`sparkeras.worker.asynchronous`).
-            On TensorFlow each batch is a call of the same traced loop, which
-            the warm-up has traced already; ``train_on_batch`` traced Keras'
-            own train function in the first epoch instead (1.0-1.3 s of
-            the Elephas README example's first epoch, in every fresh Python
-            worker). On other backends, ``train_on_batch``.
     """
 
-    def __init__(self, model: Any, arrays: Sequence[np.ndarray], columns: ColumnMap, backend: str,
-                 batch_by_batch: bool = False) -> None:
+    def __init__(self, model: Any, arrays: Sequence[np.ndarray], columns: ColumnMap, backend: str) -> None:
         self.model, self.columns = model, columns
         self._arrays = list(arrays)
         ensure_optimizer_built(model)
         self._loop = None
-        self._per_batch = batch_by_batch
         self._totals: list[np.ndarray] | None = None
         if backend == "tensorflow" and len(self._arrays[0]):
             self._data = [shared_tensor(a) for a in self._arrays]
             self._loop = _traced_loop(model, columns, self._data)
-        elif backend == "jax" and len(self._arrays[0]) and not batch_by_batch:
+        elif backend == "jax" and len(self._arrays[0]):
             self._data = [shared_tensor(a, backend) for a in self._arrays]
             self._loop = _JaxWindows(model, columns, self._arrays)
 
@@ -70,12 +61,7 @@ class LocalSteps:
         if batches.size == 0:
             return
         if self._loop is not None:
-            batches = batches.astype(np.int32, copy=False)
-            if not self._per_batch:
-                self._loop(self._data, batches)
-                return
-            for i in range(len(batches)):
-                self._loop(self._data, batches[i:i + 1])
+            self._loop(self._data, batches.astype(np.int32, copy=False))
             return
         for rows in batches:
             self.model.train_on_batch(*self.columns.data([a[rows] for a in self._arrays]))
