@@ -23,11 +23,15 @@ interleaved; it reports the median overheads; the same measured directly
 background writes: a floor, which the machine's noise moves far less than
 wall time), with the writer thread's CPU while the workers trained; the
 time to log the model alone; and the driver CPU that tracking adds as a
-share of the untracked fit's core-seconds.
+share of the untracked fit's core-seconds. ``--tracking-kinds defaults``
+runs only the untracked and the default tracked fits, so that the same time
+buys twice the rounds (one warm fit's wall time varies by more than the
+effect measured).
 
     python bench/throughput.py [--strategy averaging[,adag,allreduce,allreduce-tcp,...]]
                                [--source numpy|parquet] [--rows 60000]
                                [--epochs 3] [--learning-rate 0.001] [--tracking 5]
+                               [--tracking-kinds defaults,log_model=False,keras_tensorboard]
 """
 
 from __future__ import annotations
@@ -102,7 +106,13 @@ def main() -> None:
     parser.add_argument("--source", choices=("numpy", "parquet"), default="numpy")
     parser.add_argument("--tracking", type=int, default=0, metavar="N",
                         help="N warm fits with and N without MLflow and TensorBoard logging, interleaved")
+    parser.add_argument("--tracking-kinds", default=",".join(TRACKING_KINDS), metavar="KINDS",
+                        help=f"the tracked kinds to time against untracked fits, of {', '.join(TRACKING_KINDS)}")
     args = parser.parse_args()
+    unknown = set(args.tracking_kinds.split(",")) - set(TRACKING_KINDS)
+    if unknown or "defaults" not in args.tracking_kinds.split(","):
+        parser.error(f"--tracking-kinds: give defaults, and any of {', '.join(TRACKING_KINDS)}"
+                     + (f"; unknown: {', '.join(sorted(unknown))}" if unknown else ""))
     from sparkeras.worker.runtime import import_keras_quietly
 
     import_keras_quietly()  # without TensorFlow's native start-up lines, as the CLI imports it
@@ -154,8 +164,9 @@ def main() -> None:
         if args.tracking:
             report.update(tracking_overhead(args, strategy, data, tmp.name))
             print(f"tracking (MLflowLogger + ClusterScalars), medians of {args.tracking} warm fits:")
-            for label, name in (("tracking", "defaults"), ("tracking_without_model", "log_model=False"),
-                                ("tracking_with_keras_tensorboard", "with Keras' TensorBoard")):
+            for name, (_, label) in TRACKING_KINDS.items():
+                if name not in args.tracking_kinds.split(","):
+                    continue
                 print(f"  {name:24s} wall {report[f'{label}_overhead_pct']:+5.1f}% "
                       f"(paired {report[f'{label}_paired_overhead_pct']:+5.1f}%)  "
                       f"measured directly {report[f'{label}_direct_pct']:.1f}% "
@@ -164,8 +175,19 @@ def main() -> None:
                       f"while training {report[f'{label}_writer_cpu_while_training_ms']:.0f} ms)")
             print(f"  logging the model alone: {report['log_model_s']:.2f}s; driver CPU added: "
                   f"{report['tracking_driver_cpu_pct_of_fit']:.1f}% of the fit's core-seconds")
+            timed = ["untracked", *(TRACKING_KINDS[name][0] for name in args.tracking_kinds.split(","))]
+            print("  Python's full collections inside the fits, ms per fit (fits with one): " + ", ".join(
+                f"{kind} {report[f'{kind}_full_collections_ms_per_fit']:.0f} "
+                f"({report[f'{kind}_fits_with_a_full_collection']})" for kind in timed))
         print(json.dumps(report), flush=True)
     tmp.cleanup()
+
+
+TRACKING_KINDS = {  # --tracking-kinds name: (the fit's kind, its key in the report)
+    "defaults": ("tracked", "tracking"),
+    "log_model=False": ("tracked_without_model", "tracking_without_model"),
+    "keras_tensorboard": ("tracked_keras_tensorboard", "tracking_with_keras_tensorboard"),
+}
 
 
 def tracking_overhead(args: argparse.Namespace, strategy: str, data: dict, directory: str) -> dict:
@@ -192,7 +214,7 @@ def tracking_overhead(args: argparse.Namespace, strategy: str, data: dict, direc
 
     uri = f"sqlite:///{directory}/mlflow.db"
     os.chdir(directory)  # the sqlite store's artifacts go to ./mlruns
-    kinds = {
+    every_kind = {
         "untracked": lambda i: None,
         "tracked": lambda i: [MLflowLogger(tracking_uri=uri, experiment="bench"),
                               ClusterScalars(os.path.join(directory, f"tb{i}"))],
@@ -201,7 +223,10 @@ def tracking_overhead(args: argparse.Namespace, strategy: str, data: dict, direc
         "tracked_keras_tensorboard": lambda i: [MLflowLogger(tracking_uri=uri, experiment="bench"),
                                                 keras.callbacks.TensorBoard(os.path.join(directory, f"k{i}"))],
     }
+    chosen = {TRACKING_KINDS[name][0] for name in args.tracking_kinds.split(",")}
+    kinds = {k: v for k, v in every_kind.items() if k == "untracked" or k in chosen}
     times: dict[str, list[float]] = {k: [] for k in kinds}
+    collections: dict[str, list[float]] = {k: [] for k in kinds}  # seconds of full collections inside each fit
     cpu: dict[str, list[float]] = {k: [] for k in kinds}  # the driver's CPU seconds, its threads included
     direct: dict[str, list[dict[str, float]]] = {k: [] for k in kinds if k != "untracked"}
     logger = None
@@ -216,6 +241,7 @@ def tracking_overhead(args: argparse.Namespace, strategy: str, data: dict, direc
                 _time_hooks(callback, on_thread)
             logger = given[0] if given else logger
             writer_cpu = _writer_cpu(tracking_mlflow)
+            full = _FullCollections()
             start, start_cpu = time.perf_counter(), time.process_time()
             sm.fit(**data, batch_size=args.batch_size, epochs=args.epochs, verbose=0, callbacks=given)
             returned, writer_at_return = time.perf_counter(), _writer_cpu(tracking_mlflow)
@@ -223,6 +249,7 @@ def tracking_overhead(args: argparse.Namespace, strategy: str, data: dict, direc
                 logger.wait()  # the background writes count as this fit's time and driver CPU
             times[kind].append(time.perf_counter() - start)
             cpu[kind].append(time.process_time() - start_cpu)
+            collections[kind].append(full.stop())
             if given:
                 direct[kind].append({"on_thread": on_thread[0], "end_wait": time.perf_counter() - returned,
                                      "writer_cpu_while_training": writer_at_return - writer_cpu})
@@ -237,10 +264,12 @@ def tracking_overhead(args: argparse.Namespace, strategy: str, data: dict, direc
            **{f"{k}_driver_cpu_median_s": round(v, 3) for k, v in cpu_median.items()},
            "tracking_driver_cpu_pct_of_fit":
                round(100 * (cpu_median["tracked"] - cpu_median["untracked"]) / core_seconds, 2),
-           "log_model_s": round(log_model_s, 3)}
-    labels = {"tracked": "tracking", "tracked_without_model": "tracking_without_model",
-              "tracked_keras_tensorboard": "tracking_with_keras_tensorboard"}  # the report's keys
-    for kind, label in labels.items():
+           "log_model_s": round(log_model_s, 3),
+           **{f"{k}_full_collections_ms_per_fit": round(1000 * float(np.mean(v)), 1) for k, v in collections.items()},
+           **{f"{k}_fits_with_a_full_collection": sum(1 for s in v if s > 0) for k, v in collections.items()}}
+    for kind, label in TRACKING_KINDS.values():
+        if kind not in kinds:
+            continue
         out[f"{label}_overhead_pct"] = round(100 * (median[kind] / median["untracked"] - 1), 2)
         paired = [t - u for t, u in zip(times[kind], times["untracked"])]  # fit i of each kind ran back to back
         out[f"{label}_paired_overhead_pct"] = round(100 * float(np.median(paired)) / median["untracked"], 2)
@@ -249,6 +278,34 @@ def tracking_overhead(args: argparse.Namespace, strategy: str, data: dict, direc
         out.update({f"{label}_{k}_ms": round(1000 * v, 1) for k, v in parts.items()})
         out[f"{label}_direct_pct"] = round(100 * added / median["untracked"], 2)
     return out
+
+
+class _FullCollections:
+    """The seconds Python's full garbage collections (generation 2) take from now until :meth:`stop`.
+
+    With TensorFlow, Keras, Spark and MLflow loaded, one walks about 600,000
+    objects and holds the interpreter for 0.3-0.4 s.
+    """
+
+    def __init__(self) -> None:
+        import gc
+
+        self.seconds, self._started = 0.0, None
+        gc.callbacks.append(self._observe)
+
+    def _observe(self, phase: str, info: dict) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._started = time.perf_counter()
+        elif self._started is not None:
+            self.seconds += time.perf_counter() - self._started
+
+    def stop(self) -> float:
+        import gc
+
+        gc.callbacks.remove(self._observe)
+        return self.seconds
 
 
 def _time_hooks(callback: object, total: list[float]) -> None:
