@@ -31,7 +31,8 @@ from sparkeras.storage.outputs import (check_output, check_remote_output, hadoop
 from sparkeras.strategies import Strategy, get_strategy
 from sparkeras.strategies.continuation import Continuation
 from sparkeras.errors import worker_error
-from sparkeras.training import MetricReader, TrainingJob, evaluate, run_partitions, start_warm_up
+from sparkeras.training import (FullCollectionsDeferred, MetricReader, TrainingJob, evaluate, run_partitions,
+                                start_warm_up)
 from sparkeras.worker import tasks
 from sparkeras.worker.tasks import WorkerSpec, check_validation_freq
 
@@ -209,7 +210,8 @@ class SparkModel:
                          inputs=[p for p in (data, x) if isinstance(p, (str, os.PathLike))])
         self.strategy.check_model(self._model)
         spark = self.spark
-        with console_progress_paused(spark), contextlib.ExitStack() as releases:  # data resolution runs jobs too
+        with console_progress_paused(spark), FullCollectionsDeferred(), contextlib.ExitStack() as releases:
+            # (data resolution runs Spark jobs too)
             history = self._fit(spark, releases, started, data, y, x, epochs, batch_size, validation_data,
                                 validation_split, features_col, label_col, callbacks, verbose, shuffle,
                                 initial_epoch, checkpoint_dir, weights, (weight_col, row_weights), validation_freq)

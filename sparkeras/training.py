@@ -9,6 +9,7 @@ do between two epoch ends and hands the epoch's results to :meth:`end_epoch`.
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -220,6 +221,53 @@ def evaluate(prepared: PreparedData, spec: WorkerSpec, state_blob: Any, batch_si
     results = run_partitions(
         prepared, lambda it: tasks.evaluate_partition(spec, state_blob, batch_size, it, scoring), "evaluating")
     return reader.read(sum_metric_states(results))
+
+
+class FullCollectionsDeferred:
+    """Python's full garbage collections wait while fits run, and resume when the last one ends.
+
+    Why. A full collection (generation 2) walks every object the driver
+    holds, and holds the interpreter while it does: with TensorFlow, Keras,
+    Spark and MLflow loaded that is about 600,000 objects and 0.29-0.34 s
+    (0.44 s seen inside a fit). During a fit the driver's threads answer the
+    workers (parameter-server rounds, the all-reduce coordinator, the
+    epoch's end), so a collection there idles every worker for its length.
+    Python starts one once enough objects have outlived two young
+    collections; ``MLflowLogger``'s writes made that happen every few fits,
+    which is most of what tracking added to a fit's wall time beyond its own
+    work (BENCHMARKS.md, "What tracking costs").
+
+    While a fit runs, the third threshold (young collections between full
+    ones) is set out of reach; young collections go on as usual, so cycles
+    among new objects are still freed. When the last concurrent fit ends the
+    thresholds are restored, and the full collection Python had due runs at
+    its next chance, outside the fit. Not ``gc.freeze()``: frozen objects
+    are never collected, so a model the user dropped later would never be
+    freed.
+    """
+
+    _lock = threading.Lock()
+    _depth = 0
+    _saved: tuple[int, ...] | None = None
+    OUT_OF_REACH = 1 << 30
+
+    def __enter__(self) -> "FullCollectionsDeferred":
+        with self._lock:
+            cls = type(self)
+            if cls._depth == 0:
+                cls._saved = gc.get_threshold()
+                young, middle = cls._saved[0], cls._saved[1]
+                gc.set_threshold(young, middle, self.OUT_OF_REACH)
+            cls._depth += 1
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        with self._lock:
+            cls = type(self)
+            cls._depth -= 1
+            if cls._depth == 0 and cls._saved is not None:
+                gc.set_threshold(*cls._saved)
+                cls._saved = None
 
 
 @dataclass

@@ -96,6 +96,49 @@ def test_history_has_train_and_validation_metrics_and_callbacks_run(spark):
     assert direct["loss"] == pytest.approx(history.history["val_loss"][-1], abs=1e-5)
 
 
+def test_full_collections_wait_while_a_fit_runs_and_the_thresholds_come_back(spark):
+    """A full garbage collection holds the driver's interpreter for 0.3-0.4 s, idling every worker; during a fit
+    only young collections run. The user's own thresholds come back after the fit, after a failed one too, and
+    only when the last of two overlapping fits ends."""
+    import gc
+
+    import keras
+
+    from sparkeras.training import FullCollectionsDeferred
+
+    x, y = blobs(600, seed=4)
+    seen = []
+
+    class Thresholds(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(gc.get_threshold())
+
+    users = gc.get_threshold()
+    try:
+        gc.set_threshold(500, 7, 9)
+        SparkModel(mlp(), num_workers=2, seed=0).fit(x, y, epochs=2, batch_size=32, callbacks=[Thresholds()],
+                                                     verbose=0)
+        assert seen == [(500, 7, FullCollectionsDeferred.OUT_OF_REACH)] * 2
+        assert gc.get_threshold() == (500, 7, 9)
+
+        class Fails(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                raise RuntimeError("a callback failed")
+
+        with pytest.raises(RuntimeError, match="a callback failed"):
+            SparkModel(mlp(), num_workers=2, seed=0).fit(x, y, epochs=1, batch_size=32, callbacks=[Fails()],
+                                                         verbose=0)
+        assert gc.get_threshold() == (500, 7, 9)
+
+        with FullCollectionsDeferred():
+            with FullCollectionsDeferred():
+                assert gc.get_threshold() == (500, 7, FullCollectionsDeferred.OUT_OF_REACH)
+            assert gc.get_threshold() == (500, 7, FullCollectionsDeferred.OUT_OF_REACH)
+        assert gc.get_threshold() == (500, 7, 9)
+    finally:
+        gc.set_threshold(*users)
+
+
 @pytest.mark.parametrize("strategy", ["averaging", "async"])
 def test_small_validation_data_is_scored_on_the_driver_as_the_workers_would(spark, strategy, monkeypatch):
     """Small validation data is read once and scored on the driver: the same figures, and the whole fit in one
