@@ -210,8 +210,8 @@ class SparkModel:
                          inputs=[p for p in (data, x) if isinstance(p, (str, os.PathLike))])
         self.strategy.check_model(self._model)
         spark = self.spark
+        # data resolution runs Spark jobs too: the console bars stay paused over it
         with console_progress_paused(spark), FullCollectionsDeferred(), contextlib.ExitStack() as releases:
-            # (data resolution runs Spark jobs too)
             history = self._fit(spark, releases, started, data, y, x, epochs, batch_size, validation_data,
                                 validation_split, features_col, label_col, callbacks, verbose, shuffle,
                                 initial_epoch, checkpoint_dir, weights, (weight_col, row_weights), validation_freq)

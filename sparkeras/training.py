@@ -233,9 +233,10 @@ class FullCollectionsDeferred:
     workers (parameter-server rounds, the all-reduce coordinator, the
     epoch's end), so a collection there idles every worker for its length.
     Python starts one once enough objects have outlived two young
-    collections; ``MLflowLogger``'s writes made that happen every few fits,
-    which is most of what tracking added to a fit's wall time beyond its own
-    work (BENCHMARKS.md, "What tracking costs").
+    collections, whatever allocated them: over 40 warm 1.6-s fits with
+    ``MLflowLogger``, one had one inside it, of 0.88 s (BENCHMARKS.md,
+    "Tracking over more rounds"). Rare, and then it costs most where the
+    workers wait.
 
     While a fit runs, the third threshold (young collections between full
     ones) is set out of reach; young collections go on as usual, so cycles

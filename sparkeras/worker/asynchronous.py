@@ -2,12 +2,12 @@
 
 A task joins the server (the center, and its own local state from its
 previous epoch), then trains its partition window by window with the
-model's own optimizer. Every ``window`` batches, and once more after the last batch
-so that no work is dropped, it talks to the server: the distributed
-optimizer's worker rule decides what to commit (a delta, a normalised
-delta, an elastic difference) and how to fold the center it gets back into
-the local weights. Only the model's float weights are shared; integer state
-(seed generators) stays local.
+model's own optimizer. Every ``window`` batches, and once more after the
+last batch so that no work is dropped, it talks to the server: the
+distributed optimizer's worker rule decides what to commit (a delta, a
+normalised delta, an elastic difference) and how to fold the center it gets
+back into the local weights. Only the model's float weights are shared;
+integer state (seed generators) stays local.
 
 The windows run on :class:`~sparkeras.worker.local_steps.LocalSteps`, one
 call of a traced loop per window on TensorFlow and JAX. Asynchronous rules
@@ -15,10 +15,10 @@ used to call it once per batch: a call per window had seemed to cost the
 Elephas README example 1.5-2 points. Measured again over 12 seeds each
 (``bench/elephas_example.py --seeds 0-11``, twice per way), per window gave
 gaps of -0.29 and -0.21 points against -0.38 and -0.71 per batch, and the
-call per batch cost ADAG's CNN epochs 11% (2.35 s against 2.1 s). Keras metrics add up over the
-epoch's batches as in ``fit``, so the task returns their states with its
-local state (weights and optimizer), which the driver hands back at the
-next epoch's join.
+call per batch cost ADAG's CNN epochs 11% (2.43 s against 2.15 s). Keras
+metrics add up over the epoch's batches as in ``fit``, so the task returns
+their states with its local state (weights and optimizer), which the driver
+hands back at the next epoch's join.
 """
 
 from __future__ import annotations
