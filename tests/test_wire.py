@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from sparkeras.comm.wire import FrameError, encode_frame, read_frame
+from sparkeras.comm.wire import FrameError, encode_frame, read_frame, signs_payloads, write_frame
 from sparkeras.progress import ProgressReporter, ProgressServer
 from sparkeras.serialization import pack_arrays, unpack_arrays
 
@@ -47,6 +47,45 @@ def test_truncated_frame_is_not_accepted():
     a.close()
     with pytest.raises(FrameError, match="truncated"):
         read_frame(b, SECRET, 1024)
+
+
+def _loopback_pair():
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        a = socket.create_connection(listener.getsockname()[:2])
+        b, _ = listener.accept()
+    b.settimeout(2)
+    return a, b
+
+
+def test_between_loopback_ends_a_frame_skips_only_its_payload_mac():
+    """The payload MAC is zeros and unchecked between two loopback ends (no one can alter those bytes); the
+    header MAC still proves every frame's sender, and anywhere else the payload MAC is written and checked."""
+    a, b = _loopback_pair()
+    assert not signs_payloads(a) and not signs_payloads(b)
+    write_frame(a, SECRET, {"epoch": 2}, b"weights")
+    raw = b.recv(4096)
+    assert raw.endswith(bytes(32) + b"weights")  # no payload MAC computed
+    sender, reader = _loopback_pair()
+    sender.sendall(raw)
+    assert read_frame(reader, SECRET, 1024) == ({"epoch": 2}, b"weights")
+    a.sendall(encode_frame(b"x" * 32, {"epoch": 3}, b"weights", sign_payload=False))
+    with pytest.raises(FrameError, match="frame signature does not match"):  # a stranger's header
+        read_frame(b, SECRET, 1024)
+
+    u, v = _pair()  # a Unix socket: signed and checked
+    assert signs_payloads(u)
+    u.sendall(encode_frame(SECRET, {"epoch": 4}, b"weights", sign_payload=False))
+    with pytest.raises(FrameError, match="payload signature does not match"):
+        read_frame(v, SECRET, 1024)
+    for host, signed in (("10.1.2.3", True), ("192.168.0.7", True), ("127.0.0.5", False), ("::1", False),
+                         ("::ffff:127.0.0.1", False), ("::ffff:10.1.2.3", True)):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as peer:  # connect() of UDP sends nothing
+            try:
+                peer.connect((host, 9))
+            except OSError:  # no IPv6 on this machine
+                continue
+            assert signs_payloads(peer) is signed, host
 
 
 def test_array_codec_round_trip_and_refusals():

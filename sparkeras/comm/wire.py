@@ -15,12 +15,29 @@ limit can then depend on the message type (``limit`` may be a function of
 the authenticated header), and the payload is read in bounded chunks, so
 memory grows only as bytes actually arrive. The payload MAC covers the
 header MAC and the payload.
+
+Why no payload MAC between two loopback ends. Every frame's header is still
+signed, so each frame still proves its sender holds the secret. What the
+payload MAC adds is integrity against someone who alters bytes in flight
+between two authenticated peers. On a TCP connection whose ends are both
+this machine's loopback interface no one can: the bytes never leave the
+kernel, and seeing or injecting loopback traffic needs root, which owns
+the processes at both ends anyway (the same reasoning as Spark's own
+Python workers over Unix sockets, and as the all-reduce ring, whose arrays
+follow an authenticated handshake unsigned). The payload MAC was measured
+to be most of a parameter-server round trip: HMAC-SHA256 costs 0.22 ms for
+an MLP's 400 KB of weights, four times per exchange, and a round trip took
+1.6-1.8 ms with it against 0.7-0.8 ms without (one process each side);
+a local ``averaging`` or ``adag`` fit of that MLP spent 8-12% of its epoch
+on it. So there the field is zeros and is not checked; anywhere else
+(another host's address, a Unix socket) it is written and checked.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import socket
 import struct
@@ -54,17 +71,34 @@ def _payload_mac(secret: bytes, head_mac: bytes, payload: bytes) -> bytes:
     return mac.digest()
 
 
-def encode_frame(secret: bytes, header: dict[str, Any], payload: bytes = b"") -> bytes:
+def encode_frame(secret: bytes, header: dict[str, Any], payload: bytes = b"", sign_payload: bool = True) -> bytes:
+    """One frame; ``sign_payload=False`` leaves the payload MAC zeros (a loopback connection, see above)."""
     head = json.dumps(header, separators=(",", ":")).encode()
     if len(head) > MAX_HEADER:
         raise FrameError(f"frame header of {len(head)} bytes exceeds {MAX_HEADER}")
     prefix = _PREFIX.pack(MAGIC, len(head), len(payload))
     head_mac = _header_mac(secret, prefix, head)
-    return b"".join([prefix, head_mac, head, _payload_mac(secret, head_mac, payload), payload])
+    payload_mac = _payload_mac(secret, head_mac, payload) if sign_payload else _UNSIGNED
+    return b"".join([prefix, head_mac, head, payload_mac, payload])
+
+
+_UNSIGNED = bytes(_MAC_SIZE)
+
+
+def signs_payloads(sock: socket.socket) -> bool:
+    """Whether frames on ``sock`` carry a payload MAC: all but a TCP connection between loopback ends."""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return True
+    try:
+        address = ipaddress.ip_address(sock.getpeername()[0].split("%")[0])
+    except (OSError, ValueError):
+        return True
+    mapped = getattr(address, "ipv4_mapped", None)
+    return not (mapped or address).is_loopback
 
 
 def write_frame(sock: socket.socket, secret: bytes, header: dict[str, Any], payload: bytes = b"") -> None:
-    sock.sendall(encode_frame(secret, header, payload))
+    sock.sendall(encode_frame(secret, header, payload, signs_payloads(sock)))
 
 
 def _read_exact(sock: socket.socket, n: int, started: bool = True, deadline: float | None = None) -> bytes:
@@ -144,6 +178,6 @@ def read_frame(sock: socket.socket, secret: bytes, limit: PayloadLimit,
         sock.settimeout(previous_timeout)
     payload_mac = _read_exact(sock, _MAC_SIZE)
     payload = _read_payload(sock, payload_len)
-    if not hmac.compare_digest(payload_mac, _payload_mac(secret, head_mac, payload)):
+    if signs_payloads(sock) and not hmac.compare_digest(payload_mac, _payload_mac(secret, head_mac, payload)):
         raise FrameError("frame payload signature does not match this fit's secret")
     return header, payload
