@@ -83,8 +83,10 @@ def test_between_loopback_ends_a_frame_skips_only_its_payload_mac():
         with socket.socket(family, socket.SOCK_DGRAM) as peer:  # connect() of UDP sends nothing
             try:
                 peer.connect((host, 9))
-            except OSError:  # no IPv6 on this machine
-                continue
+            except OSError:
+                if family == socket.AF_INET6:  # no IPv6 on this machine
+                    continue
+                raise
             assert signs_payloads(peer) is signed, host
 
 
