@@ -184,8 +184,12 @@ def test_a_fit_uses_the_window_chosen_for_its_workers_and_keeps_its_setting(spar
 
 
 def test_scale_factor_follows_the_optimizer_family():
-    assert scale_factor("auto", keras.optimizers.Adam(), 4) == pytest.approx(2.0)
+    assert scale_factor("auto", keras.optimizers.Adam(), 2) == 2.0  # the Adam family: linear up to 2 workers
+    assert scale_factor("auto", keras.optimizers.AdamW(), 2) == 2.0
+    assert scale_factor("auto", keras.optimizers.Adam(), 3) == pytest.approx(math.sqrt(3))
+    assert scale_factor("auto", keras.optimizers.Adam(), 9) == pytest.approx(3.0)
     assert scale_factor("auto", keras.optimizers.RMSprop(), 2) == pytest.approx(math.sqrt(2))
+    assert scale_factor("auto", keras.optimizers.Adagrad(), 2) == pytest.approx(math.sqrt(2))
     assert scale_factor("auto", keras.optimizers.SGD(), 4) == 4.0
     assert scale_factor("linear", keras.optimizers.Adam(), 4) == 4.0
     assert scale_factor("sqrt", keras.optimizers.SGD(), 9) == 3.0

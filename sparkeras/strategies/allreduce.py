@@ -62,8 +62,9 @@ class AllReduce(Strategy):
             averages the moving statistics at each epoch end.
         learning_rate_scaling: how the learning rate grows with the global
             batch (``num_workers`` times the ``batch_size`` of ``fit``):
-            ``"auto"`` (default) scales by ``sqrt(num_workers)`` for adaptive
-            optimizers (Adam, RMSprop...) and by ``num_workers`` for SGD;
+            ``"auto"`` (default) scales by ``num_workers`` for SGD, and for
+            the Adam family with 2 workers, and by ``sqrt(num_workers)``
+            for other adaptive optimizers (RMSprop...) and more workers;
             ``"linear"``, ``"sqrt"``, or ``None`` to keep the model's rate
             (then training equals one process with the global batch). See
             :mod:`sparkeras.worker.learning_rate`.
