@@ -433,14 +433,14 @@ def _fits_the_simulated_warmup(sm, x, y, want, cold, rate):
 
 @pytest.mark.parametrize("rule", ["averaging", "easgd"])
 def test_a_warmup_asked_for_ramps_two_workers_rate_in_the_rounds_at_the_server(spark, rule):
-    # 2 workers (no warmup by default) with warmup_epochs=1: twice Adam's rate, reached over the first epoch's
-    # 3 windows (1, 4/3 and 5/3 times it), in the server's synchronous rounds in one Spark job, across an
-    # epoch boundary.
+    # 2 workers with warmup_epochs=1: twice Adam's rate for averaging (no warmup by default), 3 times for
+    # easgd (a quarter epoch by default), reached over the first epoch's 3 windows, in the server's
+    # synchronous rounds in one Spark job, across an epoch boundary.
     x, y = blobs(2 * 96, seed=8)
     model = mlp(seed=3)
     simulate = partial(_simulate_averaging, momentum=0.0) if rule == "averaging" else partial(_simulate_easgd,
                                                                                             alpha=0.45)
-    run = dict(workers=2, batch=16, window=2, epochs=2, rate_factor=2.0)
+    run = dict(workers=2, batch=16, window=2, epochs=2, rate_factor=2.0 if rule == "averaging" else 3.0)
     want, cold = simulate(model, x, y, warmup_epochs=1.0, **run), simulate(model, x, y, **run)
     sm = SparkModel(model, strategy=rule, num_workers=2, seed=0, window=2, warmup_epochs=1)
     _fits_the_simulated_warmup(sm, x, y, want, cold, rate=0.001)
@@ -504,9 +504,9 @@ def test_batch_norm_statistics_forget_per_row_as_in_one_process(spark, strategy,
 
 @pytest.mark.parametrize("optimizer, two_workers, four_workers, eight_workers", [
     (lambda: keras.optimizers.SGD(0.05), 2.0, 4.0, 8.0),
-    (lambda: keras.optimizers.Adam(1e-3), 2.0, 4.0, 4.0),
-    (lambda: keras.optimizers.RMSprop(1e-3), 2.0, 4.0, 4.0),
-    (lambda: keras.optimizers.Adagrad(1e-2), 2.0, 4.0, 4.0),
+    (lambda: keras.optimizers.Adam(1e-3), 3.0, 4.0, 4.0),
+    (lambda: keras.optimizers.RMSprop(1e-3), 3.0, 4.0, 4.0),
+    (lambda: keras.optimizers.Adagrad(1e-2), 3.0, 4.0, 4.0),
     (lambda: keras.optimizers.Adam(keras.optimizers.schedules.ExponentialDecay(0.01, 10, 0.9)), 1.0, 1.0, 1.0),
     (lambda: keras.optimizers.RMSprop(keras.optimizers.schedules.ExponentialDecay(0.01, 10, 0.9)), 1.0, 1.0, 1.0),
 ], ids=["sgd", "adam", "rmsprop", "adagrad", "adam-schedule", "rmsprop-schedule"])
@@ -514,8 +514,10 @@ def test_elastic_averaging_workers_train_at_a_multiple_of_the_rate_by_the_optimi
         optimizer, two_workers, four_workers, eight_workers):
     """EASGD's center moves about 1/(N+1) as far per epoch as one process at the user's rate; ``"auto"`` trains
     the workers at N times SGD's rate and ``min(N, 4)`` times an adaptive optimizer's (RMSprop and Adagrad too,
-    unlike model averaging), reached over a first-epoch warmup from 3 workers on, and leaves schedules at the
-    user's. Without the warmup an adaptive optimizer's factor is ``min(N, 1 + N/2, 3)``."""
+    unlike model averaging), reached over a first-epoch warmup from 3 workers on; 2 synchronous workers train
+    at ``N + 1 = 3`` times an adaptive rate, reached over a quarter epoch, for the center to keep one process'
+    pace (asynchronous ones at twice it). Schedules stay at the user's rate. Without the warmup an adaptive
+    optimizer's factor is ``min(N, 1 + N/2, 3)``."""
     from sparkeras import AEASGD, EAMSGD, EASGD
 
     strategy = EASGD()
@@ -532,7 +534,10 @@ def test_elastic_averaging_workers_train_at_a_multiple_of_the_rate_by_the_optimi
     off.check_model(mlp(seed=1, optimizer=optimizer()))
     assert off.rate_factor(4) == 1.0
     adaptive = eight_workers == 4.0  # the adaptive optimizers, capped at 4 (SGD: N)
-    assert [strategy.warmup_for(n) for n in (2, 3, 8)] == ([0.0, 1.0, 1.0] if adaptive else [0.0] * 3)
+    assert [strategy.warmup_for(n) for n in (2, 3, 8)] == ([0.25, 1.0, 1.0] if adaptive else [0.0] * 3)
+    asynchronous = AEASGD()
+    asynchronous.check_model(mlp(seed=1, optimizer=optimizer()))
+    assert (asynchronous.rate_factor(2), asynchronous.warmup_for(2)) == (min(two_workers, 2.0), 0.0)
     cold = EASGD(warmup_epochs=0)
     cold.check_model(mlp(seed=1, optimizer=optimizer()))
     assert (cold.rate_factor(2), cold.rate_factor(4), cold.rate_factor(8)) == \
@@ -592,11 +597,14 @@ def _simulate_easgd(model, x, y, workers, batch, window, epochs, alpha, rate_fac
     return center
 
 
-def test_two_worker_elastic_averaging_trains_its_workers_at_twice_adams_rate(spark):
-    # 96 rows per worker: 6 batches of 16, windows of 4 -> 2 rounds per epoch, across an epoch boundary.
+def test_two_worker_elastic_averaging_trains_its_workers_at_three_times_adams_rate_after_a_quarter_epoch(spark):
+    # 96 rows per worker: 6 batches of 16, windows of 4 -> 2 rounds per epoch, across an epoch boundary. The
+    # quarter epoch's warmup (1.5 batches) ends after the first window: it trains at the model's rate, the rest
+    # at 3 times it.
     x, y = blobs(2 * 96, seed=8)
     model = mlp(seed=3)
-    want = _simulate_easgd(model, x, y, workers=2, batch=16, window=4, epochs=2, alpha=0.45, rate_factor=2.0)
+    want = _simulate_easgd(model, x, y, workers=2, batch=16, window=4, epochs=2, alpha=0.45, rate_factor=3.0,
+                           warmup_epochs=0.25)
     unscaled = _simulate_easgd(model, x, y, workers=2, batch=16, window=4, epochs=2, alpha=0.45, rate_factor=1.0)
     sm = SparkModel(model, strategy="easgd", num_workers=2, seed=0, window=4)
     sm.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
