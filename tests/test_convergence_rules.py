@@ -184,9 +184,10 @@ def test_a_fit_uses_the_window_chosen_for_its_workers_and_keeps_its_setting(spar
 
 
 def test_scale_factor_follows_the_optimizer_family():
-    assert scale_factor("auto", keras.optimizers.Adam(), 2) == 2.0  # the Adam family: linear up to 2 workers
+    assert scale_factor("auto", keras.optimizers.Adam(), 2) == 2.0  # the Adam family: linear up to 4 workers
     assert scale_factor("auto", keras.optimizers.AdamW(), 2) == 2.0
-    assert scale_factor("auto", keras.optimizers.Adam(), 3) == pytest.approx(math.sqrt(3))
+    assert scale_factor("auto", keras.optimizers.Adam(), 4) == 4.0
+    assert scale_factor("auto", keras.optimizers.Adam(), 5) == pytest.approx(math.sqrt(5))
     assert scale_factor("auto", keras.optimizers.Adam(), 9) == pytest.approx(3.0)
     assert scale_factor("auto", keras.optimizers.RMSprop(), 2) == pytest.approx(math.sqrt(2))
     assert scale_factor("auto", keras.optimizers.Adagrad(), 2) == pytest.approx(math.sqrt(2))
@@ -195,6 +196,19 @@ def test_scale_factor_follows_the_optimizer_family():
     assert scale_factor("sqrt", keras.optimizers.SGD(), 9) == 3.0
     assert scale_factor("none", keras.optimizers.SGD(), 4) == 1.0
     assert scale_factor("auto", keras.optimizers.SGD(), 1) == 1.0
+
+
+def test_allreduce_warms_the_adam_familys_linear_rule_up_over_an_epoch_above_two_workers():
+    from sparkeras.worker.learning_rate import allreduce_warmup_epochs
+
+    adam, sgd, rmsprop = keras.optimizers.Adam(), keras.optimizers.SGD(), keras.optimizers.RMSprop()
+    assert [allreduce_warmup_epochs(None, "auto", adam, n) for n in (2, 3, 4, 5, 8)] == [0.25, 1.0, 1.0, 0.25, 0.25]
+    assert allreduce_warmup_epochs(None, "auto", sgd, 4) == 0.25  # SGD's linear rule keeps a quarter epoch
+    assert allreduce_warmup_epochs(None, "auto", rmsprop, 4) == 0.25  # sqrt(N)
+    assert allreduce_warmup_epochs(None, "linear", adam, 4) == 0.25  # asked for: the rule's own warmup
+    assert allreduce_warmup_epochs(0.5, "auto", adam, 4) == 0.5
+    assert AllReduce().get_config()["warmup_epochs"] is None
+    assert AllReduce(**AllReduce(warmup_epochs=2).get_config()).warmup_epochs == 2.0
 
 
 def test_warmup_rises_linearly_to_the_scaled_rate():

@@ -37,7 +37,7 @@ from sparkeras.serialization import pack_arrays, unpack_arrays
 from sparkeras.session import driver_host
 from sparkeras.strategies.base import Strategy
 from sparkeras.strategies.epochs import TaggedJob, SlotWatch, check_restart_settings, wait_for_slots
-from sparkeras.worker.learning_rate import check_rule, scale_factor
+from sparkeras.worker.learning_rate import allreduce_warmup_epochs, check_rule, scale_factor
 from sparkeras.training import TrainingJob
 from sparkeras.worker.backends import BACKENDS
 from sparkeras.worker.allreduce import TRAIN, VALIDATION, BarrierSpec, train_barrier
@@ -63,13 +63,16 @@ class AllReduce(Strategy):
         learning_rate_scaling: how the learning rate grows with the global
             batch (``num_workers`` times the ``batch_size`` of ``fit``):
             ``"auto"`` (default) scales by ``num_workers`` for SGD, and for
-            the Adam family with 2 workers, and by ``sqrt(num_workers)``
+            the Adam family up to 4 workers, and by ``sqrt(num_workers)``
             for other adaptive optimizers (RMSprop...) and more workers;
             ``"linear"``, ``"sqrt"``, or ``None`` to keep the model's rate
             (then training equals one process with the global batch). See
             :mod:`sparkeras.worker.learning_rate`.
         warmup_epochs: epochs over which the rate rises linearly from the
-            model's rate to the scaled one. A quarter epoch by default:
+            model's rate to the scaled one. ``None`` (default): one epoch
+            for the Adam family's linear rule above 2 workers, as model
+            averaging's (:data:`~sparkeras.worker.learning_rate.ADAM_FAMILY_WARMUP_EPOCHS`),
+            else a quarter epoch:
             against a whole one, on eight tasks with 2 and 4 workers (Adam,
             RMSprop, and momentum SGD, whose rate doubles or quadruples),
             the first epochs were ahead, the model at the last epoch stayed
@@ -102,7 +105,7 @@ class AllReduce(Strategy):
     def __init__(self, timeout: float = DEFAULT_TIMEOUT, max_restarts: int = 2,
                  checkpoint_dir: str | None = None, sync_batch_norm: bool = True,
                  shared_memory: bool = True, learning_rate_scaling: str | None = "auto",
-                 warmup_epochs: float = 0.25, slot_timeout: float = 120.0, min_workers: int | None = None) -> None:
+                 warmup_epochs: float | None = None, slot_timeout: float = 120.0, min_workers: int | None = None) -> None:
         if not isinstance(timeout, (int, float)) or timeout <= 0:
             raise InputError(f"timeout must be a positive number of seconds, got {timeout!r}.")
         if min_workers is not None and (isinstance(min_workers, bool) or not isinstance(min_workers, int)
@@ -115,9 +118,10 @@ class AllReduce(Strategy):
             self.learning_rate_scaling = check_rule(learning_rate_scaling)
         except ValueError as exc:
             raise InputError(f"{exc}.") from None
-        if not isinstance(warmup_epochs, (int, float)) or warmup_epochs < 0:
-            raise InputError(f"warmup_epochs must be a non-negative number, got {warmup_epochs!r}.")
-        self.warmup_epochs = float(warmup_epochs)
+        if warmup_epochs is not None and (not isinstance(warmup_epochs, (int, float)) or warmup_epochs < 0):
+            raise InputError(f"warmup_epochs must be a non-negative number or None (the rule's own), "
+                             f"got {warmup_epochs!r}.")
+        self.warmup_epochs = None if warmup_epochs is None else float(warmup_epochs)
         self.slot_timeout = float(slot_timeout)
         self.timeout = float(timeout)
         self.max_restarts = max_restarts
@@ -221,9 +225,10 @@ class AllReduce(Strategy):
             shuffle=job.shuffle, rows=rows, validation=job.validation is not None,
             validation_freq=job.validation_freq, sync_batch_norm=self.sync_batch_norm,
             fail_once=self.fail_once, hold_once=self.hold_once)
-        spec = replace(spec, learning_rate_scale=scale_factor(self.learning_rate_scaling, job.model.optimizer,
-                                                              workers),
-                       warmup_steps=round(self.warmup_epochs * spec.steps), start_step=start_step)
+        optimizer = job.model.optimizer
+        warmup = allreduce_warmup_epochs(self.warmup_epochs, self.learning_rate_scaling, optimizer, workers)
+        spec = replace(spec, learning_rate_scale=scale_factor(self.learning_rate_scaling, optimizer, workers),
+                       warmup_steps=round(warmup * spec.steps), start_step=start_step)
         return spec, _barrier_input(job.train, job.validation, workers)
 
     def _workers_left(self, job: TrainingJob, lost: ClusterCapacityError) -> int:

@@ -20,9 +20,10 @@ The rule that restores the progress depends on the optimizer:
   within 0.5 points at every epoch.
 * Except the Adam family (a first moment: Adam, AdamW, Nadam, Adamax,
   Lion) with at most :data:`ADAPTIVE_LINEAR_UP_TO` workers: linearly, as
-  model averaging scales it. The square-root rule matches the small-batch
-  trajectory only where the steps are many and noisy; a model with few
-  steps per epoch falls an epoch behind (see the constant).
+  model averaging scales it, reached over a first epoch above 2 workers.
+  The square-root rule matches the small-batch trajectory only where the
+  steps are many and noisy; a model with few steps per epoch falls one or
+  more epochs behind (see the constant).
 
 The scaled rate is reached by a linear warmup from the user's rate over the
 first ``warmup_epochs`` (Goyal et al.), which keeps the first steps, taken
@@ -128,27 +129,42 @@ def check_constant_rate(strategy: str, optimizer: Any, fix: str) -> None:
             f"follows a schedule. Compile it with a number as learning_rate{fix}")
 
 
-ADAPTIVE_LINEAR_UP_TO = 2
+ADAPTIVE_LINEAR_UP_TO = 4
 """The most all-reduce workers whose Adam-family rate grows linearly under ``"auto"``; more get ``sqrt(N)``.
 
-With 2 workers all-reduce takes half the steps of ``model.fit`` per
-epoch. At ``sqrt(2)`` times Adam's rate that left models with few steps an
-epoch behind: a two-input, two-output model on 4,800 rows (75 global
-steps an epoch) ended its 4 epochs at 0.888 held-out accuracy against
-plain's 0.961 (0.966 at twice the rate). Simulated exactly
-(``bench/convergence_study.py --allreduce``, quarter-epoch warmup), on the
-seven Adam held-out problems of ``bench/more_problems.py`` twice the rate
-ended ahead of ``sqrt`` on five (a Conv1D classifier 0.673 against 0.647,
-plain 0.651; an LSTM regression's error 0.0041 against 0.0081, plain
-0.0103; digits 0.958 against 0.947), level on one, and on the last both
-ended above plain; it was ahead on the sequence and CNN tasks at every
-epoch. The cost: the label-noise MLP, which overfits after its eighth
-epoch, peaks two epochs sooner and higher, and so ends its tenth 0.6-1.0
-points below plain instead of level. With 4 workers, 4 times the rate
-lost 1.9 points on that MLP and on a token classifier, so ``sqrt(N)``
-stays there (BENCHMARKS.md, "All-reduce's Adam family at twice the rate
-with 2 workers").
+With N workers all-reduce takes ``1 / N`` of ``model.fit``'s steps per
+epoch. At ``sqrt(N)`` times Adam's rate that left models with few steps
+behind: a two-input, two-output model on 4,800 rows ended its fourth
+epoch at 0.888 held-out accuracy with 2 workers and 0.806 with 4, against
+plain's 0.961; at N times the rate, 0.966 and 0.965. Simulated exactly
+(``bench/convergence_study.py --allreduce``), on the seven Adam held-out
+problems of ``bench/more_problems.py`` twice the rate with 2 workers
+ended ahead of ``sqrt`` on five (a Conv1D classifier 0.673 against
+0.647, plain 0.651; an LSTM regression's error 0.0041 against 0.0081,
+plain 0.0103; digits 0.958 against 0.947), level on one, and on the last
+both ended above plain; with 4 workers 4 times the rate, reached over
+the first epoch (:data:`ADAM_FAMILY_WARMUP_EPOCHS`), ended ahead on all
+seven and on the sequence and CNN tasks (the CNN 0.885 against 0.873,
+plain 0.886). The cost: the label-noise MLP, which overfits after its
+eighth epoch, peaks sooner and higher, and so ends its tenth below plain
+instead of level: 0.6-1.0 points with 2 workers, 2.3 with 4
+(BENCHMARKS.md, "All-reduce's Adam family at twice the rate with 2
+workers" and "... at 4 times the rate with 4"). More than 4 workers were
+not measured and keep ``sqrt(N)``.
 """
+
+ADAM_FAMILY_WARMUP_EPOCHS = 1.0
+"""All-reduce's default warmup for the Adam family's linear rule above 2 workers, as model averaging's.
+
+Reached over a quarter epoch, 4 times Adam's rate left a token classifier
+1.9 points behind one process (0.895 against 0.915); over one epoch, 0.6
+(0.910). Up to 2 workers, and for every other rule, the warmup stays a
+quarter epoch."""
+
+
+def adam_family(optimizer: Any) -> bool:
+    """Whether ``optimizer`` is adaptive with a first moment (``beta_1``): Adam, AdamW, Nadam, Adamax, Lion."""
+    return is_adaptive(optimizer) and hasattr(optimizer, "beta_1")
 
 
 def auto_rule(optimizer: Any, workers: int) -> str:
@@ -156,7 +172,16 @@ def auto_rule(optimizer: Any, workers: int) -> str:
     :data:`ADAPTIVE_LINEAR_UP_TO` workers, ``"sqrt"`` for other adaptive optimizers and more workers."""
     if not is_adaptive(optimizer):
         return "linear"
-    return "linear" if hasattr(optimizer, "beta_1") and workers <= ADAPTIVE_LINEAR_UP_TO else "sqrt"
+    return "linear" if adam_family(optimizer) and workers <= ADAPTIVE_LINEAR_UP_TO else "sqrt"
+
+
+def allreduce_warmup_epochs(setting: float | None, rule: str, optimizer: Any, workers: int) -> float:
+    """All-reduce's warmup in epochs: ``setting`` if given; else :data:`ADAM_FAMILY_WARMUP_EPOCHS` where
+    ``"auto"`` scales the Adam family linearly above :data:`ADAPTIVE_WARMUP_ABOVE` workers, else a quarter."""
+    if setting is not None:
+        return setting
+    linear_adam = rule == "auto" and adam_family(optimizer) and auto_rule(optimizer, workers) == "linear"
+    return ADAM_FAMILY_WARMUP_EPOCHS if linear_adam and workers > ADAPTIVE_WARMUP_ABOVE else 0.25
 
 
 def scale_factor(rule: str, optimizer: Any, workers: int) -> float:
