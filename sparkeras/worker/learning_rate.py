@@ -149,8 +149,8 @@ plain 0.886). The cost: the label-noise MLP, which overfits after its
 eighth epoch, peaks sooner and higher, and so ends its tenth below plain
 instead of level: 0.6-1.0 points with 2 workers, 2.3 with 4
 (BENCHMARKS.md, "All-reduce's Adam family at twice the rate with 2
-workers" and "... at 4 times the rate with 4"). More than 4 workers were
-not measured and keep ``sqrt(N)``.
+workers" and "All-reduce's Adam family at 4 times the rate with 4
+workers"). More than 4 workers were not measured and keep ``sqrt(N)``.
 """
 
 ADAM_FAMILY_WARMUP_EPOCHS = 1.0
