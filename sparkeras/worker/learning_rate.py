@@ -92,6 +92,11 @@ averaging's momentum.
 """
 
 
+def adam_family(optimizer: Any) -> bool:
+    """Whether ``optimizer`` is adaptive with a first moment (``beta_1``): Adam, AdamW, Nadam, Adamax, Lion."""
+    return is_adaptive(optimizer) and hasattr(optimizer, "beta_1")
+
+
 def local_rate_rule(optimizer: Any) -> str | None:
     """``learning_rate_scaling="auto"`` for workers that each train their own copy between exchanges.
 
@@ -112,7 +117,7 @@ def local_rate_rule(optimizer: Any) -> str | None:
         return None
     if not is_adaptive(optimizer):
         return "linear"
-    return ADAPTIVE_AUTO if hasattr(optimizer, "beta_1") else None
+    return ADAPTIVE_AUTO if adam_family(optimizer) else None
 
 
 def check_constant_rate(strategy: str, optimizer: Any, fix: str) -> None:
@@ -165,11 +170,6 @@ Reached over a quarter epoch, 4 times Adam's rate left a token classifier
 DEFAULT_WARMUP_EPOCHS = 0.25
 """All-reduce's warmup otherwise: against a whole epoch, the first epochs were ahead and the last as close to
 ``model.fit`` (BENCHMARKS.md, "The learning-rate warmup: a quarter epoch instead of one")."""
-
-
-def adam_family(optimizer: Any) -> bool:
-    """Whether ``optimizer`` is adaptive with a first moment (``beta_1``): Adam, AdamW, Nadam, Adamax, Lion."""
-    return is_adaptive(optimizer) and hasattr(optimizer, "beta_1")
 
 
 def auto_rule(optimizer: Any, workers: int) -> str:
