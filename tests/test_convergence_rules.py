@@ -518,19 +518,19 @@ def test_batch_norm_statistics_forget_per_row_as_in_one_process(spark, strategy,
 
 @pytest.mark.parametrize("optimizer, two_workers, four_workers, eight_workers", [
     (lambda: keras.optimizers.SGD(0.05), 2.0, 4.0, 8.0),
-    (lambda: keras.optimizers.Adam(1e-3), 3.0, 4.0, 4.0),
-    (lambda: keras.optimizers.RMSprop(1e-3), 3.0, 4.0, 4.0),
-    (lambda: keras.optimizers.Adagrad(1e-2), 3.0, 4.0, 4.0),
+    (lambda: keras.optimizers.Adam(1e-3), 3.0, 5.0, 5.0),
+    (lambda: keras.optimizers.RMSprop(1e-3), 3.0, 5.0, 5.0),
+    (lambda: keras.optimizers.Adagrad(1e-2), 3.0, 5.0, 5.0),
     (lambda: keras.optimizers.Adam(keras.optimizers.schedules.ExponentialDecay(0.01, 10, 0.9)), 1.0, 1.0, 1.0),
     (lambda: keras.optimizers.RMSprop(keras.optimizers.schedules.ExponentialDecay(0.01, 10, 0.9)), 1.0, 1.0, 1.0),
 ], ids=["sgd", "adam", "rmsprop", "adagrad", "adam-schedule", "rmsprop-schedule"])
 def test_elastic_averaging_workers_train_at_a_multiple_of_the_rate_by_the_optimizer_family(
         optimizer, two_workers, four_workers, eight_workers):
     """EASGD's center moves about 1/(N+1) as far per epoch as one process at the user's rate; ``"auto"`` trains
-    the workers at N times SGD's rate and ``min(N, 4)`` times an adaptive optimizer's (RMSprop and Adagrad too,
-    unlike model averaging), reached over a first-epoch warmup from 3 workers on; 2 synchronous workers train
-    at ``N + 1 = 3`` times an adaptive rate, reached over a quarter epoch, for the center to keep one process'
-    pace (asynchronous ones at twice it). Schedules stay at the user's rate. Without the warmup an adaptive
+    the workers at N times SGD's rate and synchronous workers at ``min(N + 1, 5)`` times an adaptive optimizer's
+    (RMSprop and Adagrad too, unlike model averaging), for the center to keep one process' pace, reached over a
+    quarter epoch with 2 workers and over the first epoch from 3 on. Asynchronous workers train at ``min(N, 4)``
+    times an adaptive rate (twice it with 2). Schedules stay at the user's rate. Without the warmup an adaptive
     optimizer's factor is ``min(N, 1 + N/2, 3)``."""
     from sparkeras import AEASGD, EAMSGD, EASGD
 
@@ -547,11 +547,15 @@ def test_elastic_averaging_workers_train_at_a_multiple_of_the_rate_by_the_optimi
     off = EASGD(learning_rate_scaling=None)
     off.check_model(mlp(seed=1, optimizer=optimizer()))
     assert off.rate_factor(4) == 1.0
-    adaptive = eight_workers == 4.0  # the adaptive optimizers, capped at 4 (SGD: N)
+    adaptive = eight_workers == 5.0  # the adaptive optimizers, capped at 5 (SGD: N)
     assert [strategy.warmup_for(n) for n in (2, 3, 8)] == ([0.25, 1.0, 1.0] if adaptive else [0.0] * 3)
+    assert strategy.rate_factor(3) == (4.0 if adaptive else 3.0 if two_workers == 2.0 else 1.0)  # N + 1; SGD N
     asynchronous = AEASGD()
     asynchronous.check_model(mlp(seed=1, optimizer=optimizer()))
     assert (asynchronous.rate_factor(2), asynchronous.warmup_for(2)) == (min(two_workers, 2.0), 0.0)
+    assert (asynchronous.rate_factor(4), asynchronous.rate_factor(8)) == \
+        ((4.0, 4.0) if adaptive else (four_workers, eight_workers))
+    assert asynchronous.warmup_for(4) == (1.0 if adaptive else 0.0)
     cold = EASGD(warmup_epochs=0)
     cold.check_model(mlp(seed=1, optimizer=optimizer()))
     assert (cold.rate_factor(2), cold.rate_factor(4), cold.rate_factor(8)) == \

@@ -589,15 +589,17 @@ class Downpour(DistributedOptimizer):
 
 
 ELASTIC_ADAPTIVE_MOST = 4.0
-"""The largest multiple of an adaptive optimizer's rate that elastic averaging's workers train at, reached over
-a first-epoch warmup (see :class:`EASGD`)."""
+"""The largest multiple of an adaptive optimizer's rate that asynchronous elastic workers (:class:`AEASGD`) train
+at, reached over a first-epoch warmup; synchronous ones go to :data:`ELASTIC_FULL_PACE_MOST` (see
+:class:`EASGD`)."""
 
 ELASTIC_ADAPTIVE_MOST_UNWARMED = 3.0
 """The same without a warmup (``warmup_epochs=0``): 4 times Adam's rate from the first step cost the benchmark CNN
 2 points with 4 workers."""
 
 ELASTIC_PAIR_WARMUP_EPOCHS = 0.25
-"""The epochs over which 2 synchronous elastic workers reach ``N + 1 = 3`` times an adaptive optimizer's rate.
+"""The epochs over which 2 synchronous elastic workers reach ``N + 1 = 3`` times an adaptive optimizer's rate
+(more workers reach ``N + 1`` over a first epoch: see :data:`ELASTIC_FULL_PACE_MOST`).
 
 In steady state the center moves ``N / (N + 1)`` of one worker's step per
 round (see :class:`EASGD`), and each worker takes ``1 / N`` of an epoch's
@@ -612,6 +614,25 @@ process than twice it on all eight held-out problems with Adam or RMSprop
 and level or ahead on the four benchmark tasks (the label-noise MLP 0.690
 against 0.687, one process 0.681); BENCHMARKS.md, "Elastic averaging's two
 workers at three times the rate".
+"""
+
+ELASTIC_FULL_PACE_MOST = 5.0
+"""The largest multiple of an adaptive optimizer's rate that synchronous elastic workers train at under
+``"auto"``: ``N + 1``, for the center to keep one process' pace (:data:`ELASTIC_PAIR_WARMUP_EPOCHS`), at
+most 5.
+
+With more than 2 workers the rate is reached over a first epoch. Until
+the fifty-second stop they trained at ``min(N, 4)`` times it, ``N / (N +
+1)`` of one process' pace with 3 and 4 workers. Simulated with seeded
+models (``bench/convergence_study.py --ps``; BENCHMARKS.md, "Elastic
+averaging's workers at N + 1 times the rate up to 4 workers"), ``N + 1``
+ended closer to one process on 15 of 16 held-out runs with 4 workers (the
+other level) and 6 of 7 with 3; the four benchmark tasks ended within 0.3
+points of one process or above it. With 8 workers 5 times against 4 was
+ahead on the benchmark CNN (0.860 against 0.856) and on 5 of 7 held-out
+problems, and 13% behind on an autoencoder's loss; 9 times was not tried,
+since 5 times the rate from the first step had cost 8 workers' CNN 13
+points (forty-first stop).
 """
 
 def warmup_epochs_for(setting: float | None, scaling: str | None, num_workers: int) -> float:
@@ -996,13 +1017,14 @@ class EASGD(ScaledWorkerRate, DistributedOptimizer):
     benchmark MLP ended 8.7 points below ``model.fit`` at equal epochs with
     2 workers. ``learning_rate_scaling="auto"`` trains SGD's workers at N
     times the rate and those of adaptive optimizers (Adam, RMSprop...: see
-    :func:`elastic_rate_rule`) at ``N`` times it, at most
-    :data:`ELASTIC_ADAPTIVE_MOST` (4 times from 4 on), reached over the
-    first epoch from the model's rate with more than 2 workers
-    (``warmup_epochs``, as model averaging's). Two synchronous workers
-    train at ``N + 1 = 3`` times an adaptive rate, reached over a quarter
-    epoch, which gives the center one process' pace
-    (:data:`ELASTIC_PAIR_WARMUP_EPOCHS`). Measured with
+    :func:`elastic_rate_rule`) at ``N + 1`` times it, which gives the center
+    one process' pace, at most :data:`ELASTIC_FULL_PACE_MOST` (5 times from
+    4 workers on); 2 workers reach it over a quarter epoch
+    (:data:`ELASTIC_PAIR_WARMUP_EPOCHS`), more over the first epoch from the
+    model's rate (``warmup_epochs``, as model averaging's). Asynchronous
+    workers (:class:`AEASGD`) train at twice an adaptive rate with 2
+    workers and ``min(N, 4)`` times it with more
+    (:data:`ELASTIC_ADAPTIVE_MOST`). The history, measured with
     ``bench/convergence_study.py --ps`` on the four benchmark tasks
     (BENCHMARKS.md, "Elastic averaging with 4 workers" and "Elastic
     averaging warmed up"): with 2 workers at twice the rate every task
@@ -1014,6 +1036,8 @@ class EASGD(ScaledWorkerRate, DistributedOptimizer):
     the first step cost the CNN 13 points; warmed up to 4 times, the CNN
     ended 0.8 points below one process and the MLP 7 (against 4.6 and 9
     at 3 times without the warmup): each worker sees an eighth of the rows.
+    ``N + 1`` times, warmed up, replaced ``min(N, 4)`` for synchronous
+    workers in the fifty-second stop (:data:`ELASTIC_FULL_PACE_MOST`).
     Without a warmup the factor is at most
     :data:`ELASTIC_ADAPTIVE_MOST_UNWARMED`, ``min(N, 1 + N / 2, 3)``.
 
@@ -1038,9 +1062,10 @@ class EASGD(ScaledWorkerRate, DistributedOptimizer):
             overshoots the center every round).
         learning_rate: the step size of the elastic term (with ``rho``).
         learning_rate_scaling: the workers' rate: ``"auto"`` (default)
-            ``N`` times the model's for SGD, ``min(N, 4)`` times it for
-            adaptive optimizers (Adam, RMSprop, Adagrad...; 3 times with
-            2 synchronous workers), and the model's own for a schedule;
+            ``N`` times the model's for SGD, ``min(N + 1, 5)`` times it for
+            adaptive optimizers (Adam, RMSprop, Adagrad...; asynchronous
+            workers twice it with 2 workers, ``min(N, 4)`` times with
+            more), and the model's own for a schedule;
             ``"linear"``: ``N`` times (a
             constant rate only); ``None``: the model's rate. The model's own
             optimizer keeps the user's rate.
@@ -1099,8 +1124,8 @@ class EASGD(ScaledWorkerRate, DistributedOptimizer):
         if self._scaling == "linear":
             return float(num_workers)
         if self._scaling == ADAPTIVE_AUTO:
-            if self._pair_at_full_pace(num_workers):
-                return float(num_workers + 1)
+            if self._at_full_pace(num_workers):
+                return float(min(num_workers + 1, ELASTIC_FULL_PACE_MOST))
             if self.warmup_for(num_workers) > 0:
                 return float(min(num_workers, ELASTIC_ADAPTIVE_MOST))
             return float(min(num_workers, 1 + num_workers / 2, ELASTIC_ADAPTIVE_MOST_UNWARMED))
@@ -1110,16 +1135,16 @@ class EASGD(ScaledWorkerRate, DistributedOptimizer):
         """The epochs over which the workers' scaled rate is reached (:func:`warmup_epochs_for`): one for
         adaptive optimizers with more than 2 workers under ``"auto"``, a quarter for 2 synchronous ones
         (:data:`ELASTIC_PAIR_WARMUP_EPOCHS`), unless set."""
-        if self.warmup_epochs is None and self._pair_at_full_pace(num_workers):
+        if self.warmup_epochs is None and num_workers == 2 and self._at_full_pace(num_workers):
             return ELASTIC_PAIR_WARMUP_EPOCHS
         return warmup_epochs_for(self.warmup_epochs, self._scaling, num_workers)
 
-    def _pair_at_full_pace(self, num_workers: int) -> bool:
-        """Whether the workers train at ``N + 1`` times an adaptive rate: 2 synchronous workers under
-        ``"auto"``, unless ``warmup_epochs=0`` (:data:`ELASTIC_PAIR_WARMUP_EPOCHS`)."""
+    def _at_full_pace(self, num_workers: int) -> bool:
+        """Whether the workers train at ``N + 1`` times an adaptive rate (:data:`ELASTIC_FULL_PACE_MOST`):
+        synchronous workers under ``"auto"``, unless ``warmup_epochs=0``."""
         from sparkeras.worker.learning_rate import ADAPTIVE_AUTO
 
-        return (self.synchronous and num_workers == 2 and self._scaling == ADAPTIVE_AUTO
+        return (self.synchronous and num_workers >= 2 and self._scaling == ADAPTIVE_AUTO
                 and self.warmup_epochs != 0)
 
     def check(self, job: TrainingJob) -> None:
