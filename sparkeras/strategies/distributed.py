@@ -625,7 +625,7 @@ With more than 2 workers the rate is reached over a first epoch. Until
 the fifty-second stop they trained at ``min(N, 4)`` times it, ``N / (N +
 1)`` of one process' pace with 3 and 4 workers. Simulated with seeded
 models (``bench/convergence_study.py --ps``; BENCHMARKS.md, "Elastic
-averaging's workers at N + 1 times the rate up to 4 workers"), ``N + 1``
+averaging's workers at N + 1 times the rate up to 4 workers, and 5 times with more"), ``N + 1``
 ended closer to one process on 15 of 16 held-out runs with 4 workers (the
 other level) and 6 of 7 with 3; the four benchmark tasks ended within 0.3
 points of one process or above it. With 8 workers 5 times against 4 was
