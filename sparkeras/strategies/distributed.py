@@ -589,8 +589,9 @@ class Downpour(DistributedOptimizer):
 
 
 ELASTIC_ADAPTIVE_MOST_UNWARMED = 3.0
-"""The same without a warmup (``warmup_epochs=0``): 4 times Adam's rate from the first step cost the benchmark CNN
-2 points with 4 workers."""
+"""The largest multiple of an adaptive optimizer's rate that elastic workers train at without a warmup
+(``warmup_epochs=0``, where the factor is ``min(N, 1 + N / 2, 3)``): 4 times Adam's rate from the first step cost
+the benchmark CNN 2 points with 4 workers."""
 
 ELASTIC_PAIR_WARMUP_EPOCHS = 0.25
 """The epochs over which 2 elastic workers reach ``N + 1 = 3`` times an adaptive optimizer's rate
