@@ -618,7 +618,7 @@ under ``"auto"``: ``N + 1``, for the center to keep one process' pace (:data:`EL
 most 5.
 
 With more than 2 workers the rate is reached over a first epoch. Until
-the fifty-second stop they trained at ``min(N, 4)`` times it, ``N / (N +
+the fifty-second stop synchronous workers trained at ``min(N, 4)`` times it, ``N / (N +
 1)`` of one process' pace with 3 and 4 workers. Simulated with seeded
 models (``bench/convergence_study.py --ps``; BENCHMARKS.md, "Elastic
 averaging's workers at N + 1 times the rate up to 4 workers, and 5 times with more"), ``N + 1``
@@ -638,6 +638,7 @@ workers and ``min(N, 4)`` times it with more. Simulated with seeded models
 4 workers, the other two level, and on the benchmark tasks within 0.3
 points of the rule before or above one process.
 """
+
 
 def warmup_epochs_for(setting: float | None, scaling: str | None, num_workers: int) -> float:
     """The epochs over which the workers' scaled rate is reached: ``setting``, else one epoch for the ``"auto"``
