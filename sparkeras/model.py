@@ -23,8 +23,8 @@ from sparkeras.errors import InputError
 from sparkeras.progress import ProgressBar, ProgressServer
 from sparkeras.serialization import (ModelSpec, check_rebuilds, copy_vocabularies, model_state, pack_arrays,
                                      refresh_derived_state, set_model_state, start_rebuild_check)
-from sparkeras.session import (check_classic_session, console_progress_paused, driver_host, get_spark, is_spark_connect,
-                               keras_backend)
+from sparkeras.session import (check_classic_session, driver_host, get_spark, is_spark_connect, keras_backend,
+                               running_own_jobs)
 from sparkeras.storage.model_file import check_model_archive, load_keras
 from sparkeras.storage.outputs import (check_output, check_remote_output, hadoop_copy, is_remote,
                                        read_model_info, save_model_atomically)
@@ -211,7 +211,7 @@ class SparkModel:
         self.strategy.check_model(self._model)
         spark = self.spark
         # data resolution runs Spark jobs too: the console bars stay paused over it
-        with console_progress_paused(spark), FullCollectionsDeferred(), contextlib.ExitStack() as releases:
+        with running_own_jobs(spark), FullCollectionsDeferred(), contextlib.ExitStack() as releases:
             history = self._fit(spark, releases, started, data, y, x, epochs, batch_size, validation_data,
                                 validation_split, features_col, label_col, callbacks, verbose, shuffle,
                                 initial_epoch, checkpoint_dir, weights, (weight_col, row_weights), validation_freq)
@@ -385,7 +385,7 @@ class SparkModel:
         check_classic_session(x if x is not None else data, "SparkModel.evaluate")
         sample_weight = check_row_weights(weight_col, sample_weight, x if x is not None else data)
         spark = self.spark
-        with console_progress_paused(spark):
+        with running_own_jobs(spark):
             figures = self._evaluate(spark, data, y, x, batch_size, features_col, label_col, weight_col, sample_weight)
         if verbose:
             line = " - ".join(f"{k}: {v:.4f}" for k, v in figures.items())
@@ -450,7 +450,7 @@ class SparkModel:
         columns = resolve_columns(self._model, dataset.schema, dataset.features_col, None)
         if dataset.local:
             started = time.perf_counter()
-            with console_progress_paused(spark):
+            with running_own_jobs(spark):
                 predictions = self._predict_local(spark, dataset, columns, workers, batch_size)
             if verbose:
                 print(f"predict: {dataset.table.num_rows:,} rows ({time.perf_counter() - started:.1f} s)", flush=True)

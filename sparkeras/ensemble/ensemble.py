@@ -86,7 +86,7 @@ class Ensemble:
         from sparkeras.data.frames import SharedFrames
         from sparkeras.data.weights import check_class_weight, check_row_weights
         from sparkeras.model import _check_positive
-        from sparkeras.session import console_progress_paused, get_spark
+        from sparkeras.session import get_spark, running_own_jobs
 
         _check_positive(epochs=epochs, batch_size=batch_size)
         classes = check_class_weight(class_weight)
@@ -94,7 +94,7 @@ class Ensemble:
         spark = get_spark()
         members = [self._member(i) for i in range(self.num_members)]
         concurrency = min(self.num_members, self.max_concurrent or registered_slots(spark.sparkContext))
-        with console_progress_paused(spark), SharedFrames(spark, data, y, validation_data=validation_data, features_col=features_col,
+        with running_own_jobs(spark), SharedFrames(spark, data, y, validation_data=validation_data, features_col=features_col,
                           label_col=label_col, seed=self.seed, weight_col=weight_col, sample_weight=rows) as frames:
             samples = self._samples(frames.train)
             weights = {"class_weight": dict(classes) if classes else None, "weight_col": frames.weight_col}

@@ -143,7 +143,7 @@ def tune(
     optuna = _optuna()
     from sparkeras.barrier import registered_slots
     from sparkeras.data.frames import SharedFrames
-    from sparkeras.session import console_progress_paused, get_spark
+    from sparkeras.session import get_spark, running_own_jobs
     from sparkeras.strategies import get_strategy
 
     get_strategy(copy.deepcopy(strategy))  # a bad strategy name fails here, before anything runs
@@ -159,7 +159,7 @@ def tune(
                          f"use at most {fitting}.")
     seed = random.randrange(2**31) if seed is None else int(seed)
     study = _open_study(optuna, storage, study_name, load_if_exists, direction, sampler, pruner, seed)
-    with console_progress_paused(spark):  # the trials' stages are sparkeras' own, as a fit's are
+    with running_own_jobs(spark):  # the trials' stages are sparkeras' own, as a fit's are
         frames = SharedFrames(spark, data, y, validation_data=validation_data,
                               validation_split=0.0 if validation_data is not None else validation_split,
                               features_col=features_col, label_col=label_col, seed=seed,
