@@ -96,6 +96,32 @@ def test_history_has_train_and_validation_metrics_and_callbacks_run(spark):
     assert direct["loss"] == pytest.approx(history.history["val_loss"][-1], abs=1e-5)
 
 
+def test_rdd_functions_and_a_map_in_arrow_share_one_pool_of_python_workers(spark):
+    """Spark keys its pools of Python workers by their environment, and a ``mapInArrow``'s executor adds
+    ``SPARK_SIMPLIFIED_TRACEBACK=1`` to it when its tasks carry none of the session's SQL settings, as when a
+    fit packs the frame. Skipping undecodable images is one: it started a second daemon that imported
+    TensorFlow again, 2.2 s of an image fit on ``local[2]``. Every worker now gets the variable, so both kinds
+    of function run in the workers of one daemon."""
+    import pyarrow as pa
+
+    def daemon(_):
+        yield os.getppid()
+
+    def daemon_of_batches(batches):
+        for _ in batches:
+            yield pa.RecordBatch.from_pydict({"daemon": [os.getppid()]})
+
+    from sparkeras.data.arrow import arrow_batches
+
+    rdd = set(spark.sparkContext.parallelize(range(4), 2).mapPartitions(daemon).collect())
+    frame = spark.range(4).repartition(2).mapInArrow(daemon_of_batches, "daemon long")
+    # Read as a fit packs a frame: an RDD job, whose tasks carry none of the session's SQL settings.
+    messages, read = arrow_batches(frame)
+    sql = {d for batch in messages.mapPartitions(lambda it: [b.column("daemon").to_pylist() for b in read(it)])
+           .collect() for d in batch}
+    assert len(rdd) == 1 and sql == rdd, (rdd, sql)
+
+
 def test_sparkeras_jobs_start_their_tasks_without_delay_scheduling_and_the_sessions_waits_come_back(spark):
     """A fit's tasks all run at once, but Spark holds a task back for up to ``spark.locality.wait`` (3 s) per
     locality level while the executor caching its packed block is busy: a cold fit's first epoch on a
