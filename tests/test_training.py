@@ -96,6 +96,18 @@ def test_history_has_train_and_validation_metrics_and_callbacks_run(spark):
     assert direct["loss"] == pytest.approx(history.history["val_loss"][-1], abs=1e-5)
 
 
+def _fit_failing_in_a_callback(x, y) -> None:
+    """A two-worker fit whose callback raises at the end of its first epoch; the error reaches the caller."""
+    import keras
+
+    class Fails(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise RuntimeError("a callback failed")
+
+    with pytest.raises(RuntimeError, match="a callback failed"):
+        SparkModel(mlp(), num_workers=2, seed=0).fit(x, y, epochs=1, batch_size=32, callbacks=[Fails()], verbose=0)
+
+
 def test_rdd_functions_and_a_map_in_arrow_share_one_pool_of_python_workers(spark):
     """Spark keys its pools of Python workers by their environment, and a ``mapInArrow``'s executor adds
     ``SPARK_SIMPLIFIED_TRACEBACK=1`` to it when its tasks carry none of the session's SQL settings, as when a
@@ -130,7 +142,7 @@ def test_sparkeras_jobs_start_their_tasks_without_delay_scheduling_and_the_sessi
     overlapping calls ends; keys the session never set are unset again."""
     import keras
 
-    from sparkeras.session import LOCALITY_WAITS, running_own_jobs
+    from sparkeras.session import LOCALITY_WAITS, _restore_locality_waits, running_own_jobs
 
     conf = spark.sparkContext._conf  # the running context's SparkConf, which the scheduler reads
     x, y = blobs(600, seed=4)
@@ -152,13 +164,7 @@ def test_sparkeras_jobs_start_their_tasks_without_delay_scheduling_and_the_sessi
         assert seen == [dict.fromkeys(LOCALITY_WAITS, "0")] * 2
         assert {key: conf.get(key) for key in LOCALITY_WAITS} == session
 
-        class Fails(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch, logs=None):
-                raise RuntimeError("a callback failed")
-
-        with pytest.raises(RuntimeError, match="a callback failed"):
-            SparkModel(mlp(), num_workers=2, seed=0).fit(x, y, epochs=1, batch_size=32, callbacks=[Fails()],
-                                                         verbose=0)
+        _fit_failing_in_a_callback(x, y)
         assert {key: conf.get(key) for key in LOCALITY_WAITS} == session
 
         with running_own_jobs(spark):
@@ -167,11 +173,7 @@ def test_sparkeras_jobs_start_their_tasks_without_delay_scheduling_and_the_sessi
             assert conf.get("spark.locality.wait.node") == "0"  # the outer call still runs
         assert {key: conf.get(key) for key in LOCALITY_WAITS} == session
     finally:
-        for key, value in users.items():
-            if value is None:
-                conf._jconf.remove(key)
-            else:
-                conf.set(key, value)
+        _restore_locality_waits((conf, users))
 
 
 def test_full_collections_wait_while_a_fit_runs_and_the_thresholds_come_back(spark):
@@ -199,13 +201,7 @@ def test_full_collections_wait_while_a_fit_runs_and_the_thresholds_come_back(spa
         assert seen == [(500, 7, FullCollectionsDeferred.OUT_OF_REACH)] * 2
         assert gc.get_threshold() == (500, 7, 9)
 
-        class Fails(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch, logs=None):
-                raise RuntimeError("a callback failed")
-
-        with pytest.raises(RuntimeError, match="a callback failed"):
-            SparkModel(mlp(), num_workers=2, seed=0).fit(x, y, epochs=1, batch_size=32, callbacks=[Fails()],
-                                                         verbose=0)
+        _fit_failing_in_a_callback(x, y)
         assert gc.get_threshold() == (500, 7, 9)
 
         with FullCollectionsDeferred():
