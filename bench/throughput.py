@@ -17,16 +17,16 @@ with ``shared_memory=False`` (every worker a member of the TCP ring), to compare
 without callbacks, with sparkeras' tracking (``MLflowLogger`` with its
 defaults, into a sqlite store: params, every epoch's metrics and the model;
 and ``ClusterScalars`` for TensorBoard), the same with ``log_model=False``,
-and with ``MLflowLogger`` and Keras' own ``TensorBoard`` callback (which adds sparkeras' scalars by itself),
-interleaved; it reports the median overheads, the paired one with a 95% bootstrap interval; the same measured directly
-(the fit thread's time in the tracking callbacks plus the wait for the
-background writes: a floor, which the machine's noise moves far less than
-wall time), with the writer thread's CPU while the workers trained; the
-time to log the model alone; and the driver CPU that tracking adds as a
-share of the untracked fit's core-seconds. ``--tracking-kinds defaults``
-runs only the untracked and the default tracked fits, so that the same time
-buys twice the rounds (one warm fit's wall time varies by more than the
-effect measured).
+and with ``MLflowLogger`` and Keras' own ``TensorBoard`` callback (which adds
+sparkeras' scalars by itself), interleaved; it reports the median overheads,
+the paired one with a 95% bootstrap interval; the same measured directly (the
+fit thread's time in the tracking callbacks plus the wait for the background
+writes: a floor, which the machine's noise moves far less than wall time),
+with the writer thread's CPU while the workers trained; the time to log the
+model alone; and the driver CPU that tracking adds as a share of the untracked
+fit's core-seconds. ``--tracking-kinds defaults`` runs only the untracked and
+the default tracked fits, so that the same time buys twice the rounds (one
+warm fit's wall time varies by more than the effect measured).
 
     python bench/throughput.py [--strategy averaging[,adag,allreduce,allreduce-tcp,...]]
                                [--source numpy|parquet] [--rows 60000]

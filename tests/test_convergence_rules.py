@@ -529,7 +529,8 @@ def test_elastic_averaging_workers_train_at_a_multiple_of_the_rate_by_the_optimi
     """EASGD's center moves about 1/(N+1) as far per epoch as one process at the user's rate; ``"auto"`` trains
     the workers, synchronous or not, at N times SGD's rate and at ``min(N + 1, 5)`` times an adaptive optimizer's
     (RMSprop and Adagrad too, unlike model averaging), for the center to keep one process' pace, reached over a
-    quarter epoch with 2 workers and over the first epoch from 3 on. Schedules stay at the user's rate. Without the warmup an adaptive optimizer's factor is ``min(N, 1 + N/2, 3)``."""
+    quarter epoch with 2 workers and over the first epoch from 3 on. Schedules stay at the user's rate. Without
+    the warmup an adaptive optimizer's factor is ``min(N, 1 + N/2, 3)``."""
     from sparkeras import AEASGD, EAMSGD, EASGD
 
     strategy = EASGD()

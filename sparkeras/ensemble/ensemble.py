@@ -94,8 +94,9 @@ class Ensemble:
         spark = get_spark()
         members = [self._member(i) for i in range(self.num_members)]
         concurrency = min(self.num_members, self.max_concurrent or registered_slots(spark.sparkContext))
-        with running_own_jobs(spark), SharedFrames(spark, data, y, validation_data=validation_data, features_col=features_col,
-                          label_col=label_col, seed=self.seed, weight_col=weight_col, sample_weight=rows) as frames:
+        with running_own_jobs(spark), SharedFrames(spark, data, y, validation_data=validation_data,
+                                                   features_col=features_col, label_col=label_col, seed=self.seed,
+                                                   weight_col=weight_col, sample_weight=rows) as frames:
             samples = self._samples(frames.train)
             weights = {"class_weight": dict(classes) if classes else None, "weight_col": frames.weight_col}
             try:
