@@ -23,6 +23,7 @@ from sparkeras.data.columns import trained_on_logits
 from sparkeras.errors import InputError
 
 ModelSource = Any  # a compiled keras.Model, or a callable that returns one
+MODEL_ROUTE = "model__"  # set_params(model__hidden=64): an argument of the model-building function
 
 
 class _SparkKerasBase(BaseEstimator):
@@ -38,7 +39,10 @@ class _SparkKerasBase(BaseEstimator):
         strategy_options: that strategy's options, e.g. ``{"window": 8}``.
         num_workers: Spark tasks that train together (default: Spark's default parallelism).
         learning_rate: overrides the optimizer's learning rate.
-        model_kwargs: keyword arguments for a callable ``model``.
+        model_kwargs: keyword arguments for a callable ``model``. Each one is
+            also a parameter of its own, ``model__<name>``, as in scikeras:
+            ``set_params(model__hidden=64)`` and a ``GridSearchCV`` grid of
+            ``{"model__hidden": [32, 64]}`` set it.
         custom_objects: custom Keras objects needed to rebuild the model on the workers.
         seed: seeds shuffling and the validation split.
         verbose: 0 quiet, 1 progress bar.
@@ -77,6 +81,23 @@ class _SparkKerasBase(BaseEstimator):
         self.seed = seed
         self.verbose = verbose
         self.class_weight = class_weight
+
+    def set_params(self, **params: Any) -> "_SparkKerasBase":
+        """Set parameters; ``model__<name>`` sets one argument of the model-building function.
+
+        scikeras, the wrapper most Keras users searched with, routes a
+        builder's arguments this way, so grids written for it run here
+        unchanged. scikit-learn alone would read ``model__hidden`` as a
+        parameter of an estimator inside ``model`` and fail with
+        "'function' object has no attribute 'set_params'". The routed values
+        are kept in a new ``model_kwargs`` dict, so clones and the user's own
+        dict are left as they were.
+        """
+        routed = {key[len(MODEL_ROUTE):]: value for key, value in params.items() if key.startswith(MODEL_ROUTE)}
+        if routed:
+            self.model_kwargs = {**dict(self.model_kwargs or {}), **routed}
+        return super().set_params(**{key: value for key, value in params.items() if key not in
+                                     {MODEL_ROUTE + name for name in routed}})
 
     def __sklearn_clone__(self) -> "_SparkKerasBase":
         """A fresh, unfitted estimator with the same parameters.
@@ -127,7 +148,13 @@ class _SparkKerasBase(BaseEstimator):
         source = self.model
         if source is None:
             raise InputError(f"{type(self).__name__} needs a model: {type(self).__name__}(model=compiled_keras_model).")
-        if not isinstance(source, keras.Model):
+        if isinstance(source, keras.Model):
+            if self.model_kwargs:
+                raise InputError(
+                    f"model_kwargs {sorted(self.model_kwargs)} (or model__ parameters) need a function that builds "
+                    f"the model; {type(self).__name__} was given a compiled keras.Model. Pass the function instead: "
+                    f"{type(self).__name__}(build_model, model_kwargs={{...}}).")
+        else:
             if not callable(source):
                 raise InputError(f"model must be a compiled keras.Model or a callable returning one, "
                                  f"got {type(source).__name__}.")

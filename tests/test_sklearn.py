@@ -118,6 +118,34 @@ def test_regressor_and_a_model_building_function(spark):
     assert reg.score(x, y) > 0.9  # R²
 
 
+def test_grid_search_routes_model_parameters_to_the_building_function(spark):
+    """scikeras' ``model__<name>`` grids reach the function's argument; the template keeps its own dict."""
+    import keras
+    from sklearn.model_selection import GridSearchCV
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(600, 3)).astype("float32")
+    y = np.abs(x @ np.array([1.5, -2.0, 0.5], dtype="float32")) + np.sin(3 * x[:, 0])
+    built = []
+
+    def build(X, hidden=4, depth=1):
+        built.append((hidden, depth))
+        layers = [keras.layers.Dense(hidden, activation="relu") for _ in range(depth)]
+        model = keras.Sequential([keras.Input((X.shape[1],)), *layers, keras.layers.Dense(1)])
+        model.compile(optimizer=keras.optimizers.Adam(0.02), loss="mse")
+        return model
+
+    given = {"depth": 2}
+    template = KerasRegressor(build, model_kwargs=given, epochs=15, num_workers=2)
+    search = GridSearchCV(template, {"model__hidden": [1, 32]}, cv=2).fit(x, y)
+    assert search.best_params_ == {"model__hidden": 32}, search.cv_results_["mean_test_score"]
+    assert sorted(set(built)) == [(1, 2), (32, 2)]  # each candidate built with the grid's value and the dict's
+    assert search.best_estimator_.model_.layers[0].units == 32 and len(search.best_estimator_.model_.layers) == 3
+    assert given == {"depth": 2} and template.model_kwargs is given
+    assert template.set_params(model__hidden=8, epochs=2).model_kwargs == {"depth": 2, "hidden": 8}
+    assert template.epochs == 2 and given == {"depth": 2}
+
+
 def test_facade_errors_name_the_problem(spark):
     from sklearn.exceptions import NotFittedError
 
@@ -134,6 +162,9 @@ def test_facade_errors_name_the_problem(spark):
         KerasClassifier().fit(x, y)
     with pytest.raises(InputError, match="model_kwargs \\['depth'\\] are not arguments"):
         KerasRegressor(lambda X: None, model_kwargs={"depth": 2}).fit(x, y.astype(float))
+    with pytest.raises(InputError, match=r"model_kwargs \['hidden'\] \(or model__ parameters\) need a function "
+                                         r"that builds the model; KerasClassifier was given a compiled keras.Model"):
+        KerasClassifier(mlp(dim=4, classes=3)).set_params(model__hidden=8).fit(x, y)
     with pytest.raises(NotFittedError):
         KerasClassifier(mlp(dim=4, classes=3)).predict(x)
     fitted = KerasClassifier(mlp(dim=4, classes=3), num_workers=2).fit(x, y)
