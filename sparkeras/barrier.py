@@ -120,6 +120,14 @@ def check_barrier(sc: Any, num_workers: int, wait: float = EXECUTOR_REGISTRATION
             "or give the job more executors or cores.")
 
 
+def worker_slots(sc: Any) -> int:
+    """How many workers a fit without ``num_workers`` may share: the slots free at once, in local mode at most
+    one per core (:func:`sparkeras.session.local_slots` says why)."""
+    from sparkeras.session import is_local, local_slots
+
+    return local_slots(sc) if is_local(sc.master) else concurrent_slots(sc)
+
+
 def concurrent_slots(sc: Any) -> int:
     """How many tasks the cluster can run at once right now."""
     jsc = sc._jsc.sc()

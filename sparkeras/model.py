@@ -47,8 +47,9 @@ class SparkModel:
         model: a compiled ``keras.Model`` whose input shapes are known.
         strategy: a strategy name (``"averaging"``) or a
             :class:`~sparkeras.strategies.Strategy` object.
-        num_workers: Spark tasks that train in parallel; defaults to the
-            cluster's default parallelism.
+        num_workers: Spark tasks that train in parallel; defaults to one per
+            task slot of the cluster (on a local master, at most one per core
+            of this machine: ``local[8]`` on 2 cores trains with 2).
         custom_objects: custom layers, losses or metrics needed to rebuild the
             model on the workers (or register them with
             ``keras.saving.register_keras_serializable``).
@@ -101,15 +102,16 @@ class SparkModel:
         return get_spark(self.master)
 
     def _workers(self, spark: Any) -> int:
-        """``num_workers``, else one per task slot: the default parallelism in local mode, the registered
-        slots on a cluster (a session just started waits for its executors: :func:`registered_slots`)."""
+        """``num_workers``, else one per task slot: in local mode one per slot that has a core of its own
+        (:func:`~sparkeras.session.local_slots`), on a cluster the registered slots (a session just started
+        waits for its executors: :func:`registered_slots`)."""
         if self.num_workers:
             return self.num_workers
         from sparkeras.barrier import registered_slots
-        from sparkeras.session import is_local
+        from sparkeras.session import is_local, local_slots
 
         sc = spark.sparkContext
-        return max(1, sc.defaultParallelism if is_local(sc.master) else registered_slots(sc))
+        return local_slots(sc) if is_local(sc.master) else max(1, registered_slots(sc))
 
     def _spec(self, columns: ColumnMap, progress: Any = None, class_weight: ClassWeights | None = None,
               workers: int = 1) -> WorkerSpec:

@@ -46,6 +46,9 @@ def test_elephas_readme_script_runs_and_matches_plain_keras(tmp_path):
     assert abs(result["evaluate"][1] - result["predicted_accuracy"]) < 1e-6  # evaluate = [loss, accuracy]
     assert result["epochs_run"] == 20 and "val_loss" in result["history_keys"]
     assert result["reloaded"] == ["SparkModel", "asynchronous", "epoch"] and result["reloaded_same_weights"]
+    # The script's own local SparkContext forks its Python workers from sparkeras' daemon once sparkeras runs in it.
+    assert result["daemon"] == "sparkeras.worker.daemon", result
+    assert len(result["workers_fork_from"]) == 1 and "sparkeras.worker.daemon" in result["workers_fork_from"][0], result
 
 
 def test_modes_map_onto_strategies_and_ignored_arguments_warn(spark, caplog):
@@ -79,13 +82,15 @@ def test_modes_map_onto_strategies_and_ignored_arguments_warn(spark, caplog):
 
 
 def test_elephas_ml_example_with_setters_pipeline_and_persistence(spark, tmp_path):
-    """Elephas' ml_mlp_classification example: setters, a Pipeline, one-hot labels turned into a label column."""
+    """Elephas' ml_mlp_classification and ml_pipeline_otto examples: setters (Spark 2's camelCase ones
+    included), a Pipeline, one-hot labels turned into a label column."""
     import keras
     from pyspark.ml import Pipeline
 
     x, y = blobs(900, dim=4, classes=3, noise=0.5, seed=4)
     y_onehot = keras.utils.to_categorical(y, 3)
     df = elephas.to_data_frame(spark.sparkContext, x, y_onehot, categorical=True)
+    df = df.withColumnRenamed("features", "scaled_features").withColumnRenamed("label", "index_category")
     model = _model()
     estimator = elephas.ElephasEstimator()
     estimator.set_keras_model_config(model.to_json())
@@ -99,18 +104,22 @@ def test_elephas_ml_example_with_setters_pipeline_and_persistence(spark, tmp_pat
     estimator.set_categorical_labels(True)
     estimator.set_nb_classes(3)
     estimator.set_num_workers(2)
+    estimator.setFeaturesCol("scaled_features")
+    estimator.setLabelCol("index_category")
+    assert estimator.setOutputCol("scores") is estimator and estimator.getOutputCol() == "scores"
     fitted = Pipeline(stages=[estimator]).fit(df)
-    rows = fitted.transform(df).select("label", "prediction").collect()
-    accuracy = np.mean([row.label == float(np.argmax(row.prediction)) for row in rows])
+    transformer = fitted.stages[0]
+    assert (transformer.getFeaturesCol(), transformer.getLabelCol()) == ("scaled_features", "index_category")
+    rows = fitted.transform(df).select("index_category", "scores").collect()
+    accuracy = np.mean([row.index_category == float(np.argmax(row.scores)) for row in rows])
     assert accuracy > 0.85, accuracy
 
     estimator.save(str(tmp_path / "estimator"))
     assert elephas.load_ml_estimator(str(tmp_path / "estimator")).get_config() == estimator.get_config()
-    transformer = fitted.stages[0]
     transformer.save(str(tmp_path / "transformer"))
     again = elephas.load_ml_transformer(str(tmp_path / "transformer"))
-    assert [list(r.prediction) for r in again.transform(df).select("prediction").collect()] == \
-        [list(r.prediction) for r in rows]
+    assert [list(r.scores) for r in again.transform(df).select("scores").collect()] == \
+        [list(r.scores) for r in rows]
     with pytest.raises(InputError, match="ElephasEstimator has no parameter"):
         elephas.ElephasEstimator(learning_rate=0.1)
     with pytest.raises(InputError, match=r"needs a loss: set_loss"):

@@ -134,6 +134,55 @@ def test_rdd_functions_and_a_map_in_arrow_share_one_pool_of_python_workers(spark
     assert len(rdd) == 1 and sql == rdd, (rdd, sql)
 
 
+def test_a_local_session_forks_workers_from_sparkeras_daemon_only_where_that_is_safe(spark):
+    """A local session the user started switches to sparkeras' daemon (the Elephas README test checks it end to
+    end). The conditions are checked on the suite's session by setting its live keys and putting them back, with
+    no job between: a daemon of the user's own, the daemon turned off, or workers on another interpreter keep
+    their settings."""
+    from sparkeras.session import DAEMON_KEY, fork_workers_from_preloaded_daemon, workers_preloaded
+
+    sc = spark.sparkContext
+    conf, ours, python = sc._conf, sc._conf.get(DAEMON_KEY), sc.pythonExec
+    assert ours == "sparkeras.worker.daemon" and fork_workers_from_preloaded_daemon(spark)
+    try:
+        conf.set(DAEMON_KEY, "my_company.daemon")
+        assert not fork_workers_from_preloaded_daemon(spark) and conf.get(DAEMON_KEY) == "my_company.daemon"
+        conf.set(DAEMON_KEY, "pyspark.daemon")
+        sc.pythonExec = "/opt/other/bin/python3"
+        assert not fork_workers_from_preloaded_daemon(spark) and not workers_preloaded(spark)
+        sc.pythonExec = python
+        conf.set("spark.python.use.daemon", "false")
+        assert not fork_workers_from_preloaded_daemon(spark) and conf.get(DAEMON_KEY) == "pyspark.daemon"
+        conf._jconf.remove("spark.python.use.daemon")
+        assert fork_workers_from_preloaded_daemon(spark) and conf.get(DAEMON_KEY) == ours and workers_preloaded(spark)
+    finally:
+        sc.pythonExec = python
+        conf.set(DAEMON_KEY, ours)
+        conf._jconf.remove("spark.python.use.daemon")
+
+
+def test_a_local_master_trains_with_one_default_worker_per_core_not_per_slot(spark):
+    """``local[N]`` above the machine's cores (Elephas' examples start ``local[8]``) shares those cores, so a fit
+    without ``num_workers`` takes one worker per core: the cores are narrowed to one for the driver's thread."""
+    from sparkeras.barrier import worker_slots
+    from sparkeras.session import local_slots, machine_cores
+
+    x, y = blobs(400, dim=16, classes=10, seed=3)
+    cores = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(cores)})
+        assert machine_cores() == 1 and spark.sparkContext.defaultParallelism == 2
+        assert local_slots(spark.sparkContext) == 1 and worker_slots(spark.sparkContext) == 1
+        history = SparkModel(mlp()).fit(x, y, epochs=1, verbose=0)
+        assert history.params["num_workers"] == 1 and list(history.epoch_figures[0]["workers"]) == [0]
+        history = SparkModel(mlp(), num_workers=2).fit(x, y, epochs=1, verbose=0)  # asked for: as asked
+        assert history.params["num_workers"] == 2
+    finally:
+        os.sched_setaffinity(0, cores)
+    if len(cores) >= 2:
+        assert SparkModel(mlp()).fit(x, y, epochs=1, verbose=0).params["num_workers"] == 2
+
+
 def test_sparkeras_jobs_start_their_tasks_without_delay_scheduling_and_the_sessions_waits_come_back(spark):
     """A fit's tasks all run at once, but Spark holds a task back for up to ``spark.locality.wait`` (3 s) per
     locality level while the executor caching its packed block is busy: a cold fit's first epoch on a

@@ -268,12 +268,26 @@ def _is_pair(row: Any) -> bool:
     return isinstance(row, tuple) and len(row) == 2
 
 
+def _spread(sc: Any) -> int:
+    """Partitions for the arrays' RDD: the default parallelism, but on a local master one per core.
+
+    Elephas' examples start ``local[8]`` whatever the machine. Each
+    partition's task needs a Python worker, and where the user's own
+    ``SparkContext`` forks pyspark's daemon each new worker imports
+    TensorFlow once it runs sparkeras' code: with 8 partitions on 2 cores,
+    the README script's first fit took 20-23 s against 9 s.
+    """
+    from sparkeras.session import is_local, local_slots
+
+    return local_slots(sc) if is_local(sc.master) else max(1, sc.defaultParallelism)
+
+
 def to_simple_rdd(sc: Any, features: Any, labels: Any) -> Any:
-    """An RDD of ``(features, label)`` pairs from numpy arrays, spread over the default parallelism."""
+    """An RDD of ``(features, label)`` pairs from numpy arrays, one partition per worker a fit would take."""
     features, labels = np.asarray(features), np.asarray(labels)
     if len(features) != len(labels):
         raise InputError(f"features has {len(features)} rows but labels has {len(labels)}; they must match.")
-    return sc.parallelize(list(zip(features, labels)), max(1, sc.defaultParallelism))
+    return sc.parallelize(list(zip(features, labels)), _spread(sc))
 
 
 def to_labeled_point(sc: Any, features: Any, labels: Any, categorical: bool = False) -> Any:
@@ -286,7 +300,7 @@ def to_labeled_point(sc: Any, features: Any, labels: Any, categorical: bool = Fa
         raise InputError(f"features has {len(features)} rows but labels has {len(labels)}; they must match.")
     points = [LabeledPoint(float(np.argmax(y)) if categorical else float(y), Vectors.dense(np.ravel(x)))
               for x, y in zip(features, labels)]
-    return sc.parallelize(points, max(1, sc.defaultParallelism))
+    return sc.parallelize(points, _spread(sc))
 
 
 def lp_to_simple_rdd(lp_rdd: Any, categorical: bool = False, nb_classes: int | None = None) -> Any:
@@ -399,6 +413,22 @@ class _ElephasStage(Params):
 
     def getFeaturesCol(self) -> str:
         return self.getOrDefault("featuresCol")
+
+    def getLabelCol(self) -> str:
+        return self.getOrDefault("labelCol")
+
+    def getOutputCol(self) -> str:
+        return self.getOrDefault("outputCol")
+
+    # Elephas' stages keep Spark 2's camelCase setters (its ml_pipeline_otto example calls them).
+    def setFeaturesCol(self, value: str) -> Any:
+        return self._set(featuresCol=value)
+
+    def setLabelCol(self, value: str) -> Any:
+        return self._set(labelCol=value)
+
+    def setOutputCol(self, value: str) -> Any:
+        return self._set(outputCol=value)
 
 
 @_with_params(_ESTIMATOR_PARAMS)

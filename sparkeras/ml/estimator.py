@@ -162,7 +162,7 @@ class KerasEstimator(_InferenceParams, HasLabelCol, HasSeed, HasWeightCol, Estim
         return self._set(**params)
 
     def _fit(self, dataset: Any) -> "KerasModel":
-        from sparkeras.barrier import concurrent_slots
+        from sparkeras.barrier import worker_slots
         from sparkeras.model import SparkModel
         from sparkeras.session import check_classic_session
 
@@ -178,7 +178,7 @@ class KerasEstimator(_InferenceParams, HasLabelCol, HasSeed, HasWeightCol, Estim
         callbacks = [copy.copy(c) for c in (self.getOrDefault(self.callbacks) if self.isDefined(self.callbacks)
                                             else [])]
         with SHARES.claim(self.getOrDefault(self.numWorkers) or None,
-                          lambda: concurrent_slots(dataset.sparkSession.sparkContext)) as workers:
+                          lambda: worker_slots(dataset.sparkSession.sparkContext)) as workers:
             trainer = SparkModel(keras_model, self.getOrDefault(self.strategy), workers,
                                  seed=self.getOrDefault(self.seed), **options)
             history = trainer.fit(dataset, epochs=self.getOrDefault(self.epochs), batch_size=self.getBatchSize(),
