@@ -14,6 +14,7 @@ warm after the first).
     python bench/elephas_example.py --seeds 6-11 --mode synchronous
     python bench/elephas_example.py --seeds 0 --fits 3 --bare-context
     python bench/elephas_example.py --workers 4        # num_workers=4 on local[4]
+    python bench/elephas_example.py --seeds 0 --fits 3 --bare-context --master "local[8]" --workers 0
 
 ``--bare-context`` starts a plain ``SparkContext``, as Elephas scripts do,
 instead of :func:`sparkeras.get_spark`'s session: its Python workers fork
@@ -74,9 +75,12 @@ def main() -> None:
     parser.add_argument("--frequency", default="epoch", help="Elephas frequency: epoch or batch")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--bare-context", action="store_true", help="a plain SparkContext, as Elephas scripts make")
-    parser.add_argument("--workers", type=int, default=2, help="the facade's num_workers, on local[WORKERS]")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="the facade's num_workers, on local[WORKERS]; 0 leaves it to the facade's default")
+    parser.add_argument("--master", help="the Spark master (default local[WORKERS], or local[2] with --workers 0); "
+                                         "Elephas' own examples start local[8]")
     args = parser.parse_args()
-    master = f"local[{args.workers}]"
+    master = args.master or f"local[{args.workers or 2}]"
     from sparkeras.worker.runtime import import_keras_quietly
 
     import_keras_quietly()  # without TensorFlow's native start-up lines, as the CLI imports it
@@ -96,7 +100,8 @@ def main() -> None:
     x_train, y_train, x_test, y_test = digits()
     rdd = to_simple_rdd(spark.sparkContext, x_train, y_train)
     plain, facade, plain_seconds, facade_seconds = [], [], [], []
-    print(f"Elephas example, mode={args.mode!r}, frequency={args.frequency!r}, {args.workers} workers, "
+    print(f"Elephas example on {master}, mode={args.mode!r}, frequency={args.frequency!r}, "
+          f"{args.workers or 'default'} workers, "
           f"{args.epochs} epochs, "
           f"{args.fits} facade fit(s) per seed; test accuracy on {len(y_test)} digits")
     print(f"{'seed':>4}  {'plain':>6}  facade")
@@ -108,7 +113,7 @@ def main() -> None:
         plain.append(accuracy(model.predict(x_test, verbose=0), y_test))
         drawn = []
         for _ in range(args.fits):
-            spark_model = SparkModel(make_model(seed), num_workers=args.workers, mode=args.mode,
+            spark_model = SparkModel(make_model(seed), num_workers=args.workers or None, mode=args.mode,
                                      frequency=args.frequency)
             started = time.perf_counter()
             spark_model.fit(rdd, epochs=args.epochs, batch_size=32, verbose=0, validation_split=0.1)

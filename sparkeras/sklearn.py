@@ -37,7 +37,8 @@ class _SparkKerasBase(BaseEstimator):
         epochs, batch_size, validation_split: as in ``model.fit``.
         strategy: a sparkeras strategy name (``"averaging"``, ``"adag"``...).
         strategy_options: that strategy's options, e.g. ``{"window": 8}``.
-        num_workers: Spark tasks that train together (default: Spark's default parallelism).
+        num_workers: Spark tasks that train together (default: one per task slot, on a
+            local master at most one per core).
         learning_rate: overrides the optimizer's learning rate.
         model_kwargs: keyword arguments for a callable ``model``. Each one is
             also a parameter of its own, ``model__<name>``, as in scikeras:

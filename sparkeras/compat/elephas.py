@@ -366,7 +366,8 @@ _ESTIMATOR_PARAMS: dict[str, tuple[str, Any, str]] = {
     "validation_split": ("validation_split", 0.1, "fraction of rows held out for validation"),
     "categorical": ("categorical_labels", True, "labels are class indices of a classifier"),
     "nb_classes": ("nb_classes", 10, "number of classes"),
-    "num_workers": ("num_workers", 0, "tasks that train together (0: Spark's default parallelism)"),
+    "num_workers": ("num_workers", 0, "tasks that train together (0: one per task slot, on a local master "
+                                      "at most one per core)"),
     "verbose": ("verbosity", 0, "0 quiet, 1 progress bar"),
     "inference_batch_size": ("inference_batch_size", 256, "rows per prediction batch"),
     "featuresCol": ("features_col", "features", "features column"),

@@ -91,7 +91,8 @@ class KerasEstimator(_InferenceParams, HasLabelCol, HasSeed, HasWeightCol, Estim
             ``""`` leaves them out. A classifier of more classes has it only
             when this Param is set.
         epochs, batchSize, validationSplit: as in ``model.fit``.
-        numWorkers: Spark tasks that train together (0: the default parallelism). When
+        numWorkers: Spark tasks that train together (0: one per task slot, on a local
+            master at most one per core). When
             ``CrossValidator``/``TrainValidationSplit`` fit several grid points at once
             (``parallelism=k``), each fit trains on its share of the task slots instead,
             at most ``numWorkers`` (:mod:`sparkeras.ml.shares`).
@@ -116,8 +117,9 @@ class KerasEstimator(_InferenceParams, HasLabelCol, HasSeed, HasWeightCol, Estim
     """
 
     epochs: Param[int] = Param(Params._dummy(), "epochs", "training epochs", typeConverter=TypeConverters.toInt)
-    numWorkers: Param[int] = Param(Params._dummy(), "numWorkers", "tasks that train together; 0 for the "
-                                   "default parallelism", typeConverter=TypeConverters.toInt)
+    numWorkers: Param[int] = Param(Params._dummy(), "numWorkers", "tasks that train together; 0 for one "
+                                   "per task slot (at most one per core on a local master)",
+                                   typeConverter=TypeConverters.toInt)
     validationSplit: Param[float] = Param(Params._dummy(), "validationSplit", "fraction of rows held out "
                                           "for validation", typeConverter=TypeConverters.toFloat)
     strategy: Param[str] = Param(Params._dummy(), "strategy", "sparkeras training strategy",
