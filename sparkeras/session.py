@@ -347,9 +347,13 @@ def fork_workers_from_preloaded_daemon(spark: Any) -> bool:
     key in the running context is enough: Spark keys its pools of workers
     by daemon, so workers already started stay in pyspark's pool, and the
     user's later functions run in workers like those of a ``get_spark``
-    session. Elephas' README script on a bare ``local[2]`` context: first
-    fit and prediction 8.1-8.5 s against 9.1-10.5 s; on ``local[8]`` (2
-    cores), 8.2-9.2 s against 14.1-14.6 s.
+    session. Measured on 2 cores: a notebook's refit after an idle minute
+    (a bare ``local[2]`` session, a cached DataFrame) took 1.2-1.7 s
+    against 4.3-4.7 s, and its first fit 5.1-6.0 s against 6.4-7.1 s. The
+    Elephas example's first fit on ``local[2]`` did not move (two workers
+    imported at once before, on two cores); on ``local[8]``, with
+    :func:`local_slots`, it went from 28.6-30.9 s to 7.3-8.4 s
+    (``bench/elephas_example.py --bare-context``).
 
     Only where it is safe: a local master (a cluster's executors read their
     settings when they start), no daemon of the user's own and the daemon in
