@@ -13,6 +13,8 @@ from typing import Any, Callable, Iterator
 from sparkeras.errors import InputError
 
 DAEMON_KEY = "spark.python.daemon.module"
+SIMPLIFIED_TRACEBACK_KEY = "spark.sql.execution.pyspark.udf.simplifiedTraceback.enabled"
+SIMPLIFIED_TRACEBACK_ENV = "SPARK_SIMPLIFIED_TRACEBACK"
 _LOCAL_CONF = {
     "spark.ui.enabled": "false",
     "spark.ui.showConsoleProgress": "false",
@@ -31,7 +33,7 @@ _LOCAL_CONF = {
     # 1.7 s with one pool; 2.2 s of a fit skipping undecodable images). Every function's workers get the
     # variable, so the environments are the same either way: pyspark's frames are left out of Python
     # tracebacks, as Spark does for SQL functions by default.
-    "spark.executorEnv.SPARK_SIMPLIFIED_TRACEBACK": "1",
+    f"spark.executorEnv.{SIMPLIFIED_TRACEBACK_ENV}": "1",
 }
 
 
@@ -220,7 +222,7 @@ def start_python_workers(spark: Any) -> threading.Thread | None:
     sc = spark.sparkContext
     if getattr(sc, "_sparkeras_start_workers", None) is not None:
         return None
-    fork_workers_from_preloaded_daemon(spark)
+    adopt_preloaded_workers(spark)
     local = is_local(sc.master)
     slots = local_slots(sc) if local else max(1, sc.defaultParallelism)
     waves = [1, slots] if local and slots > 1 else [slots]
@@ -264,7 +266,7 @@ def workers_preloaded(spark: Any) -> bool:
     """Whether this session's Python workers fork from :mod:`sparkeras.worker.daemon`, with TensorFlow imported.
 
     True for sessions :func:`get_spark` started, and for local ones the user
-    started once sparkeras ran in them (:func:`fork_workers_from_preloaded_daemon`);
+    started once sparkeras ran in them (:func:`adopt_preloaded_workers`);
     other sessions (``spark-submit`` to a cluster, say) fork pyspark's own
     daemon, where every new worker imports it again.
     """
@@ -326,39 +328,52 @@ def running_own_jobs(spark: Any) -> Iterator[None]:
     its delay scheduling too (:func:`_start_tasks_anywhere`); both come
     back as they were when the last such call ends. A local session the
     user started forks its next Python workers from sparkeras' daemon
-    (:func:`fork_workers_from_preloaded_daemon`).
+    (:func:`adopt_preloaded_workers`).
     """
-    fork_workers_from_preloaded_daemon(spark)
+    adopt_preloaded_workers(spark)
     with _CONSOLE_PAUSED.held(spark), _DELAY_SCHEDULING_OFF.held(spark):
         yield
 
 
-def fork_workers_from_preloaded_daemon(spark: Any) -> bool:
-    """In a local session the user started, fork the Python workers Spark starts from now on from sparkeras' daemon.
+def adopt_preloaded_workers(spark: Any) -> bool:
+    """In a local session the user started, the Python workers Spark starts from now on are like a ``get_spark`` session's.
 
-    Why. A notebook's ``SparkSession.builder.master("local[*]")``, an
-    Elephas script's ``SparkContext`` or ``spark-submit --master local``
+    They fork from sparkeras' daemon, and RDD and SQL functions share one
+    pool of them.
+
+    Why the daemon. A notebook's ``SparkSession.builder.master("local[*]")``,
+    an Elephas script's ``SparkContext`` or ``spark-submit --master local``
     forks Python workers from pyspark's own daemon, and each of them then
     imports TensorFlow once it runs sparkeras' code (2.3-3 s of CPU), again
     for every worker Spark starts after one idle minute.
-    :mod:`sparkeras.worker.daemon` imports it once per executor, as the
-    sessions :func:`get_spark` starts do. A local executor reads the
-    driver's ``SparkConf`` when it launches a Python worker, so setting the
-    key in the running context is enough: Spark keys its pools of workers
-    by daemon, so workers already started stay in pyspark's pool, and the
-    user's later functions run in workers like those of a ``get_spark``
-    session. Measured on 2 cores: a notebook's refit after an idle minute
-    (a bare ``local[2]`` session, a cached DataFrame) took 1.2-1.7 s
-    against 4.3-4.7 s, and its first fit 5.1-6.0 s against 6.4-7.1 s. The
-    Elephas example's first fit on ``local[2]`` did not move (two workers
-    imported at once before, on two cores); on ``local[8]``, with
-    :func:`local_slots`, it went from 28.6-30.9 s to 7.3-8.4 s
-    (``bench/elephas_example.py --bare-context``).
+    :mod:`sparkeras.worker.daemon` imports it once per executor. A local
+    executor reads the driver's ``SparkConf`` when it launches a Python
+    worker, so setting the key in the running context is enough: Spark keys
+    its pools of workers by daemon, so workers already started stay in
+    pyspark's pool, and the user's later functions run in workers like
+    those of a ``get_spark`` session. Measured on 2 cores: a notebook's
+    refit after an idle minute (a bare ``local[2]`` session, a cached
+    DataFrame) took 1.2-1.7 s against 4.3-4.7 s, and its first fit 5.1-6.0 s
+    against 6.4-7.1 s. The Elephas example's first fit on ``local[2]`` did
+    not move (two workers imported at once before, on two cores); on
+    ``local[8]``, with :func:`local_slots`, it went from 28.6-30.9 s to
+    7.3-8.4 s (``bench/elephas_example.py --bare-context``).
+
+    Why one pool. Spark also keys its pools by the workers' environment, and
+    SQL functions (a scoring UDF, ``mapInArrow``) add
+    ``SPARK_SIMPLIFIED_TRACEBACK=1`` to theirs while the session's
+    ``simplifiedTraceback`` is on, as it is by default; RDD functions (a
+    fit's jobs) do not. So a fit followed by a prediction started a second
+    daemon, which imported TensorFlow again: the first prediction took 4.5
+    s, the next 0.4 s. Functions take their environment from
+    ``SparkContext.environment`` when they are made, so the variable goes
+    there, as ``get_spark`` puts it in ``spark.executorEnv`` (which also
+    leaves pyspark's frames out of RDD functions' tracebacks).
 
     Only where it is safe: a local master (a cluster's executors read their
     settings when they start), no daemon of the user's own and the daemon in
     use (``spark.python.use.daemon``), and workers that run this interpreter,
-    which has sparkeras. Returns whether the session now uses it.
+    which has sparkeras. Returns whether the session now uses the daemon.
     """
     try:
         sc = spark.sparkContext
@@ -371,6 +386,8 @@ def fork_workers_from_preloaded_daemon(spark: Any) -> bool:
                 or conf.get("spark.python.use.daemon", "true").strip().lower() == "false" \
                 or not _runs_this_interpreter(sc.pythonExec):
             return False
+        if spark.conf.get(SIMPLIFIED_TRACEBACK_KEY, "true").strip().lower() == "true":
+            sc.environment.setdefault(SIMPLIFIED_TRACEBACK_ENV, "1")
         conf.set(DAEMON_KEY, ours)
         return True
     except Exception:  # noqa: BLE001 - Spark Connect, or a context without these fields: leave it as it is

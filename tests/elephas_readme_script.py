@@ -70,7 +70,20 @@ reloaded = load_spark_model(path)
 
 def parent_command(_):
     with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
-        yield f.read().replace(b"\0", b" ").decode()
+        yield f"{os.getppid()} " + f.read().replace(b"\0", b" ").decode()
+
+
+def parent_of_sql_function(batches):
+    import pyarrow as pa
+
+    for batch in batches:
+        yield pa.RecordBatch.from_pydict({"parent": list(parent_command(None)) * batch.num_rows})
+
+
+from pyspark.sql import SparkSession  # noqa: E402
+
+sql_function_parents = {row.parent for row in SparkSession.builder.getOrCreate().range(4).repartition(2)
+                        .mapInArrow(parent_of_sql_function, "parent string").collect()}
 
 
 print("RESULT", json.dumps({
@@ -83,5 +96,6 @@ print("RESULT", json.dumps({
     "reloaded_same_weights": all(np.array_equal(a, b) for a, b in zip(
         reloaded.master_network.get_weights(), spark_model.master_network.get_weights())),
     "daemon": sc.getConf().get("spark.python.daemon.module"),
-    "workers_fork_from": sorted(set(sc.parallelize(range(2), 2).mapPartitions(parent_command).collect())),
+    "workers_fork_from": sorted(set(sc.parallelize(range(2), 2).mapPartitions(parent_command).collect())
+                                | sql_function_parents),
 }))

@@ -46,7 +46,8 @@ def test_elephas_readme_script_runs_and_matches_plain_keras(tmp_path):
     assert abs(result["evaluate"][1] - result["predicted_accuracy"]) < 1e-6  # evaluate = [loss, accuracy]
     assert result["epochs_run"] == 20 and "val_loss" in result["history_keys"]
     assert result["reloaded"] == ["SparkModel", "asynchronous", "epoch"] and result["reloaded_same_weights"]
-    # The script's own local SparkContext forks its Python workers from sparkeras' daemon once sparkeras runs in it.
+    # The script's own local SparkContext forks its Python workers from sparkeras' daemon once sparkeras runs in it,
+    # one daemon for RDD and SQL functions alike.
     assert result["daemon"] == "sparkeras.worker.daemon", result
     assert len(result["workers_fork_from"]) == 1 and "sparkeras.worker.daemon" in result["workers_fork_from"][0], result
 

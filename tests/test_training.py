@@ -139,22 +139,22 @@ def test_a_local_session_forks_workers_from_sparkeras_daemon_only_where_that_is_
     end). The conditions are checked on the suite's session by setting its live keys and putting them back, with
     no job between: a daemon of the user's own, the daemon turned off, or workers on another interpreter keep
     their settings."""
-    from sparkeras.session import DAEMON_KEY, fork_workers_from_preloaded_daemon, workers_preloaded
+    from sparkeras.session import DAEMON_KEY, adopt_preloaded_workers, workers_preloaded
 
     sc = spark.sparkContext
     conf, ours, python = sc._conf, sc._conf.get(DAEMON_KEY), sc.pythonExec
-    assert ours == "sparkeras.worker.daemon" and fork_workers_from_preloaded_daemon(spark)
+    assert ours == "sparkeras.worker.daemon" and adopt_preloaded_workers(spark)
     try:
         conf.set(DAEMON_KEY, "my_company.daemon")
-        assert not fork_workers_from_preloaded_daemon(spark) and conf.get(DAEMON_KEY) == "my_company.daemon"
+        assert not adopt_preloaded_workers(spark) and conf.get(DAEMON_KEY) == "my_company.daemon"
         conf.set(DAEMON_KEY, "pyspark.daemon")
         sc.pythonExec = "/opt/other/bin/python3"
-        assert not fork_workers_from_preloaded_daemon(spark) and not workers_preloaded(spark)
+        assert not adopt_preloaded_workers(spark) and not workers_preloaded(spark)
         sc.pythonExec = python
         conf.set("spark.python.use.daemon", "false")
-        assert not fork_workers_from_preloaded_daemon(spark) and conf.get(DAEMON_KEY) == "pyspark.daemon"
+        assert not adopt_preloaded_workers(spark) and conf.get(DAEMON_KEY) == "pyspark.daemon"
         conf._jconf.remove("spark.python.use.daemon")
-        assert fork_workers_from_preloaded_daemon(spark) and conf.get(DAEMON_KEY) == ours and workers_preloaded(spark)
+        assert adopt_preloaded_workers(spark) and conf.get(DAEMON_KEY) == ours and workers_preloaded(spark)
     finally:
         sc.pythonExec = python
         conf.set(DAEMON_KEY, ours)

@@ -21,7 +21,7 @@ from sparkeras.inference.batch import (CLASS, PROBABILITY, RAW_PREDICTION, VALUE
                                       PredictionPlan, predict_batches)
 from sparkeras.inference.pandas_udf import argument_column, has_arrow_udf, pandas_prediction_udf
 from sparkeras.serialization import ModelSpec, check_rebuilds, pack_arrays
-from sparkeras.session import fork_workers_from_preloaded_daemon, is_spark_connect, keras_backend
+from sparkeras.session import adopt_preloaded_workers, is_spark_connect, keras_backend
 
 OUTPUT_KINDS = ("raw", "class", "probability")
 _RESULT = "__sparkeras_prediction"
@@ -56,7 +56,7 @@ def prediction_udf(
     """
     spec = ModelSpec.from_model(model, dict(custom_objects or {}) or None)
     check_rebuilds(spec)
-    fork_workers_from_preloaded_daemon(spark)
+    adopt_preloaded_workers(spark)
     weights = ship_weights(spark, pack_arrays([np.asarray(v) for v in model.weights]))
     plan = PredictionPlan(spec, keras_backend(), tuple(outputs), batch_size, uuid.uuid4().hex, columns, as_struct,
                           caller)
