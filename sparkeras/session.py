@@ -336,7 +336,7 @@ def running_own_jobs(spark: Any) -> Iterator[None]:
 
 
 def adopt_preloaded_workers(spark: Any) -> bool:
-    """In a local session the user started, the Python workers Spark starts from now on are like a ``get_spark`` session's.
+    """In a local session the user started, make the Python workers Spark starts from now on like ``get_spark``'s.
 
     They fork from sparkeras' daemon, and RDD and SQL functions share one
     pool of them.
