@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import socket
@@ -394,12 +395,26 @@ def adopt_preloaded_workers(spark: Any) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=8)
 def _runs_this_interpreter(python: str) -> bool:
-    """Whether Spark's Python workers run ``python`` that is this very interpreter (a pyenv shim is not)."""
+    """Whether Spark's Python workers, started as ``python``, run this very interpreter.
+
+    A path that resolves to ``sys.executable`` does. Anything else (a
+    notebook's default ``python3``, a pyenv shim, a virtualenv's link) is
+    asked for its ``sys.executable``, once per command: 20-50 ms.
+    """
     import shutil
+    import subprocess
 
     found = shutil.which(python) or python
-    return os.path.realpath(found) == os.path.realpath(sys.executable)
+    if os.path.realpath(found) == os.path.realpath(sys.executable):
+        return True
+    try:
+        answer = subprocess.run([found, "-c", "import sys; print(sys.executable)"], capture_output=True,
+                                text=True, timeout=20, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return bool(answer) and os.path.realpath(answer) == os.path.realpath(sys.executable)
 
 
 def _pause_console_progress(spark: Any) -> tuple[Any, Any, Any] | None:

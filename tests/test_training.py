@@ -134,7 +134,7 @@ def test_rdd_functions_and_a_map_in_arrow_share_one_pool_of_python_workers(spark
     assert len(rdd) == 1 and sql == rdd, (rdd, sql)
 
 
-def test_a_local_session_forks_workers_from_sparkeras_daemon_only_where_that_is_safe(spark):
+def test_a_local_session_forks_workers_from_sparkeras_daemon_only_where_that_is_safe(spark, tmp_path):
     """A local session the user started switches to sparkeras' daemon (the Elephas README test checks it end to
     end). The conditions are checked on the suite's session by setting its live keys and putting them back, with
     no job between: a daemon of the user's own, the daemon turned off, or workers on another interpreter keep
@@ -159,6 +159,16 @@ def test_a_local_session_forks_workers_from_sparkeras_daemon_only_where_that_is_
         sc.pythonExec = python
         conf.set(DAEMON_KEY, ours)
         conf._jconf.remove("spark.python.use.daemon")
+    # A link to this interpreter, or a wrapper that runs it (as a pyenv shim or a notebook's "python3" does), is it.
+    from sparkeras.session import _runs_this_interpreter
+
+    (tmp_path / "link").symlink_to(sys.executable)
+    (tmp_path / "shim").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (tmp_path / "shim").chmod(0o755)
+    (tmp_path / "other").write_text("#!/bin/sh\nexec /bin/true\n")
+    (tmp_path / "other").chmod(0o755)
+    assert _runs_this_interpreter(str(tmp_path / "link")) and _runs_this_interpreter(str(tmp_path / "shim"))
+    assert not _runs_this_interpreter(str(tmp_path / "other"))
 
 
 def test_a_local_master_trains_with_one_default_worker_per_core_not_per_slot(spark):
