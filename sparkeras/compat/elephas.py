@@ -268,26 +268,22 @@ def _is_pair(row: Any) -> bool:
     return isinstance(row, tuple) and len(row) == 2
 
 
-def _spread(sc: Any) -> int:
-    """Partitions for the arrays' RDD: the default parallelism, but on a local master one per core.
-
-    Elephas' examples start ``local[8]`` whatever the machine. Each
-    partition's task needs a Python worker, and where the user's own
-    ``SparkContext`` forks pyspark's daemon each new worker imports
-    TensorFlow once it runs sparkeras' code: with 8 partitions on 2 cores,
-    the README script's first fit took 20-23 s against 9 s.
-    """
-    from sparkeras.session import is_local, local_slots
-
-    return local_slots(sc) if is_local(sc.master) else max(1, sc.defaultParallelism)
-
-
 def to_simple_rdd(sc: Any, features: Any, labels: Any) -> Any:
-    """An RDD of ``(features, label)`` pairs from numpy arrays, one partition per worker a fit would take."""
+    """An RDD of ``(features, label)`` pairs from numpy arrays, spread over the default parallelism.
+
+    On a local master that is at most one partition per core
+    (:func:`sparkeras.session.default_parallelism`). Elephas' examples start
+    ``local[8]`` whatever the machine, and each partition's task needs a
+    Python worker: on 2 cores, the README script's first fit took
+    28.6-30.9 s with 8 partitions and pyspark's daemon, 7.3-8.4 s with 2
+    and sparkeras' (``bench/elephas_example.py --bare-context``).
+    """
+    from sparkeras.session import default_parallelism
+
     features, labels = np.asarray(features), np.asarray(labels)
     if len(features) != len(labels):
         raise InputError(f"features has {len(features)} rows but labels has {len(labels)}; they must match.")
-    return sc.parallelize(list(zip(features, labels)), _spread(sc))
+    return sc.parallelize(list(zip(features, labels)), default_parallelism(sc))
 
 
 def to_labeled_point(sc: Any, features: Any, labels: Any, categorical: bool = False) -> Any:
@@ -295,12 +291,14 @@ def to_labeled_point(sc: Any, features: Any, labels: Any, categorical: bool = Fa
     from pyspark.mllib.linalg import Vectors
     from pyspark.mllib.regression import LabeledPoint
 
+    from sparkeras.session import default_parallelism
+
     features, labels = np.asarray(features), np.asarray(labels)
     if len(features) != len(labels):
         raise InputError(f"features has {len(features)} rows but labels has {len(labels)}; they must match.")
     points = [LabeledPoint(float(np.argmax(y)) if categorical else float(y), Vectors.dense(np.ravel(x)))
               for x, y in zip(features, labels)]
-    return sc.parallelize(points, _spread(sc))
+    return sc.parallelize(points, default_parallelism(sc))
 
 
 def lp_to_simple_rdd(lp_rdd: Any, categorical: bool = False, nb_classes: int | None = None) -> Any:
