@@ -97,8 +97,7 @@ class _SparkKerasBase(BaseEstimator):
         routed = {key[len(MODEL_ROUTE):]: value for key, value in params.items() if key.startswith(MODEL_ROUTE)}
         if routed:
             self.model_kwargs = {**dict(self.model_kwargs or {}), **routed}
-        return super().set_params(**{key: value for key, value in params.items() if key not in
-                                     {MODEL_ROUTE + name for name in routed}})
+        return super().set_params(**{key: value for key, value in params.items() if not key.startswith(MODEL_ROUTE)})
 
     def __sklearn_clone__(self) -> "_SparkKerasBase":
         """A fresh, unfitted estimator with the same parameters.
