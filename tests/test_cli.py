@@ -353,6 +353,72 @@ def test_a_csv_of_scalar_columns_trains_without_listing_them_and_the_model_remem
     assert (scored["prediction_class"].to_numpy() == want).mean() == 1.0
 
 
+def test_a_table_whose_label_column_holds_class_names_trains_evaluates_and_predicts_by_name(files, tmp_path,
+                                                                                               capsys):
+    """A CSV names its classes in a string column: train numbers them in sorted order, prints and saves them;
+    evaluate numbers a test file's labels the same way, and predict writes the names. Mistakes name the column."""
+    import keras
+    import pandas as pd
+
+    from sparkeras.cli.main import main
+
+    tmp, x, y, _ = files
+    names = np.array(["north", "east", "west", "south"])[y]  # sorted: east, north, south, west
+    ids = np.searchsorted(np.array(["east", "north", "south", "west"]), names)
+    table = pd.DataFrame(x, columns=[f"Sepal.{i}" for i in range(x.shape[1])])  # R's dotted names
+    table["direction"] = names
+    table.iloc[:2500].to_csv(tmp_path / "train.csv", index=False)
+    table.iloc[2500:][names[2500:] != "south"].to_csv(tmp_path / "valid.csv", index=False)  # lacks a class
+    model = tmp_path / "trained.keras"
+    common = ["--data", str(tmp_path / "train.csv"), "--label", "direction", "--epochs", "3", "--batch-size", "32",
+              "--workers", "2", "--quiet"]
+    rc = main(["train", "--model", str(tmp / "untrained.keras"), *common, "--validation", str(tmp_path / "valid.csv"),
+               "--output", str(model)])
+    out = capsys.readouterr()
+    assert rc == 0, out.err[-3000:]
+    assert "classes: the 4 values of 'direction', in sorted order (east, north, south, west)" in out.out
+    trained = keras.saving.load_model(str(model))
+    assert trained.evaluate(x[2500:], ids[2500:], verbose=0, return_dict=True)["accuracy"] > 0.85
+    from sparkeras import SparkModel
+
+    assert SparkModel.load(str(model)).classes == ["east", "north", "south", "west"]
+
+    table.iloc[2500:].to_csv(tmp_path / "test.csv", index=False)
+    assert main(["evaluate", "--model", str(model), "--data", str(tmp_path / "test.csv"), "--label", "direction"]) == 0
+    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    want = trained.evaluate(x[2500:], ids[2500:], verbose=0, return_dict=True)
+    assert got["loss"] == pytest.approx(want["loss"], abs=1e-4)
+    assert got["accuracy"] == pytest.approx(want["accuracy"], abs=1e-5)
+    assert main(["predict", "--model", str(model), "--data", str(tmp_path / "test.csv"),
+                 "--output", str(tmp_path / "scored")]) == 0
+    scored = pd.read_parquet(tmp_path / "scored")
+    assert list(scored["direction"]) == list(names[2500:])  # the input columns as they were
+    predicted = trained.predict(x[2500:], verbose=0).argmax(axis=1)
+    assert list(scored["prediction_name"]) == list(np.array(["east", "north", "south", "west"])[predicted])
+    capsys.readouterr()
+
+    bad = table.iloc[2500:].copy()
+    bad.loc[bad.index[:3], "direction"] = "up"
+    bad.to_csv(tmp_path / "unseen.csv", index=False)
+    assert main(["evaluate", "--model", str(model), "--data", str(tmp_path / "unseen.csv"), "--label", "direction"]) == 2
+    assert ("Label column 'direction' of --data holds ['up'], which the model's classes ['east', 'north', 'south', "
+            "'west'] do not include") in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(tmp / "untrained.keras"), "--data", str(tmp_path / "test.csv"),
+                 "--label", "direction"]) == 2
+    assert "--label 'direction' holds text, but" in capsys.readouterr().err
+    bad.loc[bad.index[:3], "direction"] = None
+    bad.to_csv(tmp_path / "nulls.csv", index=False)
+    assert main(["train", "--model", str(tmp / "untrained.keras"), *common[2:], "--data", str(tmp_path / "nulls.csv"),
+                 "--output", str(tmp_path / "never.keras")]) == 2
+    assert "Label column 'direction' of --data has rows without a label (null)" in capsys.readouterr().err
+    three = tmp_path / "three.csv"
+    table[names != "south"].to_csv(three, index=False)
+    assert main(["train", "--model", str(tmp / "untrained.keras"), *common[2:], "--data", str(three),
+                 "--output", str(tmp_path / "never.keras")]) == 2
+    assert ("--label 'direction' holds 3 classes ['east', 'north', 'west'], but " in capsys.readouterr().err)
+    assert not (tmp_path / "never.keras").exists()
+
+
 def test_the_cli_imports_keras_with_the_collector_off_and_turns_it_back_on():
     import gc
 

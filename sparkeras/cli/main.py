@@ -18,7 +18,7 @@ import re
 import sys
 from typing import Any, Sequence
 
-from sparkeras.data.columns import split_columns
+from sparkeras.data.columns import quoted, split_columns
 
 EXIT_INPUT = 2
 EXIT_FAILURE = 1
@@ -55,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="feature column(s), comma separated; default: the column 'features', or where the data "
                             "has none, every numeric column but the label and weight columns, in the data's order "
                             "(a CSV of scalar columns, say); saved with the model for evaluate and predict")
-    train.add_argument("--label", default="label", help="label column")
+    train.add_argument("--label", default="label",
+                       help="label column; a column of class names (text) is numbered in sorted order, and the "
+                            "names are saved with the model")
     train.add_argument("--epochs", type=int, default=1)
     train.add_argument("--batch-size", type=int, default=32)
     train.add_argument("--workers", type=int, default=None)
@@ -93,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "folder of image files in class folders, numbered by the classes saved with the model")
     evaluate.add_argument("--features", default=None,
                           help="feature column(s), comma separated; default: those the model was trained on")
-    evaluate.add_argument("--label", default="label", help="label column")
+    evaluate.add_argument("--label", default="label",
+                          help="label column; class names (text) are numbered by the classes saved with the model")
     evaluate.add_argument("--weight-col", metavar="COLUMN", help="a numeric column of --data that weighs each row")
     evaluate.add_argument("--batch-size", type=int, default=256)
     evaluate.add_argument("--workers", type=int, default=None)
@@ -102,11 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict = sub.add_parser("predict", help="add a prediction column to Parquet data",
                              description="Predict with a .keras model over Parquet data; write Parquet "
                                          "with every input column plus the prediction column and, for a "
-                                         "classifier, the class index (prediction_class).")
+                                         "classifier, the class index (prediction_class) and, where the "
+                                         "model saved its class names, the name (prediction_name).")
     predict.add_argument("--model", required=True)
     _data_flags(predict, "Parquet (or CSV, JSON, ORC, Delta) path, any Hadoop URI",
                 "folder of image files; the output has their path, the prediction and, for a model trained on "
-                "class folders, the class name")
+                "class folders or class names, the class name")
     predict.add_argument("--features", default=None,
                          help="feature column(s), comma separated; default: those the model was trained on")
     predict.add_argument("--output", required=True, help="Parquet path to write (never one of the inputs)")
@@ -416,8 +420,13 @@ def _train(args: argparse.Namespace) -> int:
                          **_strategy_options(args))
     data, validation = args.data, args.validation
     features, label = _given_columns(args.features), args.label
-    if features is None and not args.images:
-        features = _table_features(spark, args)
+    if not args.images:
+        from sparkeras.data.sources import read_data
+
+        frame = read_data(spark, args.data)
+        if features is None:
+            features = _table_features(frame, args)
+        data, validation = _class_ids(spark, args, sm, frame, validation)
     if args.images:
         data, features, label = _read_images(spark, args, sm.model, "folder"), "image", "label"
         if validation:  # numbered by the training folders, even where it lacks one
@@ -449,7 +458,7 @@ def _given_columns(value: str | None) -> str | list[str] | None:
     return None if value is None else split_columns(value)
 
 
-def _table_features(spark: Any, args: argparse.Namespace) -> str | list[str]:
+def _table_features(frame: Any, args: argparse.Namespace) -> str | list[str]:
     """The feature columns of ``--data`` when ``--features`` is not given.
 
     A column called ``features`` (an array or a Spark ML vector) if there is
@@ -461,9 +470,6 @@ def _table_features(spark: Any, args: argparse.Namespace) -> str | list[str]:
     """
     from pyspark.sql.types import NumericType
 
-    from sparkeras.data.sources import read_data
-
-    frame = read_data(spark, args.data)
     if "features" in frame.columns:
         return "features"
     skip = {args.label, args.weight_col}
@@ -473,6 +479,49 @@ def _table_features(spark: Any, args: argparse.Namespace) -> str | list[str]:
     shown = ", ".join(numeric) if len(numeric) <= 6 else f"{', '.join(numeric[:3])}, ..., {numeric[-1]}"
     print(f"features: the {len(numeric)} numeric columns other than {args.label!r} ({shown})")
     return numeric if len(numeric) > 1 else numeric[0]
+
+
+def _class_ids(spark: Any, args: argparse.Namespace, sm: Any, frame: Any, validation: str | None
+               ) -> tuple[Any, Any]:
+    """``--data`` and ``--validation`` for training: as given, or, where ``--label`` holds text, numbered.
+
+    Why. A table names its classes in a string column more often than it
+    numbers them, and a command-line user has no ``StringIndexer`` step to
+    run first. The classes are the label's distinct values in sorted order,
+    printed and saved with the model (:mod:`sparkeras.data.labels`), so
+    that ``evaluate`` numbers its labels the same way and ``predict`` writes
+    the class names. Numeric labels are left alone, and the data then keeps
+    its path (the workers read Parquet by path, and MLflow logs it).
+    """
+    from sparkeras.data.labels import is_text_column, text_classes, with_class_ids
+    from sparkeras.data.sources import read_data
+
+    if not is_text_column(frame, args.label):
+        return args.data, validation
+    classes = text_classes(frame, args.label)
+    _check_class_count(sm.model, classes, args)
+    shown = ", ".join(classes) if len(classes) <= 10 else f"{', '.join(classes[:5])}, ..., {classes[-1]}"
+    print(f"classes: the {len(classes)} values of {args.label!r}, in sorted order ({shown})")
+    data = with_class_ids(frame, args.label, classes)
+    if validation:
+        validation = with_class_ids(read_data(spark, validation), args.label, classes, "--validation")
+    return data, validation
+
+
+def _check_class_count(model: Any, classes: list[str], args: argparse.Namespace) -> None:
+    """Refuse a model whose output cannot name ``classes``: a regression, a multi-label model, or other widths."""
+    from sparkeras.errors import InputError
+    from sparkeras.inference.udf import class_outputs
+
+    outputs = class_outputs(model, "prediction")
+    width = None if outputs is None or outputs[0].multilabel else outputs[0].width
+    if width is None:
+        raise InputError(f"--label {args.label!r} holds text classes, but {args.model} is not a one-output "
+                         "classifier (a softmax over the classes, or one sigmoid unit with binary crossentropy "
+                         "for two); compile it as one, or pass a numeric --label.")
+    if max(width, 2) != len(classes):
+        raise InputError(f"--label {args.label!r} holds {len(classes)} classes {classes[:10]}, but {args.model} "
+                         f"outputs {width} unit(s); give its last layer {len(classes)} units.")
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -486,10 +535,25 @@ def _evaluate(args: argparse.Namespace) -> int:
         data = _read_images(spark, args, sm.model, "folder", classes=sm.classes)
         metrics = sm.evaluate(data, features_col="image", label_col="label", batch_size=args.batch_size)
     else:
-        metrics = sm.evaluate(args.data, features_col=_given_columns(args.features), label_col=args.label,
-                              batch_size=args.batch_size, weight_col=args.weight_col)
+        metrics = sm.evaluate(_labelled_by_classes(spark, args, sm), features_col=_given_columns(args.features),
+                              label_col=args.label, batch_size=args.batch_size, weight_col=args.weight_col)
     print(json.dumps({k: round(float(v), 6) for k, v in metrics.items()}))
     return 0
+
+
+def _labelled_by_classes(spark: Any, args: argparse.Namespace, sm: Any) -> Any:
+    """``--data`` for ``evaluate``: its path, or, where ``--label`` holds text, numbered by the model's classes."""
+    from sparkeras.data.labels import is_text_column, with_class_ids
+    from sparkeras.data.sources import read_data
+    from sparkeras.errors import InputError
+
+    frame = read_data(spark, args.data)
+    if not is_text_column(frame, args.label):
+        return args.data
+    if not sm.classes:
+        raise InputError(f"--label {args.label!r} holds text, but {args.model} was trained on class ids and saved "
+                         "no class names; pass the column of class ids.")
+    return with_class_ids(frame, args.label, sm.classes)
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -533,8 +597,8 @@ def _with_classes(out, sm, prediction_col: str):
         return out
     scores = F.col(prediction_col)
     if classifier[0].width > 1:  # in SQL: before Spark 4.0, array_position takes no column as its value
-        quoted = "`" + prediction_col.replace("`", "``") + "`"
-        index = F.expr(f"array_position({quoted}, array_max({quoted})) - 1")
+        name = quoted(prediction_col)
+        index = F.expr(f"array_position({name}, array_max({name})) - 1")
     else:  # one unit, binary crossentropy: class 1 above a probability of 0.5 (a logit of 0)
         index = scores > F.lit(0.0 if classifier[0].logits else 0.5)
     out = out.withColumn(f"{prediction_col}_class", index.cast("int"))

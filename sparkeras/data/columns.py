@@ -308,6 +308,11 @@ def split_columns(value: str) -> str | list[str]:
     return parts[0] if len(parts) == 1 else parts
 
 
+def quoted(column: str) -> str:
+    """``column`` as a SQL identifier: backquoted, so that a name with dots (R's ``Sepal.Length``) is one column."""
+    return "`" + column.replace("`", "``") + "`"
+
+
 def positional_columns(model: Any, count: int, caller: str = "prediction") -> ColumnMap:
     """Bind ``count`` unnamed arguments (a SQL UDF call's) to the model's inputs by position.
 

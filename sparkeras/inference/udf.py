@@ -15,7 +15,7 @@ from typing import Any, Iterator, Mapping, Sequence, Tuple
 import numpy as np
 import pyarrow as pa
 
-from sparkeras.data.columns import ColumnMap, ColumnSpec, output_names, resolve_columns
+from sparkeras.data.columns import ColumnMap, ColumnSpec, output_names, quoted, resolve_columns
 from sparkeras.errors import InputError
 from sparkeras.inference.batch import (CLASS, PROBABILITY, RAW_PREDICTION, VALUE, InlineWeights, OutputColumn,
                                       PredictionPlan, predict_batches)
@@ -108,7 +108,7 @@ def add_predictions(
     if clash:
         raise InputError(f"The data already has column(s) {clash}; choose other prediction column names.")
     udf = prediction_udf(frame.sparkSession, model, outputs, batch_size, columns, custom_objects)
-    arguments = [F.col(_quoted(c)) for c in columns.columns]
+    arguments = [F.col(quoted(c)) for c in columns.columns]
     if not has_arrow_udf():
         arguments = [argument_column(frame.schema, c, a) for c, a in zip(columns.columns, arguments)]
     result = frame.withColumn(_RESULT, udf(*arguments))
@@ -280,10 +280,6 @@ def _check_inference_model(model: Any) -> None:
         known = False
     if not known:
         raise InputError("The model's input shape is unknown: start it with keras.Input(shape=...) or build it.")
-
-
-def _quoted(column: str) -> str:
-    return "`" + column.replace("`", "``") + "`"
 
 
 __all__ = ["add_predictions", "output_columns", "prediction_udf", "register_udf"]
