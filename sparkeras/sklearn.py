@@ -13,7 +13,7 @@ Spark already runs every fit in parallel.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
@@ -40,10 +40,18 @@ class _SparkKerasBase(BaseEstimator):
         num_workers: Spark tasks that train together (default: one per task slot, on a
             local master at most one per core).
         learning_rate: overrides the optimizer's learning rate.
-        model_kwargs: keyword arguments for a callable ``model``. Each one is
-            also a parameter of its own, ``model__<name>``, as in scikeras:
-            ``set_params(model__hidden=64)`` and a ``GridSearchCV`` grid of
-            ``{"model__hidden": [32, 64]}`` set it.
+        model_kwargs: keyword arguments for a callable ``model``.
+        build_fn: the callable under the name Keras' old scikit-learn wrappers
+            (and scikeras, deprecated) gave it; pass ``model`` or ``build_fn``.
+        **model_params: more arguments of the callable ``model``, each a
+            parameter of its own, as scikeras and Keras' old wrappers take them:
+            ``KerasClassifier(build, model__hidden=64)`` or
+            ``KerasClassifier(build_fn=build, hidden=64)``. ``get_params``
+            lists them, and ``set_params`` and ``GridSearchCV`` grids
+            (``{"model__hidden": [32, 64]}``, or ``{"hidden": ...}`` where
+            ``build`` takes ``hidden``) set them. They override
+            ``model_kwargs``; a name the callable does not take is refused at
+            ``fit``, with the estimator's own parameters suggested for a typo.
         custom_objects: custom Keras objects needed to rebuild the model on the workers.
         seed: seeds shuffling and the validation split.
         verbose: 0 quiet, 1 progress bar.
@@ -68,6 +76,8 @@ class _SparkKerasBase(BaseEstimator):
         seed: int | None = 0,
         verbose: int = 0,
         class_weight: Mapping[Any, float] | str | None = None,
+        build_fn: Callable[..., Any] | None = None,
+        **model_params: Any,
     ) -> None:
         self.model = model
         self.epochs = epochs
@@ -82,22 +92,45 @@ class _SparkKerasBase(BaseEstimator):
         self.seed = seed
         self.verbose = verbose
         self.class_weight = class_weight
+        self.build_fn = build_fn
+        self._model_params: tuple[str, ...] = ()
+        self._set_model_params(model_params)
+
+    def _set_model_params(self, params: Mapping[str, Any]) -> None:
+        """Keep the builder's arguments as attributes under the names given (``model__hidden``, ``hidden``)."""
+        for key, value in params.items():
+            setattr(self, key, value)
+        self._model_params = tuple(dict.fromkeys((*self._model_params, *params)))
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor's parameters, the builder's arguments given as parameters included (so clones keep them)."""
+        params = super().get_params(deep=deep)
+        params.update({key: getattr(self, key) for key in self._model_params})
+        return params
 
     def set_params(self, **params: Any) -> "_SparkKerasBase":
-        """Set parameters; ``model__<name>`` sets one argument of the model-building function.
+        """Set parameters; ``model__<name>`` and the builder's own argument names set the model-building function's.
 
         scikeras, the wrapper most Keras users searched with, routes a
-        builder's arguments this way, so grids written for it run here
+        builder's arguments as ``model__<name>``, and Keras' old wrappers took
+        them by their plain names, so grids written for either run here
         unchanged. scikit-learn alone would read ``model__hidden`` as a
         parameter of an estimator inside ``model`` and fail with
-        "'function' object has no attribute 'set_params'". The routed values
-        are kept in a new ``model_kwargs`` dict, so clones and the user's own
-        dict are left as they were.
+        "'function' object has no attribute 'set_params'".
         """
-        routed = {key[len(MODEL_ROUTE):]: value for key, value in params.items() if key.startswith(MODEL_ROUTE)}
-        if routed:
-            self.model_kwargs = {**dict(self.model_kwargs or {}), **routed}
-        return super().set_params(**{key: value for key, value in params.items() if not key.startswith(MODEL_ROUTE)})
+        own = set(super().get_params(deep=False))
+        taken = _builder_arguments(self.model if self.model is not None else self.build_fn)
+        mine = {key: value for key, value in params.items()
+                if key not in own and (key.startswith(MODEL_ROUTE) or key in self._model_params or key in taken)}
+        self._set_model_params(mine)
+        return super().set_params(**{key: value for key, value in params.items() if key not in mine})
+
+    def _builder_kwargs(self) -> dict[str, Any]:
+        """What the model-building function is called with: ``model_kwargs``, then the parameters given for it."""
+        kwargs = dict(self.model_kwargs or {})
+        for key in self._model_params:
+            kwargs[key[len(MODEL_ROUTE):] if key.startswith(MODEL_ROUTE) else key] = getattr(self, key)
+        return kwargs
 
     def __sklearn_clone__(self) -> "_SparkKerasBase":
         """A fresh, unfitted estimator with the same parameters.
@@ -145,20 +178,25 @@ class _SparkKerasBase(BaseEstimator):
 
         from sparkeras.model import fresh_copy
 
-        source = self.model
+        name = type(self).__name__
+        if self.model is not None and self.build_fn is not None:
+            raise InputError(f"{name} was given both model and build_fn; pass the model or its function once, "
+                             "as model.")
+        source = self.model if self.model is not None else self.build_fn
         if source is None:
-            raise InputError(f"{type(self).__name__} needs a model: {type(self).__name__}(model=compiled_keras_model).")
+            raise InputError(f"{name} needs a model: {name}(model=compiled_keras_model).")
+        kwargs = self._builder_kwargs()
         if isinstance(source, keras.Model):
-            if self.model_kwargs:
+            if kwargs:
                 raise InputError(
-                    f"model_kwargs {sorted(self.model_kwargs)} (or model__ parameters) need a function that builds "
-                    f"the model; {type(self).__name__} was given a compiled keras.Model. Pass the function instead: "
-                    f"{type(self).__name__}(build_model, model_kwargs={{...}}).")
+                    f"{sorted(kwargs)} (given as model_kwargs, model__ or other keyword parameters) need a function "
+                    f"that builds the model; {name} was given a compiled keras.Model. Pass the function instead: "
+                    f"{name}(build_model, model_kwargs={{...}}).")
         else:
             if not callable(source):
                 raise InputError(f"model must be a compiled keras.Model or a callable returning one, "
                                  f"got {type(source).__name__}.")
-            source = _call_builder(source, x, y, dict(self.model_kwargs or {}))
+            source = _call_builder(source, x, y, kwargs, sorted(super().get_params(deep=False)))
         return fresh_copy(source, learning_rate=self.learning_rate, owner=type(self).__name__)
 
     def _predict_raw(self, X: Any) -> np.ndarray:
@@ -332,14 +370,37 @@ def _output_units(model: Any) -> int:
     return int(np.prod([d or 1 for d in outputs[0].shape[1:]]))
 
 
-def _call_builder(build: Callable[..., Any], x: np.ndarray, y: np.ndarray, kwargs: dict[str, Any]) -> Any:
-    """Call a model-building function with what it accepts of ``X``, ``y`` and ``model_kwargs``."""
+def _builder_arguments(build: Any) -> set[str]:
+    """The keyword names a model-building function takes (empty for a model, or one that takes ``**kwargs``)."""
+    if build is None or not callable(build) or hasattr(build, "layers"):
+        return set()
+    try:
+        params = inspect.signature(build).parameters
+    except (TypeError, ValueError):
+        return set()
+    return {n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"X", "y"}
+
+
+def _call_builder(build: Callable[..., Any], x: np.ndarray, y: np.ndarray, kwargs: dict[str, Any],
+                  own: Sequence[str] = ()) -> Any:
+    """Call a model-building function with what it accepts of ``X``, ``y`` and ``kwargs``.
+
+    A name it does not take is refused, naming the estimator's own
+    parameter it looks like (``epoch`` for ``epochs``): given to the
+    constructor, a misspelt parameter lands here rather than failing there.
+    """
+    import difflib
+
     params = inspect.signature(build).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     offered = {"X": x, "y": y, **kwargs}
     unknown = [k for k in kwargs if k not in params and not takes_any]
     if unknown:
-        raise InputError(f"model_kwargs {unknown} are not arguments of {getattr(build, '__name__', build)}.")
+        hints = [f"{k!r} looks like the parameter {close[0]!r}" for k in unknown
+                 for close in [difflib.get_close_matches(k, own, n=1)] if close]
+        raise InputError(f"{unknown} (given as model_kwargs, model__ or other keyword parameters) are not arguments "
+                         f"of {getattr(build, '__name__', build)}{inspect.signature(build)}"
+                         + (f"; {'; '.join(hints)}." if hints else "."))
     return build(**{k: v for k, v in offered.items() if takes_any or k in params})
 
 

@@ -142,8 +142,44 @@ def test_grid_search_routes_model_parameters_to_the_building_function(spark):
     assert sorted(set(built)) == [(1, 2), (32, 2)]  # each candidate built with the grid's value and the dict's
     assert search.best_estimator_.model_.layers[0].units == 32 and len(search.best_estimator_.model_.layers) == 3
     assert given == {"depth": 2} and template.model_kwargs is given
-    assert template.set_params(model__hidden=8, epochs=2).model_kwargs == {"depth": 2, "hidden": 8}
+    template.set_params(model__hidden=8, epochs=2)
+    assert template.get_params()["model__hidden"] == 8 and template.model_kwargs is given
     assert template.epochs == 2 and given == {"depth": 2}
+
+
+def test_the_builders_arguments_as_constructor_parameters_as_scikeras_and_kerass_old_wrappers_take_them(spark):
+    """``KerasClassifier(build, model__hidden=32)`` (scikeras) and ``KerasClassifier(build_fn=build, hidden=32)``
+    (Keras' old wrappers) build with that argument, keep it through clone, and grids over either name reach it."""
+    import keras
+    from sklearn.base import clone
+    from sklearn.model_selection import GridSearchCV
+
+    x, y = blobs(400, dim=4, classes=3, seed=2)
+    built = []
+
+    def create_model(hidden=2, activation="relu"):
+        built.append((hidden, activation))
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(hidden, activation=activation),
+                                  keras.layers.Dense(3, activation="softmax")])
+        model.compile(optimizer=keras.optimizers.Adam(0.05), loss="sparse_categorical_crossentropy")
+        return model
+
+    scikeras = KerasClassifier(create_model, model__hidden=32, epochs=3, num_workers=2)
+    assert clone(scikeras).get_params()["model__hidden"] == 32
+    assert scikeras.fit(x, y).model_.layers[0].units == 32 and built[-1] == (32, "relu")
+    legacy = KerasClassifier(build_fn=create_model, epochs=3, batch_size=16, verbose=0, activation="tanh", num_workers=2)
+    search = GridSearchCV(legacy, {"hidden": [1, 16]}, cv=2).fit(x, y)
+    assert search.best_params_ == {"hidden": 16}, search.cv_results_["mean_test_score"]
+    assert {h for h, a in built[1:]} == {1, 16} and {a for h, a in built[1:]} == {"tanh"}
+    assert search.best_estimator_.model_.layers[0].units == 16
+    assert "activation='tanh'" in repr(legacy) and "hidden" not in legacy.get_params()
+
+    with pytest.raises(InputError, match=r"\['epoch'\] \(given as model_kwargs, model__ or other keyword parameters\) "
+                                         r"are not arguments of create_model\(hidden=2, activation='relu'\); 'epoch' "
+                                         r"looks like the parameter 'epochs'"):
+        KerasClassifier(create_model, epoch=3).fit(x, y)
+    with pytest.raises(InputError, match="was given both model and build_fn"):
+        KerasClassifier(create_model, build_fn=create_model).fit(x, y)
 
 
 def test_facade_errors_name_the_problem(spark):
@@ -160,10 +196,12 @@ def test_facade_errors_name_the_problem(spark):
         KerasClassifier(mlp(dim=4, classes=3)).fit(x, np.zeros(60))
     with pytest.raises(InputError, match="needs a model"):
         KerasClassifier().fit(x, y)
-    with pytest.raises(InputError, match="model_kwargs \\['depth'\\] are not arguments"):
+    with pytest.raises(InputError, match="\\['depth'\\] \\(given as model_kwargs, model__ or other keyword "
+                                         "parameters\\) are not arguments of <lambda>\\(X\\)"):
         KerasRegressor(lambda X: None, model_kwargs={"depth": 2}).fit(x, y.astype(float))
-    with pytest.raises(InputError, match=r"model_kwargs \['hidden'\] \(or model__ parameters\) need a function "
-                                         r"that builds the model; KerasClassifier was given a compiled keras.Model"):
+    with pytest.raises(InputError, match=r"\['hidden'\] \(given as model_kwargs, model__ or other keyword "
+                                         r"parameters\) need a function that builds the model; KerasClassifier was "
+                                         r"given a compiled keras.Model"):
         KerasClassifier(mlp(dim=4, classes=3)).set_params(model__hidden=8).fit(x, y)
     with pytest.raises(NotFittedError):
         KerasClassifier(mlp(dim=4, classes=3)).predict(x)
