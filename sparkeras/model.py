@@ -24,7 +24,7 @@ from sparkeras.progress import ProgressBar, ProgressServer
 from sparkeras.serialization import (ModelSpec, check_rebuilds, copy_vocabularies, model_state, pack_arrays,
                                      refresh_derived_state, set_model_state, start_rebuild_check)
 from sparkeras.session import (check_classic_session, driver_host, get_spark, is_spark_connect, keras_backend,
-                               running_own_jobs)
+                               running_own_jobs, start_workers_of_active_session)
 from sparkeras.storage.model_file import check_model_archive, load_keras
 from sparkeras.storage.outputs import (check_output, check_remote_output, hadoop_copy, is_remote,
                                        read_model_info, save_model_atomically)
@@ -91,6 +91,8 @@ class SparkModel:
         self.classes: list[str] | None = None
         """The class names of the labels, in class index order, when the training labels carried them
         (``read_images(..., labels="folder")``); saved with the model."""
+        if master is None:
+            start_workers_of_active_session()
 
     @property
     def model(self) -> Any:

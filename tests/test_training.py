@@ -171,6 +171,54 @@ def test_a_local_session_forks_workers_from_sparkeras_daemon_only_where_that_is_
     assert not _runs_this_interpreter(str(tmp_path / "other"))
 
 
+USER_SESSION_SCRIPT = """
+import json, os, sys
+os.environ["PYSPARK_PYTHON"] = sys.executable
+from pyspark.sql import SparkSession
+
+spark = SparkSession.builder.master("local[2]").config("spark.ui.enabled", "false").getOrCreate()
+spark.sparkContext.setLogLevel("OFF")
+sc = spark.sparkContext
+import sparkeras  # the session exists: its workers start now
+
+sc._sparkeras_start_workers.join(120)
+
+
+def parent(_):
+    with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+        command = f.read().decode().split("\\0")
+    return command[command.index("-m") + 1], "tensorflow" in sys.modules  # the daemon's module
+
+
+workers = sc.parallelize(range(2), 2).map(parent).collect()
+spark.stop()
+import keras
+
+spark = SparkSession.builder.master("local[1]").config("spark.ui.enabled", "false").getOrCreate()
+before = hasattr(spark.sparkContext, "_sparkeras_start_workers")
+model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+model.compile("sgd", "mse")
+sparkeras.SparkModel(model)  # a session started after the import: the first SparkModel starts its workers
+spark.sparkContext._sparkeras_start_workers.join(120)
+print(json.dumps({"workers": sorted(set(workers)), "before": before}))
+spark.stop()
+"""
+
+
+@pytest.mark.own_processes
+def test_a_session_the_user_started_gets_its_python_workers_started_when_sparkeras_first_sees_it(tmp_path):
+    """A script's own local session, then ``import sparkeras``: its Python workers start in the background at once,
+    forked from sparkeras' daemon (TensorFlow already imported), so the first fit does not wait for the import. A
+    session started after the import gets them when the first ``SparkModel`` is made."""
+    script = tmp_path / "user_session.py"
+    script.write_text(USER_SESSION_SCRIPT)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYSPARK_PYTHON=sys.executable), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report == {"workers": [["sparkeras.worker.daemon", True]], "before": False}, report
+
+
 def test_a_local_master_trains_with_one_default_worker_per_core_not_per_slot(spark):
     """``local[N]`` above the machine's cores (Elephas' examples start ``local[8]``) shares those cores, so a fit
     without ``num_workers`` takes one worker per core: the cores are narrowed to one for the driver's thread."""

@@ -33,6 +33,7 @@ from sparkeras.data.columns import split_columns
 from sparkeras.errors import InputError
 from sparkeras.log import logger as log
 from sparkeras.ml.shares import SHARES
+from sparkeras.session import start_workers_of_active_session
 
 MODEL_FILE = "model.keras"
 
@@ -159,6 +160,7 @@ class KerasEstimator(_InferenceParams, HasLabelCol, HasSeed, HasWeightCol, Estim
         kwargs = dict(self._input_kwargs)
         self._keras_model = kwargs.pop("model", None)
         self._set(**{k: v for k, v in kwargs.items() if v is not None})
+        start_workers_of_active_session()
 
     def setParams(self, **params: Any) -> "KerasEstimator":
         return self._set(**params)
@@ -254,6 +256,7 @@ class KerasModel(_InferenceParams, Model, _KerasStage):
         kwargs = dict(self._input_kwargs)
         self._keras_model = kwargs.pop("model", None)
         self._set(**kwargs)
+        start_workers_of_active_session()
 
     history: Any = None
     """The Keras ``History`` of the fit that made this model (``history.history``: each epoch's
