@@ -249,12 +249,12 @@ def start_workers_of_active_session() -> threading.Thread | None:
     TensorFlow import) as the session starts, but a notebook's or a
     script's own ``SparkSession`` started them only at the first fit, which
     then waited for the import. Called when ``sparkeras`` is imported and
-    when a ``SparkModel`` or ``KerasEstimator`` is made, so that the
-    import runs while the user's code reads and prepares the data. A script
-    that started its local session, imported sparkeras, ran a Spark ML
-    text pipeline (7 s) and fitted a ``KerasEstimator``: first fit 5.4-5.5 s
-    before, 1.9-2.6 s after, the preparation about 1 s slower for the
-    import beside it. Cheap where it has nothing to do: no SparkContext in
+    when a ``SparkModel``, ``KerasEstimator`` or ``KerasModel`` is made, so
+    that the import runs while the user's code reads and prepares the data.
+    A script that started its local session, imported sparkeras, ran a
+    Spark ML text pipeline (7 s) and fitted a ``KerasEstimator``: first fit
+    5.4-5.5 s before, 1.6-2.6 s after, the preparation 0.6-0.9 s slower for
+    the import beside it. Cheap where it has nothing to do: no SparkContext in
     this process (an executor's Python worker, a script before its session
     starts), or the workers already started. Spark Connect has none.
     """

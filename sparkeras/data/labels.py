@@ -54,6 +54,7 @@ def with_class_ids(frame: Any, column: str, classes: Sequence[str], what: str = 
     place, and carries ``classes`` as Spark ML's nominal attribute values.
     """
     from pyspark.ml.feature import StringIndexerModel
+    from pyspark.sql import functions as F
 
     known = set(classes)
     unseen = sorted(str(v) for v in _distinct(frame, column, what) if v not in known)
@@ -67,8 +68,6 @@ def with_class_ids(frame: Any, column: str, classes: Sequence[str], what: str = 
     indexer = StringIndexerModel.from_labels(list(classes), inputCol=column, outputCol=staging,
                                              handleInvalid="error")
     indexed = indexer.transform(frame)
-    from pyspark.sql import functions as F
-
     return indexed.select(*[F.col(quoted(staging)).alias(column, metadata=indexed.schema[staging].metadata)
                             if name == column else F.col(quoted(name)) for name in frame.columns])
 
