@@ -371,7 +371,7 @@ def _output_units(model: Any) -> int:
 
 
 def _builder_arguments(build: Any) -> set[str]:
-    """The keyword names a model-building function takes (empty for a model, or one that takes ``**kwargs``)."""
+    """The argument names a model-building function declares, but ``X`` and ``y`` (none for a compiled model)."""
     if build is None or not callable(build) or hasattr(build, "layers"):
         return set()
     try:
