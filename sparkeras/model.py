@@ -30,6 +30,7 @@ from sparkeras.storage.outputs import (check_output, check_remote_output, hadoop
                                        read_model_info, save_model_atomically)
 from sparkeras.strategies import Strategy, get_strategy
 from sparkeras.strategies.continuation import Continuation
+from sparkeras.tracking.autolog import autologging_logger
 from sparkeras.errors import worker_error
 from sparkeras.training import (FullCollectionsDeferred, MetricReader, TrainingJob, evaluate, run_partitions,
                                 start_warm_up)
@@ -63,6 +64,8 @@ class SparkModel:
         **strategy_options: options for a strategy given by name
             (e.g. ``window=10`` for averaging every 10 batches).
     """
+
+    _follows_autologging = True  # MLflow's autologging logs each fit; off for a search's trials, an ensemble's members
 
     def __init__(
         self,
@@ -272,6 +275,9 @@ class SparkModel:
         server = None
         job = None
         strategy_name = getattr(self.strategy, "name", type(self.strategy).__name__)
+        if self._follows_autologging:
+            automatic = autologging_logger(callbacks)
+            callbacks = [*(callbacks or []), automatic] if automatic is not None else callbacks
         try:
             _fit_starting(callbacks, strategy_name)
             spec = self._spec(columns, class_weight=class_weight, workers=workers)

@@ -218,6 +218,69 @@ def test_a_fit_inside_the_callers_active_run_logs_into_it_and_leaves_it_open(tra
     assert [m.step for m in MlflowClient(uri).get_metric_history(mine.info.run_id, "loss")] == [0]
 
 
+
+def test_mlflows_autologging_logs_a_fit_as_it_logs_model_fit_and_keeps_its_rules(tracked):
+    """``mlflow.keras.autolog()`` patches ``keras.Model.fit``, which a sparkeras fit never calls on the driver."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.utils.autologging_utils.safety import _AutologgingSessionManager
+
+    from sparkeras import SparkModel
+    from sparkeras.callbacks import MLflowLogger
+
+    tmp, uri, _, _, _, x = tracked
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.set_experiment("autologged").experiment_id
+    client = MlflowClient(uri)
+    y = (x[:, 0] > 0).astype("int64")
+
+    def fit(**options):
+        model = SparkModel(mlp(), "averaging", 2, seed=0)
+        return model, model.fit(x[:400], y[:400], epochs=2, batch_size=64, verbose=0, **options)
+
+    def runs():
+        return len(client.search_runs([experiment]))
+
+    try:
+        mlflow.keras.autolog(registered_model_name="blobs", extra_tags={"team": "risk"})
+        model, history = fit()
+        run = mlflow.last_active_run()  # MLflow's documented way to reach an autologged run: complete on return
+        assert run.info.status == "FINISHED" and run.info.experiment_id == experiment
+        assert run.data.tags["mlflow.autologging"] == "keras" and run.data.tags["team"] == "risk"
+        assert run.data.params["strategy"] == "averaging" and run.data.params["epochs"] == "2"
+        assert [m.value for m in client.get_metric_history(run.info.run_id, "loss")] == history.history["loss"]
+        uri_of_model = run.data.tags["sparkeras.model_uri"]
+        (version,) = client.search_model_versions("name='blobs'")
+        assert int(version.version) == 1 and version.run_id == run.info.run_id
+        assert version.source == uri_of_model
+        np.testing.assert_allclose(mlflow.pyfunc.load_model(uri_of_model).predict(x[:8]),
+                                   model.model.predict(x[:8], verbose=0), atol=1e-6)
+        fit()
+        assert sorted(int(v.version) for v in client.search_model_versions("name='blobs'")) == [1, 2]
+
+        mlflow.keras.autolog(log_models=False, exclusive=True)
+        with mlflow.start_run() as mine:  # exclusive: nothing goes into the user's own run
+            fit()
+        assert client.get_run(mine.info.run_id).data.params == {}
+        fit()
+        unlogged = mlflow.last_active_run()
+        assert unlogged.info.run_id != mine.info.run_id and "sparkeras.model_uri" not in unlogged.data.tags
+        assert unlogged.data.params["strategy"] == "averaging"
+
+        before = runs()
+        with _AutologgingSessionManager.start_session("sklearn"):  # inside GridSearchCV.fit, say: sklearn's to log
+            fit()
+        assert runs() == before
+        mine = MLflowLogger(log_model=False, experiment="autologged")
+        fit(callbacks=[mine])  # the user's own logger, and no second run
+        assert runs() == before + 1 and mine.run_id is not None
+    finally:
+        mlflow.keras.autolog(disable=True)
+    before = runs()
+    fit()
+    assert runs() == before
+
+
 UNSAVEABLE = """
 import keras
 
@@ -416,5 +479,10 @@ def test_tracking_arguments_are_checked_first():
 
     with pytest.raises(InputError, match="MLflowLogger's experiment must be a non-empty string, got 3"):
         MLflowLogger(experiment=3)
+    with pytest.raises(InputError, match=r"registered_model_name='m'\) registers the logged model, but "
+                                         r"log_model=False logs none"):
+        MLflowLogger(log_model=False, registered_model_name="m")
+    with pytest.raises(InputError, match="MLflowLogger's tags must be a dict of names to values, got 'team'"):
+        MLflowLogger(tags="team")
     with pytest.raises(InputError, match="ClusterScalars needs a log directory path, got None"):
         ClusterScalars(None)

@@ -146,6 +146,7 @@ class Ensemble:
 
         fitter = SparkModel(member, copy.deepcopy(self.strategy), 1, custom_objects=self.custom_objects or None,
                             seed=self.seed + index)
+        fitter._follows_autologging = False  # members would each log into one active run, their params clashing
         return fitter.fit(frame, validation_data=frames.validation, epochs=epochs, batch_size=batch_size,
                           features_col=frames.features_col, label_col=frames.label_col, verbose=0, **weights)
 

@@ -283,6 +283,11 @@ class MLflowLogger(keras.callbacks.Callback):
             active run's, or MLflow's current one.
         run_name: the run's name (default ``sparkeras-<strategy>``).
         log_model: log the trained model at the end of the fit.
+        registered_model_name: also register the logged model under this
+            name in MLflow's model registry, as a new version each fit
+            (as ``mlflow.keras.log_model(registered_model_name=...)``);
+            ``logger.registered_version`` is its number.
+        tags: tags for a run the logger creates (not for your active run).
 
     With no ``experiment`` and an active run (``with mlflow.start_run():``)
     the fit logs into that run and leaves it open.
@@ -291,14 +296,24 @@ class MLflowLogger(keras.callbacks.Callback):
     FLUSH_SECONDS = 5.0
 
     def __init__(self, tracking_uri: str | None = None, experiment: str | None = None,
-                 run_name: str | None = None, log_model: bool = True) -> None:
+                 run_name: str | None = None, log_model: bool = True, registered_model_name: str | None = None,
+                 tags: Mapping[str, Any] | None = None) -> None:
         super().__init__()
-        for name, value in (("tracking_uri", tracking_uri), ("experiment", experiment), ("run_name", run_name)):
+        for name, value in (("tracking_uri", tracking_uri), ("experiment", experiment), ("run_name", run_name),
+                            ("registered_model_name", registered_model_name)):
             if value is not None and (not isinstance(value, str) or not value):
                 raise InputError(f"MLflowLogger's {name} must be a non-empty string, got {value!r}.")
+        if registered_model_name is not None and not log_model:
+            raise InputError(f"MLflowLogger(registered_model_name={registered_model_name!r}) registers the logged "
+                             f"model, but log_model=False logs none: drop one of the two.")
+        if tags is not None and not isinstance(tags, Mapping):
+            raise InputError(f"MLflowLogger's tags must be a dict of names to values, got {tags!r}.")
         require_mlflow()
         self.tracking_uri, self.experiment, self.run_name = tracking_uri, experiment, run_name
         self.log_model = bool(log_model)
+        self.registered_model_name = registered_model_name
+        self.tags = {str(k): _text(v) for k, v in (tags or {}).items()}
+        self._registered_version: int | None = None
         self.run: RunHandle | None = None
         self._model_uri: str | None = None
         self._epoch_started = 0.0
@@ -328,7 +343,7 @@ class MLflowLogger(keras.callbacks.Callback):
         self._restorers = []
         self._set_tracking_uri()
         self._pending = RunHandle.start_soon(self.experiment, self.run_name or f"sparkeras-{strategy}",
-                                             tags={"sparkeras.strategy": strategy})
+                                             tags=self._run_tags(strategy))
 
     def watch_callbacks(self, callbacks: Sequence[Any]) -> None:
         """Called by ``SparkModel.fit`` with the fit's other callbacks, to see which restore the best weights."""
@@ -338,6 +353,7 @@ class MLflowLogger(keras.callbacks.Callback):
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         started = time.perf_counter()
         self._epoch_logs = {}
+        self._registered_version = None
         params = dict(self.params or {})
         self.run = self._take_run(params.get("strategy", "fit"))
         setup = {"setup_seconds": started - float(params["fit_started"])} if "fit_started" in params else {}
@@ -355,7 +371,7 @@ class MLflowLogger(keras.callbacks.Callback):
                 return pending.result(timeout=RunHandle.WAIT_SECONDS)
             self._set_tracking_uri()
             return RunHandle.start(self.experiment, self.run_name or f"sparkeras-{strategy}",
-                                   tags={"sparkeras.strategy": strategy})
+                                   tags=self._run_tags(strategy))
         except TimeoutError:
             raise InputError(f"MLflowLogger waited {RunHandle.WAIT_SECONDS:.0f}s for the tracking store at "
                              f"{self._uri()!r} to create a run in experiment {self.experiment!r}; is it "
@@ -363,6 +379,9 @@ class MLflowLogger(keras.callbacks.Callback):
         except Exception as exc:  # noqa: BLE001 - MLflow's errors are many; the store is what to check
             raise InputError(f"MLflowLogger cannot start a run in experiment {self.experiment!r} at tracking URI "
                              f"{self._uri()!r}: {exc}") from None
+
+    def _run_tags(self, strategy: str) -> dict[str, str]:
+        return {**self.tags, "sparkeras.strategy": strategy}
 
     def _set_tracking_uri(self) -> None:
         if self.tracking_uri is not None:
@@ -426,6 +445,8 @@ class MLflowLogger(keras.callbacks.Callback):
             else:
                 def finish() -> None:
                     self._model_uri = logged.finish(saved, step=step, metrics=metrics, timestamp=timestamp)
+                    if self.registered_model_name is not None:
+                        self._registered_version = register_model(logged, self.registered_model_name)
 
                 self.run.submit(finish)
         self.run.end("FINISHED")
@@ -443,6 +464,12 @@ class MLflowLogger(keras.callbacks.Callback):
         """Where the last fit's model was logged (``models:/...``), once its writes are done."""
         self.wait()
         return self._model_uri
+
+    @property
+    def registered_version(self) -> int | None:
+        """The model registry version the last fit's model became (``registered_model_name``), once written."""
+        self.wait()
+        return self._registered_version
 
     def wait(self) -> None:
         """Return once everything the last fit logged is in the store.
@@ -743,6 +770,26 @@ class LoggedKerasModel:
     def _finalize(self, status: Any) -> None:
         if self.model_id is not None:
             self.run.client.finalize_logged_model(self.model_id, status)
+
+
+def register_model(logged: "LoggedKerasModel", name: str) -> int:
+    """Register a logged model under ``name`` (created if missing) as a new version; returns its number.
+
+    Through the run's own client rather than ``mlflow.register_model``,
+    which prints its progress to stderr: this runs on the writer thread,
+    while the fit's progress bar may be drawing.
+    """
+    from mlflow.exceptions import MlflowException
+
+    client = logged.run.client
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+    version = client.create_model_version(name, source=logged.uri, run_id=logged.run.run_id,
+                                          model_id=logged.model_id)
+    return int(version.version)
 
 
 def log_keras_model(model: Any, run: RunHandle, name: str = "model", params: Mapping[str, Any] | None = None,

@@ -460,6 +460,7 @@ class Search:
 
         fitter = SparkModel(model, copy.deepcopy(self.strategy), self.workers_per_trial,
                             custom_objects=self.custom_objects, seed=self.seed + record.trial.number)
+        fitter._follows_autologging = False  # the search is the user's fit: trials are logged by `tracking=`
         fitter.fit(self.frames.train, validation_data=self.frames.validation, epochs=self.epochs,
                    batch_size=self.batch_size, features_col=self.frames.features_col,
                    label_col=self.frames.label_col, callbacks=[trial_reporter(record, self.lock)], verbose=0,
