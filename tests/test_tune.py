@@ -287,6 +287,31 @@ def test_a_search_with_only_a_timeout_stops_starting_trials_when_it_runs_out(spa
     assert spent.trials == []  # out of time before the first trial: an empty study, not an error
 
 
+
+def test_mlflows_autologging_logs_a_search_as_tracking_does_and_leaves_its_trials_fits_alone(spark, tmp_path):
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.set_experiment("autologged-search").experiment_id
+    x, y = _data(300)
+    try:
+        mlflow.keras.autolog(extra_tags={"team": "risk"})
+        study = sparkeras.tune(lambda p: _model(p["learning_rate"], 8), x, y, n_trials=2, epochs=1, verbose=0,
+                               search_space={"learning_rate": [1e-3, 1e-2]}, seed=1, workers_per_trial=2)
+    finally:
+        mlflow.keras.autolog(disable=True)
+    search = mlflow.last_active_run()
+    assert search.info.status == "FINISHED" and search.data.tags["sparkeras.search"] == "optuna"
+    assert search.data.tags["team"] == "risk" and search.data.tags["mlflow.autologging"] == "keras"
+    runs = MlflowClient(uri).search_runs([experiment])
+    trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == search.info.run_id]
+    assert len(runs) == 3 and len(trials) == 2  # the search and its trials: no run for each trial's fit
+    assert sorted(float(r.data.params["learning_rate"]) for r in trials) == \
+        sorted(t.params["learning_rate"] for t in study.trials)
+
+
 def test_a_majority_vote_counts_each_members_most_probable_class():
     from sparkeras.ensemble.layers import MajorityVote
 

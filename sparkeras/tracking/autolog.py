@@ -75,16 +75,18 @@ def _autologging_logger_class() -> type:
     from sparkeras.tracking.mlflow import MLflowLogger
 
     class AutologgingLogger(MLflowLogger):
+        autologging = True
+
         def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
             super().on_train_end(logs)
             self.wait()
             if self.run is not None and self.run.owned:
-                _set_last_active_run(self.run.run_id)
+                set_last_active_run(self.run.run_id)
 
     return AutologgingLogger
 
 
-def _set_last_active_run(run_id: str) -> None:
+def set_last_active_run(run_id: str) -> None:
     """What ``mlflow.last_active_run()`` returns in this thread, as MLflow sets it when a fluent run ends."""
     try:
         from mlflow.tracking.fluent import _last_active_run_id

@@ -294,6 +294,7 @@ class MLflowLogger(keras.callbacks.Callback):
     """
 
     FLUSH_SECONDS = 5.0
+    autologging = False  # made by MLflow's autologging (sparkeras.tracking.autolog), not by the user
 
     def __init__(self, tracking_uri: str | None = None, experiment: str | None = None,
                  run_name: str | None = None, log_model: bool = True, registered_model_name: str | None = None,

@@ -50,6 +50,7 @@ from sparkeras.data.strings import for_packed_data
 from sparkeras.data.weights import ClassWeights, check_class_weight, check_class_weight_fits, check_row_weights
 from sparkeras.errors import InputError, SparkerasError
 from sparkeras.session import check_classic_session
+from sparkeras.tracking.autolog import autologging_logger, set_last_active_run
 from sparkeras.tune.space import distributions, suggest
 
 INTERRUPTED = "interrupted: the driver stopped while the trial ran"
@@ -122,7 +123,9 @@ def tune(
             one MLflow run (its settings, then the best value and params),
             and each trial a nested run with its params, every epoch's
             metrics and its end (``FINISHED``, ``KILLED`` when pruned,
-            ``FAILED``).
+            ``FAILED``). Default: the same where MLflow's Keras autologging
+            is on (``mlflow.autolog()``), into your active run or a run of its
+            own, which ``mlflow.last_active_run()`` then returns.
         class_weight: ``{class id: weight}`` for every trial's training loss,
             as in Keras' ``fit``.
         weight_col, sample_weight: a column of row weights (``sample_weight``:
@@ -139,6 +142,8 @@ def tune(
 
         if not isinstance(tracking, MLflowLogger):
             raise InputError(f"tracking must be a sparkeras.callbacks.MLflowLogger, got {type(tracking).__name__}.")
+    else:
+        tracking = autologging_logger(())  # MLflow's autologging, where on, logs the search and its trials
     space = distributions(search_space) if search_space is not None else None
     optuna = _optuna()
     from sparkeras.barrier import registered_slots
@@ -187,6 +192,8 @@ def tune(
     if parent is not None:
         search.close_tracking(parent)
         parent.wait()  # the trials' runs were queued before the search's end: all are in the store
+        if parent.owned and tracking.autologging:
+            set_last_active_run(parent.run_id)
     return study
 
 
@@ -245,7 +252,7 @@ class Search:
         if tracking.tracking_uri is not None:
             mlflow.set_tracking_uri(tracking.tracking_uri)
         parent = RunHandle.start(tracking.experiment, tracking.run_name or f"sparkeras-tune-{params['study_name']}",
-                                 tags={"sparkeras.search": "optuna"})
+                                 tags={**tracking.tags, "sparkeras.search": "optuna"})
         parent.log(params=params)
         tracking.run = parent
         self.tracking = (tracking, parent)
