@@ -1,6 +1,6 @@
 """Training throughput: sparkeras vs plain ``model.fit``, same model, data and cores, one run.
 
-Model: MLP 784-128-10; data: 60,000 rows of a learnable synthetic 10-class
+Model: MLP 784-128-10 (``--hidden`` for others); data: 60,000 rows of a learnable synthetic 10-class
 problem (MNIST-shaped, no download); batch 64; 3 epochs. The plain baseline
 runs ``model.fit`` in this process; sparkeras trains the same initial model
 on the embedded ``local[2]`` session with 2 workers. Both timings cover
@@ -29,7 +29,7 @@ the default tracked fits, so that the same time buys twice the rounds (one
 warm fit's wall time varies by more than the effect measured).
 
     python bench/throughput.py [--strategy averaging[,adag,allreduce,allreduce-tcp,...]]
-                               [--source numpy|parquet] [--rows 60000]
+                               [--source numpy|parquet] [--rows 60000] [--hidden 128]
                                [--epochs 3] [--learning-rate 0.001] [--tracking 5]
                                [--tracking-kinds defaults,log_model=False,keras_tensorboard]
 """
@@ -71,13 +71,13 @@ def write_parquet(x, y, directory: str) -> str:
     return path
 
 
-def make_model(seed: int = 7, learning_rate: float = 0.001):
+def make_model(seed: int = 7, learning_rate: float = 0.001, hidden: tuple[int, ...] = (128,)):
     import keras
 
     keras.utils.set_random_seed(seed)
     model = keras.Sequential([
         keras.Input((784,)),
-        keras.layers.Dense(128, activation="relu"),
+        *(keras.layers.Dense(units, activation="relu") for units in hidden),
         keras.layers.Dense(10, activation="softmax"),
     ])
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy",
@@ -99,6 +99,8 @@ def main() -> None:
                         help="a strategy name, or several separated by commas (one baseline for all)")
     parser.add_argument("--learning-rate", type=float, default=0.001, help="Adam's, for both sides")
     parser.add_argument("--rows", type=int, default=60_000)
+    parser.add_argument("--hidden", default="128", metavar="UNITS,...",
+                        help="the MLP's hidden layers (4096,2048: 11.6M weights, for the cost of moving large states)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
@@ -120,7 +122,8 @@ def main() -> None:
     (x, y), (xt, yt) = make_data(args.rows)
     samples = args.rows * args.epochs
 
-    baseline = make_model(learning_rate=args.learning_rate)
+    hidden = tuple(int(units) for units in args.hidden.split(","))
+    baseline = make_model(learning_rate=args.learning_rate, hidden=hidden)
     start = time.perf_counter()
     baseline.fit(x, y, batch_size=args.batch_size, epochs=args.epochs, verbose=0)
     plain_s = time.perf_counter() - start
@@ -136,7 +139,7 @@ def main() -> None:
     for strategy in args.strategy.split(","):
         results = {}
         for run in ("cold", "warm"):
-            sm = SparkModel(make_model(learning_rate=args.learning_rate), strategy=_strategy(strategy),
+            sm = SparkModel(make_model(learning_rate=args.learning_rate, hidden=hidden), strategy=_strategy(strategy),
                             num_workers=args.workers, seed=0)
             start = time.perf_counter()
             sm.fit(**data, batch_size=args.batch_size, epochs=args.epochs, verbose=0)
@@ -146,7 +149,8 @@ def main() -> None:
             "benchmark": "train_throughput",
             "strategy": strategy,
             "source": args.source,
-            "rows": args.rows, "epochs": args.epochs, "batch_size": args.batch_size, "workers": args.workers,
+            "rows": args.rows, "hidden": list(hidden), "epochs": args.epochs, "batch_size": args.batch_size,
+            "workers": args.workers,
             "learning_rate": args.learning_rate,
             "plain_samples_per_s": round(samples / plain_s),
             "sparkeras_samples_per_s": round(samples / results["warm"]),
@@ -232,10 +236,11 @@ def tracking_overhead(args: argparse.Namespace, strategy: str, data: dict, direc
     cpu: dict[str, list[float]] = {k: [] for k in kinds}  # the driver's CPU seconds, its threads included
     direct: dict[str, list[dict[str, float]]] = {k: [] for k in kinds if k != "untracked"}
     logger = None
+    hidden = tuple(int(units) for units in args.hidden.split(","))
     for i in range(args.tracking):
         order = list(kinds.items())
         for kind, callbacks in order[i % len(order):] + order[:i % len(order)]:  # no kind always runs first
-            sm = SparkModel(make_model(learning_rate=args.learning_rate), strategy=_strategy(strategy),
+            sm = SparkModel(make_model(learning_rate=args.learning_rate, hidden=hidden), strategy=_strategy(strategy),
                             num_workers=args.workers, seed=0)
             given = callbacks(i)
             on_thread = [0.0]

@@ -30,9 +30,19 @@ _ALLOWED_DTYPES = frozenset(
 
 def pack_arrays(arrays: Sequence[np.ndarray]) -> bytes:
     """Encode arrays as one JSON header (dtypes, shapes) followed by their raw bytes."""
+    return b"".join(packed_parts(arrays))
+
+
+def packed_parts(arrays: Sequence[np.ndarray]) -> list[Any]:
+    """:func:`pack_arrays`' bytes as buffers to send or join: its header, then a view of each array's bytes.
+
+    No array is copied (unless it is not C-contiguous), so a frame can
+    send a model's state straight from its arrays; the arrays must not
+    change until it is sent.
+    """
     arrays = [np.asarray(a, order="C") for a in arrays]  # ascontiguousarray would make 0-d arrays 1-d
     header = json.dumps([[a.dtype.name, list(a.shape)] for a in arrays]).encode()
-    return b"".join([_HEADER.pack(len(header)), header, *(a.tobytes() for a in arrays)])
+    return [_HEADER.pack(len(header)), header, *(a.reshape(-1).view(np.uint8) for a in arrays)]
 
 
 def unpack_arrays(blob: bytes | memoryview) -> list[np.ndarray]:
@@ -602,18 +612,20 @@ def _config_dicts(config: Any) -> Iterator[dict[str, Any]]:
             pending.extend(node)
 
 
+def state_variables(model: Any) -> list[Any]:
+    """The variables :func:`model_state` reads: the weights followed by the optimizer variables."""
+    ensure_optimizer_built(model)
+    return list(model.weights) + list(model.optimizer.variables)
+
+
 def model_state(model: Any) -> list[np.ndarray]:
     """The weights followed by the optimizer variables, in a stable order."""
-    ensure_optimizer_built(model)
-    return [np.asarray(v) for v in model.weights] + [
-        np.asarray(v) for v in model.optimizer.variables
-    ]
+    return [np.asarray(v) for v in state_variables(model)]
 
 
 def set_model_state(model: Any, state: Sequence[np.ndarray]) -> None:
     """Inverse of :func:`model_state`."""
-    ensure_optimizer_built(model)
-    variables = list(model.weights) + list(model.optimizer.variables)
+    variables = state_variables(model)
     if len(variables) != len(state):
         raise ValueError(
             f"model state has {len(state)} arrays but the model has {len(variables)} variables"

@@ -55,9 +55,9 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 
 from sparkeras.comm.server import FrameServer, ServerAddress
-from sparkeras.comm.wire import FrameError, read_frame, write_frame
+from sparkeras.comm.wire import FrameError, Payload, payload_size, read_frame, write_frame
 from sparkeras.errors import InputError
-from sparkeras.serialization import pack_arrays, unpack_arrays
+from sparkeras.serialization import pack_arrays, packed_parts, unpack_arrays
 
 
 class Diverged(ValueError):
@@ -134,7 +134,8 @@ class ParameterServer:
         self.timeout = timeout
         self._shapes = [(a.dtype, a.shape) for a in self.center]
         self._initial_local = initial_local
-        self._local: dict[int, bytes] = {}
+        self._local: dict[int, bytes | memoryview] = {}
+        self._local_run: dict[int, int] = {}  # the epoch run each parked state was reported in (park's run)
         self._seen: dict[tuple[int, int], int] = {}  # (worker, attempt) -> last applied seq
         self._lock = threading.Lock()
         self._round = threading.Condition(self._lock)
@@ -227,12 +228,21 @@ class ParameterServer:
         with self._lock:
             return self._abandoned
 
-    def park(self, local_states: dict[int, bytes]) -> None:
-        """Keep each worker's local state from the epoch that just ended, for its next join."""
+    def park(self, local_states: dict[int, bytes | memoryview], run: int | None = None) -> None:
+        """Keep each worker's local state from the epoch that just ended, for its next join.
+
+        ``run``: the epoch run whose reports these states are, unchanged; a
+        worker that still holds its report is then sent the center alone.
+        """
         with self._lock:
             self._local.update(local_states)
+            for worker in local_states:
+                if run is None:
+                    self._local_run.pop(worker, None)
+                else:
+                    self._local_run[worker] = run
 
-    def parked(self) -> dict[int, bytes]:
+    def parked(self) -> dict[int, bytes | memoryview]:
         """Each worker's parked local state (packed arrays), as :meth:`park` kept it."""
         with self._lock:
             return dict(self._local)
@@ -260,7 +270,7 @@ class ParameterServer:
                 return dict(self._answers[header["run"]]), b""
             self._check_run(header)
             if kind == "join":
-                reply = self._join(int(header["worker"]), int(header["attempt"]))
+                reply = self._join(int(header["worker"]), int(header["attempt"]), header.get("holds"))
             elif kind == "pull":
                 self.stats.add(pulls=1)
                 reply = self._center_reply()
@@ -277,7 +287,7 @@ class ParameterServer:
         except (KeyError, TypeError, ValueError) as exc:
             self.stats.add(refused_commits=int(kind == "commit"))
             reply = {"error": f"refused {kind!r} message: {exc}", "diverged": isinstance(exc, Diverged)}, b""
-        self.stats.add(bytes_out=len(reply[1]))
+        self.stats.add(bytes_out=payload_size(reply[1]))
         return reply
 
     def _check_run(self, header: dict[str, Any]) -> None:
@@ -296,7 +306,16 @@ class ParameterServer:
         with self._guarded():
             return {"version": self.version}, pack_arrays(self.center)
 
-    def _join(self, worker: int, attempt: int) -> tuple[dict[str, Any], bytes]:
+    def _join(self, worker: int, attempt: int, holds: int | None = None) -> tuple[dict[str, Any], Payload]:
+        """The center and the worker's parked local state; the center alone where the worker ``holds`` that state.
+
+        Why. A task that trains every epoch in one job (``OneJobFit``) has
+        its model at the end of the last epoch, which is exactly the state
+        it reported and the driver parked. Sending it back cost a model's
+        weights and optimizer moments each way per epoch: 200 MB for a
+        16.6M-weight MLP with Adam. ``holds`` is the epoch run of that
+        report; the state parked for the worker must come from it.
+        """
         with self._lock:
             self.stats.add(joins=1)
             if self.retry_abandons is not None and attempt > 0:
@@ -305,9 +324,11 @@ class ParameterServer:
                 self._round.notify_all()
                 raise ValueError(self._abandoned)
             self._seen[(worker, attempt)] = -1
-            local = self._local.get(worker, self._initial_local)
             center = pack_arrays(self.center)
-            return {"version": self.version, "center_bytes": len(center)}, center + local
+            reply = {"version": self.version, "center_bytes": len(center)}
+            if holds is not None and self._local_run.get(worker) == int(holds):
+                return {**reply, "local": "held"}, center
+            return reply, [center, self._local.get(worker, self._initial_local)]
 
     def _done(self, worker: int) -> tuple[dict[str, Any], bytes]:
         with self._lock:
@@ -468,7 +489,8 @@ class ParameterClient:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return conn
 
-    def call(self, header: dict[str, Any], payload: bytes = b"", patience: float = 0.0) -> tuple[dict[str, Any], bytes]:
+    def call(self, header: dict[str, Any], payload: Payload = b"", patience: float = 0.0
+             ) -> tuple[dict[str, Any], bytes]:
         """Send one frame and read the reply, reconnecting as the class says.
 
         ``patience``: seconds more than ``timeout`` to wait for a reply
@@ -490,7 +512,7 @@ class ParameterClient:
                 write_frame(self._conn, self.address.secret, header, payload)
                 reply, blob = read_frame(self._conn, self.address.secret, self.max_payload)
                 self.seconds += time.perf_counter() - started
-                self.bytes += len(payload) + len(blob)
+                self.bytes += payload_size(payload) + len(blob)
                 break
             except ConnectionRefusedError:  # nothing listens there any more: retrying cannot help
                 self._drop()
@@ -512,11 +534,13 @@ class ParameterClient:
             raise RuntimeError(f"the parameter server {reply['error']}")
         return reply, blob
 
-    def join(self) -> tuple[list[np.ndarray], int, list[np.ndarray]]:
-        """The center, its version, and this worker's local state."""
-        reply, blob = self.call({"type": "join"})
-        cut = int(reply["center_bytes"])
-        return _writable(blob[:cut]), int(reply["version"]), unpack_arrays(blob[cut:])
+    def join(self, holds: int | None = None) -> tuple[list[np.ndarray], int, list[np.ndarray] | None]:
+        """The center, its version, and this worker's local state (``None``: the state of run ``holds``,
+        which the worker says it still has, is the one parked)."""
+        reply, blob = self.call({"type": "join"} if holds is None else {"type": "join", "holds": holds})
+        cut, view = int(reply["center_bytes"]), memoryview(blob)
+        local = None if reply.get("local") == "held" else unpack_arrays(view[cut:])
+        return _writable(view[:cut]), int(reply["version"]), local
 
     def pull(self) -> tuple[list[np.ndarray], int]:
         reply, blob = self.call({"type": "pull"})
@@ -527,7 +551,7 @@ class ParameterClient:
         """Send a commit; the new center (if asked for) and version."""
         self._seq += 1
         reply, blob = self.call({"type": "commit", "seq": self._seq, "base": base,
-                                 "reply": "center" if want_center else "ack"}, pack_arrays(arrays))
+                                 "reply": "center" if want_center else "ack"}, packed_parts(arrays))
         return (_writable(blob) if want_center else None), int(reply["version"])
 
     def done(self) -> None:
@@ -548,7 +572,7 @@ class ParameterClient:
         header = {"type": "epoch_end", "samples": samples, "steps": steps, "state_bytes": len(state),
                   "figures": figures, "center": score_center is not None}
         try:
-            reply, blob = self.call(header, state + metrics, patience=30.0)
+            reply, blob = self.call(header, [state, metrics], patience=30.0)
             if score_center is not None and "stop" not in reply:  # not an answer resent
                 reply, _ = self.call({"type": "center_scored"}, score_center(_writable(blob)), patience=30.0)
         finally:
@@ -563,6 +587,6 @@ class ParameterClient:
                 self._conn = None
 
 
-def _writable(blob: bytes) -> list[np.ndarray]:
+def _writable(blob: bytes | memoryview) -> list[np.ndarray]:
     """Decoded arrays a distributed optimizer's rule may modify in place."""
     return [a.copy() for a in unpack_arrays(blob)]

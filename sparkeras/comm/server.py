@@ -33,9 +33,9 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from sparkeras.comm.wire import FrameError, PayloadLimit, read_frame, write_frame
+from sparkeras.comm.wire import FrameError, Payload, PayloadLimit, read_frame, write_frame
 
-Reply = tuple[dict[str, Any], bytes]
+Reply = tuple[dict[str, Any], Payload]
 Handler = Callable[[dict[str, Any], bytes], "Reply | None"]
 
 

@@ -12,9 +12,11 @@ checks who sent the frame, and what kind of message it is, *before* it
 allocates anything for the payload: a stranger who claims a 4 GiB payload
 costs the reader 64 KiB at most (the header limit), not 4 GiB. The payload
 limit can then depend on the message type (``limit`` may be a function of
-the authenticated header), and the payload is read in bounded chunks, so
-memory grows only as bytes actually arrive. The payload MAC covers the
-header MAC and the payload.
+the authenticated header). Only then is the payload's buffer allocated,
+whole: its size is within that limit and claimed by a holder of the
+secret, and reading a model's state into one buffer saves joining chunks
+(a copy of hundreds of MB per message for large models). The payload MAC
+covers the header MAC and the payload.
 
 Why no payload MAC between two loopback ends. Every frame's header is still
 signed, so each frame still proves its sender holds the secret. What the
@@ -43,7 +45,7 @@ import json
 import socket
 import struct
 import time
-from typing import Any, Callable, Union
+from typing import Any, Callable, Sequence, Union
 
 MAGIC = b"SKR2"
 _PREFIX = struct.Struct("<4sIQ")
@@ -52,6 +54,9 @@ MAX_HEADER = 64 * 1024
 CHUNK = 4 << 20  # payload bytes read per allocation
 
 PayloadLimit = Union[int, Callable[[dict[str, Any]], int]]
+Payload = Union[bytes, bytearray, memoryview, Sequence[Union[bytes, bytearray, memoryview]]]
+"""A frame's payload: one bytes-like object, or several sent one after the other without being joined."""
+JOIN_BELOW = 64 << 10  # smaller frames are joined and sent in one call; larger ones go out part by part
 
 
 class FrameError(Exception):
@@ -65,25 +70,45 @@ def _header_mac(secret: bytes, prefix: bytes, header: bytes) -> bytes:
     return mac.digest()
 
 
-def _payload_mac(secret: bytes, head_mac: bytes, payload: bytes) -> bytes:
+def _payload_mac(secret: bytes, head_mac: bytes, payload: Payload) -> bytes:
     mac = hmac.new(secret, b"P", hashlib.sha256)
     mac.update(head_mac)
-    mac.update(payload)
+    for part in payload_parts(payload):
+        mac.update(part)
     return mac.digest()
+
+
+def payload_parts(payload: Payload) -> list[memoryview]:
+    """The payload as flat byte views, in order, without copying."""
+    parts = [payload] if isinstance(payload, (bytes, bytearray, memoryview)) else list(payload)
+    return [memoryview(p).cast("B") if memoryview(p).ndim != 1 or memoryview(p).format != "B" else memoryview(p)
+            for p in parts]
+
+
+def payload_size(payload: Payload) -> int:
+    return sum(p.nbytes for p in payload_parts(payload))
 
 
 _UNSIGNED = bytes(_MAC_SIZE)  # the payload MAC field where none is computed
 
 
-def encode_frame(secret: bytes, header: dict[str, Any], payload: bytes = b"", sign_payload: bool = True) -> bytes:
+def encode_frame(secret: bytes, header: dict[str, Any], payload: Payload = b"", sign_payload: bool = True) -> bytes:
     """One frame; ``sign_payload=False`` leaves the payload MAC zeros (a loopback connection, see above)."""
+    front, parts = _frame_parts(secret, header, payload, sign_payload)
+    return b"".join([front, *parts])
+
+
+def _frame_parts(secret: bytes, header: dict[str, Any], payload: Payload,
+                 sign_payload: bool) -> tuple[bytes, list[memoryview]]:
+    """Everything before the payload (prefix, MACs, header), and the payload's parts."""
     head = json.dumps(header, separators=(",", ":")).encode()
     if len(head) > MAX_HEADER:
         raise FrameError(f"frame header of {len(head)} bytes exceeds {MAX_HEADER}")
-    prefix = _PREFIX.pack(MAGIC, len(head), len(payload))
+    parts = payload_parts(payload)
+    prefix = _PREFIX.pack(MAGIC, len(head), sum(p.nbytes for p in parts))
     head_mac = _header_mac(secret, prefix, head)
-    payload_mac = _payload_mac(secret, head_mac, payload) if sign_payload else _UNSIGNED
-    return b"".join([prefix, head_mac, head, payload_mac, payload])
+    payload_mac = _payload_mac(secret, head_mac, parts) if sign_payload else _UNSIGNED
+    return b"".join([prefix, head_mac, head, payload_mac]), parts
 
 
 def signs_payloads(sock: socket.socket) -> bool:
@@ -104,8 +129,34 @@ def signs_payloads(sock: socket.socket) -> bool:
     return not (mapped or address).is_loopback
 
 
-def write_frame(sock: socket.socket, secret: bytes, header: dict[str, Any], payload: bytes = b"") -> None:
-    sock.sendall(encode_frame(secret, header, payload, signs_payloads(sock)))
+def write_frame(sock: socket.socket, secret: bytes, header: dict[str, Any], payload: Payload = b"") -> None:
+    """Send one frame; a large payload goes out from its own buffers, in one ``sendmsg`` where it can.
+
+    Why not one joined ``bytes``. A model's state is hundreds of MB for a
+    model of tens of millions of weights with Adam's moments, and joining
+    it behind the frame's header copied all of it once more per message,
+    on the driver that serves every worker (with a 16.6M-weight MLP, a
+    quarter of its CPU went to such copies; BENCHMARKS.md).
+    """
+    front, parts = _frame_parts(secret, header, payload, signs_payloads(sock))
+    if sum(p.nbytes for p in parts) < JOIN_BELOW or not hasattr(sock, "sendmsg"):
+        sock.sendall(b"".join([front, *parts]))
+        return
+    _send_parts(sock, [memoryview(front), *parts])
+
+
+def _send_parts(sock: socket.socket, parts: list[memoryview]) -> None:
+    """``sendall`` over several buffers: ``sendmsg`` until every byte is out, resuming inside a part."""
+    parts = [p for p in parts if p.nbytes]
+    while parts:
+        sent = sock.sendmsg(parts[:512])  # IOV_MAX is 1024 on Linux
+        while sent and parts:
+            if sent >= parts[0].nbytes:
+                sent -= parts[0].nbytes
+                parts.pop(0)
+            else:
+                parts[0] = parts[0][sent:]
+                sent = 0
 
 
 def _read_exact(sock: socket.socket, n: int, started: bool = True, deadline: float | None = None) -> bytes:
@@ -115,6 +166,11 @@ def _read_exact(sock: socket.socket, n: int, started: bool = True, deadline: flo
     each ``recv``: a peer that trickles one byte at a time cannot hold the
     reader longer than that.
     """
+    return bytes(_read_into(sock, n, started, deadline))
+
+
+def _read_into(sock: socket.socket, n: int, started: bool = True, deadline: float | None = None) -> bytearray:
+    """:func:`_read_exact` into a new ``bytearray``, returned as it is (no copy into ``bytes``)."""
     buf = bytearray(n)
     view = memoryview(buf)
     got = 0
@@ -135,22 +191,20 @@ def _read_exact(sock: socket.socket, n: int, started: bool = True, deadline: flo
                 raise FrameError("truncated frame: the connection closed mid-frame")
             raise EOFError("connection closed")
         got += k
-    return bytes(buf)
+    return buf
 
 
-def _read_payload(sock: socket.socket, n: int) -> bytes:
-    """An authenticated payload of ``n`` bytes, allocated chunk by chunk as it arrives."""
-    if n <= CHUNK:
-        return _read_exact(sock, n)
-    chunks = []
-    while n > 0:
-        chunks.append(_read_exact(sock, min(n, CHUNK)))
-        n -= len(chunks[-1])
-    return b"".join(chunks)
+def _read_payload(sock: socket.socket, n: int) -> bytes | bytearray:
+    """A payload of ``n`` bytes whose header was authenticated and found within its limit (see the module).
+
+    Large payloads are returned as the ``bytearray`` they were read into,
+    not copied into ``bytes``: arrays decoded from them are writable views.
+    """
+    return _read_exact(sock, n) if n <= CHUNK else _read_into(sock, n)
 
 
 def read_frame(sock: socket.socket, secret: bytes, limit: PayloadLimit,
-               header_timeout: float | None = None) -> tuple[dict[str, Any], bytes]:
+               header_timeout: float | None = None) -> tuple[dict[str, Any], bytes | bytearray]:
     """Read one frame; raise :class:`FrameError` unless it is well formed, signed and within ``limit``.
 
     ``limit`` is the largest payload accepted, or a function of the

@@ -92,12 +92,29 @@ def average_states(states: Sequence[Sequence[np.ndarray]], weights: Sequence[flo
     for parts in zip(*states):
         if np.issubdtype(parts[0].dtype, np.floating):
             acc = np.zeros(parts[0].shape, dtype=np.float64)
+            term = np.empty_like(acc)  # one buffer for every part's weighted copy, not one each
             for w, a in zip(weights, parts):
-                acc += (w / total) * a.astype(np.float64)
+                acc += np.multiply(a, w / total, out=term, dtype=np.float64)
             out.append(acc.astype(parts[0].dtype))
         else:
             out.append(np.max(np.stack(parts), axis=0))
     return out
+
+
+def mean_of(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """``np.mean(parts, axis=0)``, bit for bit, without stacking the parts into one array first.
+
+    NumPy's mean over the first axis adds the parts in order in their own
+    dtype, then divides by their count; stacking copied every part once
+    more (a model's weights per worker, each round). Half precision keeps
+    NumPy's own path, which sums in single precision.
+    """
+    if parts[0].dtype not in (np.float32, np.float64):
+        return np.mean(parts, axis=0)
+    acc = np.array(parts[0], copy=True)
+    for part in parts[1:]:
+        np.add(acc, part, out=acc)
+    return np.true_divide(acc, np.intp(len(parts)), out=acc, casting="unsafe")
 
 
 class OuterStep:
@@ -360,7 +377,7 @@ class ModelAveraging(DistributedOptimizer):
         self.apply_round(center, [commit])
 
     def apply_round(self, center: Arrays, commits: list[Arrays]) -> None:
-        mean = commits[0] if len(commits) == 1 else [np.mean(parts, axis=0) for parts in zip(*commits)]
+        mean = commits[0] if len(commits) == 1 else [mean_of(parts) for parts in zip(*commits)]
         self._outer(center, mean)
 
     def reports_iterate(self, num_workers: int, rounds_per_epoch: int) -> bool:

@@ -534,7 +534,8 @@ class OneJobFit:
         if last:
             self.server.answer_epoch(run)  # the tasks may end while the driver publishes
         trained = [_reported(worker, header, payload) for worker, (header, payload) in sorted(reports.items())]
-        self.server.park({w: bytes(payload[:int(header["state_bytes"])]) for w, (header, payload) in reports.items()})
+        self.server.park({w: memoryview(payload)[:int(header["state_bytes"])]
+                          for w, (header, payload) in reports.items()}, run)
         try:
             center = [np.sum(column, axis=0) for column in zip(*(unpack_arrays(b) for b in scored.values()))] \
                 if scored else None
@@ -555,9 +556,9 @@ class OneJobFit:
 
 def _reported(worker: int, header: dict[str, Any], payload: bytes) -> PartitionResult:
     """A task's ``epoch_end`` report as the result its one-epoch job would have returned."""
-    cut = int(header["state_bytes"])
-    return PartitionResult(worker, int(header["samples"]), int(header["steps"]), unpack_arrays(payload[:cut]),
-                           unpack_arrays(payload[cut:]), dict(header.get("figures") or {}))
+    cut, view = int(header["state_bytes"]), memoryview(payload)
+    return PartitionResult(worker, int(header["samples"]), int(header["steps"]), unpack_arrays(view[:cut]),
+                           unpack_arrays(view[cut:]), dict(header.get("figures") or {}))
 
 
 def set_shared(state: list[np.ndarray], positions: list[int], values: Arrays) -> None:

@@ -33,7 +33,7 @@ from sparkeras.comm.parameter_server import ParameterClient
 from sparkeras.comm.server import ServerAddress
 from sparkeras.data.packing import read_partition
 from sparkeras.progress import ProgressReporter
-from sparkeras.serialization import model_state, pack_arrays, set_model_state
+from sparkeras.serialization import model_state, pack_arrays, set_model_state, state_variables
 from sparkeras.worker.faults import fail_once, hold_once
 from sparkeras.worker.local_steps import LocalSteps
 from sparkeras.worker.tasks import WorkerSpec, _result, _setup, task_figures
@@ -82,9 +82,10 @@ def train_with_server(spec: ServerTaskSpec, epoch: int, blocks: Iterator[tuple],
         return
     ctx = TaskContext.get()
     attempt = ctx.attemptNumber() if ctx else 0
+    holds = None  # the epoch run whose reported local state this task's model still holds
     while True:
         client = ParameterClient(spec.server, partition, attempt, spec.max_payload, spec.timeout, run)
-        report = _train_epoch(spec, model, partition, epoch, arrays, n, client, learning_rate)
+        report = _train_epoch(spec, model, partition, epoch, arrays, n, client, learning_rate, holds)
         if epochs is None:
             client.done()
             yield report
@@ -94,21 +95,31 @@ def train_with_server(spec: ServerTaskSpec, epoch: int, blocks: Iterator[tuple],
         if answer.get("stop") or epoch + 1 >= epochs:
             yield _result(partition, 0, 0, b"", b"")
             return
+        holds = run if scoring is None else None  # scoring put the center's weights into the model
         epoch, run = epoch + 1, int(answer["run"])
         if learning_rate is not None and answer.get("learning_rate") is not None:
             learning_rate = (learning_rate[0], float(answer["learning_rate"]))
 
 
 def _train_epoch(spec: ServerTaskSpec, model: Any, partition: int, epoch: int, arrays: Any, n: int,
-                 client: ParameterClient, learning_rate: tuple[int, float] | None) -> tuple:
-    """One epoch of this partition's windows; the task's report of it (:func:`~sparkeras.worker.tasks._result`)."""
+                 client: ParameterClient, learning_rate: tuple[int, float] | None, holds: int | None = None) -> tuple:
+    """One epoch of this partition's windows; the task's report of it (:func:`~sparkeras.worker.tasks._result`).
+
+    ``holds``: the epoch run whose reported state the model still holds;
+    the server then sends the center alone (:meth:`ParameterClient.join`).
+    """
     started = time.perf_counter()
     rule = spec.rule
-    center, version, local_state = client.join()
-    if learning_rate is not None:
-        position, value = learning_rate
-        local_state[position] = np.asarray(value, dtype=local_state[position].dtype)
-    set_model_state(model, local_state)
+    center, version, local_state = client.join(holds)
+    if local_state is None:  # the model holds the state the server parked
+        if learning_rate is not None:
+            position, value = learning_rate
+            state_variables(model)[position].assign(value)
+    else:
+        if learning_rate is not None:
+            position, value = learning_rate
+            local_state[position] = np.asarray(value, dtype=local_state[position].dtype)
+        set_model_state(model, local_state)
     variables = [v for v in model.weights if is_shared(v)]
     _assign(variables, rule.fold(_read(variables), center, None))
 
