@@ -82,6 +82,7 @@ class ServerStats:
     commits: int = 0
     pulls: int = 0
     joins: int = 0
+    local_states_sent: int = 0  # joins that carried the worker's local state (not held by its task already)
     resent_commits: int = 0
     rejected_frames: int = 0
     refused_commits: int = 0
@@ -103,6 +104,7 @@ class ServerStats:
         total = sum(stale.values())
         return {
             "commits": self.commits, "pulls": self.pulls, "joins": self.joins,
+            "local_states_sent": self.local_states_sent,
             "resent_commits": self.resent_commits, "rejected_frames": self.rejected_frames,
             "refused_commits": self.refused_commits, "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
             "staleness": {str(k): v for k, v in sorted(stale.items())},
@@ -328,6 +330,7 @@ class ParameterServer:
             reply = {"version": self.version, "center_bytes": len(center)}
             if holds is not None and self._local_run.get(worker) == int(holds):
                 return {**reply, "local": "held"}, center
+            self.stats.add(local_states_sent=1)
             return reply, [center, self._local.get(worker, self._initial_local)]
 
     def _done(self, worker: int) -> tuple[dict[str, Any], bytes]:

@@ -95,7 +95,7 @@ def train_with_server(spec: ServerTaskSpec, epoch: int, blocks: Iterator[tuple],
         if answer.get("stop") or epoch + 1 >= epochs:
             yield _result(partition, 0, 0, b"", b"")
             return
-        holds = run if scoring is None else None  # scoring put the center's weights into the model
+        holds = run  # the model holds the state it reported (scoring the center puts its own weights back)
         epoch, run = epoch + 1, int(answer["run"])
         if learning_rate is not None and answer.get("learning_rate") is not None:
             learning_rate = (learning_rate[0], float(answer["learning_rate"]))
@@ -165,13 +165,18 @@ def _center_scorer(spec: ServerTaskSpec, model: Any, arrays: Any) -> Any:
     It does in the task what the driver's evaluation job over the training
     data did (:meth:`~sparkeras.training.TrainingJob.end_epoch`): the
     model's loss and metric totals with the center's weights. The worker's
-    own weights need no restoring: the next epoch's join sets them.
+    own weights are put back after, so the model still holds the state it
+    reported, and the next epoch's join need not send it
+    (:meth:`~sparkeras.comm.parameter_server.ParameterClient.join`).
     """
     from sparkeras.worker.local_steps import evaluate_arrays
 
     def score(center: list[np.ndarray]) -> bytes:
-        _assign([v for v in model.weights if is_shared(v)], center)
+        shared = [v for v in model.weights if is_shared(v)]
+        own = _read(shared)
+        _assign(shared, center)
         evaluate_arrays(model, spec.worker.columns, arrays, spec.worker.backend, spec.batch_size, scoring=True)
+        _assign(shared, own)
         return pack_arrays([np.asarray(v) for v in model.metrics_variables])
 
     return score
