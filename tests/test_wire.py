@@ -41,6 +41,29 @@ def test_bad_frames_are_rejected(mangle, message):
         read_frame(b, SECRET, 1024)
 
 
+
+@pytest.mark.parametrize("pair", ["unix", "loopback"])
+def test_a_payload_of_several_buffers_arrives_as_their_bytes_in_order_and_signed(pair):
+    """A model's state goes out from its arrays' own buffers (``sendmsg``), tens of MB past the socket's buffer."""
+    import threading
+
+    from sparkeras.serialization import packed_parts
+
+    a, b = _pair() if pair == "unix" else _loopback_pair()
+    weights = [np.arange(3_000_000, dtype=np.float32).reshape(1000, 3000), np.float64(2.5), np.ones(7, np.int8)]
+    parts = [b"head", *packed_parts(weights), bytearray(b"tail")]
+    sender = threading.Thread(target=write_frame, args=(a, SECRET, {"type": "state"}, parts))
+    sender.start()
+    b.settimeout(10)
+    header, payload = read_frame(b, SECRET, 64 << 20)
+    sender.join()
+    assert header == {"type": "state"} and payload == b"head" + pack_arrays(weights) + b"tail"
+    got = unpack_arrays(memoryview(payload)[4:-4])
+    assert np.array_equal(got[0], weights[0]) and got[1] == 2.5 and got[2].tolist() == [1] * 7
+    # the payload MAC covers the parts in order, as one joined payload's would (the unix pair signs it)
+    assert encode_frame(SECRET, {"type": "state"}, parts) == encode_frame(SECRET, {"type": "state"}, bytes(payload))
+
+
 def test_truncated_frame_is_not_accepted():
     a, b = _pair()
     a.sendall(encode_frame(SECRET, {"epoch": 1}, b"abcdef")[:-2])

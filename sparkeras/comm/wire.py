@@ -81,8 +81,12 @@ def _payload_mac(secret: bytes, head_mac: bytes, payload: Payload) -> bytes:
 def payload_parts(payload: Payload) -> list[memoryview]:
     """The payload as flat byte views, in order, without copying."""
     parts = [payload] if isinstance(payload, (bytes, bytearray, memoryview)) else list(payload)
-    return [memoryview(p).cast("B") if memoryview(p).ndim != 1 or memoryview(p).format != "B" else memoryview(p)
-            for p in parts]
+    return [_flat(p) for p in parts]
+
+
+def _flat(part: Any) -> memoryview:
+    view = memoryview(part)
+    return view if view.ndim == 1 and view.format == "B" else view.cast("B")
 
 
 def payload_size(payload: Payload) -> int:
