@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import logging
 import os
 
 import numpy as np
@@ -219,7 +220,7 @@ def test_a_fit_inside_the_callers_active_run_logs_into_it_and_leaves_it_open(tra
 
 
 
-def test_mlflows_autologging_logs_a_fit_as_it_logs_model_fit_and_keeps_its_rules(tracked):
+def test_mlflows_autologging_logs_a_fit_as_it_logs_model_fit_and_keeps_its_rules(tracked, caplog):
     """``mlflow.keras.autolog()`` patches ``keras.Model.fit``, which a sparkeras fit never calls on the driver."""
     import mlflow
     from mlflow import MlflowClient
@@ -274,7 +275,13 @@ def test_mlflows_autologging_logs_a_fit_as_it_logs_model_fit_and_keeps_its_rules
         mine = MLflowLogger(log_model=False, experiment="autologged")
         fit(callbacks=[mine])  # the user's own logger, and no second run
         assert runs() == before + 1 and mine.run_id is not None
+
+        mlflow.set_tracking_uri(f"sqlite:///{tmp}/no/such/folder/mlflow.db")  # as MLflow's: trouble only warns
+        with caplog.at_level(logging.WARNING, logger="sparkeras"):
+            _, history = fit()
+        assert len(history.history["loss"]) == 2 and "MLflow autologging cannot log this fit" in caplog.text
     finally:
+        mlflow.set_tracking_uri(uri)
         mlflow.keras.autolog(disable=True)
     before = runs()
     fit()

@@ -30,6 +30,8 @@ from __future__ import annotations
 import sys
 from typing import Any, Sequence
 
+from sparkeras.log import logger
+
 FLAVORS = ("keras", "tensorflow")  # MLflow's integrations that patch keras.Model.fit
 
 
@@ -70,16 +72,29 @@ def _autologging_logger_class() -> type:
     ``mlflow.last_active_run()`` after the fit, which must find it
     finished, its model uploaded and registered. So the fit waits for its
     writes, as MLflow's own Keras autologging does, and the run it created
-    becomes this thread's last active run.
+    becomes this thread's last active run. And as there, tracking trouble
+    (a store that refuses the run, say) is a warning, never the fit's error:
+    the user asked for training, and autologging only came along.
     """
     from sparkeras.tracking.mlflow import MLflowLogger
 
     class AutologgingLogger(MLflowLogger):
         autologging = True
 
+        def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+            try:
+                super().on_train_begin(logs)
+            except Exception as exc:  # noqa: BLE001 - as MLflow's autologging: warn, and train untracked
+                logger.warning("MLflow autologging cannot log this fit: %s", exc)
+                self.run, self._logged_model = None, None
+
         def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-            super().on_train_end(logs)
-            self.wait()
+            try:
+                super().on_train_end(logs)
+                self.wait()
+            except Exception as exc:  # noqa: BLE001 - the fit itself succeeded
+                logger.warning("MLflow autologging could not finish logging this fit: %s", exc)
+                return
             if self.run is not None and self.run.owned:
                 set_last_active_run(self.run.run_id)
 
