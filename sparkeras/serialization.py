@@ -28,8 +28,11 @@ _ALLOWED_DTYPES = frozenset(
 )
 
 
+ALIGN = 16  # each array's bytes start at a multiple of this from the blob's start (format 2)
+
+
 def pack_arrays(arrays: Sequence[np.ndarray]) -> bytes:
-    """Encode arrays as one JSON header (dtypes, shapes) followed by their raw bytes."""
+    """Encode arrays as one JSON header (dtypes, shapes) followed by their raw bytes, each aligned."""
     return b"".join(packed_parts(arrays))
 
 
@@ -39,14 +42,32 @@ def packed_parts(arrays: Sequence[np.ndarray]) -> list[Any]:
     No array is copied (unless it is not C-contiguous), so a frame can
     send a model's state straight from its arrays; the arrays must not
     change until it is sent.
+
+    Why aligned. The header is padded, and each array, so that every
+    array starts at a multiple of :data:`ALIGN` bytes and the blob's
+    length is one too: decoded from a buffer that starts aligned (any
+    ``bytes``, a received payload, or a slice at another blob's end),
+    every array is aligned for its dtype. NumPy runs unaligned arrays
+    through slow per-element loops: adding two unaligned 64 MB float32
+    arrays took 100 ms against 16 ms, and copying one 65 ms against 15 ms;
+    the driver averages every worker's commit each round.
     """
     arrays = [np.asarray(a, order="C") for a in arrays]  # ascontiguousarray would make 0-d arrays 1-d
-    header = json.dumps([[a.dtype.name, list(a.shape)] for a in arrays]).encode()
-    return [_HEADER.pack(len(header)), header, *(a.reshape(-1).view(np.uint8) for a in arrays)]
+    header = json.dumps({"align": ALIGN, "arrays": [[a.dtype.name, list(a.shape)] for a in arrays]}).encode()
+    header += b" " * (-(_HEADER.size + len(header)) % ALIGN)  # JSON ignores trailing spaces
+    parts: list[Any] = [_HEADER.pack(len(header)) + header]
+    for a in arrays:
+        parts.append(a.reshape(-1).view(np.uint8))
+        if a.nbytes % ALIGN:
+            parts.append(bytes(-a.nbytes % ALIGN))
+    return parts
 
 
-def unpack_arrays(blob: bytes | memoryview) -> list[np.ndarray]:
-    """Decode what :func:`pack_arrays` wrote; refuse anything malformed."""
+def unpack_arrays(blob: bytes | bytearray | memoryview) -> list[np.ndarray]:
+    """Decode what :func:`pack_arrays` wrote (or its unaligned first format); refuse anything malformed.
+
+    The arrays are views of ``blob``: writable where it is (a ``bytearray``).
+    """
     view = memoryview(blob)
     if len(view) < _HEADER.size:
         raise ValueError("array blob is shorter than its header")
@@ -55,6 +76,11 @@ def unpack_arrays(blob: bytes | memoryview) -> list[np.ndarray]:
     if offset > len(view):
         raise ValueError("array blob header overruns the blob")
     specs = json.loads(bytes(view[_HEADER.size:offset]))
+    align = 1  # the first format: a list of specs, arrays back to back
+    if isinstance(specs, dict):
+        align, specs = specs.get("align"), specs.get("arrays")
+        if not isinstance(align, int) or not 1 <= align <= 4096 or not isinstance(specs, list):
+            raise ValueError("array blob header is malformed")
     out = []
     for dtype_name, shape in specs:
         if dtype_name not in _ALLOWED_DTYPES:
@@ -62,12 +88,14 @@ def unpack_arrays(blob: bytes | memoryview) -> list[np.ndarray]:
         dtype = np.dtype(_ml_dtype(dtype_name))
         count = int(np.prod(shape, dtype=np.int64))
         nbytes = count * dtype.itemsize
+        if offset % align:
+            raise ValueError("array blob is misaligned")
         if offset + nbytes > len(view):
             raise ValueError("array blob is truncated")
         out.append(np.frombuffer(view[offset:offset + nbytes], dtype=dtype).reshape(tuple(shape)))
-        offset += nbytes
+        offset += nbytes + (-nbytes % align)
     if offset != len(view):
-        raise ValueError("array blob has trailing bytes")
+        raise ValueError("array blob is truncated" if offset > len(view) else "array blob has trailing bytes")
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 import time
 
 import numpy as np
@@ -127,6 +128,29 @@ def test_array_codec_round_trip_and_refusals():
     evil = pack_arrays([np.zeros(1)]).replace(b"float64", b"object\x20")
     with pytest.raises(ValueError, match="unsupported dtype"):
         unpack_arrays(evil)
+    with pytest.raises(ValueError, match="array blob header is malformed"):
+        unpack_arrays(blob.replace(b'"align": 16', b'"align": -1'))
+    (length,) = struct.unpack_from("<I", blob)  # one more space in the header: every array one byte late
+    with pytest.raises(ValueError, match="misaligned"):
+        unpack_arrays(struct.pack("<I", length + 1) + blob[4:4 + length] + b" " + blob[4 + length:])
+
+
+def test_packed_arrays_decode_aligned_even_at_another_blobs_end_and_the_first_format_still_decodes():
+    """NumPy runs unaligned arrays through per-element loops (6 times slower to add); the driver adds every
+    worker's commit each round, and a worker's report is its state's blob followed by its metrics'."""
+    import json
+
+    arrays = [np.arange(3, dtype=np.int8), np.arange(5, dtype=np.float32), np.float64(1.5), np.ones((2, 3))]
+    state, metrics = pack_arrays(arrays), pack_arrays(arrays[::-1])
+    received = bytearray(state + metrics)  # as read_frame hands a large payload over
+    for got in (unpack_arrays(memoryview(received)[:len(state)]), unpack_arrays(memoryview(received)[len(state):])):
+        assert all(a.flags.aligned and a.flags.writeable for a in got)
+    assert len(state) % 16 == 0
+    first = [np.asarray(a) for a in arrays]  # blobs written by earlier versions (checkpoints): back to back
+    header = json.dumps([[a.dtype.name, list(a.shape)] for a in first]).encode()
+    old = struct.pack("<I", len(header)) + header + b"".join(a.tobytes() for a in first)
+    for a, b in zip(unpack_arrays(old), first):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_progress_server_ignores_strangers_and_keeps_serving():

@@ -590,6 +590,11 @@ class ParameterClient:
                 self._conn = None
 
 
-def _writable(blob: bytes | memoryview) -> list[np.ndarray]:
-    """Decoded arrays a distributed optimizer's rule may modify in place."""
-    return [a.copy() for a in unpack_arrays(blob)]
+def _writable(blob: bytes | bytearray | memoryview) -> list[np.ndarray]:
+    """Decoded arrays a distributed optimizer's rule may modify in place.
+
+    A large reply arrives in a ``bytearray`` of its own (:func:`~sparkeras.comm.wire.read_frame`),
+    so its arrays are writable, aligned views of it already; only those of
+    a read-only ``bytes`` blob (or, from an older peer, unaligned) are copied.
+    """
+    return [a if a.flags.writeable and a.flags.aligned else a.copy() for a in unpack_arrays(blob)]
