@@ -176,7 +176,13 @@ def _read_exact(sock: socket.socket, n: int, started: bool = True, deadline: flo
 def _read_into(sock: socket.socket, n: int, started: bool = True, deadline: float | None = None) -> bytearray:
     """:func:`_read_exact` into a new ``bytearray``, returned as it is (no copy into ``bytes``)."""
     buf = bytearray(n)
-    view = memoryview(buf)
+    _receive(sock, memoryview(buf), started, deadline)
+    return buf
+
+
+def _receive(sock: socket.socket, view: memoryview, started: bool, deadline: float | None) -> None:
+    """Fill ``view`` from ``sock`` (see :func:`_read_exact`)."""
+    n = len(view)
     got = 0
     while got < n:
         if deadline is not None:
@@ -195,20 +201,28 @@ def _read_into(sock: socket.socket, n: int, started: bool = True, deadline: floa
                 raise FrameError("truncated frame: the connection closed mid-frame")
             raise EOFError("connection closed")
         got += k
+
+
+def _read_payload(sock: socket.socket, n: int) -> bytes | memoryview:
+    """A payload of ``n`` bytes whose header was authenticated and found within its limit (see the module).
+
+    A large payload is returned as a writable ``memoryview`` of the buffer
+    it was read into (arrays decoded from it are writable views), and that
+    buffer is left unfilled until the bytes arrive: ``bytearray(n)`` zeroes
+    all of it first, 0.1-0.2 s for a 200 MB state on the driver, only for
+    ``recv`` to write it again.
+    """
+    if n <= CHUNK:
+        return _read_exact(sock, n)
+    import numpy as np
+
+    buf = memoryview(np.empty(n, dtype=np.uint8))
+    _receive(sock, buf, started=True, deadline=None)
     return buf
 
 
-def _read_payload(sock: socket.socket, n: int) -> bytes | bytearray:
-    """A payload of ``n`` bytes whose header was authenticated and found within its limit (see the module).
-
-    Large payloads are returned as the ``bytearray`` they were read into,
-    not copied into ``bytes``: arrays decoded from them are writable views.
-    """
-    return _read_exact(sock, n) if n <= CHUNK else _read_into(sock, n)
-
-
 def read_frame(sock: socket.socket, secret: bytes, limit: PayloadLimit,
-               header_timeout: float | None = None) -> tuple[dict[str, Any], bytes | bytearray]:
+               header_timeout: float | None = None) -> tuple[dict[str, Any], bytes | memoryview]:
     """Read one frame; raise :class:`FrameError` unless it is well formed, signed and within ``limit``.
 
     ``limit`` is the largest payload accepted, or a function of the
