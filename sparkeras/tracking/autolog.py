@@ -27,6 +27,7 @@ autologging cannot be on, and the check costs nothing.
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import Any, Sequence
 
@@ -64,6 +65,7 @@ def autologging_logger(callbacks: Sequence[Any] | None) -> Any:
         tags={**(setting("extra_tags") or {}), "mlflow.autologging": flavor})
 
 
+@functools.cache
 def _autologging_logger_class() -> type:
     """:class:`MLflowLogger` as autologging runs it: the run complete when ``fit`` returns.
 
