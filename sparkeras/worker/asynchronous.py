@@ -111,15 +111,11 @@ def _train_epoch(spec: ServerTaskSpec, model: Any, partition: int, epoch: int, a
     started = time.perf_counter()
     rule = spec.rule
     center, version, local_state = client.join(holds)
-    if local_state is None:  # the model holds the state the server parked
-        if learning_rate is not None:
-            position, value = learning_rate
-            state_variables(model)[position].assign(value)
-    else:
-        if learning_rate is not None:
-            position, value = learning_rate
-            local_state[position] = np.asarray(value, dtype=local_state[position].dtype)
+    if local_state is not None:  # else the model holds the state the server parked
         set_model_state(model, local_state)
+    if learning_rate is not None:
+        position, value = learning_rate
+        state_variables(model)[position].assign(value)
     variables = [v for v in model.weights if is_shared(v)]
     _assign(variables, rule.fold(_read(variables), center, None))
 
