@@ -593,7 +593,7 @@ class ParameterClient:
 def _writable(blob: bytes | bytearray | memoryview) -> list[np.ndarray]:
     """Decoded arrays a distributed optimizer's rule may modify in place.
 
-    A large reply arrives in a ``bytearray`` of its own (:func:`~sparkeras.comm.wire.read_frame`),
+    A large reply arrives in a writable buffer of its own (:func:`~sparkeras.comm.wire.read_frame`),
     so its arrays are writable, aligned views of it already; only those of
     a read-only ``bytes`` blob (or, from an older peer, unaligned) are copied.
     """
