@@ -491,8 +491,8 @@ class SparkModel:
     def _predict_frame(self, frame: Any, columns: ColumnMap, batch_size: int, prediction_col: str) -> Any:
         from sparkeras.inference.udf import add_predictions, output_columns
 
-        return add_predictions(frame, self._model, columns, output_columns(self._model, prediction_col),
-                               batch_size, self.custom_objects)
+        return add_predictions(frame, self._model, columns, output_columns(self._model, prediction_col), batch_size,
+                               self.custom_objects, rename=f"pass another prediction_col= than {prediction_col!r}")
 
     def save(self, path: str, overwrite: bool = False) -> None:
         """Save the model (architecture, weights, optimizer state) as a ``.keras`` file.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Iterator
 
 import numpy as np
@@ -180,6 +181,27 @@ def test_sql_udf_errors_name_the_problem(spark, trained):
         spark.sql("SELECT blob_checked(short) FROM bad").collect()
     with pytest.raises(Exception, match=r"argument 1' has type string, which is not numeric"):
         spark.sql("SELECT blob_checked(text) FROM bad").collect()
+
+
+def test_a_prediction_column_the_data_already_has_is_refused_with_the_callers_way_to_rename_it(spark, trained):
+    """Scoring would replace the user's column; each caller's error says how that caller names its outputs."""
+    from sparkeras.ml import ImageFeaturizer, KerasModel
+
+    model, x = trained
+    frame = _table(spark, x[:20]).withColumnRenamed("id", "prediction")
+    fix = re.escape("or drop or rename the data's column(s) first.")
+    with pytest.raises(InputError, match=r"already has column\(s\) \['prediction'\], where the predictions would go: "
+                                         rf"pass another prediction_col= than 'prediction', {fix}"):
+        sparkeras.SparkModel(model).predict(frame)
+    scores = sparkeras.SparkModel(model).predict(frame, prediction_col="scores").orderBy("prediction").collect()
+    np.testing.assert_allclose([r.scores for r in scores], model.predict(x[:20], verbose=0), atol=1e-5)
+    with pytest.raises(InputError, match=r"\['prediction'\], where the predictions would go: name them with "
+                                         rf"setPredictionCol, setProbabilityCol or setRawPredictionCol, {fix}"):
+        KerasModel(model=model).transform(frame)
+    with pytest.raises(InputError, match=rf"\['emb'\], where the predictions would go: name the embeddings with "
+                                         rf"setOutputCol, {fix}"):
+        ImageFeaturizer(model=model, layer=model.layers[0].name, inputCol="features", outputCol="emb") \
+            .transform(frame.withColumn("emb", frame.features))
 
 
 def test_each_python_worker_loads_the_model_once_across_tasks(spark, trained):

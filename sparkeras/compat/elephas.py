@@ -542,7 +542,8 @@ class ElephasTransformer(Model, _ElephasStage, _KerasStage):
         if model is None:
             raise InputError("ElephasTransformer has no model: pass model= or keras_model_config= and weights=.")
         return add_predictions(dataset, model, self.getOrDefault("featuresCol"), output_columns(model, self.getOrDefault("outputCol")),
-                               self.getOrDefault("inference_batch_size"), self.custom_objects)
+                               self.getOrDefault("inference_batch_size"), self.custom_objects,
+                               rename="pass another outputCol")
 
     def save(self, path: str) -> None:
         """Save with Spark ML persistence (a directory); :func:`load_ml_transformer` reads it back."""

@@ -93,11 +93,14 @@ def add_predictions(
     outputs: Sequence[OutputColumn],
     batch_size: int,
     custom_objects: Mapping[str, Any] | None = None,
+    rename: str = "give the predictions other column names",
 ) -> Any:
     """``frame`` with one more column per output, computed in one pass of the model.
 
     ``features`` names the feature column(s) (or is their resolved map);
     their types and widths are checked here, before any task runs.
+    ``rename`` tells the user how the caller names its output columns, for
+    the error when the data already has one of them.
     """
     from pyspark.sql import functions as F
 
@@ -106,7 +109,8 @@ def add_predictions(
     columns = columns.opening_local_files(frame)
     clash = [o.name for o in outputs if o.name in frame.columns]
     if clash:
-        raise InputError(f"The data already has column(s) {clash}; choose other prediction column names.")
+        raise InputError(f"The data already has column(s) {clash}, where the predictions would go: {rename}, or "
+                         "drop or rename the data's column(s) first.")
     udf = prediction_udf(frame.sparkSession, model, outputs, batch_size, columns, custom_objects)
     arguments = [F.col(quoted(c)) for c in columns.columns]
     if not has_arrow_udf():

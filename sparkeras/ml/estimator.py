@@ -284,7 +284,8 @@ class KerasModel(_InferenceParams, Model, _KerasStage):
         prediction = self.getPredictionCol()
         outputs = (class_outputs(model, prediction, self.getProbabilityCol(), self._raw_prediction_col(model))
                    or output_columns(model, prediction))
-        scored = add_predictions(dataset, model, split_columns(self.getFeaturesCol()), outputs, self.getBatchSize())
+        scored = add_predictions(dataset, model, split_columns(self.getFeaturesCol()), outputs, self.getBatchSize(),
+                                 rename="name them with setPredictionCol, setProbabilityCol or setRawPredictionCol")
         classes = self.getClasses()
         if classes and outputs[0].kind == CLASS and not outputs[0].multilabel:
             # The names as StringIndexer writes them, so IndexToString(inputCol=prediction) needs no labels=.
