@@ -79,7 +79,7 @@ class SparkModel:
         balance_partitions: bool = True,
         **strategy_options: Any,
     ) -> None:
-        _check_model(model)
+        _check_model(model, compiled=False)
         if num_workers is not None and (not isinstance(num_workers, int) or num_workers < 1):
             raise InputError(f"num_workers must be a positive integer, got {num_workers!r}.")
         self._model = model
@@ -200,6 +200,7 @@ class SparkModel:
         an array for numpy data), in place of ``class_weight``.
         """
         started = time.perf_counter()
+        _check_compiled(self._model, "fit")
         _check_positive(epochs=epochs, batch_size=batch_size)
         verbose = check_verbose(verbose)
         check_classic_session(x if x is not None else data, "SparkModel.fit")
@@ -385,6 +386,7 @@ class SparkModel:
         figures and the time taken as one line once every row is scored;
         there is no per-batch bar, since the batches run on the executors.
         """
+        _check_compiled(self._model, "evaluate")
         _check_positive(batch_size=batch_size)
         verbose = check_verbose(verbose)
         if not isinstance(return_dict, bool):
@@ -666,15 +668,31 @@ def check_same_classes(expected: list[str] | None, schema: Any, label_col: Any, 
             f"{expected[:10]}; the same index would mean different classes. {fix}")
 
 
-def _check_model(model: Any) -> None:
+def _check_model(model: Any, compiled: bool = True) -> None:
+    """Refuse what is not a ``keras.Model``, and with ``compiled`` one that cannot train or score a loss.
+
+    A ``SparkModel`` made only to predict (a featurizer, a model loaded
+    without its compile settings) needs no compile, as Keras' own
+    ``predict`` does not: ``fit`` and ``evaluate`` check it there.
+    """
     import keras
 
     if not isinstance(model, keras.Model):
         raise InputError(f"SparkModel needs a keras.Model, got {type(model).__name__}.")
-    if not getattr(model, "compiled", False) or getattr(model, "optimizer", None) is None:
+    if compiled and not is_compiled(model):
         raise InputError(
             "The model is not compiled: call model.compile(optimizer=..., loss=..., metrics=[...]) "
             "before passing it to SparkModel.")
+
+
+def _check_compiled(model: Any, call: str) -> None:
+    if not is_compiled(model):
+        raise InputError(f"The model is not compiled, and SparkModel.{call} needs its loss: call "
+                         "model.compile(optimizer=..., loss=..., metrics=[...]) first (predict works without).")
+
+
+def is_compiled(model: Any) -> bool:
+    return bool(getattr(model, "compiled", False)) and getattr(model, "optimizer", None) is not None
 
 
 def build_for_data(model: Any, dataset: Dataset) -> None:

@@ -641,9 +641,13 @@ def _config_dicts(config: Any) -> Iterator[dict[str, Any]]:
 
 
 def state_variables(model: Any) -> list[Any]:
-    """The variables :func:`model_state` reads: the weights followed by the optimizer variables."""
+    """The variables :func:`model_state` reads: the weights followed by the optimizer variables.
+
+    An uncompiled model (one only scored) has no optimizer: its weights alone.
+    """
     ensure_optimizer_built(model)
-    return list(model.weights) + list(model.optimizer.variables)
+    optimizer = getattr(model, "optimizer", None)
+    return list(model.weights) + ([] if optimizer is None else list(optimizer.variables))
 
 
 def model_state(model: Any) -> list[np.ndarray]:

@@ -14,12 +14,24 @@ def _df(spark, x, y, features_type="ARRAY<DOUBLE>"):
                                  f"features {features_type}, label INT")
 
 
-def test_uncompiled_model(spark):
+def test_an_uncompiled_model_predicts_and_is_refused_where_it_needs_its_loss(spark):
+    """As Keras' own: an uncompiled model (a featurizer, say) scores; fit and evaluate say to compile it."""
     import keras
 
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
-    with pytest.raises(InputError, match=r"not compiled: call model.compile"):
-        SparkModel(model)
+    x, y = blobs(40, dim=4, classes=2)
+    sm = SparkModel(model, num_workers=2)
+    np.testing.assert_allclose(sm.predict(x), model.predict(x, verbose=0), atol=1e-6)
+    frame = _df(spark, x, y)
+    scored = sm.predict(frame).collect()
+    np.testing.assert_allclose([r.prediction for r in scored], model.predict(np.array([r.features for r in scored]),
+                                                                             verbose=0), atol=1e-5)
+    for call in ("fit", "evaluate"):
+        with pytest.raises(InputError, match=rf"not compiled, and SparkModel.{call} needs its loss: call "
+                                             r"model.compile\(optimizer=..., loss=..., metrics=\[...\]\) first"):
+            getattr(sm, call)(frame)
+    with pytest.raises(InputError, match=r"SparkModel needs a keras.Model, got str"):
+        SparkModel("model.keras")
 
 
 def test_row_size_mismatch_names_both_sizes(spark):
