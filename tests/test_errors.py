@@ -143,6 +143,20 @@ def test_x_and_y_lengths_differ(spark):
         SparkModel(mlp(), num_workers=1).fit(x, y[:7], verbose=0)
 
 
+def test_python_lists_of_rows_are_refused_with_np_asarray_as_the_fix(spark):
+    """Keras' fit takes no Python lists of rows; a list x or y means one array per input or output, as there."""
+    x, y = blobs(10)
+    sm = SparkModel(mlp(), num_workers=1)
+    with pytest.raises(InputError, match=r"^x is a Python list of numbers or lists, which Keras' fit does not take "
+                                         r"either: pass np.asarray\(x\). A list or tuple x holds one array per "
+                                         r"model input, as in Keras.$"):
+        sm.fit(x.tolist(), y, verbose=0)
+    with pytest.raises(InputError, match=r"^y is a Python tuple of .*np.asarray\(y\).* per model output"):
+        sm.fit(x, tuple(y.tolist()), verbose=0)
+    with pytest.raises(InputError, match=r"^x is a Python list"):
+        sm.predict(x.tolist())
+
+
 def test_unknown_strategy_and_bad_window():
     with pytest.raises(InputError, match=r"Unknown strategy 'ring'; choose one of \['adag', 'aeasgd', 'allreduce', 'async', 'averaging', "
                        r"'downpour', 'dynsgd', 'eamsgd', 'easgd', 'hogwild'\]"):
