@@ -151,3 +151,26 @@ def _model():
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
     return model
+
+
+def test_a_model_saved_as_h5_keeps_training_with_its_own_optimizer_and_loads_back(spark, tmp_path):
+    """Keras' legacy ``.h5`` saving takes the optimizer out of the model's compile settings; the workers then
+    rebuilt the model with Keras' default (RMSprop), so the next fit trained with another optimizer and scoring
+    failed on a state of the wrong size. The settings are put back, and ``load_spark_model`` reads the file."""
+    import keras
+
+    x, y = blobs(400, dim=4, classes=3, noise=0.5, seed=8)
+    model = _model()
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    spark_model = elephas.SparkModel(model, num_workers=2)
+    spark_model.fit(elephas.to_simple_rdd(spark.sparkContext, x, y), epochs=1, batch_size=32)
+    spark_model.save(str(tmp_path / "model.h5"))
+    assert spark_model.master_network.get_compile_config()["optimizer"]["class_name"] == "SGD"
+    np.testing.assert_allclose(spark_model.predict(x[:20]), spark_model.master_network.predict(x[:20], verbose=0),
+                               atol=1e-5)
+    spark_model.fit(elephas.to_simple_rdd(spark.sparkContext, x, y), epochs=1, batch_size=32)
+    assert [v.path for v in spark_model.master_network.optimizer.variables] == ["sgd/iteration", "sgd/learning_rate"]
+    again = elephas.load_spark_model(str(tmp_path / "model.h5"))
+    assert type(again.master_network.optimizer).__name__ == "SGD"
+    assert again.get_config() == spark_model.get_config()
+    assert again.evaluate(x, y)[1] > 0.5

@@ -212,15 +212,20 @@ class SparkMLlibModel(SparkModel):
 
 
 def load_spark_model(file_name: str, from_hadoop: bool = False) -> SparkModel:
-    """Load what :meth:`SparkModel.save` wrote, as the same class with the same settings."""
+    """Load what :meth:`SparkModel.save` wrote, as the same class with the same settings.
+
+    A legacy ``.h5`` file, which Elephas scripts save, is read by Keras'
+    own loader; ``.keras`` as sparkeras reads every model file.
+    """
     from sparkeras.model import load_model_file
+    from sparkeras.storage.model_file import load_keras
 
     _check_suffix(file_name)
     path = _hadoop_path(file_name, from_hadoop)
     with tempfile.TemporaryDirectory() as tmp:
         local = os.path.join(tmp, os.path.basename(file_name))
         _copy(path, local, upload=False)
-        model = load_model_file(local)
+        model = load_keras(local) if local.endswith(".h5") else load_model_file(local)
         saved: dict[str, Any] = {"class_name": "SparkModel", "config": {}}
         try:
             _copy(path + _CONFIG_SUFFIX, local + _CONFIG_SUFFIX, upload=False)

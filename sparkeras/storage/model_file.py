@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import warnings
 import zipfile
-from typing import Any
+from typing import Any, Iterator
 
 from sparkeras.errors import InputError
 
@@ -101,8 +102,29 @@ def save_keras(model: Any, path: str) -> None:
                     global_state.set_global_attribute(key, get_attr_skipset(kind))
                 except Exception:  # noqa: BLE001 - a type this Keras does not know: it is never asked for
                     continue
-    with tensorflow_left_unimported():
+    with tensorflow_left_unimported(), _compile_config_kept(model):
         model.save(path)
+
+
+@contextlib.contextmanager
+def _compile_config_kept(model: Any) -> Iterator[None]:
+    """Put back the optimizer that Keras' legacy ``.h5`` saving takes out of the model's compile settings.
+
+    Why. Keras 3 (through at least 3.15) writes an ``.h5`` file's training
+    config by popping ``"optimizer"`` from the model's own compile config
+    dict, not from a copy. The model then serializes without its optimizer,
+    and every worker that rebuilds it from that config compiles it with
+    Keras' default, RMSprop: an Elephas script that saved ``model.h5`` and
+    went on with its ``SparkModel`` trained the next fit with another
+    optimizer, and its predictions failed on a state of the wrong size.
+    """
+    config = getattr(getattr(model, "_compile_config", None), "config", None)
+    optimizer = config.get("optimizer") if isinstance(config, dict) else None
+    try:
+        yield
+    finally:
+        if optimizer is not None and "optimizer" not in config:
+            config["optimizer"] = optimizer
 
 
 def load_keras(path: str, custom_objects: dict | None = None) -> Any:
