@@ -170,6 +170,7 @@ class ModelSpec:
 
         with tensorflow_left_unimported():
             config = keras.saving.serialize_keras_object(model)
+            _keep_optimizer(model, config)
         _ship_vocabularies(model, config)
         return cls.of(config, custom_objects_for(config, custom_objects))
 
@@ -250,6 +251,23 @@ class ModelSpec:
         _without_random_draws(config)
         with rebuilding(config, self.custom_objects), _global_dtype_policy(config):
             return keras.saving.deserialize_keras_object(config)
+
+
+def _keep_optimizer(model: Any, config: dict[str, Any]) -> None:
+    """Put the model's optimizer in its serialized compile settings when they lost it.
+
+    Why. Keras 3's legacy ``.h5`` saving pops ``"optimizer"`` from the
+    model's own compile config (``model.save("m.h5")`` by the user, before
+    the model reaches sparkeras). Rebuilt from that config, every worker
+    compiled the model with Keras' default, RMSprop, and trained with it.
+    """
+    import keras
+
+    compile_config = config.get("compile_config")
+    optimizer = getattr(model, "optimizer", None)
+    if isinstance(compile_config, dict) and "optimizer" not in compile_config and optimizer is not None \
+            and getattr(model, "compiled", False):
+        compile_config["optimizer"] = keras.saving.serialize_keras_object(optimizer)
 
 
 def custom_objects_for(config: Any, custom_objects: dict[str, Any] | None) -> dict[str, Any] | None:

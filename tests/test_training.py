@@ -941,6 +941,23 @@ def test_a_rebuilt_model_draws_no_random_weights_and_takes_the_drivers_state_exa
     np.testing.assert_array_equal(rebuilt.predict(x, verbose=0), model.predict(x, verbose=0))
 
 
+def test_a_model_the_user_saved_as_h5_is_rebuilt_with_its_own_optimizer(tmp_path):
+    """Keras' legacy ``.h5`` saving pops the optimizer from the model's compile config; rebuilt from that, the
+    workers compiled Keras' default (RMSprop), whose state has as many arrays as this SGD with momentum."""
+    import keras
+
+    from sparkeras.serialization import ModelSpec, model_state
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+    model.compile(keras.optimizers.SGD(0.1, momentum=0.5), "sparse_categorical_crossentropy")
+    model.save(str(tmp_path / "user.h5"))
+    assert "optimizer" not in model.get_compile_config()  # what Keras leaves: the reason for the rule
+    rebuilt = ModelSpec.from_model(model).build()
+    assert type(rebuilt.optimizer).__name__ == "SGD" and rebuilt.optimizer.momentum == 0.5
+    assert float(rebuilt.optimizer.learning_rate.numpy()) == pytest.approx(0.1)
+    assert [v.shape for v in model_state(rebuilt)] == [v.shape for v in model_state(model)]
+
+
 def test_a_model_built_again_trains_on_the_workers_model_and_steps_of_its_architecture(spark):
     """Keras names layers after a per-process counter, so the same model built again has another config;
     the workers keep one model (and its traced steps) per architecture, its layers' names left out. The
