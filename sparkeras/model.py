@@ -20,6 +20,7 @@ from sparkeras.data.weights import ClassWeights, check_class_weight, check_class
 from sparkeras.data.sources import (Dataset, as_dataset, check_weight_rows, describe_source, first_feature_shape,
                                     split_validation, validation_dataset, with_row_weights)
 from sparkeras.errors import InputError
+from sparkeras.log import logger
 from sparkeras.progress import ProgressBar, ProgressServer
 from sparkeras.serialization import (ModelSpec, check_rebuilds, copy_vocabularies, model_state, pack_arrays,
                                      refresh_derived_state, set_model_state, start_rebuild_check)
@@ -217,6 +218,7 @@ class SparkModel:
             check_output(checkpoint_dir, kind="directory", flag="checkpoint_dir",
                          inputs=[p for p in (data, x) if isinstance(p, (str, os.PathLike))])
         self.strategy.check_model(self._model)
+        _warn_of_an_unused_weight_average(self._model, self.strategy)
         spark = self.spark
         # data resolution runs Spark jobs too: the console bars stay paused over it
         with running_own_jobs(spark), FullCollectionsDeferred(), contextlib.ExitStack() as releases:
@@ -324,6 +326,7 @@ class SparkModel:
                 carried.resume(self.strategy, trained)
             if initial_epoch < epochs:
                 self.strategy.fit(job)
+                _finish_optimizer(trained, self.strategy)
             job.callbacks.on_train_end()
             self._continuation = Continuation.after_fit(self.strategy, trained)
         except BaseException as error:
@@ -666,6 +669,30 @@ def check_same_classes(expected: list[str] | None, schema: Any, label_col: Any, 
         raise InputError(
             f"The {what}'s label column {label_col!r} numbers the classes {got[:10]}, but the model's classes are "
             f"{expected[:10]}; the same index would mean different classes. {fix}")
+
+
+def _uses_weight_average(model: Any) -> bool:
+    return bool(getattr(getattr(model, "optimizer", None), "use_ema", False))
+
+
+def _finish_optimizer(model: Any, strategy: Strategy) -> None:
+    """End the fit as Keras' ``fit`` ends: with ``use_ema``, the moving average of the weights replaces them.
+
+    Keras calls ``optimizer.finalize_variable_values`` after the last epoch,
+    before ``on_train_end``; a fit that skipped it saved the raw weights of
+    an optimizer whose user asked for their average. Only where the driver
+    holds the optimizer's state: the parameter-server rules' driver has no
+    average to put in place (:func:`_warn_of_an_unused_weight_average`).
+    """
+    if _uses_weight_average(model) and strategy.driver_holds_optimizer_state:
+        model.optimizer.finalize_variable_values(model.trainable_weights)
+
+
+def _warn_of_an_unused_weight_average(model: Any, strategy: Strategy) -> None:
+    if _uses_weight_average(model) and not strategy.driver_holds_optimizer_state:
+        logger.warning("The optimizer's use_ema has no effect with the %r strategy: each worker keeps its own "
+                       "optimizer, and the parameter server's center weights are the model. Use 'averaging' or "
+                       "'allreduce' to train with the moving average of the weights.", strategy.name)
 
 
 def _check_model(model: Any, compiled: bool = True) -> None:

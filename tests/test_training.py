@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -31,6 +32,34 @@ def test_one_worker_averaging_equals_plain_fit_with_adam(spark):
     assert int(sm.model.optimizer.iterations) == int(plain.optimizer.iterations) == 2 * 32
     for got, want in zip(sm.model.optimizer.variables, plain.optimizer.variables):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("strategy", ["averaging", "allreduce", "adag"])
+def test_an_optimizer_with_use_ema_ends_the_fit_with_the_average_weights_as_keras_fit_does(spark, strategy, caplog):
+    """Keras' ``fit`` ends by putting the optimizer's moving average of the weights in their place; a fit
+    that skipped it kept the raw weights. One worker equals plain ``model.fit``. The parameter-server rules
+    hold no optimizer state on the driver, so they say the setting has no effect and keep the center."""
+    import keras
+
+    x, y = blobs(600, seed=3)
+    model = mlp(seed=5, optimizer=keras.optimizers.Adam(0.01, use_ema=True, ema_momentum=0.9))
+    plain = clone(model)
+    plain.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0)
+    with caplog.at_level(logging.WARNING, logger="sparkeras"):
+        SparkModel(model, strategy=strategy, num_workers=1, seed=0).fit(
+            x, y, epochs=2, batch_size=32, shuffle=False, verbose=0)
+    average = [np.asarray(v) for v in model.optimizer.variables if "average" in v.path]
+    if strategy == "adag":
+        assert [r.getMessage() for r in caplog.records] == [
+            "The optimizer's use_ema has no effect with the 'adag' strategy: each worker keeps its own optimizer, "
+            "and the parameter server's center weights are the model. Use 'averaging' or 'allreduce' to train "
+            "with the moving average of the weights."]
+        assert model.get_weights()[0].any() and not average[0].any()  # the center kept; no average to put in
+        return
+    assert not caplog.records
+    for got, want, mean in zip(model.get_weights(), plain.get_weights(), average):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+        np.testing.assert_array_equal(got, mean)
 
 
 @pytest.mark.parametrize("strategy", ["averaging", "allreduce"])

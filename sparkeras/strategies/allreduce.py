@@ -101,6 +101,7 @@ class AllReduce(Strategy):
     """
 
     name = "allreduce"
+    driver_holds_optimizer_state = True
 
     def __init__(self, timeout: float = DEFAULT_TIMEOUT, max_restarts: int = 2,
                  checkpoint_dir: str | None = None, sync_batch_norm: bool = True,

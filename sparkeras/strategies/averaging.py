@@ -258,6 +258,7 @@ class ModelAveraging(DistributedOptimizer):
 
     name = "averaging"
     averages_moving_statistics = True
+    driver_holds_optimizer_state = True
     default_window = 32
     synchronous = True
     reports_center = False  # workers restart from the center every window, as Elephas' synchronous mode

@@ -30,6 +30,11 @@ class Strategy(abc.ABC):
     #: then update them with ``momentum ** N`` (:meth:`sparkeras.serialization.ModelSpec.with_moving_statistics_for`).
     #: Parameter-server rules that add up every worker's moves keep the layers' own momentum.
     averages_moving_statistics: ClassVar[bool] = False
+    #: Whether the driver's model ends a fit holding the workers' optimizer state (its step count, moments,
+    #: and the moving average of the weights that ``use_ema`` keeps), so that the fit can end as Keras'
+    #: ``fit`` ends. The parameter-server rules keep each worker's optimizer on its worker: the driver
+    #: holds the center's weights only.
+    driver_holds_optimizer_state: ClassVar[bool] = False
 
     def check_cluster(self, spark: Any, num_workers: int) -> None:
         """Reject a cluster this strategy cannot run on (too few task slots, a missing library).
