@@ -21,6 +21,7 @@ from sparkeras.data.sources import (Dataset, as_dataset, check_weight_rows, desc
                                     split_validation, validation_dataset, with_row_weights)
 from sparkeras.errors import InputError
 from sparkeras.log import logger
+from sparkeras.metric_values import from_json
 from sparkeras.progress import ProgressBar, ProgressServer
 from sparkeras.serialization import (ModelSpec, check_rebuilds, copy_vocabularies, model_state, pack_arrays,
                                      refresh_derived_state, set_model_state, start_rebuild_check)
@@ -804,7 +805,7 @@ def _architecture(model: Any) -> str:
 
 def _resume_history(history: Any, saved: Any, job: TrainingJob, directory: str) -> None:
     """The History of a resumed fit starts with the epochs the checkpoint already holds."""
-    history.history = {k: list(v) for k, v in saved.history.items()}
+    history.history = {k: [from_json(value) for value in v] for k, v in saved.history.items()}
     history.epoch = list(range(saved.next_epoch))
     job.restarts.append({"attempt": 1, "resumed_at_epoch": saved.next_epoch + 1,
                          "reason": f"checkpoint in {directory}"})

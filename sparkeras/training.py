@@ -20,6 +20,7 @@ import numpy as np
 from sparkeras.data.packing import CountedBlocks, PreparedData
 from sparkeras.errors import worker_error
 from sparkeras.log import logger
+from sparkeras.metric_values import MetricValue, metric_value
 from sparkeras.progress import ProgressBar
 from sparkeras.serialization import learning_rate_position, model_state, pack_arrays, set_model_state, unpack_arrays
 from sparkeras.worker import tasks
@@ -130,7 +131,7 @@ class MetricReader:
         # Builds the loss tracker and compiled metrics without running a step.
         self.model._symbolic_build(data_batch=(x, y, None))
 
-    def read(self, states: list[np.ndarray] | None) -> dict[str, float]:
+    def read(self, states: list[np.ndarray] | None) -> dict[str, MetricValue]:
         if states is None:
             return {}
         variables = self.model.metrics_variables
@@ -138,8 +139,7 @@ class MetricReader:
             raise RuntimeError(f"workers returned {len(states)} metric variables, the driver has {len(variables)}")
         for var, value in zip(variables, states):
             var.assign(value)
-        logs = {k: float(np.asarray(v)) for k, v in self.model.get_metrics_result().items()
-                if np.asarray(v).ndim == 0}
+        logs = {k: metric_value(v) for k, v in self.model.get_metrics_result().items()}
         self.model.reset_metrics()
         return logs
 

@@ -62,6 +62,35 @@ def test_an_optimizer_with_use_ema_ends_the_fit_with_the_average_weights_as_kera
         np.testing.assert_array_equal(got, mean)
 
 
+def test_a_per_class_metric_is_reported_as_keras_reports_it(spark, tmp_path):
+    """Keras' ``F1Score`` gives one value per class, and its ``fit`` and ``evaluate`` keep the array; they were
+    dropped from the history and from ``evaluate``. They survive a checkpoint and reach a plot (their mean)."""
+    import keras
+
+    from sparkeras import plot_history
+    from sparkeras.metric_values import flat_numbers
+    from sparkeras.storage.checkpoint import Saved, decode, encode
+
+    x, labels = blobs(600, dim=16, classes=3, seed=3)
+    y = np.eye(3, dtype="float32")[labels]
+    model = mlp(classes=3, seed=5)
+    model.compile("adam", "categorical_crossentropy", metrics=["accuracy", keras.metrics.F1Score()])
+    sm = SparkModel(model, num_workers=2, seed=0)
+    history = sm.fit(x, y, epochs=2, batch_size=32, validation_split=0.2, verbose=0,
+                     checkpoint_dir=str(tmp_path / "checkpoint"))
+    assert sorted(history.history) == ["accuracy", "f1_score", "loss", "val_accuracy", "val_f1_score", "val_loss"]
+    assert [np.shape(v) for v in history.history["val_f1_score"]] == [(3,), (3,)]
+    scores = sm.evaluate(x, y)
+    want = model.evaluate(x, y, verbose=0, return_dict=True)
+    np.testing.assert_allclose(scores["f1_score"], want["f1_score"], atol=1e-5)
+    assert scores["f1_score"].shape == (3,) and 0.5 < scores["f1_score"].min()
+    again = decode(encode(Saved(2, [], {}, history.history)))
+    np.testing.assert_allclose(again.history["val_f1_score"][1], history.history["val_f1_score"][1])
+    assert sorted(flat_numbers(scores)) == ["accuracy", "f1_score_0", "f1_score_1", "f1_score_2", "loss"]
+    plot_history(history, str(tmp_path / "curves.png"))
+    assert (tmp_path / "curves.png").stat().st_size > 0
+
+
 @pytest.mark.parametrize("strategy", ["averaging", "allreduce"])
 def test_a_mixed_float16_model_trains_with_its_loss_scale_optimizer(spark, strategy):
     """Under ``mixed_float16`` Keras wraps the optimizer in a ``LossScaleOptimizer``, but only for a model whose

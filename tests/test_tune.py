@@ -98,6 +98,18 @@ def test_bad_settings_for_the_cluster_or_model_fail_before_any_trial_trains(spar
     assert "'val_accuracy'" in str(err.value)
     trials = optuna.load_study(study_name="bad-metric", storage=storage).trials
     assert [t.state.name for t in trials] == ["FAIL"]  # the one trial asked for the check; none trained
+
+    def per_class(trial):
+        import keras
+
+        model = _model(1e-3, 8)
+        model.compile("adam", "categorical_crossentropy", metrics=[keras.metrics.F1Score()])
+        return model
+
+    with pytest.raises(InputError, match=r"^metric='val_f1_score' has one value per class \(4\), and the search "
+                                         r"needs one number: compile the metric with average='macro'"):
+        sparkeras.tune(per_class, x, np.eye(CLASSES, dtype="float32")[y], n_trials=1, metric="val_f1_score",
+                       validation_split=0.2, verbose=0)
     assert "val_f1" in trials[0].user_attrs["fail_reason"]
 
 

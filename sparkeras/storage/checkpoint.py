@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from sparkeras.errors import InputError
+from sparkeras.metric_values import to_json
 from sparkeras.serialization import pack_arrays, unpack_arrays
 from sparkeras.storage.outputs import _hadoop, _local, _temporary_sibling, _commit
 
@@ -51,7 +52,8 @@ class Saved:
 
 def encode(saved: Saved) -> bytes:
     names = sorted(saved.extra)
-    meta = {"next_epoch": saved.next_epoch, "fingerprint": saved.fingerprint, "history": saved.history,
+    history = {k: [to_json(v) for v in values] for k, values in saved.history.items()}  # per-class values too
+    meta = {"next_epoch": saved.next_epoch, "fingerprint": saved.fingerprint, "history": history,
             "sections": [["state", len(saved.state)]] + [[n, len(saved.extra[n])] for n in names]}
     head = json.dumps(meta).encode()
     arrays = list(saved.state) + [a for n in names for a in saved.extra[n]]

@@ -23,6 +23,7 @@ import keras
 
 from sparkeras.errors import InputError
 from sparkeras.log import logger
+from sparkeras.metric_values import flat_numbers
 from sparkeras.storage.model_file import save_keras
 from sparkeras.worker.runtime import native_logs_wanted
 
@@ -632,11 +633,13 @@ _KERAS_DATA, _KERAS_FILE = "data", "model.keras"  # where mlflow.keras.save_mode
 
 
 def _metric_points(metrics: Mapping[str, Any] | None, timestamp: int, step: int, **ids: str) -> list[Any]:
-    """MLflow ``Metric`` entities for the finite numbers among ``metrics`` (MLflow refuses NaN in some stores)."""
+    """MLflow ``Metric`` entities for the finite numbers among ``metrics`` (MLflow refuses NaN in some stores).
+
+    A per-class metric (``F1Score``) is one metric per class, ``f1_score_0``...
+    """
     from mlflow.entities import Metric
 
-    return [Metric(k, float(v), timestamp, int(step), **ids) for k, v in (metrics or {}).items()
-            if isinstance(v, (int, float)) and math.isfinite(float(v))]
+    return [Metric(k, v, timestamp, int(step), **ids) for k, v in flat_numbers(metrics).items() if math.isfinite(v)]
 
 
 def _log_metrics_now(client: Any, run_id: str, points: list[Any]) -> None:

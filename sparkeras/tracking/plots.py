@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
 from sparkeras.errors import InputError
+from sparkeras.metric_values import is_per_class
 
 
 def plot_history(history: Any, path: str, *, baseline: Any = None,
@@ -59,7 +62,13 @@ def _curves(history: Any, name: str) -> dict[str, list[float]]:
     if not isinstance(logs, Mapping) or not logs:
         raise InputError(f"plot_history's {name} must be a keras History (what fit returns) or its .history dict "
                          f"with at least one metric, got {type(history).__name__}.")
-    return {str(k): [float(v) for v in values] for k, values in logs.items()}
+    curves = {}
+    for key, values in logs.items():
+        if any(is_per_class(v) for v in values):  # F1Score's one value per class: drawn as their mean
+            curves[f"{key} (class mean)"] = [float(np.mean(v)) for v in values]
+        else:
+            curves[str(key)] = [float(v) for v in values]
+    return curves
 
 
 def _staleness(history: Any) -> dict[int, int]:

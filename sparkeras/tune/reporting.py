@@ -16,6 +16,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from sparkeras.metric_values import from_json
+
 CONTINUE, PRUNE = "continue", "prune"
 
 
@@ -95,7 +97,7 @@ class TrialServer:
             record = self._records.get(int(header.get("trial", -1)))
         if record is None or header.get("type") != "epoch":
             raise FrameError(f"no running trial {header.get('trial')!r}")
-        logs = {k: (float("nan") if v is None else float(v)) for k, v in dict(header["logs"]).items()}
+        logs = {k: from_json(v) for k, v in dict(header["logs"]).items()}
         try:
             return {"action": judge(record, int(header["epoch"]), logs, self._lock)}, b""
         except TrialFailed as failed:

@@ -46,9 +46,12 @@ import threading
 import time
 from typing import Any, Callable, Mapping
 
+import numpy as np
+
 from sparkeras.data.strings import for_packed_data
 from sparkeras.data.weights import ClassWeights, check_class_weight, check_class_weight_fits, check_row_weights
 from sparkeras.errors import InputError, SparkerasError
+from sparkeras.metric_values import is_per_class
 from sparkeras.session import check_classic_session
 from sparkeras.tracking.autolog import autologging_logger, set_last_active_run
 from sparkeras.tune.space import distributions, suggest
@@ -537,9 +540,15 @@ class Search:
         columns = resolve_columns(model, self.frames.schema, self.frames.features_col, self.frames.label_col)
         model, columns = for_packed_data(model, columns, self.custom_objects)
         MetricReader(model, SimpleNamespace(columns=columns))  # builds the compiled metrics without a step
-        names = list(model.get_metrics_result())
+        results = model.get_metrics_result()
         model.reset_metrics()
+        names = list(results)
         available = names + ([f"val_{n}" for n in names] if self.frames.validation is not None else [])
+        base = self.metric[4:] if self.metric.startswith("val_") and self.metric[4:] in results else self.metric
+        if base in results and is_per_class(results[base]):
+            raise InputError(f"metric={self.metric!r} has one value per class ({np.asarray(results[base]).size}), "
+                             "and the search needs one number: compile the metric with average='macro' (or "
+                             "'weighted', 'micro'), or choose another metric.")
         if self.metric not in available:
             hint = "" if self.frames.validation is not None or not self.metric.startswith("val_") else \
                 " (there is no validation data: set validation_split or validation_data)"

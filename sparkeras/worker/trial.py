@@ -19,14 +19,12 @@ second trial of a cold search started 5.5 s late).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-import numpy as np
-
 from sparkeras.comm.server import FrameClient, ServerAddress
 from sparkeras.data.packing import read_partition
+from sparkeras.metric_values import to_json
 from sparkeras.serialization import set_model_state, unpack_arrays
 from sparkeras.worker import runtime
 from sparkeras.worker.tasks import WorkerSpec
@@ -102,7 +100,7 @@ class _Reports:
 
     def epoch_end(self, model: Any, epoch: int, logs: dict[str, Any] | None) -> None:
         self.epochs = epoch + 1
-        values = {k: _plain(v) for k, v in (logs or {}).items()}
+        values = {k: to_json(v) for k, v in (logs or {}).items()}
         if self._client is None:
             self._client = FrameClient(self.task.server, max_payload=0, timeout=self.task.reply_timeout)
         try:
@@ -129,9 +127,3 @@ class _Reports:
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
-
-
-def _plain(value: Any) -> float | None:
-    """A JSON-safe number: non-finite values travel as ``None`` (the driver reads them as NaN)."""
-    number = float(np.asarray(value))
-    return number if math.isfinite(number) else None
