@@ -235,8 +235,8 @@ def _named_arrays(value, base: str, out: dict[str, np.ndarray], what: str) -> Co
     if isinstance(value, (list, tuple)):
         if not all(hasattr(arr, "shape") for arr in value):
             role = "input" if what == "x" else "output"
-            raise InputError(f"{what} is a Python {type(value).__name__} of numbers or lists, which Keras' fit does not "
-                             f"take either: pass np.asarray({what}). A list or tuple {what} holds one array per "
+            raise InputError(f"{what} is a Python {type(value).__name__} of numbers or lists, which Keras' fit does "
+                             f"not take either: pass np.asarray({what}). A list or tuple {what} holds one array per "
                              f"model {role}, as in Keras.")
         cols = []
         for i, arr in enumerate(value):

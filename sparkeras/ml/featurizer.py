@@ -83,8 +83,8 @@ class ImageFeaturizer(HasInputCol, HasOutputCol, Transformer, _KerasStage):
         vector = _output_type(self.getOrDefault(self.outputType)) == "vector"
         name = self.getOutputCol()
         output = OutputColumn(name, 0, width, vector=vector)
-        out = add_predictions(dataset, self._keras_model, self.getInputCol(), [output], self.getOrDefault(self.batchSize),
-                              rename="name the embeddings with setOutputCol")
+        out = add_predictions(dataset, self._keras_model, self.getInputCol(), [output],
+                              self.getOrDefault(self.batchSize), rename="name the embeddings with setOutputCol")
         # The size, as VectorAssembler records it: later stages check widths without scoring a row.
         return out.withMetadata(name, {"ml_attr": {"num_attrs": width}}) if vector else out
 
