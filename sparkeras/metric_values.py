@@ -60,5 +60,13 @@ def flat_numbers(logs: Mapping[str, Any] | None) -> dict[str, float]:
     return flat
 
 
+def rounded(value: Any, digits: int) -> float | list | None:
+    """A metric for a printed line or JSON: rounded, a per-class metric as a list (``None`` if not finite)."""
+    plain = to_json(value)
+    if isinstance(plain, list):
+        return [None if v is None else round(v, digits) for v in plain]
+    return None if plain is None else round(plain, digits)
+
+
 def is_per_class(value: Any) -> bool:
     return np.asarray(value).ndim > 0

@@ -378,12 +378,9 @@ def _read_images(spark, args: argparse.Namespace, model, labels: str | None, fol
 
 
 def _rounded(value: Any) -> float | list | None:
-    """A metric for a JSON line: 6 decimals, a per-class metric as a list (``None`` for a non-finite value)."""
-    from sparkeras.metric_values import to_json
+    from sparkeras.metric_values import rounded
 
-    plain = to_json(value)
-    return [None if v is None else round(v, 6) for v in plain] if isinstance(plain, list) else \
-        None if plain is None else round(plain, 6)
+    return rounded(value, 6)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -24,6 +24,7 @@ import threading
 from typing import Any, Callable, Mapping
 
 from sparkeras.errors import InputError
+from sparkeras.metric_values import rounded
 
 SAMPLINGS = ("partition", "bootstrap")
 COMBINES = ("mean", "vote")
@@ -110,7 +111,7 @@ class Ensemble:
         self.model = combine_members(members, self.combine)
         if verbose:
             for i, h in enumerate(histories):
-                last = {k: round(v[-1], 4) for k, v in h.history.items()}
+                last = {k: rounded(v[-1], 4) for k, v in h.history.items()}
                 print(f"member {i}: {last}")
         return histories
 
