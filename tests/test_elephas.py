@@ -169,7 +169,8 @@ def test_a_model_saved_as_h5_keeps_training_with_its_own_optimizer_and_loads_bac
     np.testing.assert_allclose(spark_model.predict(x[:20]), spark_model.master_network.predict(x[:20], verbose=0),
                                atol=1e-5)
     spark_model.fit(elephas.to_simple_rdd(spark.sparkContext, x, y), epochs=1, batch_size=32)
-    assert [v.path for v in spark_model.master_network.optimizer.variables] == ["sgd/iteration", "sgd/learning_rate"]
+    optimizer = spark_model.master_network.optimizer  # SGD without momentum: no slots, as the driver's
+    assert type(optimizer).__name__ == "SGD" and [v.name for v in optimizer.variables] == ["iteration", "learning_rate"]
     again = elephas.load_spark_model(str(tmp_path / "model.h5"))
     assert type(again.master_network.optimizer).__name__ == "SGD"
     assert again.get_config() == spark_model.get_config()
