@@ -19,6 +19,7 @@ import sys
 from typing import Any, Sequence
 
 from sparkeras.data.columns import quoted, split_columns
+from sparkeras.metric_values import rounded
 
 EXIT_INPUT = 2
 EXIT_FAILURE = 1
@@ -377,12 +378,6 @@ def _read_images(spark, args: argparse.Namespace, model, labels: str | None, fol
                        classes=classes)
 
 
-def _rounded(value: Any) -> float | list | None:
-    from sparkeras.metric_values import rounded
-
-    return rounded(value, 6)
-
-
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     from sparkeras.errors import InputError, WorkerError
@@ -444,7 +439,7 @@ def _train(args: argparse.Namespace) -> int:
                      label_col=label, verbose=0 if args.quiet else 1, class_weight=_class_weight(args),
                      weight_col=args.weight_col, callbacks=callbacks)
     sm.save(args.output, overwrite=args.overwrite)
-    final = {k: _rounded(v[-1]) for k, v in history.history.items()}
+    final = {k: rounded(v[-1], 6) for k, v in history.history.items()}
     print(f"saved {args.output}; final epoch: {json.dumps(final)}")
     for callback in callbacks:
         if hasattr(callback, "model_uri"):
@@ -543,7 +538,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     else:
         metrics = sm.evaluate(_labelled_by_classes(spark, args, sm), features_col=_given_columns(args.features),
                               label_col=args.label, batch_size=args.batch_size, weight_col=args.weight_col)
-    print(json.dumps({k: _rounded(v) for k, v in metrics.items()}))
+    print(json.dumps({k: rounded(v, 6) for k, v in metrics.items()}))
     return 0
 
 
