@@ -21,8 +21,9 @@ MetricValue = float | np.ndarray
 def metric_value(value: Any) -> MetricValue:
     """A metric's result as a Python float, or a float array (a copy) when it has one value per class."""
     array = np.asarray(value)
-    return float(array) if array.ndim == 0 else np.array(array, dtype=np.float64 if array.dtype == np.float64
-                                                          else np.float32)
+    if array.ndim == 0:
+        return float(array)
+    return array.astype(np.float64 if array.dtype == np.float64 else np.float32)  # astype copies
 
 
 def to_json(value: Any) -> float | list | None:
