@@ -210,6 +210,8 @@ class SparkModel:
         row_weights = check_row_weights(weight_col, sample_weight, x if x is not None else data, class_weight)
         if not 0.0 <= validation_split < 1.0:
             raise InputError(f"validation_split must be in [0, 1), got {validation_split}.")
+        if isinstance(validation_data, tuple) and len(validation_data) == 1 and not _needs_labels(self._model):
+            validation_data = validation_data[0]  # Keras' (x_val,) for a model that trains without labels
         _check_validation_tuple(validation_data)
         validation_freq = check_validation_freq(validation_freq)
         if not 0 <= initial_epoch < epochs:
@@ -251,7 +253,7 @@ class SparkModel:
                 sample_weight = sample_weight[:_rows(x_data)]
         dataset = with_row_weights(self._dataset(spark, None, y, x_data, features_col, label_col, workers),
                                    weight_col, sample_weight)
-        if dataset.label_col is None:
+        if dataset.label_col is None and _needs_labels(self._model):
             raise InputError("fit needs labels: pass y= with numpy features, or label_col= naming the label column.")
         val_dataset = None
         if validation_data is not None:
@@ -416,7 +418,7 @@ class SparkModel:
         workers = self._workers(spark)
         dataset = with_row_weights(self._dataset(spark, data, y, x, features_col, label_col, workers),
                                    weight_col, sample_weight)
-        if dataset.label_col is None:
+        if dataset.label_col is None and _needs_labels(self._model):
             raise InputError("evaluate needs labels: pass y= with numpy features, or label_col=.")
         columns = self._packed_columns(resolve_columns(self._model, dataset.schema, dataset.features_col,
                                                        dataset.label_col, dataset.weight_col))
@@ -717,6 +719,22 @@ def _check_compiled(model: Any, call: str) -> None:
     if not is_compiled(model):
         raise InputError(f"The model is not compiled, and SparkModel.{call} needs its loss: call "
                          "model.compile(optimizer=..., loss=..., metrics=[...]) first (predict works without).")
+
+
+def _needs_labels(model: Any) -> bool:
+    """Whether the model's loss reads labels.
+
+    Keras' ``fit(x)`` trains without ``y`` when the loss needs none: a model
+    compiled without one that adds its own (``add_loss``, activity
+    regularizers), or one whose class computes it (its own ``compute_loss``
+    or ``train_step``, as Keras' VAE example does). A compiled loss of the
+    usual kind compares predictions with labels, so there they are asked for.
+    """
+    import keras
+
+    own = type(model)
+    return (getattr(model, "loss", None) is not None and own.train_step is keras.Model.train_step
+            and own.compute_loss is keras.Model.compute_loss)
 
 
 def is_compiled(model: Any) -> bool:

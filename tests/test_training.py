@@ -62,6 +62,68 @@ def test_an_optimizer_with_use_ema_ends_the_fit_with_the_average_weights_as_kera
         np.testing.assert_array_equal(got, mean)
 
 
+def _unlabelled_models(seed: int = 5) -> dict:
+    """Two models that Keras' ``fit(x)`` trains without labels, compiled without a loss.
+
+    ``"added"`` adds its loss from a layer (an activity regularizer on a
+    bottleneck); ``"computed"`` is an autoencoder whose class computes its
+    loss from ``x`` (Keras 3's ``compute_loss``), defined and registered as in
+    a notebook, so it travels with the model.
+    """
+    import keras
+
+    class Reconstructing(keras.Model):
+        def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+            return keras.ops.mean(keras.ops.square(x - y_pred))
+
+    Reconstructing.__module__ = "__main__"
+    Reconstructing = keras.saving.register_keras_serializable(package="unlabelled")(Reconstructing)
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((16,))
+    code = keras.layers.Dense(4, activity_regularizer=keras.regularizers.L2(0.1))(inputs)
+    added = keras.Model(inputs, code)
+    computed = Reconstructing(inputs, keras.layers.Dense(16)(keras.layers.Dense(4)(inputs)))
+    for model in (added, computed):
+        model.compile(keras.optimizers.Adam(0.01))
+    return {"added": added, "computed": computed}
+
+
+@pytest.mark.parametrize("kind", ["added", "computed"])
+def test_a_model_whose_loss_needs_no_labels_trains_without_them_as_keras_fit_does(spark, kind):
+    """``model.fit(x)`` trains a model whose loss reads no labels; sparkeras refused it ("fit needs labels").
+    One worker equals plain ``fit``, validated on ``(x_val,)``; two ``allreduce`` workers train from a DataFrame with ``label_col=None``, and
+    ``evaluate`` equals Keras' on the trained weights."""
+    x, _ = blobs(600, seed=3)
+    model, plain = _unlabelled_models()[kind], _unlabelled_models()[kind]
+    want = plain.fit(x, batch_size=32, epochs=2, shuffle=False, verbose=0, validation_data=(x[:100],)).history
+    got = SparkModel(model, num_workers=1, seed=0).fit(x, epochs=2, batch_size=32, shuffle=False, verbose=0,
+                                                       validation_data=(x[:100],)).history
+    assert sorted(got) == ["loss", "val_loss"]
+    for key in got:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-5)
+    for a, b in zip(model.get_weights(), plain.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+
+    model = _unlabelled_models(seed=6)[kind]
+    df = spark.createDataFrame([(row.tolist(),) for row in x], ["features"])
+    sm = SparkModel(model, strategy="allreduce", num_workers=2, seed=0)
+    losses = sm.fit(df, label_col=None, epochs=3, batch_size=32, verbose=0).history["loss"]
+    assert losses[-1] < 0.8 * losses[0]
+    scored = sm.evaluate(df, label_col=None)
+    assert list(scored) == ["loss"]
+    assert scored["loss"] == pytest.approx(model.evaluate(x, verbose=0), rel=1e-4)
+
+
+def test_a_loss_that_compares_with_labels_asks_for_them(spark):
+    x, _ = blobs(100, seed=3)
+    sm = SparkModel(mlp(), num_workers=1)
+    with pytest.raises(InputError, match=re.escape(
+            "fit needs labels: pass y= with numpy features, or label_col= naming the label column.")):
+        sm.fit(x, verbose=0)
+    with pytest.raises(InputError, match=re.escape("evaluate needs labels: pass y= with numpy features, or label_col=.")):
+        sm.evaluate(x)
+
+
 def test_a_per_class_metric_is_reported_as_keras_reports_it(spark, tmp_path):
     """Keras' ``F1Score`` gives one value per class, and its ``fit`` and ``evaluate`` keep the array; they were
     dropped from the history and from ``evaluate``. They survive a checkpoint and reach a plot (their mean)."""

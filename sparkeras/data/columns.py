@@ -226,7 +226,9 @@ class ColumnMap:
         return _structure(self.input_structure, self.features, arrays)
 
     def y(self, arrays: Sequence[np.ndarray]) -> Any:
-        """Arrange label arrays the way the model's outputs are structured."""
+        """Arrange label arrays the way the model's outputs are structured: ``None`` without labels, as in Keras."""
+        if not self.labels:
+            return None
         return _structure(self.output_structure, self.labels, arrays)
 
     def without_weights(self) -> "ColumnMap":

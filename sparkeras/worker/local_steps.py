@@ -64,7 +64,7 @@ class LocalSteps:
             self._loop(self._data, batches.astype(np.int32, copy=False))
             return
         for rows in batches:
-            self.model.train_on_batch(*self.columns.data([a[rows] for a in self._arrays]))
+            self.model.train_on_batch(*_as_tensors(self.columns.data([a[rows] for a in self._arrays])))
             # train_on_batch resets the metrics first, so add its batch's states up here
             values = [np.asarray(v) for v in self.model.metrics_variables]
             self._totals = values if self._totals is None else [t + v for t, v in zip(self._totals, values)]
@@ -89,6 +89,18 @@ class LocalSteps:
 
     def running_loss(self) -> float:
         return float(np.asarray(self.model._loss_tracker.result()))
+
+
+def _as_tensors(data: tuple) -> tuple:
+    """One batch as the backend's tensors, as ``fit``'s data adapter hands them to ``train_step``.
+
+    Keras' PyTorch ``train_on_batch`` passes numpy arrays through as they
+    are, so a model's own ``compute_loss`` got ``x`` as numpy where ``fit``
+    gives a tensor (``x - y_pred`` failed).
+    """
+    from keras import ops, tree
+
+    return tuple(tree.map_structure(lambda a: None if a is None else ops.convert_to_tensor(a), part) for part in data)
 
 
 def shared_tensor(array: np.ndarray, backend: str = "tensorflow") -> Any:

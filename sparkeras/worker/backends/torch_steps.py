@@ -26,7 +26,8 @@ class TorchSteps(GradientSteps):
         if share is None:
             loss = sum(torch.sum(t) for t in tree.flatten(y_pred)) * 0.0
         else:
-            y = tree.map_structure(ops.convert_to_tensor, y)
+            if y is not None:  # a model whose loss reads no labels trains with y=None, as in Keras' fit(x)
+                y = tree.map_structure(ops.convert_to_tensor, y)
             if sample_weight is not None:
                 sample_weight = ops.convert_to_tensor(sample_weight)
             unscaled = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
