@@ -170,7 +170,7 @@ class ModelSpec:
 
         with tensorflow_left_unimported():
             config = keras.saving.serialize_keras_object(model)
-            _keep_optimizer(model, config)
+            _keep_compile_settings(model, config)
         _ship_vocabularies(model, config)
         return cls.of(config, custom_objects_for(config, custom_objects))
 
@@ -253,21 +253,34 @@ class ModelSpec:
             return keras.saving.deserialize_keras_object(config)
 
 
-def _keep_optimizer(model: Any, config: dict[str, Any]) -> None:
-    """Put the model's optimizer in its serialized compile settings when they lost it.
+def _keep_compile_settings(model: Any, config: dict[str, Any]) -> None:
+    """Put in the serialized compile settings what the live model trains with but they lost.
 
     Why. Keras 3's legacy ``.h5`` saving pops ``"optimizer"`` from the
     model's own compile config (``model.save("m.h5")`` by the user, before
-    the model reaches sparkeras). Rebuilt from that config, every worker
+    the model reaches sparkeras); rebuilt from that config, every worker
     compiled the model with Keras' default, RMSprop, and trained with it.
+    And a model compiled again without ``loss=`` or ``metrics=`` (a new
+    learning rate for fine-tuning: ``model.compile(Adam(1e-5))``) keeps its
+    earlier loss and metrics in Keras, which ``fit`` uses and reports, while
+    its compile config records ``None``: the workers trained without the loss
+    ("no loss to optimize") or metrics the driver then could not read.
     """
     import keras
 
-    compile_config = config.get("compile_config")
-    optimizer = getattr(model, "optimizer", None)
-    if isinstance(compile_config, dict) and "optimizer" not in compile_config and optimizer is not None \
-            and getattr(model, "compiled", False):
-        compile_config["optimizer"] = keras.saving.serialize_keras_object(optimizer)
+    settings = config.get("compile_config")
+    if not isinstance(settings, dict) or not getattr(model, "compiled", False):
+        return
+    if "optimizer" not in settings and getattr(model, "optimizer", None) is not None:
+        settings["optimizer"] = keras.saving.serialize_keras_object(model.optimizer)
+    compiled_loss = getattr(model, "_compile_loss", None)
+    if settings.get("loss") is None and compiled_loss is not None:
+        settings["loss"] = keras.saving.serialize_keras_object(compiled_loss._user_loss)
+        settings["loss_weights"] = keras.saving.serialize_keras_object(compiled_loss._user_loss_weights)
+    compiled_metrics = getattr(model, "_compile_metrics", None)
+    if settings.get("metrics") is None and settings.get("weighted_metrics") is None and compiled_metrics is not None:
+        settings["metrics"] = keras.saving.serialize_keras_object(compiled_metrics._user_metrics)
+        settings["weighted_metrics"] = keras.saving.serialize_keras_object(compiled_metrics._user_weighted_metrics)
 
 
 def custom_objects_for(config: Any, custom_objects: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -62,6 +62,30 @@ def test_an_optimizer_with_use_ema_ends_the_fit_with_the_average_weights_as_kera
         np.testing.assert_array_equal(got, mean)
 
 
+def test_a_model_compiled_again_without_loss_or_metrics_trains_with_those_keras_keeps(spark):
+    """``model.compile(SGD(0.1))`` after a full compile keeps the loss and metrics in Keras (its ``fit`` reports
+    them), while the compile config records ``None``: the workers trained without a loss or metrics and the fit
+    failed ("workers returned 2 metric variables, the driver has 4")."""
+    import keras
+
+    x, y = blobs(600, seed=3)
+
+    def recompiled():
+        model = mlp(seed=5)
+        model.compile(keras.optimizers.SGD(0.1))
+        return model
+
+    want = recompiled().fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0).history
+    got = SparkModel(recompiled(), num_workers=1, seed=0).fit(x, y, epochs=2, batch_size=32, shuffle=False,
+                                                             verbose=0).history
+    assert sorted(got) == sorted(want) == ["accuracy", "loss"]
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-5)
+    sm = SparkModel(recompiled(), strategy="allreduce", num_workers=2, seed=0)
+    assert sm.fit(x, y, epochs=2, batch_size=32, verbose=0).history["accuracy"][-1] > 0.8
+    assert sorted(sm.evaluate(x, y)) == ["accuracy", "loss"]
+
+
 def _unlabelled_models(seed: int = 5) -> dict:
     """Two models that Keras' ``fit(x)`` trains without labels, compiled without a loss.
 
