@@ -323,6 +323,8 @@ class SparkModel:
             self._model.stop_training = False
             setup_seconds = time.perf_counter() - started
             job.callbacks.on_train_begin()
+            if callbacks:
+                initial_epoch = _take_what_train_begin_restored(job, self._model)
             if saved is not None:
                 _resume_history(self._model.history, saved, job, checkpoint_dir)
             elif carried is not None:
@@ -864,6 +866,22 @@ def _fit_failed(callbacks: Sequence[Any] | None, error: BaseException) -> None:
             hook(error)
 
 
+def _take_what_train_begin_restored(job: TrainingJob, model: Any) -> int:
+    """Take the weights and first epoch that ``on_train_begin`` callbacks restored, as Keras' ``fit`` does.
+
+    Keras' ``BackupAndRestore`` loads an interrupted fit's weights and
+    optimizer state in ``on_train_begin`` and sets the model's
+    ``_initial_epoch``, which ``fit`` reads right after. The job had taken
+    its state before the callbacks ran, so such a fit started over from its
+    first weights and epoch. Returns the first epoch to train.
+    """
+    state = model_state(job.model)
+    if any(not np.array_equal(now, before) for now, before in zip(state, job.state)):
+        job.state = state
+    job.initial_epoch = getattr(model, "_initial_epoch", None) or job.initial_epoch
+    return job.initial_epoch
+
+
 def _callback_list(callbacks: Sequence[Any] | None, model: Any, **params: Any) -> Any:
     """Keras' CallbackList, with the fit's description in every callback's ``params``.
 
@@ -882,9 +900,10 @@ def _callback_list(callbacks: Sequence[Any] | None, model: Any, **params: Any) -
     """
     import keras
 
+    from sparkeras.epoch_callbacks import for_epoch_level
     from sparkeras.tracking.tensorboard import with_cluster_scalars
 
-    given = list(callbacks or [])
+    given = for_epoch_level(callbacks or [])
     trackers = [c for c in given if hasattr(c, "on_fit_start")]
     others = [c for c in given if not hasattr(c, "on_fit_start")]
     for tracker in trackers:
