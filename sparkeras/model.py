@@ -156,7 +156,7 @@ class SparkModel:
         *,
         x: Any = None,
         epochs: int = 1,
-        batch_size: int = 32,
+        batch_size: int | None = 32,
         validation_data: Any = None,
         validation_split: float = 0.0,
         features_col: ColumnSpec = "features",
@@ -203,6 +203,7 @@ class SparkModel:
         """
         started = time.perf_counter()
         _check_compiled(self._model, "fit")
+        batch_size = 32 if batch_size is None else batch_size  # Keras' default for None
         _check_positive(epochs=epochs, batch_size=batch_size)
         verbose = check_verbose(verbose)
         check_classic_session(x if x is not None else data, "SparkModel.fit")
@@ -375,7 +376,7 @@ class SparkModel:
         y: Any = None,
         *,
         x: Any = None,
-        batch_size: int = 32,
+        batch_size: int | None = 32,
         features_col: ColumnSpec | None = None,
         label_col: ColumnSpec | None = None,
         weight_col: str | None = None,
@@ -395,6 +396,7 @@ class SparkModel:
         there is no per-batch bar, since the batches run on the executors.
         """
         _check_compiled(self._model, "evaluate")
+        batch_size = 32 if batch_size is None else batch_size
         _check_positive(batch_size=batch_size)
         verbose = check_verbose(verbose)
         if not isinstance(return_dict, bool):
@@ -441,7 +443,7 @@ class SparkModel:
         data: Any = None,
         *,
         x: Any = None,
-        batch_size: int = 256,
+        batch_size: int | None = 256,
         features_col: ColumnSpec | None = None,
         prediction_col: str = "prediction",
         verbose: int | str = 0,
@@ -457,6 +459,7 @@ class SparkModel:
         time taken for numpy or pandas input; a DataFrame's predictions are
         computed when an action reads them, so there is nothing to print then.
         """
+        batch_size = 256 if batch_size is None else batch_size
         _check_positive(batch_size=batch_size)
         verbose = check_verbose(verbose)
         features_col = self._fit_columns[0] if features_col is None else features_col

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
-from conftest import blobs, mlp
+from conftest import blobs, clone, mlp
 from sparkeras import InputError, SparkModel, WorkerError
 
 
@@ -415,3 +417,20 @@ def test_a_class_the_workers_cannot_locate_stops_the_fit_at_once_naming_it(spark
                                             r"Register it .* custom_objects=\{'driver_registry>Ghost': Ghost\}"):
         SparkModel(model, num_workers=2).fit(x, y, verbose=0)
     assert not [r for r in caplog.records if "runs again" in r.getMessage()]  # the same in every attempt
+
+
+def test_epochs_and_batch_sizes_must_be_positive_integers_and_none_means_keras_default(spark):
+    x, y = blobs(200, seed=3)
+    sm = SparkModel(mlp(seed=5), num_workers=1, seed=0)
+    for call, message in [(lambda: sm.fit(x, y, epochs=0), "epochs must be a positive integer, got 0."),
+                          (lambda: sm.fit(x, y, batch_size=0), "batch_size must be a positive integer, got 0."),
+                          (lambda: sm.evaluate(x, y, batch_size=-1), "batch_size must be a positive integer, got -1."),
+                          (lambda: sm.predict(x, batch_size=2.5), "batch_size must be a positive integer, got 2.5.")]:
+        with pytest.raises(InputError, match=re.escape(message)):
+            call()
+    plain = clone(sm.model)
+    want = plain.fit(x, y, batch_size=None, epochs=2, shuffle=False, verbose=0).history["loss"]
+    got = sm.fit(x, y, batch_size=None, epochs=2, shuffle=False, verbose=0).history["loss"]  # Keras' 32
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert sm.evaluate(x, y, batch_size=None)["loss"] == pytest.approx(plain.evaluate(x, y, verbose=0)[0], rel=1e-5)
+    np.testing.assert_allclose(sm.predict(x, batch_size=None), plain.predict(x, verbose=0), atol=1e-6)
