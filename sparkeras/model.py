@@ -15,6 +15,7 @@ import numpy as np
 
 from sparkeras.data.columns import ColumnMap, ColumnSpec, output_names, resolve_columns
 from sparkeras.data.packing import PreparedData, prepare
+from sparkeras.data.split import split_packed
 from sparkeras.data.strings import for_packed_data, string_split
 from sparkeras.data.weights import ClassWeights, check_class_weight, check_class_weight_fits, check_row_weights
 from sparkeras.data.sources import (Dataset, as_dataset, check_weight_rows, describe_source, first_feature_shape,
@@ -256,9 +257,11 @@ class SparkModel:
                                    weight_col, sample_weight)
         if dataset.label_col is None and _needs_labels(self._model):
             raise InputError("fit needs labels: pass y= with numpy features, or label_col= naming the label column.")
-        val_dataset = None
+        val_dataset, held_out = None, 0.0
         if validation_data is not None:
             val_dataset = validation_dataset(spark, validation_data, dataset, workers)
+        elif validation_split and dataset.table is None and dataset.pairs is None:
+            held_out = validation_split  # drawn from the packed rows (sparkeras.data.split)
         elif validation_split:
             dataset, val_dataset = split_validation(dataset, validation_split, self.seed)
         build_for_data(self._model, dataset)
@@ -288,18 +291,21 @@ class SparkModel:
         try:
             _fit_starting(callbacks, strategy_name)
             spec = self._spec(columns, class_weight=class_weight, workers=workers)
-            plan = replace(self.strategy.worker_warm_up(spark, workers), evaluation=val_dataset is not None,
+            plan = replace(self.strategy.worker_warm_up(spark, workers), evaluation=val_dataset is not None or bool(held_out),
                            batch_size=batch_size)
             warming = start_warm_up(spark, spec, workers, plan)
             rebuilt = start_rebuild_check(spec.model)
             train = prepare(dataset, columns, workers, balance=self.balance_partitions)
             prepared.append(train)
+            validation = None
+            if held_out:
+                train, validation = split_packed(train, columns.without_weights(), held_out, self.seed)
+                prepared += [train, validation]
             rebuilt()
             if workers > train.stats.rows:
                 raise InputError(
                     f"num_workers={workers} is larger than the {train.stats.rows} rows of the training data; "
                     f"use at most {train.stats.rows} workers.")
-            validation = None
             if val_dataset is not None:
                 validation = prepare(val_dataset, columns.without_weights(), workers, "validation data")
                 prepared.append(validation)

@@ -1311,6 +1311,53 @@ def test_driver_data_gives_the_same_model_through_files_or_through_spark(spark):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("memory_map", ["auto", "false"], ids=["files", "spark-blocks"])
+def test_validation_split_of_a_dataframe_holds_out_every_row_once_from_one_packing(spark, memory_map):
+    """A DataFrame's ``validation_split`` was two ``randomSplit`` queries, each reading all the rows and
+    sorting every partition; now the rows are dealt from one packing, so each fit reads each row once (an
+    accumulator counts them). Each row's value is its id and the model outputs it unchanged (a frozen
+    identity), so each side's mean absolute error is the mean of its ids: the two sides together hold every
+    id once. The same seed holds out the same rows again; row weights stay on the training side."""
+    import keras
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import ArrayType, DoubleType
+
+    from sparkeras.data.packing import MEMORY_MAP_CONF
+
+    ids = np.arange(2000, dtype="float32")
+    reads = spark.sparkContext.accumulator(0)
+
+    def counted(value):
+        reads.add(1)
+        return value
+
+    df = spark.createDataFrame([([float(i)], 0.0, 1.0) for i in ids], ["features", "label", "w"]).repartition(3)
+    df = df.withColumn("features", F.udf(counted, ArrayType(DoubleType()))("features"))
+
+    def identity():
+        inputs = keras.Input((1,))
+        layer = keras.layers.Dense(1, kernel_initializer="ones", trainable=False)
+        model = keras.Model(inputs, layer(inputs))
+        model.compile("sgd", "mae")
+        return model
+
+    try:
+        spark.conf.set(MEMORY_MAP_CONF, memory_map)
+        fits = [SparkModel(identity(), num_workers=2, seed=seed).fit(df, epochs=1, validation_split=0.25, verbose=0,
+                                                                     weight_col=weights)
+                for seed, weights in ((7, None), (7, None), (8, None), (7, "w"))]
+    finally:
+        spark.conf.unset(MEMORY_MAP_CONF)
+    assert reads.value == 4 * 2000
+    for history in fits:
+        train, held_out = history.params["train_rows"], history.params["validation_rows"]
+        assert train + held_out == 2000 and 0.2 < held_out / 2000 < 0.3, (train, held_out)
+        total = history.history["loss"][0] * train + history.history["val_loss"][0] * held_out
+        assert total == pytest.approx(ids.sum(), rel=1e-5)
+    assert fits[0].history == fits[1].history
+    assert fits[0].history["val_loss"] != fits[2].history["val_loss"]
+
+
 def test_packed_files_are_removed_when_released(spark):
     from sparkeras.data.columns import resolve_columns
     from sparkeras.data.packing import MEMORY_MAP_CONF, prepare
