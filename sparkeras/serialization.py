@@ -16,6 +16,7 @@ import re
 import struct
 import sys
 import threading
+import types
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
@@ -171,8 +172,9 @@ class ModelSpec:
         with tensorflow_left_unimported():
             config = keras.saving.serialize_keras_object(model)
             _keep_compile_settings(model, config)
+            lambdas = _ship_lambdas(model, config)
         _ship_vocabularies(model, config)
-        return cls.of(config, custom_objects_for(config, custom_objects))
+        return cls.of(config, {**lambdas, **(custom_objects_for(config, custom_objects) or {})} or None)
 
     @classmethod
     def of(cls, config: dict[str, Any], custom_objects: dict[str, Any] | None = None) -> "ModelSpec":
@@ -281,6 +283,57 @@ def _keep_compile_settings(model: Any, config: dict[str, Any]) -> None:
     if settings.get("metrics") is None and settings.get("weighted_metrics") is None and compiled_metrics is not None:
         settings["metrics"] = keras.saving.serialize_keras_object(compiled_metrics._user_metrics)
         settings["weighted_metrics"] = keras.saving.serialize_keras_object(compiled_metrics._user_weighted_metrics)
+
+
+_LAMBDA_PARTS = {"function": "function", "output_shape": "_output_shape", "mask": "mask"}  # config key: attribute
+
+
+def _ship_lambdas(model: Any, config: dict[str, Any]) -> dict[str, Any]:
+    """The Python lambdas of the model's ``Lambda`` layers, named in ``config`` and returned to ship by value.
+
+    Why. Keras serializes such a lambda as marshalled bytecode and refuses
+    to rebuild it unless told the source is trusted (safe mode), so every
+    worker failed, and the fit was refused. The source here is the driver's
+    own live model: each lambda travels in the spec's custom objects, which
+    Spark's cloudpickle ships as it ships a UDF's lambdas, with the globals
+    it reads (``tf.`` or ``np.`` in a notebook), which Keras' bytecode loses.
+    The config names it as a function (``sparkeras_lambda_0``...), which
+    Keras finds among the custom objects.
+    """
+    import keras
+
+    found: dict[tuple[str, str, str], Any] = {}
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if not isinstance(layer, keras.layers.Lambda):
+            continue
+        for key, attribute in _LAMBDA_PARTS.items():
+            function = getattr(layer, attribute, None)
+            if isinstance(function, types.LambdaType) and function.__name__ == "<lambda>":
+                found[(layer.name, key, _lambda_code(function))] = function
+    shipped: dict[str, Any] = {}
+    if not found:
+        return shipped
+    for node in _config_dicts(config):
+        inner = node.get("config")
+        if node.get("class_name") != "Lambda" or not isinstance(inner, dict):
+            continue
+        for key in _LAMBDA_PARTS:
+            part = inner.get(key)
+            if not (isinstance(part, dict) and part.get("class_name") == "__lambda__"):
+                continue
+            function = found.get((inner.get("name"), key, part["config"]["code"]))
+            if function is not None:
+                name = f"sparkeras_lambda_{len(shipped)}"
+                shipped[name] = function
+                inner[key] = {"module": None, "class_name": "function", "config": name, "registered_name": "function"}
+    return shipped
+
+
+def _lambda_code(function: Any) -> str:
+    """How Keras' config writes a lambda's code (``python_utils.func_dump``), to match the function to its layer."""
+    from keras.src.utils import python_utils
+
+    return python_utils.func_dump(function)[0]
 
 
 def custom_objects_for(config: Any, custom_objects: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -482,8 +535,8 @@ def check_rebuilds(spec: ModelSpec) -> None:
     """Rebuild the model from its config once, here, so what every worker would fail on is an InputError now.
 
     Workers rebuild the user's model from its Keras config. A model that
-    cannot be (a ``Lambda`` holding a Python lambda, which Keras refuses to
-    rebuild in safe mode; a custom loss or layer that is not registered)
+    cannot be (a custom loss or layer that is not registered and not
+    defined in ``__main__``)
     otherwise failed in every task, after packing, with Spark's retries
     and stack traces on the terminal. Once per architecture and process,
     and only for configs that name custom objects or a ``Lambda``: Keras'
@@ -535,12 +588,7 @@ def _rebuild_error(exc: Exception) -> Exception:
     from sparkeras.errors import InputError
 
     said = f"{type(exc).__name__}: {exc}".strip()
-    head = _CANNOT_REBUILD
-    if "Lambda" in said and "safe_mode" in said:
-        return InputError(f"{head}: it has a Lambda layer holding a Python lambda, which Keras refuses to rebuild "
-                          "(safe mode). Replace the Lambda with a small custom layer registered with "
-                          "@keras.saving.register_keras_serializable(), in a module the workers can import.")
-    return InputError(f"{head} ({said[:600]}). Register custom layers, losses and metrics with "
+    return InputError(f"{_CANNOT_REBUILD} ({said[:600]}). Register custom layers, losses and metrics with "
                       "@keras.saving.register_keras_serializable() in a module the workers can import "
                       "(ship it with --py-files or sc.addPyFile()), or pass them to SparkModel as "
                       "custom_objects={name: object}.")

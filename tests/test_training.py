@@ -86,6 +86,45 @@ def test_a_model_compiled_again_without_loss_or_metrics_trains_with_those_keras_
     assert sorted(sm.evaluate(x, y)) == ["accuracy", "loss"]
 
 
+_SCALE = 0.5  # read by the lambda below as a global of this module, as a notebook's lambda reads its own
+
+
+def test_a_lambda_layer_holding_a_python_lambda_trains_and_scores_as_written(spark):
+    """Keras refuses to rebuild a Python lambda in safe mode, so such a model was refused before training;
+    the lambdas now travel by value with the model, as a UDF's do, with the globals they read."""
+    import keras
+
+    import sparkeras
+
+    x, y = blobs(600, seed=3)
+
+    def build():
+        keras.utils.set_random_seed(5)
+        inputs = keras.Input((16,))
+        scaled = keras.layers.Lambda(lambda t: t * _SCALE, output_shape=lambda shape: shape)(inputs)
+        built = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(scaled))
+        built.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+        return built
+
+    want = build().fit(x, y, epochs=2, batch_size=32, shuffle=False, verbose=0).history
+    got = SparkModel(build(), num_workers=1, seed=0).fit(x, y, epochs=2, batch_size=32, shuffle=False,
+                                                         verbose=0).history
+    np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5)
+    model = build()
+    sm = SparkModel(model, num_workers=2, seed=0)
+    sm.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    assert sm.evaluate(x, y)["loss"] == pytest.approx(model.evaluate(x, y, verbose=0)[0], rel=1e-5)
+    want = model.predict(x, verbose=0)
+    np.testing.assert_allclose(sm.predict(x), want, atol=1e-6)
+    df = spark.createDataFrame([(i, row.tolist()) for i, row in enumerate(x)], ["id", "features"])
+    scored = np.stack(sm.predict(df).orderBy("id").toPandas()["prediction"].to_numpy())
+    np.testing.assert_allclose(scored, want, atol=1e-6)
+    sparkeras.register_udf(spark, "lambda_scores", model)
+    df.createOrReplaceTempView("lambda_rows")
+    rows = spark.sql("SELECT lambda_scores(features) AS s FROM lambda_rows ORDER BY id").collect()
+    np.testing.assert_allclose(np.array([r.s for r in rows]), want, atol=1e-6)
+
+
 def _unlabelled_models(seed: int = 5) -> dict:
     """Two models that Keras' ``fit(x)`` trains without labels, compiled without a loss.
 
