@@ -24,8 +24,8 @@ from sparkeras.errors import InputError
 from sparkeras.log import logger
 from sparkeras.metric_values import from_json
 from sparkeras.progress import ProgressBar, ProgressServer
-from sparkeras.serialization import (ModelSpec, check_rebuilds, copy_vocabularies, model_state, pack_arrays,
-                                     refresh_derived_state, set_model_state, start_rebuild_check)
+from sparkeras.serialization import (ModelSpec, check_rebuilds, clone_live, copy_vocabularies, model_state,
+                                     pack_arrays, refresh_derived_state, set_model_state, start_rebuild_check)
 from sparkeras.session import (check_classic_session, driver_host, get_spark, is_spark_connect, keras_backend,
                                running_own_jobs, start_workers_of_active_session)
 from sparkeras.storage.model_file import check_model_archive, load_keras
@@ -631,7 +631,7 @@ def fresh_copy(
         raise InputError(f"{owner} needs a keras.Model, got {type(model).__name__}.")
     if not getattr(model, "compiled", False):
         raise InputError(f"{owner}'s model is not compiled: call model.compile(optimizer=..., loss=...) first.")
-    copy = keras.models.clone_model(model)
+    copy = clone_live(model)
     copy_vocabularies(model, copy)
     copy.set_weights(model.get_weights())
     refresh_derived_state(copy)

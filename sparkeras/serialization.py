@@ -329,6 +329,33 @@ def _ship_lambdas(model: Any, config: dict[str, Any]) -> dict[str, Any]:
     return shipped
 
 
+def clone_live(model: Any) -> Any:
+    """``keras.models.clone_model`` of a model in this process, its ``Lambda`` layers' Python lambdas included.
+
+    Keras clones each layer through its config, where a Python lambda is
+    bytecode that Keras rebuilds only outside safe mode, and then without
+    the globals it reads. The estimators and ensembles copy the user's live
+    model, so a ``Lambda`` layer's copy gets the same function objects.
+    """
+    import keras
+
+    def has_lambda(layer: Any) -> bool:
+        return isinstance(layer, keras.layers.Lambda) and any(
+            isinstance(f, types.LambdaType) and f.__name__ == "<lambda>"
+            for f in (getattr(layer, a, None) for a in _LAMBDA_PARTS.values()))
+
+    if not any(has_lambda(layer) for layer in model._flatten_layers(include_self=False, recursive=True)):
+        return keras.models.clone_model(model)
+
+    def clone(layer: Any) -> Any:
+        if not has_lambda(layer):
+            return layer.__class__.from_config(layer.get_config())
+        return keras.layers.Lambda(layer.function, output_shape=layer._output_shape, mask=layer.mask,
+                                   arguments=layer.arguments, name=layer.name, dtype=layer.dtype_policy)
+
+    return keras.models.clone_model(model, clone_function=clone, recursive=True)
+
+
 def _lambda_code(function: Any) -> str:
     """How Keras' config writes a lambda's code (``python_utils.func_dump``), to match the function to its layer."""
     from keras.src.utils import python_utils

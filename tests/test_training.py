@@ -124,6 +124,13 @@ def test_a_lambda_layer_holding_a_python_lambda_trains_and_scores_as_written(spa
     rows = spark.sql("SELECT lambda_scores(features) AS s FROM lambda_rows ORDER BY id").collect()
     np.testing.assert_allclose(np.array([r.s for r in rows]), want, atol=1e-6)
 
+    from sparkeras.ml import KerasEstimator
+
+    fitted = KerasEstimator(model=build(), labelCol="label", epochs=1, numWorkers=2).fit(  # trains a copy
+        spark.createDataFrame([(row.tolist(), int(label)) for row, label in zip(x, y)], ["features", "label"]))
+    probabilities = np.stack(fitted.transform(df).orderBy("id").toPandas()["probability"].to_numpy())
+    np.testing.assert_allclose(probabilities, fitted.model.predict(x, verbose=0), atol=1e-6)
+
 
 def _unlabelled_models(seed: int = 5) -> dict:
     """Two models that Keras' ``fit(x)`` trains without labels, compiled without a loss.

@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping
 
 from sparkeras.errors import InputError
 from sparkeras.metric_values import rounded
+from sparkeras.serialization import clone_live
 
 SAMPLINGS = ("partition", "bootstrap")
 COMBINES = ("mean", "vote")
@@ -120,7 +121,7 @@ class Ensemble:
 
         keras.utils.set_random_seed(self.seed + index)
         if isinstance(self.source, keras.Model):
-            member = keras.models.clone_model(self.source)
+            member = clone_live(self.source)
             config = self.source.get_compile_config()
             if not config:
                 raise InputError("Compile the model before building an ensemble from it.")
