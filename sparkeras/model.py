@@ -291,8 +291,8 @@ class SparkModel:
         try:
             _fit_starting(callbacks, strategy_name)
             spec = self._spec(columns, class_weight=class_weight, workers=workers)
-            plan = replace(self.strategy.worker_warm_up(spark, workers), evaluation=val_dataset is not None or bool(held_out),
-                           batch_size=batch_size)
+            plan = replace(self.strategy.worker_warm_up(spark, workers),
+                           evaluation=val_dataset is not None or bool(held_out), batch_size=batch_size)
             warming = start_warm_up(spark, spec, workers, plan)
             rebuilt = start_rebuild_check(spec.model)
             train = prepare(dataset, columns, workers, balance=self.balance_partitions)
@@ -301,6 +301,7 @@ class SparkModel:
             if held_out:
                 train, validation = split_packed(train, columns.without_weights(), held_out, self.seed)
                 prepared += [train, validation]
+                _check_both_sides(held_out, train.stats.rows, validation.stats.rows)
             rebuilt()
             if workers > train.stats.rows:
                 raise InputError(
@@ -803,6 +804,15 @@ def _rows(x: Any) -> int:
     """Rows of numpy features: an array, or a list or dict of arrays (one per model input)."""
     first = next(iter(x.values())) if isinstance(x, Mapping) else (x[0] if isinstance(x, (list, tuple)) else x)
     return len(first)
+
+
+def _check_both_sides(fraction: float, train: int, validation: int) -> None:
+    """A ``validation_split`` must leave rows on both sides (Spark data's is drawn at random, row by row)."""
+    if not train or not validation:
+        raise InputError(
+            f"validation_split={fraction} of the {train + validation} rows held out {validation} and left {train} "
+            "to train on; both sides need rows. Choose a fraction that leaves some on each side, or pass "
+            "validation_data=.")
 
 
 def _split_last(x: Any, y: Any, fraction: float) -> tuple[Any, Any, Any]:

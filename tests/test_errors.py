@@ -432,3 +432,17 @@ def test_epochs_and_batch_sizes_must_be_positive_integers_and_none_means_keras_d
     np.testing.assert_allclose(got, want, rtol=1e-5)
     assert sm.evaluate(x, y, batch_size=None)["loss"] == pytest.approx(plain.evaluate(x, y, verbose=0)[0], rel=1e-5)
     np.testing.assert_allclose(sm.predict(x, batch_size=None), plain.predict(x, verbose=0), atol=1e-6)
+
+
+def test_a_validation_split_of_a_dataframe_that_leaves_a_side_without_rows_is_refused(spark):
+    """Spark data's held-out rows are drawn at random, so a small fraction of few rows can hold out none (the fit
+    went on without validation) and a large one can leave none to train on ("use at most 0 workers")."""
+    x, y = blobs(30, seed=3)
+    df = spark.createDataFrame([(row.tolist(), int(label)) for row, label in zip(x, y)], ["features", "label"])
+    sm = SparkModel(mlp(seed=5), num_workers=2, seed=0)
+    with pytest.raises(InputError, match=re.escape(
+            "validation_split=1e-06 of the 30 rows held out 0 and left 30 to train on; both sides need rows. "
+            "Choose a fraction that leaves some on each side, or pass validation_data=.")):
+        sm.fit(df, validation_split=1e-6, verbose=0)
+    with pytest.raises(InputError, match=re.escape("validation_split=0.999999 of the 30 rows held out 30 and left 0 ")):
+        sm.fit(df, validation_split=0.999999, verbose=0)
