@@ -13,6 +13,9 @@ is reported too. Prints a table and one JSON line.
 driver's numpy arrays. The strategy name ``allreduce-tcp`` is ``allreduce``
 with ``shared_memory=False`` (every worker a member of the TCP ring), to compare.
 
+``--validation-split F`` has both sides hold out F of the rows and score
+them after every epoch (Keras takes the last rows, sparkeras a random share).
+
 ``--tracking N`` then measures what tracking costs: N more warm fits each
 without callbacks, with sparkeras' tracking (``MLflowLogger`` with its
 defaults, into a sqlite store: params, every epoch's metrics and the model;
@@ -29,7 +32,7 @@ the default tracked fits, so that the same time buys twice the rounds (one
 warm fit's wall time varies by more than the effect measured).
 
     python bench/throughput.py [--strategy averaging[,adag,allreduce,allreduce-tcp,...]]
-                               [--source numpy|parquet] [--rows 60000] [--hidden 128]
+                               [--source numpy|parquet] [--rows 60000] [--hidden 128] [--validation-split 0.1]
                                [--epochs 3] [--learning-rate 0.001] [--tracking 5]
                                [--tracking-kinds defaults,log_model=False,keras_tensorboard]
 """
@@ -106,6 +109,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--master", default="local[2]")
     parser.add_argument("--source", choices=("numpy", "parquet"), default="numpy")
+    parser.add_argument("--validation-split", type=float, default=0.0, metavar="F",
+                        help="both sides hold out F of the rows and score them after every epoch")
     parser.add_argument("--tracking", type=int, default=0, metavar="N",
                         help="N warm fits with and N without MLflow and TensorBoard logging, interleaved")
     parser.add_argument("--tracking-kinds", default=",".join(TRACKING_KINDS), metavar="KINDS",
@@ -125,7 +130,8 @@ def main() -> None:
     hidden = tuple(int(units) for units in args.hidden.split(","))
     baseline = make_model(learning_rate=args.learning_rate, hidden=hidden)
     start = time.perf_counter()
-    baseline.fit(x, y, batch_size=args.batch_size, epochs=args.epochs, verbose=0)
+    baseline.fit(x, y, batch_size=args.batch_size, epochs=args.epochs, verbose=0,
+                 validation_split=args.validation_split)
     plain_s = time.perf_counter() - start
     plain_acc = float(baseline.evaluate(xt, yt, verbose=0, return_dict=True)["accuracy"])
 
@@ -142,7 +148,8 @@ def main() -> None:
             sm = SparkModel(make_model(learning_rate=args.learning_rate, hidden=hidden), strategy=_strategy(strategy),
                             num_workers=args.workers, seed=0)
             start = time.perf_counter()
-            sm.fit(**data, batch_size=args.batch_size, epochs=args.epochs, verbose=0)
+            sm.fit(**data, batch_size=args.batch_size, epochs=args.epochs, verbose=0,
+                   validation_split=args.validation_split)
             results[run] = time.perf_counter() - start
         spark_acc = float(sm.model.evaluate(xt, yt, verbose=0, return_dict=True)["accuracy"])
         report = {
@@ -152,6 +159,7 @@ def main() -> None:
             "rows": args.rows, "hidden": list(hidden), "epochs": args.epochs, "batch_size": args.batch_size,
             "workers": args.workers,
             "learning_rate": args.learning_rate,
+            "validation_split": args.validation_split,
             "plain_samples_per_s": round(samples / plain_s),
             "sparkeras_samples_per_s": round(samples / results["warm"]),
             "sparkeras_cold_samples_per_s": round(samples / results["cold"]),
