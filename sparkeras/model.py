@@ -299,7 +299,11 @@ class SparkModel:
             prepared.append(train)
             validation = None
             if held_out:
-                train, validation = split_packed(train, columns.without_weights(), held_out, self.seed)
+                whole = train
+                train, validation = split_packed(whole, columns.without_weights(), held_out, self.seed)
+                if whole.files is None:  # Spark's cache: the sides hold copies, and can be computed again
+                    prepared.remove(whole)
+                    whole.release()  # a cached DataFrame's packing stays kept for a refit
                 prepared += [train, validation]
                 _check_both_sides(held_out, train.stats.rows, validation.stats.rows)
             rebuilt()
