@@ -61,6 +61,24 @@ class NaNLossStop(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+def may_set_weights_at_train_begin(callbacks: Sequence[Any]) -> bool:
+    """Whether a callback may load weights in ``on_train_begin``: Keras' ``BackupAndRestore``, or one of the user's.
+
+    Keras' and MLflow's other callbacks only reset their own counters
+    there, so a fit without such a callback skips reading its model's
+    state again (a copy of every weight and optimizer variable).
+    """
+    for callback in callbacks:
+        if isinstance(callback, keras.callbacks.BackupAndRestore):
+            return True
+        module = type(callback).__module__
+        if not module.startswith(("keras.", "sparkeras.", "mlflow.")) and (
+                "on_train_begin" in vars(callback)
+                or type(callback).on_train_begin is not keras.callbacks.Callback.on_train_begin):
+            return True
+    return False
+
+
 def for_epoch_level(callbacks: Sequence[Any]) -> list[Any]:
     """``callbacks`` as the driver runs them: ``TerminateOnNaN`` checked per epoch, batch-only work named."""
     kept = []

@@ -336,7 +336,7 @@ class SparkModel:
             setup_seconds = time.perf_counter() - started
             job.callbacks.on_train_begin()
             if callbacks:
-                initial_epoch = _take_what_train_begin_restored(job, self._model)
+                initial_epoch = _take_what_train_begin_restored(job, self._model, callbacks)
             if saved is not None:
                 _resume_history(self._model.history, saved, job, checkpoint_dir)
             elif carried is not None:
@@ -889,7 +889,7 @@ def _fit_failed(callbacks: Sequence[Any] | None, error: BaseException) -> None:
             hook(error)
 
 
-def _take_what_train_begin_restored(job: TrainingJob, model: Any) -> int:
+def _take_what_train_begin_restored(job: TrainingJob, model: Any, callbacks: Sequence[Any]) -> int:
     """Take the weights and first epoch that ``on_train_begin`` callbacks restored, as Keras' ``fit`` does.
 
     Keras' ``BackupAndRestore`` loads an interrupted fit's weights and
@@ -898,6 +898,10 @@ def _take_what_train_begin_restored(job: TrainingJob, model: Any) -> int:
     its state before the callbacks ran, so such a fit started over from its
     first weights and epoch. Returns the first epoch to train.
     """
+    from sparkeras.epoch_callbacks import may_set_weights_at_train_begin
+
+    if not may_set_weights_at_train_begin(callbacks):
+        return job.initial_epoch  # no copy of the state to compare
     state = model_state(job.model)
     if any(not np.array_equal(now, before) for now, before in zip(state, job.state)):
         job.state = state

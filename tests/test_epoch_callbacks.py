@@ -85,3 +85,26 @@ def test_a_callback_that_acts_per_batch_is_named_before_the_fit_and_epoch_level_
         "driver sees each epoch begin and end. Move that work to on_epoch_begin or on_epoch_end."
         for name, hooks in [("LambdaCallback", "on_train_batch_end"), ("ModelCheckpoint", "on_train_batch_end")]]
     assert batches == []
+
+
+class _LoadAtStart(keras.callbacks.Callback):
+    """Sets the model's weights as the fit begins, as a user's own restoring callback would."""
+
+    def __init__(self, weights):
+        super().__init__()
+        self.weights = weights
+
+    def on_train_begin(self, logs=None):
+        self.model.set_weights(self.weights)
+
+
+def test_weights_a_users_callback_sets_at_train_begin_are_the_ones_trained(spark):
+    x, y = blobs(600, seed=3)
+    start = mlp(seed=9).get_weights()
+    plain = mlp(seed=5)
+    plain.fit(x, y, epochs=1, batch_size=32, shuffle=False, verbose=0, callbacks=[_LoadAtStart(start)])
+    model = mlp(seed=5)
+    SparkModel(model, num_workers=1, seed=0).fit(x, y, epochs=1, batch_size=32, shuffle=False, verbose=0,
+                                                 callbacks=[_LoadAtStart(start)])
+    for a, b in zip(model.get_weights(), plain.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
