@@ -275,12 +275,13 @@ def _keep_compile_settings(model: Any, config: dict[str, Any]) -> None:
         return
     if "optimizer" not in settings and getattr(model, "optimizer", None) is not None:
         settings["optimizer"] = keras.saving.serialize_keras_object(model.optimizer)
-    compiled_loss = getattr(model, "_compile_loss", None)
-    if settings.get("loss") is None and compiled_loss is not None:
+    compiled_loss = getattr(model, "_compile_loss", None)  # what Keras' compile keeps, as Keras 3.x names it
+    if settings.get("loss") is None and hasattr(compiled_loss, "_user_loss"):
         settings["loss"] = keras.saving.serialize_keras_object(compiled_loss._user_loss)
         settings["loss_weights"] = keras.saving.serialize_keras_object(compiled_loss._user_loss_weights)
     compiled_metrics = getattr(model, "_compile_metrics", None)
-    if settings.get("metrics") is None and settings.get("weighted_metrics") is None and compiled_metrics is not None:
+    if settings.get("metrics") is None and settings.get("weighted_metrics") is None \
+            and hasattr(compiled_metrics, "_user_metrics"):
         settings["metrics"] = keras.saving.serialize_keras_object(compiled_metrics._user_metrics)
         settings["weighted_metrics"] = keras.saving.serialize_keras_object(compiled_metrics._user_weighted_metrics)
 
@@ -300,16 +301,9 @@ def _ship_lambdas(model: Any, config: dict[str, Any]) -> dict[str, Any]:
     The config names it as a function (``sparkeras_lambda_0``...), which
     Keras finds among the custom objects.
     """
-    import keras
-
-    found: dict[tuple[str, str, str], Any] = {}
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if not isinstance(layer, keras.layers.Lambda):
-            continue
-        for key, attribute in _LAMBDA_PARTS.items():
-            function = getattr(layer, attribute, None)
-            if isinstance(function, types.LambdaType) and function.__name__ == "<lambda>":
-                found[(layer.name, key, _lambda_code(function))] = function
+    found = {(layer.name, key, _lambda_code(function)): function
+             for layer in model._flatten_layers(include_self=False, recursive=True)
+             for key, function in _python_lambdas(layer).items()}
     shipped: dict[str, Any] = {}
     if not found:
         return shipped
@@ -329,6 +323,16 @@ def _ship_lambdas(model: Any, config: dict[str, Any]) -> dict[str, Any]:
     return shipped
 
 
+def _python_lambdas(layer: Any) -> dict[str, Any]:
+    """A ``Lambda`` layer's Python lambdas, by their key in its config (``function``, ``output_shape``, ``mask``)."""
+    import keras
+
+    if not isinstance(layer, keras.layers.Lambda):
+        return {}
+    parts = {key: getattr(layer, attribute, None) for key, attribute in _LAMBDA_PARTS.items()}
+    return {key: f for key, f in parts.items() if isinstance(f, types.LambdaType) and f.__name__ == "<lambda>"}
+
+
 def clone_live(model: Any) -> Any:
     """``keras.models.clone_model`` of a model in this process, its ``Lambda`` layers' Python lambdas included.
 
@@ -339,16 +343,11 @@ def clone_live(model: Any) -> Any:
     """
     import keras
 
-    def has_lambda(layer: Any) -> bool:
-        return isinstance(layer, keras.layers.Lambda) and any(
-            isinstance(f, types.LambdaType) and f.__name__ == "<lambda>"
-            for f in (getattr(layer, a, None) for a in _LAMBDA_PARTS.values()))
-
-    if not any(has_lambda(layer) for layer in model._flatten_layers(include_self=False, recursive=True)):
+    if not any(_python_lambdas(layer) for layer in model._flatten_layers(include_self=False, recursive=True)):
         return keras.models.clone_model(model)
 
     def clone(layer: Any) -> Any:
-        if not has_lambda(layer):
+        if not _python_lambdas(layer):
             return layer.__class__.from_config(layer.get_config())
         return keras.layers.Lambda(layer.function, output_shape=layer._output_shape, mask=layer.mask,
                                    arguments=layer.arguments, name=layer.name, dtype=layer.dtype_policy)
