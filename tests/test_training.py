@@ -161,7 +161,8 @@ def _unlabelled_models(seed: int = 5) -> dict:
 @pytest.mark.parametrize("kind", ["added", "computed"])
 def test_a_model_whose_loss_needs_no_labels_trains_without_them_as_keras_fit_does(spark, kind):
     """``model.fit(x)`` trains a model whose loss reads no labels; sparkeras refused it ("fit needs labels").
-    One worker equals plain ``fit``, validated on ``(x_val,)``; two ``allreduce`` workers train from a DataFrame with ``label_col=None``, and
+    One worker equals plain ``fit``, validated on ``(x_val,)``; two ``allreduce`` workers train from a DataFrame
+    with ``label_col=None``, and
     ``evaluate`` equals Keras' on the trained weights."""
     x, _ = blobs(600, seed=3)
     model, plain = _unlabelled_models()[kind], _unlabelled_models()[kind]
@@ -190,7 +191,8 @@ def test_a_loss_that_compares_with_labels_asks_for_them(spark):
     with pytest.raises(InputError, match=re.escape(
             "fit needs labels: pass y= with numpy features, or label_col= naming the label column.")):
         sm.fit(x, verbose=0)
-    with pytest.raises(InputError, match=re.escape("evaluate needs labels: pass y= with numpy features, or label_col=.")):
+    with pytest.raises(InputError,
+                       match=re.escape("evaluate needs labels: pass y= with numpy features, or label_col=.")):
         sm.evaluate(x)
 
 
