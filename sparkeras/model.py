@@ -57,7 +57,10 @@ class SparkModel:
         custom_objects: custom layers, losses or metrics needed to rebuild the
             model on the workers (or register them with
             ``keras.saving.register_keras_serializable``).
-        seed: seeds the per-epoch shuffling and the validation split.
+        seed: seeds the per-epoch shuffling (random when left out) and
+            which rows of Spark data ``validation_split`` holds out (0 when
+            left out, so every fit of the same data holds out the same rows,
+            as Keras' rule holds out the same last rows of numpy data).
         master: Spark master URL for an embedded session; ignored when a
             SparkSession is already active.
         balance_partitions: repartition Spark training data whose
@@ -90,6 +93,7 @@ class SparkModel:
         self.num_workers = num_workers
         self.custom_objects = dict(custom_objects or {})
         self.seed = random.randrange(2**31) if seed is None else int(seed)
+        self._split_seed = 0 if seed is None else int(seed)  # no validation row trains in a later fit
         self.master = master
         self.balance_partitions = bool(balance_partitions)
         self._continuation: Continuation | None = None  # what the next fit of this model continues from
@@ -263,7 +267,7 @@ class SparkModel:
         elif validation_split and dataset.table is None and dataset.pairs is None:
             held_out = validation_split  # drawn from the packed rows (sparkeras.data.split)
         elif validation_split:
-            dataset, val_dataset = split_validation(dataset, validation_split, self.seed)
+            dataset, val_dataset = split_validation(dataset, validation_split, self._split_seed)
         build_for_data(self._model, dataset)
         columns = resolve_columns(self._model, dataset.schema, dataset.features_col, dataset.label_col,
                                   dataset.weight_col)
@@ -300,7 +304,7 @@ class SparkModel:
             validation = None
             if held_out:
                 whole = train
-                train, validation = split_packed(whole, columns.without_weights(), held_out, self.seed)
+                train, validation = split_packed(whole, columns.without_weights(), held_out, self._split_seed)
                 if whole.files is None:  # Spark's cache: the sides hold copies, and can be computed again
                     prepared.remove(whole)
                     whole.release()  # a cached DataFrame's packing stays kept for a refit

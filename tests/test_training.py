@@ -1365,7 +1365,7 @@ def test_validation_split_of_a_dataframe_holds_out_every_row_once_from_one_packi
     sorting every partition; now the rows are dealt from one packing, so each fit reads each row once (an
     accumulator counts them). Each row's value is its id and the model outputs it unchanged (a frozen
     identity), so each side's mean absolute error is the mean of its ids: the two sides together hold every
-    id once. The same seed holds out the same rows again; row weights stay on the training side."""
+    id once. The same seed (or none) holds out the same rows again; row weights stay on the training side."""
     import keras
     from pyspark.sql import functions as F
     from pyspark.sql.types import ArrayType, DoubleType
@@ -1393,10 +1393,10 @@ def test_validation_split_of_a_dataframe_holds_out_every_row_once_from_one_packi
         spark.conf.set(MEMORY_MAP_CONF, memory_map)
         fits = [SparkModel(identity(), num_workers=2, seed=seed).fit(df, epochs=1, validation_split=0.25, verbose=0,
                                                                      weight_col=weights)
-                for seed, weights in ((7, None), (7, None), (8, None), (7, "w"))]
+                for seed, weights in ((7, None), (7, None), (8, None), (7, "w"), (None, None), (None, None))]
     finally:
         spark.conf.unset(MEMORY_MAP_CONF)
-    assert reads.value == 4 * 2000
+    assert reads.value == 6 * 2000
     for history in fits:
         train, held_out = history.params["train_rows"], history.params["validation_rows"]
         assert train + held_out == 2000 and 0.2 < held_out / 2000 < 0.3, (train, held_out)
@@ -1404,6 +1404,7 @@ def test_validation_split_of_a_dataframe_holds_out_every_row_once_from_one_packi
         assert total == pytest.approx(ids.sum(), rel=1e-5)
     assert fits[0].history == fits[1].history
     assert fits[0].history["val_loss"] != fits[2].history["val_loss"]
+    assert fits[4].history == fits[5].history  # without a seed too: no held-out row trains in a later fit
 
 
 def test_packed_files_are_removed_when_released(spark):
