@@ -19,7 +19,7 @@ from sparkeras.data.split import split_packed
 from sparkeras.data.strings import for_packed_data, string_split
 from sparkeras.data.weights import ClassWeights, check_class_weight, check_class_weight_fits, check_row_weights
 from sparkeras.data.sources import (Dataset, as_dataset, check_weight_rows, describe_source, first_feature_shape,
-                                    split_validation, validation_dataset, with_row_weights)
+                                    host_arrays, split_validation, validation_dataset, with_row_weights)
 from sparkeras.errors import InputError
 from sparkeras.log import logger
 from sparkeras.metric_values import from_json
@@ -207,6 +207,8 @@ class SparkModel:
         an array for numpy data), in place of ``class_weight``.
         """
         started = time.perf_counter()
+        data, y, x, sample_weight, validation_data = (host_arrays(v) for v in (data, y, x, sample_weight,
+                                                                                validation_data))
         _check_compiled(self._model, "fit")
         batch_size = 32 if batch_size is None else batch_size  # Keras' default for None
         _check_positive(epochs=epochs, batch_size=batch_size)
@@ -411,6 +413,7 @@ class SparkModel:
         there is no per-batch bar, since the batches run on the executors.
         """
         _check_compiled(self._model, "evaluate")
+        data, y, x, sample_weight = (host_arrays(v) for v in (data, y, x, sample_weight))
         batch_size = 32 if batch_size is None else batch_size
         _check_positive(batch_size=batch_size)
         verbose = check_verbose(verbose)
@@ -474,6 +477,7 @@ class SparkModel:
         time taken for numpy or pandas input; a DataFrame's predictions are
         computed when an action reads them, so there is nothing to print then.
         """
+        data, x = host_arrays(data), host_arrays(x)
         batch_size = 256 if batch_size is None else batch_size
         _check_positive(batch_size=batch_size)
         verbose = check_verbose(verbose)

@@ -86,6 +86,26 @@ def test_a_model_compiled_again_without_loss_or_metrics_trains_with_those_keras_
     assert sorted(sm.evaluate(x, y)) == ["accuracy", "loss"]
 
 
+def test_backend_tensors_train_evaluate_and_predict_as_numpy_does(spark):
+    """Keras' ``fit`` takes its backend's tensors as it takes numpy; they were refused ("Cannot train on a
+    EagerTensor"). A PyTorch tensor that needs its gradient is taken too."""
+    import keras
+    import torch
+
+    x, y = blobs(400, seed=3)
+    w = np.linspace(0.5, 1.5, len(x)).astype("float32")
+    tensors = {"x": keras.ops.convert_to_tensor(x), "y": keras.ops.convert_to_tensor(y),
+               "sample_weight": torch.tensor(w, requires_grad=True),
+               "validation_data": (keras.ops.convert_to_tensor(x[:50]), keras.ops.convert_to_tensor(y[:50]))}
+    arrays = {"x": x, "y": y, "sample_weight": w, "validation_data": (x[:50], y[:50])}
+    got, want = (SparkModel(mlp(seed=5), num_workers=2, seed=0) for _ in range(2))
+    fitted = [sm.fit(**given, epochs=2, batch_size=32, verbose=0).history for sm, given in ((got, tensors),
+                                                                                            (want, arrays))]
+    assert fitted[0] == fitted[1] and "val_loss" in fitted[0]
+    assert got.evaluate(tensors["x"], tensors["y"]) == want.evaluate(x, y)
+    np.testing.assert_array_equal(got.predict(tensors["x"]), want.predict(x))
+
+
 _SCALE = 0.5  # read by the lambda below as a global of this module, as a notebook's lambda reads its own
 
 

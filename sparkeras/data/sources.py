@@ -201,6 +201,36 @@ def read_data(spark: Any, path: str) -> Any:
         raise InputError(f"Cannot read {fmt} data at {path!r}: {first}") from None
 
 
+_TENSOR_MODULES = ("tensorflow", "jax", "jaxlib", "torch")
+
+
+def host_arrays(value: Any) -> Any:
+    """Backend tensors (TensorFlow, JAX, PyTorch), alone or in a list, tuple or dict, as numpy arrays.
+
+    Keras' ``fit``, ``evaluate`` and ``predict`` take a backend's tensors as
+    they take numpy; sparkeras ships driver-side data as numpy, and refused
+    them ("Cannot train on a EagerTensor"). Only the value itself and the
+    items of a list, tuple or dict are looked at, never rows of Python lists.
+    """
+    if _is_tensor(value):
+        return _as_numpy(value)
+    if isinstance(value, Mapping) and any(_is_tensor(v) for v in value.values()):
+        return {k: _as_numpy(v) if _is_tensor(v) else v for k, v in value.items()}
+    if isinstance(value, (list, tuple)) and any(_is_tensor(v) for v in value):
+        return type(value)(_as_numpy(v) if _is_tensor(v) else v for v in value)
+    return value
+
+
+def _is_tensor(value: Any) -> bool:
+    return type(value).__module__.split(".")[0] in _TENSOR_MODULES
+
+
+def _as_numpy(tensor: Any) -> np.ndarray:
+    if hasattr(tensor, "detach"):  # a PyTorch tensor, maybe on a GPU or needing grad
+        tensor = tensor.detach().cpu()
+    return np.asarray(tensor)
+
+
 def _is_pandas(data: Any) -> bool:
     return type(data).__module__.startswith("pandas") and type(data).__name__ == "DataFrame"
 
