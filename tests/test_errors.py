@@ -446,3 +446,31 @@ def test_a_validation_split_of_a_dataframe_that_leaves_a_side_without_rows_is_re
         sm.fit(df, validation_split=1e-6, verbose=0)
     with pytest.raises(InputError, match=re.escape("validation_split=0.999999 of the 30 rows held out 30 and left 0 ")):
         sm.fit(df, validation_split=0.999999, verbose=0)
+
+
+def test_data_of_another_kind_is_refused_with_the_kinds_taken(spark):
+    """A generator, a Keras ``PyDataset`` or a ``tf.data.Dataset`` (Keras' ``fit`` takes them) is named, with what
+    to pass instead; a ``tf.data.Dataset`` is not taken for a tensor."""
+    import keras
+
+    x, y = blobs(64)
+
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, index):
+            return x[index * 32:(index + 1) * 32], y[index * 32:(index + 1) * 32]
+
+    given = [((row, label) for row, label in zip(x, y)), Batches()]
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        given.append(tf.data.Dataset.from_tensor_slices((x, y)).batch(32))
+    sm = SparkModel(mlp(), num_workers=2)
+    for data in given:
+        with pytest.raises(InputError, match=re.escape(
+                f"Cannot train on a {type(data).__name__}; pass numpy arrays (x=, y=), a pandas DataFrame, an RDD "
+                "of (features, label) pairs, a Spark DataFrame, or a path to Parquet (or CSV, JSON, ORC, Delta) "
+                "data.")):
+            sm.fit(data, verbose=0)

@@ -222,7 +222,9 @@ def host_arrays(value: Any) -> Any:
 
 
 def _is_tensor(value: Any) -> bool:
-    return type(value).__module__.split(".")[0] in _TENSOR_MODULES
+    """A tensor of a backend's library (not its other objects: a ``tf.data.Dataset`` is refused, named)."""
+    return type(value).__module__.split(".")[0] in _TENSOR_MODULES and hasattr(value, "shape") \
+        and hasattr(value, "dtype")
 
 
 def _as_numpy(tensor: Any) -> np.ndarray:
