@@ -648,12 +648,10 @@ def fresh_copy(
     copy_vocabularies(model, copy)
     copy.set_weights(model.get_weights())
     refresh_derived_state(copy)
-    config = model.get_compile_config()
-    copy.compile_from_config(config)
     if optimizer is not None or loss is not None or metrics is not None:
         copy.compile(optimizer=keras.optimizers.get(optimizer) if optimizer is not None else copy.optimizer,
                      loss=loss if loss is not None else copy.loss,
-                     metrics=list(metrics) if metrics is not None else config.get("metrics"))
+                     metrics=list(metrics) if metrics is not None else copy._compile_config.config.get("metrics"))
     if learning_rate is not None:
         copy.optimizer.learning_rate = learning_rate
     return copy

@@ -172,9 +172,9 @@ class ModelSpec:
         with tensorflow_left_unimported():
             config = keras.saving.serialize_keras_object(model)
             _keep_compile_settings(model, config)
-            lambdas = _ship_lambdas(model, config)
+            shipped = {**_ship_lambdas(model, config), **_ship_functions(model, config)}
         _ship_vocabularies(model, config)
-        return cls.of(config, {**lambdas, **(custom_objects_for(config, custom_objects) or {})} or None)
+        return cls.of(config, {**shipped, **(custom_objects_for(config, custom_objects) or {})} or None)
 
     @classmethod
     def of(cls, config: dict[str, Any], custom_objects: dict[str, Any] | None = None) -> "ModelSpec":
@@ -275,15 +275,75 @@ def _keep_compile_settings(model: Any, config: dict[str, Any]) -> None:
         return
     if "optimizer" not in settings and getattr(model, "optimizer", None) is not None:
         settings["optimizer"] = keras.saving.serialize_keras_object(model.optimizer)
+    live = _live_compile_args(model)
+    for key in ("loss", "loss_weights", "metrics", "weighted_metrics"):
+        if settings.get(key) is None and live.get(key) is not None:
+            settings[key] = keras.saving.serialize_keras_object(live[key])
+
+
+def _live_compile_args(model: Any) -> dict[str, Any]:
+    """The objects ``model`` was compiled with, as ``compile`` took them, and the loss and metrics Keras kept.
+
+    A compile without ``loss=`` or ``metrics=`` keeps the earlier ones in
+    Keras (see :func:`_keep_compile_settings`).
+    """
+    live = dict(getattr(getattr(model, "_compile_config", None), "config", None) or {})
     compiled_loss = getattr(model, "_compile_loss", None)  # what Keras' compile keeps, as Keras 3.x names it
-    if settings.get("loss") is None and hasattr(compiled_loss, "_user_loss"):
-        settings["loss"] = keras.saving.serialize_keras_object(compiled_loss._user_loss)
-        settings["loss_weights"] = keras.saving.serialize_keras_object(compiled_loss._user_loss_weights)
+    if live.get("loss") is None and hasattr(compiled_loss, "_user_loss"):
+        live["loss"], live["loss_weights"] = compiled_loss._user_loss, compiled_loss._user_loss_weights
     compiled_metrics = getattr(model, "_compile_metrics", None)
-    if settings.get("metrics") is None and settings.get("weighted_metrics") is None \
+    if live.get("metrics") is None and live.get("weighted_metrics") is None \
             and hasattr(compiled_metrics, "_user_metrics"):
-        settings["metrics"] = keras.saving.serialize_keras_object(compiled_metrics._user_metrics)
-        settings["weighted_metrics"] = keras.saving.serialize_keras_object(compiled_metrics._user_weighted_metrics)
+        live["metrics"] = compiled_metrics._user_metrics
+        live["weighted_metrics"] = compiled_metrics._user_weighted_metrics
+    return live
+
+
+def _ship_functions(model: Any, config: dict[str, Any]) -> dict[str, Any]:
+    """The model's loss and metric functions that Keras cannot find by name, renamed in ``config`` to ship by value.
+
+    Why. Keras saves a function passed as a loss or metric by its bare name
+    (``"loss"``) and finds it again only among registered and custom
+    objects. A loss factory's closure (``loss=weighted_bce(3.0)``) has no
+    name anyone can import, and two closures of one factory
+    (``metrics=[within(0.5), within(0.2)]``) share one name, so no
+    ``custom_objects`` entry can tell them apart; a function of the user's
+    script is unknown to every worker, and to Keras' own ``clone_model``.
+    The source here is the live model: each such function travels in the
+    spec's custom objects (cloudpickle, as a UDF's functions do) under a name
+    of its own (``sparkeras_function_0``...), matched to its place in the
+    settings by walking the compile arguments beside their serialized form.
+    """
+    settings = config.get("compile_config")
+    if not isinstance(settings, dict):
+        return {}
+    live = _live_compile_args(model)
+    shipped: dict[str, Any] = {}
+
+    def walk(obj: Any, node: Any) -> Any:
+        if isinstance(obj, types.FunctionType) and isinstance(node, dict) and node.get("class_name") == "function" \
+                and node.get("registered_name") == "function" and not obj.__module__.startswith("keras"):
+            name = f"sparkeras_function_{len(shipped)}"
+            shipped[name] = obj
+            return {"module": None, "class_name": "function", "config": name, "registered_name": "function"}
+        if isinstance(obj, (list, tuple)) and isinstance(node, list) and len(obj) == len(node):
+            return [walk(o, n) for o, n in zip(obj, node)]
+        if isinstance(obj, dict) and isinstance(node, dict) and obj.keys() == node.keys():
+            return {k: walk(obj[k], node[k]) for k in node}
+        return node
+
+    for key in ("loss", "metrics", "weighted_metrics"):
+        if settings.get(key) is not None:
+            settings[key] = walk(live.get(key), settings[key])
+    return shipped
+
+
+def live_compile_settings(model: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``model``'s compile config for a copy in this process, and the custom objects Keras needs to compile it."""
+    config = {"compile_config": model.get_compile_config()}
+    _keep_compile_settings(model, config)
+    functions = _ship_functions(model, config)
+    return config["compile_config"], {**_defined_in_main(config), **functions}
 
 
 _LAMBDA_PARTS = {"function": "function", "output_shape": "_output_shape", "mask": "mask"}  # config key: attribute
@@ -334,17 +394,20 @@ def _python_lambdas(layer: Any) -> dict[str, Any]:
 
 
 def clone_live(model: Any) -> Any:
-    """``keras.models.clone_model`` of a model in this process, its ``Lambda`` layers' Python lambdas included.
+    """``keras.models.clone_model`` of a model in this process, compiled as it is, with its Python functions.
 
     Keras clones each layer through its config, where a Python lambda is
     bytecode that Keras rebuilds only outside safe mode, and then without
-    the globals it reads. The estimators and ensembles copy the user's live
-    model, so a ``Lambda`` layer's copy gets the same function objects.
+    the globals it reads; and it compiles the copy from the compile config,
+    where a loss or metric function of the user's script, or a factory's
+    closure, is a bare name it cannot find. The estimators and ensembles
+    copy the user's live model, so the copy gets the same function objects
+    (:func:`live_compile_settings`). Its optimizer is new, with no state.
     """
     import keras
 
-    if not any(_python_lambdas(layer) for layer in model._flatten_layers(include_self=False, recursive=True)):
-        return keras.models.clone_model(model)
+    settings, functions = live_compile_settings(model) if getattr(model, "compiled", False) else ({}, {})
+    by_own_name = {f.__name__: f for f in functions.values() if isinstance(f, types.FunctionType)}
 
     def clone(layer: Any) -> Any:
         if not _python_lambdas(layer):
@@ -352,7 +415,14 @@ def clone_live(model: Any) -> Any:
         return keras.layers.Lambda(layer.function, output_shape=layer._output_shape, mask=layer.mask,
                                    arguments=layer.arguments, name=layer.name, dtype=layer.dtype_policy)
 
-    return keras.models.clone_model(model, clone_function=clone, recursive=True)
+    has_lambdas = any(_python_lambdas(layer) for layer in model._flatten_layers(include_self=False, recursive=True))
+    # Keras' clone compiles from the original names first: each resolves to a function of that name
+    with keras.saving.custom_object_scope({**by_own_name, **functions}):
+        copy = keras.models.clone_model(model, clone_function=clone, recursive=True) if has_lambdas \
+            else keras.models.clone_model(model)
+        if settings:
+            copy.compile_from_config(settings)
+    return copy
 
 
 def _lambda_code(function: Any) -> str:

@@ -152,6 +152,61 @@ def test_a_lambda_layer_holding_a_python_lambda_trains_and_scores_as_written(spa
     np.testing.assert_allclose(probabilities, fitted.model.predict(x, verbose=0), atol=1e-6)
 
 
+def _weighted_bce(positive: float):
+    """A loss factory, as Keras users write them: the loss is a closure no worker can import by name."""
+    import keras
+
+    def loss(y_true, y_pred):
+        y_pred = keras.ops.clip(y_pred, 1e-7, 1 - 1e-7)
+        return -keras.ops.mean(positive * y_true * keras.ops.log(y_pred) + (1 - y_true) * keras.ops.log(1 - y_pred))
+    return loss
+
+
+def _within(tolerance: float):
+    """A metric factory: two of its closures share the name ``close``, so no ``custom_objects`` entry parts them."""
+    import keras
+
+    def close(y_true, y_pred):
+        return keras.ops.mean(keras.ops.cast(keras.ops.abs(y_true - y_pred) < tolerance, "float32"))
+    return close
+
+
+def test_a_loss_and_metrics_made_by_factories_train_as_written_in_copies_too(spark):
+    """Keras saves a loss or metric function by its bare name; a factory's closures (and a script's own
+    function) were unknown to every worker, and to Keras' ``clone_model`` that ``KerasEstimator`` copies the
+    model with: the fit was refused, and the estimator failed with Keras' "Could not locate function".
+    They now travel by value from the live model, each to its own place."""
+    import keras
+
+    from sparkeras.ml import KerasEstimator
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 8)).astype("float32")
+    y = ((x[:, 0] + 0.5 * rng.normal(size=600)) > 0.8).astype("float32").reshape(-1, 1)
+
+    def build():
+        keras.utils.set_random_seed(1)
+        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(8, activation="relu"),
+                                  keras.layers.Dense(1, activation="sigmoid")])
+        model.compile("adam", _weighted_bce(3.0), metrics=[_within(0.5), _within(0.1)])
+        return model
+
+    want = build().fit(x, y, epochs=2, batch_size=32, shuffle=False, verbose=0).history
+    got = SparkModel(build(), num_workers=1, seed=0).fit(x, y, epochs=2, batch_size=32, shuffle=False,
+                                                         verbose=0).history
+    assert sorted(got) == sorted(want) == ["close", "close_1", "loss"]
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5)
+    assert want["close"][-1] > want["close_1"][-1] + 0.2  # the two tolerances give two figures
+
+    df = spark.createDataFrame([(row.tolist(), float(v)) for row, v in zip(x, y[:, 0])], ["features", "label"])
+    fitted = KerasEstimator(model=build(), epochs=1, numWorkers=2).fit(df)
+    reference = build()
+    reference.set_weights(fitted.model.get_weights())
+    scores = fitted.model.evaluate(x, y, verbose=0, return_dict=True)
+    assert scores == pytest.approx(reference.evaluate(x, y, verbose=0, return_dict=True), rel=1e-6)
+
+
 def _unlabelled_models(seed: int = 5) -> dict:
     """Two models that Keras' ``fit(x)`` trains without labels, compiled without a loss.
 

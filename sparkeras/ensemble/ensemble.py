@@ -121,11 +121,9 @@ class Ensemble:
 
         keras.utils.set_random_seed(self.seed + index)
         if isinstance(self.source, keras.Model):
-            member = clone_live(self.source)
-            config = self.source.get_compile_config()
-            if not config:
+            if not getattr(self.source, "compiled", False):
                 raise InputError("Compile the model before building an ensemble from it.")
-            member.compile_from_config(config)
+            member = clone_live(self.source)
         else:
             member = self.source()
             if not isinstance(member, keras.Model):
