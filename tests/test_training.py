@@ -300,6 +300,41 @@ def test_a_per_class_metric_is_reported_as_keras_reports_it(spark, tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 0
 
 
+def test_a_scalar_label_column_reaches_a_one_unit_output_in_its_shape(spark):
+    """A DataFrame's scalar label column feeding a ``Dense(1)`` output arrives as ``(n, 1)``, as Keras users pass
+    ``y`` for such a model. It arrived as ``(n,)``: a binary ``F1Score`` refused it before training, and a loss
+    of the user's that subtracts ``y_true - y_pred`` broadcast to ``(n, n)`` and trained on the wrong number.
+    One worker equals ``model.fit`` on ``y.reshape(-1, 1)``."""
+    import keras
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 8)).astype("float32")
+    y = ((x[:, 0] + 0.5 * rng.normal(size=400)) > 0).astype("float32")
+
+    def squared(y_true, y_pred):
+        return keras.ops.mean(keras.ops.square(y_true - y_pred))
+
+    def build():
+        keras.utils.set_random_seed(1)
+        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(8, activation="relu"),
+                                  keras.layers.Dense(1, activation="sigmoid")])
+        model.compile("adam", squared, metrics=[keras.metrics.F1Score(threshold=0.5), "binary_accuracy"])
+        return model
+
+    model, plain = build(), build()
+    plain.fit(x, y.reshape(-1, 1), batch_size=32, epochs=2, shuffle=False, verbose=0)
+    df = spark.createDataFrame([(r.tolist(), float(v)) for r, v in zip(x, y)], ["features", "label"]).coalesce(1)
+    sm = SparkModel(model, num_workers=1, seed=0)
+    history = sm.fit(df, epochs=2, batch_size=32, shuffle=False, verbose=0)
+    for got, want in zip(sm.model.get_weights(), plain.get_weights()):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    want = plain.evaluate(x, y.reshape(-1, 1), verbose=0, return_dict=True)
+    scores = sm.evaluate(df)
+    for name in ("loss", "f1_score", "binary_accuracy"):
+        np.testing.assert_allclose(scores[name], want[name], atol=1e-5)
+    assert np.shape(history.history["f1_score"][-1]) == (1,)
+
+
 @pytest.mark.parametrize("strategy", ["averaging", "allreduce"])
 def test_a_mixed_float16_model_trains_with_its_loss_scale_optimizer(spark, strategy):
     """Under ``mixed_float16`` Keras wraps the optimizer in a ``LossScaleOptimizer``, but only for a model whose

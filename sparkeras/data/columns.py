@@ -527,9 +527,7 @@ def _bind(
                 classes = units
                 shape = ()
                 dtype = "int32"
-            else:
-                if units == 1:
-                    shape = ()
+            else:  # one value per row keeps the output's shape, (n, 1): F1Score and a loss of the user's need it
                 unit_interval = "binary" in loss_name(model, out_index)
         elif units == 1:
             unit_interval = "binary" in loss_name(model, out_index)
