@@ -65,8 +65,11 @@ class SparkModel:
             SparkSession is already active.
         balance_partitions: repartition Spark training data whose
             partitions are uneven (the largest more than 20% above an even
-            share), since in a synchronous fit the largest one sets the pace.
-            ``False`` keeps the data's own partitioning.
+            share), since in a synchronous fit the largest one sets the pace,
+            and deal training rows across the workers again when their shares
+            hold different labels (data sorted by label), as Keras' ``fit``
+            shuffles all rows (:mod:`sparkeras.data.label_mix`). ``False``
+            keeps the data's own partitioning.
         **strategy_options: options for a strategy given by name
             (e.g. ``window=10`` for averaging every 10 batches).
     """

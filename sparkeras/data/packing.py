@@ -14,6 +14,7 @@ the statistics do, one small record per partition.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import shutil
 import tempfile
@@ -26,8 +27,11 @@ import numpy as np
 import pyarrow as pa
 
 from sparkeras.data.columns import FEATURE, LABEL, WEIGHT, ColumnMap, TensorBinding
+from sparkeras.data.label_mix import SKEWED, label_moments, label_skew
 from sparkeras.data.sources import Dataset
 from sparkeras.errors import InputError, worker_error
+
+logger = logging.getLogger(__name__)
 
 
 def pack_batch(columns: ColumnMap, batch: pa.RecordBatch) -> tuple[list[np.ndarray | None], dict[str, Any]]:
@@ -52,6 +56,8 @@ def _value_stats(b: TensorBinding, raw: np.ndarray | None) -> dict[str, Any]:
     out: dict[str, Any] = dict(zip(_stat_names(b), (0, 0, None, None)))
     if raw is None or raw.size == 0:
         return out
+    if b.role == LABEL:
+        out.update(label_moments(b.slot, b.classes, raw))
     good = raw
     if raw.dtype.kind == "f":
         finite = np.isfinite(raw)
@@ -185,6 +191,7 @@ class DatasetStats:
     rows_per_partition: list[int]
     problem: str | None
     bindings: dict[str, BindingStats] = field(default_factory=dict)
+    label_skew: float = 0.0  # how much the partitions' label mixes differ (sparkeras.data.label_mix)
 
     @property
     def rows(self) -> int:
@@ -241,13 +248,16 @@ def prepare(dataset: Dataset, columns: ColumnMap, num_partitions: int, what: str
     """
     def pack() -> PreparedData:
         packed = _prepare_spark(dataset, columns, num_partitions, what)
-        if balance and _uneven(packed.stats.rows_per_partition):
+        if balance and (_uneven(packed.stats.rows_per_partition) or _unmixed(packed.stats)):
             packed.free()
             packed = _prepare_spark(dataset, columns, num_partitions, what, repartition=True)
         return packed
 
     if dataset.table is not None:
         prepared = _prepare_local(dataset, columns, num_partitions)
+        if balance and _unmixed(prepared.stats):
+            prepared.free()
+            prepared = _prepare_local(dataset, columns, num_partitions, dealt=True)
     elif dataset.pairs is not None:  # made for this fit: no refit can name it, so nothing to keep
         prepared = pack()
     else:
@@ -265,6 +275,17 @@ def prepare(dataset: Dataset, columns: ColumnMap, num_partitions: int, what: str
 def _uneven(rows_per_partition: list[int]) -> bool:
     even = -(-sum(rows_per_partition) // len(rows_per_partition))
     return max(rows_per_partition) > 1.2 * even
+
+
+def _unmixed(stats: DatasetStats) -> bool:
+    """Whether the partitions hold different mixes of labels, so each worker would learn from a few of them."""
+    if stats.label_skew <= SKEWED:
+        return False
+    logger.info("The training data's partitions hold different mixes of labels (effect size %.2f), as data sorted or "
+                "written by label does; its rows are dealt across the %d workers again, so each trains on all of "
+                "them. balance_partitions=False keeps the partitions as they are.",
+                stats.label_skew, len(stats.rows_per_partition))
+    return True
 
 
 def _prepare_spark(dataset: Dataset, columns: ColumnMap, num_partitions: int, what: str,
@@ -312,7 +333,7 @@ def _packed_frame(frame: Any, columns: ColumnMap, num_partitions: int, repartiti
     columns = columns.opening_local_files(frame)
     frame = frame.select(*[F.col(f"`{c}`") for c in columns.columns])
     files = _packing_folder(frame.sparkSession)
-    shares = parquet_shares(frame, num_partitions)
+    shares = None if repartition else parquet_shares(frame, num_partitions)  # a share is a run of files
     if shares is not None:
         names, rows = list(columns.columns), block_rows(columns)
         return _Packing(frame.sparkSession.sparkContext.parallelize(shares, num_partitions).mapPartitions(
@@ -335,8 +356,8 @@ def _packed_pairs(pairs: Any, columns: ColumnMap, num_partitions: int, repartiti
         lambda index, it: pack_batches(columns, layout.batches(it, rows, index), files)), files)
 
 
-def _prepare_local(dataset: Dataset, columns: ColumnMap, num_partitions: int) -> PreparedData:
-    """Pack driver-side data on the driver, one contiguous slice per partition.
+def _prepare_local(dataset: Dataset, columns: ColumnMap, num_partitions: int, dealt: bool = False) -> PreparedData:
+    """Pack driver-side data on the driver, one contiguous slice per partition (``dealt``: every n-th row).
 
     The rows are on the driver already, so they are converted and checked
     there, with no Spark job. How they reach the workers depends on where
@@ -361,12 +382,13 @@ def _prepare_local(dataset: Dataset, columns: ColumnMap, num_partitions: int) ->
     partitions: list[list[tuple]] = []
     for p in range(num_partitions):
         lo, hi = min(n, p * per_part), min(n, (p + 1) * per_part)
-        if hi <= lo:
+        rows = table.take(np.arange(p, n, num_partitions)) if dealt else table.slice(lo, hi - lo)
+        if rows.num_rows == 0:
             partitions.append([])
             continue
-        arrays, stats = pack_batch(columns, table.slice(lo, hi - lo).combine_chunks().to_batches()[0])
+        arrays, stats = pack_batch(columns, rows.combine_chunks().to_batches()[0])
         blobs = tuple(_blob(values, files, f"p{p}-{b.slot}") for b, values in zip(columns.bindings, arrays))
-        partitions.append([(hi - lo, blobs, stats)])
+        partitions.append([(stats["rows"], blobs, stats)])
     per_partition = [next(_partition_stats(p, iter(blocks))) for p, blocks in enumerate(partitions)]
     blocks = sc.parallelize(partitions, num_partitions).flatMap(lambda part: part)
     if files is None:
@@ -454,7 +476,9 @@ def _combine(rows: list[dict], columns: ColumnMap, num_partitions: int) -> Datas
             if lo is not None:
                 s.min = lo if s.min is None else min(s.min, lo)
                 s.max = hi if s.max is None else max(s.max, hi)
-    return DatasetStats(counts, problem, per_binding)
+    ordered = [r for r in sorted(rows, key=lambda r: r["pid"]) if r["pid"] < num_partitions]
+    skew = label_skew(ordered, [b.slot for b in columns.bindings if b.role == LABEL]) if problem is None else 0.0
+    return DatasetStats(counts, problem, per_binding, skew)
 
 
 def check(stats: DatasetStats, columns: ColumnMap, what: str) -> None:
