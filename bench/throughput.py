@@ -16,6 +16,11 @@ with ``shared_memory=False`` (every worker a member of the TCP ring), to compare
 ``--validation-split F`` has both sides hold out F of the rows and score
 them after every epoch (Keras takes the last rows, sparkeras a random share).
 
+``--sorted`` orders the training rows by label, as data written by label is
+(``partitionBy("label")``, one folder per class): Keras' ``fit`` shuffles
+them all; sparkeras deals them across its workers again before training
+(:mod:`sparkeras.data.label_mix`), which the cold fit pays for.
+
 ``--tracking N`` then measures what tracking costs: N more warm fits each
 without callbacks, with sparkeras' tracking (``MLflowLogger`` with its
 defaults, into a sqlite store: params, every epoch's metrics and the model;
@@ -33,6 +38,7 @@ warm fit's wall time varies by more than the effect measured).
 
     python bench/throughput.py [--strategy averaging[,adag,allreduce,allreduce-tcp,...]]
                                [--source numpy|parquet] [--rows 60000] [--hidden 128] [--validation-split 0.1]
+                               [--sorted]
                                [--epochs 3] [--learning-rate 0.001] [--tracking 5]
                                [--tracking-kinds defaults,log_model=False,keras_tensorboard]
 """
@@ -111,11 +117,14 @@ def main() -> None:
     parser.add_argument("--source", choices=("numpy", "parquet"), default="numpy")
     parser.add_argument("--validation-split", type=float, default=0.0, metavar="F",
                         help="both sides hold out F of the rows and score them after every epoch")
+    parser.add_argument("--sorted", action="store_true", help="the training rows ordered by label, on both sides")
     parser.add_argument("--tracking", type=int, default=0, metavar="N",
                         help="N warm fits with and N without MLflow and TensorBoard logging, interleaved")
     parser.add_argument("--tracking-kinds", default=",".join(TRACKING_KINDS), metavar="KINDS",
                         help=f"the tracked kinds to time against untracked fits, of {', '.join(TRACKING_KINDS)}")
     args = parser.parse_args()
+    if args.sorted and args.validation_split:
+        parser.error("--sorted with --validation-split: Keras would hold out the last rows, all of the last class")
     unknown = set(args.tracking_kinds.split(",")) - set(TRACKING_KINDS)
     if unknown or "defaults" not in args.tracking_kinds.split(","):
         parser.error(f"--tracking-kinds: give defaults, and any of {', '.join(TRACKING_KINDS)}"
@@ -125,6 +134,9 @@ def main() -> None:
     import_keras_quietly()  # without TensorFlow's native start-up lines, as the CLI imports it
 
     (x, y), (xt, yt) = make_data(args.rows)
+    if args.sorted:
+        order = np.argsort(y, kind="stable")
+        x, y = x[order], y[order]
     samples = args.rows * args.epochs
 
     hidden = tuple(int(units) for units in args.hidden.split(","))
@@ -160,6 +172,7 @@ def main() -> None:
             "workers": args.workers,
             "learning_rate": args.learning_rate,
             "validation_split": args.validation_split,
+            "sorted_by_label": args.sorted,
             "plain_samples_per_s": round(samples / plain_s),
             "sparkeras_samples_per_s": round(samples / results["warm"]),
             "sparkeras_cold_samples_per_s": round(samples / results["cold"]),

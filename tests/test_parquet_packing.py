@@ -153,3 +153,45 @@ def test_shares_cut_row_groups_into_contiguous_ranges_of_equal_size():
     many = _split(groups, 25)  # more partitions than rows: some stay empty, every row once
     assert sum(s.stop - s.start for share in many for s in share) == 21
     assert max(len(share) for share in many) == 1
+
+
+def test_dealt_shares_take_runs_of_rows_in_turn_across_row_groups_and_files():
+    from sparkeras.data.parquet import RowSlice, _deal
+
+    groups = [("a", 0, 7), ("a", 1, 5), ("b", 0, 10)]  # rows 0-6, 7-11, 12-21; runs of 3 dealt to 2 shares
+    assert _deal(groups, 2, 3) == [
+        [RowSlice("a", 0, 0, 3), RowSlice("a", 0, 6, 7), RowSlice("a", 1, 0, 2),  # runs 0-2 and 6-8
+         RowSlice("b", 0, 0, 3), RowSlice("b", 0, 6, 9)],                           # 12-14, 18-20
+        [RowSlice("a", 0, 3, 6), RowSlice("a", 1, 2, 5), RowSlice("b", 0, 3, 6), RowSlice("b", 0, 9, 10)],
+    ]
+
+
+def test_parquet_sorted_by_label_is_dealt_by_the_workers_own_reads_every_row_once(spark, tmp_path):
+    """A Parquet file sorted by label gave one worker the first classes and the other the last; the packing
+    deals runs of rows instead, still read with pyarrow (no trip through Spark's rows and a shuffle)."""
+    from sparkeras.data.columns import resolve_columns
+    from sparkeras.data.packing import prepare, read_partition
+    from sparkeras.data.sources import as_dataset
+
+    x, y = blobs(3000, dim=16, classes=10, seed=7)
+    order = np.argsort(y, kind="stable")
+    path = _write(tmp_path / "sorted.parquet", x[order], y[order], files=2, row_group_size=1000)
+    frame = spark.read.parquet(path)
+    dataset = as_dataset(spark, frame, num_partitions=2)
+    columns = resolve_columns(mlp(dim=16, classes=10), dataset.schema, "features", "label")
+    prepared = prepare(dataset, columns, 2, balance=True)
+    try:
+        counts = prepared.stats.rows_per_partition
+        assert prepared.stats.label_skew == 0.0 and sum(counts) == 3000
+        assert abs(counts[0] - counts[1]) <= 3000 // (2 * 64)  # within one run: each share takes 64 runs or more
+        parts = [read_partition(columns, iter(blocks)) for blocks in prepared.blocks.glom().collect()]
+        for arrays, _ in parts:  # every class in each share, near its share of the whole
+            np.testing.assert_allclose(np.bincount(arrays[1], minlength=10), np.bincount(y, minlength=10) / 2,
+                                       atol=0.15 * len(y) / 10)
+        got = np.concatenate([arrays[1] for arrays, _ in parts])
+        np.testing.assert_array_equal(np.sort(got), np.sort(y))
+        lineage = prepared.blocks.toDebugString().decode()
+        assert "ParallelCollectionRDD" in lineage and "Shuffled" not in lineage  # the shares, read by the tasks
+    finally:
+        prepared.release()
+

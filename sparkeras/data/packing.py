@@ -333,9 +333,10 @@ def _packed_frame(frame: Any, columns: ColumnMap, num_partitions: int, repartiti
     columns = columns.opening_local_files(frame)
     frame = frame.select(*[F.col(f"`{c}`") for c in columns.columns])
     files = _packing_folder(frame.sparkSession)
-    shares = None if repartition else parquet_shares(frame, num_partitions)  # a share is a run of files
+    rows = block_rows(columns)
+    shares = parquet_shares(frame, num_partitions, dealt_rows=rows if repartition else 0)
     if shares is not None:
-        names, rows = list(columns.columns), block_rows(columns)
+        names = list(columns.columns)
         return _Packing(frame.sparkSession.sparkContext.parallelize(shares, num_partitions).mapPartitions(
             lambda it: pack_batches(columns, read_shares(names, rows, it), files)), files)
     if repartition or frame.rdd.getNumPartitions() != num_partitions:
