@@ -249,7 +249,7 @@ class ModelSpec:
         import keras
 
         config = json.loads(self.config)
-        import_custom_modules(config)
+        import_custom_modules(config, self.custom_objects)
         _without_random_draws(config)
         with rebuilding(config, self.custom_objects), _global_dtype_policy(config):
             return keras.saving.deserialize_keras_object(config)
@@ -437,11 +437,16 @@ def custom_objects_for(config: Any, custom_objects: dict[str, Any] | None) -> di
     return {**_defined_in_main(config), **(custom_objects or {})} or None
 
 
-def import_custom_modules(config: Any) -> None:
-    """Import the modules of the registered custom objects ``config`` names, so their classes register."""
+def import_custom_modules(config: Any, custom_objects: dict[str, Any] | None = None) -> None:
+    """Import the modules of the registered custom objects ``config`` names, so their classes register.
+
+    Objects given in ``custom_objects`` need no import: a class passed that
+    way from a module the workers lack (the advice of :func:`rebuilding`)
+    made every worker fail on the import before Keras looked at it.
+    """
     from sparkeras.errors import InputError
 
-    for module in sorted(_custom_modules(config)):
+    for module in sorted(_custom_modules(config, set(custom_objects or ()))):
         try:
             importlib.import_module(module)
         except ImportError as exc:  # an InputError: the fit stops at once instead of relaunching the epoch
@@ -796,10 +801,11 @@ def _registered_name(config: Any, class_name: str) -> str:
                 class_name)
 
 
-def _custom_modules(config: Any) -> set[str]:
-    """Modules of the registered custom classes and functions a Keras config refers to."""
+def _custom_modules(config: Any, given: set[str] = frozenset()) -> set[str]:
+    """Modules of the registered custom classes and functions a Keras config refers to, but for ``given`` names."""
     return {node["module"] for node in _config_dicts(config)
             if node.get("registered_name") and isinstance(node.get("module"), str)
+            and node["registered_name"] not in given and node.get("class_name") not in given
             and node["module"].split(".")[0] not in ("keras", "builtins", "tensorflow", "tf_keras")}
 
 

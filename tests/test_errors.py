@@ -276,11 +276,17 @@ def test_a_model_without_symbolic_inputs_gets_the_fix_that_applies(spark):
 
 
 def test_a_model_the_workers_cannot_rebuild_is_refused_on_the_driver(spark):
+    """A layer class that only this function defines (unregistered) cannot be rebuilt anywhere: refused before any
+    work, with the advice that works. A loss function of the same kind travels with the live model by value."""
     import keras
 
     import sparkeras
 
-    def _doubled_loss(y_true, y_pred):  # not registered: a worker cannot rebuild a model compiled with it
+    class Doubling(keras.layers.Layer):  # not registered, not importable: no worker can rebuild it
+        def call(self, inputs):
+            return 2.0 * inputs
+
+    def _doubled_loss(y_true, y_pred):
         return 2.0 * keras.losses.sparse_categorical_crossentropy(y_true, y_pred)
 
     x, y = blobs(64)
@@ -292,17 +298,19 @@ def test_a_model_the_workers_cannot_rebuild_is_refused_on_the_driver(spark):
         built.compile("adam", loss)
         return built
 
-    with pytest.raises(InputError, match=r"cannot be rebuilt from its Keras config, as every Spark worker must "
-                                         r"rebuild it: Keras does not know the function '_doubled_loss' in this "
-                                         r"process.*custom_objects=\{'_doubled_loss': _doubled_loss\}\.$"):
-        sparkeras.register_udf(spark, "doubled", model(loss=_doubled_loss))
-    with pytest.raises(InputError, match=r"cannot be rebuilt from its Keras config, as every Spark worker must "
-                                         r"rebuild it: Keras does not know the function '_doubled_loss' in this "
-                                         r"process.*custom_objects=\{'_doubled_loss': _doubled_loss\}\.$"):
-        SparkModel(model(loss=_doubled_loss), num_workers=2).predict(x)
-    history = SparkModel(model(loss=_doubled_loss), num_workers=2, custom_objects={"_doubled_loss": _doubled_loss}) \
+    refused = (r"cannot be rebuilt from its Keras config, as every Spark worker must rebuild it: Keras does not know "
+               r"the class 'Doubling' in this process.*custom_objects=\{'Doubling': Doubling\}\.$")
+    with pytest.raises(InputError, match=refused):
+        sparkeras.register_udf(spark, "doubled", model(Doubling()))
+    with pytest.raises(InputError, match=refused):
+        SparkModel(model(Doubling()), num_workers=2).predict(x)
+    history = SparkModel(model(Doubling()), num_workers=2, custom_objects={"Doubling": Doubling}) \
         .fit(x, y, epochs=1, verbose=0)  # the advice works
     assert np.isfinite(history.history["loss"][0])
+    trained = SparkModel(model(loss=_doubled_loss), num_workers=2, seed=0)
+    history = trained.fit(x, y, epochs=1, verbose=0)
+    single = keras.losses.sparse_categorical_crossentropy(y, trained.model.predict(x, verbose=0))
+    assert trained.evaluate(x, y)["loss"] == pytest.approx(2.0 * float(np.mean(single)), rel=1e-5)
 
 
 def test_a_validation_tuple_other_than_x_y_is_refused_with_what_to_do(spark):

@@ -67,7 +67,7 @@ def _loaded(prefix: StringPrefix) -> Any:
         from sparkeras.serialization import import_custom_modules, rebuilding
 
         config = json.loads(prefix.config)
-        import_custom_modules(config)
+        import_custom_modules(config, prefix.custom_objects)
         with tempfile.TemporaryDirectory(prefix="sparkeras-strings-") as folder, \
                 rebuilding(config, prefix.custom_objects):
             path = os.path.join(folder, "prefix.keras")
