@@ -49,6 +49,8 @@ def test_label_moments_add_up_over_blocks_as_the_packing_statistics_do():
     per_partition = [{"t_n": 2, "t_sum": np.array([0.0]), "t_sqsum": np.array([0.0])},
                      {"t_n": 2, "t_sum": np.array([2.0]), "t_sqsum": np.array([2.0])}]
     assert label_skew(per_partition, ["t"]) == 0.0  # 4 rows: within chance
+    apart = [{"y_classes": np.array([90, 0])}, {}, {"y_classes": np.array([0, 90])}]  # the middle one is empty
+    assert label_skew(apart, ["y"]) == pytest.approx(1.0)
 
 
 def _classes_per_partition(prepared, slot: str) -> np.ndarray:

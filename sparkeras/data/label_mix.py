@@ -61,15 +61,15 @@ def label_skew(per_partition: Sequence[dict[str, Any]], slots: Sequence[str]) ->
     ``slots`` the label bindings' slots.
     """
     worst = 0.0
-    for slot in slots:
-        counts = [p.get(f"{slot}_classes") for p in per_partition]
-        if all(c is not None for c in counts) and counts:
+    for slot in slots:  # a partition without the figures holds no rows (or too many classes to count)
+        counts = [p[f"{slot}_classes"] for p in per_partition if p.get(f"{slot}_classes") is not None]
+        if len(counts) > 1:
             worst = max(worst, class_skew(np.stack(counts)))
-            continue
-        parts = [(p.get(f"{slot}_n"), p.get(f"{slot}_sum"), p.get(f"{slot}_sqsum")) for p in per_partition]
-        if parts and all(s is not None for n, s, q in parts):
-            worst = max(worst, value_skew(np.array([n for n, _, _ in parts], dtype=np.float64),
-                                          np.stack([s for _, s, _ in parts]), np.stack([q for _, _, q in parts])))
+        parts = [p for p in per_partition if p.get(f"{slot}_sum") is not None]
+        if len(parts) > 1:
+            worst = max(worst, value_skew(np.array([p[f"{slot}_n"] for p in parts], dtype=np.float64),
+                                          np.stack([p[f"{slot}_sum"] for p in parts]),
+                                          np.stack([p[f"{slot}_sqsum"] for p in parts])))
     return worst
 
 
