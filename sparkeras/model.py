@@ -19,7 +19,8 @@ from sparkeras.data.split import split_packed
 from sparkeras.data.strings import for_packed_data, string_split
 from sparkeras.data.weights import ClassWeights, check_class_weight, check_class_weight_fits, check_row_weights
 from sparkeras.data.sources import (Dataset, as_dataset, check_weight_rows, describe_source, first_feature_shape,
-                                    host_arrays, split_validation, validation_dataset, with_row_weights)
+                                    host_arrays, is_pandas_on_spark, pandas_on_spark_frame, split_validation,
+                                    validation_dataset, with_row_weights)
 from sparkeras.errors import InputError
 from sparkeras.log import logger
 from sparkeras.metric_values import from_json
@@ -486,6 +487,10 @@ class SparkModel:
         verbose = check_verbose(verbose)
         features_col = self._fit_columns[0] if features_col is None else features_col
         frame = x if x is not None else data
+        if is_pandas_on_spark(frame):  # the predictions as pandas-on-Spark too, on the input's index
+            indexed, back = pandas_on_spark_frame(frame)
+            return back(self.predict(indexed, batch_size=batch_size, features_col=features_col,
+                                     prediction_col=prediction_col))
         if is_spark_connect(frame):  # a UDF over the frame, in its own session: there is no SparkContext
             columns = resolve_columns(self._model, frame.schema, features_col, None)
             return self._predict_frame(frame, columns, batch_size, prediction_col)

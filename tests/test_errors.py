@@ -478,7 +478,8 @@ def test_data_of_another_kind_is_refused_with_the_kinds_taken(spark):
     sm = SparkModel(mlp(), num_workers=2)
     for data in given:
         with pytest.raises(InputError, match=re.escape(
-                f"Cannot train on a {type(data).__name__}; pass numpy arrays (x=, y=), a pandas DataFrame, an RDD "
-                "of (features, label) pairs, a Spark DataFrame, or a path to Parquet (or CSV, JSON, ORC, Delta) "
-                "data.")):
+                f"Cannot train on a {type(data).__module__}.{type(data).__qualname__}; pass numpy arrays (x=, y=), "
+                "a pandas DataFrame, an Arrow table (or any frame with Arrow's __arrow_c_stream__: Polars, DuckDB), "
+                "an RDD of (features, label) pairs, a Spark or pandas-on-Spark DataFrame, or a path to Parquet (or "
+                "CSV, JSON, ORC, Delta) data.")):
             sm.fit(data, verbose=0)

@@ -106,6 +106,41 @@ def test_backend_tensors_train_evaluate_and_predict_as_numpy_does(spark):
     np.testing.assert_array_equal(got.predict(tensors["x"]), want.predict(x))
 
 
+def test_pandas_on_spark_and_arrow_frames_train_evaluate_and_predict_as_their_rows_do(spark):
+    """A pandas-on-Spark DataFrame, an Arrow table and a stream of Arrow batches were refused ("Cannot train on
+    a DataFrame", naming no module). pandas-on-Spark stays in Spark, and its predictions come back on its index;
+    Arrow data is driver-side data, as pandas is, so it trains exactly as the same pandas frame."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyspark.pandas as ps
+
+    x, y = blobs(400, seed=3)
+    frame = pd.DataFrame(x, columns=[f"f{i}" for i in range(x.shape[1])]).assign(label=y)
+    frame.index = pd.Index(np.arange(len(x))[::-1] * 3 + 7, name="rowid")
+    features = [c for c in frame.columns if c != "label"]
+    fitted = {}
+    for name, data in [("pandas", frame), ("arrow", pa.Table.from_pandas(frame, preserve_index=False))]:
+        sm = SparkModel(mlp(seed=5), num_workers=2, seed=0)
+        fitted[name] = sm.fit(data, features_col=features, epochs=2, verbose=0, validation_split=0.2).history
+    assert fitted["arrow"] == fitted["pandas"] and "val_loss" in fitted["arrow"]
+    stream = pa.Table.from_pandas(frame, preserve_index=False).to_reader(max_chunksize=64)
+    np.testing.assert_allclose(list(sm.evaluate(stream).values()), list(sm.evaluate(frame).values()), rtol=1e-6)
+
+    in_spark = SparkModel(mlp(seed=5), num_workers=2, seed=0)
+    want = in_spark.fit(spark.createDataFrame(frame), features_col=features, epochs=4, verbose=0).history
+    distributed = SparkModel(mlp(seed=5), num_workers=2, seed=0)
+    assert distributed.fit(ps.from_pandas(frame), features_col=features, epochs=4, verbose=0).history == want
+    assert want["accuracy"][-1] > want["accuracy"][0] + 0.3
+    want = distributed.model.predict(x, verbose=0)
+    np.testing.assert_allclose(list(distributed.evaluate(ps.from_pandas(frame)).values()),
+                               list(distributed.evaluate(x, y).values()), rtol=1e-5)
+    scored = distributed.predict(ps.from_pandas(frame))
+    assert isinstance(scored, ps.DataFrame) and scored.index.name == "rowid"
+    local = scored.to_pandas().loc[frame.index]
+    np.testing.assert_allclose(np.stack(local["prediction"].to_numpy()), want, atol=1e-6)
+    np.testing.assert_array_equal(local["label"].to_numpy(), y)
+
+
 _SCALE = 0.5  # read by the lambda below as a global of this module, as a notebook's lambda reads its own
 
 

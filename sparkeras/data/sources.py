@@ -12,8 +12,9 @@ import itertools
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, replace
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -22,8 +23,9 @@ from sparkeras.data.columns import ColumnSpec
 from sparkeras.errors import InputError
 
 ACCEPTED = (
-    "numpy arrays (x=, y=), a pandas DataFrame, an RDD of (features, label) pairs, "
-    "a Spark DataFrame, or a path to Parquet (or CSV, JSON, ORC, Delta) data"
+    "numpy arrays (x=, y=), a pandas DataFrame, an Arrow table (or any frame with Arrow's "
+    "__arrow_c_stream__: Polars, DuckDB), an RDD of (features, label) pairs, a Spark or pandas-on-Spark "
+    "DataFrame, or a path to Parquet (or CSV, JSON, ORC, Delta) data"
 )
 
 
@@ -71,8 +73,12 @@ def describe_source(data: Any) -> str:
         return f"Spark DataFrame [{', '.join(data.columns)}]"
     if isinstance(data, RDD):
         return "Spark RDD"
+    if is_pandas_on_spark(data):
+        return f"pandas-on-Spark DataFrame [{', '.join(map(str, data.columns))}]"
     if type(data).__module__.startswith("pandas"):
         return f"pandas DataFrame [{', '.join(map(str, data.columns))}]"
+    if _is_arrow_stream(data):
+        return f"{type(data).__name__} [{', '.join(pa.table(data).column_names)}]"
     return "numpy arrays"
 
 
@@ -93,15 +99,50 @@ def as_dataset(
         raise InputError(f"No data given: pass {ACCEPTED}.")
     if isinstance(data, DataFrame):
         return Dataset(data, features_col, label_col)
+    if is_pandas_on_spark(data):  # its index is no feature: pandas-on-Spark's advice that it is lost is noise here
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return Dataset(data.to_spark(), features_col, label_col)
     if isinstance(data, (str, os.PathLike)):
         return Dataset(read_data(spark, os.fspath(data)), features_col, label_col)
     if isinstance(data, RDD):
         return Dataset(None, features_col, label_col, pairs=pair_rdd(data, features_col, label_col))
     if _is_pandas(data):
         return Dataset(None, features_col, label_col, pa.Table.from_pandas(data, preserve_index=False))
+    if _is_arrow_stream(data):
+        return Dataset(None, features_col, label_col, pa.table(data))
     if isinstance(data, (np.ndarray, Mapping, list, tuple)):
         return _numpy_dataset(spark, data, y, features_col, label_col, num_partitions)
-    raise InputError(f"Cannot train on a {type(data).__name__}; pass {ACCEPTED}.")
+    kind = type(data)
+    raise InputError(f"Cannot train on a {kind.__module__}.{kind.__qualname__}; pass {ACCEPTED}.")
+
+
+def is_pandas_on_spark(data: Any) -> bool:
+    """A ``pyspark.pandas`` DataFrame: its rows are in Spark, and ``to_spark()`` gives them as a Spark DataFrame."""
+    return type(data).__module__.startswith("pyspark.pandas") and hasattr(data, "to_spark")
+
+
+def pandas_on_spark_frame(data: Any) -> tuple[Any, Callable[[Any], Any]]:
+    """A pandas-on-Spark DataFrame as a Spark DataFrame with its index as columns, and the way back.
+
+    Predictions come back as pandas-on-Spark with the input's index, so they
+    line up with the input as pandas users align frames (``to_spark()`` alone
+    drops the index, and ``pandas_api()`` would number the rows anew).
+    """
+    names = [f"__index_level_{i}__" for i in range(data.index.nlevels)]
+    frame = data.to_spark(index_col=names)
+
+    def back(result: Any) -> Any:
+        out = result.pandas_api(index_col=names)
+        out.index.names = list(data.index.names)
+        return out
+
+    return frame, back
+
+
+def _is_arrow_stream(data: Any) -> bool:
+    """Tabular data that hands its rows over Arrow's C stream interface (pyarrow, Polars, DuckDB...)."""
+    return hasattr(data, "__arrow_c_stream__") and not isinstance(data, (np.ndarray, Mapping, list, tuple))
 
 
 _EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "csv", ".json": "json",
