@@ -51,7 +51,7 @@ def get_spark(master: str | None = None, app_name: str = "sparkeras") -> Any:
     """
     from pyspark.sql import SparkSession
 
-    active = SparkSession.getActiveSession()
+    active = running_session()
     if active is not None and master is None:
         return active
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -69,6 +69,28 @@ def get_spark(master: str | None = None, app_name: str = "sparkeras") -> Any:
     spark.sparkContext.setLogLevel("ERROR")
     start_python_workers(spark)
     return spark
+
+
+def running_session() -> Any:
+    """This thread's active SparkSession, else the process's default one; ``None`` when there is neither.
+
+    The active session is per thread: in a thread of the user's (the pool
+    in which ``CrossValidator(parallelism=...)`` fits its models, a
+    ``ThreadPoolExecutor``) there is none, though the user's session runs.
+    :func:`get_spark` then started "a new one" through the builder, which
+    handed back the running session with sparkeras' local options applied
+    to its SQL settings (``spark.sql.shuffle.partitions`` set to 8 in the
+    user's own session), Spark's "Using an existing Spark session" warning
+    on the terminal, and a socket folder made for nothing, every fit.
+    """
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    default = getattr(SparkSession, "_instantiatedSession", None)  # what SparkSession.active() falls back to
+    context = getattr(default, "_sc", None)
+    return default if context is not None and getattr(context, "_jsc", None) is not None else None
 
 
 def _prestart_daemon(options: dict[str, str]) -> None:

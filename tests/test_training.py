@@ -141,6 +141,30 @@ def test_pandas_on_spark_and_arrow_frames_train_evaluate_and_predict_as_their_ro
     np.testing.assert_array_equal(local["label"].to_numpy(), y)
 
 
+def test_a_fit_in_a_thread_of_the_users_uses_their_session_as_it_is(spark):
+    """The active session is per thread, and in a thread of the user's (CrossValidator's pool of parallel fits, a
+    ThreadPoolExecutor) there is none: sparkeras then went through Spark's builder, which handed back the running
+    session with sparkeras' own options applied to its SQL settings (``spark.sql.shuffle.partitions`` reset)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    x, y = blobs(300, seed=3)
+    frame = spark.createDataFrame([(row.tolist(), int(label)) for row, label in zip(x, y)], ["features", "label"])
+    before = spark.conf.get("spark.sql.shuffle.partitions")
+    spark.conf.set("spark.sql.shuffle.partitions", "5")
+    try:
+        def fit(*data):
+            sm = SparkModel(mlp(seed=5), num_workers=2, seed=0)
+            return sm.fit(*data, epochs=1, verbose=0).history, sm.spark
+
+        with ThreadPoolExecutor(1) as pool:
+            fitted = [pool.submit(fit, *data).result() for data in ((frame,), (x, y))]
+        assert all(session is spark for _, session in fitted)
+        assert [len(history["loss"]) for history, _ in fitted] == [1, 1]
+        assert spark.conf.get("spark.sql.shuffle.partitions") == "5"
+    finally:
+        spark.conf.set("spark.sql.shuffle.partitions", before)
+
+
 _SCALE = 0.5  # read by the lambda below as a global of this module, as a notebook's lambda reads its own
 
 

@@ -347,12 +347,12 @@ def _packed_frame(frame: Any, columns: ColumnMap, num_partitions: int, repartiti
 
 def _packed_pairs(pairs: Any, columns: ColumnMap, num_partitions: int, repartition: bool) -> _Packing:
     """An RDD's pairs packed by the tasks that read them (:class:`sparkeras.data.sources.PairRDD`)."""
-    from pyspark.sql import SparkSession
+    from sparkeras.session import get_spark
 
     rdd, layout, rows = pairs.rdd, pairs.layout, block_rows(columns)
     if repartition or rdd.getNumPartitions() != num_partitions:
         rdd = rdd.repartition(num_partitions)
-    files = _packing_folder(SparkSession.builder.getOrCreate())
+    files = _packing_folder(get_spark())
     return _Packing(rdd.mapPartitionsWithIndex(
         lambda index, it: pack_batches(columns, layout.batches(it, rows, index), files)), files)
 
@@ -372,9 +372,10 @@ def _prepare_local(dataset: Dataset, columns: ColumnMap, num_partitions: int, de
       Spark (memory, spilling to disk) when the first epoch reads it.
     """
     from pyspark import StorageLevel
-    from pyspark.sql import SparkSession
 
-    spark = SparkSession.getActiveSession()
+    from sparkeras.session import get_spark
+
+    spark = get_spark()
     sc = spark.sparkContext
     files = _packing_folder(spark)
     table = dataset.table.select(columns.columns).combine_chunks()
