@@ -248,13 +248,14 @@ def start_python_workers(spark: Any) -> threading.Thread | None:
     adopt_preloaded_workers(spark)
     slots = default_parallelism(sc)
     waves = [1, slots] if is_local(sc.master) and slots > 1 else [slots]
+    started = functools.partial(_worker_started, driver_backend())
 
     def submit() -> None:
         try:
             sc.setJobGroup("sparkeras-start", "sparkeras: starting the Python workers", interruptOnCancel=False)
             with _CONSOLE_PAUSED.held(spark):  # a user's session draws bars; these jobs are sparkeras' own
                 for tasks in waves:
-                    sc.parallelize(range(tasks), tasks).mapPartitions(_worker_started).collect()
+                    sc.parallelize(range(tasks), tasks).mapPartitions(started).collect()
         except Exception:  # noqa: BLE001 - the first Python task starts the workers instead
             pass
 
@@ -327,13 +328,24 @@ def workers_preloaded(spark: Any) -> bool:
         return False
 
 
-def _worker_started(_: Iterator[int]) -> Iterator[int]:
-    """Executor side: this Python worker's process id (it exists, which is the point), with its backend imported
-    when the daemon did not preload it (:func:`sparkeras.worker.runtime.import_backend_early`)."""
+def driver_backend() -> str:
+    """The Keras backend of this driver's fits: Keras' own once it is imported, else what it will pick."""
+    try:
+        return sys.modules["keras"].backend.backend()
+    except (KeyError, AttributeError):  # not imported (or still importing in another thread)
+        pass
+    from sparkeras.worker.daemon import configured_backend
+
+    return configured_backend()
+
+
+def _worker_started(backend: str, _: Iterator[int]) -> Iterator[int]:
+    """Executor side: this Python worker's process id (it exists, which is the point), with the driver's
+    ``backend`` imported when the daemon did not preload one (:func:`sparkeras.worker.runtime.import_backend_early`)."""
     try:
         from sparkeras.worker.runtime import import_backend_early
 
-        import_backend_early()
+        import_backend_early(backend)
     except Exception:  # noqa: BLE001 - the first real task imports it and reports any error
         pass
     return iter([os.getpid()])

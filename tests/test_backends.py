@@ -90,6 +90,25 @@ def test_a_worker_without_the_drivers_backend_names_the_extra_to_install(tmp_pat
     assert "cannot import 'jax': install it on every executor with pip install 'sparkeras[jax]'" in proc.stderr
 
 
+def test_the_session_start_imports_the_drivers_backend_in_executors_that_name_none(tmp_path):
+    """On a cluster the executors do not have the driver's ``KERAS_BACKEND``: the workers that the session's start
+    warms imported TensorFlow, and the driver's JAX fit was refused by them ("already imported Keras with
+    'tensorflow'"). They import the driver's backend, which the start job carries."""
+    import keras
+
+    from sparkeras.session import driver_backend
+
+    assert driver_backend() == keras.backend.backend()
+    pytest.importorskip("jax")
+    env = dict(os.environ, KERAS_HOME=str(tmp_path))  # no keras.json: Keras' own default, TensorFlow
+    env.pop("KERAS_BACKEND", None)
+    script = ("import sys; from sparkeras.session import _worker_started; list(_worker_started('jax', iter([0]))); "
+              "print('backend:', sys.modules['keras'].backend.backend())")
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "backend: jax" in done.stdout, done.stdout
+
+
 def test_on_jax_the_driver_serializes_and_saves_without_importing_tensorflow(tmp_path):
     """Keras' serialization imports TensorFlow (when installed) to test values against its types, whatever
     the backend; the driver's model spec and saved model must not, and the model must come back the same."""

@@ -144,7 +144,7 @@ def _configure(backend: str, cpus: int, gpus: tuple[str, ...] | None = None) -> 
     _configured_threads = cpus
 
 
-def import_backend_early(hold_seconds: float = HOLD_SECONDS) -> str | None:
+def import_backend_early(backend: str | None = None, hold_seconds: float = HOLD_SECONDS) -> str | None:
     """Executor side, when the session starts: import the backend that the daemon does not preload.
 
     Why. :mod:`sparkeras.worker.daemon` imports TensorFlow before it forks
@@ -156,6 +156,10 @@ def import_backend_early(hold_seconds: float = HOLD_SECONDS) -> str | None:
     the session starts, after the fork, as the first task's would. Not on a
     machine with an NVIDIA driver, where a worker's GPUs are those its
     first real task is given. Returns the backend imported, or ``None``.
+
+    ``backend`` is the driver's: on a cluster the executors do not have the
+    driver's ``KERAS_BACKEND``, and a worker that imported the backend its
+    own environment named (TensorFlow) refused the driver's JAX fit.
 
     A worker that imported in an earlier task of the session's start keeps
     its task for ``hold_seconds``: returned at once, the executor handed it
@@ -171,7 +175,7 @@ def import_backend_early(hold_seconds: float = HOLD_SECONDS) -> str | None:
         return None
     if "keras" in sys.modules or has_nvidia_driver():
         return None  # preloaded by the daemon, or a GPU machine
-    backend = configured_backend()
+    backend = backend or configured_backend()
     configure(backend)
     _imported_early = True
     return backend
