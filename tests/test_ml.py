@@ -286,6 +286,32 @@ def test_estimator_errors_name_the_problem(spark):
         KerasModel(model=mlp(dim=4, classes=3)).transform(strings)
 
 
+def test_validation_indicator_col_holds_out_the_marked_rows_and_scores_them_every_epoch(spark):
+    """Spark ML's ``validationIndicatorCol``: the estimator trains on the unmarked rows and reports ``val_``
+    figures on the marked ones, as a SparkModel fit given those rows as validation data does."""
+    from pyspark.sql import functions as F
+
+    from sparkeras import SparkModel
+
+    x, y = blobs(600, dim=4, classes=3, seed=3)
+    frame = spark.createDataFrame([(r.tolist(), int(label), i % 4 == 0) for i, (r, label) in enumerate(zip(x, y))],
+                                  ["features", "label", "held_out"]).repartition(2)
+    fitted = KerasEstimator(model=mlp(dim=4, classes=3, seed=2), epochs=2, numWorkers=2, seed=1,
+                            validationIndicatorCol="held_out").fit(frame)
+    want = SparkModel(mlp(dim=4, classes=3, seed=2), num_workers=2, seed=1).fit(
+        frame.filter(~F.col("held_out")), validation_data=frame.filter(F.col("held_out")), epochs=2, verbose=0)
+    assert fitted.history.history == want.history and len(want.history["val_loss"]) == 2
+
+    estimator = KerasEstimator(model=mlp(dim=4, classes=3), numWorkers=2)
+    with pytest.raises(InputError, match=r"validationIndicatorCol='label' has type bigint; it must be boolean"):
+        estimator.copy({estimator.validationIndicatorCol: "label"}).fit(frame)
+    with pytest.raises(InputError, match=r"validationIndicatorCol='marked' is not a column of the training data; "
+                                         r"it has features, label, held_out"):
+        estimator.copy({estimator.validationIndicatorCol: "marked"}).fit(frame)
+    with pytest.raises(InputError, match=r"Set either validationIndicatorCol or validationSplit, not both"):
+        estimator.copy({estimator.validationIndicatorCol: "held_out", estimator.validationSplit: 0.2}).fit(frame)
+
+
 def test_the_same_transform_runs_on_a_streaming_dataframe(spark, tmp_path):
     from pyspark.sql import functions as F
 

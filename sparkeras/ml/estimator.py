@@ -26,7 +26,7 @@ from pyspark import keyword_only
 from pyspark.ml import Estimator, Model
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import (HasFeaturesCol, HasLabelCol, HasPredictionCol, HasRawPredictionCol, HasSeed,
-                                     HasWeightCol)
+                                     HasValidationIndicatorCol, HasWeightCol)
 from pyspark.ml.util import DefaultParamsReader, DefaultParamsWriter, MLReadable, MLReader, MLWritable, MLWriter
 
 from sparkeras.data.columns import split_columns
@@ -72,7 +72,8 @@ class _KerasStage(MLWritable, MLReadable):
         return _KerasReader(cls)
 
 
-class KerasEstimator(_InferenceParams, HasLabelCol, HasSeed, HasWeightCol, Estimator, _KerasStage):
+class KerasEstimator(_InferenceParams, HasLabelCol, HasSeed, HasWeightCol, HasValidationIndicatorCol, Estimator,
+                     _KerasStage):
     """Train a compiled Keras model on a DataFrame with sparkeras, as a Spark ML Estimator.
 
     Args:
@@ -92,6 +93,10 @@ class KerasEstimator(_InferenceParams, HasLabelCol, HasSeed, HasWeightCol, Estim
             ``""`` leaves them out. A classifier of more classes has it only
             when this Param is set.
         epochs, batchSize, validationSplit: as in ``model.fit``.
+        validationIndicatorCol: a boolean column that marks the validation rows,
+            as in Spark ML's gradient-boosted trees: the fit trains on the other
+            rows and reports ``val_`` metrics on these every epoch (in place of
+            ``validationSplit``). Unset or ``""``: every row trains.
         numWorkers: Spark tasks that train together (0: one per task slot, on a local
             master at most one per core). When
             ``CrossValidator``/``TrainValidationSplit`` fit several grid points at once
@@ -153,6 +158,7 @@ class KerasEstimator(_InferenceParams, HasLabelCol, HasSeed, HasWeightCol, Estim
                  learningRate: float | None = None, optimizer: str | None = None, loss: str | None = None,
                  metrics: list[str] | None = None, seed: int | None = None, verbose: int = 0,
                  classWeight: dict | None = None, weightCol: str | None = None,
+                 validationIndicatorCol: str | None = None,
                  mlflowExperiment: str | None = None, callbacks: list | None = None) -> None:
         super().__init__()
         self._setDefault(labelCol="label", epochs=1, numWorkers=0, validationSplit=0.0, strategy="averaging",
@@ -177,6 +183,7 @@ class KerasEstimator(_InferenceParams, HasLabelCol, HasSeed, HasWeightCol, Estim
 
             tracker = MLflowLogger(experiment=self.getOrDefault(self.mlflowExperiment),
                                    run_name=f"KerasEstimator-{self.uid}")
+        dataset, validation = self._validation_rows(dataset)
         keras_model = self._fresh_model()
         options = dict(self.getOrDefault(self.strategyOptions) or {})
         callbacks = [copy.copy(c) for c in (self.getOrDefault(self.callbacks) if self.isDefined(self.callbacks)
@@ -187,7 +194,7 @@ class KerasEstimator(_InferenceParams, HasLabelCol, HasSeed, HasWeightCol, Estim
                                  seed=self.getOrDefault(self.seed), **options)
             history = trainer.fit(dataset, epochs=self.getOrDefault(self.epochs), batch_size=self.getBatchSize(),
                                   validation_split=self.getOrDefault(self.validationSplit),
-                                  features_col=split_columns(self.getFeaturesCol()),
+                                  validation_data=validation, features_col=split_columns(self.getFeaturesCol()),
                                   label_col=self.getLabelCol(), verbose=self.getOrDefault(self.verbose),
                                   callbacks=callbacks + ([tracker] if tracker is not None else []),
                                   class_weight=self._class_weight(),
@@ -201,6 +208,32 @@ class KerasEstimator(_InferenceParams, HasLabelCol, HasSeed, HasWeightCol, Estim
             tracker.log_spark_ml_model(fitted)
             tracker.wait()  # the run is complete when fit returns
         return fitted
+
+    def _validation_rows(self, dataset: Any) -> tuple[Any, Any]:
+        """``(training rows, validation rows)`` as ``validationIndicatorCol`` marks them; ``(dataset, None)`` unset.
+
+        Checked before any work: the column exists and is boolean, and
+        ``validationSplit`` is not asked for as well.
+        """
+        from pyspark.sql.types import BooleanType
+
+        column = self.getValidationIndicatorCol() if self.isDefined(self.validationIndicatorCol) else ""
+        if not column:
+            return dataset, None
+        if column not in dataset.columns:
+            raise InputError(f"validationIndicatorCol={column!r} is not a column of the training data; it has "
+                             f"{', '.join(dataset.columns)}.")
+        kind = dataset.schema[column].dataType
+        if not isinstance(kind, BooleanType):
+            raise InputError(f"validationIndicatorCol={column!r} has type {kind.simpleString()}; it must be boolean "
+                             f"(true marks a validation row), e.g. F.col({column!r}) == 1.")
+        if self.getOrDefault(self.validationSplit):
+            raise InputError("Set either validationIndicatorCol or validationSplit, not both: "
+                             f"validationIndicatorCol={column!r} already marks the validation rows.")
+        from pyspark.sql import functions as F
+
+        marked = F.coalesce(F.col(column), F.lit(False))  # a null marks no validation row
+        return dataset.filter(~marked), dataset.filter(marked)
 
     def _class_weight(self) -> dict | None:
         """``classWeight`` with class ids as ints again: Spark ML's JSON metadata stores dict keys as strings."""
