@@ -15,6 +15,7 @@ value comes back to the driver.
 from __future__ import annotations
 
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -159,12 +160,33 @@ class WorkerContext:
         return self._collective.transport
 
     def allreduce(self, array: Any, op: str = "mean") -> np.ndarray:
-        """``op`` (``mean``, ``sum``, ``max``, ``min``) of ``array`` over all ranks."""
-        return self._collective.allreduce(np.asarray(array), op)
+        """``op`` (``mean``, ``sum``, ``max``, ``min``) of ``array`` over all ranks (one shape and dtype on all)."""
+        array = np.asarray(array)
+        self._check_alike(array, "allreduce")
+        return self._collective.allreduce(array, op)
 
     def broadcast(self, array: Any, root: int = 0) -> np.ndarray:
-        """Rank ``root``'s ``array`` on every rank."""
-        return self._collective.broadcast(np.asarray(array), root)
+        """Rank ``root``'s ``array`` on every rank; every rank passes an array of its shape and dtype."""
+        array = np.asarray(array)
+        self._check_alike(array, "broadcast")
+        return self._collective.broadcast(array, root)
+
+    def _check_alike(self, array: np.ndarray, collective: str) -> None:
+        """Refuse, on every rank at once, arrays whose shape or dtype differ between the ranks.
+
+        The collectives reduce buffers of one size: a rank's 3 values summed
+        with another's 4 gave a wrong answer in silence. One small collective
+        of a digest of the shape and dtype (its maximum and, negated, its
+        minimum) tells every rank the same thing, so they all raise and none
+        waits in the next collective.
+        """
+        digest = zlib.crc32(f"{array.shape}|{array.dtype.str}".encode())
+        seen = self._collective.allreduce(np.array([digest, -digest], dtype=np.int64), "max")
+        if int(seen[0]) != -int(seen[1]):
+            raise InputError(
+                f"ctx.{collective} was given arrays of different shapes or dtypes on the ranks: rank {self.rank} "
+                f"passed shape {array.shape} of {array.dtype}. Every rank must pass one shape and dtype to each "
+                f"collective, in the same order.")
 
     def barrier(self) -> None:
         """Wait until every rank gets here."""

@@ -36,7 +36,7 @@ class FitCancelled(SparkerasError, RuntimeError):
 _INPUT_ERROR = re.compile(r"sparkeras\.errors\.InputError: (.*)")
 # Spark 4 names the error class; 3.5 says only how the job was cancelled.
 _CANCELLED = re.compile(r"SPARK_JOB_CANCELLED|cancelled (?:as )?part of cancell(?:ed|ation of)")
-_JVM_FRAMES = ("at org.apache", "at java.", "at scala.", "at jdk.")
+_JVM_FRAMES = ("at org.apache", "at java.", "at scala.", "at jdk.", "at py4j.", "SQLSTATE:")
 _EXCEPTION_LINE = re.compile(r"^:?\s*([\w.$]+(?:Error|Exception)): (.+)$")
 
 
@@ -57,7 +57,7 @@ def worker_error(exc: BaseException, doing: str) -> Exception:
     start = text.find("Traceback (most recent call last)")
     detail = text[start:] if start >= 0 else text
     lines = [ln for ln in detail.splitlines() if not ln.lstrip().startswith(_JVM_FRAMES)]
-    return WorkerError(f"A Spark task failed while {doing}. The worker's traceback:\n" + "\n".join(lines))
+    return WorkerError(f"A Spark task failed while {doing}. The worker's traceback:\n" + "\n".join(lines).rstrip())
 
 
 def failure_reason(exc: BaseException) -> str:

@@ -68,8 +68,28 @@ def test_run_surfaces_the_workers_error(spark):
             raise ValueError("rank one cannot go on")
         return 1
 
-    with pytest.raises(sparkeras.WorkerError, match="rank one cannot go on"):
+    with pytest.raises(sparkeras.WorkerError, match="rank one cannot go on") as failed:
         sparkeras.run(fn, num_workers=2, timeout=20)
+    message = str(failed.value)  # the Python traceback, none of Spark's error class or JVM frames after it
+    assert message.endswith("ValueError: rank one cannot go on"), message
+    assert "SQLSTATE" not in message and "at py4j" not in message and "\tat " not in message, message
+
+
+def test_arrays_of_different_shapes_or_dtypes_are_refused_on_every_rank_not_reduced(spark):
+    """A rank's 3 values reduced with another's 4 gave rank 0 an answer in silence; now every rank refuses."""
+    def shapes(ctx):
+        return ctx.allreduce(np.zeros(3 if ctx.rank == 0 else 4), op="sum")
+
+    with pytest.raises(InputError, match=r"ctx\.allreduce was given arrays of different shapes or dtypes on the "
+                                         r"ranks: rank [01] passed shape \([34],\) of float64"):
+        sparkeras.run(shapes, num_workers=2, timeout=30)
+
+    def dtypes(ctx):
+        alike = ctx.allreduce(np.ones((2, 2)), op="sum")  # the check passes arrays that agree
+        return alike.tolist(), ctx.broadcast(np.zeros(3, np.float32 if ctx.rank else np.float64))
+
+    with pytest.raises(InputError, match=r"ctx\.broadcast was given arrays of different shapes or dtypes"):
+        sparkeras.run(dtypes, num_workers=2, timeout=30)
 
 
 def test_run_refuses_more_workers_than_slots(spark):
