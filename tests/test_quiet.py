@@ -18,12 +18,17 @@ import os, sys, time
 sys.path.insert(0, {tests!r})
 print("PID", os.getpid(), flush=True)
 from conftest import blobs, mlp  # the user's own "import keras": its start-up lines are the user's
+import numpy as np
 import pandas as pd
 import sparkeras
 spark = sparkeras.get_spark("local[2]")
 x, y = blobs(400)
 sparkeras.SparkModel(mlp(), num_workers=2).fit(spark.createDataFrame(pd.DataFrame({{"features": list(x), "label": y}})),
                                               epochs=1, verbose=0)
+import keras  # a float64 model: TensorFlow warns "Not handling type DT_DOUBLE" at level 1 as it traces
+wide = keras.Sequential([keras.Input((16,), dtype="float64"), keras.layers.Dense(10, dtype="float64")])
+wide.compile("sgd", "mse")
+sparkeras.SparkModel(wide, num_workers=2).fit(x.astype("float64"), np.eye(10)[y], epochs=1, verbose=0)
 from pyspark.ml.linalg import Vectors
 rows = spark.createDataFrame([(Vectors.dense(r.tolist()), int(c)) for r, c in zip(*blobs(2000))], ["features", "label"])
 rows.limit(2).collect()  # the JVM stops reading this query's Python source early
@@ -73,8 +78,9 @@ def test_a_quiet_fit_prints_no_spark_or_worker_start_up_lines(fresh):
     for noise in ("log4j", "WARN Utils", "NativeCodeLoader", "Setting default log level", "setLogLevel",
                   "Traceback", "BrokenPipeError", "ERROR Executor", "ERROR TaskSetManager", "incubator modules"):
         assert not [line for line in err if noise in line], (noise, err)
-    # TensorFlow's C++ start-up lines ("I0000 <time> <thread id> port.cc...") come from the driver's import only.
-    native = [m.group(1) for m in (re.match(r"I\d{4} \S+\s+(\d+) ", line) for line in err) if m]
+    # TensorFlow's C++ lines ("I0000 <time> <thread id> port.cc...", and its "W0000" warnings) come from the
+    # driver's own import and Keras work only.
+    native = [m.group(1) for m in (re.match(r"[IW]\d{4} \S+\s+(\d+) ", line) for line in err) if m]
     assert set(native) <= {driver}, err
     assert sum("absl::InitializeLog" in line for line in err) <= len(native), err
 

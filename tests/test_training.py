@@ -136,7 +136,7 @@ def test_pandas_on_spark_and_arrow_frames_train_evaluate_and_predict_as_their_ro
                                list(distributed.evaluate(x, y).values()), rtol=1e-5)
     scored = distributed.predict(ps.from_pandas(frame))
     assert isinstance(scored, ps.DataFrame) and scored.index.name == "rowid"
-    local = scored.to_pandas().loc[frame.index]
+    local = scored.to_spark(index_col="rowid").toPandas().set_index("rowid").loc[frame.index]
     np.testing.assert_allclose(np.stack(local["prediction"].to_numpy()), want, atol=1e-6)
     np.testing.assert_array_equal(local["label"].to_numpy(), y)
 

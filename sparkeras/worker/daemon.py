@@ -88,9 +88,10 @@ def preload(worker_module: bool = True) -> str | None:
         return None
     gc.disable()
     try:
-        from sparkeras.worker.runtime import keras_without_extras, native_logs_wanted, native_stderr_silenced
+        from sparkeras.worker.runtime import (keras_without_extras, native_logs_wanted, native_stderr_silenced,
+                                              quiet_native_logs)
 
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        quiet_native_logs()
         with _stdout_kept_for_spark(), keras_without_extras("tensorflow"), \
                 native_stderr_silenced(not native_logs_wanted()):
             importlib.import_module("keras")  # and TensorFlow with it

@@ -118,7 +118,7 @@ def _configure(backend: str, cpus: int, gpus: tuple[str, ...] | None = None) -> 
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(cpus)
     show_native = native_logs_wanted()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_native_logs()
     if backend == "jax":  # read when jax is imported
         flags = os.environ.get("XLA_FLAGS", "")
         os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={cpus}".strip()
@@ -293,6 +293,22 @@ def native_logs_wanted() -> bool:
     lines on the user's terminal (measured with the Elephas README script).
     """
     return os.environ.get(DEBUG_ENV, "") not in ("", "0") or os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0"
+
+
+def quiet_native_logs() -> None:
+    """TensorFlow's C++ logs at errors only (``TF_CPP_MIN_LOG_LEVEL=2``), unless the user asked for more.
+
+    Set before the backend's import, which reads it. A level the process
+    inherited is kept, except 1: JAX sets it on import, and TensorFlow
+    imports JAX when it is installed (:func:`native_logs_wanted`), so a
+    driver that imported Keras before its session handed its workers a 1
+    nobody asked for, and each worker printed TensorFlow's runtime warnings
+    on the user's terminal (a float64 model: "Not handling type DT_DOUBLE",
+    two lines per worker and traced function). ``SPARKERAS_DEBUG`` keeps it.
+    """
+    level = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
+    if level is None or (level == "1" and os.environ.get(DEBUG_ENV, "") in ("", "0")):
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
 
 
 @contextlib.contextmanager
