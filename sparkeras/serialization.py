@@ -159,6 +159,8 @@ class ModelSpec:
     key: str
     custom_objects: dict[str, Any] | None = None
     architecture: str = ""
+    floatx: str = "float32"
+    """The driver's ``keras.config.floatx()``, which a worker trains and scores under (:meth:`in_its_floatx`)."""
 
     @property
     def training_key(self) -> str:
@@ -174,10 +176,12 @@ class ModelSpec:
             _keep_compile_settings(model, config)
             shipped = {**_ship_lambdas(model, config), **_ship_functions(model, config)}
         _ship_vocabularies(model, config)
-        return cls.of(config, {**shipped, **(custom_objects_for(config, custom_objects) or {})} or None)
+        return cls.of(config, {**shipped, **(custom_objects_for(config, custom_objects) or {})} or None,
+                      keras.config.floatx())
 
     @classmethod
-    def of(cls, config: dict[str, Any], custom_objects: dict[str, Any] | None = None) -> "ModelSpec":
+    def of(cls, config: dict[str, Any], custom_objects: dict[str, Any] | None = None,
+           floatx: str = "float32") -> "ModelSpec":
         """The spec of a serialized model ``config``, keyed by a digest of its JSON.
 
         The JSON keeps Keras' key order, and the key covers that order.
@@ -188,11 +192,28 @@ class ModelSpec:
         output's loss after another.
         """
         text = json.dumps(config)
-        key = _digest(text)
+        mark = "" if floatx == "float32" else f"|floatx={floatx}"  # a model's metrics take the floatx it was built in
+        key = _digest(text + mark)
         # Objects shipped with the spec may be a notebook's class defined again with other code: no sharing.
         # The names are replaced in the JSON's own lists (Keras' config has tuples where JSON has lists).
-        architecture = key if custom_objects else _digest(json.dumps(_without_layer_names(json.loads(text))))
-        return cls(config=text, key=key, custom_objects=custom_objects, architecture=architecture)
+        architecture = key if custom_objects else _digest(json.dumps(_without_layer_names(json.loads(text))) + mark)
+        return cls(config=text, key=key, custom_objects=custom_objects, architecture=architecture, floatx=floatx)
+
+    def in_its_floatx(self) -> None:
+        """Executor side: make this spec's floatx Keras' own in this Python worker, before its model is used.
+
+        Why. ``keras.config.set_floatx("float64")`` on the driver is a global
+        of the driver's process alone. A worker rebuilt the layers in float64
+        (their configs name it) but Keras' loss and metric trackers, the
+        optimizer's learning rate and the data adapters' casts follow the
+        process' floatx, float32 there: a float64 model's reported loss had
+        float32's precision and its weights drifted from ``model.fit``'s by
+        1e-8. A worker runs one task at a time, so setting it per task is safe.
+        """
+        import keras
+
+        if keras.config.floatx() != self.floatx:
+            keras.config.set_floatx(self.floatx)
 
     def with_optimizer(self, optimizer: Any) -> "ModelSpec":
         """The same model compiled with another optimizer (a distributed optimizer's local one)."""
@@ -201,7 +222,7 @@ class ModelSpec:
         config = json.loads(self.config)
         with tensorflow_left_unimported():
             config.setdefault("compile_config", {})["optimizer"] = keras.saving.serialize_keras_object(optimizer)
-        return ModelSpec.of(config, self.custom_objects)
+        return ModelSpec.of(config, self.custom_objects, self.floatx)
 
     def with_moving_statistics_for(self, workers: int) -> "ModelSpec":
         """The same model, its BatchNormalization layers' ``momentum`` raised to the power ``workers``.
@@ -235,7 +256,7 @@ class ModelSpec:
             if node.get("class_name") == "BatchNormalization" and isinstance(inner, dict) \
                     and isinstance(inner.get("momentum"), (int, float)):
                 inner["momentum"] = float(inner["momentum"]) ** workers
-        return ModelSpec.of(config, self.custom_objects)
+        return ModelSpec.of(config, self.custom_objects, self.floatx)
 
     def build(self) -> Any:
         """Rebuild the compiled model, its weights zeros: every caller sets them (:func:`_without_random_draws`).
@@ -251,7 +272,7 @@ class ModelSpec:
         config = json.loads(self.config)
         import_custom_modules(config, self.custom_objects)
         _without_random_draws(config)
-        with rebuilding(config, self.custom_objects), _global_dtype_policy(config):
+        with rebuilding(config, self.custom_objects), _global_dtype_policy(config), _global_floatx(self.floatx):
             return keras.saving.deserialize_keras_object(config)
 
 
@@ -626,6 +647,22 @@ def _global_dtype_policy(config: Any) -> Iterator[None]:
         yield
     finally:
         keras.config.set_dtype_policy(previous)
+
+
+@contextlib.contextmanager
+def _global_floatx(floatx: str) -> Iterator[None]:
+    """While open, Keras' floatx is ``floatx``: a model built on the driver to check it leaves the user's alone."""
+    import keras
+
+    previous = keras.config.floatx()
+    if previous == floatx:
+        yield
+        return
+    keras.config.set_floatx(floatx)
+    try:
+        yield
+    finally:
+        keras.config.set_floatx(previous)
 
 
 _CANNOT_REBUILD = "The model cannot be rebuilt from its Keras config, as every Spark worker must rebuild it"

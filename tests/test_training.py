@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import blobs, clone, mlp, plain_fit_accuracy, tagged_jobs
+from conftest import assert_same_weights, blobs, clone, mlp, plain_fit_accuracy, tagged_jobs
 from sparkeras import InputError, SparkModel
 
 
@@ -163,6 +163,38 @@ def test_a_fit_in_a_thread_of_the_users_uses_their_session_as_it_is(spark):
         assert spark.conf.get("spark.sql.shuffle.partitions") == "5"
     finally:
         spark.conf.set("spark.sql.shuffle.partitions", before)
+
+
+def test_a_float64_floatx_trains_in_float64_on_the_workers_too(spark):
+    """``keras.config.set_floatx("float64")`` is a global of the driver's process: the workers built the float64
+    layers, but their loss trackers and optimizer ran in float32, so the history had float32's precision (2e-7
+    from ``model.fit``'s loss) and the weights drifted by 1e-8. The workers now take the driver's floatx."""
+    import keras
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(600, 4))
+    y = x @ np.array([0.5, -1.0, 2.0, 0.25]) + rng.normal(scale=0.5, size=600)
+    before = keras.config.floatx()
+    keras.config.set_floatx("float64")
+    try:
+        def build():
+            keras.utils.set_random_seed(2)
+            model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="tanh"),
+                                      keras.layers.Dense(1)])
+            model.compile(keras.optimizers.SGD(0.05), "mse", metrics=["mae"])
+            return model
+
+        plain = build()
+        want = plain.fit(x, y, epochs=2, batch_size=32, shuffle=False, verbose=0).history
+        sm = SparkModel(build(), num_workers=1)
+        got = sm.fit(x, y, epochs=2, batch_size=32, shuffle=False, verbose=0).history
+    finally:
+        keras.config.set_floatx(before)
+    assert sorted(got) == sorted(want) == ["loss", "mae"]
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-8)
+    assert all(w.dtype == np.float64 for w in sm.model.get_weights())
+    assert_same_weights(sm.model, plain, atol=1e-8)
 
 
 _SCALE = 0.5  # read by the lambda below as a global of this module, as a notebook's lambda reads its own

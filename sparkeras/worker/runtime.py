@@ -410,6 +410,7 @@ def keras_without_extras(backend: str = "tensorflow") -> Iterator[None]:
 def model(spec: ModelSpec) -> Any:
     """The compiled Keras model for ``spec``, built once per Python worker."""
     key = spec.training_key
+    spec.in_its_floatx()
     with _lock:
         cached = _models.get(key)
         if cached is not None:
@@ -515,6 +516,7 @@ def inference_model(spec: ModelSpec, weights_id: str, weights: Any) -> Any:
     while len(_inference_stats) > _STATS_KEPT:
         _inference_stats.popitem(last=False)
     stats["tasks"] += 1
+    spec.in_its_floatx()
     entry = _inference.get(spec.key)
     if entry is not None and entry[1] == weights_id:
         _inference.move_to_end(spec.key)
