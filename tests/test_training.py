@@ -192,7 +192,7 @@ def test_a_float64_floatx_trains_in_float64_on_the_workers_too(spark):
         keras.config.set_floatx(before)
     assert sorted(got) == sorted(want) == ["loss", "mae"]
     for key in want:
-        np.testing.assert_allclose(got[key], want[key], rtol=1e-8)
+        np.testing.assert_allclose(got[key], want[key], rtol=3e-8)  # 6e-8 and more before
     assert all(w.dtype == np.float64 for w in sm.model.get_weights())
     assert_same_weights(sm.model, plain, atol=1e-8)
 
