@@ -119,10 +119,11 @@ def test_pandas_on_spark_and_arrow_frames_train_evaluate_and_predict_as_their_ro
     frame.index = pd.Index(np.arange(len(x))[::-1] * 3 + 7, name="rowid")
     features = [c for c in frame.columns if c != "label"]
     fitted = {}
-    for name, data in [("pandas", frame), ("arrow", pa.Table.from_pandas(frame, preserve_index=False))]:
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    for name, data in [("pandas", frame), ("arrow", table), ("stream", table.to_reader(max_chunksize=64))]:
         sm = SparkModel(mlp(seed=5), num_workers=2, seed=0)
         fitted[name] = sm.fit(data, features_col=features, epochs=2, verbose=0, validation_split=0.2).history
-    assert fitted["arrow"] == fitted["pandas"] and "val_loss" in fitted["arrow"]
+    assert fitted["arrow"] == fitted["stream"] == fitted["pandas"] and "val_loss" in fitted["arrow"]
     stream = pa.Table.from_pandas(frame, preserve_index=False).to_reader(max_chunksize=64)
     np.testing.assert_allclose(list(sm.evaluate(stream).values()), list(sm.evaluate(frame).values()), rtol=1e-6)
 

@@ -77,8 +77,9 @@ def describe_source(data: Any) -> str:
         return f"pandas-on-Spark DataFrame [{', '.join(map(str, data.columns))}]"
     if type(data).__module__.startswith("pandas"):
         return f"pandas DataFrame [{', '.join(map(str, data.columns))}]"
-    if _is_arrow_stream(data):
-        return f"{type(data).__name__} [{', '.join(pa.table(data).column_names)}]"
+    if _is_arrow_stream(data):  # named without reading it: a stream of batches is read once, by the fit
+        names = getattr(getattr(data, "schema", None), "names", None) or list(getattr(data, "columns", []))
+        return f"{type(data).__name__} [{', '.join(map(str, names))}]"
     return "numpy arrays"
 
 
