@@ -175,8 +175,9 @@ def test_a_float64_floatx_trains_in_float64_on_the_workers_too(spark):
     rng = np.random.default_rng(4)
     x = rng.normal(size=(600, 4))
     y = x @ np.array([0.5, -1.0, 2.0, 0.25]) + rng.normal(scale=0.5, size=600)
-    before = keras.config.floatx()
+    before, policy = keras.config.floatx(), keras.config.dtype_policy()
     keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")  # a policy another test set no longer follows floatx
     try:
         def build():
             keras.utils.set_random_seed(2)
@@ -191,6 +192,7 @@ def test_a_float64_floatx_trains_in_float64_on_the_workers_too(spark):
         got = sm.fit(x, y, epochs=2, batch_size=32, shuffle=False, verbose=0).history
     finally:
         keras.config.set_floatx(before)
+        keras.config.set_dtype_policy(policy)
     assert sorted(got) == sorted(want) == ["loss", "mae"]
     for key in want:
         np.testing.assert_allclose(got[key], want[key], rtol=3e-8)  # 6e-8 and more before
