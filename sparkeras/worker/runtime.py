@@ -292,7 +292,12 @@ def native_logs_wanted() -> bool:
     a 1 they never asked for, and every cold worker printed its start-up
     lines on the user's terminal (measured with the Elephas README script).
     """
-    return os.environ.get(DEBUG_ENV, "") not in ("", "0") or os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0"
+    return debug_asked() or os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0"
+
+
+def debug_asked() -> bool:
+    """Whether ``SPARKERAS_DEBUG`` asks for debug output (the CLI's ``--debug`` sets it)."""
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
 def quiet_native_logs() -> None:
@@ -307,7 +312,7 @@ def quiet_native_logs() -> None:
     two lines per worker and traced function). ``SPARKERAS_DEBUG`` keeps it.
     """
     level = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
-    if level is None or (level == "1" and os.environ.get(DEBUG_ENV, "") in ("", "0")):
+    if level is None or (level == "1" and not debug_asked()):
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
 
 
