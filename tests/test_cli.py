@@ -199,12 +199,17 @@ def _free_port():
     (["--mlflow-experiment", " "], "--mlflow-experiment needs a value."),
 ])
 def test_argument_mistakes_fail_before_spark_or_tensorflow_start(files, args, message):
-    tmp = files[0]
+    _fails_before_spark_or_tensorflow(files[0], "train", args, message)
+
+
+def _fails_before_spark_or_tensorflow(tmp, command, args, message):
     (tmp / "corrupt.keras").write_bytes(b"PK\x03\x04 not really a zip")
     (tmp / "exists.keras").write_bytes(b"precious")
     port = _free_port()
     base = {"--model": str(tmp / "untrained.keras"), "--data": str(tmp / "train.parquet"),
             "--output": str(tmp / "new.keras"), "--features": "pixels", "--label": "digit"}
+    if command == "tune" and "--param" not in args:
+        base["--param"] = "learning_rate=1e-3:1e-1:log"
     given = [a.format(tmp=tmp, port=port) for a in args]
     if "--images" in given:
         del base["--data"]
@@ -212,13 +217,103 @@ def test_argument_mistakes_fail_before_spark_or_tensorflow_start(files, args, me
         if flag not in given:
             given += [flag, value]
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable)
-    res = subprocess.run([sys.executable, "-c", CHECK_ONLY, "train", *given], capture_output=True, text=True,
+    res = subprocess.run([sys.executable, "-c", CHECK_ONLY, command, *given], capture_output=True, text=True,
                          timeout=120, env=env)
     assert res.stdout.strip().splitlines()[-1] == "IMPORTED False False 2", res.stdout + res.stderr
-    assert res.stderr.startswith("sparkeras train: error: ") and message.format(tmp=tmp, port=port) in res.stderr, \
-        res.stderr
+    assert res.stderr.startswith(f"sparkeras {command}: error: ") and message.format(tmp=tmp, port=port) \
+        in res.stderr, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     assert (tmp / "exists.keras").read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--param", "learning_rate"], "--param takes NAME=RANGE, e.g. learning_rate=1e-4:1e-1:log; got 'learning_rate'."),
+    (["--param", "learning_rate=0.1:0.01"], "--param learning_rate=0.1:0.01: needs LOW < HIGH."),
+    (["--param", "learning_rate=0:0.1:log"], "--param learning_rate=0:0.1:log: needs LOW < HIGH and LOW > 0 on a "
+                                             "log scale."),
+    (["--param", "rate=low:0.5"], "--param rate=low:0.5: 'low' is not a number; a range is LOW:HIGH of numbers."),
+    (["--param", "units=8,,16"], "--param units=8,,16 has an empty choice"),
+    (["--param", "a=1,2", "--param", "a=3,4"], "--param a is given twice; give each hyperparameter once."),
+    (["--metric", "val_top5"], "--metric val_top5: say whether higher or lower is better with --direction"),
+    (["--trials", "0"], "--trials must be a positive integer, got 0."),
+    (["--storage", "search.db"], "--storage must be a database URL such as sqlite:///search.db, got 'search.db'."),
+    (["--validation", "{tmp}/train.parquet", "--validation-split", "0.2"],
+     "--validation and --validation-split both say what to score trials on; give one."),
+    (["--output", "{tmp}/exists.keras"], "--output '{tmp}/exists.keras' already exists; pass --overwrite"),
+    (["--strategy", "fancy"], "--strategy: Unknown strategy 'fancy'; choose one of"),
+])
+def test_tune_mistakes_fail_before_spark_or_tensorflow_start(files, args, message):
+    _fails_before_spark_or_tensorflow(files[0], "tune", args, message)
+
+
+def test_tune_searches_the_saved_models_settings_resumes_and_saves_the_best_trained_again(files, spark, tmp_path,
+                                                                                        capsys):
+    """``tune`` draws optimizer and layer arguments of the ``--model`` file, keeps its trials in ``--storage``
+    (a second run adds only the missing ones), and saves the best configuration trained again, printing that
+    saved model's own figures; names that are not in the model are refused, naming the ones that are."""
+    import keras
+    import optuna
+
+    from sparkeras.cli.main import main
+    from sparkeras.cli.tune import SavedModelSpace
+
+    tmp, x, y, _ = files
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu", name="hidden"),
+                              keras.layers.Dropout(0.1, name="drop"), keras.layers.Dense(4, activation="softmax",
+                                                                                           name="out")])
+    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.save(tmp_path / "start.keras")
+
+    # A trial's model: the file's weights where the drawn values keep their shapes, new ones where not.
+    space = SavedModelSpace(model, ["learning_rate", "drop.rate", "hidden.units"])
+    same = space.build({"learning_rate": 0.05, "drop.rate": 0.3, "hidden.units": 16})
+    assert float(same.optimizer.learning_rate) == pytest.approx(0.05) and same.get_layer("drop").rate == 0.3
+    assert isinstance(same.optimizer, keras.optimizers.Adam) and same.loss == model.loss
+    for mine, theirs in zip(same.weights, model.weights):
+        np.testing.assert_array_equal(np.asarray(mine), np.asarray(theirs))
+    wider = SavedModelSpace(model, ["hidden.units", "optimizer"]).build({"hidden.units": 32, "optimizer": "sgd"})
+    assert wider.get_layer("hidden").kernel.shape == (8, 32) and wider.get_layer("out").kernel.shape == (32, 4)
+    assert type(wider.optimizer).__name__ == "SGD" and model.get_layer("hidden").units == 16
+
+    val = tmp_path / "val.parquet"
+    vx, vy = blobs(600, dim=8, classes=4, seed=3, sample_seed=11)
+    spark.createDataFrame([(r.tolist(), int(c)) for r, c in zip(vx, vy)], "pixels ARRAY<FLOAT>, digit INT") \
+        .write.parquet(str(val))
+    storage = f"sqlite:///{tmp_path / 'search.db'}"
+    args = ["tune", "--model", str(tmp_path / "start.keras"), "--data", str(tmp / "train.parquet"),
+            "--validation", str(val), "--features", "pixels", "--label", "digit", "--param",
+            "learning_rate=1e-4:0.1:log", "--param", "drop.rate=0:0.4", "--epochs", "2", "--metric", "val_accuracy",
+            "--storage", storage, "--seed", "0", "--output", str(tmp_path / "best.keras")]
+    assert main([*args, "--trials", "3", "--quiet"]) == 0, capsys.readouterr().err[-3000:]
+    capsys.readouterr()
+    assert main([*args, "--trials", "4", "--overwrite"]) == 0
+    out = capsys.readouterr().out
+    trials = [ln.split()[1] for ln in out.splitlines() if ln.startswith("trial ")]
+    assert trials == ["3"], out  # the study held 3 finished trials; the second run adds the fourth only
+    study = optuna.load_study(study_name="sparkeras-tune-start", storage=storage)
+    assert len(study.trials) == 4 and study.direction == optuna.study.StudyDirection.MAXIMIZE
+    best = study.best_trial
+    assert f"best: trial {best.number}, val_accuracy=" in out
+
+    saved = keras.saving.load_model(tmp_path / "best.keras")
+    assert float(saved.optimizer.learning_rate) == pytest.approx(best.params["learning_rate"], rel=1e-6)
+    assert saved.get_layer("drop").rate == pytest.approx(best.params["drop.rate"])
+    final = json.loads(out.strip().splitlines()[-1].split("final epoch: ", 1)[1])
+    figures = saved.evaluate(vx, vy, verbose=0, return_dict=True)
+    assert final["val_accuracy"] == pytest.approx(figures["accuracy"], abs=1e-6)  # the saved model's, not the trial's
+    assert final["val_loss"] == pytest.approx(figures["loss"], rel=1e-4)
+
+    assert main(["tune", "--model", str(tmp_path / "start.keras"), "--data", str(tmp / "train.parquet"),
+                 "--features", "pixels", "--label", "digit", "--param", "dense.units=8,16",
+                 "--output", str(tmp_path / "no.keras")]) == 2
+    assert "--param dense.units: the model has no layer 'dense'; its layers are hidden, drop, out." \
+        in capsys.readouterr().err
+    assert main(["tune", "--model", str(tmp_path / "start.keras"), "--data", str(tmp / "train.parquet"),
+                 "--features", "pixels", "--label", "digit", "--param", "lr=1e-3:1e-2",
+                 "--output", str(tmp_path / "no.keras")]) == 2
+    assert "--param lr: not an argument of the model's optimizer (Adam: learning_rate," in capsys.readouterr().err
+    assert not (tmp_path / "no.keras").exists()
 
 
 def test_predict_onto_its_own_input_is_refused_and_the_input_is_intact(files, spark):
@@ -278,7 +373,7 @@ def test_train_with_strategy_options_mlflow_and_tensorboard(files, spark, tmp_pa
     assert len(tensorboard_scalars(tmp_path / "tb" / "sparkeras" / "worker_1")["worker/samples_per_second"]) == 2
 
 
-@pytest.mark.parametrize("command", ["demo", "train", "evaluate", "predict"])
+@pytest.mark.parametrize("command", ["demo", "train", "tune", "evaluate", "predict"])
 def test_help(command):
     res = _cli(command, "--help", timeout=60)
     assert res.returncode == 0 and f"usage: sparkeras {command}" in res.stdout

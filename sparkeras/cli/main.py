@@ -1,4 +1,4 @@
-"""The ``sparkeras`` command: ``demo``, ``train``, ``evaluate`` and ``predict``.
+"""The ``sparkeras`` command: ``demo``, ``train``, ``tune``, ``evaluate`` and ``predict``.
 
 Errors are one clear line on stderr and a non-zero exit code; ``--debug``
 shows the full traceback (and Spark's own logs). Every check that needs
@@ -18,16 +18,16 @@ import re
 import sys
 from typing import Any, Sequence
 
-from sparkeras.data.columns import quoted, split_columns
+from sparkeras.cli import tune as tune_command
+from sparkeras.cli.flags import (
+    add_common_flags, add_data_flags, check_strategy_flags, check_tracking, check_weight_flags, class_ids,
+    class_weights, given_columns, image_size, read_image_folder, start_session, strategy_options, table_features,
+    tracking_callbacks)
+from sparkeras.data.columns import quoted
 from sparkeras.metric_values import rounded
 
 EXIT_INPUT = 2
 EXIT_FAILURE = 1
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--master", help="Spark master URL (default: the active session, else local[*])")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks and Spark logs")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,13 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--batch-size", type=int, default=32)
     demo.add_argument("--output", default="sparkeras-demo", help="folder for the model and the plot")
     demo.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    _common(demo)
+    add_common_flags(demo)
 
     train = sub.add_parser("train", help="train a saved .keras model on Parquet data or image files",
                            description="Train a compiled .keras model on Parquet data, or on a folder of image "
                                        "files in one folder per class, and save the result.")
     train.add_argument("--model", required=True, help="compiled model, .keras file")
-    _data_flags(train, "training data: Parquet (or CSV, JSON, ORC, Delta) path, any Hadoop URI",
+    add_data_flags(train, "training data: Parquet (or CSV, JSON, ORC, Delta) path, any Hadoop URI",
                 "folder of image files, one folder per class (cats/001.jpg); the class names are saved with "
                 "the model")
     train.add_argument("--features", default=None,
@@ -86,13 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--tensorboard", metavar="DIR",
                        help="write TensorBoard event files here: Keras' epoch scalars, and each worker's under "
                             "DIR/sparkeras")
-    _common(train)
+    add_common_flags(train)
+
+    tune_command.add_tune_parser(sub)
 
     evaluate = sub.add_parser("evaluate", help="print a saved model's loss and metrics on labelled data",
                               description="Evaluate a .keras model's compiled loss and metrics over Parquet data "
                                           "or a folder of class folders, and print them as one JSON object.")
     evaluate.add_argument("--model", required=True, help="compiled model, .keras file")
-    _data_flags(evaluate, "labelled data: Parquet (or CSV, JSON, ORC, Delta) path, any Hadoop URI",
+    add_data_flags(evaluate, "labelled data: Parquet (or CSV, JSON, ORC, Delta) path, any Hadoop URI",
                 "folder of image files in class folders, numbered by the classes saved with the model")
     evaluate.add_argument("--features", default=None,
                           help="feature column(s), comma separated; default: those the model was trained on")
@@ -101,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--weight-col", metavar="COLUMN", help="a numeric column of --data that weighs each row")
     evaluate.add_argument("--batch-size", type=int, default=256)
     evaluate.add_argument("--workers", type=int, default=None)
-    _common(evaluate)
+    add_common_flags(evaluate)
 
     predict = sub.add_parser("predict", help="add a prediction column to Parquet data",
                              description="Predict with a .keras model over Parquet data; write Parquet "
@@ -109,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "classifier, the class index (prediction_class) and, where the "
                                          "model saved its class names, the name (prediction_name).")
     predict.add_argument("--model", required=True)
-    _data_flags(predict, "Parquet (or CSV, JSON, ORC, Delta) path, any Hadoop URI",
+    add_data_flags(predict, "Parquet (or CSV, JSON, ORC, Delta) path, any Hadoop URI",
                 "folder of image files; the output has their path, the prediction and, for a model trained on "
                 "class folders or class names, the class name")
     predict.add_argument("--features", default=None,
@@ -118,18 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     predict.add_argument("--prediction-col", default="prediction")
     predict.add_argument("--batch-size", type=int, default=256)
-    _common(predict)
+    add_common_flags(predict)
     return parser
-
-
-def _data_flags(p: argparse.ArgumentParser, data_help: str, images_help: str) -> None:
-    data = p.add_mutually_exclusive_group(required=True)
-    data.add_argument("--data", help=data_help)
-    data.add_argument("--images", help=images_help + "; decoded to the model's input size and channels")
-    p.add_argument("--image-size", help="HxW the images are resized to, for a model whose input size is not "
-                                        "fixed (default: the model's input size)")
-    p.add_argument("--on-error", choices=("fail", "skip"), default="fail",
-                   help="an image file that cannot be decoded: stop, naming it (fail), or leave it out (skip)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -185,7 +177,8 @@ def _run(argv: Sequence[str] | None) -> int:
             from sparkeras.cli.demo import run_demo
 
             return run_demo(args)
-        return {"train": _train, "evaluate": _evaluate, "predict": _predict}[args.command](args)
+        return {"train": _train, "tune": tune_command.run_tune, "evaluate": _evaluate,
+                "predict": _predict}[args.command](args)
     except Exception as exc:  # noqa: BLE001 - the CLI's job is to explain
         if args.debug:
             raise
@@ -200,7 +193,9 @@ _FLAGS = (("features_col=", "--features"), ("features_col", "--features"), ("lab
           ("label_col", "--label"), ("num_workers=", "--workers"), ("num_workers", "--workers"),
           ("batch_size=", "--batch-size"), ("batch_size", "--batch-size"), ("epochs=", "--epochs"),
           ("prediction_col=", "--prediction-col"), ("prediction_col", "--prediction-col"),
-          ("validation_data", "--validation"), ("overwrite=True", "--overwrite"))
+          ("validation_data", "--validation"), ("overwrite=True", "--overwrite"), ("metric=", "--metric"),
+          ("workers_per_trial=", "--workers-per-trial"), ("workers_per_trial", "--workers-per-trial"),
+          ("max_concurrent=", "--max-concurrent"), ("max_concurrent", "--max-concurrent"))
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -231,7 +226,7 @@ def check_arguments(args: argparse.Namespace) -> None:
         if args.weight_col is not None and not args.weight_col:
             raise InputError("--weight-col needs a column name.")
     if args.images:
-        _image_size(args)
+        image_size(args)
         from sparkeras.images.reader import check_image_arguments
 
         for folder, flag in [(args.images, "--images")] + ([(validation, "--validation")] if validation else []):
@@ -240,142 +235,19 @@ def check_arguments(args: argparse.Namespace) -> None:
         data_format(args.data)
         if validation:
             data_format(validation)
-    if args.command == "train":
-        from sparkeras.strategies import get_strategy
-
-        options = _strategy_options(args)
-        try:
-            get_strategy(args.strategy)
-        except InputError as exc:
-            raise InputError(f"--strategy: {exc}") from None
-        try:
-            get_strategy(args.strategy, **options)
-        except InputError as exc:
-            raise InputError(f"--strategy-option: {exc}") from None
-        _check_tracking(args, inputs)
-        _class_weight(args)
-        if args.weight_col is not None:
-            from sparkeras.data.weights import check_row_weights
-
-            if args.images:
-                raise InputError("--weight-col names a column of --data; with --images there is none. Drop it, "
-                                 "or use --class-weight.")
-            try:
-                check_row_weights(args.weight_col, None, args.data, _class_weight(args))
-            except InputError as exc:
-                raise InputError(f"--weight-col: {exc}") from None
+    if args.command == "tune":
+        tune_command.check_tune_flags(args)
+    if args.command in ("train", "tune"):
+        check_strategy_flags(args)
+        check_tracking(args, inputs)
+        check_weight_flags(args)
         check_output(args.output, kind="model", overwrite=args.overwrite, inputs=inputs, flag="--output")
-        if args.plot:
+        if getattr(args, "plot", None):
             from sparkeras.tracking.plots import check_plot_path
 
             check_plot_path(args.plot, args.overwrite, "--plot", inputs + [args.output])
     elif args.command == "predict":
         check_output(args.output, kind="table", overwrite=args.overwrite, inputs=inputs, flag="--output")
-
-
-def _strategy_options(args: argparse.Namespace) -> dict[str, object]:
-    """``--strategy-option window=8 --strategy-option outer_momentum=0.9`` as keyword arguments.
-
-    Values are read as JSON where they parse (numbers, ``true``, ``null``),
-    and kept as text otherwise.
-    """
-    from sparkeras.errors import InputError
-
-    options: dict[str, object] = {}
-    for item in args.strategy_option:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip().isidentifier():
-            raise InputError(f"--strategy-option takes KEY=VALUE, e.g. window=8; got {item!r}.")
-        try:
-            options[key.strip()] = json.loads(value)
-        except ValueError:
-            options[key.strip()] = value
-    return options
-
-
-def _check_tracking(args: argparse.Namespace, inputs: list[str]) -> None:
-    """``--mlflow-*`` needs MLflow installed; ``--tensorboard`` a folder that is not an input or a file."""
-    from sparkeras.errors import InputError
-
-    import importlib.util
-
-    if args.mlflow_experiment is not None or args.mlflow_uri is not None:
-        for flag, value in (("--mlflow-experiment", args.mlflow_experiment), ("--mlflow-uri", args.mlflow_uri)):
-            if value is not None and not value.strip():
-                raise InputError(f"{flag} needs a value.")
-        if importlib.util.find_spec("mlflow") is None:  # sparkeras.tracking.mlflow would import Keras
-            raise InputError("--mlflow-experiment and --mlflow-uri need MLflow: pip install 'sparkeras[tracking]'.")
-    if args.tensorboard is not None:
-        from sparkeras.storage.outputs import check_output
-
-        if importlib.util.find_spec("tensorboard") is None:
-            raise InputError("--tensorboard needs TensorBoard: pip install 'sparkeras[tracking]'.")
-        check_output(args.tensorboard, kind="directory", inputs=inputs, flag="--tensorboard")
-
-
-def _tracking_callbacks(args: argparse.Namespace) -> list:
-    callbacks = []
-    if args.mlflow_experiment is not None or args.mlflow_uri is not None:
-        from sparkeras.callbacks import MLflowLogger
-
-        callbacks.append(MLflowLogger(tracking_uri=args.mlflow_uri, experiment=args.mlflow_experiment,
-                                      run_name=f"sparkeras train {os.path.basename(args.model)}"))
-    if args.tensorboard is not None:
-        import keras
-
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=args.tensorboard))
-    return callbacks
-
-
-def _class_weight(args: argparse.Namespace) -> dict[int, float] | None:
-    """``--class-weight 0=1,1=9`` as Keras' ``class_weight`` dict."""
-    from sparkeras.data.weights import check_class_weight
-    from sparkeras.errors import InputError
-
-    if not args.class_weight:
-        return None
-    weights = {}
-    for item in args.class_weight.split(","):
-        key, _, value = item.partition("=")
-        try:
-            weights[int(key)] = float(value)
-        except ValueError:
-            raise InputError(f"--class-weight takes CLASS_ID=WEIGHT pairs separated by commas, e.g. 0=1,1=9; "
-                             f"got {item.strip()!r}.") from None
-    try:
-        return dict(check_class_weight(weights))
-    except InputError as exc:
-        raise InputError(f"--class-weight: {exc}") from None
-
-
-def _image_size(args: argparse.Namespace) -> tuple[int, int] | None:
-    from sparkeras.errors import InputError
-
-    if not args.image_size:
-        return None
-    parts = args.image_size.lower().split("x")
-    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise InputError(f"--image-size must be HEIGHTxWIDTH in pixels, e.g. 224x224, got {args.image_size!r}.")
-    return int(parts[0]), int(parts[1])
-
-
-def _read_images(spark, args: argparse.Namespace, model, labels: str | None, folder: str | None = None,
-                 classes: list[str] | None = None):
-    """``--images``: the folder as read_images' DataFrame, at the model's input size and channels."""
-    from sparkeras.errors import InputError
-    from sparkeras.images import read_images
-    from sparkeras.images.decode import CHANNEL_MODES
-
-    shape = tuple(model.inputs[0].shape[1:])
-    if len(model.inputs) != 1 or len(shape) not in (2, 3) or (len(shape) == 3 and shape[-1] not in CHANNEL_MODES):
-        raise InputError(f"--images needs a model with one input of shape (height, width, channels); {args.model} "
-                         f"takes {[tuple(t.shape[1:]) for t in model.inputs]}.")
-    size = _image_size(args) or (shape[0], shape[1])
-    if None in size:
-        raise InputError(f"{args.model} takes images of any size; pass --image-size HEIGHTxWIDTH.")
-    mode = CHANNEL_MODES[shape[-1] if len(shape) == 3 else 1]
-    return read_images(spark, folder or args.images, size, mode, labels=labels, on_error=args.on_error,
-                       classes=classes)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -395,48 +267,32 @@ def _one_line(exc: BaseException) -> str:
     return text
 
 
-def _session(args: argparse.Namespace):
-    from sparkeras.errors import InputError
-    from sparkeras.session import get_spark
-    from sparkeras.worker.runtime import import_keras_quietly
-
-    try:
-        spark = get_spark(args.master)
-    except Exception as exc:  # noqa: BLE001 - a JVM that would not start: say why in one line
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        raise InputError(f"Spark could not start with --master {args.master or 'local[*]'}: "
-                         f"{lines[0] if lines else type(exc).__name__}") from None
-    spark.sparkContext.setLogLevel("ERROR" if args.debug else "OFF")
-    import_keras_quietly(args.debug)
-    return spark
-
-
 def _train(args: argparse.Namespace) -> int:
     from sparkeras import SparkModel
     from sparkeras.storage.outputs import check_remote_output
 
-    spark = _session(args)
+    spark = start_session(args)
     check_remote_output(spark, args.output, overwrite=args.overwrite, flag="--output")
     sm = SparkModel.load(args.model, strategy=args.strategy, num_workers=args.workers, seed=args.seed,
-                         **_strategy_options(args))
+                         **strategy_options(args))
     data, validation = args.data, args.validation
-    features, label = _given_columns(args.features), args.label
+    features, label = given_columns(args.features), args.label
     if not args.images:
         from sparkeras.data.sources import read_data
 
         frame = read_data(spark, args.data)
         if features is None:
-            features = _table_features(frame, args)
-        data, validation = _class_ids(spark, args, sm, frame, validation)
+            features = table_features(frame, args)
+        data, validation = class_ids(spark, args, sm, frame, validation)
     if args.images:
-        data, features, label = _read_images(spark, args, sm.model, "folder"), "image", "label"
+        data, features, label = read_image_folder(spark, args, sm.model, "folder"), "image", "label"
         if validation:  # numbered by the training folders, even where it lacks one
-            validation = _read_images(spark, args, sm.model, "folder", validation,
+            validation = read_image_folder(spark, args, sm.model, "folder", validation,
                                       data.schema["label"].metadata["classes"])
-    callbacks = _tracking_callbacks(args)
+    callbacks = tracking_callbacks(args, f"sparkeras train {os.path.basename(args.model)}")
     history = sm.fit(data, epochs=args.epochs, batch_size=args.batch_size,
                      validation_data=validation, features_col=features,
-                     label_col=label, verbose=0 if args.quiet else 1, class_weight=_class_weight(args),
+                     label_col=label, verbose=0 if args.quiet else 1, class_weight=class_weights(args),
                      weight_col=args.weight_col, callbacks=callbacks)
     sm.save(args.output, overwrite=args.overwrite)
     final = {k: rounded(v[-1], 6) for k, v in history.history.items()}
@@ -454,89 +310,18 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _given_columns(value: str | None) -> str | list[str] | None:
-    """``--features`` as columns; ``None`` (not given) lets the model use the columns it was trained on."""
-    return None if value is None else split_columns(value)
-
-
-def _table_features(frame: Any, args: argparse.Namespace) -> str | list[str]:
-    """The feature columns of ``--data`` when ``--features`` is not given.
-
-    A column called ``features`` (an array or a Spark ML vector) if there is
-    one; otherwise every numeric column but the label and weight columns, in
-    the data's order, as in a CSV of scalar columns, so a user need not list
-    64 pixel columns by hand. The choice is printed and saved with the model.
-    Only the schema is used here: the fit still reads ``--data`` by its path,
-    which MLflow logs as the data source.
-    """
-    from pyspark.sql.types import NumericType
-
-    if "features" in frame.columns:
-        return "features"
-    skip = {args.label, args.weight_col}
-    numeric = [f.name for f in frame.schema.fields if isinstance(f.dataType, NumericType) and f.name not in skip]
-    if not numeric:
-        return "features"  # the usual error names the columns there are
-    shown = ", ".join(numeric) if len(numeric) <= 6 else f"{', '.join(numeric[:3])}, ..., {numeric[-1]}"
-    print(f"features: the {len(numeric)} numeric columns other than {args.label!r} ({shown})")
-    return numeric if len(numeric) > 1 else numeric[0]
-
-
-def _class_ids(spark: Any, args: argparse.Namespace, sm: Any, frame: Any, validation: str | None
-               ) -> tuple[Any, Any]:
-    """``--data`` and ``--validation`` for training: as given, or, where ``--label`` holds text, numbered.
-
-    Why. A table names its classes in a string column more often than it
-    numbers them, and a command-line user has no ``StringIndexer`` step to
-    run first. The classes are the label's distinct values in sorted order,
-    printed and saved with the model (:mod:`sparkeras.data.labels`), so
-    that ``evaluate`` numbers its labels the same way and ``predict`` writes
-    the class names. Numeric labels are left alone, and the data then keeps
-    its path (the workers read Parquet by path, and MLflow logs it).
-    """
-    from sparkeras.data.labels import is_text_column, text_classes, with_class_ids
-    from sparkeras.data.sources import read_data
-
-    if not is_text_column(frame, args.label):
-        return args.data, validation
-    classes = text_classes(frame, args.label)
-    _check_class_count(sm.model, classes, args)
-    shown = ", ".join(classes) if len(classes) <= 10 else f"{', '.join(classes[:5])}, ..., {classes[-1]}"
-    print(f"classes: the {len(classes)} values of {args.label!r}, in sorted order ({shown})")
-    data = with_class_ids(frame, args.label, classes)
-    if validation:
-        validation = with_class_ids(read_data(spark, validation), args.label, classes, "--validation")
-    return data, validation
-
-
-def _check_class_count(model: Any, classes: list[str], args: argparse.Namespace) -> None:
-    """Refuse a model whose output cannot name ``classes``: a regression, a multi-label model, or other widths."""
-    from sparkeras.errors import InputError
-    from sparkeras.inference.udf import class_outputs
-
-    outputs = class_outputs(model, "prediction")
-    width = None if outputs is None or outputs[0].multilabel else outputs[0].width
-    if width is None:
-        raise InputError(f"--label {args.label!r} holds text classes, but {args.model} is not a one-output "
-                         "classifier (a softmax over the classes, or one sigmoid unit with binary crossentropy "
-                         "for two); compile it as one, or pass a numeric --label.")
-    if max(width, 2) != len(classes):
-        raise InputError(f"--label {args.label!r} holds {len(classes)} classes {classes[:10]}, but {args.model} "
-                         f"outputs {width} unit(s); give its last layer {len(classes)} units.")
-
-
 def _evaluate(args: argparse.Namespace) -> int:
     """Print the model's compiled loss and metrics on the data as one JSON object; image folders are numbered
     by the classes saved with the model."""
     from sparkeras import SparkModel
 
-    spark = _session(args)
+    spark = start_session(args)
     sm = SparkModel.load(args.model, num_workers=args.workers)
     if args.images:
-        data = _read_images(spark, args, sm.model, "folder", classes=sm.classes)
+        data = read_image_folder(spark, args, sm.model, "folder", classes=sm.classes)
         metrics = sm.evaluate(data, features_col="image", label_col="label", batch_size=args.batch_size)
     else:
-        metrics = sm.evaluate(_labelled_by_classes(spark, args, sm), features_col=_given_columns(args.features),
+        metrics = sm.evaluate(_labelled_by_classes(spark, args, sm), features_col=given_columns(args.features),
                               label_col=args.label, batch_size=args.batch_size, weight_col=args.weight_col)
     print(json.dumps({k: rounded(v, 6) for k, v in metrics.items()}))
     return 0
@@ -562,14 +347,14 @@ def _predict(args: argparse.Namespace) -> int:
     from sparkeras.errors import worker_error
     from sparkeras.storage.outputs import check_remote_output, write_table_atomically
 
-    spark = _session(args)
+    spark = start_session(args)
     check_remote_output(spark, args.output, overwrite=args.overwrite, flag="--output")
     sm = SparkModel.load(args.model)
     if args.images:
-        out = sm.predict(_read_images(spark, args, sm.model, None), features_col="image",
+        out = sm.predict(read_image_folder(spark, args, sm.model, None), features_col="image",
                          batch_size=args.batch_size, prediction_col=args.prediction_col).drop("image")
     else:
-        out = sm.predict(args.data, features_col=_given_columns(args.features), batch_size=args.batch_size,
+        out = sm.predict(args.data, features_col=given_columns(args.features), batch_size=args.batch_size,
                          prediction_col=args.prediction_col)
     out = _with_classes(out, sm, args.prediction_col)
     try:
