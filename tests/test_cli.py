@@ -249,8 +249,9 @@ def test_tune_mistakes_fail_before_spark_or_tensorflow_start(files, args, messag
 def test_tune_searches_the_saved_models_settings_resumes_and_saves_the_best_trained_again(files, spark, tmp_path,
                                                                                         capsys):
     """``tune`` draws optimizer and layer arguments of the ``--model`` file, keeps its trials in ``--storage``
-    (a second run adds only the missing ones), and saves the best configuration trained again, printing that
-    saved model's own figures; names that are not in the model are refused, naming the ones that are."""
+    (a second run adds only the missing ones) and in MLflow, and saves the best configuration trained again,
+    printing that saved model's own figures; names that are not in the model are refused, naming the ones
+    that are."""
     import keras
     import optuna
 
@@ -285,8 +286,19 @@ def test_tune_searches_the_saved_models_settings_resumes_and_saves_the_best_trai
             "--validation", str(val), "--features", "pixels", "--label", "digit", "--param",
             "learning_rate=1e-4:0.1:log", "--param", "drop.rate=0:0.4", "--epochs", "2", "--metric", "val_accuracy",
             "--storage", storage, "--seed", "0", "--output", str(tmp_path / "best.keras")]
-    assert main([*args, "--trials", "3", "--quiet"]) == 0, capsys.readouterr().err[-3000:]
-    capsys.readouterr()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert main([*args, "--trials", "3", "--quiet", "--mlflow-uri", uri, "--mlflow-experiment", "cli-tune"]) == 0, \
+        capsys.readouterr().err[-3000:]
+    assert "mlflow run " in capsys.readouterr().out
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("cli-tune").experiment_id])
+    search = [r for r in runs if r.info.run_name == "sparkeras tune start.keras"]
+    assert len(search) == 1 and "best_val_accuracy" in search[0].data.metrics
+    assert sorted(r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == search[0].info.run_id) \
+        == ["trial-0", "trial-1", "trial-2"]
+    assert [r.info.run_name for r in runs if r.info.run_name.endswith(": best")] == ["sparkeras tune start.keras: best"]
     assert main([*args, "--trials", "4", "--overwrite"]) == 0
     out = capsys.readouterr().out
     trials = [ln.split()[1] for ln in out.splitlines() if ln.startswith("trial ")]

@@ -117,6 +117,15 @@ def tracking_callbacks(args: argparse.Namespace, run_name: str) -> list:
     return callbacks
 
 
+def report_tracking(callbacks: list, args: argparse.Namespace) -> None:
+    """After the fit: where ``--mlflow-*`` logged the model, and how to open ``--tensorboard``'s files."""
+    for callback in callbacks:
+        if hasattr(callback, "model_uri"):
+            print(f"mlflow run {callback.run.run_id}: model {callback.model_uri}")
+    if getattr(args, "tensorboard", None) is not None:
+        print(f"tensorboard: tensorboard --logdir {args.tensorboard}")
+
+
 def class_weights(args: argparse.Namespace) -> dict[int, float] | None:
     """``--class-weight 0=1,1=9`` as Keras' ``class_weight`` dict."""
     from sparkeras.data.weights import check_class_weight

@@ -21,8 +21,8 @@ from typing import Any, Sequence
 from sparkeras.cli import tune as tune_command
 from sparkeras.cli.flags import (
     add_common_flags, add_data_flags, check_strategy_flags, check_tracking, check_weight_flags, class_ids,
-    class_weights, given_columns, image_size, read_image_folder, start_session, strategy_options, table_features,
-    tracking_callbacks)
+    class_weights, given_columns, image_size, read_image_folder, report_tracking, start_session, strategy_options,
+    table_features, tracking_callbacks)
 from sparkeras.data.columns import quoted
 from sparkeras.metric_values import rounded
 
@@ -297,11 +297,7 @@ def _train(args: argparse.Namespace) -> int:
     sm.save(args.output, overwrite=args.overwrite)
     final = {k: rounded(v[-1], 6) for k, v in history.history.items()}
     print(f"saved {args.output}; final epoch: {json.dumps(final)}")
-    for callback in callbacks:
-        if hasattr(callback, "model_uri"):
-            print(f"mlflow run {callback.run.run_id}: model {callback.model_uri}")
-    if args.tensorboard is not None:
-        print(f"tensorboard: tensorboard --logdir {args.tensorboard}")
+    report_tracking(callbacks, args)
     if args.plot:
         from sparkeras.tracking.plots import plot_history
 

@@ -256,8 +256,8 @@ def run_tune(args: argparse.Namespace) -> int:
     import sparkeras
     from sparkeras import SparkModel
     from sparkeras.cli.flags import (
-        class_ids, class_weights, given_columns, read_image_folder, start_session, strategy_options, table_features,
-        tracking_callbacks)
+        class_ids, class_weights, given_columns, read_image_folder, report_tracking, start_session, strategy_options,
+        table_features, tracking_callbacks)
     from sparkeras.metric_values import rounded
     from sparkeras.storage.outputs import check_remote_output
     from sparkeras.strategies import get_strategy
@@ -315,14 +315,16 @@ def run_tune(args: argparse.Namespace) -> int:
         common.pop("validation_data")
     else:
         common.pop("validation_split")
+    callbacks = tracking_callbacks(args, f"sparkeras tune {name}: best")
     best_model = sparkeras.best_model(
-        study, models.build, data, search_space=space, strategy=strategy, num_workers=args.workers or args.workers_per_trial,
-        epochs=args.epochs, verbose=0 if args.quiet else 1,
-        callbacks=tracking_callbacks(args, f"sparkeras tune {name}: best"), **common)
+        study, models.build, data, search_space=space, strategy=strategy,
+        num_workers=args.workers or args.workers_per_trial, epochs=args.epochs, verbose=0 if args.quiet else 1,
+        callbacks=callbacks, **common)
     best_model.classes = best_model.classes or loaded.classes
     best_model.save(args.output, overwrite=args.overwrite)
     final = {k: rounded(v[-1], 6) for k, v in best_model.model.history.history.items()}
     print(f"saved {args.output}; final epoch: {json.dumps(final)}")
+    report_tracking(callbacks, args)
     return 0
 
 
