@@ -8,6 +8,7 @@ import os
 import re
 import socket
 import sys
+import time
 import threading
 from typing import Any, Callable, Iterator
 
@@ -246,16 +247,21 @@ def start_python_workers(spark: Any) -> threading.Thread | None:
     if getattr(sc, "_sparkeras_start_workers", None) is not None:
         return None
     adopt_preloaded_workers(spark)
-    slots = default_parallelism(sc)
-    waves = [1, slots] if is_local(sc.master) and slots > 1 else [slots]
     started = functools.partial(_worker_started, driver_backend())
+
+    def wave(tasks: int) -> None:
+        with _CONSOLE_PAUSED.held(spark):  # a user's session draws bars; these jobs are sparkeras' own
+            sc.parallelize(range(tasks), tasks).mapPartitions(started).collect()
 
     def submit() -> None:
         try:
             sc.setJobGroup("sparkeras-start", "sparkeras: starting the Python workers", interruptOnCancel=False)
-            with _CONSOLE_PAUSED.held(spark):  # a user's session draws bars; these jobs are sparkeras' own
-                for tasks in waves:
-                    sc.parallelize(range(tasks), tasks).mapPartitions(started).collect()
+            if is_local(sc.master):
+                slots = default_parallelism(sc)
+                for tasks in [1, slots] if slots > 1 else [slots]:
+                    wave(tasks)
+            else:
+                _start_on_every_executor(sc, wave)
         except Exception:  # noqa: BLE001 - the first Python task starts the workers instead
             pass
 
@@ -263,6 +269,37 @@ def start_python_workers(spark: Any) -> threading.Thread | None:
     sc._sparkeras_start_workers = thread
     thread.start()
     return thread
+
+
+STARTUP_WATCH_SECONDS = 60.0
+"""How long after a cluster session starts :func:`start_python_workers` looks for executors that register late."""
+
+
+def _start_on_every_executor(sc: Any, wave: Callable[[int], None]) -> None:
+    """On a cluster: a wave of one task per task slot once the executors have registered, and another
+    whenever more register in the session's first :data:`STARTUP_WATCH_SECONDS`.
+
+    Why. A wave sized by ``defaultParallelism`` as the session starts ran
+    before the executors had registered: on a standalone cluster of two
+    2-core workers it was 2 tasks, both taken by the first executor to
+    register, and the second started its daemon (and TensorFlow's import)
+    inside the first fit, whose cold fixed cost was 5.3-6.1 s against 0.6-1.0
+    s warm. A wave of as many tasks as there are free slots gives every slot
+    one, since each task holds its slot until its worker is up.
+    """
+    from sparkeras.barrier import concurrent_slots, registered_slots
+
+    done = 0
+    slots = registered_slots(sc)
+    watch_until = sc.startTime / 1000.0 + STARTUP_WATCH_SECONDS
+    while True:
+        if slots > done:
+            wave(slots)
+            done = slots
+        if time.time() >= watch_until:
+            return
+        time.sleep(1.0)
+        slots = concurrent_slots(sc)
 
 
 def start_workers_of_active_session() -> threading.Thread | None:

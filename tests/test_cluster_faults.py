@@ -174,8 +174,9 @@ def test_allreduce_stops_with_the_missing_capacity_when_a_worker_daemon_dies(mat
 
 
 PROBE = """
-import json, sys
+import json, sys, time
 import numpy as np
+import psutil
 import sparkeras
 from sparkeras.barrier import concurrent_slots, registered_slots
 spark = sparkeras.get_spark({url!r})
@@ -184,6 +185,31 @@ at_start = concurrent_slots(spark.sparkContext)  # executors are still registeri
 default_workers = registered_slots(spark.sparkContext)  # SparkModel's default: waits until the count holds
 sparkeras.EASGD().check_cluster(spark, 4)  # a synchronous rule's check needs all 4
 print("CHECKED", at_start, default_workers, concurrent_slots(spark.sparkContext), flush=True)
+
+
+def command(process):
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:  # it ended as it was listed
+        return ""
+
+
+def daemons():  # this session's executors, and how many of them have started a Python daemon
+    app = "--app-id " + spark.sparkContext.applicationId
+    executors = [p for p in psutil.process_iter() if app in command(p)]
+    started = 0
+    for executor in executors:
+        try:
+            started += any("sparkeras.worker.daemon" in command(c) for c in executor.children())
+        except psutil.Error:
+            pass
+    return len(executors), started
+
+
+deadline = time.monotonic() + 60
+while daemons()[1] < 2 and time.monotonic() < deadline:  # no Python job of this script's has run yet
+    time.sleep(0.5)
+print("DAEMONS", *daemons(), flush=True)
 
 
 def probe(ctx):
@@ -206,7 +232,8 @@ print("RESULT", json.dumps([sparkeras.run(probe, num_workers=4, timeout=60, shar
 def test_hierarchical_allreduce_between_two_hosts(cluster):
     """Two hosts with two tasks each: shared memory inside a host, the TCP ring between the hosts' leaders;
     then, with ``shared_memory=False``, all four tasks in the ring, two of them on each host. Before that,
-    the fresh session's check for a synchronous rule waits for the executors still registering."""
+    the fresh session's check for a synchronous rule waits for the executors still registering, and its
+    start-up job starts a Python worker on every executor."""
     if cluster.separate_hosts is not None:
         pytest.skip(f"workers cannot be separate hosts here: {cluster.separate_hosts}")
     out = subprocess.run([sys.executable, "-c", PROBE.format(url=cluster.url)], capture_output=True, text=True,
@@ -217,6 +244,9 @@ def test_hierarchical_allreduce_between_two_hosts(cluster):
     # 0 task slots", and the default worker count was too low. Now both wait for them.
     checked = [ln.split()[1:] for ln in out.stdout.splitlines() if ln.startswith("CHECKED ")]
     assert checked and checked[0][1:] == ["4", "4"], (checked, out.stdout[-2000:])
+    # The session's start-up job waited for the executors too, and started a Python worker (the daemon and its
+    # TensorFlow import) on each: sized as the session started, it ran 2 tasks, both on the first executor.
+    assert "DAEMONS 2 2" in out.stdout, out.stdout[-2000:]
     hierarchical, ring = json.loads(lines[0][len("RESULT "):])
     for result in (hierarchical, ring):
         assert result["hosts"] == [cluster.worker_host(0), cluster.worker_host(1)], result

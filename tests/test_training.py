@@ -1781,6 +1781,64 @@ def test_a_new_session_starts_its_python_workers_before_the_first_python_job():
     assert [w[1:3] for w in got["restarted"]] == [["sparkeras.worker.prestart", got["driver"]]] * 2, got
 
 
+LATE_EXECUTORS = """
+import json, os, sys, time
+os.environ["PYSPARK_PYTHON"] = sys.executable
+import psutil
+from pyspark.sql import SparkSession
+spark = (SparkSession.builder.master("local-cluster[3,1,1024]").config("spark.ui.enabled", "false")
+         .config("spark.ui.showConsoleProgress", "false").config("spark.dynamicAllocation.enabled", "true")
+         .config("spark.dynamicAllocation.shuffleTracking.enabled", "true")
+         .config("spark.dynamicAllocation.initialExecutors", "1").config("spark.dynamicAllocation.minExecutors", "1")
+         .config("spark.dynamicAllocation.maxExecutors", "3")
+         .config("spark.dynamicAllocation.schedulerBacklogTimeout", "1s").getOrCreate())
+spark.sparkContext.setLogLevel("OFF")
+import sparkeras  # the session exists: its workers start now
+
+
+def command(process):
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:  # it ended as it was listed
+        return ""
+
+
+def daemons():  # the executors, and how many of them have started a Python daemon
+    executors = [p for p in psutil.Process().children(recursive=True) if "CoarseGrainedExecutorBackend" in command(p)]
+    started = 0
+    for executor in executors:
+        try:
+            started += any(" -m pyspark.daemon" in command(c) for c in executor.children())
+        except psutil.Error:
+            pass
+    return len(executors), started
+
+
+# A job of the JVM's alone with a backlog of tasks: dynamic allocation adds two executors meanwhile.
+spark.range(0, 6, 1, 6).selectExpr("java_method('java.lang.Thread', 'sleep', 2000L)").collect()
+deadline = time.monotonic() + 60
+while daemons() != (3, 3) and time.monotonic() < deadline:
+    time.sleep(0.5)
+print(json.dumps(daemons()))
+spark.stop()
+"""
+
+
+@pytest.mark.own_processes
+def test_executors_that_register_after_a_cluster_session_starts_get_their_python_workers_started_too():
+    """On a cluster, executors register after the session starts, and later (dynamic allocation, autoscaling):
+    each gets a Python worker started (its daemon, and on TensorFlow the import) when it registers in the
+    session's first minute, not inside the first fit. Before, one wave sized as the session started (2 tasks)
+    reached at most 2 of the 3 executors."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", LATE_EXECUTORS], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [3, 3], done.stdout
+
+
 def test_sql_functions_run_in_the_same_pool_of_python_workers_as_training(spark):
     """Scoring UDFs (SQL functions) fork from the daemon that already imported TensorFlow for training (RDD
     functions), not from a second one that imports it again."""
