@@ -210,6 +210,9 @@ def _fails_before_spark_or_tensorflow(tmp, command, args, message):
             "--output": str(tmp / "new.keras"), "--features": "pixels", "--label": "digit"}
     if command == "tune" and "--param" not in args:
         base["--param"] = "learning_rate=1e-3:1e-1:log"
+    if command == "predict":
+        del base["--label"]
+        base["--output"] = str(tmp / "scores")
     given = [a.format(tmp=tmp, port=port) for a in args]
     if "--images" in given:
         del base["--data"]
@@ -244,6 +247,17 @@ def _fails_before_spark_or_tensorflow(tmp, command, args, message):
 ])
 def test_tune_mistakes_fail_before_spark_or_tensorflow_start(files, args, message):
     _fails_before_spark_or_tensorflow(files[0], "tune", args, message)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--checkpoint", "{tmp}/ckpt"], "--checkpoint goes with --stream; add --stream, or drop --checkpoint."),
+    (["--stream", "--trigger", "soon"], "--trigger must be available-now or an interval such as 30s or 5min, got "
+                                        "'soon'."),
+    (["--stream", "--checkpoint", "{tmp}/train.parquet/ckpt"], "--checkpoint '{tmp}/train.parquet/ckpt' would "
+                                                               "write over the input"),
+])
+def test_predict_stream_mistakes_fail_before_spark_or_tensorflow_start(files, args, message):
+    _fails_before_spark_or_tensorflow(files[0], "predict", args, message)
 
 
 def test_tune_searches_the_saved_models_settings_resumes_and_saves_the_best_trained_again(files, spark, tmp_path,
@@ -326,6 +340,47 @@ def test_tune_searches_the_saved_models_settings_resumes_and_saves_the_best_trai
                  "--output", str(tmp_path / "no.keras")]) == 2
     assert "--param lr: not an argument of the model's optimizer (Adam: learning_rate," in capsys.readouterr().err
     assert not (tmp_path / "no.keras").exists()
+
+
+def test_predict_stream_scores_each_arriving_file_once_across_runs(files, spark, tmp_path, capsys):
+    """``predict --stream`` scores the files that arrived since its last run and adds them to ``--output``
+    (Spark's file sink, resumed from ``--checkpoint``); an output that is not the stream's is refused."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sparkeras.cli.main import main
+
+    tmp, x, y, untrained = files
+    incoming, out = tmp_path / "incoming", tmp_path / "scores"
+    incoming.mkdir()
+
+    def arrive(name, rows):
+        pq.write_table(pa.table({"id": pa.array(rows, pa.int32()), "pixels": pa.array([x[i].tolist() for i in rows],
+                                                                                     pa.list_(pa.float32()))}),
+                       incoming / name)
+
+    arrive("a.parquet", range(0, 300))
+    arrive("b.parquet", range(300, 600))
+    args = ["predict", "--model", str(tmp / "untrained.keras"), "--data", str(incoming), "--features", "pixels",
+            "--output", str(out), "--stream"]
+    assert main(args) == 0, capsys.readouterr().err[-3000:]
+    assert f"scored 600 new rows into {out}; the stream resumes from {out}.checkpoint" in capsys.readouterr().out
+    arrive("c.parquet", range(600, 900))
+    assert main(args) == 0
+    assert "scored 300 new rows" in capsys.readouterr().out
+    got = spark.read.parquet(str(out)).orderBy("id").toPandas()  # as the file sink's log lists its files
+    assert got["id"].tolist() == list(range(900))
+    want = untrained.predict(x[:900], verbose=0)
+    np.testing.assert_allclose(np.stack(got["prediction"].to_numpy()), want, atol=1e-5)
+    assert got["prediction_class"].tolist() == want.argmax(axis=1).tolist()
+
+    assert main([*args[:-3], "--output", str(tmp_path / "other"), "--stream", "--overwrite"]) == 2
+    assert "--overwrite does not go with --stream" in capsys.readouterr().err
+    (tmp_path / "table").mkdir()
+    (tmp_path / "table" / "part-0.parquet").write_bytes(b"someone's data")
+    assert main([*args[:-3], "--output", str(tmp_path / "table"), "--stream"]) == 2
+    assert "already holds data that is not this stream's" in capsys.readouterr().err
+    assert (tmp_path / "table" / "part-0.parquet").read_bytes() == b"someone's data"
 
 
 def test_predict_onto_its_own_input_is_refused_and_the_input_is_intact(files, spark):

@@ -159,8 +159,9 @@ def image_size(args: argparse.Namespace) -> tuple[int, int] | None:
 
 
 def read_image_folder(spark, args: argparse.Namespace, model, labels: str | None, folder: str | None = None,
-                 classes: list[str] | None = None):
-    """``--images``: the folder as read_images' DataFrame, at the model's input size and channels."""
+                      classes: list[str] | None = None, stream: bool = False):
+    """``--images``: the folder as read_images' DataFrame (``stream``: of the files that arrive), at the model's
+    input size and channels."""
     from sparkeras.errors import InputError
     from sparkeras.images import read_images
     from sparkeras.images.decode import CHANNEL_MODES
@@ -174,7 +175,7 @@ def read_image_folder(spark, args: argparse.Namespace, model, labels: str | None
         raise InputError(f"{args.model} takes images of any size; pass --image-size HEIGHTxWIDTH.")
     mode = CHANNEL_MODES[shape[-1] if len(shape) == 3 else 1]
     return read_images(spark, folder or args.images, size, mode, labels=labels, on_error=args.on_error,
-                       classes=classes)
+                       classes=classes, stream=stream)
 
 
 def start_session(args: argparse.Namespace):

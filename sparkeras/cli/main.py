@@ -19,6 +19,7 @@ import sys
 from typing import Any, Sequence
 
 from sparkeras.cli import tune as tune_command
+from sparkeras.cli.streaming import add_stream_flags, check_stream_flags, run_stream
 from sparkeras.cli.flags import (
     add_common_flags, add_data_flags, check_strategy_flags, check_tracking, check_weight_flags, class_ids,
     class_weights, given_columns, image_size, read_image_folder, report_tracking, start_session, strategy_options,
@@ -105,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--workers", type=int, default=None)
     add_common_flags(evaluate)
 
-    predict = sub.add_parser("predict", help="add a prediction column to Parquet data",
+    predict = sub.add_parser("predict", help="add a prediction column to Parquet data (or to files as they arrive)",
                              description="Predict with a .keras model over Parquet data; write Parquet "
                                          "with every input column plus the prediction column and, for a "
                                          "classifier, the class index (prediction_class) and, where the "
@@ -120,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     predict.add_argument("--prediction-col", default="prediction")
     predict.add_argument("--batch-size", type=int, default=256)
+    add_stream_flags(predict)
     add_common_flags(predict)
     return parser
 
@@ -247,7 +249,9 @@ def check_arguments(args: argparse.Namespace) -> None:
 
             check_plot_path(args.plot, args.overwrite, "--plot", inputs + [args.output])
     elif args.command == "predict":
-        check_output(args.output, kind="table", overwrite=args.overwrite, inputs=inputs, flag="--output")
+        check_stream_flags(args, inputs)
+        if not args.stream:
+            check_output(args.output, kind="table", overwrite=args.overwrite, inputs=inputs, flag="--output")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -344,15 +348,21 @@ def _predict(args: argparse.Namespace) -> int:
     from sparkeras.storage.outputs import check_remote_output, write_table_atomically
 
     spark = start_session(args)
-    check_remote_output(spark, args.output, overwrite=args.overwrite, flag="--output")
+    if not args.stream:
+        check_remote_output(spark, args.output, overwrite=args.overwrite, flag="--output")
     sm = SparkModel.load(args.model)
     if args.images:
-        out = sm.predict(read_image_folder(spark, args, sm.model, None), features_col="image",
+        out = sm.predict(read_image_folder(spark, args, sm.model, None, stream=args.stream), features_col="image",
                          batch_size=args.batch_size, prediction_col=args.prediction_col).drop("image")
     else:
-        out = sm.predict(args.data, features_col=given_columns(args.features), batch_size=args.batch_size,
+        from sparkeras.data.sources import read_data
+
+        data = read_data(spark, args.data, stream=True) if args.stream else args.data
+        out = sm.predict(data, features_col=given_columns(args.features), batch_size=args.batch_size,
                          prediction_col=args.prediction_col)
     out = _with_classes(out, sm, args.prediction_col)
+    if args.stream:
+        return run_stream(spark, out, args)
     try:
         write_table_atomically(out, args.output, overwrite=args.overwrite, flag="--output")
     except Exception as exc:  # noqa: BLE001

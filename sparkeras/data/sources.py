@@ -217,23 +217,28 @@ def _looks_like_csv(path: str) -> bool:
     return "," in text or "\t" in text
 
 
-def read_data(spark: Any, path: str) -> Any:
+def read_data(spark: Any, path: str, stream: bool = False) -> Any:
     """A DataFrame of the data at ``path``, read with Spark's own source for its format.
 
     CSV is read with a header row and inferred column types (pass several
     scalar columns as the features); JSON is one object per line.
+    ``stream``: a streaming DataFrame of the files that arrive at ``path``,
+    with the schema of those already there.
     """
     fmt = data_format(path)
     if fmt not in READABLE:
         raise InputError(f"The data at {path!r} is {fmt}, which sparkeras cannot read as a table; "
                          f"convert it to one of {', '.join(READABLE)} (Parquet is best).")
-    reader = spark.read
+    options = {}
     if fmt == "csv":
-        reader = reader.option("header", "true").option("inferSchema", "true")
+        options = {"header": "true", "inferSchema": "true"}
         if str(path).lower().endswith(".tsv"):
-            reader = reader.option("sep", "\t")
+            options["sep"] = "\t"
     try:
-        return reader.format(fmt).load(path)
+        frame = spark.read.options(**options).format(fmt).load(path)
+        if stream:
+            frame = spark.readStream.schema(frame.schema).options(**options).format(fmt).load(path)
+        return frame
     except Exception as exc:  # AnalysisException: path missing, unreadable, or not in that format
         lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
         first = lines[0] if lines else type(exc).__name__
