@@ -8,8 +8,8 @@ import os
 import re
 import socket
 import sys
-import time
 import threading
+import time
 from typing import Any, Callable, Iterator
 
 from sparkeras.errors import InputError
