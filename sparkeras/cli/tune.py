@@ -5,7 +5,8 @@ function, so each ``--param NAME=RANGE`` names what to change in that file:
 
 - ``learning_rate``, or any other argument of the model's optimizer
   (``beta_1``, ``weight_decay``); ``optimizer`` itself (``adam,sgd``) makes
-  each trial a new optimizer of the drawn kind, given the other drawn values;
+  each trial a new optimizer of the drawn kind, given those of the other
+  drawn values that it takes (``learning_rate`` always);
 - ``LAYER.ARGUMENT``, an argument of the named layer (``dropout.rate``,
   ``dense.units``), as its ``get_config()`` holds it.
 
