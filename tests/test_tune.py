@@ -347,6 +347,33 @@ def test_bad_ensemble_settings_are_named(options, words):
     assert words in str(err.value)
 
 
+def test_a_drawn_batch_size_is_each_trials_batch_and_the_best_models(spark):
+    """A parameter named ``batch_size`` sets each trial's batch: with plain SGD for one epoch, batches of 8 take 32
+    times the steps of 256 and reach a far lower loss (both trials trained at the search's 32 before); the best
+    model is then trained at the best trial's batch."""
+    import math
+
+    import keras
+    import optuna
+
+    x, y = _data(800)
+
+    def build(params):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((x.shape[1],)), keras.layers.Dense(8, activation="relu"),
+                                  keras.layers.Dense(CLASSES, activation="softmax")])
+        model.compile(keras.optimizers.SGD(0.02), "sparse_categorical_crossentropy")
+        return model
+
+    space = {"batch_size": [8, 256]}
+    study = sparkeras.tune(build, x, y, search_space=space, n_trials=2, epochs=1, batch_size=32, verbose=0, seed=0,
+                           sampler=optuna.samplers.GridSampler(space), pruner=optuna.pruners.NopPruner())
+    loss = {t.params["batch_size"]: t.value for t in study.trials}
+    assert sorted(loss) == [8, 256] and loss[8] < loss[256] - 0.2, loss
+    best = sparkeras.best_model(study, build, x, y, search_space=space, num_workers=1, epochs=1, verbose=0)
+    assert int(best.model.optimizer.iterations) == math.ceil(len(x) / 8)
+
+
 @pytest.mark.parametrize("workers_per_trial", [1, 2], ids=["one-task-trials", "distributed-trials"])
 def test_class_and_row_weights_apply_to_every_trial(spark, workers_per_trial):
     """Scored by the validation recall of a rare class: the weighted search's trial finds far more of it."""

@@ -8,7 +8,9 @@ function, so each ``--param NAME=RANGE`` names what to change in that file:
   each trial a new optimizer of the drawn kind, given those of the other
   drawn values that it takes (``learning_rate`` always);
 - ``LAYER.ARGUMENT``, an argument of the named layer (``dropout.rate``,
-  ``dense.units``), as its ``get_config()`` holds it.
+  ``dense.units``), as its ``get_config()`` holds it;
+- ``batch_size``, each trial's batch (and the best's), in place of
+  ``--batch-size``.
 
 Each trial's model is the file's, made again with the drawn values
 (``keras.models.clone_model``) and compiled as the file was. A layer whose
@@ -46,8 +48,8 @@ def add_tune_parser(sub: Any) -> None:
         "tune", help="search a saved .keras model's hyperparameters, then train the best and save it",
         description="Search hyperparameters of a compiled .keras model with Optuna, training the trials in "
                     "parallel on Spark; then train the best configuration on --data and save it. "
-                    "Each --param names an optimizer argument (learning_rate), 'optimizer' itself, or "
-                    "LAYER.ARGUMENT (dropout.rate, dense.units).")
+                    "Each --param names an optimizer argument (learning_rate), 'optimizer' itself, "
+                    "LAYER.ARGUMENT (dropout.rate, dense.units), or batch_size.")
     tune.add_argument("--model", required=True, help="compiled model, .keras file: the starting point of every trial")
     add_data_flags(tune, "training data: Parquet (or CSV, JSON, ORC, Delta) path, any Hadoop URI",
                    "folder of image files, one folder per class (cats/001.jpg)")
@@ -192,7 +194,7 @@ class SavedModelSpace:
             self._plan(name)
 
     def _plan(self, name: str) -> None:
-        if name == "optimizer":
+        if name in ("optimizer", "batch_size"):  # the batch is the fit's: sparkeras.tune draws it per trial
             return
         layer, dot, argument = name.rpartition(".")
         if dot:
@@ -316,6 +318,8 @@ def run_tune(args: argparse.Namespace) -> int:
         common.pop("validation_data")
     else:
         common.pop("validation_split")
+    if "batch_size" in space:  # the best trial's own batch, not --batch-size
+        common.pop("batch_size")
     callbacks = tracking_callbacks(args, f"sparkeras tune {name}: best")
     best_model = sparkeras.best_model(
         study, models.build, data, search_space=space, strategy=strategy,

@@ -106,7 +106,10 @@ def tune(
         metric, direction: what each trial's final epoch is scored by
             (``val_loss``, ``val_accuracy``, or a training metric), and
             whether lower or higher is better.
-        epochs, batch_size: each trial's fit.
+        epochs, batch_size: each trial's fit. A parameter named
+            ``batch_size`` that the search draws (in ``search_space``, or by
+            ``build_model``'s ``trial.suggest_int("batch_size", ...)``) is
+            that trial's batch size instead, and :func:`best_model`'s.
         validation_split, validation_data: the held-out rows each epoch is
             scored on (``validation_data`` wins when both are given).
         sampler, pruner: Optuna's (default: ``TPESampler(seed=seed)`` and
@@ -206,7 +209,8 @@ def best_model(study: Any, build_model: Callable[[Any], Any], data: Any = None, 
                **fit_options: Any) -> Any:
     """Build the study's best configuration and train it on ``data`` with any strategy; returns the SparkModel.
 
-    ``fit_options`` go to :meth:`SparkModel.fit` (``epochs``, ``batch_size``, ...).
+    ``fit_options`` go to :meth:`SparkModel.fit` (``epochs``, ``batch_size``, ...); a ``batch_size`` the
+    search drew is the fit's unless ``fit_options`` names one.
     """
     optuna = _optuna()
     from sparkeras.model import SparkModel
@@ -219,6 +223,8 @@ def best_model(study: Any, build_model: Callable[[Any], Any], data: Any = None, 
         model = build_model(dict(params))
     else:
         model = build_model(optuna.trial.FixedTrial(params))
+    if "batch_size" in params:
+        fit_options.setdefault("batch_size", trial_batch_size(params, 32))
     spark_model = SparkModel(model, copy.deepcopy(strategy), num_workers, custom_objects=custom_objects)
     spark_model.fit(data, y, **fit_options)
     return spark_model
@@ -373,6 +379,10 @@ class Search:
         build_for_data(model, Dataset(self.frames.train, self.frames.features_col, self.frames.label_col))
         return model
 
+    def _batch_size(self, trial: Any) -> int:
+        """The trial's drawn ``batch_size`` where the search draws one (:func:`trial_batch_size`), else the search's."""
+        return trial_batch_size(trial.params, self.batch_size)
+
     def _train(self, trial: Any, model: Any) -> None:
         from sparkeras.tune.reporting import TrialRecord
 
@@ -420,7 +430,7 @@ class Search:
                 rows = rows.coalesce(1)
             spec = WorkerSpec(ModelSpec.from_model(model, dict(self.custom_objects or {}) or None), columns,
                               keras_backend(), self.seed + number, class_weight=self.class_weight)
-            task = TrialTask(spec, number, self.epochs, self.batch_size, self.server.address,
+            task = TrialTask(spec, number, self.epochs, self._batch_size(record.trial), self.server.address,
                              train.stats.rows, validation_rows)
             blob = sc.broadcast(pack_arrays(model_state(model)))
             state = blob
@@ -472,7 +482,7 @@ class Search:
                             custom_objects=self.custom_objects, seed=self.seed + record.trial.number)
         fitter._follows_autologging = False  # the search is the user's fit: trials are logged by `tracking=`
         fitter.fit(self.frames.train, validation_data=self.frames.validation, epochs=self.epochs,
-                   batch_size=self.batch_size, features_col=self.frames.features_col,
+                   batch_size=self._batch_size(record.trial), features_col=self.frames.features_col,
                    label_col=self.frames.label_col, callbacks=[trial_reporter(record, self.lock)], verbose=0,
                    class_weight=dict(self.class_weight) if self.class_weight else None,
                    weight_col=self.frames.weight_col)
@@ -493,11 +503,11 @@ class Search:
             return
         with self.lock:
             if record.pruned:
-                self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                self._told(trial, state=optuna.trial.TrialState.PRUNED)
                 detail = f"pruned after epoch {record.reported}, {self.metric}={record.last:.4g}"
                 self.progress.finished(trial.number, "pruned", detail, self._best())
             else:
-                self.study.tell(trial, record.last)
+                self._told(trial, record.last)
                 detail = f"{self.metric}={record.last:.4g} after {record.reported} epochs, {_params(trial)}"
                 self.progress.finished(trial.number, "complete", detail, self._best())
 
@@ -510,7 +520,22 @@ class Search:
         import optuna
 
         trial.set_user_attr("fail_reason", reason)
-        self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        self._told(trial, state=optuna.trial.TrialState.FAIL)
+
+    def _told(self, trial: Any, *args: Any, **kwargs: Any) -> None:
+        """``study.tell``; a sampler that has run out of settings to try ends the search, as in ``optimize``.
+
+        Why. Optuna's ``GridSampler`` calls ``study.stop()`` once its last
+        point is taken, which only ``optimize`` allows: in the ask-and-tell
+        loop here it raised ``RuntimeError`` after storing the trial, so a
+        grid search failed at its end. No new trial starts after it.
+        """
+        try:
+            self.study.tell(trial, *args, **kwargs)
+        except RuntimeError as exc:
+            if "Study.stop" not in str(exc):
+                raise
+            self._remaining = 0
 
     def _best(self) -> tuple[int, float] | None:
         try:
@@ -554,6 +579,22 @@ class Search:
                 " (there is no validation data: set validation_split or validation_data)"
             raise InputError(f"metric={self.metric!r} is not one the fit reports for this model{hint}; "
                              f"choose one of {available}.")
+
+
+def trial_batch_size(params: Mapping[str, Any], default: int) -> int:
+    """A trial's batch size: its drawn ``batch_size`` parameter where it has one, else ``default``.
+
+    Why a parameter's name. The batch size is a fit's argument, not the
+    model's, so ``build_model`` cannot set it; it is among the settings most
+    often searched, and a ``search_space`` entry or a
+    ``trial.suggest_int("batch_size", ...)`` is how Optuna users draw it.
+    """
+    value = params.get("batch_size", default)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InputError(f"the drawn batch_size must be a positive integer, got {value!r}.")
+    return value
 
 
 def _params(trial: Any) -> str:
