@@ -244,6 +244,9 @@ def _fails_before_spark_or_tensorflow(tmp, command, args, message):
      "--validation and --validation-split both say what to score trials on; give one."),
     (["--output", "{tmp}/exists.keras"], "--output '{tmp}/exists.keras' already exists; pass --overwrite"),
     (["--strategy", "fancy"], "--strategy: Unknown strategy 'fancy'; choose one of"),
+    (["--sampler", "grid", "--param", "units=8,16", "--param", "learning_rate=1e-3:1e-1"],
+     "--sampler grid tries every combination of listed choices, but --param learning_rate is a range; list its "
+     "choices (A,B,C) instead."),
 ])
 def test_tune_mistakes_fail_before_spark_or_tensorflow_start(files, args, message):
     _fails_before_spark_or_tensorflow(files[0], "tune", args, message)
@@ -329,6 +332,19 @@ def test_tune_searches_the_saved_models_settings_resumes_and_saves_the_best_trai
     figures = saved.evaluate(vx, vy, verbose=0, return_dict=True)
     assert final["val_accuracy"] == pytest.approx(figures["accuracy"], abs=1e-6)  # the saved model's, not the trial's
     assert final["val_loss"] == pytest.approx(figures["loss"], rel=1e-4)
+
+    # A grid: every combination once, though two trials run at once; the best trains at its own batch size.
+    grid = f"sqlite:///{tmp_path / 'grid.db'}"
+    assert main(["tune", "--model", str(tmp_path / "start.keras"), "--data", str(tmp / "train.parquet"),
+                 "--validation", str(val), "--features", "pixels", "--label", "digit", "--param", "drop.rate=0.1,0.3",
+                 "--param", "batch_size=16,64", "--sampler", "grid", "--epochs", "1", "--storage", grid, "--quiet",
+                 "--output", str(tmp_path / "grid.keras")]) == 0
+    capsys.readouterr()
+    study = optuna.load_study(study_name="sparkeras-tune-start", storage=grid)
+    assert sorted((t.params["drop.rate"], t.params["batch_size"]) for t in study.trials) == \
+        [(0.1, 16), (0.1, 64), (0.3, 16), (0.3, 64)]
+    saved = keras.saving.load_model(tmp_path / "grid.keras")
+    assert int(saved.optimizer.iterations) == -(-3000 // study.best_params["batch_size"])  # one epoch, one worker
 
     assert main(["tune", "--model", str(tmp_path / "start.keras"), "--data", str(tmp / "train.parquet"),
                  "--features", "pixels", "--label", "digit", "--param", "dense.units=8,16",

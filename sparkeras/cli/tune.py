@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 from typing import Any
 
@@ -41,6 +42,8 @@ from sparkeras.errors import InputError
 RANGE_HELP = ("LOW:HIGH (integers if both are), LOW:HIGH:log for a log scale, or choices separated by commas "
               "(A,B,C)")
 _MAXIMIZED = ("acc", "auc", "precision", "recall", "f1", "r2", "iou")
+SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler", "grid": "GridSampler"}
+PRUNERS = {"median": "MedianPruner", "hyperband": "HyperbandPruner", "none": "NopPruner"}
 
 
 def add_tune_parser(sub: Any) -> None:
@@ -63,6 +66,13 @@ def add_tune_parser(sub: Any) -> None:
                            "validation), e.g. val_accuracy")
     tune.add_argument("--direction", choices=("minimize", "maximize"), default=None,
                       help="default: minimize losses and errors, maximize accuracy, AUC, precision, recall")
+    tune.add_argument("--sampler", choices=tuple(SAMPLERS), default="tpe",
+                      help="how settings are drawn: tpe (Optuna's default, learns from the trials so far), random, "
+                           "or grid (every combination of the choices once, in a random order; each --param then "
+                           "lists its choices A,B,C)")
+    tune.add_argument("--pruner", choices=tuple(PRUNERS), default="median",
+                      help="which trials stop early: median (below the median of the others at the same epoch), "
+                           "hyperband, or none")
     tune.add_argument("--features", default=None, help="feature column(s), comma separated (as for train)")
     tune.add_argument("--label", default="label", help="label column (as for train)")
     tune.add_argument("--epochs", type=int, default=10, help="epochs of each trial, and of the best's training")
@@ -170,6 +180,11 @@ def check_tune_flags(args: argparse.Namespace) -> None:
     metric = metric_of(args)
     if args.direction is None:
         direction_for(metric)
+    if args.sampler == "grid":
+        ranges = [name for name, spec in parse_ranges(args.param).items() if not isinstance(spec, list)]
+        if ranges:
+            raise InputError(f"--sampler grid tries every combination of listed choices, but --param {ranges[0]} is "
+                             "a range; list its choices (A,B,C) instead.")
     if args.storage is not None and "://" not in args.storage:
         raise InputError(f"--storage must be a database URL such as sqlite:///search.db, got {args.storage!r}.")
 
@@ -300,7 +315,8 @@ def run_tune(args: argparse.Namespace) -> int:
                   features_col=features, label_col=label, class_weight=class_weights(args),
                   weight_col=args.weight_col)
     study = sparkeras.tune(
-        models.build, data, search_space=space, n_trials=args.trials, timeout=args.timeout, metric=metric,
+        models.build, data, search_space=space, sampler=_sampler(args.sampler, space, args.seed),
+        pruner=_pruner(args.pruner, args.epochs), n_trials=_trials(args, space), timeout=args.timeout, metric=metric,
         direction=direction, epochs=args.epochs, workers_per_trial=args.workers_per_trial,
         max_concurrent=args.max_concurrent, storage=args.storage,
         study_name=args.study_name or (f"sparkeras-tune-{name.removesuffix('.keras')}" if args.storage else None),
@@ -331,6 +347,36 @@ def run_tune(args: argparse.Namespace) -> int:
     print(f"saved {args.output}; final epoch: {json.dumps(final)}")
     report_tracking(callbacks, args)
     return 0
+
+
+def _sampler(name: str, space: dict[str, Any], seed: int | None) -> Any:
+    """``--sampler`` as an Optuna sampler, seeded with ``--seed``."""
+    import optuna
+
+    if name == "grid":
+        return optuna.samplers.GridSampler(space, seed=seed)
+    return getattr(optuna.samplers, SAMPLERS[name])(seed=seed)
+
+
+def _trials(args: argparse.Namespace, space: dict[str, Any]) -> int:
+    """``--trials``, and with ``--sampler grid`` at most the grid's size.
+
+    Why. Trials run concurrently, and Optuna's grid sampler, asked for a
+    trial while the last point is still training, draws a point again: a
+    grid of 4 ran 5 trials.
+    """
+    if args.sampler != "grid":
+        return args.trials
+    return min(args.trials, math.prod(len(choices) for choices in space.values()))
+
+
+def _pruner(name: str, epochs: int) -> Any:
+    """``--pruner`` as an Optuna pruner; Hyperband's budget is the trials' epochs."""
+    import optuna
+
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)
+    return getattr(optuna.pruners, PRUNERS[name])()
 
 
 def _shown(value: Any) -> str:
