@@ -24,6 +24,27 @@ import sys
 import time
 
 
+def executors_with_a_daemon(application_id: str) -> tuple[int, int]:
+    """The application's executor processes, and how many of them have started a Python daemon (pyspark's or
+    sparkeras'), from the process table; processes that end while they are listed are left out."""
+    import psutil
+
+    def command(process) -> str:
+        try:
+            return " ".join(process.cmdline())
+        except psutil.Error:
+            return ""
+
+    executors = [p for p in psutil.process_iter() if f"--app-id {application_id}" in command(p)]
+    started = 0
+    for executor in executors:
+        try:
+            started += any(" -m " in command(c) and "daemon" in command(c) for c in executor.children())
+        except psutil.Error:
+            pass
+    return len(executors), started
+
+
 def parent_pid(pid: int) -> int:
     """The parent of ``pid``, from ``/proc`` (field 4 of ``stat``, after the parenthesised command name)."""
     with open(f"/proc/{pid}/stat") as f:

@@ -176,7 +176,6 @@ def test_allreduce_stops_with_the_missing_capacity_when_a_worker_daemon_dies(mat
 PROBE = """
 import json, sys, time
 import numpy as np
-import psutil
 import sparkeras
 from sparkeras.barrier import concurrent_slots, registered_slots
 spark = sparkeras.get_spark({url!r})
@@ -185,31 +184,12 @@ at_start = concurrent_slots(spark.sparkContext)  # executors are still registeri
 default_workers = registered_slots(spark.sparkContext)  # SparkModel's default: waits until the count holds
 sparkeras.EASGD().check_cluster(spark, 4)  # a synchronous rule's check needs all 4
 print("CHECKED", at_start, default_workers, concurrent_slots(spark.sparkContext), flush=True)
-
-
-def command(process):
-    try:
-        return " ".join(process.cmdline())
-    except psutil.Error:  # it ended as it was listed
-        return ""
-
-
-def daemons():  # this session's executors, and how many of them have started a Python daemon
-    app = "--app-id " + spark.sparkContext.applicationId
-    executors = [p for p in psutil.process_iter() if app in command(p)]
-    started = 0
-    for executor in executors:
-        try:
-            started += any("sparkeras.worker.daemon" in command(c) for c in executor.children())
-        except psutil.Error:
-            pass
-    return len(executors), started
-
-
+sys.path.insert(0, {tests!r})
+from standalone import executors_with_a_daemon
 deadline = time.monotonic() + 60
-while daemons()[1] < 2 and time.monotonic() < deadline:  # no Python job of this script's has run yet
-    time.sleep(0.5)
-print("DAEMONS", *daemons(), flush=True)
+while executors_with_a_daemon(spark.sparkContext.applicationId)[1] < 2 and time.monotonic() < deadline:
+    time.sleep(0.5)  # no Python job of this script's has run yet
+print("DAEMONS", *executors_with_a_daemon(spark.sparkContext.applicationId), flush=True)
 
 
 def probe(ctx):
@@ -236,7 +216,8 @@ def test_hierarchical_allreduce_between_two_hosts(cluster):
     start-up job starts a Python worker on every executor."""
     if cluster.separate_hosts is not None:
         pytest.skip(f"workers cannot be separate hosts here: {cluster.separate_hosts}")
-    out = subprocess.run([sys.executable, "-c", PROBE.format(url=cluster.url)], capture_output=True, text=True,
+    probe = PROBE.format(url=cluster.url, tests=os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          timeout=240, env=cluster.driver_env())
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
     assert lines, out.stderr[-4000:]

@@ -1784,7 +1784,8 @@ def test_a_new_session_starts_its_python_workers_before_the_first_python_job():
 LATE_EXECUTORS = """
 import json, os, sys, time
 os.environ["PYSPARK_PYTHON"] = sys.executable
-import psutil
+sys.path.insert(0, {tests!r})
+from standalone import executors_with_a_daemon
 from pyspark.sql import SparkSession
 spark = (SparkSession.builder.master("local-cluster[3,1,1024]").config("spark.ui.enabled", "false")
          .config("spark.ui.showConsoleProgress", "false").config("spark.dynamicAllocation.enabled", "true")
@@ -1795,31 +1796,13 @@ spark = (SparkSession.builder.master("local-cluster[3,1,1024]").config("spark.ui
 spark.sparkContext.setLogLevel("OFF")
 import sparkeras  # the session exists: its workers start now
 
-
-def command(process):
-    try:
-        return " ".join(process.cmdline())
-    except psutil.Error:  # it ended as it was listed
-        return ""
-
-
-def daemons():  # the executors, and how many of them have started a Python daemon
-    executors = [p for p in psutil.Process().children(recursive=True) if "CoarseGrainedExecutorBackend" in command(p)]
-    started = 0
-    for executor in executors:
-        try:
-            started += any(" -m pyspark.daemon" in command(c) for c in executor.children())
-        except psutil.Error:
-            pass
-    return len(executors), started
-
-
 # A job of the JVM's alone with a backlog of tasks: dynamic allocation adds two executors meanwhile.
 spark.range(0, 6, 1, 6).selectExpr("java_method('java.lang.Thread', 'sleep', 2000L)").collect()
 deadline = time.monotonic() + 60
-while daemons() != (3, 3) and time.monotonic() < deadline:
+app = spark.sparkContext.applicationId
+while executors_with_a_daemon(app) != (3, 3) and time.monotonic() < deadline:
     time.sleep(0.5)
-print(json.dumps(daemons()))
+print(json.dumps(executors_with_a_daemon(app)))
 spark.stop()
 """
 
@@ -1834,7 +1817,8 @@ def test_executors_that_register_after_a_cluster_session_starts_get_their_python
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-c", LATE_EXECUTORS], capture_output=True, text=True, timeout=300)
+    script = LATE_EXECUTORS.format(tests=os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == [3, 3], done.stdout
 
