@@ -19,11 +19,11 @@ import sys
 from typing import Any, Sequence
 
 from sparkeras.cli import tune as tune_command
-from sparkeras.cli.streaming import add_stream_flags, check_stream_flags, run_stream
 from sparkeras.cli.flags import (
     add_common_flags, add_data_flags, check_strategy_flags, check_tracking, check_weight_flags, class_ids,
     class_weights, given_columns, image_size, read_image_folder, report_tracking, start_session, strategy_options,
     table_features, tracking_callbacks)
+from sparkeras.cli.streaming import add_stream_flags, check_stream_flags, run_stream
 from sparkeras.data.columns import quoted
 from sparkeras.metric_values import rounded
 
@@ -51,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "files in one folder per class, and save the result.")
     train.add_argument("--model", required=True, help="compiled model, .keras file")
     add_data_flags(train, "training data: Parquet (or CSV, JSON, ORC, Delta) path, any Hadoop URI",
-                "folder of image files, one folder per class (cats/001.jpg); the class names are saved with "
-                "the model")
+                   "folder of image files, one folder per class (cats/001.jpg); the class names are saved with "
+                   "the model")
     train.add_argument("--features", default=None,
                        help="feature column(s), comma separated; default: the column 'features', or where the data "
                             "has none, every numeric column but the label and weight columns, in the data's order "
@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                                           "or a folder of class folders, and print them as one JSON object.")
     evaluate.add_argument("--model", required=True, help="compiled model, .keras file")
     add_data_flags(evaluate, "labelled data: Parquet (or CSV, JSON, ORC, Delta) path, any Hadoop URI",
-                "folder of image files in class folders, numbered by the classes saved with the model")
+                   "folder of image files in class folders, numbered by the classes saved with the model")
     evaluate.add_argument("--features", default=None,
                           help="feature column(s), comma separated; default: those the model was trained on")
     evaluate.add_argument("--label", default="label",
@@ -113,8 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                                          "model saved its class names, the name (prediction_name).")
     predict.add_argument("--model", required=True)
     add_data_flags(predict, "Parquet (or CSV, JSON, ORC, Delta) path, any Hadoop URI",
-                "folder of image files; the output has their path, the prediction and, for a model trained on "
-                "class folders or class names, the class name")
+                   "folder of image files; the output has their path, the prediction and, for a model trained on "
+                   "class folders or class names, the class name")
     predict.add_argument("--features", default=None,
                          help="feature column(s), comma separated; default: those the model was trained on")
     predict.add_argument("--output", required=True, help="Parquet path to write (never one of the inputs)")
