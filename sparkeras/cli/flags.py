@@ -41,10 +41,7 @@ def strategy_options(args: argparse.Namespace) -> dict[str, object]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip().isidentifier():
             raise InputError(f"--strategy-option takes KEY=VALUE, e.g. window=8; got {item!r}.")
-        try:
-            options[key.strip()] = json.loads(value)
-        except ValueError:
-            options[key.strip()] = value
+        options[key.strip()] = json_or_text(value)
     return options
 
 
@@ -176,6 +173,41 @@ def read_image_folder(spark, args: argparse.Namespace, model, labels: str | None
     mode = CHANNEL_MODES[shape[-1] if len(shape) == 3 else 1]
     return read_images(spark, folder or args.images, size, mode, labels=labels, on_error=args.on_error,
                        classes=classes, stream=stream)
+
+
+def training_data(spark: Any, args: argparse.Namespace, sm: Any) -> tuple[Any, Any, Any, Any]:
+    """``--data`` or ``--images`` and ``--validation`` as ``train`` and ``tune`` fit them: ``(data, validation,
+    features, label)``.
+
+    A table keeps its path where its labels are numbers (the workers read
+    Parquet by path, and MLflow logs it), gets its numeric columns as the
+    features where ``--features`` is not given, and its text labels
+    numbered (:func:`class_ids`); image folders are read at the model's
+    input, the validation folders numbered by the training folders, even
+    where one lacks a class.
+    """
+    validation, features = args.validation, given_columns(args.features)
+    if args.images:
+        data = read_image_folder(spark, args, sm.model, "folder")
+        if validation:
+            validation = read_image_folder(spark, args, sm.model, "folder", validation,
+                                           data.schema["label"].metadata["classes"])
+        return data, validation, "image", "label"
+    from sparkeras.data.sources import read_data
+
+    frame = read_data(spark, args.data)
+    if features is None:
+        features = table_features(frame, args)
+    data, validation = class_ids(spark, args, sm, frame, validation)
+    return data, validation, features, args.label
+
+
+def json_or_text(text: str) -> Any:
+    """A flag's value as JSON reads it (``64``, ``0.5``, ``true``, ``null``), else the text itself (``adam``)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def start_session(args: argparse.Namespace):

@@ -20,9 +20,9 @@ from typing import Any, Sequence
 
 from sparkeras.cli import tune as tune_command
 from sparkeras.cli.flags import (
-    add_common_flags, add_data_flags, check_strategy_flags, check_tracking, check_weight_flags, class_ids,
-    class_weights, given_columns, image_size, read_image_folder, report_tracking, start_session, strategy_options,
-    table_features, tracking_callbacks)
+    add_common_flags, add_data_flags, check_strategy_flags, check_tracking, check_weight_flags, class_weights,
+    given_columns, image_size, read_image_folder, report_tracking, start_session, strategy_options,
+    tracking_callbacks, training_data)
 from sparkeras.cli.streaming import add_stream_flags, check_stream_flags, run_stream
 from sparkeras.data.columns import quoted
 from sparkeras.metric_values import rounded
@@ -279,20 +279,7 @@ def _train(args: argparse.Namespace) -> int:
     check_remote_output(spark, args.output, overwrite=args.overwrite, flag="--output")
     sm = SparkModel.load(args.model, strategy=args.strategy, num_workers=args.workers, seed=args.seed,
                          **strategy_options(args))
-    data, validation = args.data, args.validation
-    features, label = given_columns(args.features), args.label
-    if not args.images:
-        from sparkeras.data.sources import read_data
-
-        frame = read_data(spark, args.data)
-        if features is None:
-            features = table_features(frame, args)
-        data, validation = class_ids(spark, args, sm, frame, validation)
-    if args.images:
-        data, features, label = read_image_folder(spark, args, sm.model, "folder"), "image", "label"
-        if validation:  # numbered by the training folders, even where it lacks one
-            validation = read_image_folder(spark, args, sm.model, "folder", validation,
-                                      data.schema["label"].metadata["classes"])
+    data, validation, features, label = training_data(spark, args, sm)
     callbacks = tracking_callbacks(args, f"sparkeras train {os.path.basename(args.model)}")
     history = sm.fit(data, epochs=args.epochs, batch_size=args.batch_size,
                      validation_data=validation, features_col=features,

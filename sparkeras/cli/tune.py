@@ -36,7 +36,7 @@ import math
 import os
 from typing import Any
 
-from sparkeras.cli.flags import add_common_flags, add_data_flags
+from sparkeras.cli.flags import add_common_flags, add_data_flags, json_or_text
 from sparkeras.errors import InputError
 
 RANGE_HELP = ("LOW:HIGH (integers if both are), LOW:HIGH:log for a log scale, or choices separated by commas "
@@ -128,7 +128,7 @@ def parse_ranges(items: list[str]) -> dict[str, Any]:
                                  f"{' and LOW > 0 on a log scale' if len(parts) == 3 else ''}.")
             space[name] = tuple(bounds) + (("log",) if len(parts) == 3 else ())
         else:
-            space[name] = [_value(v.strip()) for v in spec.split(",")]
+            space[name] = [json_or_text(v.strip()) for v in spec.split(",")]
             if any(v == "" for v in space[name]):
                 raise InputError(f"--param {name}={spec} has an empty choice; separate the choices by single commas.")
     return space
@@ -142,14 +142,6 @@ def _number(text: str, name: str, spec: str) -> int | float:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise InputError(f"--param {name}={spec}: {text.strip()!r} is not a number; a range is LOW:HIGH of numbers.")
     return value
-
-
-def _value(text: str) -> Any:
-    """A choice as JSON reads it (``64``, ``0.5``, ``true``, ``null``), else the text itself (``adam``)."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
 
 
 def direction_for(metric: str) -> str:
@@ -274,8 +266,7 @@ def run_tune(args: argparse.Namespace) -> int:
     import sparkeras
     from sparkeras import SparkModel
     from sparkeras.cli.flags import (
-        class_ids, class_weights, given_columns, read_image_folder, report_tracking, start_session, strategy_options,
-        table_features, tracking_callbacks)
+        class_weights, report_tracking, start_session, strategy_options, tracking_callbacks, training_data)
     from sparkeras.metric_values import rounded
     from sparkeras.storage.outputs import check_remote_output
     from sparkeras.strategies import get_strategy
@@ -286,20 +277,7 @@ def run_tune(args: argparse.Namespace) -> int:
     space = parse_ranges(args.param)
     models = SavedModelSpace(loaded.model, list(space))
     models.check_optimizers(space)
-    data, validation = args.data, args.validation
-    features, label = given_columns(args.features), args.label
-    if args.images:
-        data, features, label = read_image_folder(spark, args, loaded.model, "folder"), "image", "label"
-        if validation:
-            validation = read_image_folder(spark, args, loaded.model, "folder", validation,
-                                           data.schema["label"].metadata["classes"])
-    else:
-        from sparkeras.data.sources import read_data
-
-        frame = read_data(spark, args.data)
-        if features is None:
-            features = table_features(frame, args)
-        data, validation = class_ids(spark, args, loaded, frame, validation)
+    data, validation, features, label = training_data(spark, args, loaded)
     split = 0.0 if validation else (0.2 if args.validation_split is None else args.validation_split)
     metric = metric_of(args)
     direction = args.direction or direction_for(metric)
