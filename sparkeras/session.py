@@ -42,10 +42,12 @@ _LOCAL_CONF = {
 def get_spark(master: str | None = None, app_name: str = "sparkeras") -> Any:
     """Return the active SparkSession, or start an embedded one.
 
-    An active session (``spark-submit``, a notebook, a test fixture) is used
-    unchanged, so the same code runs on standalone, YARN or Kubernetes
-    clusters. Without one, a session is started on ``master`` (default
-    ``local[*]``) with Arrow on, the UI off and quiet logs. Python workers run
+    An active session (a notebook's, a test fixture's) is used unchanged.
+    Under ``spark-submit`` the session takes the submitted master and
+    settings (:func:`submitted_settings`), so the same script runs on
+    standalone, YARN or Kubernetes clusters. Otherwise a session is started
+    on ``master`` (default ``local[*]``) with Arrow on, the UI off and quiet
+    logs. Python workers run
     the driver's interpreter and see the driver's ``KERAS_BACKEND``, and
     they are forked from a daemon that has imported TensorFlow and Keras
     once (:mod:`sparkeras.worker.daemon`).
@@ -57,9 +59,14 @@ def get_spark(master: str | None = None, app_name: str = "sparkeras") -> Any:
         return active
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    options = embedded_options(master or "local[*]", app_name)
+    submitted = submitted_settings()
+    options = embedded_options(master or submitted.get("spark.master") or "local[*]", app_name)
     options.update(python_socket_options(options["spark.master"]))
-    _prestart_daemon(options)
+    if submitted:
+        options = {key: value for key, value in options.items()
+                   if key not in submitted and key not in _SUBMITTED_KEEPS or key == "spark.master" and master}
+    else:
+        _prestart_daemon(options)
     builder = SparkSession.builder
     for key, value in options.items():
         builder = builder.config(key, value)
@@ -67,9 +74,37 @@ def get_spark(master: str | None = None, app_name: str = "sparkeras") -> Any:
         if "spark.driver.extraJavaOptions" in options:
             _start_jvm_without_its_warning(options)
         spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("ERROR")
+    if not submitted:
+        spark.sparkContext.setLogLevel("ERROR")
     start_python_workers(spark)
     return spark
+
+
+_SUBMITTED_KEEPS = frozenset({"spark.app.name", "spark.ui.enabled", "spark.sql.shuffle.partitions",
+                              "spark.driver.memory", "spark.driver.extraJavaOptions"})
+"""What :func:`get_spark` leaves as ``spark-submit`` has it, set or not: the run's name, its UI, the user's
+SQL settings and log level, and what only the JVM's launch reads."""
+
+
+def submitted_settings() -> dict[str, str]:
+    """The Spark settings of a driver JVM that ``spark-submit`` (or another launcher) started for this process;
+    empty where there is none.
+
+    Why. ``spark-submit --master spark://... train.py`` starts the driver's
+    JVM first, with the master, the executors' resources and the user's
+    ``--conf`` settings, and runs the script in a Python process that
+    connects to it (``PYSPARK_GATEWAY_PORT``). A script that left the session
+    to sparkeras got a session on ``local[*]``: :func:`get_spark`'s
+    ``spark.master`` took the place of the submitted one, and the whole fit
+    ran on the driver's machine. These settings are the user's: they win
+    over sparkeras' own (:data:`_SUBMITTED_KEEPS`).
+    """
+    if "PYSPARK_GATEWAY_PORT" not in os.environ:
+        return {}
+    from pyspark import SparkConf, SparkContext
+
+    SparkContext._ensure_initialized()
+    return dict(SparkConf().getAll())
 
 
 def running_session() -> Any:

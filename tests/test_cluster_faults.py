@@ -237,3 +237,43 @@ def test_hierarchical_allreduce_between_two_hosts(cluster):
         assert not result["torch"], result  # the collective between hosts needs no torch
     assert hierarchical["transport"] == "shared memory", hierarchical  # rank 0 shares its host with rank 1
     assert ring["transport"] == "tcp", ring  # shared_memory=False: all four tasks in the ring
+
+
+SUBMITTED = """
+import json, sys
+sys.path.insert(0, {tests!r})
+from conftest import blobs, mlp
+import sparkeras
+x, y = blobs(2000, seed=4)
+history = sparkeras.SparkModel(mlp(seed=2)).fit(x, y, epochs=3, verbose=0)  # no session of the script's own
+sc = sparkeras.get_spark().sparkContext
+conf = sc.getConf()
+print("RESULT", json.dumps({{"master": sc.master, "app": conf.get("spark.app.name"),
+                            "daemon": conf.get("spark.python.daemon.module"),
+                            "ui": conf.get("spark.ui.enabled", None),
+                            "partitions": conf.get("spark.sql.shuffle.partitions", None),
+                            "workers": len(history.epoch_figures[0]["workers"]),
+                            "accuracy": history.history["accuracy"][-1]}}))
+"""
+
+
+def test_a_script_under_spark_submit_trains_on_the_submitted_master(cluster, tmp_path):
+    """``spark-submit --master spark://...`` a script that leaves the session to sparkeras: the fit runs on that
+    cluster, one worker per task slot of its two hosts, with sparkeras' daemon on the executors, and the run's
+    own settings (its name, Spark's UI, SQL settings) as ``spark-submit`` made them."""
+    import pyspark
+
+    script = tmp_path / "train_on_cluster.py"
+    script.write_text(SUBMITTED.format(tests=os.path.dirname(os.path.abspath(__file__))))
+    submit = os.path.join(os.path.dirname(pyspark.__file__), "bin", "spark-submit")
+    out = subprocess.run([submit, "--master", cluster.url, str(script)], capture_output=True, text=True,
+                         timeout=240, env=cluster.driver_env())
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert lines, out.stderr[-4000:]
+    result = json.loads(lines[0][len("RESULT "):])
+    # sparkeras' own session options replaced the submitted master: the fit ran on local[*], 2 workers.
+    assert result["master"] == cluster.url, result
+    assert result["workers"] == 4, result  # two 2-core workers
+    assert result["accuracy"] > 0.8, result
+    assert result["daemon"] == "sparkeras.worker.daemon", result
+    assert result["app"] == "train_on_cluster.py" and result["ui"] is None and result["partitions"] is None, result
