@@ -27,6 +27,12 @@ import time
 def executors_with_a_daemon(application_id: str) -> tuple[int, int]:
     """The application's executor processes, and how many of them have started a Python daemon (pyspark's or
     sparkeras'), from the process table; processes that end while they are listed are left out."""
+    counts = daemons_per_executor(application_id)
+    return len(counts), sum(count > 0 for count in counts)
+
+
+def daemons_per_executor(application_id: str) -> list[int]:
+    """How many Python daemons (pyspark's or sparkeras') each of the application's executor processes runs."""
     import psutil
 
     def command(process) -> str:
@@ -35,14 +41,13 @@ def executors_with_a_daemon(application_id: str) -> tuple[int, int]:
         except psutil.Error:
             return ""
 
-    executors = [p for p in psutil.process_iter() if f"--app-id {application_id}" in command(p)]
-    started = 0
-    for executor in executors:
+    counts = []
+    for executor in [p for p in psutil.process_iter() if f"--app-id {application_id}" in command(p)]:
         try:
-            started += any(" -m " in command(c) and "daemon" in command(c) for c in executor.children())
+            counts.append(sum(" -m " in command(c) and "daemon" in command(c) for c in executor.children()))
         except psutil.Error:
             pass
-    return len(executors), started
+    return counts
 
 
 def parent_pid(pid: int) -> int:

@@ -1785,7 +1785,7 @@ LATE_EXECUTORS = """
 import json, os, sys, time
 os.environ["PYSPARK_PYTHON"] = sys.executable
 sys.path.insert(0, {tests!r})
-from standalone import executors_with_a_daemon
+from standalone import daemons_per_executor, executors_with_a_daemon
 from pyspark.sql import SparkSession
 spark = (SparkSession.builder.master("local-cluster[3,1,1024]").config("spark.ui.enabled", "false")
          .config("spark.ui.showConsoleProgress", "false").config("spark.dynamicAllocation.enabled", "true")
@@ -1802,7 +1802,15 @@ deadline = time.monotonic() + 60
 app = spark.sparkContext.applicationId
 while executors_with_a_daemon(app) != (3, 3) and time.monotonic() < deadline:
     time.sleep(0.5)
-print(json.dumps(executors_with_a_daemon(app)))
+started = executors_with_a_daemon(app)
+
+# The user's RDD functions and SQL functions (a scoring UDF, mapInArrow) run in one pool of workers: one daemon each.
+def rows(batches):
+    yield from batches
+
+spark.sparkContext.parallelize(range(6), 6).map(lambda v: v).collect()
+spark.range(0, 6, 1, 6).mapInArrow(rows, "id long").collect()
+print(json.dumps([started, daemons_per_executor(app)]))
 spark.stop()
 """
 
@@ -1812,7 +1820,7 @@ def test_executors_that_register_after_a_cluster_session_starts_get_their_python
     """On a cluster, executors register after the session starts, and later (dynamic allocation, autoscaling):
     each gets a Python worker started (its daemon, and on TensorFlow the import) when it registers in the
     session's first minute, not inside the first fit. Before, one wave sized as the session started (2 tasks)
-    reached at most 2 of the 3 executors."""
+    reached at most 2 of the 3 executors. Its RDD and SQL functions then share each executor's one daemon."""
     import json
     import subprocess
     import sys
@@ -1820,7 +1828,11 @@ def test_executors_that_register_after_a_cluster_session_starts_get_their_python
     script = LATE_EXECUTORS.format(tests=os.path.dirname(os.path.abspath(__file__)))
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == [3, 3], done.stdout
+    started, daemons = json.loads(done.stdout.strip().splitlines()[-1])
+    assert started == [3, 3], done.stdout
+    # The user's own session keeps pyspark's daemon on a cluster, and RDD and SQL functions had a pool each: the
+    # first prediction after a fit started a second daemon on each executor, which imported TensorFlow again.
+    assert daemons == [1, 1, 1], done.stdout
 
 
 def test_sql_functions_run_in_the_same_pool_of_python_workers_as_training(spark):
