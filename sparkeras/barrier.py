@@ -27,13 +27,22 @@ from sparkeras.errors import InputError, worker_error
 DEFAULT_TIMEOUT = 300.0
 
 
-EXECUTOR_REGISTRATION_SECONDS = 30.0
-"""How long a check waits for executors that are still registering (Spark's own
-``spark.scheduler.maxRegisteredResourcesWaitingTime`` default)."""
+EXECUTOR_REGISTRATION_KEY = "spark.scheduler.maxRegisteredResourcesWaitingTime"
+"""Spark's own limit on how long a new session waits for its executors to register (30 s by default); sparkeras'
+checks wait as long."""
 
 
-def registered_slots(sc: Any, wanted: int = 1, wait: float = EXECUTOR_REGISTRATION_SECONDS) -> int:
-    """The cluster's task slots, once its executors have registered, waiting at most ``wait`` seconds.
+def registration_wait(sc: Any) -> float:
+    """The session's :data:`EXECUTOR_REGISTRATION_KEY` in seconds (Spark's parsing: ``30s``, ``1min``, bare ms)."""
+    try:
+        return sc._jsc.sc().conf().getTimeAsMs(EXECUTOR_REGISTRATION_KEY, "30s") / 1000.0
+    except Exception:  # noqa: BLE001 - Spark Connect, or a value Spark refuses too: Spark's default
+        return 30.0
+
+
+def registered_slots(sc: Any, wanted: int = 1, wait: float | None = None) -> int:
+    """The cluster's task slots, once its executors have registered, waiting at most ``wait`` seconds
+    (:func:`registration_wait` where not given).
 
     A session just started on a cluster (standalone, ``local-cluster``,
     YARN) has no executors yet: they register over the next seconds, and
@@ -46,13 +55,15 @@ def registered_slots(sc: Any, wanted: int = 1, wait: float = EXECUTOR_REGISTRATI
     seconds, until the executors its settings promise have registered
     (:func:`expected_slots`), or, where they promise none (a standalone
     master handing out every core), until the count has held for 2 s.
-    Local mode's one executor is the driver: no wait.
+    Local mode's one executor is the driver: no wait. With no executor at
+    all by then it raises :func:`no_executors` instead of returning 0.
     """
     from sparkeras.session import is_local
 
     slots = concurrent_slots(sc)
     if is_local(sc.master):
         return slots
+    wait = registration_wait(sc) if wait is None else wait
     now = time.monotonic()
     deadline = now + wait
     young_until = min(deadline, now + wait - (time.time() - sc.startTime / 1000.0))
@@ -71,7 +82,51 @@ def registered_slots(sc: Any, wanted: int = 1, wait: float = EXECUTOR_REGISTRATI
         slots = concurrent_slots(sc)
         if slots != last:
             held_since, last = time.monotonic(), slots
+    if slots == 0 and not _dynamic_allocation(sc.getConf()):
+        raise no_executors(sc, wait)
     return slots
+
+
+def require_executors(sc: Any) -> None:
+    """Return once a cluster session has an executor to run tasks; raise :func:`no_executors` after
+    :func:`registration_wait` seconds without one. Local mode and dynamic allocation return at once."""
+    from sparkeras.session import is_local
+
+    if is_local(sc.master) or _dynamic_allocation(sc.getConf()):
+        return
+    wait = registration_wait(sc)
+    deadline = time.monotonic() + wait
+    while concurrent_slots(sc) == 0:
+        if time.monotonic() >= deadline:
+            raise no_executors(sc, wait)
+        time.sleep(0.5)
+
+
+def no_executors(sc: Any, waited: float) -> InputError:
+    """The error for a cluster session that no executor joined in ``waited`` seconds.
+
+    Why. Spark then waits for ever, and its only word, "Initial job has not
+    accepted any resources", is a warning that sparkeras' quiet logging
+    holds back: on a standalone cluster whose workers could not reach the
+    driver's address, every executor exited as it started, the master
+    launched the next (47 in ten minutes), and the fit hung without a line.
+    """
+    conf = sc.getConf()
+    driver = f"{conf.get('spark.driver.host', '?')}:{conf.get('spark.driver.port', '?')}"
+    cores = conf.get("spark.executor.cores", None)
+    memory = conf.get("spark.executor.memory", "1g")
+    return InputError(
+        f"No executor has joined this Spark session (master {sc.master}) in {waited:.0f} s, so no task can run. "
+        f"Executors connect back to the driver at {driver}: if the cluster's machines cannot reach that address, "
+        "set SPARK_LOCAL_IP or spark.driver.host to one they can (the workers' logs show the failed connections). "
+        f"Otherwise no worker may have {f'{cores} cores' if cores else 'a core'} and {memory} of memory free for an "
+        "executor (spark.executor.cores, spark.executor.memory): the master's web UI lists its workers and what "
+        f"they have free. {EXECUTOR_REGISTRATION_KEY} sets how long to wait.")
+
+
+def _dynamic_allocation(conf: Any) -> bool:
+    """Whether executors come and go with the jobs' demand, so that none may be there before a job asks."""
+    return conf.get("spark.dynamicAllocation.enabled", "false").strip().lower() == "true"
 
 
 def expected_slots(master: str, conf: Any) -> int | None:
@@ -92,15 +147,15 @@ def expected_slots(master: str, conf: Any) -> int | None:
             return int(cluster.group(1)) * int(cluster.group(2)) // per_task
         if conf.get("spark.cores.max", None):
             return int(conf.get("spark.cores.max")) // per_task
-        dynamic = conf.get("spark.dynamicAllocation.enabled", "false").strip().lower() == "true"
-        if conf.get("spark.executor.instances", None) and not dynamic and not master.startswith("spark://"):
+        if conf.get("spark.executor.instances", None) and not _dynamic_allocation(conf) \
+                and not master.startswith("spark://"):
             return int(conf.get("spark.executor.instances")) * int(conf.get("spark.executor.cores", "1")) // per_task
     except ValueError:  # a setting Spark would refuse too: no promise
         return None
     return None
 
 
-def check_barrier(sc: Any, num_workers: int, wait: float = EXECUTOR_REGISTRATION_SECONDS) -> None:
+def check_barrier(sc: Any, num_workers: int, wait: float | None = None) -> None:
     """Fail fast when Spark cannot run ``num_workers`` barrier tasks at once.
 
     Spark itself either refuses late (after retrying for minutes) or waits
@@ -108,8 +163,7 @@ def check_barrier(sc: Any, num_workers: int, wait: float = EXECUTOR_REGISTRATION
     that are still registering (a cluster just started) are waited for, up
     to ``wait`` seconds (:func:`registered_slots`).
     """
-    conf = sc.getConf()
-    if conf.get("spark.dynamicAllocation.enabled", "false").strip().lower() == "true":
+    if _dynamic_allocation(sc.getConf()):
         raise InputError(
             "Barrier training needs all its tasks running at once, which Spark does not allow with "
             "dynamic allocation; set spark.dynamicAllocation.enabled=false for this job.")

@@ -120,14 +120,18 @@ class SparkModel:
     def _workers(self, spark: Any) -> int:
         """``num_workers``, else one per task slot: in local mode one per slot that has a core of its own
         (:func:`~sparkeras.session.local_slots`), on a cluster the registered slots (a session just started
-        waits for its executors: :func:`registered_slots`)."""
-        if self.num_workers:
-            return self.num_workers
-        from sparkeras.barrier import registered_slots
+        waits for its executors: :func:`registered_slots`). A cluster session that no executor joins is an
+        error here, before any job (:func:`~sparkeras.barrier.no_executors`)."""
+        from sparkeras.barrier import registered_slots, require_executors
         from sparkeras.session import is_local, local_slots
 
         sc = spark.sparkContext
-        return local_slots(sc) if is_local(sc.master) else max(1, registered_slots(sc))
+        if is_local(sc.master):
+            return self.num_workers or local_slots(sc)
+        if self.num_workers:
+            require_executors(sc)
+            return self.num_workers
+        return max(1, registered_slots(sc))
 
     def _spec(self, columns: ColumnMap, progress: Any = None, class_weight: ClassWeights | None = None,
               workers: int = 1) -> WorkerSpec:

@@ -1835,6 +1835,49 @@ def test_executors_that_register_after_a_cluster_session_starts_get_their_python
     assert daemons == [1, 1, 1], done.stdout
 
 
+UNREACHABLE_DRIVER = """
+import os, sys, time
+os.environ["PYSPARK_PYTHON"] = sys.executable
+sys.path.insert(0, {tests!r})
+from pyspark.sql import SparkSession
+spark = (SparkSession.builder.master("local-cluster[1,1,1024]").config("spark.ui.enabled", "false")
+         .config("spark.driver.host", "192.0.2.123").config("spark.driver.bindAddress", "127.0.0.1")
+         .config("spark.scheduler.maxRegisteredResourcesWaitingTime", "3s").getOrCreate())
+spark.sparkContext.setLogLevel("OFF")
+from conftest import blobs, mlp
+import sparkeras
+x, y = blobs(200)
+for workers in (None, 2):  # the default count waits for the executors; a given count needs one
+    started = time.monotonic()
+    try:
+        sparkeras.SparkModel(mlp(), num_workers=workers).fit(x, y, epochs=1, verbose=0)
+        print("FITTED")
+    except sparkeras.InputError as exc:
+        print("REFUSED", round(time.monotonic() - started), str(exc).replace(chr(10), " "))
+spark.stop()
+"""
+
+
+@pytest.mark.own_processes
+def test_a_cluster_session_that_no_executor_joins_fails_the_fit_with_what_it_waited_for():
+    """Executors that cannot reach the driver's advertised address exit as they start, and Spark waits for them
+    for ever, its one warning held back by the quiet logs: a fit on a standalone cluster hung, silent, for ten
+    minutes. Now the fit stops after Spark's registration wait, and names the address and the settings."""
+    import subprocess
+    import sys
+
+    script = UNREACHABLE_DRIVER.format(tests=os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
+    refused = [ln.split(" ", 2) for ln in done.stdout.splitlines() if ln.startswith(("REFUSED", "FITTED"))]
+    assert len(refused) == 2, (done.stdout[-2000:], done.stderr[-3000:])
+    for _, seconds, message in refused:
+        assert int(seconds) < 60, refused
+        assert message.startswith("No executor has joined this Spark session (master local-cluster[1,1,1024]) in "
+                                  "3 s"), message
+        assert "the driver at 192.0.2.123:" in message and "SPARK_LOCAL_IP or spark.driver.host" in message, message
+        assert "spark.scheduler.maxRegisteredResourcesWaitingTime" in message, message
+
+
 def test_sql_functions_run_in_the_same_pool_of_python_workers_as_training(spark):
     """Scoring UDFs (SQL functions) fork from the daemon that already imported TensorFlow for training (RDD
     functions), not from a second one that imports it again."""
