@@ -167,6 +167,22 @@ def test_unknown_strategy_and_bad_window():
         SparkModel(mlp(), window=0)
 
 
+
+def test_an_option_the_strategy_does_not_take_is_named_with_the_options_it_takes_and_where_it_belongs():
+    """``workers=4`` (the CLI's flag is ``--workers``) and fit arguments land among a strategy's options; Python's
+    "unexpected keyword argument" named neither the strategy's options nor where the value goes."""
+    with pytest.raises(InputError) as refused:
+        SparkModel(mlp(), "averaging", workers=4)
+    assert str(refused.value) == (
+        "Strategy 'averaging' has no option 'workers'; its options are ['window', 'outer_momentum', "
+        "'outer_learning_rate', 'nesterov', 'timeout', 'max_restarts', 'slot_timeout', 'momentum_bias_correction', "
+        "'learning_rate_scaling', 'warmup_epochs']. The number of workers is SparkModel's num_workers "
+        "(SparkModel(model, strategy, num_workers=4)).")
+    with pytest.raises(InputError, match=r"^Strategy 'adag' has no option 'batch_size', 'epochs'; its options are "
+                                         r"\['window', .*\]\. \['batch_size', 'epochs'\] are arguments of fit\(\), "
+                                         r"not of the strategy\.$"):
+        SparkModel(mlp(), "adag", epochs=3, batch_size=64)
+
 def test_worker_failure_surfaces_with_the_workers_traceback(spark):
     from pyspark.sql import functions as F
     from pyspark.sql import types as T

@@ -25,10 +25,41 @@ def get_strategy(strategy: str | Strategy, **options: Any) -> Strategy:
     cls = STRATEGIES.get(str(strategy).lower())
     if cls is None:
         raise InputError(f"Unknown strategy {strategy!r}; choose one of {sorted(STRATEGIES)} or pass a Strategy object.")
+    unknown = sorted(set(options) - set(strategy_options(cls)))
+    if unknown:
+        raise InputError(unknown_options(str(strategy), unknown, strategy_options(cls)))
     try:
         return cls(**options)
     except TypeError as exc:
         raise InputError(f"Bad options for strategy {strategy!r}: {exc}") from None
+
+
+FIT_ARGUMENTS = frozenset({"epochs", "batch_size", "validation_split", "validation_data", "callbacks", "verbose",
+                           "shuffle", "class_weight", "sample_weight", "initial_epoch"})
+
+
+def strategy_options(cls: type[Strategy]) -> list[str]:
+    """The keyword options a strategy class takes, in the order of its signature."""
+    import inspect
+
+    return [name for name, p in inspect.signature(cls.__init__).parameters.items()
+            if name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def unknown_options(strategy: str, unknown: list[str], known: list[str]) -> str:
+    """The error for options a strategy does not take, with where the usual mix-ups belong.
+
+    ``workers=4`` (the CLI's ``--workers``) and fit arguments given to
+    ``SparkModel(...)`` land among the strategy's options, and Python's own
+    message ("unexpected keyword argument") named neither the options there
+    are nor where the value goes.
+    """
+    message = f"Strategy {strategy!r} has no option {', '.join(map(repr, unknown))}; its options are {known}."
+    if {"workers", "num_workers", "n_workers"} & set(unknown):
+        message += " The number of workers is SparkModel's num_workers (SparkModel(model, strategy, num_workers=4))."
+    if FIT_ARGUMENTS & set(unknown):
+        message += f" {sorted(FIT_ARGUMENTS & set(unknown))} are arguments of fit(), not of the strategy."
+    return message
 
 
 __all__ = ["ADAG", "AEASGD", "EAMSGD", "EASGD", "STRATEGIES", "AllReduce", "Asynchronous", "DistributedOptimizer",
