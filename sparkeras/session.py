@@ -62,9 +62,12 @@ def get_spark(master: str | None = None, app_name: str = "sparkeras") -> Any:
     submitted = submitted_settings()
     options = embedded_options(master or submitted.get("spark.master") or "local[*]", app_name)
     options.update(python_socket_options(options["spark.master"]))
+    quiet = not submitted or _logging_left_to_spark()
     if submitted:
         options = {key: value for key, value in options.items()
                    if key not in submitted and key not in _SUBMITTED_KEEPS or key == "spark.master" and master}
+        if quiet and "spark.log.level" not in submitted:  # the context's own start-up, logged at INFO
+            options["spark.log.level"] = "ERROR"
     else:
         _prestart_daemon(options)
     builder = SparkSession.builder
@@ -74,7 +77,7 @@ def get_spark(master: str | None = None, app_name: str = "sparkeras") -> Any:
         if "spark.driver.extraJavaOptions" in options:
             _start_jvm_without_its_warning(options)
         spark = builder.getOrCreate()
-    if not submitted:
+    if quiet:
         spark.sparkContext.setLogLevel("ERROR")
     start_python_workers(spark)
     return spark
@@ -83,7 +86,28 @@ def get_spark(master: str | None = None, app_name: str = "sparkeras") -> Any:
 _SUBMITTED_KEEPS = frozenset({"spark.app.name", "spark.ui.enabled", "spark.sql.shuffle.partitions",
                               "spark.driver.memory", "spark.driver.extraJavaOptions"})
 """What :func:`get_spark` leaves as ``spark-submit`` has it, set or not: the run's name, its UI, the user's
-SQL settings and log level, and what only the JVM's launch reads."""
+SQL settings, and what only the JVM's launch reads. Spark's log level is lowered to errors only where Spark's
+default log4j profile is in use (:func:`_logging_left_to_spark`)."""
+
+
+def _logging_left_to_spark() -> bool:
+    """Whether the driver logs through Spark's default log4j profile (no configuration of the user's), and the
+    user did not ask for debug output (``SPARKERAS_DEBUG``).
+
+    Why. Under ``spark-submit`` that profile logs at INFO: every task's
+    start and end, hundreds of lines through a fit's progress bar. A log4j
+    configuration of the user's (``-Dlog4j2.configurationFile``,
+    ``SPARK_CONF_DIR``) is theirs and keeps its levels.
+    """
+    from pyspark import SparkContext
+
+    if os.environ.get("SPARKERAS_DEBUG", "") not in ("", "0"):
+        return False
+    try:
+        logging = getattr(getattr(SparkContext._jvm.org.apache.spark.internal, "Logging$"), "MODULE$")
+        return bool(getattr(logging, "org$apache$spark$internal$Logging$$defaultSparkLog4jConfig")())
+    except Exception:  # noqa: BLE001 - a Spark without the field: leave the logging as it is
+        return False
 
 
 def submitted_settings() -> dict[str, str]:

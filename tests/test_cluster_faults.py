@@ -260,7 +260,8 @@ print("RESULT", json.dumps({{"master": sc.master, "app": conf.get("spark.app.nam
 def test_a_script_under_spark_submit_trains_on_the_submitted_master(cluster, tmp_path):
     """``spark-submit --master spark://...`` a script that leaves the session to sparkeras: the fit runs on that
     cluster, one worker per task slot of its two hosts, with sparkeras' daemon on the executors, and the run's
-    own settings (its name, Spark's UI, SQL settings) as ``spark-submit`` made them."""
+    own settings (its name, Spark's UI, SQL settings) as ``spark-submit`` made them; Spark's log is quiet, as in
+    sparkeras' own sessions, since the user configured no logging."""
     import pyspark
 
     script = tmp_path / "train_on_cluster.py"
@@ -277,3 +278,7 @@ def test_a_script_under_spark_submit_trains_on_the_submitted_master(cluster, tmp
     assert result["accuracy"] > 0.8, result
     assert result["daemon"] == "sparkeras.worker.daemon", result
     assert result["app"] == "train_on_cluster.py" and result["ui"] is None and result["partitions"] is None, result
+    # Spark's default log4j profile logs at INFO under spark-submit: every task's start and end, 148 lines for this
+    # script. With no log4j configuration of the user's, Spark logs errors only once the context starts logging.
+    info = [ln for ln in out.stderr.splitlines() if " INFO " in ln]
+    assert len(info) <= 5, info
