@@ -536,14 +536,20 @@ def adopt_preloaded_workers(spark: Any) -> bool:
     standalone cluster of two hosts, a session of the user's own with
     pyspark's daemon, the first prediction after a fit took 10.4 s (a second
     daemon on each executor, and TensorFlow imported in each of its
-    workers), the next 0.8 s. Returns whether the session now uses the daemon.
+    workers), the next 0.8 s. Except on a cluster whose tasks are given GPUs:
+    a worker keeps the GPUs of its first task (:mod:`sparkeras.worker.runtime`),
+    and the workers of the pool started from here, forked one by one as jobs
+    needed them, were seen to keep the same GPU while the workers the
+    session had started together stayed idle in the old pool. Returns whether
+    the session now uses the daemon.
     """
     try:
         sc = spark.sparkContext
         conf = sc._conf
         ours = _LOCAL_CONF[DAEMON_KEY]
         current = conf.get(DAEMON_KEY, None)
-        if spark.conf.get(SIMPLIFIED_TRACEBACK_KEY, "true").strip().lower() == "true":
+        if spark.conf.get(SIMPLIFIED_TRACEBACK_KEY, "true").strip().lower() == "true" \
+                and (is_local(sc.master) or not conf.get("spark.task.resource.gpu.amount", None)):
             sc.environment.setdefault(SIMPLIFIED_TRACEBACK_ENV, "1")  # one pool, on a cluster too
         if current == ours:
             return True
