@@ -46,8 +46,9 @@ def get_spark(master: str | None = None, app_name: str = "sparkeras") -> Any:
     Under ``spark-submit`` the session takes the submitted master and
     settings (:func:`submitted_settings`), so the same script runs on
     standalone, YARN or Kubernetes clusters. Otherwise a session is started
-    on ``master`` (default ``local[*]``) with Arrow on, the UI off and quiet
-    logs. Python workers run
+    on ``master`` (default: the one Spark's own configuration names,
+    :func:`configured_master`, else ``local[*]``) with Arrow on, the UI off
+    and quiet logs. Python workers run
     the driver's interpreter and see the driver's ``KERAS_BACKEND``, and
     they are forked from a daemon that has imported TensorFlow and Keras
     once (:mod:`sparkeras.worker.daemon`).
@@ -60,7 +61,8 @@ def get_spark(master: str | None = None, app_name: str = "sparkeras") -> Any:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     submitted = submitted_settings()
-    options = embedded_options(master or submitted.get("spark.master") or "local[*]", app_name)
+    options = embedded_options(master or submitted.get("spark.master") or configured_master() or "local[*]",
+                               app_name)
     options.update(python_socket_options(options["spark.master"]))
     quiet = not submitted or _logging_left_to_spark()
     if submitted:
@@ -108,6 +110,46 @@ def _logging_left_to_spark() -> bool:
         return bool(getattr(logging, "org$apache$spark$internal$Logging$$defaultSparkLog4jConfig")())
     except Exception:  # noqa: BLE001 - a Spark without the field: leave the logging as it is
         return False
+
+
+def configured_master() -> str | None:
+    """The master that Spark's own configuration names for a session this process starts, else ``None``:
+    ``--master`` (or ``--conf spark.master=...``) in ``PYSPARK_SUBMIT_ARGS``, else ``spark.master`` in
+    ``spark-defaults.conf`` (in ``SPARK_CONF_DIR``, else ``SPARK_HOME/conf``).
+
+    Why. pyspark's own builder starts its sessions there: a script run with
+    ``python`` on a cluster's edge node, whose Spark installation names the
+    cluster in ``spark-defaults.conf``, or with ``PYSPARK_SUBMIT_ARGS``, ran
+    on ``local[*]`` when it left the session to sparkeras.
+    """
+    import shlex
+
+    try:
+        args = shlex.split(os.environ.get("PYSPARK_SUBMIT_ARGS", ""))
+    except ValueError:  # unbalanced quotes: Spark's launcher refuses them too
+        args = []
+    found = None
+    for flag, value in zip(args, args[1:] + [""]):
+        if flag == "--master" and value:
+            found = value
+        elif flag.startswith("--master="):
+            found = flag.split("=", 1)[1]
+        elif flag == "--conf" and value.startswith("spark.master="):
+            found = value.split("=", 1)[1]
+    if found:
+        return found
+    folder = os.environ.get("SPARK_CONF_DIR") or (
+        os.path.join(os.environ["SPARK_HOME"], "conf") if os.environ.get("SPARK_HOME") else None)
+    try:
+        with open(os.path.join(folder, "spark-defaults.conf"), encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (TypeError, OSError, UnicodeDecodeError):
+        return None
+    for line in lines:  # "key value" or "key=value", as Spark reads the file; the last one wins
+        parts = re.split(r"[\s=]+", line.strip(), maxsplit=1)
+        if parts[0] == "spark.master" and len(parts) == 2 and parts[1]:
+            found = parts[1].strip()
+    return found
 
 
 def submitted_settings() -> dict[str, str]:

@@ -192,8 +192,8 @@ def _free_port():
     (["--images", "{tmp}", "--weight-col", "w"], "--weight-col names a column of --data; with --images there is "
                                                  "none."),
     (["--strategy-option", "window"], "--strategy-option takes KEY=VALUE, e.g. window=8; got 'window'."),
-    (["--strategy", "adag", "--strategy-option", "speed=2"], "--strategy-option: Strategy 'adag' has no option 'speed'; "
-                                                             "its options are ['window', "),
+    (["--strategy", "adag", "--strategy-option", "speed=2"],
+     "--strategy-option: Strategy 'adag' has no option 'speed'; its options are ['window', "),
     (["--tensorboard", "{tmp}/train.parquet/logs"], "--tensorboard '{tmp}/train.parquet/logs' would write over the "
                                                     "input '{tmp}/train.parquet'"),
     (["--tensorboard", "{tmp}/untrained.keras"], "--tensorboard '{tmp}/untrained.keras' would write over the input"),

@@ -530,6 +530,37 @@ def test_rdd_functions_and_a_map_in_arrow_share_one_pool_of_python_workers(spark
     assert len(rdd) == 1 and sql == rdd, (rdd, sql)
 
 
+def test_a_session_sparkeras_starts_takes_the_master_sparks_own_configuration_names(monkeypatch, tmp_path):
+    """As pyspark's builder does: ``--master`` in ``PYSPARK_SUBMIT_ARGS``, else ``spark.master`` in
+    ``spark-defaults.conf``; a script on a cluster's edge node ran on ``local[*]`` before. The last check starts a
+    session that way in a fresh process."""
+    import subprocess
+    import sys
+
+    from sparkeras.session import configured_master
+
+    for name in ("PYSPARK_SUBMIT_ARGS", "SPARK_CONF_DIR", "SPARK_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    assert configured_master() is None
+    (tmp_path / "spark-defaults.conf").write_text("# an edge node's defaults\nspark.master  yarn\n"
+                                                  "spark.executor.cores 2\n")
+    monkeypatch.setenv("SPARK_HOME", "/nowhere")
+    assert configured_master() is None
+    monkeypatch.setenv("SPARK_CONF_DIR", str(tmp_path))
+    assert configured_master() == "yarn"
+    for args, master in [("--master spark://h:7077 pyspark-shell", "spark://h:7077"),
+                         ("--master=local[3] pyspark-shell", "local[3]"),
+                         ("--conf spark.master=k8s://https://k:443 pyspark-shell", "k8s://https://k:443"),
+                         ("--driver-memory 2g pyspark-shell", "yarn")]:
+        monkeypatch.setenv("PYSPARK_SUBMIT_ARGS", args)
+        assert configured_master() == master, args
+    env = {k: v for k, v in os.environ.items() if k not in ("SPARK_CONF_DIR", "SPARK_HOME")}
+    env.update(PYSPARK_SUBMIT_ARGS="--master local[1] pyspark-shell", PYSPARK_PYTHON=sys.executable)
+    done = subprocess.run([sys.executable, "-c", "import sparkeras; print('MASTER', sparkeras.get_spark().sparkContext."
+                                                 "master)"], capture_output=True, text=True, timeout=180, env=env)
+    assert "MASTER local[1]" in done.stdout, (done.stdout, done.stderr[-3000:])
+
+
 def test_a_local_session_forks_workers_from_sparkeras_daemon_only_where_that_is_safe(spark, tmp_path):
     """A local session the user started switches to sparkeras' daemon (the Elephas README test checks it end to
     end). The conditions are checked on the suite's session by setting its live keys and putting them back, with
