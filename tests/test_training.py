@@ -1835,11 +1835,11 @@ while executors_with_a_daemon(app) != (3, 3) and time.monotonic() < deadline:
     time.sleep(0.5)
 started = executors_with_a_daemon(app)
 
-# The user's RDD functions and SQL functions (a scoring UDF, mapInArrow) run in one pool of workers: one daemon each.
+# RDD functions (the start-up job's) and SQL functions (a scoring UDF, mapInArrow) run in one pool of workers: one
+# daemon on each executor.
 def rows(batches):
     yield from batches
 
-spark.sparkContext.parallelize(range(6), 6).map(lambda v: v).collect()
 spark.range(0, 6, 1, 6).mapInArrow(rows, "id long").collect()
 print(json.dumps([started, daemons_per_executor(app)]))
 spark.stop()
