@@ -1873,7 +1873,7 @@ sys.path.insert(0, {tests!r})
 from pyspark.sql import SparkSession
 spark = (SparkSession.builder.master("local-cluster[1,1,1024]").config("spark.ui.enabled", "false")
          .config("spark.driver.host", "192.0.2.123").config("spark.driver.bindAddress", "127.0.0.1")
-         .config("spark.scheduler.maxRegisteredResourcesWaitingTime", "3s").getOrCreate())
+         .config("spark.scheduler.maxRegisteredResourcesWaitingTime", "1s").getOrCreate())
 spark.sparkContext.setLogLevel("OFF")
 from conftest import blobs, mlp
 import sparkeras
@@ -1904,7 +1904,7 @@ def test_a_cluster_session_that_no_executor_joins_fails_the_fit_with_what_it_wai
     for _, seconds, message in refused:
         assert int(seconds) < 60, refused
         assert message.startswith("No executor has joined this Spark session (master local-cluster[1,1,1024]) in "
-                                  "3 s"), message
+                                  "1 s"), message
         assert "the driver at 192.0.2.123:" in message and "SPARK_LOCAL_IP or spark.driver.host" in message, message
         assert "spark.scheduler.maxRegisteredResourcesWaitingTime" in message, message
 
