@@ -68,7 +68,7 @@ def registered_slots(sc: Any, wanted: int = 1, wait: float | None = None) -> int
     deadline = now + wait
     young_until = min(deadline, now + wait - (time.time() - sc.startTime / 1000.0))
     expected = expected_slots(sc.master, sc.getConf())
-    held_since, last = now, slots
+    held_since, last = _held_since(sc, slots, now), slots
 
     def settled() -> bool:
         if time.monotonic() >= young_until:
@@ -184,12 +184,30 @@ def worker_slots(sc: Any) -> int:
 
 
 def concurrent_slots(sc: Any) -> int:
-    """How many tasks the cluster can run at once right now."""
+    """How many tasks the cluster can run at once right now (noted on ``sc``: :func:`_held_since`)."""
     jsc = sc._jsc.sc()
     try:
-        return int(jsc.maxNumConcurrentTasks(jsc.resourceProfileManager().defaultResourceProfile()))
+        slots = int(jsc.maxNumConcurrentTasks(jsc.resourceProfileManager().defaultResourceProfile()))
     except Exception:  # noqa: BLE001 - an internal API; fall back to Spark's public estimate
-        return int(sc.defaultParallelism)
+        slots = int(sc.defaultParallelism)
+    seen = getattr(sc, "_sparkeras_slots_seen", None)
+    if seen is None or seen[0] != slots:
+        sc._sparkeras_slots_seen = (slots, time.monotonic())
+    return slots
+
+
+def _held_since(sc: Any, slots: int, now: float) -> float:
+    """Since when the cluster has had ``slots`` task slots, as far as any count of this process saw; else ``now``.
+
+    Why. In a session younger than the registration wait, a count that no
+    setting promises must hold 2 s before :func:`registered_slots` trusts it,
+    and that hold started at each call: on a standalone cluster every fit in
+    the session's first 30 s waited 2.0 s, though its executors had
+    registered long before (the session's start-up job counts the slots each
+    second for its first minute, :func:`sparkeras.session.start_python_workers`).
+    """
+    seen = getattr(sc, "_sparkeras_slots_seen", None)
+    return seen[1] if seen is not None and seen[0] == slots else now
 
 
 class WorkerContext:

@@ -193,6 +193,9 @@ deadline = time.monotonic() + 60
 while executors_with_a_daemon(spark.sparkContext.applicationId)[1] < 2 and time.monotonic() < deadline:
     time.sleep(0.5)  # no Python job of this script's has run yet
 print("DAEMONS", *executors_with_a_daemon(spark.sparkContext.applicationId), flush=True)
+started = time.monotonic()
+registered_slots(spark.sparkContext)  # the executors registered long ago: the count has held
+print("AGAIN", time.monotonic() - started, time.time() - spark.sparkContext.startTime / 1000, flush=True)
 
 
 def probe(ctx):
@@ -244,6 +247,10 @@ def test_a_spark_submit_script_on_two_hosts_waits_for_slots_starts_workers_and_a
     # The session's start-up job waited for the executors too, and started a Python worker (the daemon and its
     # TensorFlow import) on each: sized as the session started, it ran 2 tasks, both on the first executor.
     assert "DAEMONS 2 2" in out.stdout, out.stdout[-2000:]
+    # A count no setting promises must hold 2 s in a session younger than 30 s, and the hold started at every
+    # call: each default-sized fit in the session's first 30 s waited 2.0 s. Counts seen before now count.
+    again, age = (float(v) for v in next(ln for ln in out.stdout.splitlines() if ln.startswith("AGAIN ")).split()[1:])
+    assert again < 1.0 or age > 28, (again, age)
     hierarchical, ring = json.loads(lines[0][len("RESULT "):])
     for result in (hierarchical, ring):
         assert result["sum"] == 1.0 + 2.0 + 3.0 + 4.0, result
