@@ -182,7 +182,8 @@ spark = sparkeras.get_spark()  # run by spark-submit: the submitted master, no s
 at_start = concurrent_slots(spark.sparkContext)  # executors are still registering
 conf = spark.sparkContext.getConf()
 print("SETTINGS", json.dumps({{"master": spark.sparkContext.master, "app": conf.get("spark.app.name"),
-                              "daemon": conf.get("spark.python.daemon.module"), "ui": conf.get("spark.ui.enabled", None),
+                              "daemon": conf.get("spark.python.daemon.module"),
+                              "ui": conf.get("spark.ui.enabled", None),
                               "partitions": conf.get("spark.sql.shuffle.partitions", None)}}), flush=True)
 default_workers = registered_slots(spark.sparkContext)  # SparkModel's default: waits until the count holds
 sparkeras.EASGD().check_cluster(spark, 4)  # a synchronous rule's check needs all 4
