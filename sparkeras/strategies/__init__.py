@@ -35,7 +35,8 @@ def get_strategy(strategy: str | Strategy, **options: Any) -> Strategy:
 
 
 FIT_ARGUMENTS = frozenset({"epochs", "batch_size", "validation_split", "validation_data", "callbacks", "verbose",
-                           "shuffle", "class_weight", "sample_weight", "initial_epoch"})
+                           "shuffle", "class_weight", "sample_weight", "initial_epoch", "validation_freq",
+                           "features_col", "label_col", "weight_col", "checkpoint_dir"})
 
 
 def strategy_options(cls: type[Strategy]) -> list[str]:
