@@ -1835,13 +1835,10 @@ while executors_with_a_daemon(app) != (3, 3) and time.monotonic() < deadline:
     time.sleep(0.5)
 started = executors_with_a_daemon(app)
 
-# RDD functions (the start-up job's) and SQL functions (a scoring UDF, mapInArrow) run in one pool of workers: one
-# daemon on each executor.
-def rows(batches):
-    yield from batches
-
-spark.range(0, 6, 1, 6).mapInArrow(rows, "id long").collect()
-print(json.dumps([started, daemons_per_executor(app)]))
+# RDD functions and SQL functions (a scoring UDF, mapInArrow) get the same environment, so Spark runs them in one
+# pool of workers (test_rdd_functions_and_a_map_in_arrow_share_one_pool_of_python_workers checks the pool).
+variable = spark.sparkContext.environment.get("SPARK_SIMPLIFIED_TRACEBACK")
+print(json.dumps([started, daemons_per_executor(app), variable]))
 spark.stop()
 """
 
@@ -1859,11 +1856,11 @@ def test_executors_that_register_after_a_cluster_session_starts_get_their_python
     script = LATE_EXECUTORS.format(tests=os.path.dirname(os.path.abspath(__file__)))
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    started, daemons = json.loads(done.stdout.strip().splitlines()[-1])
-    assert started == [3, 3], done.stdout
+    started, daemons, variable = json.loads(done.stdout.strip().splitlines()[-1])
+    assert started == [3, 3] and daemons == [1, 1, 1], done.stdout
     # The user's own session keeps pyspark's daemon on a cluster, and RDD and SQL functions had a pool each: the
     # first prediction after a fit started a second daemon on each executor, which imported TensorFlow again.
-    assert daemons == [1, 1, 1], done.stdout
+    assert variable == "1", done.stdout
 
 
 UNREACHABLE_DRIVER = """
