@@ -67,7 +67,7 @@ def get_spark(master: str | None = None, app_name: str = "sparkeras") -> Any:
     quiet = not submitted or _logging_left_to_spark()
     if submitted:
         options = {key: value for key, value in options.items()
-                   if key not in submitted and key not in _SUBMITTED_KEEPS or key == "spark.master" and master}
+                   if (key not in submitted and key not in _SUBMITTED_KEEPS) or (key == "spark.master" and master)}
         if quiet and "spark.log.level" not in submitted:  # the context's own start-up, logged at INFO
             options["spark.log.level"] = "ERROR"
     else:
