@@ -25,9 +25,10 @@ def get_strategy(strategy: str | Strategy, **options: Any) -> Strategy:
     cls = STRATEGIES.get(str(strategy).lower())
     if cls is None:
         raise InputError(f"Unknown strategy {strategy!r}; choose one of {sorted(STRATEGIES)} or pass a Strategy object.")
-    unknown = sorted(set(options) - set(strategy_options(cls)))
+    known = strategy_options(cls)
+    unknown = sorted(set(options) - set(known))
     if unknown:
-        raise InputError(unknown_options(str(strategy), unknown, strategy_options(cls)))
+        raise InputError(unknown_options(str(strategy), unknown, known))
     try:
         return cls(**options)
     except TypeError as exc:
