@@ -183,6 +183,9 @@ class SparkModel:
         weight_col: str | None = None,
         sample_weight: Any = None,
         validation_freq: int | Sequence[int] = 1,
+        validation_batch_size: int | None = None,
+        steps_per_epoch: None = None,
+        validation_steps: None = None,
     ) -> Any:
         """Train on ``data`` and return a ``keras.callbacks.History``.
 
@@ -193,7 +196,14 @@ class SparkModel:
         ``history.history`` has the per-epoch loss and compiled metrics, and
         their ``val_`` twins when there is validation data, scored after
         every epoch, or as ``validation_freq`` says (as in Keras: every
-        ``n``-th epoch, or the listed epochs counted from 1).
+        ``n``-th epoch, or the listed epochs counted from 1), in batches of
+        ``validation_batch_size`` rows when given (by default the fit's
+        ``batch_size``, grown where rows are small, which changes no
+        built-in metric).
+
+        An epoch is one pass over the data, split among the workers, so
+        Keras' ``steps_per_epoch`` and ``validation_steps`` are refused with
+        what to do instead (:func:`_check_whole_passes`).
 
         ``checkpoint_dir`` (a local path or any Hadoop URI) keeps the state
         of the last completed epoch; a fit started again with the same
@@ -220,6 +230,9 @@ class SparkModel:
         _check_compiled(self._model, "fit")
         batch_size = 32 if batch_size is None else batch_size  # Keras' default for None
         _check_positive(epochs=epochs, batch_size=batch_size)
+        _check_whole_passes(steps_per_epoch, validation_steps)
+        if validation_batch_size is not None:
+            _check_positive(validation_batch_size=validation_batch_size)
         verbose = check_verbose(verbose)
         check_classic_session(x if x is not None else data, "SparkModel.fit")
         weights = check_class_weight(class_weight)
@@ -243,7 +256,8 @@ class SparkModel:
         with running_own_jobs(spark), FullCollectionsDeferred(), contextlib.ExitStack() as releases:
             history = self._fit(spark, releases, started, data, y, x, epochs, batch_size, validation_data,
                                 validation_split, features_col, label_col, callbacks, verbose, shuffle,
-                                initial_epoch, checkpoint_dir, weights, (weight_col, row_weights), validation_freq)
+                                initial_epoch, checkpoint_dir, weights, (weight_col, row_weights),
+                                (validation_freq, validation_batch_size))
         self._fit_columns = (features_col, label_col)  # what evaluate and predict use unless told otherwise
         return history
 
@@ -252,11 +266,13 @@ class SparkModel:
              features_col: ColumnSpec, label_col: ColumnSpec, callbacks: Sequence[Any] | None, verbose: int,
              shuffle: bool, initial_epoch: int, checkpoint_dir: str | None,
              class_weight: ClassWeights | None = None, row_weights: tuple = (None, None),
-             validation_freq: int | tuple[int, ...] = 1) -> Any:
+             scoring: tuple[int | tuple[int, ...], int | None] = (1, None)) -> Any:
         """:meth:`fit` after its argument checks, with Spark's console bars paused; ``releases`` runs at its end.
 
-        ``row_weights`` is ``(weight_col, sample_weight)``, checked.
+        ``row_weights`` is ``(weight_col, sample_weight)``, and ``scoring``
+        ``(validation_freq, validation_batch_size)``, checked.
         """
+        validation_freq, validation_batch_size = scoring
         workers = self._workers(spark)
         carried, self._continuation = getattr(self, "_continuation", None), None
         x_data = x if x is not None else data
@@ -336,7 +352,8 @@ class SparkModel:
                 spec=self._spec(columns, server.address if server else None, class_weight, workers),
                 train=train, validation=validation, epochs=epochs, initial_epoch=initial_epoch,
                 batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-                callbacks=None, bar=bar, validation_freq=validation_freq)
+                callbacks=None, bar=bar, validation_freq=validation_freq,
+                validation_batch_size=validation_batch_size)
             job.callbacks = _callback_list(
                 callbacks, self._model, epochs=epochs, steps=max(job.steps_per_worker), verbose=verbose,
                 fit_started=started, strategy=strategy_name,
@@ -810,6 +827,28 @@ def check_verbose(verbose: Any) -> int:
         raise InputError(f"verbose must be 0 (silent), 1 (progress bar), 2 (one line per epoch) or 'auto', "
                          f"got {verbose!r}.")
     return int(verbose)
+
+
+def _check_whole_passes(steps_per_epoch: Any, validation_steps: Any) -> None:
+    """Refuse Keras' step limits, naming what does their job here.
+
+    Keras needs ``steps_per_epoch`` for endless datasets, and Horovod users
+    pass ``rows // (batch_size * workers)`` to split an epoch among workers;
+    here an epoch is always one pass over the data, already split, so the
+    usual value is the one a fit takes anyway. Shorter epochs come from
+    fitting a part of the data: a second fit continues the first.
+    """
+    if steps_per_epoch is not None:
+        raise InputError(
+            f"steps_per_epoch={steps_per_epoch!r} is not supported: an epoch of SparkModel.fit is one pass over "
+            f"the data, split among the workers (each runs ceil(its rows / batch_size) steps). Leave it out; for "
+            f"shorter epochs fit a sample (df.sample(fraction=...)) or the parts of df.randomSplit([...]) in turn, "
+            f"each fit continuing the last.")
+    if validation_steps is not None:
+        raise InputError(
+            f"validation_steps={validation_steps!r} is not supported: validation scores every row of the "
+            f"validation data. Leave it out, and pass a smaller validation set (validation_data=val_df.sample(...) "
+            f"or val_df.limit(n)) to score fewer rows.")
 
 
 def _check_positive(**values: int) -> None:

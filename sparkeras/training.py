@@ -200,11 +200,11 @@ class DriverValidation:
         parts = [read_partition(prepared.columns, iter(blocks))[0] for blocks in partitions if blocks]
         return cls(prepared.columns, [np.concatenate(column) for column in zip(*parts)])  # a copy: files are freed
 
-    def evaluate(self, model: Any, batch_size: int, reader: "MetricReader") -> dict[str, float]:
+    def evaluate(self, model: Any, batch_size: int, reader: "MetricReader", scoring: bool) -> dict[str, float]:
         """``model``'s loss and metrics over the validation rows, as the workers' job would report them."""
         from sparkeras.worker.local_steps import evaluate_arrays
 
-        evaluate_arrays(model, self.columns, self.arrays, "tensorflow", batch_size, scoring=True)
+        evaluate_arrays(model, self.columns, self.arrays, "tensorflow", batch_size, scoring=scoring)
         return reader.read([np.asarray(v) for v in model.metrics_variables])
 
 
@@ -299,9 +299,10 @@ class TrainingJob:
     def __init__(self, *, spark: Any, model: Any, spec: WorkerSpec, train: PreparedData,
                  validation: PreparedData | None, epochs: int, initial_epoch: int, batch_size: int,
                  shuffle: bool, num_workers: int, callbacks: Any, bar: ProgressBar,
-                 validation_freq: int | tuple[int, ...] = 1) -> None:
+                 validation_freq: int | tuple[int, ...] = 1, validation_batch_size: int | None = None) -> None:
         self.spark, self.model, self.spec = spark, model, spec
         self.validation_freq = validation_freq  # see sparkeras.worker.tasks.validates
+        self.validation_batch_size = validation_batch_size  # the user's, or None: see validation_batch
         self.validation_epochs: list[int] = []  # the epochs (from 1) whose logs have val_ figures
         self.train, self.validation = train, validation
         self.epochs, self.initial_epoch = epochs, initial_epoch
@@ -351,13 +352,22 @@ class TrainingJob:
     def validate(self) -> dict[str, float]:
         """The driver's model (set to the epoch's state) scored on the validation data: on the driver when
         it is small (:class:`DriverValidation`), else by a Spark job over its partitions."""
+        size, grows = self.validation_batch
         if self.validation_on_driver() and self._driver_validation:
-            return self._driver_validation.evaluate(self.model, self.batch_size, self.metrics)
+            return self._driver_validation.evaluate(self.model, size, self.metrics, scoring=grows)
         blob = self.broadcast_state()
         try:
-            return evaluate(self.validation, self.spec, blob, self.batch_size, self.metrics, scoring=True)
+            return evaluate(self.validation, self.spec, blob, size, self.metrics, scoring=grows)
         finally:
             blob.unpersist()
+
+    @property
+    def validation_batch(self) -> tuple[int, bool]:
+        """The validation's batch size, and whether it may grow (``scoring`` of
+        :func:`~sparkeras.worker.local_steps.evaluate_arrays`): a batch the user gave is kept, as their own
+        ``evaluate`` keeps it; the fit's own ``batch_size`` grows where rows are small."""
+        given = self.validation_batch_size
+        return (self.batch_size, True) if given is None else (given, False)
 
     def validation_on_driver(self) -> bool:
         """Whether no validation needs a Spark job: there is none to score, or the driver scores it.

@@ -1973,6 +1973,42 @@ def test_validation_freq_scores_only_the_epochs_it_names(spark, strategy, freq, 
     assert drawn == {"fit train": [1, 2, 3, 4], "fit validation": scored}
 
 
+@pytest.mark.parametrize("strategy,epochs", [("averaging", 2), ("averaging", 4), ("allreduce", 2)])
+def test_validation_batch_size_sets_the_rows_each_validation_batch_scores(spark, strategy, epochs):
+    """A loss that is the batch's row count: 1.0 exactly in batches of one row, by a Spark job (2 epochs),
+    on the driver (4, see DriverValidation) or in all-reduce's workers."""
+    import keras
+
+    def rows_in_batch(y_true, y_pred):
+        return keras.ops.mean(keras.ops.square(y_true - y_pred)) * 0.0 + keras.ops.cast(
+            keras.ops.shape(y_true)[0], "float32")
+
+    x, y = blobs(200, seed=4)
+    val = (x[:60], y[:60].astype("float32").reshape(-1, 1))
+    losses = []
+    for size in (1, None):
+        model = keras.Sequential([keras.Input((x.shape[1],)), keras.layers.Dense(1)])
+        model.compile("sgd", rows_in_batch)
+        history = SparkModel(model, strategy, num_workers=2, seed=0).fit(
+            x, y.astype("float32").reshape(-1, 1), epochs=epochs, batch_size=16, validation_data=val,
+            validation_batch_size=size, verbose=0)
+        losses.append(history.history["val_loss"])
+    assert losses[0] == [1.0] * epochs
+    assert all(v > 10 for v in losses[1]), losses[1]  # batches of 16 (and the parts' remainders)
+
+
+def test_keras_step_limits_are_refused_with_what_to_do_instead():
+    x, y = blobs(40)
+    with pytest.raises(InputError, match=r"steps_per_epoch=5 is not supported: an epoch of SparkModel.fit is one "
+                                         r"pass over the data.*df.sample"):
+        SparkModel(mlp(), num_workers=2).fit(x, y, steps_per_epoch=5, verbose=0)
+    with pytest.raises(InputError, match=r"validation_steps=2 is not supported: validation scores every row.*"
+                                         r"val_df.limit"):
+        SparkModel(mlp(), num_workers=2).fit(x, y, validation_data=(x, y), validation_steps=2, verbose=0)
+    with pytest.raises(InputError, match=r"validation_batch_size must be a positive integer, got 0"):
+        SparkModel(mlp(), num_workers=2).fit(x, y, validation_data=(x, y), validation_batch_size=0, verbose=0)
+
+
 def test_a_bad_validation_freq_is_refused(spark):
     x, y = blobs(40)
     for bad in (0, [0, 2], "2", []):

@@ -224,7 +224,8 @@ class AllReduce(Strategy):
         spec = BarrierSpec(
             worker=job.spec, collective=settings, epochs=job.epochs, batch_size=job.batch_size,
             shuffle=job.shuffle, rows=rows, validation=job.validation is not None,
-            validation_freq=job.validation_freq, sync_batch_norm=self.sync_batch_norm,
+            validation_freq=job.validation_freq, validation_batch_size=job.validation_batch_size,
+            sync_batch_norm=self.sync_batch_norm,
             fail_once=self.fail_once, hold_once=self.hold_once)
         optimizer = job.model.optimizer
         warmup = allreduce_warmup_epochs(self.warmup_epochs, self.learning_rate_scaling, optimizer, workers)

@@ -70,6 +70,7 @@ class BarrierSpec:
     rows: tuple[int, ...]
     validation: bool = False
     validation_freq: int | tuple[int, ...] = 1  # see sparkeras.worker.tasks.validates
+    validation_batch_size: int | None = None  # the user's, kept as given; else the fit's, grown for scoring
     sync_batch_norm: bool = True
     fail_once: tuple[int, int, str] | None = None  # test hook: (epoch, rank, marker file)
     hold_once: Hold = None  # test hook, see sparkeras.worker.faults
@@ -254,7 +255,8 @@ class _EpochLoop:
         self.model.reset_metrics()
         if self.val_n:
             evaluate_arrays(self.model, self.spec.worker.columns, self.val_arrays, self.spec.worker.backend,
-                            self.spec.batch_size, scoring=True)
+                            self.spec.validation_batch_size or self.spec.batch_size,
+                            scoring=self.spec.validation_batch_size is None)
         return [np.asarray(v) for v in self.model.metrics_variables]
 
     def _maybe_fail(self, epoch: int, step: int) -> None:
