@@ -7,7 +7,8 @@ JAX and PyTorch in one ``pytest`` command. The tests are the suite's own,
 imported here: exact equivalence (one-worker ``averaging`` with ``model.fit``;
 ``allreduce`` with one process on the global batch, BatchNormalization
 included; both with ``class_weight``, and ``allreduce`` with row weights; learning-rate scaling), a parameter-server rule, evaluate, predict,
-save/load, the SQL UDF, Spark ML stages and streaming, both facades, and (on JAX) one compilation
+save/load, small validation data scored on the driver, the SQL UDF, Spark ML stages and streaming, both
+facades, and (on JAX) one compilation
 of the workers' steps per batch shape.
 
 With ``SPARKERAS_MATRIX_GPUS=1`` the session is ``local-cluster[1,2,1024]``
@@ -39,13 +40,15 @@ from test_sample_weight import test_two_workers_with_row_weights_equal_one_proce
 from test_sklearn import test_classifier_keeps_label_values_and_binary_models
 from test_training import (test_evaluate_matches_keras_evaluate,
                            test_one_worker_averaging_equals_plain_fit_with_adam, test_predict_numpy_keeps_input_order,
-                           test_save_and_load_round_trip)
+                           test_save_and_load_round_trip,
+                           test_small_validation_data_is_scored_on_the_driver_as_the_workers_would)
 
 __all__ = ["problem", "trained", "test_allreduce_scales_the_rate_with_warmup_exactly",
            "test_classifier_keeps_label_values_and_binary_models", "test_evaluate_matches_keras_evaluate",
            "test_every_distributed_optimizer_learns_the_ten_class_problem",
            "test_one_worker_averaging_equals_plain_fit_with_adam", "test_predict_numpy_keeps_input_order",
            "test_save_and_load_round_trip", "test_sql_udf_gives_the_models_predictions",
+           "test_small_validation_data_is_scored_on_the_driver_as_the_workers_would",
            "test_the_same_transform_runs_on_a_streaming_dataframe",
            "test_two_workers_equal_one_process_with_the_global_batch",
            "test_one_worker_with_class_weight_equals_plain_fit",

@@ -15,7 +15,8 @@ Both run the exact-equivalence tests (one-worker ``averaging`` and
 ``allreduce``, BatchNormalization included) and the workers' threads and
 GPUs; the rest is split between them to keep the suite's time: JAX runs the
 SQL UDF (inference with GPUs assigned), PyTorch a Spark ML estimator with a
-parameter-server rule, the Elephas facade and the scikit-learn facade. The
+parameter-server rule, the Elephas facade and the scikit-learn facade, and
+both small validation data scored on the driver. The
 other tests of ``backend_matrix.py`` (evaluate, predict, save/load,
 streaming, learning-rate scaling, every parameter-server rule) pass on both
 backends when run by hand: ``KERAS_BACKEND=jax python -m pytest
@@ -35,8 +36,8 @@ pytestmark = pytest.mark.own_processes
 HERE = os.path.dirname(os.path.abspath(__file__))
 EQUIVALENCE = "(one_worker or two_workers) and not tcp"
 RUNS = {
-    "jax": ({"SPARKERAS_MATRIX_GPUS": "1"}, f"({EQUIVALENCE}) or workers_use or sql_udf"),
-    "torch": ({}, f"({EQUIVALENCE}) or workers_use or estimator or classifier"),
+    "jax": ({"SPARKERAS_MATRIX_GPUS": "1"}, f"({EQUIVALENCE}) or workers_use or sql_udf or scored_on_the_driver"),
+    "torch": ({}, f"({EQUIVALENCE}) or workers_use or estimator or classifier or (scored_on_the_driver and averaging)"),
 }
 
 
