@@ -225,6 +225,31 @@ def test_the_warm_up_compiles_the_all_reduce_step_a_fit_then_runs_on_jax(spark):
     assert int(model.optimizer.iterations) == 1
 
 
+def test_jax_workers_keep_their_compiled_programs_for_the_machines_other_workers(spark):
+    """After a fit, every JAX worker's persistent compilation cache is its user's folder, private, and holds
+    the programs compiled: a worker that meets a shape another compiled loads it instead of compiling."""
+    import keras
+
+    if keras.backend.backend() != "jax":
+        pytest.skip("the cache is JAX's")
+    from conftest import blobs, mlp
+    from sparkeras import SparkModel
+
+    x, y = blobs(300, seed=3)
+    SparkModel(mlp(seed=4), num_workers=2, seed=0).fit(x, y, epochs=2, batch_size=32, verbose=0)
+
+    def cache(_):
+        import jax
+
+        folder = jax.config.jax_compilation_cache_dir
+        yield folder, oct(os.stat(folder).st_mode & 0o777), sum(n.endswith("-cache") for n in os.listdir(folder))
+
+    seen = spark.sparkContext.parallelize(range(2), 2).mapPartitions(cache).collect()
+    expected = os.path.join(os.environ["XDG_CACHE_HOME"], "sparkeras", "jax")
+    assert {(folder, mode) for folder, mode, _ in seen} == {(expected, "0o700")}, seen
+    assert min(entries for _, _, entries in seen) > 0, seen
+
+
 def test_the_jvm_starts_without_jaxs_fork_warning():
     """pyspark starts the JVM with a ``preexec_fn``, which runs JAX's before-fork handler once JAX has a
     backend; its deadlock warning does not apply to a fork that execs, and ``get_spark`` hides it."""

@@ -36,7 +36,8 @@ pytestmark = pytest.mark.own_processes
 HERE = os.path.dirname(os.path.abspath(__file__))
 EQUIVALENCE = "(one_worker or two_workers) and not tcp"
 RUNS = {
-    "jax": ({"SPARKERAS_MATRIX_GPUS": "1"}, f"({EQUIVALENCE}) or workers_use or sql_udf or scored_on_the_driver"),
+    "jax": ({"SPARKERAS_MATRIX_GPUS": "1"},
+            f"({EQUIVALENCE}) or workers_use or sql_udf or scored_on_the_driver or compiled_programs"),
     "torch": ({}, f"({EQUIVALENCE}) or workers_use or estimator or classifier or (scored_on_the_driver and averaging)"),
 }
 
@@ -52,7 +53,8 @@ def children(tmp_path_factory):
             __import__(backend)
         except ImportError:
             continue
-        env = dict(os.environ, KERAS_BACKEND=backend, PYSPARK_PYTHON=sys.executable, **extra)
+        env = dict(os.environ, KERAS_BACKEND=backend, PYSPARK_PYTHON=sys.executable, **extra,
+                   XDG_CACHE_HOME=str(logs / f"{backend}-cache"))  # JAX's compiled programs, kept by the workers
         env.pop("PYSPARK_SUBMIT_ARGS", None)
         procs[backend] = subprocess.Popen(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", selection,
@@ -73,6 +75,40 @@ def test_the_backend_matrix_passes(children, backend):
     summary = stdout.strip().splitlines()[-1] if stdout.strip() else ""
     assert proc.returncode == 0, f"{backend}: {summary}\n{stdout[-6000:]}\n{stderr[-3000:]}"
     assert " passed" in summary and "failed" not in summary and "error" not in summary, summary
+
+
+def test_jax_workers_keep_compiled_programs_in_a_folder_of_their_users_alone(tmp_path, monkeypatch):
+    """JAX runs what its persistent cache holds as compiled code: the workers' folder is made ``0700`` and
+    refused when others may write to it or another user owns it; a ``JAX_COMPILATION_CACHE_DIR`` of the
+    user's, an empty one (off) included, is kept."""
+    import stat
+
+    from sparkeras.worker import runtime
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    settings = ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+                "JAX_COMPILATION_CACHE_MAX_SIZE")
+    for name in settings:
+        monkeypatch.setenv(name, "")  # registered, so that the test leaves the environment as it was
+        monkeypatch.delenv(name)
+    runtime.use_jax_compilation_cache()
+    folder = tmp_path / "sparkeras" / "jax"
+    assert [os.environ.get(name) for name in settings] == [str(folder), "0.0", str(2**30)]
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
+    folder.chmod(0o777)
+    runtime.use_jax_compilation_cache()
+    assert "JAX_COMPILATION_CACHE_DIR" not in os.environ
+    folder.chmod(0o700)
+    assert runtime.jax_compilation_cache_dir() == str(folder)
+    if os.getuid() == 0:
+        os.chown(folder, 65534, 65534)
+        assert runtime.jax_compilation_cache_dir() is None
+
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "")
+    runtime.use_jax_compilation_cache()
+    assert os.environ["JAX_COMPILATION_CACHE_DIR"] == ""
 
 
 def test_a_worker_without_the_drivers_backend_names_the_extra_to_install(tmp_path):
