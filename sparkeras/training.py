@@ -185,7 +185,7 @@ class DriverValidation:
     MAX_BYTES = 4 * 2**20
     MIN_EPOCHS = 4
 
-    def __init__(self, columns: Any, arrays: list[np.ndarray], backend: str = "tensorflow") -> None:
+    def __init__(self, columns: Any, arrays: list[np.ndarray], backend: str) -> None:
         self.columns, self.arrays, self.backend = columns, arrays, backend
 
     @classmethod
@@ -199,8 +199,8 @@ class DriverValidation:
         return prepared.stats.rows * row_bytes <= cls.MAX_BYTES
 
     @classmethod
-    def fetch(cls, prepared: PreparedData, backend: str = "tensorflow") -> "DriverValidation":
-        """Read every packed partition onto the driver (one Spark job), in partition order."""
+    def fetch(cls, prepared: PreparedData, backend: str) -> "DriverValidation":
+        """Read every packed partition onto the driver (one Spark job), in partition order, to score with ``backend``."""
         from sparkeras.data.packing import read_partition
 
         try:
