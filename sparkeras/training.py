@@ -200,7 +200,7 @@ class DriverValidation:
 
     @classmethod
     def fetch(cls, prepared: PreparedData, backend: str) -> "DriverValidation":
-        """Read every packed partition onto the driver (one Spark job), in partition order, to score with ``backend``."""
+        """Read every packed partition onto the driver (one Spark job), in partition order, for ``backend``."""
         from sparkeras.data.packing import read_partition
 
         try:
