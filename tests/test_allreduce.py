@@ -145,8 +145,14 @@ def test_the_barrier_stage_reads_the_packed_blocks_in_place_when_spark_allows_it
         keys = direct.keys().collect()
         assert {k[0] for k in keys} == {0, 1} and {k[1] for k in keys} == {0}
         shuffled = _barrier_input(train, train, 2)  # validation data: both partitions i meet in task i
-        assert "ShuffledRDD" in shuffled.toDebugString().decode()
+        lineage = shuffled.toDebugString().decode()
+        assert "ShuffledRDD" in lineage
         assert sorted(shuffled.keys().collect()) == sorted(keys + [(i, 1, k) for i, _, k in keys])
+        # One Python function keys both sides in the shuffle's map tasks: below the union of the sides lie
+        # only the packed blocks. A side keyed in Python of its own ran a second Python worker inside each
+        # map task, and an executor of 2 cores kept 4 workers, half of them without the model.
+        below = lineage.split("UnionRDD", 1)[1].splitlines()[1:3]
+        assert "PythonRDD[" in below[0] and "CachedPartitions" in below[1], lineage
     finally:
         train.release()
 
