@@ -288,9 +288,10 @@ def _copartition(train: Any, validation: Any, num_workers: int) -> Any:
     then joined, every map task ran two Python workers at once, one inside
     the other: an executor of 2 cores kept 4, Spark hands tasks its idle
     workers in turn, and every other fit's training tasks met workers
-    without the model (a two-host cluster, 4 workers: refits of 2.9, 1.7,
-    1.4 s with TensorFlow against 0.8-1.1 s without validation; 3.2, 5.4,
-    1.4 s with PyTorch, whose fresh workers import it).
+    without the model. On a two-host cluster with 4 workers, three refits
+    took 2.9, 1.7 and 1.4 s with TensorFlow (now 1.9, 1.6, 1.4), and 3.2,
+    5.4 and 1.4 s with PyTorch, whose fresh workers import it (now 1.7,
+    1.6, 1.5).
     """
     first = train.blocks.getNumPartitions()
     blocks = train.blocks if validation is None else train.blocks.union(validation.blocks)
