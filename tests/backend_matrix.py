@@ -250,6 +250,29 @@ def test_jax_workers_keep_their_compiled_programs_for_the_machines_other_workers
     assert min(entries for _, _, entries in seen) > 0, seen
 
 
+def test_a_short_jax_fit_scores_small_validation_data_on_the_driver(spark):
+    """On JAX even a 2-epoch fit scores small validation data on the driver (``MIN_EPOCHS_JAX``): the read of
+    the validation data and one training job, not a training and a validation job per epoch."""
+    import keras
+
+    if keras.backend.backend() != "jax":
+        pytest.skip("the threshold is JAX's")
+    from conftest import blobs, mlp
+    from sparkeras import SparkModel
+
+    x, y = blobs(600, seed=5)
+    sc = spark.sparkContext
+    sc.setJobGroup("short-jax-validation", "validation test")
+    try:
+        sm = SparkModel(mlp(seed=3), num_workers=2, seed=0)
+        history = sm.fit(x[:450], y[:450], epochs=2, batch_size=32, verbose=0, validation_data=(x[450:], y[450:]))
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
+    direct = sm.model.evaluate(x[450:], y[450:], verbose=0, return_dict=True)
+    assert history.history["val_loss"][-1] == pytest.approx(direct["loss"], abs=1e-5)
+    assert len(sc.statusTracker().getJobIdsForGroup("short-jax-validation")) == 2
+
+
 def test_the_jvm_starts_without_jaxs_fork_warning():
     """pyspark starts the JVM with a ``preexec_fn``, which runs JAX's before-fork handler once JAX has a
     backend; its deadlock warning does not apply to a fork that execs, and ``get_spark`` hides it."""

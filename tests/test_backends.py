@@ -37,7 +37,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 EQUIVALENCE = "(one_worker or two_workers) and not tcp"
 RUNS = {
     "jax": ({"SPARKERAS_MATRIX_GPUS": "1"},
-            f"({EQUIVALENCE}) or workers_use or sql_udf or scored_on_the_driver or compiled_programs"),
+            f"({EQUIVALENCE}) or workers_use or sql_udf or scored_on_the_driver or compiled_programs or short_jax"),
     "torch": ({}, f"({EQUIVALENCE}) or workers_use or estimator or classifier or (scored_on_the_driver and averaging)"),
 }
 
