@@ -182,12 +182,15 @@ def use_jax_compilation_cache() -> None:
     rows), and 2-8 s a refit on a standalone cluster of two 2-core hosts
     with 4 workers. JAX's own persistent cache (its ``jax_compilation_cache_*``
     settings) lets a worker load what any worker of the machine compiled:
-    that refit took 0.7 s, and a new session's first fit 1.9 s instead of
-    4.0-4.9 s, its first epoch 0.7 s instead of 2.8-3.4 s.
+    that refit took 0.4-0.9 s, and a new session's first fit 2.2 s instead
+    of 4.0-4.3 s, its first epoch 0.9-1.1 s instead of 2.8 s.
 
-    Programs that took under :data:`JAX_CACHE_MIN_COMPILE_SECONDS` to
-    compile are not kept (loading costs about as much); the folder is held
-    to :data:`JAX_CACHE_MAX_BYTES`, least recently used first. That bound
+    Every program is kept (:data:`JAX_CACHE_MIN_COMPILE_SECONDS` is 0, where
+    JAX's default keeps only those that took a second): a cold worker also
+    compiles many small ones (initializers, broadcasts), each quick, and
+    with a 0.1 s floor a new session's first fit still took 4.5 s. The
+    folder is held to :data:`JAX_CACHE_MAX_BYTES`, least recently used
+    first (a session of the suite's models left 260 KB). That bound
     makes JAX lock the folder around each read and write (with the
     ``filelock`` package), so no worker reads an entry another is still
     writing; without ``filelock`` there is no cache. A
