@@ -88,10 +88,12 @@ def test_train_and_predict_on_a_folder_of_image_files(digit_images, tmp_path, sp
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.save(str(tmp_path / "cnn.keras"))
     rc = main(["train", "--model", str(tmp_path / "cnn.keras"), "--images", root, "--on-error", "skip",
-               "--epochs", "4", "--workers", "2", "--output", str(tmp_path / "t.keras"), "--quiet"])
+               "--epochs", "4", "--workers", "2", "--output", str(tmp_path / "t.keras"), "--quiet",
+               "--validation-split", "0.2"])
     out = capsys.readouterr()
     assert rc == 0, out.err[-3000:]
-    assert json.loads(out.out.split("final epoch: ")[1])["accuracy"] > 0.8
+    final = json.loads(out.out.split("final epoch: ")[1])
+    assert final["accuracy"] > 0.8 and final["val_accuracy"] > 0.8, final  # a fifth of the files, held out
     folder = os.path.join(root, "digit_3")
     rc = main(["predict", "--model", str(tmp_path / "t.keras"), "--images", folder, "--on-error", "skip",
                "--output", str(tmp_path / "p.parquet")])
@@ -198,6 +200,10 @@ def _free_port():
                                                     "input '{tmp}/train.parquet'"),
     (["--tensorboard", "{tmp}/untrained.keras"], "--tensorboard '{tmp}/untrained.keras' would write over the input"),
     (["--mlflow-experiment", " "], "--mlflow-experiment needs a value."),
+    (["--validation", "{tmp}/train.parquet", "--validation-split", "0.2"],
+     "--validation and --validation-split both say what to score every epoch on; give one."),
+    (["--validation-split", "1"], "--validation-split must be between 0 and 1 (the share of the data held out), "
+                                  "got 1.0."),
 ])
 def test_argument_mistakes_fail_before_spark_or_tensorflow_start(files, args, message):
     _fails_before_spark_or_tensorflow(files[0], "train", args, message)

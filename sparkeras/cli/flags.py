@@ -28,6 +28,24 @@ def add_data_flags(p: argparse.ArgumentParser, data_help: str, images_help: str)
                    help="an image file that cannot be decoded: stop, naming it (fail), or leave it out (skip)")
 
 
+def add_validation_flags(p: argparse.ArgumentParser, scored: str, split_help: str) -> None:
+    """``--validation PATH`` or ``--validation-split SHARE``: what ``scored`` (every epoch, the trials) is scored on."""
+    p.add_argument("--validation", help=f"path of validation data to score {scored} on, in any format --data takes "
+                                        "(with --images: a folder of class folders)")
+    p.add_argument("--validation-split", type=float, default=None, metavar="SHARE", help=split_help)
+
+
+def check_validation_flags(args: argparse.Namespace, scored: str) -> None:
+    """At most one of ``--validation`` and ``--validation-split``, and a share strictly between 0 and 1."""
+    from sparkeras.errors import InputError
+
+    if args.validation and args.validation_split is not None:
+        raise InputError(f"--validation and --validation-split both say what to score {scored} on; give one.")
+    if args.validation_split is not None and not 0 < args.validation_split < 1:
+        raise InputError(f"--validation-split must be between 0 and 1 (the share of the data held out), got "
+                         f"{args.validation_split}.")
+
+
 def strategy_options(args: argparse.Namespace) -> dict[str, object]:
     """``--strategy-option window=8 --strategy-option outer_momentum=0.9`` as keyword arguments.
 

@@ -20,9 +20,9 @@ from typing import Any, Sequence
 
 from sparkeras.cli import tune as tune_command
 from sparkeras.cli.flags import (
-    add_common_flags, add_data_flags, check_strategy_flags, check_tracking, check_weight_flags, class_weights,
-    given_columns, image_size, read_image_folder, report_tracking, start_session, strategy_options,
-    tracking_callbacks, training_data)
+    add_common_flags, add_data_flags, add_validation_flags, check_strategy_flags, check_tracking,
+    check_validation_flags, check_weight_flags, class_weights, given_columns, image_size, read_image_folder,
+    report_tracking, start_session, strategy_options, tracking_callbacks, training_data)
 from sparkeras.cli.streaming import add_stream_flags, check_stream_flags, run_stream
 from sparkeras.data.columns import quoted
 from sparkeras.metric_values import rounded
@@ -68,8 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "downpour, adag, dynsgd, easgd, aeasgd, eamsgd")
     train.add_argument("--strategy-option", action="append", default=[], metavar="KEY=VALUE",
                        help="an option of the strategy, as its Python argument, e.g. window=8 (repeat for more)")
-    train.add_argument("--validation", help="path of validation data, in any format --data takes (with "
-                                            "--images: a folder of class folders)")
+    add_validation_flags(train, "every epoch", "without --validation: hold out this share of --data (or --images) at "
+                                               "random to score every epoch on, as Keras' validation_split; the "
+                                               "saved model trains on the rest")
     train.add_argument("--output", required=True, help="where to write the trained .keras model")
     train.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     train.add_argument("--seed", type=int, default=None)
@@ -239,6 +240,8 @@ def check_arguments(args: argparse.Namespace) -> None:
             data_format(validation)
     if args.command == "tune":
         tune_command.check_tune_flags(args)
+    if args.command == "train":
+        check_validation_flags(args, "every epoch")
     if args.command in ("train", "tune"):
         check_strategy_flags(args)
         check_tracking(args, inputs)
@@ -282,7 +285,8 @@ def _train(args: argparse.Namespace) -> int:
     data, validation, features, label = training_data(spark, args, sm)
     callbacks = tracking_callbacks(args, f"sparkeras train {os.path.basename(args.model)}")
     history = sm.fit(data, epochs=args.epochs, batch_size=args.batch_size,
-                     validation_data=validation, features_col=features,
+                     validation_data=validation, validation_split=args.validation_split or 0.0,
+                     features_col=features,
                      label_col=label, verbose=0 if args.quiet else 1, class_weight=class_weights(args),
                      weight_col=args.weight_col, callbacks=callbacks)
     sm.save(args.output, overwrite=args.overwrite)

@@ -36,7 +36,8 @@ import math
 import os
 from typing import Any
 
-from sparkeras.cli.flags import add_common_flags, add_data_flags, json_or_text
+from sparkeras.cli.flags import (add_common_flags, add_data_flags, add_validation_flags, check_validation_flags,
+                                 json_or_text)
 from sparkeras.errors import InputError
 
 RANGE_HELP = ("LOW:HIGH (integers if both are), LOW:HIGH:log for a log scale, or choices separated by commas "
@@ -77,9 +78,8 @@ def add_tune_parser(sub: Any) -> None:
     tune.add_argument("--label", default="label", help="label column (as for train)")
     tune.add_argument("--epochs", type=int, default=10, help="epochs of each trial, and of the best's training")
     tune.add_argument("--batch-size", type=int, default=32)
-    tune.add_argument("--validation", help="path of validation data (with --images: a folder of class folders)")
-    tune.add_argument("--validation-split", type=float, default=None,
-                      help="without --validation: the share of --data held out to score trials (default 0.2)")
+    add_validation_flags(tune, "trials", "without --validation: the share of --data held out to score trials "
+                                         "(default 0.2)")
     tune.add_argument("--workers-per-trial", type=int, default=1,
                       help="Spark tasks per trial (1: each trial trains as model.fit does, in one task)")
     tune.add_argument("--max-concurrent", type=int, default=None,
@@ -165,10 +165,7 @@ def check_tune_flags(args: argparse.Namespace) -> None:
     for flag, value in (("--workers-per-trial", args.workers_per_trial), ("--max-concurrent", args.max_concurrent)):
         if value is not None and value < 1:
             raise InputError(f"{flag} must be a positive integer, got {value}.")
-    if args.validation and args.validation_split is not None:
-        raise InputError("--validation and --validation-split both say what to score trials on; give one.")
-    if args.validation_split is not None and not 0 < args.validation_split < 1:
-        raise InputError(f"--validation-split must be between 0 and 1, got {args.validation_split}.")
+    check_validation_flags(args, "trials")
     metric = metric_of(args)
     if args.direction is None:
         direction_for(metric)
