@@ -17,7 +17,7 @@ from pyspark import AccumulatorParam
 from sparkeras.images.decode import ImageGeometry, decode_image
 
 _SKIPPED_KEPT = 1000
-_SKIPPED: dict[int, Any] = {}
+_SKIPPED: dict[int, Any] = {}  # this driver's accumulators of skipped paths, by the key in the column's metadata
 
 
 class SkippedFiles(AccumulatorParam):
@@ -34,9 +34,6 @@ class SkippedFiles(AccumulatorParam):
     def addInPlace(self, a: frozenset, b: frozenset) -> frozenset:
         both = a | b
         return both if len(both) <= _SKIPPED_KEPT else frozenset(sorted(both)[:_SKIPPED_KEPT])
-
-
-_SKIPPED: dict[int, Any] = {}
 
 
 def skip_undecodable(spark: Any, frame: Any, geometry: ImageGeometry) -> Any:
