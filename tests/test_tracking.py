@@ -380,6 +380,19 @@ def test_plot_history_writes_curves_and_the_staleness_histogram(tracked):
     assert not os.path.exists(tmp / "empty.png") and not glob.glob(str(tmp / ".*tmp*"))
 
 
+def test_epoch_and_staleness_axes_are_marked_in_whole_numbers():
+    """A 3-epoch fit's curves had ticks at epochs 1.25, 1.5, ..., and a synchronous fit's one staleness bar
+    (every commit at 0) at -0.4 ... 0.4."""
+    from sparkeras.tracking.plots import _figure
+
+    figure = _figure(["loss"], {"loss": [1.0, 0.6, 0.4], "val_loss": [1.1, 0.7, 0.5]}, None, ("sparkeras", "plain"),
+                     {0: 6}, "a title")
+    for ax in figure.axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), (ax.get_title(), ticks)
+    assert [ax.get_title() for ax in figure.axes] == ["loss", "parameter-server staleness"]
+
+
 @pytest.mark.parametrize("flush_seconds, writes", [(60.0, 2), (0.0, 5)])
 def test_short_epochs_are_written_together_each_at_its_own_step(tracked, monkeypatch, flush_seconds, writes):
     """Epochs shorter than FLUSH_SECONDS go to the store in one write, with the last epoch's link."""

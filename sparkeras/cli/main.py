@@ -296,7 +296,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.plot:
         from sparkeras.tracking.plots import plot_history
 
-        plot_history(history, args.plot, overwrite=args.overwrite, title=f"{args.model} on {args.data}")
+        plot_history(history, args.plot, overwrite=args.overwrite,
+                     title=f"{args.model} on {args.data or args.images}")  # --images leaves --data None
         print(f"learning curves: {args.plot}")
     return 0
 

@@ -85,6 +85,7 @@ def _figure(names: list[str], curves: dict[str, list[float]], base: dict[str, li
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     panels = len(names) + bool(staleness)
     figure = Figure(figsize=(5 * panels, 4))
@@ -103,6 +104,7 @@ def _figure(names: list[str], curves: dict[str, list[float]], base: dict[str, li
                     ax.plot(list(epochs), values, marker + style, label=f"{label} {kind}",
                             alpha=1.0 if source is curves else 0.6)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 1.25 ticks on a short fit
         ax.set_ylabel(name)
         ax.set_title(name)
         ax.grid(alpha=0.3)
@@ -110,6 +112,11 @@ def _figure(names: list[str], curves: dict[str, list[float]], base: dict[str, li
     if staleness:
         ax = axes[-1]
         ax.bar(list(staleness), list(staleness.values()), label="commits")
+        low, high = min(staleness), max(staleness)
+        if high - low <= 20:  # a tick per bar; one bar alone (a synchronous fit's 0) got -0.4 ... 0.4
+            ax.set_xticks(range(low, high + 1))
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("staleness (server updates since the worker's last center)")
         ax.set_ylabel("commits")
         ax.set_title("parameter-server staleness")
