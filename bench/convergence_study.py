@@ -11,6 +11,7 @@ learning-rate rule and warmup. Prints the test metric after every epoch.
 
     python bench/convergence_study.py mlp '{"K": 2, "window": 32, "momentum": 0.5}' '{"K": 2, "window": 1000, "momentum": 0}'
     python bench/convergence_study.py --allreduce mlp '{"K": 4, "rule": "sqrt", "warmup_epochs": 1}'
+    python bench/convergence_study.py --allreduce mlp '{"K": 4, "rule": "auto", "warmup_epochs": 1, "anneal_to": 1}'
     python bench/convergence_study.py --ps mlp '{"K": 2, "rule": "adag"}' '{"K": 2, "rule": "easgd", "rate_factor": 1}'
     python bench/convergence_study.py --seeds 1,2,3 --workers 2,4 mlp cnn signal autoencoder
 
@@ -149,18 +150,30 @@ def averaging(task: Task, data, K: int, window: int, momentum: float, nesterov: 
     return scores
 
 
-def allreduce(task: Task, data, K: int, rule: str, warmup_epochs: float) -> list[float]:
+def allreduce(task: Task, data, K: int, rule: str, warmup_epochs: float, anneal_to: float | None = None) -> list[float]:
+    """One process with the global batch under ``rule`` (``scale_factor``'s), reached over ``warmup_epochs``.
+
+    ``anneal_to`` (tried, not adopted; BENCHMARKS.md, "All-reduce's rate
+    annealed back") moves the scaled rate, epoch by epoch after the first,
+    linearly to ``anneal_to`` times the user's rate in the last epoch.
+    """
+    import keras
+
     from sparkeras.worker.learning_rate import scale_factor, scale_learning_rate
     from sparkeras.worker.local_steps import LocalSteps
 
     (x, y), test = data
+    keras.utils.set_random_seed(0)  # the held-out problems' models draw their weights unseeded
     model = task.make_model()
     batch = task.batch_size * K
     steps = -(-len(x) // batch)
-    scale_learning_rate(model.optimizer, scale_factor(rule, model.optimizer, K), int(warmup_epochs * steps), 0)
+    scale = scale_factor(rule, model.optimizer, K)
+    scale_learning_rate(model.optimizer, scale, int(warmup_epochs * steps), 0)
     local = LocalSteps(model, [x, y], _Columns(), "tensorflow")
     scores = []
     for epoch in range(task.epochs):
+        if anneal_to is not None and epoch > 0:
+            scale_learning_rate(model.optimizer, scale + (anneal_to - scale) * epoch / (task.epochs - 1), 0, 0)
         local.train(np.random.default_rng([0, epoch]).permutation(len(x)), batch, 0, steps)
         scores.append(round(task.score(model, *test), 4))
     return scores
