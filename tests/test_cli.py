@@ -6,6 +6,7 @@ Python workers, so nothing can lean on state shared with the driver process.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -207,6 +208,16 @@ def _free_port():
 ])
 def test_argument_mistakes_fail_before_spark_or_tensorflow_start(files, args, message):
     _fails_before_spark_or_tensorflow(files[0], "train", args, message)
+
+
+def test_every_flag_of_every_command_says_what_it_does():
+    from sparkeras.cli.main import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    bare = [f"{name} {action.option_strings[-1]}" for name, command in commands.items()
+            for action in command._actions if action.option_strings and not (action.help or "").strip()]
+    assert set(commands) == {"demo", "train", "tune", "evaluate", "predict"}
+    assert bare == []
 
 
 def _fails_before_spark_or_tensorflow(tmp, command, args, message):

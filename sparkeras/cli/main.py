@@ -29,6 +29,7 @@ from sparkeras.metric_values import rounded
 
 EXIT_INPUT = 2
 EXIT_FAILURE = 1
+WORKERS_HELP = "Spark tasks in parallel (default: one per task slot of the cluster; local[*]: one per core)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,9 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="train a small CNN on the bundled 8x8 digits with 2 workers",
                           description="Train a small CNN on scikit-learn's 8x8 digits on an embedded Spark "
                                       "with 2 workers, and compare with plain model.fit.")
-    demo.add_argument("--epochs", type=int, default=8)
-    demo.add_argument("--workers", type=int, default=2)
-    demo.add_argument("--batch-size", type=int, default=32)
+    demo.add_argument("--epochs", type=int, default=8, help="training epochs (default 8)")
+    demo.add_argument("--workers", type=int, default=2, help="Spark tasks that train in parallel (default 2)")
+    demo.add_argument("--batch-size", type=int, default=32, help="rows per step in each worker (default 32)")
     demo.add_argument("--output", default="sparkeras-demo", help="folder for the model and the plot")
     demo.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     add_common_flags(demo)
@@ -60,9 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--label", default="label",
                        help="label column; a column of class names (text) is numbered in sorted order, and the "
                             "names are saved with the model")
-    train.add_argument("--epochs", type=int, default=1)
-    train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--workers", type=int, default=None)
+    train.add_argument("--epochs", type=int, default=1, help="passes over the data (default 1, as Keras' fit)")
+    train.add_argument("--batch-size", type=int, default=32, help="rows per step in each worker (default 32)")
+    train.add_argument("--workers", type=int, default=None, help=WORKERS_HELP)
     train.add_argument("--strategy", default="averaging",
                        help="averaging (default), allreduce, or a parameter-server strategy: async, hogwild, "
                             "downpour, adag, dynsgd, easgd, aeasgd, eamsgd")
@@ -73,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                "saved model trains on the rest")
     train.add_argument("--output", required=True, help="where to write the trained .keras model")
     train.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
-    train.add_argument("--seed", type=int, default=None)
+    train.add_argument("--seed", type=int, default=None,
+                       help="seed of the per-epoch shuffles (default: random) and of the rows --validation-split "
+                            "holds out (default: the same rows every run)")
     train.add_argument("--class-weight", metavar="ID=WEIGHT,...",
                        help="weigh the training loss by class, as Keras' class_weight: e.g. 0=1,1=9")
     train.add_argument("--weight-col", metavar="COLUMN",
@@ -103,8 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--label", default="label",
                           help="label column; class names (text) are numbered by the classes saved with the model")
     evaluate.add_argument("--weight-col", metavar="COLUMN", help="a numeric column of --data that weighs each row")
-    evaluate.add_argument("--batch-size", type=int, default=256)
-    evaluate.add_argument("--workers", type=int, default=None)
+    evaluate.add_argument("--batch-size", type=int, default=256, help="rows scored at once (default 256)")
+    evaluate.add_argument("--workers", type=int, default=None, help=WORKERS_HELP)
     add_common_flags(evaluate)
 
     predict = sub.add_parser("predict", help="add a prediction column to Parquet data (or to files as they arrive)",
@@ -112,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "with every input column plus the prediction column and, for a "
                                          "classifier, the class index (prediction_class) and, where the "
                                          "model saved its class names, the name (prediction_name).")
-    predict.add_argument("--model", required=True)
+    predict.add_argument("--model", required=True, help=".keras file")
     add_data_flags(predict, "Parquet (or CSV, JSON, ORC, Delta) path, any Hadoop URI",
                    "folder of image files; the output has their path, the prediction and, for a model trained on "
                    "class folders or class names, the class name")
@@ -120,8 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="feature column(s), comma separated; default: those the model was trained on")
     predict.add_argument("--output", required=True, help="Parquet path to write (never one of the inputs)")
     predict.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
-    predict.add_argument("--prediction-col", default="prediction")
-    predict.add_argument("--batch-size", type=int, default=256)
+    predict.add_argument("--prediction-col", default="prediction",
+                         help="name of the output column (default prediction)")
+    predict.add_argument("--batch-size", type=int, default=256, help="rows scored at once (default 256)")
     add_stream_flags(predict)
     add_common_flags(predict)
     return parser

@@ -77,7 +77,7 @@ def add_tune_parser(sub: Any) -> None:
     tune.add_argument("--features", default=None, help="feature column(s), comma separated (as for train)")
     tune.add_argument("--label", default="label", help="label column (as for train)")
     tune.add_argument("--epochs", type=int, default=10, help="epochs of each trial, and of the best's training")
-    tune.add_argument("--batch-size", type=int, default=32)
+    tune.add_argument("--batch-size", type=int, default=32, help="rows per step in each worker (default 32)")
     add_validation_flags(tune, "trials", "without --validation: the share of --data held out to score trials "
                                          "(default 0.2)")
     tune.add_argument("--workers-per-trial", type=int, default=1,
