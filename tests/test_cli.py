@@ -114,14 +114,15 @@ def test_train_and_predict_on_a_folder_of_image_files(digit_images, tmp_path, sp
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["accuracy"] > 0.8
 
 
-def test_predict_on_image_files_gives_a_binary_classifiers_class(digit_images, tmp_path, spark):
+def test_predict_on_image_files_gives_a_binary_classifiers_class(digit_images, tmp_path, spark, capsys):
     """One unit trained with binary crossentropy: ``prediction_class`` is 1 above a probability of 0.5,
-    or above a logit of 0 when compiled ``from_logits=True``."""
+    or above a logit of 0 when compiled ``from_logits=True``. Without ``--on-error skip`` the folder's
+    corrupt file stops the prediction, named, with the flag that leaves it out."""
     import keras
 
     from sparkeras.cli.main import main
 
-    root = digit_images[0]
+    root, _, corrupt = digit_images
     for logits in (False, True):
         keras.utils.set_random_seed(1)
         model = keras.Sequential([keras.Input((16, 16, 1)), keras.layers.Rescaling(1 / 255), keras.layers.Flatten(),
@@ -129,6 +130,14 @@ def test_predict_on_image_files_gives_a_binary_classifiers_class(digit_images, t
         model.compile("adam", keras.losses.BinaryCrossentropy(from_logits=logits))
         model.save(str(tmp_path / f"binary{logits}.keras"))
         out_path = str(tmp_path / f"binary{logits}.parquet")
+        if not logits:
+            assert main(["predict", "--model", str(tmp_path / "binaryFalse.keras"), "--images",
+                         os.path.join(root, "digit_1"), "--output", out_path]) == 2
+            error = capsys.readouterr().err
+            assert f"image file 'file:{corrupt[1]}' (column 'image') could not be decoded" in error, error
+            assert error.strip().endswith("Remove or replace the file, or read the images with --on-error skip to "
+                                          "leave such files out."), error
+            assert not os.path.exists(out_path)
         assert main(["predict", "--model", str(tmp_path / f"binary{logits}.keras"), "--images",
                      os.path.join(root, "digit_1"), "--on-error", "skip", "--output", out_path]) == 0
         out = spark.read.parquet(out_path)

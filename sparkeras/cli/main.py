@@ -202,7 +202,8 @@ _FLAGS = (("features_col=", "--features"), ("features_col", "--features"), ("lab
           ("prediction_col=", "--prediction-col"), ("prediction_col", "--prediction-col"),
           ("validation_data", "--validation"), ("overwrite=True", "--overwrite"), ("metric=", "--metric"),
           ("workers_per_trial=", "--workers-per-trial"), ("workers_per_trial", "--workers-per-trial"),
-          ("max_concurrent=", "--max-concurrent"), ("max_concurrent", "--max-concurrent"))
+          ("max_concurrent=", "--max-concurrent"), ("max_concurrent", "--max-concurrent"),
+          ("on_error='skip'", "--on-error skip"))
 
 
 def check_arguments(args: argparse.Namespace) -> None:
