@@ -95,10 +95,14 @@ def test_train_and_predict_on_a_folder_of_image_files(digit_images, tmp_path, sp
     assert rc == 0, out.err[-3000:]
     final = json.loads(out.out.split("final epoch: ")[1])
     assert final["accuracy"] > 0.8 and final["val_accuracy"] > 0.8, final  # a fifth of the files, held out
+    assert (f"sparkeras train: left out 2 image files that could not be decoded (--on-error skip): "
+            f"'file:{sorted(corrupt)[0]}', 'file:{sorted(corrupt)[1]}'\n") in out.err, out.err[-3000:]
     folder = os.path.join(root, "digit_3")
     rc = main(["predict", "--model", str(tmp_path / "t.keras"), "--images", folder, "--on-error", "skip",
                "--output", str(tmp_path / "p.parquet")])
-    assert rc == 0, capsys.readouterr().err[-3000:]
+    err = capsys.readouterr().err
+    assert rc == 0, err[-3000:]
+    assert "left out" not in err  # no file of digit_3 is corrupt
     out = spark.read.parquet(str(tmp_path / "p.parquet"))
     assert out.columns == ["path", "prediction", "prediction_class", "prediction_name"]
     rows = out.collect()
@@ -140,6 +144,8 @@ def test_predict_on_image_files_gives_a_binary_classifiers_class(digit_images, t
             assert not os.path.exists(out_path)
         assert main(["predict", "--model", str(tmp_path / f"binary{logits}.keras"), "--images",
                      os.path.join(root, "digit_1"), "--on-error", "skip", "--output", out_path]) == 0
+        assert capsys.readouterr().err.strip().endswith(f"sparkeras predict: left out 1 image file that could not "
+                                                        f"be decoded (--on-error skip): 'file:{corrupt[1]}'")
         out = spark.read.parquet(out_path)
         assert out.columns == ["path", "prediction", "prediction_class"]
         rows = out.collect()

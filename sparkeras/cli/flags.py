@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from sparkeras.data.columns import split_columns
@@ -191,6 +192,29 @@ def read_image_folder(spark, args: argparse.Namespace, model, labels: str | None
     mode = CHANNEL_MODES[shape[-1] if len(shape) == 3 else 1]
     return read_images(spark, folder or args.images, size, mode, labels=labels, on_error=args.on_error,
                        classes=classes, stream=stream)
+
+
+def report_skipped(args: argparse.Namespace, *frames: Any) -> None:
+    """With ``--images`` and ``--on-error skip``: one line on stderr naming the image files the command left out.
+
+    Why. In Python, :func:`sparkeras.skipped_images` names them; a CLI user
+    would otherwise learn neither that files were left out nor which. The
+    paths come from the frames ``read_image_folder`` made, once the command's
+    Spark jobs have read them.
+    """
+    if not getattr(args, "images", None) or getattr(args, "on_error", None) != "skip":
+        return
+    from sparkeras.images import skipped_images
+    from sparkeras.images.skipping import _SKIPPED_KEPT
+
+    lists = [skipped_images(f) for f in frames if f is not None and not isinstance(f, str)]
+    paths = sorted({p for found in lists for p in found})
+    if not paths:
+        return
+    count = f"at least {len(paths)}" if any(len(found) >= _SKIPPED_KEPT for found in lists) else str(len(paths))
+    more = f" and {len(paths) - 3} more" if len(paths) > 3 else ""
+    print(f"sparkeras {args.command}: left out {count} image file{'s' if len(paths) > 1 else ''} that could not be "
+          f"decoded (--on-error skip): {', '.join(repr(p) for p in paths[:3])}{more}", file=sys.stderr)
 
 
 def training_data(spark: Any, args: argparse.Namespace, sm: Any) -> tuple[Any, Any, Any, Any]:

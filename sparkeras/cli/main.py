@@ -22,7 +22,7 @@ from sparkeras.cli import tune as tune_command
 from sparkeras.cli.flags import (
     add_common_flags, add_data_flags, add_validation_flags, check_strategy_flags, check_tracking,
     check_validation_flags, check_weight_flags, class_weights, given_columns, image_size, read_image_folder,
-    report_tracking, start_session, strategy_options, tracking_callbacks, training_data)
+    report_skipped, report_tracking, start_session, strategy_options, tracking_callbacks, training_data)
 from sparkeras.cli.streaming import add_stream_flags, check_stream_flags, run_stream
 from sparkeras.data.columns import quoted
 from sparkeras.metric_values import rounded
@@ -296,6 +296,7 @@ def _train(args: argparse.Namespace) -> int:
                      weight_col=args.weight_col, callbacks=callbacks)
     sm.save(args.output, overwrite=args.overwrite)
     final = {k: rounded(v[-1], 6) for k, v in history.history.items()}
+    report_skipped(args, data, validation)
     print(f"saved {args.output}; final epoch: {json.dumps(final)}")
     report_tracking(callbacks, args)
     if args.plot:
@@ -317,6 +318,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.images:
         data = read_image_folder(spark, args, sm.model, "folder", classes=sm.classes)
         metrics = sm.evaluate(data, features_col="image", label_col="label", batch_size=args.batch_size)
+        report_skipped(args, data)
     else:
         metrics = sm.evaluate(_labelled_by_classes(spark, args, sm), features_col=given_columns(args.features),
                               label_col=args.label, batch_size=args.batch_size, weight_col=args.weight_col)
@@ -348,9 +350,10 @@ def _predict(args: argparse.Namespace) -> int:
     if not args.stream:
         check_remote_output(spark, args.output, overwrite=args.overwrite, flag="--output")
     sm = SparkModel.load(args.model)
-    if args.images:
-        out = sm.predict(read_image_folder(spark, args, sm.model, None, stream=args.stream), features_col="image",
-                         batch_size=args.batch_size, prediction_col=args.prediction_col).drop("image")
+    images = read_image_folder(spark, args, sm.model, None, stream=args.stream) if args.images else None
+    if images is not None:
+        out = sm.predict(images, features_col="image", batch_size=args.batch_size,
+                         prediction_col=args.prediction_col).drop("image")
     else:
         from sparkeras.data.sources import read_data
 
@@ -364,6 +367,7 @@ def _predict(args: argparse.Namespace) -> int:
         write_table_atomically(out, args.output, overwrite=args.overwrite, flag="--output")
     except Exception as exc:  # noqa: BLE001
         raise worker_error(exc, "predicting") from None
+    report_skipped(args, images)
     print(f"wrote {args.output}")
     return 0
 

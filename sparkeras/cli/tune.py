@@ -263,7 +263,8 @@ def run_tune(args: argparse.Namespace) -> int:
     import sparkeras
     from sparkeras import SparkModel
     from sparkeras.cli.flags import (
-        class_weights, report_tracking, start_session, strategy_options, tracking_callbacks, training_data)
+        class_weights, report_skipped, report_tracking, start_session, strategy_options, tracking_callbacks,
+        training_data)
     from sparkeras.metric_values import rounded
     from sparkeras.storage.outputs import check_remote_output
     from sparkeras.strategies import get_strategy
@@ -319,6 +320,7 @@ def run_tune(args: argparse.Namespace) -> int:
     best_model.classes = best_model.classes or loaded.classes
     best_model.save(args.output, overwrite=args.overwrite)
     final = {k: rounded(v[-1], 6) for k, v in best_model.model.history.history.items()}
+    report_skipped(args, data, validation)
     print(f"saved {args.output}; final epoch: {json.dumps(final)}")
     report_tracking(callbacks, args)
     return 0
