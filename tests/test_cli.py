@@ -144,14 +144,21 @@ def test_predict_on_image_files_gives_a_binary_classifiers_class(digit_images, t
             assert not os.path.exists(out_path)
         assert main(["predict", "--model", str(tmp_path / f"binary{logits}.keras"), "--images",
                      os.path.join(root, "digit_1"), "--on-error", "skip", "--output", out_path]) == 0
-        assert capsys.readouterr().err.strip().endswith(f"sparkeras predict: left out 1 image file that could not "
-                                                        f"be decoded (--on-error skip): 'file:{corrupt[1]}'")
+        left_out = f"sparkeras predict: left out 1 image file that could not be decoded (--on-error skip): " \
+                   f"'file:{corrupt[1]}'"
+        assert capsys.readouterr().err.strip().endswith(left_out)
         out = spark.read.parquet(out_path)
         assert out.columns == ["path", "prediction", "prediction_class"]
         rows = out.collect()
         cut = 0.0 if logits else 0.5
         assert rows and all(r.prediction_class == int(r.prediction > cut) for r in rows)
         assert 0 < np.mean([r.prediction_class for r in rows]) < 1, logits
+        if logits:  # as files arrive, once the stream has read them
+            assert main(["predict", "--model", str(tmp_path / "binaryTrue.keras"), "--images",
+                         os.path.join(root, "digit_1"), "--on-error", "skip", "--stream",
+                         "--output", str(tmp_path / "stream")]) == 0
+            assert capsys.readouterr().err.strip().endswith(left_out)
+            assert spark.read.parquet(str(tmp_path / "stream")).count() == len(rows)
 
 
 def test_errors_are_one_clear_line_without_a_java_trace(files):

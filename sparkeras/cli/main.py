@@ -362,7 +362,9 @@ def _predict(args: argparse.Namespace) -> int:
                          prediction_col=args.prediction_col)
     out = _with_classes(out, sm, args.prediction_col)
     if args.stream:
-        return run_stream(spark, out, args)
+        rc = run_stream(spark, out, args)
+        report_skipped(args, images)
+        return rc
     try:
         write_table_atomically(out, args.output, overwrite=args.overwrite, flag="--output")
     except Exception as exc:  # noqa: BLE001
