@@ -161,6 +161,26 @@ def test_predict_on_image_files_gives_a_binary_classifiers_class(digit_images, t
             assert spark.read.parquet(str(tmp_path / "stream")).count() == len(rows)
 
 
+def test_skipped_files_past_what_the_accumulator_keeps_are_counted_as_a_lower_bound(spark, tmp_path, capsys,
+                                                                                     monkeypatch):
+    from PIL import Image
+
+    from sparkeras.cli.flags import report_skipped
+    from sparkeras.images import read_images, skipping
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.new("L", (8, 8)).save(folder / "good.png")
+    for name in ("a.png", "b.png", "c.png"):
+        (folder / name).write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    monkeypatch.setattr(skipping, "SKIPPED_KEPT", 2)  # the driver's merge of the tasks' paths keeps 2
+    frame = read_images(spark, str(folder), (8, 8), "grayscale", labels=None, on_error="skip")
+    assert frame.count() == 1
+    report_skipped(argparse.Namespace(command="predict", images=str(folder), on_error="skip"), frame)
+    assert capsys.readouterr().err == ("sparkeras predict: left out at least 2 image files that could not be decoded "
+                                       f"(--on-error skip): 'file:{folder}/a.png', 'file:{folder}/b.png'\n")
+
+
 def test_errors_are_one_clear_line_without_a_java_trace(files):
     tmp = files[0]
     res = _cli("predict", "--model", str(tmp / "untrained.keras"), "--data", str(tmp / "train.parquet"),

@@ -205,13 +205,13 @@ def report_skipped(args: argparse.Namespace, *frames: Any) -> None:
     if not getattr(args, "images", None) or getattr(args, "on_error", None) != "skip":
         return
     from sparkeras.images import skipped_images
-    from sparkeras.images.skipping import _SKIPPED_KEPT
+    from sparkeras.images.skipping import SKIPPED_KEPT
 
-    lists = [skipped_images(f) for f in frames if f is not None and not isinstance(f, str)]
+    lists = [skipped_images(f) for f in frames if f is not None]
     paths = sorted({p for found in lists for p in found})
     if not paths:
         return
-    count = f"at least {len(paths)}" if any(len(found) >= _SKIPPED_KEPT for found in lists) else str(len(paths))
+    count = f"at least {len(paths)}" if any(len(found) >= SKIPPED_KEPT for found in lists) else str(len(paths))
     more = f" and {len(paths) - 3} more" if len(paths) > 3 else ""
     print(f"sparkeras {args.command}: left out {count} image file{'s' if len(paths) > 1 else ''} that could not be "
           f"decoded (--on-error skip): {', '.join(repr(p) for p in paths[:3])}{more}", file=sys.stderr)

@@ -16,7 +16,7 @@ from pyspark import AccumulatorParam
 
 from sparkeras.images.decode import ImageGeometry, decode_image
 
-_SKIPPED_KEPT = 1000
+SKIPPED_KEPT = 1000  # the most paths an accumulator keeps; past it, a count is a lower bound
 _SKIPPED: dict[int, Any] = {}  # this driver's accumulators of skipped paths, by the key in the column's metadata
 
 
@@ -24,7 +24,7 @@ class SkippedFiles(AccumulatorParam):
     """Accumulates the paths of the files ``on_error='skip'`` left out.
 
     A set, so a task that Spark runs again (a retry, a second action on the
-    same DataFrame) does not count a file twice; at most ``_SKIPPED_KEPT``
+    same DataFrame) does not count a file twice; at most ``SKIPPED_KEPT``
     paths are kept.
     """
 
@@ -33,7 +33,7 @@ class SkippedFiles(AccumulatorParam):
 
     def addInPlace(self, a: frozenset, b: frozenset) -> frozenset:
         both = a | b
-        return both if len(both) <= _SKIPPED_KEPT else frozenset(sorted(both)[:_SKIPPED_KEPT])
+        return both if len(both) <= SKIPPED_KEPT else frozenset(sorted(both)[:SKIPPED_KEPT])
 
 
 def skip_undecodable(spark: Any, frame: Any, geometry: ImageGeometry) -> Any:
