@@ -243,6 +243,9 @@ def _free_port():
                                                     "input '{tmp}/train.parquet'"),
     (["--tensorboard", "{tmp}/untrained.keras"], "--tensorboard '{tmp}/untrained.keras' would write over the input"),
     (["--mlflow-experiment", " "], "--mlflow-experiment needs a value."),
+    (["--mlflow-uri", "http://127.0.0.1:{port}"], "No MLflow tracking server answers at 'http://127.0.0.1:{port}' "
+                                                  "(connection refused); start it, or correct the tracking URI "
+                                                  "(--mlflow-uri)."),
     (["--validation", "{tmp}/train.parquet", "--validation-split", "0.2"],
      "--validation and --validation-split both say what to score every epoch on; give one."),
     (["--validation-split", "1"], "--validation-split must be between 0 and 1 (the share of the data held out), "

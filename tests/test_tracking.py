@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import http.server
 import logging
 import os
 
@@ -195,6 +196,48 @@ def test_a_store_that_refuses_the_run_stops_the_fit_before_training(tracked):
 
         mlflow.set_tracking_uri(uri)  # MLflow's URI is the process's; the other tests log to the fixture's store
     assert stopped == [] and all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+
+
+def test_a_tracking_server_that_does_not_answer_stops_the_fit_before_it_reads_its_data(tracked):
+    """MLflow itself retries a refused connection for minutes (249 s measured); the fit asks once and says so."""
+    import threading
+
+    import keras
+
+    from sparkeras import InputError, SparkModel
+    from sparkeras.callbacks import MLflowLogger
+    from sparkeras.tracking.servers import check_tracking_server
+
+    _, uri, _, _, _, x = tracked
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Quiet) as server:
+        port = server.server_port  # a port no one listens at once the server is closed
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        check_tracking_server(f"http://127.0.0.1:{port}")  # any HTTP answer (here 501) is a server
+        server.shutdown()
+    began = []
+
+    class Began(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            began.append(True)
+
+    try:
+        with pytest.raises(InputError) as failed:
+            SparkModel(mlp(), "averaging", 2, seed=0).fit(
+                x[:400], np.zeros(400, dtype="int64"), epochs=1, verbose=0,
+                callbacks=[MLflowLogger(tracking_uri=f"http://127.0.0.1:{port}/", experiment="e"), Began()])
+    finally:
+        import mlflow
+
+        mlflow.set_tracking_uri(uri)
+    assert str(failed.value) == (f"No MLflow tracking server answers at 'http://127.0.0.1:{port}/' (connection "
+                                 "refused); start it, or correct the tracking URI (MLflowLogger(tracking_uri=...) "
+                                 "or MLFLOW_TRACKING_URI).")
+    assert began == []
+
+
+class _Quiet(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):  # no request lines on stderr
+        pass
 
 
 def test_a_fit_inside_the_callers_active_run_logs_into_it_and_leaves_it_open(tracked):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -99,7 +100,8 @@ def check_weight_flags(args: argparse.Namespace) -> None:
 
 
 def check_tracking(args: argparse.Namespace, inputs: list[str]) -> None:
-    """``--mlflow-*`` needs MLflow installed; ``--tensorboard`` a folder that is not an input or a file."""
+    """``--mlflow-*`` needs MLflow installed and its server (if HTTP) answering; ``--tensorboard`` a folder that is
+    not an input or a file."""
     from sparkeras.errors import InputError
 
     import importlib.util
@@ -110,6 +112,10 @@ def check_tracking(args: argparse.Namespace, inputs: list[str]) -> None:
                 raise InputError(f"{flag} needs a value.")
         if importlib.util.find_spec("mlflow") is None:  # sparkeras.tracking.mlflow would import Keras
             raise InputError("--mlflow-experiment and --mlflow-uri need MLflow: pip install 'sparkeras[tracking]'.")
+        from sparkeras.tracking.servers import check_tracking_server
+
+        uri = args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        check_tracking_server(uri, where="--mlflow-uri" if args.mlflow_uri else "MLFLOW_TRACKING_URI")
     if getattr(args, "tensorboard", None) is not None:
         from sparkeras.storage.outputs import check_output
 

@@ -25,6 +25,7 @@ from sparkeras.errors import InputError
 from sparkeras.log import logger
 from sparkeras.metric_values import flat_numbers
 from sparkeras.storage.model_file import save_keras
+from sparkeras.tracking.servers import check_tracking_server
 from sparkeras.worker.runtime import native_logs_wanted
 
 _INSTALL = "MLflow is not installed: pip install 'sparkeras[tracking]' (or pip install mlflow-skinny)."
@@ -176,6 +177,7 @@ class RunHandle:
 
         _quiet_store_set_up()
         uri, active = mlflow.get_tracking_uri(), mlflow.active_run()
+        check_tracking_server(uri, where="MLflowLogger(tracking_uri=...) or MLFLOW_TRACKING_URI")
         reuse = reuse_active and experiment is None and parent is None and active is not None
         all_tags = dict(tags or {})
         if parent is None and active is not None:
