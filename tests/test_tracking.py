@@ -230,8 +230,8 @@ def test_a_tracking_server_that_does_not_answer_stops_the_fit_before_it_reads_it
 
         mlflow.set_tracking_uri(uri)
     assert str(failed.value) == (f"No MLflow tracking server answers at 'http://127.0.0.1:{port}/' (connection "
-                                 "refused); start it, or correct the tracking URI (MLflowLogger(tracking_uri=...) "
-                                 "or MLFLOW_TRACKING_URI).")
+                                 "refused); start it, or correct the tracking URI (MLflowLogger(tracking_uri=...), "
+                                 "mlflow.set_tracking_uri or MLFLOW_TRACKING_URI).")
     assert began == []
 
 

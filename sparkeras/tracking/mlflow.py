@@ -177,7 +177,7 @@ class RunHandle:
 
         _quiet_store_set_up()
         uri, active = mlflow.get_tracking_uri(), mlflow.active_run()
-        check_tracking_server(uri, where="MLflowLogger(tracking_uri=...) or MLFLOW_TRACKING_URI")
+        check_tracking_server(uri, "MLflowLogger(tracking_uri=...), mlflow.set_tracking_uri or MLFLOW_TRACKING_URI")
         reuse = reuse_active and experiment is None and parent is None and active is not None
         all_tags = dict(tags or {})
         if parent is None and active is not None:
