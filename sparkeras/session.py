@@ -51,7 +51,9 @@ def get_spark(master: str | None = None, app_name: str = "sparkeras") -> Any:
     and quiet logs. Python workers run
     the driver's interpreter and see the driver's ``KERAS_BACKEND``, and
     they are forked from a daemon that has imported TensorFlow and Keras
-    once (:mod:`sparkeras.worker.daemon`).
+    once (:mod:`sparkeras.worker.daemon`). A ``spark://`` master that takes
+    no connection is an :class:`InputError` before any JVM starts
+    (:func:`check_master_answers`).
     """
     from pyspark.sql import SparkSession
 
@@ -61,8 +63,10 @@ def get_spark(master: str | None = None, app_name: str = "sparkeras") -> Any:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     submitted = submitted_settings()
-    options = embedded_options(master or submitted.get("spark.master") or configured_master() or "local[*]",
-                               app_name)
+    chosen = master or submitted.get("spark.master") or configured_master() or "local[*]"
+    if _MASTER.match(chosen):  # a malformed URL is Spark's to refuse
+        check_master_answers(chosen, f"master={master!r}" if master else "spark.master")
+    options = embedded_options(chosen, app_name)
     options.update(python_socket_options(options["spark.master"]))
     quiet = not submitted or _logging_left_to_spark()
     if submitted:
@@ -836,6 +840,17 @@ def check_master(master: str, flag: str = "--master", wait: float = 5.0) -> None
         raise InputError(
             f"{flag} {master!r} is not a Spark master URL; use local[N], local-cluster[workers,cores,memoryMB], "
             "spark://host:port, yarn, or k8s://https://host:port.")
+    check_master_answers(master, flag, wait)
+
+
+def check_master_answers(master: str, flag: str, wait: float = 5.0) -> None:
+    """For a ``spark://`` master, an :class:`InputError` unless one of its addresses takes a TCP connection.
+
+    Spark's own client retries an unreachable standalone master for a minute
+    (63 s measured) and then fails with "Cannot call methods on a stopped
+    SparkContext" and a Java trace; this asks each address once, ``wait``
+    seconds at most. Other masters are left to Spark; ``master`` is well formed (:data:`_MASTER`).
+    """
     if not master.startswith("spark://"):
         return
     errors = []

@@ -499,3 +499,20 @@ def test_data_of_another_kind_is_refused_with_the_kinds_taken(spark):
                 "an RDD of (features, label) pairs, a Spark or pandas-on-Spark DataFrame, or a path to Parquet (or "
                 "CSV, JSON, ORC, Delta) data.")):
             sm.fit(data, verbose=0)
+
+
+def test_a_standalone_master_no_one_listens_at_is_named_before_any_jvm_starts(spark):
+    """Spark's own client retries such a master for a minute and ends in a Java trace (63 s measured)."""
+    import socket
+
+    import sparkeras
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # free once closed
+    with pytest.raises(InputError) as failed:
+        sparkeras.get_spark(f"spark://127.0.0.1:{port}")
+    assert str(failed.value) == (f"master='spark://127.0.0.1:{port}': cannot reach the Spark master at "
+                                 f"127.0.0.1:{port} (Connection refused). Is the master running (spark-class "
+                                 "org.apache.spark.deploy.master.Master), and is the address right?")
+    assert sparkeras.get_spark() is spark  # the suite's session is untouched
