@@ -224,6 +224,7 @@ def test_a_tracking_server_that_does_not_answer_stops_the_fit_before_it_reads_it
         with pytest.raises(InputError) as failed:
             SparkModel(mlp(), "averaging", 2, seed=0).fit(
                 x[:400], np.zeros(400, dtype="int64"), epochs=1, verbose=0,
+                # another spelling of the URI that answered above, so it is asked again, not taken as answered
                 callbacks=[MLflowLogger(tracking_uri=f"http://127.0.0.1:{port}/", experiment="e"), Began()])
     finally:
         import mlflow

@@ -14,6 +14,10 @@ from typing import Any
 
 from sparkeras.data.columns import split_columns
 
+TRAINING_BATCH_HELP = "rows per step in each worker (default 32)"
+SCORING_BATCH_HELP = "rows scored at once (default 256)"
+WORKERS_HELP = "Spark tasks in parallel (default: one per task slot of the cluster; local[*]: one per core)"
+
 
 def add_common_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--master", help="Spark master URL (default: the active session, else local[*])")
@@ -208,7 +212,7 @@ def report_skipped(args: argparse.Namespace, *frames: Any) -> None:
     paths come from the frames ``read_image_folder`` made, once the command's
     Spark jobs have read them.
     """
-    if not getattr(args, "images", None) or getattr(args, "on_error", None) != "skip":
+    if not args.images or args.on_error != "skip":
         return
     from sparkeras.images import skipped_images
     from sparkeras.images.skipping import SKIPPED_KEPT

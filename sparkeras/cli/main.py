@@ -22,14 +22,14 @@ from sparkeras.cli import tune as tune_command
 from sparkeras.cli.flags import (
     add_common_flags, add_data_flags, add_validation_flags, check_strategy_flags, check_tracking,
     check_validation_flags, check_weight_flags, class_weights, given_columns, image_size, read_image_folder,
-    report_skipped, report_tracking, start_session, strategy_options, tracking_callbacks, training_data)
+    report_skipped, report_tracking, start_session, strategy_options, tracking_callbacks, training_data,
+    SCORING_BATCH_HELP, TRAINING_BATCH_HELP, WORKERS_HELP)
 from sparkeras.cli.streaming import add_stream_flags, check_stream_flags, run_stream
 from sparkeras.data.columns import quoted
 from sparkeras.metric_values import rounded
 
 EXIT_INPUT = 2
 EXIT_FAILURE = 1
-WORKERS_HELP = "Spark tasks in parallel (default: one per task slot of the cluster; local[*]: one per core)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "with 2 workers, and compare with plain model.fit.")
     demo.add_argument("--epochs", type=int, default=8, help="training epochs (default 8)")
     demo.add_argument("--workers", type=int, default=2, help="Spark tasks that train in parallel (default 2)")
-    demo.add_argument("--batch-size", type=int, default=32, help="rows per step in each worker (default 32)")
+    demo.add_argument("--batch-size", type=int, default=32, help=TRAINING_BATCH_HELP)
     demo.add_argument("--output", default="sparkeras-demo", help="folder for the model and the plot")
     demo.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     add_common_flags(demo)
@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="label column; a column of class names (text) is numbered in sorted order, and the "
                             "names are saved with the model")
     train.add_argument("--epochs", type=int, default=1, help="passes over the data (default 1, as Keras' fit)")
-    train.add_argument("--batch-size", type=int, default=32, help="rows per step in each worker (default 32)")
+    train.add_argument("--batch-size", type=int, default=32, help=TRAINING_BATCH_HELP)
     train.add_argument("--workers", type=int, default=None, help=WORKERS_HELP)
     train.add_argument("--strategy", default="averaging",
                        help="averaging (default), allreduce, or a parameter-server strategy: async, hogwild, "
@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--label", default="label",
                           help="label column; class names (text) are numbered by the classes saved with the model")
     evaluate.add_argument("--weight-col", metavar="COLUMN", help="a numeric column of --data that weighs each row")
-    evaluate.add_argument("--batch-size", type=int, default=256, help="rows scored at once (default 256)")
+    evaluate.add_argument("--batch-size", type=int, default=256, help=SCORING_BATCH_HELP)
     evaluate.add_argument("--workers", type=int, default=None, help=WORKERS_HELP)
     add_common_flags(evaluate)
 
@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     predict.add_argument("--prediction-col", default="prediction",
                          help="name of the output column (default prediction)")
-    predict.add_argument("--batch-size", type=int, default=256, help="rows scored at once (default 256)")
+    predict.add_argument("--batch-size", type=int, default=256, help=SCORING_BATCH_HELP)
     add_stream_flags(predict)
     add_common_flags(predict)
     return parser

@@ -36,8 +36,8 @@ import math
 import os
 from typing import Any
 
-from sparkeras.cli.flags import (add_common_flags, add_data_flags, add_validation_flags, check_validation_flags,
-                                 json_or_text)
+from sparkeras.cli.flags import (TRAINING_BATCH_HELP, add_common_flags, add_data_flags, add_validation_flags,
+                                 check_validation_flags, json_or_text)
 from sparkeras.errors import InputError
 
 RANGE_HELP = ("LOW:HIGH (integers if both are), LOW:HIGH:log for a log scale, or choices separated by commas "
@@ -77,7 +77,7 @@ def add_tune_parser(sub: Any) -> None:
     tune.add_argument("--features", default=None, help="feature column(s), comma separated (as for train)")
     tune.add_argument("--label", default="label", help="label column (as for train)")
     tune.add_argument("--epochs", type=int, default=10, help="epochs of each trial, and of the best's training")
-    tune.add_argument("--batch-size", type=int, default=32, help="rows per step in each worker (default 32)")
+    tune.add_argument("--batch-size", type=int, default=32, help=TRAINING_BATCH_HELP)
     add_validation_flags(tune, "trials", "without --validation: the share of --data held out to score trials "
                                          "(default 0.2)")
     tune.add_argument("--workers-per-trial", type=int, default=1,
