@@ -1550,17 +1550,24 @@ def test_the_daemon_turns_the_collector_back_on_when_its_import_fails(monkeypatc
         gc.unfreeze()
 
 
-def test_the_daemon_preloads_only_tensorflow_and_reads_the_backend_as_keras_does(tmp_path, monkeypatch):
+def test_the_daemon_preloads_the_checked_backends_and_reads_the_backend_as_keras_does(tmp_path, monkeypatch):
+    """TensorFlow, JAX and PyTorch are imported before the fork (their imports start no runtime); another
+    backend, or any on a machine with an NVIDIA driver (CUDA must see each worker's GPUs), is left to the workers."""
     from sparkeras.worker import daemon
 
     monkeypatch.delenv("KERAS_BACKEND", raising=False)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    assert daemon.configured_backend() == "tensorflow"  # no config file: Keras' default
+    monkeypatch.setattr(daemon, "has_nvidia_driver", lambda: False)
+    assert daemon.configured_backend() == daemon.backend_to_preload() == "tensorflow"  # no config file
     (tmp_path / "keras.json").write_text('{"backend": "jax", "floatx": "float32"}')
-    assert daemon.configured_backend() == "jax"
-    assert daemon.preload() is None  # JAX's import starts threads a fork would lose
+    assert daemon.configured_backend() == daemon.backend_to_preload() == "jax"
     monkeypatch.setenv("KERAS_BACKEND", "torch")
-    assert daemon.configured_backend() == "torch"
+    assert daemon.configured_backend() == daemon.backend_to_preload() == "torch"
+    monkeypatch.setenv("KERAS_BACKEND", "openvino")
+    assert daemon.backend_to_preload() is None and daemon.preload() is None
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    monkeypatch.setattr(daemon, "has_nvidia_driver", lambda: True)
+    assert daemon.backend_to_preload() is None and daemon.preload() is None
 
 
 def test_a_worker_whose_keras_has_another_backend_says_how_to_start_the_session():

@@ -1,14 +1,17 @@
-"""Spark's Python daemon, with TensorFlow and Keras imported once, before it forks the workers.
+"""Spark's Python daemon, with the Keras backend and Keras imported once, before it forks the workers.
 
 Why. Spark starts Python workers by forking them from one daemon process
 per executor (``pyspark.daemon``), and every worker then imports what its
-task needs. For sparkeras that is TensorFlow and Keras: about 2.3 s of CPU
-per worker. Spark stops a worker that has been idle for one minute (a
-constant, ``PythonWorkerFactory.IDLE_WORKER_TIMEOUT_NS``), so a fit after
-a pause paid the import again. Here the daemon imports them once; every
-worker it forks starts with them loaded (copy-on-write, so the pages are
-shared too), and a worker that Spark restarts after a pause is ready at
-once. On its own, the daemon gains a session's first fit nothing
+task needs. For sparkeras that is the Keras backend and Keras: about 2.3 s
+of CPU per worker for TensorFlow, 3.4 s for JAX, 5.3 s for PyTorch. Spark
+stops a worker that has been idle for one minute (a constant,
+``PythonWorkerFactory.IDLE_WORKER_TIMEOUT_NS``), so a fit after a pause
+paid the import again, and so did every worker a job needs beyond the
+ones already started (a SQL query with two scoring UDFs forks four). Here
+the daemon imports them once; every worker it forks starts with them
+loaded (copy-on-write, so the pages are shared too), and a worker that
+Spark restarts after a pause is ready at once. On its own, the daemon
+gains a session's first fit nothing
 (measured): the JVM creates Python workers under one lock per executor
 (``SparkEnv.createPythonWorker`` is ``synchronized`` around the factory's
 ``create()``), so no Python task of that executor starts while the daemon
@@ -28,21 +31,31 @@ starts; any other session opts in with
 ``spark.python.daemon.module=sparkeras.worker.daemon`` (sparkeras must be
 installed on the executors, as it must be anyway).
 
-Why it is safe to fork after the import. Importing TensorFlow 2.21 and
-Keras starts no TensorFlow runtime: the thread pools and devices are
-created on first use, which is in the forked worker, after
-:func:`sparkeras.worker.runtime.configure` has sized them to the task's
-cores. The only threads the import starts are OpenBLAS' and jemalloc's
-idle pools, which both re-arm themselves across ``fork`` (checked with
-``gdb`` on this version). Spark's own daemon imports nothing before
-forking because it cannot know what a worker's import starts; this
-daemon imports one known set of modules and nothing else.
+Why it is safe to fork after the import. No backend's import starts its
+runtime; each starts it on first use, which is in the forked worker,
+after :func:`sparkeras.worker.runtime.configure` has sized it to the
+task's cores:
+
+* TensorFlow 2.21 creates its thread pools and devices on first use;
+* JAX creates no XLA client when imported (``xla_bridge._backends`` stays
+  empty), and reads ``XLA_FLAGS`` only when its first backend starts
+  (checked: an unknown flag set after the import stops that start, not
+  the import);
+* PyTorch starts no OpenMP pool when imported; its thread count is set in
+  the worker with ``torch.set_num_threads``.
+
+The only threads the imports start are the same for all three: OpenBLAS'
+and jemalloc's (pyarrow's) idle pools, which both re-arm themselves across
+``fork`` (checked with ``gdb`` on this version). Spark's own daemon
+imports nothing before forking because it cannot know what a worker's
+import starts; this daemon imports one known set of modules and nothing
+else. JAX reads its compilation-cache settings when it is imported, so the
+daemon sets them first (:func:`sparkeras.worker.runtime.use_jax_compilation_cache`).
 
 What it does not preload, and why:
 
-* a backend other than TensorFlow (``KERAS_BACKEND``, or Keras' config
-  file, says which): what JAX's and PyTorch's imports start has not been
-  checked across a fork;
+* a backend other than those three (``KERAS_BACKEND``, or Keras' config
+  file, says which): what its import starts has not been checked;
 * on a machine with an NVIDIA driver: CUDA must see each worker's own
   ``CUDA_VISIBLE_DEVICES``, which is only known after the fork.
 
@@ -78,30 +91,45 @@ def has_nvidia_driver() -> bool:
     return os.path.exists("/proc/driver/nvidia") or os.path.exists("/dev/nvidiactl")
 
 
-def preload(worker_module: bool = True) -> str | None:
-    """Import TensorFlow, Keras and (with ``worker_module``) Spark's worker module; the name of what was preloaded.
+PRELOADED_BACKENDS = ("tensorflow", "jax", "torch")
+"""The Keras backends whose import was checked to start nothing a fork would lose (see the module's docstring)."""
 
-    ``None`` when nothing was (another backend, a GPU machine, or a
+
+def backend_to_preload() -> str | None:
+    """The backend this process's daemon imports before forking; ``None`` where each worker must import its own."""
+    backend = configured_backend()
+    if backend not in PRELOADED_BACKENDS or has_nvidia_driver():
+        return None
+    return backend
+
+
+def preload(worker_module: bool = True) -> str | None:
+    """Import the Keras backend, Keras and (with ``worker_module``) Spark's worker module; the backend preloaded.
+
+    ``None`` when nothing was (a backend not checked, a GPU machine, or a
     failed import, which the workers will then meet and report themselves).
     """
-    if configured_backend() != "tensorflow" or has_nvidia_driver():
+    backend = backend_to_preload()
+    if backend is None:
         return None
     gc.disable()
     try:
         from sparkeras.worker.runtime import (keras_without_extras, native_logs_wanted, native_stderr_silenced,
-                                              quiet_native_logs)
+                                              quiet_native_logs, use_jax_compilation_cache)
 
         quiet_native_logs()
-        with _stdout_kept_for_spark(), keras_without_extras("tensorflow"), \
+        if backend == "jax":
+            use_jax_compilation_cache()
+        with _stdout_kept_for_spark(), keras_without_extras(backend), \
                 native_stderr_silenced(not native_logs_wanted()):
-            importlib.import_module("keras")  # and TensorFlow with it
+            importlib.import_module("keras")  # and the backend with it
             if worker_module:
                 importlib.import_module("pyspark.worker")  # each forked worker imported it itself: 0.24 s of CPU
     except Exception:  # noqa: BLE001 - the workers import it themselves and report any error
         return None
     finally:
         _frozen_for_fork()
-    return "tensorflow"
+    return backend
 
 
 def _frozen_for_fork() -> None:

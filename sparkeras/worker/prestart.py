@@ -1,8 +1,8 @@
 """The local session's Python daemon, started beside the JVM instead of after it.
 
 Why. In local mode the executor's Python daemon (:mod:`sparkeras.worker.daemon`)
-imports TensorFlow and Keras before it forks any worker: 2.3-4 s of CPU,
-during which no Python task starts. Spark launches that daemon only once
+imports the Keras backend and Keras before it forks any worker (2.3-4 s of
+CPU for TensorFlow, more for JAX and PyTorch), during which no Python task starts. Spark launches that daemon only once
 the JVM is up and a first Python task asks for a worker, so the import
 began 3-4 s after the session did and, on slow days, was still running
 1.1-2.6 s into the first fit (BENCHMARKS.md, "Where a cold fit's fixed cost
@@ -72,10 +72,10 @@ def start(socket_folder: str, options: dict[str, str], jvm_environment: dict[str
     the workers run another interpreter, or where the socket path would not fit.
     """
     from sparkeras.session import UNIX_SOCKET_PATH_LIMIT
-    from sparkeras.worker.daemon import configured_backend, has_nvidia_driver
+    from sparkeras.worker.daemon import backend_to_preload
 
     path = os.path.join(socket_folder, SOCKET_NAME)
-    if configured_backend() != "tensorflow" or has_nvidia_driver() or len(path.encode()) > UNIX_SOCKET_PATH_LIMIT \
+    if backend_to_preload() is None or len(path.encode()) > UNIX_SOCKET_PATH_LIMIT \
             or os.path.realpath(os.environ.get("PYSPARK_PYTHON", sys.executable)) != os.path.realpath(sys.executable):
         return None
     _started[:] = [p for p in _started if p.poll() is None]  # reap the ones that have ended
@@ -176,7 +176,7 @@ def why_refused(message: dict, environment: dict[str, str]) -> str | None:
     """Why this process cannot serve as the daemon described by ``message``, or ``None`` when it can.
 
     ``environment`` is this process's environment before its imports
-    (TensorFlow's adds a variable of its own).
+    (TensorFlow's adds a variable of its own, and the daemon sets JAX's cache settings).
     """
     if os.path.realpath(message.get("executable", "")) != os.path.realpath(sys.executable):
         return f"the workers run {message.get('executable')!r}, not {sys.executable!r}"
@@ -247,7 +247,7 @@ def hand_over() -> bool:
         connection.close()
         if os.environ.get("SPARKERAS_DEBUG", "") not in ("", "0"):  # the JVM passes this stderr on to the driver's
             print(f"sparkeras: the prestarted Python daemon refused to take over: {answer.get('why')}; this "
-                  "daemon imports TensorFlow itself.", file=sys.stderr, flush=True)
+                  "daemon imports the Keras backend itself.", file=sys.stderr, flush=True)
         return False
     _stand_in(connection, int(answer["pid"]))
     return True

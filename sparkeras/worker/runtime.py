@@ -209,17 +209,20 @@ def use_jax_compilation_cache() -> None:
 
 
 def import_backend_early(backend: str | None = None, hold_seconds: float = HOLD_SECONDS) -> str | None:
-    """Executor side, when the session starts: import the backend that the daemon does not preload.
+    """Executor side, when the session starts: import the backend in a worker whose daemon did not preload it.
 
-    Why. :mod:`sparkeras.worker.daemon` imports TensorFlow before it forks
-    the workers, but neither JAX nor PyTorch (it says why), so each of
-    their workers imported its backend in its first real task: 2.1-2.3 s
-    for JAX and several seconds for PyTorch, measured in a session's first
-    prediction, where no warm-up overlaps it. Here the import runs in the
-    task :func:`sparkeras.session.start_python_workers` gives each worker as
-    the session starts, after the fork, as the first task's would. Not on a
-    machine with an NVIDIA driver, where a worker's GPUs are those its
-    first real task is given. Returns the backend imported, or ``None``.
+    Why. :mod:`sparkeras.worker.daemon` imports the backend before it forks
+    the workers, but not every session's workers fork from it (a cluster
+    session the user started keeps Spark's own daemon), and it preloads
+    nothing on a machine with an NVIDIA driver or for a backend it has not
+    checked. Each such worker imported its backend in its first real task:
+    2.1-2.3 s for JAX and several seconds for PyTorch, measured in a
+    session's first prediction, where no warm-up overlaps it. Here the
+    import runs in the task :func:`sparkeras.session.start_python_workers`
+    gives each worker as the session starts, after the fork, as the first
+    task's would. Not on a machine with an NVIDIA driver, where a worker's
+    GPUs are those its first real task is given. Returns the backend
+    imported, or ``None``.
 
     ``backend`` is the driver's: on a cluster the executors do not have the
     driver's ``KERAS_BACKEND``, and a worker that imported the backend its
