@@ -3,7 +3,8 @@
 Why. Spark starts Python workers by forking them from one daemon process
 per executor (``pyspark.daemon``), and every worker then imports what its
 task needs. For sparkeras that is the Keras backend and Keras: about 2.3 s
-of CPU per worker for TensorFlow, 3.4 s for JAX, 5.3 s for PyTorch. Spark
+of CPU per worker for TensorFlow, and 3.4 s (JAX) or 5.3 s (PyTorch) of
+wall time for a lone process on 2 cores. Spark
 stops a worker that has been idle for one minute (a constant,
 ``PythonWorkerFactory.IDLE_WORKER_TIMEOUT_NS``), so a fit after a pause
 paid the import again, and so did every worker a job needs beyond the
@@ -44,9 +45,12 @@ task's cores:
 * PyTorch starts no OpenMP pool when imported; its thread count is set in
   the worker with ``torch.set_num_threads``.
 
-The only threads the imports start are the same for all three: OpenBLAS'
-and jemalloc's (pyarrow's) idle pools, which both re-arm themselves across
-``fork`` (checked with ``gdb`` on this version). Spark's own daemon
+The only threads the imports start are OpenBLAS' and jemalloc's
+(pyarrow's) idle pools, which both re-arm themselves across ``fork``
+(checked with ``gdb`` for TensorFlow's import; after JAX's and PyTorch's
+the same threads run, by name and number, and a model trained in two
+workers forked after either import ends with the weights a fresh process
+gives). Spark's own daemon
 imports nothing before forking because it cannot know what a worker's
 import starts; this daemon imports one known set of modules and nothing
 else. JAX reads its compilation-cache settings when it is imported, so the

@@ -2,7 +2,8 @@
 
 Why. In local mode the executor's Python daemon (:mod:`sparkeras.worker.daemon`)
 imports the Keras backend and Keras before it forks any worker (2.3-4 s of
-CPU for TensorFlow, more for JAX and PyTorch), during which no Python task starts. Spark launches that daemon only once
+CPU for TensorFlow, more for JAX and PyTorch), during which no Python task
+starts. Spark launches that daemon only once
 the JVM is up and a first Python task asks for a worker, so the import
 began 3-4 s after the session did and, on slow days, was still running
 1.1-2.6 s into the first fit (BENCHMARKS.md, "Where a cold fit's fixed cost
