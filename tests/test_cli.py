@@ -157,8 +157,11 @@ def test_predict_on_image_files_gives_a_binary_classifiers_class(digit_images, t
             assert main(["predict", "--model", str(tmp_path / "binaryTrue.keras"), "--images",
                          os.path.join(root, "digit_1"), "--on-error", "skip", "--stream",
                          "--output", str(tmp_path / "stream")]) == 0
-            assert capsys.readouterr().err.strip().endswith(left_out)
+            streamed = capsys.readouterr()
+            assert streamed.err.strip().endswith(left_out)
             assert spark.read.parquet(str(tmp_path / "stream")).count() == len(rows)
+            # The source read the undecodable file too; the count is of the rows written.
+            assert f"scored {len(rows)} new rows into {tmp_path / 'stream'};" in streamed.out, streamed.out
 
 
 def test_skipped_files_past_what_the_accumulator_keeps_are_counted_as_a_lower_bound(spark, tmp_path, capsys,

@@ -204,6 +204,18 @@ def read_image_folder(spark, args: argparse.Namespace, model, labels: str | None
                        classes=classes, stream=stream)
 
 
+def skipped_files(args: argparse.Namespace, *frames: Any) -> tuple[list[str], bool]:
+    """The image files the command left out (``--images`` with ``--on-error skip``), sorted, and whether there may
+    be more than those (a frame's accumulator kept its cap of paths)."""
+    if not args.images or args.on_error != "skip":
+        return [], False
+    from sparkeras.images import skipped_images
+    from sparkeras.images.skipping import SKIPPED_KEPT
+
+    lists = [skipped_images(f) for f in frames if f is not None]
+    return sorted({p for found in lists for p in found}), any(len(found) >= SKIPPED_KEPT for found in lists)
+
+
 def report_skipped(args: argparse.Namespace, *frames: Any) -> None:
     """With ``--images`` and ``--on-error skip``: one line on stderr naming the image files the command left out.
 
@@ -212,19 +224,13 @@ def report_skipped(args: argparse.Namespace, *frames: Any) -> None:
     paths come from the frames ``read_image_folder`` made, once the command's
     Spark jobs have read them.
     """
-    if not args.images or args.on_error != "skip":
-        return
-    from sparkeras.images import skipped_images
-    from sparkeras.images.skipping import SKIPPED_KEPT
-
-    lists = [skipped_images(f) for f in frames if f is not None]
-    paths = sorted({p for found in lists for p in found})
+    paths, more = skipped_files(args, *frames)
     if not paths:
         return
-    count = f"at least {len(paths)}" if any(len(found) >= SKIPPED_KEPT for found in lists) else str(len(paths))
-    more = f" and {len(paths) - 3} more" if len(paths) > 3 else ""
+    count = f"at least {len(paths)}" if more else str(len(paths))
+    rest = f" and {len(paths) - 3} more" if len(paths) > 3 else ""
     print(f"sparkeras {args.command}: left out {count} image file{'s' if len(paths) > 1 else ''} that could not be "
-          f"decoded (--on-error skip): {', '.join(repr(p) for p in paths[:3])}{more}", file=sys.stderr)
+          f"decoded (--on-error skip): {', '.join(repr(p) for p in paths[:3])}{rest}", file=sys.stderr)
 
 
 def training_data(spark: Any, args: argparse.Namespace, sm: Any) -> tuple[Any, Any, Any, Any]:

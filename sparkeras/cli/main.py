@@ -22,7 +22,7 @@ from sparkeras.cli import tune as tune_command
 from sparkeras.cli.flags import (
     add_common_flags, add_data_flags, add_validation_flags, check_strategy_flags, check_tracking,
     check_validation_flags, check_weight_flags, class_weights, given_columns, image_size, read_image_folder,
-    report_skipped, report_tracking, start_session, strategy_options, tracking_callbacks, training_data,
+    report_skipped, report_tracking, skipped_files, start_session, strategy_options, tracking_callbacks, training_data,
     SCORING_BATCH_HELP, TRAINING_BATCH_HELP, WORKERS_HELP)
 from sparkeras.cli.streaming import add_stream_flags, check_stream_flags, run_stream
 from sparkeras.data.columns import quoted
@@ -362,7 +362,7 @@ def _predict(args: argparse.Namespace) -> int:
                          prediction_col=args.prediction_col)
     out = _with_classes(out, sm, args.prediction_col)
     if args.stream:
-        rc = run_stream(spark, out, args)
+        rc = run_stream(spark, out, args, left_out=lambda: skipped_files(args, images))
         report_skipped(args, images)
         return rc
     try:

@@ -21,7 +21,7 @@ import argparse
 import os
 import re
 import signal
-from typing import Any
+from typing import Any, Callable
 
 from sparkeras.errors import InputError
 
@@ -81,8 +81,15 @@ def check_stream_flags(args: argparse.Namespace, inputs: list[str]) -> None:
                              "--output.")
 
 
-def run_stream(spark: Any, frame: Any, args: argparse.Namespace) -> int:
-    """Write ``frame`` (a streaming DataFrame of predictions) to ``--output`` and report as it goes."""
+def run_stream(spark: Any, frame: Any, args: argparse.Namespace,
+               left_out: Callable[[], tuple[list[str], bool]] | None = None) -> int:
+    """Write ``frame`` (a streaming DataFrame of predictions) to ``--output`` and report as it goes.
+
+    Spark's progress counts the rows the source read; ``left_out`` names
+    those the predictions then left out (image files that could not be
+    decoded, and whether there may be more), so the last line counts the
+    rows written.
+    """
     every = trigger_seconds(args.trigger)
     writer = frame.writeStream.format("parquet").option("checkpointLocation", checkpoint_of(args)) \
         .queryName(f"sparkeras-predict-{os.getpid()}")
@@ -97,7 +104,7 @@ def run_stream(spark: Any, frame: Any, args: argparse.Namespace) -> int:
             if progress["batchId"] > reported and progress["numInputRows"]:
                 reported = progress["batchId"]
                 rows += progress["numInputRows"]
-                print(f"batch {reported}: scored {progress['numInputRows']} rows ({rows} this run)", flush=True)
+                print(f"batch {reported}: read {progress['numInputRows']} rows ({rows} this run)", flush=True)
 
     try:
         while query.isActive and not stop.asked:
@@ -112,7 +119,9 @@ def run_stream(spark: Any, frame: Any, args: argparse.Namespace) -> int:
         from sparkeras.errors import worker_error
 
         raise worker_error(query.exception(), "predicting")
-    print(f"scored {rows} new rows into {args.output}; the stream resumes from {checkpoint_of(args)}")
+    skipped, more = left_out() if left_out is not None else ([], False)
+    scored = f"{'at most ' if more else ''}{rows - len(skipped)}"
+    print(f"scored {scored} new rows into {args.output}; the stream resumes from {checkpoint_of(args)}")
     return 0
 
 
