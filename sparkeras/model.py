@@ -14,14 +14,15 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from sparkeras.data.columns import ColumnMap, ColumnSpec, output_names, resolve_columns
-from sparkeras.data.packing import PreparedData, prepare
+from sparkeras.data.packing import PreparedData, pack_on_driver, prepare
 from sparkeras.data.split import split_packed
 from sparkeras.data.strings import for_packed_data, string_split
 from sparkeras.data.weights import ClassWeights, check_class_weight, check_class_weight_fits, check_row_weights
 from sparkeras.data.sources import (Dataset, as_dataset, check_weight_rows, describe_source, first_feature_shape,
-                                    host_arrays, is_pandas_on_spark, pandas_on_spark_frame, split_validation,
-                                    validation_dataset, with_row_weights)
+                                    host_arrays, is_driver_data, is_pandas_on_spark, pandas_on_spark_frame,
+                                    split_validation, validation_dataset, with_row_weights)
 from sparkeras.errors import InputError
+from sparkeras.inference.batch import predict_in_batches, scored_on_driver
 from sparkeras.log import logger
 from sparkeras.metric_values import from_json
 from sparkeras.progress import ProgressBar, ProgressServer
@@ -36,8 +37,8 @@ from sparkeras.strategies import Strategy, get_strategy
 from sparkeras.strategies.continuation import Continuation
 from sparkeras.tracking.autolog import autologging_logger
 from sparkeras.errors import worker_error
-from sparkeras.training import (FullCollectionsDeferred, MetricReader, TrainingJob, evaluate, run_partitions,
-                                start_warm_up)
+from sparkeras.training import (DriverValidation, FullCollectionsDeferred, MetricReader, TrainingJob, evaluate,
+                                run_partitions, start_warm_up)
 from sparkeras.worker import tasks
 from sparkeras.worker.tasks import WorkerSpec, check_validation_freq
 
@@ -435,7 +436,9 @@ class SparkModel:
         ``return_dict=False`` gives Keras' default instead (the loss alone,
         or ``[loss, *metrics]``). ``verbose=1`` (or ``"auto"``) prints the
         figures and the time taken as one line once every row is scored;
-        there is no per-batch bar, since the batches run on the executors.
+        there is no per-batch bar, since the batches run on the executors
+        (or, for few numpy or pandas rows, in this process:
+        :func:`~sparkeras.inference.batch.scored_on_driver`).
         """
         _check_compiled(self._model, "evaluate")
         data, y, x, sample_weight = (host_arrays(v) for v in (data, y, x, sample_weight))
@@ -449,9 +452,7 @@ class SparkModel:
         label_col = self._fit_columns[1] if label_col is None else label_col
         check_classic_session(x if x is not None else data, "SparkModel.evaluate")
         sample_weight = check_row_weights(weight_col, sample_weight, x if x is not None else data)
-        spark = self.spark
-        with running_own_jobs(spark):
-            figures = self._evaluate(spark, data, y, x, batch_size, features_col, label_col, weight_col, sample_weight)
+        figures = self._evaluate(data, y, x, batch_size, features_col, label_col, weight_col, sample_weight)
         if verbose:
             line = " - ".join(f"{k}: {v:.4f}" for k, v in figures.items())
             print(f"evaluate: {line} ({time.perf_counter() - started:.1f} s)", flush=True)
@@ -460,9 +461,11 @@ class SparkModel:
         values = list(figures.values())
         return values[0] if len(values) == 1 else values
 
-    def _evaluate(self, spark: Any, data: Any, y: Any, x: Any, batch_size: int, features_col: ColumnSpec,
+    def _evaluate(self, data: Any, y: Any, x: Any, batch_size: int, features_col: ColumnSpec,
                   label_col: ColumnSpec, weight_col: str | None, sample_weight: Any) -> dict[str, float]:
-        workers = self._workers(spark)
+        frame = x if x is not None else data
+        spark = None if frame is None or is_driver_data(frame) else self.spark  # no session yet for driver rows
+        workers = 1 if spark is None else self._workers(spark)
         dataset = with_row_weights(self._dataset(spark, data, y, x, features_col, label_col, workers),
                                    weight_col, sample_weight)
         if dataset.label_col is None and _needs_labels(self._model):
@@ -471,15 +474,21 @@ class SparkModel:
                                                        dataset.label_col, dataset.weight_col))
         check_same_classes(self.classes, dataset.schema, dataset.label_col, "evaluation data")
         trained = self._trained_model()
+        if dataset.local and scored_on_driver(dataset.table, columns):
+            return DriverValidation(columns, pack_on_driver(dataset, columns, "evaluation data"), keras_backend()) \
+                .evaluate(trained, batch_size, MetricReader(trained, columns), scoring=False)
+        spark = self.spark
+        workers = self._workers(spark)
         spec = self._spec(columns)
         check_rebuilds(spec.model)
-        prepared = prepare(dataset, columns, workers, "evaluation data")
-        blob = spark.sparkContext.broadcast(pack_arrays(model_state(trained)))
-        try:
-            return evaluate(prepared, spec, blob, batch_size, MetricReader(trained, prepared))
-        finally:
-            blob.unpersist()
-            prepared.release()
+        with running_own_jobs(spark):
+            prepared = prepare(dataset, columns, workers, "evaluation data")
+            blob = spark.sparkContext.broadcast(pack_arrays(model_state(trained)))
+            try:
+                return evaluate(prepared, spec, blob, batch_size, MetricReader(trained, prepared.columns))
+            finally:
+                blob.unpersist()
+                prepared.release()
 
     def predict(
         self,
@@ -494,7 +503,8 @@ class SparkModel:
         """Predictions for every row; ``features_col`` defaults to the last ``fit``'s (``"features"`` before any).
 
         numpy or pandas in: a numpy array (a list or dict for multi-output
-        models) in input order. Spark DataFrame, RDD or Parquet path in: a
+        models) in input order, scored in this process when the rows are few
+        (:func:`~sparkeras.inference.batch.scored_on_driver`). Spark DataFrame, RDD or Parquet path in: a
         DataFrame with every input column plus ``prediction_col`` (class
         probabilities as ``array<float>``, single-unit outputs as ``double``;
         one column per output, suffixed with the output name, for multi-output
@@ -515,34 +525,42 @@ class SparkModel:
         if is_spark_connect(frame):  # a UDF over the frame, in its own session: there is no SparkContext
             columns = resolve_columns(self._model, frame.schema, features_col, None)
             return self._predict_frame(frame, columns, batch_size, prediction_col)
-        spark = self.spark
-        workers = self._workers(spark)
-        dataset = self._dataset(spark, data, None, x, features_col, None, workers)
-        columns = resolve_columns(self._model, dataset.schema, dataset.features_col, None)
-        if dataset.local:
+        if frame is None or is_driver_data(frame):  # no session yet for rows the driver may score itself
             started = time.perf_counter()
-            with running_own_jobs(spark):
-                predictions = self._predict_local(spark, dataset, columns, workers, batch_size)
+            dataset = self._dataset(None, data, None, x, features_col, None, 1)
+            predictions = self._predict_local(dataset, batch_size)
             if verbose:
                 print(f"predict: {dataset.table.num_rows:,} rows ({time.perf_counter() - started:.1f} s)", flush=True)
             return predictions
+        spark = self.spark
+        dataset = self._dataset(spark, data, None, x, features_col, None, self._workers(spark))
+        columns = resolve_columns(self._model, dataset.schema, dataset.features_col, None)
         return self._predict_frame(dataset.spark_frame(spark), columns, batch_size, prediction_col)
 
-    def _predict_local(self, spark: Any, dataset: Dataset, columns: ColumnMap, workers: int,
-                       batch_size: int) -> Any:
-        columns = self._packed_columns(columns)
+    def _predict_local(self, dataset: Dataset, batch_size: int) -> Any:
+        """Driver-side rows' predictions: scored here when they are few (:func:`scored_on_driver`), else by tasks."""
+        columns = self._packed_columns(resolve_columns(self._model, dataset.schema, dataset.features_col, None))
+        if scored_on_driver(dataset.table, columns):
+            arrays = pack_on_driver(dataset, columns, "prediction data")
+            return self._as_keras_outputs(predict_in_batches(self._trained_model(), columns, arrays, batch_size))
+        spark = self.spark
+        workers = self._workers(spark)
         spec = self._spec(columns)
         check_rebuilds(spec.model)
-        prepared = prepare(dataset, columns, workers, "prediction data")
-        blob = spark.sparkContext.broadcast(pack_arrays(model_state(self._trained_model())))
-        try:
-            results = run_partitions(
-                prepared, lambda it: tasks.predict_packed(spec, blob, batch_size, it), "predicting")
-        finally:
-            blob.unpersist()
-            prepared.release()
+        with running_own_jobs(spark):
+            prepared = prepare(dataset, columns, workers, "prediction data")
+            blob = spark.sparkContext.broadcast(pack_arrays(model_state(self._trained_model())))
+            try:
+                results = run_partitions(
+                    prepared, lambda it: tasks.predict_packed(spec, blob, batch_size, it), "predicting")
+            finally:
+                blob.unpersist()
+                prepared.release()
         parts = [r.state for r in results if r.samples]
-        outputs = [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+        return self._as_keras_outputs([np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))])
+
+    def _as_keras_outputs(self, outputs: list[np.ndarray]) -> Any:
+        """The model's outputs as Keras' ``predict`` returns them: one array, a dict by output name, or a list."""
         if len(outputs) == 1:
             return outputs[0]
         if isinstance(getattr(self._model, "_outputs_struct", None), Mapping):

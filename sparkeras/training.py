@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from sparkeras.data.columns import ColumnMap
 from sparkeras.data.packing import CountedBlocks, PreparedData
 from sparkeras.errors import worker_error
 from sparkeras.log import logger
@@ -120,12 +121,11 @@ def start_warm_up(spark: Any, spec: WorkerSpec, workers: int, plan: WarmUp = War
 class MetricReader:
     """Turns summed metric states into the ``{name: value}`` logs Keras reports."""
 
-    def __init__(self, model: Any, prepared: PreparedData) -> None:
+    def __init__(self, model: Any, columns: ColumnMap) -> None:
         self.model = model
-        self._build(prepared)
+        self._build(columns)
 
-    def _build(self, prepared: PreparedData) -> None:
-        columns = prepared.columns
+    def _build(self, columns: ColumnMap) -> None:
         zeros = [np.zeros((1, *[1 if d is None else d for d in b.shape]), dtype=b.dtype) for b in columns.bindings]
         x, y = columns.data(zeros)[:2]
         # Builds the loss tracker and compiled metrics without running a step.
@@ -181,7 +181,9 @@ class DriverValidation:
     cold with a job per epoch, 2.4-2.8 s scored on the driver; on PyTorch the
     two were level), for fixed-shape numeric columns (the workers decode
     images), and up to :data:`MAX_BYTES`; larger validation data is scored
-    by the workers, in parallel.
+    by the workers, in parallel. ``SparkModel.evaluate`` scores few
+    driver-side rows with it too, once
+    (:func:`~sparkeras.inference.batch.scored_on_driver`).
     """
 
     MAX_BYTES = 4 * 2**20
@@ -324,7 +326,7 @@ class TrainingJob:
         self.callbacks, self.bar = callbacks, bar
         self.state: list[np.ndarray] = model_state(model)
         self.learning_rate_position = learning_rate_position(model)
-        self.metrics = MetricReader(model, train)
+        self.metrics = MetricReader(model, train.columns)
         self.samples_per_second: list[float] = []
         self.restarts: list[dict[str, Any]] = []  # set by strategies that relaunch failed stages
         self.report: dict[str, Any] = {}  # strategy figures, set as attributes of the History

@@ -291,7 +291,7 @@ def test_a_model_without_symbolic_inputs_gets_the_fix_that_applies(spark):
 
 
 
-def test_a_model_the_workers_cannot_rebuild_is_refused_on_the_driver(spark):
+def test_a_model_the_workers_cannot_rebuild_is_refused_on_the_driver(spark, monkeypatch):
     """A layer class that only this function defines (unregistered) cannot be rebuilt anywhere: refused before any
     work, with the advice that works. A loss function of the same kind travels with the live model by value."""
     import keras
@@ -318,8 +318,11 @@ def test_a_model_the_workers_cannot_rebuild_is_refused_on_the_driver(spark):
                r"the class 'Doubling' in this process.*custom_objects=\{'Doubling': Doubling\}\.$")
     with pytest.raises(InputError, match=refused):
         sparkeras.register_udf(spark, "doubled", model(Doubling()))
+    doubling = model(Doubling())  # rows few enough for the driver to score need no worker to rebuild it
+    np.testing.assert_allclose(SparkModel(doubling).predict(x), doubling.predict(x, verbose=0), atol=1e-6)
+    monkeypatch.setattr(sparkeras.inference.batch, "SCORED_ON_DRIVER_MAX_BYTES", 0)  # more rows go to the workers
     with pytest.raises(InputError, match=refused):
-        SparkModel(model(Doubling()), num_workers=2).predict(x)
+        SparkModel(doubling, num_workers=2).predict(x)
     history = SparkModel(model(Doubling()), num_workers=2, custom_objects={"Doubling": Doubling}) \
         .fit(x, y, epochs=1, verbose=0)  # the advice works
     assert np.isfinite(history.history["loss"][0])

@@ -72,6 +72,41 @@ def test_classifier_keeps_label_values_and_binary_models(spark):
     assert set(clf.predict(x)) <= {"cat", "dog"} and clf.score(x, names) > 0.9
 
 
+def test_a_pickled_classifier_scores_in_a_fresh_process_without_starting_spark(spark, tmp_path):
+    """A fitted estimator is pickled and served elsewhere; its predictions of a test set's rows need no session.
+
+    The process below never starts Spark (a job would start a session and
+    its JVM first: 4.9 s to predict 5 rows), and scores as the driver here.
+    """
+    import json
+    import pickle
+    import subprocess
+    import sys
+
+    x, y = blobs(300, dim=4, classes=2, noise=0.5, seed=3)
+    names = np.array(["cat", "dog"])[y]
+    clf = KerasClassifier(mlp(dim=4, classes=2), epochs=3, num_workers=2).fit(x, names)
+    (tmp_path / "clf.pkl").write_bytes(pickle.dumps(clf))
+    np.save(tmp_path / "x.npy", x)
+    served = subprocess.run([sys.executable, "-c", f"""
+import json, pickle, numpy as np
+from pyspark import SparkContext
+from sparkeras import SparkModel
+clf = pickle.loads(open({str(tmp_path / "clf.pkl")!r}, "rb").read())
+x = np.load({str(tmp_path / "x.npy")!r})
+out = dict(predicted=clf.predict(x).tolist(), proba=clf.predict_proba(x).tolist(),
+           figures=SparkModel(clf.model_).evaluate(x, (clf.predict(x) == "dog").astype(int)))
+print(json.dumps(dict(out, spark=SparkContext._active_spark_context is not None)))
+"""], capture_output=True, text=True, timeout=300)
+    assert served.returncode == 0, served.stderr[-3000:]
+    out = json.loads(served.stdout.strip().splitlines()[-1])
+    assert out["spark"] is False
+    assert out["predicted"] == clf.predict(x).tolist()
+    np.testing.assert_allclose(out["proba"], clf.predict_proba(x), atol=1e-6)
+    assert out["figures"]["loss"] == pytest.approx(clf.model_.evaluate(x, clf.predict(x) == "dog", verbose=0)[0],
+                                                   rel=1e-5)
+
+
 def test_classifier_of_logits_gives_probabilities_and_trains_on_logits(spark):
     """Models compiled ``from_logits=True``: ``predict_proba`` applies the sigmoid or softmax, and a
     categorical loss recompiled to its sparse form keeps ``from_logits`` (without it, training

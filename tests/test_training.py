@@ -2116,6 +2116,37 @@ def test_every_worker_of_a_fit_is_warmed_by_a_task_of_its_own(spark):
     assert all(again < 5.0 for _, _, again in found), found
 
 
+def test_few_driver_rows_are_scored_on_the_driver_as_the_workers_score_them(spark, monkeypatch):
+    """numpy rows up to 4 MB are predicted and evaluated in the driver's process, without a Spark job (or a session:
+    test_sklearn); more rows go to the workers, which give the same figures."""
+    import sparkeras.inference.batch as batch
+
+    x, y = blobs(500, classes=3)
+    weights = np.linspace(0.2, 3.0, len(x))
+    sm = SparkModel(mlp(classes=3), num_workers=2, seed=0)
+    sm.fit(x, y, epochs=1, verbose=0)
+    sc = spark.sparkContext
+
+    def scored(limit):
+        monkeypatch.setattr(batch, "SCORED_ON_DRIVER_MAX_BYTES", limit)
+        group = f"scoring-{limit}"
+        sc.setJobGroup(group, "scored on the driver or by the workers")
+        try:
+            out = sm.predict(x), sm.evaluate(x, y), sm.evaluate(x, y, sample_weight=weights)
+        finally:
+            sc.setLocalProperty("spark.jobGroup.id", None)
+        return out, len(sc.statusTracker().getJobIdsForGroup(group))
+
+    (predicted, figures, weighted), jobs = scored(batch.SCORED_ON_DRIVER_MAX_BYTES)
+    (by_workers, their_figures, their_weighted), their_jobs = scored(0)
+    assert jobs == 0 and their_jobs >= 3, (jobs, their_jobs)
+    np.testing.assert_allclose(predicted, sm.model.predict(x, verbose=0), atol=1e-6)
+    np.testing.assert_allclose(predicted, by_workers, atol=1e-6)
+    assert figures == pytest.approx(dict(zip(["loss", "accuracy"], sm.model.evaluate(x, y, verbose=0))), rel=1e-5)
+    assert figures == pytest.approx(their_figures, rel=1e-5) and weighted == pytest.approx(their_weighted, rel=1e-5)
+    assert weighted["loss"] != pytest.approx(figures["loss"], rel=1e-3)
+
+
 def test_evaluate_and_predict_take_keras_verbose_and_return_dict(spark, capsys):
     """Code written for Keras passes ``verbose=`` and ``return_dict=``; they mean what they mean in Keras."""
     x, y = blobs(300, classes=3)

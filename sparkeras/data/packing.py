@@ -398,6 +398,22 @@ def _prepare_local(dataset: Dataset, columns: ColumnMap, num_partitions: int, de
     return PreparedData(blocks, columns, _combine(per_partition, columns, num_partitions), files)
 
 
+def pack_on_driver(dataset: Dataset, columns: ColumnMap, what: str) -> list[np.ndarray]:
+    """Driver-side rows as the arrays a task reads from their packed partition, checked as :func:`prepare` checks.
+
+    For data the driver scores itself
+    (:func:`sparkeras.inference.batch.scored_on_driver`): one
+    :func:`pack_batch` over every row, so the same conversion and the same
+    errors as a packing job, with no Spark job (and no session).
+    """
+    table = dataset.table.select(columns.columns).combine_chunks()
+    rows = table.num_rows
+    batches = table.to_batches()  # one, or none for no rows
+    arrays, stats = pack_batch(columns, batches[0]) if batches else ([], {"rows": 0, "problem": None})
+    check(_combine(list(_partition_stats(0, iter([(rows, (), stats)]))), columns, 1), columns, what)
+    return [values.reshape((rows, *shape)) for values, shape in zip(arrays, _row_shapes(columns))]
+
+
 MEMORY_MAP_CONF = "spark.sparkeras.data.memoryMap"
 
 

@@ -118,6 +118,18 @@ def as_dataset(
     raise InputError(f"Cannot train on a {kind.__module__}.{kind.__qualname__}; pass {ACCEPTED}.")
 
 
+def is_driver_data(data: Any) -> bool:
+    """Rows in the driver's memory (numpy, pandas, Arrow), which :func:`as_dataset` takes without Spark.
+
+    A Spark DataFrame hands its rows over Arrow's C stream too (pyspark 4), by collecting them: it is Spark data.
+    """
+    from pyspark.sql import DataFrame
+
+    if isinstance(data, DataFrame) or is_pandas_on_spark(data):
+        return False
+    return _is_pandas(data) or _is_arrow_stream(data) or isinstance(data, (np.ndarray, Mapping, list, tuple))
+
+
 def is_pandas_on_spark(data: Any) -> bool:
     """A ``pyspark.pandas`` DataFrame: its rows are in Spark, and ``to_spark()`` gives them as a Spark DataFrame."""
     return type(data).__module__.startswith("pyspark.pandas") and hasattr(data, "to_spark")

@@ -557,14 +557,12 @@ class Search:
 
     def _check_metric(self, model: Any) -> None:
         """The metric must be one the fit reports for this model; checked on the first trial's model."""
-        from types import SimpleNamespace
-
         from sparkeras.data.columns import resolve_columns
         from sparkeras.training import MetricReader
 
         columns = resolve_columns(model, self.frames.schema, self.frames.features_col, self.frames.label_col)
         model, columns = for_packed_data(model, columns, self.custom_objects)
-        MetricReader(model, SimpleNamespace(columns=columns))  # builds the compiled metrics without a step
+        MetricReader(model, columns)  # builds the compiled metrics without a step
         results = model.get_metrics_result()
         model.reset_metrics()
         names = list(results)
