@@ -300,9 +300,10 @@ def test_the_jvm_starts_without_jaxs_fork_warning():
     assert fork_warnings(quiet=True) == []
 
 
-def test_spark_ml_estimator_and_the_elephas_facade(spark):
+def test_spark_ml_estimator_and_the_elephas_facade(spark, monkeypatch):
     """A ``KerasEstimator`` fit (with a parameter-server rule) and transform, and an Elephas ``SparkModel``
-    (averaging) on an RDD, on this backend."""
+    (averaging) on an RDD, on this backend; its numpy predictions scored on the driver and by the workers."""
+    import sparkeras.inference.batch
     from conftest import blobs, mlp
     from sparkeras.compat import elephas
     from sparkeras.ml import KerasEstimator
@@ -319,4 +320,7 @@ def test_spark_ml_estimator_and_the_elephas_facade(spark):
     model = elephas.SparkModel(mlp(dim=4, classes=3, seed=3), mode="synchronous", num_workers=2)
     model.fit(elephas.to_simple_rdd(spark.sparkContext, x, y), epochs=2, batch_size=16)
     assert model.evaluate(x, y)[1] > 0.85
-    np.testing.assert_allclose(model.predict(x[:20]), model.master_network.predict(x[:20], verbose=0), atol=1e-5)
+    on_the_driver = model.predict(x[:20])
+    np.testing.assert_allclose(on_the_driver, model.master_network.predict(x[:20], verbose=0), atol=1e-5)
+    monkeypatch.setattr(sparkeras.inference.batch, "SCORED_ON_DRIVER_MAX_BYTES", 0)
+    np.testing.assert_allclose(model.predict(x[:20]), on_the_driver, atol=1e-5)
