@@ -28,8 +28,8 @@ from sparkeras.metric_values import from_json
 from sparkeras.progress import ProgressBar, ProgressServer
 from sparkeras.serialization import (ModelSpec, check_rebuilds, clone_live, copy_vocabularies, model_state,
                                      pack_arrays, refresh_derived_state, set_model_state, start_rebuild_check)
-from sparkeras.session import (check_classic_session, driver_host, get_spark, is_spark_connect, keras_backend,
-                               running_own_jobs, start_workers_of_active_session)
+from sparkeras.session import (check_classic_session, driver_host, get_spark, is_spark_connect, jobs_run_locally,
+                               keras_backend, running_own_jobs, start_workers_of_active_session)
 from sparkeras.storage.model_file import check_model_archive, load_keras
 from sparkeras.storage.outputs import (check_output, check_remote_output, hadoop_copy, is_remote,
                                        read_model_info, save_model_atomically)
@@ -437,7 +437,7 @@ class SparkModel:
         or ``[loss, *metrics]``). ``verbose=1`` (or ``"auto"``) prints the
         figures and the time taken as one line once every row is scored;
         there is no per-batch bar, since the batches run on the executors
-        (or, for few numpy or pandas rows, in this process:
+        (or, for numpy or pandas rows, often in this process:
         :func:`~sparkeras.inference.batch.scored_on_driver`).
         """
         _check_compiled(self._model, "evaluate")
@@ -474,7 +474,7 @@ class SparkModel:
                                                        dataset.label_col, dataset.weight_col))
         check_same_classes(self.classes, dataset.schema, dataset.label_col, "evaluation data")
         trained = self._trained_model()
-        if dataset.local and scored_on_driver(dataset.table, columns):
+        if dataset.local and scored_on_driver(dataset.table, columns, jobs_run_locally(self.master)):
             return DriverValidation(columns, pack_on_driver(dataset, columns, "evaluation data"), keras_backend()) \
                 .evaluate(trained, batch_size, MetricReader(trained, columns), scoring=False)
         spark = self.spark
@@ -503,7 +503,7 @@ class SparkModel:
         """Predictions for every row; ``features_col`` defaults to the last ``fit``'s (``"features"`` before any).
 
         numpy or pandas in: a numpy array (a list or dict for multi-output
-        models) in input order, scored in this process when the rows are few
+        models) in input order, scored in this process where that is faster
         (:func:`~sparkeras.inference.batch.scored_on_driver`). Spark DataFrame, RDD or Parquet path in: a
         DataFrame with every input column plus ``prediction_col`` (class
         probabilities as ``array<float>``, single-unit outputs as ``double``;
@@ -538,9 +538,9 @@ class SparkModel:
         return self._predict_frame(dataset.spark_frame(spark), columns, batch_size, prediction_col)
 
     def _predict_local(self, dataset: Dataset, batch_size: int) -> Any:
-        """Driver-side rows' predictions: scored here when they are few (:func:`scored_on_driver`), else by tasks."""
+        """Driver-side rows' predictions: scored here where that is faster (:func:`scored_on_driver`), else by tasks."""
         columns = self._packed_columns(resolve_columns(self._model, dataset.schema, dataset.features_col, None))
-        if scored_on_driver(dataset.table, columns):
+        if scored_on_driver(dataset.table, columns, jobs_run_locally(self.master)):
             arrays = pack_on_driver(dataset, columns, "prediction data")
             return self._as_keras_outputs(predict_in_batches(self._trained_model(), columns, arrays, batch_size))
         spark = self.spark

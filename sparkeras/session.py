@@ -63,7 +63,7 @@ def get_spark(master: str | None = None, app_name: str = "sparkeras") -> Any:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     submitted = submitted_settings()
-    chosen = master or submitted.get("spark.master") or configured_master() or "local[*]"
+    chosen = _chosen_master(master, submitted)
     if _MASTER.match(chosen):  # a malformed URL is Spark's to refuse
         check_master_answers(chosen, f"master={master!r}" if master else "spark.master")
     options = embedded_options(chosen, app_name)
@@ -175,6 +175,20 @@ def submitted_settings() -> dict[str, str]:
 
     SparkContext._ensure_initialized()
     return dict(SparkConf().getAll())
+
+
+def _chosen_master(master: str | None, submitted: dict[str, str]) -> str:
+    """The master :func:`get_spark` starts a session on when none runs."""
+    return master or submitted.get("spark.master") or configured_master() or "local[*]"
+
+
+def jobs_run_locally(master: str | None = None) -> bool:
+    """Whether this process' Spark jobs run in an executor inside this driver (:func:`is_local`): the running
+    session's master, else the one :func:`get_spark` would start, which is not started to find out."""
+    active = running_session()
+    if active is not None and master is None:
+        return is_local(active.sparkContext.master)
+    return is_local(_chosen_master(master, submitted_settings()))
 
 
 def running_session() -> Any:

@@ -181,8 +181,8 @@ class DriverValidation:
     cold with a job per epoch, 2.4-2.8 s scored on the driver; on PyTorch the
     two were level), for fixed-shape numeric columns (the workers decode
     images), and up to :data:`MAX_BYTES`; larger validation data is scored
-    by the workers, in parallel. ``SparkModel.evaluate`` scores few
-    driver-side rows with it too, once
+    by the workers, in parallel. ``SparkModel.evaluate`` scores
+    driver-side rows with it too, once, where that is faster
     (:func:`~sparkeras.inference.batch.scored_on_driver`).
     """
 

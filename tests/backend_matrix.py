@@ -303,7 +303,7 @@ def test_the_jvm_starts_without_jaxs_fork_warning():
 def test_spark_ml_estimator_and_the_elephas_facade(spark, monkeypatch):
     """A ``KerasEstimator`` fit (with a parameter-server rule) and transform, and an Elephas ``SparkModel``
     (averaging) on an RDD, on this backend; its numpy predictions scored on the driver and by the workers."""
-    import sparkeras.inference.batch
+    from conftest import score_driver_rows_on_the_workers
     from conftest import blobs, mlp
     from sparkeras.compat import elephas
     from sparkeras.ml import KerasEstimator
@@ -322,5 +322,5 @@ def test_spark_ml_estimator_and_the_elephas_facade(spark, monkeypatch):
     assert model.evaluate(x, y)[1] > 0.85
     on_the_driver = model.predict(x[:20])
     np.testing.assert_allclose(on_the_driver, model.master_network.predict(x[:20], verbose=0), atol=1e-5)
-    monkeypatch.setattr(sparkeras.inference.batch, "SCORED_ON_DRIVER_MAX_BYTES", 0)
+    score_driver_rows_on_the_workers(monkeypatch)
     np.testing.assert_allclose(model.predict(x[:20]), on_the_driver, atol=1e-5)

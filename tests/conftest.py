@@ -112,6 +112,17 @@ def blobs(n: int, dim: int = 16, classes: int = 10, noise: float = 1.0, seed: in
     return x, y.astype(np.int64)
 
 
+def score_driver_rows_on_the_workers(monkeypatch) -> None:
+    """From now on in the test, numpy and pandas rows go to the workers to be predicted and evaluated, as on a
+    cluster with more than 16 MB of them (:func:`sparkeras.inference.batch.scored_on_driver`), so that a test can
+    compare that path with the driver's on a local session."""
+    import sparkeras.inference.batch
+    import sparkeras.model
+
+    monkeypatch.setattr(sparkeras.inference.batch, "SCORED_ON_DRIVER_MAX_BYTES", 0)
+    monkeypatch.setattr(sparkeras.model, "jobs_run_locally", lambda master=None: False)
+
+
 def mlp(dim: int = 16, classes: int = 10, hidden: int = 32, seed: int = 1, optimizer: str = "adam"):
     import keras
 

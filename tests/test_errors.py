@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from conftest import blobs, clone, mlp
+from conftest import blobs, clone, mlp, score_driver_rows_on_the_workers
 from sparkeras import InputError, SparkModel, WorkerError
 
 
@@ -320,7 +320,7 @@ def test_a_model_the_workers_cannot_rebuild_is_refused_on_the_driver(spark, monk
         sparkeras.register_udf(spark, "doubled", model(Doubling()))
     doubling = model(Doubling())  # rows few enough for the driver to score need no worker to rebuild it
     np.testing.assert_allclose(SparkModel(doubling).predict(x), doubling.predict(x, verbose=0), atol=1e-6)
-    monkeypatch.setattr(sparkeras.inference.batch, "SCORED_ON_DRIVER_MAX_BYTES", 0)  # more rows go to the workers
+    score_driver_rows_on_the_workers(monkeypatch)  # as more rows on a cluster
     with pytest.raises(InputError, match=refused):
         SparkModel(doubling, num_workers=2).predict(x)
     history = SparkModel(model(Doubling()), num_workers=2, custom_objects={"Doubling": Doubling}) \

@@ -13,7 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from conftest import assert_same_weights, blobs, clone, mlp, plain_fit_accuracy, tagged_jobs
+from conftest import (assert_same_weights, blobs, clone, mlp, plain_fit_accuracy, score_driver_rows_on_the_workers,
+                      tagged_jobs)
 from sparkeras import InputError, SparkModel
 
 
@@ -2116,10 +2117,10 @@ def test_every_worker_of_a_fit_is_warmed_by_a_task_of_its_own(spark):
     assert all(again < 5.0 for _, _, again in found), found
 
 
-def test_few_driver_rows_are_scored_on_the_driver_as_the_workers_score_them(spark, monkeypatch):
-    """numpy rows up to 4 MB are predicted and evaluated in the driver's process, without a Spark job (or a session:
-    test_sklearn); more rows go to the workers, which give the same figures."""
-    import sparkeras.inference.batch as batch
+def test_driver_rows_are_scored_on_the_driver_as_the_workers_score_them(spark, monkeypatch):
+    """numpy rows are predicted and evaluated in the driver's process, without a Spark job (or a session:
+    test_sklearn); on a cluster, more than 16 MB of them go to the workers, which give the same figures."""
+    from sparkeras.session import jobs_run_locally
 
     x, y = blobs(500, classes=3)
     weights = np.linspace(0.2, 3.0, len(x))
@@ -2127,19 +2128,24 @@ def test_few_driver_rows_are_scored_on_the_driver_as_the_workers_score_them(spar
     sm.fit(x, y, epochs=1, verbose=0)
     sc = spark.sparkContext
 
-    def scored(limit):
-        monkeypatch.setattr(batch, "SCORED_ON_DRIVER_MAX_BYTES", limit)
-        group = f"scoring-{limit}"
+    def with_jobs(group, call):
         sc.setJobGroup(group, "scored on the driver or by the workers")
         try:
-            out = sm.predict(x), sm.evaluate(x, y), sm.evaluate(x, y, sample_weight=weights)
+            return call(), len(sc.statusTracker().getJobIdsForGroup(group))
         finally:
             sc.setLocalProperty("spark.jobGroup.id", None)
-        return out, len(sc.statusTracker().getJobIdsForGroup(group))
 
-    (predicted, figures, weighted), jobs = scored(batch.SCORED_ON_DRIVER_MAX_BYTES)
-    (by_workers, their_figures, their_weighted), their_jobs = scored(0)
-    assert jobs == 0 and their_jobs >= 3, (jobs, their_jobs)
+    def scored():
+        return sm.predict(x), sm.evaluate(x, y), sm.evaluate(x, y, sample_weight=weights)
+
+    assert jobs_run_locally() and jobs_run_locally("local[3]") and not jobs_run_locally("spark://elsewhere:7077")
+    many = np.random.default_rng(0).normal(size=(300_000, 16)).astype(np.float32)  # 19 MB: a local session's too
+    predicted_many, jobs_many = with_jobs("scoring-many", lambda: sm.predict(many))
+    np.testing.assert_allclose(predicted_many, sm.model.predict(many, batch_size=4096, verbose=0), atol=1e-6)
+    (predicted, figures, weighted), jobs = with_jobs("scoring-here", scored)
+    score_driver_rows_on_the_workers(monkeypatch)
+    (by_workers, their_figures, their_weighted), their_jobs = with_jobs("scoring-there", scored)
+    assert jobs_many == jobs == 0 and their_jobs >= 3, (jobs_many, jobs, their_jobs)
     np.testing.assert_allclose(predicted, sm.model.predict(x, verbose=0), atol=1e-6)
     np.testing.assert_allclose(predicted, by_workers, atol=1e-6)
     assert figures == pytest.approx(dict(zip(["loss", "accuracy"], sm.model.evaluate(x, y, verbose=0))), rel=1e-5)

@@ -282,28 +282,29 @@ def predict_arrays(model: Any, columns: ColumnMap, arrays: list[np.ndarray], bat
     return _joined(parts)
 
 
-SCORED_ON_DRIVER_MAX_BYTES = 4 * 2**20
+SCORED_ON_DRIVER_MAX_BYTES = 16 * 2**20
 
 
-def scored_on_driver(table: pa.Table, columns: ColumnMap) -> bool:
-    """Whether driver-side rows are few enough to predict or evaluate in the driver's process, not in a Spark job.
+def scored_on_driver(table: pa.Table, columns: ColumnMap, local: bool) -> bool:
+    """Whether driver-side rows are predicted or evaluated in the driver's process rather than in a Spark job.
 
-    Why. numpy or pandas data is on the driver already, and its predictions
-    and figures go back there. Scoring 1,000 rows of 784 floats in a Spark job took
-    0.21-0.26 s warm on ``local[2]`` (an MLP or a two-layer CNN) against
-    0.05-0.09 s for the driver's own ``model.predict``, with the same
-    numbers; and where no session runs yet the job first starts one: a
-    pickled scikit-learn estimator, loaded in a fresh process, took 4.9 s
-    to predict 5 rows. Up to 4 MB of features (the size up to which small
-    validation data is scored on the driver:
-    :class:`~sparkeras.training.DriverValidation`) the driver's cores
-    finish before a job would have started, for models up to a few times
-    that CNN's cost per row. More rows go to the executors, whose cores add
-    up on a cluster (on ``local[2]``, with no cores to add, 60 MB of rows
-    took as long either way); encoded images are decoded there too.
+    Why. numpy or pandas rows are on the driver already, and their
+    predictions and figures go back there. Warm on ``local[2]`` (``python
+    bench/driver_rows.py``), a Spark job scored 1,000 rows of 784 floats in
+    0.2 s where the driver's loop of ``predict_on_batch`` took 0.008 s (an
+    MLP) and 0.04 s (a two-layer CNN), and 20,000 rows (60 MB) in 0.44 s and
+    1.45 s against 0.12 s and 0.68 s: with ``local`` executors (``local``
+    true: in this process' JVM) the workers have no cores the driver lacks,
+    and every row is copied to them and back, so the driver scores them all.
+    Where no session runs yet the job first starts one: a pickled
+    scikit-learn estimator, loaded in a fresh process, took 4.9 s to predict
+    5 rows. On a cluster, whose executors add cores, the driver scores up to
+    16 MB of features, which takes such a CNN about 0.2 s on 2 cores, less
+    than a cluster job takes to start and ship them; more go to the
+    executors. Encoded images are decoded by the workers, a batch at a time.
     """
-    return (table.num_rows > 0 and table.select(columns.columns).nbytes <= SCORED_ON_DRIVER_MAX_BYTES
-            and all(b.size is not None and b.image is None for b in columns.bindings))
+    return (table.num_rows > 0 and all(b.size is not None and b.image is None for b in columns.bindings)
+            and (local or table.select(columns.columns).nbytes <= SCORED_ON_DRIVER_MAX_BYTES))
 
 
 def _pads_batches() -> bool:
