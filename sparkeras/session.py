@@ -184,10 +184,11 @@ def _chosen_master(master: str | None, submitted: dict[str, str]) -> str:
 
 def jobs_run_locally(master: str | None = None) -> bool:
     """Whether this process' Spark jobs run in an executor inside this driver (:func:`is_local`): the running
-    session's master, else the one :func:`get_spark` would start, which is not started to find out."""
+    session's master (a Spark Connect session's server is elsewhere), else the one :func:`get_spark` would start,
+    which is not started to find out."""
     active = running_session()
     if active is not None and master is None:
-        return is_local(active.sparkContext.master)
+        return not is_spark_connect(active) and is_local(active.sparkContext.master)
     return is_local(_chosen_master(master, submitted_settings()))
 
 

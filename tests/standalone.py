@@ -153,13 +153,19 @@ class StandaloneCluster:
         self.host = self.network.address if self.network else "127.0.0.1"  # where the master and drivers bind
         self.env = dict(os.environ, SPARK_HOME=os.path.dirname(pyspark.__file__), PYSPARK_PYTHON=sys.executable,
                         SPARK_LOCAL_IP=self.host)
-        self.master = self._start("master", "org.apache.spark.deploy.master.Master",
-                                  "--host", self.host, "--port", "0", "--webui-port", "0")
-        self.url = self._wait_for(self.master, r"Starting Spark master at (spark://\S+)", wait)
         self.cores, self.memory, self.wait = cores, memory, wait
-        self.workers = [self._start_worker(i) for i in range(workers)]
-        for proc in self.workers:
-            self._wait_for(proc, r"Successfully registered with master", wait)
+        self.master, self.workers = None, []
+        try:  # a cluster that does not start leaves no daemons and no network namespaces behind
+            self.master = self._start("master", "org.apache.spark.deploy.master.Master",
+                                      "--host", self.host, "--port", "0", "--webui-port", "0")
+            self.url = self._wait_for(self.master, r"Starting Spark master at (spark://\S+)", wait)
+            for i in range(workers):
+                self.workers.append(self._start_worker(i))
+            for proc in self.workers:
+                self._wait_for(proc, r"Successfully registered with master", wait)
+        except BaseException:
+            self.stop()
+            raise
 
     def worker_host(self, index: int) -> str:
         return self.network.addresses[index] if self.network else "127.0.0.1"
@@ -217,7 +223,7 @@ class StandaloneCluster:
         os.killpg(self.workers[index].pid, signal.SIGKILL)
 
     def stop(self) -> None:
-        for proc in self.workers + [self.master]:
+        for proc in self.workers + ([self.master] if self.master is not None else []):
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:

@@ -1,4 +1,5 @@
-"""Spark Connect: prediction works (the weights travel in the UDF), training is refused with the way out.
+"""Spark Connect: prediction works (the weights travel in the UDF; numpy rows are scored by the driver), training
+is refused with the way out.
 
 A Spark Connect session (``SparkSession.builder.remote("local[2]")``) starts a
 server JVM of its own and switches the process to Connect mode, so the
@@ -40,6 +41,8 @@ want = model.predict(x, verbose=0)
 sm = SparkModel(model, num_workers=2)
 rows = sm.predict(df).orderBy("id").collect()
 out["predict_gap"] = float(np.abs(np.array([r.prediction for r in rows]) - want).max())
+out["numpy_gap"] = float(np.abs(sm.predict(x) - want).max())  # driver-side rows: scored by the driver
+out["numpy_loss"] = [sm.evaluate(x, y)["loss"], model.evaluate(x, y, verbose=0)[0]]
 rows = KerasModel(model=model, rawPredictionCol="scores").transform(df).orderBy("id").collect()
 out["transform_agrees"] = [r.prediction for r in rows] == want.argmax(1).astype(float).tolist()
 out["raw_gap"] = float(np.abs(np.array([r.scores.toArray() for r in rows]) - want).max())
@@ -76,6 +79,7 @@ def test_prediction_runs_on_spark_connect_and_training_says_what_to_use(tmp_path
     assert out["session"].startswith("pyspark.sql.connect")
     assert out["predict_gap"] < 1e-5 and out["transform_agrees"] and out["sql_agrees"] and out["inline"]
     assert out["raw_gap"] < 1e-5  # rawPrediction is a Vector on Connect too
+    assert out["numpy_gap"] < 1e-5 and out["numpy_loss"][0] == pytest.approx(out["numpy_loss"][1], rel=1e-5)
     for name, what in (("fit", "SparkModel.fit"), ("evaluate", "SparkModel.evaluate"),
                        ("estimator", "KerasEstimator.fit"), ("tune", "sparkeras.tune")):
         message = out["errors"][name]
