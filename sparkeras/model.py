@@ -157,11 +157,10 @@ class SparkModel:
         return for_packed_data(self._model, columns, self.custom_objects or None)[1]
 
     def _dataset(self, spark: Any, data: Any, y: Any, x: Any, features_col: ColumnSpec,
-                 label_col: ColumnSpec | None, workers: int) -> Dataset:
+                 label_col: ColumnSpec | None) -> Dataset:
         if x is not None and data is not None:
             raise InputError("Pass the data either positionally or as x=, not both.")
-        return as_dataset(spark, x if x is not None else data, y, features_col=features_col,
-                          label_col=label_col, num_partitions=workers)
+        return as_dataset(spark, x if x is not None else data, y, features_col=features_col, label_col=label_col)
 
     def fit(
         self,
@@ -284,13 +283,13 @@ class SparkModel:
             x_data, y, validation_data = _split_last(x_data, y, validation_split)
             if sample_weight is not None:  # the held-out rows' weights go unused: validation is not weighted
                 sample_weight = sample_weight[:_rows(x_data)]
-        dataset = with_row_weights(self._dataset(spark, None, y, x_data, features_col, label_col, workers),
+        dataset = with_row_weights(self._dataset(spark, None, y, x_data, features_col, label_col),
                                    weight_col, sample_weight)
         if dataset.label_col is None and _needs_labels(self._model):
             raise InputError("fit needs labels: pass y= with numpy features, or label_col= naming the label column.")
         val_dataset, held_out = None, 0.0
         if validation_data is not None:
-            val_dataset = validation_dataset(spark, validation_data, dataset, workers)
+            val_dataset = validation_dataset(spark, validation_data, dataset)
         elif validation_split and dataset.table is None and dataset.pairs is None:
             held_out = validation_split  # drawn from the packed rows (sparkeras.data.split)
         elif validation_split:
@@ -465,9 +464,7 @@ class SparkModel:
                   label_col: ColumnSpec, weight_col: str | None, sample_weight: Any) -> dict[str, float]:
         frame = x if x is not None else data
         spark = None if frame is None or is_driver_data(frame) else self.spark  # no session yet for driver rows
-        workers = 1 if spark is None else self._workers(spark)
-        dataset = with_row_weights(self._dataset(spark, data, y, x, features_col, label_col, workers),
-                                   weight_col, sample_weight)
+        dataset = with_row_weights(self._dataset(spark, data, y, x, features_col, label_col), weight_col, sample_weight)
         if dataset.label_col is None and _needs_labels(self._model):
             raise InputError("evaluate needs labels: pass y= with numpy features, or label_col=.")
         columns = self._packed_columns(resolve_columns(self._model, dataset.schema, dataset.features_col,
@@ -504,7 +501,8 @@ class SparkModel:
 
         numpy or pandas in: a numpy array (a list or dict for multi-output
         models) in input order, scored in this process where that is faster
-        (:func:`~sparkeras.inference.batch.scored_on_driver`). Spark DataFrame, RDD or Parquet path in: a
+        (:func:`~sparkeras.inference.batch.scored_on_driver`). Spark
+        DataFrame, RDD or Parquet path in: a
         DataFrame with every input column plus ``prediction_col`` (class
         probabilities as ``array<float>``, single-unit outputs as ``double``;
         one column per output, suffixed with the output name, for multi-output
@@ -527,13 +525,14 @@ class SparkModel:
             return self._predict_frame(frame, columns, batch_size, prediction_col)
         if frame is None or is_driver_data(frame):  # no session yet for rows the driver may score itself
             started = time.perf_counter()
-            dataset = self._dataset(None, data, None, x, features_col, None, 1)
+            dataset = self._dataset(None, data, None, x, features_col, None)
             predictions = self._predict_local(dataset, batch_size)
             if verbose:
                 print(f"predict: {dataset.table.num_rows:,} rows ({time.perf_counter() - started:.1f} s)", flush=True)
             return predictions
         spark = self.spark
-        dataset = self._dataset(spark, data, None, x, features_col, None, self._workers(spark))
+        self._workers(spark)  # a cluster session no executor joins: an error now, not a lazy frame's hang
+        dataset = self._dataset(spark, data, None, x, features_col, None)
         columns = resolve_columns(self._model, dataset.schema, dataset.features_col, None)
         return self._predict_frame(dataset.spark_frame(spark), columns, batch_size, prediction_col)
 

@@ -6,8 +6,9 @@ same with sparkeras: ``fit`` trains a fresh copy of the Keras model with
 :class:`~sparkeras.SparkModel` (any strategy), and ``predict`` runs on the
 executors, or in this process where it is faster
 (:func:`~sparkeras.inference.batch.scored_on_driver`): a fitted estimator
-unpickled in a service scores without starting Spark. They follow scikit-learn's estimator contract (parameters stored
-as given, ``get_params``/``set_params``, ``clone``), so ``Pipeline``,
+unpickled in a service scores without starting Spark. They follow
+scikit-learn's estimator contract (parameters stored as given,
+``get_params``/``set_params``, ``clone``), so ``Pipeline``,
 ``cross_val_score`` and ``GridSearchCV`` work. Keep ``n_jobs=1`` in those:
 Spark already runs every fit in parallel.
 """

@@ -73,9 +73,9 @@ def test_training_data_sorted_by_label_is_dealt_so_every_worker_gets_every_class
     x, y = x[order], y[order]
     if kind == "dataframe":
         data = spark.createDataFrame([(r.tolist(), int(v)) for r, v in zip(x, y)], ["features", "label"]).coalesce(2)
-        dataset = as_dataset(spark, data, num_partitions=2)
+        dataset = as_dataset(spark, data)
     else:
-        dataset = as_dataset(spark, x, y, num_partitions=2)
+        dataset = as_dataset(spark, x, y)
     columns = resolve_columns(mlp(dim=8, classes=4), dataset.schema, "features", "label")
     slot = next(b.slot for b in columns.bindings if b.role == LABEL)
     even = np.bincount(y, minlength=4) / 2

@@ -177,7 +177,7 @@ def test_parquet_sorted_by_label_is_dealt_by_the_workers_own_reads_every_row_onc
     order = np.argsort(y, kind="stable")
     path = _write(tmp_path / "sorted.parquet", x[order], y[order], files=2, row_group_size=1000)
     frame = spark.read.parquet(path)
-    dataset = as_dataset(spark, frame, num_partitions=2)
+    dataset = as_dataset(spark, frame)
     columns = resolve_columns(mlp(dim=16, classes=10), dataset.schema, "features", "label")
     prepared = prepare(dataset, columns, 2, balance=True)
     try:

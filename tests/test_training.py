@@ -1656,7 +1656,7 @@ def test_packed_files_are_removed_when_released(spark):
     from sparkeras.data.sources import as_dataset
 
     x, y = blobs(100, seed=1)
-    dataset = as_dataset(spark, x, y, num_partitions=2)
+    dataset = as_dataset(spark, x, y)
     prepared = prepare(dataset, resolve_columns(mlp(), dataset.schema, "features", "label"), 2)
     assert prepared.files is not None and len(os.listdir(prepared.files)) == 4  # 2 partitions x (x, y)
     assert prepared.stats.rows_per_partition == [50, 50]
@@ -1687,7 +1687,7 @@ def test_uneven_spark_partitions_are_rebalanced_for_training(spark):
     from sparkeras.data.sources import as_dataset
 
     df, _, _ = _skewed_frame(spark, 300, 20)
-    dataset = as_dataset(spark, df, num_partitions=2)
+    dataset = as_dataset(spark, df)
     columns = resolve_columns(mlp(), dataset.schema, "features", "label")
     kept = prepare(dataset, columns, 2)
     assert kept.stats.rows_per_partition == [300, 20]
@@ -1711,7 +1711,7 @@ def test_packed_blocks_are_capped_so_executors_never_hold_one_huge_value(spark, 
     from sparkeras.data.sources import as_dataset
 
     x, y = blobs(1_000, dim=16, seed=2)
-    dataset = as_dataset(spark, x, y, num_partitions=1)
+    dataset = as_dataset(spark, x, y)
     columns = resolve_columns(mlp(), dataset.schema, "features", "label")
     monkeypatch.setattr(packing, "BLOCK_BYTES", 100 * (16 * 4 + 4))  # 100 rows of 16 floats and an int label
     assert packing.block_rows(columns) == 100
@@ -1732,7 +1732,7 @@ def test_local_mode_packs_a_partition_into_one_file_per_column_that_a_worker_rea
     from sparkeras.data.sources import as_dataset
 
     x, y = blobs(1_000, dim=16, seed=2)
-    dataset = as_dataset(spark, x, y, num_partitions=1)
+    dataset = as_dataset(spark, x, y)
     columns = resolve_columns(mlp(), dataset.schema, "features", "label")
     batch = dataset.table.select(columns.columns).combine_chunks().to_batches()[0]
     blocks = list(packing.pack_batches(columns, iter([batch.slice(0, 650), batch.slice(650)]), str(tmp_path)))

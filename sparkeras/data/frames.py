@@ -27,15 +27,15 @@ class SharedFrames:
 
     def __init__(self, spark: Any, data: Any, y: Any = None, *, validation_data: Any = None,
                  validation_split: float = 0.0, features_col: ColumnSpec = "features",
-                 label_col: ColumnSpec = "label", seed: int = 0, num_partitions: int = 1,
+                 label_col: ColumnSpec = "label", seed: int = 0,
                  weight_col: str | None = None, sample_weight: Any = None) -> None:
         self._spark = spark
         self._cached: list[Any] = []
-        dataset = with_row_weights(as_dataset(spark, data, y, features_col=features_col, label_col=label_col,
-                                              num_partitions=num_partitions), weight_col, sample_weight)
+        dataset = with_row_weights(as_dataset(spark, data, y, features_col=features_col, label_col=label_col),
+                                   weight_col, sample_weight)
         val: Dataset | None = None
         if validation_data is not None:
-            val = validation_dataset(spark, validation_data, dataset, num_partitions)
+            val = validation_dataset(spark, validation_data, dataset)
         elif validation_split:
             dataset, val = split_validation(dataset, validation_split, seed)
         self.features_col = dataset.features_col

@@ -90,7 +90,6 @@ def as_dataset(
     *,
     features_col: ColumnSpec = "features",
     label_col: ColumnSpec | None = "label",
-    num_partitions: int = 1,
 ) -> Dataset:
     """Wrap ``data`` (and ``y`` for numpy input) as a :class:`Dataset`."""
     from pyspark import RDD
@@ -113,7 +112,7 @@ def as_dataset(
     if _is_arrow_stream(data):
         return Dataset(None, features_col, label_col, pa.table(data))
     if isinstance(data, (np.ndarray, Mapping, list, tuple)):
-        return _numpy_dataset(spark, data, y, features_col, label_col, num_partitions)
+        return _numpy_dataset(data, y, features_col, label_col)
     kind = type(data)
     raise InputError(f"Cannot train on a {kind.__module__}.{kind.__qualname__}; pass {ACCEPTED}.")
 
@@ -296,7 +295,7 @@ def _is_pandas(data: Any) -> bool:
     return type(data).__module__.startswith("pandas") and type(data).__name__ == "DataFrame"
 
 
-def _numpy_dataset(spark, x, y, features_col, label_col, num_partitions) -> Dataset:
+def _numpy_dataset(x, y, features_col, label_col) -> Dataset:
     columns: dict[str, np.ndarray] = {}
     fcol = _named_arrays(x, features_col if isinstance(features_col, str) else "features", columns, "x")
     lcol = None
@@ -633,18 +632,16 @@ def split_validation(dataset: Dataset, fraction: float, seed: int) -> tuple[Data
     return Dataset(train, f, l, weight_col=w), Dataset(val, f, l)
 
 
-def validation_dataset(spark: Any, validation_data: Any, like: Dataset, num_partitions: int) -> Dataset:
+def validation_dataset(spark: Any, validation_data: Any, like: Dataset) -> Dataset:
     """``validation_data`` as a Dataset with the same columns as the training data."""
     if isinstance(validation_data, tuple) and len(validation_data) == 2:
         return as_dataset(
             spark, validation_data[0], validation_data[1],
             features_col=_base(like.features_col, "features"),
             label_col=_base(like.label_col, "label"),
-            num_partitions=num_partitions,
         )
     return as_dataset(
         spark, validation_data, features_col=like.features_col, label_col=like.label_col,
-        num_partitions=num_partitions,
     )
 
 

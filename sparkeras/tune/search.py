@@ -174,7 +174,7 @@ def tune(
         frames = SharedFrames(spark, data, y, validation_data=validation_data,
                               validation_split=0.0 if validation_data is not None else validation_split,
                               features_col=features_col, label_col=label_col, seed=seed,
-                              num_partitions=workers_per_trial, weight_col=weight_col, sample_weight=row_weights)
+                              weight_col=weight_col, sample_weight=row_weights)
         parent = None
         try:
             search = Search(study, build_model, frames, space=space, metric=metric, epochs=epochs,
