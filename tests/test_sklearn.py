@@ -91,16 +91,25 @@ def test_a_pickled_classifier_scores_in_a_fresh_process_without_starting_spark(s
     served = subprocess.run([sys.executable, "-c", f"""
 import json, pickle, numpy as np
 from pyspark import SparkContext
-from sparkeras import SparkModel
+from sparkeras import InputError, SparkModel
 clf = pickle.loads(open({str(tmp_path / "clf.pkl")!r}, "rb").read())
 x = np.load({str(tmp_path / "x.npy")!r})
 out = dict(predicted=clf.predict(x).tolist(), proba=clf.predict_proba(x).tolist(),
-           figures=SparkModel(clf.model_).evaluate(x, (clf.predict(x) == "dog").astype(int)))
+           figures=SparkModel(clf.model_).evaluate(x, (clf.predict(x) == "dog").astype(int)), errors=[])
+x[0, 1] = np.nan
+for bad in (x[:0], x):
+    try:
+        clf.predict(bad)
+    except InputError as exc:
+        out["errors"].append(str(exc))
 print(json.dumps(dict(out, spark=SparkContext._active_spark_context is not None)))
 """], capture_output=True, text=True, timeout=300)
     assert served.returncode == 0, served.stderr[-3000:]
     out = json.loads(served.stdout.strip().splitlines()[-1])
-    assert out["spark"] is False
+    assert out["spark"] is False  # bad rows are refused, as by the workers, without a session either
+    assert out["errors"] == ["The prediction data is empty (0 rows); check the path or the filters that produced it.",
+                             "In the prediction data, column 'features' holds 1 NaN or infinite values; drop or fill "
+                             "them (e.g. df.na.drop / df.na.fill) before scoring."], out["errors"]
     assert out["predicted"] == clf.predict(x).tolist()
     np.testing.assert_allclose(out["proba"], clf.predict_proba(x), atol=1e-6)
     assert out["figures"]["loss"] == pytest.approx(clf.model_.evaluate(x, clf.predict(x) == "dog", verbose=0)[0],

@@ -508,10 +508,9 @@ def check(stats: DatasetStats, columns: ColumnMap, what: str) -> None:
     for b in columns.bindings:
         s = stats.bindings[b.slot]
         if s.nonfinite:
-            raise InputError(
-                f"In the {what}, {b.described} holds {s.nonfinite} NaN or infinite values; "
-                "drop or fill them (e.g. df.na.drop / df.na.fill) before training."
-            )
+            use = "training" if what == "training data" else "scoring"
+            raise InputError(f"In the {what}, {b.described} holds {s.nonfinite} NaN or infinite values; "
+                             f"drop or fill them (e.g. df.na.drop / df.na.fill) before {use}.")
         _check_labels(b, s, what)
         _check_integer_features(b, s, what)
         _check_weights(b, s, what)

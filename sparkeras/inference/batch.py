@@ -303,7 +303,7 @@ def scored_on_driver(table: pa.Table, columns: ColumnMap, local: bool) -> bool:
     than a cluster job takes to start and ship them; more go to the
     executors. Encoded images are decoded by the workers, a batch at a time.
     """
-    return (table.num_rows > 0 and all(b.size is not None and b.image is None for b in columns.bindings)
+    return (all(b.size is not None and b.image is None for b in columns.bindings)
             and (local or table.select(columns.columns).nbytes <= SCORED_ON_DRIVER_MAX_BYTES))
 
 
