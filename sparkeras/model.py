@@ -502,11 +502,10 @@ class SparkModel:
         numpy or pandas in: a numpy array (a list or dict for multi-output
         models) in input order, scored in this process where that is faster
         (:func:`~sparkeras.inference.batch.scored_on_driver`). Spark
-        DataFrame, RDD or Parquet path in: a
-        DataFrame with every input column plus ``prediction_col`` (class
-        probabilities as ``array<float>``, single-unit outputs as ``double``;
-        one column per output, suffixed with the output name, for multi-output
-        models). ``verbose=1`` (or ``"auto"``) prints the rows scored and the
+        DataFrame, RDD or Parquet path in: a DataFrame with every input
+        column plus ``prediction_col`` (class probabilities as
+        ``array<float>``, single-unit outputs as ``double``; one column per
+        output, suffixed with the output name, for multi-output models). ``verbose=1`` (or ``"auto"``) prints the rows scored and the
         time taken for numpy or pandas input; a DataFrame's predictions are
         computed when an action reads them, so there is nothing to print then.
         """

@@ -640,9 +640,7 @@ def validation_dataset(spark: Any, validation_data: Any, like: Dataset) -> Datas
             features_col=_base(like.features_col, "features"),
             label_col=_base(like.label_col, "label"),
         )
-    return as_dataset(
-        spark, validation_data, features_col=like.features_col, label_col=like.label_col,
-    )
+    return as_dataset(spark, validation_data, features_col=like.features_col, label_col=like.label_col)
 
 
 def _base(spec: Any, default: str) -> str:
