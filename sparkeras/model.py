@@ -353,7 +353,8 @@ class SparkModel:
                 train=train, validation=validation, epochs=epochs, initial_epoch=initial_epoch,
                 batch_size=batch_size, shuffle=shuffle, num_workers=workers,
                 callbacks=None, bar=bar, validation_freq=validation_freq,
-                validation_batch_size=validation_batch_size)
+                validation_batch_size=validation_batch_size,
+                validation_rows=val_dataset if val_dataset is not None and val_dataset.table is not None else None)
             job.callbacks = _callback_list(
                 callbacks, self._model, epochs=epochs, steps=max(job.steps_per_worker), verbose=verbose,
                 fit_started=started, strategy=strategy_name,

@@ -758,17 +758,23 @@ def test_small_validation_data_is_scored_on_the_driver_as_the_workers_would(spar
     val = (x[900:], y[900:])
     sc = spark.sparkContext
 
-    def fit(group):
+    def fit(group, validation=val):
         sc.setJobGroup(group, "validation test")
         try:
             sm = SparkModel(mlp(seed=3), strategy=strategy, num_workers=2, seed=0)
-            history = sm.fit(x[:900], y[:900], epochs=4, batch_size=32, verbose=0, validation_data=val)
+            history = sm.fit(x[:900], y[:900], epochs=4, batch_size=32, verbose=0, validation_data=validation)
         finally:
             sc.setLocalProperty("spark.jobGroup.id", None)
         direct = sm.model.evaluate(*val, verbose=0, return_dict=True)  # the model of the last epoch
         return history.history, direct, len(sc.statusTracker().getJobIdsForGroup(group))
 
     driver, driver_direct, driver_jobs = fit(f"driver-{strategy}")
+    if strategy == "averaging":  # Spark rows are packed by a job and read back by another
+        frame = spark.createDataFrame([(r.tolist(), int(label)) for r, label in zip(*val)],
+                                      "features array<float>, label long")
+        from_spark, _, spark_jobs = fit("driver-frame", frame)
+        assert from_spark["val_loss"] == pytest.approx(driver["val_loss"], abs=1e-5)
+        assert spark_jobs == 3, spark_jobs
     monkeypatch.setattr(DriverValidation, "MAX_BYTES", 0)
     workers, workers_direct, worker_jobs = fit(f"workers-{strategy}")
     for history, direct in ((driver, driver_direct), (workers, workers_direct)):
@@ -776,10 +782,10 @@ def test_small_validation_data_is_scored_on_the_driver_as_the_workers_would(spar
         assert history["val_accuracy"][-1] == pytest.approx(direct["accuracy"], abs=1e-6)
     if strategy == "averaging":  # synchronous rounds: the same model both times
         assert driver["val_loss"] == pytest.approx(workers["val_loss"], abs=1e-5)
-    # The caller's job group holds every job of the fit. On the driver: the validation data's read and one
-    # training job. By the workers, per epoch: a training job, a validation job, and for a rule that reports
-    # its center a job scoring it on the training data.
-    assert (driver_jobs, worker_jobs) == (2, {"averaging": 8, "async": 12}[strategy])
+    # The caller's job group holds every job of the fit. On the driver: one training job (the numpy validation
+    # rows are the driver's already). By the workers, per epoch: a training job, a validation job, and for a rule
+    # that reports its center a job scoring it on the training data.
+    assert (driver_jobs, worker_jobs) == (1, {"averaging": 8, "async": 12}[strategy])
 
 
 def test_averaging_trains_every_epoch_in_one_spark_job_and_the_same_model(spark, monkeypatch):
