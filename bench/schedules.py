@@ -59,7 +59,7 @@ def main() -> None:
     import tasks as bench_tasks
     from sparkeras import SparkModel
 
-    spark = sparkeras.get_spark(f"local[{max(2, args.workers)}]")
+    sparkeras.get_spark(f"local[{max(2, args.workers)}]")  # the session every SparkModel below uses
     rows = []
     for name in args.tasks.split(","):
         task = bench_tasks.TASKS[name]

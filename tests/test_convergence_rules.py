@@ -350,20 +350,28 @@ def test_two_worker_averaging_with_many_rounds_reports_the_iterate(spark):
 
 
 @pytest.mark.parametrize("window, iterate", [(4, False), (1, True)], ids=["center", "iterate"])
-def test_averaging_in_one_spark_job_per_window_trains_and_reports_the_same_model(spark, window, iterate):
-    # 3 workers on local[2]'s 2 slots: each window is a Spark job. With plain SGD the averaged inner
-    # state is only a step count, so the rounds must match the one-process simulation exactly,
-    # across an epoch boundary: 6 batches per worker make 2 rounds per epoch at window 4 (the
-    # center is reported) and 6 at window 1 (the iterate).
+def test_averaging_in_one_spark_job_per_window_trains_and_reports_the_same_model(spark, window, iterate, caplog):
+    # 3 workers on local[2]'s 2 slots: each window is a Spark job, and the fit warns that this is slow. With
+    # plain SGD the averaged inner state is only a step count, so the rounds must match the one-process
+    # simulation exactly, across an epoch boundary: 6 batches per worker make 2 rounds per epoch at window 4
+    # (the center is reported) and 6 at window 1 (the iterate).
+    import logging
+
     x, y = blobs(3 * 96, seed=9)
     model = mlp(seed=5, optimizer="sgd")
     want = _simulate_averaging(model, x, y, workers=3, batch=16, window=window, epochs=2, momentum=2 / 3,
                                iterate=iterate)
     # The outer momentum's rule, which "auto" leaves to the Adam family; plain SGD would get the linear one.
     sm = SparkModel(model, strategy=ModelAveraging(window=window, learning_rate_scaling=None), num_workers=3, seed=0)
-    sm.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
+    with caplog.at_level(logging.WARNING, logger="sparkeras"):
+        sm.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
     for got, expected in zip(sm.model.get_weights(), want):
         np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+    assert [r.getMessage() for r in caplog.records if r.name == "sparkeras"] == [
+        f"num_workers=3 is more than the 2 tasks the cluster runs at once, so model averaging's workers take turns "
+        f"and each of an epoch's {-(-6 // window)} rounds ({window} batches a worker) is a Spark job of its own: "
+        f"several times slower than training every epoch in one job. Use num_workers=2 or fewer (the default is one "
+        f"worker per task slot), or give the cluster more cores."]
 
 
 @pytest.mark.parametrize("scaling", ["linear", "auto"])

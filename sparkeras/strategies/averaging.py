@@ -71,6 +71,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from sparkeras.errors import ClusterCapacityError, InputError
+from sparkeras.log import logger
 from sparkeras.strategies.distributed import (Arrays, DistributedOptimizer, check_warmup_epochs, set_shared,
                                               warmup_epochs_for)
 from sparkeras.strategies.epochs import EpochAttempts
@@ -422,7 +423,15 @@ class ModelAveraging(DistributedOptimizer):
             self._outer.velocity = [np.array(v) for v in self._restored_velocity]
             self._outer.rounds = self._restored_rounds
             self._restored_velocity = None
-        if concurrent_slots(job.spark.sparkContext) < job.num_workers:
+        slots = concurrent_slots(job.spark.sparkContext)
+        if slots < job.num_workers:
+            if rounds > 1:
+                logger.warning(
+                    "num_workers=%d is more than the %d tasks the cluster runs at once, so model averaging's workers "
+                    "take turns and each of an epoch's %d rounds (%s batches a worker) is a Spark job of its own: "
+                    "several times slower than training every epoch in one job. Use num_workers=%d or fewer (the "
+                    "default is one worker per task slot), or give the cluster more cores.",
+                    job.num_workers, slots, rounds, self.window, slots)
             self._fit_in_jobs(job, job.initial_epoch)
             return
         try:
