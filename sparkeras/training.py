@@ -26,7 +26,7 @@ from sparkeras.progress import ProgressBar
 from sparkeras.serialization import learning_rate_position, model_state, pack_arrays, set_model_state, unpack_arrays
 from sparkeras.worker import tasks
 from sparkeras.worker.runtime import HOLD_SECONDS, WarmUp
-from sparkeras.worker.tasks import WorkerSpec
+from sparkeras.worker.tasks import WorkerSpec, run_grouped
 
 
 @dataclass
@@ -42,7 +42,7 @@ class PartitionResult:
 
 
 def run_partitions(prepared: PreparedData, body: Callable[[Iterator[Any]], Iterator[tuple]],
-                   doing: str | Callable[[], str]) -> list[PartitionResult]:
+                   doing: str | Callable[[], str], tasks: TaskGroups | None = None) -> list[PartitionResult]:
     """Run ``body`` as one task per partition and decode the answers.
 
     Each task answers one tuple of plain ints and ``bytes`` (arrays encoded
@@ -50,6 +50,8 @@ def run_partitions(prepared: PreparedData, body: Callable[[Iterator[Any]], Itera
     Its blocks come with the partition's row count from the packing
     (:class:`~sparkeras.data.packing.CountedBlocks`). ``doing`` names the
     work in a failure's message (a function: what it was when it failed).
+    ``tasks``: run the partitions in that many tasks instead, each training
+    its share side by side (:func:`~sparkeras.worker.tasks.run_grouped`).
     """
     counted = list(prepared.stats.rows_per_partition)
 
@@ -57,7 +59,12 @@ def run_partitions(prepared: PreparedData, body: Callable[[Iterator[Any]], Itera
         return body(CountedBlocks(blocks, counted[index] if index < len(counted) else None))
 
     try:
-        rows = prepared.blocks.mapPartitionsWithIndex(counted_body).collect()
+        if tasks is not None and tasks.count < prepared.num_partitions:
+            timeout = tasks.timeout
+            rows = (prepared.blocks.mapPartitionsWithIndex(_tagged).coalesce(tasks.count)
+                    .mapPartitions(lambda tagged: run_grouped(body, tagged, counted, timeout)).collect())
+        else:
+            rows = prepared.blocks.mapPartitionsWithIndex(counted_body).collect()
     except Exception as exc:  # noqa: BLE001 - translated, never swallowed
         raise worker_error(exc, doing() if callable(doing) else doing) from None
     results = [
@@ -66,6 +73,22 @@ def run_partitions(prepared: PreparedData, body: Callable[[Iterator[Any]], Itera
         for p, n, steps, state, metrics, figures in rows
     ]
     return sorted(results, key=lambda r: r.partition)
+
+
+@dataclass(frozen=True)
+class TaskGroups:
+    """Partitions run in ``count`` tasks, each training its share in threads (:func:`run_partitions`);
+    ``timeout`` bounds a thread's wait for its model copy."""
+
+    count: int
+    timeout: float
+
+
+def _tagged(index: int, blocks: Iterator[Any]) -> Iterator[tuple[int, Any]]:
+    """A partition's blocks, each with its index, after one ``(index, None)`` that names even an empty one."""
+    yield index, None
+    for block in blocks:
+        yield index, block
 
 
 def sum_metric_states(results: Sequence[PartitionResult]) -> list[np.ndarray] | None:

@@ -349,29 +349,37 @@ def test_two_worker_averaging_with_many_rounds_reports_the_iterate(spark):
     assert max(np.abs(a - b).max() for a, b in zip(want, center)) > 1e-4  # the points differ by 10x the tolerance
 
 
+@pytest.mark.parametrize("way", ["grouped", "jobs"])
 @pytest.mark.parametrize("window, iterate", [(4, False), (1, True)], ids=["center", "iterate"])
-def test_averaging_in_one_spark_job_per_window_trains_and_reports_the_same_model(spark, window, iterate, caplog):
-    # 3 workers on local[2]'s 2 slots: each window is a Spark job, and the fit warns that this is slow. With
-    # plain SGD the averaged inner state is only a step count, so the rounds must match the one-process
-    # simulation exactly, across an epoch boundary: 6 batches per worker make 2 rounds per epoch at window 4
-    # (the center is reported) and 6 at window 1 (the iterate).
-    import logging
-
+def test_averaging_with_more_workers_than_slots_trains_and_reports_the_same_model(spark, window, iterate, way,
+                                                                                 monkeypatch):
+    # 3 workers on local[2]'s 2 slots. "grouped": one task trains two of the workers side by side, in one Spark
+    # job; "jobs": each window is a Spark job, as after the cluster lost slots (forced here). With plain SGD the
+    # averaged inner state is only a step count, so the rounds must match the one-process simulation exactly,
+    # across an epoch boundary: 6 batches per worker make 2 rounds per epoch at window 4 (the center is
+    # reported) and 6 at window 1 (the iterate).
     x, y = blobs(3 * 96, seed=9)
     model = mlp(seed=5, optimizer="sgd")
     want = _simulate_averaging(model, x, y, workers=3, batch=16, window=window, epochs=2, momentum=2 / 3,
                                iterate=iterate)
+    if way == "jobs":
+        _one_job_per_window(monkeypatch)
+    sc, group = spark.sparkContext, f"more-workers-{window}-{way}"
     # The outer momentum's rule, which "auto" leaves to the Adam family; plain SGD would get the linear one.
     sm = SparkModel(model, strategy=ModelAveraging(window=window, learning_rate_scaling=None), num_workers=3, seed=0)
-    with caplog.at_level(logging.WARNING, logger="sparkeras"):
-        sm.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
+    sc.setJobGroup(group, "more workers than slots")
+    try:
+        history = sm.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
     for got, expected in zip(sm.model.get_weights(), want):
         np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
-    assert [r.getMessage() for r in caplog.records if r.name == "sparkeras"] == [
-        f"num_workers=3 is more than the 2 tasks the cluster runs at once, so model averaging's workers take turns "
-        f"and each of an epoch's {-(-6 // window)} rounds ({window} batches a worker) is a Spark job of its own: "
-        f"several times slower than training every epoch in one job. Use num_workers=2 or fewer (the default is one "
-        f"worker per task slot), or give the cluster more cores."]
+    assert [r["resumed_at_epoch"] for r in history.restarts] == ([] if way == "grouped" else [1])
+    tracker = sc.statusTracker()
+    stages = [tracker.getStageInfo(s) for j in tracker.getJobIdsForGroup(group) for s in tracker.getJobInfo(j).stageIds]
+    trained = [s.numTasks for s in stages if s is not None]  # numpy rows: packed on the driver, no job
+    # Grouped: the whole fit is one job of 2 tasks; otherwise each of the 2 epochs' windows is a job of 3.
+    assert trained == ([2] if way == "grouped" else [3] * (2 * -(-6 // window))), trained
 
 
 @pytest.mark.parametrize("scaling", ["linear", "auto"])
@@ -391,10 +399,24 @@ def test_workers_that_scale_their_own_rate_train_at_n_times_it_and_the_model_kee
     assert float(sm.model.optimizer.learning_rate) == pytest.approx(0.001)
 
 
+def _one_job_per_window(monkeypatch):
+    """Make model averaging train one Spark job per window, as it goes on after the cluster lost slots."""
+    from sparkeras.errors import ClusterCapacityError
+    from sparkeras.strategies.distributed import DistributedOptimizer
+
+    def lost(self, job):
+        raise ClusterCapacityError("averaging needs 3 task slots at once, but the cluster has had only 2 (test)")
+
+    monkeypatch.setattr(DistributedOptimizer, "fit", lost)
+
+
+@pytest.mark.parametrize("way", ["grouped", "jobs"])
 @pytest.mark.parametrize("scaling", ["linear", "auto"])
-def test_workers_scale_their_own_rate_in_one_spark_job_per_window_too(spark, scaling):
-    # 3 workers on local[2]'s 2 slots: each window is a Spark job, each worker at 3 times SGD's rate:
-    # asked for, or the default rule for SGD.
+def test_workers_scale_their_own_rate_with_more_workers_than_slots_too(spark, scaling, way, monkeypatch):
+    # 3 workers on local[2]'s 2 slots (a task trains two side by side, or each window is a Spark job), each
+    # worker at 3 times SGD's rate: asked for, or the default rule for SGD.
+    if way == "jobs":
+        _one_job_per_window(monkeypatch)
     x, y = blobs(3 * 96, seed=9)
     model = mlp(seed=5, optimizer="sgd")
     want = _simulate_averaging(model, x, y, workers=3, batch=16, window=4, epochs=2, momentum=0.0, rate_factor=3.0)
@@ -430,10 +452,14 @@ def test_a_bad_warmup_is_refused_with_what_it_takes(value):
         EASGD(warmup_epochs=value)
 
 
-def test_a_warmup_ramps_the_workers_rate_in_one_spark_job_per_window_too(spark):
-    # 3 workers on local[2]'s 2 slots: each window is a Spark job, whose averaged inner state is only a step
-    # count with plain SGD. 6 batches per worker, windows of 2: the first epoch's windows train at 1, 5/3 and
-    # 7/3 times SGD's rate, the second's at 3 times. (Adam warms up so by default from 3 workers on.)
+@pytest.mark.parametrize("way", ["grouped", "jobs"])
+def test_a_warmup_ramps_the_workers_rate_with_more_workers_than_slots_too(spark, way, monkeypatch):
+    # 3 workers on local[2]'s 2 slots (a task trains two side by side, or each window is a Spark job); the
+    # averaged inner state is only a step count with plain SGD. 6 batches per worker, windows of 2: the first
+    # epoch's windows train at 1, 5/3 and 7/3 times SGD's rate, the second's at 3 times. (Adam warms up so by
+    # default from 3 workers on.)
+    if way == "jobs":
+        _one_job_per_window(monkeypatch)
     x, y = blobs(3 * 96, seed=9)
     model = mlp(seed=5, optimizer="sgd")
     want = _simulate_averaging(model, x, y, workers=3, batch=16, window=2, epochs=2, momentum=0.0, rate_factor=3.0,

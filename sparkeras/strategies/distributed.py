@@ -75,7 +75,7 @@ from sparkeras.serialization import ModelSpec, pack_arrays, unpack_arrays
 from sparkeras.session import driver_host
 from sparkeras.strategies.base import Strategy
 from sparkeras.strategies.epochs import EpochAttempts, check_restart_settings
-from sparkeras.training import PartitionResult, TrainingJob, run_partitions, sum_metric_states
+from sparkeras.training import PartitionResult, TaskGroups, TrainingJob, run_partitions, sum_metric_states
 from sparkeras.worker.asynchronous import ServerTaskSpec, is_shared, train_with_server
 from sparkeras.worker.faults import Hold
 
@@ -128,6 +128,7 @@ class DistributedOptimizer(Strategy):
 
     _ramp: tuple[float, float, int] = (1.0, 0.0, 1)  # the workers' rate factor, warmup epochs, batches per epoch
     _trainable: tuple[bool, ...] | None = None  # per shared weight, recorded by fit; None: all trainable
+    _task_groups: TaskGroups | None = None  # a synchronous fit's workers in fewer tasks (run_partitions), or None
 
     name: ClassVar[str] = "distributed"
     default_window: ClassVar[int | str] = 5
@@ -279,8 +280,9 @@ class DistributedOptimizer(Strategy):
         self._server, self._restored_local, self._restored_version = server, {}, None  # they serve one fit
         self._finished = None
         one_job = self._trains_in_one_job(job, len(active))
+        groups = self._task_groups
         attempts = EpochAttempts(job, self.name, self.max_restarts, self.slot_timeout,
-                                 job.num_workers if self.synchronous else None)
+                                 (groups.count if groups else job.num_workers) if self.synchronous else None)
         try:
             first = job.initial_epoch
             if one_job:
@@ -316,7 +318,7 @@ class DistributedOptimizer(Strategy):
                 given = self._worker_rate(job, steered)
                 given = None if given is None else (job.learning_rate_position, given)
                 return run_partitions(job.train, lambda it: train_with_server(spec, epoch, it, run, given),
-                                      f"training epoch {epoch + 1}")
+                                      f"training epoch {epoch + 1}", self._task_groups)
 
             stale_before = server.stats.staleness.copy()
             results = attempts.run(epoch, train_epoch, rollback, server.abandoned)
@@ -518,7 +520,7 @@ class OneJobFit:
         given = None if rate is None else (self.job.learning_rate_position, rate)
         try:
             return run_partitions(self.job.train, lambda it: train_with_server(spec, epoch, it, run, given, epochs),
-                                  lambda: f"training epoch {self.epoch + 1}")
+                                  lambda: f"training epoch {self.epoch + 1}", self.rule._task_groups)
         except Exception:
             if self.finished:
                 return []

@@ -41,6 +41,7 @@ from sparkeras.serialization import ModelSpec, refresh_derived_state
 
 _MODEL_CACHE_SIZE = 3
 _models: "OrderedDict[str, Any]" = OrderedDict()
+_copies: dict[Any, Any] = {}  # "key": the architecture; 1, 2...: more instances of it (model(copy=...))
 _inference: "OrderedDict[str, tuple[Any, str]]" = OrderedDict()
 _inference_stats: "OrderedDict[str, dict[str, int]]" = OrderedDict()
 _STATS_KEPT = 64
@@ -479,10 +480,23 @@ def keras_without_extras(backend: str = "tensorflow") -> Iterator[None]:
                 del sys.modules[name]
 
 
-def model(spec: ModelSpec) -> Any:
-    """The compiled Keras model for ``spec``, built once per Python worker."""
+def model(spec: ModelSpec, copy: int = 0) -> Any:
+    """The compiled Keras model for ``spec``, built once per Python worker.
+
+    ``copy`` > 0: another instance of it, for the partitions that one task
+    trains side by side in threads of its own (:func:`sparkeras.worker.tasks.run_grouped`).
+    Only the copies of the latest architecture asked for are kept.
+    """
     key = spec.training_key
     spec.in_its_floatx()
+    if copy:
+        with _lock:
+            if _copies.get("key") != key:
+                _copies.clear()
+                _copies["key"] = key
+            if copy not in _copies:
+                _copies[copy] = spec.build()
+            return _copies[copy]
     with _lock:
         cached = _models.get(key)
         if cached is not None:

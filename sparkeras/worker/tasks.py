@@ -9,9 +9,11 @@ broadcast, and answers one tuple of ints and bytes: arrays encoded by
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -100,12 +102,84 @@ def check_validation_freq(freq: Any) -> int | tuple[int, ...]:
                      f"from 1 (as in Keras), got {freq!r}.")
 
 
+_grouped = threading.local()  # in a thread of run_grouped: the partition it trains, and its model copy
+_copy_locks: dict[int, threading.Lock] = {}
+
+
 def _setup(spec: WorkerSpec) -> tuple[Any, int]:
+    """This Python worker's model and the partition the task (or :func:`run_grouped`'s thread) trains."""
     from pyspark import TaskContext
 
     runtime.configure(spec.backend)
+    partition = getattr(_grouped, "partition", None)
+    if partition is not None:
+        return runtime.model(spec.model, _grouped.copy), partition
     ctx = TaskContext.get()
     return runtime.model(spec.model), ctx.partitionId() if ctx else 0
+
+
+def run_grouped(body: Callable[[Iterator[tuple]], Iterator[tuple]], tagged: Iterator[tuple[int, Any]],
+                rows: Sequence[int], timeout: float) -> Iterator[tuple]:
+    """Run ``body`` over each partition in this task's ``tagged`` blocks, side by side, one thread each.
+
+    Why. A synchronous round needs every worker's commit, so its workers
+    must all run at once. Where the cluster runs fewer tasks at once than
+    there are workers, a task trains several of them: ``tagged`` holds
+    ``(partition, None)`` for each of its partitions, then ``(partition,
+    block)`` for their blocks (a ``coalesce`` of the tagged partitions, see
+    :func:`sparkeras.training.run_partitions`). Each thread trains its
+    partition with a model instance of its own, exactly as a task of its
+    own would (the same partition index, seeds and exchanges), and waits at
+    the rounds as such a task would; the threads take turns on the task's
+    cores. Their answers are the task's. The blocks are held until their
+    thread reads them, so a task holds its partitions' packed bytes beside
+    their arrays while they are read.
+
+    A thread's model copy is used by one thread at a time: a thread of a
+    failed task (still waiting at the parameter server, which abandons its
+    round) is waited for, at most ``timeout`` seconds.
+    """
+    from sparkeras.data.packing import CountedBlocks
+
+    partitions: dict[int, deque] = {}
+    for partition, block in tagged:
+        queue = partitions.setdefault(partition, deque())
+        if block is not None:
+            queue.append(block)
+    answers: dict[int, list[tuple]] = {}
+    failures: list[BaseException] = []
+
+    def train(partition: int, copy: int, blocks: deque) -> None:
+        lock = _copy_locks.setdefault(copy, threading.Lock())
+        if not lock.acquire(timeout=timeout):
+            failures.append(TimeoutError(f"model copy {copy} of this Python worker was still in use after "
+                                         f"{timeout:.0f}s"))
+            return
+        try:
+            _grouped.partition, _grouped.copy = partition, copy
+            answers[partition] = list(body(CountedBlocks(_draining(blocks), rows[partition])))
+        except BaseException as exc:  # noqa: BLE001 - raised by the task
+            failures.append(exc)
+        finally:
+            lock.release()
+
+    threads = [threading.Thread(target=train, args=(p, copy, blocks), name=f"sparkeras-partition-{p}", daemon=True)
+               for copy, (p, blocks) in enumerate(sorted(partitions.items()))]
+    for thread in threads:
+        thread.start()
+    while any(t.is_alive() for t in threads) and not failures:
+        for thread in threads:
+            thread.join(0.05)
+    if failures:
+        raise failures[0]
+    for partition in sorted(answers):
+        yield from answers[partition]
+
+
+def _draining(blocks: deque) -> Iterator[tuple]:
+    """``blocks`` in order, each let go as it is taken."""
+    while blocks:
+        yield blocks.popleft()
 
 
 def warm_up(spec: WorkerSpec, plan: runtime.WarmUp, _: Iterator[Any]) -> Iterator[tuple]:
