@@ -663,6 +663,28 @@ def test_two_worker_elastic_averaging_trains_its_workers_at_three_times_adams_ra
     assert float(sm.model.optimizer.learning_rate) == pytest.approx(0.001)  # the model keeps the user's
 
 
+def test_elastic_averaging_with_more_workers_than_slots_trains_the_model_enough_slots_give(spark):
+    # 3 workers on local[2]'s 2 slots: a task trains two of them side by side, and the synchronous rounds are
+    # those of 3 tasks (as the one-process simulation computes them), in one Spark job of 2 tasks.
+    from sparkeras import EASGD
+
+    x, y = blobs(3 * 96, seed=9)
+    model = mlp(seed=5, optimizer="sgd")
+    want = _simulate_easgd(model, x, y, workers=3, batch=16, window=4, epochs=2, alpha=0.3, rate_factor=1.0)
+    sm = SparkModel(model, strategy=EASGD(window=4, learning_rate_scaling=None), num_workers=3, seed=0)
+    sc = spark.sparkContext
+    sc.setJobGroup("easgd-more-workers", "more workers than slots")
+    try:
+        sm.fit(x, y, epochs=2, batch_size=16, shuffle=False, verbose=0)
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
+    for got, expected in zip(sm.model.get_weights(), want):
+        np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+    tracker = sc.statusTracker()
+    jobs = tracker.getJobIdsForGroup("easgd-more-workers")
+    assert [tracker.getStageInfo(s).numTasks for j in jobs for s in tracker.getJobInfo(j).stageIds] == [2]
+
+
 def test_elastic_averaging_pulls_every_64_cluster_batches_by_default(spark):
     """The default window is ``64 / N`` batches: 4 asynchronous workers of 20 batches an epoch commit at batches
     16 and 20, eight commits in all (at dist-keras' 32, four)."""

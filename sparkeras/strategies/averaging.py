@@ -78,7 +78,7 @@ from sparkeras.errors import ClusterCapacityError, InputError
 from sparkeras.strategies.distributed import (Arrays, DistributedOptimizer, check_warmup_epochs, set_shared,
                                               warmup_epochs_for)
 from sparkeras.strategies.epochs import EpochAttempts
-from sparkeras.training import TaskGroups, TrainingJob, run_partitions, sum_metric_states
+from sparkeras.training import TrainingJob, run_partitions, sum_metric_states
 from sparkeras.worker import tasks
 from sparkeras.worker.asynchronous import is_shared
 from sparkeras.worker.learning_rate import ADAPTIVE_AUTO, check_constant_rate, local_rate_rule
@@ -410,12 +410,7 @@ class ModelAveraging(DistributedOptimizer):
 
     # -- driver ---------------------------------------------------------------
 
-    def check_cluster(self, spark: Any, num_workers: int) -> None:
-        """Any slot count works: with fewer slots than workers, a task trains several workers."""
-
     def fit(self, job: TrainingJob) -> None:
-        from sparkeras.barrier import concurrent_slots
-
         self.window = self.window_for(job.num_workers)  # what the workers read
         self.record_job(job)  # also without the parameter server (_fit_in_jobs)
         self._outer = OuterStep(self.momentum(job.num_workers), self.outer_learning_rate, self.nesterov,
@@ -426,8 +421,6 @@ class ModelAveraging(DistributedOptimizer):
             self._outer.velocity = [np.array(v) for v in self._restored_velocity]
             self._outer.rounds = self._restored_rounds
             self._restored_velocity = None
-        slots = concurrent_slots(job.spark.sparkContext)
-        self._task_groups = TaskGroups(max(1, slots), self.timeout) if slots < job.num_workers else None
         try:
             super().fit(job)
         except ClusterCapacityError as lost:
@@ -436,8 +429,6 @@ class ModelAveraging(DistributedOptimizer):
             job.relaunched(epoch, str(lost).split(" (", 1)[0] + "; continuing with one Spark job per window "
                                                                  "on the slots that are left")
             self._fit_in_jobs(job, epoch)
-        finally:
-            self._task_groups = None
 
     def _epoch_start(self) -> None:
         self._velocity_at_start = None if self._outer.velocity is None else [v.copy() for v in self._outer.velocity]

@@ -252,18 +252,31 @@ class DistributedOptimizer(Strategy):
 
     # -- driver ------------------------------------------------------------
 
-    def check_cluster(self, spark: Any, num_workers: int) -> None:
-        if self.synchronous:
-            from sparkeras.barrier import registered_slots
+    def task_groups(self, job: TrainingJob) -> TaskGroups | None:
+        """A synchronous rule's workers in as many tasks as the cluster runs at once, when that is fewer.
 
-            slots = registered_slots(spark.sparkContext, num_workers)
-            if slots < num_workers:
-                raise InputError(
-                    f"strategy={self.name!r} trains in synchronous rounds, so its num_workers={num_workers} "
-                    f"tasks must run at the same time, but the cluster has {slots} task slots. "
-                    f"Use at most {slots} workers, or an asynchronous strategy such as 'aeasgd'.")
+        Its rounds need every worker's commit, so its workers must all be
+        running: with fewer task slots than workers each task trains several
+        of them side by side (:func:`~sparkeras.worker.tasks.run_grouped`),
+        and the model is the one enough slots would give. The slots are
+        counted once the executors have registered (a session just started
+        on a cluster has none yet, :func:`~sparkeras.barrier.registered_slots`).
+        """
+        if not self.synchronous:
+            return None
+        from sparkeras.barrier import registered_slots
+
+        slots = registered_slots(job.spark.sparkContext, job.num_workers)
+        return TaskGroups(max(1, slots), self.timeout) if slots < job.num_workers else None
 
     def fit(self, job: TrainingJob) -> None:
+        self._task_groups = self.task_groups(job)
+        try:
+            self._fit(job)
+        finally:
+            self._task_groups = None
+
+    def _fit(self, job: TrainingJob) -> None:
         self.record_job(job)
         shared = [i for i, v in enumerate(job.model.weights) if is_shared(v)]
         model_spec, initial_local, steered = self._worker_model(job)
