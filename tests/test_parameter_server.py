@@ -305,8 +305,8 @@ def test_bad_strategy_options_are_refused(spark):
     x, y = blobs(400, dim=16)
     with pytest.raises(InputError, match=r"num_workers \* alpha = 1.20 .* rho \* learning_rate <= 0.500"):
         SparkModel(mlp(), EASGD(rho=6.0, learning_rate=0.1), num_workers=2).fit(x, y, verbose=0)
-    with pytest.raises(InputError, match="synchronous rounds, so its num_workers=3 tasks must run at the same time"):
-        SparkModel(mlp(), "easgd", num_workers=3, learning_rate=0.05).fit(x, y, verbose=0)
+    with pytest.raises(InputError, match=r"num_workers \* alpha = 1.20 .* rho \* learning_rate <= 0.333"):
+        SparkModel(mlp(), "easgd", num_workers=3, rho=5.0, learning_rate=0.08).fit(x, y, verbose=0)  # 2 slots
 
 
 def test_a_retried_task_abandons_the_synchronous_round_at_once_and_a_new_epoch_starts_clean():
