@@ -15,14 +15,17 @@ def _recorder(events):
                                           on_epoch_end=lambda e, logs: events.append(("end", e)))
 
 
-def test_averaging_runs_a_failed_epoch_again_from_its_start_and_trains_the_same_model(spark, tmp_path):
+@pytest.mark.parametrize("workers", [2, 3])
+def test_averaging_runs_a_failed_epoch_again_from_its_start_and_trains_the_same_model(spark, tmp_path, workers):
+    # 3 workers on local[2]'s 2 slots: one task trains two of them, and the failing one's partner is left
+    # waiting at the round, which the relaunch abandons.
     x, y = blobs(1_600, seed=11)
-    clean = SparkModel(mlp(seed=4), ModelAveraging(window=5), num_workers=2, seed=2)
+    clean = SparkModel(mlp(seed=4), ModelAveraging(window=5), num_workers=workers, seed=2)
     clean.fit(x, y, epochs=3, batch_size=40, verbose=0)
 
     strategy = ModelAveraging(window=5)
     strategy.fail_once = (1, str(tmp_path / "failed"))  # partition 0 fails in epoch 2, after a round
-    failed = SparkModel(mlp(seed=4), strategy, num_workers=2, seed=2)
+    failed = SparkModel(mlp(seed=4), strategy, num_workers=workers, seed=2)
     events = []
     history = failed.fit(x, y, epochs=3, batch_size=40, verbose=0, callbacks=[_recorder(events)])
 
