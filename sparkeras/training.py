@@ -42,7 +42,7 @@ class PartitionResult:
 
 
 def run_partitions(prepared: PreparedData, body: Callable[[Iterator[Any]], Iterator[tuple]],
-                   doing: str | Callable[[], str], tasks: TaskGroups | None = None) -> list[PartitionResult]:
+                   doing: str | Callable[[], str], groups: TaskGroups | None = None) -> list[PartitionResult]:
     """Run ``body`` as one task per partition and decode the answers.
 
     Each task answers one tuple of plain ints and ``bytes`` (arrays encoded
@@ -50,7 +50,7 @@ def run_partitions(prepared: PreparedData, body: Callable[[Iterator[Any]], Itera
     Its blocks come with the partition's row count from the packing
     (:class:`~sparkeras.data.packing.CountedBlocks`). ``doing`` names the
     work in a failure's message (a function: what it was when it failed).
-    ``tasks``: run the partitions in that many tasks instead, each training
+    ``groups``: run the partitions in ``groups.count`` tasks instead, each training
     its share side by side (:func:`~sparkeras.worker.tasks.run_grouped`).
     """
     counted = list(prepared.stats.rows_per_partition)
@@ -59,9 +59,9 @@ def run_partitions(prepared: PreparedData, body: Callable[[Iterator[Any]], Itera
         return body(CountedBlocks(blocks, counted[index] if index < len(counted) else None))
 
     try:
-        if tasks is not None and tasks.count < prepared.num_partitions:
-            timeout = tasks.timeout
-            rows = (prepared.blocks.mapPartitionsWithIndex(_tagged).coalesce(tasks.count)
+        if groups is not None and groups.count < prepared.num_partitions:
+            timeout = groups.timeout
+            rows = (prepared.blocks.mapPartitionsWithIndex(_tagged).coalesce(groups.count)
                     .mapPartitions(lambda tagged: run_grouped(body, tagged, counted, timeout)).collect())
         else:
             rows = prepared.blocks.mapPartitionsWithIndex(counted_body).collect()
