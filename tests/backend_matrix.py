@@ -119,8 +119,10 @@ def spark():
 
 def test_workers_use_their_cores_and_only_their_gpus(spark):
     """Every worker sized its backend's threads from ``spark.task.cpus``. With GPUs assigned, each
-    worker's first task made exactly its own addresses visible before the backend started, and the
-    workers of the executor kept distinct GPUs through every later test."""
+    worker's first task made exactly its own addresses visible before the backend started, and every
+    worker kept them through every later test. Which worker runs a later task is Spark's choice: when a
+    task starts before an earlier one's worker is handed back, Spark starts one more, pinned to that
+    task's GPU, so two workers may then share a GPU (the README says so): twice in thirteen suite runs."""
     import keras
 
     from conftest import blobs, mlp
@@ -141,9 +143,12 @@ def test_workers_use_their_cores_and_only_their_gpus(spark):
     assert sorted(r[2] for r in FIRST_TASKS) == [("0",), ("1",)], FIRST_TASKS
     for _, _, given, visible, env, _, _ in FIRST_TASKS:
         assert visible == given and env == ",".join(given), FIRST_TASKS
-    for _, _, given, visible, env, _, _ in later:  # tasks running together: distinct GPUs, as visible as pinned
-        assert env == ",".join(visible), later
-    assert sorted(r[3] for r in later) == [("0",), ("1",)], later
+    for _, _, given, visible, env, _, _ in later:  # each worker still on the GPU it was pinned to, and only that
+        assert env == ",".join(visible) and visible in {("0",), ("1",)}, later
+    assert sorted(r[2] for r in later) == [("0",), ("1",)], later  # Spark gave the tasks running together both
+    pinned = {pid: visible for _, _, _, visible, _, pid, _ in FIRST_TASKS}
+    for _, _, _, visible, _, pid, _ in later:  # a worker of the first tasks keeps its GPU (Spark may start more)
+        assert pinned.get(pid, visible) == visible, (FIRST_TASKS, later)
 
 
 def _jax_mlp_problem(spark, seed: int):

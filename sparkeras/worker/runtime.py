@@ -18,8 +18,11 @@ nothing changes.
 A reused worker keeps the GPUs of its first task, because a started backend
 cannot change its devices. Spark hands a task whichever idle Python worker
 comes first, so a later task may be given other addresses than its worker's
-(a debug message names both). The executor's workers started together, on
-distinct GPUs, so tasks that run at once still use distinct GPUs; only
+(a debug message names both). The executor's first workers started
+together, on distinct GPUs, so tasks that run at once still use distinct
+GPUs while Spark keeps one worker per GPU. Spark starts one more when a
+task begins before an earlier task's worker is handed back, pinned to that
+task's GPU, and two workers can then share one. Only
 ``spark.python.worker.reuse=false`` (a fresh worker per task, at the cost
 of importing the backend each time) makes every task use its own addresses.
 """
