@@ -309,30 +309,42 @@ def test_workers_open_local_files_themselves_where_the_plan_proves_it_safe(spark
         picked[str(target)] = path
     frame = sparkeras.read_images(spark, str(tmp_path / "odd"), 32, "grayscale")
     scored = KerasModel(model=sm.model, featuresCol="image").transform(frame).select("path", "probability")
-    assert _read_schema(scored) == "struct<path:string>"  # the JVM lists the files and never opens them
+    plan = scored._jdf.queryExecution().executedPlan().toString()
+    assert "LocalTableScan" in plan and "read_local_file" not in plan  # listed here, and never read by the UDF
     got = {r.path: np.asarray(r.probability) for r in scored.collect()}
     assert sorted(got) == sorted(_uri(p) for p in picked)
     expected = sm.model.predict(np.stack([_pixels(picked[p]) for p in picked]), verbose=0)
     np.testing.assert_allclose(np.stack([got[_uri(p)] for p in picked]), expected, atol=1e-5)
 
-    assert opens_local_files(frame, "path") and opens_local_files(frame.where(F.col("label") == 0).coalesce(1), "path")
-    assert opens_local_files(frame.union(frame), "path")
+    scanned = sparkeras.read_images(spark, str(tmp_path / "odd"), 32, "grayscale", on_error="skip")
+    assert "LocalTableScan" not in scanned._jdf.queryExecution().executedPlan().toString()  # binaryFile's listing
+    assert [r.image for r in frame.orderBy("path").collect()] == [r.image for r in scanned.orderBy("path").collect()]
+    binary = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(str(tmp_path / "odd")) \
+        .select("path", F.col("content").alias("image", metadata=frame.schema["image"].metadata))
+    assert opens_local_files(binary, "path") and _read_schema(KerasModel(model=sm.model, featuresCol="image")
+                                                              .transform(binary).select("path")) == "struct<path:string>"
+    again = sparkeras.read_images(spark, str(tmp_path / "odd"), 32, "grayscale")
+    for allowed in (frame, frame.where(F.col("label") == 0).coalesce(1), frame.union(again), binary.union(binary)):
+        assert opens_local_files(allowed, "path")
     renamed = frame.withColumn("path", F.concat(F.col("path"), F.lit("#2")))
     other = spark.createDataFrame([("file:/x.png", b"", 0)], frame.schema)
+    listed_again = spark.createDataFrame(frame.select("path").collect(), "path string")  # the same paths, not ours
     streamed = sparkeras.read_images(spark, str(tmp_path / "odd"), 32, "grayscale", stream=True)
     cached = frame.cache()
     try:
-        for refused in (renamed, frame.unionByName(other), streamed, cached, cached.where(F.col("label") == 0)):
+        for refused in (renamed, frame.unionByName(other), streamed, cached, cached.where(F.col("label") == 0),
+                        listed_again.select("path", F.lit(b"").alias("image", metadata=frame.schema["image"].metadata))):
             assert not opens_local_files(refused, "path")
-        assert "content" in _read_schema(KerasModel(model=sm.model, featuresCol="image").transform(renamed)
-                                          .select("path", "probability"))
+        plan = (KerasModel(model=sm.model, featuresCol="image").transform(renamed).select("path", "probability")
+                ._jdf.queryExecution().executedPlan().toString())
+        assert "read_local_file" in plan  # the bytes come from the UDF, into the rows
     finally:
         cached.unpersist()
 
 
 def test_a_file_removed_after_listing_is_named_by_fit_and_prediction(spark, digit_images, tmp_path):
-    """Spark's scan still looks each file up, so a file removed after listing fails there, named; one that
-    vanishes between that look-up and the worker's read is named by the worker."""
+    """A file removed after ``read_images`` listed it is named by the worker that reads it, in a fit and in a
+    prediction; through ``binaryFile`` Spark's scan looks each file up first and names it there."""
     import shutil
 
     import pyarrow as pa
@@ -344,13 +356,17 @@ def test_a_file_removed_after_listing_is_named_by_fit_and_prediction(spark, digi
         (tmp_path / "few" / os.path.basename(os.path.dirname(path))).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, tmp_path / "few" / os.path.basename(os.path.dirname(path)))
     frame = sparkeras.read_images(spark, str(tmp_path / "few"), 32, "grayscale")
+    binary = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(str(tmp_path / "few"))
     gone = sorted(str(p) for p in (tmp_path / "few" / "digit_6").iterdir())[0]
     os.remove(gone)
-    with pytest.raises(Exception, match=f"while reading the training data.*{gone}.*File does not exist"):
+    with pytest.raises(Exception, match=f"training data: image file 'file:{gone}' .column 'image'. could not be read "
+                                        ".FileNotFoundError.*executors can still read it"):
         SparkModel(_cnn(), num_workers=2).fit(frame, features_col="image", verbose=0)
     scored = KerasModel(model=_cnn(), featuresCol="image").transform(frame).select("prediction")
-    with pytest.raises(Exception, match=f"{gone}.*File does not exist"):
+    with pytest.raises(Exception, match=f"image file 'file:{gone}' .column 'image'. could not be read"):
         scored.collect()
+    with pytest.raises(Exception, match=f"{gone}.*File does not exist"):
+        binary.collect()
 
     kept = sorted(str(p) for p in (tmp_path / "few" / "digit_2").iterdir())[0]
     paths = pa.array([_uri(kept), "file://" + kept, _uri(gone)])
@@ -362,3 +378,45 @@ def test_a_file_removed_after_listing_is_named_by_fit_and_prediction(spark, digi
     pixels, problem = decode_column(None, ImageGeometry(32, 32, 1, "path", open_files=True), "image", paths[:2])
     assert problem is None
     np.testing.assert_array_equal(pixels, np.stack([_pixels(kept)] * 2).astype(np.uint8))
+
+
+def test_a_local_folder_lists_the_files_sparks_binary_file_source_lists(spark, digit_images, tmp_path):
+    """``read_images`` lists a local folder itself (``sparkeras.images.listing``) by Spark's rules: hidden and
+    ``_``-prefixed names and ``._COPYING_`` files left out, extensions matched in lower or upper case only, links
+    to files and folders followed, a link back up the tree listed once, a broken link skipped. The same files,
+    paths and bytes as ``binaryFile``, and each folder's class from the path."""
+    import shutil
+
+    from pyspark.sql import functions as F
+
+    _, good, _ = digit_images
+    sources = sorted(p for p in good if p.endswith(".png"))[:4]
+    root = tmp_path / "mixed"
+    for folder in ("digit_1", "digit_2/deeper", "digit_1/_staging", "digit_1/.cache", "elsewhere"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    names = {"digit_1/a.png": 0, "digit_1/b.PNG": 1, "digit_1/c.Png": 2, "digit_1/.d.png": 3, "digit_1/_e.png": 0,
+             "digit_1/f.png._COPYING_": 1, "digit_1/_staging/g.png": 2, "digit_1/.cache/h.png": 3,
+             "digit_2/deeper/i.jpg": 0, "digit_2/j.png": 1, "elsewhere/k.png": 2}
+    for name, source in names.items():
+        shutil.copy(sources[source], root / name)
+    shutil.move(str(root / "elsewhere"), str(tmp_path / "elsewhere"))
+    os.symlink(tmp_path / "elsewhere", root / "digit_2" / "linked")
+    os.symlink(tmp_path / "elsewhere" / "k.png", root / "digit_1" / "l.png")
+    os.symlink(tmp_path / "nowhere.png", root / "digit_1" / "broken.png")
+    os.symlink(root / "digit_2", root / "digit_2" / "deeper" / "up")
+
+    frame = sparkeras.read_images(spark, str(root), 32, "grayscale")
+    listed = {r.path: (r.label, bytes(r.image)) for r in frame.collect()}
+    expected = {_uri(str(root / n)): n for n in ("digit_1/a.png", "digit_1/b.PNG", "digit_1/l.png",
+                                                 "digit_2/deeper/i.jpg", "digit_2/j.png", "digit_2/linked/k.png")}
+    assert sorted(listed) == sorted(expected), sorted(listed)
+    assert all(listed[p][0] == (0 if "/digit_1/" in p else 1) for p in listed)
+    assert "LocalTableScan" in frame._jdf.queryExecution().executedPlan().toString()
+
+    glob = "*.{jpeg,JPEG,jpg,JPG,png,PNG,bmp,BMP,gif,GIF,tif,TIF,tiff,TIFF,webp,WEBP}"
+    os.remove(root / "digit_2" / "deeper" / "up")  # Hadoop's own listing would follow it round and round
+    os.remove(root / "digit_1" / "broken.png")
+    spark_listed = {r.path: bytes(r.content) for r in spark.read.format("binaryFile").option("pathGlobFilter", glob)
+                    .option("recursiveFileLookup", "true").load(str(root)).select("path", "content").collect()}
+    assert spark_listed == {p: image for p, (_, image) in listed.items()}
+    assert frame.select(F.count("*")).first()[0] == 6

@@ -27,6 +27,13 @@ driver from the DataFrame's plan, before any task runs:
   DataFrame (whose bytes are already in memory) and a streaming one keep the
   bytes in the rows.
 
+``read_images`` of a local folder lists the files itself
+(:mod:`sparkeras.images.listing`); its relation of paths counts as such a
+scan when its path attribute is one that listing recorded, and its
+``image`` column (a UDF that reads each path's file) is then never run. A
+union of such a frame with itself is not proved: Spark gives the second
+copy new attributes, so its bytes come through the UDF.
+
 Anything else, including a Spark version whose plan objects differ, keeps
 the JVM's copy: the result is the same either way, only slower.
 """
@@ -36,6 +43,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from sparkeras.images.listing import is_listed
+
 
 def opens_local_files(frame: Any, path_col: str) -> bool:
     """Whether the workers may read ``frame``'s image files themselves from ``path_col`` (see the module)."""
@@ -44,9 +53,14 @@ def opens_local_files(frame: Any, path_col: str) -> bool:
     try:
         plan = frame.select("*")._jdf.queryExecution().withCachedData()  # a fresh plan sees a later cache()
         leaves = plan.collectLeaves()
+        application = frame.sparkSession.sparkContext.applicationId
         scanned_paths = set()
         for i in range(leaves.size()):
             leaf = leaves.apply(i)
+            listed = {e for e in _expr_ids(leaf.output(), "path") if is_listed(application, e)}
+            if listed and leaf.output().size() == 1:  # read_images' own listing of a local folder
+                scanned_paths |= listed
+                continue
             if leaf.getClass().getSimpleName() != "LogicalRelation":
                 return False
             relation = leaf.relation()
