@@ -39,6 +39,11 @@ def hidden(name: str) -> bool:
     return (name.startswith("_") and "=" not in name) or name.startswith(".") or name.endswith("._COPYING_")
 
 
+def extension_cases(extensions: Sequence[str]) -> list[str]:
+    """Each extension in lower and in upper case, sorted: what ``binaryFile``'s glob of them matches."""
+    return sorted({v for e in extensions for v in (e.lower().lstrip("."), e.upper().lstrip("."))})
+
+
 def image_files(folder: str, suffixes: tuple[str, ...]) -> Iterator[str]:
     """The files under ``folder`` whose names end with one of ``suffixes``, sorted, links followed, each folder once."""
     seen: set[tuple[int, int]] = set()
@@ -76,7 +81,7 @@ def listed_images(spark: Any, root: Any, extensions: Sequence[str]) -> tuple[Any
 
     folder = uri.getPath()
     prefix = root.toString().rstrip("/")
-    suffixes = tuple(sorted({"." + v for e in extensions for v in (e.lower().lstrip("."), e.upper().lstrip("."))}))
+    suffixes = tuple("." + e for e in extension_cases(extensions))
     paths = [prefix + p[len(folder.rstrip("/")):] for p in image_files(folder, suffixes)]
     table = pa.table({"path": pa.array(paths, pa.string())})
     try:

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 from sparkeras.errors import InputError
 from sparkeras.images.decode import COLOR_MODES, IMAGE_EXTENSIONS, ImageGeometry
-from sparkeras.images.listing import file_bytes, listed_images
+from sparkeras.images.listing import extension_cases, file_bytes, listed_images
 from sparkeras.session import check_classic_session
 
 ON_ERROR = ("fail", "skip")
@@ -142,8 +142,8 @@ def read_images(spark: Any, path: str, image_size: int | tuple[int, int], color_
         frame = listed.select(F.col("path"), file_bytes()(F.col("path")).alias("image", metadata=metadata))
     else:
         reader = spark.readStream.schema(BINARY_FILE_SCHEMA) if stream else spark.read
-        glob = "*.{" + ",".join(sorted({v for e in extensions for v in (e.lower().lstrip("."), e.upper().lstrip("."))}))
-        frame = (reader.format("binaryFile").option("pathGlobFilter", glob + "}").option("recursiveFileLookup", "true")
+        glob = "*.{" + ",".join(extension_cases(extensions)) + "}"
+        frame = (reader.format("binaryFile").option("pathGlobFilter", glob).option("recursiveFileLookup", "true")
                  .options(**RAW_LOCAL_FILES).load(path))
         frame = frame.select(F.col("path"), F.col("content").alias("image", metadata=metadata))
         if not stream:
