@@ -380,7 +380,7 @@ def test_a_file_removed_after_listing_is_named_by_fit_and_prediction(spark, digi
     np.testing.assert_array_equal(pixels, np.stack([_pixels(kept)] * 2).astype(np.uint8))
 
 
-def test_a_local_folder_lists_the_files_sparks_binary_file_source_lists(spark, digit_images, tmp_path):
+def test_a_local_folder_lists_the_files_sparks_binary_file_source_lists(spark, digit_images, tmp_path, monkeypatch):
     """``read_images`` lists a local folder itself (``sparkeras.images.listing``) by Spark's rules: hidden and
     ``_``-prefixed names and ``._COPYING_`` files left out, extensions matched in lower or upper case only, links
     to files and folders followed, a link back up the tree listed once, a broken link skipped. The same files,
@@ -420,3 +420,10 @@ def test_a_local_folder_lists_the_files_sparks_binary_file_source_lists(spark, d
                     .option("recursiveFileLookup", "true").load(str(root)).select("path", "content").collect()}
     assert spark_listed == {p: image for p, (_, image) in listed.items()}
     assert frame.select(F.count("*")).first()[0] == 6
+
+    scandir = os.scandir  # the suite runs as root, whom permissions do not stop: the folder's read fails instead
+    monkeypatch.setattr(os, "scandir", lambda p: (_ for _ in ()).throw(PermissionError(13, "Permission denied"))
+                        if p.endswith("deeper") else scandir(p))
+    with pytest.raises(InputError, match=f"could not list the folder '{root}/digit_2/deeper' .PermissionError: "
+                                         f"Permission denied.; let this user read it, or move it out of '{root}'"):
+        sparkeras.read_images(spark, str(root), 32, "grayscale")

@@ -29,6 +29,8 @@ from __future__ import annotations
 import os
 from typing import Any, Iterator, Sequence
 
+from sparkeras.errors import InputError
+
 _LISTED: set[tuple[str, int]] = set()  # (applicationId, exprId) of the path attributes made here
 
 
@@ -53,8 +55,12 @@ def image_files(folder: str, suffixes: tuple[str, ...]) -> Iterator[str]:
         if (info.st_dev, info.st_ino) in seen:  # a link back up the tree
             return
         seen.add((info.st_dev, info.st_ino))
-        with os.scandir(path) as entries:
-            found = sorted((e.name, e) for e in entries if not hidden(e.name))
+        try:
+            with os.scandir(path) as entries:
+                found = sorted((e.name, e) for e in entries if not hidden(e.name))
+        except OSError as exc:  # as Hadoop's listing, a folder that cannot be read stops the read
+            raise InputError(f"read_images could not list the folder {path!r} ({type(exc).__name__}: "
+                             f"{exc.strerror or exc}); let this user read it, or move it out of {folder!r}.") from None
         for name, entry in found:
             try:
                 if entry.is_dir():
