@@ -384,10 +384,13 @@ def test_a_local_folder_lists_the_files_sparks_binary_file_source_lists(spark, d
     """``read_images`` lists a local folder itself (``sparkeras.images.listing``) by Spark's rules: hidden and
     ``_``-prefixed names and ``._COPYING_`` files left out, extensions matched in lower or upper case only, links
     to files and folders followed, a link back up the tree listed once, a broken link skipped. The same files,
-    paths and bytes as ``binaryFile``, and each folder's class from the path."""
+    paths and bytes as ``binaryFile``, and each folder's class from the path; one partition per core, or more
+    where a task would carry more than ``MAX_PATHS_PER_TASK`` paths; a folder that cannot be read is named."""
     import shutil
 
     from pyspark.sql import functions as F
+
+    from sparkeras.images.local_files import opens_local_files
 
     _, good, _ = digit_images
     sources = sorted(p for p in good if p.endswith(".png"))[:4]
@@ -420,6 +423,13 @@ def test_a_local_folder_lists_the_files_sparks_binary_file_source_lists(spark, d
                     .option("recursiveFileLookup", "true").load(str(root)).select("path", "content").collect()}
     assert spark_listed == {p: image for p, (_, image) in listed.items()}
     assert frame.select(F.count("*")).first()[0] == 6
+
+    from sparkeras.images import listing
+
+    monkeypatch.setattr(listing, "MAX_PATHS_PER_TASK", 2)  # 6 files on 2 cores: dealt into 3 partitions
+    dealt = sparkeras.read_images(spark, str(root), 32, "grayscale")
+    assert dealt.rdd.getNumPartitions() == 3 and opens_local_files(dealt, "path")
+    assert {r.path: bytes(r.image) for r in dealt.collect()} == spark_listed
 
     scandir = os.scandir  # the suite runs as root, whom permissions do not stop: the folder's read fails instead
     monkeypatch.setattr(os, "scandir", lambda p: (_ for _ in ()).throw(PermissionError(13, "Permission denied"))

@@ -26,12 +26,16 @@ that proof checks.
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Iterator, Sequence
 
 from sparkeras.errors import InputError
 
 _LISTED: set[tuple[str, int]] = set()  # (applicationId, exprId) of the path attributes made here
+# A local relation is split into one partition per core, and each task carries its share of the paths: past
+# this many a task (about 5 MB of paths), the paths are dealt into more partitions, one shuffle of the paths alone.
+MAX_PATHS_PER_TASK = 65536
 
 
 def hidden(name: str) -> bool:
@@ -96,6 +100,9 @@ def listed_images(spark: Any, root: Any, extensions: Sequence[str]) -> tuple[Any
         frame = spark.createDataFrame(table.to_pandas(), "path string")
     attribute = frame._jdf.queryExecution().analyzed().output().apply(0)
     _LISTED.add((spark.sparkContext.applicationId, int(attribute.exprId().id())))
+    slots = max(1, spark.sparkContext.defaultParallelism)
+    if len(paths) > MAX_PATHS_PER_TASK * slots:
+        frame = frame.repartition(math.ceil(len(paths) / MAX_PATHS_PER_TASK))
     return frame, len(paths)
 
 
