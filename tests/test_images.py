@@ -55,8 +55,12 @@ def images(spark, digit_images):
 
 
 @pytest.fixture(scope="module")
-def trained(images, tmp_path_factory):
-    root, good, corrupt, frame = images
+def trained(spark, images, tmp_path_factory):
+    """A CNN fitted on the default reading (the folder listed by ``read_images``, no corrupt file skipped), which
+    ``images`` does not use: its ``on_error="skip"`` reads through ``binaryFile``."""
+    root, good, corrupt, _ = images
+    frame = sparkeras.read_images(spark, root, (32, 32), color_mode="grayscale")
+    frame = frame.where(~frame.path.isin([_uri(p) for p in corrupt]))
     train, test = frame.randomSplit([0.8, 0.2], seed=3)
     sm = SparkModel(_cnn(), "averaging", num_workers=2, seed=1)
     history = sm.fit(train, epochs=6, batch_size=32, features_col="image", verbose=0)
