@@ -389,7 +389,8 @@ def test_a_local_folder_lists_the_files_sparks_binary_file_source_lists(spark, d
     ``_``-prefixed names and ``._COPYING_`` files left out, extensions matched in lower or upper case only, links
     to files and folders followed, a link back up the tree listed once, a broken link skipped. The same files,
     paths and bytes as ``binaryFile``, and each folder's class from the path; one partition per core, or more
-    where a task would carry more than ``MAX_PATHS_PER_TASK`` paths; a folder that cannot be read is named."""
+    where a task would carry more than ``MAX_PATHS_PER_TASK`` paths; a relative folder is Python's, not the JVM's;
+    a folder that cannot be read is named."""
     import shutil
 
     from pyspark.sql import functions as F
@@ -427,6 +428,9 @@ def test_a_local_folder_lists_the_files_sparks_binary_file_source_lists(spark, d
                     .option("recursiveFileLookup", "true").load(str(root)).select("path", "content").collect()}
     assert spark_listed == {p: image for p, (_, image) in listed.items()}
     assert frame.select(F.count("*")).first()[0] == 6
+
+    monkeypatch.chdir(tmp_path)  # a folder relative to Python's working folder, which the JVM does not share
+    assert sorted(r.path for r in sparkeras.read_images(spark, "mixed", 32, "grayscale").collect()) == sorted(listed)
 
     from sparkeras.images import listing
 
