@@ -1010,7 +1010,9 @@ def test_training_on_a_dataframe_never_collects_it(spark, monkeypatch):
     assert history.history["accuracy"][-1] > 0.8
 
 
-def test_vector_column_multiple_columns_parquet_and_rdd(spark, tmp_path):
+def test_vector_column_multiple_columns_parquet_and_rdd(spark, tmp_path, monkeypatch):
+    """The Parquet path is relative to Python's working folder, which a script may change and the JVM's does not
+    follow."""
     from pyspark.ml.feature import VectorAssembler
 
     x, y = blobs(1200, dim=4, classes=3, seed=2)
@@ -1020,10 +1022,11 @@ def test_vector_column_multiple_columns_parquet_and_rdd(spark, tmp_path):
     path = str(tmp_path / "data.parquet")
     vec.write.parquet(path)
     rdd = spark.sparkContext.parallelize([(x[i], int(y[i])) for i in range(len(x))], 3)
+    monkeypatch.chdir(tmp_path)
 
     results = {}
     for name, data, features in [("vector", vec, "features"), ("columns", df, ["a", "b", "c", "d"]),
-                                 ("parquet", path, "features"), ("rdd", rdd, "features")]:
+                                 ("parquet", "data.parquet", "features"), ("rdd", rdd, "features")]:
         sm = SparkModel(mlp(dim=4, classes=3, seed=3), num_workers=2, seed=0)
         sm.fit(data, epochs=4, batch_size=32, features_col=features, verbose=0)
         results[name] = sm.evaluate(x, y)["accuracy"]

@@ -236,7 +236,10 @@ def read_data(spark: Any, path: str, stream: bool = False) -> Any:
     ``stream``: a streaming DataFrame of the files that arrive at ``path``,
     with the schema of those already there.
     """
+    from sparkeras.storage.outputs import for_the_jvm
+
     fmt = data_format(path)
+    path = for_the_jvm(path)
     if fmt not in READABLE:
         raise InputError(f"The data at {path!r} is {fmt}, which sparkeras cannot read as a table; "
                          f"convert it to one of {', '.join(READABLE)} (Parquet is best).")

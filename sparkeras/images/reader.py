@@ -56,7 +56,7 @@ def check_image_arguments(path: Any, image_size: Any, color_mode: str, labels: A
 
     ``what`` names the path in messages (the CLI's ``--images``).
     """
-    from sparkeras.storage.outputs import _local, is_remote
+    from sparkeras.storage.outputs import _local, for_the_jvm
 
     if not isinstance(path, (str, os.PathLike)):
         raise InputError(f"read_images needs the path of a folder of images, got {type(path).__name__}.")
@@ -81,9 +81,7 @@ def check_image_arguments(path: Any, image_size: Any, color_mode: str, labels: A
         kind = "a file, not a folder" if os.path.exists(local) else "not there"
         raise InputError(f"{what}: {path!r} is {kind}; pass the folder that holds the images"
                          f"{' (in one folder per class)' if labels else ''}.")
-    if local is not None and not is_remote(path) and not os.path.isabs(os.path.expanduser(path)):
-        path = os.path.abspath(os.path.expanduser(path))  # as checked here: the JVM's working folder may differ
-    return path, (int(image_size[0]), int(image_size[1]))
+    return for_the_jvm(path), (int(image_size[0]), int(image_size[1]))
 
 
 def read_images(spark: Any, path: str, image_size: int | tuple[int, int], color_mode: str = "rgb",

@@ -42,6 +42,19 @@ def _local(path: str) -> str | None:
     return os.path.realpath(os.path.abspath(os.path.expanduser(path)))
 
 
+def for_the_jvm(path: str) -> str:
+    """``path`` as Spark should read it: a relative local path made absolute from Python's working folder.
+
+    Python and the JVM each have a working folder, and a script or notebook
+    that changes Python's (``os.chdir``) leaves the JVM's where it was, so
+    Spark would look for a relative path that Python's checks found elsewhere.
+    """
+    path = os.fspath(path)
+    if is_remote(path) or os.path.isabs(os.path.expanduser(path)):
+        return path
+    return os.path.abspath(os.path.expanduser(path))
+
+
 def _normal_uri(path: str) -> str:
     return str(path).rstrip("/")
 
