@@ -177,7 +177,7 @@ def test_model_save_is_atomic_and_refuses_to_replace_without_overwrite(spark, tm
     assert not SparkModel.load(path).model.layers[0].kernel.numpy().any()
 
 
-def test_a_failed_table_write_leaves_the_previous_output_intact(spark, tmp_path):
+def test_a_failed_table_write_leaves_the_previous_output_intact(spark, tmp_path, monkeypatch):
     from pyspark.sql import functions as F
 
     out = str(tmp_path / "out.parquet")
@@ -193,6 +193,9 @@ def test_a_failed_table_write_leaves_the_previous_output_intact(spark, tmp_path)
     write_table_atomically(spark.range(3), out, overwrite=True)
     assert sorted(r.id for r in spark.read.parquet(out).collect()) == [0, 1, 2]
     assert sorted(os.listdir(tmp_path)) == ["out.parquet"]
+    monkeypatch.chdir(tmp_path)  # a relative path is Python's, whose working folder the JVM does not follow
+    write_table_atomically(spark.range(2), "relative.parquet")
+    assert sorted(os.listdir(tmp_path)) == ["out.parquet", "relative.parquet"]
 
 
 KILLED_WRITER = """

@@ -215,6 +215,7 @@ def read_model_info(path: str) -> dict:
 def write_table_atomically(frame: Any, path: str, overwrite: bool = False, flag: str = "output") -> None:
     """Write ``frame`` as Parquet at ``path``: to a hidden sibling first, renamed into place when complete."""
     spark = frame.sparkSession
+    path = for_the_jvm(path)
     tmp = _temporary_sibling(path)
     try:
         frame.write.parquet(tmp)
