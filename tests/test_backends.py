@@ -174,3 +174,28 @@ print("tensorflow imported:", "tensorflow" in sys.modules)
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "tensorflow imported: False" in done.stdout, done.stdout
+
+
+GPU_MEMORY = """
+import os, sys
+if sys.argv[1] != "-":
+    os.environ["TF_FORCE_GPU_ALLOW_GROWTH"] = sys.argv[1]
+from sparkeras.worker import runtime
+runtime.configure("tensorflow", 1, None if sys.argv[2] == "-" else (sys.argv[2],))
+print(os.environ.get("TF_FORCE_GPU_ALLOW_GROWTH"), os.environ.get("CUDA_VISIBLE_DEVICES"))
+"""
+
+
+def test_tensorflow_workers_given_gpus_take_gpu_memory_as_they_need_it():
+    """Two Python workers may share a GPU (``sparkeras.worker.runtime``), so TensorFlow in a worker given GPUs
+    grows its memory instead of taking nearly all of it at start; a user's own setting is kept, and a worker
+    given none changes nothing. Each case is a process of its own: a worker configures its backend once."""
+    env = dict(os.environ, KERAS_BACKEND="tensorflow")
+    env.pop("TF_FORCE_GPU_ALLOW_GROWTH", None)
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    cases = {("-", "1"): "true 1", ("false", "0"): "false 0", ("-", "-"): "None None"}
+    procs = {case: subprocess.Popen([sys.executable, "-c", GPU_MEMORY, *case], env=env, text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) for case in cases}
+    for case, proc in procs.items():
+        out, _ = proc.communicate(timeout=120)
+        assert out.strip().splitlines()[-1] == cases[case], (case, out)

@@ -25,6 +25,11 @@ task begins before an earlier task's worker is handed back, pinned to that
 task's GPU, and two workers can then share one. Only
 ``spark.python.worker.reuse=false`` (a fresh worker per task, at the cost
 of importing the backend each time) makes every task use its own addresses.
+So that two workers on one GPU both run, TensorFlow in a worker given GPUs
+takes GPU memory as it needs it (``TF_FORCE_GPU_ALLOW_GROWTH``, unless the
+user set it), as Horovod advises for one process per GPU, instead of
+taking nearly all of it when it starts (Keras itself sets it for the
+other backends, whose workers may import TensorFlow too).
 """
 
 from __future__ import annotations
@@ -118,6 +123,7 @@ def _configure(backend: str, cpus: int, gpus: tuple[str, ...] | None = None) -> 
     keep_scratch_with_the_executor()
     if gpus is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+        os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")  # see the module: two workers may share a GPU
         _visible_gpus = gpus
     os.environ["KERAS_BACKEND"] = backend
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
