@@ -325,8 +325,8 @@ def test_workers_open_local_files_themselves_where_the_plan_proves_it_safe(spark
     assert [r.image for r in frame.orderBy("path").collect()] == [r.image for r in scanned.orderBy("path").collect()]
     binary = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(str(tmp_path / "odd")) \
         .select("path", F.col("content").alias("image", metadata=frame.schema["image"].metadata))
-    assert opens_local_files(binary, "path") and _read_schema(KerasModel(model=sm.model, featuresCol="image")
-                                                              .transform(binary).select("path")) == "struct<path:string>"
+    scored_binary = KerasModel(model=sm.model, featuresCol="image").transform(binary).select("path")
+    assert opens_local_files(binary, "path") and _read_schema(scored_binary) == "struct<path:string>"
     again = sparkeras.read_images(spark, str(tmp_path / "odd"), 32, "grayscale")
     for allowed in (frame, frame.where(F.col("label") == 0).coalesce(1), frame.union(again), binary.union(binary)):
         assert opens_local_files(allowed, "path")
@@ -336,8 +336,9 @@ def test_workers_open_local_files_themselves_where_the_plan_proves_it_safe(spark
     streamed = sparkeras.read_images(spark, str(tmp_path / "odd"), 32, "grayscale", stream=True)
     cached = frame.cache()
     try:
+        not_ours = listed_again.select("path", F.lit(b"").alias("image", metadata=frame.schema["image"].metadata))
         for refused in (renamed, frame.unionByName(other), streamed, cached, cached.where(F.col("label") == 0),
-                        listed_again.select("path", F.lit(b"").alias("image", metadata=frame.schema["image"].metadata))):
+                        not_ours):
             assert not opens_local_files(refused, "path")
         plan = (KerasModel(model=sm.model, featuresCol="image").transform(renamed).select("path", "probability")
                 ._jdf.queryExecution().executedPlan().toString())

@@ -78,7 +78,9 @@ def image_files(folder: str, suffixes: tuple[str, ...]) -> Iterator[str]:
 
 
 def listed_images(spark: Any, root: Any, extensions: Sequence[str]) -> tuple[Any, int] | None:
-    """The image files under the qualified Hadoop ``root``: a DataFrame of ``path`` and its row count; ``None`` if remote.
+    """The image files under the qualified Hadoop ``root``: a DataFrame of ``path`` and its row count.
+
+    ``None`` where ``root`` is not a local (``file:``) folder.
 
     ``extensions`` match in lower or upper case, as ``read_images``' glob
     does. No files is not an error here: the caller names the folder and
