@@ -95,10 +95,12 @@ def listed_images(spark: Any, root: Any, extensions: Sequence[str]) -> tuple[Any
     prefix = root.toString().rstrip("/")
     suffixes = tuple("." + e for e in extension_cases(extensions))
     paths = [prefix + p[len(folder.rstrip("/")):] for p in image_files(folder, suffixes)]
+    import pyspark
+
     table = pa.table({"path": pa.array(paths, pa.string())})
-    try:
-        frame = spark.createDataFrame(table)  # Spark 4: a local relation, whatever the Arrow setting
-    except TypeError:  # Spark 3.5 takes pandas
+    if int(pyspark.__version__.split(".")[0]) >= 4:
+        frame = spark.createDataFrame(table)  # a local relation, whatever the session's Arrow setting
+    else:  # Spark 3.5 takes pandas (and would read an Arrow table as a list of columns)
         frame = spark.createDataFrame(table.to_pandas(), "path string")
     attribute = frame._jdf.queryExecution().analyzed().output().apply(0)
     _LISTED.add((spark.sparkContext.applicationId, int(attribute.exprId().id())))
