@@ -90,13 +90,12 @@ def listed_images(spark: Any, root: Any, extensions: Sequence[str]) -> tuple[Any
     if uri.getScheme() != "file":
         return None
     import pyarrow as pa
+    import pyspark
 
     folder = uri.getPath()
     prefix = root.toString().rstrip("/")
     suffixes = tuple("." + e for e in extension_cases(extensions))
     paths = [prefix + p[len(folder.rstrip("/")):] for p in image_files(folder, suffixes)]
-    import pyspark
-
     table = pa.table({"path": pa.array(paths, pa.string())})
     if int(pyspark.__version__.split(".")[0]) >= 4:
         frame = spark.createDataFrame(table)  # a local relation, whatever the session's Arrow setting
