@@ -56,8 +56,8 @@ def images(spark, digit_images):
 
 @pytest.fixture(scope="module")
 def trained(spark, images, tmp_path_factory):
-    """A CNN fitted on the default reading (the folder listed by ``read_images``, no corrupt file skipped), which
-    ``images`` does not use: its ``on_error="skip"`` reads through ``binaryFile``."""
+    """A CNN fitted on the default reading (``on_error="fail"``, the corrupt files left out by their paths, not
+    cached), whose workers open the files themselves; ``images`` is cached, so its bytes are in the rows."""
     root, good, corrupt, _ = images
     frame = sparkeras.read_images(spark, root, (32, 32), color_mode="grayscale")
     frame = frame.where(~frame.path.isin([_uri(p) for p in corrupt]))
@@ -320,9 +320,13 @@ def test_workers_open_local_files_themselves_where_the_plan_proves_it_safe(spark
     expected = sm.model.predict(np.stack([_pixels(picked[p]) for p in picked]), verbose=0)
     np.testing.assert_allclose(np.stack([got[_uri(p)] for p in picked]), expected, atol=1e-5)
 
-    scanned = sparkeras.read_images(spark, str(tmp_path / "odd"), 32, "grayscale", on_error="skip")
-    assert "LocalTableScan" not in scanned._jdf.queryExecution().executedPlan().toString()  # binaryFile's listing
-    assert [r.image for r in frame.orderBy("path").collect()] == [r.image for r in scanned.orderBy("path").collect()]
+    skipping = sparkeras.read_images(spark, str(tmp_path / "odd"), 32, "grayscale", on_error="skip")
+    assert opens_local_files(skipping, "path")  # the skip filter's own path output is the listing's
+    assert [r.image for r in frame.orderBy("path").collect()] == [r.image for r in skipping.orderBy("path").collect()]
+    scored = KerasModel(model=sm.model, featuresCol="image").transform(skipping).select("path", "probability")
+    assert "read_local_file" not in scored._jdf.queryExecution().executedPlan().toString()
+    np.testing.assert_allclose(np.stack([np.asarray(r.probability) for r in scored.orderBy("path").collect()]),
+                               np.stack([got[p] for p in sorted(got)]), atol=1e-6)
     binary = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(str(tmp_path / "odd")) \
         .select("path", F.col("content").alias("image", metadata=frame.schema["image"].metadata))
     scored_binary = KerasModel(model=sm.model, featuresCol="image").transform(binary).select("path")

@@ -10,8 +10,7 @@ status again (0.55-0.65 s of a warm scoring run, paths alone). Scoring
 here against 4.9-6.2 s through ``binaryFile`` (``bench/images.py``'s work,
 rounds in turn in one session).
 
-So ``read_images`` of a local folder (not streamed, ``on_error="fail"``)
-lists it here, with the rules Spark's listing applies (names starting with
+So ``read_images`` of a local folder (not streamed) lists it here, with the rules Spark's listing applies (names starting with
 ``_`` or ``.`` are hidden, ``*._COPYING_`` files are skipped, extensions
 matched as ``binaryFile``'s ``pathGlobFilter`` matches them, links to files
 and folders followed), and makes a DataFrame of the paths, named as Spark
@@ -101,12 +100,19 @@ def listed_images(spark: Any, root: Any, extensions: Sequence[str]) -> tuple[Any
         frame = spark.createDataFrame(table)  # a local relation, whatever the session's Arrow setting
     else:  # Spark 3.5 takes pandas (and would read an Arrow table as a list of columns)
         frame = spark.createDataFrame(table.to_pandas(), "path string")
-    attribute = frame._jdf.queryExecution().analyzed().output().apply(0)
-    _LISTED.add((spark.sparkContext.applicationId, int(attribute.exprId().id())))
+    record_paths(frame)
     slots = max(1, spark.sparkContext.defaultParallelism)
     if len(paths) > MAX_PATHS_PER_TASK * slots:
         frame = frame.repartition(math.ceil(len(paths) / MAX_PATHS_PER_TASK))
     return frame, len(paths)
+
+
+def record_paths(frame: Any) -> None:
+    """Record ``frame``'s ``path`` attribute as the listing's: made here, or passed through unchanged from it."""
+    output = frame._jdf.queryExecution().analyzed().output()
+    for attribute in (output.apply(i) for i in range(output.size())):
+        if attribute.name() == "path":
+            _LISTED.add((frame.sparkSession.sparkContext.applicationId, int(attribute.exprId().id())))
 
 
 def is_listed(application: str, expr_id: int) -> bool:

@@ -30,9 +30,11 @@ driver from the DataFrame's plan, before any task runs:
 ``read_images`` of a local folder lists the files itself
 (:mod:`sparkeras.images.listing`); its relation of paths counts as such a
 scan when its path attribute is one that listing recorded, and its
-``image`` column (a UDF that reads each path's file) is then never run. A
-union of such a frame with itself is not proved: Spark gives the second
-copy new attributes, so its bytes come through the UDF.
+``image`` column (a UDF that reads each path's file) is then never run; so
+does the path that ``on_error="skip"``'s filter passes on unchanged, which
+the listing records too. A union of such a frame with itself is not
+proved: Spark gives the second copy new attributes, so its bytes come
+through the UDF.
 
 Anything else, including a Spark version whose plan objects differ, keeps
 the JVM's copy: the result is the same either way, only slower.
@@ -70,7 +72,8 @@ def opens_local_files(frame: Any, path_col: str) -> bool:
             if any(roots.apply(j).toUri().getScheme() != "file" for j in range(roots.size())):
                 return False
             scanned_paths |= _expr_ids(leaf.output(), "path")
-        return bool(_expr_ids(plan.output(), path_col) & scanned_paths)
+        paths = _expr_ids(plan.output(), path_col)  # a scan's own, or one passed on by on_error="skip"
+        return bool(scanned_paths) and bool(paths & scanned_paths or any(is_listed(application, e) for e in paths))
     except Exception:  # noqa: BLE001 - any plan this does not recognise keeps the bytes in the rows
         return False
 

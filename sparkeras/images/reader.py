@@ -1,8 +1,8 @@
 """``read_images``: a folder of image files (local, HDFS, S3...) as a DataFrame to train and score on.
 
 Spark's own ``binaryFile`` source lists and reads the files of HDFS, S3 and
-other Hadoop folders, of streams, and of ``on_error="skip"``; a local folder
-is listed here, by the same rules, faster (:mod:`sparkeras.images.listing`).
+other Hadoop folders, and of streams; a local folder is listed here, by the
+same rules, faster (:mod:`sparkeras.images.listing`).
 The DataFrame holds each file's bytes, still encoded, so it is as small as
 the files themselves and nothing is decoded until a fit or a prediction
 needs the pixels (:mod:`sparkeras.images.decode`). The driver never holds
@@ -134,7 +134,7 @@ def read_images(spark: Any, path: str, image_size: int | tuple[int, int], color_
 
     root, classes = _class_folders(spark, path, extensions, classes) if labels == "folder" else ("", None)
     metadata = {"image_size": list(size), "color_mode": color_mode, "path_col": "path"}
-    listed = None if stream or on_error != "fail" else listed_images(spark, _qualified(spark, path)[1], extensions)
+    listed = None if stream else listed_images(spark, _qualified(spark, path)[1], extensions)
     if listed is not None:
         listed, files = listed
         if not files:
@@ -153,7 +153,8 @@ def read_images(spark: Any, path: str, image_size: int | tuple[int, int], color_
     if on_error == "skip":
         from sparkeras.images.skipping import skip_undecodable
 
-        frame = skip_undecodable(spark, frame, ImageGeometry(*size, COLOR_MODES[color_mode][1], "path"))
+        frame = skip_undecodable(spark, frame, ImageGeometry(*size, COLOR_MODES[color_mode][1], "path"),
+                                 by_path=listed is not None)
     return frame
 
 
