@@ -10,10 +10,11 @@ status again (0.55-0.65 s of a warm scoring run, paths alone). Scoring
 here against 4.9-6.2 s through ``binaryFile`` (``bench/images.py``'s work,
 rounds in turn in one session).
 
-So ``read_images`` of a local folder (not streamed) lists it here, with the rules Spark's listing applies (names starting with
-``_`` or ``.`` are hidden, ``*._COPYING_`` files are skipped, extensions
-matched as ``binaryFile``'s ``pathGlobFilter`` matches them, links to files
-and folders followed), and makes a DataFrame of the paths, named as Spark
+So ``read_images`` of a local folder (not streamed) lists it here, with
+the rules Spark's listing applies (names starting with ``_`` or ``.`` are
+hidden, ``*._COPYING_`` files are skipped, extensions matched as
+``binaryFile``'s ``pathGlobFilter`` matches them, links to files and
+folders followed), and makes a DataFrame of the paths, named as Spark
 names them (``file:/...``). Its ``image`` column reads each file's bytes
 with a Python UDF, so the frame is still every file's content to any
 query; a fit or prediction that the plan proves reads that column
