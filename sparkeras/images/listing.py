@@ -108,12 +108,21 @@ def listed_images(spark: Any, root: Any, extensions: Sequence[str]) -> tuple[Any
     return frame, len(paths)
 
 
+def expr_ids(attributes: Any, name: str) -> set[int]:
+    """The ids of the attributes called ``name`` in a JVM plan's output (a Scala ``Seq``)."""
+    found = set()
+    for i in range(attributes.size()):
+        attribute = attributes.apply(i)
+        if attribute.name() == name:
+            found.add(int(attribute.exprId().id()))
+    return found
+
+
 def record_paths(frame: Any) -> None:
     """Record ``frame``'s ``path`` attribute as the listing's: made here, or passed through unchanged from it."""
-    output = frame._jdf.queryExecution().analyzed().output()
-    for attribute in (output.apply(i) for i in range(output.size())):
-        if attribute.name() == "path":
-            _LISTED.add((frame.sparkSession.sparkContext.applicationId, int(attribute.exprId().id())))
+    application = frame.sparkSession.sparkContext.applicationId
+    for expr_id in expr_ids(frame._jdf.queryExecution().analyzed().output(), "path"):
+        _LISTED.add((application, expr_id))
 
 
 def is_listed(application: str, expr_id: int) -> bool:

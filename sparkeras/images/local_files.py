@@ -45,7 +45,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from sparkeras.images.listing import is_listed
+from sparkeras.images.listing import expr_ids, is_listed
 
 
 def opens_local_files(frame: Any, path_col: str) -> bool:
@@ -59,7 +59,7 @@ def opens_local_files(frame: Any, path_col: str) -> bool:
         scanned_paths = set()
         for i in range(leaves.size()):
             leaf = leaves.apply(i)
-            listed = {e for e in _expr_ids(leaf.output(), "path") if is_listed(application, e)}
+            listed = {e for e in expr_ids(leaf.output(), "path") if is_listed(application, e)}
             if listed and leaf.output().size() == 1:  # read_images' own listing of a local folder
                 scanned_paths |= listed
                 continue
@@ -71,20 +71,11 @@ def opens_local_files(frame: Any, path_col: str) -> bool:
             roots = relation.location().rootPaths()
             if any(roots.apply(j).toUri().getScheme() != "file" for j in range(roots.size())):
                 return False
-            scanned_paths |= _expr_ids(leaf.output(), "path")
-        paths = _expr_ids(plan.output(), path_col)  # a scan's own, or one passed on by on_error="skip"
+            scanned_paths |= expr_ids(leaf.output(), "path")
+        paths = expr_ids(plan.output(), path_col)  # a scan's own, or one passed on by on_error="skip"
         return bool(scanned_paths) and bool(paths & scanned_paths or any(is_listed(application, e) for e in paths))
     except Exception:  # noqa: BLE001 - any plan this does not recognise keeps the bytes in the rows
         return False
-
-
-def _expr_ids(attributes: Any, name: str) -> set[int]:
-    found = set()
-    for i in range(attributes.size()):
-        attribute = attributes.apply(i)
-        if attribute.name() == name:
-            found.add(int(attribute.exprId().id()))
-    return found
 
 
 def read_local_file(path: str) -> bytes:
