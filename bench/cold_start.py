@@ -13,17 +13,23 @@ Each round runs, in fresh processes and in turn:
 * ``sparkeras``: ``get_spark("local[2]")``, ``SparkModel.fit`` on
   ``spark.read.parquet(...)`` with 2 workers (nothing cached, nothing
   collected);
-* ``sparkeras, no class archive``: the same with
+* ``sparkeras-no-archive``: the same with
   ``SPARKERAS_CLASS_ARCHIVE=0``, so the driver JVM loads its classes from
   the jars (:mod:`sparkeras.class_archive`; the archive is built first if
   this machine has none).
+* ``sparkeras-own-session``: the script imports sparkeras, starts its
+  own ``SparkSession.builder.master("local[2]")`` session, reads, caches
+  and counts the Parquet, then fits, as a notebook or a data engineer's
+  script does.
+
+``--arms`` picks some of them (the plain baseline always runs).
 
 Both sides train ``--epochs`` epochs of the task's model (default: the mlp
 task, 60,000 x 784, 3 epochs, batch 64) and score the same test rows.
 Prints each run, the medians, the ratio plain / sparkeras, and one JSON
 line.
 
-    python bench/cold_start.py [--task mlp] [--epochs 3] [--rounds 3]
+    python bench/cold_start.py [--task mlp] [--epochs 3] [--rounds 3] [--arms sparkeras,...]
 """
 
 from __future__ import annotations
@@ -75,10 +81,25 @@ fit = time.perf_counter() - start
 print(json.dumps({{"metric": task.score(fitter.model, test["x"], test["y"]), "fit_seconds": fit}}))
 """
 
+OWN_SESSION = COMMON + """
+import sparkeras
+from pyspark.sql import SparkSession
+spark = SparkSession.builder.master("local[2]").getOrCreate()
+spark.sparkContext.setLogLevel("ERROR")
+frame = spark.read.parquet({parquet!r}).cache()
+frame.count()
+fitter = sparkeras.SparkModel(task.make_model(), num_workers=2, seed=0)
+start = time.perf_counter()
+fitter.fit(frame, epochs={epochs}, batch_size=task.batch_size, verbose=0)
+fit = time.perf_counter() - start
+print(json.dumps({{"metric": task.score(fitter.model, test["x"], test["y"]), "fit_seconds": fit}}))
+"""
+
 ARMS = {
     "plain": (PLAIN, {}),
     "sparkeras": (SPARKERAS, {"SPARKERAS_CLASS_ARCHIVE": "1"}),
-    "sparkeras, no class archive": (SPARKERAS, {"SPARKERAS_CLASS_ARCHIVE": "0"}),
+    "sparkeras-no-archive": (SPARKERAS, {"SPARKERAS_CLASS_ARCHIVE": "0"}),
+    "sparkeras-own-session": (OWN_SESSION, {}),
 }
 
 
@@ -110,7 +131,11 @@ def main() -> None:
     parser.add_argument("--task", default="mlp")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of: {', '.join(ARMS)}")
     args = parser.parse_args()
+    arms = {arm: ARMS[arm] for arm in ["plain", *args.arms.split(",")] if arm in ARMS}
+    if unknown := set(args.arms.split(",")) - set(ARMS):
+        parser.error(f"--arms: no arm {', '.join(sorted(unknown))}; there are {', '.join(ARMS)}")
 
     sys.path.insert(0, HERE)
     from tasks import TASKS
@@ -121,17 +146,17 @@ def main() -> None:
         print(f"built the class archive first: {built:.1f} s")
     task = TASKS[args.task]
     train, (x_test, y_test) = task.make_data()
-    times: dict[str, list[dict]] = {arm: [] for arm in ARMS}
+    times: dict[str, list[dict]] = {arm: [] for arm in arms}
     with tempfile.TemporaryDirectory() as tmp:
         parquet = write_parquet(*train, tmp)
         test = os.path.join(tmp, "test.npz")
         np.savez(test, x=x_test, y=y_test)
         values = dict(here=HERE, task=args.task, test=test, parquet=parquet, epochs=args.epochs)
         for round_ in range(args.rounds):
-            for arm, (script, env) in ARMS.items():
+            for arm, (script, env) in arms.items():
                 result = run(script.format(**values), env)
                 times[arm].append(result)
-                print(f"round {round_ + 1}  {arm:30}{result['seconds']:8.2f} s  (fit {result['fit_seconds']:.2f} s)"
+                print(f"round {round_ + 1}  {arm:24}{result['seconds']:8.2f} s  (fit {result['fit_seconds']:.2f} s)"
                       f"  {task.metric} {result['metric']:.4f}", flush=True)
     medians = {arm: statistics.median(r["seconds"] for r in runs) for arm, runs in times.items()}
     plain = medians["plain"]

@@ -17,8 +17,10 @@ from sparkeras.tune.search import best_model, tune  # binds sparkeras.tune to th
 __version__ = "0.1.0"
 
 from sparkeras.session import start_workers_of_active_session as _start_workers  # noqa: E402
+from sparkeras.session import start_workers_when_a_context_starts as _watch_contexts  # noqa: E402
 
 _start_workers()  # a session the user started before importing sparkeras: its workers import TensorFlow now
+_watch_contexts()  # and one started after it, as soon as it exists
 
 __all__ = ["ADAG", "AEASGD", "EAMSGD", "EASGD", "AllReduce", "Asynchronous", "ClusterCapacityError",
            "DistributedOptimizer", "Downpour", "DynSGD", "Ensemble", "FitCancelled", "Hogwild", "InputError", "ModelAveraging", "SparkModel", "SparkerasError", "Strategy",

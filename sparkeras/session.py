@@ -82,7 +82,11 @@ def get_spark(master: str | None = None, app_name: str = "sparkeras") -> Any:
     with launching_the_jvm():
         if "spark.driver.extraJavaOptions" in options:
             _start_jvm_without_its_warning(options)
-        spark = builder.getOrCreate()
+        _OWN_START.active = True
+        try:
+            spark = builder.getOrCreate()
+        finally:
+            _OWN_START.active = False
     if quiet:
         spark.sparkContext.setLogLevel("ERROR")
     start_python_workers(spark)
@@ -364,9 +368,6 @@ def start_python_workers(spark: Any) -> threading.Thread | None:
     costs nothing but the time it would have saved.
     """
     sc = spark.sparkContext
-    if getattr(sc, "_sparkeras_start_workers", None) is not None:
-        return None
-    adopt_preloaded_workers(spark)
     started = functools.partial(_worker_started, driver_backend())
 
     def wave(tasks: int) -> None:
@@ -385,9 +386,15 @@ def start_python_workers(spark: Any) -> threading.Thread | None:
         except Exception:  # noqa: BLE001 - the first Python task starts the workers instead
             pass
 
-    thread = threading.Thread(target=submit, name="sparkeras-start-workers", daemon=True)
-    sc._sparkeras_start_workers = thread
-    thread.start()
+    if getattr(sc, "_sparkeras_start_workers", None) is not None:
+        return None
+    adopt_preloaded_workers(spark)
+    with _START_LOCK:  # get_spark and a new context's watcher (start_workers_when_a_context_starts) may both call
+        if getattr(sc, "_sparkeras_start_workers", None) is not None:
+            return None
+        thread = threading.Thread(target=submit, name="sparkeras-start-workers", daemon=True)
+        sc._sparkeras_start_workers = thread
+        thread.start()
     return thread
 
 
@@ -422,14 +429,73 @@ def _start_on_every_executor(sc: Any, wave: Callable[[int], None]) -> None:
         slots = concurrent_slots(sc)
 
 
+_START_LOCK = threading.Lock()
+_OWN_START = threading.local()  # get_spark is starting a session, whose workers it starts itself
+SESSION_WAIT_SECONDS = 5.0
+"""How long the watcher of a new SparkContext waits for its SparkSession before it makes one, as for a bare
+context (an Elephas script's ``SparkContext``)."""
+
+
+def start_workers_when_a_context_starts() -> None:
+    """Start the Python workers of every SparkContext made in this process from now on, as soon as it exists.
+
+    Why. A script that imports sparkeras and then starts its own session
+    (``SparkSession.builder...getOrCreate()``, an Elephas script's
+    ``SparkContext``) got its workers started, and their TensorFlow import,
+    only when its first ``SparkModel`` or ``KerasEstimator`` was made, right
+    before the fit, which then waited for the import. Now the import runs
+    while the script reads and caches its data, as it does in sessions that
+    :func:`get_spark` starts. pyspark has no hook for a context's start, so
+    ``SparkContext.__init__`` is wrapped, once per process; the wrapper only
+    starts a thread, which waits for the builder's SparkSession
+    (:data:`SESSION_WAIT_SECONDS`) and calls
+    :func:`start_workers_of_active_session`. Contexts that ``get_spark``
+    starts (it starts their workers itself) and the one a local Spark
+    Connect server runs (its plugin set) are left alone.
+    """
+    from pyspark import SparkContext
+
+    init = SparkContext.__init__
+    if getattr(init, "_sparkeras_watches", False):
+        return
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        try:
+            connect_server = "SparkConnectPlugin" in (self._conf.get("spark.plugins", "") or "")
+        except Exception:  # noqa: BLE001 - a context without a conf: leave it as it is
+            return
+        if not getattr(_OWN_START, "active", False) and not connect_server:
+            threading.Thread(target=_start_once_its_session_exists, args=(self,), daemon=True,
+                             name="sparkeras-session-watch").start()
+
+    __init__._sparkeras_watches = True  # type: ignore[attr-defined]
+    SparkContext.__init__ = __init__
+
+
+def _start_once_its_session_exists(sc: Any) -> None:
+    """The builder makes its SparkSession right after the context: start the workers in that one."""
+    deadline = time.monotonic() + SESSION_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        session = running_session()
+        if session is not None and session._sc is sc:
+            break
+        if sc._jsc is None:  # stopped meanwhile
+            return
+        time.sleep(0.02)
+    start_workers_of_active_session()
+
+
 def start_workers_of_active_session() -> threading.Thread | None:
     """:func:`start_python_workers` for a session the user started, as soon as sparkeras sees it; never raises.
 
     Why. ``get_spark`` starts its sessions' Python workers (and their
     TensorFlow import) as the session starts, but a notebook's or a
     script's own ``SparkSession`` started them only at the first fit, which
-    then waited for the import. Called when ``sparkeras`` is imported and
-    when a ``SparkModel``, ``KerasEstimator`` or ``KerasModel`` is made, so
+    then waited for the import. Called when ``sparkeras`` is imported, when
+    a context starts after that (:func:`start_workers_when_a_context_starts`)
+    and when a ``SparkModel``, ``KerasEstimator`` or ``KerasModel`` is made, so
     that the import runs while the user's code reads and prepares the data.
     A script that started its local session, imported sparkeras, ran a
     Spark ML text pipeline (7 s) and fitted a ``KerasEstimator``: first fit
@@ -445,7 +511,7 @@ def start_workers_of_active_session() -> threading.Thread | None:
     try:
         from pyspark.sql import SparkSession
 
-        return start_python_workers(SparkSession.getActiveSession() or SparkSession(sc))
+        return start_python_workers(running_session() or SparkSession(sc))
     except Exception:  # noqa: BLE001 - a context being stopped: the first Python task starts the workers instead
         return None
 

@@ -600,7 +600,7 @@ def test_a_local_session_forks_workers_from_sparkeras_daemon_only_where_that_is_
 
 
 USER_SESSION_SCRIPT = """
-import json, os, sys
+import json, os, sys, time
 os.environ["PYSPARK_PYTHON"] = sys.executable
 from pyspark.sql import SparkSession
 
@@ -620,15 +620,16 @@ def parent(_):
 
 workers = sc.parallelize(range(2), 2).map(parent).collect()
 spark.stop()
-import keras
 
 spark = SparkSession.builder.master("local[1]").config("spark.ui.enabled", "false").getOrCreate()
-before = hasattr(spark.sparkContext, "_sparkeras_start_workers")
-model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-model.compile("sgd", "mse")
-sparkeras.SparkModel(model)  # a session started after the import: the first SparkModel starts its workers
+deadline = time.monotonic() + 10  # a session started after the import: its workers start as it starts
+while not hasattr(spark.sparkContext, "_sparkeras_start_workers") and time.monotonic() < deadline:
+    time.sleep(0.05)
+started = hasattr(spark.sparkContext, "_sparkeras_start_workers")
 spark.sparkContext._sparkeras_start_workers.join(120)
-print(json.dumps({"workers": sorted(set(workers)), "before": before}))
+later = spark.sparkContext.parallelize(range(1), 1).map(parent).collect()
+again = sparkeras.session.start_python_workers(spark)  # what the first SparkModel calls: they are started
+print(json.dumps({"workers": sorted(set(workers)), "later": later, "started": started, "again": again}))
 spark.stop()
 """
 
@@ -637,14 +638,16 @@ spark.stop()
 def test_a_session_the_user_started_gets_its_python_workers_started_when_sparkeras_first_sees_it(tmp_path):
     """A script's own local session, then ``import sparkeras``: its Python workers start in the background at once,
     forked from sparkeras' daemon (TensorFlow already imported), so the first fit does not wait for the import. A
-    session started after the import gets them when the first ``SparkModel`` is made."""
+    session started after the import gets them as it starts, not when the first ``SparkModel`` is made (just before
+    the fit, which then waited for the import)."""
     script = tmp_path / "user_session.py"
     script.write_text(USER_SESSION_SCRIPT)
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, PYSPARK_PYTHON=sys.executable), cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report == {"workers": [["sparkeras.worker.daemon", True]], "before": False}, report
+    assert report == {"workers": [["sparkeras.worker.daemon", True]], "later": [["sparkeras.worker.daemon", True]],
+                      "started": True, "again": None}, report
 
 
 def test_a_local_master_trains_with_one_default_worker_per_core_not_per_slot(spark):
