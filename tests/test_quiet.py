@@ -106,3 +106,44 @@ def test_a_script_ending_while_a_job_runs_prints_no_task_listener_stacks(spark):
     assert str(log4j.getLogger("org.apache.spark.TaskContextImpl").getLevel()) == "FATAL"
     # ... and "Failed to update accumulator" from the scheduler, for tasks ending after the driver's Python
     assert str(log4j.getLogger("org.apache.spark.scheduler.DAGScheduler").getLevel()) == "FATAL"
+
+
+def test_scoring_a_fresh_model_per_fold_prints_no_retracing_warning_but_the_users_own_functions_keep_theirs():
+    """A grid search scores a fresh model per fold on the driver: from the sixth, TensorFlow warned that Keras'
+    predict function "triggered tf.function retracing" (it counts traces by the function's code, which every
+    model's function shares). That warning is dropped for Keras' own functions only."""
+    import logging
+
+    import keras
+    import numpy as np
+
+    from conftest import blobs, mlp
+    import sparkeras
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("TensorFlow's warning")
+    import tensorflow as tf
+
+    warned: list[str] = []
+
+    class Kept(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            warned.append(record.getMessage())
+
+    handler = Kept()
+    logging.getLogger("tensorflow").addHandler(handler)
+    try:
+        x, _ = blobs(50)
+        scores = [sparkeras.SparkModel(mlp(seed=seed)).predict(x) for seed in range(8)]
+        assert all(s.shape == (50, 10) for s in scores) and not np.allclose(scores[0], scores[1])
+        assert not [m for m in warned if "retracing" in m], warned
+
+        @tf.function
+        def users_own(n):
+            return tf.constant(n)
+
+        for n in range(8):
+            users_own(n)  # a new Python value each call: retraced every time, which TensorFlow rightly reports
+        assert [m for m in warned if "retracing" in m and "users_own" in m], warned
+    finally:
+        logging.getLogger("tensorflow").removeHandler(handler)

@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 
 from sparkeras.data.columns import ColumnMap, is_binary_type, positional_columns
 from sparkeras.errors import InputError
+from sparkeras.log import quiet_keras_retracing
 from sparkeras.serialization import ModelSpec
 from sparkeras.worker import runtime
 
@@ -251,6 +252,7 @@ def predict_in_batches(model: Any, columns: ColumnMap, arrays: list[np.ndarray],
     more than a few thousand rows of a small model take to score; the last
     batch is padded on JAX (:func:`padded_rows`).
     """
+    quiet_keras_retracing()
     pad = _pads_batches()
     return _joined([_predict_on_batch(model, columns, [a[lo:lo + batch_size] for a in arrays], batch_size, pad)
                     for lo in range(0, len(arrays[0]), batch_size)])
@@ -271,6 +273,7 @@ def predict_arrays(model: Any, columns: ColumnMap, arrays: list[np.ndarray], bat
     JAX (:func:`padded_rows`), so that a worker does not compile the model
     again for every partition's last batch.
     """
+    quiet_keras_retracing()
     n = len(arrays[0])
     whole = n - n % batch_size if _pads_batches() else n
     parts = []
