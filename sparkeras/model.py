@@ -115,6 +115,12 @@ class SparkModel:
         return self._model
 
     @property
+    def fit_columns(self) -> tuple[ColumnSpec, ColumnSpec]:
+        """The feature and label columns of the last ``fit`` (saved with the model, so a loaded one has its
+        training's): what ``evaluate`` and ``predict`` read unless told otherwise."""
+        return self._fit_columns
+
+    @property
     def spark(self) -> Any:
         return get_spark(self.master)
 

@@ -568,7 +568,8 @@ def test_demo_prints_json(tmp_path):
 
 def test_a_csv_of_scalar_columns_trains_without_listing_them_and_the_model_remembers_them(files, tmp_path, capsys):
     """Without --features and without a 'features' column, every numeric column but the label is a feature, in
-    the file's order; the choice is printed, saved with the model, and used by evaluate and predict."""
+    the file's order; the choice is printed, saved with the model with the label column, and used by evaluate
+    (without --label) and predict."""
     import keras
     import pandas as pd
 
@@ -587,7 +588,7 @@ def test_a_csv_of_scalar_columns_trains_without_listing_them_and_the_model_remem
     trained = keras.saving.load_model(str(model))
     assert trained.evaluate(x, y, verbose=0, return_dict=True)["accuracy"] > 0.85
 
-    assert main(["evaluate", "--model", str(model), "--data", str(tmp_path / "train.csv"), "--label", "digit"]) == 0
+    assert main(["evaluate", "--model", str(model), "--data", str(tmp_path / "train.csv")]) == 0  # its label too
     got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert got["accuracy"] == pytest.approx(trained.evaluate(x, y, verbose=0, return_dict=True)["accuracy"], abs=1e-5)
     assert main(["predict", "--model", str(model), "--data", str(tmp_path / "train.csv"),
@@ -628,7 +629,7 @@ def test_a_table_whose_label_column_holds_class_names_trains_evaluates_and_predi
     assert SparkModel.load(str(model)).classes == ["east", "north", "south", "west"]
 
     table.iloc[2500:].to_csv(tmp_path / "test.csv", index=False)
-    assert main(["evaluate", "--model", str(model), "--data", str(tmp_path / "test.csv"), "--label", "direction"]) == 0
+    assert main(["evaluate", "--model", str(model), "--data", str(tmp_path / "test.csv")]) == 0  # the trained label
     got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     want = trained.evaluate(x[2500:], ids[2500:], verbose=0, return_dict=True)
     assert got["loss"] == pytest.approx(want["loss"], abs=1e-4)

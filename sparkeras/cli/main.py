@@ -103,8 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "folder of image files in class folders, numbered by the classes saved with the model")
     evaluate.add_argument("--features", default=None,
                           help="feature column(s), comma separated; default: those the model was trained on")
-    evaluate.add_argument("--label", default="label",
-                          help="label column; class names (text) are numbered by the classes saved with the model")
+    evaluate.add_argument("--label", default=None,
+                          help="label column; default: the one the model was trained on; class names (text) are "
+                               "numbered by the classes saved with the model")
     evaluate.add_argument("--weight-col", metavar="COLUMN", help="a numeric column of --data that weighs each row")
     evaluate.add_argument("--batch-size", type=int, default=256, help=SCORING_BATCH_HELP)
     evaluate.add_argument("--workers", type=int, default=None, help=WORKERS_HELP)
@@ -320,25 +321,27 @@ def _evaluate(args: argparse.Namespace) -> int:
         metrics = sm.evaluate(data, features_col="image", label_col="label", batch_size=args.batch_size)
         report_skipped(args, data)
     else:
-        metrics = sm.evaluate(_labelled_by_classes(spark, args, sm), features_col=given_columns(args.features),
-                              label_col=args.label, batch_size=args.batch_size, weight_col=args.weight_col)
+        label = args.label if args.label is not None else sm.fit_columns[1]
+        metrics = sm.evaluate(_labelled_by_classes(spark, args, sm, label), features_col=given_columns(args.features),
+                              label_col=label, batch_size=args.batch_size, weight_col=args.weight_col)
     print(json.dumps({k: rounded(v, 6) for k, v in metrics.items()}))
     return 0
 
 
-def _labelled_by_classes(spark: Any, args: argparse.Namespace, sm: Any) -> Any:
-    """``--data`` for ``evaluate``: its path, or, where ``--label`` holds text, numbered by the model's classes."""
+def _labelled_by_classes(spark: Any, args: argparse.Namespace, sm: Any, label: Any) -> Any:
+    """``--data`` for ``evaluate``: its path, or, where the ``label`` column holds text, numbered by the model's
+    classes."""
     from sparkeras.data.labels import is_text_column, with_class_ids
     from sparkeras.data.sources import read_data
     from sparkeras.errors import InputError
 
     frame = read_data(spark, args.data)
-    if not is_text_column(frame, args.label):
+    if not isinstance(label, str) or not is_text_column(frame, label):
         return args.data
     if not sm.classes:
-        raise InputError(f"--label {args.label!r} holds text, but {args.model} was trained on class ids and saved "
+        raise InputError(f"--label {label!r} holds text, but {args.model} was trained on class ids and saved "
                          "no class names; pass the column of class ids.")
-    return with_class_ids(frame, args.label, sm.classes)
+    return with_class_ids(frame, label, sm.classes)
 
 
 def _predict(args: argparse.Namespace) -> int:
