@@ -236,6 +236,27 @@ def test_a_tracking_server_that_does_not_answer_stops_the_fit_before_it_reads_it
     assert began == []
 
 
+def test_a_tracking_server_that_takes_the_connection_but_never_replies_is_named(monkeypatch):
+    """A port held by a hung process, or by something that is not MLflow, takes the connection and says nothing:
+    MLflow's requests would each wait 120 s, retried, while the fit waits for its run."""
+    import socket
+    import time
+
+    from sparkeras import InputError
+    from sparkeras.tracking import servers
+
+    monkeypatch.setattr(servers, "ANSWER_SECONDS", 0.5)  # the wait; the default is 10 s
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # the kernel takes connections; no one reads them
+        port = silent.getsockname()[1]
+        began = time.monotonic()
+        with pytest.raises(InputError) as failed:
+            servers.check_tracking_server(f"http://127.0.0.1:{port}", where="--mlflow-uri")
+    assert time.monotonic() - began < 5
+    assert str(failed.value) == (f"No MLflow tracking server answers at 'http://127.0.0.1:{port}' (it took the "
+                                 "connection but sent no reply within 0.5s); start it, or correct the tracking URI "
+                                 "(--mlflow-uri).")
+
+
 class _Quiet(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):  # no request lines on stderr
         pass

@@ -18,7 +18,9 @@ from urllib.parse import urlsplit
 from sparkeras.errors import InputError
 
 ANSWER_SECONDS = 10.0
-"""How long the server has to accept the connection; a server that accepts and then is slow is MLflow's to wait for."""
+"""How long the server has to accept the connection, and then to reply. A server that takes it and never replies
+(a hung process, a port held by something else) would have every one of MLflow's requests wait 120 s, retried,
+while the fit waits for its run."""
 
 _ANSWERED: set[str] = set()
 
@@ -30,8 +32,8 @@ def check_tracking_server(uri: str | None, where: str = "MLflowLogger(tracking_u
     server is there; MLflow reports what it says), and so does a TLS
     handshake that fails (MLflow's own certificate settings decide that).
     A refused connection, a host name that does not resolve, or no
-    connection within :data:`ANSWER_SECONDS` is the error. ``where`` says
-    where the URI came from, for the message.
+    connection or no reply within :data:`ANSWER_SECONDS` is the error.
+    ``where`` says where the URI came from, for the message.
     """
     if not uri or urlsplit(uri).scheme.lower() not in ("http", "https") or uri in _ANSWERED:
         return
@@ -39,7 +41,7 @@ def check_tracking_server(uri: str | None, where: str = "MLflowLogger(tracking_u
 
     try:
         requests.get(uri.rstrip("/") + "/health", timeout=(ANSWER_SECONDS, ANSWER_SECONDS), allow_redirects=False)
-    except (requests.exceptions.SSLError, requests.exceptions.ReadTimeout):
+    except requests.exceptions.SSLError:
         pass  # a server took the connection
     except requests.exceptions.RequestException as exc:
         raise InputError(f"No MLflow tracking server answers at {uri!r} ({_reason(exc)}); start it, or correct "
@@ -52,7 +54,9 @@ def _reason(exc: Exception) -> str:
 
     text = str(exc)
     if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return f"no connection within {ANSWER_SECONDS:.0f}s"
+        return f"no connection within {ANSWER_SECONDS:g}s"
+    if isinstance(exc, requests.exceptions.ReadTimeout):
+        return f"it took the connection but sent no reply within {ANSWER_SECONDS:g}s"
     if "Connection refused" in text:
         return "connection refused"
     if "resolve" in text or "Name or service not known" in text or "nodename nor servname" in text:
