@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.abc
+import importlib.util
 import os
 import re
 import socket
@@ -451,11 +453,49 @@ def start_workers_when_a_context_starts() -> None:
     (:data:`SESSION_WAIT_SECONDS`) and calls
     :func:`start_workers_of_active_session`. Contexts that ``get_spark``
     starts (it starts their workers itself) and the one a local Spark
-    Connect server runs (its plugin set) are left alone.
+    Connect server runs (its plugin set) are left alone. ``import
+    sparkeras`` does not import pyspark (the CLI checks its flags before
+    Spark or TensorFlow load): where pyspark is not imported yet, the wrap
+    waits for its import (:class:`_WrapWhenPysparkLoads`).
     """
-    from pyspark import SparkContext
+    pyspark = sys.modules.get("pyspark")
+    if pyspark is not None and hasattr(pyspark, "SparkContext"):
+        _watch(pyspark.SparkContext)
+    elif not any(isinstance(finder, _WrapWhenPysparkLoads) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _WrapWhenPysparkLoads())
 
-    init = SparkContext.__init__
+
+class _WrapWhenPysparkLoads(importlib.abc.MetaPathFinder):
+    """Once: when the ``pyspark`` package is imported, :func:`_watch` its ``SparkContext``.
+
+    It finds nothing itself: it takes the spec the other finders give and
+    runs :func:`_watch` after the package's own code (which defines
+    ``pyspark.SparkContext``), then leaves ``sys.meta_path``.
+    """
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != "pyspark":
+            return None
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        loader = getattr(spec, "loader", None)
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        run = loader.exec_module
+
+        def exec_module(module: Any) -> None:
+            run(module)
+            with contextlib.suppress(Exception):  # a pyspark without SparkContext here: nothing to watch
+                _watch(module.SparkContext)
+
+        loader.exec_module = exec_module
+        return spec
+
+
+def _watch(context_class: Any) -> None:
+    """Wrap ``context_class.__init__`` to start a new context's workers (:func:`start_workers_when_a_context_starts`)."""
+    init = context_class.__init__
     if getattr(init, "_sparkeras_watches", False):
         return
 
@@ -471,7 +511,7 @@ def start_workers_when_a_context_starts() -> None:
                              name="sparkeras-session-watch").start()
 
     __init__._sparkeras_watches = True  # type: ignore[attr-defined]
-    SparkContext.__init__ = __init__
+    context_class.__init__ = __init__
 
 
 def _start_once_its_session_exists(sc: Any) -> None:

@@ -634,6 +634,47 @@ spark.stop()
 """
 
 
+IMPORT_FIRST_SCRIPT = """
+import json, os, sys, time
+os.environ["PYSPARK_PYTHON"] = sys.executable
+import sparkeras  # before pyspark, which it does not import
+
+imported = "pyspark" in sys.modules
+from pyspark.sql import SparkSession
+
+spark = SparkSession.builder.master("local[2]").config("spark.ui.enabled", "false").getOrCreate()
+spark.sparkContext.setLogLevel("OFF")
+deadline = time.monotonic() + 10
+while not hasattr(spark.sparkContext, "_sparkeras_start_workers") and time.monotonic() < deadline:
+    time.sleep(0.05)
+spark.sparkContext._sparkeras_start_workers.join(120)
+
+
+def parent(_):
+    with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+        command = f.read().decode().split("\\0")
+    return command[command.index("-m") + 1], "tensorflow" in sys.modules
+
+
+print(json.dumps({"imported": imported, "workers": sorted(set(spark.sparkContext.parallelize(range(2), 2)
+                                                               .map(parent).collect()))}))
+spark.stop()
+"""
+
+
+@pytest.mark.own_processes
+def test_a_script_that_imports_sparkeras_before_pyspark_gets_its_sessions_workers_started_as_it_starts(tmp_path):
+    """``import sparkeras`` leaves pyspark unimported (the CLI checks its flags first), and still sees a session
+    the script builds afterwards: its workers start as it starts, forked from sparkeras' daemon."""
+    script = tmp_path / "import_first.py"
+    script.write_text(IMPORT_FIRST_SCRIPT)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYSPARK_PYTHON=sys.executable), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report == {"imported": False, "workers": [["sparkeras.worker.daemon", True]]}, report
+
+
 @pytest.mark.own_processes
 def test_a_session_the_user_started_gets_its_python_workers_started_when_sparkeras_first_sees_it(tmp_path):
     """A script's own local session, then ``import sparkeras``: its Python workers start in the background at once,
