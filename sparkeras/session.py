@@ -494,7 +494,8 @@ class _WrapWhenPysparkLoads(importlib.abc.MetaPathFinder):
 
 
 def _watch(context_class: Any) -> None:
-    """Wrap ``context_class.__init__`` to start a new context's workers (:func:`start_workers_when_a_context_starts`)."""
+    """Wrap ``context_class.__init__`` to start each new context's workers
+    (:func:`start_workers_when_a_context_starts`)."""
     init = context_class.__init__
     if getattr(init, "_sparkeras_watches", False):
         return

@@ -662,16 +662,21 @@ spark.stop()
 """
 
 
+def _script_report(tmp_path, text: str) -> dict:
+    """Run ``text`` as a script in a fresh process; the JSON object of its last line."""
+    script = tmp_path / "script.py"
+    script.write_text(text)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYSPARK_PYTHON=sys.executable), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.own_processes
 def test_a_script_that_imports_sparkeras_before_pyspark_gets_its_sessions_workers_started_as_it_starts(tmp_path):
     """``import sparkeras`` leaves pyspark unimported (the CLI checks its flags first), and still sees a session
     the script builds afterwards: its workers start as it starts, forked from sparkeras' daemon."""
-    script = tmp_path / "import_first.py"
-    script.write_text(IMPORT_FIRST_SCRIPT)
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, PYSPARK_PYTHON=sys.executable), cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    report = _script_report(tmp_path, IMPORT_FIRST_SCRIPT)
     assert report == {"imported": False, "workers": [["sparkeras.worker.daemon", True]]}, report
 
 
@@ -681,12 +686,7 @@ def test_a_session_the_user_started_gets_its_python_workers_started_when_sparker
     forked from sparkeras' daemon (TensorFlow already imported), so the first fit does not wait for the import. A
     session started after the import gets them as it starts, not when the first ``SparkModel`` is made (just before
     the fit, which then waited for the import)."""
-    script = tmp_path / "user_session.py"
-    script.write_text(USER_SESSION_SCRIPT)
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, PYSPARK_PYTHON=sys.executable), cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    report = _script_report(tmp_path, USER_SESSION_SCRIPT)
     assert report == {"workers": [["sparkeras.worker.daemon", True]], "later": [["sparkeras.worker.daemon", True]],
                       "started": True, "again": None}, report
 
