@@ -370,6 +370,9 @@ def start_python_workers(spark: Any) -> threading.Thread | None:
     costs nothing but the time it would have saved.
     """
     sc = spark.sparkContext
+    if getattr(sc, "_sparkeras_start_workers", None) is not None:
+        return None
+    adopt_preloaded_workers(spark)
     started = functools.partial(_worker_started, driver_backend())
 
     def wave(tasks: int) -> None:
@@ -388,9 +391,6 @@ def start_python_workers(spark: Any) -> threading.Thread | None:
         except Exception:  # noqa: BLE001 - the first Python task starts the workers instead
             pass
 
-    if getattr(sc, "_sparkeras_start_workers", None) is not None:
-        return None
-    adopt_preloaded_workers(spark)
     with _START_LOCK:  # get_spark and a new context's watcher (start_workers_when_a_context_starts) may both call
         if getattr(sc, "_sparkeras_start_workers", None) is not None:
             return None
