@@ -485,6 +485,7 @@ class _WrapWhenPysparkLoads(importlib.abc.MetaPathFinder):
         run = loader.exec_module
 
         def exec_module(module: Any) -> None:
+            del loader.exec_module  # a zip's importer serves pyspark's other modules too: they load as before
             run(module)
             with contextlib.suppress(Exception):  # a pyspark without SparkContext here: nothing to watch
                 _watch(module.SparkContext)
