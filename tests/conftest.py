@@ -83,6 +83,23 @@ def class_archive_build(request, tmp_path_factory):
     first.kill()
 
 
+BACKEND_MATRIX = "test_the_backend_matrix_passes"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def backend_children(request, tmp_path_factory):
+    """The JAX and PyTorch runs of the backend matrix, started with the suite (see ``backend_children.py``)."""
+    if not any(item.originalname == BACKEND_MATRIX for item in request.session.items):
+        yield {}
+        return
+    from backend_children import start_children
+
+    procs = start_children(tmp_path_factory.mktemp("backend-children"))
+    yield procs
+    for proc in procs.values():
+        proc.kill()
+
+
 @pytest.fixture(scope="session")
 def spark():
     from sparkeras import get_spark

@@ -3,9 +3,9 @@
 TensorFlow runs the whole suite in this process. JAX and PyTorch each run
 the backend matrix, the tests that touch the backend, in a process of their
 own, with its own Spark session (a process has one Keras backend, and
-Spark's Python workers keep theirs). The two children run at the same time:
-much of each one's time is start-up and waiting, and together they took 92-98 s
-where one after the other took 112 s.
+Spark's Python workers keep theirs). The two children start with the suite
+and run beside the in-process tests (``backend_children.py``); this module
+only waits for their results.
 
 - JAX on a local cluster whose tasks each get one fake GPU, so every test
   there also runs with Spark assigning GPUs;
@@ -32,46 +32,15 @@ import sys
 
 import pytest
 
+from backend_children import RUNS
+
 pytestmark = pytest.mark.own_processes
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-EQUIVALENCE = "(one_worker or two_workers) and not tcp"
-RUNS = {
-    "jax": ({"SPARKERAS_MATRIX_GPUS": "1"},
-            f"({EQUIVALENCE}) or workers_use or sql_udf or (scored_on_the_driver and averaging) or compiled_programs "
-            "or short_jax"),
-    "torch": ({}, f"({EQUIVALENCE}) or workers_use or estimator or classifier or (scored_on_the_driver and averaging)"),
-}
-
-
-@pytest.fixture(scope="module")
-def children(tmp_path_factory):
-    """Both backends' children, started together: much of each child's time is waiting (JVM and worker
-    start-up, barrier rendezvous), so the two overlap on 2 cores. Each test then waits for its own."""
-    logs = tmp_path_factory.mktemp("backend-children")
-    procs = {}
-    for backend, (extra, selection) in sorted(RUNS.items()):
-        try:
-            __import__(backend)
-        except ImportError:
-            continue
-        env = dict(os.environ, KERAS_BACKEND=backend, PYSPARK_PYTHON=sys.executable, **extra,
-                   XDG_CACHE_HOME=str(logs / f"{backend}-cache"))  # JAX's compiled programs, kept by the workers
-        env.pop("PYSPARK_SUBMIT_ARGS", None)
-        procs[backend] = subprocess.Popen(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", selection,
-             os.path.join(HERE, "backend_matrix.py")],
-            cwd=HERE, env=env, stdout=open(logs / f"{backend}.out", "w"), stderr=open(logs / f"{backend}.err", "w"))
-        procs[backend].logs = (logs / f"{backend}.out", logs / f"{backend}.err")  # files, not pipes: no stalls
-    yield procs
-    for proc in procs.values():
-        proc.kill()
 
 
 @pytest.mark.parametrize("backend", sorted(RUNS))
-def test_the_backend_matrix_passes(children, backend):
+def test_the_backend_matrix_passes(backend_children, backend):
     pytest.importorskip(backend)
-    proc = children[backend]
+    proc = backend_children[backend]
     proc.wait(timeout=900)
     stdout, stderr = (path.read_text() for path in proc.logs)
     summary = stdout.strip().splitlines()[-1] if stdout.strip() else ""

@@ -1,0 +1,45 @@
+"""The JAX and PyTorch children of ``test_backends.py``: each runs part of ``backend_matrix.py`` in a process of its own.
+
+They start with the suite (``conftest.backend_children``), not when
+``test_backends.py`` is reached: much of each child's time is waiting (JVM
+and worker start-up, barrier rendezvous), and beside the in-process tests,
+which leave about a quarter of the machine's CPU idle, they are done by the
+time the suite asks for their results. They run at a lower CPU priority
+(``NICENESS``), so they take what the in-process tests leave and do not
+stretch them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+EQUIVALENCE = "(one_worker or two_workers) and not tcp"
+RUNS = {
+    "jax": ({"SPARKERAS_MATRIX_GPUS": "1"},
+            f"({EQUIVALENCE}) or workers_use or sql_udf or (scored_on_the_driver and averaging) or compiled_programs "
+            "or short_jax"),
+    "torch": ({}, f"({EQUIVALENCE}) or workers_use or estimator or classifier or (scored_on_the_driver and averaging)"),
+}
+NICENESS = 10
+
+
+def start_children(logs) -> dict[str, subprocess.Popen]:
+    """Start one child per installed backend; each child's output goes to files in ``logs`` (``proc.logs``)."""
+    procs = {}
+    for backend, (extra, selection) in sorted(RUNS.items()):
+        if importlib.util.find_spec(backend) is None:
+            continue
+        env = dict(os.environ, KERAS_BACKEND=backend, PYSPARK_PYTHON=sys.executable, **extra,
+                   XDG_CACHE_HOME=str(logs / f"{backend}-cache"))  # JAX's compiled programs, kept by the workers
+        env.pop("PYSPARK_SUBMIT_ARGS", None)
+        procs[backend] = subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", selection,
+             os.path.join(HERE, "backend_matrix.py")],
+            cwd=HERE, env=env, stdout=open(logs / f"{backend}.out", "w"), stderr=open(logs / f"{backend}.err", "w"),
+            preexec_fn=lambda: os.nice(NICENESS))
+        procs[backend].logs = (logs / f"{backend}.out", logs / f"{backend}.err")  # files, not pipes: no stalls
+    return procs
