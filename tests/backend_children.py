@@ -1,4 +1,4 @@
-"""The JAX and PyTorch children of ``test_backends.py``: each runs part of ``backend_matrix.py`` in a process of its own.
+"""The JAX and PyTorch children of ``test_backends.py``: each runs part of ``backend_matrix.py`` alone.
 
 They start with the suite (``conftest.backend_children``), not when
 ``test_backends.py`` is reached: much of each child's time is waiting (JVM
