@@ -41,7 +41,7 @@ def start_children(logs) -> dict[str, subprocess.Popen]:
         procs[backend] = subprocess.Popen(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", selection,
              os.path.join(HERE, "backend_matrix.py")],
-            cwd=HERE, env=env, stdout=open(logs / f"{backend}.out", "w"), stderr=open(logs / f"{backend}.err", "w"),
-            preexec_fn=lambda: os.nice(NICENESS))
+            cwd=HERE, env=env, stdout=open(logs / f"{backend}.out", "w"), stderr=open(logs / f"{backend}.err", "w"))
+        os.setpriority(os.PRIO_PROCESS, procs[backend].pid, NICENESS)  # not preexec_fn: unsafe beside threads
         procs[backend].logs = (logs / f"{backend}.out", logs / f"{backend}.err")  # files, not pipes: no stalls
     return procs
