@@ -41,7 +41,8 @@ _LOCAL_CONF = {
 }
 
 
-def get_spark(master: str | None = None, app_name: str = "sparkeras") -> Any:
+def get_spark(master: str | None = None, app_name: str = "sparkeras", *,
+              alongside: Callable[[], None] | None = None) -> Any:
     """Return the active SparkSession, or start an embedded one.
 
     An active session (a notebook's, a test fixture's) is used unchanged.
@@ -56,11 +57,17 @@ def get_spark(master: str | None = None, app_name: str = "sparkeras") -> Any:
     once (:mod:`sparkeras.worker.daemon`). A ``spark://`` master that takes
     no connection is an :class:`InputError` before any JVM starts
     (:func:`check_master_answers`).
+
+    ``alongside`` is work the caller needs next, run in a thread while
+    Spark initialises (:class:`_Alongside`); ``get_spark`` returns once it
+    is done, and raises its error.
     """
     from pyspark.sql import SparkSession
 
     active = running_session()
     if active is not None and master is None:
+        if alongside is not None:
+            alongside()
         return active
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
@@ -84,15 +91,67 @@ def get_spark(master: str | None = None, app_name: str = "sparkeras") -> Any:
     with launching_the_jvm():
         if "spark.driver.extraJavaOptions" in options:
             _start_jvm_without_its_warning(options)
+        side = _Alongside(alongside)
         _OWN_START.active = True
         try:
             spark = builder.getOrCreate()
+        except BaseException:
+            side.wait()  # its error is the lesser one; stderr must be back for the caller's
+            raise
         finally:
             _OWN_START.active = False
-    if quiet:
-        spark.sparkContext.setLogLevel("ERROR")
-    start_python_workers(spark)
+    try:
+        if quiet:
+            spark.sparkContext.setLogLevel("ERROR")
+        start_python_workers(spark)
+    finally:
+        side.finish()
     return spark
+
+
+class _Alongside:
+    """Run a caller's work in a thread while the session's JVM initialises, once no process will be forked.
+
+    Why. The command line imports Keras before it loads a model, quietly
+    (:func:`sparkeras.worker.runtime.import_keras_quietly`): 3-5 s of a
+    cold ``sparkeras train`` or ``evaluate``, run after ``get_spark`` had
+    spent as long waiting for the JVM to create the SparkContext and the
+    SparkSession. Run side by side, the two take the longer of the two on a
+    driver with cores to spare. The quiet import closes this process's
+    stderr while it runs, and a process forked meanwhile would keep the
+    closed one, so the thread starts only once the JVM (and a local
+    session's Python daemon) have been launched, or when ``spark-submit``
+    launched the JVM: when Spark has yet to launch it, the work runs after.
+    What the JVM writes to stderr meanwhile still shows (:func:`_copy_stderr`).
+    """
+
+    def __init__(self, work: Callable[[], None] | None) -> None:
+        from pyspark import SparkContext
+
+        self._work, self._error = work, None
+        self._thread = None
+        if work is not None and (SparkContext._gateway is not None or "PYSPARK_GATEWAY_PORT" in os.environ):
+            self._thread = threading.Thread(target=self._call, name="sparkeras-alongside", daemon=True)
+            self._thread.start()
+
+    def _call(self) -> None:
+        try:
+            self._work()
+        except BaseException as exc:  # noqa: BLE001 - raised by finish, in the caller's thread
+            self._error = exc
+
+    def wait(self) -> None:
+        """Wait for the thread, if one runs the work."""
+        if self._thread is not None:
+            self._thread.join()
+
+    def finish(self) -> None:
+        """Wait for the work, running it here if no thread did, and raise its error."""
+        if self._thread is None and self._work is not None:
+            self._call()
+        self.wait()
+        if self._error is not None:
+            raise self._error
 
 
 _SUBMITTED_KEEPS = frozenset({"spark.app.name", "spark.ui.enabled", "spark.sql.shuffle.partitions",
@@ -875,8 +934,9 @@ def _start_jvm_without_its_warning(options: dict[str, str]) -> None:
     the first line of ``sparkeras demo`` and of every script. Here the JVM
     is started as pyspark starts it (:func:`pyspark.java_gateway.launch_gateway`,
     with the session's options), except that its stderr is a pipe that a
-    thread copies to this process's stderr byte for byte (Spark's console
-    bars and log lines, as before), minus that one line when it comes first.
+    thread copies to this process's stderr (as it was at the launch) byte
+    for byte (Spark's console bars and log lines, as before), minus that one
+    line when it comes first.
     Not done when a JVM is already running or was started for this process
     (``spark-submit``), nor when the user asked for Spark's own output.
     The JVM maps its classes from sparkeras' class-data archive when there
@@ -899,13 +959,26 @@ def _start_jvm_without_its_warning(options: dict[str, str]) -> None:
         if archive:
             conf.set("spark.driver.extraJavaOptions", f"{options['spark.driver.extraJavaOptions']} {archive}")
         gateway = launch_gateway(conf, popen_kwargs={"stderr": subprocess.PIPE})
-        threading.Thread(target=_copy_stderr, args=(gateway.proc.stderr.fileno(),), daemon=True,
+        threading.Thread(target=_copy_stderr, args=(gateway.proc.stderr.fileno(), _stderr_copy()), daemon=True,
                          name="sparkeras-jvm-stderr").start()
         SparkContext._gateway, SparkContext._jvm = gateway, gateway.jvm
 
 
-def _copy_stderr(source: int) -> None:
-    """Copy the JVM's stderr to ours until the JVM closes it, dropping its start-up warning if it comes first."""
+def _stderr_copy() -> int | None:
+    """A new descriptor of this process's stderr, or ``None`` when it has none (a service started without one)."""
+    try:
+        return os.dup(2)
+    except OSError:
+        return None
+
+
+def _copy_stderr(source: int, target: int | None) -> None:
+    """Copy the JVM's stderr to ``target`` until the JVM closes it, dropping its start-up warning if it comes first.
+
+    ``target`` is a copy of this process's stderr as the JVM started, what
+    the JVM would have inherited: it stays the terminal while this process
+    closes its own for a quiet import (:class:`_Alongside`).
+    """
     head: bytes | None = b""
     while True:
         try:
@@ -921,10 +994,12 @@ def _copy_stderr(source: int) -> None:
             line, _, rest = head.partition(b"\n")
             chunk, head = (rest if line.startswith(JVM_START_UP_WARNING) else head), None
         try:
-            while chunk:
-                chunk = chunk[os.write(2, chunk):]
+            while chunk and target is not None:
+                chunk = chunk[os.write(target, chunk):]
         except OSError:  # our stderr is closed: keep reading, so the JVM never blocks on a full pipe
             pass
+    if target is not None:
+        os.close(target)
 
 
 def _quiet_logging() -> str | None:

@@ -4,6 +4,7 @@ fit, an evaluation or a prediction into arrays runs, with or without sparkeras' 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -20,8 +21,14 @@ print("PID", os.getpid(), flush=True)
 from conftest import blobs, mlp  # the user's own "import keras": its start-up lines are the user's
 import numpy as np
 import pandas as pd
+import json, threading
 import sparkeras
-spark = sparkeras.get_spark("local[2]")
+from pyspark import SparkContext
+seen = []
+def alongside():  # what the command line does here: import Keras quietly while the JVM starts
+    seen.append([threading.current_thread().name, SparkContext._active_spark_context is None])
+spark = sparkeras.get_spark("local[2]", alongside=lambda: (alongside(), seen.append("done")))
+print("ALONGSIDE", json.dumps(seen), flush=True)
 x, y = blobs(400)
 sparkeras.SparkModel(mlp(), num_workers=2).fit(spark.createDataFrame(pd.DataFrame({{"features": list(x), "label": y}})),
                                               epochs=1, verbose=0)
@@ -83,6 +90,36 @@ def test_a_quiet_fit_prints_no_spark_or_worker_start_up_lines(fresh):
     native = [m.group(1) for m in (re.match(r"[IW]\d{4} \S+\s+(\d+) ", line) for line in err) if m]
     assert set(native) <= {driver}, err
     assert sum("absl::InitializeLog" in line for line in err) <= len(native), err
+
+
+def test_work_alongside_a_new_session_runs_in_a_thread_while_the_context_starts(fresh):
+    """``get_spark(alongside=...)``: the command line's Keras import runs beside the JVM's start of the
+    SparkContext (1 s of a cold ``sparkeras evaluate``'s 12 s on 2 cores), and is over when it returns."""
+    line = next(ln for ln in fresh.stdout.splitlines() if ln.startswith("ALONGSIDE "))
+    assert json.loads(line[len("ALONGSIDE "):]) == [["sparkeras-alongside", True], "done"], line
+
+
+def test_work_alongside_runs_in_a_thread_once_the_jvm_runs_and_its_error_reaches_the_caller(spark):
+    """With the JVM up no process is forked any more, so the work runs in a thread; its error is raised by
+    ``finish`` (``get_spark``'s return), not by ``wait`` (a session that failed to start raises its own). An
+    active session runs the work at once."""
+    import threading
+
+    from sparkeras.session import _Alongside, get_spark
+
+    ran = []
+    _Alongside(lambda: ran.append(threading.current_thread().name)).finish()
+    assert ran == ["sparkeras-alongside"]
+
+    def broken():
+        raise ImportError("keras is broken")
+
+    failing = _Alongside(broken)
+    failing.wait()
+    with pytest.raises(ImportError, match="keras is broken"):
+        failing.finish()
+    assert get_spark(alongside=lambda: ran.append(threading.current_thread().name)) is spark
+    assert ran[-1] == threading.current_thread().name
 
 
 def test_spark_console_progress_is_off_during_a_fit_and_back_after(fresh):

@@ -9,6 +9,7 @@ trained model and a PNG of the learning curves.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import time
@@ -55,8 +56,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
     (x_train, y_train), (x_test, y_test) = load_digits_split()
     say = (lambda *a: None) if args.json else print
-    spark = get_spark(args.master or f"local[{args.workers}]")
-    import_keras_quietly(args.debug)
+    spark = get_spark(args.master or f"local[{args.workers}]",  # Keras is imported while the JVM starts
+                      alongside=functools.partial(import_keras_quietly, args.debug))
     spark.sparkContext.setLogLevel("ERROR" if args.debug else "OFF")
     say(f"sparkeras demo: {len(x_train)} training images (8x8 digits), {args.workers} Spark workers, "
         f"{args.epochs} epochs")

@@ -7,6 +7,7 @@ them before either starts (:func:`sparkeras.cli.main.check_arguments`).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -273,14 +274,13 @@ def start_session(args: argparse.Namespace):
     from sparkeras.session import get_spark
     from sparkeras.worker.runtime import import_keras_quietly
 
-    try:
-        spark = get_spark(args.master)
+    try:  # Keras is imported while the JVM starts
+        spark = get_spark(args.master, alongside=functools.partial(import_keras_quietly, args.debug))
     except Exception as exc:  # noqa: BLE001 - a JVM that would not start: say why in one line
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
         raise InputError(f"Spark could not start with --master {args.master or 'local[*]'}: "
                          f"{lines[0] if lines else type(exc).__name__}") from None
     spark.sparkContext.setLogLevel("ERROR" if args.debug else "OFF")
-    import_keras_quietly(args.debug)
     return spark
 
 
