@@ -21,6 +21,10 @@ Each round runs, in fresh processes and in turn:
   own ``SparkSession.builder.master("local[2]")`` session, reads, caches
   and counts the Parquet, then fits, as a notebook or a data engineer's
   script does.
+* ``sparkeras-cli``: ``sparkeras train --model M.keras --data PARQUET
+  --workers 2 --master local[2] --output OUT --quiet`` (its ``main``, in
+  the timed process), then the saved model is loaded and scored. The
+  compiled model was saved once, before the rounds.
 
 ``--arms`` picks some of them (the plain baseline always runs).
 
@@ -95,11 +99,25 @@ fit = time.perf_counter() - start
 print(json.dumps({{"metric": task.score(fitter.model, test["x"], test["y"]), "fit_seconds": fit}}))
 """
 
+CLI = COMMON + """
+from sparkeras.cli.main import main
+start = time.perf_counter()
+code = main(["train", "--model", {model!r}, "--data", {parquet!r}, "--features", "features", "--label", "label",
+             "--epochs", "{epochs}", "--batch-size", str(task.batch_size), "--workers", "2", "--master", "local[2]",
+             "--output", {output!r}, "--overwrite", "--quiet"])
+fit = time.perf_counter() - start
+assert code == 0, code
+import keras
+model = keras.saving.load_model({output!r})
+print(json.dumps({{"metric": task.score(model, test["x"], test["y"]), "fit_seconds": fit}}))
+"""
+
 ARMS = {
     "plain": (PLAIN, {}),
     "sparkeras": (SPARKERAS, {"SPARKERAS_CLASS_ARCHIVE": "1"}),
     "sparkeras-no-archive": (SPARKERAS, {"SPARKERAS_CLASS_ARCHIVE": "0"}),
     "sparkeras-own-session": (OWN_SESSION, {}),
+    "sparkeras-cli": (CLI, {}),
 }
 
 
@@ -151,7 +169,10 @@ def main() -> None:
         parquet = write_parquet(*train, tmp)
         test = os.path.join(tmp, "test.npz")
         np.savez(test, x=x_test, y=y_test)
-        values = dict(here=HERE, task=args.task, test=test, parquet=parquet, epochs=args.epochs)
+        model = os.path.join(tmp, "untrained.keras")  # the command line's input: a saved, compiled model
+        task.make_model().save(model)
+        values = dict(here=HERE, task=args.task, test=test, parquet=parquet, epochs=args.epochs, model=model,
+                      output=os.path.join(tmp, "trained.keras"))
         for round_ in range(args.rounds):
             for arm, (script, env) in arms.items():
                 result = run(script.format(**values), env)
