@@ -1042,25 +1042,56 @@ def check_master(master: str, flag: str = "--master", wait: float = 5.0) -> None
 
 
 def check_master_answers(master: str, flag: str, wait: float = 5.0) -> None:
-    """For a ``spark://`` master, an :class:`InputError` unless one of its addresses takes a TCP connection.
+    """For a ``spark://`` or ``k8s://`` master, an :class:`InputError` unless it takes a TCP connection.
 
     Spark's own client retries an unreachable standalone master for a minute
     (63 s measured) and then fails with "Cannot call methods on a stopped
-    SparkContext" and a Java trace; this asks each address once, ``wait``
-    seconds at most. Other masters are left to Spark; ``master`` is well formed (:data:`_MASTER`).
+    SparkContext" and a Java trace; a Kubernetes API server no one listens
+    at printed about 300 lines of Java traces before the error. This asks
+    each address once, ``wait`` seconds at most. Other masters are left to
+    Spark; ``master`` is well formed (:data:`_MASTER`).
     """
+    if master.startswith("k8s://"):
+        address = _kubernetes_address(master)
+        proxied = any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"))
+        if address is not None and not proxied:  # Spark's Kubernetes client may reach it through the proxy
+            error = _unreachable([address], wait)
+            if error:
+                raise InputError(f"{flag}: cannot reach the Kubernetes API server at {error}. Is the address "
+                                 "right (k8s://https://host:port, as `kubectl cluster-info` prints it)?")
+        return
     if not master.startswith("spark://"):
         return
+    error = _unreachable([address.rsplit(":", 1) for address in master[len("spark://"):].split(",")], wait)
+    if error:
+        raise InputError(f"{flag}: cannot reach the Spark master at {error}. Is the master running "
+                         "(spark-class org.apache.spark.deploy.master.Master), and is the address right?")
+
+
+def _unreachable(addresses: list, wait: float) -> str | None:
+    """``None`` once one of the ``(host, port)`` addresses takes a TCP connection, else why none did."""
     errors = []
-    for address in master[len("spark://"):].split(","):
-        host, port = address.rsplit(":", 1)
+    for host, port in addresses:
         try:
             with socket.create_connection((host, int(port)), timeout=wait):
-                return
+                return None
         except OSError as exc:
-            errors.append(f"{address} ({exc.strerror or exc})")
-    raise InputError(f"{flag}: cannot reach the Spark master at {', '.join(errors)}. Is the master running "
-                     "(spark-class org.apache.spark.deploy.master.Master), and is the address right?")
+            errors.append(f"{host}:{port} ({exc.strerror or exc})")
+    return ", ".join(errors)
+
+
+def _kubernetes_address(master: str) -> tuple[str, int] | None:
+    """The API server's host and port in a ``k8s://`` master, as Spark reads it (https unless the URL says http),
+    or ``None`` where the URL has no host or a port that is not a number (Spark's to refuse)."""
+    from urllib.parse import urlsplit
+
+    rest = master[len("k8s://"):]
+    url = urlsplit(rest if rest.startswith(("http://", "https://")) else f"https://{rest}")
+    try:
+        port = url.port or (80 if url.scheme == "http" else 443)
+    except ValueError:
+        return None
+    return (url.hostname, port) if url.hostname else None
 
 
 def machine_cores() -> int:

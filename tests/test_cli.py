@@ -232,6 +232,7 @@ def _free_port():
     (["--images", "{tmp}/no-images"], "--images: '{tmp}/no-images' is not there; pass the folder that holds"),
     (["--images", "{tmp}", "--image-size", "32by32"], "--image-size must be HEIGHTxWIDTH in pixels, e.g. 224x224"),
     (["--master", "spark://127.0.0.1:{port}"], "--master: cannot reach the Spark master at 127.0.0.1:{port}"),
+    (["--master", "k8s://127.0.0.1:{port}"], "--master: cannot reach the Kubernetes API server at 127.0.0.1:{port}"),
     (["--class-weight", "0=1,cat=2"], "--class-weight takes CLASS_ID=WEIGHT pairs separated by commas, e.g. "
                                       "0=1,1=9; got 'cat=2'."),
     (["--class-weight", "0=-1"], "--class-weight: class_weight[0] must be a finite number >= 0, got -1.0."),
@@ -285,7 +286,8 @@ def _fails_before_spark_or_tensorflow(tmp, command, args, message):
     for flag, value in base.items():
         if flag not in given:
             given += [flag, value]
-    env = dict(os.environ, PYSPARK_PYTHON=sys.executable)
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("https_proxy", "http_proxy")}  # k8s:// is dialled
+    env["PYSPARK_PYTHON"] = sys.executable
     res = subprocess.run([sys.executable, "-c", CHECK_ONLY, command, *given], capture_output=True, text=True,
                          timeout=120, env=env)
     assert res.stdout.strip().splitlines()[-1] == "IMPORTED False False 2", res.stdout + res.stderr

@@ -504,11 +504,15 @@ def test_data_of_another_kind_is_refused_with_the_kinds_taken(spark):
             sm.fit(data, verbose=0)
 
 
-def test_a_standalone_master_no_one_listens_at_is_named_before_any_jvm_starts(spark):
+PROXIES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
+
+
+def test_a_standalone_or_kubernetes_master_no_one_listens_at_is_named_before_any_jvm_starts(spark, monkeypatch):
     """Spark's own client retries such a master for a minute and ends in a Java trace (63 s measured)."""
     import socket
 
     import sparkeras
+    from sparkeras.session import check_master_answers
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -519,3 +523,15 @@ def test_a_standalone_master_no_one_listens_at_is_named_before_any_jvm_starts(sp
                                  f"127.0.0.1:{port} (Connection refused). Is the master running (spark-class "
                                  "org.apache.spark.deploy.master.Master), and is the address right?")
     assert sparkeras.get_spark() is spark  # the suite's session is untouched
+
+    # A Kubernetes API server no one listens at: about 300 lines of Java traces, then Spark's error.
+    for name in PROXIES:
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(InputError) as failed:
+        sparkeras.get_spark(f"k8s://https://127.0.0.1:{port}")
+    assert str(failed.value) == (f"master='k8s://https://127.0.0.1:{port}': cannot reach the Kubernetes API server "
+                                 f"at 127.0.0.1:{port} (Connection refused). Is the address right "
+                                 "(k8s://https://host:port, as `kubectl cluster-info` prints it)?")
+    assert sparkeras.get_spark() is spark
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")  # Spark's client may reach the server through it
+    check_master_answers(f"k8s://https://127.0.0.1:{port}", "--master")
