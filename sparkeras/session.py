@@ -1062,13 +1062,13 @@ def check_master_answers(master: str, flag: str, wait: float = 5.0) -> None:
         return
     if not master.startswith("spark://"):
         return
-    error = _unreachable([address.rsplit(":", 1) for address in master[len("spark://"):].split(",")], wait)
+    error = _unreachable([tuple(address.rsplit(":", 1)) for address in master[len("spark://"):].split(",")], wait)
     if error:
         raise InputError(f"{flag}: cannot reach the Spark master at {error}. Is the master running "
                          "(spark-class org.apache.spark.deploy.master.Master), and is the address right?")
 
 
-def _unreachable(addresses: list, wait: float) -> str | None:
+def _unreachable(addresses: list[tuple[str, str | int]], wait: float) -> str | None:
     """``None`` once one of the ``(host, port)`` addresses takes a TCP connection, else why none did."""
     errors = []
     for host, port in addresses:
