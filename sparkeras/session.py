@@ -454,8 +454,8 @@ def start_python_workers(spark: Any) -> threading.Thread | None:
         if getattr(sc, "_sparkeras_start_workers", None) is not None:
             return None
         thread = threading.Thread(target=submit, name="sparkeras-start-workers", daemon=True)
-        sc._sparkeras_start_workers = thread
         thread.start()
+        sc._sparkeras_start_workers = thread  # published started: whoever finds it may join it
     return thread
 
 
