@@ -1041,6 +1041,10 @@ def check_master(master: str, flag: str = "--master", wait: float = 5.0) -> None
     check_master_answers(master, flag, wait)
 
 
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
+"""Where a proxy is set, Spark's Kubernetes client may reach an API server this process cannot dial."""
+
+
 def check_master_answers(master: str, flag: str, wait: float = 5.0) -> None:
     """For a ``spark://`` or ``k8s://`` master, an :class:`InputError` unless it takes a TCP connection.
 
@@ -1053,7 +1057,7 @@ def check_master_answers(master: str, flag: str, wait: float = 5.0) -> None:
     """
     if master.startswith("k8s://"):
         address = _kubernetes_address(master)
-        proxied = any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"))
+        proxied = any(os.environ.get(name) for name in PROXY_VARIABLES)
         if address is not None and not proxied:  # Spark's Kubernetes client may reach it through the proxy
             error = _unreachable([address], wait)
             if error:

@@ -270,6 +270,8 @@ def test_every_flag_of_every_command_says_what_it_does():
 
 
 def _fails_before_spark_or_tensorflow(tmp, command, args, message):
+    from sparkeras.session import PROXY_VARIABLES
+
     (tmp / "corrupt.keras").write_bytes(b"PK\x03\x04 not really a zip")
     (tmp / "exists.keras").write_bytes(b"precious")
     port = _free_port()
@@ -286,7 +288,7 @@ def _fails_before_spark_or_tensorflow(tmp, command, args, message):
     for flag, value in base.items():
         if flag not in given:
             given += [flag, value]
-    env = {k: v for k, v in os.environ.items() if k.lower() not in ("https_proxy", "http_proxy")}  # k8s:// is dialled
+    env = {k: v for k, v in os.environ.items() if k not in PROXY_VARIABLES}  # a k8s:// master is dialled
     env["PYSPARK_PYTHON"] = sys.executable
     res = subprocess.run([sys.executable, "-c", CHECK_ONLY, command, *given], capture_output=True, text=True,
                          timeout=120, env=env)

@@ -504,15 +504,12 @@ def test_data_of_another_kind_is_refused_with_the_kinds_taken(spark):
             sm.fit(data, verbose=0)
 
 
-PROXIES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
-
-
 def test_a_standalone_or_kubernetes_master_no_one_listens_at_is_named_before_any_jvm_starts(spark, monkeypatch):
     """Spark's own client retries such a master for a minute and ends in a Java trace (63 s measured)."""
     import socket
 
     import sparkeras
-    from sparkeras.session import check_master_answers
+    from sparkeras.session import PROXY_VARIABLES, check_master_answers
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -525,7 +522,7 @@ def test_a_standalone_or_kubernetes_master_no_one_listens_at_is_named_before_any
     assert sparkeras.get_spark() is spark  # the suite's session is untouched
 
     # A Kubernetes API server no one listens at: about 300 lines of Java traces, then Spark's error.
-    for name in PROXIES:
+    for name in PROXY_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(InputError) as failed:
         sparkeras.get_spark(f"k8s://https://127.0.0.1:{port}")
