@@ -38,10 +38,10 @@ def start_children(logs) -> dict[str, subprocess.Popen]:
         env = dict(os.environ, KERAS_BACKEND=backend, PYSPARK_PYTHON=sys.executable, **extra,
                    XDG_CACHE_HOME=str(logs / f"{backend}-cache"))  # JAX's compiled programs, kept by the workers
         env.pop("PYSPARK_SUBMIT_ARGS", None)
-        procs[backend] = subprocess.Popen(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", selection,
-             os.path.join(HERE, "backend_matrix.py")],
-            cwd=HERE, env=env, stdout=open(logs / f"{backend}.out", "w"), stderr=open(logs / f"{backend}.err", "w"))
+        with open(logs / f"{backend}.out", "w") as out, open(logs / f"{backend}.err", "w") as err:  # the child's
+            procs[backend] = subprocess.Popen(
+                [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", selection,
+                 os.path.join(HERE, "backend_matrix.py")], cwd=HERE, env=env, stdout=out, stderr=err)
         os.setpriority(os.PRIO_PROCESS, procs[backend].pid, NICENESS)  # not preexec_fn: unsafe beside threads
         procs[backend].logs = (logs / f"{backend}.out", logs / f"{backend}.err")  # files, not pipes: no stalls
     return procs
