@@ -2,7 +2,8 @@
 
 from sparkeras.barrier import WorkerContext, run
 from sparkeras.ensemble import Ensemble
-from sparkeras.errors import ClusterCapacityError, FitCancelled, InputError, SparkerasError, WorkerError
+from sparkeras.errors import (ClusterCapacityError, ExecutorEnvironmentError, FitCancelled, InputError, SparkerasError,
+                              WorkerError)
 from sparkeras.images import read_images, skipped_images
 from sparkeras.inference.udf import register_udf
 from sparkeras.model import SparkModel
@@ -23,7 +24,8 @@ _start_workers()  # a session the user started before importing sparkeras: its w
 _watch_contexts()  # and one started after it, as soon as it exists
 
 __all__ = ["ADAG", "AEASGD", "EAMSGD", "EASGD", "AllReduce", "Asynchronous", "ClusterCapacityError",
-           "DistributedOptimizer", "Downpour", "DynSGD", "Ensemble", "FitCancelled", "Hogwild", "InputError", "ModelAveraging", "SparkModel", "SparkerasError", "Strategy",
+           "DistributedOptimizer", "Downpour", "DynSGD", "Ensemble", "ExecutorEnvironmentError", "FitCancelled",
+           "Hogwild", "InputError", "ModelAveraging", "SparkModel", "SparkerasError", "Strategy",
            "WorkerError", "WorkerContext", "__version__", "best_model", "from_keras_tuner", "get_spark",
            "plot_history", "read_images", "register_udf", "run", "skipped_images", "tune"]
 

@@ -21,6 +21,14 @@ class WorkerError(SparkerasError, RuntimeError):
     """A Spark task failed; the message carries the worker's own traceback."""
 
 
+class ExecutorEnvironmentError(WorkerError):
+    """An executor's Python cannot import what every task needs (sparkeras itself).
+
+    It fails the same way on every attempt, so a fit stops at once instead
+    of relaunching its epoch.
+    """
+
+
 class ClusterCapacityError(SparkerasError, RuntimeError):
     """The cluster no longer has the task slots a synchronous fit needs; the message names what is missing."""
 
@@ -38,6 +46,15 @@ _INPUT_ERROR = re.compile(r"sparkeras\.errors\.InputError: (.*)")
 _CANCELLED = re.compile(r"SPARK_JOB_CANCELLED|cancelled (?:as )?part of cancell(?:ed|ation of)")
 _JVM_FRAMES = ("at org.apache", "at java.", "at scala.", "at jdk.", "at py4j.", "SQLSTATE:")
 _EXCEPTION_LINE = re.compile(r"^:?\s*([\w.$]+(?:Error|Exception)): (.+)$")
+# An executor whose Python lacks sparkeras: its daemon cannot start, or a task cannot unpickle sparkeras' functions.
+_NOT_ON_EXECUTOR = re.compile(r"No module named '(sparkeras(?:\.[\w.]+)?)'")
+_LOST_TASK = re.compile(r"Lost task [\d.]+ in stage [\d.]+ \(TID \d+\) \((\S+) executor (\S+)\)")
+_WORKER_PYTHON = re.compile(r"^\s*(\S+): Error while finding module specification", re.MULTILINE)
+
+
+def lacks_sparkeras(failure: BaseException) -> bool:
+    """Whether a failed Spark job says an executor's Python cannot import sparkeras."""
+    return _NOT_ON_EXECUTOR.search(str(failure)) is not None
 
 
 def worker_error(exc: BaseException, doing: str) -> Exception:
@@ -46,6 +63,9 @@ def worker_error(exc: BaseException, doing: str) -> Exception:
     found = _INPUT_ERROR.search(text)
     if found:
         return InputError(found.group(1).strip())
+    missing = _NOT_ON_EXECUTOR.search(text)
+    if missing:
+        return ExecutorEnvironmentError(_not_on_executor(text, missing.group(1), doing))
     if _CANCELLED.search(text):
         return FitCancelled(f"Spark cancelled the job while {doing} ({failure_reason(exc)}), so the fit stops "
                             "here instead of running it again. The model holds the state of the epochs "
@@ -58,6 +78,25 @@ def worker_error(exc: BaseException, doing: str) -> Exception:
     detail = text[start:] if start >= 0 else text
     lines = [ln for ln in detail.splitlines() if not ln.lstrip().startswith(_JVM_FRAMES)]
     return WorkerError(f"A Spark task failed while {doing}. The worker's traceback:\n" + "\n".join(lines).rstrip())
+
+
+def _not_on_executor(text: str, module: str, doing: str) -> str:
+    """What to do when an executor's Python cannot import sparkeras: where, and the two ways to get it there."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    lost, python = _LOST_TASK.search(text), _WORKER_PYTHON.search(text)
+    where = [f"executor {lost.group(2)} on {lost.group(1)}"] if lost else []
+    where += [f"Python {python.group(1)}"] if python else []
+    try:
+        ours = f" (the driver has {version('sparkeras')})"
+    except PackageNotFoundError:
+        ours = ""
+    return (f"The executors' Python cannot import {module}{' (' + ', '.join(where) + ')' if where else ''}: "
+            f"the tasks failed while {doing}. Install sparkeras on every machine that runs executors{ours}, or ship "
+            "it with the job: spark-submit --py-files sparkeras.zip (then the driver imports it from that file "
+            "too, and sparkeras leaves Spark's Python daemon as it is), or a packed environment (--archives "
+            "env.tar.gz#env --conf spark.pyspark.python=./env/bin/python). A file added with addPyFile once "
+            "the session runs comes too late for Python workers that fork from sparkeras.worker.daemon.")
 
 
 def failure_reason(exc: BaseException) -> str:

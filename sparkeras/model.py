@@ -28,8 +28,9 @@ from sparkeras.metric_values import from_json
 from sparkeras.progress import ProgressBar, ProgressServer
 from sparkeras.serialization import (ModelSpec, check_rebuilds, clone_live, copy_vocabularies, model_state,
                                      pack_arrays, refresh_derived_state, set_model_state, start_rebuild_check)
-from sparkeras.session import (check_classic_session, driver_host, get_spark, is_spark_connect, jobs_run_locally,
-                               keras_backend, running_own_jobs, start_workers_of_active_session)
+from sparkeras.session import (check_classic_session, check_executors_import_sparkeras, driver_host, get_spark,
+                               is_spark_connect, jobs_run_locally, keras_backend, running_own_jobs,
+                               start_workers_of_active_session)
 from sparkeras.storage.model_file import check_model_archive, load_keras
 from sparkeras.storage.outputs import (check_output, check_remote_output, hadoop_copy, is_remote,
                                        read_model_info, save_model_atomically)
@@ -538,6 +539,7 @@ class SparkModel:
             return predictions
         spark = self.spark
         self._workers(spark)  # a cluster session no executor joins: an error now, not a lazy frame's hang
+        check_executors_import_sparkeras(spark)  # and executors that lack sparkeras, as a fit checks
         dataset = self._dataset(spark, data, None, x, features_col, None)
         columns = resolve_columns(self._model, dataset.schema, dataset.features_col, None)
         return self._predict_frame(dataset.spark_frame(spark), columns, batch_size, prediction_col)

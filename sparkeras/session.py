@@ -54,7 +54,8 @@ def get_spark(master: str | None = None, app_name: str = "sparkeras", *,
     and quiet logs. Python workers run
     the driver's interpreter and see the driver's ``KERAS_BACKEND``, and
     they are forked from a daemon that has imported TensorFlow and Keras
-    once (:mod:`sparkeras.worker.daemon`). A ``spark://`` master that takes
+    once (:mod:`sparkeras.worker.daemon`), unless sparkeras was shipped
+    with the job (:func:`shipped_with_the_job`). A ``spark://`` master that takes
     no connection is an :class:`InputError` before any JVM starts
     (:func:`check_master_answers`).
 
@@ -279,6 +280,25 @@ def running_session() -> Any:
     return default if context is not None and getattr(context, "_jsc", None) is not None else None
 
 
+def shipped_with_the_job() -> bool:
+    """Whether this process imported sparkeras from a zip or egg (``--py-files``, ``addPyFile``), not an install.
+
+    Why. Spark puts the files of ``--py-files`` on a task's path when the
+    task runs, in a Python worker already forked; the workers' daemon
+    (``spark.python.daemon.module``) is imported before any task, by the
+    interpreter alone, so :mod:`sparkeras.worker.daemon` cannot come from
+    those files (checked on ``local-cluster``: every task failed with
+    Spark's "Error while finding module specification for
+    'sparkeras.worker.daemon'"). ``spark-submit`` puts the same files first
+    on the driver's path, so a driver that imports sparkeras from one is
+    the sign that the executors get it that way too. Sessions then keep
+    pyspark's own daemon, and each worker imports the backend itself.
+    """
+    import sparkeras
+
+    return not os.path.isfile(getattr(sparkeras, "__file__", None) or "")
+
+
 def _prestart_daemon(options: dict[str, str]) -> None:
     """Start the local session's Python daemon as its JVM starts (:mod:`sparkeras.worker.prestart` says why).
 
@@ -319,6 +339,8 @@ def embedded_options(master: str, app_name: str) -> dict[str, str]:
     asked for Spark's own output or set them through Spark's own means.
     """
     options = {"spark.master": master, "spark.app.name": app_name, **_LOCAL_CONF}
+    if shipped_with_the_job():
+        del options[DAEMON_KEY]
     backend = os.environ.get("KERAS_BACKEND")
     if backend:
         options["spark.executorEnv.KERAS_BACKEND"] = backend
@@ -426,7 +448,9 @@ def start_python_workers(spark: Any) -> threading.Thread | None:
     table and then fitted took 18.6-19.0 s instead of 16.4-16.8 s.
     Returns the thread that runs the jobs (``None`` when it was started
     before; the context keeps it as ``_sparkeras_start_workers``). A failure
-    costs nothing but the time it would have saved.
+    costs nothing but the time it would have saved, except one that says
+    the executors' Python lacks sparkeras: the next fit or evaluation
+    raises it at once (:func:`check_executors_import_sparkeras`).
     """
     sc = spark.sparkContext
     if getattr(sc, "_sparkeras_start_workers", None) is not None:
@@ -447,8 +471,8 @@ def start_python_workers(spark: Any) -> threading.Thread | None:
                     wave(tasks)
             else:
                 _start_on_every_executor(sc, wave)
-        except Exception:  # noqa: BLE001 - the first Python task starts the workers instead
-            pass
+        except Exception as exc:  # noqa: BLE001 - the first Python task starts the workers instead
+            sc._sparkeras_start_failure = exc  # read by check_executors_import_sparkeras
 
     with _START_LOCK:  # get_spark and a new context's watcher (start_workers_when_a_context_starts) may both call
         if getattr(sc, "_sparkeras_start_workers", None) is not None:
@@ -718,8 +742,31 @@ def running_own_jobs(spark: Any) -> Iterator[None]:
     (:func:`adopt_preloaded_workers`).
     """
     adopt_preloaded_workers(spark)
+    check_executors_import_sparkeras(spark)
     with _CONSOLE_PAUSED.held(spark), _DELAY_SCHEDULING_OFF.held(spark):
         yield
+
+
+def check_executors_import_sparkeras(spark: Any) -> None:
+    """Raise :class:`~sparkeras.errors.ExecutorEnvironmentError` if the session's start-up job found executors
+    whose Python cannot import sparkeras.
+
+    Why. Otherwise the fit runs its first job, and that job's error is
+    Spark's for the first task it lost: where two tasks of one executor
+    start the Python daemon together, that was at times a
+    ``NullPointerException`` from Spark's worker factory, not the missing
+    module (2 of 4 failed jobs on ``local[2]``). The start-up job
+    (:func:`start_python_workers`) runs one task first, so its failure
+    names the module, and the fit stops before any job of its own.
+    """
+    from sparkeras.errors import lacks_sparkeras, worker_error
+
+    try:
+        failure = getattr(spark.sparkContext, "_sparkeras_start_failure", None)
+    except Exception:  # noqa: BLE001 - Spark Connect has no SparkContext, and no start-up job of ours
+        return
+    if failure is not None and lacks_sparkeras(failure):
+        raise worker_error(failure, "starting the executors' Python workers") from None
 
 
 def adopt_preloaded_workers(spark: Any) -> bool:
@@ -760,7 +807,8 @@ def adopt_preloaded_workers(spark: Any) -> bool:
     The daemon only where it is safe: a local master (a cluster's executors
     read their settings when they start), no daemon of the user's own and
     the daemon in use (``spark.python.use.daemon``), and workers that run
-    this interpreter, which has sparkeras. One pool in every session: on a
+    this interpreter, which has sparkeras installed (not shipped with the
+    job: :func:`shipped_with_the_job`). One pool in every session: on a
     standalone cluster of two hosts, a session of the user's own with
     pyspark's daemon, the first prediction after a fit took 10.4 s (a second
     daemon on each executor, and TensorFlow imported in each of its
@@ -781,7 +829,7 @@ def adopt_preloaded_workers(spark: Any) -> bool:
             sc.environment.setdefault(SIMPLIFIED_TRACEBACK_ENV, "1")  # one pool, on a cluster too
         if current == ours:
             return True
-        if current not in (None, "pyspark.daemon") or not is_local(sc.master) \
+        if current not in (None, "pyspark.daemon") or not is_local(sc.master) or shipped_with_the_job() \
                 or conf.get("spark.python.use.daemon", "true").strip().lower() == "false" \
                 or not _runs_this_interpreter(sc.pythonExec):
             return False

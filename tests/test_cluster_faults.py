@@ -266,3 +266,47 @@ def test_a_spark_submit_script_on_two_hosts_waits_for_slots_starts_workers_and_a
     assert hierarchical["transport"] == "shared memory", hierarchical  # rank 0 shares its host with rank 1
     assert ring["transport"] == "tcp", ring  # shared_memory=False: all four tasks in the ring
 
+
+
+SHIPPED = """
+import json, sys
+sys.path.insert(0, {tests!r})
+from conftest import blobs, mlp
+import pandas as pd
+import sparkeras
+spark = sparkeras.get_spark()  # spark-submit's master, and sparkeras from its --py-files zip
+x, y = blobs(2000, seed=3)
+frame = spark.createDataFrame(pd.DataFrame({{"features": list(x), "label": y}}))
+sm = sparkeras.SparkModel(mlp(seed=3), num_workers=2)
+history = sm.fit(frame, epochs=3, verbose=0)
+scored = sm.predict(frame.limit(40)).collect()
+workers = spark.sparkContext.parallelize(range(4), 4).map(lambda _: __import__("sparkeras").__file__).collect()
+print("RESULT", json.dumps({{"driver": sparkeras.__file__, "workers": sorted(set(workers)),
+                            "daemon": spark.sparkContext.getConf().get("spark.python.daemon.module", None),
+                            "accuracy": history.history["accuracy"][-1], "scored": len(scored)}}), flush=True)
+"""
+
+
+def test_sparkeras_shipped_with_py_files_trains_on_executors_that_never_installed_it(cluster, tmp_path):
+    """``spark-submit --py-files sparkeras.zip`` to executors whose Python has no sparkeras installed (the README
+    offers it). Every task failed: the session's Python daemon, ``sparkeras.worker.daemon``, is imported before Spark
+    puts the zip on a task's path. A driver that imports sparkeras from the zip now keeps pyspark's daemon, so the
+    fit, its prediction and the user's own functions run with sparkeras from the zip on both hosts."""
+    import pyspark
+
+    from shipped import python_without_sparkeras, sparkeras_zip
+
+    python = python_without_sparkeras(str(tmp_path))
+    script = tmp_path / "shipped.py"
+    script.write_text(SHIPPED.format(tests=os.path.dirname(os.path.abspath(__file__))))
+    submit = os.path.join(os.path.dirname(pyspark.__file__), "bin", "spark-submit")
+    env = dict(cluster.driver_env(), PYSPARK_PYTHON=python, PYSPARK_DRIVER_PYTHON=python)
+    out = subprocess.run([submit, "--master", cluster.url, "--py-files", sparkeras_zip(str(tmp_path)), str(script)],
+                         capture_output=True, text=True, timeout=240, env=env)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert lines, out.stderr[-4000:]
+    result = json.loads(lines[0][len("RESULT "):])
+    assert result["driver"].endswith("sparkeras.zip/sparkeras/__init__.py"), result
+    assert result["workers"] and all(path.endswith(".zip/sparkeras/__init__.py") for path in result["workers"]), result
+    assert result["daemon"] is None, result  # pyspark's own
+    assert result["accuracy"] > 0.8 and result["scored"] == 40, result

@@ -532,3 +532,81 @@ def test_a_standalone_or_kubernetes_master_no_one_listens_at_is_named_before_any
     assert sparkeras.get_spark() is spark
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")  # Spark's client may reach the server through it
     check_master_answers(f"k8s://https://127.0.0.1:{port}", "--master")
+
+
+def test_executors_whose_python_lacks_sparkeras_are_named_with_the_ways_to_ship_it(spark, tmp_path, caplog):
+    """The session's Python workers run an interpreter without sparkeras (``sc.pythonExec`` is what
+    ``spark.pyspark.python`` sets): Spark's error was a Java trace about ``sparkeras.worker.daemon``'s port. Both
+    the packing job and a training epoch say what is missing and how to get it there, and the epoch is not
+    relaunched, since every attempt fails the same way."""
+    import logging
+
+    import pandas as pd
+
+    from shipped import python_without_sparkeras
+    from sparkeras import ExecutorEnvironmentError
+
+    sc = spark.sparkContext
+    x, y = blobs(64)
+    frame = spark.createDataFrame(pd.DataFrame({"features": list(x), "label": y})).coalesce(1)
+    sc._sparkeras_start_workers.join(60)  # the session's start-up job ran with the usual interpreter
+    usual, sc.pythonExec = sc.pythonExec, python_without_sparkeras(str(tmp_path))
+    try:
+        for data, doing in [((frame,), "reading the training data"), ((x, y), "training epoch 1")]:
+            caplog.clear()
+            with caplog.at_level(logging.WARNING, logger="sparkeras"), \
+                    pytest.raises(ExecutorEnvironmentError) as failed:
+                SparkModel(mlp(), num_workers=1).fit(*data, epochs=1, verbose=0)
+            message = str(failed.value)
+            assert re.match(r"The executors' Python cannot import sparkeras \(executor driver on \S+, Python \S+\): "
+                            f"the tasks failed while {doing}\\. Install sparkeras on every machine that runs "
+                            r"executors \(the driver has \S+\), or ship it with the job: spark-submit --py-files "
+                            "sparkeras.zip", message), message
+            assert "--archives env.tar.gz#env --conf spark.pyspark.python=./env/bin/python" in message
+            assert "Traceback" not in message and "at org.apache" not in message, message
+            assert not [r for r in caplog.records if "runs again" in r.getMessage()]
+    finally:
+        sc.pythonExec = usual
+    assert SparkModel(mlp(), num_workers=1).fit(x, y, epochs=1, verbose=0).history["loss"]  # the usual workers
+
+
+LACKING_SESSION = """
+import json, os, sys, time
+sys.path.insert(0, {tests!r})
+os.environ["PYSPARK_PYTHON"] = {python!r}
+from conftest import blobs, mlp
+import sparkeras
+spark = sparkeras.get_spark("local[2]")
+spark.sparkContext._sparkeras_start_workers.join(60)  # the session's start-up job, on one task first
+x, y = blobs(64)
+started = time.monotonic()
+try:
+    sparkeras.SparkModel(mlp(), num_workers=2).fit(x, y, epochs=1, verbose=0)
+except Exception as exc:
+    print("RESULT", json.dumps([type(exc).__name__, str(exc), spark.sparkContext.statusTracker().getJobIdsForGroup()]))
+"""
+
+
+@pytest.mark.own_processes
+def test_a_session_whose_executors_lack_sparkeras_stops_the_first_fit_before_its_jobs(tmp_path):
+    """A session started with a ``PYSPARK_PYTHON`` that lacks sparkeras: its start-up job's one task found it, so
+    the first fit raises that before it runs a job of its own (two jobs before, whose two tasks could fail with a
+    ``NullPointerException`` from Spark's worker factory, both starting the daemon at once)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from shipped import python_without_sparkeras
+
+    script = LACKING_SESSION.format(tests=os.path.dirname(os.path.abspath(__file__)),
+                                    python=python_without_sparkeras(str(tmp_path)))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert lines, out.stderr[-4000:]
+    name, message, jobs = json.loads(lines[0][len("RESULT "):])
+    assert name == "ExecutorEnvironmentError", message
+    assert message.startswith("The executors' Python cannot import sparkeras (executor driver on ") and \
+        "the tasks failed while starting the executors' Python workers. Install sparkeras on every machine" \
+        in message, message
+    assert jobs == [], jobs  # the fit ran none: only the start-up job's, in its own group

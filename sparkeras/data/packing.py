@@ -300,10 +300,13 @@ def _prepare_spark(dataset: Dataset, columns: ColumnMap, num_partitions: int, wh
     """
     from pyspark import StorageLevel
 
-    if dataset.pairs is not None:
-        packed = _packed_pairs(dataset.pairs, columns, num_partitions, repartition)
-    else:
-        packed = _packed_frame(dataset.frame, columns, num_partitions, repartition)
+    try:  # planning the packing may run Spark jobs already (a DataFrame made from a Python list, say)
+        if dataset.pairs is not None:
+            packed = _packed_pairs(dataset.pairs, columns, num_partitions, repartition)
+        else:
+            packed = _packed_frame(dataset.frame, columns, num_partitions, repartition)
+    except Exception as exc:  # noqa: BLE001 - translated, never swallowed
+        raise worker_error(exc, f"reading the {what}") from None
     files = packed.files
     blocks = packed.rdd.persist(StorageLevel.MEMORY_AND_DISK)
     prepared = PreparedData(blocks, columns, DatasetStats([], None), files)

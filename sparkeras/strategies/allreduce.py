@@ -31,7 +31,8 @@ import numpy as np
 from sparkeras.barrier import DEFAULT_TIMEOUT, CollectiveSettings, check_barrier
 from sparkeras.comm.collective import Rendezvous
 from sparkeras.comm.server import FrameServer
-from sparkeras.errors import ClusterCapacityError, FitCancelled, InputError, failure_reason, worker_error
+from sparkeras.errors import (ClusterCapacityError, ExecutorEnvironmentError, FitCancelled, InputError,
+                              failure_reason, worker_error)
 from sparkeras.log import logger
 from sparkeras.serialization import pack_arrays, unpack_arrays
 from sparkeras.session import driver_host
@@ -200,7 +201,7 @@ class AllReduce(Strategy):
                     if error is None:
                         break
                     failure = worker_error(error, f"training epoch {coordinator.next_epoch + 1}")
-                    if isinstance(failure, (InputError, FitCancelled)) or attempt > self.max_restarts:
+                    if isinstance(failure, (InputError, FitCancelled, ExecutorEnvironmentError)) or attempt > self.max_restarts:
                         raise failure
                     wait_for_slots(job, self.name, workers, self.slot_timeout, coordinator.next_epoch)
                     attempt += 1

@@ -31,7 +31,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar
 
-from sparkeras.errors import ClusterCapacityError, FitCancelled, InputError, failure_reason
+from sparkeras.errors import ClusterCapacityError, ExecutorEnvironmentError, FitCancelled, InputError, failure_reason
 
 if TYPE_CHECKING:
     from sparkeras.training import TrainingJob
@@ -172,7 +172,7 @@ class EpochAttempts:
         while True:
             try:
                 return self._once(current, launch, abandoned, serve)
-            except (InputError, ClusterCapacityError, FitCancelled):
+            except (InputError, ClusterCapacityError, FitCancelled, ExecutorEnvironmentError):
                 raise
             except Exception as failure:  # noqa: BLE001 - relaunched or raised below
                 if self.job.attempt > self.max_restarts:
