@@ -254,6 +254,11 @@ def _free_port():
      "--validation and --validation-split both say what to score every epoch on; give one."),
     (["--validation-split", "1"], "--validation-split must be between 0 and 1 (the share of the data held out), "
                                   "got 1.0."),
+    (["--custom-objects", "{tmp}/layers_gone.py"], "--custom-objects {tmp}/layers_gone.py: no such file."),
+    (["--custom-objects", "no_such_layers"], "--custom-objects no_such_layers: no such module. Pass a Python file "
+                                             "(layers.py) or the name of a module installed on the driver and the "
+                                             "executors."),
+    (["--custom-objects", "{tmp}/json.py"], "--custom-objects {tmp}/json.py: the module name 'json' is taken by "),
 ])
 def test_argument_mistakes_fail_before_spark_or_tensorflow_start(files, args, message):
     _fails_before_spark_or_tensorflow(files[0], "train", args, message)
@@ -274,6 +279,7 @@ def _fails_before_spark_or_tensorflow(tmp, command, args, message):
 
     (tmp / "corrupt.keras").write_bytes(b"PK\x03\x04 not really a zip")
     (tmp / "exists.keras").write_bytes(b"precious")
+    (tmp / "json.py").write_text("")  # a file named as a module of Python's own
     port = _free_port()
     base = {"--model": str(tmp / "untrained.keras"), "--data": str(tmp / "train.parquet"),
             "--output": str(tmp / "new.keras"), "--features": "pixels", "--label": "digit"}
@@ -695,3 +701,72 @@ def test_library_argument_names_in_errors_read_as_the_flags_typed():
         "strategy='easgd' trains in synchronous rounds, so its --workers 4 tasks must run at the same time. "
         "Pass --features with one of them, or lower --batch-size 512 (--epochs 3; --workers must be positive).")
     assert _one_line(ValueError("num_workers=4")) == "num_workers=4"  # only sparkeras' own input errors
+
+
+CUSTOM_CODE = """
+import keras
+
+
+def squared_gap(y_true, y_pred):
+    return keras.ops.mean(keras.ops.square(keras.ops.one_hot(keras.ops.cast(y_true, "int32"), 4) - y_pred), axis=-1)
+
+
+class Halve(keras.layers.Layer):  # not registered with Keras: found through --custom-objects alone
+    def call(self, x):
+        return x * 0.5
+"""
+
+
+def test_custom_layers_and_losses_come_from_a_python_file_on_the_driver_and_the_workers(files, spark, tmp_path,
+                                                                                       capsys):
+    """A model with a layer and a loss of the user's own, defined in a file: without ``--custom-objects`` the command
+    names them and the flag in one line (Keras' own message ran to some 5,000 characters); with it, ``train``,
+    ``evaluate`` and ``predict`` load the model, and the suite's Python workers, which never saw the file, import it
+    as shipped."""
+    import importlib.util
+
+    import keras
+
+    from sparkeras.cli.main import main
+
+    tmp, x, y, _ = files
+    code = tmp_path / "cli_custom_code.py"
+    code.write_text(CUSTOM_CODE)
+    spec = importlib.util.spec_from_file_location("cli_custom_code", code)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)), module.Halve(), keras.layers.Dense(32, activation="relu"),
+                              keras.layers.Dense(4, activation="softmax")])
+    model.compile("adam", module.squared_gap, metrics=["accuracy"])
+    model.save(str(tmp_path / "custom.keras"))
+    common = ["--data", str(tmp / "train.parquet"), "--features", "pixels", "--label", "digit"]
+    train = ["train", "--model", str(tmp_path / "custom.keras"), *common, "--epochs", "3", "--workers", "2",
+             "--output", str(tmp_path / "trained.keras"), "--quiet"]
+    assert main(train) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"sparkeras train: error: --model {tmp_path / 'custom.keras'} uses the class 'Halve' of module "
+        "'cli_custom_code', which is not part of Keras. Pass the Python file that defines it: --custom-objects "
+        "cli_custom_code.py.")
+    flag = ["--custom-objects", str(code)]
+    assert main(train + flag) == 0, capsys.readouterr().err[-3000:]
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(tmp_path / "trained.keras"), *common, *flag]) == 0
+    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    trained = keras.saving.load_model(str(tmp_path / "trained.keras"),
+                                      custom_objects={"Halve": module.Halve, "squared_gap": module.squared_gap})
+    want = trained.evaluate(x, y, verbose=0, return_dict=True)
+    assert got["accuracy"] == pytest.approx(want["accuracy"], abs=1e-5) and want["accuracy"] > 0.85, (got, want)
+    assert got["loss"] == pytest.approx(want["loss"], abs=1e-4)
+    assert main(["predict", "--model", str(tmp_path / "trained.keras"), "--data", str(tmp / "train.parquet"),
+                 "--features", "pixels", "--output", str(tmp_path / "scores"), *flag]) == 0, capsys.readouterr().err
+    scores = spark.read.parquet(str(tmp_path / "scores")).select("pixels", "prediction_class").limit(200).collect()
+    expected = trained.predict(np.array([r["pixels"] for r in scores]), verbose=0).argmax(1)
+    assert [r["prediction_class"] for r in scores] == expected.tolist()
+    # tune's trials rebuild the model from its config, the custom layer and loss included
+    assert main(["tune", "--model", str(tmp_path / "custom.keras"), *common, "--param", "learning_rate=1e-3:1e-2:log",
+                 "--trials", "2", "--epochs", "1", "--output", str(tmp_path / "tuned.keras"), "--quiet",
+                 *flag]) == 0, capsys.readouterr().err[-3000:]
+    assert "best: trial " in capsys.readouterr().out
+    assert isinstance(keras.saving.load_model(str(tmp_path / "tuned.keras"), custom_objects={
+        "Halve": module.Halve, "squared_gap": module.squared_gap}).layers[0], module.Halve)

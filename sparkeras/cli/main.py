@@ -24,6 +24,7 @@ from sparkeras.cli.flags import (
     check_validation_flags, check_weight_flags, class_weights, given_columns, image_size, read_image_folder,
     report_skipped, report_tracking, skipped_files, start_session, strategy_options, tracking_callbacks, training_data,
     SCORING_BATCH_HELP, TRAINING_BATCH_HELP, WORKERS_HELP)
+from sparkeras.cli.custom_objects import add_custom_objects_flag, check_custom_objects, load_model
 from sparkeras.cli.streaming import add_stream_flags, check_stream_flags, run_stream
 from sparkeras.data.columns import quoted
 from sparkeras.metric_values import rounded
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Train a compiled .keras model on Parquet data, or on a folder of image "
                                        "files in one folder per class, and save the result.")
     train.add_argument("--model", required=True, help="compiled model, .keras file")
+    add_custom_objects_flag(train)
     add_data_flags(train, "training data: Parquet (or CSV, JSON, ORC, Delta) path, any Hadoop URI",
                    "folder of image files, one folder per class (cats/001.jpg); the class names are saved with "
                    "the model")
@@ -99,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Evaluate a .keras model's compiled loss and metrics over Parquet data "
                                           "or a folder of class folders, and print them as one JSON object.")
     evaluate.add_argument("--model", required=True, help="compiled model, .keras file")
+    add_custom_objects_flag(evaluate)
     add_data_flags(evaluate, "labelled data: Parquet (or CSV, JSON, ORC, Delta) path, any Hadoop URI",
                    "folder of image files in class folders, numbered by the classes saved with the model")
     evaluate.add_argument("--features", default=None,
@@ -117,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "classifier, the class index (prediction_class) and, where the "
                                          "model saved its class names, the name (prediction_name).")
     predict.add_argument("--model", required=True, help=".keras file")
+    add_custom_objects_flag(predict)
     add_data_flags(predict, "Parquet (or CSV, JSON, ORC, Delta) path, any Hadoop URI",
                    "folder of image files; the output has their path, the prediction and, for a model trained on "
                    "class folders or class names, the class name")
@@ -227,6 +231,7 @@ def check_arguments(args: argparse.Namespace) -> None:
 
     if not is_remote(args.model):
         check_model_archive(args.model, "--model")
+    check_custom_objects(args.custom_objects)
     validation = getattr(args, "validation", None)
     inputs = [args.model, args.data or args.images] + ([validation] if validation else [])
     if args.command == "evaluate":
@@ -281,13 +286,12 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from sparkeras import SparkModel
     from sparkeras.storage.outputs import check_remote_output
 
     spark = start_session(args)
     check_remote_output(spark, args.output, overwrite=args.overwrite, flag="--output")
-    sm = SparkModel.load(args.model, strategy=args.strategy, num_workers=args.workers, seed=args.seed,
-                         **strategy_options(args))
+    sm = load_model(spark, args, strategy=args.strategy, num_workers=args.workers, seed=args.seed,
+                    **strategy_options(args))
     data, validation, features, label = training_data(spark, args, sm)
     callbacks = tracking_callbacks(args, f"sparkeras train {os.path.basename(args.model)}")
     history = sm.fit(data, epochs=args.epochs, batch_size=args.batch_size,
@@ -312,10 +316,9 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     """Print the model's compiled loss and metrics on the data as one JSON object; image folders are numbered
     by the classes saved with the model."""
-    from sparkeras import SparkModel
 
     spark = start_session(args)
-    sm = SparkModel.load(args.model, num_workers=args.workers)
+    sm = load_model(spark, args, num_workers=args.workers)
     if args.images:
         data = read_image_folder(spark, args, sm.model, "folder", classes=sm.classes)
         metrics = sm.evaluate(data, features_col="image", label_col="label", batch_size=args.batch_size)
@@ -345,14 +348,13 @@ def _labelled_by_classes(spark: Any, args: argparse.Namespace, sm: Any, label: A
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from sparkeras import SparkModel
     from sparkeras.errors import worker_error
     from sparkeras.storage.outputs import check_remote_output, write_table_atomically
 
     spark = start_session(args)
     if not args.stream:
         check_remote_output(spark, args.output, overwrite=args.overwrite, flag="--output")
-    sm = SparkModel.load(args.model)
+    sm = load_model(spark, args)
     images = read_image_folder(spark, args, sm.model, None, stream=args.stream) if args.images else None
     if images is not None:
         out = sm.predict(images, features_col="image", batch_size=args.batch_size,

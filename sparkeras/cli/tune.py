@@ -36,6 +36,7 @@ import math
 import os
 from typing import Any
 
+from sparkeras.cli.custom_objects import add_custom_objects_flag
 from sparkeras.cli.flags import (TRAINING_BATCH_HELP, add_common_flags, add_data_flags, add_validation_flags,
                                  check_validation_flags, json_or_text)
 from sparkeras.errors import InputError
@@ -55,6 +56,7 @@ def add_tune_parser(sub: Any) -> None:
                     "Each --param names an optimizer argument (learning_rate), 'optimizer' itself, "
                     "LAYER.ARGUMENT (dropout.rate, dense.units), or batch_size.")
     tune.add_argument("--model", required=True, help="compiled model, .keras file: the starting point of every trial")
+    add_custom_objects_flag(tune)
     add_data_flags(tune, "training data: Parquet (or CSV, JSON, ORC, Delta) path, any Hadoop URI",
                    "folder of image files, one folder per class (cats/001.jpg)")
     tune.add_argument("--param", action="append", default=[], metavar="NAME=RANGE", required=True,
@@ -190,8 +192,8 @@ class SavedModelSpace:
     failing every trial.
     """
 
-    def __init__(self, model: Any, names: list[str]) -> None:
-        self.model = model
+    def __init__(self, model: Any, names: list[str], custom_objects: dict[str, Any] | None = None) -> None:
+        self.model, self.custom_objects = model, custom_objects
         self.layers: dict[str, dict[str, str]] = {}  # layer name -> {search name: argument}
         self.optimizer: dict[str, str] = {}  # search name -> optimizer argument
         for name in names:
@@ -239,6 +241,12 @@ class SavedModelSpace:
         """The trial's compiled model for ``params`` (search name -> drawn value)."""
         import keras
 
+        with keras.saving.custom_object_scope(self.custom_objects or {}):  # --custom-objects' own layers and losses
+            return self._build(params)
+
+    def _build(self, params: dict[str, Any]) -> Any:
+        import keras
+
         changes = {layer: {arg: params[name] for name, arg in args.items()} for layer, args in self.layers.items()}
 
         def remade(layer: Any) -> Any:
@@ -261,7 +269,7 @@ class SavedModelSpace:
 def run_tune(args: argparse.Namespace) -> int:
     """Search, train the best configuration, save it, and print what was found and what was saved."""
     import sparkeras
-    from sparkeras import SparkModel
+    from sparkeras.cli.custom_objects import load_model
     from sparkeras.cli.flags import (
         class_weights, report_skipped, report_tracking, start_session, strategy_options, tracking_callbacks,
         training_data)
@@ -271,9 +279,9 @@ def run_tune(args: argparse.Namespace) -> int:
 
     spark = start_session(args)
     check_remote_output(spark, args.output, overwrite=args.overwrite, flag="--output")
-    loaded = SparkModel.load(args.model)
+    loaded = load_model(spark, args)
     space = parse_ranges(args.param)
-    models = SavedModelSpace(loaded.model, list(space))
+    models = SavedModelSpace(loaded.model, list(space), loaded.custom_objects)
     models.check_optimizers(space)
     data, validation, features, label = training_data(spark, args, loaded)
     split = 0.0 if validation else (0.2 if args.validation_split is None else args.validation_split)
@@ -297,7 +305,7 @@ def run_tune(args: argparse.Namespace) -> int:
         max_concurrent=args.max_concurrent, storage=args.storage,
         study_name=args.study_name or (f"sparkeras-tune-{name.removesuffix('.keras')}" if args.storage else None),
         load_if_exists=args.storage is not None, strategy=strategy, seed=args.seed,
-        verbose=0 if args.quiet else 1, tracking=tracking, **common)
+        verbose=0 if args.quiet else 1, tracking=tracking, custom_objects=loaded.custom_objects, **common)
     try:
         best = study.best_trial
     except ValueError:
@@ -316,7 +324,7 @@ def run_tune(args: argparse.Namespace) -> int:
     best_model = sparkeras.best_model(
         study, models.build, data, search_space=space, strategy=strategy,
         num_workers=args.workers or args.workers_per_trial, epochs=args.epochs, verbose=0 if args.quiet else 1,
-        callbacks=callbacks, **common)
+        callbacks=callbacks, custom_objects=loaded.custom_objects, **common)
     best_model.classes = best_model.classes or loaded.classes
     best_model.save(args.output, overwrite=args.overwrite)
     final = {k: rounded(v[-1], 6) for k, v in best_model.model.history.history.items()}
