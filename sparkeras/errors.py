@@ -48,6 +48,7 @@ _JVM_FRAMES = ("at org.apache", "at java.", "at scala.", "at jdk.", "at py4j.", 
 _EXCEPTION_LINE = re.compile(r"^:?\s*([\w.$]+(?:Error|Exception)): (.+)$")
 # An executor whose Python lacks sparkeras: its daemon cannot start, or a task cannot unpickle sparkeras' functions.
 _NOT_ON_EXECUTOR = re.compile(r"No module named '(sparkeras(?:\.[\w.]+)?)'")
+_MISSING_MODULE = re.compile(r"ModuleNotFoundError: No module named '([\w.]+)'")
 _LOST_TASK = re.compile(r"Lost task [\d.]+ in stage [\d.]+ \(TID \d+\) \((\S+) executor (\S+)\)")
 _WORKER_PYTHON = re.compile(r"^\s*(\S+): Error while finding module specification", re.MULTILINE)
 
@@ -66,6 +67,13 @@ def worker_error(exc: BaseException, doing: str) -> Exception:
     missing = _NOT_ON_EXECUTOR.search(text)
     if missing:
         return ExecutorEnvironmentError(_not_on_executor(text, missing.group(1), doing))
+    module = _MISSING_MODULE.fullmatch(failure_reason(exc)) if "Traceback" in text else None
+    if module:  # the task's own error, not one it handled on the way
+        return ExecutorEnvironmentError(
+            f"The executors' Python cannot import module {module.group(1)!r}{_where(text)}: the tasks failed while "
+            f"{doing}. The model's own classes or functions, or yours, come from it: ship it with the job "
+            "(spark-submit --py-files, or spark.sparkContext.addPyFile(path) before the fit), or install it on "
+            "every machine that runs executors.")
     if _CANCELLED.search(text):
         return FitCancelled(f"Spark cancelled the job while {doing} ({failure_reason(exc)}), so the fit stops "
                             "here instead of running it again. The model holds the state of the epochs "
@@ -84,19 +92,24 @@ def _not_on_executor(text: str, module: str, doing: str) -> str:
     """What to do when an executor's Python cannot import sparkeras: where, and the two ways to get it there."""
     from importlib.metadata import PackageNotFoundError, version
 
-    lost, python = _LOST_TASK.search(text), _WORKER_PYTHON.search(text)
-    where = [f"executor {lost.group(2)} on {lost.group(1)}"] if lost else []
-    where += [f"Python {python.group(1)}"] if python else []
     try:
         ours = f" (the driver has {version('sparkeras')})"
     except PackageNotFoundError:
         ours = ""
-    return (f"The executors' Python cannot import {module}{' (' + ', '.join(where) + ')' if where else ''}: "
+    return (f"The executors' Python cannot import {module}{_where(text)}: "
             f"the tasks failed while {doing}. Install sparkeras on every machine that runs executors{ours}, or ship "
             "it with the job: spark-submit --py-files sparkeras.zip (then the driver imports it from that file "
             "too, and sparkeras leaves Spark's Python daemon as it is), or a packed environment (--archives "
             "env.tar.gz#env --conf spark.pyspark.python=./env/bin/python). A file added with addPyFile once "
             "the session runs comes too late for Python workers that fork from sparkeras.worker.daemon.")
+
+
+def _where(text: str) -> str:
+    """`` (executor 1 on host, Python /path)`` from a failed job's text, as much of it as Spark said."""
+    lost, python = _LOST_TASK.search(text), _WORKER_PYTHON.search(text)
+    where = [f"executor {lost.group(2)} on {lost.group(1)}"] if lost else []
+    where += [f"Python {python.group(1)}"] if python else []
+    return f" ({', '.join(where)})" if where else ""
 
 
 def failure_reason(exc: BaseException) -> str:

@@ -174,7 +174,8 @@ class ModelSpec:
         with tensorflow_left_unimported():
             config = keras.saving.serialize_keras_object(model)
             _keep_compile_settings(model, config)
-            shipped = {**_ship_lambdas(model, config), **_ship_functions(model, config)}
+            shipped = {**_ship_lambdas(model, config), **_ship_functions(model, config),
+                       **unregistered_classes(model, config)}
         _ship_vocabularies(model, config)
         return cls.of(config, {**shipped, **(custom_objects_for(config, custom_objects) or {})} or None,
                       keras.config.floatx())
@@ -357,6 +358,103 @@ def _ship_functions(model: Any, config: dict[str, Any]) -> dict[str, Any]:
         if settings.get(key) is not None:
             settings[key] = walk(live.get(key), settings[key])
     return shipped
+
+
+_KERAS_PACKAGES = ("keras", "keras_hub", "keras_cv", "keras_nlp")  # which Keras imports by module name itself
+
+
+def unregistered_classes(model: Any, config: Any) -> dict[str, Any]:
+    """The user's own classes in ``config`` that Keras cannot find by name, taken from the live ``model``.
+
+    Why. Plain ``model.fit`` trains a layer, metric or optimizer class of
+    the user's module that was never registered with Keras; Keras names it
+    in the config by its module and bare class name, and finds it again
+    only among registered and custom objects. So every worker, and the
+    driver's rebuild check, stopped with "Keras does not know the class".
+    The classes come from the live model (its layers, nested models
+    included, the objects they hold, such as initializers and regularizers,
+    its optimizer and what ``compile`` was given) and travel in
+    the spec's custom objects by reference: a worker imports their module,
+    shipped as any module a job's functions use (a class defined inside a
+    function travels by value, as cloudpickle ships it). Classes of
+    ``__main__`` are :func:`_defined_in_main`'s.
+    """
+    import keras
+
+    layers = list(model._flatten_layers(include_self=True, recursive=True))
+    objects = [*layers, getattr(model, "optimizer", None)]
+    objects += [value for layer in layers for value in vars(layer).values()]  # initializers, regularizers...
+    pending, seen = list(_live_compile_args(model).values()), set()
+    while pending:  # the loss and metric objects given to compile, in lists and dicts
+        obj = pending.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, (list, tuple)):
+            pending.extend(obj)
+        elif isinstance(obj, dict):
+            pending.extend(obj.values())
+        else:
+            objects.append(obj)
+    live = {(type(obj).__module__, type(obj).__name__): type(obj) for obj in objects
+            if obj is not None and type(obj).__module__ != "builtins"}  # a function's type is no custom object
+    found: dict[str, Any] = {}
+    for node in _config_dicts(config):
+        name, module = node.get("registered_name"), node.get("module")
+        if isinstance(name, str) and name == node.get("class_name") and (module, name) in live \
+                and module != "__main__" and module.split(".")[0] not in _KERAS_PACKAGES \
+                and keras.saving.get_registered_object(name) is None:
+            found[name] = live[(module, name)]
+    return found
+
+
+def custom_object_paths(model: Any) -> dict[str, str]:
+    """Where ``model``'s own classes and functions that Keras cannot find by name are defined: ``{name: path}``.
+
+    A path is ``module:qualname``. Why. A ``.keras`` file names such an
+    object by its bare name (a loss function by ``"my_loss"``, its module
+    lost), so the process that loads it must pass it in ``custom_objects``,
+    which ``PipelineModel.load`` cannot. Spark ML stages record these paths
+    in their metadata, and their reader imports them
+    (:func:`import_custom_objects`), as Spark's own reader imports each
+    stage's class by name. Closures, which no path reaches, are left out.
+    """
+    import keras
+
+    config = keras.saving.serialize_keras_object(model)
+    objects = {**_defined_in_main(config), **unregistered_classes(model, config)}
+    pending = list(_live_compile_args(model).values())
+    while pending:
+        obj = pending.pop()
+        if isinstance(obj, (list, tuple)):
+            pending.extend(obj)
+        elif isinstance(obj, dict):
+            pending.extend(obj.values())
+        elif isinstance(obj, types.FunctionType) and not obj.__module__.startswith("keras") \
+                and keras.saving.get_registered_object(obj.__name__) is None:
+            objects.setdefault(obj.__name__, obj)
+    return {name: f"{obj.__module__}:{obj.__qualname__}" for name, obj in sorted(objects.items())
+            if "<" not in obj.__qualname__}
+
+
+def import_custom_objects(paths: dict[str, str], where: str) -> dict[str, Any]:
+    """The objects at :func:`custom_object_paths`' paths, imported here; one that is not there is an InputError."""
+    from sparkeras.errors import InputError
+
+    found: dict[str, Any] = {}
+    for name, path in paths.items():
+        module, _, qualname = path.partition(":")
+        try:
+            obj: Any = sys.modules["__main__"] if module == "__main__" else importlib.import_module(module)
+            for part in qualname.split("."):
+                obj = getattr(obj, part)
+        except (ImportError, AttributeError, KeyError) as exc:
+            fix = ("define it before loading, as when it was saved" if module == "__main__"
+                   else f"make module {module!r} importable here (and ship it to the executors)")
+            raise InputError(f"{where} uses {name!r}, defined in {module!r} when it was saved, which cannot be "
+                             f"found here ({exc}); {fix}.") from None
+        found[name] = obj
+    return found
 
 
 def live_compile_settings(model: Any) -> tuple[dict[str, Any], dict[str, Any]]:

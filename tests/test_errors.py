@@ -292,15 +292,33 @@ def test_a_model_without_symbolic_inputs_gets_the_fix_that_applies(spark):
 
 
 def test_a_model_the_workers_cannot_rebuild_is_refused_on_the_driver(spark, monkeypatch):
-    """A layer class that only this function defines (unregistered) cannot be rebuilt anywhere: refused before any
-    work, with the advice that works. A loss function of the same kind travels with the live model by value."""
+    """Classes that only this function defines (unregistered, not importable) train and score on the workers as
+    ``model.fit`` and ``predict`` use them: a layer and a loss travel with the live model by value. A class the
+    config names but the model does not hold cannot be rebuilt anywhere: refused before any work, with the advice
+    that works."""
     import keras
 
     import sparkeras
 
-    class Doubling(keras.layers.Layer):  # not registered, not importable: no worker can rebuild it
+    class Doubling(keras.layers.Layer):  # not registered, not importable
         def call(self, inputs):
             return 2.0 * inputs
+
+    class Hint(keras.constraints.Constraint):  # only named in Hinted's config, never held by the model
+        def __call__(self, w):
+            return w
+
+    class Hinted(keras.layers.Layer):
+        def __init__(self, hint=None, **kwargs):
+            super().__init__(**kwargs)
+            if hint is not None:
+                keras.saving.deserialize_keras_object(hint)
+
+        def call(self, inputs):
+            return inputs
+
+        def get_config(self):
+            return {**super().get_config(), "hint": keras.saving.serialize_keras_object(Hint())}
 
     def _doubled_loss(y_true, y_pred):
         return 2.0 * keras.losses.sparse_categorical_crossentropy(y_true, y_pred)
@@ -314,22 +332,27 @@ def test_a_model_the_workers_cannot_rebuild_is_refused_on_the_driver(spark, monk
         built.compile("adam", loss)
         return built
 
-    refused = (r"cannot be rebuilt from its Keras config, as every Spark worker must rebuild it: Keras does not know "
-               r"the class 'Doubling' in this process.*custom_objects=\{'Doubling': Doubling\}\.$")
-    with pytest.raises(InputError, match=refused):
-        sparkeras.register_udf(spark, "doubled", model(Doubling()))
-    doubling = model(Doubling())  # rows few enough for the driver to score need no worker to rebuild it
-    np.testing.assert_allclose(SparkModel(doubling).predict(x), doubling.predict(x, verbose=0), atol=1e-6)
     score_driver_rows_on_the_workers(monkeypatch)  # as more rows on a cluster
-    with pytest.raises(InputError, match=refused):
-        SparkModel(doubling, num_workers=2).predict(x)
-    history = SparkModel(model(Doubling()), num_workers=2, custom_objects={"Doubling": Doubling}) \
-        .fit(x, y, epochs=1, verbose=0)  # the advice works
-    assert np.isfinite(history.history["loss"][0])
+    doubling = model(Doubling())
+    np.testing.assert_allclose(SparkModel(doubling, num_workers=2).predict(x), doubling.predict(x, verbose=0),
+                               atol=1e-6)
+    trained = SparkModel(model(Doubling()), num_workers=2, seed=0)
+    assert np.isfinite(trained.fit(x, y, epochs=1, verbose=0).history["loss"][0])
+    np.testing.assert_allclose(trained.predict(x), trained.model.predict(x, verbose=0), atol=1e-6)
     trained = SparkModel(model(loss=_doubled_loss), num_workers=2, seed=0)
-    history = trained.fit(x, y, epochs=1, verbose=0)
+    trained.fit(x, y, epochs=1, verbose=0)
     single = keras.losses.sparse_categorical_crossentropy(y, trained.model.predict(x, verbose=0))
     assert trained.evaluate(x, y)["loss"] == pytest.approx(2.0 * float(np.mean(single)), rel=1e-5)
+
+    refused = (r"cannot be rebuilt from its Keras config, as every Spark worker must rebuild it: Keras does not know "
+               r"the class 'Hint' in this process.*custom_objects=\{'Hint': Hint\}\.$")
+    with pytest.raises(InputError, match=refused):
+        sparkeras.register_udf(spark, "hinted", model(Hinted()))
+    with pytest.raises(InputError, match=refused):
+        SparkModel(model(Hinted()), num_workers=2).fit(x, y, epochs=1, verbose=0)
+    history = SparkModel(model(Hinted()), num_workers=2, custom_objects={"Hint": Hint}) \
+        .fit(x, y, epochs=1, verbose=0)  # the advice works
+    assert np.isfinite(history.history["loss"][0])
 
 
 def test_a_validation_tuple_other_than_x_y_is_refused_with_what_to_do(spark):
@@ -610,3 +633,34 @@ def test_a_session_whose_executors_lack_sparkeras_stops_the_first_fit_before_its
         "the tasks failed while starting the executors' Python workers. Install sparkeras on every machine" \
         in message, message
     assert jobs == [], jobs  # the fit ran none: only the start-up job's, in its own group
+
+
+def test_a_module_of_the_models_own_classes_missing_on_the_executors_is_named_once(spark, tmp_path, caplog):
+    """An unregistered layer class from the user's module trains as ``model.fit`` trains it (its class travels
+    with the model, by reference); a worker that cannot import the module stops the fit at once, naming it and the
+    ways to ship it, instead of relaunching the epoch on the same ``ModuleNotFoundError``."""
+    import logging
+    import sys
+
+    import keras
+
+    from sparkeras import ExecutorEnvironmentError
+
+    (tmp_path / "driver_only_unregistered.py").write_text(
+        "import keras\n\n\nclass Twice(keras.layers.Layer):\n    def call(self, x):\n        return x * 2.0\n")
+    sys.path.insert(0, str(tmp_path))  # the driver can import it; the executors were never given it
+    try:
+        from driver_only_unregistered import Twice
+
+        model = keras.Sequential([keras.Input((16,)), Twice(), keras.layers.Dense(10, activation="softmax")])
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        x, y = blobs(40)
+        with caplog.at_level(logging.WARNING, logger="sparkeras"), pytest.raises(ExecutorEnvironmentError) as failed:
+            SparkModel(model, num_workers=2).fit(x, y, verbose=0)
+        assert re.match(r"The executors' Python cannot import module 'driver_only_unregistered'.*: the tasks failed "
+                        r"while training epoch 1\. The model's own classes or functions, or yours, come from it: ship "
+                        r"it with the job \(spark-submit --py-files, or spark.sparkContext.addPyFile\(path\) before the "
+                        r"fit\), or install it on every machine that runs executors\.$", str(failed.value)), failed.value
+        assert not [r for r in caplog.records if "runs again" in r.getMessage()]
+    finally:
+        sys.path.remove(str(tmp_path))

@@ -62,6 +62,15 @@ class Halve(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "factor": self.factor}
+
+
+class Shift(keras.layers.Layer):  # not registered: the stage records where it is defined
+    def call(self, x):
+        return x - 0.1
+
+
+def doubled_crossentropy(y_true, y_pred):  # a loss Keras saves by its bare name
+    return 2.0 * keras.losses.sparse_categorical_crossentropy(y_true, y_pred)
 """
 
 
@@ -110,12 +119,12 @@ def fresh_process(spark, tmp_path_factory, digit_images):
     sys.path.insert(0, str(tmp))
     spark.sparkContext.addPyFile(str(module))
     try:
-        from sparkeras_custom_layers import Halve
+        from sparkeras_custom_layers import Halve, Shift, doubled_crossentropy
 
         keras.utils.set_random_seed(3)
-        model = keras.Sequential([keras.Input((4,)), Halve(0.25), keras.layers.Dense(16, activation="relu"),
+        model = keras.Sequential([keras.Input((4,)), Halve(0.25), Shift(), keras.layers.Dense(16, activation="relu"),
                                   keras.layers.Dense(3, activation="softmax")])
-        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        model.compile(optimizer="adam", loss=doubled_crossentropy, metrics=["accuracy"])
         custom_test = _frame(spark, 200, seed=4, sample_seed=9).withColumn("id", F.monotonically_increasing_id())
         fitted["custom"] = (_pipeline(epochs=3, model=model).fit(_frame(spark, 600, seed=4)), custom_test)
         pipelines = []
@@ -170,12 +179,19 @@ def test_pipeline_fits_saves_and_reloads_in_a_fresh_process(fresh_process):
 
 
 @pytest.mark.own_processes
-def test_registered_custom_layers_survive_fit_save_and_a_fresh_process(fresh_process):
-    """A registered layer shipped as users do (--py-files / addPyFile) trains, saves and reloads."""
-    fitted, reloaded, halve, _ = fresh_process
+def test_custom_layers_and_losses_registered_or_not_survive_fit_save_and_a_fresh_process(fresh_process):
+    """Custom objects in a module shipped as users do (--py-files / addPyFile) train, save and reload: a registered
+    layer, and a layer and a loss that were never registered, which ``model.fit`` trains as they are. Those two
+    stopped the fit ("Keras does not know the class 'Shift'"), and a saved stage could not be loaded, as
+    ``PipelineModel.load`` takes no ``custom_objects``: the stage's metadata now says where each is defined."""
+    fitted, reloaded, halve, tmp = fresh_process
     pipeline, test = fitted["custom"]
     rows = pipeline.transform(test).orderBy("id").select("prediction", "probability").collect()
     assert isinstance(pipeline.stages[-1].model.layers[0], halve)
+    stage = next((tmp / "custom" / "stages").glob("*_KerasModel_*"))
+    metadata = json.loads(next((stage / "metadata").glob("part-*")).read_text())
+    assert metadata["customObjects"] == {"Shift": "sparkeras_custom_layers:Shift",
+                                         "doubled_crossentropy": "sparkeras_custom_layers:doubled_crossentropy"}
     assert [p for p, _ in reloaded["custom"]] == [r.prediction for r in rows]
     np.testing.assert_allclose([p for _, p in reloaded["custom"]], [list(r.probability) for r in rows], atol=1e-6)
 
@@ -535,3 +551,17 @@ def test_string_indexed_labels_name_the_classes_and_a_set_indexed_apart_is_refus
     named = IndexToString(inputCol="prediction", outputCol="predicted_species").transform(stage.transform(
         indexer.transform(frame)))  # no labels=: the prediction column carries them, as StringIndexer's does
     assert all(r.predicted_species == indexer.labels[int(r.prediction)] for r in named.collect())
+
+
+def test_a_stage_whose_custom_objects_cannot_be_imported_says_where_they_were_defined():
+    from sparkeras.serialization import import_custom_objects
+
+    with pytest.raises(InputError) as failed:
+        import_custom_objects({"Shift": "layers_nobody_shipped:Shift"}, "The KerasModel at /models/m")
+    assert str(failed.value) == (
+        "The KerasModel at /models/m uses 'Shift', defined in 'layers_nobody_shipped' when it was saved, which cannot "
+        "be found here (No module named 'layers_nobody_shipped'); make module 'layers_nobody_shipped' importable "
+        "here (and ship it to the executors).")
+    with pytest.raises(InputError, match=r"uses 'Gone', defined in '__main__' when it was saved, which cannot be "
+                                         r"found here \(.*\); define it before loading, as when it was saved\."):
+        import_custom_objects({"Gone": "__main__:Gone"}, "The KerasModel at /models/m")

@@ -11,9 +11,12 @@ tuning stages fit at once (``parallelism``) share the task slots.
 Both stages save and load with Spark ML persistence, alone or inside a
 fitted ``PipelineModel``. The directory holds Spark's usual ``metadata/``
 (the Params as JSON) and the Keras model as ``model.keras``; nothing is
-pickled. Custom layers, losses or metrics survive the round trip when they
-are registered with ``keras.saving.register_keras_serializable`` and their
-module is imported where the stage is loaded.
+pickled. Custom layers, losses and metrics survive the round trip: registered
+ones (``keras.saving.register_keras_serializable``) once their module is
+imported where the stage is loaded, and others because the metadata records
+where each was defined (``customObjects``: ``{"Halve": "my_layers:Halve"}``)
+and the reader imports them, as ``PipelineModel.load`` takes no
+``custom_objects``; a class of ``__main__`` must be defined again first.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from sparkeras.data.columns import split_columns
 from sparkeras.errors import InputError
 from sparkeras.log import logger as log
 from sparkeras.ml.shares import SHARES
+from sparkeras.serialization import custom_object_paths, import_custom_objects
 from sparkeras.session import start_workers_of_active_session
 
 MODEL_FILE = "model.keras"
@@ -358,8 +362,11 @@ class _KerasWriter(MLWriter):
                         type(self.instance).__name__)
         # An empty paramMap would make Spark save every param, callbacks included.
         params = params or {"featuresCol": self.instance.getFeaturesCol()}
-        DefaultParamsWriter.saveMetadata(self.instance, path, self.sc, extraMetadata={"sparkeras": __version__},
-                                         paramMap=params)
+        extra: dict[str, Any] = {"sparkeras": __version__}
+        custom = custom_object_paths(self.instance._keras_model)
+        if custom:  # what the reader imports for Keras, as PipelineModel.load takes no custom_objects
+            extra["customObjects"] = custom
+        DefaultParamsWriter.saveMetadata(self.instance, path, self.sc, extraMetadata=extra, paramMap=params)
         save_model_file(self.instance._keras_model, _join(path, MODEL_FILE))
 
 
@@ -382,7 +389,8 @@ class _KerasReader(MLReader):
         from sparkeras.model import load_model_file
 
         metadata = DefaultParamsReader.loadMetadata(path, self.sc)
-        instance = self.cls(model=load_model_file(_join(path, MODEL_FILE)))
+        custom = import_custom_objects(metadata.get("customObjects") or {}, f"The {self.cls.__name__} at {path}")
+        instance = self.cls(model=load_model_file(_join(path, MODEL_FILE), custom_objects=custom or None))
         DefaultParamsReader.getAndSetParams(instance, metadata)
         instance._resetUid(metadata["uid"])
         return instance
