@@ -223,26 +223,41 @@ def test_predict_takes_nested_arrays_as_fit_does_and_counts_all_their_values(spa
         sm.predict(short)
 
 
-def test_custom_layer_module_missing_on_the_executors(spark, tmp_path, caplog):
+@pytest.mark.parametrize("registered", [True, False])
+def test_a_custom_layer_module_missing_on_the_executors_stops_the_fit_once_naming_it(spark, tmp_path, caplog,
+                                                                                      registered):
+    """A layer class of the user's module, registered with Keras or not (then its class travels with the model, by
+    reference, as ``model.fit`` uses it), from a module the executors were never given: the fit stops at once,
+    naming the module and the ways to ship it, instead of relaunching the epoch on the same error."""
     import logging
     import sys
 
     import keras
 
-    (tmp_path / "driver_only_layers.py").write_text(
-        "import keras\n\n\n@keras.saving.register_keras_serializable(package='driver_only')\n"
-        "class Same(keras.layers.Layer):\n    def call(self, x):\n        return x\n")
+    from sparkeras import ExecutorEnvironmentError
+
+    module = f"driver_only_{'registered' if registered else 'plain'}"
+    (tmp_path / f"{module}.py").write_text(
+        "import keras\n\n\n" + ("@keras.saving.register_keras_serializable(package='driver_only')\n" if registered
+                                 else "") + "class Same(keras.layers.Layer):\n    def call(self, x):\n        return x\n")
     sys.path.insert(0, str(tmp_path))  # the driver can import it; the executors were never given it
     try:
-        from driver_only_layers import Same
-
-        model = keras.Sequential([keras.Input((16,)), Same(), keras.layers.Dense(10, activation="softmax")])
+        model = keras.Sequential([keras.Input((16,)), __import__(module).Same(),
+                                  keras.layers.Dense(10, activation="softmax")])
         model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
         x, y = blobs(40)
-        with caplog.at_level(logging.WARNING, logger="sparkeras"), \
-                pytest.raises(InputError, match=r"custom objects from module 'driver_only_layers', which this "
-                                                r"Python worker cannot import .* --py-files or sc.addPyFile"):
+        with caplog.at_level(logging.WARNING, logger="sparkeras"), pytest.raises(InputError if registered else
+                                                                                 ExecutorEnvironmentError) as failed:
             SparkModel(model, num_workers=2).fit(x, y, verbose=0)
+        if registered:  # the worker imports the registered objects' modules before Keras looks
+            assert re.search(f"custom objects from module '{module}', which this Python worker cannot import .* "
+                             "--py-files or sc.addPyFile", str(failed.value)), failed.value
+        else:  # the class's module, as Spark's cloudpickle imports it
+            assert re.match(f"The executors' Python cannot import module '{module}'.*: the tasks failed while "
+                            r"training epoch 1\. The model's own classes or functions, or yours, come from it: ship "
+                            r"it with the job \(spark-submit --py-files, or spark.sparkContext.addPyFile\(path\) "
+                            r"before the fit\), or install it on every machine that runs executors\.$",
+                            str(failed.value)), failed.value
         assert not [r for r in caplog.records if "runs again" in r.getMessage()]  # the same in every attempt
     finally:
         sys.path.remove(str(tmp_path))
@@ -633,34 +648,3 @@ def test_a_session_whose_executors_lack_sparkeras_stops_the_first_fit_before_its
         "the tasks failed while starting the executors' Python workers. Install sparkeras on every machine" \
         in message, message
     assert jobs == [], jobs  # the fit ran none: only the start-up job's, in its own group
-
-
-def test_a_module_of_the_models_own_classes_missing_on_the_executors_is_named_once(spark, tmp_path, caplog):
-    """An unregistered layer class from the user's module trains as ``model.fit`` trains it (its class travels
-    with the model, by reference); a worker that cannot import the module stops the fit at once, naming it and the
-    ways to ship it, instead of relaunching the epoch on the same ``ModuleNotFoundError``."""
-    import logging
-    import sys
-
-    import keras
-
-    from sparkeras import ExecutorEnvironmentError
-
-    (tmp_path / "driver_only_unregistered.py").write_text(
-        "import keras\n\n\nclass Twice(keras.layers.Layer):\n    def call(self, x):\n        return x * 2.0\n")
-    sys.path.insert(0, str(tmp_path))  # the driver can import it; the executors were never given it
-    try:
-        from driver_only_unregistered import Twice
-
-        model = keras.Sequential([keras.Input((16,)), Twice(), keras.layers.Dense(10, activation="softmax")])
-        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-        x, y = blobs(40)
-        with caplog.at_level(logging.WARNING, logger="sparkeras"), pytest.raises(ExecutorEnvironmentError) as failed:
-            SparkModel(model, num_workers=2).fit(x, y, verbose=0)
-        assert re.match(r"The executors' Python cannot import module 'driver_only_unregistered'.*: the tasks failed "
-                        r"while training epoch 1\. The model's own classes or functions, or yours, come from it: ship "
-                        r"it with the job \(spark-submit --py-files, or spark.sparkContext.addPyFile\(path\) before the "
-                        r"fit\), or install it on every machine that runs executors\.$", str(failed.value)), failed.value
-        assert not [r for r in caplog.records if "runs again" in r.getMessage()]
-    finally:
-        sys.path.remove(str(tmp_path))

@@ -201,7 +201,8 @@ class AllReduce(Strategy):
                     if error is None:
                         break
                     failure = worker_error(error, f"training epoch {coordinator.next_epoch + 1}")
-                    if isinstance(failure, (InputError, FitCancelled, ExecutorEnvironmentError)) or attempt > self.max_restarts:
+                    if isinstance(failure, (InputError, FitCancelled, ExecutorEnvironmentError)) \
+                            or attempt > self.max_restarts:
                         raise failure
                     wait_for_slots(job, self.name, workers, self.slot_timeout, coordinator.next_epoch)
                     attempt += 1
