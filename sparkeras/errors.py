@@ -22,7 +22,7 @@ class WorkerError(SparkerasError, RuntimeError):
 
 
 class ExecutorEnvironmentError(WorkerError):
-    """An executor's Python cannot import what every task needs (sparkeras itself).
+    """An executor's Python cannot import what the tasks need: sparkeras itself, or a module of the user's.
 
     It fails the same way on every attempt, so a fit stops at once instead
     of relaunching its epoch.

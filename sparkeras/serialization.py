@@ -384,18 +384,7 @@ def unregistered_classes(model: Any, config: Any) -> dict[str, Any]:
     layers = list(model._flatten_layers(include_self=True, recursive=True))
     objects = [*layers, getattr(model, "optimizer", None)]
     objects += [value for layer in layers for value in vars(layer).values()]  # initializers, regularizers...
-    pending, seen = list(_live_compile_args(model).values()), set()
-    while pending:  # the loss and metric objects given to compile, in lists and dicts
-        obj = pending.pop()
-        if id(obj) in seen:
-            continue
-        seen.add(id(obj))
-        if isinstance(obj, (list, tuple)):
-            pending.extend(obj)
-        elif isinstance(obj, dict):
-            pending.extend(obj.values())
-        else:
-            objects.append(obj)
+    objects += _live_compile_objects(model)
     live = {(type(obj).__module__, type(obj).__name__): type(obj) for obj in objects
             if obj is not None and type(obj).__module__ != "builtins"}  # a function's type is no custom object
     found: dict[str, Any] = {}
@@ -405,6 +394,23 @@ def unregistered_classes(model: Any, config: Any) -> dict[str, Any]:
                 and module != "__main__" and module.split(".")[0] not in _KERAS_PACKAGES \
                 and keras.saving.get_registered_object(name) is None:
             found[name] = live[(module, name)]
+    return found
+
+
+def _live_compile_objects(model: Any) -> list[Any]:
+    """The objects ``model`` was compiled with (its losses, metrics, optimizer), out of their lists and dicts."""
+    pending, seen, found = list(_live_compile_args(model).values()), set(), []
+    while pending:
+        obj = pending.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, (list, tuple)):
+            pending.extend(obj)
+        elif isinstance(obj, dict):
+            pending.extend(obj.values())
+        else:
+            found.append(obj)
     return found
 
 
@@ -423,14 +429,8 @@ def custom_object_paths(model: Any) -> dict[str, str]:
 
     config = keras.saving.serialize_keras_object(model)
     objects = {**_defined_in_main(config), **unregistered_classes(model, config)}
-    pending = list(_live_compile_args(model).values())
-    while pending:
-        obj = pending.pop()
-        if isinstance(obj, (list, tuple)):
-            pending.extend(obj)
-        elif isinstance(obj, dict):
-            pending.extend(obj.values())
-        elif isinstance(obj, types.FunctionType) and not obj.__module__.startswith("keras") \
+    for obj in _live_compile_objects(model):  # functions, which Keras saves by their bare name
+        if isinstance(obj, types.FunctionType) and not obj.__module__.startswith("keras") \
                 and keras.saving.get_registered_object(obj.__name__) is None:
             objects.setdefault(obj.__name__, obj)
     return {name: f"{obj.__module__}:{obj.__qualname__}" for name, obj in sorted(objects.items())

@@ -316,7 +316,6 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     """Print the model's compiled loss and metrics on the data as one JSON object; image folders are numbered
     by the classes saved with the model."""
-
     spark = start_session(args)
     sm = load_model(spark, args, num_workers=args.workers)
     if args.images:
