@@ -237,9 +237,9 @@ def test_a_custom_layer_module_missing_on_the_executors_stops_the_fit_once_namin
     from sparkeras import ExecutorEnvironmentError
 
     module = f"driver_only_{'registered' if registered else 'plain'}"
+    register = "@keras.saving.register_keras_serializable(package='driver_only')\n" if registered else ""
     (tmp_path / f"{module}.py").write_text(
-        "import keras\n\n\n" + ("@keras.saving.register_keras_serializable(package='driver_only')\n" if registered
-                                 else "") + "class Same(keras.layers.Layer):\n    def call(self, x):\n        return x\n")
+        f"import keras\n\n\n{register}class Same(keras.layers.Layer):\n    def call(self, x):\n        return x\n")
     sys.path.insert(0, str(tmp_path))  # the driver can import it; the executors were never given it
     try:
         model = keras.Sequential([keras.Input((16,)), __import__(module).Same(),
